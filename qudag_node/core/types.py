@@ -1,0 +1,20 @@
+"""Identifier types shared by the core and its adapters."""
+
+from __future__ import annotations
+
+from typing import NewType
+
+#: 32-byte hash of a transaction's bytes.
+TxId = NewType("TxId", bytes)
+#: 32-byte hash of a vertex's canonical header.
+VertexId = NewType("VertexId", bytes)
+#: 32-byte Ed25519 public key of a node.
+PublicKey = NewType("PublicKey", bytes)
+#: 32-byte hash of a network's genesis.
+GenesisHash = NewType("GenesisHash", bytes)
+#: Adapter-chosen name of a peer link (opaque to the core).
+PeerId = NewType("PeerId", str)
+#: Position of a transaction in the finalized log, starting at 1.
+Seq = NewType("Seq", int)
+
+HASH_SIZE = 32
