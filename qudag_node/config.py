@@ -1,0 +1,438 @@
+"""Settings: defaults < TOML file < environment < command-line flags.
+
+Every setting is declared once in :data:`SETTINGS`; that table drives the file keys,
+the environment names, the command-line flags, validation and the docs. Invalid
+values stop the start with one line naming the setting and where it came from.
+Secret values are wrapped in :class:`Secret` and never printed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from qudag_node.core.params import Params
+
+
+class ConfigError(Exception):
+    """A setting has an invalid value; the message names it and never shows a secret."""
+
+
+class Secret:
+    """A secret string: printing it shows ``***``."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself, for the one place that needs it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _int(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip().replace("_", ""))
+        except ValueError:
+            raise ValueError(f"must be a whole number from {lo} to {hi}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be a whole number from {lo} to {hi}")
+        return value
+
+    return parse
+
+
+def _seconds(lo: float, hi: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        text = raw.strip().removesuffix("s")
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"must be a number of seconds from {lo} to {hi}") from None
+        if not math.isfinite(value) or not lo <= value <= hi:
+            raise ValueError(f"must be a number of seconds from {lo} to {hi}")
+        return value
+
+    return parse
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError(f"must be one of: {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _name(raw: str) -> str:
+    value = raw.strip()
+    if not _NAME.match(value):
+        raise ValueError("must be 1-63 characters of A-Z a-z 0-9 . _ - (starting alphanumeric)")
+    return value
+
+
+def _optional_name(raw: str) -> str:
+    return "" if not raw.strip() else _name(raw)
+
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+def _private_key(raw: str) -> Secret:
+    value = raw.strip()
+    if not _HEX64.match(value):
+        raise ValueError("must be 64 hex characters (a 32-byte Ed25519 private key)")
+    return Secret(value.lower())
+
+
+def _token(raw: str) -> Secret:
+    value = raw.strip()
+    if len(value) < 16:
+        raise ValueError("must be at least 16 characters")
+    return Secret(value)
+
+
+def _peer_list(raw: str) -> tuple[str, ...]:
+    out = []
+    for item in (p.strip() for p in raw.replace("\n", ",").split(",")):
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"entry {item!r} is not host:port")
+        out.append(item)
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One configurable value."""
+
+    name: str
+    env: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("node_id", "NODE_ID", "node1", _name, "Name of this node (logs, status, genesis)."),
+    Setting(
+        "network_mode",
+        "NETWORK_MODE",
+        "local",
+        _choice("local", "testnet"),
+        "Which network this node joins; the default network id is qudag-<mode>.",
+    ),
+    Setting(
+        "network_id",
+        "QUDAG_NETWORK_ID",
+        "",
+        _optional_name,
+        "Network id bound into the genesis; empty means qudag-<NETWORK_MODE>.",
+    ),
+    Setting(
+        "dag_sync_interval",
+        "DAG_SYNC_INTERVAL",
+        "30",
+        _seconds(0.1, 3600),
+        "Seconds between anti-entropy rounds and peer name re-resolution.",
+    ),
+    Setting(
+        "log_level",
+        "LOG_LEVEL",
+        "info",
+        _choice(*_LEVELS),
+        "Least severe log level written.",
+    ),
+    Setting(
+        "log_format",
+        "QUDAG_LOG_FORMAT",
+        "auto",
+        _choice("auto", "json", "console"),
+        "auto: readable on a terminal, JSON lines otherwise.",
+    ),
+    Setting(
+        "node_private_key",
+        "NODE_PRIVATE_KEY",
+        "",
+        _private_key,
+        "Ed25519 private key (64 hex). Unset: generated once, kept in DATA_DIR/node.key.",
+        secret=True,
+    ),
+    Setting(
+        "peer_auth_token",
+        "PEER_AUTH_TOKEN",
+        "",
+        _token,
+        "Shared secret that peers prove knowledge of when linking (16+ characters).",
+        secret=True,
+    ),
+    Setting("data_dir", "QUDAG_DATA_DIR", "./data", _text, "Directory holding the database."),
+    Setting(
+        "api_host",
+        "QUDAG_API_HOST",
+        "",
+        _text,
+        "Address the HTTP API binds; empty means every IPv4 and IPv6 interface.",
+    ),
+    Setting("api_port", "QUDAG_API_PORT", "8080", _int(0, 65535), "HTTP API port (0 = any)."),
+    Setting("p2p_port", "QUDAG_P2P_PORT", "7000", _int(0, 65535), "Peer port (0 = any)."),
+    Setting(
+        "peers",
+        "QUDAG_PEERS",
+        "",
+        _peer_list,
+        "Comma-separated host:port peers; a host may resolve to several addresses.",
+    ),
+    Setting(
+        "max_tx_bytes",
+        "QUDAG_MAX_TX_BYTES",
+        "65536",
+        _int(1, 1 << 20),
+        "Largest accepted transaction, in bytes.",
+    ),
+    Setting(
+        "max_body_bytes",
+        "QUDAG_MAX_BODY_BYTES",
+        str(16 << 20),
+        _int(1024, 1 << 30),
+        "Largest accepted HTTP request body, in bytes.",
+    ),
+    Setting(
+        "max_submit_txs",
+        "QUDAG_MAX_SUBMIT_TXS",
+        "10000",
+        _int(1, 1_000_000),
+        "Most transactions in one submit request.",
+    ),
+    Setting(
+        "max_pending",
+        "QUDAG_MAX_PENDING",
+        "100000",
+        _int(1, 10_000_000),
+        "Most transactions waiting for a vertex; beyond it submits get 503.",
+    ),
+    Setting(
+        "max_vertex_txs",
+        "QUDAG_MAX_VERTEX_TXS",
+        "10000",
+        _int(1, 1_000_000),
+        "Most transactions in one vertex.",
+    ),
+    Setting(
+        "min_round_interval",
+        "QUDAG_MIN_ROUND_INTERVAL",
+        "0.05",
+        _seconds(0, 60),
+        "Shortest time between two rounds of this node.",
+    ),
+    Setting(
+        "heartbeat_interval",
+        "QUDAG_HEARTBEAT_INTERVAL",
+        "10",
+        _seconds(0.01, 3600),
+        "Longest time between rounds while idle.",
+    ),
+    Setting(
+        "leader_timeout",
+        "QUDAG_LEADER_TIMEOUT",
+        "2",
+        _seconds(0.01, 600),
+        "How long a round waits for its leader's vertex.",
+    ),
+    Setting(
+        "wait_timeout",
+        "QUDAG_WAIT_TIMEOUT",
+        "30",
+        _seconds(0.1, 600),
+        "Default and largest timeout of a submit with wait=final.",
+    ),
+    Setting(
+        "min_free_disk_mb",
+        "QUDAG_MIN_FREE_DISK_MB",
+        "64",
+        _int(0, 1 << 20),
+        "Below this much free space in DATA_DIR the node reports not ready.",
+    ),
+    Setting(
+        "shutdown_timeout",
+        "QUDAG_SHUTDOWN_TIMEOUT",
+        "20",
+        _seconds(1, 300),
+        "Longest clean shutdown before giving up (keep under Fly's kill_timeout).",
+    ),
+)
+
+BY_NAME = {s.name: s for s in SETTINGS}
+
+#: Fly's own variables, read when present and shown in status and logs.
+PLATFORM_ENV = ("FLY_APP_NAME", "FLY_REGION", "FLY_MACHINE_ID", "FLY_PRIVATE_IP")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The node's effective configuration."""
+
+    node_id: str
+    network_mode: str
+    network_id: str
+    dag_sync_interval: float
+    log_level: str
+    log_format: str
+    node_private_key: Secret | None
+    peer_auth_token: Secret | None
+    data_dir: str
+    api_host: str
+    api_port: int
+    p2p_port: int
+    peers: tuple[str, ...]
+    max_tx_bytes: int
+    max_body_bytes: int
+    max_submit_txs: int
+    max_pending: int
+    max_vertex_txs: int
+    min_round_interval: float
+    heartbeat_interval: float
+    leader_timeout: float
+    wait_timeout: float
+    min_free_disk_mb: int
+    shutdown_timeout: float
+    platform: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def effective_network_id(self) -> str:
+        """The network id, defaulting to ``qudag-<network_mode>``."""
+        return self.network_id or f"qudag-{self.network_mode}"
+
+    @property
+    def data_path(self) -> Path:
+        """The data directory as a path."""
+        return Path(self.data_dir)
+
+    def engine_params(self) -> Params:
+        """The core's parameters derived from these settings."""
+        return Params(
+            max_tx_bytes=self.max_tx_bytes,
+            max_vertex_txs=self.max_vertex_txs,
+            max_vertex_bytes=max(4 << 20, self.max_tx_bytes),
+            max_pending=self.max_pending,
+            min_round_interval=self.min_round_interval,
+            heartbeat_interval=self.heartbeat_interval,
+            leader_timeout=self.leader_timeout,
+        )
+
+    def redacted(self) -> dict[str, Any]:
+        """Every setting as JSON-ready values, secrets shown only as set or unset."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Secret):
+                value = "<set>"
+            elif value is None and f.name in BY_NAME and BY_NAME[f.name].secret:
+                value = "<unset>"
+            elif isinstance(value, tuple) and f.name == "platform":
+                value = dict(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+
+def _from_file(path: Path) -> dict[str, str]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: not found") from None
+    except (tomllib.TOMLDecodeError, OSError) as e:
+        raise ConfigError(f"config file {path}: {e}") from None
+    out = {}
+    for key, value in data.items():
+        if key not in BY_NAME:
+            raise ConfigError(f"config file {path}: unknown setting {key!r}")
+        if BY_NAME[key].secret:
+            raise ConfigError(
+                f"config file {path}: {key} is a secret; set {BY_NAME[key].env} in the environment"
+            )
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        elif isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ConfigError(f"config file {path}: {key} must be a string or a number")
+        out[key] = str(value)
+    return out
+
+
+def load_settings(
+    env: Mapping[str, str],
+    flags: Mapping[str, str | None] | None = None,
+    config_file: str | None = None,
+) -> Settings:
+    """Resolve every setting from its sources; raises :class:`ConfigError`."""
+    raw: dict[str, tuple[str, str]] = {s.name: (s.default, "default") for s in SETTINGS}
+    path = config_file or env.get("QUDAG_CONFIG")
+    if path:
+        for key, value in _from_file(Path(path)).items():
+            raw[key] = (value, f"config file {path}")
+    for s in SETTINGS:
+        if s.env in env:
+            raw[s.name] = (env[s.env], "environment")
+    for key, value in (flags or {}).items():
+        if value is not None:
+            if key not in BY_NAME:
+                raise ConfigError(f"unknown setting {key!r}")
+            raw[key] = (value, "command line")
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        text, source = raw[s.name]
+        if s.secret and not text.strip():
+            values[s.name] = None
+            continue
+        try:
+            values[s.name] = s.parse(text)
+        except ValueError as e:
+            raise ConfigError(f"invalid {s.env} (from {source}): {e}") from None
+    platform = tuple((k, env[k]) for k in PLATFORM_ENV if env.get(k))
+    settings = Settings(**values, platform=platform)
+    if settings.max_tx_bytes > settings.max_body_bytes:
+        raise ConfigError("invalid QUDAG_MAX_TX_BYTES: must not exceed QUDAG_MAX_BODY_BYTES")
+    return settings
+
+
+def flag_name(setting: Setting) -> str:
+    """The command-line flag of a setting, e.g. ``--api-port``."""
+    return "--" + setting.name.replace("_", "-")
+
+
+def environ() -> dict[str, str]:
+    """A copy of the process environment."""
+    return dict(os.environ)

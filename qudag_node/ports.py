@@ -1,0 +1,111 @@
+"""Interfaces between the adapters, and the plain records that cross them.
+
+The HTTP API sees the node only through :class:`NodeApi`; the store returns the
+records defined here. Both sides import this module, never each other.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from qudag_node.core.types import PublicKey, TxId, VertexId
+
+
+class TxState(enum.Enum):
+    """Where a transaction stands."""
+
+    PENDING = "pending"  # stored, waiting for a vertex
+    INCLUDED = "included"  # carried by a vertex that is not ordered yet
+    FINAL = "final"  # has a position in the finalized log
+
+
+@dataclass(frozen=True, slots=True)
+class TxRecord:
+    """A stored transaction's status."""
+
+    id: TxId
+    state: TxState
+    vertex: VertexId | None
+    seq: int | None
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class VertexRecord:
+    """A stored vertex, without its transaction bytes."""
+
+    id: VertexId
+    round: int
+    author: PublicKey
+    timestamp_ms: int
+    parents: tuple[VertexId, ...]
+    tx_ids: tuple[TxId, ...]
+    scheme: int
+    signature: bytes
+    ordered: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One finalized log entry."""
+
+    seq: int
+    tx_id: TxId
+    vertex: VertexId
+    hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitReceipt:
+    """What a submit stored: every id, and which were already known."""
+
+    ids: tuple[TxId, ...]
+    duplicates: int
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One readiness or liveness condition."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+class NodeApi(Protocol):
+    """What the HTTP API may ask of the node."""
+
+    async def submit(self, transactions: Sequence[bytes]) -> SubmitReceipt:
+        """Store a batch durably, then return; raises ``InputRejected`` on bad input."""
+        ...
+
+    async def wait_final(self, ids: Sequence[TxId], timeout: float) -> bool:
+        """True once every id is final; False when ``timeout`` passes first."""
+        ...
+
+    async def transaction(self, tx_id: TxId) -> TxRecord | None:
+        """A transaction's status, or None when unknown."""
+        ...
+
+    async def vertex(self, vertex_id: VertexId) -> VertexRecord | None:
+        """A stored vertex, or None when unknown."""
+        ...
+
+    async def log(self, start: int, limit: int) -> list[LogRecord]:
+        """Finalized entries with ``seq >= start``, in order, at most ``limit``."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """The node's status document (JSON-ready)."""
+        ...
+
+    async def liveness(self) -> list[Check]:
+        """Checks that the event loop and the database answer."""
+        ...
+
+    def readiness(self) -> list[Check]:
+        """Checks that decide whether the node should get traffic."""
+        ...
