@@ -1,0 +1,423 @@
+"""The composition root: wires the core, the store, the API and metrics together.
+
+Exactly one task, the *pump*, drives the engine. Each step it takes the queued
+client submissions, feeds them and the timer to the engine, drains the events,
+persists them in one database transaction, and only then acknowledges clients,
+wakes finality waiters, and sends messages: persist before announce, acknowledge
+after commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import nacl.signing
+import structlog
+
+from qudag_node import __version__
+from qudag_node.api import make_app, start_api
+from qudag_node.config import Settings
+from qudag_node.core.crypto import Signer, tx_ids
+from qudag_node.core.engine import Engine, Role
+from qudag_node.core.errors import InputRejected, Reason
+from qudag_node.core.events import Event, LeaderCommitted, MessageRejected, VertexAdded
+from qudag_node.core.genesis import Genesis
+from qudag_node.core.rules import check_batch
+from qudag_node.core.types import TxId, VertexId
+from qudag_node.metrics import Metrics
+from qudag_node.ports import Check, LogRecord, SubmitReceipt, TxRecord, VertexRecord
+from qudag_node.store import Store, StoreError
+
+KEY_FILENAME = "node.key"
+log = structlog.get_logger("qudag.node")
+
+
+class NodeFailure(Exception):
+    """The node cannot go on (bad data dir, storage failure); the process should exit 1."""
+
+
+@dataclass(eq=False)
+class _Submission:
+    ids: list[TxId]
+    transactions: Sequence[bytes]
+    done: asyncio.Future[SubmitReceipt]
+
+
+def _new_future() -> asyncio.Future[bool]:
+    return asyncio.get_running_loop().create_future()
+
+
+@dataclass(eq=False)
+class _FinalityWait:
+    """One client waiting for a set of transactions to become final."""
+
+    remaining: set[TxId]
+    done: asyncio.Future[bool] = field(default_factory=_new_future)
+
+    def discard(self, ids: set[TxId]) -> None:
+        self.remaining -= ids
+        if not self.remaining and not self.done.done():
+            self.done.set_result(True)
+
+    def release(self) -> None:
+        if not self.done.done():
+            self.done.set_result(False)
+
+
+def load_signer(settings: Settings) -> Signer:
+    """The node key: NODE_PRIVATE_KEY, else DATA_DIR/node.key, created once with mode 0600."""
+    if settings.node_private_key is not None:
+        return Signer(bytes.fromhex(settings.node_private_key.reveal()))
+    path = settings.data_path / KEY_FILENAME
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        seed = bytes(nacl.signing.SigningKey.generate())
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(seed.hex() + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        log.info("node_key_created", path=str(path))
+        return Signer(seed)
+    if path.stat().st_mode & 0o077:
+        log.warning("node_key_readable_by_others", path=str(path), hint="chmod 600")
+    try:
+        return Signer(bytes.fromhex(text))
+    except ValueError:
+        raise NodeFailure(f"{path} does not hold a 64-hex-character private key") from None
+
+
+class Node:
+    """One running node. Implements :class:`qudag_node.ports.NodeApi` for the API."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.params = settings.engine_params()
+        self.api_port: int | None = None
+        self._stop_requested = asyncio.Event()
+        self._started = asyncio.Event()
+        self._closing = False  # no new client work is taken
+        self._stopping = False  # the pump finishes what is queued and returns
+        self._inbox: list[_Submission] = []
+        self._inbox_txs = 0
+        self._wakeup = asyncio.Event()
+        self._waiters: dict[TxId, list[_FinalityWait]] = {}
+        self._started_at = time.time()
+        self._vertex_total = 0
+        self._pump_task: asyncio.Task[None] | None = None
+        # set in run()
+        self._store: Store
+        self._engine: Engine
+        self._genesis: Genesis
+        self._signer: Signer
+        self._metrics: Metrics
+
+    # ------------------------------------------------------------ life cycle
+
+    def stop(self) -> None:
+        """Ask the node to shut down cleanly (safe to call from a signal handler)."""
+        self._stop_requested.set()
+
+    async def wait_started(self) -> None:
+        """Return once the API is listening and the node takes requests."""
+        await self._started.wait()
+
+    async def run(self) -> None:
+        """Run until :meth:`stop`; raises :class:`NodeFailure` on unrecoverable faults."""
+        s = self.settings
+        log.info("starting", version=__version__, settings=s.redacted())
+        try:
+            await asyncio.to_thread(s.data_path.mkdir, parents=True, exist_ok=True)
+            self._signer = load_signer(s)
+            self._genesis = Genesis.solo(s.effective_network_id, s.node_id, self._signer.public_key)
+            self._store = await Store.open(s.data_path, self._genesis)
+        except StoreError as e:
+            raise NodeFailure(f"database {s.data_path}: {e}") from None
+        except OSError as e:
+            raise NodeFailure(f"data dir {s.data_path}: {e.strerror}") from None
+        try:
+            await self._serve()
+        except* NodeFailure as group:
+            raise group.exceptions[0] from None
+        finally:
+            await self._store.close()
+            log.info("stopped")
+
+    async def _serve(self) -> None:
+        s = self.settings
+        started = time.monotonic()
+        snapshot = await self._store.load_snapshot(
+            self._genesis, self.params.gc_depth, self.params.max_pending
+        )
+        totals = await self._store.totals()
+        self._engine = Engine(self._genesis, self.params, self._signer, snapshot)
+        self._vertex_total = totals.vertices
+        self._metrics = Metrics(__version__)
+        self._metrics.set_totals(totals.vertices, totals.transactions, totals.log_length)
+        log.info(
+            "store_opened",
+            path=str(self._store.path),
+            vertices=totals.vertices,
+            transactions=totals.transactions,
+            log_length=totals.log_length,
+            pending=len(snapshot.pending),
+            seconds=round(time.monotonic() - started, 3),
+        )
+        runner, self.api_port = await start_api(
+            make_app(self, self._metrics, s), s.api_host, s.api_port
+        )
+        log.info("api_listening", host=s.api_host or "*", port=self.api_port)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._pump_task = tg.create_task(self._pump())
+                self._started.set()
+                log.info(
+                    "ready",
+                    role=self._engine.role.value,
+                    public_key=self._signer.public_key.hex(),
+                    network=self._genesis.network_id,
+                )
+                await self._stop_requested.wait()
+                log.info("stopping")
+                self._closing = True
+                for waits in self._waiters.values():
+                    for wait in waits:
+                        wait.release()
+                try:
+                    async with asyncio.timeout(s.shutdown_timeout):
+                        await runner.cleanup()  # stop listening, finish in-flight requests
+                except TimeoutError:
+                    raise NodeFailure(
+                        f"requests still running after {s.shutdown_timeout} s of shutdown"
+                    ) from None
+                self._stopping = True
+                self._wakeup.set()
+        finally:
+            await runner.cleanup()
+
+    # ------------------------------------------------------------------ pump
+
+    async def _pump(self) -> None:
+        while True:
+            timer = self._engine.get_timer()
+            if not self._inbox and not self._stopping:
+                delay = None if timer is None else max(0.0, timer - time.time())
+                try:
+                    async with asyncio.timeout(delay):
+                        await self._wakeup.wait()
+                except TimeoutError:
+                    pass
+            self._wakeup.clear()
+            await self._step(time.time())
+            if self._stopping and not self._inbox:
+                return
+
+    async def _step(self, now: float) -> None:
+        batch, self._inbox, self._inbox_txs = self._inbox, [], 0
+        outcomes: list[tuple[_Submission, SubmitReceipt | InputRejected]] = []
+        if batch:
+            known = await self._store.known_ids([i for sub in batch for i in sub.ids])
+            for sub in batch:
+                outcomes.append((sub, self._admit(sub, known, now)))
+        self._engine.handle_timer(now)
+        events: list[Event] = []
+        while (event := self._engine.next_event()) is not None:
+            events.append(event)
+        if events:
+            started = time.perf_counter()
+            try:
+                await self._store.persist(events)
+            except Exception as e:
+                for sub, _ in outcomes:
+                    if not sub.done.done():
+                        sub.done.set_exception(NodeFailure("storage failure"))
+                raise NodeFailure(f"cannot write to the database: {e}") from e
+            self._metrics.on_store_commit(time.perf_counter() - started)
+        self._engine.messages_to_send()  # no peer links yet: nothing is connected
+        self._after_commit(events, outcomes)
+
+    def _admit(
+        self, sub: _Submission, known: set[TxId], now: float
+    ) -> SubmitReceipt | InputRejected:
+        fresh = [(i, tx) for i, tx in zip(sub.ids, sub.transactions, strict=True) if i not in known]
+        try:
+            result = self._engine.submit_transactions(
+                [i for i, _ in fresh], [tx for _, tx in fresh], now
+            )
+        except InputRejected as e:
+            return e
+        return SubmitReceipt(tuple(sub.ids), len(sub.ids) - len(result.admitted))
+
+    def _after_commit(
+        self,
+        events: list[Event],
+        outcomes: list[tuple[_Submission, SubmitReceipt | InputRejected]],
+    ) -> None:
+        self._metrics.on_events(events)
+        self._metrics.on_statistics(self._engine.statistics())
+        for sub, outcome in outcomes:
+            if sub.done.done():
+                continue
+            if isinstance(outcome, InputRejected):
+                self._metrics.on_submit_rejected(outcome.reason)
+                sub.done.set_exception(outcome)
+            else:
+                self._metrics.on_submit(len(outcome.ids) - outcome.duplicates, outcome.duplicates)
+                sub.done.set_result(outcome)
+        for event in events:
+            if isinstance(event, VertexAdded):
+                self._vertex_total += 1
+            elif isinstance(event, LeaderCommitted) and event.entries:
+                self._finalized({e.tx_id for e in event.entries})
+                log.debug("leader_committed", round=event.round, entries=len(event.entries))
+            elif isinstance(event, MessageRejected):
+                log.info("message_rejected", peer=event.peer, reason=event.reason.value)
+
+    def _finalized(self, ids: set[TxId]) -> None:
+        for i in ids & self._waiters.keys():
+            for wait in self._waiters[i]:
+                wait.discard({i})
+
+    # ------------------------------------------------------------ NodeApi
+
+    async def submit(self, transactions: Sequence[bytes]) -> SubmitReceipt:
+        """Queue a client batch for the next engine step; return once it is stored."""
+        check_batch(transactions, self.params)
+        if self._closing:
+            raise InputRejected(Reason.POOL_FULL, "the node is shutting down")
+        stats = self._engine.statistics()
+        if stats.pending + self._inbox_txs + len(transactions) > self.params.max_pending:
+            raise InputRejected(
+                Reason.POOL_FULL,
+                f"{stats.pending + self._inbox_txs} transactions waiting,"
+                f" limit {self.params.max_pending}",
+            )
+        sub = _Submission(
+            tx_ids(transactions), transactions, asyncio.get_running_loop().create_future()
+        )
+        self._inbox.append(sub)
+        self._inbox_txs += len(transactions)
+        self._wakeup.set()
+        return await asyncio.shield(sub.done)
+
+    async def wait_final(self, ids: Sequence[TxId], timeout: float) -> bool:
+        """True once every id is final; False after ``timeout`` seconds."""
+        wait = _FinalityWait(set(ids))
+        for i in wait.remaining:
+            self._waiters.setdefault(i, []).append(wait)
+        try:
+            wait.discard(await self._store.final_among(list(wait.remaining)))
+            async with asyncio.timeout(timeout):
+                return await wait.done
+        except TimeoutError:
+            return False
+        finally:
+            for i in set(ids):
+                waits = self._waiters.get(i)
+                if waits is not None:
+                    waits.remove(wait)
+                    if not waits:
+                        del self._waiters[i]
+
+    async def transaction(self, tx_id: TxId) -> TxRecord | None:
+        """A transaction's status from the store."""
+        return await self._store.transaction(tx_id)
+
+    async def vertex(self, vertex_id: VertexId) -> VertexRecord | None:
+        """A vertex from the store."""
+        return await self._store.vertex(vertex_id)
+
+    async def log(self, start: int, limit: int) -> list[LogRecord]:
+        """Finalized log entries from the store."""
+        return await self._store.log(start, limit)
+
+    def status(self) -> dict[str, Any]:
+        """The status document."""
+        st = self._engine.statistics()
+        g = self._genesis
+        return {
+            "node": {
+                "id": self.settings.node_id,
+                "version": __version__,
+                "role": st.role.value,
+                "public_key": self._signer.public_key.hex(),
+                "uptime_seconds": round(time.time() - self._started_at, 3),
+                "platform": dict(self.settings.platform),
+            },
+            "network": {
+                "id": g.network_id,
+                "mode": self.settings.network_mode,
+                "genesis": g.hash.hex(),
+                "validators": [
+                    {"name": v.name, "public_key": v.public_key.hex()} for v in g.validators
+                ],
+                "f": g.f,
+                "quorum": g.quorum,
+            },
+            "dag": {
+                "round": st.round,
+                "highest_round": st.highest_round,
+                "vertices": self._vertex_total,
+                "committed_round": st.committed_round,
+                "window": st.dag_window,
+            },
+            "log": {"length": st.log_length, "hash": st.log_hash.hex()},
+            "transactions": {"pending": st.pending, "in_flight": st.in_flight},
+            "p2p": {"peers": 0, "port": self.settings.p2p_port},
+        }
+
+    async def liveness(self) -> list[Check]:
+        """The event loop answers (we are running), the pump runs, the database answers."""
+        checks = [Check("event_loop", True, "answering")]
+        pump_ok = self._pump_task is not None and not self._pump_task.done()
+        checks.append(Check("engine", pump_ok, "running" if pump_ok else "stopped"))
+        try:
+            async with asyncio.timeout(2.0):
+                await self._store.ping()
+            checks.append(Check("database", True, "answering"))
+        except (TimeoutError, OSError, StoreError) as e:
+            checks.append(Check("database", False, type(e).__name__))
+        return checks
+
+    def readiness(self) -> list[Check]:
+        """Whether the node should get traffic now."""
+        checks = [Check("started", self._started.is_set() and not self._closing, self._phase())]
+        free_mb = shutil.disk_usage(self.settings.data_path).free // (1 << 20)
+        checks.append(
+            Check(
+                "disk",
+                free_mb >= self.settings.min_free_disk_mb,
+                f"{free_mb} MiB free, need {self.settings.min_free_disk_mb}",
+            )
+        )
+        if self._engine.role is Role.VALIDATOR:
+            checks.append(Check("role", True, "validator"))
+        return checks
+
+    def _phase(self) -> str:
+        if self._closing:
+            return "shutting down"
+        return "running" if self._started.is_set() else "starting"
+
+
+async def serve(settings: Settings) -> None:
+    """Run a node until SIGTERM or SIGINT, then shut it down cleanly."""
+    node = Node(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, node.stop)
+    try:
+        await node.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    sys.stdout.flush()

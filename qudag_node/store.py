@@ -1,0 +1,464 @@
+"""SQLite persistence: one file in the data dir, WAL, group commit.
+
+Two aiosqlite connections: the *writer*, used only by the engine pump (one
+transaction and one fsync per engine step, whatever the number of client
+transactions in it), and the *reader*, serving API queries from the last committed
+state without waiting behind writes (WAL lets readers and the writer overlap).
+
+Schema migrations are numbered by ``PRAGMA user_version``. The database remembers
+the genesis hash of its network and refuses to open for another one.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from qudag_node.core.crypto import log_hash_start
+from qudag_node.core.engine import Snapshot, StoredVertex
+from qudag_node.core.events import (
+    Event,
+    LeaderCommitted,
+    TransactionsAdmitted,
+    VertexAdded,
+)
+from qudag_node.core.genesis import Genesis
+from qudag_node.core.types import HASH_SIZE, TxId, VertexId
+from qudag_node.core.vertex import decode_header_bytes
+from qudag_node.ports import LogRecord, TxRecord, TxState, VertexRecord
+
+DB_FILENAME = "qudag.db"
+_CHUNK = 900  # ids per IN (...) query, under SQLite's variable limit
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE meta (
+            key TEXT PRIMARY KEY,
+            value BLOB NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE vertices (
+            id BLOB NOT NULL UNIQUE,
+            round INTEGER NOT NULL,
+            author BLOB NOT NULL,
+            header BLOB NOT NULL,
+            signature BLOB NOT NULL,
+            tx_ids BLOB NOT NULL,
+            ordered INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX vertices_round ON vertices (round)",
+        """CREATE TABLE transactions (
+            id BLOB NOT NULL UNIQUE,
+            data BLOB NOT NULL,
+            vertex BLOB,
+            seq INTEGER
+        )""",
+        "CREATE INDEX transactions_pending ON transactions (vertex) WHERE vertex IS NULL",
+        """CREATE TABLE log (
+            seq INTEGER PRIMARY KEY,
+            tx_id BLOB NOT NULL,
+            hash BLOB NOT NULL
+        )""",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(Exception):
+    """The database cannot be used as asked; ``code`` names the reason."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class StoreTotals:
+    """Counts kept in the database, for metrics and status at start-up."""
+
+    vertices: int
+    transactions: int
+    log_length: int
+
+
+def _split_ids(blob: bytes) -> tuple[TxId, ...]:
+    return tuple(TxId(blob[i : i + HASH_SIZE]) for i in range(0, len(blob), HASH_SIZE))
+
+
+def _chunks(ids: Sequence[bytes]) -> Iterable[Sequence[bytes]]:
+    for i in range(0, len(ids), _CHUNK):
+        yield ids[i : i + _CHUNK]
+
+
+class Store:
+    """The node's database. Create with :meth:`open`; finish with :meth:`close`."""
+
+    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection):
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+
+    # ------------------------------------------------------------ life cycle
+
+    @classmethod
+    async def open(cls, data_dir: Path, genesis: Genesis) -> Store:
+        """Open (or create) the database in the existing ``data_dir``, migrate it, check it,
+        and bind it to ``genesis``."""
+        path = data_dir / DB_FILENAME
+        writer = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await writer.execute("PRAGMA journal_mode=WAL")
+            await writer.execute("PRAGMA synchronous=FULL")
+            await writer.execute("PRAGMA busy_timeout=5000")
+            await _check_integrity(writer)
+            await _migrate(writer)
+            await _bind_genesis(writer, genesis)
+            reader = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
+            await reader.execute("PRAGMA busy_timeout=5000")
+        except BaseException:
+            await writer.close()
+            raise
+        return cls(path, writer, reader)
+
+    async def close(self) -> None:
+        """Checkpoint the WAL into the main file and close both connections."""
+        await self._reader.close()
+        await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        await self._writer.close()
+
+    # ---------------------------------------------------------------- writes
+
+    async def persist(self, events: Sequence[Event]) -> None:
+        """Write what ``events`` require in one transaction (one fsync)."""
+        pending: list[tuple[bytes, bytes]] = []
+        vertices: list[tuple[bytes, int, bytes, bytes, bytes, bytes]] = []
+        carried: list[tuple[bytes, bytes, bytes]] = []
+        log: list[tuple[int, bytes, bytes]] = []
+        final: list[tuple[int, bytes, bytes]] = []
+        ordered: list[tuple[bytes]] = []
+        committed_round = None
+        for ev in events:
+            if isinstance(ev, TransactionsAdmitted):
+                pending.extend(zip(ev.ids, ev.transactions, strict=True))
+            elif isinstance(ev, VertexAdded):
+                v = ev.vertex
+                vertices.append(
+                    (v.id, v.round, v.author, v.header_bytes, v.signature, b"".join(v.tx_ids))
+                )
+                carried.extend(zip(v.tx_ids, v.transactions, [v.id] * len(v.tx_ids), strict=True))
+            elif isinstance(ev, LeaderCommitted):
+                log.extend((e.seq, e.tx_id, e.hash) for e in ev.entries)
+                final.extend((e.seq, e.vertex, e.tx_id) for e in ev.entries)
+                ordered.extend((vid,) for vid in ev.ordered)
+                committed_round = ev.round
+        if not (pending or vertices or log or ordered):
+            return
+        db = self._writer
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            if pending:
+                await db.executemany(
+                    "INSERT OR IGNORE INTO transactions (id, data) VALUES (?, ?)", pending
+                )
+            if vertices:
+                await db.executemany(
+                    "INSERT OR IGNORE INTO vertices (id, round, author, header, signature, tx_ids)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    vertices,
+                )
+                await db.executemany(
+                    "INSERT INTO transactions (id, data, vertex) VALUES (?, ?, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET vertex = excluded.vertex"
+                    " WHERE transactions.vertex IS NULL",
+                    carried,
+                )
+            if log:
+                await db.executemany("INSERT INTO log (seq, tx_id, hash) VALUES (?, ?, ?)", log)
+                await db.executemany(
+                    "UPDATE transactions SET seq = ?, vertex = ? WHERE id = ?", final
+                )
+            if ordered:
+                await db.executemany("UPDATE vertices SET ordered = 1 WHERE id = ?", ordered)
+            if committed_round is not None:
+                await _set_meta(db, "committed_round", committed_round.to_bytes(8, "big"))
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    # ----------------------------------------------------- pump-side reads
+
+    async def known_ids(self, ids: Sequence[TxId]) -> set[TxId]:
+        """Which of ``ids`` are stored already (read by the writer: always current)."""
+        found: set[TxId] = set()
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            rows = await _fetch(
+                self._writer,
+                f"SELECT id FROM transactions WHERE id IN ({marks})",  # noqa: S608
+                chunk,
+            )
+            found.update(TxId(r[0]) for r in rows)
+        return found
+
+    async def load_snapshot(self, genesis: Genesis, gc_depth: int, max_pending: int) -> Snapshot:
+        """The durable state the engine resumes from."""
+        db = self._writer
+        rows = await _fetch(db, "SELECT seq, hash FROM log ORDER BY seq DESC LIMIT 1")
+        length, last_hash = (rows[0][0], rows[0][1]) if rows else (0, log_hash_start(genesis.hash))
+        committed = await _get_meta_int(db, "committed_round")
+        floor = max(0, committed - gc_depth)
+        vertex_rows = await _fetch(
+            db,
+            "SELECT id, header, tx_ids, ordered FROM vertices WHERE round >= ? ORDER BY round",
+            (floor,),
+        )
+        vertices = tuple(
+            StoredVertex(VertexId(r[0]), decode_header_bytes(r[1]), _split_ids(r[2]), bool(r[3]))
+            for r in vertex_rows
+        )
+        pending_rows = await _fetch(
+            db,
+            "SELECT id, data FROM transactions WHERE vertex IS NULL ORDER BY rowid LIMIT ?",
+            (max_pending,),
+        )
+        pending = tuple((TxId(r[0]), bytes(r[1])) for r in pending_rows)
+        return Snapshot(length, bytes(last_hash), committed, vertices, pending)
+
+    async def totals(self) -> StoreTotals:
+        """Stored vertex, transaction and log counts.
+
+        Rows are never deleted, so the largest rowid is the count, found in O(log n).
+        """
+        db = self._writer
+        (v,) = (await _fetch(db, "SELECT coalesce(max(rowid), 0) FROM vertices"))[0]
+        (t,) = (await _fetch(db, "SELECT coalesce(max(rowid), 0) FROM transactions"))[0]
+        (n,) = (await _fetch(db, "SELECT coalesce(max(seq), 0) FROM log"))[0]
+        return StoreTotals(int(v), int(t), int(n))
+
+    # ------------------------------------------------------------- API reads
+
+    async def ping(self) -> None:
+        """A trivial query: proves the database answers."""
+        await _fetch(self._reader, "SELECT 1")
+
+    async def transaction(self, tx_id: TxId) -> TxRecord | None:
+        """A transaction's status."""
+        rows = await _fetch(
+            self._reader,
+            "SELECT vertex, seq, length(data) FROM transactions WHERE id = ?",
+            (tx_id,),
+        )
+        if not rows:
+            return None
+        vertex, seq, size = rows[0]
+        if seq is not None:
+            state = TxState.FINAL
+        elif vertex is not None:
+            state = TxState.INCLUDED
+        else:
+            state = TxState.PENDING
+        return TxRecord(tx_id, state, VertexId(vertex) if vertex else None, seq, size)
+
+    async def final_among(self, ids: Sequence[TxId]) -> set[TxId]:
+        """Which of ``ids`` are final."""
+        found: set[TxId] = set()
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            rows = await _fetch(
+                self._reader,
+                f"SELECT id FROM transactions WHERE seq IS NOT NULL AND id IN ({marks})",  # noqa: S608
+                chunk,
+            )
+            found.update(TxId(r[0]) for r in rows)
+        return found
+
+    async def vertex(self, vertex_id: VertexId) -> VertexRecord | None:
+        """A stored vertex."""
+        rows = await _fetch(
+            self._reader,
+            "SELECT header, signature, tx_ids, ordered FROM vertices WHERE id = ?",
+            (vertex_id,),
+        )
+        if not rows:
+            return None
+        header_bytes, signature, ids, ordered = rows[0]
+        h = decode_header_bytes(header_bytes)
+        return VertexRecord(
+            vertex_id,
+            h.round,
+            h.author,
+            h.timestamp_ms,
+            h.parents,
+            _split_ids(ids),
+            int(h.scheme),
+            bytes(signature),
+            bool(ordered),
+        )
+
+    async def log(self, start: int, limit: int) -> list[LogRecord]:
+        """Finalized entries from ``start`` on, in order."""
+        rows = await _fetch(
+            self._reader,
+            "SELECT l.seq, l.tx_id, t.vertex, l.hash FROM log AS l"
+            " JOIN transactions AS t ON t.id = l.tx_id"
+            " WHERE l.seq >= ? ORDER BY l.seq LIMIT ?",
+            (start, limit),
+        )
+        return [LogRecord(r[0], TxId(r[1]), VertexId(r[2]), bytes(r[3])) for r in rows]
+
+
+async def _fetch(db: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    return list(await db.execute_fetchall(sql, params))
+
+
+async def _check_integrity(db: aiosqlite.Connection) -> None:
+    rows = await _fetch(db, "PRAGMA quick_check")
+    result = [r[0] for r in rows]
+    if result != ["ok"]:
+        raise StoreError("corrupt", f"database integrity check failed: {'; '.join(result[:5])}")
+
+
+async def _migrate(db: aiosqlite.Connection) -> None:
+    (version,) = (await _fetch(db, "PRAGMA user_version"))[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            "schema_too_new",
+            f"database schema {version} is newer than this node understands ({SCHEMA_VERSION})",
+        )
+    for number in range(version, SCHEMA_VERSION):
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[number]:
+                await db.execute(statement)
+            await db.execute(f"PRAGMA user_version = {number + 1}")
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+
+async def _bind_genesis(db: aiosqlite.Connection, genesis: Genesis) -> None:
+    rows = await _fetch(db, "SELECT value FROM meta WHERE key = 'genesis'")
+    if not rows:
+        await db.execute("BEGIN IMMEDIATE")
+        await _set_meta(db, "genesis", genesis.hash)
+        await _set_meta(db, "network_id", genesis.network_id.encode())
+        await db.execute("COMMIT")
+        return
+    if bytes(rows[0][0]) != genesis.hash:
+        stored = await _fetch(db, "SELECT value FROM meta WHERE key = 'network_id'")
+        name = bytes(stored[0][0]).decode() if stored else "?"
+        raise StoreError(
+            "wrong_network",
+            f"the database belongs to network {name!r} (genesis {bytes(rows[0][0]).hex()[:16]}),"
+            f" not to {genesis.network_id!r} (genesis {genesis.hash.hex()[:16]}):"
+            " use another data directory or the same key and network settings",
+        )
+
+
+async def _set_meta(db: aiosqlite.Connection, key: str, value: bytes) -> None:
+    await db.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+async def _get_meta_int(db: aiosqlite.Connection, key: str) -> int:
+    rows = await _fetch(db, "SELECT value FROM meta WHERE key = ?", (key,))
+    return int.from_bytes(rows[0][0], "big") if rows else 0
+
+
+# ------------------------------------------------------- backup and restore
+
+
+def backup_database(
+    source: Path, dest: Path, progress: Callable[[int, int], None] | None = None
+) -> int:
+    """Copy a live database to ``dest`` (a consistent snapshot); returns pages copied.
+
+    The source may be in use by a running node: the copy holds one read transaction
+    for its whole duration, so it sees a single committed state while the node keeps
+    writing to the WAL.
+    """
+    if not source.is_file():
+        raise StoreError("no_database", f"no database at {source}")
+    if dest.exists():
+        raise StoreError("exists", f"{dest} exists already; choose a new path")
+    partial = dest.with_name(dest.name + ".partial")
+    partial.unlink(missing_ok=True)
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    try:
+        src.execute("BEGIN")
+        src.execute("SELECT count(*) FROM meta").fetchone()  # pin the snapshot
+        dst = sqlite3.connect(partial)
+        copied = 0
+
+        def step(_status: int, remaining: int, total: int) -> None:
+            nonlocal copied
+            copied = total - remaining
+            if progress is not None:
+                progress(copied, total)
+
+        try:
+            src.backup(dst, pages=256, progress=step)
+            dst.execute("PRAGMA journal_mode=DELETE")
+            check = dst.execute("PRAGMA quick_check").fetchone()
+        finally:
+            dst.close()
+        src.rollback()
+    finally:
+        src.close()
+    if check is None or check[0] != "ok":
+        partial.unlink(missing_ok=True)
+        raise StoreError("corrupt", "the backup copy failed its integrity check")
+    _fsync(partial)
+    partial.rename(dest)
+    _fsync(dest.parent)
+    return copied
+
+
+def restore_database(backup: Path, data_dir: Path) -> None:
+    """Put a backup in place as the database of an empty data dir."""
+    if not backup.is_file():
+        raise StoreError("no_backup", f"no backup file at {backup}")
+    target = data_dir / DB_FILENAME
+    if target.exists() or target.with_name(DB_FILENAME + "-wal").exists():
+        raise StoreError(
+            "not_empty", f"{data_dir} already holds a database; restore into an empty data dir"
+        )
+    conn = sqlite3.connect(f"file:{backup}?mode=ro", uri=True)
+    try:
+        check = conn.execute("PRAGMA quick_check").fetchone()
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+    except sqlite3.DatabaseError as e:
+        raise StoreError("corrupt", f"{backup} is not a usable database: {e}") from None
+    finally:
+        conn.close()
+    if check is None or check[0] != "ok":
+        raise StoreError("corrupt", f"{backup} failed its integrity check")
+    if not 1 <= version <= SCHEMA_VERSION:
+        raise StoreError("not_qudag", f"{backup} is not a qudag-node database (schema {version})")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    partial = data_dir / (DB_FILENAME + ".partial")
+    with backup.open("rb") as src, partial.open("wb") as dst:
+        while chunk := src.read(1 << 20):
+            dst.write(chunk)
+        dst.flush()
+        os.fsync(dst.fileno())
+    partial.rename(target)
+    _fsync(data_dir)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

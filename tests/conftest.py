@@ -1,0 +1,78 @@
+"""Shared fixtures: real nodes running in the test's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from qudag_node.config import Settings, load_settings
+from qudag_node.node import Node
+
+START_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class NodeHandle:
+    """A node started by :func:`node_factory`."""
+
+    node: Node
+    url: str
+    port: int
+    settings: Settings
+    data_dir: Path
+
+
+NodeFactory = Callable[..., Awaitable[NodeHandle]]
+
+
+@pytest.fixture
+async def node_factory(tmp_path: Path) -> AsyncIterator[NodeFactory]:
+    """Start in-process nodes (API on port 0, data in tmp_path); stops them at teardown.
+
+    Keyword arguments are settings in environment form, e.g. ``QUDAG_MAX_TX_BYTES="1024"``.
+    """
+    running: list[tuple[Node, asyncio.Task[None]]] = []
+    numbers = itertools.count(1)
+
+    async def start(**overrides: str) -> NodeHandle:
+        n = next(numbers)
+        env = {
+            "NODE_ID": f"node{n}",
+            "QUDAG_DATA_DIR": str(tmp_path / f"node{n}"),
+            "QUDAG_API_HOST": "",
+            "QUDAG_API_PORT": "0",
+            "QUDAG_P2P_PORT": "0",
+            **overrides,
+        }
+        settings = load_settings(env)
+        node = Node(settings)
+        task = asyncio.create_task(node.run(), name=f"node{n}")
+        running.append((node, task))
+        started = asyncio.create_task(node.wait_started())
+        done, _ = await asyncio.wait(
+            {task, started}, timeout=START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
+        if task in done:
+            started.cancel()
+            task.result()
+            raise AssertionError("node stopped during start-up")
+        if started not in done:
+            started.cancel()
+            raise AssertionError(f"node did not start within {START_TIMEOUT} s")
+        assert node.api_port is not None
+        return NodeHandle(
+            node, f"http://127.0.0.1:{node.api_port}", node.api_port, settings, settings.data_path
+        )
+
+    yield start
+    for node, task in reversed(running):
+        node.stop()
+        if not task.done():
+            await asyncio.wait_for(task, START_TIMEOUT)
+        elif not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
