@@ -1,0 +1,211 @@
+"""Real node processes: clean shutdown on signals, crash safety, identity, backup, secrets."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import nacl.signing
+import pytest
+
+from tests.nodeproc import NodeProcess, request, submit_json, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def _status(node: NodeProcess) -> dict[str, object]:
+    code, body = request("GET", node.url + "/api/v1/status")
+    assert code == 200, body
+    assert isinstance(body, dict)
+    return body
+
+
+def _log_info(node: NodeProcess) -> tuple[int, str]:
+    log = _status(node)["log"]
+    assert isinstance(log, dict)
+    return int(log["length"]), str(log["hash"])
+
+
+def _all_final(node: NodeProcess, ids: list[str]) -> bool:
+    for tx in ids:
+        code, body = request("GET", f"{node.url}/api/v1/transactions/{tx}")
+        if code != 200 or body["status"] != "final":
+            return False
+    return True
+
+
+class Submitter(threading.Thread):
+    """Submits unique transactions in a loop and records every acknowledged id."""
+
+    def __init__(self, url: str, batch: int = 20) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.batch = batch
+        self.acked: list[str] = []
+        self.halt = threading.Event()
+        self.failures = 0
+
+    def run(self) -> None:
+        n = 0
+        while not self.halt.is_set() and self.failures < 50:
+            txs = [f"tx-{id(self)}-{n + k}".encode() * 8 for k in range(self.batch)]
+            n += self.batch
+            code, body = submit_json(self.url, txs)
+            if code == 202:
+                self.acked.extend(body["ids"])
+            else:
+                self.failures += 1
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(30)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_the_node_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
+    node = NodeProcess(tmp_path / "data", tmp_path / "node.log").start()
+    code, body = submit_json(node.url, [b"before shutdown"], wait=True)
+    assert code == 200, body
+    started = time.monotonic()
+    node.signal(sig)
+    assert node.wait(10) == 0, node.logs()
+    assert time.monotonic() - started < 5
+    events = [r["event"] for r in node.records()]
+    assert events.index("stopping") < events.index("stopped")
+    assert "Traceback" not in node.logs()
+    wal = tmp_path / "data" / "qudag.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0, "WAL was not checkpointed"
+
+
+def test_identity_is_generated_once_and_kept(tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "data", tmp_path / "node.log").start()
+    first = _status(node)["node"]
+    first_network = _status(node)["network"]
+    assert node.stop() == 0
+    key_file = tmp_path / "data" / "node.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    seed = bytes.fromhex(key_file.read_text().strip())
+    assert isinstance(first, dict)
+    assert bytes(nacl.signing.SigningKey(seed).verify_key).hex() == first["public_key"]
+    node.start()
+    second = _status(node)["node"]
+    assert isinstance(second, dict)
+    assert second["public_key"] == first["public_key"]
+    assert _status(node)["network"] == first_network
+    assert node.stop() == 0
+
+
+def test_sigkill_loses_no_acknowledged_transaction(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    node = NodeProcess(data, tmp_path / "node.log").start()
+    load = Submitter(node.url)
+    load.start()
+    wait_until(lambda: _log_info(node)[0] >= 400, 60, "400 final transactions")
+    final_length, final_hash = _log_info(node)
+    wait_until(lambda: len(load.acked) >= final_length + 400, 60, "more acknowledged ones")
+    node.kill()
+    load.stop()
+    acked = list(load.acked)
+    assert final_length > 0
+
+    node.start()
+    wait_until(lambda: _all_final(node, acked), 60, "every acknowledged transaction to be final")
+    code, body = request("GET", f"{node.url}/api/v1/log?from={final_length}&limit=1")
+    assert code == 200
+    assert body["entries"][0]["hash"] == final_hash
+    length, _ = _log_info(node)
+    assert length >= len(set(acked))
+    assert node.stop() == 0
+    with sqlite3.connect(data / "qudag.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+def test_online_backup_restores_the_same_log(tmp_path: Path) -> None:
+    key = nacl.signing.SigningKey.generate()
+    env = {"NODE_PRIVATE_KEY": bytes(key).hex()}
+    node = NodeProcess(tmp_path / "data", tmp_path / "node.log", env).start()
+    for i in range(5):
+        code, _ = submit_json(node.url, [f"seed-{i}-{k}".encode() for k in range(100)], wait=True)
+        assert code == 200
+    before, _ = _log_info(node)
+    load = Submitter(node.url)
+    load.start()
+    wait_until(lambda: len(load.acked) >= 100, 60, "load before the backup")
+    backup = tmp_path / "backup.db"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qudag_node",
+            "backup",
+            str(backup),
+            "--data-dir",
+            str(node.data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    load.stop()
+    assert result.returncode == 0, result.stderr
+    restored_dir = tmp_path / "restored"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qudag_node",
+            "restore",
+            str(backup),
+            "--data-dir",
+            str(restored_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+    twin = NodeProcess(restored_dir, tmp_path / "twin.log", env).start()
+    length, log_hash = _log_info(twin)
+    assert length >= before
+    code, body = request("GET", f"{node.url}/api/v1/log?from={length}&limit=1")
+    assert code == 200
+    assert body["entries"][0]["hash"] == log_hash
+    assert twin.stop() == 0
+    assert node.stop() == 0
+
+
+def test_secrets_never_leave_the_process(tmp_path: Path) -> None:
+    key = bytes(nacl.signing.SigningKey.generate()).hex()
+    token = "peer-token-" + "x7" * 12
+    env = {"NODE_PRIVATE_KEY": key, "PEER_AUTH_TOKEN": token, "LOG_LEVEL": "debug"}
+    node = NodeProcess(tmp_path / "data", tmp_path / "node.log", env).start()
+    seen = []
+    for method, path, body, ctype in [
+        ("GET", "/api/v1/status", None, ""),
+        ("GET", "/metrics", None, ""),
+        ("GET", "/health", None, ""),
+        ("GET", "/ready", None, ""),
+        ("POST", "/api/v1/transactions", b"{not json", "application/json"),
+        ("POST", "/api/v1/transactions", b"", "application/octet-stream"),
+        ("POST", "/api/v1/transactions", b"x", "text/plain"),
+        ("POST", "/api/v1/transactions?wait=final", b"real tx", "application/octet-stream"),
+        ("GET", "/api/v1/transactions/zz", None, ""),
+        ("GET", "/api/v1/nope", None, ""),
+    ]:
+        code, answer = request(method, node.url + path, body, ctype or "application/octet-stream")
+        assert code != 0
+        seen.append(str(answer))
+    assert node.stop() == 0
+    everything = "\n".join([*seen, node.logs()])
+    for secret in (key, token):
+        assert secret not in everything
+        assert secret.upper() not in everything
+    assert '"node_private_key": "<set>"' in node.logs()
