@@ -120,6 +120,9 @@ class Store:
             await _bind_genesis(writer, genesis)
             reader = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
             await reader.execute("PRAGMA busy_timeout=5000")
+        except sqlite3.DatabaseError as e:
+            await writer.close()
+            raise StoreError("corrupt", f"{path} is not a usable database: {e}") from None
         except BaseException:
             await writer.close()
             raise

@@ -1,0 +1,235 @@
+"""The SQLite store over real database files."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from qudag_node.core.crypto import Signer, tx_ids
+from qudag_node.core.engine import Engine
+from qudag_node.core.events import Event, TransactionsAdmitted
+from qudag_node.core.genesis import Genesis
+from qudag_node.core.params import Params
+from qudag_node.ports import TxState
+from qudag_node.store import (
+    DB_FILENAME,
+    SCHEMA_VERSION,
+    Store,
+    StoreError,
+    backup_database,
+    restore_database,
+)
+from tests.conftest import NodeFactory
+
+SIGNER = Signer(bytes(range(32)))
+GENESIS = Genesis.solo("qudag-test", "node1", SIGNER.public_key)
+
+
+def drain(engine: Engine) -> list[Event]:
+    events = []
+    while (e := engine.next_event()) is not None:
+        events.append(e)
+    return events
+
+
+async def drive(engine: Engine, store: Store, now: float, until: float) -> float:
+    """Step the engine on a manual clock, persisting each step, until ``until``."""
+    while True:
+        timer = engine.get_timer()
+        if timer is None or timer > until:
+            return now
+        now = max(now, timer)
+        engine.handle_timer(now)
+        await store.persist(drain(engine))
+
+
+async def test_new_database_is_wal_and_migrated(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path, GENESIS)
+    await store.close()
+    with sqlite3.connect(tmp_path / DB_FILENAME) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"meta", "vertices", "transactions", "log"} <= tables
+
+
+async def test_database_refuses_another_network(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path, GENESIS)
+    await store.close()
+    other = Genesis.solo("qudag-other", "node1", SIGNER.public_key)
+    with pytest.raises(StoreError) as info:
+        await Store.open(tmp_path, other)
+    assert info.value.code == "wrong_network"
+    assert "qudag-test" in str(info.value)
+
+
+async def test_corrupt_database_is_refused(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path, GENESIS)
+    engine = Engine(GENESIS, Params(), SIGNER)
+    txs = [f"tx{i}".encode() * 40 for i in range(3000)]
+    engine.submit_transactions(tx_ids(txs), txs, 0.0)
+    await drive(engine, store, 0.0, 1.0)
+    await store.close()
+    path = tmp_path / DB_FILENAME
+    data = bytearray(path.read_bytes())
+    page = 4096
+    for offset in range(3 * page, len(data) - page, 7 * page):
+        data[offset : offset + 64] = b"\xa5" * 64
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError) as info:
+        await Store.open(tmp_path, GENESIS)
+    assert info.value.code == "corrupt"
+
+
+async def test_not_a_database_is_refused(tmp_path: Path) -> None:
+    (tmp_path / DB_FILENAME).write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError) as info:
+        await Store.open(tmp_path, GENESIS)
+    assert info.value.code == "corrupt"
+
+
+async def test_statuses_and_log_follow_the_engine(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path, GENESIS)
+    engine = Engine(GENESIS, Params(), SIGNER)
+    txs = [b"alpha", b"beta", b"gamma"]
+    ids = tx_ids(txs)
+    engine.handle_timer(0.0)
+    await store.persist(drain(engine))
+    engine.submit_transactions(ids, txs, 0.001)
+    events = drain(engine)
+    await store.persist([e for e in events if isinstance(e, TransactionsAdmitted)])
+    record = await store.transaction(ids[0])
+    assert record is not None
+    assert record.state is TxState.PENDING
+    await store.persist([e for e in events if not isinstance(e, TransactionsAdmitted)])
+    await drive(engine, store, 0.001, 5.0)
+    stats = engine.statistics()
+    assert stats.log_length == 3
+    entries = await store.log(1, 10)
+    assert [e.tx_id for e in entries] == ids
+    assert entries[-1].hash == stats.log_hash
+    for i in ids:
+        rec = await store.transaction(i)
+        assert rec is not None
+        assert rec.state is TxState.FINAL
+        assert rec.vertex == entries[0].vertex
+    vertex = await store.vertex(entries[0].vertex)
+    assert vertex is not None
+    assert vertex.tx_ids == tuple(ids)
+    assert vertex.ordered
+    assert await store.known_ids([*ids, tx_ids([b"unknown"])[0]]) == set(ids)
+    assert await store.final_among(ids) == set(ids)
+    totals = await store.totals()
+    assert (totals.transactions, totals.log_length) == (3, 3)
+    await store.close()
+
+
+async def test_snapshot_resumes_an_identical_log(tmp_path: Path) -> None:
+    """A restarted engine continues exactly as one that never stopped."""
+    params = Params(gc_depth=4)
+    store = await Store.open(tmp_path, GENESIS)
+    steady = Engine(GENESIS, params, SIGNER)
+    restarted = Engine(GENESIS, params, SIGNER)
+    now = 0.0
+    for batch in range(30):
+        txs = [f"b{batch}-{k}".encode() for k in range(7)]
+        ids = tx_ids(txs)
+        for engine in (steady, restarted):
+            engine.submit_transactions(ids, txs, now)
+        await store.persist(drain(restarted))
+        drain(steady)
+        # both engines step on the same clock; only `restarted` is persisted
+        until = now + 0.12
+        t = now
+        while (timer := steady.get_timer()) is not None and timer <= until:
+            t = max(t, timer)
+            steady.handle_timer(t)
+            drain(steady)
+            restarted.handle_timer(t)
+            await store.persist(drain(restarted))
+        now = until
+        if batch % 5 == 4:
+            await store.close()
+            store = await Store.open(tmp_path, GENESIS)
+            snap = await store.load_snapshot(GENESIS, params.gc_depth, params.max_pending)
+            assert len(snap.vertices) <= params.gc_depth + 3
+            restarted = Engine(GENESIS, params, SIGNER, snap)
+            restarted.handle_timer(now)
+            await store.persist(drain(restarted))
+    a, b = steady.statistics(), restarted.statistics()
+    assert (a.log_length, a.log_hash) == (b.log_length, b.log_hash)
+    assert a.log_length == 30 * 7
+    assert b.dag_window <= params.gc_depth + 3
+    await store.close()
+
+
+async def test_pending_transactions_survive_a_restart(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path, GENESIS)
+    txs = [b"one", b"two"]
+    await store.persist([TransactionsAdmitted(tuple(tx_ids(txs)), tuple(txs))])
+    await store.close()
+    store = await Store.open(tmp_path, GENESIS)
+    snap = await store.load_snapshot(GENESIS, 50, 100)
+    assert snap.pending == tuple(zip(tx_ids(txs), txs, strict=True))
+    await store.close()
+
+
+async def test_backup_and_restore_refuse_to_overwrite(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    store = await Store.open(data, GENESIS)
+    await store.close()
+    target = tmp_path / "backup.db"
+    seen: list[tuple[int, int]] = []
+    pages = await asyncio.to_thread(
+        backup_database, data / DB_FILENAME, target, lambda d, t: seen.append((d, t))
+    )
+    assert pages > 0
+    assert seen[-1][0] == seen[-1][1]
+    with pytest.raises(StoreError) as info:
+        backup_database(data / DB_FILENAME, target)
+    assert info.value.code == "exists"
+    with pytest.raises(StoreError) as info:
+        restore_database(target, data)
+    assert info.value.code == "not_empty"
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"junk" * 1000)
+    with pytest.raises(StoreError) as info:
+        restore_database(junk, tmp_path / "fresh")
+    assert info.value.code == "corrupt"
+    restore_database(target, tmp_path / "fresh")
+    assert (tmp_path / "fresh" / DB_FILENAME).is_file()
+
+
+async def test_group_commit_batches_concurrent_clients(node_factory: NodeFactory) -> None:
+    """Many concurrent submits share engine steps: far fewer commits than clients."""
+    handle = await node_factory(QUDAG_MIN_ROUND_INTERVAL="0.2")
+    clients = 200
+
+    async def one(session: aiohttp.ClientSession, i: int) -> int:
+        async with session.post(
+            handle.url + "/api/v1/transactions",
+            data=f"client-{i}".encode(),
+            headers={"Content-Type": "application/octet-stream"},
+        ) as resp:
+            return resp.status
+
+    async def commits(session: aiohttp.ClientSession) -> float:
+        async with session.get(handle.url + "/metrics") as resp:
+            text = await resp.text()
+        for line in text.splitlines():
+            if line.startswith("qudag_store_commit_seconds_count"):
+                return float(line.split()[-1])
+        raise AssertionError("no commit count in /metrics")
+
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        before = await commits(session)
+        statuses = await asyncio.gather(*(one(session, i) for i in range(clients)))
+        after = await commits(session)
+    assert statuses == [202] * clients
+    assert after - before < clients / 4, f"{after - before} commits for {clients} clients"
