@@ -9,7 +9,6 @@ Secret values are wrapped in :class:`Secret` and never printed.
 from __future__ import annotations
 
 import math
-import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -406,11 +405,11 @@ def load_settings(
     for s in SETTINGS:
         if s.env in env:
             raw[s.name] = (env[s.env], "environment")
-    for key, value in (flags or {}).items():
-        if value is not None:
+    for key, flag in (flags or {}).items():
+        if flag is not None:
             if key not in BY_NAME:
                 raise ConfigError(f"unknown setting {key!r}")
-            raw[key] = (value, "command line")
+            raw[key] = (flag, "command line")
     values: dict[str, Any] = {}
     for s in SETTINGS:
         text, source = raw[s.name]
@@ -432,7 +431,3 @@ def flag_name(setting: Setting) -> str:
     """The command-line flag of a setting, e.g. ``--api-port``."""
     return "--" + setting.name.replace("_", "-")
 
-
-def environ() -> dict[str, str]:
-    """A copy of the process environment."""
-    return dict(os.environ)
