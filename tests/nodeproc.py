@@ -137,7 +137,7 @@ def request(
     timeout: float = 30.0,
 ) -> tuple[int, Any]:
     """One HTTP request; returns (status, decoded JSON or text). Status 0 = no answer."""
-    req = urllib.request.Request(url, data=body, method=method)
+    req = urllib.request.Request(url, data=body, method=method)  # noqa: S310
     if body is not None:
         req.add_header("Content-Type", content_type)
     try:

@@ -72,6 +72,4 @@ class Consensus:
             if candidate is not None and dag.reaches(chain[-1], candidate):
                 chain.append(candidate)
         self.committed_round = round_
-        return [
-            CommittedLeader(lead, tuple(dag.take_history(lead))) for lead in reversed(chain)
-        ]
+        return [CommittedLeader(lead, tuple(dag.take_history(lead))) for lead in reversed(chain)]

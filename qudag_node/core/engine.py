@@ -320,7 +320,9 @@ class Engine:
         if r >= 2 and r % 2 == 0 and self._consensus.leader_vertex(self._dag, r) is None:
             when = max(when, self._ready_at + self._params.leader_timeout)
         if not self._has_work():
-            idle_since = self._ready_at if self._last_proposal_at is None else self._last_proposal_at
+            idle_since = (
+                self._ready_at if self._last_proposal_at is None else self._last_proposal_at
+            )
             when = max(when, idle_since + self._params.heartbeat_interval)
         return when
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 from qudag_node.core import codec
 from qudag_node.core.crypto import (
@@ -111,10 +112,10 @@ def decode_header(r: codec.Reader) -> VertexHeader:
     )
     if version != VERTEX_VERSION:
         raise InputRejected(Reason.BAD_VERSION, f"vertex version {version}")
-    if scheme not in SIGNATURE_SIZES.keys():
+    if scheme not in SIGNATURE_SIZES:
         raise InputRejected(Reason.UNKNOWN_SCHEME, f"signature scheme {scheme}")
     parents = tuple(VertexId(r.fixed(HASH_SIZE, "parent")) for _ in range(n_parents))
-    if any(a >= b for a, b in zip(parents, parents[1:], strict=False)):
+    if any(a >= b for a, b in pairwise(parents)):
         raise InputRejected(Reason.NON_CANONICAL, "parents must be strictly ascending")
     tx_count, payload_bytes, root = _TAIL.unpack(r.fixed(_TAIL.size, "vertex header"))
     return VertexHeader(
