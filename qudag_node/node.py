@@ -139,6 +139,7 @@ class Node:
             await asyncio.to_thread(s.data_path.mkdir, parents=True, exist_ok=True)
             self._signer = load_signer(s)
             self._genesis = Genesis.solo(s.effective_network_id, s.node_id, self._signer.public_key)
+            log.info("opening_database", path=str(s.data_path), check="quick_check")
             self._store = await Store.open(s.data_path, self._genesis)
         except StoreError as e:
             raise NodeFailure(f"database {s.data_path}: {e}") from None
