@@ -292,16 +292,11 @@ class Node:
 
     async def submit(self, transactions: Sequence[bytes]) -> SubmitReceipt:
         """Queue a client batch for the next engine step; return once it is stored."""
-        check_batch(transactions, self.params)
-        if self._closing:
-            raise InputRejected(Reason.POOL_FULL, "the node is shutting down")
-        stats = self._engine.statistics()
-        if stats.pending + self._inbox_txs + len(transactions) > self.params.max_pending:
-            raise InputRejected(
-                Reason.POOL_FULL,
-                f"{stats.pending + self._inbox_txs} transactions waiting,"
-                f" limit {self.params.max_pending}",
-            )
+        try:
+            self._precheck(transactions)
+        except InputRejected as e:
+            self._metrics.on_submit_rejected(e.reason)
+            raise
         sub = _Submission(
             tx_ids(transactions), transactions, asyncio.get_running_loop().create_future()
         )
@@ -309,6 +304,17 @@ class Node:
         self._inbox_txs += len(transactions)
         self._wakeup.set()
         return await asyncio.shield(sub.done)
+
+    def _precheck(self, transactions: Sequence[bytes]) -> None:
+        """Refuse a batch before it is queued: bad transactions, shutdown, a full pool."""
+        check_batch(transactions, self.params)
+        if self._closing:
+            raise InputRejected(Reason.POOL_FULL, "the node is shutting down")
+        waiting = self._engine.statistics().pending + self._inbox_txs
+        if waiting + len(transactions) > self.params.max_pending:
+            raise InputRejected(
+                Reason.POOL_FULL, f"{waiting} transactions waiting, limit {self.params.max_pending}"
+            )
 
     async def wait_final(self, ids: Sequence[TxId], timeout: float) -> bool:
         """True once every id is final; False after ``timeout`` seconds."""

@@ -1,0 +1,149 @@
+"""Prometheus metrics: one :class:`Metrics` object on its own registry.
+
+The node feeds it engine events, statistics and store timings; the HTTP API feeds
+it request outcomes. Series names are a contract with dashboards. Labels never use
+the names Fly rewrites (``app``, ``region``, ``host``, ``instance``) and their values
+are low-cardinality: route templates, reason codes, fixed result names.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from qudag_node.core.engine import Statistics
+from qudag_node.core.errors import Reason
+from qudag_node.core.events import Event, LeaderCommitted, MessageRejected, VertexAdded
+
+#: Buckets for one SQLite commit (an fsync or two): 0.5 ms to 2 s.
+STORE_COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+#: Buckets for an HTTP request, up to the longest ``wait=final`` submit.
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: HTTP methods kept as label values; any other method is counted as ``other``.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class Metrics:
+    """Every series the node exposes, registered on :attr:`registry`."""
+
+    def __init__(self, version: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._dag_nodes = Counter("qudag_dag_nodes", "Vertices added to the DAG.", registry=r)
+        self._transactions = Counter(
+            "qudag_transactions",
+            "Submitted transactions by result: admitted, duplicate or rejected.",
+            ["result"],
+            registry=r,
+        )
+        self._admitted = self._transactions.labels(result="admitted")
+        self._duplicate = self._transactions.labels(result="duplicate")
+        self._rejected = self._transactions.labels(result="rejected")
+        self._submits_rejected = Counter(
+            "qudag_submits_rejected",
+            "Submit requests refused, by reason code.",
+            ["reason"],
+            registry=r,
+        )
+        self._finalized = Counter(
+            "qudag_transactions_finalized", "Entries appended to the finalized log.", registry=r
+        )
+        self._leaders = Counter("qudag_leaders_committed", "Leader vertices committed.", registry=r)
+        self._messages_rejected = Counter(
+            "qudag_messages_rejected",
+            "Peer messages dropped for breaking a rule, by reason code.",
+            ["reason"],
+            registry=r,
+        )
+        self._round = Gauge("qudag_round", "This node's latest proposed round.", registry=r)
+        self._highest_round = Gauge(
+            "qudag_highest_round", "Highest round seen in the DAG.", registry=r
+        )
+        self._committed_round = Gauge(
+            "qudag_committed_round", "Round of the last committed leader.", registry=r
+        )
+        self._pending = Gauge(
+            "qudag_pending_transactions", "Transactions waiting for a vertex.", registry=r
+        )
+        self._log_length = Gauge("qudag_log_length", "Entries in the finalized log.", registry=r)
+        self._dag_window = Gauge(
+            "qudag_dag_window_vertices", "Vertices held in memory.", registry=r
+        )
+        self._store_commit = Histogram(
+            "qudag_store_commit_seconds",
+            "Duration of one store commit (one engine step).",
+            buckets=STORE_COMMIT_BUCKETS,
+            registry=r,
+        )
+        self._http_requests = Counter(
+            "qudag_http_requests",
+            "HTTP requests by method, route template and status.",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self._http_duration = Histogram(
+            "qudag_http_request_duration_seconds",
+            "HTTP request duration by route template.",
+            ["route"],
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+        build = Gauge(
+            "qudag_build_info",
+            "Build of this node (always 1).",
+            ["version", "python"],
+            registry=r,
+        )
+        build.labels(version=version, python=platform.python_version()).set(1)
+
+    def set_totals(self, vertices: int, transactions: int, log_length: int) -> None:
+        """Start the counters at the store's totals; call once, at start."""
+        self._dag_nodes.inc(vertices)
+        self._admitted.inc(transactions)
+        self._finalized.inc(log_length)
+        self._log_length.set(log_length)
+
+    def on_events(self, events: Sequence[Event]) -> None:
+        """Count what one persisted engine step produced.
+
+        Admitted transactions are counted by :meth:`on_submit`, not here.
+        """
+        for event in events:
+            if isinstance(event, VertexAdded):
+                self._dag_nodes.inc()
+            elif isinstance(event, LeaderCommitted):
+                self._leaders.inc()
+                self._finalized.inc(len(event.entries))
+            elif isinstance(event, MessageRejected):
+                self._messages_rejected.labels(reason=event.reason.value).inc()
+
+    def on_submit(self, admitted: int, duplicates: int) -> None:
+        """A submit was stored: ``admitted`` new transactions, ``duplicates`` known ones."""
+        self._admitted.inc(admitted)
+        self._duplicate.inc(duplicates)
+
+    def on_submit_rejected(self, reason: Reason) -> None:
+        """A submit request was refused as a whole (counted once, whatever its size)."""
+        self._rejected.inc()
+        self._submits_rejected.labels(reason=reason.value).inc()
+
+    def on_statistics(self, stats: Statistics) -> None:
+        """Copy the engine's positions and sizes into the gauges."""
+        self._round.set(stats.round)
+        self._highest_round.set(stats.highest_round)
+        self._committed_round.set(stats.committed_round)
+        self._pending.set(stats.pending)
+        self._log_length.set(stats.log_length)
+        self._dag_window.set(stats.dag_window)
+
+    def on_store_commit(self, seconds: float) -> None:
+        """One store commit took ``seconds``."""
+        self._store_commit.observe(seconds)
+
+    def on_http(self, method: str, route: str, status: int, seconds: float) -> None:
+        """An HTTP request on ``route`` (a template) ended with ``status``."""
+        method = method if method in HTTP_METHODS else "other"
+        self._http_requests.labels(method=method, route=route, status=str(status)).inc()
+        self._http_duration.labels(route=route).observe(seconds)

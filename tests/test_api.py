@@ -1,0 +1,464 @@
+"""The HTTP API against a real in-process node over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from hashlib import blake2b
+from typing import Any
+
+import aiohttp
+import nacl.signing
+import pytest
+from multidict import CIMultiDictProxy
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import NodeFactory, NodeHandle
+
+TX = "/api/v1/transactions"
+HEX_ZERO = "0" * 64
+
+
+def _tx_id(data: bytes) -> str:
+    return blake2b(data, digest_size=32, person=b"qudag:tx").hexdigest()
+
+
+def _batch(*txs: bytes) -> dict[str, list[str]]:
+    return {"transactions": [base64.b64encode(t).decode() for t in txs]}
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client, closed at teardown."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+        yield s
+
+
+async def _json(response: aiohttp.ClientResponse) -> Any:
+    assert response.content_type == "application/json", await response.text()
+    return await response.json()
+
+
+async def _expect_error(
+    request: Awaitable[aiohttp.ClientResponse], status: int, code: str
+) -> tuple[dict[str, Any], CIMultiDictProxy[str]]:
+    """The JSON error body and headers of ``request``, after checking status and code."""
+    async with await request as response:
+        body = await _json(response)
+        assert response.status == status, body
+    assert set(body["error"]) == {"code", "message"}
+    assert body["error"]["code"] == code
+    assert isinstance(body["error"]["message"], str)
+    assert body["error"]["message"]
+    return dict(body), response.headers
+
+
+async def _post(
+    session: aiohttp.ClientSession, url: str, data: bytes, content_type: str
+) -> aiohttp.ClientResponse:
+    return await session.post(url, data=data, headers={"Content-Type": content_type})
+
+
+async def _submit(
+    session: aiohttp.ClientSession, node: NodeHandle, *txs: bytes, query: str = ""
+) -> tuple[int, Any]:
+    url = f"{node.url}{TX}{query}"
+    async with session.post(url, json=_batch(*txs)) as response:
+        return response.status, await _json(response)
+
+
+async def _get(session: aiohttp.ClientSession, url: str) -> Any:
+    async with session.get(url) as response:
+        body = await _json(response)
+        assert response.status == 200, body
+        return body
+
+
+async def _until(
+    check: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition"
+) -> None:
+    """Poll ``check`` until it holds, failing after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"{what} did not hold within {timeout} s"
+        await asyncio.sleep(0.01)
+
+
+# ----------------------------------------------------------------- submit
+
+
+async def test_submit_one_octet_stream_transaction(
+    node_factory: NodeFactory, session: aiohttp.ClientSession
+) -> None:
+    node = await node_factory()
+    data = b"hello qudag"
+    response = await _post(session, f"{node.url}{TX}", data, "application/octet-stream")
+    async with response:
+        assert response.status == 202
+        assert await _json(response) == {"ids": [_tx_id(data)]}
+    record = await _get(session, f"{node.url}{TX}/{_tx_id(data)}")
+    assert record["id"] == _tx_id(data)
+    assert record["status"] in {"pending", "included", "final"}
+    assert set(record) == {"id", "status", "vertex", "seq"}
+
+
+async def test_submit_json_batch_and_resubmission_is_idempotent(
+    node_factory: NodeFactory, session: aiohttp.ClientSession
+) -> None:
+    node = await node_factory()
+    txs = (b"one", b"two", b"three")
+    expected = [_tx_id(t) for t in txs]
+    assert await _submit(session, node, *txs) == (202, {"ids": expected})
+    assert await _submit(session, node, *txs) == (202, {"ids": expected})
+    for tx_id in expected:
+        record = await _get(session, f"{node.url}{TX}/{tx_id}")
+        assert record["id"] == tx_id
+
+
+async def test_wait_final_then_transaction_and_vertex_are_final(
+    node_factory: NodeFactory, session: aiohttp.ClientSession
+) -> None:
+    node = await node_factory()
+    data = b"wait for me"
+    status, body = await _submit(session, node, data, query="?wait=final&timeout=10")
+    assert (status, body) == (200, {"ids": [_tx_id(data)], "status": "final"})
+
+    record = await _get(session, f"{node.url}{TX}/{_tx_id(data)}")
+    assert record["status"] == "final"
+    assert isinstance(record["seq"], int)
+    assert record["seq"] >= 1
+    assert isinstance(record["vertex"], str)
+
+    vertex = await _get(session, f"{node.url}/api/v1/vertices/{record['vertex']}")
+    assert set(vertex) == {
+        "id",
+        "round",
+        "author",
+        "timestamp_ms",
+        "parents",
+        "transactions",
+        "scheme",
+        "signature",
+        "ordered",
+    }
+    assert vertex["id"] == record["vertex"]
+    assert _tx_id(data) in vertex["transactions"]
+    assert vertex["ordered"] is True
+    assert vertex["round"] >= 1
+    assert vertex["timestamp_ms"] > 0
+    assert vertex["scheme"] == 1
+    assert all(len(p) == 64 for p in vertex["parents"])
+    status_doc = await _get(session, f"{node.url}/api/v1/status")
+    assert vertex["author"] == status_doc["node"]["public_key"]
+    # the author's signature over the vertex id verifies
+    key = nacl.signing.VerifyKey(bytes.fromhex(vertex["author"]))
+    key.verify(bytes.fromhex(vertex["id"]), bytes.fromhex(vertex["signature"]))
+
+
+async def test_wait_final_times_out_with_the_transaction_stored(
+    node_factory: NodeFactory, session: aiohttp.ClientSession
+) -> None:
+    node = await node_factory(QUDAG_MIN_ROUND_INTERVAL="5")
+    data = b"slow rounds"
+    url = f"{node.url}{TX}?wait=final&timeout=0.2"
+    started = time.monotonic()
+    body, _ = await _expect_error(
+        _post(session, url, data, "application/octet-stream"), 504, "timeout"
+    )
+    assert time.monotonic() - started < 4
+    assert body["ids"] == [_tx_id(data)]
+    record = await _get(session, f"{node.url}{TX}/{_tx_id(data)}")
+    assert record["status"] in {"pending", "included"}
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "?wait=final&timeout=abc",
+        "?wait=final&timeout=0",
+        "?wait=final&timeout=-1",
+        "?wait=final&timeout=nan",
+        "?wait=final&timeout=inf",
+        "?wait=soon",
+        "?timeout=1",
+    ],
+)
+async def test_invalid_wait_options_are_refused_before_storing(
+    node_factory: NodeFactory, session: aiohttp.ClientSession, query: str
+) -> None:
+    node = await node_factory()
+    data = b"never stored"
+    await _expect_error(
+        _post(session, f"{node.url}{TX}{query}", data, "application/octet-stream"),
+        400,
+        "bad_request",
+    )
+    await _expect_error(session.get(f"{node.url}{TX}/{_tx_id(data)}"), 404, "not_found")
+
+
+# -------------------------------------------------------------------- log
+
+
+async def test_log_pages_in_order_with_a_chained_hash(
+    node_factory: NodeFactory, session: aiohttp.ClientSession
+) -> None:
+    node = await node_factory()
+    txs = [f"entry {i}".encode() for i in range(5)]
+    status, _ = await _submit(session, node, *txs, query="?wait=final")
+    assert status == 200
+
+    entries: list[dict[str, Any]] = []
+    for start in (1, 3, 5):
+        page = await _get(session, f"{node.url}/api/v1/log?from={start}&limit=2")
+        assert page["length"] == 5
+        assert [e["seq"] for e in page["entries"]] == list(range(start, min(start + 2, 6)))
+        entries += page["entries"]
+    assert len(entries) == 5
+    assert sorted(e["tx_id"] for e in entries) == sorted(_tx_id(t) for t in txs)
+
+    genesis = bytes.fromhex(
+        (await _get(session, f"{node.url}/api/v1/status"))["network"]["genesis"]
+    )
+    previous = blake2b(genesis, digest_size=32, person=b"qudag:log").digest()
+    for entry in entries:
+        expected = blake2b(
+            previous + bytes.fromhex(entry["tx_id"]), digest_size=32, person=b"qudag:log"
+        ).digest()
+        assert entry["hash"] == expected.hex()
+        previous = expected
+    assert page["hash"] == previous.hex()
+
+    whole = await _get(session, f"{node.url}/api/v1/log")
+    assert whole["entries"] == entries
+    beyond = await _get(session, f"{node.url}/api/v1/log?from=6")
+    assert beyond["entries"] == []
+    assert beyond["length"] == 5
+
+
+@pytest.mark.parametrize(
+    "query", ["from=0", "from=-1", "from=x", "limit=0", "limit=1001", "limit=1.5"]
+)
+async def test_log_refuses_bad_paging(
+    node_factory: NodeFactory, session: aiohttp.ClientSession, query: str
+) -> None:
+    node = await node_factory()
+    await _expect_error(session.get(f"{node.url}/api/v1/log?{query}"), 400, "bad_request")
+
+
+# ------------------------------------------------- status, health, metrics
+
+
+async def test_status_document(node_factory: NodeFactory, session: aiohttp.ClientSession) -> None:
+    node = await node_factory()
+    doc = await _get(session, f"{node.url}/api/v1/status")
+    assert {"id", "version", "role", "public_key"} <= set(doc["node"])
+    assert {"id", "genesis", "validators"} <= set(doc["network"])
+    assert {"round", "vertices", "committed_round"} <= set(doc["dag"])
+    assert set(doc["log"]) >= {"length", "hash"}
+    assert "peers" in doc["p2p"]
+    assert doc["node"]["id"] == node.settings.node_id
+    assert doc["node"]["role"] == "validator"
+    assert doc["network"]["id"] == node.settings.effective_network_id
+    assert doc["log"]["length"] == 0
+
+
+async def test_health_and_ready(node_factory: NodeFactory, session: aiohttp.ClientSession) -> None:
+    node = await node_factory()
+    health = await _get(session, f"{node.url}/health")
+    assert health["status"] == "ok"
+    assert health["checks"]
+    assert all(c["ok"] is True and isinstance(c["detail"], str) for c in health["checks"].values())
+    ready = await _get(session, f"{node.url}/ready")
+    assert ready["status"] == "ready"
+    assert ready["checks"]
+    assert all(c["ok"] is True for c in ready["checks"].values())
+
+
+async def test_metrics_endpoint(node_factory: NodeFactory, session: aiohttp.ClientSession) -> None:
+    node = await node_factory()
+    assert (await _submit(session, node, b"counted"))[0] == 202
+    await _get(session, f"{node.url}/api/v1/status")
+    await _get(session, f"{node.url}/api/v1/status")
+    async with session.get(f"{node.url}/metrics") as response:
+        assert response.status == 200
+        assert response.content_type == "text/plain"
+        text = await response.text()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("qudag_dag_nodes_total", ())] >= 1
+    assert samples[("qudag_transactions_total", (("result", "admitted"),))] == 1
+    status_requests = (("method", "GET"), ("route", "/api/v1/status"), ("status", "200"))
+    assert samples[("qudag_http_requests_total", status_requests)] == 2
+    submit_requests = (("method", "POST"), ("route", TX), ("status", "202"))
+    assert samples[("qudag_http_requests_total", submit_requests)] == 1
+
+
+# ----------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"{not json", "malformed_json"),
+        (b"\xff\xfe", "malformed_json"),
+        (b"[1, 2]", "bad_request"),
+        (b'{"txs": ["aGk="]}', "bad_request"),
+        (b'{"transactions": "aGk="}', "bad_request"),
+        (b'{"transactions": [1]}', "bad_request"),
+        (b'{"transactions": []}', "bad_request"),
+        (b'{"transactions": ["***"]}', "malformed_base64"),
+        (b'{"transactions": ["aGk"]}', "malformed_base64"),
+        (b'{"transactions": ["aGk=", "a b="]}', "malformed_base64"),
+        (b'{"transactions": [""]}', "empty_transaction"),
+    ],
+)
+async def test_bad_json_submissions(
+    node_factory: NodeFactory, session: aiohttp.ClientSession, body: bytes, code: str
+) -> None:
+    node = await node_factory()
+    await _expect_error(_post(session, f"{node.url}{TX}", body, "application/json"), 400, code)
+    doc = await _get(session, f"{node.url}/api/v1/status")
+    assert doc["transactions"]["pending"] == 0
+
+
+async def test_empty_octet_stream_body(
+    node_factory: NodeFactory, session: aiohttp.ClientSession
+) -> None:
+    node = await node_factory()
+    await _expect_error(
+        _post(session, f"{node.url}{TX}", b"", "application/octet-stream"),
+        400,
+        "empty_transaction",
+    )
+
+
+async def test_oversize_transaction(
+    node_factory: NodeFactory, session: aiohttp.ClientSession
+) -> None:
+    node = await node_factory(QUDAG_MAX_TX_BYTES="1024")
+    url = f"{node.url}{TX}"
+    await _expect_error(
+        _post(session, url, b"x" * 1025, "application/octet-stream"),
+        400,
+        "oversize_transaction",
+    )
+    body = json.dumps(_batch(b"ok", b"y" * 1025)).encode()
+    await _expect_error(_post(session, url, body, "application/json"), 400, "oversize_transaction")
+    async with await _post(session, url, b"x" * 1024, "application/octet-stream") as response:
+        assert response.status == 202
+
+
+async def test_too_many_transactions(
+    node_factory: NodeFactory, session: aiohttp.ClientSession
+) -> None:
+    node = await node_factory(QUDAG_MAX_SUBMIT_TXS="3")
+    body = json.dumps(_batch(b"1", b"2", b"3", b"4")).encode()
+    await _expect_error(
+        _post(session, f"{node.url}{TX}", body, "application/json"), 400, "too_many_transactions"
+    )
+    assert (await _submit(session, node, b"1", b"2", b"3"))[0] == 202
+
+
+@pytest.mark.parametrize("size", [2049, 8 << 20])
+async def test_body_over_the_limit_is_413(
+    node_factory: NodeFactory, session: aiohttp.ClientSession, size: int
+) -> None:
+    # aiohttp keeps reading (and dropping) the rest of a refused body for a while, and a
+    # shutdown waits for that: the short shutdown timeout keeps the teardown quick.
+    node = await node_factory(
+        QUDAG_MAX_BODY_BYTES="2048", QUDAG_MAX_TX_BYTES="1024", QUDAG_SHUTDOWN_TIMEOUT="1"
+    )
+    await _expect_error(
+        _post(session, f"{node.url}{TX}", b"z" * size, "application/octet-stream"),
+        413,
+        "payload_too_large",
+    )
+    # the node still answers afterwards
+    await _get(session, f"{node.url}/health")
+
+
+async def test_unsupported_media_type(
+    node_factory: NodeFactory, session: aiohttp.ClientSession
+) -> None:
+    node = await node_factory()
+    await _expect_error(
+        _post(session, f"{node.url}{TX}", b"hello", "text/plain"), 415, "unsupported_media_type"
+    )
+
+
+async def test_unknown_route_and_wrong_method(
+    node_factory: NodeFactory, session: aiohttp.ClientSession
+) -> None:
+    node = await node_factory()
+    await _expect_error(session.get(f"{node.url}/api/v1/nothing"), 404, "not_found")
+    await _expect_error(session.delete(f"{node.url}/api/v1/status"), 405, "method_not_allowed")
+    _, headers = await _expect_error(session.get(f"{node.url}{TX}"), 405, "method_not_allowed")
+    assert headers["Allow"] == "POST"
+    async with session.get(f"{node.url}/metrics") as response:
+        text = await response.text()
+    assert 'route="unmatched",status="404"' in text
+
+
+@pytest.mark.parametrize("kind", ["transactions", "vertices"])
+async def test_malformed_and_unknown_ids(
+    node_factory: NodeFactory, session: aiohttp.ClientSession, kind: str
+) -> None:
+    node = await node_factory()
+    base = f"{node.url}/api/v1/{kind}"
+    for bad in ("xyz", "ab" * 31, "ab" * 33, "g" * 64):
+        await _expect_error(session.get(f"{base}/{bad}"), 400, "malformed_id")
+    await _expect_error(session.get(f"{base}/{HEX_ZERO}"), 404, "not_found")
+
+
+async def test_pool_full_is_503_with_retry_after(
+    node_factory: NodeFactory, session: aiohttp.ClientSession
+) -> None:
+    node = await node_factory(QUDAG_MAX_PENDING="2", QUDAG_MIN_ROUND_INTERVAL="30")
+    first = _tx_id(b"first")
+
+    async def first_taken() -> bool:
+        record = await _get(session, f"{node.url}{TX}/{first}")
+        return bool(record["status"] != "pending")
+
+    # the first round takes this one at once; the next round comes only after 30 s
+    assert (await _submit(session, node, b"first"))[0] == 202
+    await _until(first_taken, what="first transaction in a vertex")
+    assert (await _submit(session, node, b"a", b"b"))[0] == 202
+    for txs in ((b"c",), (b"c", b"d", b"e")):
+        request = session.post(f"{node.url}{TX}", json=_batch(*txs))
+        _, headers = await _expect_error(request, 503, "pool_full")
+        assert headers["Retry-After"] == "1"
+    await _expect_error(session.get(f"{node.url}{TX}/{_tx_id(b'c')}"), 404, "not_found")
+    doc = await _get(session, f"{node.url}/api/v1/status")
+    assert doc["transactions"]["pending"] == 2
+
+
+# ---------------------------------------------------------------- binding
+
+
+def _ipv6_loopback_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+async def test_default_host_answers_on_ipv4_and_ipv6_loopback(
+    node_factory: NodeFactory, session: aiohttp.ClientSession
+) -> None:
+    if not _ipv6_loopback_available():
+        pytest.skip("this machine has no IPv6 loopback (cannot bind ::1)")
+    node = await node_factory()
+    assert node.settings.api_host == ""
+    for host in ("127.0.0.1", "[::1]"):
+        body = await _get(session, f"http://{host}:{node.port}/health")
+        assert body["status"] == "ok"
