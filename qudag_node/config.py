@@ -9,6 +9,7 @@ Secret values are wrapped in :class:`Secret` and never printed.
 from __future__ import annotations
 
 import math
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -16,6 +17,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from qudag_node.core.genesis import NAME_RULE, is_valid_name
 from qudag_node.core.params import Params
 
 
@@ -47,8 +49,7 @@ class Secret:
         return hash(self._value)
 
 
-_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -91,8 +92,8 @@ def _choice(*options: str) -> Callable[[str], str]:
 
 def _name(raw: str) -> str:
     value = raw.strip()
-    if not _NAME.match(value):
-        raise ValueError("must be 1-63 characters of A-Z a-z 0-9 . _ - (starting alphanumeric)")
+    if not is_valid_name(value):
+        raise ValueError(f"must be {NAME_RULE}")
     return value
 
 
@@ -106,7 +107,7 @@ def _text(raw: str) -> str:
 
 def _private_key(raw: str) -> Secret:
     value = raw.strip()
-    if not _HEX64.match(value):
+    if not _HEX64.fullmatch(value):
         raise ValueError("must be 64 hex characters (a 32-byte Ed25519 private key)")
     return Secret(value.lower())
 
@@ -384,10 +385,11 @@ def _from_file(path: Path) -> dict[str, str]:
                 f"config file {path}: {key} is a secret; set {BY_NAME[key].env} in the environment"
             )
         if isinstance(value, list):
-            value = ",".join(str(v) for v in value)
+            out[key] = ",".join(str(v) for v in value)
         elif isinstance(value, bool) or not isinstance(value, str | int | float):
             raise ConfigError(f"config file {path}: {key} must be a string or a number")
-        out[key] = str(value)
+        else:
+            out[key] = str(value)
     return out
 
 
@@ -431,3 +433,7 @@ def flag_name(setting: Setting) -> str:
     """The command-line flag of a setting, e.g. ``--api-port``."""
     return "--" + setting.name.replace("_", "-")
 
+
+def environ() -> dict[str, str]:
+    """A copy of the process environment."""
+    return dict(os.environ)

@@ -111,13 +111,16 @@ class Dag:
         found.sort(key=lambda v: (v.round, v.author))
         return [(v, self._unordered_ids.pop(v.id)) for v in found]
 
-    def prune_below(self, round_: int) -> int:
-        """Forget rounds below ``round_``; returns how many vertices were dropped."""
-        dropped = 0
+    def prune_below(self, round_: int) -> list[TxId]:
+        """Forget rounds below ``round_``.
+
+        Returns the transaction ids of dropped vertices that were never ordered: they
+        are no longer in flight.
+        """
+        orphaned: list[TxId] = []
         for r in [r for r in self._rounds if r < round_]:
             for v in self._rounds.pop(r).values():
                 del self._by_id[v.id]
-                self._unordered_ids.pop(v.id, None)
-                dropped += 1
+                orphaned.extend(self._unordered_ids.pop(v.id, ()))
         self._floor = max(self._floor, round_)
-        return dropped
+        return orphaned

@@ -112,7 +112,8 @@ class Engine:
         self._log_length = 0
         self._log_hash = log_hash_start(genesis.hash)
         self._last_proposal_at: float | None = None
-        self._ready_round: int | None = None
+        self._seen_time = False  # no input has told us the time yet
+        self._ready_round: int | None = None  # highest round with a quorum, if >= ours
         self._ready_at = 0.0
         if snapshot is not None:
             self._restore(snapshot)
@@ -186,7 +187,7 @@ class Engine:
         Before the first input the engine has not seen the time yet and asks to be
         called at once (0.0).
         """
-        if self._ready_round is None and self.role is Role.VALIDATOR:
+        if not self._seen_time and self.role is Role.VALIDATOR:
             return 0.0
         return self._proposal_time()
 
@@ -286,7 +287,7 @@ class Engine:
         )
         floor = self._consensus.committed_round - self._params.gc_depth
         if floor > self._dag.floor:
-            self._dag.prune_below(floor)
+            self._in_flight.difference_update(self._dag.prune_below(floor))
 
     def _quorum_round(self) -> int | None:
         """The highest round, at or above our own, that holds a quorum (0 is genesis)."""
@@ -297,15 +298,19 @@ class Engine:
         return None
 
     def _refresh(self, now: float) -> None:
-        ready = self._quorum_round()
-        if ready is not None and ready != self._ready_round:
-            self._ready_round, self._ready_at = ready, now
+        self._seen_time = True
+        self._update_ready(now)
         when = self._proposal_time()
         if when is not None and when <= now and self._ready_round is not None:
             self._propose(self._ready_round + 1, now)
-            ready = self._quorum_round()
-            if ready is not None and ready != self._ready_round:
-                self._ready_round, self._ready_at = ready, now
+            self._update_ready(now)
+
+    def _update_ready(self, now: float) -> None:
+        ready = self._quorum_round()
+        if ready != self._ready_round:
+            self._ready_round = ready
+            if ready is not None:
+                self._ready_at = now
 
     def _has_work(self) -> bool:
         return bool(self._pending) or self._dag.has_unordered_payload()
@@ -342,6 +347,8 @@ class Engine:
         return ids, txs
 
     def _propose(self, round_: int, now: float) -> None:
+        if round_ <= self._own_round:
+            raise UsageError(f"round {round_} proposed again")
         parents = [v.id for v in self._dag.round(round_ - 1).values()] if round_ > 1 else []
         ids, txs = self._take_batch()
         vertex = make_vertex(

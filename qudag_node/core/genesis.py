@@ -11,7 +11,13 @@ from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.types import HASH_SIZE, GenesisHash, PublicKey
 
 GENESIS_VERSION = 1
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+NAME_RULE = "1-63 of A-Z a-z 0-9 . _ - (starting with a letter or digit)"
+
+
+def is_valid_name(text: str) -> bool:
+    """True for a valid network id or validator name (see :data:`NAME_RULE`)."""
+    return _NAME.fullmatch(text) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +38,8 @@ class Genesis:
     _index: dict[PublicKey, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.network_id):
-            raise ValueError(f"network id {self.network_id!r}: use 1-63 of A-Z a-z 0-9 . _ -")
+        if not is_valid_name(self.network_id):
+            raise ValueError(f"network id {self.network_id!r}: use {NAME_RULE}")
         if not self.validators:
             raise ValueError("a genesis needs at least one validator")
         if len(self.validators) > 0xFFFF:
@@ -41,8 +47,8 @@ class Genesis:
         names = [v.name for v in self.validators]
         keys = [v.public_key for v in self.validators]
         for v in self.validators:
-            if not _NAME.match(v.name):
-                raise ValueError(f"validator name {v.name!r}: use 1-63 of A-Z a-z 0-9 . _ -")
+            if not is_valid_name(v.name):
+                raise ValueError(f"validator name {v.name!r}: use {NAME_RULE}")
             if len(v.public_key) != HASH_SIZE:
                 raise ValueError(f"validator {v.name}: a public key is {HASH_SIZE} bytes")
         if len(set(names)) != len(names) or len(set(keys)) != len(keys):
