@@ -395,12 +395,24 @@ def backup_database(
     if dest.exists():
         raise StoreError("exists", f"{dest} exists already; choose a new path")
     partial = dest.with_name(dest.name + ".partial")
-    partial.unlink(missing_ok=True)
+    try:
+        partial.unlink(missing_ok=True)
+        copied = _copy_snapshot(source, partial, progress)
+        _fsync(partial)
+        partial.rename(dest)
+        _fsync(dest.parent)
+    except (sqlite3.Error, OSError) as e:
+        partial.unlink(missing_ok=True)
+        raise StoreError("io", f"backup to {dest} failed: {e}") from None
+    return copied
+
+
+def _copy_snapshot(source: Path, target: Path, progress: Callable[[int, int], None] | None) -> int:
     src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
     try:
         src.execute("BEGIN")
         src.execute("SELECT count(*) FROM meta").fetchone()  # pin the snapshot
-        dst = sqlite3.connect(partial)
+        dst = sqlite3.connect(target)
         copied = 0
 
         def step(_status: int, remaining: int, total: int) -> None:
@@ -419,11 +431,7 @@ def backup_database(
     finally:
         src.close()
     if check is None or check[0] != "ok":
-        partial.unlink(missing_ok=True)
-        raise StoreError("corrupt", "the backup copy failed its integrity check")
-    _fsync(partial)
-    partial.rename(dest)
-    _fsync(dest.parent)
+        raise sqlite3.DatabaseError("the copy failed its integrity check")
     return copied
 
 
@@ -448,15 +456,19 @@ def restore_database(backup: Path, data_dir: Path) -> None:
         raise StoreError("corrupt", f"{backup} failed its integrity check")
     if not 1 <= version <= SCHEMA_VERSION:
         raise StoreError("not_qudag", f"{backup} is not a qudag-node database (schema {version})")
-    data_dir.mkdir(parents=True, exist_ok=True)
     partial = data_dir / (DB_FILENAME + ".partial")
-    with backup.open("rb") as src, partial.open("wb") as dst:
-        while chunk := src.read(1 << 20):
-            dst.write(chunk)
-        dst.flush()
-        os.fsync(dst.fileno())
-    partial.rename(target)
-    _fsync(data_dir)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with backup.open("rb") as src, partial.open("wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
+        partial.rename(target)
+        _fsync(data_dir)
+    except OSError as e:
+        partial.unlink(missing_ok=True)
+        raise StoreError("io", f"restore into {data_dir} failed: {e.strerror}") from None
 
 
 def _fsync(path: Path) -> None:

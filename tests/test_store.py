@@ -233,3 +233,17 @@ async def test_group_commit_batches_concurrent_clients(node_factory: NodeFactory
         after = await commits(session)
     assert statuses == [202] * clients
     assert after - before < clients / 4, f"{after - before} commits for {clients} clients"
+
+
+async def test_backup_to_an_unwritable_place_is_a_clear_error(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path, GENESIS)
+    await store.close()
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where a directory should be")
+    with pytest.raises(StoreError) as info:
+        backup_database(tmp_path / DB_FILENAME, blocker / "backup.db")
+    assert info.value.code == "io"
+    assert "backup to" in str(info.value)
+    with pytest.raises(StoreError) as info:
+        restore_database(tmp_path / DB_FILENAME, blocker / "data")
+    assert info.value.code == "io"

@@ -1,0 +1,38 @@
+# Needs GNU make and Python 3.11+; everything else is installed into $(VENV).
+VENV ?= .venv
+PYTHON ?= python3
+PYTEST_ARGS ?=
+BIN := $(VENV)/bin
+
+.PHONY: install run test lint fmt clean
+
+install: $(VENV)/.installed
+
+# Re-created whenever pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "qudag-node needs Python 3.11 or newer, $(PYTHON) is " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV) || { echo "could not create $(VENV); on Debian or Ubuntu: apt-get install python3-venv" >&2; exit 1; }
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $@
+
+# The defaults: data in ./data, API on http://127.0.0.1:8080.
+run: $(VENV)/.installed
+	$(BIN)/qudag-node run
+
+test: lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+fmt: $(VENV)/.installed
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Removes the virtual environment and caches; never ./data.
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache build dist
+	find . -path ./data -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -type d -prune -exec rm -rf {} +

@@ -1,0 +1,369 @@
+"""The ``qudag-node`` command (also ``python -m qudag_node``).
+
+Subcommands::
+
+    run       run the node until SIGTERM or SIGINT (the default without a subcommand)
+    keygen    print a new Ed25519 key pair as hex
+    status    print a running node's status
+    submit    submit one transaction to a running node
+    backup    copy the database of a (possibly running) node to a new file
+    restore   put a backup in place as a data directory's database
+
+Exit codes:
+
+    0    success
+    1    runtime failure: the node stopped on a fault, a node could not be reached or
+         answered with an error, a backup or restore failed
+    2    usage or configuration error: fix the command line, environment or config file
+    130  interrupted (Ctrl-C) before a clean shutdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import nacl.signing
+
+from qudag_node import __version__, config
+from qudag_node.logs import configure_logging
+
+PROG = "qudag-node"
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+#: Arguments that belong to the top level; any other leading option implies ``run``.
+_TOP_LEVEL_FLAGS = ("-h", "--help", "--version")
+#: Seconds an HTTP call may stay silent, on top of any finality wait it asks for.
+HTTP_TIMEOUT = 30.0
+
+
+class CommandError(Exception):
+    """A subcommand cannot go on; the message is one line for stderr.
+
+    ``exit_code`` says whose fault it is: :data:`EXIT_USAGE` for the caller's input,
+    :data:`EXIT_FAILURE` for everything that went wrong at run time.
+    """
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``), run the subcommand, return the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    if not args_list or (args_list[0].startswith("-") and args_list[0] not in _TOP_LEVEL_FLAGS):
+        args_list.insert(0, "run")
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as e:  # --help, --version, or a usage error already printed
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    command: Callable[[argparse.Namespace], int] = args.command
+    try:
+        return command(args)
+    except CommandError as e:
+        _say(str(e))
+        return e.exit_code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _say(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr)
+
+
+# --- run ---------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    flags = {s.name: getattr(args, s.name) for s in config.SETTINGS if not s.secret}
+    try:
+        settings = config.load_settings(config.environ(), flags, args.config)
+    except config.ConfigError as e:
+        raise CommandError(str(e), EXIT_USAGE) from None
+    secrets = [
+        value.reveal()
+        for s in config.SETTINGS
+        if s.secret and isinstance(value := getattr(settings, s.name), config.Secret)
+    ]
+    configure_logging(settings.log_level, settings.log_format, secrets=secrets)
+
+    from qudag_node import node  # noqa: PLC0415 - the other subcommands work without it
+
+    try:
+        asyncio.run(node.serve(settings))
+    except node.NodeFailure as e:
+        raise CommandError(f"node stopped: {e}") from None
+    return EXIT_OK
+
+
+# --- keygen ------------------------------------------------------------------------
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    key = nacl.signing.SigningKey.generate()
+    private_key = bytes(key).hex()
+    public_key = bytes(key.verify_key).hex()
+    if args.json:
+        print(json.dumps({"private_key": private_key, "public_key": public_key}))
+        return EXIT_OK
+    print(f"private_key: {private_key}")
+    print(f"public_key: {public_key}")
+    _say("keep the private key secret: give it to the node only as NODE_PRIVATE_KEY")
+    return EXIT_OK
+
+
+# --- status and submit -------------------------------------------------------------
+
+
+def _default_url() -> str:
+    raw = os.environ.get("QUDAG_API_PORT", config.BY_NAME["api_port"].default)
+    try:
+        port = config.BY_NAME["api_port"].parse(raw)
+    except ValueError as e:
+        raise CommandError(f"invalid QUDAG_API_PORT (from environment): {e}", EXIT_USAGE) from None
+    return f"http://127.0.0.1:{port}"
+
+
+def _base_url(args: argparse.Namespace) -> str:
+    url: str = args.url or _default_url()
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise CommandError(f"--url {url!r} must start with http:// or https://", EXIT_USAGE)
+    return url.rstrip("/")
+
+
+def _call(url: str, timeout: float, data: bytes | None = None) -> Any:
+    """GET ``url`` (or POST ``data`` as octet-stream); the decoded JSON answer."""
+    headers = {} if data is None else {"Content-Type": "application/octet-stream"}
+    # _base_url admits only http and https URLs.
+    request = urllib.request.Request(url, data=data, headers=headers)  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            body = response.read()
+    except urllib.error.HTTPError as e:
+        raise CommandError(_http_error(e)) from None
+    except urllib.error.URLError as e:
+        raise CommandError(f"cannot reach the node at {url}: {e.reason}") from None
+    except OSError as e:  # a timeout or a reset after connecting
+        raise CommandError(f"no answer from the node at {url}: {e}") from None
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise CommandError(f"the node at {url} did not answer with JSON") from None
+
+
+def _http_error(error: urllib.error.HTTPError) -> str:
+    try:
+        detail = json.loads(error.read())["error"]
+        return f"{detail['code']}: {detail['message']}"
+    except (ValueError, KeyError, TypeError, OSError):
+        return f"HTTP {error.code} {error.reason} from {error.url}"
+
+
+def _print_json(document: Any) -> None:
+    print(json.dumps(document, indent=2))
+
+
+def _status(args: argparse.Namespace) -> int:
+    url = f"{_base_url(args)}/api/v1/status"
+    _print_json(_call(url, HTTP_TIMEOUT))
+    return EXIT_OK
+
+
+def _submit(args: argparse.Namespace) -> int:
+    data = _transaction_bytes(args)
+    url = f"{_base_url(args)}/api/v1/transactions"
+    timeout = HTTP_TIMEOUT
+    if args.wait:
+        url += "?" + urllib.parse.urlencode({"wait": "final", "timeout": args.timeout})
+        timeout += args.timeout
+    _print_json(_call(url, timeout, data))
+    return EXIT_OK
+
+
+def _transaction_bytes(args: argparse.Namespace) -> bytes:
+    if args.file is not None:
+        if args.data is not None:
+            raise CommandError("give the transaction as DATA or --file, not both", EXIT_USAGE)
+        try:
+            return Path(args.file).read_bytes()
+        except OSError as e:
+            raise CommandError(f"cannot read {args.file}: {e.strerror}", EXIT_USAGE) from None
+    if args.data == "-" or (args.data is None and not sys.stdin.isatty()):
+        return sys.stdin.buffer.read()
+    if args.data is None:
+        raise CommandError("give the transaction as DATA, --file PATH or on stdin", EXIT_USAGE)
+    data: str = args.data
+    return data.encode("utf-8", "surrogateescape")
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a positive number of seconds")
+    return value
+
+
+# --- backup and restore ------------------------------------------------------------
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    default = os.environ.get("QUDAG_DATA_DIR") or config.BY_NAME["data_dir"].default
+    return Path(args.data_dir or default)
+
+
+def _backup(args: argparse.Namespace) -> int:
+    dest = Path(args.path)
+    if dest.exists():
+        raise CommandError(f"{dest} already exists; a backup never overwrites, choose a new path")
+    if not dest.parent.is_dir():
+        raise CommandError(f"{dest.parent} is not a directory; create it first")
+    from qudag_node import store  # noqa: PLC0415 - the other subcommands work without it
+
+    source = _data_dir(args) / store.DB_FILENAME
+    progress = _show_progress if sys.stderr.isatty() else None
+    started = time.monotonic()
+    try:
+        pages = store.backup_database(source, dest, progress)
+    except store.StoreError as e:
+        raise CommandError(f"backup failed: {e}") from None
+    finally:
+        if progress is not None:
+            print(file=sys.stderr)
+    elapsed = time.monotonic() - started
+    size = dest.stat().st_size
+    print(f"backup: {pages} pages, {size} bytes in {elapsed:.2f} s from {source} to {dest}")
+    return EXIT_OK
+
+
+def _show_progress(done: int, total: int) -> None:
+    percent = 100 * done // total if total else 100
+    print(f"\rbackup: {percent:3d}% ({done}/{total} pages)", end="", file=sys.stderr, flush=True)
+
+
+def _restore(args: argparse.Namespace) -> int:
+    backup = Path(args.path)
+    from qudag_node import store  # noqa: PLC0415 - the other subcommands work without it
+
+    data_dir = _data_dir(args)
+    try:
+        store.restore_database(backup, data_dir)
+    except store.StoreError as e:
+        raise CommandError(f"restore failed: {e}") from None
+    print(f"restore: {backup} is now {data_dir / store.DB_FILENAME}; start the node to use it")
+    return EXIT_OK
+
+
+# --- the parser --------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="QuDAG testnet node. Without a subcommand: run.",
+        epilog="Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(title="subcommands", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run the node (the default)",
+        description="Run the node until SIGTERM or SIGINT. Settings: defaults < config file "
+        "< environment < these flags. Secrets (NODE_PRIVATE_KEY, PEER_AUTH_TOKEN) come only "
+        "from the environment.",
+    )
+    run.add_argument(
+        "--config",
+        metavar="PATH",
+        help="TOML file of settings (also QUDAG_CONFIG)",
+    )
+    for s in config.SETTINGS:
+        if not s.secret:
+            run.add_argument(
+                config.flag_name(s),
+                dest=s.name,
+                metavar="VALUE",
+                help=f"{s.help} Env {s.env}, default {s.default!r}.".replace("%", "%%"),
+            )
+    run.set_defaults(command=_run)
+
+    keygen = sub.add_parser(
+        "keygen",
+        help="print a new Ed25519 key pair",
+        description="Print a new Ed25519 private and public key as 64 lowercase hex "
+        "characters each (the form NODE_PRIVATE_KEY takes).",
+    )
+    keygen.add_argument("--json", action="store_true", help="print one JSON object")
+    keygen.set_defaults(command=_keygen)
+
+    url_help = "the node's API (default http://127.0.0.1:<QUDAG_API_PORT or 8080>)"
+    status = sub.add_parser(
+        "status",
+        help="print a running node's status",
+        description="GET /api/v1/status and print it.",
+    )
+    status.add_argument("--url", help=url_help)
+    status.set_defaults(command=_status)
+
+    submit = sub.add_parser(
+        "submit",
+        help="submit one transaction",
+        description="POST one transaction to /api/v1/transactions and print the answer. "
+        "The transaction is DATA (UTF-8), the file given by --file, or stdin when DATA is "
+        "'-' or absent.",
+    )
+    submit.add_argument("data", nargs="?", metavar="DATA", help="the transaction text")
+    submit.add_argument("--file", metavar="PATH", help="read the transaction from a file")
+    submit.add_argument("--url", help=url_help)
+    submit.add_argument(
+        "--wait", action="store_true", help="answer only once the transaction is final"
+    )
+    submit.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=float(config.BY_NAME["wait_timeout"].default),
+        metavar="SECONDS",
+        help="with --wait: how long the node waits for finality (default %(default)s; "
+        "the node caps it at its QUDAG_WAIT_TIMEOUT)",
+    )
+    submit.set_defaults(command=_submit)
+
+    dir_help = "the node's data directory (default QUDAG_DATA_DIR or ./data)"
+    backup = sub.add_parser(
+        "backup",
+        help="copy the database to a new file, also while the node runs",
+        description="Online backup of DATA_DIR/qudag.db to PATH. PATH must not exist.",
+    )
+    backup.add_argument("path", metavar="PATH", help="the backup file to create")
+    backup.add_argument("--data-dir", metavar="DIR", help=dir_help)
+    backup.set_defaults(command=_backup)
+
+    restore = sub.add_parser(
+        "restore",
+        help="restore a backup into a data directory",
+        description="Check the backup PATH and install it as DATA_DIR/qudag.db. The data "
+        "directory must not hold a database yet; stop the node first.",
+    )
+    restore.add_argument("path", metavar="PATH", help="the backup file")
+    restore.add_argument("--data-dir", metavar="DIR", help=dir_help)
+    restore.set_defaults(command=_restore)
+    return parser

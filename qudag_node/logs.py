@@ -1,0 +1,154 @@
+"""Logging: structlog for the node's own events, the standard library routed alongside.
+
+``json`` writes one JSON object per line (``timestamp`` in ISO-8601 UTC, ``level``,
+``event`` and any bound keys); ``console`` writes structlog's readable lines, coloured
+only on a terminal; ``auto`` picks ``console`` on a terminal and ``json`` otherwise.
+Records of standard-library loggers (aiohttp's server and access logs) at WARNING and
+above go through the same renderer, so library errors are structured too.
+
+Every string that is written, including exception text, passes through a scrubber that
+replaces known secret values with ``***``: secrets are never logged on purpose, and
+this is the second line of defence.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO, cast
+
+import structlog
+from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
+
+#: Secrets shorter than this are not scrubbed: replacing them would mangle ordinary text.
+MIN_SECRET_LENGTH = 8
+REDACTED = "***"
+
+
+class _Handler(logging.StreamHandler[TextIO]):
+    """The root handler this module installs; replaced on each reconfiguration."""
+
+
+class _NamedPrintLogger(structlog.PrintLogger):
+    """A print logger that carries its name, as ``structlog.stdlib.add_logger_name`` reads."""
+
+    def __init__(self, file: TextIO, name: str) -> None:
+        super().__init__(file)
+        self.name = name
+
+
+class _LoggerFactory:
+    """Makes the logger behind ``get_logger(name)``: printing to the configured stream."""
+
+    def __init__(self, file: TextIO) -> None:
+        self._file = file
+
+    def __call__(self, *args: Any) -> _NamedPrintLogger:
+        return _NamedPrintLogger(self._file, str(args[0]) if args else "")
+
+
+class SecretScrubber:
+    """A processor replacing every occurrence of a secret in string values."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        kept = {s for s in secrets if len(s) >= MIN_SECRET_LENGTH}
+        # Longest first, so a secret containing another is replaced whole.
+        self._secrets = sorted(kept, key=len, reverse=True)
+
+    def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+        """Scrub every value of ``event_dict``."""
+        if not self._secrets:
+            return event_dict
+        return {key: self._scrub(value) for key, value in event_dict.items()}
+
+    def _scrub(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in self._secrets:
+                value = value.replace(secret, REDACTED)
+            return value
+        if isinstance(value, dict):
+            return {k: self._scrub(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._scrub(v) for v in value]
+        if isinstance(value, BaseException):
+            return self._scrub(f"{type(value).__name__}: {value}")
+        return value
+
+
+def configure_logging(
+    level: str,
+    fmt: str,
+    secrets: Sequence[str] = (),
+    stream: TextIO | None = None,
+) -> None:
+    """Configure structlog and the standard library's root logger; safe to call again.
+
+    ``level`` is one of debug, info, warning, error, critical; ``fmt`` one of json,
+    console, auto. ``secrets`` are scrubbed from every line. Output goes to ``stream``
+    (default: standard output).
+    """
+    out = stream if stream is not None else sys.stdout
+    tty = _isatty(out)
+    renderer: Processor
+    if fmt == "console" or (fmt == "auto" and tty):
+        renderer = structlog.dev.ConsoleRenderer(colors=tty)
+    elif fmt in ("json", "auto"):
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        raise ValueError(f"unknown log format {fmt!r}")
+    min_level = structlog.processors.NAME_TO_LEVEL[level.lower()]
+    scrub = SecretScrubber(secrets)
+    stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
+
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.add_log_level,
+            stamp,
+            # Exceptions become plain text here so the scrubber sees them and no
+            # renderer prints local variables.
+            structlog.processors.format_exc_info,
+            scrub,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(min_level),
+        logger_factory=_LoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+
+    handler = _Handler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.processors.add_log_level,
+                stamp,
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                scrub,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _Handler)]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(max(logging.WARNING, min_level))
+
+
+def get_logger(name: str) -> FilteringBoundLogger:
+    """A logger whose lines carry ``logger=name``; it follows later reconfiguration."""
+    return cast(FilteringBoundLogger, structlog.get_logger(name))
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False

@@ -1,0 +1,337 @@
+"""The ``qudag-node`` command, run as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pty
+import re
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import nacl.signing
+import pytest
+
+from qudag_node.config import PLATFORM_ENV, SETTINGS, flag_name
+from qudag_node.core.crypto import tx_id
+from tests.conftest import NodeFactory
+
+ROOT = Path(__file__).resolve().parent.parent
+SUBCOMMANDS = ("run", "keygen", "status", "submit", "backup", "restore")
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+TIMEOUT = 60.0
+#: Variables that would change what the command does; the tests set their own.
+_OURS = {s.env for s in SETTINGS} | {"QUDAG_CONFIG", *PLATFORM_ENV}
+
+
+@dataclass(frozen=True)
+class Result:
+    """A finished command."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+
+def command_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a command: ours cleared, the source tree importable."""
+    env = {k: v for k, v in os.environ.items() if k not in _OURS}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(extra or {})
+    return env
+
+
+def cli(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> Result:
+    """Run ``python -m qudag_node ARGS`` to completion."""
+    done = subprocess.run(
+        [sys.executable, "-m", "qudag_node", *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env=command_env(env),
+        cwd=cwd,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    return Result(done.returncode, done.stdout, done.stderr)
+
+
+async def acli(*args: str, stdin: bytes = b"", stderr: int = subprocess.PIPE) -> Result:
+    """Like :func:`cli`, without blocking the event loop (a node may be serving in it)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "qudag_node",
+        *args,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        env=command_env(),
+        cwd=ROOT,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin), TIMEOUT)
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), (err or b"").decode())
+
+
+def read_terminal(leader: int) -> str:
+    """Everything written to a pseudo-terminal whose other end is closed."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the other end is closed and everything was read
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+def free_port() -> int:
+    """A local TCP port with nothing listening on it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def one_line(text: str) -> str:
+    """The single line of ``text``; fails when there are more or none."""
+    found = text.splitlines()
+    assert len(found) == 1, text
+    return found[0]
+
+
+@pytest.mark.parametrize("args", [(), *((name,) for name in SUBCOMMANDS)])
+def test_help(args: tuple[str, ...]) -> None:
+    result = cli(*args, "--help")
+    assert result.code == 0, result.stderr
+    assert result.stdout.startswith(f"usage: qudag-node {' '.join(args)}".rstrip())
+
+
+def test_top_level_help_lists_subcommands_and_exit_codes() -> None:
+    result = cli("--help")
+    for name in SUBCOMMANDS:
+        assert name in result.stdout
+    assert "Exit codes" in result.stdout
+
+
+def test_run_help_has_a_flag_for_every_setting_but_the_secrets() -> None:
+    text = cli("run", "--help").stdout
+    assert "--config" in text
+    for s in SETTINGS:
+        assert (flag_name(s) in text) is not s.secret, s.name
+
+
+def test_unknown_subcommand_is_a_usage_error() -> None:
+    result = cli("frobnicate")
+    assert result.code == 2
+    assert "invalid choice" in result.stderr
+
+
+@pytest.mark.parametrize("args", [("run",), ()])
+def test_invalid_setting_exits_2_with_one_line(tmp_path: Path, args: tuple[str, ...]) -> None:
+    result = cli(*args, env={"QUDAG_API_PORT": "notaport", "QUDAG_DATA_DIR": str(tmp_path)})
+    assert result.code == 2
+    line = one_line(result.stderr)
+    assert line.startswith("qudag-node: ")
+    assert "QUDAG_API_PORT" in line
+    assert "environment" in line
+    assert result.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_invalid_flag_names_the_command_line(tmp_path: Path) -> None:
+    result = cli("run", "--api-port", "99999", "--data-dir", str(tmp_path))
+    assert result.code == 2
+    assert "QUDAG_API_PORT (from command line)" in one_line(result.stderr)
+
+
+def test_bad_private_key_is_not_echoed(tmp_path: Path) -> None:
+    value = "zz" + "5ec7e7" * 10 + "ab"
+    result = cli("run", env={"NODE_PRIVATE_KEY": value, "QUDAG_DATA_DIR": str(tmp_path)})
+    assert result.code == 2
+    assert "NODE_PRIVATE_KEY" in one_line(result.stderr)
+    assert value not in result.stderr
+    assert value not in result.stdout
+
+
+def test_secret_in_config_file_is_refused(tmp_path: Path) -> None:
+    key = bytes(nacl.signing.SigningKey.generate()).hex()
+    path = tmp_path / "node.toml"
+    path.write_text(f'node_private_key = "{key}"\n')
+    result = cli("run", "--config", str(path), "--data-dir", str(tmp_path / "data"))
+    assert result.code == 2
+    assert "NODE_PRIVATE_KEY" in one_line(result.stderr)
+    assert key not in result.stderr + result.stdout
+
+
+def test_keygen_json() -> None:
+    result = cli("keygen", "--json")
+    assert result.code == 0
+    doc = json.loads(result.stdout)
+    assert set(doc) == {"private_key", "public_key"}
+    assert HEX64.match(doc["private_key"])
+    assert HEX64.match(doc["public_key"])
+    derived = nacl.signing.SigningKey(bytes.fromhex(doc["private_key"])).verify_key
+    assert bytes(derived).hex() == doc["public_key"]
+    assert doc != json.loads(cli("keygen", "--json").stdout), "every key is new"
+
+
+def test_keygen_plain() -> None:
+    result = cli("keygen")
+    assert result.code == 0
+    private_line, public_line = result.stdout.splitlines()
+    private = private_line.removeprefix("private_key: ")
+    public = public_line.removeprefix("public_key: ")
+    assert HEX64.match(private)
+    assert HEX64.match(public)
+    assert bytes(nacl.signing.SigningKey(bytes.fromhex(private)).verify_key).hex() == public
+    assert "secret" in one_line(result.stderr)
+    assert private not in result.stderr
+
+
+def test_status_of_an_unreachable_node() -> None:
+    port = free_port()
+    result = cli("status", "--url", f"http://127.0.0.1:{port}")
+    assert result.code == 1
+    line = one_line(result.stderr)
+    assert line.startswith("qudag-node: cannot reach the node at ")
+    assert f"127.0.0.1:{port}" in line
+    assert result.stdout == ""
+
+
+def test_status_default_url_follows_the_api_port() -> None:
+    port = free_port()
+    result = cli("status", env={"QUDAG_API_PORT": str(port)})
+    assert result.code == 1
+    assert f"http://127.0.0.1:{port}/api/v1/status" in one_line(result.stderr)
+
+
+def test_url_must_be_http() -> None:
+    result = cli("status", "--url", "file:///etc/passwd")
+    assert result.code == 2
+    assert "http://" in one_line(result.stderr)
+
+
+def test_submit_to_an_unreachable_node() -> None:
+    result = cli("submit", "hello", "--url", f"http://127.0.0.1:{free_port()}")
+    assert result.code == 1
+    assert "cannot reach the node" in one_line(result.stderr)
+
+
+def test_submit_takes_data_or_a_file_not_both(tmp_path: Path) -> None:
+    path = tmp_path / "tx"
+    path.write_bytes(b"x")
+    result = cli("submit", "hello", "--file", str(path), "--url", "http://127.0.0.1:1")
+    assert result.code == 2
+    assert "not both" in one_line(result.stderr)
+
+
+def test_submit_without_data_on_a_terminal_is_a_usage_error() -> None:
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "qudag_node", "submit", "--url", "http://127.0.0.1:1"],
+            stdin=follower,
+            capture_output=True,
+            text=True,
+            env=command_env(),
+            timeout=TIMEOUT,
+            check=False,
+        )
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert done.returncode == 2
+    assert "DATA, --file PATH or on stdin" in one_line(done.stderr)
+
+
+def test_backup_needs_an_existing_directory(tmp_path: Path) -> None:
+    target = tmp_path / "missing" / "backup.db"
+    result = cli("backup", str(target), "--data-dir", str(tmp_path / "data"))
+    assert result.code == 1
+    assert "is not a directory" in one_line(result.stderr)
+    assert not target.parent.exists()
+
+
+def test_backup_refuses_an_existing_target(tmp_path: Path) -> None:
+    target = tmp_path / "backup.db"
+    target.write_bytes(b"precious")
+    result = cli("backup", str(target), "--data-dir", str(tmp_path / "data"))
+    assert result.code == 1
+    line = one_line(result.stderr)
+    assert str(target) in line
+    assert "exists" in line
+    assert target.read_bytes() == b"precious"
+
+
+async def test_status_and_submit_against_a_node(node_factory: NodeFactory) -> None:
+    node = await node_factory()
+    status = await acli("status", "--url", node.url)
+    assert status.code == 0, status.stderr
+    assert json.loads(status.stdout)["node"]["id"] == node.settings.node_id
+
+    stored = await acli("submit", "hello", "--url", node.url)
+    assert stored.code == 0, stored.stderr
+    assert json.loads(stored.stdout) == {"ids": [tx_id(b"hello").hex()]}
+
+    piped = await acli("submit", "--url", node.url, "--wait", "--timeout", "20", stdin=b"\x00\xff")
+    assert piped.code == 0, piped.stderr
+    assert json.loads(piped.stdout) == {"ids": [tx_id(b"\x00\xff").hex()], "status": "final"}
+
+    refused = await acli("submit", "-", "--url", node.url, stdin=b"")
+    assert refused.code == 1
+    assert one_line(refused.stderr).startswith("qudag-node: empty_transaction: ")
+
+
+async def test_backup_and_restore_commands(node_factory: NodeFactory, tmp_path: Path) -> None:
+    node = await node_factory()
+    assert (await acli("submit", "kept", "--url", node.url, "--wait")).code == 0
+    target = tmp_path / "backup.db"
+
+    backup = await acli("backup", str(target), "--data-dir", str(node.data_dir))
+    assert backup.code == 0, backup.stderr
+    assert backup.stderr == "", "no progress off a terminal"
+    summary = re.fullmatch(
+        r"backup: (\d+) pages, (\d+) bytes in [0-9.]+ s from .+ to .+\n", backup.stdout
+    )
+    assert summary, backup.stdout
+    assert int(summary[1]) > 0
+    assert int(summary[2]) == target.stat().st_size
+
+    occupied = await acli("restore", str(target), "--data-dir", str(node.data_dir))
+    assert occupied.code == 1
+    assert "already holds a database" in one_line(occupied.stderr)
+
+    fresh = tmp_path / "fresh"
+    restored = await acli("restore", str(target), "--data-dir", str(fresh))
+    assert restored.code == 0, restored.stderr
+    assert (fresh / "qudag.db").read_bytes() == target.read_bytes()
+
+
+async def test_backup_shows_progress_on_a_terminal(
+    node_factory: NodeFactory, tmp_path: Path
+) -> None:
+    node = await node_factory()
+    target = tmp_path / "backup.db"
+    leader, follower = pty.openpty()
+    try:
+        try:
+            backup = await acli(
+                "backup", str(target), "--data-dir", str(node.data_dir), stderr=follower
+            )
+        finally:
+            os.close(follower)
+        shown = read_terminal(leader)
+    finally:
+        os.close(leader)
+    assert backup.code == 0
+    assert re.search(r"\rbackup: 100% \((\d+)/\1 pages\)", shown), shown
+    assert shown.endswith("\n")
+    assert backup.stdout.startswith("backup: ")

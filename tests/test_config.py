@@ -1,0 +1,264 @@
+"""Settings: precedence of the sources, validation messages, secrets, derived values."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from qudag_node.config import (
+    BY_NAME,
+    PLATFORM_ENV,
+    SETTINGS,
+    ConfigError,
+    Secret,
+    Settings,
+    load_settings,
+)
+from qudag_node.core.params import Params
+
+KEY = "9f" * 32
+TOKEN = "peer-token-0123456789abcdef"  # noqa: S105 - a test value
+
+#: One invalid value per setting whose parser can reject anything.
+INVALID = {
+    "node_id": "bad id!",
+    "network_mode": "mainnet",
+    "network_id": "-leading-dash",
+    "dag_sync_interval": "0",
+    "log_level": "verbose",
+    "log_format": "xml",
+    "node_private_key": "zz" * 32,
+    "peer_auth_token": "too-short",
+    "api_port": "65536",
+    "p2p_port": "-1",
+    "peers": "no-port-here",
+    "max_tx_bytes": "0",
+    "max_body_bytes": "1023",
+    "max_submit_txs": "many",
+    "max_pending": "0",
+    "max_vertex_txs": "1.5",
+    "min_round_interval": "61",
+    "heartbeat_interval": "nan",
+    "leader_timeout": "0",
+    "wait_timeout": "inf",
+    "min_free_disk_mb": "-1",
+    "shutdown_timeout": "0.5",
+}
+#: Free-text settings: every value is accepted.
+FREE_TEXT = {"data_dir", "api_host"}
+
+
+def write_toml(path: Path, values: dict[str, str]) -> Path:
+    """A TOML file setting each key to a string value."""
+    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+    return path
+
+
+def test_invalid_table_covers_every_setting() -> None:
+    assert set(INVALID) | FREE_TEXT == {s.name for s in SETTINGS}
+    assert not set(INVALID) & FREE_TEXT
+
+
+def test_defaults() -> None:
+    s = load_settings({})
+    for setting in SETTINGS:
+        if setting.secret:
+            assert getattr(s, setting.name) is None
+        else:
+            assert getattr(s, setting.name) == setting.parse(setting.default)
+    assert s.api_port == 8080
+    assert s.data_dir == "./data"
+    assert s.effective_network_id == "qudag-local"
+
+
+@pytest.mark.parametrize(
+    ("name", "env", "values"),
+    [
+        ("api_port", "QUDAG_API_PORT", ("8080", "9001", "9002", "9003")),
+        ("node_id", "NODE_ID", ("node1", "from-file", "from-env", "from-flag")),
+        ("log_level", "LOG_LEVEL", ("info", "debug", "warning", "error")),
+    ],
+)
+def test_precedence_default_file_env_flag(
+    tmp_path: Path, name: str, env: str, values: tuple[str, str, str, str]
+) -> None:
+    default, in_file, in_env, in_flag = (BY_NAME[name].parse(v) for v in values)
+    path = str(write_toml(tmp_path / "node.toml", {name: values[1]}))
+
+    assert getattr(load_settings({}), name) == default
+    assert getattr(load_settings({}, config_file=path), name) == in_file
+    assert getattr(load_settings({env: values[2]}, config_file=path), name) == in_env
+    flags: dict[str, str | None] = {name: values[3]}
+    assert getattr(load_settings({env: values[2]}, flags, path), name) == in_flag
+    # A flag that was not given does not override anything.
+    assert getattr(load_settings({env: values[2]}, {name: None}, path), name) == in_env
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    from_env = write_toml(tmp_path / "a.toml", {"node_id": "a"})
+    from_arg = write_toml(tmp_path / "b.toml", {"node_id": "b"})
+    assert load_settings({"QUDAG_CONFIG": str(from_env)}).node_id == "a"
+    assert load_settings({"QUDAG_CONFIG": str(from_env)}, config_file=str(from_arg)).node_id == "b"
+
+
+def test_file_numbers_and_lists(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text('api_port = 9100\nleader_timeout = 1.5\npeers = ["a:7000", "b:7001"]\n')
+    s = load_settings({}, config_file=str(path))
+    assert (s.api_port, s.leader_timeout, s.peers) == (9100, 1.5, ("a:7000", "b:7001"))
+
+
+@pytest.mark.parametrize(
+    ("name", "source"),
+    [
+        (name, source)
+        for name in sorted(INVALID)
+        for source in ("environment", "config file", "command line")
+        # Secrets are refused in the file whatever their value: tested separately.
+        if not (BY_NAME[name].secret and source == "config file")
+    ],
+)
+def test_invalid_value_names_the_setting_and_the_source(
+    tmp_path: Path, name: str, source: str
+) -> None:
+    setting = BY_NAME[name]
+    value = INVALID[name]
+    path = tmp_path / "node.toml"
+    env, flags, config_file = {}, {}, None
+    if source == "environment":
+        env = {setting.env: value}
+    elif source == "config file":
+        config_file = str(write_toml(path, {name: value}))
+    else:
+        flags = {name: value}
+    with pytest.raises(ConfigError) as info:
+        load_settings(env, flags, config_file)
+    message = str(info.value)
+    assert message.startswith(f"invalid {setting.env} ")
+    expected = f"config file {path}" if source == "config file" else source
+    assert f"(from {expected})" in message
+    assert "\n" not in message
+
+
+def test_tx_limit_above_body_limit_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="QUDAG_MAX_TX_BYTES"):
+        load_settings({"QUDAG_MAX_TX_BYTES": "4096", "QUDAG_MAX_BODY_BYTES": "2048"})
+
+
+def test_unknown_file_key_is_an_error(tmp_path: Path) -> None:
+    path = write_toml(tmp_path / "node.toml", {"api_prot": "8080"})
+    with pytest.raises(ConfigError, match="unknown setting 'api_prot'"):
+        load_settings({}, config_file=str(path))
+
+
+@pytest.mark.parametrize("text", ["api_port = true\n", "[api]\nport = 1\n", "api_port = \n"])
+def test_malformed_file_is_an_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"config file {path}"):
+        load_settings({}, config_file=str(path))
+
+
+def test_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings({}, config_file=str(tmp_path / "absent.toml"))
+
+
+@pytest.mark.parametrize(("name", "value"), [("node_private_key", KEY), ("peer_auth_token", TOKEN)])
+def test_secret_in_file_is_an_error(tmp_path: Path, name: str, value: str) -> None:
+    path = write_toml(tmp_path / "node.toml", {name: value})
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, config_file=str(path))
+    message = str(info.value)
+    assert BY_NAME[name].env in message
+    assert value not in message
+
+
+@pytest.mark.parametrize(
+    ("env", "value"),
+    [
+        ("NODE_PRIVATE_KEY", "zz" + KEY[2:]),
+        ("NODE_PRIVATE_KEY", KEY + "00"),
+        ("PEER_AUTH_TOKEN", "short-secret"),
+    ],
+)
+def test_bad_secret_is_not_echoed(env: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({env: value})
+    assert env in str(info.value)
+    assert value not in str(info.value)
+    assert value not in repr(info.value)
+
+
+def test_secrets_are_wrapped_and_redacted() -> None:
+    s = load_settings({"NODE_PRIVATE_KEY": KEY.upper(), "PEER_AUTH_TOKEN": TOKEN})
+    assert s.node_private_key == Secret(KEY)
+    assert s.peer_auth_token is not None
+    assert s.peer_auth_token.reveal() == TOKEN
+    shown = json.dumps(s.redacted())
+    for text in (shown, repr(s), str(s)):
+        assert KEY not in text.lower()
+        assert TOKEN not in text
+    assert s.redacted()["node_private_key"] == "<set>"
+    unset = load_settings({}).redacted()
+    assert {unset[x.name] for x in SETTINGS if x.secret} == {"<unset>"}
+    assert set(s.redacted()) == {f.name for f in fields(Settings)}
+
+
+def test_empty_secret_means_unset() -> None:
+    s = load_settings({"NODE_PRIVATE_KEY": "  ", "PEER_AUTH_TOKEN": ""})
+    assert s.node_private_key is None
+    assert s.peer_auth_token is None
+
+
+def test_peers_parsing() -> None:
+    raw = " node2.internal:7000, 10.0.0.3:7001,[::1]:7000\n[fdaa::2]:7002,, "
+    assert load_settings({"QUDAG_PEERS": raw}).peers == (
+        "node2.internal:7000",
+        "10.0.0.3:7001",
+        "[::1]:7000",
+        "[fdaa::2]:7002",
+    )
+    assert load_settings({"QUDAG_PEERS": ""}).peers == ()
+
+
+@pytest.mark.parametrize("entry", ["host", ":7000", "host:0", "host:65536", "host:abc", "[::1]"])
+def test_bad_peer_entries(entry: str) -> None:
+    with pytest.raises(ConfigError, match="QUDAG_PEERS") as info:
+        load_settings({"QUDAG_PEERS": f"ok:7000,{entry}"})
+    assert "(from environment)" in str(info.value)
+
+
+def test_engine_params_mapping() -> None:
+    s = load_settings(
+        {
+            "QUDAG_MAX_TX_BYTES": "1000",
+            "QUDAG_MAX_VERTEX_TXS": "77",
+            "QUDAG_MAX_PENDING": "555",
+            "QUDAG_MIN_ROUND_INTERVAL": "0.2",
+            "QUDAG_HEARTBEAT_INTERVAL": "3s",
+            "QUDAG_LEADER_TIMEOUT": "0.7",
+        }
+    )
+    p = s.engine_params()
+    assert isinstance(p, Params)
+    assert (p.max_tx_bytes, p.max_vertex_txs, p.max_pending) == (1000, 77, 555)
+    assert (p.min_round_interval, p.heartbeat_interval, p.leader_timeout) == (0.2, 3.0, 0.7)
+    assert p.max_vertex_bytes == 4 << 20
+
+
+def test_network_id() -> None:
+    assert load_settings({"NETWORK_MODE": "TestNet"}).effective_network_id == "qudag-testnet"
+    s = load_settings({"NETWORK_MODE": "testnet", "QUDAG_NETWORK_ID": "lab-7"})
+    assert s.effective_network_id == "lab-7"
+
+
+def test_platform_variables_are_read_when_present() -> None:
+    env = {"FLY_APP_NAME": "qudag-node1", "FLY_REGION": "yyz", "FLY_MACHINE_ID": ""}
+    s = load_settings(env)
+    assert s.platform == (("FLY_APP_NAME", "qudag-node1"), ("FLY_REGION", "yyz"))
+    assert s.redacted()["platform"] == {"FLY_APP_NAME": "qudag-node1", "FLY_REGION": "yyz"}
+    assert set(PLATFORM_ENV) >= {k for k, _ in s.platform}

@@ -1,0 +1,69 @@
+"""The operator docs stay in step with the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from qudag_node.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from qudag_node.config import PLATFORM_ENV, SETTINGS, Setting, flag_name
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()
+README = (ROOT / "README.md").read_text()
+
+
+def table_row(setting: Setting) -> str:
+    """The row of the settings table that starts with the setting's variable."""
+    rows = [line for line in CONFIGURATION.splitlines() if line.startswith(f"| `{setting.env}` |")]
+    assert len(rows) == 1, f"{setting.env}: expected one row in docs/configuration.md"
+    return rows[0]
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.env)
+def test_every_setting_has_its_row(setting: Setting) -> None:
+    cells = [c.strip() for c in table_row(setting).strip("|").split("|")]
+    env, key, flag, default, meaning = cells
+    assert env == f"`{setting.env}`"
+    if setting.secret:
+        assert "secret" in key
+        assert "secret" in flag
+        assert "environment only" in meaning.lower()
+    else:
+        assert key == f"`{setting.name}`"
+        assert flag == f"`{flag_name(setting)}`"
+    assert default == (f"`{setting.default}`" if setting.default else "(empty)")
+
+
+def test_every_variable_and_flag_is_documented() -> None:
+    for s in SETTINGS:
+        assert s.env in CONFIGURATION
+        if not s.secret:
+            assert flag_name(s) in CONFIGURATION
+    for name in PLATFORM_ENV:
+        assert f"`{name}`" in CONFIGURATION
+    assert "QUDAG_CONFIG" in CONFIGURATION
+    assert "node.key" in CONFIGURATION
+    assert "0600" in CONFIGURATION
+
+
+def test_settings_table_has_no_stale_rows() -> None:
+    documented = set(re.findall(r"^\| `([A-Z0-9_]+)` \|", CONFIGURATION, re.MULTILINE))
+    assert documented - set(PLATFORM_ENV) == {s.env for s in SETTINGS}
+
+
+def test_quick_start_is_make_run_and_make_test() -> None:
+    section = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"^```[a-z]*\n(.*?)^```$", section, re.MULTILINE | re.DOTALL)
+    assert len(blocks) == 1
+    assert blocks[0].splitlines() == ["make run", "make test"]
+
+
+def test_readme_names_every_subcommand_and_exit_code() -> None:
+    for name in ("run", "keygen", "status", "submit", "backup", "restore"):
+        assert f"qudag-node {name}" in README
+    section = README.split("## Exit codes", 1)[1]
+    for code in (EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED):
+        assert f"\n| {code} |" in section
