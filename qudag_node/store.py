@@ -11,6 +11,7 @@ the genesis hash of its network and refuses to open for another one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
@@ -402,7 +403,7 @@ def backup_database(
         partial.rename(dest)
         _fsync(dest.parent)
     except (sqlite3.Error, OSError) as e:
-        partial.unlink(missing_ok=True)
+        _remove_quietly(partial)
         raise StoreError("io", f"backup to {dest} failed: {e}") from None
     return copied
 
@@ -467,8 +468,13 @@ def restore_database(backup: Path, data_dir: Path) -> None:
         partial.rename(target)
         _fsync(data_dir)
     except OSError as e:
-        partial.unlink(missing_ok=True)
+        _remove_quietly(partial)
         raise StoreError("io", f"restore into {data_dir} failed: {e.strerror}") from None
+
+
+def _remove_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
 
 
 def _fsync(path: Path) -> None:
