@@ -1,0 +1,473 @@
+"""The engine as a one-validator network of itself, driven by a manual clock.
+
+The clock is a float the test advances: :class:`SoloNode` calls ``handle_timer`` at the
+times ``get_timer`` names, and records every drained event with the time of the call
+that produced it. :class:`StoreModel` keeps from those events what a store would, so
+that a restart from a :class:`Snapshot` can be checked against an engine that never
+stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+
+import pytest
+
+from qudag_node.core.crypto import Signer, extend_log_hash, log_hash_start, tx_id, tx_ids
+from qudag_node.core.engine import Engine, Role, Snapshot, StoredVertex, SubmitResult
+from qudag_node.core.errors import Fault, InputRejected, Reason
+from qudag_node.core.events import (
+    Event,
+    LeaderCommitted,
+    LogEntry,
+    MessageRejected,
+    TransactionsAdmitted,
+    VertexAdded,
+)
+from qudag_node.core.genesis import Genesis
+from qudag_node.core.messages import VertexMessage, decode_message
+from qudag_node.core.params import Params
+from qudag_node.core.types import PeerId, Seq, TxId, VertexId
+from qudag_node.core.vertex import Vertex
+
+SIGNER = Signer(b"\x01" * 32)
+GENESIS = Genesis.solo("qudag-solo", "solo", SIGNER.public_key)
+PARAMS = Params()
+T0 = 1_000.0
+HEARTBEAT = PARAMS.heartbeat_interval
+MIN_INTERVAL = PARAMS.min_round_interval
+
+
+def drain(engine: Engine) -> list[Event]:
+    """Every event the engine has queued, oldest first."""
+    events = []
+    while (event := engine.next_event()) is not None:
+        events.append(event)
+    return events
+
+
+@dataclass(frozen=True, slots=True)
+class Timed:
+    """An event and the clock time of the engine call that produced it."""
+
+    at: float
+    event: Event
+
+
+class SoloNode:
+    """An engine, a manual clock, and every event it has produced."""
+
+    def __init__(
+        self,
+        params: Params = PARAMS,
+        snapshot: Snapshot | None = None,
+        now: float = T0,
+        genesis: Genesis = GENESIS,
+        signer: Signer = SIGNER,
+    ) -> None:
+        self.engine = Engine(genesis, params, signer, snapshot)
+        self.now = now
+        self.events: list[Timed] = []
+
+    def _drain(self) -> list[Event]:
+        new = drain(self.engine)
+        self.events.extend(Timed(self.now, e) for e in new)
+        return new
+
+    def submit(self, txs: Sequence[bytes]) -> SubmitResult:
+        """Submit a client batch at the current time."""
+        result = self.engine.submit_transactions(tx_ids(txs), txs, self.now)
+        self._drain()
+        return result
+
+    def fire(self) -> list[Event]:
+        """Move the clock to the engine's timer (never back) and handle it."""
+        when = self.engine.get_timer()
+        assert when is not None, "a validator always has a timer"
+        self.now = max(self.now, when)
+        self.engine.handle_timer(self.now)
+        return self._drain()
+
+    def run_until(self, deadline: float) -> None:
+        """Handle every timer due up to ``deadline``, then set the clock to it."""
+        while (when := self.engine.get_timer()) is not None and when <= deadline:
+            self.fire()
+        self.now = max(self.now, deadline)
+
+    def settle(self, max_steps: int = 1000) -> None:
+        """Handle timers until nothing is pending or in flight."""
+        for _ in range(max_steps):
+            stats = self.engine.statistics()
+            if stats.pending == 0 and stats.in_flight == 0:
+                return
+            self.fire()
+        raise AssertionError(f"not settled after {max_steps} timer calls")
+
+    def own_vertices(self) -> list[Timed]:
+        """The engine's own VertexAdded events, with their times."""
+        return [t for t in self.events if isinstance(t.event, VertexAdded) and t.event.own]
+
+    def entries(self) -> list[LogEntry]:
+        """Every finalized log entry so far, in order."""
+        return [
+            entry
+            for t in self.events
+            if isinstance(t.event, LeaderCommitted)
+            for entry in t.event.entries
+        ]
+
+
+def vertex_of(timed: Timed) -> Vertex:
+    """The vertex of a VertexAdded event."""
+    assert isinstance(timed.event, VertexAdded)
+    return timed.event.vertex
+
+
+class StoreModel:
+    """What a store keeps from the events: enough to build a restart snapshot."""
+
+    def __init__(self, genesis: Genesis = GENESIS) -> None:
+        self.vertices: dict[VertexId, Vertex] = {}
+        self.ordered: set[VertexId] = set()
+        self.pending: dict[TxId, bytes] = {}
+        self.log_length = 0
+        self.log_hash = log_hash_start(genesis.hash)
+        self.committed_round = 0
+
+    def apply(self, event: Event) -> None:
+        """Persist what one event requires."""
+        if isinstance(event, TransactionsAdmitted):
+            self.pending.update(zip(event.ids, event.transactions, strict=True))
+        elif isinstance(event, VertexAdded):
+            self.vertices[event.vertex.id] = event.vertex
+            for i in event.vertex.tx_ids:
+                self.pending.pop(i, None)
+        elif isinstance(event, LeaderCommitted):
+            self.ordered.update(event.ordered)
+            self.committed_round = event.round
+            if event.entries:
+                self.log_length = event.entries[-1].seq
+                self.log_hash = event.entries[-1].hash
+
+    def snapshot(self) -> Snapshot:
+        """The state an engine resumes from."""
+        return Snapshot(
+            log_length=self.log_length,
+            log_hash=self.log_hash,
+            committed_round=self.committed_round,
+            vertices=tuple(
+                StoredVertex(v.id, v.header, v.tx_ids, v.id in self.ordered)
+                for v in self.vertices.values()
+            ),
+            pending=tuple(self.pending.items()),
+        )
+
+
+def started(params: Params = PARAMS) -> SoloNode:
+    """A solo node that has handled its first timer (it knows the time now)."""
+    node = SoloNode(params)
+    assert node.engine.get_timer() == 0.0
+    assert node.fire() == []
+    return node
+
+
+# ------------------------------------------------------------------- lifecycle
+
+
+def test_transaction_goes_pending_then_included_then_final() -> None:
+    node = started()
+    a, b = b"tx-a", b"tx-b"
+    id_a, id_b = tx_id(a), tx_id(b)
+
+    assert node.submit([a]) == SubmitResult((id_a,), ())
+    admitted, first = node.events
+    assert admitted.event == TransactionsAdmitted((id_a,), (a,))
+    v1 = vertex_of(first)
+    assert first.event == VertexAdded(v1, own=True)
+    assert (v1.round, v1.tx_ids, v1.parents) == (1, (id_a,), ())
+
+    node.submit([b])  # same instant: waits for the minimum round interval
+    stats = node.engine.statistics()
+    assert (stats.pending, stats.in_flight, stats.log_length) == (1, 1, 0)
+    assert node.events[-1].event == TransactionsAdmitted((id_b,), (b,))
+    assert node.engine.get_timer() == T0 + MIN_INTERVAL
+
+    [added] = node.fire()
+    assert isinstance(added, VertexAdded)
+    v2 = added.vertex
+    assert (v2.round, v2.tx_ids, v2.parents) == (2, (id_b,), (v1.id,))
+    stats = node.engine.statistics()
+    assert (stats.pending, stats.in_flight, stats.log_length) == (0, 2, 0)
+
+    added, committed = node.fire()  # round 3 votes for the round-2 leader
+    assert isinstance(added, VertexAdded)
+    assert added.vertex.round == 3
+    h1, h2 = extend_log_hash(log_hash_start(GENESIS.hash), [id_a, id_b])
+    assert committed == LeaderCommitted(
+        round=2,
+        leader=v2.id,
+        ordered=(v1.id, v2.id),
+        entries=(LogEntry(Seq(1), id_a, v1.id, h1), LogEntry(Seq(2), id_b, v2.id, h2)),
+    )
+    stats = node.engine.statistics()
+    assert (stats.pending, stats.in_flight, stats.log_length, stats.log_hash) == (0, 0, 2, h2)
+    assert (stats.round, stats.committed_round) == (3, 2)
+
+
+def test_log_hash_is_the_running_hash_chain_over_every_entry() -> None:
+    node = started()
+    batches = [[b"one", b"two"], [b"three"], [b"four", b"five", b"six"]]
+    for batch in batches:
+        node.submit(batch)
+        node.fire()
+    node.settle()
+    entries = node.entries()
+    ids = [tx_id(t) for batch in batches for t in batch]
+    assert [e.tx_id for e in entries] == ids
+    assert [e.seq for e in entries] == list(range(1, len(ids) + 1))
+    chain = extend_log_hash(log_hash_start(GENESIS.hash), ids)
+    assert [e.hash for e in entries] == chain
+    stats = node.engine.statistics()
+    assert (stats.log_length, stats.log_hash) == (len(ids), chain[-1])
+
+
+def test_duplicates_are_reported_and_logged_once() -> None:
+    node = started()
+    a, b, c = b"dup-a", b"dup-b", b"dup-c"
+    id_a, id_b, id_c = tx_ids([a, b, c])
+
+    assert node.submit([a, b, a]) == SubmitResult((id_a, id_b), (id_a,))
+    assert node.events[0].event == TransactionsAdmitted((id_a, id_b), (a, b))
+    assert node.engine.statistics().in_flight == 2  # proposed at once
+
+    assert node.submit([b, c]) == SubmitResult((id_c,), (id_b,))  # b is in flight
+    assert node.submit([c, c]) == SubmitResult((), (id_c, id_c))  # c is pending
+    admitted = [t.event for t in node.events if isinstance(t.event, TransactionsAdmitted)]
+    assert [e.ids for e in admitted] == [(id_a, id_b), (id_c,)]
+
+    node.settle()
+    assert [e.tx_id for e in node.entries()] == [id_a, id_b, id_c]
+
+
+# ------------------------------------------------------------------ rejections
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [(b"", Reason.EMPTY_TRANSACTION), (b"x" * 17, Reason.OVERSIZE_TRANSACTION)],
+)
+def test_a_bad_transaction_rejects_the_whole_batch(bad: bytes, reason: Reason) -> None:
+    node = started(Params(max_tx_bytes=16))
+    batch = [b"fine", bad, b"also fine"]
+    with pytest.raises(InputRejected) as info:
+        node.engine.submit_transactions(tx_ids(batch), batch, node.now)
+    assert info.value.reason is reason
+    assert info.value.fault is Fault.PEER
+    assert "transaction 1" in info.value.message
+    assert drain(node.engine) == []
+    stats = node.engine.statistics()
+    assert (stats.pending, stats.in_flight, stats.round) == (0, 0, 0)
+    assert node.engine.get_timer() == T0 + HEARTBEAT  # still idle
+
+
+def test_a_full_pool_refuses_new_transactions_but_not_duplicates() -> None:
+    node = started(Params(max_pending=3, min_round_interval=5.0))
+    node.submit([b"t0"])  # proposed at once: the pool is empty again
+    node.submit([b"t1", b"t2"])  # waits for the next round
+    assert node.engine.statistics().pending == 2
+    seen = len(node.events)
+
+    with pytest.raises(InputRejected) as info:
+        node.submit([b"t3", b"t4"])
+    assert info.value.reason is Reason.POOL_FULL
+    assert node.engine.statistics().pending == 2
+    assert len(node.events) == seen
+
+    assert node.submit([b"t1", b"t3"]) == SubmitResult((tx_id(b"t3"),), (tx_id(b"t1"),))
+    with pytest.raises(InputRejected) as info:
+        node.submit([b"t4"])
+    assert info.value.reason is Reason.POOL_FULL
+    assert node.submit([b"t2"]) == SubmitResult((), (tx_id(b"t2"),))
+    assert node.engine.statistics().pending == 3
+
+
+# ---------------------------------------------------------------------- timing
+
+
+def test_an_idle_node_proposes_only_at_the_heartbeat() -> None:
+    node = started()
+    assert node.engine.get_timer() == T0 + HEARTBEAT
+    node.engine.handle_timer(T0 + HEARTBEAT - 0.001)  # early: nothing happens
+    assert drain(node.engine) == []
+
+    node.submit([b"work"])
+    node.settle()
+    last = node.own_vertices()[-1].at
+    assert node.engine.get_timer() == last + HEARTBEAT
+    before = len(node.own_vertices())
+
+    node.run_until(last + 100.0)
+    idle = node.own_vertices()[before:]
+    assert len(idle) == 10  # one per heartbeat over 100 s, no more
+    times = [last] + [t.at for t in idle]
+    for earlier, later in pairwise(times):
+        assert later - earlier == pytest.approx(HEARTBEAT)
+    assert all(not vertex_of(t).transactions for t in idle)
+
+
+def test_rounds_are_at_least_min_round_interval_apart() -> None:
+    params = Params(max_vertex_txs=2, min_round_interval=0.25)
+    node = started(params)
+    txs = [f"load-{i}".encode() for i in range(12)]
+    node.submit(txs)
+    while node.engine.statistics().pending:
+        when = node.engine.get_timer()
+        assert when is not None
+        node.engine.handle_timer(when - 0.01)  # early: nothing happens
+        assert drain(node.engine) == []
+        node.fire()
+    node.settle()
+    times = [t.at for t in node.own_vertices()]
+    assert len(times) >= 6
+    for earlier, later in pairwise(times):
+        assert later - earlier >= params.min_round_interval
+
+
+def test_batches_respect_max_vertex_txs() -> None:
+    node = started(Params(max_vertex_txs=4))
+    txs = [f"many-{i}".encode() for i in range(10)]
+    node.submit(txs)
+    node.settle()
+    counts = [len(vertex_of(t).transactions) for t in node.own_vertices()]
+    assert counts[:3] == [4, 4, 2]
+    assert sum(counts) == 10
+    assert [e.tx_id for e in node.entries()] == tx_ids(txs)
+
+
+def test_batches_respect_max_vertex_bytes() -> None:
+    node = started(Params(max_tx_bytes=10, max_vertex_bytes=25))
+    txs = [bytes([i]) * 10 for i in range(1, 6)]
+    node.submit(txs)
+    node.settle()
+    sizes = [vertex_of(t).header.payload_bytes for t in node.own_vertices()]
+    assert sizes[:3] == [20, 20, 10]
+    assert [e.tx_id for e in node.entries()] == tx_ids(txs)
+
+
+# --------------------------------------------------------------------- restart
+
+
+def test_a_restored_engine_continues_the_log_like_one_that_never_stopped() -> None:
+    node = started()
+    node.submit([b"final-1"])
+    node.settle()
+    node.fire()  # an empty round, so the next one is odd
+    node.submit([b"in-flight-1"])
+    node.fire()
+    node.submit([b"pending-1", b"pending-2"])
+    store = StoreModel()
+    for timed in node.events:
+        store.apply(timed.event)
+    snapshot = store.snapshot()
+    before = node.engine.statistics()
+    assert (before.pending, before.in_flight, before.log_length) == (2, 1, 1)
+    cut = len(node.entries())
+
+    restored = SoloNode(snapshot=snapshot, now=node.now)
+    stats = restored.engine.statistics()
+    assert (stats.round, stats.committed_round) == (before.round, before.committed_round)
+    assert (stats.pending, stats.in_flight) == (before.pending, before.in_flight)
+    assert (stats.log_length, stats.log_hash) == (before.log_length, before.log_hash)
+
+    for twin in (node, restored):
+        twin.settle()
+        twin.submit([b"after-1", b"after-2"])
+        twin.settle()
+
+    first = vertex_of(restored.own_vertices()[0])
+    assert first.round == before.round + 1
+    assert first.parents == (vertex_of(node.own_vertices()[before.round - 1]).id,)
+
+    def positions(entries: list[LogEntry]) -> list[tuple[int, TxId, bytes]]:
+        return [(e.seq, e.tx_id, e.hash) for e in entries]
+
+    assert positions(restored.entries()) == positions(node.entries()[cut:])
+    assert [e.tx_id for e in restored.entries()] == tx_ids(
+        [b"in-flight-1", b"pending-1", b"pending-2", b"after-1", b"after-2"]
+    )
+    assert restored.engine.statistics().log_hash == node.engine.statistics().log_hash
+
+
+# ------------------------------------------------------------ outputs and state
+
+
+def test_statistics_of_a_fresh_validator_and_an_observer() -> None:
+    stats = Engine(GENESIS, PARAMS, SIGNER).statistics()
+    assert stats.role is Role.VALIDATOR
+    assert (stats.round, stats.highest_round, stats.committed_round) == (0, 0, 0)
+    assert (stats.pending, stats.in_flight, stats.dag_window, stats.log_length) == (0, 0, 0, 0)
+    assert stats.log_hash == log_hash_start(GENESIS.hash)
+
+    observer = SoloNode(signer=Signer(b"\x02" * 32))
+    assert observer.engine.statistics().role is Role.OBSERVER
+    assert observer.engine.get_timer() is None
+    observer.submit([b"kept"])
+    assert observer.engine.statistics().pending == 1
+    assert observer.engine.get_timer() is None  # an observer never proposes
+    assert [type(t.event) for t in observer.events] == [TransactionsAdmitted]
+
+
+def test_statistics_follow_the_dag_and_the_window_stays_bounded() -> None:
+    params = Params(gc_depth=4)
+    node = started(params)
+    node.submit([b"s1"])
+    node.settle()
+    stats = node.engine.statistics()
+    assert (stats.round, stats.highest_round, stats.committed_round) == (3, 3, 2)
+    assert (stats.dag_window, stats.log_length) == (3, 1)
+    windows = []
+    for _ in range(30):
+        node.fire()
+        stats = node.engine.statistics()
+        windows.append(stats.dag_window)
+    # gc_depth rounds below the committed leader, its round and up to two above
+    assert max(windows) == params.gc_depth + 3
+    assert stats.round == 33
+    assert stats.committed_round == 32
+
+
+def test_new_vertices_go_to_connected_peers() -> None:
+    node = started()
+    alice, bob = PeerId("alice"), PeerId("bob")
+    node.engine.peer_connected(bob)
+    node.engine.peer_connected(alice)
+    node.submit([b"gossip"])
+    sent = node.engine.messages_to_send()
+    v1 = vertex_of(node.own_vertices()[0])
+    assert [peer for peer, _ in sent] == [alice, bob]
+    for _, data in sent:
+        assert decode_message(data, PARAMS) == VertexMessage(v1)
+    assert node.engine.messages_to_send() == []
+
+    node.engine.peer_disconnected(bob)
+    node.fire()
+    assert [peer for peer, _ in node.engine.messages_to_send()] == [alice]
+
+
+def test_own_vertices_sent_back_by_a_peer_are_ignored() -> None:
+    node = started()
+    node.submit([b"echo"])
+    v1 = vertex_of(node.own_vertices()[0])
+    before = node.engine.statistics()
+    node.engine.receive_message(PeerId("echo"), b"\x01" + v1.encode(), node.now)
+    assert drain(node.engine) == []
+    assert node.engine.statistics() == before
+
+
+def test_garbage_from_a_peer_is_an_event_not_an_exception() -> None:
+    node = started()
+    node.engine.receive_message(PeerId("p"), b"\x07junk", node.now)
+    [event] = drain(node.engine)
+    assert event == MessageRejected(PeerId("p"), Reason.UNKNOWN_MESSAGE, "message type 7")

@@ -1,0 +1,443 @@
+"""Vertex admission rules and the commit rule, with four validators (n = 4, f = 1).
+
+The engine under test is fed hand-made vertices through ``encode_message`` and
+``receive_message``. It is mostly an observer (its key is not in the genesis), so it
+never proposes and every vertex of the DAG is chosen by the test; where its own
+proposals are the subject, it is validator 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from qudag_node.core.crypto import Signer, extend_log_hash, log_hash_start, tx_id
+from qudag_node.core.engine import Engine, Role, Snapshot, StoredVertex
+from qudag_node.core.errors import Reason
+from qudag_node.core.events import Event, LeaderCommitted, MessageRejected, VertexAdded
+from qudag_node.core.genesis import Genesis, Validator
+from qudag_node.core.messages import VertexMessage, encode_message
+from qudag_node.core.params import Params
+from qudag_node.core.types import GenesisHash, PeerId, VertexId
+from qudag_node.core.vertex import Vertex, make_vertex
+from tests.core.test_engine_solo import drain
+
+NOW = 1_800_000_000.0
+TIMESTAMP_MS = int(NOW * 1000) - 500
+PEER = PeerId("peer-1")
+PARAMS = Params()
+
+
+class Committee:
+    """Four validator keys, their genesis, and a key outside it."""
+
+    def __init__(self) -> None:
+        self.signers = [Signer(bytes([0x10 + i]) * 32) for i in range(4)]
+        self.genesis = Genesis(
+            "qudag-rules",
+            tuple(Validator(f"v{i}", s.public_key) for i, s in enumerate(self.signers)),
+        )
+        self.outsider = Signer(b"\x99" * 32)
+
+    def vertex(
+        self,
+        author: int | Signer,
+        round_: int,
+        parents: Sequence[VertexId] = (),
+        txs: Sequence[bytes] = (),
+        timestamp_ms: int = TIMESTAMP_MS,
+        network: GenesisHash | None = None,
+    ) -> Vertex:
+        """A signed vertex by validator ``author`` (an index) or by any signer."""
+        signer = self.signers[author] if isinstance(author, int) else author
+        return make_vertex(
+            signer,
+            self.genesis.hash if network is None else network,
+            round_,
+            timestamp_ms,
+            parents,
+            txs,
+            [tx_id(t) for t in txs],
+        )
+
+    def index(self, round_: int) -> int:
+        """The validator index of ``round_``'s leader."""
+        leader = self.genesis.index_of(self.genesis.leader(round_))
+        assert leader is not None
+        return leader
+
+    def observer(self, params: Params = PARAMS, snapshot: Snapshot | None = None) -> Engine:
+        """An engine for this network that only follows."""
+        engine = Engine(self.genesis, params, self.outsider, snapshot)
+        assert engine.role is Role.OBSERVER
+        return engine
+
+
+C = Committee()
+#: One round-1 vertex per validator, each carrying one transaction.
+ROUND1 = [C.vertex(i, 1, txs=[f"r1-v{i}".encode()]) for i in range(4)]
+
+
+def message(vertex: Vertex) -> bytes:
+    """The wire bytes of a vertex message."""
+    return encode_message(VertexMessage(vertex))
+
+
+def feed(engine: Engine, *vertices: Vertex, now: float = NOW) -> list[Event]:
+    """Deliver vertices from :data:`PEER` at ``now``; returns the drained events."""
+    for v in vertices:
+        engine.receive_message(PEER, message(v), now)
+    return drain(engine)
+
+
+def rejection(events: list[Event]) -> MessageRejected:
+    """The single rejection among ``events``."""
+    assert len(events) == 1, events
+    [event] = events
+    assert isinstance(event, MessageRejected), event
+    assert event.peer == PEER
+    return event
+
+
+def commits(events: list[Event]) -> list[LeaderCommitted]:
+    """The LeaderCommitted events among ``events``."""
+    return [e for e in events if isinstance(e, LeaderCommitted)]
+
+
+def flip_signature(vertex: Vertex) -> bytes:
+    """A vertex message with one bit of the signature flipped."""
+    data = bytearray(message(vertex))
+    data[1 + len(vertex.header_bytes)] ^= 0x01
+    return bytes(data)
+
+
+# ------------------------------------------------------------ admission rules
+
+
+@pytest.fixture
+def engine() -> Engine:
+    """An observer holding the round-1 vertices of validators 0, 1 and 2 (a quorum)."""
+    e = C.observer()
+    events = feed(e, *ROUND1[:3])
+    assert events == [VertexAdded(v, own=False) for v in ROUND1[:3]]
+    return e
+
+
+OTHER_NETWORK = Genesis("qudag-other", C.genesis.validators).hash
+SKEW_MS = int((NOW + PARAMS.max_clock_skew) * 1000)
+R1 = [v.id for v in ROUND1]
+
+RULE_CASES: list[tuple[str, Callable[[], bytes], Reason, str]] = [
+    ("unknown author", lambda: message(C.vertex(C.outsider, 1)), Reason.UNKNOWN_AUTHOR, ""),
+    ("bad signature", lambda: flip_signature(ROUND1[3]), Reason.BAD_SIGNATURE, ""),
+    (
+        "wrong network",
+        lambda: message(C.vertex(3, 1, network=OTHER_NETWORK)),
+        Reason.WRONG_NETWORK,
+        "",
+    ),
+    (
+        "future timestamp",
+        lambda: message(C.vertex(3, 1, timestamp_ms=SKEW_MS + 1)),
+        Reason.FUTURE_TIMESTAMP,
+        "",
+    ),
+    ("round 0", lambda: message(C.vertex(3, 0)), Reason.BAD_ROUND, ""),
+    (
+        "round 1 with parents",
+        lambda: message(C.vertex(3, 1, parents=R1[:1])),
+        Reason.BAD_PARENT,
+        "no parents",
+    ),
+    (
+        "too few parents",
+        lambda: message(C.vertex(0, 2, parents=R1[:2])),
+        Reason.TOO_FEW_PARENTS,
+        "",
+    ),
+    (
+        "unknown parent",  # validator 3's round-1 vertex was never delivered
+        lambda: message(C.vertex(0, 2, parents=R1[1:])),
+        Reason.BAD_PARENT,
+        "unknown parent",
+    ),
+    (
+        "parent from the wrong round",
+        lambda: message(C.vertex(0, 3, parents=R1[:3])),
+        Reason.BAD_PARENT,
+        "wrong round",
+    ),
+    (
+        "equivocation",
+        lambda: message(C.vertex(0, 1, txs=[b"something else"])),
+        Reason.EQUIVOCATION,
+        "",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("build", "reason", "detail"),
+    [pytest.param(build, reason, detail, id=name) for name, build, reason, detail in RULE_CASES],
+)
+def test_a_vertex_breaking_a_rule_is_rejected_with_its_reason(
+    engine: Engine, build: Callable[[], bytes], reason: Reason, detail: str
+) -> None:
+    before = engine.statistics()
+    engine.receive_message(PEER, build(), NOW)
+    event = rejection(drain(engine))
+    assert event.reason is reason
+    assert detail in event.detail
+    assert engine.statistics() == before
+
+
+def test_vertices_just_inside_the_limits_are_added(engine: Engine) -> None:
+    at_skew = C.vertex(3, 1, timestamp_ms=SKEW_MS)
+    assert feed(engine, at_skew) == [VertexAdded(at_skew, own=False)]
+    quorum = C.vertex(0, 2, parents=R1[:3])
+    assert feed(engine, quorum) == [VertexAdded(quorum, own=False)]
+    assert engine.statistics().highest_round == 2
+
+
+def test_a_copy_of_a_held_vertex_is_ignored(engine: Engine) -> None:
+    before = engine.statistics()
+    assert feed(engine, ROUND1[0]) == []
+    assert engine.statistics() == before
+
+
+def test_a_validator_adds_another_validators_round_1_vertex() -> None:
+    validator = Engine(C.genesis, PARAMS, C.signers[0])
+    assert validator.role is Role.VALIDATOR
+    received, proposed = feed(validator, ROUND1[1])
+    assert received == VertexAdded(ROUND1[1], own=False)
+    # the received transaction is work to finalize: the validator joins round 1 at once
+    assert isinstance(proposed, VertexAdded)
+    assert proposed.own
+    assert (proposed.vertex.round, proposed.vertex.author) == (1, C.signers[0].public_key)
+    stats = validator.statistics()
+    assert (stats.round, stats.highest_round, stats.dag_window, stats.in_flight) == (1, 1, 2, 1)
+
+
+def test_two_parents_from_one_validator_are_rejected() -> None:
+    # Only a restored window can hold two vertices of one author and round (the
+    # store may keep an equivocation as evidence); the rule must still hold.
+    twin = C.vertex(0, 1, txs=[b"twin"])
+    held = [*ROUND1[:3], twin]
+    snapshot = Snapshot(
+        log_length=0,
+        log_hash=log_hash_start(C.genesis.hash),
+        committed_round=0,
+        vertices=tuple(StoredVertex(v.id, v.header, v.tx_ids, False) for v in held),
+        pending=(),
+    )
+    e = C.observer(snapshot=snapshot)
+    event = rejection(feed(e, C.vertex(1, 2, parents=[R1[0], twin.id, R1[1]])))
+    assert event.reason is Reason.BAD_PARENT
+    assert "one validator" in event.detail
+
+
+# ----------------------------------------------------------------- commit rule
+
+
+def full_round(round_: int, parents: Sequence[VertexId]) -> list[Vertex]:
+    """One vertex per validator for ``round_``, all with the same parents."""
+    return [C.vertex(i, round_, parents, txs=[f"r{round_}-v{i}".encode()]) for i in range(4)]
+
+
+def test_a_leader_commits_once_f_plus_1_vertices_of_the_next_round_reference_it() -> None:
+    e = C.observer()
+    feed(e, *ROUND1)
+    round2 = full_round(2, R1[:3])  # validator 3's round-1 vertex is left out
+    feed(e, *round2)
+    leader = round2[C.index(2)]
+    assert leader.author == C.genesis.leader(2)
+    others = [v.id for v in round2 if v is not leader]
+    vote = [leader.id, *others[:2]]
+
+    events = feed(e, C.vertex(0, 3, parents=vote))
+    assert commits(events) == []  # one vote: f + 1 = 2 are needed
+    events = feed(e, C.vertex(1, 3, parents=others))
+    assert commits(events) == []  # not a vote
+    assert e.statistics().committed_round == 0
+
+    events = feed(e, C.vertex(2, 3, parents=vote))
+    [commit] = commits(events)
+    assert isinstance(events[0], VertexAdded)
+    history = [*sorted(ROUND1[:3], key=lambda v: v.author), leader]
+    assert commit.round == 2
+    assert commit.leader == leader.id
+    assert commit.ordered == tuple(v.id for v in history)
+    ids = [i for v in history for i in v.tx_ids]
+    assert [entry.tx_id for entry in commit.entries] == ids
+    assert [entry.vertex for entry in commit.entries] == [v.id for v in history]
+    assert [entry.seq for entry in commit.entries] == [1, 2, 3, 4]
+    assert [entry.hash for entry in commit.entries] == extend_log_hash(
+        log_hash_start(C.genesis.hash), ids
+    )
+    stats = e.statistics()
+    assert (stats.committed_round, stats.log_length) == (2, 4)
+    assert stats.in_flight == 1 + 3  # validator 3's round 1, three round-2 vertices
+
+    assert commits(feed(e, C.vertex(3, 3, parents=vote))) == []  # already committed
+
+
+def build_rounds_1_to_3_with_one_vote_for_leader_2(
+    e: Engine,
+) -> tuple[Vertex, Vertex, list[Vertex]]:
+    """Rounds 1-3 where only validator 0's round-3 vertex references leader 2.
+
+    Returns leader 2, that voting vertex, and round 3.
+    """
+    feed(e, *ROUND1)
+    round2 = full_round(2, R1[:3])
+    feed(e, *round2)
+    leader2 = round2[C.index(2)]
+    others = [v.id for v in round2 if v is not leader2]
+    voter = C.vertex(0, 3, parents=[leader2.id, *others[:2]], txs=[b"voter"])
+    round3 = [voter, *(C.vertex(i, 3, others) for i in range(1, 4))]
+    assert commits(feed(e, *round3)) == []
+    return leader2, voter, round3
+
+
+def test_committing_a_leader_first_commits_an_earlier_leader_it_reaches() -> None:
+    e = C.observer()
+    leader2, voter, round3 = build_rounds_1_to_3_with_one_vote_for_leader_2(e)
+    round4 = full_round(4, [v.id for v in round3[:3]])  # all reference the voter
+    assert commits(feed(e, *round4)) == []
+    leader4 = round4[C.index(4)]
+    others = [v.id for v in round4 if v is not leader4]
+
+    assert commits(feed(e, C.vertex(0, 5, [leader4.id, *others[:2]]))) == []
+    first, second = commits(feed(e, C.vertex(1, 5, [leader4.id, *others[:2]])))
+    assert (first.round, first.leader) == (2, leader2.id)
+    assert (second.round, second.leader) == (4, leader4.id)
+    assert leader2.id in first.ordered
+    assert voter.id in second.ordered
+    assert leader4.id == second.ordered[-1]
+    assert not set(first.ordered) & set(second.ordered)
+    seqs = [entry.seq for c in (first, second) for entry in c.entries]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert e.statistics().committed_round == 4
+
+
+def test_an_earlier_leader_the_new_leader_does_not_reach_is_skipped() -> None:
+    e = C.observer()
+    leader2, voter, round3 = build_rounds_1_to_3_with_one_vote_for_leader_2(e)
+    round4 = full_round(4, [v.id for v in round3[1:]])  # none references the voter
+    feed(e, *round4)
+    leader4 = round4[C.index(4)]
+    others = [v.id for v in round4 if v is not leader4]
+    feed(e, C.vertex(0, 5, [leader4.id, *others[:2]]))
+    [only] = commits(feed(e, C.vertex(1, 5, [leader4.id, *others[:2]])))
+    assert (only.round, only.leader) == (4, leader4.id)
+    assert leader2.id not in only.ordered
+    assert voter.id not in only.ordered
+    assert e.statistics().committed_round == 4
+
+
+def chained(rounds: list[list[Vertex]], last: int) -> list[Vertex]:
+    """Every vertex of ``rounds`` extended up to round ``last``, round by round.
+
+    Each added round has one vertex per validator, referencing the whole previous round.
+    """
+    out = list(rounds)
+    while len(out) < last:
+        out.append(full_round(len(out) + 1, [v.id for v in out[-1]]))
+    return [v for round_ in out for v in round_]
+
+
+def test_a_vertex_below_the_window_is_stale() -> None:
+    e = C.observer(Params(gc_depth=2))
+    feed(e, *chained([ROUND1], 5))
+    stats = e.statistics()
+    assert stats.committed_round == 4
+    assert stats.dag_window == 4 * 4  # rounds 2 to 5
+    event = rejection(feed(e, C.vertex(0, 1, txs=[b"late"])))
+    assert event.reason is Reason.STALE_ROUND
+    assert e.statistics() == stats
+
+
+# ------------------------------------------------------------ own proposals
+
+
+def test_a_validator_waits_for_a_quorum_before_its_next_round() -> None:
+    e = Engine(C.genesis, PARAMS, C.signers[0])
+    e.submit_transactions([tx_id(b"first")], [b"first"], NOW)
+    [_, proposed] = drain(e)
+    assert isinstance(proposed, VertexAdded)
+    assert (proposed.own, proposed.vertex.round) == (True, 1)
+    assert e.get_timer() is None  # nothing to do until round 1 has a quorum
+    e.handle_timer(NOW + 60.0)
+    assert drain(e) == []
+
+    later = NOW + 1.0
+    assert feed(e, ROUND1[1], now=later) == [VertexAdded(ROUND1[1], own=False)]
+    assert e.get_timer() is None  # two of the three round-1 vertices a quorum needs
+    received, second = feed(e, ROUND1[2], now=later)
+    assert received == VertexAdded(ROUND1[2], own=False)
+    assert isinstance(second, VertexAdded)
+    assert (second.own, second.vertex.round) == (True, 2)
+    assert set(second.vertex.parents) == {proposed.vertex.id, R1[1], R1[2]}
+    assert e.statistics().round == 2
+
+
+def round_2_without_its_leader(at: float) -> tuple[Engine, Vertex]:
+    """Validator 0 holding a round-2 quorum (its own, 2 and 3) but not leader 2's vertex.
+
+    Returns the engine and the missing leader vertex, which validator 1 authored.
+    """
+    assert C.index(2) == 1
+    e = Engine(C.genesis, PARAMS, C.signers[0])
+    e.submit_transactions([tx_id(b"work")], [b"work"], NOW)
+    [_, own1] = drain(e)
+    assert isinstance(own1, VertexAdded)
+    *_, own2 = feed(e, ROUND1[2], ROUND1[3], now=NOW + 1.0)  # quorum: proposes round 2
+    assert isinstance(own2, VertexAdded)
+    assert own2.vertex.round == 2
+    parents = [own1.vertex.id, R1[2], R1[3]]
+    feed(e, C.vertex(2, 2, parents), C.vertex(3, 2, parents), now=at)
+    assert e.statistics().round == 2
+    return e, C.vertex(1, 2, parents)
+
+
+def test_a_validator_waits_up_to_the_leader_timeout_for_the_leader() -> None:
+    at = NOW + 2.0
+    e, _ = round_2_without_its_leader(at)
+    assert e.get_timer() == at + PARAMS.leader_timeout
+    e.handle_timer(at + PARAMS.leader_timeout - 0.01)
+    assert drain(e) == []
+    e.handle_timer(at + PARAMS.leader_timeout)
+    [own3] = drain(e)
+    assert isinstance(own3, VertexAdded)
+    assert own3.vertex.round == 3
+    assert len(own3.vertex.parents) == 3  # every round-2 vertex it holds, no leader
+
+
+def test_the_leaders_vertex_ends_the_wait_and_gets_a_vote() -> None:
+    at = NOW + 2.0
+    e, leader = round_2_without_its_leader(at)
+    received, own3 = feed(e, leader, now=at + 0.5)
+    assert received == VertexAdded(leader, own=False)
+    assert isinstance(own3, VertexAdded)
+    assert own3.vertex.round == 3
+    assert leader.id in own3.vertex.parents
+    assert len(own3.vertex.parents) == 4
+
+
+def test_transactions_of_a_vertex_pruned_unordered_are_released() -> None:
+    params = Params(gc_depth=2)
+    e = C.observer(params)
+    dag = chained([ROUND1, full_round(2, R1[:3])], 7)  # nobody references ROUND1[3]
+    events = feed(e, *dag)
+    stats = e.statistics()
+    assert stats.committed_round == 6
+    floor = stats.committed_round - params.gc_depth  # round 1 is below the window
+    orphan = ROUND1[3].transactions[0]
+    ordered = {vid for c in commits(events) for vid in c.ordered}
+    assert tx_id(orphan) not in {entry.tx_id for c in commits(events) for entry in c.entries}
+    held_unordered = [v for v in dag if v.round >= floor and v.id not in ordered]
+    assert stats.in_flight == sum(len(v.tx_ids) for v in held_unordered)
+    # the transaction can be submitted again instead of being refused as a duplicate
+    result = e.submit_transactions([tx_id(orphan)], [orphan], NOW)
+    assert result.admitted == (tx_id(orphan),)
