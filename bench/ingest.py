@@ -73,7 +73,9 @@ def start_node(data_dir: Path, log_path: Path) -> tuple[subprocess.Popen[bytes],
         }
     )
     out = log_path.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "qudag_node", "run"], stdout=out, stderr=out, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qudag_node", "run"], stdout=out, stderr=out, env=env
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         for line in log_path.read_text().splitlines():
@@ -155,13 +157,17 @@ def main() -> None:
             proc.wait(30)
         db_bytes = sum(f.stat().st_size for f in (work / "data").glob("qudag.db*"))
     rate = args.total / final
-    print(f"transactions:          {args.total} x {args.size} B in batches of {args.batch}, {args.clients} clients")
+    shape = f"{args.total} x {args.size} B in batches of {args.batch}, {args.clients} clients"
+    print(f"transactions:          {shape}")
     print(f"acknowledged:          {args.total / acked:,.0f} tx/s")
     print(f"finalized:             {rate:,.0f} tx/s")
-    print(f"reference (sqlite3):   {ref:,.0f} rows/s executemany, {args.batch} rows per transaction")
+    print(
+        f"reference (sqlite3):   {ref:,.0f} rows/s executemany, {args.batch} rows per transaction"
+    )
     print(f"ratio:                 {rate / ref:.2f} x reference")
     print(f"node RSS:              {rss / 1024:.1f} MiB (peak {peak / 1024:.1f} MiB)")
-    print(f"database on disk:      {db_bytes / (1 << 20):.1f} MiB = {db_bytes / (args.total * args.size):.2f} x raw bytes")
+    ratio = db_bytes / (args.total * args.size)
+    print(f"database on disk:      {db_bytes / (1 << 20):.1f} MiB = {ratio:.2f} x raw bytes")
 
 
 if __name__ == "__main__":
