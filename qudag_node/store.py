@@ -199,16 +199,7 @@ class Store:
 
     async def known_ids(self, ids: Sequence[TxId]) -> set[TxId]:
         """Which of ``ids`` are stored already (read by the writer: always current)."""
-        found: set[TxId] = set()
-        for chunk in _chunks(ids):
-            marks = ",".join("?" * len(chunk))
-            rows = await _fetch(
-                self._writer,
-                f"SELECT id FROM transactions WHERE id IN ({marks})",  # noqa: S608
-                chunk,
-            )
-            found.update(TxId(r[0]) for r in rows)
-        return found
+        return await _matching_ids(self._writer, "", ids)
 
     async def load_snapshot(self, genesis: Genesis, gc_depth: int, max_pending: int) -> Snapshot:
         """The durable state the engine resumes from."""
@@ -271,16 +262,7 @@ class Store:
 
     async def final_among(self, ids: Sequence[TxId]) -> set[TxId]:
         """Which of ``ids`` are final."""
-        found: set[TxId] = set()
-        for chunk in _chunks(ids):
-            marks = ",".join("?" * len(chunk))
-            rows = await _fetch(
-                self._reader,
-                f"SELECT id FROM transactions WHERE seq IS NOT NULL AND id IN ({marks})",  # noqa: S608
-                chunk,
-            )
-            found.update(TxId(r[0]) for r in rows)
-        return found
+        return await _matching_ids(self._reader, "seq IS NOT NULL AND ", ids)
 
     async def vertex(self, vertex_id: VertexId) -> VertexRecord | None:
         """A stored vertex."""
@@ -315,6 +297,16 @@ class Store:
             (start, limit),
         )
         return [LogRecord(r[0], TxId(r[1]), VertexId(r[2]), bytes(r[3])) for r in rows]
+
+
+async def _matching_ids(db: aiosqlite.Connection, condition: str, ids: Sequence[TxId]) -> set[TxId]:
+    """The ``ids`` of stored transactions that satisfy ``condition`` (a fixed SQL prefix)."""
+    found: set[TxId] = set()
+    for chunk in _chunks(ids):
+        marks = ",".join("?" * len(chunk))
+        sql = f"SELECT id FROM transactions WHERE {condition}id IN ({marks})"  # noqa: S608
+        found.update(TxId(r[0]) for r in await _fetch(db, sql, chunk))
+    return found
 
 
 async def _fetch(db: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
