@@ -26,7 +26,7 @@ from qudag_node import __version__
 from qudag_node.api import make_app, start_api
 from qudag_node.config import Settings
 from qudag_node.core.crypto import Signer, tx_ids
-from qudag_node.core.engine import Engine, Role
+from qudag_node.core.engine import Engine
 from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.events import Event, LeaderCommitted, MessageRejected, VertexAdded
 from qudag_node.core.genesis import Genesis
@@ -406,8 +406,6 @@ class Node:
                 f"{free_mb} MiB free, need {self.settings.min_free_disk_mb}",
             )
         )
-        if self._engine.role is Role.VALIDATOR:
-            checks.append(Check("role", True, "validator"))
         return checks
 
     def _phase(self) -> str:

@@ -276,6 +276,21 @@ async def test_health_and_ready(node_factory: NodeFactory, session: aiohttp.Clie
     assert ready["status"] == "ready"
     assert ready["checks"]
     assert all(c["ok"] is True for c in ready["checks"].values())
+    assert set(ready["checks"]) == {"started", "disk"}
+
+
+async def test_not_ready_when_the_disk_is_nearly_full(
+    node_factory: NodeFactory, session: aiohttp.ClientSession
+) -> None:
+    node = await node_factory(QUDAG_MIN_FREE_DISK_MB=str(1 << 20))  # asks for 1 TiB free
+    async with session.get(f"{node.url}/ready") as resp:
+        assert resp.status == 503
+        doc = await resp.json()
+    assert doc["status"] == "not_ready"
+    assert [r.split(":")[0] for r in doc["reasons"]] == ["disk"]
+    assert doc["checks"]["started"]["ok"] is True
+    async with session.get(f"{node.url}/health") as resp:
+        assert resp.status == 200  # alive, only not ready
 
 
 async def test_metrics_endpoint(node_factory: NodeFactory, session: aiohttp.ClientSession) -> None:
