@@ -86,6 +86,11 @@ def load_signer(settings: Settings) -> Signer:
             fh.write(seed.hex() + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the new file's name is durable too
+        finally:
+            os.close(directory)
         log.info("node_key_created", path=str(path))
         return Signer(seed)
     if path.stat().st_mode & 0o077:
