@@ -10,11 +10,12 @@ from prometheus_client import generate_latest
 from qudag_node.core.crypto import Signer, tx_ids
 from qudag_node.core.engine import Engine
 from qudag_node.core.errors import Reason
-from qudag_node.core.events import Event, LeaderCommitted, MessageRejected, VertexAdded
+from qudag_node.core.events import LeaderCommitted, MessageRejected, VertexAdded
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.params import Params
 from qudag_node.core.types import PeerId
 from qudag_node.metrics import Metrics
+from tests.core.support import drain
 
 EXPOSED = (
     "qudag_dag_nodes_total",
@@ -42,13 +43,6 @@ def _engine() -> Engine:
     return Engine(genesis, Params(min_round_interval=0.0), signer)
 
 
-def _drain(engine: Engine) -> list[Event]:
-    events: list[Event] = []
-    while (event := engine.next_event()) is not None:
-        events.append(event)
-    return events
-
-
 def _value(metrics: Metrics, name: str, **labels: str) -> float:
     value = metrics.registry.get_sample_value(name, labels)
     assert value is not None, f"{name}{labels} is not exposed"
@@ -61,7 +55,7 @@ def test_engine_run_is_counted_from_the_stored_totals() -> None:
     engine = _engine()
     now = 0.0
     engine.handle_timer(now)  # first round, before any transaction
-    events = _drain(engine)
+    events = drain(engine)
     metrics.on_events(events)
 
     txs = [b"alpha", b"beta", b"gamma"]
@@ -70,7 +64,7 @@ def test_engine_run_is_counted_from_the_stored_totals() -> None:
     again = engine.submit_transactions(tx_ids(txs[:1]), txs[:1], now)
     metrics.on_submit(len(result.admitted), len(result.duplicates))
     metrics.on_submit(len(again.admitted), len(again.duplicates))
-    step = _drain(engine)
+    step = drain(engine)
     events += step
     metrics.on_events(step)
     for _ in range(10):
@@ -80,7 +74,7 @@ def test_engine_run_is_counted_from_the_stored_totals() -> None:
         assert timer is not None
         now = max(now, timer)
         engine.handle_timer(now)
-        step = _drain(engine)
+        step = drain(engine)
         events += step
         metrics.on_events(step)
     stats = engine.statistics()
@@ -119,7 +113,7 @@ def test_rejected_peer_messages_are_counted_by_reason() -> None:
     metrics = Metrics("1.2.3")
     engine = _engine()
     engine.receive_message(PeerId("peer-a"), b"\x00", 0.0)
-    events = _drain(engine)
+    events = drain(engine)
     rejected = [e for e in events if isinstance(e, MessageRejected)]
     assert len(rejected) == 1
     metrics.on_events(events)
@@ -180,7 +174,7 @@ def test_exposition_names_every_series_and_no_reserved_label() -> None:
     metrics.on_submit_rejected(Reason.POOL_FULL)
     engine = _engine()
     engine.receive_message(PeerId("peer-a"), b"\x00", 0.0)
-    metrics.on_events(_drain(engine))
+    metrics.on_events(drain(engine))
     metrics.on_store_commit(0.001)
     metrics.on_http("GET", "/health", 200, 0.001)
     text = generate_latest(metrics.registry).decode()

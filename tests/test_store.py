@@ -11,7 +11,7 @@ import pytest
 
 from qudag_node.core.crypto import Signer, tx_ids
 from qudag_node.core.engine import Engine
-from qudag_node.core.events import Event, TransactionsAdmitted
+from qudag_node.core.events import TransactionsAdmitted
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.params import Params
 from qudag_node.ports import TxState
@@ -24,16 +24,10 @@ from qudag_node.store import (
     restore_database,
 )
 from tests.conftest import NodeFactory
+from tests.core.support import drain
 
 SIGNER = Signer(bytes(range(32)))
 GENESIS = Genesis.solo("qudag-test", "node1", SIGNER.public_key)
-
-
-def drain(engine: Engine) -> list[Event]:
-    events = []
-    while (e := engine.next_event()) is not None:
-        events.append(e)
-    return events
 
 
 async def drive(engine: Engine, store: Store, now: float, until: float) -> float:

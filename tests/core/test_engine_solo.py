@@ -1,16 +1,12 @@
 """The engine as a one-validator network of itself, driven by a manual clock.
 
-The clock is a float the test advances: :class:`SoloNode` calls ``handle_timer`` at the
-times ``get_timer`` names, and records every drained event with the time of the call
-that produced it. :class:`StoreModel` keeps from those events what a store would, so
-that a restart from a :class:`Snapshot` can be checked against an engine that never
-stopped.
+The node is :class:`tests.core.support.SoloNode`, which records every drained event
+with its time. :class:`StoreModel` keeps from those events what a store would, so that
+a restart from a :class:`Snapshot` can be checked against an engine that never stopped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
 from itertools import pairwise
 
 import pytest
@@ -31,98 +27,10 @@ from qudag_node.core.messages import VertexMessage, decode_message
 from qudag_node.core.params import Params
 from qudag_node.core.types import PeerId, Seq, TxId, VertexId
 from qudag_node.core.vertex import Vertex
+from tests.core.support import GENESIS, PARAMS, SIGNER, T0, SoloNode, drain, vertex_of
 
-SIGNER = Signer(b"\x01" * 32)
-GENESIS = Genesis.solo("qudag-solo", "solo", SIGNER.public_key)
-PARAMS = Params()
-T0 = 1_000.0
 HEARTBEAT = PARAMS.heartbeat_interval
 MIN_INTERVAL = PARAMS.min_round_interval
-
-
-def drain(engine: Engine) -> list[Event]:
-    """Every event the engine has queued, oldest first."""
-    events = []
-    while (event := engine.next_event()) is not None:
-        events.append(event)
-    return events
-
-
-@dataclass(frozen=True, slots=True)
-class Timed:
-    """An event and the clock time of the engine call that produced it."""
-
-    at: float
-    event: Event
-
-
-class SoloNode:
-    """An engine, a manual clock, and every event it has produced."""
-
-    def __init__(
-        self,
-        params: Params = PARAMS,
-        snapshot: Snapshot | None = None,
-        now: float = T0,
-        genesis: Genesis = GENESIS,
-        signer: Signer = SIGNER,
-    ) -> None:
-        self.engine = Engine(genesis, params, signer, snapshot)
-        self.now = now
-        self.events: list[Timed] = []
-
-    def _drain(self) -> list[Event]:
-        new = drain(self.engine)
-        self.events.extend(Timed(self.now, e) for e in new)
-        return new
-
-    def submit(self, txs: Sequence[bytes]) -> SubmitResult:
-        """Submit a client batch at the current time."""
-        result = self.engine.submit_transactions(tx_ids(txs), txs, self.now)
-        self._drain()
-        return result
-
-    def fire(self) -> list[Event]:
-        """Move the clock to the engine's timer (never back) and handle it."""
-        when = self.engine.get_timer()
-        assert when is not None, "a validator always has a timer"
-        self.now = max(self.now, when)
-        self.engine.handle_timer(self.now)
-        return self._drain()
-
-    def run_until(self, deadline: float) -> None:
-        """Handle every timer due up to ``deadline``, then set the clock to it."""
-        while (when := self.engine.get_timer()) is not None and when <= deadline:
-            self.fire()
-        self.now = max(self.now, deadline)
-
-    def settle(self, max_steps: int = 1000) -> None:
-        """Handle timers until nothing is pending or in flight."""
-        for _ in range(max_steps):
-            stats = self.engine.statistics()
-            if stats.pending == 0 and stats.in_flight == 0:
-                return
-            self.fire()
-        raise AssertionError(f"not settled after {max_steps} timer calls")
-
-    def own_vertices(self) -> list[Timed]:
-        """The engine's own VertexAdded events, with their times."""
-        return [t for t in self.events if isinstance(t.event, VertexAdded) and t.event.own]
-
-    def entries(self) -> list[LogEntry]:
-        """Every finalized log entry so far, in order."""
-        return [
-            entry
-            for t in self.events
-            if isinstance(t.event, LeaderCommitted)
-            for entry in t.event.entries
-        ]
-
-
-def vertex_of(timed: Timed) -> Vertex:
-    """The vertex of a VertexAdded event."""
-    assert isinstance(timed.event, VertexAdded)
-    return timed.event.vertex
 
 
 class StoreModel:

@@ -17,8 +17,7 @@ from qudag_node.core.genesis import Genesis, Validator
 from qudag_node.core.params import Params
 from qudag_node.core.types import GenesisHash, PublicKey, TxId, VertexId
 from qudag_node.core.vertex import Vertex, decode_vertex, make_vertex
-from tests.core.test_engine_solo import GENESIS, SoloNode, drain
-from tests.core.test_rules import NOW, PEER, R1, ROUND1, C, feed, message
+from tests.core.support import GENESIS, NOW, PEER, R1, ROUND1, C, SoloNode, drain, feed, message
 
 settings.register_profile(
     "qudag-core",

@@ -1,9 +1,10 @@
 """Vertex admission rules and the commit rule, with four validators (n = 4, f = 1).
 
-The engine under test is fed hand-made vertices through ``encode_message`` and
-``receive_message``. It is mostly an observer (its key is not in the genesis), so it
-never proposes and every vertex of the DAG is chosen by the test; where its own
-proposals are the subject, it is validator 0.
+The engine under test is fed hand-made vertices of the network
+:data:`tests.core.support.C` through ``encode_message`` and ``receive_message``. It is
+mostly an observer (its key is not in the genesis), so it never proposes and every
+vertex of the DAG is chosen by the test; where its own proposals are the subject, it
+is validator 0.
 """
 
 from __future__ import annotations
@@ -12,83 +13,15 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from qudag_node.core.crypto import Signer, extend_log_hash, log_hash_start, tx_id
+from qudag_node.core.crypto import extend_log_hash, log_hash_start, tx_id
 from qudag_node.core.engine import Engine, Role, Snapshot, StoredVertex
 from qudag_node.core.errors import Reason
 from qudag_node.core.events import Event, LeaderCommitted, MessageRejected, VertexAdded
-from qudag_node.core.genesis import Genesis, Validator
-from qudag_node.core.messages import VertexMessage, encode_message
+from qudag_node.core.genesis import Genesis
 from qudag_node.core.params import Params
-from qudag_node.core.types import GenesisHash, PeerId, VertexId
-from qudag_node.core.vertex import Vertex, make_vertex
-from tests.core.test_engine_solo import drain
-
-NOW = 1_800_000_000.0
-TIMESTAMP_MS = int(NOW * 1000) - 500
-PEER = PeerId("peer-1")
-PARAMS = Params()
-
-
-class Committee:
-    """Four validator keys, their genesis, and a key outside it."""
-
-    def __init__(self) -> None:
-        self.signers = [Signer(bytes([0x10 + i]) * 32) for i in range(4)]
-        self.genesis = Genesis(
-            "qudag-rules",
-            tuple(Validator(f"v{i}", s.public_key) for i, s in enumerate(self.signers)),
-        )
-        self.outsider = Signer(b"\x99" * 32)
-
-    def vertex(
-        self,
-        author: int | Signer,
-        round_: int,
-        parents: Sequence[VertexId] = (),
-        txs: Sequence[bytes] = (),
-        timestamp_ms: int = TIMESTAMP_MS,
-        network: GenesisHash | None = None,
-    ) -> Vertex:
-        """A signed vertex by validator ``author`` (an index) or by any signer."""
-        signer = self.signers[author] if isinstance(author, int) else author
-        return make_vertex(
-            signer,
-            self.genesis.hash if network is None else network,
-            round_,
-            timestamp_ms,
-            parents,
-            txs,
-            [tx_id(t) for t in txs],
-        )
-
-    def index(self, round_: int) -> int:
-        """The validator index of ``round_``'s leader."""
-        leader = self.genesis.index_of(self.genesis.leader(round_))
-        assert leader is not None
-        return leader
-
-    def observer(self, params: Params = PARAMS, snapshot: Snapshot | None = None) -> Engine:
-        """An engine for this network that only follows."""
-        engine = Engine(self.genesis, params, self.outsider, snapshot)
-        assert engine.role is Role.OBSERVER
-        return engine
-
-
-C = Committee()
-#: One round-1 vertex per validator, each carrying one transaction.
-ROUND1 = [C.vertex(i, 1, txs=[f"r1-v{i}".encode()]) for i in range(4)]
-
-
-def message(vertex: Vertex) -> bytes:
-    """The wire bytes of a vertex message."""
-    return encode_message(VertexMessage(vertex))
-
-
-def feed(engine: Engine, *vertices: Vertex, now: float = NOW) -> list[Event]:
-    """Deliver vertices from :data:`PEER` at ``now``; returns the drained events."""
-    for v in vertices:
-        engine.receive_message(PEER, message(v), now)
-    return drain(engine)
+from qudag_node.core.types import VertexId
+from qudag_node.core.vertex import Vertex
+from tests.core.support import NOW, PARAMS, PEER, R1, ROUND1, C, drain, feed, message
 
 
 def rejection(events: list[Event]) -> MessageRejected:
@@ -126,7 +59,6 @@ def engine() -> Engine:
 
 OTHER_NETWORK = Genesis("qudag-other", C.genesis.validators).hash
 SKEW_MS = int((NOW + PARAMS.max_clock_skew) * 1000)
-R1 = [v.id for v in ROUND1]
 
 RULE_CASES: list[tuple[str, Callable[[], bytes], Reason, str]] = [
     ("unknown author", lambda: message(C.vertex(C.outsider, 1)), Reason.UNKNOWN_AUTHOR, ""),

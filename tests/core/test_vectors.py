@@ -30,7 +30,7 @@ from qudag_node.core.genesis import Genesis
 from qudag_node.core.params import Params
 from qudag_node.core.types import TxId, VertexId
 from qudag_node.core.vertex import Vertex, decode_vertex, make_vertex
-from tests.core.test_engine_solo import SoloNode, vertex_of
+from tests.core.support import SoloNode, vertex_of
 
 VECTORS_PATH = Path(__file__).with_name("vectors.json")
 

@@ -1,0 +1,194 @@
+"""Helpers shared by the engine tests: a solo node on a manual clock and a four-validator network.
+
+The solo node is a one-validator network of itself. Its clock is a float the test
+advances: :class:`SoloNode` calls ``handle_timer`` at the times ``get_timer`` names and
+records every drained event with the time of the call that produced it.
+
+The four-validator network (n = 4, f = 1) is :data:`C`, a :class:`Committee`. Its
+vertices are made by hand and delivered to an engine with :func:`feed`, as messages
+from :data:`PEER`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from qudag_node.core.crypto import Signer, tx_id, tx_ids
+from qudag_node.core.engine import Engine, Role, Snapshot, SubmitResult
+from qudag_node.core.events import Event, LeaderCommitted, LogEntry, VertexAdded
+from qudag_node.core.genesis import Genesis, Validator
+from qudag_node.core.messages import VertexMessage, encode_message
+from qudag_node.core.params import Params
+from qudag_node.core.types import GenesisHash, PeerId, VertexId
+from qudag_node.core.vertex import Vertex, make_vertex
+
+PARAMS = Params()
+
+
+def drain(engine: Engine) -> list[Event]:
+    """Every event the engine has queued, oldest first."""
+    events: list[Event] = []
+    while (event := engine.next_event()) is not None:
+        events.append(event)
+    return events
+
+
+# ------------------------------------------------------------------ solo node
+
+#: The key of the solo validator, and its one-validator genesis.
+SIGNER = Signer(b"\x01" * 32)
+GENESIS = Genesis.solo("qudag-solo", "solo", SIGNER.public_key)
+#: The time on a solo node's clock when it starts.
+T0 = 1_000.0
+
+
+@dataclass(frozen=True, slots=True)
+class Timed:
+    """An event and the clock time of the engine call that produced it."""
+
+    at: float
+    event: Event
+
+
+class SoloNode:
+    """An engine, a manual clock, and every event it has produced."""
+
+    def __init__(
+        self,
+        params: Params = PARAMS,
+        snapshot: Snapshot | None = None,
+        now: float = T0,
+        genesis: Genesis = GENESIS,
+        signer: Signer = SIGNER,
+    ) -> None:
+        self.engine = Engine(genesis, params, signer, snapshot)
+        self.now = now
+        self.events: list[Timed] = []
+
+    def _drain(self) -> list[Event]:
+        new = drain(self.engine)
+        self.events.extend(Timed(self.now, e) for e in new)
+        return new
+
+    def submit(self, txs: Sequence[bytes]) -> SubmitResult:
+        """Submit a client batch at the current time."""
+        result = self.engine.submit_transactions(tx_ids(txs), txs, self.now)
+        self._drain()
+        return result
+
+    def fire(self) -> list[Event]:
+        """Move the clock to the engine's timer (never back) and handle it."""
+        when = self.engine.get_timer()
+        assert when is not None, "a validator always has a timer"
+        self.now = max(self.now, when)
+        self.engine.handle_timer(self.now)
+        return self._drain()
+
+    def run_until(self, deadline: float) -> None:
+        """Handle every timer due up to ``deadline``, then set the clock to it."""
+        while (when := self.engine.get_timer()) is not None and when <= deadline:
+            self.fire()
+        self.now = max(self.now, deadline)
+
+    def settle(self, max_steps: int = 1000) -> None:
+        """Handle timers until nothing is pending or in flight."""
+        for _ in range(max_steps):
+            stats = self.engine.statistics()
+            if stats.pending == 0 and stats.in_flight == 0:
+                return
+            self.fire()
+        raise AssertionError(f"not settled after {max_steps} timer calls")
+
+    def own_vertices(self) -> list[Timed]:
+        """The engine's own VertexAdded events, with their times."""
+        return [t for t in self.events if isinstance(t.event, VertexAdded) and t.event.own]
+
+    def entries(self) -> list[LogEntry]:
+        """Every finalized log entry so far, in order."""
+        return [
+            entry
+            for t in self.events
+            if isinstance(t.event, LeaderCommitted)
+            for entry in t.event.entries
+        ]
+
+
+def vertex_of(timed: Timed) -> Vertex:
+    """The vertex of a VertexAdded event."""
+    assert isinstance(timed.event, VertexAdded)
+    return timed.event.vertex
+
+
+# ------------------------------------------------------- four-validator network
+
+#: The time at which vertices are delivered, unless a test says otherwise.
+NOW = 1_800_000_000.0
+#: The timestamp of hand-made vertices: half a second before :data:`NOW`.
+TIMESTAMP_MS = int(NOW * 1000) - 500
+#: The peer every hand-made vertex comes from.
+PEER = PeerId("peer-1")
+
+
+class Committee:
+    """Four validator keys, their genesis, and a key outside it."""
+
+    def __init__(self) -> None:
+        self.signers = [Signer(bytes([0x10 + i]) * 32) for i in range(4)]
+        self.genesis = Genesis(
+            "qudag-rules",
+            tuple(Validator(f"v{i}", s.public_key) for i, s in enumerate(self.signers)),
+        )
+        self.outsider = Signer(b"\x99" * 32)
+
+    def vertex(
+        self,
+        author: int | Signer,
+        round_: int,
+        parents: Sequence[VertexId] = (),
+        txs: Sequence[bytes] = (),
+        timestamp_ms: int = TIMESTAMP_MS,
+        network: GenesisHash | None = None,
+    ) -> Vertex:
+        """A signed vertex by validator ``author`` (an index) or by any signer."""
+        signer = self.signers[author] if isinstance(author, int) else author
+        return make_vertex(
+            signer,
+            self.genesis.hash if network is None else network,
+            round_,
+            timestamp_ms,
+            parents,
+            txs,
+            [tx_id(t) for t in txs],
+        )
+
+    def index(self, round_: int) -> int:
+        """The validator index of ``round_``'s leader."""
+        leader = self.genesis.index_of(self.genesis.leader(round_))
+        assert leader is not None
+        return leader
+
+    def observer(self, params: Params = PARAMS, snapshot: Snapshot | None = None) -> Engine:
+        """An engine for this network that only follows."""
+        engine = Engine(self.genesis, params, self.outsider, snapshot)
+        assert engine.role is Role.OBSERVER
+        return engine
+
+
+C = Committee()
+#: One round-1 vertex per validator, each carrying one transaction.
+ROUND1 = [C.vertex(i, 1, txs=[f"r1-v{i}".encode()]) for i in range(4)]
+#: The ids of :data:`ROUND1`.
+R1 = [v.id for v in ROUND1]
+
+
+def message(vertex: Vertex) -> bytes:
+    """The wire bytes of a vertex message."""
+    return encode_message(VertexMessage(vertex))
+
+
+def feed(engine: Engine, *vertices: Vertex, now: float = NOW) -> list[Event]:
+    """Deliver vertices from :data:`PEER` at ``now``; returns the drained events."""
+    for v in vertices:
+        engine.receive_message(PEER, message(v), now)
+    return drain(engine)
