@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,13 @@ class NodeProcess:
     """One ``python -m qudag_node run`` process with its own data dir and log file."""
 
     def __init__(
-        self, data_dir: Path, log_path: Path, env: Mapping[str, str] | None = None
+        self,
+        data_dir: Path,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        command: Sequence[str] = (sys.executable, "-m", "qudag_node", "run"),
     ) -> None:
+        self.command = list(command)
         self.data_dir = data_dir
         self.log_path = log_path
         self.extra_env = dict(env or {})
@@ -64,7 +69,7 @@ class NodeProcess:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "qudag_node", "run"],
+                self.command,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,

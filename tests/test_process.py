@@ -82,6 +82,23 @@ def test_signal_stops_the_node_cleanly(tmp_path: Path, sig: signal.Signals) -> N
     assert not wal.exists() or wal.stat().st_size == 0, "WAL was not checkpointed"
 
 
+def test_console_script_and_module_start_the_same_node(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("qudag-node")
+    assert script.is_file(), "the qudag-node console script is not installed"
+    data = tmp_path / "data"
+    by_module = NodeProcess(data, tmp_path / "module.log").start()
+    code, body = submit_json(by_module.url, [b"kept across entry points"], wait=True)
+    assert code == 200, body
+    before = _status(by_module)
+    assert by_module.stop() == 0
+    by_script = NodeProcess(data, tmp_path / "script.log", command=[str(script), "run"]).start()
+    after = _status(by_script)
+    assert after["network"] == before["network"]
+    assert after["log"] == before["log"]
+    assert after["node"]["public_key"] == before["node"]["public_key"]  # type: ignore[index]
+    assert by_script.stop() == 0
+
+
 def test_identity_is_generated_once_and_kept(tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "data", tmp_path / "node.log").start()
     first = _status(node)["node"]
