@@ -33,7 +33,7 @@ from qudag_node.core.genesis import Genesis
 from qudag_node.core.rules import check_batch
 from qudag_node.core.types import TxId, VertexId
 from qudag_node.metrics import Metrics
-from qudag_node.ports import Check, LogRecord, SubmitReceipt, TxRecord, VertexRecord
+from qudag_node.ports import Check, LogRecord, SubmitReceipt, TxRecord, TxState, VertexRecord
 from qudag_node.store import Store, StoreError
 
 KEY_FILENAME = "node.key"
@@ -161,9 +161,7 @@ class Node:
     async def _serve(self) -> None:
         s = self.settings
         started = time.monotonic()
-        snapshot = await self._store.load_snapshot(
-            self._genesis, self.params.gc_depth, self.params.max_pending
-        )
+        snapshot = await self._store.load_snapshot(self._genesis, self.params.gc_depth)
         totals = await self._store.totals()
         self._engine = Engine(self._genesis, self.params, self._signer, snapshot)
         self._vertex_total = totals.vertices
@@ -341,8 +339,16 @@ class Node:
                         del self._waiters[i]
 
     async def transaction(self, tx_id: TxId) -> TxRecord | None:
-        """A transaction's status from the store."""
-        return await self._store.transaction(tx_id)
+        """A transaction's status: final from the store, included from the engine."""
+        carrier = self._engine.carrier(tx_id)  # asked first: states only move forward
+        stored = await self._store.transaction(tx_id)
+        if stored is None:
+            return None
+        if stored.seq is not None:
+            return TxRecord(tx_id, TxState.FINAL, stored.vertex, stored.seq, stored.size)
+        if carrier is not None:
+            return TxRecord(tx_id, TxState.INCLUDED, carrier, None, stored.size)
+        return TxRecord(tx_id, TxState.PENDING, None, None, stored.size)
 
     async def vertex(self, vertex_id: VertexId) -> VertexRecord | None:
         """A vertex from the store."""

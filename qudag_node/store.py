@@ -32,7 +32,7 @@ from qudag_node.core.events import (
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.types import HASH_SIZE, TxId, VertexId
 from qudag_node.core.vertex import decode_header_bytes
-from qudag_node.ports import LogRecord, TxRecord, TxState, VertexRecord
+from qudag_node.ports import LogRecord, VertexRecord
 
 DB_FILENAME = "qudag.db"
 _CHUNK = 900  # ids per IN (...) query, under SQLite's variable limit
@@ -43,6 +43,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             key TEXT PRIMARY KEY,
             value BLOB NOT NULL
         ) WITHOUT ROWID""",
+        # rowid = arrival order; rows are never deleted
         """CREATE TABLE vertices (
             id BLOB NOT NULL UNIQUE,
             round INTEGER NOT NULL,
@@ -53,18 +54,25 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             ordered INTEGER NOT NULL DEFAULT 0
         )""",
         "CREATE INDEX vertices_round ON vertices (round)",
+        # written once, when first seen; rowid = arrival order; never deleted
         """CREATE TABLE transactions (
             id BLOB NOT NULL UNIQUE,
-            data BLOB NOT NULL,
-            vertex BLOB,
-            seq INTEGER
+            data BLOB NOT NULL
         )""",
-        "CREATE INDEX transactions_pending ON transactions (vertex) WHERE vertex IS NULL",
+        # rowids of the transactions that are not final yet
+        "CREATE TABLE unfinal (tx INTEGER PRIMARY KEY)",
+        """CREATE TRIGGER transactions_unfinal AFTER INSERT ON transactions
+            BEGIN INSERT INTO unfinal (tx) VALUES (new.rowid); END""",
+        # the finalized log; tx and vertex are rowids
         """CREATE TABLE log (
             seq INTEGER PRIMARY KEY,
-            tx_id BLOB NOT NULL,
+            tx INTEGER NOT NULL,
+            vertex INTEGER NOT NULL,
             hash BLOB NOT NULL
         )""",
+        "CREATE INDEX log_tx ON log (tx)",
+        """CREATE TRIGGER log_final AFTER INSERT ON log
+            BEGIN DELETE FROM unfinal WHERE tx = new.tx; END""",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -76,6 +84,16 @@ class StoreError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTransaction:
+    """What the database knows of a transaction: its size, and its log place once final."""
+
+    id: TxId
+    size: int
+    seq: int | None
+    vertex: VertexId | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,36 +156,38 @@ class Store:
     # ---------------------------------------------------------------- writes
 
     async def persist(self, events: Sequence[Event]) -> None:
-        """Write what ``events`` require in one transaction (one fsync)."""
-        pending: list[tuple[bytes, bytes]] = []
+        """Write what ``events`` require in one transaction (one fsync).
+
+        Each transaction's bytes are written once; becoming included costs nothing
+        here (the vertex row lists its ids), becoming final appends a log row.
+        """
+        new_txs: list[tuple[bytes, bytes]] = []
         vertices: list[tuple[bytes, int, bytes, bytes, bytes, bytes]] = []
-        carried: list[tuple[bytes, bytes, bytes]] = []
-        log: list[tuple[int, bytes, bytes]] = []
-        final: list[tuple[int, bytes, bytes]] = []
+        log: list[tuple[int, bytes, bytes, bytes]] = []
         ordered: list[tuple[bytes]] = []
         committed_round = None
         for ev in events:
             if isinstance(ev, TransactionsAdmitted):
-                pending.extend(zip(ev.ids, ev.transactions, strict=True))
+                new_txs.extend(zip(ev.ids, ev.transactions, strict=True))
             elif isinstance(ev, VertexAdded):
                 v = ev.vertex
                 vertices.append(
                     (v.id, v.round, v.author, v.header_bytes, v.signature, b"".join(v.tx_ids))
                 )
-                carried.extend(zip(v.tx_ids, v.transactions, [v.id] * len(v.tx_ids), strict=True))
+                if not ev.own:  # our own vertices carry admitted, stored transactions
+                    new_txs.extend(zip(v.tx_ids, v.transactions, strict=True))
             elif isinstance(ev, LeaderCommitted):
-                log.extend((e.seq, e.tx_id, e.hash) for e in ev.entries)
-                final.extend((e.seq, e.vertex, e.tx_id) for e in ev.entries)
+                log.extend((e.seq, e.hash, e.tx_id, e.vertex) for e in ev.entries)
                 ordered.extend((vid,) for vid in ev.ordered)
                 committed_round = ev.round
-        if not (pending or vertices or log or ordered):
+        if not (new_txs or vertices or log or ordered):
             return
         db = self._writer
         await db.execute("BEGIN IMMEDIATE")
         try:
-            if pending:
+            if new_txs:
                 await db.executemany(
-                    "INSERT OR IGNORE INTO transactions (id, data) VALUES (?, ?)", pending
+                    "INSERT OR IGNORE INTO transactions (id, data) VALUES (?, ?)", new_txs
                 )
             if vertices:
                 await db.executemany(
@@ -175,16 +195,11 @@ class Store:
                     " VALUES (?, ?, ?, ?, ?, ?)",
                     vertices,
                 )
-                await db.executemany(
-                    "INSERT INTO transactions (id, data, vertex) VALUES (?, ?, ?)"
-                    " ON CONFLICT (id) DO UPDATE SET vertex = excluded.vertex"
-                    " WHERE transactions.vertex IS NULL",
-                    carried,
-                )
             if log:
-                await db.executemany("INSERT INTO log (seq, tx_id, hash) VALUES (?, ?, ?)", log)
                 await db.executemany(
-                    "UPDATE transactions SET seq = ?, vertex = ? WHERE id = ?", final
+                    "INSERT INTO log (seq, hash, tx, vertex) SELECT ?, ?, t.rowid, v.rowid"
+                    " FROM transactions AS t, vertices AS v WHERE t.id = ? AND v.id = ?",
+                    log,
                 )
             if ordered:
                 await db.executemany("UPDATE vertices SET ordered = 1 WHERE id = ?", ordered)
@@ -201,8 +216,13 @@ class Store:
         """Which of ``ids`` are stored already (read by the writer: always current)."""
         return await _matching_ids(self._writer, "", ids)
 
-    async def load_snapshot(self, genesis: Genesis, gc_depth: int, max_pending: int) -> Snapshot:
-        """The durable state the engine resumes from."""
+    async def load_snapshot(self, genesis: Genesis, gc_depth: int) -> Snapshot:
+        """The durable state the engine resumes from.
+
+        Every transaction that is not final comes back; the engine keeps those that
+        no held vertex carries as pending. Their number is bounded by the pending
+        pool plus the DAG window, not by the size of the database.
+        """
         db = self._writer
         rows = await _fetch(db, "SELECT seq, hash FROM log ORDER BY seq DESC LIMIT 1")
         length, last_hash = (rows[0][0], rows[0][1]) if rows else (0, log_hash_start(genesis.hash))
@@ -219,8 +239,8 @@ class Store:
         )
         pending_rows = await _fetch(
             db,
-            "SELECT id, data FROM transactions WHERE vertex IS NULL ORDER BY rowid LIMIT ?",
-            (max_pending,),
+            "SELECT t.id, t.data FROM unfinal AS u JOIN transactions AS t ON t.rowid = u.tx"
+            " ORDER BY u.tx",
         )
         pending = tuple((TxId(r[0]), bytes(r[1])) for r in pending_rows)
         return Snapshot(length, bytes(last_hash), committed, vertices, pending)
@@ -242,27 +262,25 @@ class Store:
         """A trivial query: proves the database answers."""
         await _fetch(self._reader, "SELECT 1")
 
-    async def transaction(self, tx_id: TxId) -> TxRecord | None:
-        """A transaction's status."""
+    async def transaction(self, tx_id: TxId) -> StoredTransaction | None:
+        """A stored transaction: its size, and its log place once final."""
         rows = await _fetch(
             self._reader,
-            "SELECT vertex, seq, length(data) FROM transactions WHERE id = ?",
+            "SELECT length(t.data), l.seq, v.id FROM transactions AS t"
+            " LEFT JOIN log AS l ON l.tx = t.rowid LEFT JOIN vertices AS v ON v.rowid = l.vertex"
+            " WHERE t.id = ?",
             (tx_id,),
         )
         if not rows:
             return None
-        vertex, seq, size = rows[0]
-        if seq is not None:
-            state = TxState.FINAL
-        elif vertex is not None:
-            state = TxState.INCLUDED
-        else:
-            state = TxState.PENDING
-        return TxRecord(tx_id, state, VertexId(vertex) if vertex else None, seq, size)
+        size, seq, vertex = rows[0]
+        return StoredTransaction(tx_id, size, seq, VertexId(vertex) if vertex else None)
 
     async def final_among(self, ids: Sequence[TxId]) -> set[TxId]:
         """Which of ``ids`` are final."""
-        return await _matching_ids(self._reader, "seq IS NOT NULL AND ", ids)
+        return await _matching_ids(
+            self._reader, "EXISTS (SELECT 1 FROM log WHERE log.tx = transactions.rowid) AND ", ids
+        )
 
     async def vertex(self, vertex_id: VertexId) -> VertexRecord | None:
         """A stored vertex."""
@@ -291,8 +309,8 @@ class Store:
         """Finalized entries from ``start`` on, in order."""
         rows = await _fetch(
             self._reader,
-            "SELECT l.seq, l.tx_id, t.vertex, l.hash FROM log AS l"
-            " JOIN transactions AS t ON t.id = l.tx_id"
+            "SELECT l.seq, t.id, v.id, l.hash FROM log AS l"
+            " JOIN transactions AS t ON t.rowid = l.tx JOIN vertices AS v ON v.rowid = l.vertex"
             " WHERE l.seq >= ? ORDER BY l.seq LIMIT ?",
             (start, limit),
         )

@@ -175,6 +175,23 @@ async def test_wait_final_times_out_with_the_transaction_stored(
     assert record["status"] in {"pending", "included"}
 
 
+async def test_status_moves_from_pending_to_included(
+    node_factory: NodeFactory, session: aiohttp.ClientSession
+) -> None:
+    """The first transaction is proposed at once; the next waits out the round interval."""
+    node = await node_factory(QUDAG_MIN_ROUND_INTERVAL="30")
+    assert (await _submit(session, node, b"first"))[0] == 202
+    assert (await _submit(session, node, b"second"))[0] == 202
+    first = await _get(session, f"{node.url}{TX}/{_tx_id(b'first')}")
+    second = await _get(session, f"{node.url}{TX}/{_tx_id(b'second')}")
+    assert (first["status"], first["seq"]) == ("included", None)
+    assert (second["status"], second["vertex"], second["seq"]) == ("pending", None, None)
+    vertex = await _get(session, f"{node.url}/api/v1/vertices/{first['vertex']}")
+    assert vertex["transactions"] == [_tx_id(b"first")]
+    assert vertex["round"] == 1
+    assert vertex["ordered"] is False
+
+
 @pytest.mark.parametrize(
     "query",
     [

@@ -226,3 +226,20 @@ def test_secrets_never_leave_the_process(tmp_path: Path) -> None:
         assert secret not in everything
         assert secret.upper() not in everything
     assert '"node_private_key": "<set>"' in node.logs()
+
+
+def test_included_status_survives_a_restart(tmp_path: Path) -> None:
+    env = {"QUDAG_MIN_ROUND_INTERVAL": "60"}
+    node = NodeProcess(tmp_path / "data", tmp_path / "node.log", env).start()
+    code, body = submit_json(node.url, [b"carried by round 1"])
+    assert code == 202, body
+    tx = body["ids"][0]
+    code, before = request("GET", f"{node.url}/api/v1/transactions/{tx}")
+    assert code == 200
+    assert before["status"] == "included"
+    assert node.stop() == 0
+    node.start()
+    code, after = request("GET", f"{node.url}/api/v1/transactions/{tx}")
+    assert code == 200
+    assert after == before
+    assert node.stop() == 0

@@ -14,7 +14,6 @@ from qudag_node.core.engine import Engine
 from qudag_node.core.events import TransactionsAdmitted
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.params import Params
-from qudag_node.ports import TxState
 from qudag_node.store import (
     DB_FILENAME,
     SCHEMA_VERSION,
@@ -98,7 +97,8 @@ async def test_statuses_and_log_follow_the_engine(tmp_path: Path) -> None:
     await store.persist([e for e in events if isinstance(e, TransactionsAdmitted)])
     record = await store.transaction(ids[0])
     assert record is not None
-    assert record.state is TxState.PENDING
+    assert (record.size, record.seq, record.vertex) == (5, None, None)
+    assert await store.final_among(ids) == set()
     await store.persist([e for e in events if not isinstance(e, TransactionsAdmitted)])
     await drive(engine, store, 0.001, 5.0)
     stats = engine.statistics()
@@ -106,10 +106,10 @@ async def test_statuses_and_log_follow_the_engine(tmp_path: Path) -> None:
     entries = await store.log(1, 10)
     assert [e.tx_id for e in entries] == ids
     assert entries[-1].hash == stats.log_hash
-    for i in ids:
+    for seq, i in enumerate(ids, start=1):
         rec = await store.transaction(i)
         assert rec is not None
-        assert rec.state is TxState.FINAL
+        assert rec.seq == seq
         assert rec.vertex == entries[0].vertex
     vertex = await store.vertex(entries[0].vertex)
     assert vertex is not None
@@ -149,7 +149,7 @@ async def test_snapshot_resumes_an_identical_log(tmp_path: Path) -> None:
         if batch % 5 == 4:
             await store.close()
             store = await Store.open(tmp_path, GENESIS)
-            snap = await store.load_snapshot(GENESIS, params.gc_depth, params.max_pending)
+            snap = await store.load_snapshot(GENESIS, params.gc_depth)
             assert len(snap.vertices) <= params.gc_depth + 3
             restarted = Engine(GENESIS, params, SIGNER, snap)
             restarted.handle_timer(now)
@@ -167,7 +167,7 @@ async def test_pending_transactions_survive_a_restart(tmp_path: Path) -> None:
     await store.persist([TransactionsAdmitted(tuple(tx_ids(txs)), tuple(txs))])
     await store.close()
     store = await Store.open(tmp_path, GENESIS)
-    snap = await store.load_snapshot(GENESIS, 50, 100)
+    snap = await store.load_snapshot(GENESIS, 50)
     assert snap.pending == tuple(zip(tx_ids(txs), txs, strict=True))
     await store.close()
 

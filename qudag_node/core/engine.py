@@ -104,7 +104,7 @@ class Engine:
         self._dag = Dag()
         self._consensus = Consensus(genesis)
         self._pending: OrderedDict[TxId, bytes] = OrderedDict()
-        self._in_flight: set[TxId] = set()
+        self._in_flight: dict[TxId, VertexId] = {}  # included, not final: id -> carrier
         self._events: deque[Event] = deque()
         self._outbox: list[tuple[PeerId, bytes]] = []
         self._peers: set[PeerId] = set()
@@ -181,6 +181,10 @@ class Engine:
         out, self._outbox = self._outbox, []
         return out
 
+    def carrier(self, tx_id: TxId) -> VertexId | None:
+        """The vertex carrying ``tx_id`` while it is included but not final, else None."""
+        return self._in_flight.get(tx_id)
+
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` should next be called, or None for never.
 
@@ -217,7 +221,7 @@ class Engine:
                 DagVertex(sv.id, h.round, h.author, h.parents, h.tx_count), sv.tx_ids, sv.ordered
             )
             if not sv.ordered:
-                self._in_flight.update(sv.tx_ids)
+                self._carry(sv.tx_ids, sv.id)
             if h.author == self._signer.public_key:
                 self._own_round = max(self._own_round, h.round)
         if snapshot.vertices:
@@ -225,6 +229,14 @@ class Engine:
         for i, tx in snapshot.pending:
             if i not in self._in_flight:
                 self._pending[i] = tx
+
+    def _carry(self, ids: Sequence[TxId], vertex_id: VertexId) -> None:
+        for i in ids:
+            self._in_flight.setdefault(i, vertex_id)
+
+    def _release(self, ids: Sequence[TxId]) -> None:
+        for i in ids:
+            self._in_flight.pop(i, None)
 
     def _on_vertex(self, vertex: Vertex, now: float) -> None:
         if vertex.id in self._dag:
@@ -249,7 +261,7 @@ class Engine:
     def _insert(self, vertex: Vertex, own: bool) -> None:
         dv = DagVertex(vertex.id, vertex.round, vertex.author, vertex.parents, len(vertex.tx_ids))
         self._dag.add(dv, vertex.tx_ids, ordered=False)
-        self._in_flight.update(vertex.tx_ids)
+        self._carry(vertex.tx_ids, vertex.id)
         if not own:
             for i in vertex.tx_ids:
                 self._pending.pop(i, None)
@@ -262,7 +274,7 @@ class Engine:
         carriers: list[VertexId] = []
         seen: set[TxId] = set()
         for dv, tx_ids in committed.ordered:
-            self._in_flight.difference_update(tx_ids)
+            self._release(tx_ids)
             for i in tx_ids:
                 if i not in seen:
                     seen.add(i)
@@ -287,7 +299,7 @@ class Engine:
         )
         floor = self._consensus.committed_round - self._params.gc_depth
         if floor > self._dag.floor:
-            self._in_flight.difference_update(self._dag.prune_below(floor))
+            self._release(self._dag.prune_below(floor))
 
     def _quorum_round(self) -> int | None:
         """The highest round, at or above our own, that holds a quorum (0 is genesis)."""
