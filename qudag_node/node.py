@@ -145,7 +145,13 @@ class Node:
             self._signer = load_signer(s)
             self._genesis = Genesis.solo(s.effective_network_id, s.node_id, self._signer.public_key)
             log.info("opening_database", path=str(s.data_path), check="quick_check")
+            opening = time.monotonic()
             self._store = await Store.open(s.data_path, self._genesis)
+            log.info(
+                "database_opened",
+                path=str(self._store.path),
+                seconds=round(time.monotonic() - opening, 3),
+            )
         except StoreError as e:
             raise NodeFailure(f"database {s.data_path}: {e}") from None
         except OSError as e:
@@ -168,8 +174,7 @@ class Node:
         self._metrics = Metrics(__version__)
         self._metrics.set_totals(totals.vertices, totals.transactions, totals.log_length)
         log.info(
-            "store_opened",
-            path=str(self._store.path),
+            "state_loaded",
             vertices=totals.vertices,
             transactions=totals.transactions,
             log_length=totals.log_length,
