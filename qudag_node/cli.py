@@ -36,7 +36,7 @@ from typing import Any
 
 import nacl.signing
 
-from qudag_node import __version__, config
+from qudag_node import __version__, config, node, store
 from qudag_node.logs import configure_logging
 
 PROG = "qudag-node"
@@ -93,7 +93,7 @@ def _say(message: str) -> None:
 def _run(args: argparse.Namespace) -> int:
     flags = {s.name: getattr(args, s.name) for s in config.SETTINGS if not s.secret}
     try:
-        settings = config.load_settings(config.environ(), flags, args.config)
+        settings = config.load_settings(os.environ, flags, args.config)
     except config.ConfigError as e:
         raise CommandError(str(e), EXIT_USAGE) from None
     secrets = [
@@ -102,8 +102,6 @@ def _run(args: argparse.Namespace) -> int:
         if s.secret and isinstance(value := getattr(settings, s.name), config.Secret)
     ]
     configure_logging(settings.log_level, settings.log_format, secrets=secrets)
-
-    from qudag_node import node  # noqa: PLC0415 - the other subcommands work without it
 
     try:
         asyncio.run(node.serve(settings))
@@ -232,12 +230,6 @@ def _data_dir(args: argparse.Namespace) -> Path:
 
 def _backup(args: argparse.Namespace) -> int:
     dest = Path(args.path)
-    if dest.exists():
-        raise CommandError(f"{dest} already exists; a backup never overwrites, choose a new path")
-    if not dest.parent.is_dir():
-        raise CommandError(f"{dest.parent} is not a directory; create it first")
-    from qudag_node import store  # noqa: PLC0415 - the other subcommands work without it
-
     source = _data_dir(args) / store.DB_FILENAME
     progress = _show_progress if sys.stderr.isatty() else None
     started = time.monotonic()
@@ -261,8 +253,6 @@ def _show_progress(done: int, total: int) -> None:
 
 def _restore(args: argparse.Namespace) -> int:
     backup = Path(args.path)
-    from qudag_node import store  # noqa: PLC0415 - the other subcommands work without it
-
     data_dir = _data_dir(args)
     try:
         store.restore_database(backup, data_dir)

@@ -9,7 +9,6 @@ Secret values are wrapped in :class:`Secret` and never printed.
 from __future__ import annotations
 
 import math
-import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -432,8 +431,3 @@ def load_settings(
 def flag_name(setting: Setting) -> str:
     """The command-line flag of a setting, e.g. ``--api-port``."""
     return "--" + setting.name.replace("_", "-")
-
-
-def environ() -> dict[str, str]:
-    """A copy of the process environment."""
-    return dict(os.environ)

@@ -401,10 +401,12 @@ def backup_database(
     for its whole duration, so it sees a single committed state while the node keeps
     writing to the WAL.
     """
+    if dest.exists():
+        raise StoreError("exists", f"{dest} already exists; a backup never overwrites")
+    if not dest.parent.is_dir():
+        raise StoreError("no_directory", f"{dest.parent} is not a directory; create it first")
     if not source.is_file():
         raise StoreError("no_database", f"no database at {source}")
-    if dest.exists():
-        raise StoreError("exists", f"{dest} exists already; choose a new path")
     partial = dest.with_name(dest.name + ".partial")
     try:
         partial.unlink(missing_ok=True)

@@ -236,6 +236,11 @@ async def test_backup_to_an_unwritable_place_is_a_clear_error(tmp_path: Path) ->
     blocker.write_text("a file where a directory should be")
     with pytest.raises(StoreError) as info:
         backup_database(tmp_path / DB_FILENAME, blocker / "backup.db")
+    assert info.value.code == "no_directory"
+    out = tmp_path / "out"
+    (out / "backup.db.partial").mkdir(parents=True)  # the copy cannot be created
+    with pytest.raises(StoreError) as info:
+        backup_database(tmp_path / DB_FILENAME, out / "backup.db")
     assert info.value.code == "io"
     assert "backup to" in str(info.value)
     with pytest.raises(StoreError) as info:
