@@ -171,7 +171,7 @@ def _wait_timeout(request: web.Request, limit: float) -> float | None:
     return min(value, limit)
 
 
-def _json_batch(body: bytes, max_items: int) -> list[bytes]:
+def _json_batch(body: bytes) -> list[bytes]:
     try:
         doc = json.loads(body)
     except ValueError:
@@ -181,11 +181,6 @@ def _json_batch(body: bytes, max_items: int) -> list[bytes]:
     items = doc["transactions"]
     if not items:
         raise _bad_request("transactions must hold at least one item")
-    if len(items) > max_items:
-        raise InputRejected(
-            Reason.TOO_MANY_TRANSACTIONS,
-            f"{len(items)} transactions in one request, limit {max_items}",
-        )
     out = []
     for i, item in enumerate(items):
         if not isinstance(item, str):
@@ -237,11 +232,16 @@ class _Routes:
     async def submit(self, request: web.Request) -> web.Response:
         """POST /api/v1/transactions: store one or a batch, optionally wait for finality."""
         timeout = _wait_timeout(request, self._settings.wait_timeout)
-        try:
-            txs = await self._read_transactions(request)
-        except InputRejected as e:
-            self._metrics.on_submit_rejected(e.reason)
-            raise _from_input_rejected(e) from None
+        txs = await self._read_transactions(request)
+        limit = self._settings.max_submit_txs
+        if len(txs) > limit:
+            self._metrics.on_submit_rejected(Reason.TOO_MANY_TRANSACTIONS, len(txs))
+            raise _from_input_rejected(
+                InputRejected(
+                    Reason.TOO_MANY_TRANSACTIONS,
+                    f"{len(txs)} transactions in one request, limit {limit}",
+                )
+            )
         try:
             receipt = await self._node.submit(txs)
         except InputRejected as e:
@@ -262,7 +262,7 @@ class _Routes:
         if request.content_type == _OCTET_STREAM:
             return [await request.read()]
         if request.content_type == _JSON:
-            return _json_batch(await request.read(), self._settings.max_submit_txs)
+            return _json_batch(await request.read())
         raise ApiError(
             415,
             "unsupported_media_type",

@@ -124,9 +124,9 @@ class Metrics:
         self._admitted.inc(admitted)
         self._duplicate.inc(duplicates)
 
-    def on_submit_rejected(self, reason: Reason) -> None:
-        """A submit request was refused as a whole (counted once, whatever its size)."""
-        self._rejected.inc()
+    def on_submit_rejected(self, reason: Reason, transactions: int) -> None:
+        """A submit request of ``transactions`` transactions was refused as a whole."""
+        self._rejected.inc(transactions)
         self._submits_rejected.labels(reason=reason.value).inc()
 
     def on_statistics(self, stats: Statistics) -> None:

@@ -277,7 +277,7 @@ class Node:
             if sub.done.done():
                 continue
             if isinstance(outcome, InputRejected):
-                self._metrics.on_submit_rejected(outcome.reason)
+                self._metrics.on_submit_rejected(outcome.reason, len(sub.ids))
                 sub.done.set_exception(outcome)
             else:
                 self._metrics.on_submit(len(outcome.ids) - outcome.duplicates, outcome.duplicates)
@@ -303,7 +303,7 @@ class Node:
         try:
             self._precheck(transactions)
         except InputRejected as e:
-            self._metrics.on_submit_rejected(e.reason)
+            self._metrics.on_submit_rejected(e.reason, len(transactions))
             raise
         sub = _Submission(
             tx_ids(transactions), transactions, asyncio.get_running_loop().create_future()

@@ -123,12 +123,19 @@ def test_rejected_peer_messages_are_counted_by_reason() -> None:
 
 def test_rejected_submits_are_counted_with_their_reason() -> None:
     metrics = Metrics("1.2.3")
-    metrics.on_submit_rejected(Reason.POOL_FULL)
-    metrics.on_submit_rejected(Reason.POOL_FULL)
-    metrics.on_submit_rejected(Reason.OVERSIZE_TRANSACTION)
+    metrics.on_submit_rejected(Reason.POOL_FULL, 1)
+    metrics.on_submit_rejected(Reason.POOL_FULL, 1)
+    metrics.on_submit_rejected(Reason.OVERSIZE_TRANSACTION, 1)
     assert _value(metrics, "qudag_transactions_total", result="rejected") == 3
     assert _value(metrics, "qudag_submits_rejected_total", reason="pool_full") == 2
     assert _value(metrics, "qudag_submits_rejected_total", reason="oversize_transaction") == 1
+
+
+def test_a_rejected_batch_counts_its_transactions_once_per_request() -> None:
+    metrics = Metrics("1.2.3")
+    metrics.on_submit_rejected(Reason.TOO_MANY_TRANSACTIONS, 500)
+    assert _value(metrics, "qudag_transactions_total", result="rejected") == 500
+    assert _value(metrics, "qudag_submits_rejected_total", reason="too_many_transactions") == 1
 
 
 def test_store_commit_histogram() -> None:
@@ -171,7 +178,7 @@ def test_exposition_names_every_series_and_no_reserved_label() -> None:
     metrics = Metrics("1.2.3")
     # one sample of each labelled family, so that every name is in the output
     metrics.on_submit(1, 1)
-    metrics.on_submit_rejected(Reason.POOL_FULL)
+    metrics.on_submit_rejected(Reason.POOL_FULL, 1)
     engine = _engine()
     engine.receive_message(PeerId("peer-a"), b"\x00", 0.0)
     metrics.on_events(drain(engine))
