@@ -4,6 +4,7 @@ Subcommands::
 
     run       run the node until SIGTERM or SIGINT (the default without a subcommand)
     keygen    print a new Ed25519 key pair as hex
+    genesis   write a network's genesis file from its id and validators
     status    print a running node's status
     submit    submit one transaction to a running node
     backup    copy the database of a (possibly running) node to a new file
@@ -37,6 +38,8 @@ from typing import Any
 import nacl.signing
 
 from qudag_node import __version__, config, node, store
+from qudag_node.core.genesis import NAME_RULE, Genesis, is_valid_name
+from qudag_node.genesis_file import GenesisFileError, genesis_to_json, parse_validator_list
 from qudag_node.logs import configure_logging
 
 PROG = "qudag-node"
@@ -107,6 +110,8 @@ def _run(args: argparse.Namespace) -> int:
         asyncio.run(node.serve(settings))
     except node.NodeFailure as e:
         raise CommandError(f"node stopped: {e}") from None
+    except config.ConfigError as e:  # a setting only checked at start, such as the genesis
+        raise CommandError(str(e), EXIT_USAGE) from None
     return EXIT_OK
 
 
@@ -124,6 +129,54 @@ def _keygen(args: argparse.Namespace) -> int:
     print(f"public_key: {public_key}")
     _say("keep the private key secret: give it to the node only as NODE_PRIVATE_KEY")
     return EXIT_OK
+
+
+# --- genesis -----------------------------------------------------------------------
+
+
+def _genesis(args: argparse.Namespace) -> int:
+    if args.force and args.out is None:
+        raise CommandError("--force needs --out PATH", EXIT_USAGE)
+    genesis = _genesis_from_args(args)
+    text = genesis_to_json(genesis)
+    if args.out is None:
+        print(text, end="")
+    else:
+        _write_new_file(Path(args.out), text, overwrite=args.force)
+    count = f"{genesis.n} validator{'' if genesis.n == 1 else 's'}"
+    where = "" if args.out is None else f", written to {args.out}"
+    _say(f"genesis hash {genesis.hash.hex()} (network {genesis.network_id}, {count}{where})")
+    return EXIT_OK
+
+
+def _genesis_from_args(args: argparse.Namespace) -> Genesis:
+    network_id: str | None = args.network_id
+    if network_id is None:
+        raise CommandError("give the network id with --network-id ID", EXIT_USAGE)
+    if not is_valid_name(network_id):
+        raise CommandError(f"--network-id must be {NAME_RULE}", EXIT_USAGE)
+    entries: list[str] = args.validators
+    try:
+        validators = parse_validator_list(",".join(entries))
+    except GenesisFileError as e:
+        raise CommandError(f"invalid validators: {e}", EXIT_USAGE) from None
+    if not validators:
+        raise CommandError("give at least one --validator NAME=PUBLIC_KEY", EXIT_USAGE)
+    try:
+        return Genesis(network_id, validators)
+    except ValueError as e:
+        raise CommandError(f"invalid genesis: {e}", EXIT_USAGE) from None
+
+
+def _write_new_file(path: Path, text: str, overwrite: bool) -> None:
+    """Write ``text`` to ``path``; an existing file only with ``overwrite``."""
+    try:
+        with path.open("w" if overwrite else "x", encoding="utf-8") as fh:
+            fh.write(text)
+    except FileExistsError:
+        raise CommandError(f"{path} exists; use --force to overwrite it", EXIT_USAGE) from None
+    except OSError as e:
+        raise CommandError(f"cannot write {path}: {e.strerror}") from None
 
 
 # --- status and submit -------------------------------------------------------------
@@ -304,6 +357,36 @@ def _parser() -> argparse.ArgumentParser:
     )
     keygen.add_argument("--json", action="store_true", help="print one JSON object")
     keygen.set_defaults(command=_keygen)
+
+    genesis = sub.add_parser(
+        "genesis",
+        help="write a network's genesis file",
+        description="Write the genesis file (JSON) of a network: its id and its ordered "
+        "validator set, public keys as 64 hex characters (see keygen). Give validators with "
+        "--validator (repeatable) and --validators, in order. The file goes to stdout, or "
+        "to --out; its hash goes to stderr. Use the file with QUDAG_GENESIS.",
+    )
+    genesis.add_argument("--network-id", metavar="ID", help="the network id (required)")
+    genesis.add_argument(
+        "--validator",
+        dest="validators",
+        action="append",
+        default=[],
+        metavar="NAME=PUBLIC_KEY",
+        help="one validator (repeat for more)",
+    )
+    genesis.add_argument(
+        "--validators",
+        dest="validators",
+        action="append",
+        metavar="LIST",
+        help="several validators as NAME=PUBLIC_KEY,NAME=PUBLIC_KEY",
+    )
+    genesis.add_argument("--out", metavar="PATH", help="write the file here instead of stdout")
+    genesis.add_argument(
+        "--force", action="store_true", help="with --out: overwrite an existing file"
+    )
+    genesis.set_defaults(command=_genesis)
 
     url_help = "the node's API (default http://127.0.0.1:<QUDAG_API_PORT or 8080>)"
     status = sub.add_parser(

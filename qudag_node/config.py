@@ -16,8 +16,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from qudag_node.core.genesis import NAME_RULE, is_valid_name
+from qudag_node.core.genesis import NAME_RULE, Genesis, Validator, is_valid_name
 from qudag_node.core.params import Params
+from qudag_node.core.types import PublicKey
+from qudag_node.genesis_file import GenesisFileError, genesis_from_json, parse_validator_list
 
 
 class ConfigError(Exception):
@@ -158,6 +160,20 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         _optional_name,
         "Network id bound into the genesis; empty means qudag-<NETWORK_MODE>.",
+    ),
+    Setting(
+        "genesis_file",
+        "QUDAG_GENESIS",
+        "",
+        _text,
+        "Genesis file (JSON) defining the network id and validator set.",
+    ),
+    Setting(
+        "validators",
+        "QUDAG_VALIDATORS",
+        "",
+        parse_validator_list,
+        "Validator set as name=public_key,... (not with QUDAG_GENESIS); empty: this node alone.",
     ),
     Setting(
         "dag_sync_interval",
@@ -305,6 +321,8 @@ class Settings:
     node_id: str
     network_mode: str
     network_id: str
+    genesis_file: str
+    validators: tuple[Validator, ...]
     dag_sync_interval: float
     log_level: str
     log_format: str
@@ -338,6 +356,44 @@ class Settings:
         """The data directory as a path."""
         return Path(self.data_dir)
 
+    def genesis(self, own_key: bytes) -> Genesis:
+        """The network's genesis: from QUDAG_GENESIS, else QUDAG_VALIDATORS, else solo.
+
+        Without either setting the network is this node alone: one validator named
+        ``node_id`` with ``own_key``. Raises :class:`ConfigError`.
+        """
+        if self.genesis_file:
+            return self._genesis_from_file()
+        try:
+            if self.validators:
+                return Genesis(self.effective_network_id, self.validators)
+            return Genesis.solo(self.effective_network_id, self.node_id, PublicKey(own_key))
+        except ValueError as e:
+            raise ConfigError(f"invalid genesis: {e}") from None
+
+    def _genesis_from_file(self) -> Genesis:
+        path = self.genesis_file
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"invalid QUDAG_GENESIS: genesis file {path}: not found") from None
+        except UnicodeDecodeError:
+            raise ConfigError(
+                f"invalid QUDAG_GENESIS: genesis file {path}: not UTF-8 text"
+            ) from None
+        except OSError as e:
+            raise ConfigError(f"invalid QUDAG_GENESIS: genesis file {path}: {e.strerror}") from None
+        try:
+            genesis = genesis_from_json(text, path)
+        except GenesisFileError as e:
+            raise ConfigError(f"invalid QUDAG_GENESIS: {e}") from None
+        if self.network_id and self.network_id != genesis.network_id:
+            raise ConfigError(
+                f"QUDAG_NETWORK_ID is {self.network_id!r} but genesis file {path} is for "
+                f"network {genesis.network_id!r}; unset QUDAG_NETWORK_ID or use another file"
+            )
+        return genesis
+
     def engine_params(self) -> Params:
         """The core's parameters derived from these settings."""
         return Params(
@@ -361,6 +417,8 @@ class Settings:
                 value = "<unset>"
             elif isinstance(value, tuple) and f.name == "platform":
                 value = dict(value)
+            elif isinstance(value, tuple) and f.name == "validators":
+                value = [{"name": v.name, "public_key": v.public_key.hex()} for v in value]
             elif isinstance(value, tuple):
                 value = list(value)
             out[f.name] = value
@@ -425,6 +483,8 @@ def load_settings(
     settings = Settings(**values, platform=platform)
     if settings.max_tx_bytes > settings.max_body_bytes:
         raise ConfigError("invalid QUDAG_MAX_TX_BYTES: must not exceed QUDAG_MAX_BODY_BYTES")
+    if settings.genesis_file and settings.validators:
+        raise ConfigError("QUDAG_GENESIS and QUDAG_VALIDATORS are both set; use one of them")
     return settings
 
 

@@ -16,12 +16,14 @@ from pathlib import Path
 import nacl.signing
 import pytest
 
-from qudag_node.config import PLATFORM_ENV, SETTINGS, flag_name
+from qudag_node.config import PLATFORM_ENV, SETTINGS, flag_name, load_settings
 from qudag_node.core.crypto import tx_id
+from qudag_node.core.genesis import NAME_RULE
+from qudag_node.genesis_file import genesis_from_json
 from tests.conftest import NodeFactory
 
 ROOT = Path(__file__).resolve().parent.parent
-SUBCOMMANDS = ("run", "keygen", "status", "submit", "backup", "restore")
+SUBCOMMANDS = ("run", "keygen", "genesis", "status", "submit", "backup", "restore")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 TIMEOUT = 60.0
 #: Variables that would change what the command does; the tests set their own.
@@ -194,6 +196,138 @@ def test_keygen_plain() -> None:
     assert bytes(nacl.signing.SigningKey(bytes.fromhex(private)).verify_key).hex() == public
     assert "secret" in one_line(result.stderr)
     assert private not in result.stderr
+
+
+def new_public_key() -> str:
+    """The public key of a fresh key pair made by ``qudag-node keygen``."""
+    result = cli("keygen", "--json")
+    assert result.code == 0, result.stderr
+    key: str = json.loads(result.stdout)["public_key"]
+    return key
+
+
+def printed_genesis_hash(stderr: str) -> str:
+    """The genesis hash in the one line ``qudag-node genesis`` writes to stderr."""
+    found = re.fullmatch(r"qudag-node: genesis hash ([0-9a-f]{64}) \(.*\)", one_line(stderr))
+    assert found, stderr
+    return found[1]
+
+
+def test_genesis_writes_a_file_the_settings_load(tmp_path: Path) -> None:
+    keys = [new_public_key() for _ in range(4)]
+    out = tmp_path / "genesis.json"
+    result = cli(
+        "genesis",
+        "--network-id",
+        "qudag-lab",
+        *(arg for i, key in enumerate(keys[:3], 1) for arg in ("--validator", f"node{i}={key}")),
+        "--validators",
+        f"node4={keys[3].upper()}",
+        "--out",
+        str(out),
+    )
+    assert result.code == 0, result.stderr
+    assert result.stdout == ""
+    printed = printed_genesis_hash(result.stderr)
+    assert "network qudag-lab, 4 validators" in result.stderr
+    assert str(out) in result.stderr
+
+    settings = load_settings({"QUDAG_GENESIS": str(out), "NODE_ID": "observer"})
+    genesis = settings.genesis(bytes.fromhex(new_public_key()))
+    assert genesis.hash.hex() == printed
+    assert genesis.network_id == "qudag-lab"
+    assert [(v.name, v.public_key.hex()) for v in genesis.validators] == [
+        (f"node{i}", key) for i, key in enumerate(keys, 1)
+    ]
+    assert json.loads(out.read_text())["hash"] == printed
+
+
+def test_genesis_to_stdout_matches_the_file(tmp_path: Path) -> None:
+    key1, key2 = new_public_key(), new_public_key()
+    args = ("genesis", "--network-id", "lab", "--validators", f"a={key1},b={key2}")
+    to_stdout = cli(*args)
+    assert to_stdout.code == 0, to_stdout.stderr
+    genesis = genesis_from_json(to_stdout.stdout, "stdout")
+    assert genesis.hash.hex() == printed_genesis_hash(to_stdout.stderr)
+    assert [v.name for v in genesis.validators] == ["a", "b"]
+
+    out = tmp_path / "g.json"
+    assert cli(*args, "--out", str(out)).code == 0
+    assert out.read_text() == to_stdout.stdout
+
+
+def test_genesis_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+    out = tmp_path / "genesis.json"
+    out.write_text("precious")
+    args = ("genesis", "--network-id", "lab", "--validator", f"a={new_public_key()}")
+    refused = cli(*args, "--out", str(out))
+    assert refused.code == 2
+    line = one_line(refused.stderr)
+    assert line == f"qudag-node: {out} exists; use --force to overwrite it"
+    assert out.read_text() == "precious"
+
+    forced = cli(*args, "--out", str(out), "--force")
+    assert forced.code == 0, forced.stderr
+    assert genesis_from_json(out.read_text(), str(out)).hash.hex() == printed_genesis_hash(
+        forced.stderr
+    )
+
+
+def test_genesis_into_a_missing_directory_fails(tmp_path: Path) -> None:
+    out = tmp_path / "missing" / "genesis.json"
+    result = cli(
+        "genesis", "--network-id", "lab", "--validator", f"a={new_public_key()}", "--out", str(out)
+    )
+    assert result.code == 1
+    assert one_line(result.stderr).startswith(f"qudag-node: cannot write {out}: ")
+    assert not out.parent.exists()
+
+
+KEY_A = "0a" * 32
+KEY_B = "0b" * 32
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--validator", f"a={KEY_A}"), "give the network id with --network-id ID"),
+        (
+            ("--network-id", "bad id!", "--validator", f"a={KEY_A}"),
+            f"--network-id must be {NAME_RULE}",
+        ),
+        (("--network-id", "lab"), "give at least one --validator NAME=PUBLIC_KEY"),
+        (
+            ("--network-id", "lab", "--validators", " , "),
+            "give at least one --validator NAME=PUBLIC_KEY",
+        ),
+        (
+            ("--network-id", "lab", "--validator", "a=1234"),
+            "invalid validators: entry 1 (a): public key must be 64 hex characters",
+        ),
+        (
+            ("--network-id", "lab", "--validator", KEY_A),
+            "invalid validators: entry 1 is not NAME=PUBLIC_KEY",
+        ),
+        (
+            ("--network-id", "lab", "--validator", f"a={KEY_A}", "--validators", f"b={KEY_A}"),
+            "invalid validators: entry 2 (b): public key already used by entry 1 (a)",
+        ),
+        (
+            ("--network-id", "lab", "--validators", f"a={KEY_A},a={KEY_B}"),
+            "invalid validators: entry 2 (a): name already used by entry 1 (a)",
+        ),
+        (
+            ("--network-id", "lab", "--validator", f"a={KEY_A}", "--force"),
+            "--force needs --out PATH",
+        ),
+    ],
+)
+def test_genesis_usage_errors(tmp_path: Path, args: tuple[str, ...], expected: str) -> None:
+    result = cli("genesis", *args, cwd=tmp_path)
+    assert result.code == 2
+    assert one_line(result.stderr) == f"qudag-node: {expected}"
+    assert result.stdout == ""
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_status_of_an_unreachable_node() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
@@ -17,7 +18,10 @@ from qudag_node.config import (
     Settings,
     load_settings,
 )
+from qudag_node.core.genesis import Genesis, Validator
 from qudag_node.core.params import Params
+from qudag_node.core.types import PublicKey
+from qudag_node.genesis_file import genesis_to_json
 
 KEY = "9f" * 32
 TOKEN = "peer-token-0123456789abcdef"  # noqa: S105 - a test value
@@ -27,6 +31,7 @@ INVALID = {
     "node_id": "bad id!",
     "network_mode": "mainnet",
     "network_id": "-leading-dash",
+    "validators": "node1=not-a-key",
     "dag_sync_interval": "0",
     "log_level": "verbose",
     "log_format": "xml",
@@ -48,7 +53,7 @@ INVALID = {
     "shutdown_timeout": "0.5",
 }
 #: Free-text settings: every value is accepted.
-FREE_TEXT = {"data_dir", "api_host"}
+FREE_TEXT = {"data_dir", "api_host", "genesis_file"}
 
 
 def write_toml(path: Path, values: dict[str, str]) -> Path:
@@ -262,3 +267,132 @@ def test_platform_variables_are_read_when_present() -> None:
     assert s.platform == (("FLY_APP_NAME", "qudag-node1"), ("FLY_REGION", "yyz"))
     assert s.redacted()["platform"] == {"FLY_APP_NAME": "qudag-node1", "FLY_REGION": "yyz"}
     assert set(PLATFORM_ENV) >= {k for k, _ in s.platform}
+
+
+# --- the network's genesis ---------------------------------------------------------
+
+OWN_KEY = PublicKey(b"\x07" * 32)
+VALIDATORS = (Validator("v1", PublicKey(b"\x01" * 32)), Validator("v2", PublicKey(b"\x02" * 32)))
+VALIDATOR_LIST = ",".join(f"{v.name}={v.public_key.hex()}" for v in VALIDATORS)
+
+
+def write_genesis(path: Path, genesis: Genesis) -> str:
+    """Write ``genesis`` as a genesis file; returns the path as a string."""
+    path.write_text(genesis_to_json(genesis))
+    return str(path)
+
+
+def genesis_error(env: dict[str, str]) -> str:
+    """The one-line message of the error that building the genesis raises."""
+    settings = load_settings(env)
+    with pytest.raises(ConfigError) as info:
+        settings.genesis(OWN_KEY)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_genesis_defaults_to_this_node_alone() -> None:
+    s = load_settings({"NODE_ID": "solo-7", "NETWORK_MODE": "testnet"})
+    genesis = s.genesis(OWN_KEY)
+    assert genesis == Genesis.solo("qudag-testnet", "solo-7", OWN_KEY)
+    assert genesis.hash == Genesis.solo("qudag-testnet", "solo-7", OWN_KEY).hash
+    assert s.genesis(PublicKey(b"\x08" * 32)).hash != genesis.hash
+
+
+def test_genesis_from_the_validator_list() -> None:
+    s = load_settings({"QUDAG_VALIDATORS": VALIDATOR_LIST, "QUDAG_NETWORK_ID": "lab-7"})
+    assert s.validators == VALIDATORS
+    assert s.genesis(OWN_KEY) == Genesis("lab-7", VALIDATORS)
+    by_mode = load_settings({"QUDAG_VALIDATORS": VALIDATOR_LIST, "NETWORK_MODE": "testnet"})
+    assert by_mode.genesis(OWN_KEY) == Genesis("qudag-testnet", VALIDATORS)
+
+
+def test_validator_list_in_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    items = ", ".join(json.dumps(item) for item in VALIDATOR_LIST.split(","))
+    path.write_text(f"validators = [{items}]\n")
+    assert load_settings({}, config_file=str(path)).validators == VALIDATORS
+
+
+def test_bad_validator_list_names_the_entry() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"QUDAG_VALIDATORS": f"{VALIDATOR_LIST},v3=1234"})
+    assert str(info.value) == (
+        "invalid QUDAG_VALIDATORS (from environment): "
+        "entry 3 (v3): public key must be 64 hex characters"
+    )
+
+
+def test_genesis_from_a_file_wins_over_the_network_mode(tmp_path: Path) -> None:
+    expected = Genesis("lab-net", VALIDATORS)
+    path = write_genesis(tmp_path / "genesis.json", expected)
+    s = load_settings({"QUDAG_GENESIS": path, "NETWORK_MODE": "testnet", "NODE_ID": "other"})
+    assert s.genesis_file == path
+    genesis = s.genesis(OWN_KEY)
+    assert genesis == expected
+    assert genesis.hash == expected.hash
+    same_id = load_settings({"QUDAG_GENESIS": path, "QUDAG_NETWORK_ID": "lab-net"})
+    assert same_id.genesis(OWN_KEY) == expected
+
+
+def test_genesis_file_from_the_config_file_and_the_flag(tmp_path: Path) -> None:
+    path = write_genesis(tmp_path / "genesis.json", Genesis("lab-net", VALIDATORS))
+    toml = str(write_toml(tmp_path / "node.toml", {"genesis_file": path}))
+    assert load_settings({}, config_file=toml).genesis(OWN_KEY).network_id == "lab-net"
+    assert load_settings({}, {"genesis_file": path}).genesis(OWN_KEY).network_id == "lab-net"
+
+
+def test_network_id_that_contradicts_the_genesis_file(tmp_path: Path) -> None:
+    path = write_genesis(tmp_path / "genesis.json", Genesis("lab-net", VALIDATORS))
+    message = genesis_error({"QUDAG_GENESIS": path, "QUDAG_NETWORK_ID": "other-net"})
+    assert message.startswith("QUDAG_NETWORK_ID is 'other-net' but genesis file ")
+    assert path in message
+    assert "'lab-net'" in message
+
+
+def test_genesis_file_and_validator_list_together_are_an_error(tmp_path: Path) -> None:
+    path = write_genesis(tmp_path / "genesis.json", Genesis("lab-net", VALIDATORS))
+    with pytest.raises(ConfigError) as info:
+        load_settings({"QUDAG_GENESIS": path, "QUDAG_VALIDATORS": VALIDATOR_LIST})
+    assert str(info.value) == "QUDAG_GENESIS and QUDAG_VALIDATORS are both set; use one of them"
+
+
+def test_missing_genesis_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "absent.json")
+    message = genesis_error({"QUDAG_GENESIS": path})
+    assert message == f"invalid QUDAG_GENESIS: genesis file {path}: not found"
+
+
+def test_unreadable_genesis_file(tmp_path: Path) -> None:
+    message = genesis_error({"QUDAG_GENESIS": str(tmp_path)})
+    assert message.startswith(f"invalid QUDAG_GENESIS: genesis file {tmp_path}: ")
+    assert message != f"invalid QUDAG_GENESIS: genesis file {tmp_path}: "
+    binary = tmp_path / "genesis.bin"
+    binary.write_bytes(b"\xff\xfe{}")
+    assert genesis_error({"QUDAG_GENESIS": str(binary)}) == (
+        f"invalid QUDAG_GENESIS: genesis file {binary}: not UTF-8 text"
+    )
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda text: text.replace('"v2"', '"v9"'), "hash does not match its contents"),
+        (lambda text: text[:-3], "not valid JSON: "),
+        (lambda text: text.replace('"network_id"', '"network"'), "unknown field 'network'"),
+    ],
+)
+def test_invalid_genesis_file(tmp_path: Path, edit: Callable[[str], str], expected: str) -> None:
+    path = tmp_path / "genesis.json"
+    path.write_text(edit(genesis_to_json(Genesis("lab-net", VALIDATORS))))
+    message = genesis_error({"QUDAG_GENESIS": str(path)})
+    assert message.startswith(f"invalid QUDAG_GENESIS: genesis file {path}: {expected}")
+
+
+def test_validators_are_shown_in_the_redacted_settings() -> None:
+    shown = load_settings({"QUDAG_VALIDATORS": VALIDATOR_LIST}).redacted()
+    assert json.loads(json.dumps(shown))["validators"] == [
+        {"name": v.name, "public_key": v.public_key.hex()} for v in VALIDATORS
+    ]
+    assert load_settings({}).redacted()["validators"] == []
