@@ -217,6 +217,7 @@ def _vertex_doc(record: VertexRecord) -> dict[str, Any]:
         "transactions": [t.hex() for t in record.tx_ids],
         "scheme": record.scheme,
         "signature": record.signature.hex(),
+        "certificate": None if record.certificate is None else record.certificate.hex(),
         "ordered": record.ordered,
     }
 
@@ -305,6 +306,19 @@ class _Routes:
             }
         )
 
+    async def evidence(self, request: web.Request) -> web.Response:
+        """GET /api/v1/evidence?limit=N: equivocation evidence, latest rounds first."""
+        limit = _query_int(request, "limit", _DEFAULT_LOG_PAGE, 1, _MAX_LOG_PAGE)
+        records = await self._node.evidence(limit)
+        return web.json_response(
+            {
+                "equivocations": [
+                    {"author": r.author.hex(), "round": r.round, "evidence": r.data.hex()}
+                    for r in records
+                ]
+            }
+        )
+
     async def status(self, request: web.Request) -> web.Response:
         """GET /api/v1/status."""
         return web.json_response(self._node.status())
@@ -340,6 +354,7 @@ def make_app(node: NodeApi, metrics: Metrics, settings: Settings) -> web.Applica
     app.router.add_get("/api/v1/transactions/{id}", routes.transaction)
     app.router.add_get("/api/v1/vertices/{id}", routes.vertex)
     app.router.add_get("/api/v1/log", routes.log)
+    app.router.add_get("/api/v1/evidence", routes.evidence)
     app.router.add_get("/api/v1/status", routes.status)
     app.router.add_get("/health", routes.health)
     app.router.add_get("/ready", routes.ready)

@@ -15,12 +15,22 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from qudag_node.core.engine import Statistics
 from qudag_node.core.errors import Reason
-from qudag_node.core.events import Event, LeaderCommitted, MessageRejected, VertexAdded
+from qudag_node.core.events import (
+    EquivocationDetected,
+    Event,
+    LeaderCommitted,
+    MessageRejected,
+    VertexCertified,
+)
 
 #: Buckets for one SQLite commit (an fsync or two): 0.5 ms to 2 s.
 STORE_COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 #: Buckets for an HTTP request, up to the longest ``wait=final`` submit.
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: Buckets for finality latency (submit to final), 10 ms to 60 s.
+FINALITY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: Message kinds that carry a vertex.
+VERTEX_MESSAGES = frozenset({"proposal", "certified"})
 #: HTTP methods kept as label values; any other method is counted as ``other``.
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -31,7 +41,9 @@ class Metrics:
     def __init__(self, version: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self._dag_nodes = Counter("qudag_dag_nodes", "Vertices added to the DAG.", registry=r)
+        self._dag_nodes = Counter(
+            "qudag_dag_nodes", "Certified vertices added to the DAG.", registry=r
+        )
         self._transactions = Counter(
             "qudag_transactions",
             "Submitted transactions by result: admitted, duplicate or rejected.",
@@ -51,6 +63,38 @@ class Metrics:
             "qudag_transactions_finalized", "Entries appended to the finalized log.", registry=r
         )
         self._leaders = Counter("qudag_leaders_committed", "Leader vertices committed.", registry=r)
+        self._skipped = Counter(
+            "qudag_leaders_skipped",
+            "Leader rounds passed over: no leader vertex, or not reached by the next commit.",
+            registry=r,
+        )
+        self._finality = Histogram(
+            "qudag_finality_seconds",
+            "Time from a client submit admitted at this node to the transaction's finality here.",
+            buckets=FINALITY_BUCKETS,
+            registry=r,
+        )
+        self._equivocations = Counter(
+            "qudag_equivocations",
+            "Validators caught signing two vertices for one round (evidence kept).",
+            registry=r,
+        )
+        self._vertices_rejected = Counter(
+            "qudag_vertices_rejected",
+            "Vertices (proposed or certified) dropped for breaking a rule, by reason code.",
+            ["reason"],
+            registry=r,
+        )
+        self._buffered = Gauge(
+            "qudag_vertices_buffered", "Vertices held while their parents are fetched.", registry=r
+        )
+        self._buffer_dropped = Counter(
+            "qudag_vertices_buffer_dropped",
+            "Buffered vertices dropped, oldest first, to keep the buffer bounded.",
+            registry=r,
+        )
+        self._buffer_dropped_seen = 0
+        self._peers = Gauge("qudag_peers_connected", "Peer links up.", registry=r)
         self._messages_rejected = Counter(
             "qudag_messages_rejected",
             "Peer messages dropped for breaking a rule, by reason code.",
@@ -111,13 +155,23 @@ class Metrics:
         Admitted transactions are counted by :meth:`on_submit`, not here.
         """
         for event in events:
-            if isinstance(event, VertexAdded):
+            if isinstance(event, VertexCertified):
                 self._dag_nodes.inc()
             elif isinstance(event, LeaderCommitted):
                 self._leaders.inc()
+                self._skipped.inc(len(event.skipped))
                 self._finalized.inc(len(event.entries))
+            elif isinstance(event, EquivocationDetected):
+                self._equivocations.inc()
             elif isinstance(event, MessageRejected):
                 self._messages_rejected.labels(reason=event.reason.value).inc()
+                if event.kind in VERTEX_MESSAGES:
+                    self._vertices_rejected.labels(reason=event.reason.value).inc()
+
+    def on_finality(self, latencies: Sequence[float]) -> None:
+        """Transactions acknowledged here became final after ``latencies`` seconds."""
+        for seconds in latencies:
+            self._finality.observe(seconds)
 
     def on_submit(self, admitted: int, duplicates: int) -> None:
         """A submit was stored: ``admitted`` new transactions, ``duplicates`` known ones."""
@@ -137,6 +191,11 @@ class Metrics:
         self._pending.set(stats.pending)
         self._log_length.set(stats.log_length)
         self._dag_window.set(stats.dag_window)
+        self._buffered.set(stats.buffered)
+        self._peers.set(stats.peers)
+        if stats.buffer_dropped > self._buffer_dropped_seen:
+            self._buffer_dropped.inc(stats.buffer_dropped - self._buffer_dropped_seen)
+            self._buffer_dropped_seen = stats.buffer_dropped
 
     def on_store_commit(self, seconds: float) -> None:
         """One store commit took ``seconds``."""

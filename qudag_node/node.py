@@ -28,12 +28,27 @@ from qudag_node.config import Settings
 from qudag_node.core.crypto import Signer, tx_ids
 from qudag_node.core.engine import Engine
 from qudag_node.core.errors import InputRejected, Reason
-from qudag_node.core.events import Event, LeaderCommitted, MessageRejected, VertexAdded
+from qudag_node.core.events import (
+    EquivocationDetected,
+    Event,
+    LeaderCommitted,
+    MessageRejected,
+    TransactionsOrphaned,
+    VertexCertified,
+)
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.rules import check_batch
 from qudag_node.core.types import TxId, VertexId
 from qudag_node.metrics import Metrics
-from qudag_node.ports import Check, LogRecord, SubmitReceipt, TxRecord, TxState, VertexRecord
+from qudag_node.ports import (
+    Check,
+    EvidenceRecord,
+    LogRecord,
+    SubmitReceipt,
+    TxRecord,
+    TxState,
+    VertexRecord,
+)
 from qudag_node.store import Store, StoreError
 
 KEY_FILENAME = "node.key"
@@ -116,6 +131,7 @@ class Node:
         self._inbox_txs = 0
         self._wakeup = asyncio.Event()
         self._waiters: dict[TxId, list[_FinalityWait]] = {}
+        self._submitted_at: dict[TxId, float] = {}  # not final yet: monotonic admission time
         self._started_at = time.time()
         self._vertex_total = 0
         self._pump_task: asyncio.Task[None] | None = None
@@ -143,7 +159,7 @@ class Node:
         try:
             await asyncio.to_thread(s.data_path.mkdir, parents=True, exist_ok=True)
             self._signer = load_signer(s)
-            self._genesis = Genesis.solo(s.effective_network_id, s.node_id, self._signer.public_key)
+            self._genesis = s.genesis(self._signer.public_key)
             log.info("opening_database", path=str(s.data_path), check="quick_check")
             opening = time.monotonic()
             self._store = await Store.open(s.data_path, self._genesis)
@@ -167,7 +183,9 @@ class Node:
     async def _serve(self) -> None:
         s = self.settings
         started = time.monotonic()
-        snapshot = await self._store.load_snapshot(self._genesis, self.params.gc_depth)
+        snapshot = await self._store.load_snapshot(
+            self._genesis, self.params.gc_depth, self._signer.public_key
+        )
         totals = await self._store.totals()
         self._engine = Engine(self._genesis, self.params, self._signer, snapshot)
         self._vertex_total = totals.vertices
@@ -238,21 +256,34 @@ class Node:
             for sub in batch:
                 outcomes.append((sub, self._admit(sub, known, now)))
         self._engine.handle_timer(now)
+        events = await self._persist_step(outcomes)
+        orphaned = [i for e in events if isinstance(e, TransactionsOrphaned) for i in e.ids]
+        if orphaned:  # our vertices that can no longer be ordered: propose them again
+            pairs = await self._store.transactions_data(orphaned)
+            self._engine.requeue_transactions([i for i, _ in pairs], [t for _, t in pairs], now)
+            events += await self._persist_step(outcomes)
+        self._engine.messages_to_send()  # no peer links yet: nothing is connected
+        self._after_commit(events, outcomes)
+
+    async def _persist_step(
+        self, outcomes: list[tuple[_Submission, SubmitReceipt | InputRejected]]
+    ) -> list[Event]:
+        """Drain the engine's events and write them in one transaction."""
         events: list[Event] = []
         while (event := self._engine.next_event()) is not None:
             events.append(event)
-        if events:
-            started = time.perf_counter()
-            try:
-                await self._store.persist(events)
-            except Exception as e:
-                for sub, _ in outcomes:
-                    if not sub.done.done():
-                        sub.done.set_exception(NodeFailure("storage failure"))
-                raise NodeFailure(f"cannot write to the database: {e}") from e
-            self._metrics.on_store_commit(time.perf_counter() - started)
-        self._engine.messages_to_send()  # no peer links yet: nothing is connected
-        self._after_commit(events, outcomes)
+        if not events:
+            return events
+        started = time.perf_counter()
+        try:
+            await self._store.persist(events)
+        except Exception as e:
+            for sub, _ in outcomes:
+                if not sub.done.done():
+                    sub.done.set_exception(NodeFailure("storage failure"))
+            raise NodeFailure(f"cannot write to the database: {e}") from e
+        self._metrics.on_store_commit(time.perf_counter() - started)
+        return events
 
     def _admit(
         self, sub: _Submission, known: set[TxId], now: float
@@ -264,6 +295,7 @@ class Node:
             )
         except InputRejected as e:
             return e
+        self._note_submitted(result.admitted)
         return SubmitReceipt(tuple(sub.ids), len(sub.ids) - len(result.admitted))
 
     def _after_commit(
@@ -283,15 +315,44 @@ class Node:
                 self._metrics.on_submit(len(outcome.ids) - outcome.duplicates, outcome.duplicates)
                 sub.done.set_result(outcome)
         for event in events:
-            if isinstance(event, VertexAdded):
+            if isinstance(event, VertexCertified):
                 self._vertex_total += 1
-            elif isinstance(event, LeaderCommitted) and event.entries:
-                self._finalized({e.tx_id for e in event.entries})
-                log.debug("leader_committed", round=event.round, entries=len(event.entries))
+            elif isinstance(event, LeaderCommitted):
+                if event.entries:
+                    self._finalized({e.tx_id for e in event.entries})
+                log.debug(
+                    "leader_committed",
+                    round=event.round,
+                    entries=len(event.entries),
+                    skipped=list(event.skipped),
+                )
+            elif isinstance(event, EquivocationDetected):
+                log.warning(
+                    "equivocation",
+                    author=event.evidence.author.hex(),
+                    round=event.evidence.round,
+                )
             elif isinstance(event, MessageRejected):
-                log.info("message_rejected", peer=event.peer, reason=event.reason.value)
+                log.info(
+                    "message_rejected",
+                    peer=event.peer,
+                    kind=event.kind,
+                    reason=event.reason.value,
+                )
+
+    def _note_submitted(self, ids: Sequence[TxId]) -> None:
+        """Start the finality clock of newly admitted client transactions."""
+        now = time.monotonic()
+        for i in ids:
+            self._submitted_at.setdefault(i, now)
+        while len(self._submitted_at) > 2 * self.params.max_pending:
+            del self._submitted_at[next(iter(self._submitted_at))]
 
     def _finalized(self, ids: set[TxId]) -> None:
+        now = time.monotonic()
+        self._metrics.on_finality(
+            [now - t for i in ids if (t := self._submitted_at.pop(i, None)) is not None]
+        )
         for i in ids & self._waiters.keys():
             for wait in self._waiters[i]:
                 wait.discard({i})
@@ -363,6 +424,10 @@ class Node:
         """Finalized log entries from the store."""
         return await self._store.log(start, limit)
 
+    async def evidence(self, limit: int) -> list[EvidenceRecord]:
+        """Equivocation evidence from the store."""
+        return await self._store.evidence(limit)
+
     def status(self) -> dict[str, Any]:
         """The status document."""
         st = self._engine.statistics()
@@ -392,10 +457,13 @@ class Node:
                 "vertices": self._vertex_total,
                 "committed_round": st.committed_round,
                 "window": st.dag_window,
+                "buffered": st.buffered,
+                "buffer_dropped": st.buffer_dropped,
+                "fetching": st.fetching,
             },
             "log": {"length": st.log_length, "hash": st.log_hash.hex()},
             "transactions": {"pending": st.pending, "in_flight": st.in_flight},
-            "p2p": {"peers": 0, "port": self.settings.p2p_port},
+            "p2p": {"peers": st.peers, "port": self.settings.p2p_port},
         }
 
     async def liveness(self) -> list[Check]:

@@ -46,6 +46,16 @@ class VertexRecord:
     scheme: int
     signature: bytes
     ordered: bool
+    certificate: bytes | None  # None until a quorum of validators voted for it
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceRecord:
+    """Proof that a validator signed two vertices for one round."""
+
+    author: PublicKey
+    round: int
+    data: bytes  # two signed headers; format in docs/protocol.md
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +106,10 @@ class NodeApi(Protocol):
 
     async def log(self, start: int, limit: int) -> list[LogRecord]:
         """Finalized entries with ``seq >= start``, in order, at most ``limit``."""
+        ...
+
+    async def evidence(self, limit: int) -> list[EvidenceRecord]:
+        """Equivocation evidence held, most recent rounds first, at most ``limit``."""
         ...
 
     def status(self) -> dict[str, Any]:

@@ -14,30 +14,52 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
+from qudag_node.core.certificate import decode_certificate
 from qudag_node.core.crypto import log_hash_start
 from qudag_node.core.engine import Snapshot, StoredVertex
 from qudag_node.core.events import (
+    EquivocationDetected,
     Event,
     LeaderCommitted,
     TransactionsAdmitted,
-    VertexAdded,
+    VertexCertified,
+    VertexStored,
 )
 from qudag_node.core.genesis import Genesis
-from qudag_node.core.types import HASH_SIZE, TxId, VertexId
-from qudag_node.core.vertex import decode_header_bytes
-from qudag_node.ports import LogRecord, VertexRecord
+from qudag_node.core.messages import encode_certified
+from qudag_node.core.types import HASH_SIZE, PublicKey, TxId, VertexId
+from qudag_node.core.vertex import (
+    Vertex,
+    assemble_vertex,
+    decode_header_bytes,
+    encode_vertex_parts,
+)
+from qudag_node.ports import EvidenceRecord, LogRecord, VertexRecord
 
 DB_FILENAME = "qudag.db"
 _CHUNK = 900  # ids per IN (...) query, under SQLite's variable limit
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
+Migration = str | Callable[[aiosqlite.Connection], Awaitable[None]]
+
+
+async def _certify_solo_vertices(db: aiosqlite.Connection) -> None:
+    """Schema 1 held only one-validator networks: each vertex's certificate is its
+    author's own vote (voter 0, the signature it already carries)."""
+    rows = await _fetch(db, "SELECT rowid, header, signature FROM vertices")
+    await db.executemany(
+        "UPDATE vertices SET certificate = ? WHERE rowid = ?",
+        [(bytes(h[1:2]) + b"\x00\x01\x00\x00" + bytes(sig), rowid) for rowid, h, sig in rows],
+    )
+
+
+MIGRATIONS: tuple[tuple[Migration, ...], ...] = (
     (
         """CREATE TABLE meta (
             key TEXT PRIMARY KEY,
@@ -74,6 +96,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TRIGGER log_final AFTER INSERT ON log
             BEGIN DELETE FROM unfinal WHERE tx = new.tx; END""",
     ),
+    (
+        # NULL until the vertex is certified (a quorum of votes, see docs/protocol.md)
+        "ALTER TABLE vertices ADD COLUMN certificate BLOB",
+        _certify_solo_vertices,
+        "CREATE INDEX vertices_author_round ON vertices (author, round)",
+        # one piece of equivocation evidence per (author, round)
+        """CREATE TABLE evidence (
+            author BLOB NOT NULL,
+            round INTEGER NOT NULL,
+            data BLOB NOT NULL,
+            PRIMARY KEY (author, round)
+        ) WITHOUT ROWID""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -103,6 +138,49 @@ class StoreTotals:
     vertices: int
     transactions: int
     log_length: int
+
+
+@dataclass(slots=True)
+class _Writes:
+    """The rows one engine step's events add or change."""
+
+    transactions: list[tuple[bytes, bytes]] = field(default_factory=list)
+    vertices: list[tuple[bytes, int, bytes, bytes, bytes, bytes]] = field(default_factory=list)
+    certificates: list[tuple[bytes, bytes]] = field(default_factory=list)
+    log: list[tuple[int, bytes, bytes, bytes]] = field(default_factory=list)
+    ordered: list[tuple[bytes]] = field(default_factory=list)
+    evidence: list[tuple[bytes, int, bytes]] = field(default_factory=list)
+    committed_round: int | None = None
+
+    def add(self, ev: Event) -> None:
+        if isinstance(ev, TransactionsAdmitted):
+            self.transactions.extend(zip(ev.ids, ev.transactions, strict=True))
+        elif isinstance(ev, VertexStored):
+            v = ev.vertex
+            self.vertices.append(
+                (v.id, v.round, v.author, v.header_bytes, v.signature, b"".join(v.tx_ids))
+            )
+            if not ev.own:  # our own vertices carry admitted, stored transactions
+                self.transactions.extend(zip(v.tx_ids, v.transactions, strict=True))
+        elif isinstance(ev, VertexCertified):
+            self.certificates.append((ev.certificate.encode(), ev.vertex))
+        elif isinstance(ev, LeaderCommitted):
+            self.log.extend((e.seq, e.hash, e.tx_id, e.vertex) for e in ev.entries)
+            self.ordered.extend((vid,) for vid in ev.ordered)
+            self.committed_round = ev.round
+        elif isinstance(ev, EquivocationDetected):
+            e = ev.evidence
+            self.evidence.append((e.author, e.round, e.encode()))
+
+    def empty(self) -> bool:
+        return not (
+            self.transactions
+            or self.vertices
+            or self.certificates
+            or self.log
+            or self.ordered
+            or self.evidence
+        )
 
 
 def _split_ids(blob: bytes) -> tuple[TxId, ...]:
@@ -161,50 +239,43 @@ class Store:
         Each transaction's bytes are written once; becoming included costs nothing
         here (the vertex row lists its ids), becoming final appends a log row.
         """
-        new_txs: list[tuple[bytes, bytes]] = []
-        vertices: list[tuple[bytes, int, bytes, bytes, bytes, bytes]] = []
-        log: list[tuple[int, bytes, bytes, bytes]] = []
-        ordered: list[tuple[bytes]] = []
-        committed_round = None
+        w = _Writes()
         for ev in events:
-            if isinstance(ev, TransactionsAdmitted):
-                new_txs.extend(zip(ev.ids, ev.transactions, strict=True))
-            elif isinstance(ev, VertexAdded):
-                v = ev.vertex
-                vertices.append(
-                    (v.id, v.round, v.author, v.header_bytes, v.signature, b"".join(v.tx_ids))
-                )
-                if not ev.own:  # our own vertices carry admitted, stored transactions
-                    new_txs.extend(zip(v.tx_ids, v.transactions, strict=True))
-            elif isinstance(ev, LeaderCommitted):
-                log.extend((e.seq, e.hash, e.tx_id, e.vertex) for e in ev.entries)
-                ordered.extend((vid,) for vid in ev.ordered)
-                committed_round = ev.round
-        if not (new_txs or vertices or log or ordered):
+            w.add(ev)
+        if w.empty():
             return
         db = self._writer
         await db.execute("BEGIN IMMEDIATE")
         try:
-            if new_txs:
+            if w.transactions:
                 await db.executemany(
-                    "INSERT OR IGNORE INTO transactions (id, data) VALUES (?, ?)", new_txs
+                    "INSERT OR IGNORE INTO transactions (id, data) VALUES (?, ?)", w.transactions
                 )
-            if vertices:
+            if w.vertices:
                 await db.executemany(
                     "INSERT OR IGNORE INTO vertices (id, round, author, header, signature, tx_ids)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
-                    vertices,
+                    w.vertices,
                 )
-            if log:
+            if w.certificates:
+                await db.executemany(
+                    "UPDATE vertices SET certificate = ? WHERE id = ?", w.certificates
+                )
+            if w.log:
                 await db.executemany(
                     "INSERT INTO log (seq, hash, tx, vertex) SELECT ?, ?, t.rowid, v.rowid"
                     " FROM transactions AS t, vertices AS v WHERE t.id = ? AND v.id = ?",
-                    log,
+                    w.log,
                 )
-            if ordered:
-                await db.executemany("UPDATE vertices SET ordered = 1 WHERE id = ?", ordered)
-            if committed_round is not None:
-                await _set_meta(db, "committed_round", committed_round.to_bytes(8, "big"))
+            if w.ordered:
+                await db.executemany("UPDATE vertices SET ordered = 1 WHERE id = ?", w.ordered)
+            if w.evidence:
+                await db.executemany(
+                    "INSERT OR IGNORE INTO evidence (author, round, data) VALUES (?, ?, ?)",
+                    w.evidence,
+                )
+            if w.committed_round is not None:
+                await _set_meta(db, "committed_round", w.committed_round.to_bytes(8, "big"))
             await db.execute("COMMIT")
         except BaseException:
             await db.execute("ROLLBACK")
@@ -216,7 +287,7 @@ class Store:
         """Which of ``ids`` are stored already (read by the writer: always current)."""
         return await _matching_ids(self._writer, "", ids)
 
-    async def load_snapshot(self, genesis: Genesis, gc_depth: int) -> Snapshot:
+    async def load_snapshot(self, genesis: Genesis, gc_depth: int, own_key: PublicKey) -> Snapshot:
         """The durable state the engine resumes from.
 
         Every transaction that is not final comes back; the engine keeps those that
@@ -230,11 +301,20 @@ class Store:
         floor = max(0, committed - gc_depth)
         vertex_rows = await _fetch(
             db,
-            "SELECT id, header, tx_ids, ordered FROM vertices WHERE round >= ? ORDER BY round",
+            "SELECT id, header, signature, tx_ids, ordered, certificate FROM vertices"
+            " WHERE round >= ? ORDER BY round",
             (floor,),
         )
         vertices = tuple(
-            StoredVertex(VertexId(r[0]), decode_header_bytes(r[1]), _split_ids(r[2]), bool(r[3]))
+            StoredVertex(
+                VertexId(r[0]),
+                decode_header_bytes(r[1]),
+                bytes(r[1]),
+                bytes(r[2]),
+                _split_ids(r[3]),
+                bool(r[4]),
+                None if r[5] is None else decode_certificate(r[5]),
+            )
             for r in vertex_rows
         )
         pending_rows = await _fetch(
@@ -243,7 +323,72 @@ class Store:
             " ORDER BY u.tx",
         )
         pending = tuple((TxId(r[0]), bytes(r[1])) for r in pending_rows)
-        return Snapshot(length, bytes(last_hash), committed, vertices, pending)
+        return Snapshot(
+            length,
+            bytes(last_hash),
+            committed,
+            vertices,
+            pending,
+            await self._own_proposal(own_key),
+        )
+
+    async def _own_proposal(self, own_key: PublicKey) -> Vertex | None:
+        """Our latest vertex, in full, if it is not certified yet."""
+        rows = await _fetch(
+            self._writer,
+            "SELECT header, signature, tx_ids, certificate FROM vertices"
+            " WHERE author = ? ORDER BY round DESC LIMIT 1",
+            (own_key,),
+        )
+        if not rows or rows[0][3] is not None:
+            return None
+        header, signature, blob, _ = rows[0]
+        ids = _split_ids(blob)
+        data = await self._transaction_data(self._writer, ids)
+        return assemble_vertex(bytes(header), bytes(signature), [data[i] for i in ids], ids)
+
+    async def certified_messages(self, ids: Sequence[VertexId]) -> list[bytes]:
+        """CERTIFIED messages for those of ``ids`` that are stored and certified."""
+        out: list[bytes] = []
+        for vid in ids:
+            rows = await _fetch(
+                self._reader,
+                "SELECT header, signature, tx_ids, certificate FROM vertices"
+                " WHERE id = ? AND certificate IS NOT NULL",
+                (vid,),
+            )
+            if not rows:
+                continue
+            header, signature, blob, certificate = rows[0]
+            tx_ids = _split_ids(blob)
+            data = await self._transaction_data(self._reader, tx_ids)
+            vertex = encode_vertex_parts(header, signature, [data[i] for i in tx_ids])
+            out.append(encode_certified(vertex, bytes(certificate)))
+        return out
+
+    @staticmethod
+    async def _transaction_data(db: aiosqlite.Connection, ids: Sequence[TxId]) -> dict[TxId, bytes]:
+        data: dict[TxId, bytes] = {}
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT id, data FROM transactions WHERE id IN ({marks})"  # noqa: S608
+            data.update((TxId(r[0]), bytes(r[1])) for r in await _fetch(db, sql, chunk))
+        return data
+
+    async def transactions_data(self, ids: Sequence[TxId]) -> list[tuple[TxId, bytes]]:
+        """Stored, not final transactions among ``ids``, with their bytes, in ``ids`` order."""
+        final = await self.final_among(ids)
+        data = await self._transaction_data(self._writer, [i for i in ids if i not in final])
+        return [(i, data[i]) for i in ids if i in data]
+
+    async def evidence(self, limit: int) -> list[EvidenceRecord]:
+        """Equivocation evidence, most recent rounds first."""
+        rows = await _fetch(
+            self._reader,
+            "SELECT author, round, data FROM evidence ORDER BY round DESC LIMIT ?",
+            (limit,),
+        )
+        return [EvidenceRecord(PublicKey(r[0]), int(r[1]), bytes(r[2])) for r in rows]
 
     async def totals(self) -> StoreTotals:
         """Stored vertex, transaction and log counts.
@@ -286,12 +431,12 @@ class Store:
         """A stored vertex."""
         rows = await _fetch(
             self._reader,
-            "SELECT header, signature, tx_ids, ordered FROM vertices WHERE id = ?",
+            "SELECT header, signature, tx_ids, ordered, certificate FROM vertices WHERE id = ?",
             (vertex_id,),
         )
         if not rows:
             return None
-        header_bytes, signature, ids, ordered = rows[0]
+        header_bytes, signature, ids, ordered, certificate = rows[0]
         h = decode_header_bytes(header_bytes)
         return VertexRecord(
             vertex_id,
@@ -303,6 +448,7 @@ class Store:
             int(h.scheme),
             bytes(signature),
             bool(ordered),
+            None if certificate is None else bytes(certificate),
         )
 
     async def log(self, start: int, limit: int) -> list[LogRecord]:
@@ -348,8 +494,11 @@ async def _migrate(db: aiosqlite.Connection) -> None:
     for number in range(version, SCHEMA_VERSION):
         await db.execute("BEGIN IMMEDIATE")
         try:
-            for statement in MIGRATIONS[number]:
-                await db.execute(statement)
+            for step in MIGRATIONS[number]:
+                if isinstance(step, str):
+                    await db.execute(step)
+                else:
+                    await step(db)
             await db.execute(f"PRAGMA user_version = {number + 1}")
             await db.execute("COMMIT")
         except BaseException:

@@ -17,6 +17,7 @@ import pytest
 from multidict import CIMultiDictProxy
 from prometheus_client.parser import text_string_to_metric_families
 
+from qudag_node.core.certificate import decode_certificate
 from tests.conftest import NodeFactory, NodeHandle
 
 TX = "/api/v1/transactions"
@@ -143,11 +144,16 @@ async def test_wait_final_then_transaction_and_vertex_are_final(
         "transactions",
         "scheme",
         "signature",
+        "certificate",
         "ordered",
     }
     assert vertex["id"] == record["vertex"]
     assert _tx_id(data) in vertex["transactions"]
     assert vertex["ordered"] is True
+    # a one-validator network: the certificate is the author's own vote (voter 0)
+    cert = decode_certificate(bytes.fromhex(vertex["certificate"]))
+    assert cert.voters == (0,)
+    assert cert.signatures == (bytes.fromhex(vertex["signature"]),)
     assert vertex["round"] >= 1
     assert vertex["timestamp_ms"] > 0
     assert vertex["scheme"] == 1

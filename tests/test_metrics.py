@@ -10,7 +10,7 @@ from prometheus_client import generate_latest
 from qudag_node.core.crypto import Signer, tx_ids
 from qudag_node.core.engine import Engine
 from qudag_node.core.errors import Reason
-from qudag_node.core.events import LeaderCommitted, MessageRejected, VertexAdded
+from qudag_node.core.events import LeaderCommitted, MessageRejected, VertexCertified
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.params import Params
 from qudag_node.core.types import PeerId
@@ -80,7 +80,7 @@ def test_engine_run_is_counted_from_the_stored_totals() -> None:
     stats = engine.statistics()
     metrics.on_statistics(stats)
 
-    vertices = sum(isinstance(e, VertexAdded) for e in events)
+    vertices = sum(isinstance(e, VertexCertified) for e in events)
     commits = [e for e in events if isinstance(e, LeaderCommitted)]
     entries = sum(len(e.entries) for e in commits)
     assert vertices >= 3

@@ -149,7 +149,7 @@ async def test_snapshot_resumes_an_identical_log(tmp_path: Path) -> None:
         if batch % 5 == 4:
             await store.close()
             store = await Store.open(tmp_path, GENESIS)
-            snap = await store.load_snapshot(GENESIS, params.gc_depth)
+            snap = await store.load_snapshot(GENESIS, params.gc_depth, SIGNER.public_key)
             assert len(snap.vertices) <= params.gc_depth + 3
             restarted = Engine(GENESIS, params, SIGNER, snap)
             restarted.handle_timer(now)
@@ -167,7 +167,7 @@ async def test_pending_transactions_survive_a_restart(tmp_path: Path) -> None:
     await store.persist([TransactionsAdmitted(tuple(tx_ids(txs)), tuple(txs))])
     await store.close()
     store = await Store.open(tmp_path, GENESIS)
-    snap = await store.load_snapshot(GENESIS, 50)
+    snap = await store.load_snapshot(GENESIS, 50, SIGNER.public_key)
     assert snap.pending == tuple(zip(tx_ids(txs), txs, strict=True))
     await store.close()
 

@@ -1,29 +1,34 @@
-"""Bullshark commit rule over the DAG window.
+"""Bullshark commit rule over the certified DAG.
 
 Theory of operation
 -------------------
-Validators build the DAG in rounds (Narwhal). Each vertex of round ``r > 1``
-references at least ``q = n - f`` vertices of round ``r - 1`` from distinct
-validators; reliable, signed, one-per-round vertices make every honest node hold the
-same vertex for a given (round, author), so DAGs differ only in what has arrived.
+Validators build the DAG in rounds (Narwhal). A validator's round-``r`` vertex
+names as parents at least ``q = n - f`` certified vertices of round ``r - 1`` from
+distinct validators (none for ``r = 1``). Before a vertex may enter anyone's DAG it
+needs a *certificate*: votes from ``q`` validators, each of whom votes at most once
+per (round, author) and only for a vertex whose parents it holds
+(:mod:`~qudag_node.core.certificate`). Two quorums share an honest validator, so an
+equivocating author gets at most one of its vertices certified: every honest node
+holds the same vertex for a (round, author), and a vertex's causal history is the
+same everywhere. DAGs of honest nodes differ only in what has arrived.
 
 Even rounds have a leader, fixed by a round-robin schedule over the genesis order
-(:meth:`Genesis.leader`). A round ``r + 1`` vertex that references the leader vertex
-of round ``r`` is a *vote* for it. Once ``f + 1`` votes are held, the leader is
-*committed* (partially synchronous Bullshark, Spiegelman et al., CCS 2022): among any
-``n - f`` vertices of round ``r + 1`` at least one holds a vote, so every later leader
-that is committed reaches this one through its causal history.
+(:meth:`Genesis.leader`). A round ``r + 1`` vertex that names the leader vertex of
+round ``r`` as a parent is a *vote* for it. Once ``f + 1`` votes are held, the
+leader is *committed* (partially synchronous Bullshark, Spiegelman et al., CCS
+2022): any ``q`` vertices of round ``r + 1`` include at least one vote, so every
+leader of a later round that reaches ``q`` vertices of round ``r + 1`` reaches this
+leader too, and no honest node can commit a later leader that skips it.
 
 Committing leader ``L`` first commits, oldest first, every earlier uncommitted
 leader that ``L`` reaches, walking back two rounds at a time to the last committed
-leader. Each committed leader's causal history that is not yet ordered is then
-appended to the finalized log, sorted by (round, author key), each vertex's
-transactions in batch order, skipping ids already appended by the same commit.
-Every honest node commits the same leaders in the same order and so appends the
-same log; the running log hash makes that checkable.
+leader; leader rounds it passes over are *skipped* on every node alike. The engine
+then orders each committed leader's causal history (see
+:meth:`qudag_node.core.dag.Dag.take_history` and ``docs/protocol.md``). Every
+honest node commits the same leaders in the same order and so appends the same log.
 
-With n = 1 the quorum and the vote threshold are 1: every round's vertex references
-the previous one, and leader ``r`` commits as soon as round ``r + 1`` exists.
+With n = 1 the quorum and the vote threshold are 1: every round's vertex names the
+previous one, and leader ``r`` commits as soon as round ``r + 1`` exists.
 """
 
 from __future__ import annotations
@@ -32,15 +37,14 @@ from dataclasses import dataclass
 
 from qudag_node.core.dag import Dag, DagVertex
 from qudag_node.core.genesis import Genesis
-from qudag_node.core.types import TxId
 
 
 @dataclass(frozen=True, slots=True)
-class CommittedLeader:
-    """One committed leader and the vertices its commit ordered, in log order."""
+class Commit:
+    """One leader to commit, and the leader rounds skipped just before it."""
 
     leader: DagVertex
-    ordered: tuple[tuple[DagVertex, tuple[TxId, ...]], ...]
+    skipped: tuple[int, ...]
 
 
 class Consensus:
@@ -55,11 +59,11 @@ class Consensus:
         return dag.at(round_, self._genesis.leader(round_))
 
     def votes(self, dag: Dag, leader: DagVertex) -> int:
-        """How many next-round vertices reference ``leader``."""
+        """How many next-round vertices name ``leader`` as a parent."""
         return sum(leader.id in v.parents for v in dag.round(leader.round + 1).values())
 
-    def on_vertex_added(self, dag: Dag, vertex: DagVertex) -> list[CommittedLeader]:
-        """Commit what ``vertex`` (a possible vote) makes committable, oldest first."""
+    def on_vertex_added(self, dag: Dag, vertex: DagVertex) -> list[Commit]:
+        """The leaders that ``vertex`` (a possible vote) makes committable, oldest first."""
         round_ = vertex.round - 1
         if round_ < 2 or round_ % 2 or round_ <= self.committed_round:
             return []
@@ -71,5 +75,11 @@ class Consensus:
             candidate = self.leader_vertex(dag, earlier)
             if candidate is not None and dag.reaches(chain[-1], candidate):
                 chain.append(candidate)
+        commits: list[Commit] = []
+        previous = self.committed_round
+        for lead in reversed(chain):
+            skipped = tuple(range(max(previous + 2, 2), lead.round, 2))
+            commits.append(Commit(lead, skipped))
+            previous = lead.round
         self.committed_round = round_
-        return [CommittedLeader(lead, tuple(dag.take_history(lead))) for lead in reversed(chain)]
+        return commits

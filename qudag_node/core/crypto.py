@@ -13,6 +13,7 @@ post-quantum scheme can be added without a format break. Today only Ed25519
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Sequence
 from hashlib import blake2b
 
@@ -103,9 +104,18 @@ class Signer:
 
 
 def verify(scheme: Scheme, public_key: PublicKey, message: bytes, signature: bytes) -> bool:
-    """True when ``signature`` is ``public_key``'s signature of ``message``."""
+    """True when ``signature`` is ``public_key``'s signature of ``message``.
+
+    Results are remembered for the last few thousand checks: one certificate's votes
+    arrive again with every re-announcement and fetch answer.
+    """
     if scheme is not Scheme.ED25519:
         return False
+    return _verify_ed25519(public_key, message, signature)
+
+
+@functools.lru_cache(maxsize=4096)
+def _verify_ed25519(public_key: bytes, message: bytes, signature: bytes) -> bool:
     try:
         nacl.signing.VerifyKey(public_key).verify(message, signature)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError):

@@ -74,10 +74,6 @@ class Dag:
         """True while some held vertex carries transactions not yet final."""
         return any(self._unordered_ids.values())
 
-    def unordered_tx_ids(self) -> list[TxId]:
-        """Ids carried by vertices not yet ordered."""
-        return [i for ids in self._unordered_ids.values() for i in ids]
-
     def reaches(self, start: DagVertex, target: DagVertex) -> bool:
         """True when ``target`` is in the causal history of ``start``."""
         frontier = {start.id}
@@ -111,16 +107,17 @@ class Dag:
         found.sort(key=lambda v: (v.round, v.author))
         return [(v, self._unordered_ids.pop(v.id)) for v in found]
 
-    def prune_below(self, round_: int) -> list[TxId]:
+    def prune_below(self, round_: int) -> list[tuple[DagVertex, tuple[TxId, ...]]]:
         """Forget rounds below ``round_``.
 
-        Returns the transaction ids of dropped vertices that were never ordered: they
-        are no longer in flight.
+        Returns the dropped vertices that were never ordered, with their transaction
+        ids: they can no longer be ordered (they are *orphaned*).
         """
-        orphaned: list[TxId] = []
-        for r in [r for r in self._rounds if r < round_]:
+        orphaned: list[tuple[DagVertex, tuple[TxId, ...]]] = []
+        for r in sorted(r for r in self._rounds if r < round_):
             for v in self._rounds.pop(r).values():
                 del self._by_id[v.id]
-                orphaned.extend(self._unordered_ids.pop(v.id, ()))
+                if v.id in self._unordered_ids:
+                    orphaned.append((v, self._unordered_ids.pop(v.id)))
         self._floor = max(self._floor, round_)
         return orphaned

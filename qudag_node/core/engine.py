@@ -1,10 +1,17 @@
-"""The node's state machine: transactions in, vertices and finalized log entries out.
+"""The node's state machine: transactions and peer messages in; vertices, votes,
+certificates and finalized log entries out.
 
 Inputs are method calls that take the current time; outputs are drained by the
 caller (the pump in ``node.py``): :meth:`Engine.next_event` for what to persist and
-report, :meth:`Engine.messages_to_send` for what to send, :meth:`Engine.get_timer`
-for when to call :meth:`Engine.handle_timer` next. Peer faults become
+report, :meth:`Engine.messages_to_send` for what to send (only after persisting the
+events drained before it), :meth:`Engine.get_timer` for when to call
+:meth:`Engine.handle_timer` next. Peer faults become
 :class:`~qudag_node.core.events.MessageRejected` events; they never raise.
+
+A vertex goes through three states here: *received* (signature checked, waiting in
+:class:`~qudag_node.core.intake.Intake` while parents are missing), *stored* (we
+voted for it, or proposed it; persisted), *certified* (a quorum voted; in the DAG,
+where the commit rule of :mod:`~qudag_node.core.consensus` sees it).
 """
 
 from __future__ import annotations
@@ -14,28 +21,47 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from qudag_node.core.consensus import CommittedLeader, Consensus
-from qudag_node.core.crypto import Signer, extend_log_hash, log_hash_start
+from qudag_node.core.certificate import Certificate, check_certificate, make_certificate
+from qudag_node.core.consensus import Consensus
+from qudag_node.core.crypto import Signer, log_hash_start, tx_ids, verify
 from qudag_node.core.dag import Dag, DagVertex
 from qudag_node.core.errors import InputRejected, Reason, UsageError
 from qudag_node.core.events import (
+    EquivocationDetected,
     Event,
     LeaderCommitted,
-    LogEntry,
     MessageRejected,
     TransactionsAdmitted,
-    VertexAdded,
+    TransactionsOrphaned,
+    VertexCertified,
+    VertexStored,
+    VerticesRequested,
 )
+from qudag_node.core.evidence import Equivocation, SignedHeader
+from qudag_node.core.finallog import FinalLog
 from qudag_node.core.genesis import Genesis
-from qudag_node.core.messages import VertexMessage, decode_message, encode_message
+from qudag_node.core.intake import Intake, Waiting
+from qudag_node.core.messages import (
+    CertificateMessage,
+    CertifiedMessage,
+    FetchMessage,
+    Message,
+    ProposalMessage,
+    TransactionsMessage,
+    VoteMessage,
+    decode_message,
+    encode_message,
+    fetch_messages,
+    message_kind,
+)
 from qudag_node.core.params import Params
 from qudag_node.core.rules import check_batch, check_vertex
-from qudag_node.core.types import PeerId, Seq, TxId, VertexId
+from qudag_node.core.types import PeerId, PublicKey, TxId, VertexId
 from qudag_node.core.vertex import Vertex, VertexHeader, make_vertex
 
 
 class Role(enum.Enum):
-    """A validator proposes vertices; an observer only follows."""
+    """A validator proposes and votes; an observer only follows."""
 
     VALIDATOR = "validator"
     OBSERVER = "observer"
@@ -47,19 +73,28 @@ class StoredVertex:
 
     id: VertexId
     header: VertexHeader
+    header_bytes: bytes
+    signature: bytes
     tx_ids: tuple[TxId, ...]
     ordered: bool
+    certificate: Certificate | None
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Durable state the engine resumes from after a restart."""
+    """Durable state the engine resumes from after a restart.
+
+    ``vertices`` are those of rounds at or above ``committed_round - gc_depth``;
+    ``pending`` is every stored transaction that is not final; ``own_proposal`` is
+    our latest vertex, in full, when it is not certified yet.
+    """
 
     log_length: int
     log_hash: bytes
     committed_round: int
     vertices: tuple[StoredVertex, ...]
     pending: tuple[tuple[TxId, bytes], ...]
+    own_proposal: Vertex | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +118,18 @@ class Statistics:
     dag_window: int
     log_length: int
     log_hash: bytes
+    buffered: int
+    buffer_dropped: int
+    fetching: int
+    peers: int
+
+
+@dataclass(slots=True)
+class _OwnProposal:
+    vertex: Vertex
+    votes: dict[int, bytes]
+    proposed_at: float
+    sent_at: float
 
 
 class Engine:
@@ -98,25 +145,33 @@ class Engine:
         self._genesis = genesis
         self._params = params
         self._signer = signer
-        self.role = (
-            Role.VALIDATOR if genesis.index_of(signer.public_key) is not None else Role.OBSERVER
-        )
+        self._index = genesis.index_of(signer.public_key)
+        self.role = Role.VALIDATOR if self._index is not None else Role.OBSERVER
         self._dag = Dag()
         self._consensus = Consensus(genesis)
+        self._log = FinalLog(0, b"")
+        self._intake = Intake(params)
         self._pending: OrderedDict[TxId, bytes] = OrderedDict()
-        self._in_flight: dict[TxId, VertexId] = {}  # included, not final: id -> carrier
+        self._in_flight: dict[TxId, VertexId] = {}  # carried, not final: id -> carrier
+        self._forwarded: OrderedDict[TxId, tuple[bytes, float]] = OrderedDict()
+        self._slots: dict[tuple[int, PublicKey], SignedHeader] = {}  # first signed per slot
+        self._equivocators: set[tuple[int, PublicKey]] = set()
+        self._stored: dict[VertexId, Vertex] = {}  # voted for, not certified yet
+        self._own: _OwnProposal | None = None
+        self._own_latest: tuple[VertexId, Certificate] | None = None
+        self._announced_at = 0.0
         self._events: deque[Event] = deque()
         self._outbox: list[tuple[PeerId, bytes]] = []
-        self._peers: set[PeerId] = set()
+        self._peers: dict[PeerId, PublicKey] = {}
+        self._peer_names: list[PeerId] = []  # sorted
+        self._validator_peers: list[PeerId] = []  # sorted
+        self._peer_by_key: dict[PublicKey, PeerId] = {}  # the first by name, per key
         self._own_round = 0
-        self._log_length = 0
-        self._log_hash = log_hash_start(genesis.hash)
         self._last_proposal_at: float | None = None
         self._seen_time = False  # no input has told us the time yet
         self._ready_round: int | None = None  # highest round with a quorum, if >= ours
         self._ready_at = 0.0
-        if snapshot is not None:
-            self._restore(snapshot)
+        self._restore(snapshot or Snapshot(0, log_hash_start(genesis.hash), 0, (), ()))
 
     # ----------------------------------------------------------------- inputs
 
@@ -134,14 +189,15 @@ class Engine:
         new: dict[TxId, bytes] = {}
         duplicates: list[TxId] = []
         for i, tx in zip(ids, transactions, strict=True):
-            if i in new or i in self._pending or i in self._in_flight:
+            if i in new or self._knows(i):
                 duplicates.append(i)
             else:
                 new[i] = tx
-        if len(self._pending) + len(new) > self._params.max_pending:
+        waiting = len(self._pending) + len(self._forwarded)
+        if waiting + len(new) > self._params.max_pending:
             raise InputRejected(
                 Reason.POOL_FULL,
-                f"{len(self._pending)} transactions pending, limit {self._params.max_pending}",
+                f"{waiting} transactions pending, limit {self._params.max_pending}",
             )
         if new:
             self._pending.update(new)
@@ -149,22 +205,39 @@ class Engine:
         self._refresh(now)
         return SubmitResult(tuple(new), tuple(duplicates))
 
-    def receive_message(self, peer: PeerId, data: bytes, now: float) -> None:
-        """Handle bytes from a peer; a bad message becomes a ``MessageRejected`` event."""
-        try:
-            message = decode_message(data, self._params)
-            self._on_vertex(message.vertex, now)
-        except InputRejected as e:
-            self._events.append(MessageRejected(peer, e.reason, e.message))
+    def requeue_transactions(
+        self, ids: Sequence[TxId], transactions: Sequence[bytes], now: float
+    ) -> None:
+        """Put stored, not final transactions back in the pool (after an orphaning)."""
+        self._requeue(ids, transactions)
         self._refresh(now)
 
-    def peer_connected(self, peer: PeerId) -> None:
-        """A link to ``peer`` is up: our new vertices will be sent to it."""
-        self._peers.add(peer)
+    def receive_message(self, peer: PeerId, data: bytes, now: float) -> None:
+        """Handle bytes from a peer; a bad message becomes a ``MessageRejected`` event."""
+        self._seen_time = True
+        try:
+            self._dispatch(peer, decode_message(data, self._params), now)
+        except InputRejected as e:
+            self._events.append(MessageRejected(peer, e.reason, e.message, message_kind(data)))
+        self._refresh(now)
+
+    def peer_connected(self, peer: PeerId, public_key: PublicKey) -> None:
+        """A link to ``peer``, who proved ``public_key``, is up."""
+        self._peers[peer] = public_key
+        self._peers_changed()
 
     def peer_disconnected(self, peer: PeerId) -> None:
         """The link to ``peer`` is gone."""
-        self._peers.discard(peer)
+        self._peers.pop(peer, None)
+        self._peers_changed()
+
+    def _peers_changed(self) -> None:
+        g = self._genesis
+        self._peer_names = sorted(self._peers)
+        self._validator_peers = [
+            p for p in self._peer_names if g.index_of(self._peers[p]) is not None
+        ]
+        self._peer_by_key = {key: p for p, key in sorted(self._peers.items(), reverse=True)}
 
     def handle_timer(self, now: float) -> None:
         """Called at (or after) the time :meth:`get_timer` named."""
@@ -193,7 +266,16 @@ class Engine:
         """
         if not self._seen_time and self.role is Role.VALIDATOR:
             return 0.0
-        return self._proposal_time()
+        times = [self._proposal_time(), self._intake.next_due() if self._peers else None]
+        if self._own is not None and self._peers:
+            times.append(self._own.sent_at + self._params.retry_interval)
+        if self._forwarded and self._validator_peers:
+            times.append(next(iter(self._forwarded.values()))[1] + self._params.retry_interval)
+        if self._pending and self.role is Role.OBSERVER and self._validator_peers:
+            times.append(0.0)
+        if self._stalled() and self._peers:
+            times.append(self._announced_at + self._params.retry_interval)
+        return min((t for t in times if t is not None), default=None)
 
     def statistics(self) -> Statistics:
         """Current counters and positions."""
@@ -202,33 +284,68 @@ class Engine:
             round=self._own_round,
             highest_round=max(self._dag.highest_round(), self._own_round),
             committed_round=self._consensus.committed_round,
-            pending=len(self._pending),
+            pending=len(self._pending) + len(self._forwarded),
             in_flight=len(self._in_flight),
             dag_window=len(self._dag),
-            log_length=self._log_length,
-            log_hash=self._log_hash,
+            log_length=self._log.length,
+            log_hash=self._log.hash,
+            buffered=len(self._intake),
+            buffer_dropped=self._intake.dropped,
+            fetching=self._intake.wanted,
+            peers=len(self._peers),
         )
 
-    # -------------------------------------------------------------- internals
+    # ----------------------------------------------------------- restoring
 
     def _restore(self, snapshot: Snapshot) -> None:
-        self._log_length = snapshot.log_length
-        self._log_hash = snapshot.log_hash
+        self._log = FinalLog(snapshot.log_length, snapshot.log_hash)
         self._consensus.committed_round = snapshot.committed_round
+        floor = max(0, snapshot.committed_round - self._params.gc_depth)
+        own = snapshot.own_proposal
+        if own is not None and own.round < floor:
+            own = None  # too old to be certified now: its transactions are pending again
+        carried: set[TxId] = set(own.tx_ids) if own is not None else set()
         for sv in sorted(snapshot.vertices, key=lambda s: s.header.round):
             h = sv.header
-            self._dag.add(
-                DagVertex(sv.id, h.round, h.author, h.parents, h.tx_count), sv.tx_ids, sv.ordered
-            )
-            if not sv.ordered:
-                self._carry(sv.tx_ids, sv.id)
+            self._slots.setdefault((h.round, h.author), SignedHeader(sv.header_bytes, sv.signature))
             if h.author == self._signer.public_key:
                 self._own_round = max(self._own_round, h.round)
-        if snapshot.vertices:
-            self._dag.prune_below(min(s.header.round for s in snapshot.vertices))
+            if sv.certificate is None:
+                if h.author != self._signer.public_key:
+                    carried.update(sv.tx_ids)
+                continue
+            dv = DagVertex(sv.id, h.round, h.author, h.parents, h.tx_count)
+            self._dag.add(dv, sv.tx_ids, sv.ordered)
+            if sv.ordered:
+                self._log.remember(h.round, sv.tx_ids)
+            else:
+                self._carry(sv.tx_ids, sv.id)
+            carried.update(sv.tx_ids)
+            if h.author == self._signer.public_key:
+                self._own_latest = (sv.id, sv.certificate)
+        self._dag.prune_below(floor)
+        if own is not None:
+            self._own = _OwnProposal(own, {}, 0.0, 0.0)
+            self._stored[own.id] = own
+            self._add_own_vote(own)
+            self._carry(own.tx_ids, own.id)
         for i, tx in snapshot.pending:
-            if i not in self._in_flight:
+            if i not in carried and i not in self._log:
                 self._pending[i] = tx
+
+    # ----------------------------------------------------------- bookkeeping
+
+    def _knows(self, tx: TxId) -> bool:
+        return (
+            tx in self._pending or tx in self._in_flight or tx in self._forwarded or tx in self._log
+        )
+
+    def _requeue(self, ids: Sequence[TxId], transactions: Sequence[bytes]) -> None:
+        """Put transactions back at the front of the pool, in their order."""
+        for i, tx in zip(reversed(ids), reversed(transactions), strict=True):
+            if not self._knows(i):
+                self._pending[i] = tx
+                self._pending.move_to_end(i, last=False)
 
     def _carry(self, ids: Sequence[TxId], vertex_id: VertexId) -> None:
         for i in ids:
@@ -238,68 +355,258 @@ class Engine:
         for i in ids:
             self._in_flight.pop(i, None)
 
-    def _on_vertex(self, vertex: Vertex, now: float) -> None:
+    def _send(self, peer: PeerId, message: Message) -> None:
+        self._outbox.append((peer, encode_message(message)))
+
+    def _broadcast(self, message: Message) -> None:
+        if self._peers:
+            data = encode_message(message)
+            self._outbox.extend((p, data) for p in self._peer_names)
+
+    # ------------------------------------------------------------- messages
+
+    def _dispatch(self, peer: PeerId, message: Message, now: float) -> None:
+        match message:
+            case ProposalMessage(vertex):
+                self._on_proposal(peer, vertex, now)
+            case VoteMessage():
+                self._on_vote(message)
+            case CertificateMessage(vid, certificate):
+                self._on_certificate(peer, vid, certificate, now)
+            case CertifiedMessage(vertex, certificate):
+                self._on_certified(peer, vertex, certificate, now)
+            case FetchMessage(ids):
+                self._events.append(VerticesRequested(peer, ids))
+            case TransactionsMessage(transactions):
+                self._on_transactions(transactions)
+
+    def _admissible(self, vertex: Vertex, now: float) -> bool:
+        """Checks every received vertex passes; False for one we already hold."""
         if vertex.id in self._dag:
-            return  # a copy of what we hold: harmless
+            return False
         if vertex.round < self._dag.floor:
             raise InputRejected(Reason.STALE_ROUND, f"round {vertex.round} is below the window")
         check_vertex(vertex, self._genesis, self._params, now)
-        if self._dag.at(vertex.round, vertex.author) is not None:
+        return True
+
+    def _claim_slot(self, vertex: Vertex, certified: bool) -> None:
+        """Record the first vertex of its (round, author); a different second one is
+        equivocation: its evidence is kept, and it is rejected unless certified."""
+        key = (vertex.round, vertex.author)
+        first = self._slots.get(key)
+        if first is None:
+            self._slots[key] = SignedHeader(vertex.header_bytes, vertex.signature)
+            return
+        if first.id == vertex.id:
+            return
+        if key not in self._equivocators:
+            self._equivocators.add(key)
+            second = SignedHeader(vertex.header_bytes, vertex.signature)
+            self._events.append(
+                EquivocationDetected(Equivocation(vertex.author, vertex.round, first, second))
+            )
+        if not certified:
             raise InputRejected(Reason.EQUIVOCATION, f"second vertex for round {vertex.round}")
-        authors = set()
+        self._slots[key] = SignedHeader(vertex.header_bytes, vertex.signature)
+
+    def _missing_parents(self, vertex: Vertex) -> set[VertexId]:
+        if vertex.round - 1 < self._dag.floor:
+            return set()  # parents are below the window: ordered or orphaned long ago
+        missing: set[VertexId] = set()
+        authors: set[PublicKey] = set()
         for pid in vertex.parents:
             parent = self._dag.get(pid)
             if parent is None:
-                raise InputRejected(Reason.BAD_PARENT, f"unknown parent {pid.hex()[:16]}")
+                missing.add(pid)
+                continue
             if parent.round != vertex.round - 1:
                 raise InputRejected(Reason.BAD_PARENT, "parent from the wrong round")
+            if parent.author in authors:
+                raise InputRejected(Reason.BAD_PARENT, "two parents from one validator")
             authors.add(parent.author)
-        if len(authors) != len(vertex.parents):
-            raise InputRejected(Reason.BAD_PARENT, "two parents from one validator")
-        self._insert(vertex, own=False)
+        return missing
 
-    def _insert(self, vertex: Vertex, own: bool) -> None:
+    def _wait_for_parents(
+        self,
+        peer: PeerId,
+        vertex: Vertex,
+        certificate: Certificate | None,
+        missing: set[VertexId],
+        now: float,
+    ) -> None:
+        self._intake.hold(vertex, certificate, missing)
+        asked = self._intake.want(sorted(missing), vertex.round - 1, peer, now)
+        for data in fetch_messages(asked, self._params):
+            self._outbox.append((peer, data))
+
+    def _on_proposal(self, peer: PeerId, vertex: Vertex, now: float) -> None:
+        if not self._admissible(vertex, now):
+            return
+        self._claim_slot(vertex, certified=False)
+        if vertex.id in self._stored:
+            self._vote(vertex)  # the author asks again: our vote may have been lost
+            return
+        missing = self._missing_parents(vertex)
+        if missing:
+            self._wait_for_parents(peer, vertex, None, missing, now)
+        else:
+            self._store_and_vote(vertex)
+
+    def _store_and_vote(self, vertex: Vertex) -> None:
+        self._stored[vertex.id] = vertex
+        self._events.append(VertexStored(vertex, own=False))
+        self._vote(vertex)
+
+    def _vote(self, vertex: Vertex) -> None:
+        if self._index is None:
+            return
+        peer = self._peer_by_key.get(vertex.author)
+        if peer is not None:
+            signature = self._signer.sign(vertex.id)
+            self._send(peer, VoteMessage(vertex.id, self._index, self._signer.scheme, signature))
+
+    def _on_vote(self, vote: VoteMessage) -> None:
+        own = self._own
+        if own is None or vote.vertex != own.vertex.id or vote.voter in own.votes:
+            return  # late or repeated: harmless
+        if vote.voter >= self._genesis.n:
+            raise InputRejected(Reason.UNKNOWN_AUTHOR, f"voter {vote.voter} is no validator")
+        key = self._genesis.validators[vote.voter].public_key
+        if not verify(vote.scheme, key, vote.vertex, vote.signature):
+            raise InputRejected(Reason.BAD_SIGNATURE, "vote signature does not verify")
+        own.votes[vote.voter] = vote.signature
+        self._certify_own_if_quorum()
+
+    def _add_own_vote(self, vertex: Vertex) -> None:
+        if self._own is not None and self._index is not None:
+            self._own.votes[self._index] = vertex.signature
+            self._certify_own_if_quorum()
+
+    def _certify_own_if_quorum(self) -> None:
+        own = self._own
+        if own is None or len(own.votes) < self._genesis.quorum:
+            return
+        certificate = make_certificate(self._signer.scheme, own.votes)
+        self._own = None
+        self._own_latest = (own.vertex.id, certificate)
+        self._broadcast(CertificateMessage(own.vertex.id, certificate))
+        self._add_certified([(own.vertex, certificate)])
+
+    def _on_certificate(
+        self, peer: PeerId, vid: VertexId, certificate: Certificate, now: float
+    ) -> None:
+        if vid in self._dag:
+            return
+        stored = self._stored.get(vid)
+        waiting = self._intake.get(vid)
+        if stored is None and waiting is None:
+            if self._intake.want([vid], self._dag.highest_round(), peer, now):
+                self._send(peer, FetchMessage((vid,)))
+            return
+        check_certificate(certificate, vid, self._genesis)
+        if waiting is not None:
+            waiting.certificate = certificate
+        elif stored is not None:
+            self._add_certified([(stored, certificate)])
+
+    def _on_certified(
+        self, peer: PeerId, vertex: Vertex, certificate: Certificate, now: float
+    ) -> None:
+        if not self._admissible(vertex, now):
+            return
+        check_certificate(certificate, vertex.id, self._genesis)
+        self._claim_slot(vertex, certified=True)
+        missing = self._missing_parents(vertex)
+        if missing:
+            self._wait_for_parents(peer, vertex, certificate, missing, now)
+        else:
+            self._add_certified([(vertex, certificate)])
+
+    def _on_transactions(self, transactions: Sequence[bytes]) -> None:
+        if self.role is not Role.VALIDATOR:
+            raise InputRejected(Reason.NOT_A_VALIDATOR, "only validators take transactions")
+        check_batch(transactions, self._params)
+        new: dict[TxId, bytes] = {}
+        for i, tx in zip(tx_ids(transactions), transactions, strict=True):
+            if not self._knows(i):
+                new[i] = tx
+        room = self._params.max_pending - len(self._pending)
+        if len(new) > room:
+            raise InputRejected(Reason.POOL_FULL, f"{len(new)} forwarded, room for {room}")
+        if new:
+            self._pending.update(new)
+            self._events.append(TransactionsAdmitted(tuple(new), tuple(new.values())))
+
+    # ---------------------------------------------------------- certified
+
+    def _add_certified(self, work: list[tuple[Vertex, Certificate]]) -> None:
+        """Put certified vertices into the DAG, then whatever was waiting on them."""
+        while work:
+            vertex, certificate = work.pop()
+            if vertex.id in self._dag or vertex.round < self._dag.floor:
+                continue
+            if self._stored.pop(vertex.id, None) is None:
+                self._events.append(VertexStored(vertex, own=vertex.author == self._own_key))
+            self._events.append(VertexCertified(vertex.id, vertex.round, certificate))
+            self._insert(vertex)
+            for entry in self._intake.arrived(vertex.id):
+                self._resume(entry, work)
+
+    @property
+    def _own_key(self) -> PublicKey:
+        return self._signer.public_key
+
+    def _resume(self, entry: Waiting, work: list[tuple[Vertex, Certificate]]) -> None:
+        vertex = entry.vertex
+        if vertex.round < self._dag.floor or vertex.id in self._dag:
+            return
+        if entry.certificate is not None:
+            work.append((vertex, entry.certificate))
+        elif vertex.id not in self._stored:
+            self._store_and_vote(vertex)
+
+    def _insert(self, vertex: Vertex) -> None:
         dv = DagVertex(vertex.id, vertex.round, vertex.author, vertex.parents, len(vertex.tx_ids))
         self._dag.add(dv, vertex.tx_ids, ordered=False)
         self._carry(vertex.tx_ids, vertex.id)
-        if not own:
-            for i in vertex.tx_ids:
-                self._pending.pop(i, None)
-        self._events.append(VertexAdded(vertex, own))
-        for committed in self._consensus.on_vertex_added(self._dag, dv):
-            self._append_to_log(committed)
+        for i in vertex.tx_ids:
+            self._pending.pop(i, None)
+            self._forwarded.pop(i, None)
+        for commit in self._consensus.on_vertex_added(self._dag, dv):
+            self._commit(commit.leader, commit.skipped)
 
-    def _append_to_log(self, committed: CommittedLeader) -> None:
-        ids: list[TxId] = []
-        carriers: list[VertexId] = []
-        seen: set[TxId] = set()
-        for dv, tx_ids in committed.ordered:
-            self._release(tx_ids)
-            for i in tx_ids:
-                if i not in seen:
-                    seen.add(i)
-                    ids.append(i)
-                    carriers.append(dv.id)
-        hashes = extend_log_hash(self._log_hash, ids)
-        start = self._log_length
-        entries = tuple(
-            LogEntry(Seq(start + k + 1), i, vid, h)
-            for k, (i, vid, h) in enumerate(zip(ids, carriers, hashes, strict=True))
-        )
-        if hashes:
-            self._log_hash = hashes[-1]
-            self._log_length += len(hashes)
+    def _commit(self, leader: DagVertex, skipped: tuple[int, ...]) -> None:
+        ordered = self._dag.take_history(leader)
+        for _, ids in ordered:
+            self._release(ids)
+        entries = self._log.append(ordered)
         self._events.append(
             LeaderCommitted(
-                committed.leader.round,
-                committed.leader.id,
-                tuple(dv.id for dv, _ in committed.ordered),
-                entries,
+                leader.round, leader.id, tuple(dv.id for dv, _ in ordered), entries, skipped
             )
         )
-        floor = self._consensus.committed_round - self._params.gc_depth
+        floor = leader.round - self._params.gc_depth
         if floor > self._dag.floor:
-            self._release(self._dag.prune_below(floor))
+            self._prune_below(floor)
+
+    def _prune_below(self, floor: int) -> None:
+        orphaned: list[TxId] = []
+        for dv, ids in self._dag.prune_below(floor):
+            self._release(ids)
+            if dv.author == self._own_key:
+                orphaned.extend(ids)
+        self._log.prune_below(floor)
+        self._intake.prune_below(floor)
+        for key in [k for k in self._slots if k[0] < floor]:
+            del self._slots[key]
+        for vid in [vid for vid, v in self._stored.items() if v.round < floor]:
+            del self._stored[vid]
+        if self._own is not None and self._own.vertex.round < floor:
+            self._abandon_own()
+        if orphaned:
+            self._events.append(TransactionsOrphaned(tuple(orphaned)))
+
+    # ------------------------------------------------------------ proposing
 
     def _quorum_round(self) -> int | None:
         """The highest round, at or above our own, that holds a quorum (0 is genesis)."""
@@ -311,11 +618,57 @@ class Engine:
 
     def _refresh(self, now: float) -> None:
         self._seen_time = True
+        self._retry(now)
         self._update_ready(now)
         when = self._proposal_time()
         if when is not None and when <= now and self._ready_round is not None:
             self._propose(self._ready_round + 1, now)
             self._update_ready(now)
+
+    def _retry(self, now: float) -> None:
+        """Ask again what went unanswered; forward what observers hold."""
+        retry = self._params.retry_interval
+        for peer, ids in self._intake.due(now, self._peer_names).items():
+            self._outbox.extend((peer, data) for data in fetch_messages(ids, self._params))
+        own = self._own
+        if own is not None and self._peers and own.sent_at + retry <= now:
+            own.sent_at = now
+            self._broadcast(ProposalMessage(own.vertex))
+        if self._stalled() and self._announced_at + retry <= now:
+            self._announced_at = now
+            if self._own_latest is not None:
+                self._broadcast(CertificateMessage(*self._own_latest))
+        self._forward(now)
+
+    def _stalled(self) -> bool:
+        """A validator that wants to move on but holds no quorum at its own round."""
+        return (
+            self.role is Role.VALIDATOR
+            and self._ready_round is None
+            and self._own is None
+            and self._own_latest is not None
+        )
+
+    def _forward(self, now: float) -> None:
+        validators = self._validator_peers
+        if self.role is not Role.OBSERVER or not validators:
+            return
+        resend = [
+            (i, tx)
+            for i, (tx, at) in self._forwarded.items()
+            if at + self._params.retry_interval <= now
+        ]
+        fresh = list(self._pending.items())
+        self._pending.clear()
+        batch = resend + fresh
+        for i, tx in batch:
+            self._forwarded[i] = (tx, now)
+            self._forwarded.move_to_end(i)
+        step = self._params.max_vertex_txs
+        for k in range(0, len(batch), step):
+            message = TransactionsMessage(tuple(tx for _, tx in batch[k : k + step]))
+            data = encode_message(message)
+            self._outbox.extend((p, data) for p in validators)
 
     def _update_ready(self, now: float) -> None:
         ready = self._quorum_round()
@@ -334,6 +687,8 @@ class Engine:
         when = self._ready_at
         if self._last_proposal_at is not None:
             when = max(when, self._last_proposal_at + self._params.min_round_interval)
+        if self._own is not None:  # ours is not certified yet: give it a chance
+            when = max(when, self._own.proposed_at + self._params.leader_timeout)
         if r >= 2 and r % 2 == 0 and self._consensus.leader_vertex(self._dag, r) is None:
             when = max(when, self._ready_at + self._params.leader_timeout)
         if not self._has_work():
@@ -358,9 +713,20 @@ class Engine:
             size += len(tx)
         return ids, txs
 
+    def _abandon_own(self) -> None:
+        """Our uncertified proposal was overtaken: its transactions go back to the pool."""
+        own = self._own
+        if own is None:
+            return
+        self._own = None
+        self._stored.pop(own.vertex.id, None)
+        self._release(own.vertex.tx_ids)
+        self._requeue(own.vertex.tx_ids, own.vertex.transactions)
+
     def _propose(self, round_: int, now: float) -> None:
         if round_ <= self._own_round:
             raise UsageError(f"round {round_} proposed again")
+        self._abandon_own()
         parents = [v.id for v in self._dag.round(round_ - 1).values()] if round_ > 1 else []
         ids, txs = self._take_batch()
         vertex = make_vertex(
@@ -368,7 +734,10 @@ class Engine:
         )
         self._own_round = round_
         self._last_proposal_at = now
-        self._insert(vertex, own=True)
-        if self._peers:
-            data = encode_message(VertexMessage(vertex))
-            self._outbox.extend((p, data) for p in sorted(self._peers))
+        self._slots[(round_, self._own_key)] = SignedHeader(vertex.header_bytes, vertex.signature)
+        self._carry(vertex.tx_ids, vertex.id)
+        self._events.append(VertexStored(vertex, own=True))
+        self._stored[vertex.id] = vertex
+        self._own = _OwnProposal(vertex, {}, now, now)
+        self._broadcast(ProposalMessage(vertex))
+        self._add_own_vote(vertex)

@@ -44,6 +44,10 @@ class Reason(enum.Enum):
     FUTURE_TIMESTAMP = "future_timestamp"
     EQUIVOCATION = "equivocation"
     STALE_ROUND = "stale_round"
+    BAD_CERTIFICATE = "bad_certificate"
+    # other peer messages
+    NOT_A_VALIDATOR = "not_a_validator"
+    OVERSIZE_MESSAGE = "oversize_message"
 
 
 class QudagError(Exception):

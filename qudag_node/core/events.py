@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from qudag_node.core.certificate import Certificate
 from qudag_node.core.errors import Reason
+from qudag_node.core.evidence import Equivocation
 from qudag_node.core.types import PeerId, Seq, TxId, VertexId
 from qudag_node.core.vertex import Vertex
 
@@ -18,11 +20,20 @@ class TransactionsAdmitted:
 
 
 @dataclass(frozen=True, slots=True)
-class VertexAdded:
-    """A vertex joined the DAG (persist it; its transactions are now included)."""
+class VertexStored:
+    """A vertex we proposed or are about to vote for: persist it, not yet certified."""
 
     vertex: Vertex
     own: bool
+
+
+@dataclass(frozen=True, slots=True)
+class VertexCertified:
+    """A stored vertex got its certificate and joined the DAG."""
+
+    vertex: VertexId
+    round: int
+    certificate: Certificate
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,21 +48,61 @@ class LogEntry:
 
 @dataclass(frozen=True, slots=True)
 class LeaderCommitted:
-    """A leader committed; ``ordered`` vertices and ``entries`` joined the log."""
+    """A leader committed; ``ordered`` vertices and ``entries`` joined the log.
+
+    ``skipped`` lists the leader rounds passed over since the previous commit.
+    """
 
     round: int
     leader: VertexId
     ordered: tuple[VertexId, ...]
     entries: tuple[LogEntry, ...]
+    skipped: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EquivocationDetected:
+    """A validator signed two vertices for one round; keep the evidence."""
+
+    evidence: Equivocation
+
+
+@dataclass(frozen=True, slots=True)
+class VerticesRequested:
+    """A peer asks for certified vertices: answer from the store (after persisting)."""
+
+    peer: PeerId
+    ids: tuple[VertexId, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionsOrphaned:
+    """Our own certified vertices fell out of the window unordered: re-propose these."""
+
+    ids: tuple[TxId, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class MessageRejected:
-    """A peer's message broke a rule and was dropped."""
+    """A peer's message broke a rule and was dropped.
+
+    ``kind`` names the message type (``proposal``, ``vote``, ``certificate``,
+    ``certified``, ``fetch``, ``transactions``) or is ``unknown``.
+    """
 
     peer: PeerId
     reason: Reason
     detail: str
+    kind: str = "unknown"
 
 
-Event = TransactionsAdmitted | VertexAdded | LeaderCommitted | MessageRejected
+Event = (
+    TransactionsAdmitted
+    | VertexStored
+    | VertexCertified
+    | LeaderCommitted
+    | EquivocationDetected
+    | VerticesRequested
+    | TransactionsOrphaned
+    | MessageRejected
+)

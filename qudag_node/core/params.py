@@ -27,8 +27,17 @@ class Params:
     leader_timeout: float = 2.0
     #: How far in the future a vertex timestamp may lie.
     max_clock_skew: float = 30.0
-    #: Rounds kept in memory below the last committed leader.
+    #: Rounds kept in memory below the last committed leader. Part of the ordering
+    #: rule: every node of one network must use the same value.
     gc_depth: int = 50
+    #: How long to wait for an answer (votes, a fetched vertex) before asking again.
+    retry_interval: float = 1.0
+    #: Most vertices held while their parents are fetched; the oldest are dropped.
+    max_buffered: int = 1_000
+    #: Most transaction bytes held by those vertices.
+    max_buffered_bytes: int = 32 * 1024 * 1024
+    #: Most vertex ids one fetch request may name.
+    max_fetch_ids: int = 256
 
     def __post_init__(self) -> None:
         checks = {
@@ -41,6 +50,10 @@ class Params:
             "leader_timeout": self.leader_timeout > 0,
             "max_clock_skew": self.max_clock_skew >= 0,
             "gc_depth": self.gc_depth >= 2,
+            "retry_interval": self.retry_interval > 0,
+            "max_buffered": self.max_buffered >= 1,
+            "max_buffered_bytes": self.max_buffered_bytes >= self.max_vertex_bytes,
+            "max_fetch_ids": self.max_fetch_ids >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -98,11 +98,26 @@ class Vertex:
 
     def encode(self) -> bytes:
         """Canonical vertex bytes."""
-        parts = [self.header_bytes, self.signature]
-        for t in self.transactions:
-            parts.append(_TX_LEN.pack(len(t)))
-            parts.append(t)
-        return b"".join(parts)
+        return encode_vertex_parts(self.header_bytes, self.signature, self.transactions)
+
+
+def encode_vertex_parts(header: bytes, signature: bytes, transactions: Sequence[bytes]) -> bytes:
+    """Canonical vertex bytes from its stored parts."""
+    parts = [header, signature]
+    for t in transactions:
+        parts.append(_TX_LEN.pack(len(t)))
+        parts.append(t)
+    return b"".join(parts)
+
+
+def assemble_vertex(
+    header_bytes: bytes, signature: bytes, transactions: Sequence[bytes], ids: Sequence[TxId]
+) -> Vertex:
+    """A vertex from parts that were checked when they were first received (stored)."""
+    header = decode_header_bytes(header_bytes)
+    return Vertex(
+        header, header_bytes, vertex_id(header_bytes), signature, tuple(transactions), tuple(ids)
+    )
 
 
 def decode_header(r: codec.Reader) -> VertexHeader:

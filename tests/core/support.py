@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from qudag_node.core.certificate import Certificate, make_certificate
 from qudag_node.core.crypto import Signer, tx_id, tx_ids
 from qudag_node.core.engine import Engine, Role, Snapshot, SubmitResult
-from qudag_node.core.events import Event, LeaderCommitted, LogEntry, VertexAdded
+from qudag_node.core.events import Event, LeaderCommitted, LogEntry, VertexCertified, VertexStored
 from qudag_node.core.genesis import Genesis, Validator
-from qudag_node.core.messages import VertexMessage, encode_message
+from qudag_node.core.messages import CertifiedMessage, ProposalMessage, VoteMessage, encode_message
 from qudag_node.core.params import Params
 from qudag_node.core.types import GenesisHash, PeerId, VertexId
 from qudag_node.core.vertex import Vertex, make_vertex
@@ -101,8 +102,8 @@ class SoloNode:
         raise AssertionError(f"not settled after {max_steps} timer calls")
 
     def own_vertices(self) -> list[Timed]:
-        """The engine's own VertexAdded events, with their times."""
-        return [t for t in self.events if isinstance(t.event, VertexAdded) and t.event.own]
+        """The engine's own VertexStored events (its proposals), with their times."""
+        return [t for t in self.events if isinstance(t.event, VertexStored) and t.event.own]
 
     def entries(self) -> list[LogEntry]:
         """Every finalized log entry so far, in order."""
@@ -115,8 +116,8 @@ class SoloNode:
 
 
 def vertex_of(timed: Timed) -> Vertex:
-    """The vertex of a VertexAdded event."""
-    assert isinstance(timed.event, VertexAdded)
+    """The vertex of a VertexStored event."""
+    assert isinstance(timed.event, VertexStored)
     return timed.event.vertex
 
 
@@ -162,6 +163,11 @@ class Committee:
             [tx_id(t) for t in txs],
         )
 
+    def certificate(self, vertex: Vertex, voters: Sequence[int] = (0, 1, 2)) -> Certificate:
+        """A certificate for ``vertex`` signed by the validators ``voters``."""
+        votes = {i: self.signers[i].sign(vertex.id) for i in voters}
+        return make_certificate(self.signers[0].scheme, votes)
+
     def index(self, round_: int) -> int:
         """The validator index of ``round_``'s leader."""
         leader = self.genesis.index_of(self.genesis.leader(round_))
@@ -183,12 +189,32 @@ R1 = [v.id for v in ROUND1]
 
 
 def message(vertex: Vertex) -> bytes:
-    """The wire bytes of a vertex message."""
-    return encode_message(VertexMessage(vertex))
+    """The wire bytes of a certified vertex (certified by validators 0, 1 and 2)."""
+    return encode_message(CertifiedMessage(vertex, C.certificate(vertex)))
+
+
+def proposal(vertex: Vertex) -> bytes:
+    """The wire bytes of a vertex proposed for votes."""
+    return encode_message(ProposalMessage(vertex))
 
 
 def feed(engine: Engine, *vertices: Vertex, now: float = NOW) -> list[Event]:
-    """Deliver vertices from :data:`PEER` at ``now``; returns the drained events."""
+    """Deliver certified vertices from :data:`PEER` at ``now``; returns the drained events."""
     for v in vertices:
         engine.receive_message(PEER, message(v), now)
     return drain(engine)
+
+
+def vote(vertex: Vertex, voter: int) -> bytes:
+    """The wire bytes of validator ``voter``'s vote for ``vertex``."""
+    signer = C.signers[voter]
+    return encode_message(VoteMessage(vertex.id, voter, signer.scheme, signer.sign(vertex.id)))
+
+
+def added(*vertices: Vertex) -> list[Event]:
+    """The events of certified vertices (by 0, 1 and 2) joining the DAG of a node that
+    had not stored them: stored, then certified, each."""
+    out: list[Event] = []
+    for v in vertices:
+        out += [VertexStored(v, own=False), VertexCertified(v.id, v.round, C.certificate(v))]
+    return out

@@ -13,7 +13,7 @@ from qudag_node.core.crypto import Signer, batch_root, tx_ids
 from qudag_node.core.errors import Fault, InputRejected, Reason, UsageError
 from qudag_node.core.messages import (
     MessageType,
-    VertexMessage,
+    ProposalMessage,
     decode_message,
     encode_message,
 )
@@ -205,15 +205,15 @@ def test_the_batch_root_must_match_the_transactions() -> None:
 # ------------------------------------------------------------------- messages
 
 
-def test_a_vertex_message_round_trips() -> None:
-    data = encode_message(VertexMessage(VERTEX))
-    assert data == bytes([MessageType.VERTEX]) + DATA
-    assert decode_message(data, PARAMS) == VertexMessage(VERTEX)
+def test_a_proposal_message_round_trips() -> None:
+    data = encode_message(ProposalMessage(VERTEX))
+    assert data == bytes([MessageType.PROPOSAL]) + DATA
+    assert decode_message(data, PARAMS) == ProposalMessage(VERTEX)
 
 
 def test_bad_messages_are_rejected() -> None:
     assert rejected(lambda: decode_message(b"", PARAMS)) is Reason.TRUNCATED
-    assert rejected(lambda: decode_message(b"\x02" + DATA, PARAMS)) is Reason.UNKNOWN_MESSAGE
+    assert rejected(lambda: decode_message(b"\x07" + DATA, PARAMS)) is Reason.UNKNOWN_MESSAGE
     assert rejected(lambda: decode_message(b"\x01", PARAMS)) is Reason.TRUNCATED
 
 

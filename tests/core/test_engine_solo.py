@@ -1,8 +1,10 @@
 """The engine as a one-validator network of itself, driven by a manual clock.
 
 The node is :class:`tests.core.support.SoloNode`, which records every drained event
-with its time. :class:`StoreModel` keeps from those events what a store would, so that
-a restart from a :class:`Snapshot` can be checked against an engine that never stopped.
+with its time. A :class:`~tests.core.simstore.MemoryStore` keeps from those events what
+the store would, so that a restart from a snapshot can be checked against an engine that
+never stopped. With one validator, every vertex is certified by its author's own vote
+in the step that proposes it.
 """
 
 from __future__ import annotations
@@ -11,66 +13,32 @@ from itertools import pairwise
 
 import pytest
 
+from qudag_node.core.certificate import Certificate
 from qudag_node.core.crypto import Signer, extend_log_hash, log_hash_start, tx_id, tx_ids
-from qudag_node.core.engine import Engine, Role, Snapshot, StoredVertex, SubmitResult
+from qudag_node.core.engine import Engine, Role, SubmitResult
 from qudag_node.core.errors import Fault, InputRejected, Reason
 from qudag_node.core.events import (
-    Event,
     LeaderCommitted,
     LogEntry,
     MessageRejected,
     TransactionsAdmitted,
-    VertexAdded,
+    VertexCertified,
+    VertexStored,
 )
-from qudag_node.core.genesis import Genesis
-from qudag_node.core.messages import VertexMessage, decode_message
+from qudag_node.core.messages import ProposalMessage, decode_message
 from qudag_node.core.params import Params
-from qudag_node.core.types import PeerId, Seq, TxId, VertexId
+from qudag_node.core.types import PeerId, PublicKey, Seq, TxId
 from qudag_node.core.vertex import Vertex
+from tests.core.simstore import MemoryStore
 from tests.core.support import GENESIS, PARAMS, SIGNER, T0, SoloNode, drain, vertex_of
 
 HEARTBEAT = PARAMS.heartbeat_interval
 MIN_INTERVAL = PARAMS.min_round_interval
 
 
-class StoreModel:
-    """What a store keeps from the events: enough to build a restart snapshot."""
-
-    def __init__(self, genesis: Genesis = GENESIS) -> None:
-        self.vertices: dict[VertexId, Vertex] = {}
-        self.ordered: set[VertexId] = set()
-        self.pending: dict[TxId, bytes] = {}
-        self.log_length = 0
-        self.log_hash = log_hash_start(genesis.hash)
-        self.committed_round = 0
-
-    def apply(self, event: Event) -> None:
-        """Persist what one event requires."""
-        if isinstance(event, TransactionsAdmitted):
-            self.pending.update(zip(event.ids, event.transactions, strict=True))
-        elif isinstance(event, VertexAdded):
-            self.vertices[event.vertex.id] = event.vertex
-            for i in event.vertex.tx_ids:
-                self.pending.pop(i, None)
-        elif isinstance(event, LeaderCommitted):
-            self.ordered.update(event.ordered)
-            self.committed_round = event.round
-            if event.entries:
-                self.log_length = event.entries[-1].seq
-                self.log_hash = event.entries[-1].hash
-
-    def snapshot(self) -> Snapshot:
-        """The state an engine resumes from."""
-        return Snapshot(
-            log_length=self.log_length,
-            log_hash=self.log_hash,
-            committed_round=self.committed_round,
-            vertices=tuple(
-                StoredVertex(v.id, v.header, v.tx_ids, v.id in self.ordered)
-                for v in self.vertices.values()
-            ),
-            pending=tuple(self.pending.items()),
-        )
+def own_vote(vertex: Vertex) -> Certificate:
+    """The certificate of a solo vertex: its author's signature as the one vote."""
+    return Certificate(vertex.header.scheme, (0,), (vertex.signature,))
 
 
 def started(params: Params = PARAMS) -> SoloNode:
@@ -90,10 +58,11 @@ def test_transaction_goes_pending_then_included_then_final() -> None:
     id_a, id_b = tx_id(a), tx_id(b)
 
     assert node.submit([a]) == SubmitResult((id_a,), ())
-    admitted, first = node.events
+    admitted, first, certified = node.events
     assert admitted.event == TransactionsAdmitted((id_a,), (a,))
     v1 = vertex_of(first)
-    assert first.event == VertexAdded(v1, own=True)
+    assert first.event == VertexStored(v1, own=True)
+    assert certified.event == VertexCertified(v1.id, 1, own_vote(v1))
     assert (v1.round, v1.tx_ids, v1.parents) == (1, (id_a,), ())
 
     node.submit([b])  # same instant: waits for the minimum round interval
@@ -102,15 +71,15 @@ def test_transaction_goes_pending_then_included_then_final() -> None:
     assert node.events[-1].event == TransactionsAdmitted((id_b,), (b,))
     assert node.engine.get_timer() == T0 + MIN_INTERVAL
 
-    [added] = node.fire()
-    assert isinstance(added, VertexAdded)
+    added, _ = node.fire()
+    assert isinstance(added, VertexStored)
     v2 = added.vertex
     assert (v2.round, v2.tx_ids, v2.parents) == (2, (id_b,), (v1.id,))
     stats = node.engine.statistics()
     assert (stats.pending, stats.in_flight, stats.log_length) == (0, 2, 0)
 
-    added, committed = node.fire()  # round 3 votes for the round-2 leader
-    assert isinstance(added, VertexAdded)
+    added, _, committed = node.fire()  # round 3 votes for the round-2 leader
+    assert isinstance(added, VertexStored)
     assert added.vertex.round == 3
     h1, h2 = extend_log_hash(log_hash_start(GENESIS.hash), [id_a, id_b])
     assert committed == LeaderCommitted(
@@ -275,10 +244,9 @@ def test_a_restored_engine_continues_the_log_like_one_that_never_stopped() -> No
     node.submit([b"in-flight-1"])
     node.fire()
     node.submit([b"pending-1", b"pending-2"])
-    store = StoreModel()
-    for timed in node.events:
-        store.apply(timed.event)
-    snapshot = store.snapshot()
+    store = MemoryStore(log_hash_start(GENESIS.hash))
+    store.persist(t.event for t in node.events)
+    snapshot = store.snapshot(SIGNER.public_key, PARAMS.gc_depth)
     before = node.engine.statistics()
     assert (before.pending, before.in_flight, before.log_length) == (2, 1, 1)
     cut = len(node.entries())
@@ -349,19 +317,20 @@ def test_statistics_follow_the_dag_and_the_window_stays_bounded() -> None:
 def test_new_vertices_go_to_connected_peers() -> None:
     node = started()
     alice, bob = PeerId("alice"), PeerId("bob")
-    node.engine.peer_connected(bob)
-    node.engine.peer_connected(alice)
+    node.engine.peer_connected(bob, PublicKey(b"\xbb" * 32))
+    node.engine.peer_connected(alice, PublicKey(b"\xaa" * 32))
     node.submit([b"gossip"])
     sent = node.engine.messages_to_send()
     v1 = vertex_of(node.own_vertices()[0])
-    assert [peer for peer, _ in sent] == [alice, bob]
-    for _, data in sent:
-        assert decode_message(data, PARAMS) == VertexMessage(v1)
+    proposals = [(peer, data) for peer, data in sent if data[0] == 1]
+    assert [peer for peer, _ in proposals] == [alice, bob]
+    for _, data in proposals:
+        assert decode_message(data, PARAMS) == ProposalMessage(v1)
     assert node.engine.messages_to_send() == []
 
     node.engine.peer_disconnected(bob)
     node.fire()
-    assert [peer for peer, _ in node.engine.messages_to_send()] == [alice]
+    assert {peer for peer, _ in node.engine.messages_to_send()} == {alice}
 
 
 def test_own_vertices_sent_back_by_a_peer_are_ignored() -> None:

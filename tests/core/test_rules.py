@@ -1,10 +1,11 @@
 """Vertex admission rules and the commit rule, with four validators (n = 4, f = 1).
 
 The engine under test is fed hand-made vertices of the network
-:data:`tests.core.support.C` through ``encode_message`` and ``receive_message``. It is
-mostly an observer (its key is not in the genesis), so it never proposes and every
-vertex of the DAG is chosen by the test; where its own proposals are the subject, it
-is validator 0.
+:data:`tests.core.support.C`, certified by validators 0, 1 and 2, through
+``encode_message`` and ``receive_message``. It is mostly an observer (its key is not in
+the genesis), so it never proposes and every vertex of the DAG is chosen by the test;
+where its own proposals are the subject, it is validator 0, and the test sends it the
+votes the other validators would.
 """
 
 from __future__ import annotations
@@ -13,15 +14,35 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
+from qudag_node.core.certificate import make_certificate
 from qudag_node.core.crypto import extend_log_hash, log_hash_start, tx_id
 from qudag_node.core.engine import Engine, Role, Snapshot, StoredVertex
 from qudag_node.core.errors import Reason
-from qudag_node.core.events import Event, LeaderCommitted, MessageRejected, VertexAdded
+from qudag_node.core.events import (
+    Event,
+    LeaderCommitted,
+    MessageRejected,
+    VertexCertified,
+    VertexStored,
+)
 from qudag_node.core.genesis import Genesis
+from qudag_node.core.messages import CertifiedMessage, encode_message
 from qudag_node.core.params import Params
 from qudag_node.core.types import VertexId
 from qudag_node.core.vertex import Vertex
-from tests.core.support import NOW, PARAMS, PEER, R1, ROUND1, C, drain, feed, message
+from tests.core.support import (
+    NOW,
+    PARAMS,
+    PEER,
+    R1,
+    ROUND1,
+    C,
+    added,
+    drain,
+    feed,
+    message,
+    vote,
+)
 
 
 def rejection(events: list[Event]) -> MessageRejected:
@@ -39,10 +60,22 @@ def commits(events: list[Event]) -> list[LeaderCommitted]:
 
 
 def flip_signature(vertex: Vertex) -> bytes:
-    """A vertex message with one bit of the signature flipped."""
+    """A certified vertex message with one bit of the author's signature flipped."""
     data = bytearray(message(vertex))
-    data[1 + len(vertex.header_bytes)] ^= 0x01
+    data[1 + 4 + len(vertex.header_bytes)] ^= 0x01  # type, vertex length, header
     return bytes(data)
+
+
+def own_proposals(events: list[Event]) -> list[Vertex]:
+    """The vertices the engine proposed among ``events``."""
+    return [e.vertex for e in events if isinstance(e, VertexStored) and e.own]
+
+
+def certify_own(e: Engine, vertex: Vertex, now: float = NOW) -> list[Event]:
+    """Deliver validators 1 and 2's votes for ``vertex``; returns the drained events."""
+    for voter in (1, 2):
+        e.receive_message(PEER, vote(vertex, voter), now)
+    return drain(e)
 
 
 # ------------------------------------------------------------ admission rules
@@ -53,7 +86,7 @@ def engine() -> Engine:
     """An observer holding the round-1 vertices of validators 0, 1 and 2 (a quorum)."""
     e = C.observer()
     events = feed(e, *ROUND1[:3])
-    assert events == [VertexAdded(v, own=False) for v in ROUND1[:3]]
+    assert events == added(*ROUND1[:3])
     return e
 
 
@@ -89,24 +122,42 @@ RULE_CASES: list[tuple[str, Callable[[], bytes], Reason, str]] = [
         "",
     ),
     (
-        "unknown parent",  # validator 3's round-1 vertex was never delivered
-        lambda: message(C.vertex(0, 2, parents=R1[1:])),
-        Reason.BAD_PARENT,
-        "unknown parent",
-    ),
-    (
         "parent from the wrong round",
         lambda: message(C.vertex(0, 3, parents=R1[:3])),
         Reason.BAD_PARENT,
         "wrong round",
     ),
     (
-        "equivocation",
-        lambda: message(C.vertex(0, 1, txs=[b"something else"])),
-        Reason.EQUIVOCATION,
-        "",
+        "certificate short of a quorum",
+        lambda: certified_by(ROUND1[3], (0, 1)),
+        Reason.BAD_CERTIFICATE,
+        "quorum is 3",
+    ),
+    (
+        "certificate with a bad vote",
+        lambda: certified_by(ROUND1[3], (0, 1, 2), forge=2),
+        Reason.BAD_CERTIFICATE,
+        "validator 2",
+    ),
+    (
+        "certificate with a voter outside the set",
+        lambda: certified_by(ROUND1[3], (0, 1, 2), outsider=True),
+        Reason.BAD_CERTIFICATE,
+        "no validator",
     ),
 ]
+
+
+def certified_by(
+    vertex: Vertex, voters: Sequence[int], forge: int | None = None, outsider: bool = False
+) -> bytes:
+    """A CERTIFIED message whose certificate has ``voters`` (one forged, or one index 9)."""
+    votes = {i: C.signers[i].sign(vertex.id) for i in voters}
+    if forge is not None:
+        votes[forge] = C.signers[0].sign(vertex.id)
+    if outsider:
+        votes[9] = C.outsider.sign(vertex.id)
+    return encode_message(CertifiedMessage(vertex, make_certificate(C.signers[0].scheme, votes)))
 
 
 @pytest.mark.parametrize(
@@ -126,9 +177,9 @@ def test_a_vertex_breaking_a_rule_is_rejected_with_its_reason(
 
 def test_vertices_just_inside_the_limits_are_added(engine: Engine) -> None:
     at_skew = C.vertex(3, 1, timestamp_ms=SKEW_MS)
-    assert feed(engine, at_skew) == [VertexAdded(at_skew, own=False)]
+    assert feed(engine, at_skew) == added(at_skew)
     quorum = C.vertex(0, 2, parents=R1[:3])
-    assert feed(engine, quorum) == [VertexAdded(quorum, own=False)]
+    assert feed(engine, quorum) == added(quorum)
     assert engine.statistics().highest_round == 2
 
 
@@ -141,14 +192,15 @@ def test_a_copy_of_a_held_vertex_is_ignored(engine: Engine) -> None:
 def test_a_validator_adds_another_validators_round_1_vertex() -> None:
     validator = Engine(C.genesis, PARAMS, C.signers[0])
     assert validator.role is Role.VALIDATOR
-    received, proposed = feed(validator, ROUND1[1])
-    assert received == VertexAdded(ROUND1[1], own=False)
+    *received, proposed = feed(validator, ROUND1[1])
+    assert received == added(ROUND1[1])
     # the received transaction is work to finalize: the validator joins round 1 at once
-    assert isinstance(proposed, VertexAdded)
+    assert isinstance(proposed, VertexStored)
     assert proposed.own
     assert (proposed.vertex.round, proposed.vertex.author) == (1, C.signers[0].public_key)
     stats = validator.statistics()
-    assert (stats.round, stats.highest_round, stats.dag_window, stats.in_flight) == (1, 1, 2, 1)
+    # its own vertex waits for votes: it is not in the DAG yet
+    assert (stats.round, stats.highest_round, stats.dag_window, stats.in_flight) == (1, 1, 1, 1)
 
 
 def test_two_parents_from_one_validator_are_rejected() -> None:
@@ -160,7 +212,12 @@ def test_two_parents_from_one_validator_are_rejected() -> None:
         log_length=0,
         log_hash=log_hash_start(C.genesis.hash),
         committed_round=0,
-        vertices=tuple(StoredVertex(v.id, v.header, v.tx_ids, False) for v in held),
+        vertices=tuple(
+            StoredVertex(
+                v.id, v.header, v.header_bytes, v.signature, v.tx_ids, False, C.certificate(v)
+            )
+            for v in held
+        ),
         pending=(),
     )
     e = C.observer(snapshot=snapshot)
@@ -195,7 +252,7 @@ def test_a_leader_commits_once_f_plus_1_vertices_of_the_next_round_reference_it(
 
     events = feed(e, C.vertex(2, 3, parents=vote))
     [commit] = commits(events)
-    assert isinstance(events[0], VertexAdded)
+    assert isinstance(events[0], VertexStored)
     history = [*sorted(ROUND1[:3], key=lambda v: v.author), leader]
     assert commit.round == 2
     assert commit.leader == leader.id
@@ -296,21 +353,23 @@ def test_a_vertex_below_the_window_is_stale() -> None:
 def test_a_validator_waits_for_a_quorum_before_its_next_round() -> None:
     e = Engine(C.genesis, PARAMS, C.signers[0])
     e.submit_transactions([tx_id(b"first")], [b"first"], NOW)
-    [_, proposed] = drain(e)
-    assert isinstance(proposed, VertexAdded)
-    assert (proposed.own, proposed.vertex.round) == (True, 1)
+    [own1] = own_proposals(drain(e))
+    assert own1.round == 1
     assert e.get_timer() is None  # nothing to do until round 1 has a quorum
     e.handle_timer(NOW + 60.0)
     assert drain(e) == []
 
     later = NOW + 1.0
-    assert feed(e, ROUND1[1], now=later) == [VertexAdded(ROUND1[1], own=False)]
-    assert e.get_timer() is None  # two of the three round-1 vertices a quorum needs
-    received, second = feed(e, ROUND1[2], now=later)
-    assert received == VertexAdded(ROUND1[2], own=False)
-    assert isinstance(second, VertexAdded)
-    assert (second.own, second.vertex.round) == (True, 2)
-    assert set(second.vertex.parents) == {proposed.vertex.id, R1[1], R1[2]}
+    assert feed(e, ROUND1[1], now=later) == added(ROUND1[1])
+    assert feed(e, ROUND1[2], now=later) == added(ROUND1[2])
+    assert e.get_timer() is None  # its own vertex is not certified: two of three
+    events = certify_own(e, own1, now=later)
+    certified = [ev for ev in events if isinstance(ev, VertexCertified)]
+    assert [c.vertex for c in certified] == [own1.id]
+    assert certified[0].certificate.voters == (0, 1, 2)
+    [own2] = own_proposals(events)
+    assert own2.round == 2
+    assert set(own2.parents) == {own1.id, R1[1], R1[2]}
     assert e.statistics().round == 2
 
 
@@ -322,13 +381,13 @@ def round_2_without_its_leader(at: float) -> tuple[Engine, Vertex]:
     assert C.index(2) == 1
     e = Engine(C.genesis, PARAMS, C.signers[0])
     e.submit_transactions([tx_id(b"work")], [b"work"], NOW)
-    [_, own1] = drain(e)
-    assert isinstance(own1, VertexAdded)
-    *_, own2 = feed(e, ROUND1[2], ROUND1[3], now=NOW + 1.0)  # quorum: proposes round 2
-    assert isinstance(own2, VertexAdded)
-    assert own2.vertex.round == 2
-    parents = [own1.vertex.id, R1[2], R1[3]]
+    [own1] = own_proposals(drain(e))
+    feed(e, ROUND1[2], ROUND1[3], now=NOW + 1.0)
+    [own2] = own_proposals(certify_own(e, own1, now=NOW + 1.0))  # quorum: round 2
+    assert own2.round == 2
+    parents = [own1.id, R1[2], R1[3]]
     feed(e, C.vertex(2, 2, parents), C.vertex(3, 2, parents), now=at)
+    certify_own(e, own2, now=at)
     assert e.statistics().round == 2
     return e, C.vertex(1, 2, parents)
 
@@ -340,21 +399,20 @@ def test_a_validator_waits_up_to_the_leader_timeout_for_the_leader() -> None:
     e.handle_timer(at + PARAMS.leader_timeout - 0.01)
     assert drain(e) == []
     e.handle_timer(at + PARAMS.leader_timeout)
-    [own3] = drain(e)
-    assert isinstance(own3, VertexAdded)
-    assert own3.vertex.round == 3
-    assert len(own3.vertex.parents) == 3  # every round-2 vertex it holds, no leader
+    [own3] = own_proposals(drain(e))
+    assert own3.round == 3
+    assert len(own3.parents) == 3  # every round-2 vertex it holds, no leader
 
 
 def test_the_leaders_vertex_ends_the_wait_and_gets_a_vote() -> None:
     at = NOW + 2.0
     e, leader = round_2_without_its_leader(at)
-    received, own3 = feed(e, leader, now=at + 0.5)
-    assert received == VertexAdded(leader, own=False)
-    assert isinstance(own3, VertexAdded)
-    assert own3.vertex.round == 3
-    assert leader.id in own3.vertex.parents
-    assert len(own3.vertex.parents) == 4
+    events = feed(e, leader, now=at + 0.5)
+    assert events[:2] == added(leader)
+    [own3] = own_proposals(events)
+    assert own3.round == 3
+    assert leader.id in own3.parents
+    assert len(own3.parents) == 4
 
 
 def test_transactions_of_a_vertex_pruned_unordered_are_released() -> None:

@@ -1,0 +1,445 @@
+"""Deterministic simulation of a QuDAG network: N engines, one manual clock, one seed.
+
+Every message goes through the real codec and the real engine. The network is a
+priority queue of deliveries; a seeded :class:`random.Random` decides each delay,
+loss, duplication and, through the delays, the order of arrival. A scenario adds
+faults: partitions that heal, a validator that crashes and restarts from its store
+(an in-memory :class:`~tests.core.simstore.MemoryStore`), a silent validator, an
+equivocating validator, and an observer that forwards its clients' transactions.
+
+Each step of a node does what the pump in ``node.py`` does: feed one input, drain
+the events, persist them, answer fetches from the store, re-queue orphaned
+transactions, then send.
+
+Replay one run::
+
+    .venv/bin/python -m tests.core.sim --seed 17 --validators 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import itertools
+import random
+import statistics
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from qudag_node.core.crypto import Signer, log_hash_start, tx_ids
+from qudag_node.core.engine import Engine
+from qudag_node.core.errors import InputRejected
+from qudag_node.core.events import (
+    Event,
+    LeaderCommitted,
+    MessageRejected,
+    TransactionsOrphaned,
+    VerticesRequested,
+)
+from qudag_node.core.evidence import decode_equivocation
+from qudag_node.core.genesis import Genesis, Validator
+from qudag_node.core.messages import MessageType, ProposalMessage, encode_message
+from qudag_node.core.params import Params
+from qudag_node.core.types import PeerId, TxId
+from qudag_node.core.vertex import decode_vertex, make_vertex
+from tests.core.simstore import MemoryStore
+from tests.core.support import drain
+
+#: Engine parameters of simulated nodes: production defaults, shorter idle heartbeat.
+SIM_PARAMS = Params(
+    min_round_interval=0.05,
+    heartbeat_interval=2.0,
+    leader_timeout=1.0,
+    retry_interval=0.5,
+    gc_depth=20,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    """The fault mix of one run (times in simulated seconds)."""
+
+    loss: float = 0.0
+    duplication: float = 0.0
+    partition: tuple[float, float] | None = None  # (start, heal)
+    crash: tuple[float, float] | None = None  # (down, back up) for one validator
+    silent: bool = False  # one validator never speaks
+    equivocator: bool = False  # one validator signs two vertices per round
+    #: whom the equivocator sends its second vertex: one honest validator (so the first
+    #: can still be certified) or every other one (so neither can be)
+    twin_to: str = "one"
+    observer: bool = True  # an observer that forwards its clients' transactions
+
+
+def random_faults(rng: random.Random) -> Faults:
+    """A fault mix drawn from ``rng``; at most f (= 1 for n = 4 and 2 for n = 7) misbehave."""
+    byzantine = rng.choice(["none", "silent", "equivocator", "crash"])
+    start = rng.uniform(0.5, 4.0)
+    return Faults(
+        loss=rng.choice([0.0, 0.02, 0.1]),
+        duplication=rng.choice([0.0, 0.05]),
+        partition=(start, start + rng.uniform(0.5, 5.0)) if rng.random() < 0.5 else None,
+        crash=(rng.uniform(0.5, 4.0), rng.uniform(4.5, 9.0)) if byzantine == "crash" else None,
+        silent=byzantine == "silent",
+        equivocator=byzantine == "equivocator",
+        twin_to=rng.choice(["one", "half"]),
+        observer=rng.random() < 0.5,
+    )
+
+
+@dataclass(slots=True)
+class SimNode:
+    """One simulated node: its engine, its durable store, and its fault."""
+
+    name: PeerId
+    signer: Signer
+    engine: Engine
+    store: MemoryStore
+    up: bool = True
+    timer: float = 0.0  # what engine.get_timer() said after the last step
+    silent: bool = False
+    equivocator: bool = False
+    rejected: list[MessageRejected] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class RunResult:
+    """What one run showed."""
+
+    seed: int
+    validators: int
+    faults: Faults
+    safe: bool
+    live: bool
+    detail: str
+    end_time: float
+    latencies: list[float]
+    log_length: int
+    log_hash: bytes
+    equivocations: int
+    messages: int
+
+
+class Simulation:
+    """N validators (plus an optional observer) on a seeded, faulty network."""
+
+    def __init__(self, seed: int, validators: int, faults: Faults, txs: int = 40) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.faults = faults
+        self.now = 0.0
+        self._queue: list[tuple[float, int, PeerId, PeerId, bytes]] = []
+        self._sequence = 0
+        self.messages = 0
+        signers = [Signer(self.rng.randbytes(32)) for _ in range(validators)]
+        self.genesis = Genesis(
+            "qudag-sim", tuple(Validator(f"v{i}", s.public_key) for i, s in enumerate(signers))
+        )
+        self.params = SIM_PARAMS
+        self.nodes: dict[PeerId, SimNode] = {}
+        for i, s in enumerate(signers):
+            self._add_node(PeerId(f"v{i}"), s)
+        if faults.observer:
+            self._add_node(PeerId("observer"), Signer(self.rng.randbytes(32)))
+        names = sorted(self.nodes)
+        self.faulty = PeerId(f"v{validators - 1}")  # the one that misbehaves, if any
+        self.nodes[self.faulty].silent = faults.silent
+        self.nodes[self.faulty].equivocator = faults.equivocator
+        for a in names:
+            for b in names:
+                if a != b:
+                    self.nodes[a].engine.peer_connected(b, self.nodes[b].signer.public_key)
+        self.submitted: dict[TxId, tuple[PeerId, float]] = {}
+        self.final_at: dict[TxId, float] = {}
+        self._client_plan = sorted(
+            (self.rng.uniform(0.0, 6.0), self.rng.randbytes(self.rng.randint(1, 200)))
+            for _ in range(txs)
+        )
+
+    def _add_node(self, name: PeerId, signer: Signer) -> None:
+        store = MemoryStore(log_hash_start(self.genesis.hash))
+        self.nodes[name] = SimNode(name, signer, Engine(self.genesis, self.params, signer), store)
+
+    # ------------------------------------------------------------- network
+
+    def _cut(self, a: PeerId, b: PeerId, at: float) -> bool:
+        """True while ``a`` and ``b`` are on different sides of the partition."""
+        p = self.faults.partition
+        if p is None or not p[0] <= at < p[1]:
+            return False
+        side = {PeerId("v0"), PeerId("v1")}
+        return (a in side) != (b in side)
+
+    def _send(self, src: PeerId, dst: PeerId, data: bytes) -> None:
+        if self.nodes[src].silent or self._cut(src, dst, self.now):
+            return
+        copies = 2 if self.rng.random() < self.faults.duplication else 1
+        for _ in range(copies):
+            if self.rng.random() < self.faults.loss:
+                continue
+            delay = 0.005 + self.rng.expovariate(1 / 0.03)
+            self._sequence += 1
+            heapq.heappush(self._queue, (self.now + delay, self._sequence, dst, src, data))
+
+    def _emit(self, node: SimNode) -> None:
+        for dst, data in node.engine.messages_to_send():
+            if node.equivocator and data[0] == MessageType.PROPOSAL:
+                self._send(node.name, dst, self._twin(node, data, dst))
+            else:
+                self._send(node.name, dst, data)
+
+    def _twin(self, node: SimNode, data: bytes, dst: PeerId) -> bytes:
+        """The equivocator sends some of its peers a different vertex for the round."""
+        if dst == "observer":
+            return data
+        index = int(dst.removeprefix("v"))
+        if (self.faults.twin_to == "one" and index != 1) or index % 2 == 0:
+            return data
+        v = decode_vertex(data[1:], self.params)
+        twin = make_vertex(
+            node.signer,
+            self.genesis.hash,
+            v.round,
+            v.header.timestamp_ms + 1,
+            v.parents,
+            [b"twin"],
+            tx_ids([b"twin"]),
+        )
+        return encode_message(ProposalMessage(twin))
+
+    # -------------------------------------------------------------- stepping
+
+    def _step(self, node: SimNode) -> None:
+        while events := drain(node.engine):  # answering can cause more (a requeue proposes)
+            self._persist_and_answer(node, events)
+        self._emit(node)
+        timer = node.engine.get_timer()
+        node.timer = float("inf") if timer is None else timer
+
+    def _persist_and_answer(self, node: SimNode, events: list[Event]) -> None:
+        node.store.persist(events)
+        for event in events:
+            if isinstance(event, VerticesRequested):
+                for vid in event.ids:
+                    answer = node.store.certified(vid)
+                    if answer is not None:
+                        self._send(node.name, event.peer, answer)
+            elif isinstance(event, TransactionsOrphaned):
+                ids = [i for i in event.ids if i in node.store.unfinal]
+                txs = [node.store.transactions[i] for i in ids]
+                node.engine.requeue_transactions(ids, txs, self.now)
+            elif isinstance(event, MessageRejected):
+                node.rejected.append(event)
+            elif isinstance(event, LeaderCommitted):
+                for entry in event.entries:
+                    origin = self.submitted.get(entry.tx_id)
+                    if origin is not None and origin[0] == node.name:
+                        self.final_at.setdefault(entry.tx_id, self.now)
+
+    def _crash_and_restart(self) -> None:
+        crash = self.faults.crash
+        if crash is None:
+            return
+        node = self.nodes[self.faulty]
+        if node.up and crash[0] <= self.now < crash[1]:
+            node.up = False  # the process dies: memory is lost, the store stays
+        elif not node.up and self.now >= crash[1]:
+            snapshot = node.store.snapshot(node.signer.public_key, self.params.gc_depth)
+            node.engine = Engine(self.genesis, self.params, node.signer, snapshot)
+            for other in self.nodes.values():
+                if other is not node:
+                    node.engine.peer_connected(other.name, other.signer.public_key)
+            node.up = True
+            node.engine.handle_timer(self.now)
+            self._step(node)
+
+    def _submit_due(self) -> None:
+        clients = [n.name for n in self.honest()]
+        while self._client_plan and self._client_plan[0][0] <= self.now:
+            _, tx = self._client_plan.pop(0)
+            node = self.nodes[self.rng.choice(clients)]
+            if not node.up:
+                continue
+            ids = tx_ids([tx])
+            try:
+                result = node.engine.submit_transactions(ids, [tx], self.now)
+            except InputRejected:
+                continue
+            self._step(node)  # persisted: now the client has its acknowledgement
+            for i in result.admitted:
+                self.submitted.setdefault(i, (node.name, self.now))
+
+    def run(self, deadline: float = 120.0) -> RunResult:
+        """Run until every submitted transaction is final on every honest node, or the
+        deadline; then check safety and liveness."""
+        settle = 0.0
+        if self.faults.partition:
+            settle = max(settle, self.faults.partition[1])
+        if self.faults.crash:
+            settle = max(settle, self.faults.crash[1])
+        while self.now < deadline:
+            next_timer = min(
+                ((n.timer, n.name) for n in self.nodes.values() if n.up),
+                default=(float("inf"), PeerId("")),
+            )
+            next_message = self._queue[0][0] if self._queue else float("inf")
+            next_client = self._client_plan[0][0] if self._client_plan else float("inf")
+            next_fault = self._next_fault_time()
+            self.now = max(self.now, min(next_timer[0], next_message, next_client, next_fault))
+            if self.now == float("inf"):
+                break
+            self._crash_and_restart()
+            self._submit_due()
+            if next_message <= self.now and self._queue:
+                _, _, dst, src, data = heapq.heappop(self._queue)
+                node = self.nodes[dst]
+                self.messages += 1
+                if node.up and not self._cut(src, dst, self.now):
+                    node.engine.receive_message(src, data, self.now)
+                    self._step(node)
+            elif next_timer[0] <= self.now:
+                node = self.nodes[next_timer[1]]
+                node.engine.handle_timer(self.now)
+                self._step(node)
+            if self.now > settle and self._all_final():
+                break
+        return self._result()
+
+    def _checked_evidence(self) -> int:
+        """Most evidence records kept by one honest node; each must prove the faulty
+        validator's equivocation to anyone holding the genesis."""
+        faulty = self.nodes[self.faulty].signer.public_key
+        for node in self.honest():
+            for evidence in node.store.evidence:
+                proof = decode_equivocation(evidence.encode(), self.genesis)
+                assert proof.author == faulty, f"seed {self.seed}: evidence against an honest node"
+        return max(len(n.store.evidence) for n in self.honest())
+
+    def _next_fault_time(self) -> float:
+        times = [
+            t
+            for window in (self.faults.partition, self.faults.crash)
+            if window is not None
+            for t in window
+            if t > self.now
+        ]
+        return min(times, default=float("inf"))
+
+    def honest(self) -> list[SimNode]:
+        """Nodes that follow the protocol (a crashed-and-restarted one included)."""
+        return [n for n in self.nodes.values() if not (n.silent or n.equivocator)]
+
+    def _all_final(self) -> bool:
+        if self._client_plan:
+            return False
+        wanted = set(self.submitted)
+        return all(n.up and wanted <= {e.tx_id for e in n.store.log} for n in self.honest())
+
+    def _result(self) -> RunResult:
+        safe, detail = check_prefixes(self.honest())
+        live = self._all_final()
+        if safe and not live:
+            missing = [
+                f"{n.name}: {len(set(self.submitted) - {e.tx_id for e in n.store.log})} not final"
+                for n in self.honest()
+            ]
+            detail = "; ".join(missing)
+        latencies = [
+            self.final_at[i] - at for i, (_, at) in self.submitted.items() if i in self.final_at
+        ]
+        longest = max(self.honest(), key=lambda n: len(n.store.log))
+        return RunResult(
+            seed=self.seed,
+            validators=self.genesis.n,
+            faults=self.faults,
+            safe=safe,
+            live=live,
+            detail=detail,
+            end_time=self.now,
+            latencies=latencies,
+            log_length=len(longest.store.log),
+            log_hash=longest.store.log_hash,
+            equivocations=self._checked_evidence(),
+            messages=self.messages,
+        )
+
+
+def check_prefixes(nodes: Iterable[SimNode]) -> tuple[bool, str]:
+    """Safety: of any two finalized logs, one is a prefix of the other."""
+    logs = sorted(((n.name, n.store.log) for n in nodes), key=lambda x: len(x[1]))
+    for (name_a, a), (name_b, b) in itertools.pairwise(logs):
+        if a and b[len(a) - 1].hash != a[-1].hash:
+            first = next(k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x.hash != y.hash)
+            return False, f"logs of {name_a} and {name_b} differ at seq {first + 1}"
+    return True, ""
+
+
+def run_seed(seed: int, validators: int) -> RunResult:
+    """One run: the seed picks the fault mix, the keys and every random choice."""
+    faults = random_faults(random.Random(seed * 7919 + validators))
+    return Simulation(seed, validators, faults).run()
+
+
+def fault_kinds(faults: Faults) -> list[str]:
+    """The names of the faults a run had."""
+    kinds = [
+        name
+        for name, on in (
+            ("loss", faults.loss > 0),
+            ("duplication", faults.duplication > 0),
+            ("partition", faults.partition is not None),
+            ("crash", faults.crash is not None),
+            ("silent", faults.silent),
+            ("equivocator", faults.equivocator),
+            ("equivocator twin to one", faults.equivocator and faults.twin_to == "one"),
+            ("observer", faults.observer),
+        )
+        if on
+    ]
+    return kinds or ["none"]
+
+
+def summarize(results: list[RunResult]) -> str:
+    """Runs, failures, fault mix, and finality latency in simulated seconds."""
+    latencies = sorted(x for r in results for x in r.latencies)
+    kinds = Counter(k for r in results for k in fault_kinds(r.faults))
+    lines = [
+        f"{len(results)} runs (seeds {results[0].seed}-{results[-1].seed},"
+        f" n = {results[0].validators}): {sum(not r.safe for r in results)} unsafe,"
+        f" {sum(not r.live for r in results)} not live",
+        "fault mix (runs): " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())),
+    ]
+    if len(latencies) >= 2:
+        q = statistics.quantiles(latencies, n=100, method="inclusive")
+        lines.append(
+            f"finality latency of {len(latencies)} transactions (simulated s):"
+            f" p50 {q[49]:.3f}, p90 {q[89]:.3f}, p99 {q[98]:.3f}, max {latencies[-1]:.3f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Replay seeds and print their outcome."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=0, help="first seed")
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--validators", type=int, default=4)
+    args = parser.parse_args(argv)
+    results = []
+    for seed in range(args.seed, args.seed + args.runs):
+        r = run_seed(seed, args.validators)
+        results.append(r)
+        if args.runs == 1 or not (r.safe and r.live):
+            print(
+                f"seed {seed} n={r.validators} {r.faults}: safe={r.safe} live={r.live}"
+                f" t={r.end_time:.2f}s log={r.log_length} hash={r.log_hash.hex()[:16]}"
+                f" messages={r.messages} evidence={r.equivocations} {r.detail}"
+            )
+    print(summarize(results))
+    return 0 if all(r.safe and r.live for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
