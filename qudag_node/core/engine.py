@@ -17,7 +17,7 @@ where the commit rule of :mod:`~qudag_node.core.consensus` sees it).
 from __future__ import annotations
 
 import enum
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -55,6 +55,7 @@ from qudag_node.core.messages import (
     message_kind,
 )
 from qudag_node.core.params import Params
+from qudag_node.core.pool import Pool
 from qudag_node.core.rules import check_batch, check_vertex
 from qudag_node.core.types import PeerId, PublicKey, TxId, VertexId
 from qudag_node.core.vertex import Vertex, VertexHeader, make_vertex
@@ -151,9 +152,7 @@ class Engine:
         self._consensus = Consensus(genesis)
         self._log = FinalLog(0, b"")
         self._intake = Intake(params)
-        self._pending: OrderedDict[TxId, bytes] = OrderedDict()
-        self._in_flight: dict[TxId, VertexId] = {}  # carried, not final: id -> carrier
-        self._forwarded: OrderedDict[TxId, tuple[bytes, float]] = OrderedDict()
+        self._pool = Pool()
         self._slots: dict[tuple[int, PublicKey], SignedHeader] = {}  # first signed per slot
         self._equivocators: set[tuple[int, PublicKey]] = set()
         self._stored: dict[VertexId, Vertex] = {}  # voted for, not certified yet
@@ -193,14 +192,14 @@ class Engine:
                 duplicates.append(i)
             else:
                 new[i] = tx
-        waiting = len(self._pending) + len(self._forwarded)
+        waiting = self._pool.waiting
         if waiting + len(new) > self._params.max_pending:
             raise InputRejected(
                 Reason.POOL_FULL,
                 f"{waiting} transactions pending, limit {self._params.max_pending}",
             )
         if new:
-            self._pending.update(new)
+            self._pool.add(new)
             self._events.append(TransactionsAdmitted(tuple(new), tuple(new.values())))
         self._refresh(now)
         return SubmitResult(tuple(new), tuple(duplicates))
@@ -209,7 +208,8 @@ class Engine:
         self, ids: Sequence[TxId], transactions: Sequence[bytes], now: float
     ) -> None:
         """Put stored, not final transactions back in the pool (after an orphaning)."""
-        self._requeue(ids, transactions)
+        fresh = [(i, tx) for i, tx in zip(ids, transactions, strict=True) if i not in self._log]
+        self._pool.requeue([i for i, _ in fresh], [tx for _, tx in fresh])
         self._refresh(now)
 
     def receive_message(self, peer: PeerId, data: bytes, now: float) -> None:
@@ -256,7 +256,7 @@ class Engine:
 
     def carrier(self, tx_id: TxId) -> VertexId | None:
         """The vertex carrying ``tx_id`` while it is included but not final, else None."""
-        return self._in_flight.get(tx_id)
+        return self._pool.carrier(tx_id)
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` should next be called, or None for never.
@@ -269,10 +269,8 @@ class Engine:
         times = [self._proposal_time(), self._intake.next_due() if self._peers else None]
         if self._own is not None and self._peers:
             times.append(self._own.sent_at + self._params.retry_interval)
-        if self._forwarded and self._validator_peers:
-            times.append(next(iter(self._forwarded.values()))[1] + self._params.retry_interval)
-        if self._pending and self.role is Role.OBSERVER and self._validator_peers:
-            times.append(0.0)
+        if self.role is Role.OBSERVER and self._validator_peers:
+            times.append(self._pool.next_forward(self._params.retry_interval))
         if self._stalled() and self._peers:
             times.append(self._announced_at + self._params.retry_interval)
         return min((t for t in times if t is not None), default=None)
@@ -284,8 +282,8 @@ class Engine:
             round=self._own_round,
             highest_round=max(self._dag.highest_round(), self._own_round),
             committed_round=self._consensus.committed_round,
-            pending=len(self._pending) + len(self._forwarded),
-            in_flight=len(self._in_flight),
+            pending=self._pool.waiting,
+            in_flight=self._pool.in_flight,
             dag_window=len(self._dag),
             log_length=self._log.length,
             log_hash=self._log.hash,
@@ -319,7 +317,7 @@ class Engine:
             if sv.ordered:
                 self._log.remember(h.round, sv.tx_ids)
             else:
-                self._carry(sv.tx_ids, sv.id)
+                self._pool.carry(sv.tx_ids, sv.id)
             carried.update(sv.tx_ids)
             if h.author == self._signer.public_key:
                 self._own_latest = (sv.id, sv.certificate)
@@ -328,32 +326,15 @@ class Engine:
             self._own = _OwnProposal(own, {}, 0.0, 0.0)
             self._stored[own.id] = own
             self._add_own_vote(own)
-            self._carry(own.tx_ids, own.id)
-        for i, tx in snapshot.pending:
-            if i not in carried and i not in self._log:
-                self._pending[i] = tx
+            self._pool.carry(own.tx_ids, own.id)
+        self._pool.add(
+            {i: tx for i, tx in snapshot.pending if i not in carried and i not in self._log}
+        )
 
     # ----------------------------------------------------------- bookkeeping
 
     def _knows(self, tx: TxId) -> bool:
-        return (
-            tx in self._pending or tx in self._in_flight or tx in self._forwarded or tx in self._log
-        )
-
-    def _requeue(self, ids: Sequence[TxId], transactions: Sequence[bytes]) -> None:
-        """Put transactions back at the front of the pool, in their order."""
-        for i, tx in zip(reversed(ids), reversed(transactions), strict=True):
-            if not self._knows(i):
-                self._pending[i] = tx
-                self._pending.move_to_end(i, last=False)
-
-    def _carry(self, ids: Sequence[TxId], vertex_id: VertexId) -> None:
-        for i in ids:
-            self._in_flight.setdefault(i, vertex_id)
-
-    def _release(self, ids: Sequence[TxId]) -> None:
-        for i in ids:
-            self._in_flight.pop(i, None)
+        return tx in self._pool or tx in self._log
 
     def _send(self, peer: PeerId, message: Message) -> None:
         self._outbox.append((peer, encode_message(message)))
@@ -434,7 +415,7 @@ class Engine:
         missing: set[VertexId],
         now: float,
     ) -> None:
-        self._intake.hold(vertex, certificate, missing)
+        self._intake.hold(vertex, certificate, missing, peer)
         asked = self._intake.want(sorted(missing), vertex.round - 1, peer, now)
         for data in fetch_messages(asked, self._params):
             self._outbox.append((peer, data))
@@ -530,11 +511,11 @@ class Engine:
         for i, tx in zip(tx_ids(transactions), transactions, strict=True):
             if not self._knows(i):
                 new[i] = tx
-        room = self._params.max_pending - len(self._pending)
+        room = self._params.max_pending - self._pool.waiting
         if len(new) > room:
             raise InputRejected(Reason.POOL_FULL, f"{len(new)} forwarded, room for {room}")
         if new:
-            self._pending.update(new)
+            self._pool.add(new)
             self._events.append(TransactionsAdmitted(tuple(new), tuple(new.values())))
 
     # ---------------------------------------------------------- certified
@@ -560,6 +541,11 @@ class Engine:
         vertex = entry.vertex
         if vertex.round < self._dag.floor or vertex.id in self._dag:
             return
+        try:
+            self._missing_parents(vertex)  # the parents it waited for obey the rules too
+        except InputRejected as e:
+            self._events.append(MessageRejected(entry.peer, e.reason, e.message, "waiting"))
+            return
         if entry.certificate is not None:
             work.append((vertex, entry.certificate))
         elif vertex.id not in self._stored:
@@ -568,17 +554,14 @@ class Engine:
     def _insert(self, vertex: Vertex) -> None:
         dv = DagVertex(vertex.id, vertex.round, vertex.author, vertex.parents, len(vertex.tx_ids))
         self._dag.add(dv, vertex.tx_ids, ordered=False)
-        self._carry(vertex.tx_ids, vertex.id)
-        for i in vertex.tx_ids:
-            self._pending.pop(i, None)
-            self._forwarded.pop(i, None)
+        self._pool.carry(vertex.tx_ids, vertex.id)
         for commit in self._consensus.on_vertex_added(self._dag, dv):
             self._commit(commit.leader, commit.skipped)
 
     def _commit(self, leader: DagVertex, skipped: tuple[int, ...]) -> None:
         ordered = self._dag.take_history(leader)
         for _, ids in ordered:
-            self._release(ids)
+            self._pool.release(ids)
         entries = self._log.append(ordered)
         self._events.append(
             LeaderCommitted(
@@ -592,7 +575,7 @@ class Engine:
     def _prune_below(self, floor: int) -> None:
         orphaned: list[TxId] = []
         for dv, ids in self._dag.prune_below(floor):
-            self._release(ids)
+            self._pool.release(ids)
             if dv.author == self._own_key:
                 orphaned.extend(ids)
         self._log.prune_below(floor)
@@ -653,21 +636,10 @@ class Engine:
         validators = self._validator_peers
         if self.role is not Role.OBSERVER or not validators:
             return
-        resend = [
-            (i, tx)
-            for i, (tx, at) in self._forwarded.items()
-            if at + self._params.retry_interval <= now
-        ]
-        fresh = list(self._pending.items())
-        self._pending.clear()
-        batch = resend + fresh
-        for i, tx in batch:
-            self._forwarded[i] = (tx, now)
-            self._forwarded.move_to_end(i)
+        due = self._pool.forward_due(now, self._params.retry_interval)
         step = self._params.max_vertex_txs
-        for k in range(0, len(batch), step):
-            message = TransactionsMessage(tuple(tx for _, tx in batch[k : k + step]))
-            data = encode_message(message)
+        for k in range(0, len(due), step):
+            data = encode_message(TransactionsMessage(tuple(due[k : k + step])))
             self._outbox.extend((p, data) for p in validators)
 
     def _update_ready(self, now: float) -> None:
@@ -678,7 +650,7 @@ class Engine:
                 self._ready_at = now
 
     def _has_work(self) -> bool:
-        return bool(self._pending) or self._dag.has_unordered_payload()
+        return bool(self._pool.pending) or self._dag.has_unordered_payload()
 
     def _proposal_time(self) -> float | None:
         if self.role is not Role.VALIDATOR or self._ready_round is None:
@@ -698,21 +670,6 @@ class Engine:
             when = max(when, idle_since + self._params.heartbeat_interval)
         return when
 
-    def _take_batch(self) -> tuple[list[TxId], list[bytes]]:
-        ids: list[TxId] = []
-        txs: list[bytes] = []
-        size = 0
-        limit_n, limit_bytes = self._params.max_vertex_txs, self._params.max_vertex_bytes
-        while self._pending and len(ids) < limit_n:
-            i, tx = next(iter(self._pending.items()))
-            if size + len(tx) > limit_bytes:
-                break
-            del self._pending[i]
-            ids.append(i)
-            txs.append(tx)
-            size += len(tx)
-        return ids, txs
-
     def _abandon_own(self) -> None:
         """Our uncertified proposal was overtaken: its transactions go back to the pool."""
         own = self._own
@@ -720,22 +677,22 @@ class Engine:
             return
         self._own = None
         self._stored.pop(own.vertex.id, None)
-        self._release(own.vertex.tx_ids)
-        self._requeue(own.vertex.tx_ids, own.vertex.transactions)
+        self._pool.release(own.vertex.tx_ids)
+        self._pool.requeue(own.vertex.tx_ids, own.vertex.transactions)
 
     def _propose(self, round_: int, now: float) -> None:
         if round_ <= self._own_round:
             raise UsageError(f"round {round_} proposed again")
         self._abandon_own()
         parents = [v.id for v in self._dag.round(round_ - 1).values()] if round_ > 1 else []
-        ids, txs = self._take_batch()
+        ids, txs = self._pool.take(self._params.max_vertex_txs, self._params.max_vertex_bytes)
         vertex = make_vertex(
             self._signer, self._genesis.hash, round_, int(now * 1000), parents, txs, ids
         )
         self._own_round = round_
         self._last_proposal_at = now
         self._slots[(round_, self._own_key)] = SignedHeader(vertex.header_bytes, vertex.signature)
-        self._carry(vertex.tx_ids, vertex.id)
+        self._pool.carry(vertex.tx_ids, vertex.id)
         self._events.append(VertexStored(vertex, own=True))
         self._stored[vertex.id] = vertex
         self._own = _OwnProposal(vertex, {}, now, now)

@@ -26,6 +26,7 @@ class Waiting:
     vertex: Vertex
     certificate: Certificate | None
     missing: set[VertexId]
+    peer: PeerId  # who sent it: blamed if it breaks a rule once its parents are known
 
 
 @dataclass(slots=True)
@@ -63,13 +64,19 @@ class Intake:
         """A waiting vertex by id."""
         return self._waiting.get(vid)
 
-    def hold(self, vertex: Vertex, certificate: Certificate | None, missing: set[VertexId]) -> None:
+    def hold(
+        self,
+        vertex: Vertex,
+        certificate: Certificate | None,
+        missing: set[VertexId],
+        peer: PeerId,
+    ) -> None:
         """Keep ``vertex`` until ``missing`` are all present; drop the oldest beyond bounds."""
         entry = self._waiting.get(vertex.id)
         if entry is not None:
             entry.certificate = entry.certificate or certificate
             return
-        self._waiting[vertex.id] = Waiting(vertex, certificate, set(missing))
+        self._waiting[vertex.id] = Waiting(vertex, certificate, set(missing), peer)
         self._bytes += vertex.header.payload_bytes
         for pid in sorted(missing):
             self._blocked.setdefault(pid, {})[vertex.id] = None

@@ -1,0 +1,464 @@
+"""Votes, certificates, waiting for parents, fetching, equivocation and forwarding.
+
+Four validators (n = 4, f = 1, quorum 3) from :data:`tests.core.support.C`. Each test
+drives one engine; the other validators are played by the test through their keys,
+connected as peers ``p0`` .. ``p3``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from qudag_node.core.certificate import check_certificate, make_certificate
+from qudag_node.core.crypto import log_hash_start, tx_id, tx_ids, verify
+from qudag_node.core.engine import Engine, Role
+from qudag_node.core.errors import Reason
+from qudag_node.core.events import (
+    EquivocationDetected,
+    Event,
+    LeaderCommitted,
+    MessageRejected,
+    TransactionsAdmitted,
+    TransactionsOrphaned,
+    VertexCertified,
+    VertexStored,
+    VerticesRequested,
+)
+from qudag_node.core.evidence import decode_equivocation
+from qudag_node.core.messages import (
+    CertificateMessage,
+    FetchMessage,
+    Message,
+    ProposalMessage,
+    TransactionsMessage,
+    VoteMessage,
+    decode_message,
+    encode_message,
+)
+from qudag_node.core.params import Params
+from qudag_node.core.types import PeerId
+from tests.core.simstore import MemoryStore
+from tests.core.support import (
+    NOW,
+    PARAMS,
+    PEER,
+    R1,
+    ROUND1,
+    C,
+    added,
+    drain,
+    feed,
+    message,
+    proposal,
+    vote,
+)
+
+PEERS = [PeerId(f"p{i}") for i in range(4)]
+RETRY = PARAMS.retry_interval
+
+
+def validator(index: int, params: Params = PARAMS) -> Engine:
+    """Validator ``index``, linked to the other three validators."""
+    e = Engine(C.genesis, params, C.signers[index])
+    for i in range(4):
+        if i != index:
+            e.peer_connected(PEERS[i], C.signers[i].public_key)
+    return e
+
+
+def sent(e: Engine) -> list[tuple[PeerId, Message]]:
+    """The decoded messages the engine queued since the last call."""
+    return [(peer, decode_message(data, PARAMS)) for peer, data in e.messages_to_send()]
+
+
+def receive(e: Engine, peer: PeerId, data: bytes, now: float = NOW) -> list[Event]:
+    """Deliver one message; returns the drained events."""
+    e.receive_message(peer, data, now)
+    return drain(e)
+
+
+def rejected(events: list[Event]) -> list[Reason]:
+    """The reasons of the rejections among ``events``."""
+    return [e.reason for e in events if isinstance(e, MessageRejected)]
+
+
+# ------------------------------------------------------------------- voting
+
+
+def test_a_validator_stores_then_votes_once_per_slot_and_keeps_equivocation_evidence() -> None:
+    e = validator(3)
+    feed(e, *ROUND1[:3])
+    sent(e)
+    first = C.vertex(0, 2, R1[:3], txs=[b"first"])
+    assert receive(e, PEERS[0], proposal(first)) == [VertexStored(first, own=False)]
+    [(to, vote_message)] = [(p, m) for p, m in sent(e) if isinstance(m, VoteMessage)]
+    assert to == PEERS[0]
+    assert (vote_message.vertex, vote_message.voter) == (first.id, 3)
+    assert verify(vote_message.scheme, C.signers[3].public_key, first.id, vote_message.signature)
+
+    # the author asks again (its vote was lost, say): the same vote, nothing new stored
+    assert receive(e, PEERS[0], proposal(first)) == []
+    assert [m for _, m in sent(e)] == [vote_message]
+
+    second = C.vertex(0, 2, R1[:3], txs=[b"second"])
+    events = receive(e, PEERS[0], proposal(second))
+    [evidence] = [ev.evidence for ev in events if isinstance(ev, EquivocationDetected)]
+    assert rejected(events) == [Reason.EQUIVOCATION]
+    assert sent(e) == []  # no vote for the second
+    proof = decode_equivocation(evidence.encode(), C.genesis)
+    assert (proof.author, proof.round) == (C.signers[0].public_key, 2)
+    assert {proof.first.id, proof.second.id} == {first.id, second.id}
+
+    third = C.vertex(0, 2, R1[:3], txs=[b"third"])
+    assert receive(e, PEERS[0], proposal(third)) == [
+        MessageRejected(PEERS[0], Reason.EQUIVOCATION, "second vertex for round 2", "proposal")
+    ]  # evidence is kept once per slot
+
+
+def test_an_observer_stores_proposals_but_never_votes() -> None:
+    e = C.observer()
+    e.peer_connected(PEERS[0], C.signers[0].public_key)
+    feed(e, *ROUND1[:3])
+    v = C.vertex(0, 2, R1[:3])
+    assert receive(e, PEERS[0], proposal(v)) == [VertexStored(v, own=False)]
+    assert sent(e) == []
+
+
+def test_the_author_certifies_its_vertex_with_a_quorum_of_votes() -> None:
+    e = validator(0)
+    e.submit_transactions([tx_id(b"mine")], [b"mine"], NOW)
+    [own] = [ev.vertex for ev in drain(e) if isinstance(ev, VertexStored)]
+    assert {p for p, m in sent(e) if m == ProposalMessage(own)} == set(PEERS[1:])
+
+    bad = encode_message(VoteMessage(own.id, 1, C.signers[1].scheme, C.signers[2].sign(own.id)))
+    assert rejected(receive(e, PEERS[1], bad)) == [Reason.BAD_SIGNATURE]
+    stranger = encode_message(VoteMessage(own.id, 7, C.signers[1].scheme, b"\x00" * 64))
+    assert rejected(receive(e, PEERS[1], stranger)) == [Reason.UNKNOWN_AUTHOR]
+    assert receive(e, PEERS[1], vote(own, 1)) == []
+    assert receive(e, PEERS[1], vote(own, 1)) == []  # a repeated vote counts once
+    [certified] = receive(e, PEERS[2], vote(own, 2))
+    assert isinstance(certified, VertexCertified)
+    assert certified.certificate.voters == (0, 1, 2)
+    check_certificate(certified.certificate, own.id, C.genesis)
+    announced = [(p, m) for p, m in sent(e) if isinstance(m, CertificateMessage)]
+    assert {p for p, _ in announced} == set(PEERS[1:])
+    assert all(m == CertificateMessage(own.id, certified.certificate) for _, m in announced)
+    assert receive(e, PEERS[3], vote(own, 3)) == []  # late: harmless
+    assert e.statistics().dag_window == 1
+
+
+def test_a_certificate_certifies_a_stored_vertex_or_makes_us_fetch_it() -> None:
+    e = validator(3)
+    feed(e, *ROUND1[:3])
+    stored = C.vertex(0, 2, R1[:3])
+    receive(e, PEERS[0], proposal(stored))
+    sent(e)
+    certificate = C.certificate(stored)
+    assert receive(e, PEERS[0], encode_message(CertificateMessage(stored.id, certificate))) == [
+        VertexCertified(stored.id, 2, certificate)
+    ]
+
+    unseen = C.vertex(1, 2, R1[:3])
+    announce = encode_message(CertificateMessage(unseen.id, C.certificate(unseen)))
+    assert receive(e, PEERS[1], announce) == []
+    assert sent(e) == [(PEERS[1], FetchMessage((unseen.id,)))]
+    assert receive(e, PEERS[1], announce) == []  # already asked
+    assert sent(e) == []
+    assert receive(e, PEERS[1], message(unseen)) == added(unseen)
+    assert e.statistics().fetching == 0
+
+
+def test_a_certificate_short_of_a_quorum_is_rejected() -> None:
+    e = validator(3)
+    feed(e, *ROUND1[:3])
+    v = C.vertex(0, 2, R1[:3])
+    receive(e, PEERS[0], proposal(v))
+    votes = {i: C.signers[i].sign(v.id) for i in (0, 1)}
+    short = make_certificate(C.signers[0].scheme, votes)
+    events = receive(e, PEERS[0], encode_message(CertificateMessage(v.id, short)))
+    assert rejected(events) == [Reason.BAD_CERTIFICATE]
+    assert e.statistics().dag_window == 3
+
+
+# ---------------------------------------------------- waiting for parents
+
+
+def test_a_vertex_with_missing_parents_waits_while_they_are_fetched() -> None:
+    e = C.observer()
+    round2 = [C.vertex(i, 2, R1[:3], txs=[f"r2-{i}".encode()]) for i in range(3)]
+    assert feed(e, round2[0]) == []
+    [(to, fetch)] = sent(e)
+    assert to == PEER
+    assert isinstance(fetch, FetchMessage)
+    assert fetch.ids == tuple(sorted(R1[:3]))
+    stats = e.statistics()
+    assert (stats.buffered, stats.fetching, stats.dag_window) == (1, 3, 0)
+
+    assert feed(e, ROUND1[0], ROUND1[1]) == added(ROUND1[0], ROUND1[1])
+    events = feed(e, ROUND1[2])
+    certified = [ev.vertex for ev in events if isinstance(ev, VertexCertified)]
+    assert certified == [R1[2], round2[0].id]  # the parent first, then the waiting vertex
+    stats = e.statistics()
+    assert (stats.buffered, stats.fetching, stats.dag_window) == (0, 0, 4)
+
+
+def test_an_unanswered_fetch_is_asked_again_of_the_next_peer() -> None:
+    e = validator(3)
+    child = C.vertex(0, 2, R1[:3])
+    receive(e, PEERS[0], message(child))
+    assert [p for p, _ in sent(e)] == [PEERS[0]]
+    timer = e.get_timer()
+    assert timer == NOW + RETRY
+    e.handle_timer(NOW + RETRY - 0.01)
+    assert sent(e) == []
+    e.handle_timer(NOW + RETRY)
+    [(to, again)] = sent(e)
+    assert to == PEERS[1]  # not the peer that did not answer
+    assert again == FetchMessage(tuple(sorted(R1[:3])))
+    e.handle_timer(NOW + 2 * RETRY)
+    assert [p for p, _ in sent(e)] == [PEERS[2]]
+
+
+def test_the_waiting_buffer_is_bounded_and_drops_the_oldest() -> None:
+    e = C.observer(Params(max_buffered=3))
+    waiting = [C.vertex(i, 2, R1[:3], txs=[f"w{i}".encode()]) for i in range(4)]
+    wrong = C.vertex(0, 3, R1[:3])  # waits for round-1 parents: wrong once they arrive
+    for v in [*waiting, wrong]:
+        receive(e, PEERS[0], message(v))
+    stats = e.statistics()
+    assert (stats.buffered, stats.buffer_dropped) == (3, 2)
+    # once the parents arrive, only the newest are still there to join
+    events = feed(e, *ROUND1[:3])
+    assert _dag_ids(e) - set(R1) == {v.id for v in waiting[2:]}
+    assert rejected(events) == [Reason.BAD_PARENT]
+    [late] = [ev for ev in events if isinstance(ev, MessageRejected)]
+    assert (late.peer, late.kind) == (PEERS[0], "waiting")
+
+
+def _dag_ids(e: Engine) -> set[bytes]:
+    stats = e.statistics()
+    return {
+        v.id
+        for r in range(stats.highest_round + 1)
+        for v in e._dag.round(r).values()  # the window is the subject
+    }
+
+
+def test_the_waiting_buffer_is_bounded_in_bytes() -> None:
+    params = Params(max_tx_bytes=100, max_vertex_bytes=250, max_buffered_bytes=250)
+    e = C.observer(params)
+    for i in range(3):
+        v = C.vertex(i, 2, R1[:3], txs=[bytes([i]) * 100, bytes([i + 9]) * 100])
+        receive(e, PEERS[0], message(v))
+    stats = e.statistics()
+    assert (stats.buffered, stats.buffer_dropped) == (1, 2)
+
+
+def test_a_fetch_request_is_handed_to_the_store_and_oversize_ones_are_refused() -> None:
+    e = validator(3)
+    ask = encode_message(FetchMessage(tuple(R1)))
+    assert receive(e, PEERS[1], ask) == [VerticesRequested(PEERS[1], tuple(R1))]
+    too_many = encode_message(FetchMessage((R1[0],) * (PARAMS.max_fetch_ids + 1)))
+    assert rejected(receive(e, PEERS[1], too_many)) == [Reason.OVERSIZE_MESSAGE]
+
+
+# ------------------------------------------------------------- forwarding
+
+
+def test_an_observer_forwards_client_transactions_until_they_are_included() -> None:
+    e = C.observer()
+    e.peer_connected(PEERS[0], C.signers[0].public_key)
+    e.peer_connected(PEERS[1], C.signers[1].public_key)
+    e.peer_connected(PeerId("observer-2"), C.outsider.public_key)  # not a validator
+    txs = [b"via-observer-1", b"via-observer-2"]
+    result = e.submit_transactions(tx_ids(txs), txs, NOW)
+    assert result.admitted == tuple(tx_ids(txs))
+    assert drain(e) == [TransactionsAdmitted(tuple(tx_ids(txs)), tuple(txs))]
+    assert sent(e) == [(p, TransactionsMessage(tuple(txs))) for p in PEERS[:2]]
+    assert e.statistics().pending == 2
+
+    e.handle_timer(NOW + RETRY)
+    assert sent(e) == [(p, TransactionsMessage(tuple(txs))) for p in PEERS[:2]]
+    carrier = C.vertex(0, 1, txs=txs)
+    feed(e, carrier, now=NOW + RETRY)
+    e.handle_timer(NOW + 3 * RETRY)
+    assert sent(e) == []
+    assert e.statistics().pending == 0
+    assert e.carrier(tx_id(txs[0])) == carrier.id
+
+
+def test_a_validator_takes_forwarded_transactions_and_an_observer_refuses_them() -> None:
+    e = validator(0)
+    forward = encode_message(TransactionsMessage((b"fwd-1", b"fwd-2")))
+    events = receive(e, PeerId("observer"), forward)
+    assert events[0] == TransactionsAdmitted(
+        tuple(tx_ids([b"fwd-1", b"fwd-2"])), (b"fwd-1", b"fwd-2")
+    )
+    assert any(isinstance(ev, VertexStored) and ev.own for ev in events)  # proposed at once
+    assert receive(e, PeerId("observer"), forward, NOW + 0.01) == []  # duplicates: nothing
+    o = C.observer()
+    assert rejected(receive(o, PEERS[0], forward)) == [Reason.NOT_A_VALIDATOR]
+    assert o.statistics().role is Role.OBSERVER
+
+
+# -------------------------------------------------------------- proposals
+
+
+def test_an_overtaken_proposal_is_abandoned_and_its_transactions_proposed_again() -> None:
+    e = validator(0)
+    e.submit_transactions([tx_id(b"slow")], [b"slow"], NOW)
+    [own1] = [ev.vertex for ev in drain(e) if isinstance(ev, VertexStored)]
+    feed(e, *ROUND1[1:], now=NOW + 0.1)  # a round-1 quorum without our vertex
+    e.handle_timer(NOW + PARAMS.leader_timeout - 0.01)  # ours gets time for its votes
+    assert not [ev for ev in drain(e) if isinstance(ev, VertexStored)]
+    e.handle_timer(NOW + PARAMS.leader_timeout)
+    [own2] = [ev.vertex for ev in drain(e) if isinstance(ev, VertexStored) and ev.own]
+    assert own2.round == 2
+    assert own1.id not in own2.parents
+    assert own2.tx_ids == (tx_id(b"slow"),)  # taken back and proposed again
+    assert e.carrier(tx_id(b"slow")) == own2.id
+    assert receive(e, PEERS[1], vote(own1, 1)) == []  # votes for the abandoned one: ignored
+
+
+def test_an_uncertified_proposal_is_sent_again_until_certified() -> None:
+    e = validator(0)
+    e.submit_transactions([tx_id(b"again")], [b"again"], NOW)
+    [own] = [ev.vertex for ev in drain(e) if isinstance(ev, VertexStored)]
+    sent(e)
+    assert e.get_timer() == NOW + RETRY
+    e.handle_timer(NOW + RETRY)
+    assert sent(e) == [(p, ProposalMessage(own)) for p in PEERS[1:]]
+
+
+def test_a_stalled_validator_announces_its_latest_certificate_again() -> None:
+    e = validator(0)
+    e.submit_transactions([tx_id(b"stall")], [b"stall"], NOW)
+    [own] = [ev.vertex for ev in drain(e) if isinstance(ev, VertexStored)]
+    receive(e, PEERS[1], vote(own, 1))
+    [certified] = receive(e, PEERS[2], vote(own, 2))
+    assert isinstance(certified, VertexCertified)
+    sent(e)
+    # round 1 holds only our vertex: no quorum, nothing to propose; tell the others again
+    when = e.get_timer()
+    assert when is not None
+    e.handle_timer(when)
+    announced = sent(e)
+    assert announced == [(p, CertificateMessage(own.id, certified.certificate)) for p in PEERS[1:]]
+
+
+def test_a_validator_without_peers_sleeps_instead_of_retrying() -> None:
+    e = Engine(C.genesis, PARAMS, C.signers[0])
+    e.submit_transactions([tx_id(b"alone")], [b"alone"], NOW)
+    drain(e)
+    assert e.get_timer() is None
+
+
+# ------------------------------------------------------- commits and order
+
+
+def _three_rounds_with_a_repeat() -> tuple[Engine, list[LeaderCommitted]]:
+    """Rounds 1-5 where the same transaction rides in rounds 1 and 3."""
+    e = C.observer()
+    repeat = b"carried twice"
+    r1 = [C.vertex(i, 1, txs=[repeat] if i == 3 else [f"a{i}".encode()]) for i in range(4)]
+    ids1 = [v.id for v in r1]
+    r2 = [C.vertex(i, 2, ids1) for i in range(4)]
+    ids2 = [v.id for v in r2]
+    r3 = [C.vertex(i, 3, ids2, txs=[repeat] if i == 0 else []) for i in range(4)]
+    ids3 = [v.id for v in r3]
+    r4 = [C.vertex(i, 4, ids3) for i in range(4)]
+    ids4 = [v.id for v in r4]
+    r5 = [C.vertex(i, 5, ids4) for i in range(4)]
+    events = feed(e, *r1, *r2, *r3, *r4, *r5)
+    return e, [ev for ev in events if isinstance(ev, LeaderCommitted)]
+
+
+def test_a_transaction_carried_by_two_vertices_is_logged_once() -> None:
+    e, commits = _three_rounds_with_a_repeat()
+    assert [c.round for c in commits] == [2, 4]
+    logged = [entry.tx_id for c in commits for entry in c.entries]
+    assert logged.count(tx_id(b"carried twice")) == 1
+    assert len(logged) == len(set(logged)) == 4
+    assert e.statistics().in_flight == 0
+
+
+def test_skipped_leader_rounds_are_reported_with_the_next_commit() -> None:
+    e = C.observer()
+    r1 = ROUND1
+    leader2 = C.index(2)
+    r2 = [C.vertex(i, 2, R1[:3]) for i in range(4) if i != leader2]  # no leader 2
+    ids2 = [v.id for v in r2]
+    r3 = [C.vertex(i, 3, ids2) for i in range(4)]
+    ids3 = [v.id for v in r3]
+    r4 = [C.vertex(i, 4, ids3) for i in range(4)]
+    ids4 = [v.id for v in r4]
+    r5 = [C.vertex(i, 5, ids4) for i in range(2)]
+    [commit] = [ev for ev in feed(e, *r1, *r2, *r3, *r4, *r5) if isinstance(ev, LeaderCommitted)]
+    assert (commit.round, commit.skipped) == (4, (2,))
+
+
+def test_own_vertices_pruned_unordered_come_back_as_orphaned_transactions() -> None:
+    params = Params(gc_depth=2)
+    e = validator(3, params)
+    e.submit_transactions([tx_id(b"orphan")], [b"orphan"], NOW)
+    [own] = [ev.vertex for ev in drain(e) if isinstance(ev, VertexStored)]
+    feed(e, *ROUND1[:3])
+    # certify our round-1 vertex, then let rounds 2-7 ignore it
+    for voter in (0, 1):
+        receive(e, PEERS[voter], vote(own, voter))
+    e.peer_disconnected(PEERS[0])  # keep our later proposals quiet
+    events: list[Event] = []
+    prev = R1[:3]
+    for r in range(2, 8):
+        layer = [C.vertex(i, r, prev) for i in range(3)]
+        events += feed(e, *layer, now=NOW + r)
+        prev = [v.id for v in layer]
+    orphaned = [ev for ev in events if isinstance(ev, TransactionsOrphaned)]
+    assert orphaned == [TransactionsOrphaned((tx_id(b"orphan"),))]
+    e.requeue_transactions([tx_id(b"orphan")], [b"orphan"], NOW + 8)
+    [again] = [ev.vertex for ev in drain(e) if isinstance(ev, VertexStored) and ev.own]
+    assert again.tx_ids == (tx_id(b"orphan"),)
+    assert again.round == 8
+
+
+@pytest.mark.parametrize("index", [0, 3])
+def test_restart_resends_the_uncertified_proposal_and_never_signs_another(index: int) -> None:
+    e = validator(index)
+    store = MemoryStore(log_hash_start(C.genesis.hash))
+    e.submit_transactions([tx_id(b"kept")], [b"kept"], NOW)
+    store.persist(drain(e))
+    [own] = [
+        v.vertex for v in store.vertices.values() if v.vertex.author == C.signers[index].public_key
+    ]
+
+    restarted = Engine(
+        C.genesis,
+        PARAMS,
+        C.signers[index],
+        store.snapshot(C.signers[index].public_key, PARAMS.gc_depth),
+    )
+    for i in range(4):
+        if i != index:
+            restarted.peer_connected(PEERS[i], C.signers[i].public_key)
+    restarted.handle_timer(NOW + 5)
+    assert drain(restarted) == []
+    assert {p for p, m in sent(restarted) if m == ProposalMessage(own)} == {
+        PEERS[i] for i in range(4) if i != index
+    }
+    stats = restarted.statistics()
+    assert (stats.round, stats.in_flight, stats.pending) == (1, 1, 0)
+    voters = [i for i in range(4) if i != index][:2]
+    for voter in voters:
+        receive(restarted, PEERS[voter], vote(own, voter))
+    assert restarted.statistics().dag_window == 1
+
+
+def test_an_observer_forwards_what_it_holds_once_a_validator_connects() -> None:
+    e = C.observer()
+    e.submit_transactions(tx_ids([b"early"]), [b"early"], NOW)
+    assert sent(e) == []
+    assert e.get_timer() is None  # no validator to forward to
+    e.peer_connected(PEERS[2], C.signers[2].public_key)
+    assert e.get_timer() == 0.0  # due at once
+    e.handle_timer(NOW + 0.1)
+    assert sent(e) == [(PEERS[2], TransactionsMessage((b"early",)))]
