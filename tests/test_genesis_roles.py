@@ -1,0 +1,141 @@
+"""Real node processes given a four-validator genesis: validator and observer roles.
+
+Peer links do not exist yet, so a validator of a four-validator network can propose
+its round-1 vertex but never certify it alone; an observer only stores what clients
+submit. Both expose the network's genesis.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nacl.signing
+import pytest
+
+from tests.nodeproc import NodeProcess, request, submit_json, wait_until
+
+pytestmark = pytest.mark.slow
+
+SEEDS = [bytes([0x30 + i]) * 32 for i in range(4)]
+
+
+def _public(seed: bytes) -> str:
+    return bytes(nacl.signing.SigningKey(seed).verify_key).hex()
+
+
+@pytest.fixture
+def genesis_file(tmp_path: Path) -> tuple[Path, str]:
+    """A four-validator genesis written by ``qudag-node genesis``, and its printed hash."""
+    out = tmp_path / "genesis.json"
+    validators = ",".join(f"node{i + 1}={_public(s)}" for i, s in enumerate(SEEDS))
+    command = [sys.executable, "-m", "qudag_node", "genesis", "--network-id", "qudag-four"]
+    result = subprocess.run(
+        [*command, "--validators", validators, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    found = re.search(r"genesis hash ([0-9a-f]{64})", result.stderr)
+    assert found is not None, result.stderr
+    return out, found.group(1)
+
+
+def _status(node: NodeProcess) -> dict[str, object]:
+    code, body = request("GET", node.url + "/api/v1/status")
+    assert code == 200, body
+    assert isinstance(body, dict)
+    return body
+
+
+def _section(node: NodeProcess, name: str) -> dict[str, object]:
+    section = _status(node)[name]
+    assert isinstance(section, dict)
+    return section
+
+
+def test_a_validator_proposes_round_one_and_waits_for_votes(
+    tmp_path: Path, genesis_file: tuple[Path, str]
+) -> None:
+    path, printed = genesis_file
+    env = {"QUDAG_GENESIS": str(path), "NODE_PRIVATE_KEY": SEEDS[1].hex(), "NODE_ID": "node2"}
+    node = NodeProcess(tmp_path / "data", tmp_path / "node.log", env).start()
+    try:
+        network = _section(node, "network")
+        assert network["genesis"] == printed
+        assert network["id"] == "qudag-four"
+        assert (network["f"], network["quorum"]) == (1, 3)
+        validators = network["validators"]
+        assert isinstance(validators, list)
+        assert [v["public_key"] for v in validators] == [_public(s) for s in SEEDS]
+        assert _section(node, "node")["role"] == "validator"
+
+        code, body = submit_json(node.url, [b"needs three votes"])
+        assert code == 202
+        [tx] = body["ids"]
+        wait_until(lambda: _section(node, "dag")["round"] == 1, 10, "round 1 proposed")
+        code, record = request("GET", f"{node.url}/api/v1/transactions/{tx}")
+        assert (code, record["status"]) == (200, "included")
+        code, vertex = request("GET", f"{node.url}/api/v1/vertices/{record['vertex']}")
+        assert code == 200
+        assert vertex["certificate"] is None  # one vote of the three a certificate needs
+        assert vertex["round"] == 1
+
+        # alone, it cannot finalize: a client waiting for finality gets a timeout
+        code, body = request(
+            "POST",
+            f"{node.url}/api/v1/transactions?wait=final&timeout=0.5",
+            b"needs three votes",
+        )
+        assert (code, body["error"]["code"]) == (504, "timeout")
+        assert node.stop() == 0
+
+        # after a restart it resumes its round-1 proposal instead of signing another
+        node.start()
+        dag = _section(node, "dag")
+        assert (dag["round"], dag["committed_round"]) == (1, 0)
+        assert _section(node, "transactions")["in_flight"] == 1
+        code, again = request("GET", f"{node.url}/api/v1/transactions/{tx}")
+        assert (code, again["status"], again["vertex"]) == (200, "included", record["vertex"])
+    finally:
+        node.stop()
+
+
+def test_a_node_outside_the_validator_set_is_an_observer(
+    tmp_path: Path, genesis_file: tuple[Path, str]
+) -> None:
+    path, printed = genesis_file
+    outsider = b"\x77" * 32
+    env = {"QUDAG_GENESIS": str(path), "NODE_PRIVATE_KEY": outsider.hex()}
+    node = NodeProcess(tmp_path / "data", tmp_path / "node.log", env).start()
+    try:
+        assert _section(node, "node")["role"] == "observer"
+        assert _section(node, "network")["genesis"] == printed
+        code, body = submit_json(node.url, [b"for the validators"])
+        assert code == 202
+        [tx] = body["ids"]
+        code, record = request("GET", f"{node.url}/api/v1/transactions/{tx}")
+        assert (code, record["status"]) == (200, "pending")
+        assert _section(node, "transactions")["pending"] == 1
+        assert _section(node, "dag")["round"] == 0  # an observer never proposes
+    finally:
+        node.stop()
+
+
+def test_a_bad_genesis_file_stops_the_start_with_exit_2(tmp_path: Path) -> None:
+    broken = tmp_path / "genesis.json"
+    broken.write_text('{"network_id": "x", "validators": []}\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "qudag_node", "run", "--data-dir", str(tmp_path / "data")],
+        env={"QUDAG_GENESIS": str(broken), "PATH": "/usr/bin:/bin", "QUDAG_API_PORT": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "QUDAG_GENESIS" in result.stderr
+    assert str(broken) in result.stderr
