@@ -187,8 +187,8 @@ class Engine:
         check_batch(transactions, self._params)
         new: dict[TxId, bytes] = {}
         duplicates: list[TxId] = []
-        for i, tx in zip(ids, transactions, strict=True):
-            if i in new or self._knows(i):
+        for i, tx, known in zip(ids, transactions, self._known(ids), strict=True):
+            if known or i in new:
                 duplicates.append(i)
             else:
                 new[i] = tx
@@ -208,7 +208,8 @@ class Engine:
         self, ids: Sequence[TxId], transactions: Sequence[bytes], now: float
     ) -> None:
         """Put stored, not final transactions back in the pool (after an orphaning)."""
-        fresh = [(i, tx) for i, tx in zip(ids, transactions, strict=True) if i not in self._log]
+        logged = self._log.contains(ids)
+        fresh = [(i, tx) for i, tx, old in zip(ids, transactions, logged, strict=True) if not old]
         self._pool.requeue([i for i, _ in fresh], [tx for _, tx in fresh])
         self._refresh(now)
 
@@ -327,14 +328,22 @@ class Engine:
             self._stored[own.id] = own
             self._add_own_vote(own)
             self._pool.carry(own.tx_ids, own.id)
+        ids = [i for i, _ in snapshot.pending]
+        logged = self._log.contains(ids)
         self._pool.add(
-            {i: tx for i, tx in snapshot.pending if i not in carried and i not in self._log}
+            {
+                i: tx
+                for (i, tx), old in zip(snapshot.pending, logged, strict=True)
+                if not old and i not in carried
+            }
         )
 
     # ----------------------------------------------------------- bookkeeping
 
-    def _knows(self, tx: TxId) -> bool:
-        return tx in self._pool or tx in self._log
+    def _known(self, ids: Sequence[TxId]) -> list[bool]:
+        """For each id: held in the pool or ordered inside the window."""
+        logged = self._log.contains(ids)
+        return [i in self._pool or old for i, old in zip(ids, logged, strict=True)]
 
     def _send(self, peer: PeerId, message: Message) -> None:
         self._outbox.append((peer, encode_message(message)))
@@ -507,10 +516,9 @@ class Engine:
         if self.role is not Role.VALIDATOR:
             raise InputRejected(Reason.NOT_A_VALIDATOR, "only validators take transactions")
         check_batch(transactions, self._params)
-        new: dict[TxId, bytes] = {}
-        for i, tx in zip(tx_ids(transactions), transactions, strict=True):
-            if not self._knows(i):
-                new[i] = tx
+        ids = tx_ids(transactions)
+        known = self._known(ids)
+        new = {i: tx for i, tx, old in zip(ids, transactions, known, strict=True) if not old}
         room = self._params.max_pending - self._pool.waiting
         if len(new) > room:
             raise InputRejected(Reason.POOL_FULL, f"{len(new)} forwarded, room for {room}")
