@@ -410,6 +410,9 @@ def summarize(results: list[RunResult]) -> str:
         f" n = {results[0].validators}): {sum(not r.safe for r in results)} unsafe,"
         f" {sum(not r.live for r in results)} not live",
         "fault mix (runs): " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())),
+        f"every transaction final everywhere by simulated second: median"
+        f" {statistics.median(r.end_time for r in results):.1f},"
+        f" slowest {max(r.end_time for r in results):.1f} (deadline 120)",
     ]
     if len(latencies) >= 2:
         q = statistics.quantiles(latencies, n=100, method="inclusive")
