@@ -590,6 +590,7 @@ class Engine:
         self._intake.prune_below(floor)
         for key in [k for k in self._slots if k[0] < floor]:
             del self._slots[key]
+        self._equivocators = {k for k in self._equivocators if k[0] >= floor}
         for vid in [vid for vid, v in self._stored.items() if v.round < floor]:
             del self._stored[vid]
         if self._own is not None and self._own.vertex.round < floor:
