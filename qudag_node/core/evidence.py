@@ -62,8 +62,10 @@ def decode_equivocation(data: bytes, genesis: Genesis) -> Equivocation:
     first, second = (decode_header_bytes(s.header) for s in signed)
     if (first.author, first.round) != (second.author, second.round) or signed[0].id == signed[1].id:
         raise InputRejected(Reason.NON_CANONICAL, "not two vertices of one author and round")
-    if first.network != genesis.hash or genesis.index_of(first.author) is None:
+    if first.network != genesis.hash or second.network != genesis.hash:
         raise InputRejected(Reason.WRONG_NETWORK, "evidence from another network")
+    if genesis.index_of(first.author) is None:
+        raise InputRejected(Reason.UNKNOWN_AUTHOR, "evidence against a non-validator")
     for s, h in zip(signed, (first, second), strict=True):
         if not verify(h.scheme, h.author, s.id, s.signature):
             raise InputRejected(Reason.BAD_SIGNATURE, "evidence signature does not verify")
