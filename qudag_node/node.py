@@ -33,6 +33,7 @@ from qudag_node.core.events import (
     Event,
     LeaderCommitted,
     MessageRejected,
+    TransactionsForwarded,
     TransactionsOrphaned,
     VertexCertified,
 )
@@ -256,14 +257,35 @@ class Node:
             for sub in batch:
                 outcomes.append((sub, self._admit(sub, known, now)))
         self._engine.handle_timer(now)
-        events = await self._persist_step(outcomes)
-        orphaned = [i for e in events if isinstance(e, TransactionsOrphaned) for i in e.ids]
-        if orphaned:  # our vertices that can no longer be ordered: propose them again
-            pairs = await self._store.transactions_data(orphaned)
-            self._engine.requeue_transactions([i for i, _ in pairs], [t for _, t in pairs], now)
-            events += await self._persist_step(outcomes)
+        events = step = await self._persist_step(outcomes)
+        while any(isinstance(e, TransactionsOrphaned | TransactionsForwarded) for e in step):
+            await self._follow_up(step, now)
+            step = await self._persist_step(outcomes)
+            events += step
         self._engine.messages_to_send()  # no peer links yet: nothing is connected
         self._after_commit(events, outcomes)
+
+    async def _follow_up(self, events: list[Event], now: float) -> None:
+        """Answer the engine's requests that need the store."""
+        for event in events:
+            if isinstance(event, TransactionsOrphaned):
+                # our vertices that can no longer be ordered: propose them again
+                pairs = await self._store.transactions_data(list(event.ids))
+                self._engine.requeue_transactions([i for i, _ in pairs], [t for _, t in pairs], now)
+            elif isinstance(event, TransactionsForwarded):
+                known = await self._store.known_ids(list(event.ids))
+                fresh = [
+                    (i, t)
+                    for i, t in zip(event.ids, event.transactions, strict=True)
+                    if i not in known
+                ]
+                try:
+                    self._engine.submit_transactions(
+                        [i for i, _ in fresh], [t for _, t in fresh], now
+                    )
+                except InputRejected as e:
+                    self._metrics.on_submit_rejected(e.reason, len(fresh))
+                    log.info("forwarded_rejected", peer=event.peer, reason=e.reason.value)
 
     async def _persist_step(
         self, outcomes: list[tuple[_Submission, SubmitReceipt | InputRejected]]

@@ -32,6 +32,7 @@ from qudag_node.core.events import (
     LeaderCommitted,
     MessageRejected,
     TransactionsAdmitted,
+    TransactionsForwarded,
     TransactionsOrphaned,
     VertexCertified,
     VertexStored,
@@ -87,7 +88,8 @@ class Snapshot:
 
     ``vertices`` are those of rounds at or above ``committed_round - gc_depth``;
     ``pending`` is every stored transaction that is not final; ``own_proposal`` is
-    our latest vertex, in full, when it is not certified yet.
+    our latest vertex, in full, when it is not certified yet; ``equivocations`` are
+    the slots whose evidence is kept (so that it is reported once).
     """
 
     log_length: int
@@ -96,6 +98,8 @@ class Snapshot:
     vertices: tuple[StoredVertex, ...]
     pending: tuple[tuple[TxId, bytes], ...]
     own_proposal: Vertex | None = None
+    #: (round, author) slots whose equivocation evidence is already kept
+    equivocations: tuple[tuple[int, PublicKey], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +327,7 @@ class Engine:
             if h.author == self._signer.public_key:
                 self._own_latest = (sv.id, sv.certificate)
         self._dag.prune_below(floor)
+        self._equivocators = {slot for slot in snapshot.equivocations if slot[0] >= floor}
         if own is not None:
             self._own = _OwnProposal(own, {}, 0.0, 0.0)
             self._stored[own.id] = own
@@ -368,7 +373,7 @@ class Engine:
             case FetchMessage(ids):
                 self._events.append(VerticesRequested(peer, ids))
             case TransactionsMessage(transactions):
-                self._on_transactions(transactions)
+                self._on_transactions(peer, transactions)
 
     def _admissible(self, vertex: Vertex, now: float) -> bool:
         """Checks every received vertex passes; False for one we already hold."""
@@ -512,19 +517,19 @@ class Engine:
         else:
             self._add_certified([(vertex, certificate)])
 
-    def _on_transactions(self, transactions: Sequence[bytes]) -> None:
+    def _on_transactions(self, peer: PeerId, transactions: Sequence[bytes]) -> None:
         if self.role is not Role.VALIDATOR:
             raise InputRejected(Reason.NOT_A_VALIDATOR, "only validators take transactions")
         check_batch(transactions, self._params)
         ids = tx_ids(transactions)
         known = self._known(ids)
-        new = {i: tx for i, tx, old in zip(ids, transactions, known, strict=True) if not old}
-        room = self._params.max_pending - self._pool.waiting
-        if len(new) > room:
-            raise InputRejected(Reason.POOL_FULL, f"{len(new)} forwarded, room for {room}")
-        if new:
-            self._pool.add(new)
-            self._events.append(TransactionsAdmitted(tuple(new), tuple(new.values())))
+        fresh = [(i, tx) for i, tx, old in zip(ids, transactions, known, strict=True) if not old]
+        if fresh:  # the store decides which are new, as for a client's submit
+            self._events.append(
+                TransactionsForwarded(
+                    peer, tuple(i for i, _ in fresh), tuple(tx for _, tx in fresh)
+                )
+            )
 
     # ---------------------------------------------------------- certified
 

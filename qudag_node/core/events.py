@@ -83,6 +83,16 @@ class TransactionsOrphaned:
 
 
 @dataclass(frozen=True, slots=True)
+class TransactionsForwarded:
+    """An observer forwarded client transactions: admit those the store does not hold
+    with :meth:`~qudag_node.core.engine.Engine.submit_transactions`, as for a client."""
+
+    peer: PeerId
+    ids: tuple[TxId, ...]
+    transactions: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class MessageRejected:
     """A peer's message broke a rule and was dropped.
 
@@ -104,5 +114,6 @@ Event = (
     | EquivocationDetected
     | VerticesRequested
     | TransactionsOrphaned
+    | TransactionsForwarded
     | MessageRejected
 )

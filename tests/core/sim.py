@@ -19,6 +19,7 @@ Replay one run::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import heapq
 import itertools
 import random
@@ -35,6 +36,7 @@ from qudag_node.core.events import (
     Event,
     LeaderCommitted,
     MessageRejected,
+    TransactionsForwarded,
     TransactionsOrphaned,
     VerticesRequested,
 )
@@ -230,6 +232,16 @@ class Simulation:
                 ids = [i for i in event.ids if i in node.store.unfinal]
                 txs = [node.store.transactions[i] for i in ids]
                 node.engine.requeue_transactions(ids, txs, self.now)
+            elif isinstance(event, TransactionsForwarded):
+                fresh = [
+                    (i, tx)
+                    for i, tx in zip(event.ids, event.transactions, strict=True)
+                    if i not in node.store.transactions
+                ]
+                with contextlib.suppress(InputRejected):  # a full pool: the observer re-sends
+                    node.engine.submit_transactions(
+                        [i for i, _ in fresh], [tx for _, tx in fresh], self.now
+                    )
             elif isinstance(event, MessageRejected):
                 node.rejected.append(event)
             elif isinstance(event, LeaderCommitted):

@@ -114,4 +114,7 @@ class MemoryStore:
             own_proposal=latest.vertex
             if latest is not None and latest.certificate is None
             else None,
+            equivocations=tuple(
+                sorted({(e.round, e.author) for e in self.evidence if e.round >= floor})
+            ),
         )

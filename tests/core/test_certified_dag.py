@@ -19,6 +19,7 @@ from qudag_node.core.events import (
     LeaderCommitted,
     MessageRejected,
     TransactionsAdmitted,
+    TransactionsForwarded,
     TransactionsOrphaned,
     VertexCertified,
     VertexStored,
@@ -287,15 +288,20 @@ def test_an_observer_forwards_client_transactions_until_they_are_included() -> N
     assert e.carrier(tx_id(txs[0])) == carrier.id
 
 
-def test_a_validator_takes_forwarded_transactions_and_an_observer_refuses_them() -> None:
+def test_forwarded_transactions_go_through_the_store_check_like_a_clients() -> None:
     e = validator(0)
-    forward = encode_message(TransactionsMessage((b"fwd-1", b"fwd-2")))
-    events = receive(e, PeerId("observer"), forward)
-    assert events[0] == TransactionsAdmitted(
-        tuple(tx_ids([b"fwd-1", b"fwd-2"])), (b"fwd-1", b"fwd-2")
-    )
+    txs = (b"fwd-1", b"fwd-2")
+    forward = encode_message(TransactionsMessage(txs))
+    ids = tuple(tx_ids(list(txs)))
+    assert receive(e, PeerId("observer"), forward) == [
+        TransactionsForwarded(PeerId("observer"), ids, txs)
+    ]
+    # the pump admits those its store does not hold, as for a client's submit
+    e.submit_transactions(list(ids), list(txs), NOW)
+    events = drain(e)
+    assert events[0] == TransactionsAdmitted(ids, txs)
     assert any(isinstance(ev, VertexStored) and ev.own for ev in events)  # proposed at once
-    assert receive(e, PeerId("observer"), forward, NOW + 0.01) == []  # duplicates: nothing
+    assert receive(e, PeerId("observer"), forward, NOW + 0.01) == []  # held now: nothing
     o = C.observer()
     assert rejected(receive(o, PEERS[0], forward)) == [Reason.NOT_A_VALIDATOR]
     assert o.statistics().role is Role.OBSERVER
@@ -462,3 +468,21 @@ def test_an_observer_forwards_what_it_holds_once_a_validator_connects() -> None:
     assert e.get_timer() == 0.0  # due at once
     e.handle_timer(NOW + 0.1)
     assert sent(e) == [(PEERS[2], TransactionsMessage((b"early",)))]
+
+
+def test_equivocation_evidence_is_reported_once_across_a_restart() -> None:
+    e = validator(3)
+    store = MemoryStore(log_hash_start(C.genesis.hash))
+    feed(e, *ROUND1[:3])
+    first, second = (C.vertex(0, 2, R1[:3], txs=[t]) for t in (b"one", b"two"))
+    for v in (first, second):
+        e.receive_message(PEERS[0], proposal(v), NOW)
+    store.persist(drain(e))
+    assert len(store.evidence) == 1
+
+    key = C.signers[3].public_key
+    restarted = Engine(C.genesis, PARAMS, C.signers[3], store.snapshot(key, PARAMS.gc_depth))
+    third = C.vertex(0, 2, R1[:3], txs=[b"three"])
+    events = receive(restarted, PEERS[0], proposal(third))
+    assert rejected(events) == [Reason.EQUIVOCATION]
+    assert not [ev for ev in events if isinstance(ev, EquivocationDetected)]
