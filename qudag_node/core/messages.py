@@ -23,7 +23,12 @@ from qudag_node.core.crypto import SIGNATURE_SIZES, Scheme
 from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.params import Params
 from qudag_node.core.types import HASH_SIZE, VertexId
-from qudag_node.core.vertex import Vertex, decode_vertex
+from qudag_node.core.vertex import (
+    Vertex,
+    decode_vertex,
+    encode_transactions,
+    read_transactions,
+)
 
 
 class MessageType(enum.IntEnum):
@@ -110,10 +115,8 @@ def encode_message(message: Message) -> bytes:
         case FetchMessage(ids):
             return b"".join((bytes((MessageType.FETCH,)), codec.u16(len(ids)), *ids))
         case TransactionsMessage(txs):
-            parts = [bytes((MessageType.TRANSACTIONS,)), codec.u32(len(txs))]
-            for tx in txs:
-                parts += [codec.u32(len(tx)), tx]
-            return b"".join(parts)
+            header = bytes((MessageType.TRANSACTIONS,)) + codec.u32(len(txs))
+            return header + encode_transactions(txs)
 
 
 def encode_certified(vertex_bytes: bytes, certificate_bytes: bytes) -> bytes:
@@ -176,15 +179,7 @@ def _read_transactions(r: codec.Reader, params: Params) -> tuple[bytes, ...]:
     count = r.u32("transaction count")
     if count > params.max_vertex_txs:
         raise InputRejected(Reason.TOO_MANY_TRANSACTIONS, f"{count} transactions in one message")
-    txs: list[bytes] = []
-    for _ in range(count):
-        size = r.u32("transaction length")
-        if size == 0:
-            raise InputRejected(Reason.EMPTY_TRANSACTION, "empty transaction")
-        if size > params.max_tx_bytes:
-            raise InputRejected(Reason.OVERSIZE_TRANSACTION, f"{size}-byte transaction")
-        txs.append(r.fixed(size, "transaction"))
-    return tuple(txs)
+    return tuple(read_transactions(r, count, params))
 
 
 def fetch_messages(ids: Sequence[VertexId], params: Params) -> list[bytes]:

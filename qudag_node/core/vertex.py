@@ -103,11 +103,29 @@ class Vertex:
 
 def encode_vertex_parts(header: bytes, signature: bytes, transactions: Sequence[bytes]) -> bytes:
     """Canonical vertex bytes from its stored parts."""
-    parts = [header, signature]
+    return b"".join((header, signature, encode_transactions(transactions)))
+
+
+def encode_transactions(transactions: Sequence[bytes]) -> bytes:
+    """Transactions as ``(tx_len:u32 tx) * count`` (the count is encoded elsewhere)."""
+    parts: list[bytes] = []
     for t in transactions:
         parts.append(_TX_LEN.pack(len(t)))
         parts.append(t)
     return b"".join(parts)
+
+
+def read_transactions(r: codec.Reader, count: int, params: Params) -> list[bytes]:
+    """Read ``count`` length-prefixed transactions, each 1 to ``max_tx_bytes`` bytes."""
+    txs: list[bytes] = []
+    for _ in range(count):
+        size = r.u32("transaction length")
+        if size == 0:
+            raise InputRejected(Reason.EMPTY_TRANSACTION, "empty transaction")
+        if size > params.max_tx_bytes:
+            raise InputRejected(Reason.OVERSIZE_TRANSACTION, f"{size}-byte transaction")
+        txs.append(r.fixed(size, "transaction"))
+    return txs
 
 
 def assemble_vertex(
@@ -166,18 +184,9 @@ def decode_vertex(data: bytes, params: Params) -> Vertex:
     if header.tx_count > params.max_vertex_txs or header.payload_bytes > params.max_vertex_bytes:
         raise InputRejected(Reason.OVERSIZE_BATCH, f"{header.tx_count} transactions")
     signature = r.fixed(SIGNATURE_SIZES[header.scheme], "signature")
-    txs = []
-    total = 0
-    for _ in range(header.tx_count):
-        size = r.u32("transaction length")
-        if size == 0:
-            raise InputRejected(Reason.EMPTY_TRANSACTION, "empty transaction in vertex")
-        if size > params.max_tx_bytes:
-            raise InputRejected(Reason.OVERSIZE_TRANSACTION, f"{size}-byte transaction")
-        txs.append(r.fixed(size, "transaction"))
-        total += size
+    txs = read_transactions(r, header.tx_count, params)
     r.finish("vertex")
-    if total != header.payload_bytes:
+    if sum(map(len, txs)) != header.payload_bytes:
         raise InputRejected(Reason.NON_CANONICAL, "payload_bytes does not match the batch")
     ids = tx_ids(txs)
     if batch_root(b"".join(ids)) != header.batch_root:
