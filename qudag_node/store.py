@@ -46,12 +46,17 @@ from qudag_node.ports import EvidenceRecord, LogRecord, VertexRecord
 DB_FILENAME = "qudag.db"
 _CHUNK = 900  # ids per IN (...) query, under SQLite's variable limit
 
-Migration = str | Callable[[aiosqlite.Connection], Awaitable[None]]
+#: A schema step: an SQL statement, or a function of the connection and the genesis.
+Migration = str | Callable[[aiosqlite.Connection, Genesis], Awaitable[None]]
 
 
-async def _certify_solo_vertices(db: aiosqlite.Connection) -> None:
-    """Schema 1 held only one-validator networks: each vertex's certificate is its
-    author's own vote (voter 0, the signature it already carries)."""
+async def _certify_solo_vertices(db: aiosqlite.Connection, genesis: Genesis) -> None:
+    """Vertices of schema 1 carry no certificate. In a one-validator network each one's
+    certificate is its author's own vote (voter 0, the signature it already carries);
+    in a larger one no vertex could have been certified (schema 1 had no peer links),
+    so they stay uncertified."""
+    if genesis.n != 1:
+        return
     rows = await _fetch(db, "SELECT rowid, header, signature FROM vertices")
     await db.executemany(
         "UPDATE vertices SET certificate = ? WHERE rowid = ?",
@@ -213,7 +218,7 @@ class Store:
             await writer.execute("PRAGMA synchronous=FULL")
             await writer.execute("PRAGMA busy_timeout=5000")
             await _check_integrity(writer)
-            await _migrate(writer)
+            await _migrate(writer, genesis)
             await _bind_genesis(writer, genesis)
             reader = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
             await reader.execute("PRAGMA busy_timeout=5000")
@@ -323,6 +328,7 @@ class Store:
             " ORDER BY u.tx",
         )
         pending = tuple((TxId(r[0]), bytes(r[1])) for r in pending_rows)
+        slots = await _fetch(db, "SELECT round, author FROM evidence WHERE round >= ?", (floor,))
         return Snapshot(
             length,
             bytes(last_hash),
@@ -330,6 +336,7 @@ class Store:
             vertices,
             pending,
             await self._own_proposal(own_key),
+            tuple(sorted((int(r[0]), PublicKey(r[1])) for r in slots)),
         )
 
     async def _own_proposal(self, own_key: PublicKey) -> Vertex | None:
@@ -484,7 +491,7 @@ async def _check_integrity(db: aiosqlite.Connection) -> None:
         raise StoreError("corrupt", f"database integrity check failed: {'; '.join(result[:5])}")
 
 
-async def _migrate(db: aiosqlite.Connection) -> None:
+async def _migrate(db: aiosqlite.Connection, genesis: Genesis) -> None:
     (version,) = (await _fetch(db, "PRAGMA user_version"))[0]
     if version > SCHEMA_VERSION:
         raise StoreError(
@@ -498,7 +505,7 @@ async def _migrate(db: aiosqlite.Connection) -> None:
                 if isinstance(step, str):
                     await db.execute(step)
                 else:
-                    await step(db)
+                    await step(db, genesis)
             await db.execute(f"PRAGMA user_version = {number + 1}")
             await db.execute("COMMIT")
         except BaseException:

@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from hashlib import blake2b
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,10 +19,26 @@ from multidict import CIMultiDictProxy
 from prometheus_client.parser import text_string_to_metric_families
 
 from qudag_node.core.certificate import decode_certificate
+from qudag_node.core.events import EquivocationDetected
+from qudag_node.core.evidence import decode_equivocation
+from qudag_node.core.types import VertexId
+from qudag_node.store import Store
 from tests.conftest import NodeFactory, NodeHandle
+from tests.core.support import NOW, PEER, C, drain, proposal
 
 TX = "/api/v1/transactions"
+EVIDENCE = "/api/v1/evidence"
 HEX_ZERO = "0" * 64
+#: Series of the consensus, by family name (a counter's family drops ``_total``).
+CONSENSUS_SERIES = (
+    "qudag_leaders_skipped",
+    "qudag_finality_seconds",
+    "qudag_equivocations",
+    "qudag_vertices_rejected",
+    "qudag_vertices_buffered",
+    "qudag_vertices_buffer_dropped",
+    "qudag_peers_connected",
+)
 
 
 def _tx_id(data: bytes) -> str:
@@ -272,6 +289,96 @@ async def test_log_refuses_bad_paging(
     await _expect_error(session.get(f"{node.url}/api/v1/log?{query}"), 400, "bad_request")
 
 
+# --------------------------------------------------------------- evidence
+
+
+async def test_a_fresh_node_holds_no_evidence(
+    node_factory: NodeFactory, session: aiohttp.ClientSession
+) -> None:
+    node = await node_factory()
+    assert await _get(session, f"{node.url}{EVIDENCE}") == {"equivocations": []}
+    assert await _get(session, f"{node.url}{EVIDENCE}?limit=1000") == {"equivocations": []}
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=abc", "limit=-1", "limit=1001", "limit="])
+async def test_evidence_refuses_a_bad_limit(
+    node_factory: NodeFactory, session: aiohttp.ClientSession, query: str
+) -> None:
+    node = await node_factory()
+    body, _ = await _expect_error(session.get(f"{node.url}{EVIDENCE}?{query}"), 400, "bad_request")
+    assert "limit" in body["error"]["message"]
+
+
+def _caught(author: int, round_: int, parents: list[VertexId]) -> EquivocationDetected:
+    """What an engine reports when validator ``author`` proposes two vertices for
+    ``round_`` of the committee network."""
+    observer = C.observer()
+    for payload in (b"one", b"two"):
+        vertex = C.vertex(author, round_, parents, txs=[payload])
+        observer.receive_message(PEER, proposal(vertex), NOW)
+    [event] = [e for e in drain(observer) if isinstance(e, EquivocationDetected)]
+    return event
+
+
+def _committee_settings(**more: str) -> dict[str, str]:
+    """Settings that make a node part of the committee network :data:`C`."""
+    validators = ",".join(f"{v.name}={v.public_key.hex()}" for v in C.genesis.validators)
+    return {"QUDAG_NETWORK_ID": C.genesis.network_id, "QUDAG_VALIDATORS": validators, **more}
+
+
+async def test_a_vertex_without_a_quorum_has_no_certificate(
+    node_factory: NodeFactory, session: aiohttp.ClientSession
+) -> None:
+    """Validator 0 of four proposes round 1 alone: stored, never certified."""
+    node = await node_factory(**_committee_settings(NODE_PRIVATE_KEY=C.signers[0].seed().hex()))
+    assert (await _submit(session, node, b"alone"))[0] == 202
+    url = f"{node.url}{TX}/{_tx_id(b'alone')}"
+
+    async def included() -> bool:
+        return bool((await _get(session, url))["status"] == "included")
+
+    await _until(included, what="the transaction in a vertex")
+    record = await _get(session, url)
+    vertex = await _get(session, f"{node.url}/api/v1/vertices/{record['vertex']}")
+    assert vertex["certificate"] is None
+    assert vertex["ordered"] is False
+    assert (vertex["round"], vertex["author"]) == (1, C.signers[0].public_key.hex())
+    assert vertex["transactions"] == [_tx_id(b"alone")]
+
+
+async def test_evidence_kept_in_the_database_is_served(
+    node_factory: NodeFactory, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """An observer of the committee network, whose database already holds evidence."""
+    data_dir = tmp_path / "observer"
+    data_dir.mkdir()
+    earlier = _caught(1, 1, [])
+    later = _caught(2, 3, [C.vertex(i, 2).id for i in range(3)])
+    store = await Store.open(data_dir, C.genesis)
+    try:
+        await store.persist([earlier])
+        await store.persist([later, earlier])
+    finally:
+        await store.close()
+    node = await node_factory(**_committee_settings(QUDAG_DATA_DIR=str(data_dir)))
+    status = await _get(session, f"{node.url}/api/v1/status")
+    assert status["network"]["genesis"] == C.genesis.hash.hex()
+    assert status["node"]["role"] == "observer"
+
+    body = await _get(session, f"{node.url}{EVIDENCE}")
+    assert [(e["author"], e["round"]) for e in body["equivocations"]] == [
+        (C.signers[2].public_key.hex(), 3),
+        (C.signers[1].public_key.hex(), 1),
+    ]
+    for entry, caught in zip(body["equivocations"], (later, earlier), strict=True):
+        assert set(entry) == {"author", "round", "evidence"}
+        assert entry["evidence"] == caught.evidence.encode().hex()
+        proof = decode_equivocation(bytes.fromhex(entry["evidence"]), C.genesis)
+        assert (proof.author.hex(), proof.round) == (entry["author"], entry["round"])
+    latest = await _get(session, f"{node.url}{EVIDENCE}?limit=1")
+    assert latest["equivocations"] == body["equivocations"][:1]
+
+
 # ------------------------------------------------- status, health, metrics
 
 
@@ -336,6 +443,27 @@ async def test_metrics_endpoint(node_factory: NodeFactory, session: aiohttp.Clie
     assert samples[("qudag_http_requests_total", status_requests)] == 2
     submit_requests = (("method", "POST"), ("route", TX), ("status", "202"))
     assert samples[("qudag_http_requests_total", submit_requests)] == 1
+
+
+async def test_metrics_endpoint_exposes_the_consensus_series(
+    node_factory: NodeFactory, session: aiohttp.ClientSession
+) -> None:
+    node = await node_factory()
+    status, _ = await _submit(session, node, b"timed", query="?wait=final&timeout=10")
+    assert status == 200
+    async with session.get(f"{node.url}/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    for name in CONSENSUS_SERIES:
+        assert name in families, name
+    samples = {s.name: s.value for f in families.values() for s in f.samples if not s.labels}
+    assert samples["qudag_finality_seconds_count"] == 1
+    assert samples["qudag_peers_connected"] == 0  # no peer links yet
+    assert samples["qudag_vertices_buffered"] == 0
+    assert samples["qudag_vertices_buffer_dropped_total"] == 0
+    assert samples["qudag_equivocations_total"] == 0
+    assert "qudag_leaders_skipped_total" in samples
 
 
 # ----------------------------------------------------------------- errors

@@ -1,4 +1,8 @@
-"""Metrics fed by a real engine: counters, gauges, histograms and label hygiene."""
+"""Metrics fed by a real engine: counters, gauges, histograms and label hygiene.
+
+The consensus series are fed by engines of the four-validator network
+:data:`tests.core.support.C`, given hand-made vertices.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,20 @@ from prometheus_client import generate_latest
 from qudag_node.core.crypto import Signer, tx_ids
 from qudag_node.core.engine import Engine
 from qudag_node.core.errors import Reason
-from qudag_node.core.events import LeaderCommitted, MessageRejected, VertexCertified
+from qudag_node.core.events import (
+    EquivocationDetected,
+    Event,
+    LeaderCommitted,
+    MessageRejected,
+    VertexCertified,
+)
 from qudag_node.core.genesis import Genesis
+from qudag_node.core.messages import CertifiedMessage, encode_message
 from qudag_node.core.params import Params
 from qudag_node.core.types import PeerId
-from qudag_node.metrics import Metrics
-from tests.core.support import drain
+from qudag_node.core.vertex import Vertex
+from qudag_node.metrics import FINALITY_BUCKETS, Metrics
+from tests.core.support import NOW, PEER, ROUND1, C, drain, feed, message, proposal, vote
 
 EXPOSED = (
     "qudag_dag_nodes_total",
@@ -33,6 +45,13 @@ EXPOSED = (
     "qudag_http_requests_total",
     "qudag_http_request_duration_seconds_bucket",
     "qudag_build_info",
+    "qudag_leaders_skipped_total",
+    "qudag_finality_seconds_bucket",
+    "qudag_equivocations_total",
+    "qudag_vertices_rejected_total",
+    "qudag_vertices_buffered",
+    "qudag_vertices_buffer_dropped_total",
+    "qudag_peers_connected",
 )
 FORBIDDEN_LABELS = {"app", "region", "host", "instance"}
 
@@ -181,6 +200,7 @@ def test_exposition_names_every_series_and_no_reserved_label() -> None:
     metrics.on_submit_rejected(Reason.POOL_FULL, 1)
     engine = _engine()
     engine.receive_message(PeerId("peer-a"), b"\x00", 0.0)
+    engine.receive_message(PeerId("peer-a"), b"\x01", 0.0)  # a truncated proposal
     metrics.on_events(drain(engine))
     metrics.on_store_commit(0.001)
     metrics.on_http("GET", "/health", 200, 0.001)
@@ -195,6 +215,118 @@ def test_exposition_names_every_series_and_no_reserved_label() -> None:
     }
     assert labels
     assert not labels & FORBIDDEN_LABELS
+
+
+# ------------------------------------------------------------- consensus
+
+
+def _rounds_without_leaders(last: int, leaderless: set[int]) -> list[Vertex]:
+    """Rounds 1 to ``last`` of the committee; ``leaderless`` rounds lack their leader's
+    vertex and the last round has f + 1 vertices, enough to commit the leader before it."""
+    rounds = [ROUND1]
+    for r in range(2, last + 1):
+        authors = [i for i in range(4) if not (r in leaderless and i == C.index(r))]
+        if r == last:
+            authors = authors[:2]
+        parents = [v.id for v in rounds[-1]]
+        rounds.append([C.vertex(i, r, parents, txs=[f"r{r}-v{i}".encode()]) for i in authors])
+    return [v for round_ in rounds for v in round_]
+
+
+def test_skipped_leader_rounds_are_counted() -> None:
+    metrics = Metrics("1.2.3")
+    events = feed(C.observer(), *_rounds_without_leaders(7, {2, 4}))
+    [commit] = [e for e in events if isinstance(e, LeaderCommitted)]
+    assert (commit.round, commit.skipped) == (6, (2, 4))
+    metrics.on_events(events)
+    assert _value(metrics, "qudag_leaders_committed_total") == 1
+    assert _value(metrics, "qudag_leaders_skipped_total") == 2
+    metrics.on_events([LeaderCommitted(8, commit.leader, (), ())])
+    assert _value(metrics, "qudag_leaders_committed_total") == 2
+    assert _value(metrics, "qudag_leaders_skipped_total") == 2
+
+
+def _rejections(*messages: bytes) -> list[Event]:
+    engine = C.observer()
+    for data in messages:
+        engine.receive_message(PEER, data, NOW)
+    return drain(engine)
+
+
+def _certified_by(vertex: Vertex, voters: tuple[int, ...]) -> bytes:
+    """A CERTIFIED message for ``vertex`` whose certificate holds the votes of ``voters``."""
+    return encode_message(CertifiedMessage(vertex, C.certificate(vertex, voters)))
+
+
+def test_equivocations_and_rejected_vertices_are_counted() -> None:
+    metrics = Metrics("1.2.3")
+    first, twin = ROUND1[1], C.vertex(1, 1, txs=[b"twin"])
+    events = _rejections(proposal(first), proposal(twin))
+    assert sum(isinstance(e, EquivocationDetected) for e in events) == 1
+    metrics.on_events(events)
+    assert _value(metrics, "qudag_equivocations_total") == 1
+    assert _value(metrics, "qudag_vertices_rejected_total", reason="equivocation") == 1
+    assert _value(metrics, "qudag_messages_rejected_total", reason="equivocation") == 1
+
+    events = _rejections(
+        _certified_by(ROUND1[2], (0,)),  # one vote, below the quorum
+        message(ROUND1[3])[:-1],  # a CERTIFIED message cut short
+        vote(ROUND1[0], 1)[:-1],  # a VOTE cut short: not a vertex
+    )
+    kinds = [(e.kind, e.reason.value) for e in events if isinstance(e, MessageRejected)]
+    assert kinds == [
+        ("certified", "bad_certificate"),
+        ("certified", "truncated"),
+        ("vote", "truncated"),
+    ]
+    metrics.on_events(events)
+    assert _value(metrics, "qudag_vertices_rejected_total", reason="bad_certificate") == 1
+    assert _value(metrics, "qudag_vertices_rejected_total", reason="truncated") == 1
+    assert _value(metrics, "qudag_messages_rejected_total", reason="truncated") == 2
+    assert _value(metrics, "qudag_equivocations_total") == 1
+
+
+def test_finality_latencies_fill_the_histogram() -> None:
+    metrics = Metrics("1.2.3")
+    metrics.on_finality([0.004, 0.2, 3.0])
+    metrics.on_finality([])
+    metrics.on_finality([75.0])
+    assert _value(metrics, "qudag_finality_seconds_count") == 4
+    assert _value(metrics, "qudag_finality_seconds_sum") == pytest.approx(78.204)
+    expected = {0.01: 1, 0.1: 1, 0.25: 2, 2.5: 2, 5.0: 3, 60.0: 3}
+    for le, count in expected.items():
+        assert le in FINALITY_BUCKETS
+        assert _value(metrics, "qudag_finality_seconds_bucket", le=str(le)) == count
+    assert _value(metrics, "qudag_finality_seconds_bucket", le="+Inf") == 4
+
+
+def test_buffer_and_peer_statistics() -> None:
+    """Gauges copy the engine's buffer and peer counts; drops grow by the new ones only."""
+    metrics = Metrics("1.2.3")
+    engine = C.observer(Params(max_buffered=2))
+    engine.peer_connected(PEER, C.signers[1].public_key)
+    engine.peer_connected(PeerId("peer-2"), C.signers[2].public_key)
+    unknown = [C.vertex(i, 2).id for i in range(3)]
+    waiting = [C.vertex(i, 3, unknown) for i in range(4)]  # their parents are unknown
+    for v in waiting[:3]:
+        engine.receive_message(PEER, message(v), NOW)
+    stats = engine.statistics()
+    assert (stats.buffered, stats.buffer_dropped, stats.peers) == (2, 1, 2)
+    metrics.on_statistics(stats)
+    assert _value(metrics, "qudag_vertices_buffered") == 2
+    assert _value(metrics, "qudag_peers_connected") == 2
+    assert _value(metrics, "qudag_vertices_buffer_dropped_total") == 1
+    metrics.on_statistics(engine.statistics())  # nothing new was dropped
+    assert _value(metrics, "qudag_vertices_buffer_dropped_total") == 1
+
+    engine.receive_message(PEER, message(waiting[3]), NOW)
+    engine.peer_disconnected(PeerId("peer-2"))
+    metrics.on_statistics(engine.statistics())
+    metrics.on_statistics(engine.statistics())
+    assert engine.statistics().buffer_dropped == 2
+    assert _value(metrics, "qudag_vertices_buffer_dropped_total") == 2
+    assert _value(metrics, "qudag_vertices_buffered") == 2
+    assert _value(metrics, "qudag_peers_connected") == 1
 
 
 def test_each_instance_has_its_own_registry() -> None:

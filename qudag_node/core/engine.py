@@ -539,8 +539,8 @@ class Engine:
             vertex, certificate = work.pop()
             if vertex.id in self._dag or vertex.round < self._dag.floor:
                 continue
-            if self._stored.pop(vertex.id, None) is None:
-                self._events.append(VertexStored(vertex, own=vertex.author == self._own_key))
+            if self._stored.pop(vertex.id, None) is None:  # arrived certified: store it all
+                self._events.append(VertexStored(vertex, own=False))
             self._events.append(VertexCertified(vertex.id, vertex.round, certificate))
             self._insert(vertex)
             for entry in self._intake.arrived(vertex.id):

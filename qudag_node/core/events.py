@@ -21,7 +21,9 @@ class TransactionsAdmitted:
 
 @dataclass(frozen=True, slots=True)
 class VertexStored:
-    """A vertex we proposed or are about to vote for: persist it, not yet certified."""
+    """A vertex to persist, not yet certified: one we proposed (``own``: its
+    transactions were admitted here and are stored already), one we are about to vote
+    for, or one that arrived certified (then :class:`VertexCertified` follows)."""
 
     vertex: Vertex
     own: bool
