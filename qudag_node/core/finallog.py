@@ -7,8 +7,9 @@ batch order. A transaction id already ordered by a vertex that is still in the w
 so a transaction carried by two vertices appears once. The window is the same on
 every honest node, so the skips are too.
 
-The window keeps 8 bytes per id (its first 8 bytes, as one array per round), so that
-it costs a few megabytes however many transactions the window's rounds carry. Two
+The window keeps 8 bytes per id (its first 8 bytes, as one array per round, plus one
+merged sorted copy that answers lookups with one binary search per batch), so that it
+costs a few megabytes however many transactions the window's rounds carry. Two
 different ids that share those 8 bytes inside one window would make the second be
 skipped on every node alike (the log stays identical everywhere); among a million ids
 the chance is about one in thirty million.
@@ -43,22 +44,28 @@ class FinalLog:
         self.length = length
         self.hash = log_hash
         self._rounds: dict[int, Keys] = {}  # round -> sorted keys of the ids it ordered
+        self._merged: Keys | None = None  # every round's keys, sorted; None when stale
 
     def contains(self, ids: Sequence[TxId]) -> list[bool]:
         """For each id: ordered by a vertex inside the window (one pass per round)."""
         return self._known(id_keys(ids)).tolist()  # type: ignore[no-any-return]
 
     def _known(self, keys: Keys) -> npt.NDArray[np.bool_]:
-        found = np.zeros(len(keys), dtype=bool)
-        for held in self._rounds.values():
-            at = np.searchsorted(held, keys).clip(max=len(held) - 1)
-            found |= held[at] == keys
+        if self._merged is None:  # the window changed (once per commit): merge it again
+            parts = list(self._rounds.values())
+            self._merged = np.sort(np.concatenate(parts)) if parts else np.empty(0, np.uint64)
+        held = self._merged
+        if not len(held):
+            return np.zeros(len(keys), dtype=bool)
+        at = np.searchsorted(held, keys).clip(max=len(held) - 1)
+        found: npt.NDArray[np.bool_] = held[at] == keys
         return found
 
     def _add(self, round_: int, keys: Keys) -> None:
         held = self._rounds.get(round_)
         merged = keys if held is None else np.concatenate((held, keys))
         self._rounds[round_] = np.unique(merged)
+        self._merged = None
 
     def remember(self, round_: int, ids: Sequence[TxId]) -> None:
         """Note ``ids`` as ordered by a vertex of ``round_`` (restoring the window).
@@ -100,3 +107,4 @@ class FinalLog:
         """Forget ids ordered by vertices of rounds below ``round_``."""
         for r in [r for r in self._rounds if r < round_]:
             del self._rounds[r]
+            self._merged = None
