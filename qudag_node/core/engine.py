@@ -629,8 +629,12 @@ class Engine:
             self._outbox.extend((peer, data) for data in fetch_messages(ids, self._params))
         own = self._own
         if own is not None and self._peers and own.sent_at + retry <= now:
-            own.sent_at = now
-            self._broadcast(ProposalMessage(own.vertex))
+            own.sent_at = now  # ask again the validators whose votes are missing
+            data = encode_message(ProposalMessage(own.vertex))
+            for peer in self._validator_peers:
+                voter = self._genesis.index_of(self._peers[peer])
+                if voter not in own.votes:
+                    self._outbox.append((peer, data))
         if self._stalled() and self._announced_at + retry <= now:
             self._announced_at = now
             if self._own_latest is not None:

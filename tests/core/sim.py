@@ -415,7 +415,6 @@ def fault_kinds(faults: Faults) -> list[str]:
 
 def summarize(results: list[RunResult]) -> str:
     """Runs, failures, fault mix, and finality latency in simulated seconds."""
-    latencies = sorted(x for r in results for x in r.latencies)
     kinds = Counter(k for r in results for k in fault_kinds(r.faults))
     lines = [
         f"{len(results)} runs (seeds {results[0].seed}-{results[-1].seed},"
@@ -426,12 +425,18 @@ def summarize(results: list[RunResult]) -> str:
         f" {statistics.median(r.end_time for r in results):.1f},"
         f" slowest {max(r.end_time for r in results):.1f} (deadline 120)",
     ]
-    if len(latencies) >= 2:
-        q = statistics.quantiles(latencies, n=100, method="inclusive")
-        lines.append(
-            f"finality latency of {len(latencies)} transactions (simulated s):"
-            f" p50 {q[49]:.3f}, p90 {q[89]:.3f}, p99 {q[98]:.3f}, max {latencies[-1]:.3f}"
-        )
+    groups = [("all runs", results)] + [
+        (f"loss {loss:.0%}", [r for r in results if r.faults.loss == loss])
+        for loss in sorted({r.faults.loss for r in results})
+    ]
+    for name, runs in groups:
+        values = sorted(x for r in runs for x in r.latencies)
+        if len(values) >= 2:
+            q = statistics.quantiles(values, n=100, method="inclusive")
+            lines.append(
+                f"finality latency, {name} ({len(values)} transactions, simulated s):"
+                f" p50 {q[49]:.3f}, p90 {q[89]:.3f}, p99 {q[98]:.3f}, max {values[-1]:.3f}"
+            )
     return "\n".join(lines)
 
 

@@ -334,6 +334,9 @@ def test_an_uncertified_proposal_is_sent_again_until_certified() -> None:
     assert e.get_timer() == NOW + RETRY
     e.handle_timer(NOW + RETRY)
     assert sent(e) == [(p, ProposalMessage(own)) for p in PEERS[1:]]
+    receive(e, PEERS[2], vote(own, 2))
+    e.handle_timer(NOW + 2 * RETRY)  # only those whose votes are still missing
+    assert sent(e) == [(p, ProposalMessage(own)) for p in (PEERS[1], PEERS[3])]
 
 
 def test_a_stalled_validator_announces_its_latest_certificate_again() -> None:
