@@ -29,8 +29,9 @@ STORE_COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 #: Buckets for finality latency (submit to final), 10 ms to 60 s.
 FINALITY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-#: Message kinds that carry a vertex.
-VERTEX_MESSAGES = frozenset({"proposal", "certified"})
+#: Message kinds that carry a vertex ("waiting": one held for its parents, rejected once
+#: they arrived).
+VERTEX_MESSAGES = frozenset({"proposal", "certified", "waiting"})
 #: HTTP methods kept as label values; any other method is counted as ``other``.
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 

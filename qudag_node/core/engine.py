@@ -386,7 +386,14 @@ class Engine:
 
     def _claim_slot(self, vertex: Vertex, certified: bool) -> None:
         """Record the first vertex of its (round, author); a different second one is
-        equivocation: its evidence is kept, and it is rejected unless certified."""
+        equivocation: its evidence is kept, and it is rejected unless certified.
+
+        A valid vertex of our own key that we do not hold comes from an earlier life of
+        this node (a data dir restored from an older backup, say): we must never sign
+        another vertex for its round, so our round moves up to it.
+        """
+        if vertex.author == self._own_key:
+            self._own_round = max(self._own_round, vertex.round)
         key = (vertex.round, vertex.author)
         first = self._slots.get(key)
         if first is None:

@@ -489,3 +489,14 @@ def test_equivocation_evidence_is_reported_once_across_a_restart() -> None:
     events = receive(restarted, PEERS[0], proposal(third))
     assert rejected(events) == [Reason.EQUIVOCATION]
     assert not [ev for ev in events if isinstance(ev, EquivocationDetected)]
+
+
+def test_a_vertex_of_our_own_from_an_earlier_life_moves_our_round_past_it() -> None:
+    e = Engine(C.genesis, PARAMS, C.signers[0])  # an empty store, the same key
+    ours = C.vertex(0, 1, txs=[b"signed before the data was lost"])
+    assert feed(e, ours) == added(ours)  # a peer hands back our round-1 vertex
+    assert e.statistics().round == 1
+    events = feed(e, ROUND1[1], ROUND1[2])  # a round-1 quorum: time for round 2
+    [own] = [ev.vertex for ev in events if isinstance(ev, VertexStored) and ev.own]
+    assert own.round == 2  # never a second round-1 vertex
+    assert ours.id in own.parents
