@@ -6,9 +6,11 @@ import re
 from pathlib import Path
 
 import pytest
+from prometheus_client import Metric
 
 from qudag_node.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from qudag_node.config import PLATFORM_ENV, SETTINGS, Setting, flag_name
+from qudag_node.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()
@@ -67,3 +69,13 @@ def test_readme_names_every_subcommand_and_exit_code() -> None:
     section = README.split("## Exit codes", 1)[1]
     for code in (EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED):
         assert f"\n| {code} |" in section
+
+
+def test_every_metric_is_documented_and_every_documented_metric_exists() -> None:
+    def exposed(family: Metric) -> str:
+        return f"{family.name}_total" if family.type == "counter" else family.name
+
+    names = {exposed(f) for f in Metrics("0").registry.collect()}
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    documented = set(re.findall(r"^\| `(qudag_[a-z_]+)` \|", text, re.MULTILINE))
+    assert documented == names
