@@ -177,15 +177,28 @@ class _Writes:
             e = ev.evidence
             self.evidence.append((e.author, e.round, e.encode()))
 
-    def empty(self) -> bool:
-        return not (
-            self.transactions
-            or self.vertices
-            or self.certificates
-            or self.log
-            or self.ordered
-            or self.evidence
-        )
+    def statements(self) -> list[tuple[str, list[Any]]]:
+        """The batched statements to run, in an order that respects the rows they join."""
+        batches: list[tuple[str, list[Any]]] = [
+            ("INSERT OR IGNORE INTO transactions (id, data) VALUES (?, ?)", self.transactions),
+            (
+                "INSERT OR IGNORE INTO vertices (id, round, author, header, signature, tx_ids)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                self.vertices,
+            ),
+            ("UPDATE vertices SET certificate = ? WHERE id = ?", self.certificates),
+            (
+                "INSERT INTO log (seq, hash, tx, vertex) SELECT ?, ?, t.rowid, v.rowid"
+                " FROM transactions AS t, vertices AS v WHERE t.id = ? AND v.id = ?",
+                self.log,
+            ),
+            ("UPDATE vertices SET ordered = 1 WHERE id = ?", self.ordered),
+            (
+                "INSERT OR IGNORE INTO evidence (author, round, data) VALUES (?, ?, ?)",
+                self.evidence,
+            ),
+        ]
+        return [(sql, rows) for sql, rows in batches if rows]
 
 
 def _split_ids(blob: bytes) -> tuple[TxId, ...]:
@@ -247,38 +260,14 @@ class Store:
         w = _Writes()
         for ev in events:
             w.add(ev)
-        if w.empty():
+        statements = w.statements()
+        if not statements:
             return
         db = self._writer
         await db.execute("BEGIN IMMEDIATE")
         try:
-            if w.transactions:
-                await db.executemany(
-                    "INSERT OR IGNORE INTO transactions (id, data) VALUES (?, ?)", w.transactions
-                )
-            if w.vertices:
-                await db.executemany(
-                    "INSERT OR IGNORE INTO vertices (id, round, author, header, signature, tx_ids)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    w.vertices,
-                )
-            if w.certificates:
-                await db.executemany(
-                    "UPDATE vertices SET certificate = ? WHERE id = ?", w.certificates
-                )
-            if w.log:
-                await db.executemany(
-                    "INSERT INTO log (seq, hash, tx, vertex) SELECT ?, ?, t.rowid, v.rowid"
-                    " FROM transactions AS t, vertices AS v WHERE t.id = ? AND v.id = ?",
-                    w.log,
-                )
-            if w.ordered:
-                await db.executemany("UPDATE vertices SET ordered = 1 WHERE id = ?", w.ordered)
-            if w.evidence:
-                await db.executemany(
-                    "INSERT OR IGNORE INTO evidence (author, round, data) VALUES (?, ?, ?)",
-                    w.evidence,
-                )
+            for sql, rows in statements:
+                await db.executemany(sql, rows)
             if w.committed_round is not None:
                 await _set_meta(db, "committed_round", w.committed_round.to_bytes(8, "big"))
             await db.execute("COMMIT")
@@ -341,51 +330,28 @@ class Store:
 
     async def _own_proposal(self, own_key: PublicKey) -> Vertex | None:
         """Our latest vertex, in full, if it is not certified yet."""
-        rows = await _fetch(
-            self._writer,
-            "SELECT header, signature, tx_ids, certificate FROM vertices"
-            " WHERE author = ? ORDER BY round DESC LIMIT 1",
-            (own_key,),
+        found = await _full_vertex(
+            self._writer, "author = ? ORDER BY round DESC LIMIT 1", (own_key,)
         )
-        if not rows or rows[0][3] is not None:
+        if found is None or found.certificate is not None:
             return None
-        header, signature, blob, _ = rows[0]
-        ids = _split_ids(blob)
-        data = await self._transaction_data(self._writer, ids)
-        return assemble_vertex(bytes(header), bytes(signature), [data[i] for i in ids], ids)
+        return assemble_vertex(found.header, found.signature, found.transactions, found.ids)
 
     async def certified_messages(self, ids: Sequence[VertexId]) -> list[bytes]:
         """CERTIFIED messages for those of ``ids`` that are stored and certified."""
         out: list[bytes] = []
         for vid in ids:
-            rows = await _fetch(
-                self._reader,
-                "SELECT header, signature, tx_ids, certificate FROM vertices"
-                " WHERE id = ? AND certificate IS NOT NULL",
-                (vid,),
-            )
-            if not rows:
+            found = await _full_vertex(self._reader, "id = ?", (vid,))
+            if found is None or found.certificate is None:
                 continue
-            header, signature, blob, certificate = rows[0]
-            tx_ids = _split_ids(blob)
-            data = await self._transaction_data(self._reader, tx_ids)
-            vertex = encode_vertex_parts(header, signature, [data[i] for i in tx_ids])
-            out.append(encode_certified(vertex, bytes(certificate)))
+            vertex = encode_vertex_parts(found.header, found.signature, found.transactions)
+            out.append(encode_certified(vertex, found.certificate))
         return out
-
-    @staticmethod
-    async def _transaction_data(db: aiosqlite.Connection, ids: Sequence[TxId]) -> dict[TxId, bytes]:
-        data: dict[TxId, bytes] = {}
-        for chunk in _chunks(ids):
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT id, data FROM transactions WHERE id IN ({marks})"  # noqa: S608
-            data.update((TxId(r[0]), bytes(r[1])) for r in await _fetch(db, sql, chunk))
-        return data
 
     async def transactions_data(self, ids: Sequence[TxId]) -> list[tuple[TxId, bytes]]:
         """Stored, not final transactions among ``ids``, with their bytes, in ``ids`` order."""
-        final = await self.final_among(ids)
-        data = await self._transaction_data(self._writer, [i for i in ids if i not in final])
+        rows = await _rows_by_id(self._writer, "id, data", f"NOT {_FINAL} AND ", ids)
+        data = {TxId(r[0]): bytes(r[1]) for r in rows}
         return [(i, data[i]) for i in ids if i in data]
 
     async def evidence(self, limit: int) -> list[EvidenceRecord]:
@@ -430,9 +396,7 @@ class Store:
 
     async def final_among(self, ids: Sequence[TxId]) -> set[TxId]:
         """Which of ``ids`` are final."""
-        return await _matching_ids(
-            self._reader, "EXISTS (SELECT 1 FROM log WHERE log.tx = transactions.rowid) AND ", ids
-        )
+        return await _matching_ids(self._reader, f"{_FINAL} AND ", ids)
 
     async def vertex(self, vertex_id: VertexId) -> VertexRecord | None:
         """A stored vertex."""
@@ -470,14 +434,58 @@ class Store:
         return [LogRecord(r[0], TxId(r[1]), VertexId(r[2]), bytes(r[3])) for r in rows]
 
 
-async def _matching_ids(db: aiosqlite.Connection, condition: str, ids: Sequence[TxId]) -> set[TxId]:
-    """The ``ids`` of stored transactions that satisfy ``condition`` (a fixed SQL prefix)."""
-    found: set[TxId] = set()
+#: SQL condition: the transaction row has a place in the log.
+_FINAL = "EXISTS (SELECT 1 FROM log WHERE log.tx = transactions.rowid)"
+
+
+async def _rows_by_id(
+    db: aiosqlite.Connection, columns: str, condition: str, ids: Sequence[TxId]
+) -> list[Any]:
+    """``columns`` of the stored transactions among ``ids`` that satisfy ``condition`` (a
+    fixed SQL prefix), in chunks under SQLite's variable limit."""
+    rows: list[Any] = []
     for chunk in _chunks(ids):
         marks = ",".join("?" * len(chunk))
-        sql = f"SELECT id FROM transactions WHERE {condition}id IN ({marks})"  # noqa: S608
-        found.update(TxId(r[0]) for r in await _fetch(db, sql, chunk))
-    return found
+        sql = f"SELECT {columns} FROM transactions WHERE {condition}id IN ({marks})"  # noqa: S608
+        rows += await _fetch(db, sql, chunk)
+    return rows
+
+
+async def _matching_ids(db: aiosqlite.Connection, condition: str, ids: Sequence[TxId]) -> set[TxId]:
+    """The ``ids`` of stored transactions that satisfy ``condition`` (a fixed SQL prefix)."""
+    return {TxId(r[0]) for r in await _rows_by_id(db, "id", condition, ids)}
+
+
+@dataclass(frozen=True, slots=True)
+class _FullVertex:
+    header: bytes
+    signature: bytes
+    ids: tuple[TxId, ...]
+    transactions: list[bytes]
+    certificate: bytes | None
+
+
+async def _full_vertex(
+    db: aiosqlite.Connection, where: str, params: Sequence[Any]
+) -> _FullVertex | None:
+    """The first vertex matching ``where`` (a fixed SQL clause), with its transactions."""
+    rows = await _fetch(
+        db,
+        f"SELECT header, signature, tx_ids, certificate FROM vertices WHERE {where}",  # noqa: S608
+        params,
+    )
+    if not rows:
+        return None
+    header, signature, blob, certificate = rows[0]
+    ids = _split_ids(blob)
+    data = {TxId(r[0]): bytes(r[1]) for r in await _rows_by_id(db, "id, data", "", ids)}
+    return _FullVertex(
+        bytes(header),
+        bytes(signature),
+        ids,
+        [data[i] for i in ids],
+        None if certificate is None else bytes(certificate),
+    )
 
 
 async def _fetch(db: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
