@@ -114,6 +114,14 @@ MIGRATIONS: tuple[tuple[Migration, ...], ...] = (
             PRIMARY KEY (author, round)
         ) WITHOUT ROWID""",
     ),
+    (
+        # the addresses a peer name last resolved to, used when DNS fails
+        """CREATE TABLE peer_addresses (
+            host TEXT PRIMARY KEY,
+            addresses TEXT NOT NULL,
+            resolved_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -213,10 +221,17 @@ def _chunks(ids: Sequence[bytes]) -> Iterable[Sequence[bytes]]:
 class Store:
     """The node's database. Create with :meth:`open`; finish with :meth:`close`."""
 
-    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection):
+    def __init__(
+        self,
+        path: Path,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        side: aiosqlite.Connection,
+    ):
         self.path = path
         self._writer = writer
         self._reader = reader
+        self._side = side  # small writes outside the pump's transactions (peer addresses)
 
     # ------------------------------------------------------------ life cycle
 
@@ -235,16 +250,19 @@ class Store:
             await _bind_genesis(writer, genesis)
             reader = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
             await reader.execute("PRAGMA busy_timeout=5000")
+            side = await aiosqlite.connect(path, isolation_level=None)
+            await side.execute("PRAGMA busy_timeout=5000")
         except sqlite3.DatabaseError as e:
             await writer.close()
             raise StoreError("corrupt", f"{path} is not a usable database: {e}") from None
         except BaseException:
             await writer.close()
             raise
-        return cls(path, writer, reader)
+        return cls(path, writer, reader, side)
 
     async def close(self) -> None:
-        """Checkpoint the WAL into the main file and close both connections."""
+        """Checkpoint the WAL into the main file and close the connections."""
+        await self._side.close()
         await self._reader.close()
         await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         await self._writer.close()
@@ -348,6 +366,40 @@ class Store:
             out.append(encode_certified(vertex, found.certificate))
         return out
 
+    async def certified_ids(self, low: int, high: int) -> list[tuple[int, VertexId]]:
+        """(round, id) of every stored, certified vertex of rounds ``low..high``, by round."""
+        rows = await _fetch(
+            self._reader,
+            "SELECT round, id FROM vertices WHERE round BETWEEN ? AND ?"
+            " AND certificate IS NOT NULL ORDER BY round",
+            (low, high),
+        )
+        return [(int(r[0]), VertexId(bytes(r[1]))) for r in rows]
+
+    async def certified_in_rounds(
+        self, low: int, high: int, max_bytes: int
+    ) -> tuple[list[bytes], int]:
+        """CERTIFIED messages of rounds ``low..high`` in round order, whole rounds only,
+        stopping after the round that passes ``max_bytes``.
+
+        Returns the messages and the last round they cover, empty rounds included.
+        """
+        rows = await _fetch(
+            self._reader,
+            "SELECT round, id FROM vertices WHERE round BETWEEN ? AND ?"
+            " AND certificate IS NOT NULL ORDER BY round, id",
+            (low, high),
+        )
+        out: list[bytes] = []
+        size = 0
+        for k, (number, vid) in enumerate(rows):
+            if size >= max_bytes and number != rows[k - 1][0]:
+                return out, int(rows[k - 1][0])
+            found = await self.certified_messages([VertexId(bytes(vid))])
+            out += found
+            size += sum(len(m) for m in found)
+        return out, high
+
     async def transactions_data(self, ids: Sequence[TxId]) -> list[tuple[TxId, bytes]]:
         """Stored, not final transactions among ``ids``, with their bytes, in ``ids`` order."""
         rows = await _rows_by_id(self._writer, "id, data", f"NOT {_FINAL} AND ", ids)
@@ -373,6 +425,24 @@ class Store:
         (t,) = (await _fetch(db, "SELECT coalesce(max(rowid), 0) FROM transactions"))[0]
         (n,) = (await _fetch(db, "SELECT coalesce(max(seq), 0) FROM log"))[0]
         return StoreTotals(int(v), int(t), int(n))
+
+    # ------------------------------------------------------- peer addresses
+
+    async def last_good_addresses(self, host: str) -> list[str]:
+        """The addresses ``host`` last resolved to, or [] if it never did."""
+        rows = await _fetch(
+            self._side, "SELECT addresses FROM peer_addresses WHERE host = ?", (host,)
+        )
+        return [a for a in rows[0][0].split(",") if a] if rows else []
+
+    async def save_good_addresses(self, host: str, addresses: Sequence[str], now: float) -> None:
+        """Remember what ``host`` resolved to, for when DNS fails later."""
+        await self._side.execute(
+            "INSERT INTO peer_addresses (host, addresses, resolved_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (host) DO UPDATE SET addresses = excluded.addresses,"
+            " resolved_at = excluded.resolved_at",
+            (host, ",".join(addresses), now),
+        )
 
     # ------------------------------------------------------------- API reads
 
