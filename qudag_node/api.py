@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
 import json
 import math
 import re
-import socket
 import time
 from collections.abc import Sequence
 from http import HTTPStatus
@@ -29,6 +27,7 @@ from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.types import TxId, VertexId
 from qudag_node.metrics import Metrics
 from qudag_node.ports import Check, NodeApi, TxRecord, VertexRecord
+from qudag_node.sockets import dual_stack_socket
 
 log = structlog.get_logger("qudag.api")
 
@@ -48,7 +47,6 @@ _HTTP_CODES = {
     HTTPStatus.UNSUPPORTED_MEDIA_TYPE: "unsupported_media_type",
 }
 #: Socket errors meaning this host has no usable IPv6.
-_NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)
 
 
 class ApiError(Exception):
@@ -323,6 +321,10 @@ class _Routes:
         """GET /api/v1/status."""
         return web.json_response(self._node.status())
 
+    async def peers(self, request: web.Request) -> web.Response:
+        """GET /api/v1/peers: linked peers and candidate addresses."""
+        return web.json_response({"peers": self._node.peers()})
+
     async def health(self, request: web.Request) -> web.Response:
         """GET /health: liveness (the loop and the database answer)."""
         checks = await self._node.liveness()
@@ -355,36 +357,12 @@ def make_app(node: NodeApi, metrics: Metrics, settings: Settings) -> web.Applica
     app.router.add_get("/api/v1/vertices/{id}", routes.vertex)
     app.router.add_get("/api/v1/log", routes.log)
     app.router.add_get("/api/v1/evidence", routes.evidence)
+    app.router.add_get("/api/v1/peers", routes.peers)
     app.router.add_get("/api/v1/status", routes.status)
     app.router.add_get("/health", routes.health)
     app.router.add_get("/ready", routes.ready)
     app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
     return app
-
-
-def _dual_stack_socket(port: int) -> socket.socket:
-    """A listening socket on every IPv6 and IPv4 address, or on IPv4 alone without IPv6."""
-    try:
-        return _listening(socket.AF_INET6, ("::", port))
-    except OSError as e:
-        if e.errno not in _NO_IPV6:
-            raise
-    return _listening(socket.AF_INET, ("0.0.0.0", port))  # noqa: S104
-
-
-def _listening(family: socket.AddressFamily, address: tuple[str, int]) -> socket.socket:
-    """A TCP socket of ``family`` listening on ``address``; an IPv6 one also takes IPv4."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(128)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 async def start_api(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
@@ -402,7 +380,7 @@ async def start_api(app: web.Application, host: str, port: int) -> tuple[web.App
         if host:
             site = web.TCPSite(runner, host, port)
         else:
-            site = web.SockSite(runner, _dual_stack_socket(port))
+            site = web.SockSite(runner, dual_stack_socket(port))
         await site.start()
         bound = int(runner.addresses[0][1])
     except BaseException:

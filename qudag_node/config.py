@@ -8,6 +8,7 @@ Secret values are wrapped in :class:`Secret` and never printed.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import tomllib
@@ -133,6 +134,29 @@ def _peer_list(raw: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _server_list(raw: str) -> tuple[str, ...]:
+    out = []
+    for item in (p.strip() for p in raw.split(",")):
+        if not item:
+            continue
+        host, port = item, ""
+        if item.startswith("["):
+            host, _, port = item[1:].partition("]")
+            port = port.removeprefix(":")
+        elif item.count(":") == 1:
+            host, _, port = item.partition(":")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(
+                f"entry {item!r} is not an IP address (with an optional :port)"
+            ) from None
+        if port and (not port.isdigit() or not 0 < int(port) < 65536):
+            raise ValueError(f"entry {item!r} has a bad port")
+        out.append(item)
+    return tuple(out)
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
     """One configurable value."""
@@ -228,6 +252,20 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         _peer_list,
         "Comma-separated host:port peers; a host may resolve to several addresses.",
+    ),
+    Setting(
+        "dns_servers",
+        "QUDAG_DNS_SERVERS",
+        "",
+        _server_list,
+        "DNS servers (ip or ip:port, comma-separated) for peer names; empty: the system's.",
+    ),
+    Setting(
+        "peer_queue_bytes",
+        "QUDAG_PEER_QUEUE_BYTES",
+        str(16 << 20),
+        _int(64 << 10, 1 << 30),
+        "Most bytes queued for one peer; a peer that lets more pile up is dropped.",
     ),
     Setting(
         "max_tx_bytes",
@@ -333,6 +371,8 @@ class Settings:
     api_port: int
     p2p_port: int
     peers: tuple[str, ...]
+    dns_servers: tuple[str, ...]
+    peer_queue_bytes: int
     max_tx_bytes: int
     max_body_bytes: int
     max_submit_txs: int
@@ -483,6 +523,11 @@ def load_settings(
     settings = Settings(**values, platform=platform)
     if settings.max_tx_bytes > settings.max_body_bytes:
         raise ConfigError("invalid QUDAG_MAX_TX_BYTES: must not exceed QUDAG_MAX_BODY_BYTES")
+    if settings.peers and settings.peer_auth_token is None:
+        raise ConfigError(
+            "QUDAG_PEERS is set but PEER_AUTH_TOKEN is not: peers prove knowledge of a shared"
+            " token; set the same PEER_AUTH_TOKEN (16+ characters) on every node"
+        )
     if settings.genesis_file and settings.validators:
         raise ConfigError("QUDAG_GENESIS and QUDAG_VALIDATORS are both set; use one of them")
     return settings

@@ -9,7 +9,7 @@ are low-cardinality: route templates, reason codes, fixed result names.
 from __future__ import annotations
 
 import platform
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -135,6 +135,54 @@ class Metrics:
             buckets=HTTP_BUCKETS,
             registry=r,
         )
+        self._peer_messages = Counter(
+            "qudag_peer_messages",
+            "Peer messages by direction (sent, received) and message type.",
+            ["direction", "type"],
+            registry=r,
+        )
+        self._peer_bytes = Counter(
+            "qudag_peer_bytes",
+            "Bytes of peer frames (length prefix included) by direction and message type.",
+            ["direction", "type"],
+            registry=r,
+        )
+        self._handshake_failures = Counter(
+            "qudag_peer_handshake_failures",
+            "Peer handshakes that failed, by reason code (either end may have refused).",
+            ["reason"],
+            registry=r,
+        )
+        self._links_closed = Counter(
+            "qudag_peer_links_closed",
+            "Established peer links that closed, by reason (slow_peer, malformed_frame, ...).",
+            ["reason"],
+            registry=r,
+        )
+        self._last_message_age = Gauge(
+            "qudag_peer_last_message_age_seconds",
+            "Seconds since each linked peer last sent a frame.",
+            ["peer"],
+            registry=r,
+        )
+        self._aged_peers: set[str] = set()
+        self._sync_rounds = Counter(
+            "qudag_sync_rounds",
+            "Anti-entropy summaries received from peers, by result (in_sync, differences).",
+            ["result"],
+            registry=r,
+        )
+        self._sync_vertices = Counter(
+            "qudag_sync_vertices",
+            "Vertices that anti-entropy found missing, by direction (fetched, pushed).",
+            ["direction"],
+            registry=r,
+        )
+        self._catchup_gap = Gauge(
+            "qudag_catchup_gap_rounds",
+            "Rounds this node is behind its most advanced peer.",
+            registry=r,
+        )
         build = Gauge(
             "qudag_build_info",
             "Build of this node (always 1).",
@@ -197,6 +245,44 @@ class Metrics:
         if stats.buffer_dropped > self._buffer_dropped_seen:
             self._buffer_dropped.inc(stats.buffer_dropped - self._buffer_dropped_seen)
             self._buffer_dropped_seen = stats.buffer_dropped
+
+    def on_peer_message(self, direction: str, kind: str, size: int) -> None:
+        """A peer frame of ``size`` bytes carrying a ``kind`` message was sent or received."""
+        self._peer_messages.labels(direction=direction, type=kind).inc()
+        self._peer_bytes.labels(direction=direction, type=kind).inc(size)
+
+    def on_handshake_failure(self, reason: str) -> None:
+        """A peer handshake failed for ``reason``."""
+        self._handshake_failures.labels(reason=reason).inc()
+
+    def on_link_closed(self, reason: str) -> None:
+        """An established peer link closed for ``reason``."""
+        self._links_closed.labels(reason=reason).inc()
+
+    def on_peer_ages(self, ages: Mapping[str, float]) -> None:
+        """Seconds since each linked peer's last frame; peers not listed are removed."""
+        for peer in self._aged_peers - ages.keys():
+            self._last_message_age.remove(peer)
+        self._aged_peers = set(ages)
+        for peer, age in ages.items():
+            self._last_message_age.labels(peer=peer).set(age)
+
+    def on_sync_rejected(self, reason: Reason) -> None:
+        """A peer's sync message was dropped for ``reason``."""
+        self._messages_rejected.labels(reason=reason.value).inc()
+
+    def on_sync_round(self, result: str) -> None:
+        """A peer's anti-entropy summary was compared with ours."""
+        self._sync_rounds.labels(result=result).inc()
+
+    def on_sync_vertices(self, fetched: int, pushed: int) -> None:
+        """Anti-entropy found vertices to fetch from a peer and to push to it."""
+        self._sync_vertices.labels(direction="fetched").inc(fetched)
+        self._sync_vertices.labels(direction="pushed").inc(pushed)
+
+    def on_catchup_gap(self, rounds: int) -> None:
+        """Rounds behind the most advanced peer."""
+        self._catchup_gap.set(rounds)
 
     def on_store_commit(self, seconds: float) -> None:
         """One store commit took ``seconds``."""

@@ -15,8 +15,9 @@ import shutil
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import nacl.signing
@@ -24,7 +25,7 @@ import structlog
 
 from qudag_node import __version__
 from qudag_node.api import make_app, start_api
-from qudag_node.config import Settings
+from qudag_node.config import ConfigError, Settings
 from qudag_node.core.crypto import Signer, tx_ids
 from qudag_node.core.engine import Engine
 from qudag_node.core.errors import InputRejected, Reason
@@ -36,10 +37,14 @@ from qudag_node.core.events import (
     TransactionsForwarded,
     TransactionsOrphaned,
     VertexCertified,
+    VerticesRequested,
 )
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.rules import check_batch
-from qudag_node.core.types import TxId, VertexId
+from qudag_node.core.syncwire import SYNC_TYPES, Status
+from qudag_node.core.types import PeerId, PublicKey, TxId, VertexId
+from qudag_node.discovery import Discovery, Resolver
+from qudag_node.gossip import LinkHandler, LinkLimits, PeerNetwork
 from qudag_node.metrics import Metrics
 from qudag_node.ports import (
     Check,
@@ -51,8 +56,13 @@ from qudag_node.ports import (
     VertexRecord,
 )
 from qudag_node.store import Store, StoreError
+from qudag_node.sync import Syncer
 
 KEY_FILENAME = "node.key"
+#: Peer messages queued for the engine before links stop reading (back-pressure).
+MAX_PEER_INPUTS = 1024
+#: Peer messages the pump feeds the engine in one step (one store commit).
+PEER_INPUTS_PER_STEP = 256
 log = structlog.get_logger("qudag.node")
 
 
@@ -65,6 +75,20 @@ class _Submission:
     ids: list[TxId]
     transactions: Sequence[bytes]
     done: asyncio.Future[SubmitReceipt]
+
+
+@dataclass(frozen=True, slots=True)
+class _LinkUp:
+    peer: PeerId
+    key: PublicKey
+
+
+@dataclass(frozen=True, slots=True)
+class _LinkDown:
+    peer: PeerId
+
+
+_PeerInput = tuple[PeerId, bytes] | _LinkUp | _LinkDown
 
 
 def _new_future() -> asyncio.Future[bool]:
@@ -117,8 +141,9 @@ def load_signer(settings: Settings) -> Signer:
         raise NodeFailure(f"{path} does not hold a 64-hex-character private key") from None
 
 
-class Node:
-    """One running node. Implements :class:`qudag_node.ports.NodeApi` for the API."""
+class Node(LinkHandler):
+    """One running node. Implements :class:`qudag_node.ports.NodeApi` for the API and
+    :class:`qudag_node.gossip.LinkHandler` for the peer network."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -136,6 +161,12 @@ class Node:
         self._started_at = time.time()
         self._vertex_total = 0
         self._pump_task: asyncio.Task[None] | None = None
+        self._peer_inputs: deque[_PeerInput] = deque()
+        self._inputs_room = asyncio.Event()
+        self._catching_up: bool | None = None  # a change for the pump to apply
+        self.p2p_port: int | None = None
+        self._network: PeerNetwork | None = None
+        self._syncer: Syncer
         # set in run()
         self._store: Store
         self._engine: Engine
@@ -200,6 +231,18 @@ class Node:
             pending=len(snapshot.pending),
             seconds=round(time.monotonic() - started, 3),
         )
+        alone = self._genesis.n == 1 and self._genesis.index_of(self._signer.public_key) == 0
+        self._syncer = Syncer(
+            self._store,
+            self._send_to_peer,
+            self._position,
+            self._metrics,
+            self.params,
+            s.dag_sync_interval,
+            needs_peers=not alone,
+        )
+        self._engine.set_catching_up(self._syncer.catching_up, time.time())
+        await self._open_peer_port(alone)
         runner, self.api_port = await start_api(
             make_app(self, self._metrics, s), s.api_host, s.api_port
         )
@@ -207,6 +250,19 @@ class Node:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._pump_task = tg.create_task(self._pump())
+                background = [
+                    tg.create_task(self._syncer.run(self._on_catching_up)),
+                    tg.create_task(self._watch_peers()),
+                ]
+                if self._network is not None:
+                    background.append(tg.create_task(self._network.run()))
+                    if s.peers:
+                        discovery = Discovery(
+                            s.peers, Resolver(s.dns_servers), self._store, s.dag_sync_interval
+                        )
+                        background.append(
+                            tg.create_task(discovery.run(self._network.set_candidates))
+                        )
                 self._started.set()
                 log.info(
                     "ready",
@@ -227,17 +283,90 @@ class Node:
                     raise NodeFailure(
                         f"requests still running after {s.shutdown_timeout} s of shutdown"
                     ) from None
+                for task in background:
+                    task.cancel()  # links close; nothing more comes in
                 self._stopping = True
                 self._wakeup.set()
         finally:
             await runner.cleanup()
+
+    async def _open_peer_port(self, alone: bool) -> None:
+        """Listen for peers, if this node has any to talk to (which needs the token)."""
+        s = self.settings
+        if s.peer_auth_token is None:
+            if not alone:
+                raise ConfigError(
+                    "PEER_AUTH_TOKEN is not set, but this network has other nodes: peers prove"
+                    " knowledge of a shared token; set the same PEER_AUTH_TOKEN on every node"
+                )
+            log.info("peer_port_closed", reason="no PEER_AUTH_TOKEN: this node is the network")
+            return
+        self._network = PeerNetwork(
+            self._genesis,
+            self._signer,
+            s.peer_auth_token.reveal().encode(),
+            self,
+            self._metrics,
+            LinkLimits(max_queue_bytes=s.peer_queue_bytes),
+        )
+        try:
+            self.p2p_port = await self._network.start(s.p2p_port)
+        except OSError as e:
+            raise NodeFailure(f"cannot listen on peer port {s.p2p_port}: {e.strerror}") from None
+        log.info("p2p_listening", port=self.p2p_port, peers=list(s.peers))
+
+    # ----------------------------------------------------------- peer links
+
+    def link_up(self, peer: PeerId, public_key: PublicKey) -> None:
+        """A first link to ``peer`` is up: the engine and the syncer learn of it."""
+        self._peer_inputs.append(_LinkUp(peer, public_key))
+        self._wakeup.set()
+        self._syncer.link_up(peer)
+
+    def link_down(self, peer: PeerId) -> None:
+        """The last link to ``peer`` is gone."""
+        self._peer_inputs.append(_LinkDown(peer))
+        self._wakeup.set()
+        self._syncer.link_down(peer)
+
+    async def frame(self, peer: PeerId, data: bytes) -> None:
+        """A message from ``peer``: sync messages to the syncer, the rest to the engine."""
+        if data[0] in SYNC_TYPES:
+            await self._syncer.handle(peer, data)
+            return
+        while len(self._peer_inputs) >= MAX_PEER_INPUTS:
+            self._inputs_room.clear()
+            await self._inputs_room.wait()  # the pump is behind: stop reading this link
+        self._peer_inputs.append((peer, data))
+        self._wakeup.set()
+
+    def _send_to_peer(self, peer: PeerId, data: bytes) -> bool:
+        return self._network is not None and self._network.send(peer, data)
+
+    def _position(self) -> Status:
+        st = self._engine.statistics()
+        floor = max(0, st.committed_round - self.params.gc_depth)
+        return Status(st.highest_round, st.committed_round, floor, st.log_length, st.log_hash)
+
+    def _on_catching_up(self, catching_up: bool) -> None:
+        self._catching_up = catching_up
+        self._wakeup.set()
+
+    async def _watch_peers(self) -> None:
+        """Keep the per-peer last-message ages current."""
+        while True:
+            if self._network is not None:
+                self._metrics.on_peer_ages(
+                    {str(p): a for p, a in self._network.last_seen().items()}
+                )
+            await asyncio.sleep(1.0)
 
     # ------------------------------------------------------------------ pump
 
     async def _pump(self) -> None:
         while True:
             timer = self._engine.get_timer()
-            if not self._inbox and not self._stopping:
+            if not self._inbox and not self._peer_inputs and not self._stopping:
                 delay = None if timer is None else max(0.0, timer - time.time())
                 try:
                     async with asyncio.timeout(delay):
@@ -256,14 +385,47 @@ class Node:
             known = await self._store.known_ids([i for sub in batch for i in sub.ids])
             for sub in batch:
                 outcomes.append((sub, self._admit(sub, known, now)))
+        self._take_peer_inputs(now)
         self._engine.handle_timer(now)
         events = step = await self._persist_step(outcomes)
         while any(isinstance(e, TransactionsOrphaned | TransactionsForwarded) for e in step):
             await self._follow_up(step, now)
             step = await self._persist_step(outcomes)
             events += step
-        self._engine.messages_to_send()  # no peer links yet: nothing is connected
         self._after_commit(events, outcomes)
+        await self._send(events)
+
+    def _take_peer_inputs(self, now: float) -> None:
+        """Feed the engine what the links brought since the last step."""
+        if self._catching_up is not None:
+            self._engine.set_catching_up(self._catching_up, now)
+            self._catching_up = None
+        inputs = self._peer_inputs
+        for _ in range(min(len(inputs), PEER_INPUTS_PER_STEP)):
+            item = inputs.popleft()
+            if isinstance(item, _LinkUp):
+                self._engine.peer_connected(item.peer, item.key)
+            elif isinstance(item, _LinkDown):
+                self._engine.peer_disconnected(item.peer)
+            else:
+                self._engine.receive_message(item[0], item[1], now)
+        if len(inputs) < MAX_PEER_INPUTS // 2:
+            self._inputs_room.set()
+        if inputs:
+            self._wakeup.set()  # more next step
+
+    async def _send(self, events: list[Event]) -> None:
+        """Send what the engine queued, and answer peers' fetches from the store; only
+        after the step's commit (persist before announce)."""
+        messages = self._engine.messages_to_send()
+        if self._network is None:
+            return
+        for peer, data in messages:
+            self._network.send(peer, data)
+        for event in events:
+            if isinstance(event, VerticesRequested):
+                for data in await self._store.certified_messages(list(event.ids)):
+                    self._network.send(event.peer, data)
 
     async def _follow_up(self, events: list[Event], now: float) -> None:
         """Answer the engine's requests that need the store."""
@@ -485,8 +647,35 @@ class Node:
             },
             "log": {"length": st.log_length, "hash": st.log_hash.hex()},
             "transactions": {"pending": st.pending, "in_flight": st.in_flight},
-            "p2p": {"peers": st.peers, "port": self.settings.p2p_port},
+            "p2p": {"peers": st.peers, "port": self.p2p_port},
+            "sync": self._sync_status(),
         }
+
+    def _sync_status(self) -> dict[str, Any]:
+        ready, detail = self._syncer.readiness()
+        return {
+            "catching_up": self._syncer.catching_up,
+            "gap_rounds": self._syncer.gap(),
+            "in_step": ready,
+            "detail": detail,
+        }
+
+    def peers(self) -> list[dict[str, Any]]:
+        """Each linked peer (with the position it last told us) and each candidate
+        address that is not linked."""
+        if self._network is None:
+            return []
+        statuses = self._syncer.statuses()
+        out = []
+        for view in self._network.views():
+            doc: dict[str, Any] = asdict(view)
+            theirs = statuses.get(PeerId(view.name)) if view.name is not None else None
+            if theirs is not None and view.state == "connected":
+                doc["highest_round"] = theirs.highest
+                doc["committed_round"] = theirs.committed
+                doc["log_length"] = theirs.log_length
+            out.append(doc)
+        return out
 
     async def liveness(self) -> list[Check]:
         """The event loop answers (we are running), the pump runs, the database answers."""
@@ -504,6 +693,8 @@ class Node:
     def readiness(self) -> list[Check]:
         """Whether the node should get traffic now."""
         checks = [Check("started", self._started.is_set() and not self._closing, self._phase())]
+        if self._started.is_set():
+            checks.append(Check("sync", *self._syncer.readiness()))
         free_mb = shutil.disk_usage(self.settings.data_path).free // (1 << 20)
         checks.append(
             Check(

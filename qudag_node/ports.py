@@ -116,6 +116,10 @@ class NodeApi(Protocol):
         """The node's status document (JSON-ready)."""
         ...
 
+    def peers(self) -> list[dict[str, Any]]:
+        """Each linked peer and each candidate peer address (JSON-ready)."""
+        ...
+
     async def liveness(self) -> list[Check]:
         """Checks that the event loop and the database answer."""
         ...

@@ -53,8 +53,9 @@ class NodeProcess:
         assert self.port is not None, "node not started"
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> NodeProcess:
-        """Start the process and wait until its API answers /ready."""
+    def start(self, ready: bool = True) -> NodeProcess:
+        """Start the process and wait until its API answers /ready (or, with
+        ``ready=False``, /health: a node of a network waits for peers to be ready)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("QUDAG_", "NODE_", "FLY_"))}
         env.update(
             {
@@ -75,7 +76,10 @@ class NodeProcess:
                 env=env,
             )
         wait_until(self._found_port, START_TIMEOUT, "the api_listening log line")
-        wait_until(self._is_ready, START_TIMEOUT, "/ready")
+        if ready:
+            wait_until(self._is_ready, START_TIMEOUT, "/ready")
+        else:
+            wait_until(self._is_alive, START_TIMEOUT, "/health")
         return self
 
     def _found_port(self) -> bool:
@@ -90,6 +94,10 @@ class NodeProcess:
 
     def _is_ready(self) -> bool:
         status, _ = request("GET", self.url + "/ready")
+        return status == 200
+
+    def _is_alive(self) -> bool:
+        status, _ = request("GET", self.url + "/health")
         return status == 200
 
     def logs(self) -> str:

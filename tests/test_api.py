@@ -323,14 +323,50 @@ def _caught(author: int, round_: int, parents: list[VertexId]) -> EquivocationDe
 def _committee_settings(**more: str) -> dict[str, str]:
     """Settings that make a node part of the committee network :data:`C`."""
     validators = ",".join(f"{v.name}={v.public_key.hex()}" for v in C.genesis.validators)
-    return {"QUDAG_NETWORK_ID": C.genesis.network_id, "QUDAG_VALIDATORS": validators, **more}
+    return {
+        "QUDAG_NETWORK_ID": C.genesis.network_id,
+        "QUDAG_VALIDATORS": validators,
+        "PEER_AUTH_TOKEN": "committee-token-0123456789",
+        **more,
+    }
+
+
+async def test_a_validator_without_peers_waits(
+    node_factory: NodeFactory, session: aiohttp.ClientSession
+) -> None:
+    """Validator 0 of four, alone: it stores the transaction but proposes nothing, and
+    is not ready, until a peer tells it where the network stands."""
+    node = await node_factory(**_committee_settings(NODE_PRIVATE_KEY=C.signers[0].seed().hex()))
+    assert (await _submit(session, node, b"alone"))[0] == 202
+    assert (await _get(session, f"{node.url}{TX}/{_tx_id(b'alone')}"))["status"] == "pending"
+    async with session.get(f"{node.url}/ready") as resp:
+        assert resp.status == 503
+        doc = await resp.json()
+    assert doc["checks"]["sync"] == {"ok": False, "detail": "no peer has told us its position yet"}
+    status = await _get(session, f"{node.url}/api/v1/status")
+    assert status["dag"]["round"] == 0
+    assert status["sync"]["catching_up"] is True
+    assert await _get(session, f"{node.url}/api/v1/peers") == {"peers": []}
 
 
 async def test_a_vertex_without_a_quorum_has_no_certificate(
     node_factory: NodeFactory, session: aiohttp.ClientSession
 ) -> None:
-    """Validator 0 of four proposes round 1 alone: stored, never certified."""
-    node = await node_factory(**_committee_settings(NODE_PRIVATE_KEY=C.signers[0].seed().hex()))
+    """Validators 0 and 1 of four, linked: each proposes round 1, which two votes
+    cannot certify (the quorum is three)."""
+    other = await node_factory(**_committee_settings(NODE_PRIVATE_KEY=C.signers[1].seed().hex()))
+    node = await node_factory(
+        **_committee_settings(
+            NODE_PRIVATE_KEY=C.signers[0].seed().hex(),
+            QUDAG_PEERS=f"127.0.0.1:{other.node.p2p_port}",
+        )
+    )
+
+    async def linked() -> bool:
+        peers = (await _get(session, f"{node.url}/api/v1/peers"))["peers"]
+        return [(p["name"], p["state"]) for p in peers] == [("v1", "connected")]
+
+    await _until(linked, what="the link to validator 1")
     assert (await _submit(session, node, b"alone"))[0] == 202
     url = f"{node.url}{TX}/{_tx_id(b'alone')}"
 
@@ -406,7 +442,7 @@ async def test_health_and_ready(node_factory: NodeFactory, session: aiohttp.Clie
     assert ready["status"] == "ready"
     assert ready["checks"]
     assert all(c["ok"] is True for c in ready["checks"].values())
-    assert set(ready["checks"]) == {"started", "disk"}
+    assert set(ready["checks"]) == {"started", "disk", "sync"}
 
 
 async def test_not_ready_when_the_disk_is_nearly_full(

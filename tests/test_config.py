@@ -40,6 +40,8 @@ INVALID = {
     "api_port": "65536",
     "p2p_port": "-1",
     "peers": "no-port-here",
+    "dns_servers": "dns.example:53",
+    "peer_queue_bytes": "1000",
     "max_tx_bytes": "0",
     "max_body_bytes": "1023",
     "max_submit_txs": "many",
@@ -112,7 +114,7 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
 def test_file_numbers_and_lists(tmp_path: Path) -> None:
     path = tmp_path / "node.toml"
     path.write_text('api_port = 9100\nleader_timeout = 1.5\npeers = ["a:7000", "b:7001"]\n')
-    s = load_settings({}, config_file=str(path))
+    s = load_settings({"PEER_AUTH_TOKEN": TOKEN}, config_file=str(path))
     assert (s.api_port, s.leader_timeout, s.peers) == (9100, 1.5, ("a:7000", "b:7001"))
 
 
@@ -221,7 +223,7 @@ def test_empty_secret_means_unset() -> None:
 
 def test_peers_parsing() -> None:
     raw = " node2.internal:7000, 10.0.0.3:7001,[::1]:7000\n[fdaa::2]:7002,, "
-    assert load_settings({"QUDAG_PEERS": raw}).peers == (
+    assert load_settings({"QUDAG_PEERS": raw, "PEER_AUTH_TOKEN": TOKEN}).peers == (
         "node2.internal:7000",
         "10.0.0.3:7001",
         "[::1]:7000",
@@ -233,8 +235,26 @@ def test_peers_parsing() -> None:
 @pytest.mark.parametrize("entry", ["host", ":7000", "host:0", "host:65536", "host:abc", "[::1]"])
 def test_bad_peer_entries(entry: str) -> None:
     with pytest.raises(ConfigError, match="QUDAG_PEERS") as info:
-        load_settings({"QUDAG_PEERS": f"ok:7000,{entry}"})
+        load_settings({"QUDAG_PEERS": f"ok:7000,{entry}", "PEER_AUTH_TOKEN": TOKEN})
     assert "(from environment)" in str(info.value)
+
+
+def test_peers_need_the_peer_token() -> None:
+    with pytest.raises(ConfigError, match="PEER_AUTH_TOKEN is not") as info:
+        load_settings({"QUDAG_PEERS": "node2.internal:7000"})
+    assert "QUDAG_PEERS" in str(info.value)
+
+
+def test_dns_servers_parsing() -> None:
+    raw = "127.0.0.1:5353, fdaa::3 ,[::1]:53,10.0.0.2"
+    assert load_settings({"QUDAG_DNS_SERVERS": raw}).dns_servers == (
+        "127.0.0.1:5353",
+        "fdaa::3",
+        "[::1]:53",
+        "10.0.0.2",
+    )
+    with pytest.raises(ConfigError, match=r"QUDAG_DNS_SERVERS.*bad port"):
+        load_settings({"QUDAG_DNS_SERVERS": "127.0.0.1:0"})
 
 
 def test_engine_params_mapping() -> None:

@@ -1,8 +1,9 @@
 """Real node processes given a four-validator genesis: validator and observer roles.
 
-Peer links do not exist yet, so a validator of a four-validator network can propose
-its round-1 vertex but never certify it alone; an observer only stores what clients
-submit. Both expose the network's genesis.
+Alone, without any peer, a validator of a four-validator network stores what clients
+submit but proposes nothing and is not ready: until a peer tells it where the network
+stands, it cannot know whether its key already signed rounds in an earlier life. An
+observer only stores what clients submit. Both expose the network's genesis.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from pathlib import Path
 import nacl.signing
 import pytest
 
-from tests.nodeproc import NodeProcess, request, submit_json, wait_until
+from tests.nodeproc import NodeProcess, request, submit_json
 
 pytestmark = pytest.mark.slow
 
 SEEDS = [bytes([0x30 + i]) * 32 for i in range(4)]
+TOKEN = "roles-token-0123456789"  # noqa: S105 - a test value
 
 
 def _public(seed: bytes) -> str:
@@ -57,12 +59,17 @@ def _section(node: NodeProcess, name: str) -> dict[str, object]:
     return section
 
 
-def test_a_validator_proposes_round_one_and_waits_for_votes(
+def test_a_validator_without_peers_stores_but_waits(
     tmp_path: Path, genesis_file: tuple[Path, str]
 ) -> None:
     path, printed = genesis_file
-    env = {"QUDAG_GENESIS": str(path), "NODE_PRIVATE_KEY": SEEDS[1].hex(), "NODE_ID": "node2"}
-    node = NodeProcess(tmp_path / "data", tmp_path / "node.log", env).start()
+    env = {
+        "QUDAG_GENESIS": str(path),
+        "NODE_PRIVATE_KEY": SEEDS[1].hex(),
+        "NODE_ID": "node2",
+        "PEER_AUTH_TOKEN": TOKEN,
+    }
+    node = NodeProcess(tmp_path / "data", tmp_path / "node.log", env).start(ready=False)
     try:
         network = _section(node, "network")
         assert network["genesis"] == printed
@@ -76,13 +83,13 @@ def test_a_validator_proposes_round_one_and_waits_for_votes(
         code, body = submit_json(node.url, [b"needs three votes"])
         assert code == 202
         [tx] = body["ids"]
-        wait_until(lambda: _section(node, "dag")["round"] == 1, 10, "round 1 proposed")
+        code, ready = request("GET", node.url + "/ready")
+        assert code == 503
+        assert ready["checks"]["sync"]["detail"] == "no peer has told us its position yet"
+        assert _section(node, "sync")["catching_up"] is True
         code, record = request("GET", f"{node.url}/api/v1/transactions/{tx}")
-        assert (code, record["status"]) == (200, "included")
-        code, vertex = request("GET", f"{node.url}/api/v1/vertices/{record['vertex']}")
-        assert code == 200
-        assert vertex["certificate"] is None  # one vote of the three a certificate needs
-        assert vertex["round"] == 1
+        assert (code, record["status"]) == (200, "pending")
+        assert _section(node, "dag")["round"] == 0
 
         # alone, it cannot finalize: a client waiting for finality gets a timeout
         code, body = request(
@@ -93,15 +100,28 @@ def test_a_validator_proposes_round_one_and_waits_for_votes(
         assert (code, body["error"]["code"]) == (504, "timeout")
         assert node.stop() == 0
 
-        # after a restart it resumes its round-1 proposal instead of signing another
-        node.start()
-        dag = _section(node, "dag")
-        assert (dag["round"], dag["committed_round"]) == (1, 0)
-        assert _section(node, "transactions")["in_flight"] == 1
+        node.start(ready=False)  # the transaction is still held after a restart
+        assert _section(node, "transactions")["pending"] == 1
         code, again = request("GET", f"{node.url}/api/v1/transactions/{tx}")
-        assert (code, again["status"], again["vertex"]) == (200, "included", record["vertex"])
+        assert (code, again["status"]) == (200, "pending")
     finally:
         node.stop()
+
+
+def test_a_network_node_needs_the_peer_token(
+    tmp_path: Path, genesis_file: tuple[Path, str]
+) -> None:
+    path, _ = genesis_file
+    result = subprocess.run(
+        [sys.executable, "-m", "qudag_node", "run", "--data-dir", str(tmp_path / "data")],
+        env={"QUDAG_GENESIS": str(path), "PATH": "/usr/bin:/bin", "QUDAG_API_PORT": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "PEER_AUTH_TOKEN is not set" in result.stderr
 
 
 def test_a_node_outside_the_validator_set_is_an_observer(
@@ -109,8 +129,8 @@ def test_a_node_outside_the_validator_set_is_an_observer(
 ) -> None:
     path, printed = genesis_file
     outsider = b"\x77" * 32
-    env = {"QUDAG_GENESIS": str(path), "NODE_PRIVATE_KEY": outsider.hex()}
-    node = NodeProcess(tmp_path / "data", tmp_path / "node.log", env).start()
+    env = {"QUDAG_GENESIS": str(path), "NODE_PRIVATE_KEY": outsider.hex(), "PEER_AUTH_TOKEN": TOKEN}
+    node = NodeProcess(tmp_path / "data", tmp_path / "node.log", env).start(ready=False)
     try:
         assert _section(node, "node")["role"] == "observer"
         assert _section(node, "network")["genesis"] == printed

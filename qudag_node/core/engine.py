@@ -174,6 +174,7 @@ class Engine:
         self._seen_time = False  # no input has told us the time yet
         self._ready_round: int | None = None  # highest round with a quorum, if >= ours
         self._ready_at = 0.0
+        self._catching_up = False
         self._restore(snapshot or Snapshot(0, log_hash_start(genesis.hash), 0, (), ()))
 
     # ----------------------------------------------------------------- inputs
@@ -243,6 +244,13 @@ class Engine:
             p for p in self._peer_names if g.index_of(self._peers[p]) is not None
         ]
         self._peer_by_key = {key: p for p, key in sorted(self._peers.items(), reverse=True)}
+
+    def set_catching_up(self, catching_up: bool, now: float) -> None:
+        """While catching up with peers that are ahead, a validator does not propose:
+        its rounds would be long past, and a node restarted on an empty store could
+        sign a round its key already signed in an earlier life."""
+        self._catching_up = catching_up
+        self._refresh(now)
 
     def handle_timer(self, now: float) -> None:
         """Called at (or after) the time :meth:`get_timer` named."""
@@ -678,7 +686,7 @@ class Engine:
         return bool(self._pool.pending) or self._dag.has_unordered_payload()
 
     def _proposal_time(self) -> float | None:
-        if self.role is not Role.VALIDATOR or self._ready_round is None:
+        if self.role is not Role.VALIDATOR or self._ready_round is None or self._catching_up:
             return None
         r = self._ready_round
         when = self._ready_at

@@ -48,6 +48,12 @@ class Reason(enum.Enum):
     # other peer messages
     NOT_A_VALIDATOR = "not_a_validator"
     OVERSIZE_MESSAGE = "oversize_message"
+    # peer links
+    WRONG_GENESIS = "wrong_genesis"
+    BAD_TOKEN = "bad_token"  # noqa: S105 (a reason code, not a secret)
+    REPLAYED_HANDSHAKE = "replayed_handshake"
+    SELF_CONNECTION = "self_connection"
+    BAD_SYNC = "bad_sync"
 
 
 class QudagError(Exception):

@@ -9,6 +9,8 @@ Layouts (integers big-endian; ``vertex`` and ``certificate`` as in
     4 CERTIFIED     vertex_len:u32  vertex  certificate a certified vertex (fetch answer)
     5 FETCH         count:u16  vertex_id:32 * count     please send these certified vertices
     6 TRANSACTIONS  count:u32  (tx_len:u32  tx) * count client transactions for validators
+
+Types 7 to 11 are the sync messages of :mod:`~qudag_node.core.syncwire`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ class MessageType(enum.IntEnum):
     CERTIFIED = 4
     FETCH = 5
     TRANSACTIONS = 6
+    # sync messages, in qudag_node.core.syncwire
+    STATUS = 7
+    SUMMARY = 8
+    IDS = 9
+    ROUNDS = 10
+    ROUNDS_DONE = 11
 
 
 @dataclass(frozen=True, slots=True)

@@ -345,6 +345,6 @@ def test_own_vertices_sent_back_by_a_peer_are_ignored() -> None:
 
 def test_garbage_from_a_peer_is_an_event_not_an_exception() -> None:
     node = started()
-    node.engine.receive_message(PeerId("p"), b"\x07junk", node.now)
+    node.engine.receive_message(PeerId("p"), b"\x63junk", node.now)
     [event] = drain(node.engine)
-    assert event == MessageRejected(PeerId("p"), Reason.UNKNOWN_MESSAGE, "message type 7")
+    assert event == MessageRejected(PeerId("p"), Reason.UNKNOWN_MESSAGE, "message type 99")

@@ -1,0 +1,182 @@
+"""The peer link handshake: both ends prove the shared token and their node key.
+
+Each end sends its HELLO as soon as the connection is up, then, once it has read
+the other end's HELLO and found it acceptable, its AUTH::
+
+    HELLO  magic "QDAG"  version:u16  role:u8  network_len:u8  network_id
+           genesis_hash:32  public_key:32  nonce:32
+    AUTH   mac:32  signature:64
+
+    transcript = BLAKE2b-256(person "qudag:link", dialer HELLO || listener HELLO)
+    mac        = HMAC-SHA256(token, side || transcript)
+    signature  = Ed25519(node key, "qudag:link-auth" || side || transcript)
+
+``side`` is ``b"D"`` for the end that dialed and ``b"L"`` for the end that listened,
+so one end's AUTH can never be reflected back as the other's. The token itself never
+travels. Every HELLO carries a fresh random nonce, so the transcript of each
+connection is new and a recorded AUTH proves nothing on another connection; a
+listener also remembers recent dialer nonces and refuses a HELLO it has seen, which
+names a replay for what it is.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from qudag_node.core import codec
+from qudag_node.core.crypto import Scheme, Signer, verify
+from qudag_node.core.errors import InputRejected, Reason, UsageError
+from qudag_node.core.genesis import Genesis
+from qudag_node.core.types import HASH_SIZE, GenesisHash, PublicKey
+
+MAGIC = b"QDAG"
+PROTOCOL_VERSION = 1
+NONCE_SIZE = 32
+AUTH_SIZE = 32 + 64
+_TRANSCRIPT = b"qudag:link"
+_SIGNED = b"qudag:link-auth"
+
+
+class LinkRole(enum.IntEnum):
+    """What an end claims to be; a validator claim must match the genesis."""
+
+    VALIDATOR = 1
+    OBSERVER = 2
+
+
+class Side(enum.Enum):
+    """Which end of the connection: the one that dialed or the one that listened."""
+
+    DIALER = b"D"
+    LISTENER = b"L"
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """One end's opening message."""
+
+    version: int
+    role: LinkRole
+    network_id: str
+    genesis: GenesisHash
+    public_key: PublicKey
+    nonce: bytes
+
+    def encode(self) -> bytes:
+        """Canonical bytes."""
+        network = self.network_id.encode()
+        if len(network) > 255 or len(self.nonce) != NONCE_SIZE:
+            raise UsageError("network id or nonce of the wrong size")
+        return b"".join(
+            (
+                MAGIC,
+                codec.u16(self.version),
+                codec.u8(self.role),
+                codec.u8(len(network)),
+                network,
+                self.genesis,
+                self.public_key,
+                self.nonce,
+            )
+        )
+
+
+def make_hello(genesis: Genesis, public_key: PublicKey, nonce: bytes) -> Hello:
+    """Our HELLO for ``genesis``; ``nonce`` must be 32 fresh random bytes."""
+    role = LinkRole.VALIDATOR if genesis.index_of(public_key) is not None else LinkRole.OBSERVER
+    return Hello(PROTOCOL_VERSION, role, genesis.network_id, genesis.hash, public_key, nonce)
+
+
+def decode_hello(data: bytes) -> Hello:
+    """Parse a HELLO; raises :class:`InputRejected`."""
+    r = codec.Reader(data)
+    if r.fixed(len(MAGIC), "magic") != MAGIC:
+        raise InputRejected(Reason.UNKNOWN_MESSAGE, "not a qudag peer (bad magic)")
+    version = r.u16("version")
+    if version != PROTOCOL_VERSION:
+        raise InputRejected(
+            Reason.BAD_VERSION, f"protocol version {version}, we speak {PROTOCOL_VERSION}"
+        )
+    role = r.u8("role")
+    if role not in LinkRole._value2member_map_:
+        raise InputRejected(Reason.NON_CANONICAL, f"role {role}")
+    try:
+        network = r.fixed(r.u8("network id length"), "network id").decode()
+    except UnicodeDecodeError:
+        raise InputRejected(Reason.NON_CANONICAL, "network id is not UTF-8") from None
+    genesis = GenesisHash(r.fixed(HASH_SIZE, "genesis hash"))
+    key = PublicKey(r.fixed(HASH_SIZE, "public key"))
+    nonce = r.fixed(NONCE_SIZE, "nonce")
+    r.finish("hello")
+    return Hello(version, LinkRole(role), network, genesis, key, nonce)
+
+
+def check_hello(hello: Hello, genesis: Genesis, own_key: PublicKey) -> None:
+    """Refuse a HELLO from another network, from ourselves, or claiming a role it lacks."""
+    if hello.network_id != genesis.network_id:
+        raise InputRejected(
+            Reason.WRONG_NETWORK,
+            f"peer is on network {hello.network_id!r}, we are on {genesis.network_id!r}",
+        )
+    if hello.genesis != genesis.hash:
+        raise InputRejected(
+            Reason.WRONG_GENESIS,
+            f"peer's genesis is {hello.genesis.hex()[:16]}, ours {genesis.hash.hex()[:16]}",
+        )
+    if hello.public_key == own_key:
+        raise InputRejected(Reason.SELF_CONNECTION, "this address is our own node")
+    if hello.role is LinkRole.VALIDATOR and genesis.index_of(hello.public_key) is None:
+        raise InputRejected(
+            Reason.NOT_A_VALIDATOR,
+            f"key {hello.public_key.hex()[:16]} claims to be a validator but is not in the genesis",
+        )
+
+
+def transcript(dialer_hello: bytes, listener_hello: bytes) -> bytes:
+    """The hash both ends authenticate: the two HELLOs, dialer's first."""
+    h = hashlib.blake2b(digest_size=32, person=_TRANSCRIPT)
+    h.update(codec.u32(len(dialer_hello)))
+    h.update(dialer_hello)
+    h.update(listener_hello)
+    return h.digest()
+
+
+def make_auth(token: bytes, signer: Signer, side: Side, transcript_hash: bytes) -> bytes:
+    """Our AUTH: the token's MAC and our key's signature over the transcript."""
+    mac = hmac.new(token, side.value + transcript_hash, hashlib.sha256).digest()
+    return mac + signer.sign(_SIGNED + side.value + transcript_hash)
+
+
+def check_auth(
+    data: bytes, token: bytes, public_key: PublicKey, side: Side, transcript_hash: bytes
+) -> None:
+    """Check the AUTH the ``side`` end sent; raises :class:`InputRejected`."""
+    if len(data) != AUTH_SIZE:
+        raise InputRejected(Reason.TRUNCATED, f"auth of {len(data)} bytes, need {AUTH_SIZE}")
+    expected = hmac.new(token, side.value + transcript_hash, hashlib.sha256).digest()
+    if not hmac.compare_digest(data[:32], expected):
+        raise InputRejected(Reason.BAD_TOKEN, "the peer does not know our PEER_AUTH_TOKEN")
+    if not verify(Scheme.ED25519, public_key, _SIGNED + side.value + transcript_hash, data[32:]):
+        raise InputRejected(Reason.BAD_SIGNATURE, "the peer's key did not sign the handshake")
+
+
+class ReplayGuard:
+    """The most recent dialer nonces a listener has seen (bounded)."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        if capacity < 1:
+            raise UsageError("replay guard capacity must be positive")
+        self._capacity = capacity
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+
+    def check(self, nonce: bytes) -> None:
+        """Remember ``nonce``; raise :class:`InputRejected` if it was seen before."""
+        if nonce in self._seen:
+            raise InputRejected(Reason.REPLAYED_HANDSHAKE, "this handshake was seen before")
+        self._seen[nonce] = None
+        if len(self._seen) > self._capacity:
+            self._seen.popitem(last=False)

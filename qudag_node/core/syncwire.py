@@ -1,0 +1,215 @@
+"""Sync messages and the fingerprints that find differences between two DAGs.
+
+Layouts (integers big-endian), continuing the type bytes of
+:mod:`~qudag_node.core.messages`::
+
+    7  STATUS       highest:u64  committed:u64  floor:u64  log_length:u64  log_hash:32
+    8  SUMMARY      low:u64  span:u32  count:u16  (vertices:u32  fingerprint:u64) * count
+    9  IDS          low:u64  high:u64  count:u32  vertex_id:32 * count
+    10 ROUNDS       low:u64  high:u64       please send the certified vertices of these rounds
+    11 ROUNDS_DONE  low:u64  last:u64       rounds low..last were sent (CERTIFIED before it)
+
+A SUMMARY covers ``count`` buckets of ``span`` rounds from ``low``. A bucket's
+fingerprint is the XOR of the first 8 bytes of its certified vertex ids (ids are
+hashes, so their prefixes are uniform), and it travels with the bucket's vertex count.
+Both are computed for every bucket in one vectorised pass over arrays of ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from qudag_node.core import codec
+from qudag_node.core.errors import InputRejected, Reason
+from qudag_node.core.messages import MessageType
+from qudag_node.core.types import HASH_SIZE, VertexId
+
+#: Most buckets in one SUMMARY.
+MAX_BUCKETS = 64
+#: A bucket of at most this many rounds is settled by listing its ids.
+LEAF_SPAN = 4
+#: Most ids in one IDS message.
+MAX_IDS = 4096
+#: Most rounds one ROUNDS request may ask for.
+MAX_ROUNDS = 1024
+
+U64 = npt.NDArray[np.uint64]
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Where a node stands: its highest and committed rounds, window floor, and log."""
+
+    highest: int
+    committed: int
+    floor: int
+    log_length: int
+    log_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Vertex counts and fingerprints of ``len(counts)`` buckets of ``span`` rounds."""
+
+    low: int
+    span: int
+    counts: tuple[int, ...]
+    fingerprints: tuple[int, ...]
+
+    @property
+    def high(self) -> int:
+        """The last round covered."""
+        return self.low + self.span * len(self.counts) - 1
+
+    def bucket(self, k: int) -> tuple[int, int]:
+        """The first and last round of bucket ``k``."""
+        start = self.low + k * self.span
+        return start, start + self.span - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Ids:
+    """Every certified vertex id the sender holds in rounds ``low..high``."""
+
+    low: int
+    high: int
+    ids: tuple[VertexId, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RoundsRequest:
+    """Please send every certified vertex of rounds ``low..high``."""
+
+    low: int
+    high: int
+
+
+@dataclass(frozen=True, slots=True)
+class RoundsDone:
+    """The answer to a ROUNDS request is complete up to round ``last``."""
+
+    low: int
+    last: int
+
+
+SyncMessage = Status | Summary | Ids | RoundsRequest | RoundsDone
+
+SYNC_TYPES = frozenset(
+    {
+        MessageType.STATUS,
+        MessageType.SUMMARY,
+        MessageType.IDS,
+        MessageType.ROUNDS,
+        MessageType.ROUNDS_DONE,
+    }
+)
+
+
+def encode_sync(message: SyncMessage) -> bytes:
+    """Canonical bytes of a sync message."""
+    match message:
+        case Status(highest, committed, floor, length, log_hash):
+            return b"".join(
+                (
+                    bytes((MessageType.STATUS,)),
+                    codec.u64(highest),
+                    codec.u64(committed),
+                    codec.u64(floor),
+                    codec.u64(length),
+                    log_hash,
+                )
+            )
+        case Summary(low, span, counts, fps):
+            body = np.empty(len(counts), dtype=[("n", ">u4"), ("fp", ">u8")])
+            body["n"] = counts
+            body["fp"] = fps
+            head = bytes((MessageType.SUMMARY,)) + codec.u64(low) + codec.u32(span)
+            return head + codec.u16(len(counts)) + body.tobytes()
+        case Ids(low, high, ids):
+            head = bytes((MessageType.IDS,)) + codec.u64(low) + codec.u64(high)
+            return head + codec.u32(len(ids)) + b"".join(ids)
+        case RoundsRequest(low, high):
+            return bytes((MessageType.ROUNDS,)) + codec.u64(low) + codec.u64(high)
+        case RoundsDone(low, last):
+            return bytes((MessageType.ROUNDS_DONE,)) + codec.u64(low) + codec.u64(last)
+
+
+def decode_sync(data: bytes) -> SyncMessage:
+    """Parse a sync message; any malformed input raises :class:`InputRejected`."""
+    r = codec.Reader(data)
+    kind = r.u8("message type")
+    message: SyncMessage
+    if kind == MessageType.STATUS:
+        highest, committed, floor = r.u64("highest"), r.u64("committed"), r.u64("floor")
+        message = Status(highest, committed, floor, r.u64("log length"), r.fixed(HASH_SIZE, "hash"))
+    elif kind == MessageType.SUMMARY:
+        low, span, count = r.u64("low"), r.u32("span"), r.u16("count")
+        if span < 1 or not 1 <= count <= MAX_BUCKETS:
+            raise InputRejected(Reason.BAD_SYNC, f"summary of {count} buckets of {span} rounds")
+        body = np.frombuffer(r.fixed(12 * count, "buckets"), dtype=[("n", ">u4"), ("fp", ">u8")])
+        counts = tuple(int(n) for n in body["n"])
+        message = Summary(low, span, counts, tuple(int(f) for f in body["fp"]))
+    elif kind == MessageType.IDS:
+        low, high, count = r.u64("low"), r.u64("high"), r.u32("count")
+        if count > MAX_IDS or high < low:
+            raise InputRejected(Reason.BAD_SYNC, f"{count} ids for rounds {low}..{high}")
+        blob = r.fixed(HASH_SIZE * count, "ids")
+        ids = tuple(VertexId(blob[k : k + HASH_SIZE]) for k in range(0, len(blob), HASH_SIZE))
+        message = Ids(low, high, ids)
+    elif kind == MessageType.ROUNDS:
+        low, high = r.u64("low"), r.u64("high")
+        if high < low or high - low >= MAX_ROUNDS:
+            raise InputRejected(Reason.BAD_SYNC, f"rounds {low}..{high}")
+        message = RoundsRequest(low, high)
+    elif kind == MessageType.ROUNDS_DONE:
+        message = RoundsDone(r.u64("low"), r.u64("last"))
+    else:
+        raise InputRejected(Reason.UNKNOWN_MESSAGE, f"message type {kind}")
+    r.finish("sync message")
+    return message
+
+
+def id_keys(ids: Sequence[bytes]) -> U64:
+    """The first 8 bytes of each id as unsigned integers, in one vectorised call."""
+    if not ids:
+        return np.zeros(0, dtype=np.uint64)
+    blob = np.frombuffer(b"".join(ids), dtype=">u8").reshape(len(ids), HASH_SIZE // 8)
+    return blob[:, 0].astype(np.uint64)
+
+
+def bucket_span(low: int, high: int, buckets: int = 16) -> int:
+    """The span that covers rounds ``low..high`` in at most ``buckets`` buckets."""
+    return max(1, -(-(high - low + 1) // buckets))
+
+
+def summarize(
+    rounds: Sequence[int], ids: Sequence[bytes], low: int, span: int, count: int
+) -> Summary:
+    """Counts and fingerprints of ``count`` buckets of ``span`` rounds from ``low``.
+
+    ``rounds`` and ``ids`` are parallel and sorted by round; entries outside the
+    buckets are ignored.
+    """
+    r = np.asarray(rounds, dtype=np.int64)
+    keys = id_keys(ids)
+    inside = (r >= low) & (r < low + span * count)
+    bucket = (r[inside] - low) // span
+    keys = keys[inside]
+    counts = np.bincount(bucket, minlength=count)[:count]
+    fps = np.zeros(count, dtype=np.uint64)
+    present = counts > 0
+    if keys.size:
+        starts = np.searchsorted(bucket, np.arange(count))[present]
+        fps[present] = np.bitwise_xor.reduceat(keys, starts)
+    return Summary(low, span, tuple(int(c) for c in counts), tuple(int(f) for f in fps))
+
+
+def differing(ours: Summary, theirs: Summary) -> list[int]:
+    """Indices of the buckets where two summaries of the same buckets differ."""
+    a = np.array(ours.counts, dtype=np.int64), np.array(ours.fingerprints, dtype=np.uint64)
+    b = np.array(theirs.counts, dtype=np.int64), np.array(theirs.fingerprints, dtype=np.uint64)
+    return [int(k) for k in np.flatnonzero((a[0] != b[0]) | (a[1] != b[1]))]

@@ -1,0 +1,595 @@
+"""Peer links: the authenticated, framed, bounded connections between nodes.
+
+One :class:`PeerNetwork` listens on the peer port (IPv4 and IPv6) and dials the
+candidate addresses discovery hands it. Every connection starts with the handshake
+of :mod:`qudag_node.core.handshake`; after it, both ends exchange frames::
+
+    frame = length:u32  payload       (1 <= length <= max_frame)
+
+A payload is one peer message (its first byte is the type). A frame of another
+length closes that link, and only that link. A ``0x00`` payload followed by a reason
+code is a refusal: the end that sends it closes the connection.
+
+Sending never blocks the caller: each link has a queue bounded in bytes, written by
+the link's own task. A peer that stops reading lets its queue grow; past the bound
+the link is dropped, so a slow peer never slows the others.
+
+At most one link per peer key is used. When two ends dial each other at once, both
+keep the link dialed by the lower key; two links dialed by the same end keep the
+older one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import random
+import secrets
+import struct
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import structlog
+
+from qudag_node.core.backoff import backoff_delay
+from qudag_node.core.crypto import Signer
+from qudag_node.core.errors import InputRejected, Reason
+from qudag_node.core.genesis import Genesis
+from qudag_node.core.handshake import (
+    LinkRole,
+    ReplayGuard,
+    Side,
+    check_auth,
+    check_hello,
+    decode_hello,
+    make_auth,
+    make_hello,
+    transcript,
+)
+from qudag_node.core.messages import message_kind
+from qudag_node.core.types import PeerId, PublicKey
+from qudag_node.metrics import Metrics
+from qudag_node.sockets import dual_stack_socket
+
+log = structlog.get_logger("qudag.gossip")
+
+_LENGTH = struct.Struct(">I")
+_REFUSAL = 0
+#: Address of a peer: (IP text without brackets, port).
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkLimits:
+    """Sizes and times of the peer links (times in seconds)."""
+
+    max_frame: int = 8 << 20
+    max_queue_bytes: int = 16 << 20
+    handshake_timeout: float = 5.0
+    #: A link whose queued frames have not moved for this long is dropped.
+    send_timeout: float = 30.0
+    backoff_base: float = 0.25
+    backoff_cap: float = 30.0
+
+
+class LinkState(enum.Enum):
+    """What the network is doing about one candidate address."""
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    BACKOFF = "backoff"
+    SELF = "self"  # the address is this node
+    LINKED_ELSEWHERE = "linked_elsewhere"  # the key behind it is linked by another address
+
+
+@dataclass(frozen=True, slots=True)
+class PeerView:
+    """One peer or candidate address, as ``/api/v1/peers`` shows it."""
+
+    name: str | None
+    public_key: str | None
+    address: str
+    role: str | None
+    state: str
+    direction: str | None
+    last_seen_seconds: float | None
+    failures: int
+    last_error: str | None
+
+
+class LinkHandler:
+    """What the network tells its owner. Override the methods you need."""
+
+    def link_up(self, peer: PeerId, public_key: PublicKey) -> None:
+        """A first link to ``peer`` is up."""
+
+    def link_down(self, peer: PeerId) -> None:
+        """The last link to ``peer`` is gone."""
+
+    async def frame(self, peer: PeerId, data: bytes) -> None:
+        """A message from ``peer``; awaiting here slows only that link's reading."""
+
+
+class PeerRefused(Exception):
+    """The handshake failed: ``reason`` says whose fault and why."""
+
+    def __init__(self, reason: str, message: str, remote: bool = False) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.remote = remote  # the other end refused us
+
+
+def peer_name(genesis: Genesis, key: PublicKey) -> PeerId:
+    """The name a peer goes by: its validator name, else ``observer-<key prefix>``."""
+    index = genesis.index_of(key)
+    if index is not None:
+        return PeerId(genesis.validators[index].name)
+    return PeerId(f"observer-{key.hex()[:12]}")
+
+
+def format_address(address: Address) -> str:
+    """``host:port``, with brackets around an IPv6 host."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(eq=False)
+class _Link:
+    peer: PeerId
+    key: PublicKey
+    role: LinkRole
+    address: str
+    side: Side
+    writer: asyncio.StreamWriter
+    limits: LinkLimits
+    queue: deque[bytes] = field(default_factory=deque)
+    queued_bytes: int = 0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    close_reason: str | None = None
+    last_seen: float = field(default_factory=time.monotonic)
+
+    def close(self, reason: str) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+            self.closed.set()
+            self.wake.set()
+
+
+@dataclass
+class _Candidate:
+    address: Address
+    state: LinkState = LinkState.CONNECTING
+    key: PublicKey | None = None
+    failures: int = 0
+    last_error: str | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class PeerNetwork:
+    """The node's peer links. :meth:`start`, then :meth:`run` inside a TaskGroup."""
+
+    def __init__(
+        self,
+        genesis: Genesis,
+        signer: Signer,
+        token: bytes,
+        handler: LinkHandler,
+        metrics: Metrics,
+        limits: LinkLimits | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._genesis = genesis
+        self._signer = signer
+        self._token = token
+        self._handler = handler
+        self._metrics = metrics
+        self.limits = limits or LinkLimits()
+        self._random = rng or random.Random()
+        self._replays = ReplayGuard()
+        self._links: dict[PublicKey, _Link] = {}
+        self._by_peer: dict[PeerId, _Link] = {}
+        self._candidates: dict[Address, _Candidate] = {}
+        self._self_addresses: set[Address] = set()
+        self._server: asyncio.Server | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._candidates_changed = asyncio.Event()
+        self.port: int | None = None
+
+    # ------------------------------------------------------------ life cycle
+
+    async def start(self, port: int) -> int:
+        """Listen on ``port`` (0 = any) on every IPv4 and IPv6 address; returns the port."""
+        sock = dual_stack_socket(port)
+        self._server = await asyncio.start_server(
+            self._accepted, sock=sock, limit=self.limits.max_frame + 64
+        )
+        self.port = int(sock.getsockname()[1])
+        return self.port
+
+    async def run(self) -> None:
+        """Serve and dial until cancelled; every connection lives in this TaskGroup."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                tg.create_task(self._dial_manager())
+                await asyncio.Future()  # until cancelled
+        finally:
+            self._tg = None
+            if self._server is not None:
+                self._server.close()
+            for link in list(self._links.values()):
+                link.close("shutdown")
+
+    def set_candidates(self, addresses: frozenset[Address]) -> None:
+        """The addresses to dial (from discovery); others stop being redialed."""
+        for address in addresses - self._candidates.keys():
+            self._candidates[address] = _Candidate(address)
+        for address in self._candidates.keys() - addresses:
+            candidate = self._candidates.pop(address)
+            candidate.changed.set()
+        self._candidates_changed.set()
+
+    # ------------------------------------------------------------- sending
+
+    def send(self, peer: PeerId, data: bytes) -> bool:
+        """Queue ``data`` for ``peer``; False if no link is up. Never blocks."""
+        link = self._by_peer.get(peer)
+        if link is None or link.close_reason is not None:
+            return False
+        size = len(data) + _LENGTH.size
+        if link.queued_bytes + size > self.limits.max_queue_bytes:
+            log.warning(
+                "peer_too_slow",
+                peer=peer,
+                queued_bytes=link.queued_bytes,
+                limit=self.limits.max_queue_bytes,
+            )
+            link.close("slow_peer")
+            return False
+        link.queue.append(data)
+        link.queued_bytes += size
+        link.wake.set()
+        self._metrics.on_peer_message("sent", message_kind(data), size)
+        return True
+
+    def broadcast(self, data: bytes) -> None:
+        """Queue ``data`` for every linked peer."""
+        for peer in list(self._by_peer):
+            self.send(peer, data)
+
+    def connected(self) -> list[PeerId]:
+        """The peers with a link up, sorted."""
+        return sorted(self._by_peer)
+
+    def last_seen(self) -> dict[PeerId, float]:
+        """Seconds since each linked peer last sent a frame."""
+        now = time.monotonic()
+        return {p: now - link.last_seen for p, link in self._by_peer.items()}
+
+    def views(self) -> list[PeerView]:
+        """Every linked peer and every candidate address not linked."""
+        now = time.monotonic()
+        out = [
+            PeerView(
+                link.peer,
+                link.key.hex(),
+                link.address,
+                link.role.name.lower(),
+                LinkState.CONNECTED.value,
+                "outbound" if link.side is Side.DIALER else "inbound",
+                round(now - link.last_seen, 3),
+                0,
+                None,
+            )
+            for link in sorted(self._by_peer.values(), key=lambda lk: lk.peer)
+        ]
+        for c in sorted(self._candidates.values(), key=lambda c: c.address):
+            if c.state is LinkState.CONNECTED:
+                continue
+            name = peer_name(self._genesis, c.key) if c.key is not None else None
+            out.append(
+                PeerView(
+                    name,
+                    c.key.hex() if c.key is not None else None,
+                    format_address(c.address),
+                    None,
+                    c.state.value,
+                    None,
+                    None,
+                    c.failures,
+                    c.last_error,
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------- dialing
+
+    async def _dial_manager(self) -> None:
+        dialing: set[Address] = set()
+        assert self._tg is not None
+        while True:
+            for address in list(self._candidates):
+                if address not in dialing:
+                    dialing.add(address)
+                    self._tg.create_task(self._dial_loop(address, dialing))
+            self._candidates_changed.clear()
+            await self._candidates_changed.wait()
+
+    async def _dial_loop(self, address: Address, dialing: set[Address]) -> None:
+        try:
+            while (candidate := self._candidates.get(address)) is not None:
+                if candidate.state is LinkState.SELF:
+                    await candidate.changed.wait()
+                    continue
+                if candidate.key is not None and candidate.key in self._links:
+                    candidate.state = (
+                        LinkState.LINKED_ELSEWHERE
+                        if self._links[candidate.key].address != format_address(address)
+                        else LinkState.CONNECTED
+                    )
+                    await self._links[candidate.key].closed.wait()
+                    continue
+                await self._dial_once(candidate)
+                if candidate.failures and address in self._candidates:
+                    candidate.state = LinkState.BACKOFF
+                    delay = backoff_delay(
+                        candidate.failures,
+                        self.limits.backoff_base,
+                        self.limits.backoff_cap,
+                        self._random.random(),
+                    )
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await candidate.changed.wait()  # removed from the candidates
+        finally:
+            dialing.discard(address)
+
+    async def _dial_once(self, candidate: _Candidate) -> None:
+        candidate.state = LinkState.CONNECTING
+        host, port = candidate.address
+        try:
+            async with asyncio.timeout(self.limits.handshake_timeout):
+                reader, writer = await asyncio.open_connection(
+                    host, port, limit=self.limits.max_frame + 64
+                )
+        except (OSError, TimeoutError) as e:
+            candidate.failures += 1
+            candidate.last_error = "timeout" if isinstance(e, TimeoutError) else "refused"
+            return
+        try:
+            link = await self._handshake(reader, writer, Side.DIALER, candidate.address)
+        except PeerRefused as e:
+            candidate.failures += 1
+            candidate.last_error = e.reason
+            if e.reason == Reason.SELF_CONNECTION.value:
+                candidate.state = LinkState.SELF
+                self._self_addresses.add(candidate.address)
+            return
+        candidate.key = link.key
+        candidate.failures = 0
+        candidate.last_error = None
+        candidate.state = LinkState.CONNECTED
+        await self._serve(link, reader)
+        candidate.last_error = link.close_reason
+
+    # ------------------------------------------------------------- accepting
+
+    async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._tg is None:
+            writer.close()
+            return
+        peer = writer.get_extra_info("peername")
+        address: Address = (str(peer[0]), int(peer[1])) if peer else ("?", 0)
+        self._tg.create_task(self._serve_inbound(reader, writer, address))
+
+    async def _serve_inbound(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: Address
+    ) -> None:
+        try:
+            link = await self._handshake(reader, writer, Side.LISTENER, address)
+        except PeerRefused:
+            return
+        await self._serve(link, reader)
+
+    # ----------------------------------------------------------- handshake
+
+    async def _handshake(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        side: Side,
+        address: Address,
+    ) -> _Link:
+        """Run the handshake; on failure count it, log it, close, raise PeerRefused."""
+        where = format_address(address)
+        try:
+            async with asyncio.timeout(self.limits.handshake_timeout):
+                return await self._handshake_steps(reader, writer, side, where)
+        except PeerRefused as e:
+            self._refused(writer, e, where, side)
+            raise
+        except TimeoutError:
+            timeout = PeerRefused("handshake_timeout", "no handshake within the timeout")
+            self._refused(writer, timeout, where, side)
+            raise timeout from None
+        except (OSError, asyncio.IncompleteReadError):
+            lost = PeerRefused("connection_lost", "closed during the handshake")
+            self._refused(writer, lost, where, side)
+            raise lost from None
+
+    async def _handshake_steps(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        side: Side,
+        where: str,
+    ) -> _Link:
+        ours = make_hello(self._genesis, self._signer.public_key, secrets.token_bytes(32))
+        our_bytes = ours.encode()
+        _write_frame(writer, our_bytes)
+        their_bytes = await self._read_handshake_frame(reader)
+        try:
+            theirs = decode_hello(their_bytes)
+            check_hello(theirs, self._genesis, self._signer.public_key)
+            if side is Side.LISTENER:
+                self._replays.check(theirs.nonce)
+        except InputRejected as e:
+            raise PeerRefused(e.reason.value, e.message) from None
+        if side is Side.DIALER:
+            digest, their_side = transcript(our_bytes, their_bytes), Side.LISTENER
+        else:
+            digest, their_side = transcript(their_bytes, our_bytes), Side.DIALER
+        _write_frame(writer, make_auth(self._token, self._signer, side, digest))
+        auth = await self._read_handshake_frame(reader)
+        try:
+            check_auth(auth, self._token, theirs.public_key, their_side, digest)
+        except InputRejected as e:
+            raise PeerRefused(e.reason.value, e.message) from None
+        peer = peer_name(self._genesis, theirs.public_key)
+        return _Link(peer, theirs.public_key, theirs.role, where, side, writer, self.limits)
+
+    async def _read_handshake_frame(self, reader: asyncio.StreamReader) -> bytes:
+        data = await _read_frame(reader, 4096)
+        if data is None:
+            raise PeerRefused("malformed_frame", "handshake frame of a bad length")
+        if data[:1] == bytes((_REFUSAL,)):
+            reason = data[1:64].decode("ascii", "replace")
+            raise PeerRefused(reason, "the peer refused the link", remote=True)
+        return data
+
+    def _refused(
+        self, writer: asyncio.StreamWriter, e: PeerRefused, where: str, side: Side
+    ) -> None:
+        if not e.remote:
+            with contextlib.suppress(OSError, RuntimeError):
+                _write_frame(writer, bytes((_REFUSAL,)) + e.reason.encode())
+        writer.close()
+        if e.reason == Reason.SELF_CONNECTION.value:
+            log.debug("self_address", address=where)
+            return
+        self._metrics.on_handshake_failure(e.reason)
+        log.warning(
+            "handshake_failed",
+            address=where,
+            direction="outbound" if side is Side.DIALER else "inbound",
+            reason=e.reason,
+            by="peer" if e.remote else "us",
+            detail=str(e),
+        )
+
+    # --------------------------------------------------------------- links
+
+    async def _serve(self, link: _Link, reader: asyncio.StreamReader) -> None:
+        """Run a link until it closes: register it, read and write, unregister it."""
+        if not self._register(link):
+            link.writer.close()
+            return
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._write_loop(link))
+                tg.create_task(self._read_loop(link, reader))
+                await link.closed.wait()
+                raise _LinkClosed
+        except* _LinkClosed:
+            pass
+        finally:
+            link.close("closed")
+            link.writer.close()
+            self._unregister(link)
+
+    def _register(self, link: _Link) -> bool:
+        old = self._links.get(link.key)
+        if old is not None:
+            if not _prefer(link, old, self._signer.public_key):
+                link.close("duplicate")
+                return False
+            self._links[link.key] = self._by_peer[link.peer] = link
+            old.close("duplicate")
+            return True
+        self._links[link.key] = self._by_peer[link.peer] = link
+        log.info(
+            "peer_connected",
+            peer=link.peer,
+            address=link.address,
+            direction="outbound" if link.side is Side.DIALER else "inbound",
+            role=link.role.name.lower(),
+        )
+        self._handler.link_up(link.peer, link.key)
+        return True
+
+    def _unregister(self, link: _Link) -> None:
+        if self._links.get(link.key) is not link:
+            return  # replaced by a preferred duplicate: the peer is still linked
+        del self._links[link.key]
+        del self._by_peer[link.peer]
+        self._metrics.on_link_closed(link.close_reason or "closed")
+        log.info("peer_disconnected", peer=link.peer, reason=link.close_reason)
+        self._handler.link_down(link.peer)
+
+    async def _read_loop(self, link: _Link, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                data = await _read_frame(reader, self.limits.max_frame)
+                if data is None:
+                    log.warning("malformed_frame", peer=link.peer, limit=self.limits.max_frame)
+                    link.close("malformed_frame")
+                    return
+                link.last_seen = time.monotonic()
+                self._metrics.on_peer_message("received", message_kind(data), len(data) + 4)
+                await self._handler.frame(link.peer, data)
+        except (asyncio.IncompleteReadError, OSError):
+            link.close("connection_lost")
+
+    async def _write_loop(self, link: _Link) -> None:
+        writer = link.writer
+        try:
+            while link.close_reason is None:
+                if not link.queue:
+                    link.wake.clear()
+                    await link.wake.wait()
+                    continue
+                while link.queue:
+                    data = link.queue.popleft()
+                    link.queued_bytes -= len(data) + _LENGTH.size
+                    _write_frame(writer, data)
+                try:
+                    async with asyncio.timeout(self.limits.send_timeout):
+                        await writer.drain()
+                except TimeoutError:
+                    log.warning(
+                        "peer_not_reading", peer=link.peer, seconds=self.limits.send_timeout
+                    )
+                    link.close("slow_peer")
+        except (OSError, RuntimeError):
+            link.close("connection_lost")
+
+
+class _LinkClosed(Exception):
+    """Ends a link's TaskGroup."""
+
+
+def _prefer(new: _Link, old: _Link, own_key: PublicKey) -> bool:
+    """Whether ``new`` should replace ``old`` (same peer): the link dialed by the lower
+    key wins; between two dialed by the same end, the older one stays."""
+
+    def dialer(link: _Link) -> PublicKey:
+        return own_key if link.side is Side.DIALER else link.key
+
+    if dialer(new) == dialer(old):
+        return False
+    return dialer(new) < dialer(old)
+
+
+def _write_frame(writer: asyncio.StreamWriter, data: bytes) -> None:
+    writer.writelines((_LENGTH.pack(len(data)), data))
+
+
+async def _read_frame(reader: asyncio.StreamReader, limit: int) -> bytes | None:
+    """The next frame's payload; None for a length of 0 or over ``limit``."""
+    (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+    if not 1 <= length <= limit:
+        return None
+    return await reader.readexactly(length)
