@@ -9,6 +9,7 @@ Subcommands::
     submit    submit one transaction to a running node
     backup    copy the database of a (possibly running) node to a new file
     restore   put a backup in place as a data directory's database
+    testnet   run a local testnet of several validator nodes until Ctrl-C
 
 Exit codes:
 
@@ -37,7 +38,7 @@ from typing import Any
 
 import nacl.signing
 
-from qudag_node import __version__, config, node, store
+from qudag_node import __version__, config, node, store, testnet
 from qudag_node.core.genesis import NAME_RULE, Genesis, is_valid_name
 from qudag_node.genesis_file import GenesisFileError, genesis_to_json, parse_validator_list
 from qudag_node.logs import configure_logging
@@ -315,6 +316,23 @@ def _restore(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- testnet -----------------------------------------------------------------------
+
+
+def _testnet(args: argparse.Namespace) -> int:
+    options = testnet.Options(
+        nodes=args.nodes,
+        directory=Path(args.dir),
+        api_port=args.api_port,
+        p2p_port=args.p2p_port,
+        sync_interval=args.sync_interval,
+    )
+    try:
+        return testnet.run(options)
+    except testnet.LaunchError as e:
+        raise CommandError(str(e), e.exit_code) from None
+
+
 # --- the parser --------------------------------------------------------------------
 
 
@@ -439,4 +457,49 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("path", metavar="PATH", help="the backup file")
     restore.add_argument("--data-dir", metavar="DIR", help=dir_help)
     restore.set_defaults(command=_restore)
+
+    defaults = testnet.Options()
+    net = sub.add_parser(
+        "testnet",
+        help="run a local testnet of several validator nodes",
+        description="Run N validator nodes of the network qudag-local-testnet on 127.0.0.1, "
+        "one process each, until Ctrl-C or SIGTERM. DIR keeps a key and a log per node "
+        "(DIR/nodeI/), the shared peer token and genesis.json; a later run reuses them. "
+        "Node I serves its API on API_PORT+I-1 and its peer links on P2P_PORT+I-1.",
+    )
+    net.add_argument(
+        "--nodes",
+        type=int,
+        default=defaults.nodes,
+        metavar="N",
+        help=f"how many nodes, 1 to {testnet.MAX_NODES} (default %(default)s)",
+    )
+    net.add_argument(
+        "--dir",
+        default=str(defaults.directory),
+        metavar="DIR",
+        help="the testnet's directory (default ./%(default)s)",
+    )
+    net.add_argument(
+        "--api-port",
+        type=int,
+        default=defaults.api_port,
+        metavar="PORT",
+        help="API port of node1 (default %(default)s)",
+    )
+    net.add_argument(
+        "--p2p-port",
+        type=int,
+        default=defaults.p2p_port,
+        metavar="PORT",
+        help="peer port of node1 (default %(default)s)",
+    )
+    net.add_argument(
+        "--sync-interval",
+        type=_seconds,
+        default=defaults.sync_interval,
+        metavar="SECONDS",
+        help="the nodes' DAG_SYNC_INTERVAL (default %(default)g)",
+    )
+    net.set_defaults(command=_testnet)
     return parser

@@ -7,8 +7,8 @@ of :mod:`qudag_node.core.handshake`; after it, both ends exchange frames::
     frame = length:u32  payload       (1 <= length <= max_frame)
 
 A payload is one peer message (its first byte is the type). A frame of another
-length closes that link, and only that link. A ``0x00`` payload followed by a reason
-code is a refusal: the end that sends it closes the connection.
+length closes that link, and only that link. During the handshake, an end that
+refuses the other sends a REFUSAL frame with a reason code and closes.
 
 Sending never blocks the caller: each link has a queue bounded in bytes, written by
 the link's own task. A peer that stops reading lets its queue grow; past the bound
@@ -44,8 +44,10 @@ from qudag_node.core.handshake import (
     check_auth,
     check_hello,
     decode_hello,
+    encode_refusal,
     make_auth,
     make_hello,
+    refusal_reason,
     transcript,
 )
 from qudag_node.core.messages import message_kind
@@ -56,7 +58,6 @@ from qudag_node.sockets import dual_stack_socket
 log = structlog.get_logger("qudag.gossip")
 
 _LENGTH = struct.Struct(">I")
-_REFUSAL = 0
 #: Address of a peer: (IP text without brackets, port).
 Address = tuple[str, int]
 
@@ -148,6 +149,7 @@ class _Link:
     queued_bytes: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    gone: asyncio.Event = field(default_factory=asyncio.Event)  # unregistered, tasks ended
     close_reason: str | None = None
     last_seen: float = field(default_factory=time.monotonic)
 
@@ -192,7 +194,6 @@ class PeerNetwork:
         self._links: dict[PublicKey, _Link] = {}
         self._by_peer: dict[PeerId, _Link] = {}
         self._candidates: dict[Address, _Candidate] = {}
-        self._self_addresses: set[Address] = set()
         self._server: asyncio.Server | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._candidates_changed = asyncio.Event()
@@ -324,16 +325,19 @@ class PeerNetwork:
                 if candidate.state is LinkState.SELF:
                     await candidate.changed.wait()
                     continue
-                if candidate.key is not None and candidate.key in self._links:
+                linked = self._links.get(candidate.key) if candidate.key is not None else None
+                if linked is not None:
                     candidate.state = (
                         LinkState.LINKED_ELSEWHERE
-                        if self._links[candidate.key].address != format_address(address)
+                        if linked.address != format_address(address)
                         else LinkState.CONNECTED
                     )
-                    await self._links[candidate.key].closed.wait()
+                    await linked.gone.wait()
                     continue
                 await self._dial_once(candidate)
-                if candidate.failures and address in self._candidates:
+                if candidate.state is LinkState.SELF:
+                    log.info("own_address_skipped", address=format_address(address))
+                elif candidate.failures and address in self._candidates:
                     candidate.state = LinkState.BACKOFF
                     delay = backoff_delay(
                         candidate.failures,
@@ -362,11 +366,11 @@ class PeerNetwork:
         try:
             link = await self._handshake(reader, writer, Side.DIALER, candidate.address)
         except PeerRefused as e:
-            candidate.failures += 1
-            candidate.last_error = e.reason
             if e.reason == Reason.SELF_CONNECTION.value:
                 candidate.state = LinkState.SELF
-                self._self_addresses.add(candidate.address)
+            else:
+                candidate.failures += 1
+                candidate.last_error = e.reason
             return
         candidate.key = link.key
         candidate.failures = 0
@@ -382,7 +386,9 @@ class PeerNetwork:
             writer.close()
             return
         peer = writer.get_extra_info("peername")
-        address: Address = (str(peer[0]), int(peer[1])) if peer else ("?", 0)
+        address: Address = (
+            (str(peer[0]).removeprefix("::ffff:"), int(peer[1])) if peer else ("?", 0)
+        )
         self._tg.create_task(self._serve_inbound(reader, writer, address))
 
     async def _serve_inbound(
@@ -455,8 +461,8 @@ class PeerNetwork:
         data = await _read_frame(reader, 4096)
         if data is None:
             raise PeerRefused("malformed_frame", "handshake frame of a bad length")
-        if data[:1] == bytes((_REFUSAL,)):
-            reason = data[1:64].decode("ascii", "replace")
+        reason = refusal_reason(data)
+        if reason is not None:
             raise PeerRefused(reason, "the peer refused the link", remote=True)
         return data
 
@@ -465,7 +471,7 @@ class PeerNetwork:
     ) -> None:
         if not e.remote:
             with contextlib.suppress(OSError, RuntimeError):
-                _write_frame(writer, bytes((_REFUSAL,)) + e.reason.encode())
+                _write_frame(writer, encode_refusal(e.reason))
         writer.close()
         if e.reason == Reason.SELF_CONNECTION.value:
             log.debug("self_address", address=where)
@@ -486,6 +492,7 @@ class PeerNetwork:
         """Run a link until it closes: register it, read and write, unregister it."""
         if not self._register(link):
             link.writer.close()
+            link.gone.set()
             return
         try:
             async with asyncio.TaskGroup() as tg:
@@ -499,6 +506,7 @@ class PeerNetwork:
             link.close("closed")
             link.writer.close()
             self._unregister(link)
+            link.gone.set()
 
     def _register(self, link: _Link) -> bool:
         old = self._links.get(link.key)

@@ -11,6 +11,9 @@ the other end's HELLO and found it acceptable, its AUTH::
     mac        = HMAC-SHA256(token, side || transcript)
     signature  = Ed25519(node key, "qudag:link-auth" || side || transcript)
 
+An end that refuses the other sends a REFUSAL frame, ``magic "QDAG"  0xFFFF  reason``
+(a HELLO of a version that never exists, and never of AUTH's length), then closes.
+
 ``side`` is ``b"D"`` for the end that dialed and ``b"L"`` for the end that listened,
 so one end's AUTH can never be reflected back as the other's. The token itself never
 travels. Every HELLO carries a fresh random nonce, so the transcript of each
@@ -39,6 +42,8 @@ NONCE_SIZE = 32
 AUTH_SIZE = 32 + 64
 _TRANSCRIPT = b"qudag:link"
 _SIGNED = b"qudag:link-auth"
+_REFUSAL = MAGIC + b"\xff\xff"
+_REASON_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz_")
 
 
 class LinkRole(enum.IntEnum):
@@ -180,3 +185,16 @@ class ReplayGuard:
         self._seen[nonce] = None
         if len(self._seen) > self._capacity:
             self._seen.popitem(last=False)
+
+
+def encode_refusal(reason: str) -> bytes:
+    """A REFUSAL frame naming ``reason`` (a reason code)."""
+    return _REFUSAL + reason.encode()[:64]
+
+
+def refusal_reason(frame: bytes) -> str | None:
+    """The reason code of a REFUSAL frame, or None if ``frame`` is not one."""
+    if not frame.startswith(_REFUSAL) or len(frame) == AUTH_SIZE:
+        return None
+    text = frame[len(_REFUSAL) :].decode("ascii", "replace")
+    return text if text and set(text) <= _REASON_CHARS else "unknown"

@@ -1,0 +1,364 @@
+"""Peer links over real sockets on loopback: handshake, refusals, framing, slow peers.
+
+Networks run in this process on port 0; a raw client built from the core's handshake
+functions plays a peer that misbehaves on purpose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import secrets
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from qudag_node.core.crypto import Signer
+from qudag_node.core.genesis import Genesis
+from qudag_node.core.handshake import (
+    LinkRole,
+    Side,
+    decode_hello,
+    make_auth,
+    make_hello,
+    refusal_reason,
+    transcript,
+)
+from qudag_node.core.types import PeerId, PublicKey
+from qudag_node.gossip import LinkHandler, LinkLimits, PeerNetwork
+from qudag_node.metrics import Metrics
+from tests.core.support import C
+
+TOKEN = b"gossip-test-token-0123456789"
+DEADLINE = 10.0
+FRAME = struct.Struct(">I")
+
+
+class Recorder(LinkHandler):
+    """Keeps what a network reports: links up and down, frames received."""
+
+    def __init__(self) -> None:
+        self.up: list[tuple[PeerId, PublicKey]] = []
+        self.down: list[PeerId] = []
+        self.frames: asyncio.Queue[tuple[PeerId, bytes]] = asyncio.Queue()
+
+    def link_up(self, peer: PeerId, public_key: PublicKey) -> None:
+        self.up.append((peer, public_key))
+
+    def link_down(self, peer: PeerId) -> None:
+        self.down.append(peer)
+
+    async def frame(self, peer: PeerId, data: bytes) -> None:
+        await self.frames.put((peer, data))
+
+
+@dataclasses.dataclass
+class Running:
+    network: PeerNetwork
+    recorder: Recorder
+    metrics: Metrics
+    signer: Signer
+    task: asyncio.Task[None]
+
+    async def stop(self) -> None:
+        """Stop listening and close every link."""
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+    @property
+    def port(self) -> int:
+        assert self.network.port is not None
+        return self.network.port
+
+    def failures(self, reason: str) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "qudag_peer_handshake_failures_total", {"reason": reason}
+        )
+        return value or 0.0
+
+    def closed(self, reason: str) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "qudag_peer_links_closed_total", {"reason": reason}
+        )
+        return value or 0.0
+
+
+Start = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Start]:
+    """Start peer networks on port 0; all are stopped at teardown."""
+    tasks: list[asyncio.Task[None]] = []
+
+    async def run(
+        signer: Signer,
+        genesis: Genesis = C.genesis,
+        token: bytes = TOKEN,
+        limits: LinkLimits | None = None,
+        port: int = 0,
+    ) -> Running:
+        recorder, metrics = Recorder(), Metrics("test")
+        network = PeerNetwork(genesis, signer, token, recorder, metrics, limits)
+        await network.start(port)
+        task = asyncio.create_task(network.run())
+        tasks.append(task)
+        return Running(network, recorder, metrics, signer, task)
+
+    yield run
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def until(condition: Callable[[], bool], what: str, deadline: float = DEADLINE) -> None:
+    """Wait for ``condition`` with a deadline (polling the event loop)."""
+    async with asyncio.timeout(deadline):
+        while not condition():  # noqa: ASYNC110 - state of several objects, no one event
+            await asyncio.sleep(0.01)
+    assert condition(), what
+
+
+def link(a: Running, b: Running) -> None:
+    a.network.set_candidates(frozenset({("127.0.0.1", b.port)}))
+
+
+# ---------------------------------------------------------------- raw peers
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes:
+    (length,) = FRAME.unpack(await reader.readexactly(4))
+    return await reader.readexactly(length)
+
+
+def write_frame(writer: asyncio.StreamWriter, data: bytes) -> None:
+    writer.write(FRAME.pack(len(data)) + data)
+
+
+@dataclasses.dataclass
+class RawPeer:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    hello: bytes
+    auth: bytes | None
+
+    async def refusal(self) -> str:
+        """The reason of the refusal frame the other end sends before closing."""
+        data = await asyncio.wait_for(read_frame(self.reader), DEADLINE)
+        reason = refusal_reason(data)
+        assert reason is not None, data[:40]
+        return reason
+
+
+async def raw_dial(
+    port: int,
+    signer: Signer,
+    token: bytes = TOKEN,
+    hello: bytes | None = None,
+    complete: bool = True,
+    rcvbuf: int | None = None,
+) -> RawPeer:
+    """Dial like a node would, from the core's functions; ``hello`` replaces ours."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    ours = hello or make_hello(C.genesis, signer.public_key, secrets.token_bytes(32)).encode()
+    write_frame(writer, ours)
+    if not complete:
+        return RawPeer(reader, writer, ours, None)
+    theirs = await asyncio.wait_for(read_frame(reader), DEADLINE)
+    decode_hello(theirs)
+    auth = make_auth(token, signer, Side.DIALER, transcript(ours, theirs))
+    write_frame(writer, auth)
+    listener_auth = await asyncio.wait_for(read_frame(reader), DEADLINE)
+    assert len(listener_auth) == 96, listener_auth
+    return RawPeer(reader, writer, ours, auth)
+
+
+# ------------------------------------------------------------------- tests
+
+
+async def test_two_validators_link_and_exchange_frames(start: Start) -> None:
+    a, b = await start(C.signers[0]), await start(C.signers[1])
+    link(a, b)
+    await until(lambda: a.recorder.up and b.recorder.up, "both ends up")
+    assert a.recorder.up == [(PeerId("v1"), C.signers[1].public_key)]
+    assert b.recorder.up == [(PeerId("v0"), C.signers[0].public_key)]
+    assert a.network.send(PeerId("v1"), b"\x05hello")
+    assert b.network.send(PeerId("v0"), b"\x06back")
+    assert await asyncio.wait_for(b.recorder.frames.get(), DEADLINE) == ("v0", b"\x05hello")
+    assert await asyncio.wait_for(a.recorder.frames.get(), DEADLINE) == ("v1", b"\x06back")
+    sent = a.metrics.registry.get_sample_value(
+        "qudag_peer_bytes_total", {"direction": "sent", "type": "fetch"}
+    )
+    assert sent == 4 + 6
+    [view] = [v for v in a.network.views() if v.state == "connected"]
+    assert (view.name, view.role, view.direction) == ("v1", "validator", "outbound")
+    assert view.address == f"127.0.0.1:{b.port}"
+    assert not a.network.send(PeerId("v3"), b"\x05nobody")
+
+
+async def test_dials_an_ipv6_address(start: Start) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    a, b = await start(C.signers[0]), await start(C.signers[1])
+    a.network.set_candidates(frozenset({("::1", b.port)}))
+    await until(lambda: bool(b.recorder.up), "a link over ::1")
+    assert b.network.views()[0].address.startswith("[::1]:")
+
+
+async def test_a_wrong_token_is_refused_and_counted_at_both_ends(start: Start) -> None:
+    a = await start(C.signers[0], token=b"another-token-0123456789")
+    b = await start(C.signers[1])
+    link(a, b)
+    await until(lambda: a.failures("bad_token") >= 1 and b.failures("bad_token") >= 1, "refusals")
+    assert not a.recorder.up
+    assert not b.recorder.up
+    [view] = a.network.views()
+    assert view.state in {"backoff", "connecting"}
+    assert view.last_error == "bad_token"
+    assert view.failures >= 1
+
+
+@pytest.mark.parametrize(
+    ("other", "reason"),
+    [
+        (Genesis("another-network", C.genesis.validators), "wrong_network"),
+        (Genesis(C.genesis.network_id, C.genesis.validators[:3]), "wrong_genesis"),
+    ],
+)
+async def test_another_network_is_refused(start: Start, other: Genesis, reason: str) -> None:
+    a = await start(C.signers[0], genesis=other)
+    b = await start(C.signers[1])
+    link(a, b)
+    await until(lambda: a.failures(reason) >= 1 and b.failures(reason) >= 1, reason)
+    assert not b.recorder.up
+
+
+async def test_another_protocol_version_is_refused(start: Start) -> None:
+    b = await start(C.signers[1])
+    hello = dataclasses.replace(
+        make_hello(C.genesis, C.signers[2].public_key, secrets.token_bytes(32)), version=2
+    )
+    peer = await raw_dial(b.port, C.signers[2], hello=hello.encode(), complete=False)
+    decode_hello(await asyncio.wait_for(read_frame(peer.reader), DEADLINE))  # b's own hello
+    assert await peer.refusal() == "bad_version"
+    assert b.failures("bad_version") == 1
+
+
+async def test_an_outsider_claiming_to_be_a_validator_is_refused(start: Start) -> None:
+    b = await start(C.signers[1])
+    claim = dataclasses.replace(
+        make_hello(C.genesis, C.outsider.public_key, secrets.token_bytes(32)),
+        role=LinkRole.VALIDATOR,
+    )
+    peer = await raw_dial(b.port, C.outsider, hello=claim.encode(), complete=False)
+    await read_frame(peer.reader)
+    assert await peer.refusal() == "not_a_validator"
+    assert b.failures("not_a_validator") == 1
+    # the same key as an observer is welcome
+    await raw_dial(b.port, C.outsider)
+    await until(lambda: bool(b.recorder.up), "the observer's link")
+    assert b.recorder.up[0][0].startswith("observer-")
+
+
+async def test_a_replayed_handshake_is_refused(start: Start) -> None:
+    b = await start(C.signers[1])
+    first = await raw_dial(b.port, C.signers[2])
+    await until(lambda: bool(b.recorder.up), "the genuine link")
+    first.writer.close()
+    await until(lambda: bool(b.recorder.down), "the genuine link closed")
+    assert first.auth is not None
+    again = await raw_dial(b.port, C.signers[2], hello=first.hello, complete=False)
+    write_frame(again.writer, first.auth)
+    await read_frame(again.reader)
+    assert await again.refusal() == "replayed_handshake"
+    assert b.failures("replayed_handshake") == 1
+    assert len(b.recorder.up) == 1
+
+
+async def test_a_malformed_frame_closes_only_that_link(start: Start) -> None:
+    a, b = await start(C.signers[0]), await start(C.signers[1])
+    link(a, b)
+    await until(lambda: bool(b.recorder.up), "a's link")
+    bad = await raw_dial(b.port, C.signers[2])
+    await until(lambda: len(b.recorder.up) == 2, "the raw peer's link")
+    bad.writer.write(FRAME.pack(0xFFFFFFFF))  # longer than any frame may be
+    await until(lambda: b.closed("malformed_frame") == 1, "the bad link closed")
+    assert b.recorder.down == [PeerId("v2")]
+    assert await bad.reader.read() == b""  # closed by b
+    assert a.network.send(PeerId("v1"), b"\x05still here")
+    assert await asyncio.wait_for(b.recorder.frames.get(), DEADLINE) == ("v0", b"\x05still here")
+
+
+async def test_a_peer_that_stops_reading_is_dropped_without_slowing_the_others(
+    start: Start,
+) -> None:
+    limits = LinkLimits(max_queue_bytes=256 << 10)
+    a, b = await start(C.signers[0]), await start(C.signers[1], limits=limits)
+    link(a, b)
+    await until(lambda: bool(b.recorder.up), "a's link")
+    silent = await raw_dial(b.port, C.signers[2], rcvbuf=4096)  # never reads again
+    await until(lambda: len(b.recorder.up) == 2, "the silent peer's link")
+    chunk = b"\x05" + bytes(64 << 10)
+    sent = 0
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while b.network.send(PeerId("v2"), chunk):
+        sent += 1
+        assert sent < 10_000, "the silent peer was never dropped"
+        await asyncio.sleep(0)  # let the link's writer run
+    assert loop.time() - started < DEADLINE
+    await until(lambda: b.closed("slow_peer") == 1, "the slow peer dropped")
+    assert PeerId("v2") in b.recorder.down
+    assert b.network.send(PeerId("v0"), b"\x05after")
+    assert await asyncio.wait_for(a.recorder.frames.get(), DEADLINE) == ("v1", b"\x05after")
+    silent.writer.close()
+
+
+async def test_our_own_address_is_recognised_and_not_redialed(start: Start) -> None:
+    a = await start(C.signers[0])
+    a.network.set_candidates(frozenset({("127.0.0.1", a.port)}))
+    await until(lambda: [v.state for v in a.network.views()] == ["self"], "self recognised")
+    assert not a.recorder.up
+    assert a.failures("self_connection") == 0
+
+
+async def test_two_ends_dialing_each_other_keep_one_link(start: Start) -> None:
+    a, b = await start(C.signers[0]), await start(C.signers[1])
+    link(a, b)
+    link(b, a)
+
+    def settled() -> bool:
+        states = sorted(v.state for n in (a, b) for v in n.network.views())
+        return states == ["connected", "connected", "linked_elsewhere"]
+
+    await until(lambda: a.network.connected() == ["v1"] and b.network.connected() == ["v0"], "up")
+    await until(settled, "one link each")
+    # both keep the link dialed by the lower key
+    lower = min((a, b), key=lambda n: n.signer.public_key)
+    higher = b if lower is a else a
+    [kept_low] = [v for v in lower.network.views() if v.state == "connected"]
+    [kept_high] = [v for v in higher.network.views() if v.state == "connected"]
+    assert (kept_low.direction, kept_high.direction) == ("outbound", "inbound")
+    assert len(a.recorder.up) == 1  # a duplicate is not news
+    assert len(b.recorder.up) == 1
+
+
+async def test_a_lost_peer_is_redialed_when_it_comes_back(start: Start) -> None:
+    a, b = await start(C.signers[0]), await start(C.signers[1])
+    port = b.port
+    link(a, b)
+    await until(lambda: bool(a.recorder.up), "the first link")
+    await b.stop()
+    await until(lambda: a.recorder.down == [PeerId("v1")], "the link lost")
+    again = await start(C.signers[1], port=port)
+    await until(lambda: bool(again.recorder.up), "redialed")
+    assert a.recorder.up[-1][0] == PeerId("v1")
