@@ -334,8 +334,7 @@ class PeerNetwork:
                     )
                     await linked.gone.wait()
                     continue
-                await self._dial_once(candidate)
-                if candidate.state is LinkState.SELF:
+                if await self._dial_once(candidate):
                     log.info("own_address_skipped", address=format_address(address))
                 elif candidate.failures and address in self._candidates:
                     candidate.state = LinkState.BACKOFF
@@ -351,7 +350,9 @@ class PeerNetwork:
         finally:
             dialing.discard(address)
 
-    async def _dial_once(self, candidate: _Candidate) -> None:
+    async def _dial_once(self, candidate: _Candidate) -> bool:
+        """Connect, shake hands and serve the link until it closes; True if the
+        address turned out to be our own."""
         candidate.state = LinkState.CONNECTING
         host, port = candidate.address
         try:
@@ -362,22 +363,23 @@ class PeerNetwork:
         except (OSError, TimeoutError) as e:
             candidate.failures += 1
             candidate.last_error = "timeout" if isinstance(e, TimeoutError) else "refused"
-            return
+            return False
         try:
             link = await self._handshake(reader, writer, Side.DIALER, candidate.address)
         except PeerRefused as e:
             if e.reason == Reason.SELF_CONNECTION.value:
                 candidate.state = LinkState.SELF
-            else:
-                candidate.failures += 1
-                candidate.last_error = e.reason
-            return
+                return True
+            candidate.failures += 1
+            candidate.last_error = e.reason
+            return False
         candidate.key = link.key
         candidate.failures = 0
         candidate.last_error = None
         candidate.state = LinkState.CONNECTED
         await self._serve(link, reader)
         candidate.last_error = link.close_reason
+        return False
 
     # ------------------------------------------------------------- accepting
 

@@ -188,7 +188,7 @@ async def raw_dial(
 async def test_two_validators_link_and_exchange_frames(start: Start) -> None:
     a, b = await start(C.signers[0]), await start(C.signers[1])
     link(a, b)
-    await until(lambda: a.recorder.up and b.recorder.up, "both ends up")
+    await until(lambda: bool(a.recorder.up and b.recorder.up), "both ends up")
     assert a.recorder.up == [(PeerId("v1"), C.signers[1].public_key)]
     assert b.recorder.up == [(PeerId("v0"), C.signers[0].public_key)]
     assert a.network.send(PeerId("v1"), b"\x05hello")
