@@ -240,6 +240,7 @@ class Node(LinkHandler):
             self.params,
             s.dag_sync_interval,
             needs_peers=not alone,
+            trust=self._genesis.f + 1,
         )
         self._engine.set_catching_up(self._syncer.catching_up, time.time())
         await self._open_peer_port(alone)

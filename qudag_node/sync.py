@@ -83,6 +83,7 @@ class Syncer:
         params: Params,
         interval: float,
         needs_peers: bool,
+        trust: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
@@ -97,6 +98,8 @@ class Syncer:
         self._linked: set[PeerId] = set()
         self._request: _Request | None = None
         self._requested_high = 0
+        self._trust = trust  # peers that must claim a round before we chase it (f + 1)
+        self._moved = (0, 0.0)  # (our highest round, when it last moved) while catching up
         self._catching_up = needs_peers
         self._catchup_started: tuple[float, int] | None = None
         self._progress_at = 0.0
@@ -191,17 +194,20 @@ class Syncer:
         high = min(ours.highest, theirs.highest) - 1
         if high < low:
             return None
+        rows = await self._store.certified_ids(low, high)
         span = bucket_span(low, high)
-        count = -(-(high - low + 1) // span)
-        rows = await self._store.certified_ids(low, low + span * count - 1)
-        return summarize([r for r, _ in rows], [i for _, i in rows], low, span, count)
+        return summarize([r for r, _ in rows], [i for _, i in rows], low, high, span)
 
     # --------------------------------------------------------------- catch-up
 
     def _target(self) -> tuple[PeerId, Status] | None:
+        """The peer to catch up with: the ``trust``-th most advanced (f + 1 in a network of
+        f faulty validators), so that no single peer claiming a far round can keep us
+        chasing it; with fewer peers, the least advanced of them."""
         if not self._peers:
             return None
-        return max(self._peers.items(), key=lambda item: (item[1].highest, item[0]))
+        ranked = sorted(self._peers.items(), key=lambda item: (-item[1].highest, item[0]))
+        return ranked[min(self._trust, len(ranked)) - 1]
 
     async def _drive(self, on_catching_up: Callable[[bool], None]) -> None:
         ours = self._position()
@@ -227,6 +233,11 @@ class Syncer:
             return
         if request is not None:
             log.warning("catch_up_request_timed_out", peer=request.peer, low=request.low)
+        if ours.highest != self._moved[0]:
+            self._moved = (ours.highest, now)
+        elif now - self._moved[1] >= REQUEST_TIMEOUT:
+            self._requested_high = 0  # what was sent never arrived: ask again from our round
+            self._moved = (ours.highest, now)
         low = max(ours.committed + 1, self._requested_high + 1)
         if low - ours.highest > 2 * ROUNDS_PER_REQUEST:
             return  # the engine has not taken in what came: wait for it
@@ -289,17 +300,18 @@ class Syncer:
                 await self._serve_rounds(peer, low, high)
             case RoundsDone(_, last):
                 request = self._request
-                if request is not None and request.peer == peer:
-                    self._requested_high = max(self._requested_high, last)
-                    self._request = None
-                    self._changed.set()
+                if request is None or request.peer != peer or last < request.low:
+                    return  # not our request, or nothing served: it times out and is asked again
+                self._requested_high = max(self._requested_high, min(last, request.high))
+                self._request = None
+                self._changed.set()
 
     async def _on_summary(self, peer: PeerId, theirs: Summary) -> None:
         if theirs.high - theirs.low >= MAX_SUMMARY_ROUNDS:
             raise InputRejected(Reason.BAD_SYNC, f"summary of {theirs.high - theirs.low} rounds")
         rows = await self._store.certified_ids(theirs.low, theirs.high)
         rounds, ids = [r for r, _ in rows], [i for _, i in rows]
-        ours = summarize(rounds, ids, theirs.low, theirs.span, len(theirs.counts))
+        ours = summarize(rounds, ids, theirs.low, theirs.high, theirs.span)
         buckets = differing(ours, theirs)
         self._metrics.on_sync_round("in_sync" if not buckets else "differences")
         for k in buckets:
@@ -308,9 +320,7 @@ class Syncer:
                 inside = [i for r, i in rows if low <= r <= high][:MAX_IDS]
                 self._send(peer, encode_sync(Ids(low, high, tuple(inside))))
             else:
-                span = bucket_span(low, high)
-                count = -(-(high - low + 1) // span)
-                finer = summarize(rounds, ids, low, span, count)
+                finer = summarize(rounds, ids, low, high, bucket_span(low, high))
                 self._send(peer, encode_sync(finer))
 
     async def _on_ids(self, peer: PeerId, theirs: Ids) -> None:

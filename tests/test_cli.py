@@ -23,7 +23,7 @@ from qudag_node.genesis_file import genesis_from_json
 from tests.conftest import NodeFactory
 
 ROOT = Path(__file__).resolve().parent.parent
-SUBCOMMANDS = ("run", "keygen", "genesis", "status", "submit", "backup", "restore")
+SUBCOMMANDS = ("run", "keygen", "genesis", "testnet", "status", "submit", "backup", "restore")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 TIMEOUT = 60.0
 #: Variables that would change what the command does; the tests set their own.

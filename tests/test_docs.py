@@ -64,7 +64,7 @@ def test_quick_start_is_make_run_and_make_test() -> None:
 
 
 def test_readme_names_every_subcommand_and_exit_code() -> None:
-    for name in ("run", "keygen", "status", "submit", "backup", "restore"):
+    for name in ("run", "keygen", "genesis", "testnet", "status", "submit", "backup", "restore"):
         assert f"qudag-node {name}" in README
     section = README.split("## Exit codes", 1)[1]
     for code in (EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED):

@@ -4,12 +4,14 @@ Layouts (integers big-endian), continuing the type bytes of
 :mod:`~qudag_node.core.messages`::
 
     7  STATUS       highest:u64  committed:u64  floor:u64  log_length:u64  log_hash:32
-    8  SUMMARY      low:u64  span:u32  count:u16  (vertices:u32  fingerprint:u64) * count
+    8  SUMMARY      low:u64  high:u64  span:u32  count:u16  (vertices:u32  fingerprint:u64) * count
     9  IDS          low:u64  high:u64  count:u32  vertex_id:32 * count
     10 ROUNDS       low:u64  high:u64       please send the certified vertices of these rounds
     11 ROUNDS_DONE  low:u64  last:u64       rounds low..last were sent (CERTIFIED before it)
 
-A SUMMARY covers ``count`` buckets of ``span`` rounds from ``low``. A bucket's
+A SUMMARY covers rounds ``low..high`` in ``count = ceil((high - low + 1) / span)``
+buckets of ``span`` rounds (the last one may be shorter). Round numbers are at most
+:data:`MAX_ROUND`. A bucket's
 fingerprint is the XOR of the first 8 bytes of its certified vertex ids (ids are
 hashes, so their prefixes are uniform), and it travels with the bucket's vertex count.
 Both are computed for every bucket in one vectorised pass over arrays of ids.
@@ -36,6 +38,8 @@ LEAF_SPAN = 4
 MAX_IDS = 4096
 #: Most rounds one ROUNDS request may ask for.
 MAX_ROUNDS = 1024
+#: Largest round number a sync message may name (SQLite integers are signed 64-bit).
+MAX_ROUND = 2**62
 
 U64 = npt.NDArray[np.uint64]
 
@@ -53,22 +57,18 @@ class Status:
 
 @dataclass(frozen=True, slots=True)
 class Summary:
-    """Vertex counts and fingerprints of ``len(counts)`` buckets of ``span`` rounds."""
+    """Vertex counts and fingerprints of rounds ``low..high`` in buckets of ``span``."""
 
     low: int
+    high: int
     span: int
     counts: tuple[int, ...]
     fingerprints: tuple[int, ...]
 
-    @property
-    def high(self) -> int:
-        """The last round covered."""
-        return self.low + self.span * len(self.counts) - 1
-
     def bucket(self, k: int) -> tuple[int, int]:
         """The first and last round of bucket ``k``."""
         start = self.low + k * self.span
-        return start, start + self.span - 1
+        return start, min(start + self.span - 1, self.high)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,12 +123,12 @@ def encode_sync(message: SyncMessage) -> bytes:
                     log_hash,
                 )
             )
-        case Summary(low, span, counts, fps):
+        case Summary(low, high, span, counts, fps):
             body = np.empty(len(counts), dtype=[("n", ">u4"), ("fp", ">u8")])
             body["n"] = counts
             body["fp"] = fps
-            head = bytes((MessageType.SUMMARY,)) + codec.u64(low) + codec.u32(span)
-            return head + codec.u16(len(counts)) + body.tobytes()
+            head = bytes((MessageType.SUMMARY,)) + codec.u64(low) + codec.u64(high)
+            return head + codec.u32(span) + codec.u16(len(counts)) + body.tobytes()
         case Ids(low, high, ids):
             head = bytes((MessageType.IDS,)) + codec.u64(low) + codec.u64(high)
             return head + codec.u32(len(ids)) + b"".join(ids)
@@ -145,16 +145,21 @@ def decode_sync(data: bytes) -> SyncMessage:
     message: SyncMessage
     if kind == MessageType.STATUS:
         highest, committed, floor = r.u64("highest"), r.u64("committed"), r.u64("floor")
+        _check_rounds(highest, committed, floor)
         message = Status(highest, committed, floor, r.u64("log length"), r.fixed(HASH_SIZE, "hash"))
     elif kind == MessageType.SUMMARY:
-        low, span, count = r.u64("low"), r.u32("span"), r.u16("count")
-        if span < 1 or not 1 <= count <= MAX_BUCKETS:
-            raise InputRejected(Reason.BAD_SYNC, f"summary of {count} buckets of {span} rounds")
+        low, high, span, count = r.u64("low"), r.u64("high"), r.u32("span"), r.u16("count")
+        _check_rounds(low, high)
+        if span < 1 or high < low or count != bucket_count(low, high, span):
+            raise InputRejected(Reason.BAD_SYNC, f"summary of rounds {low}..{high} by {span}")
+        if count > MAX_BUCKETS:
+            raise InputRejected(Reason.BAD_SYNC, f"summary of {count} buckets")
         body = np.frombuffer(r.fixed(12 * count, "buckets"), dtype=[("n", ">u4"), ("fp", ">u8")])
         counts = tuple(int(n) for n in body["n"])
-        message = Summary(low, span, counts, tuple(int(f) for f in body["fp"]))
+        message = Summary(low, high, span, counts, tuple(int(f) for f in body["fp"]))
     elif kind == MessageType.IDS:
         low, high, count = r.u64("low"), r.u64("high"), r.u32("count")
+        _check_rounds(low, high)
         if count > MAX_IDS or high < low:
             raise InputRejected(Reason.BAD_SYNC, f"{count} ids for rounds {low}..{high}")
         blob = r.fixed(HASH_SIZE * count, "ids")
@@ -162,15 +167,23 @@ def decode_sync(data: bytes) -> SyncMessage:
         message = Ids(low, high, ids)
     elif kind == MessageType.ROUNDS:
         low, high = r.u64("low"), r.u64("high")
+        _check_rounds(low, high)
         if high < low or high - low >= MAX_ROUNDS:
             raise InputRejected(Reason.BAD_SYNC, f"rounds {low}..{high}")
         message = RoundsRequest(low, high)
     elif kind == MessageType.ROUNDS_DONE:
-        message = RoundsDone(r.u64("low"), r.u64("last"))
+        low, last = r.u64("low"), r.u64("last")
+        _check_rounds(low, last)
+        message = RoundsDone(low, last)
     else:
         raise InputRejected(Reason.UNKNOWN_MESSAGE, f"message type {kind}")
     r.finish("sync message")
     return message
+
+
+def _check_rounds(*rounds: int) -> None:
+    if max(rounds) > MAX_ROUND:
+        raise InputRejected(Reason.BAD_SYNC, f"round {max(rounds)} is beyond {MAX_ROUND}")
 
 
 def id_keys(ids: Sequence[bytes]) -> U64:
@@ -186,17 +199,23 @@ def bucket_span(low: int, high: int, buckets: int = 16) -> int:
     return max(1, -(-(high - low + 1) // buckets))
 
 
-def summarize(
-    rounds: Sequence[int], ids: Sequence[bytes], low: int, span: int, count: int
-) -> Summary:
-    """Counts and fingerprints of ``count`` buckets of ``span`` rounds from ``low``.
+def bucket_count(low: int, high: int, span: int) -> int:
+    """How many buckets of ``span`` rounds cover ``low..high``."""
+    return -(-(high - low + 1) // span)
 
-    ``rounds`` and ``ids`` are parallel and sorted by round; entries outside the
-    buckets are ignored.
+
+def summarize(
+    rounds: Sequence[int], ids: Sequence[bytes], low: int, high: int, span: int
+) -> Summary:
+    """Counts and fingerprints of rounds ``low..high`` in buckets of ``span`` rounds.
+
+    ``rounds`` and ``ids`` are parallel and sorted by round; entries outside
+    ``low..high`` are ignored.
     """
+    count = bucket_count(low, high, span)
     r = np.asarray(rounds, dtype=np.int64)
     keys = id_keys(ids)
-    inside = (r >= low) & (r < low + span * count)
+    inside = (r >= low) & (r <= high)
     bucket = (r[inside] - low) // span
     keys = keys[inside]
     counts = np.bincount(bucket, minlength=count)[:count]
@@ -205,7 +224,7 @@ def summarize(
     if keys.size:
         starts = np.searchsorted(bucket, np.arange(count))[present]
         fps[present] = np.bitwise_xor.reduceat(keys, starts)
-    return Summary(low, span, tuple(int(c) for c in counts), tuple(int(f) for f in fps))
+    return Summary(low, high, span, tuple(int(c) for c in counts), tuple(int(f) for f in fps))
 
 
 def differing(ours: Summary, theirs: Summary) -> list[int]:

@@ -1,0 +1,217 @@
+"""Four-validator network benchmark: ``qudag-node testnet`` on loopback under load.
+
+Starts ``qudag-node testnet --nodes N`` in a temporary directory, waits until every
+node is ready, then for DURATION seconds CLIENTS concurrent clients submit batches of
+BATCH transactions of SIZE bytes with ``wait=final``, to the nodes in turn. Prints:
+
+- transactions finalized per second (network-wide: each is final on every node),
+- finality latency as clients see it (submit to ``final`` answer) p50 / p99 / max,
+- bytes on the wire per finalized transaction: every frame every node sent (length
+  prefix included, from ``qudag_peer_bytes_total``), divided by the transactions
+  finalized, and the same per peer link direction (divided by N - 1 peers),
+- that all N logs end equal (length and hash).
+
+Usage: python bench/network.py [--nodes 4] [--duration 30] [--clients 8] [--batch 100]
+       [--size 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+
+def free_port_block(count: int) -> int:
+    """A first port of ``count`` consecutive ports that are free now on 127.0.0.1."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = int(probe.getsockname()[1])
+        if base + count >= 65536:
+            continue
+        socks = []
+        try:
+            for k in range(count):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", base + k))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no block of free ports found")
+
+
+async def metric_sum(session: aiohttp.ClientSession, url: str, name: str, match: str) -> float:
+    async with session.get(url + "/metrics") as resp:
+        text = await resp.text()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") and match in line
+    )
+
+
+async def bytes_sent(session: aiohttp.ClientSession, urls: list[str]) -> float:
+    """Bytes of peer frames all nodes sent so far."""
+    total = 0.0
+    for url in urls:
+        total += await metric_sum(session, url, "qudag_peer_bytes_total", 'direction="sent"')
+    return total
+
+
+async def status(session: aiohttp.ClientSession, url: str) -> dict[str, object]:
+    async with session.get(url + "/api/v1/status") as resp:
+        doc: dict[str, object] = await resp.json()
+        return doc
+
+
+async def wait_ready(session: aiohttp.ClientSession, urls: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        ready = 0
+        for url in urls:
+            try:
+                async with session.get(url + "/ready") as resp:
+                    ready += resp.status == 200
+            except aiohttp.ClientError:
+                pass
+        if ready == len(urls):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError("the testnet did not become ready")
+        await asyncio.sleep(0.2)
+
+
+async def client(
+    session: aiohttp.ClientSession,
+    urls: list[str],
+    k: int,
+    args: argparse.Namespace,
+    until: float,
+    latencies: list[float],
+    done: list[int],
+) -> None:
+    n = 0
+    while time.monotonic() < until:
+        url = urls[(k + n) % len(urls)]
+        n += 1
+        body = {
+            "transactions": [
+                base64.b64encode(os.urandom(args.size)).decode() for _ in range(args.batch)
+            ]
+        }
+        started = time.monotonic()
+        async with session.post(
+            url + "/api/v1/transactions?wait=final&timeout=60", json=body
+        ) as resp:
+            doc = await resp.json()
+        if resp.status == 200 and doc.get("status") == "final":
+            latencies.append(time.monotonic() - started)
+            done[0] += args.batch
+        elif resp.status == 503:
+            await asyncio.sleep(0.05)  # back-pressure: pool full
+        else:
+            raise RuntimeError(f"submit failed: {resp.status} {doc}")
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.5) - 1))]
+
+
+async def measure(args: argparse.Namespace, urls: list[str]) -> None:
+    timeout = aiohttp.ClientTimeout(total=120)
+    connector = aiohttp.TCPConnector(limit=args.clients * 2)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        await wait_ready(session, urls, 60)
+        sent_before = sum(
+            [
+                await metric_sum(session, u, "qudag_peer_bytes_total", 'direction="sent"')
+                for u in urls
+            ]
+        )
+        latencies: list[float] = []
+        done = [0]
+        started = time.monotonic()
+        until = started + args.duration
+        await asyncio.gather(
+            *(client(session, urls, k, args, until, latencies, done) for k in range(args.clients))
+        )
+        elapsed = time.monotonic() - started
+        sent = sum(
+            [
+                await metric_sum(session, u, "qudag_peer_bytes_total", 'direction="sent"')
+                for u in urls
+            ]
+        )
+        heads: set[tuple[object, object]] = set()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            heads = set()
+            for u in urls:
+                log = (await status(session, u))["log"]
+                assert isinstance(log, dict)
+                heads.add((log["length"], log["hash"]))
+            if len(heads) == 1:
+                break
+            await asyncio.sleep(0.2)
+    final = done[0]
+    peers = len(urls) - 1
+    wire = sent - sent_before
+    print(f"nodes {len(urls)}, clients {args.clients}, batch {args.batch}, size {args.size} B")
+    print(f"finalized: {final} transactions in {elapsed:.1f} s = {final / elapsed:,.0f} tx/s")
+    print(
+        f"finality latency (client, per batch): p50 {quantile(latencies, 0.5) * 1000:.0f} ms,"
+        f" p99 {quantile(latencies, 0.99) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms"
+        f" over {len(latencies)} batches"
+    )
+    print(
+        f"bytes on the wire per finalized transaction: {wire / final:,.0f} network-wide,"
+        f" {wire / final / len(urls) / peers:,.0f} per sending node per peer"
+        f" ({wire / final / len(urls) / peers / args.size:.2f} x the transaction size)"
+    )
+    print(f"logs equal on all nodes: {len(heads) == 1} {sorted(heads)[:1]}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--size", type=int, default=256)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="qudag-bench-net-") as tmp:
+        api = free_port_block(args.nodes)
+        p2p = free_port_block(args.nodes)
+        command = [sys.executable, "-m", "qudag_node", "testnet", "--nodes", str(args.nodes)]
+        command += ["--dir", str(Path(tmp) / "net"), "--api-port", str(api)]
+        command += ["--p2p-port", str(p2p), "--sync-interval", "5"]
+        env = {k: v for k, v in os.environ.items() if k != "LOG_LEVEL"}
+        env["LOG_LEVEL"] = "warning"
+        testnet = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
+        try:
+            urls = [f"http://127.0.0.1:{api + k}" for k in range(args.nodes)]
+            asyncio.run(measure(args, urls))
+        finally:
+            testnet.send_signal(signal.SIGINT)
+            testnet.wait(60)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

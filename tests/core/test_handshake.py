@@ -1,0 +1,314 @@
+"""The peer link handshake: HELLO encoding and checks, AUTH, and the replay guard."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qudag_node.core import codec
+from qudag_node.core.errors import Fault, InputRejected, Reason, UsageError
+from qudag_node.core.genesis import Genesis, Validator
+from qudag_node.core.handshake import (
+    AUTH_SIZE,
+    MAGIC,
+    NONCE_SIZE,
+    PROTOCOL_VERSION,
+    Hello,
+    LinkRole,
+    ReplayGuard,
+    Side,
+    check_auth,
+    check_hello,
+    decode_hello,
+    make_auth,
+    make_hello,
+    transcript,
+)
+from qudag_node.core.types import GenesisHash, PublicKey
+from tests.core.support import C
+
+PROPERTIES = settings(derandomize=True, database=None, deadline=None, max_examples=300)
+
+TOKEN = bytes(range(0x20, 0x40))
+DIALER, LISTENER, THIRD = C.signers[0], C.signers[1], C.signers[2]
+DIALER_NONCE = b"\xd1" * NONCE_SIZE
+LISTENER_NONCE = b"\x1d" * NONCE_SIZE
+DIALER_HELLO = make_hello(C.genesis, DIALER.public_key, DIALER_NONCE).encode()
+LISTENER_HELLO = make_hello(C.genesis, LISTENER.public_key, LISTENER_NONCE).encode()
+TRANSCRIPT = transcript(DIALER_HELLO, LISTENER_HELLO)
+DIALER_AUTH = make_auth(TOKEN, DIALER, Side.DIALER, TRANSCRIPT)
+LISTENER_AUTH = make_auth(TOKEN, LISTENER, Side.LISTENER, TRANSCRIPT)
+
+
+def rejected(action: Callable[[], object]) -> Reason:
+    """The reason ``action`` refuses its input with (a peer's fault, one clear line)."""
+    with pytest.raises(InputRejected) as info:
+        action()
+    assert info.value.fault is Fault.PEER
+    assert "\n" not in str(info.value)
+    return info.value.reason
+
+
+def auth_refused(
+    data: bytes,
+    key: PublicKey = DIALER.public_key,
+    side: Side = Side.DIALER,
+    token: bytes = TOKEN,
+) -> Reason:
+    """The reason ``check_auth`` refuses ``data`` on the connection of :data:`TRANSCRIPT`."""
+    return rejected(lambda: check_auth(data, token, key, side, TRANSCRIPT))
+
+
+def hello_refused(hello: Hello, own_key: PublicKey = LISTENER.public_key) -> Reason:
+    """The reason ``check_hello`` refuses ``hello`` at the node ``own_key`` of :data:`C`."""
+    return rejected(lambda: check_hello(hello, C.genesis, own_key))
+
+
+def hello_bytes(
+    magic: bytes = MAGIC,
+    version: int = PROTOCOL_VERSION,
+    role: int = LinkRole.VALIDATOR,
+    network: bytes = b"qudag-rules",
+    genesis: bytes = C.genesis.hash,
+    key: bytes = DIALER.public_key,
+    nonce: bytes = DIALER_NONCE,
+) -> bytes:
+    """HELLO bytes with any field replaced, laid out by hand."""
+    return b"".join(
+        (
+            magic,
+            codec.u16(version),
+            codec.u8(role),
+            codec.u8(len(network)),
+            network,
+            genesis,
+            key,
+            nonce,
+        )
+    )
+
+
+# ---------------------------------------------------------- the whole exchange
+
+
+def test_a_full_handshake_succeeds_at_both_ends() -> None:
+    guard = ReplayGuard()
+    # Each end reads and checks the other's HELLO.
+    at_listener = decode_hello(DIALER_HELLO)
+    at_dialer = decode_hello(LISTENER_HELLO)
+    check_hello(at_listener, C.genesis, LISTENER.public_key)
+    check_hello(at_dialer, C.genesis, DIALER.public_key)
+    guard.check(at_listener.nonce)
+    assert at_listener.role is at_dialer.role is LinkRole.VALIDATOR
+    # Both compute the same transcript: the dialer's HELLO first.
+    dialer_view = transcript(DIALER_HELLO, at_dialer.encode())
+    listener_view = transcript(at_listener.encode(), LISTENER_HELLO)
+    assert dialer_view == listener_view == TRANSCRIPT
+    dialer_auth = make_auth(TOKEN, DIALER, Side.DIALER, dialer_view)
+    listener_auth = make_auth(TOKEN, LISTENER, Side.LISTENER, listener_view)
+    assert len(dialer_auth) == len(listener_auth) == AUTH_SIZE
+    check_auth(dialer_auth, TOKEN, at_listener.public_key, Side.DIALER, listener_view)
+    check_auth(listener_auth, TOKEN, at_dialer.public_key, Side.LISTENER, dialer_view)
+
+
+def test_the_transcript_depends_on_which_hello_came_first() -> None:
+    assert transcript(LISTENER_HELLO, DIALER_HELLO) != TRANSCRIPT
+    other = make_hello(C.genesis, LISTENER.public_key, b"\x00" * NONCE_SIZE).encode()
+    assert transcript(DIALER_HELLO, other) != TRANSCRIPT
+
+
+# ------------------------------------------------------------------- HELLO
+
+
+def test_make_hello_claims_the_role_the_genesis_gives() -> None:
+    assert make_hello(C.genesis, DIALER.public_key, DIALER_NONCE).role is LinkRole.VALIDATOR
+    observer = make_hello(C.genesis, C.outsider.public_key, DIALER_NONCE)
+    assert observer.role is LinkRole.OBSERVER
+    assert observer.network_id == C.genesis.network_id
+    assert observer.genesis == C.genesis.hash
+    assert observer.version == PROTOCOL_VERSION
+
+
+def test_hello_bytes_follow_the_documented_layout() -> None:
+    assert hello_bytes() == DIALER_HELLO
+
+
+@PROPERTIES
+@given(
+    st.sampled_from(LinkRole),
+    st.text(max_size=63),  # at most 4 bytes a character: within the 255-byte limit
+    st.binary(min_size=32, max_size=32),
+    st.binary(min_size=32, max_size=32),
+    st.binary(min_size=NONCE_SIZE, max_size=NONCE_SIZE),
+)
+def test_hello_round_trips(
+    role: LinkRole, network: str, genesis: bytes, key: bytes, nonce: bytes
+) -> None:
+    hello = Hello(PROTOCOL_VERSION, role, network, GenesisHash(genesis), PublicKey(key), nonce)
+    assert decode_hello(hello.encode()) == hello
+
+
+def test_hello_refuses_a_network_id_or_nonce_of_the_wrong_size() -> None:
+    good = make_hello(C.genesis, DIALER.public_key, DIALER_NONCE)
+    with pytest.raises(UsageError):
+        dataclasses.replace(good, network_id="n" * 256).encode()
+    with pytest.raises(UsageError):
+        dataclasses.replace(good, nonce=b"\x00" * (NONCE_SIZE - 1)).encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (hello_bytes(magic=b"QDAX"), Reason.UNKNOWN_MESSAGE),
+        (b"HTTP/1.1 200 OK\r\n" + b"\x00" * 100, Reason.UNKNOWN_MESSAGE),
+        (hello_bytes(version=PROTOCOL_VERSION + 1), Reason.BAD_VERSION),
+        (hello_bytes(version=0), Reason.BAD_VERSION),
+        (hello_bytes(role=0), Reason.NON_CANONICAL),
+        (hello_bytes(role=3), Reason.NON_CANONICAL),
+        (hello_bytes(network=b"\xff\xfe"), Reason.NON_CANONICAL),
+        (hello_bytes(network=b"qudag-\xc3"), Reason.NON_CANONICAL),
+        (hello_bytes() + b"\x00", Reason.TRAILING_BYTES),
+    ],
+    ids=[
+        "bad-magic",
+        "not-qudag",
+        "newer-version",
+        "version-0",
+        "role-0",
+        "role-3",
+        "network-not-utf8",
+        "network-cut-utf8",
+        "trailing",
+    ],
+)
+def test_decode_hello_refuses(data: bytes, reason: Reason) -> None:
+    assert rejected(lambda: decode_hello(data)) is reason
+
+
+def test_decode_hello_refuses_every_truncation() -> None:
+    for cut in range(len(DIALER_HELLO)):
+        reason = rejected(functools.partial(decode_hello, DIALER_HELLO[:cut]))
+        assert reason is Reason.TRUNCATED, cut
+
+
+def test_check_hello_refuses_another_network() -> None:
+    hello = dataclasses.replace(decode_hello(DIALER_HELLO), network_id="qudag-other")
+    assert hello_refused(hello) is Reason.WRONG_NETWORK
+
+
+def test_check_hello_refuses_the_same_network_id_with_another_genesis() -> None:
+    other = Genesis(
+        C.genesis.network_id,
+        (*C.genesis.validators, Validator("v4", C.outsider.public_key)),
+    )
+    assert other.network_id == C.genesis.network_id
+    hello = make_hello(other, DIALER.public_key, DIALER_NONCE)
+    assert hello_refused(hello) is Reason.WRONG_GENESIS
+
+
+def test_check_hello_refuses_our_own_key() -> None:
+    hello = decode_hello(DIALER_HELLO)
+    assert hello_refused(hello, DIALER.public_key) is Reason.SELF_CONNECTION
+
+
+def test_check_hello_refuses_an_outsider_claiming_to_be_a_validator() -> None:
+    hello = decode_hello(hello_bytes(key=C.outsider.public_key))
+    assert hello.role is LinkRole.VALIDATOR
+    assert hello_refused(hello) is Reason.NOT_A_VALIDATOR
+
+
+def test_check_hello_accepts_an_outsider_as_observer() -> None:
+    hello = decode_hello(make_hello(C.genesis, C.outsider.public_key, DIALER_NONCE).encode())
+    assert hello.role is LinkRole.OBSERVER
+    check_hello(hello, C.genesis, LISTENER.public_key)
+
+
+def test_check_hello_accepts_a_validator_that_chooses_to_observe() -> None:
+    hello = decode_hello(hello_bytes(role=LinkRole.OBSERVER))
+    check_hello(hello, C.genesis, LISTENER.public_key)
+
+
+# -------------------------------------------------------------------- AUTH
+
+
+def test_check_auth_refuses_a_wrong_token() -> None:
+    assert auth_refused(DIALER_AUTH, token=b"not the token") is Reason.BAD_TOKEN
+    auth = make_auth(b"not the token", DIALER, Side.DIALER, TRANSCRIPT)
+    assert auth_refused(auth) is Reason.BAD_TOKEN
+
+
+def test_check_auth_refuses_a_signature_by_another_key() -> None:
+    auth = make_auth(TOKEN, THIRD, Side.DIALER, TRANSCRIPT)
+    assert auth_refused(auth) is Reason.BAD_SIGNATURE
+
+
+def test_check_auth_refuses_a_signature_over_another_transcript() -> None:
+    other = transcript(DIALER_HELLO, DIALER_HELLO)
+    auth = DIALER_AUTH[:32] + make_auth(TOKEN, DIALER, Side.DIALER, other)[32:]
+    assert auth_refused(auth) is Reason.BAD_SIGNATURE
+
+
+def test_check_auth_refuses_an_auth_made_for_another_connection() -> None:
+    other = transcript(DIALER_HELLO, DIALER_HELLO)
+    auth = make_auth(TOKEN, DIALER, Side.DIALER, other)
+    assert auth_refused(auth) is Reason.BAD_TOKEN
+
+
+def test_check_auth_refuses_an_auth_reflected_from_the_other_side() -> None:
+    # The listener's own AUTH sent back to it as if the dialer had made it.
+    assert auth_refused(LISTENER_AUTH, LISTENER.public_key, Side.DIALER) is Reason.BAD_TOKEN
+    assert auth_refused(DIALER_AUTH, DIALER.public_key, Side.LISTENER) is Reason.BAD_TOKEN
+
+
+@pytest.mark.parametrize("size", [0, 32, AUTH_SIZE - 1, AUTH_SIZE + 1, 2 * AUTH_SIZE])
+def test_check_auth_refuses_a_wrong_length(size: int) -> None:
+    data = (DIALER_AUTH * 2)[:size]
+    assert auth_refused(data) is Reason.TRUNCATED
+
+
+def test_the_token_never_travels() -> None:
+    for data in (DIALER_HELLO, LISTENER_HELLO, DIALER_AUTH, LISTENER_AUTH):
+        assert TOKEN not in data
+        assert TOKEN[:8] not in data
+
+
+@PROPERTIES
+@given(st.integers(min_value=0, max_value=AUTH_SIZE - 1), st.integers(min_value=1, max_value=255))
+def test_any_single_byte_change_to_an_auth_is_refused(position: int, flip: int) -> None:
+    changed = bytearray(DIALER_AUTH)
+    changed[position] ^= flip
+    reason = auth_refused(bytes(changed))
+    assert reason is (Reason.BAD_TOKEN if position < 32 else Reason.BAD_SIGNATURE)
+
+
+# ------------------------------------------------------------- replay guard
+
+
+def test_a_nonce_seen_twice_is_a_replay() -> None:
+    guard = ReplayGuard()
+    guard.check(DIALER_NONCE)
+    guard.check(LISTENER_NONCE)
+    assert rejected(lambda: guard.check(DIALER_NONCE)) is Reason.REPLAYED_HANDSHAKE
+
+
+def test_the_replay_guard_forgets_the_oldest_nonce_beyond_its_capacity() -> None:
+    a, b, c = (bytes([n]) * NONCE_SIZE for n in (1, 2, 3))
+    guard = ReplayGuard(capacity=2)
+    guard.check(a)
+    guard.check(b)
+    guard.check(c)  # a is evicted
+    guard.check(a)  # accepted again; now b is evicted
+    assert rejected(lambda: guard.check(c)) is Reason.REPLAYED_HANDSHAKE
+    assert rejected(lambda: guard.check(a)) is Reason.REPLAYED_HANDSHAKE
+    guard.check(b)
+
+
+@pytest.mark.parametrize("capacity", [0, -1])
+def test_the_replay_guard_needs_a_positive_capacity(capacity: int) -> None:
+    with pytest.raises(UsageError):
+        ReplayGuard(capacity)
