@@ -8,7 +8,7 @@ BATCH transactions of SIZE bytes with ``wait=final``, to the nodes in turn. Prin
 - finality latency as clients see it (submit to ``final`` answer) p50 / p99 / max,
 - bytes on the wire per finalized transaction: every frame every node sent (length
   prefix included, from ``qudag_peer_bytes_total``), divided by the transactions
-  finalized, and the same per peer link direction (divided by N - 1 peers),
+  finalized, and that divided by the N - 1 nodes each transaction must reach,
 - that all N logs end equal (length and hash).
 
 Usage: python bench/network.py [--nodes 4] [--duration 30] [--clients 8] [--batch 100]
@@ -181,8 +181,9 @@ async def measure(args: argparse.Namespace, urls: list[str]) -> None:
     )
     print(
         f"bytes on the wire per finalized transaction: {wire / final:,.0f} network-wide,"
-        f" {wire / final / len(urls) / peers:,.0f} per sending node per peer"
-        f" ({wire / final / len(urls) / peers / args.size:.2f} x the transaction size)"
+        f" {wire / final / peers:,.0f} per receiving peer"
+        f" ({wire / final / peers / args.size:.2f} x the transaction size; each transaction"
+        f" must reach the {peers} other nodes)"
     )
     print(f"logs equal on all nodes: {len(heads) == 1} {sorted(heads)[:1]}")
 
@@ -194,16 +195,20 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--keep", help="keep the testnet directory here")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="qudag-bench-net-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="qudag-bench-net-") as scratch:
+        tmp = args.keep or scratch
         api = free_port_block(args.nodes)
         p2p = free_port_block(args.nodes)
         command = [sys.executable, "-m", "qudag_node", "testnet", "--nodes", str(args.nodes)]
         command += ["--dir", str(Path(tmp) / "net"), "--api-port", str(api)]
         command += ["--p2p-port", str(p2p), "--sync-interval", "5"]
         env = {k: v for k, v in os.environ.items() if k != "LOG_LEVEL"}
-        env["LOG_LEVEL"] = "warning"
+        env["LOG_LEVEL"] = args.log_level
         testnet = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
+        print(f"testnet in {tmp}/net (logs: nodeI/node.log)")
         try:
             urls = [f"http://127.0.0.1:{api + k}" for k in range(args.nodes)]
             asyncio.run(measure(args, urls))

@@ -634,8 +634,22 @@ class Engine:
         self._update_ready(now)
         when = self._proposal_time()
         if when is not None and when <= now and self._ready_round is not None:
-            self._propose(self._ready_round + 1, now)
+            self._propose(self._target_round(self._ready_round), now)
             self._update_ready(now)
+
+    def _target_round(self, ready: int) -> int:
+        """The round to propose once ``ready`` holds a quorum: the next one, unless
+        ``ready`` is a leader round of ours we have no vertex in. A leader never skips
+        its own round because the others' vertices formed a quorum there first: every
+        proposer of the next round would wait the leader timeout for it."""
+        if (
+            ready > self._own_round
+            and ready >= 2
+            and ready % 2 == 0
+            and self._genesis.leader(ready) == self._own_key
+        ):
+            return ready
+        return ready + 1
 
     def _retry(self, now: float) -> None:
         """Ask again what went unanswered; forward what observers hold."""
@@ -683,18 +697,30 @@ class Engine:
                 self._ready_at = now
 
     def _has_work(self) -> bool:
-        return bool(self._pool.pending) or self._dag.has_unordered_payload()
+        """Pending transactions, payload not ordered yet, or validators already at a
+        round past ours: they wait for a quorum there, which may need our vertex."""
+        return (
+            bool(self._pool.pending)
+            or self._dag.has_unordered_payload()
+            or self._dag.highest_round() > self._own_round
+        )
 
     def _proposal_time(self) -> float | None:
         if self.role is not Role.VALIDATOR or self._ready_round is None or self._catching_up:
             return None
         r = self._ready_round
+        own_leader_round = self._target_round(r) == r
         when = self._ready_at
         if self._last_proposal_at is not None:
             when = max(when, self._last_proposal_at + self._params.min_round_interval)
         if self._own is not None:  # ours is not certified yet: give it a chance
             when = max(when, self._own.proposed_at + self._params.leader_timeout)
-        if r >= 2 and r % 2 == 0 and self._consensus.leader_vertex(self._dag, r) is None:
+        if (
+            not own_leader_round
+            and r >= 2
+            and r % 2 == 0
+            and self._consensus.leader_vertex(self._dag, r) is None
+        ):
             when = max(when, self._ready_at + self._params.leader_timeout)
         if not self._has_work():
             idle_since = (
