@@ -202,10 +202,11 @@ class PeerNetwork:
     # ------------------------------------------------------------ life cycle
 
     async def start(self, port: int) -> int:
-        """Listen on ``port`` (0 = any) on every IPv4 and IPv6 address; returns the port."""
+        """Bind ``port`` (0 = any) on every IPv4 and IPv6 address and return it; connections
+        are taken from the backlog once :meth:`run` runs."""
         sock = dual_stack_socket(port)
         self._server = await asyncio.start_server(
-            self._accepted, sock=sock, limit=self.limits.max_frame + 64
+            self._accepted, sock=sock, limit=self.limits.max_frame + 64, start_serving=False
         )
         self.port = int(sock.getsockname()[1])
         return self.port
@@ -215,6 +216,8 @@ class PeerNetwork:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
+                if self._server is not None:
+                    await self._server.start_serving()  # connections wait in the backlog till now
                 tg.create_task(self._dial_manager())
                 await asyncio.Future()  # until cancelled
         finally:
@@ -479,7 +482,8 @@ class PeerNetwork:
             log.debug("self_address", address=where)
             return
         self._metrics.on_handshake_failure(e.reason)
-        log.warning(
+        quiet = e.reason in {"connection_lost", "handshake_timeout"}  # often a restart
+        (log.info if quiet else log.warning)(
             "handshake_failed",
             address=where,
             direction="outbound" if side is Side.DIALER else "inbound",
