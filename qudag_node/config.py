@@ -121,40 +121,57 @@ def _token(raw: str) -> Secret:
     return Secret(value)
 
 
+DNS_PORT = 53
+
+
+def parse_dns_server(entry: str) -> tuple[str, int]:
+    """A DNS server entry, ``ip``, ``ip:port`` or ``[v6]:port``, as (ip, port)."""
+    text = entry.strip()
+    host, port = text, str(DNS_PORT)
+    if text.startswith("["):
+        host, closed, rest = text[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            raise ValueError(f"DNS server {entry!r} is not ip, ip:port or [ip]:port")
+        port = rest[1:] or port  # "[ip]" and "[ip]:" mean the default port
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    address = ip_literal(host)
+    if address is None or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"DNS server {entry!r} is not ip, ip:port or [ip]:port")
+    return address, int(port)
+
+
+def parse_peer_entry(entry: str) -> tuple[str, int]:
+    """A peer entry, ``host:port`` or ``[v6]:port``, as (host without brackets, port)."""
+    host, sep, port = entry.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"peer entry {entry!r} is not host:port")
+    return host, int(port)
+
+
+def ip_literal(host: str) -> str | None:
+    """``host`` as a normalised IP address if it is one (brackets allowed), else None."""
+    try:
+        return str(ipaddress.ip_address(host.removeprefix("[").removesuffix("]")))
+    except ValueError:
+        return None
+
+
 def _peer_list(raw: str) -> tuple[str, ...]:
-    out = []
-    for item in (p.strip() for p in raw.replace("\n", ",").split(",")):
-        if not item:
-            continue
-        host, sep, port = item.rpartition(":")
-        host = host.strip("[]")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"entry {item!r} is not host:port")
-        out.append(item)
-    return tuple(out)
+    items = [p.strip() for p in raw.replace("\n", ",").split(",")]
+    for item in items:
+        if item:
+            parse_peer_entry(item)
+    return tuple(item for item in items if item)
 
 
 def _server_list(raw: str) -> tuple[str, ...]:
-    out = []
-    for item in (p.strip() for p in raw.split(",")):
-        if not item:
-            continue
-        host, port = item, ""
-        if item.startswith("["):
-            host, _, port = item[1:].partition("]")
-            port = port.removeprefix(":")
-        elif item.count(":") == 1:
-            host, _, port = item.partition(":")
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError(
-                f"entry {item!r} is not an IP address (with an optional :port)"
-            ) from None
-        if port and (not port.isdigit() or not 0 < int(port) < 65536):
-            raise ValueError(f"entry {item!r} has a bad port")
-        out.append(item)
-    return tuple(out)
+    items = [p.strip() for p in raw.split(",")]
+    for item in items:
+        if item:
+            parse_dns_server(item)
+    return tuple(item for item in items if item)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,12 +28,13 @@ import dns.nameserver
 import dns.resolver
 import structlog
 
+from qudag_node.config import ip_literal, parse_dns_server, parse_peer_entry
+
 log = structlog.get_logger("qudag.discovery")
 
 #: A peer address: IP text without brackets, and port.
 Address = tuple[str, int]
 
-DNS_PORT = 53
 
 #: Failures of the system's DNS after which the operating system's own resolver
 #: (``/etc/hosts``, then its DNS) gets a try. A timeout is not among them: the
@@ -72,40 +73,6 @@ class ResolveError(Exception):
         self.reason = reason
 
 
-def parse_server(entry: str) -> tuple[str, int]:
-    """A DNS server entry, ``ip``, ``ip:port`` or ``[v6]:port``, as (ip, port)."""
-    text = entry.strip()
-    host, port = text, str(DNS_PORT)
-    if text.startswith("["):
-        host, closed, rest = text[1:].partition("]")
-        if not closed or (rest and not rest.startswith(":")):
-            raise ValueError(f"DNS server {entry!r} is not ip, ip:port or [ip]:port")
-        port = rest[1:] or port  # "[ip]" and "[ip]:" mean the default port
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    address = _ip_literal(host)
-    if address is None or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"DNS server {entry!r} is not ip, ip:port or [ip]:port")
-    return address, int(port)
-
-
-def parse_entry(entry: str) -> tuple[str, int]:
-    """A peer entry, ``host:port`` or ``[v6]:port``, as (host without brackets, port)."""
-    host, sep, port = entry.strip().rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"peer entry {entry!r} is not host:port")
-    return host, int(port)
-
-
-def _ip_literal(host: str) -> str | None:
-    """``host`` as a normalised IP address if it is one (brackets allowed), else None."""
-    try:
-        return str(ipaddress.ip_address(host.removeprefix("[").removesuffix("]")))
-    except ValueError:
-        return None
-
-
 def _ordered(addresses: Iterable[str]) -> list[str]:
     """Distinct addresses, normalised: IPv6 first, each family in numeric order."""
     ips = {ipaddress.ip_address(a) for a in addresses}
@@ -126,7 +93,7 @@ class Resolver:
         if not (math.isfinite(timeout) and timeout > 0):
             raise ValueError(f"resolver timeout must be a positive number, not {timeout!r}")
         self.timeout = timeout
-        self.servers = tuple(parse_server(s) for s in servers)
+        self.servers = tuple(parse_dns_server(s) for s in servers)
         self._dns: dns.asyncresolver.Resolver | None = None
         if self.servers:
             self._dns = dns.asyncresolver.Resolver(configure=False)
@@ -139,7 +106,7 @@ class Resolver:
         An IP literal is returned as it is, without DNS. Raises :class:`ResolveError`
         when nothing resolves.
         """
-        literal = _ip_literal(host)
+        literal = ip_literal(host)
         if literal is not None:
             return [literal]
         if self.servers:
@@ -256,8 +223,8 @@ class Discovery:
         self._clock = clock
         self._states: dict[str, HostState] = {}
         for entry in entries:
-            host, port = parse_entry(entry)
-            literal = _ip_literal(host)
+            host, port = parse_peer_entry(entry)
+            literal = ip_literal(host)
             addresses, source = ((literal,), "literal") if literal else ((), "none")
             self._states[entry] = HostState(entry, host, port, addresses, source, None)
         self._good: dict[str, tuple[str, ...]] = {}  # last good addresses, as in the book

@@ -253,7 +253,7 @@ def test_dns_servers_parsing() -> None:
         "[::1]:53",
         "10.0.0.2",
     )
-    with pytest.raises(ConfigError, match=r"QUDAG_DNS_SERVERS.*bad port"):
+    with pytest.raises(ConfigError, match=r"QUDAG_DNS_SERVERS.*is not ip, ip:port or \[ip\]:port"):
         load_settings({"QUDAG_DNS_SERVERS": "127.0.0.1:0"})
 
 

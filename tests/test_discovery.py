@@ -15,6 +15,7 @@ import dns.rcode
 import pytest
 from structlog.testing import capture_logs
 
+from qudag_node.config import parse_dns_server, parse_peer_entry
 from qudag_node.core.crypto import Signer
 from qudag_node.core.genesis import Genesis
 from qudag_node.discovery import (
@@ -23,8 +24,6 @@ from qudag_node.discovery import (
     HostState,
     ResolveError,
     Resolver,
-    parse_entry,
-    parse_server,
 )
 from qudag_node.store import Store
 from tests.dnsserver import DnsServer, DnsServerProcess, write_records
@@ -316,7 +315,7 @@ async def test_refresh_soon_does_not_wait_for_the_interval(server: DnsServer, st
     ],
 )
 def test_dns_server_entries(entry: str, parsed: tuple[str, int]) -> None:
-    assert parse_server(entry) == parsed
+    assert parse_dns_server(entry) == parsed
 
 
 @pytest.mark.parametrize(
@@ -329,11 +328,11 @@ def test_bad_dns_server_entries(entry: str) -> None:
 
 
 def test_peer_entries() -> None:
-    assert parse_entry("qudag-node2.internal:7000") == ("qudag-node2.internal", 7000)
-    assert parse_entry("[::1]:7001") == ("::1", 7001)
+    assert parse_peer_entry("qudag-node2.internal:7000") == ("qudag-node2.internal", 7000)
+    assert parse_peer_entry("[::1]:7001") == ("::1", 7001)
     for bad in ("qudag-node2.internal", ":7000", "host:70000", "host:"):
         with pytest.raises(ValueError, match="host:port"):
-            parse_entry(bad)
+            parse_peer_entry(bad)
 
 
 async def test_bad_settings_are_refused(store: Store) -> None:
