@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.dnsserver import DnsServerProcess, write_records
-from tests.network import Load, Member, Network, network, quantile
+from tests.network import TOKEN, Load, Member, Network, network, quantile, seed
 from tests.nodeproc import request, submit_json, wait_until
 
 pytestmark = pytest.mark.slow
@@ -53,6 +53,9 @@ def test_four_validators_converge_under_load(tmp_path: Path) -> None:
         for m in validators(net):
             peers = m.status()["p2p"]["peers"]
             assert peers == 3, (m.name, peers)
+            logs = m.process.logs()
+            assert TOKEN not in logs  # secrets never reach the logs
+            assert seed(m.name).hex() not in logs
         p50, p99 = quantile(result.latencies, 0.5), quantile(result.latencies, 0.99)
         print(
             f"\nfour validators: {final} transactions final in {seconds:.1f} s"
