@@ -9,7 +9,10 @@ BATCH transactions of SIZE bytes with ``wait=final``, to the nodes in turn. Prin
 - bytes on the wire per finalized transaction: every frame every node sent (length
   prefix included, from ``qudag_peer_bytes_total``), divided by the transactions
   finalized, and that divided by the N - 1 nodes each transaction must reach,
-- that all N logs end equal (length and hash).
+- that all N logs end equal (length and hash),
+- with ``--late-observer``: how fast an observer started afterwards on an empty store
+  catches up (transactions in the log per second from its start until its log equals
+  the others').
 
 Usage: python bench/network.py [--nodes 4] [--duration 30] [--clients 8] [--batch 100]
        [--size 256]
@@ -133,17 +136,35 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.5) - 1))]
 
 
+async def converged(
+    session: aiohttp.ClientSession, urls: list[str], timeout: float
+) -> set[tuple[object, object]]:
+    """The (length, hash) heads of the nodes' logs, once equal (or at the deadline)."""
+    heads: set[tuple[object, object]] = set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        heads = set()
+        for url in urls:
+            try:
+                log = (await status(session, url))["log"]
+            except aiohttp.ClientError:  # not answering yet
+                heads.add((url, None))
+                continue
+            assert isinstance(log, dict)
+            heads.add((log["length"], log["hash"]))
+        if len(heads) == 1:
+            break
+        await asyncio.sleep(0.2)
+    return heads
+
+
 async def measure(args: argparse.Namespace, urls: list[str]) -> None:
+    """Load the network, then print throughput, latency and bytes on the wire."""
     timeout = aiohttp.ClientTimeout(total=120)
     connector = aiohttp.TCPConnector(limit=args.clients * 2)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         await wait_ready(session, urls, 60)
-        sent_before = sum(
-            [
-                await metric_sum(session, u, "qudag_peer_bytes_total", 'direction="sent"')
-                for u in urls
-            ]
-        )
+        sent_before = await bytes_sent(session, urls)
         latencies: list[float] = []
         done = [0]
         started = time.monotonic()
@@ -152,26 +173,10 @@ async def measure(args: argparse.Namespace, urls: list[str]) -> None:
             *(client(session, urls, k, args, until, latencies, done) for k in range(args.clients))
         )
         elapsed = time.monotonic() - started
-        sent = sum(
-            [
-                await metric_sum(session, u, "qudag_peer_bytes_total", 'direction="sent"')
-                for u in urls
-            ]
-        )
-        heads: set[tuple[object, object]] = set()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            heads = set()
-            for u in urls:
-                log = (await status(session, u))["log"]
-                assert isinstance(log, dict)
-                heads.add((log["length"], log["hash"]))
-            if len(heads) == 1:
-                break
-            await asyncio.sleep(0.2)
+        wire = await bytes_sent(session, urls) - sent_before
+        heads = await converged(session, urls, 30)
     final = done[0]
     peers = len(urls) - 1
-    wire = sent - sent_before
     print(f"nodes {len(urls)}, clients {args.clients}, batch {args.batch}, size {args.size} B")
     print(f"finalized: {final} transactions in {elapsed:.1f} s = {final / elapsed:,.0f} tx/s")
     print(
@@ -188,6 +193,43 @@ async def measure(args: argparse.Namespace, urls: list[str]) -> None:
     print(f"logs equal on all nodes: {len(heads) == 1} {sorted(heads)[:1]}")
 
 
+async def late_observer(directory: Path, urls: list[str], p2p: list[int]) -> None:
+    """Start an observer with an empty store and time its catch-up to the others' log."""
+    api = free_port_block(1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QUDAG_", "NODE_"))}
+    env.update(
+        {
+            "NODE_ID": "observer",
+            "QUDAG_DATA_DIR": str(directory / "observer"),
+            "QUDAG_API_HOST": "127.0.0.1",
+            "QUDAG_API_PORT": str(api),
+            "QUDAG_P2P_PORT": "0",
+            "QUDAG_PEERS": ",".join(f"127.0.0.1:{port}" for port in p2p),
+            "QUDAG_GENESIS": str(directory / "genesis.json"),
+            "PEER_AUTH_TOKEN": (directory / "peer-token").read_text().strip(),
+        }
+    )
+    url = f"http://127.0.0.1:{api}"
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        [(length, _)] = await converged(session, urls, 30)
+        started = time.monotonic()
+        observer = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "qudag_node", "run", env=env, stdout=subprocess.DEVNULL
+        )
+        try:
+            heads = await converged(session, [*urls, url], 600)
+            elapsed = time.monotonic() - started
+        finally:
+            observer.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(observer.wait(), 60)
+    assert isinstance(length, int)
+    print(
+        f"late observer: caught up with {length:,} transactions in {elapsed:.1f} s"
+        f" from its start = {length / elapsed:,.0f} tx/s; log equal: {len(heads) == 1}"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=4)
@@ -197,6 +239,11 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--log-level", default="warning")
     parser.add_argument("--keep", help="keep the testnet directory here")
+    parser.add_argument(
+        "--late-observer",
+        action="store_true",
+        help="then start an observer with an empty store and time its catch-up",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="qudag-bench-net-") as scratch:
         tmp = args.keep or scratch
@@ -212,6 +259,9 @@ def main() -> int:
         try:
             urls = [f"http://127.0.0.1:{api + k}" for k in range(args.nodes)]
             asyncio.run(measure(args, urls))
+            if args.late_observer:
+                ports = [p2p + k for k in range(args.nodes)]
+                asyncio.run(late_observer(Path(tmp) / "net", urls, ports))
         finally:
             testnet.send_signal(signal.SIGINT)
             testnet.wait(60)
