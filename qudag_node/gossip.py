@@ -58,6 +58,8 @@ from qudag_node.sockets import dual_stack_socket
 log = structlog.get_logger("qudag.gossip")
 
 _LENGTH = struct.Struct(">I")
+#: Bytes a link reads ahead of the frame being read (asyncio's flow-control limit).
+_READ_BUFFER = 256 << 10
 #: Address of a peer: (IP text without brackets, port).
 Address = tuple[str, int]
 
@@ -206,7 +208,7 @@ class PeerNetwork:
         are taken from the backlog once :meth:`run` runs."""
         sock = dual_stack_socket(port)
         self._server = await asyncio.start_server(
-            self._accepted, sock=sock, limit=self.limits.max_frame + 64, start_serving=False
+            self._accepted, sock=sock, limit=_READ_BUFFER, start_serving=False
         )
         self.port = int(sock.getsockname()[1])
         return self.port
@@ -361,7 +363,7 @@ class PeerNetwork:
         try:
             async with asyncio.timeout(self.limits.handshake_timeout):
                 reader, writer = await asyncio.open_connection(
-                    host, port, limit=self.limits.max_frame + 64
+                    host, port, limit=_READ_BUFFER
                 )
         except (OSError, TimeoutError) as e:
             candidate.failures += 1

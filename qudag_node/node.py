@@ -15,7 +15,6 @@ import shutil
 import signal
 import sys
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -41,10 +40,11 @@ from qudag_node.core.events import (
 )
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.rules import check_batch
-from qudag_node.core.syncwire import SYNC_TYPES, Status
-from qudag_node.core.types import PeerId, PublicKey, TxId, VertexId
+from qudag_node.core.syncwire import Status
+from qudag_node.core.types import PeerId, TxId, VertexId
 from qudag_node.discovery import Discovery, Resolver
-from qudag_node.gossip import LinkHandler, LinkLimits, PeerNetwork
+from qudag_node.gossip import LinkLimits, PeerNetwork
+from qudag_node.inbox import LinkDown, LinkUp, PeerInbox, Received
 from qudag_node.metrics import Metrics
 from qudag_node.ports import (
     Check,
@@ -59,9 +59,7 @@ from qudag_node.store import Store, StoreError
 from qudag_node.sync import Syncer
 
 KEY_FILENAME = "node.key"
-#: Peer messages queued for the engine before links stop reading (back-pressure).
-MAX_PEER_INPUTS = 1024
-#: Peer messages the pump feeds the engine in one step (one store commit).
+#: Peer inputs the pump feeds the engine in one step (one store commit).
 PEER_INPUTS_PER_STEP = 256
 log = structlog.get_logger("qudag.node")
 
@@ -75,20 +73,6 @@ class _Submission:
     ids: list[TxId]
     transactions: Sequence[bytes]
     done: asyncio.Future[SubmitReceipt]
-
-
-@dataclass(frozen=True, slots=True)
-class _LinkUp:
-    peer: PeerId
-    key: PublicKey
-
-
-@dataclass(frozen=True, slots=True)
-class _LinkDown:
-    peer: PeerId
-
-
-_PeerInput = tuple[PeerId, bytes] | _LinkUp | _LinkDown
 
 
 def _new_future() -> asyncio.Future[bool]:
@@ -141,9 +125,8 @@ def load_signer(settings: Settings) -> Signer:
         raise NodeFailure(f"{path} does not hold a 64-hex-character private key") from None
 
 
-class Node(LinkHandler):
-    """One running node. Implements :class:`qudag_node.ports.NodeApi` for the API and
-    :class:`qudag_node.gossip.LinkHandler` for the peer network."""
+class Node:
+    """One running node. Implements :class:`qudag_node.ports.NodeApi` for the API."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -161,12 +144,11 @@ class Node(LinkHandler):
         self._started_at = time.time()
         self._vertex_total = 0
         self._pump_task: asyncio.Task[None] | None = None
-        self._peer_inputs: deque[_PeerInput] = deque()
-        self._inputs_room = asyncio.Event()
         self._catching_up: bool | None = None  # a change for the pump to apply
         self.p2p_port: int | None = None
         self._network: PeerNetwork | None = None
         self._syncer: Syncer
+        self._peer_inbox: PeerInbox
         # set in run()
         self._store: Store
         self._engine: Engine
@@ -242,6 +224,7 @@ class Node(LinkHandler):
             needs_peers=not alone,
             trust=self._genesis.f + 1,
         )
+        self._peer_inbox = PeerInbox(self._syncer, self._wakeup.set)
         self._engine.set_catching_up(self._syncer.catching_up, time.time())
         await self._open_peer_port(alone)
         runner, self.api_port = await start_api(
@@ -306,7 +289,7 @@ class Node(LinkHandler):
             self._genesis,
             self._signer,
             s.peer_auth_token.reveal().encode(),
-            self,
+            self._peer_inbox,
             self._metrics,
             LinkLimits(max_queue_bytes=s.peer_queue_bytes),
         )
@@ -317,29 +300,6 @@ class Node(LinkHandler):
         log.info("p2p_listening", port=self.p2p_port, peers=list(s.peers))
 
     # ----------------------------------------------------------- peer links
-
-    def link_up(self, peer: PeerId, public_key: PublicKey) -> None:
-        """A first link to ``peer`` is up: the engine and the syncer learn of it."""
-        self._peer_inputs.append(_LinkUp(peer, public_key))
-        self._wakeup.set()
-        self._syncer.link_up(peer)
-
-    def link_down(self, peer: PeerId) -> None:
-        """The last link to ``peer`` is gone."""
-        self._peer_inputs.append(_LinkDown(peer))
-        self._wakeup.set()
-        self._syncer.link_down(peer)
-
-    async def frame(self, peer: PeerId, data: bytes) -> None:
-        """A message from ``peer``: sync messages to the syncer, the rest to the engine."""
-        if data[0] in SYNC_TYPES:
-            await self._syncer.handle(peer, data)
-            return
-        while len(self._peer_inputs) >= MAX_PEER_INPUTS:
-            self._inputs_room.clear()
-            await self._inputs_room.wait()  # the pump is behind: stop reading this link
-        self._peer_inputs.append((peer, data))
-        self._wakeup.set()
 
     def _send_to_peer(self, peer: PeerId, data: bytes) -> bool:
         return self._network is not None and self._network.send(peer, data)
@@ -367,7 +327,7 @@ class Node(LinkHandler):
     async def _pump(self) -> None:
         while True:
             timer = self._engine.get_timer()
-            if not self._inbox and not self._peer_inputs and not self._stopping:
+            if not self._inbox and not self._peer_inbox and not self._stopping:
                 delay = None if timer is None else max(0.0, timer - time.time())
                 try:
                     async with asyncio.timeout(delay):
@@ -401,18 +361,15 @@ class Node(LinkHandler):
         if self._catching_up is not None:
             self._engine.set_catching_up(self._catching_up, now)
             self._catching_up = None
-        inputs = self._peer_inputs
-        for _ in range(min(len(inputs), PEER_INPUTS_PER_STEP)):
-            item = inputs.popleft()
-            if isinstance(item, _LinkUp):
-                self._engine.peer_connected(item.peer, item.key)
-            elif isinstance(item, _LinkDown):
-                self._engine.peer_disconnected(item.peer)
-            else:
-                self._engine.receive_message(item[0], item[1], now)
-        if len(inputs) < MAX_PEER_INPUTS // 2:
-            self._inputs_room.set()
-        if inputs:
+        for item in self._peer_inbox.take(PEER_INPUTS_PER_STEP):
+            match item:
+                case LinkUp(peer, key):
+                    self._engine.peer_connected(peer, key)
+                case LinkDown(peer):
+                    self._engine.peer_disconnected(peer)
+                case Received(peer, data):
+                    self._engine.receive_message(peer, data, now)
+        if self._peer_inbox:
             self._wakeup.set()  # more next step
 
     async def _send(self, events: list[Event]) -> None:

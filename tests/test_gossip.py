@@ -205,6 +205,15 @@ async def test_two_validators_link_and_exchange_frames(start: Start) -> None:
     assert not a.network.send(PeerId("v3"), b"\x05nobody")
 
 
+async def test_a_frame_far_larger_than_the_read_buffer_arrives_whole(start: Start) -> None:
+    a, b = await start(C.signers[0]), await start(C.signers[1])
+    link(a, b)
+    await until(lambda: bool(a.recorder.up), "the link")
+    big = b"\x04" + secrets.token_bytes(3 << 20)
+    assert a.network.send(PeerId("v1"), big)
+    assert await asyncio.wait_for(b.recorder.frames.get(), DEADLINE) == ("v0", big)
+
+
 async def test_dials_an_ipv6_address(start: Start) -> None:
     if not socket.has_ipv6:
         pytest.skip("no IPv6 on this machine")

@@ -1,0 +1,114 @@
+"""What the peer links bring for the engine, queued for the pump in arrival order.
+
+The peer network hands every link event and frame to a :class:`PeerInbox`. Sync
+messages go straight to the syncer; links coming up or down and every other message
+wait here until the pump feeds them to the engine. The queue is bounded in messages
+and in bytes: when it is full, the links that bring more stop reading, so a flood
+is pushed back to its senders over TCP and memory stays bounded whatever they send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from qudag_node.core.syncwire import SYNC_TYPES
+from qudag_node.core.types import PeerId, PublicKey
+from qudag_node.gossip import LinkHandler
+from qudag_node.sync import Syncer
+
+#: Most messages waiting for the engine.
+MAX_MESSAGES = 1024
+#: Most bytes of messages waiting for the engine (a few maximal vertices).
+MAX_BYTES = 32 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class LinkUp:
+    """A first link to ``peer``, who proved ``key``, is up."""
+
+    peer: PeerId
+    key: PublicKey
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDown:
+    """The last link to ``peer`` is gone."""
+
+    peer: PeerId
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A message from ``peer`` for the engine."""
+
+    peer: PeerId
+    data: bytes
+
+
+PeerInput = LinkUp | LinkDown | Received
+
+
+class PeerInbox(LinkHandler):
+    """The bounded queue between the links and the pump. ``wake`` tells the pump."""
+
+    def __init__(
+        self,
+        syncer: Syncer,
+        wake: Callable[[], None],
+        max_messages: int = MAX_MESSAGES,
+        max_bytes: int = MAX_BYTES,
+    ) -> None:
+        self._syncer = syncer
+        self._wake = wake
+        self._max_messages = max_messages
+        self._max_bytes = max_bytes
+        self._queue: deque[PeerInput] = deque()
+        self._bytes = 0
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def link_up(self, peer: PeerId, public_key: PublicKey) -> None:
+        """Queue the link for the engine; the syncer greets the peer at once."""
+        self._queue.append(LinkUp(peer, public_key))
+        self._wake()
+        self._syncer.link_up(peer)
+
+    def link_down(self, peer: PeerId) -> None:
+        """Queue the loss for the engine; the syncer forgets the peer at once."""
+        self._queue.append(LinkDown(peer))
+        self._wake()
+        self._syncer.link_down(peer)
+
+    async def frame(self, peer: PeerId, data: bytes) -> None:
+        """A message from ``peer``: sync messages to the syncer, the rest queued.
+
+        Waits while the queue is full (in messages or bytes), which stops this link
+        from reading. A message larger than the byte bound still gets in once the
+        queue is empty, so no valid message is refused.
+        """
+        if data[0] in SYNC_TYPES:
+            await self._syncer.handle(peer, data)
+            return
+        while self._queue and self._full(len(data)):
+            self._room.clear()
+            await self._room.wait()
+        self._queue.append(Received(peer, data))
+        self._bytes += len(data)
+        self._wake()
+
+    def take(self, limit: int) -> list[PeerInput]:
+        """Up to ``limit`` queued inputs, oldest first; makes room for the links."""
+        taken = [self._queue.popleft() for _ in range(min(limit, len(self._queue)))]
+        self._bytes -= sum(len(item.data) for item in taken if isinstance(item, Received))
+        if not self._full(0):
+            self._room.set()
+        return taken
+
+    def _full(self, incoming: int) -> bool:
+        return len(self._queue) >= self._max_messages or self._bytes + incoming > self._max_bytes
