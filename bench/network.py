@@ -9,7 +9,7 @@ BATCH transactions of SIZE bytes with ``wait=final``, to the nodes in turn. Prin
 - bytes on the wire per finalized transaction: every frame every node sent (length
   prefix included, from ``qudag_peer_bytes_total``), divided by the transactions
   finalized, and that divided by the N - 1 nodes each transaction must reach,
-- that all N logs end equal (length and hash),
+- that all N logs end equal (length and hash), and each node's RSS (now and peak),
 - with ``--late-observer``: how fast an observer started afterwards on an empty store
   catches up (transactions in the log per second from its start until its log equals
   the others').
@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import base64
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -230,6 +231,20 @@ async def late_observer(directory: Path, urls: list[str], p2p: list[int]) -> Non
     )
 
 
+def print_memory(testnet_output: Path) -> None:
+    """Each node's resident memory now and at its peak, from /proc (Linux)."""
+    figures = []
+    for pid in re.findall(r"\bpid (\d+)", testnet_output.read_text()):
+        status = Path(f"/proc/{pid}/status")
+        if status.exists():
+            fields = dict(
+                line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
+            )
+            now, peak = (int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM"))
+            figures.append(f"{now:.0f} MiB (peak {peak:.0f})")
+    print(f"node RSS: {', '.join(figures) or 'not available'}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=4)
@@ -254,11 +269,14 @@ def main() -> int:
         command += ["--p2p-port", str(p2p), "--sync-interval", "5"]
         env = {k: v for k, v in os.environ.items() if k != "LOG_LEVEL"}
         env["LOG_LEVEL"] = args.log_level
-        testnet = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
+        out = Path(tmp) / "testnet.out"
+        with out.open("w") as sink:
+            testnet = subprocess.Popen(command, stdout=sink, env=env)
         print(f"testnet in {tmp}/net (logs: nodeI/node.log)")
         try:
             urls = [f"http://127.0.0.1:{api + k}" for k in range(args.nodes)]
             asyncio.run(measure(args, urls))
+            print_memory(out)
             if args.late_observer:
                 ports = [p2p + k for k in range(args.nodes)]
                 asyncio.run(late_observer(Path(tmp) / "net", urls, ports))

@@ -71,6 +71,8 @@ class LinkLimits:
     max_frame: int = 8 << 20
     max_queue_bytes: int = 16 << 20
     handshake_timeout: float = 5.0
+    #: Most inbound connections in their handshake at once; more are closed at once.
+    max_handshakes: int = 64
     #: A link whose queued frames have not moved for this long is dropped.
     send_timeout: float = 30.0
     backoff_base: float = 0.25
@@ -199,6 +201,7 @@ class PeerNetwork:
         self._server: asyncio.Server | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._candidates_changed = asyncio.Event()
+        self._handshaking = 0  # inbound connections in their handshake
         self.port: int | None = None
 
     # ------------------------------------------------------------ life cycle
@@ -362,9 +365,7 @@ class PeerNetwork:
         host, port = candidate.address
         try:
             async with asyncio.timeout(self.limits.handshake_timeout):
-                reader, writer = await asyncio.open_connection(
-                    host, port, limit=_READ_BUFFER
-                )
+                reader, writer = await asyncio.open_connection(host, port, limit=_READ_BUFFER)
         except (OSError, TimeoutError) as e:
             candidate.failures += 1
             candidate.last_error = "timeout" if isinstance(e, TimeoutError) else "refused"
@@ -396,6 +397,12 @@ class PeerNetwork:
         address: Address = (
             (str(peer[0]).removeprefix("::ffff:"), int(peer[1])) if peer else ("?", 0)
         )
+        if self._handshaking >= self.limits.max_handshakes:
+            writer.close()  # a flood of connections: no task, no buffer for it
+            self._metrics.on_handshake_failure("too_many_handshakes")
+            log.warning("too_many_handshakes", address=format_address(address))
+            return
+        self._handshaking += 1
         self._tg.create_task(self._serve_inbound(reader, writer, address))
 
     async def _serve_inbound(
@@ -405,6 +412,8 @@ class PeerNetwork:
             link = await self._handshake(reader, writer, Side.LISTENER, address)
         except PeerRefused:
             return
+        finally:
+            self._handshaking -= 1
         await self._serve(link, reader)
 
     # ----------------------------------------------------------- handshake

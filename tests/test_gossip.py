@@ -332,6 +332,24 @@ async def test_a_peer_that_stops_reading_is_dropped_without_slowing_the_others(
     silent.writer.close()
 
 
+async def test_a_flood_of_connections_that_never_shake_hands_is_bounded(start: Start) -> None:
+    b = await start(C.signers[1], limits=LinkLimits(max_handshakes=3, handshake_timeout=30))
+    silent = [
+        await asyncio.open_connection("127.0.0.1", b.port) for _ in range(3)
+    ]  # connected, never a HELLO
+    for reader, _ in silent:
+        decode_hello(await asyncio.wait_for(read_frame(reader), DEADLINE))  # b's own HELLO
+    reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
+    assert await asyncio.wait_for(reader.read(), DEADLINE) == b""  # closed at once
+    assert b.failures("too_many_handshakes") == 1
+    for _, w in silent:
+        w.close()
+    writer.close()
+    await until(lambda: b.failures("connection_lost") == 3, "the silent ones gone")
+    await raw_dial(b.port, C.signers[2])  # once they are gone, a real peer gets in
+    await until(lambda: bool(b.recorder.up), "the real peer's link")
+
+
 async def test_our_own_address_is_recognised_and_not_redialed(start: Start) -> None:
     a = await start(C.signers[0])
     a.network.set_candidates(frozenset({("127.0.0.1", a.port)}))
