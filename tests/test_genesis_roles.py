@@ -112,16 +112,8 @@ def test_a_network_node_needs_the_peer_token(
     tmp_path: Path, genesis_file: tuple[Path, str]
 ) -> None:
     path, _ = genesis_file
-    result = subprocess.run(
-        [sys.executable, "-m", "qudag_node", "run", "--data-dir", str(tmp_path / "data")],
-        env={"QUDAG_GENESIS": str(path), "PATH": "/usr/bin:/bin", "QUDAG_API_PORT": "0"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 2
-    assert "PEER_AUTH_TOKEN is not set" in result.stderr
+    stderr = _start_fails_with_2(tmp_path, path)
+    assert "PEER_AUTH_TOKEN is not set" in stderr
 
 
 def test_a_node_outside_the_validator_set_is_an_observer(
@@ -148,14 +140,20 @@ def test_a_node_outside_the_validator_set_is_an_observer(
 def test_a_bad_genesis_file_stops_the_start_with_exit_2(tmp_path: Path) -> None:
     broken = tmp_path / "genesis.json"
     broken.write_text('{"network_id": "x", "validators": []}\n')
+    stderr = _start_fails_with_2(tmp_path, broken)
+    assert "QUDAG_GENESIS" in stderr
+    assert str(broken) in stderr
+
+
+def _start_fails_with_2(tmp_path: Path, genesis: Path) -> str:
+    """Start a node with ``genesis`` (and no token); it must exit 2. Its stderr."""
     result = subprocess.run(
         [sys.executable, "-m", "qudag_node", "run", "--data-dir", str(tmp_path / "data")],
-        env={"QUDAG_GENESIS": str(broken), "PATH": "/usr/bin:/bin", "QUDAG_API_PORT": "0"},
+        env={"QUDAG_GENESIS": str(genesis), "PATH": "/usr/bin:/bin", "QUDAG_API_PORT": "0"},
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-    assert result.returncode == 2
-    assert "QUDAG_GENESIS" in result.stderr
-    assert str(broken) in result.stderr
+    assert result.returncode == 2, result.stderr
+    return result.stderr
