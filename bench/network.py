@@ -269,6 +269,7 @@ def main() -> int:
         command += ["--p2p-port", str(p2p), "--sync-interval", "5"]
         env = {k: v for k, v in os.environ.items() if k != "LOG_LEVEL"}
         env["LOG_LEVEL"] = args.log_level
+        Path(tmp).mkdir(parents=True, exist_ok=True)
         out = Path(tmp) / "testnet.out"
         with out.open("w") as sink:
             testnet = subprocess.Popen(command, stdout=sink, env=env)

@@ -70,6 +70,10 @@ class Dag:
         """True once the vertex's transactions are in the finalized log."""
         return vid in self._by_id and vid not in self._unordered_ids
 
+    def unordered_ids(self, vid: VertexId) -> tuple[TxId, ...]:
+        """The transaction ids of a held vertex not ordered yet (empty otherwise)."""
+        return self._unordered_ids.get(vid, ())
+
     def has_unordered_payload(self) -> bool:
         """True while some held vertex carries transactions not yet final."""
         return any(self._unordered_ids.values())

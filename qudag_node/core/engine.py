@@ -175,6 +175,7 @@ class Engine:
         self._ready_round: int | None = None  # highest round with a quorum, if >= ours
         self._ready_at = 0.0
         self._catching_up = False
+        self._handed_back: set[VertexId] = set()  # own vertices passed over, payload re-proposed
         self._restore(snapshot or Snapshot(0, log_hash_start(genesis.hash), 0, (), ()))
 
     # ----------------------------------------------------------------- inputs
@@ -603,9 +604,12 @@ class Engine:
     def _prune_below(self, floor: int) -> None:
         orphaned: list[TxId] = []
         for dv, ids in self._dag.prune_below(floor):
+            if dv.id in self._handed_back:
+                continue  # its transactions were released and proposed again already
             self._pool.release(ids)
             if dv.author == self._own_key:
                 orphaned.extend(ids)
+        self._handed_back = {vid for vid in self._handed_back if vid in self._dag}
         self._log.prune_below(floor)
         self._intake.prune_below(floor)
         for key in [k for k in self._slots if k[0] < floor]:
@@ -739,9 +743,31 @@ class Engine:
         self._pool.release(own.vertex.tx_ids)
         self._pool.requeue(own.vertex.tx_ids, own.vertex.transactions)
 
+    def _hand_back_passed_over(self, round_: int) -> None:
+        """Our certified vertices of the rounds before the last that no vertex of the
+        next round names as a parent, although a quorum of it is here, can only be
+        ordered if a late vertex of that round names them. Their transactions are
+        released and proposed again now, not after ``gc_depth`` rounds; should such a
+        vertex be ordered after all, the log skips the copies."""
+        for r in range(max(self._dag.floor, round_ - 4), round_ - 1):
+            mine = self._dag.at(r, self._own_key)
+            if mine is None or mine.id in self._handed_back or self._dag.is_ordered(mine.id):
+                continue
+            children = self._dag.round(r + 1).values()
+            if len(children) < self._genesis.quorum or any(
+                mine.id in child.parents for child in children
+            ):
+                continue
+            self._handed_back.add(mine.id)
+            ids = self._dag.unordered_ids(mine.id)
+            if ids:
+                self._pool.release(ids)
+                self._events.append(TransactionsOrphaned(ids))
+
     def _propose(self, round_: int, now: float) -> None:
         if round_ <= self._own_round:
             raise UsageError(f"round {round_} proposed again")
+        self._hand_back_passed_over(round_)
         self._abandon_own()
         parents = [v.id for v in self._dag.round(round_ - 1).values()] if round_ > 1 else []
         ids, txs = self._pool.take(self._params.max_vertex_txs, self._params.max_vertex_bytes)

@@ -7,6 +7,8 @@ connected as peers ``p0`` .. ``p3``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from qudag_node.core.certificate import check_certificate, make_certificate
@@ -428,6 +430,39 @@ def test_own_vertices_pruned_unordered_come_back_as_orphaned_transactions() -> N
     [again] = [ev.vertex for ev in drain(e) if isinstance(ev, VertexStored) and ev.own]
     assert again.tx_ids == (tx_id(b"orphan"),)
     assert again.round == 8
+
+
+def test_own_vertex_passed_over_by_the_next_round_is_proposed_again_at_once() -> None:
+    slow = dataclasses.replace(PARAMS, min_round_interval=5.0)  # we do not propose round 2
+    e = validator(3, slow)
+    e.submit_transactions([tx_id(b"late")], [b"late"], NOW)
+    [own] = [ev.vertex for ev in drain(e) if isinstance(ev, VertexStored)]
+    feed(e, *ROUND1[:3])
+    for voter in (0, 1):
+        receive(e, PEERS[voter], vote(own, voter))  # certified, but too late:
+    round2 = [C.vertex(i, 2, R1[:3]) for i in range(3)]  # the others name only R1[:3]
+    early = feed(e, *round2, now=NOW + 1)
+    assert not [ev for ev in early if isinstance(ev, TransactionsOrphaned)]
+    e.handle_timer(NOW + 5)
+    events = drain(e)
+    assert TransactionsOrphaned((tx_id(b"late"),)) in events  # at our round-3 proposal
+    [third] = [ev.vertex for ev in events if isinstance(ev, VertexStored) and ev.own]
+    assert third.round == 3
+    assert e.carrier(tx_id(b"late")) is None  # released: pending until proposed again
+    e.requeue_transactions([tx_id(b"late")], [b"late"], NOW + 10)
+    round3 = [C.vertex(i, 3, [v.id for v in round2]) for i in range(3)]
+    proposed = feed(e, *round3, now=NOW + 10)
+    [again] = [ev.vertex for ev in proposed if isinstance(ev, VertexStored) and ev.own]
+    assert (again.round, again.tx_ids) == (4, (tx_id(b"late"),))
+    # when its round is pruned, it is not handed back a second time
+    prev = [v.id for v in round3]
+    later: list[Event] = []
+    for r in range(4, 60):
+        layer = [C.vertex(i, r, prev) for i in range(3)]
+        later += feed(e, *layer, now=NOW + 10 + 5 * r)
+        prev = [v.id for v in layer]
+    assert e.statistics().committed_round > 50  # round 1 is long pruned
+    assert not [ev for ev in later if isinstance(ev, TransactionsOrphaned)]
 
 
 @pytest.mark.parametrize("index", [0, 3])
