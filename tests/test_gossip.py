@@ -332,6 +332,17 @@ async def test_a_peer_that_stops_reading_is_dropped_without_slowing_the_others(
     silent.writer.close()
 
 
+async def test_a_peer_that_never_finishes_its_handshake_is_timed_out(start: Start) -> None:
+    b = await start(C.signers[1], limits=LinkLimits(handshake_timeout=0.3))
+    reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
+    decode_hello(await asyncio.wait_for(read_frame(reader), DEADLINE))  # b's HELLO; ours never
+    reason = refusal_reason(await asyncio.wait_for(read_frame(reader), DEADLINE))
+    assert reason == "handshake_timeout"
+    assert await asyncio.wait_for(reader.read(), DEADLINE) == b""
+    assert b.failures("handshake_timeout") == 1
+    writer.close()
+
+
 async def test_a_flood_of_connections_that_never_shake_hands_is_bounded(start: Start) -> None:
     b = await start(C.signers[1], limits=LinkLimits(max_handshakes=3, handshake_timeout=30))
     silent = [
