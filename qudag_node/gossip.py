@@ -264,15 +264,6 @@ class PeerNetwork:
         self._metrics.on_peer_message("sent", message_kind(data), size)
         return True
 
-    def broadcast(self, data: bytes) -> None:
-        """Queue ``data`` for every linked peer."""
-        for peer in list(self._by_peer):
-            self.send(peer, data)
-
-    def connected(self) -> list[PeerId]:
-        """The peers with a link up, sorted."""
-        return sorted(self._by_peer)
-
     def last_seen(self) -> dict[PeerId, float]:
         """Seconds since each linked peer last sent a frame."""
         now = time.monotonic()

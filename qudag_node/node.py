@@ -382,8 +382,9 @@ class Node:
             self._network.send(peer, data)
         for event in events:
             if isinstance(event, VerticesRequested):
-                for data in await self._store.certified_messages(list(event.ids)):
-                    self._network.send(event.peer, data)
+                async for data in self._store.certified_messages(event.ids):
+                    if not self._network.send(event.peer, data):
+                        break  # the peer is gone, or was dropped for reading too slowly
 
     async def _follow_up(self, events: list[Event], now: float) -> None:
         """Answer the engine's requests that need the store."""

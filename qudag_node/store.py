@@ -12,9 +12,10 @@ the genesis hash of its network and refuses to open for another one.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from qudag_node.ports import EvidenceRecord, LogRecord, VertexRecord
 
 DB_FILENAME = "qudag.db"
 _CHUNK = 900  # ids per IN (...) query, under SQLite's variable limit
+_VERTICES_PER_READ = 8  # vertices read at once to answer a fetch (each up to 4 MiB)
 
 #: A schema step: an SQL statement, or a function of the connection and the genesis.
 Migration = str | Callable[[aiosqlite.Connection, Genesis], Awaitable[None]]
@@ -355,16 +357,24 @@ class Store:
             return None
         return assemble_vertex(found.header, found.signature, found.transactions, found.ids)
 
-    async def certified_messages(self, ids: Sequence[VertexId]) -> list[bytes]:
-        """CERTIFIED messages for those of ``ids`` that are stored and certified."""
-        out: list[bytes] = []
-        for vid in ids:
-            found = await _full_vertex(self._reader, "id = ?", (vid,))
-            if found is None or found.certificate is None:
-                continue
-            vertex = encode_vertex_parts(found.header, found.signature, found.transactions)
-            out.append(encode_certified(vertex, found.certificate))
-        return out
+    async def certified_messages(self, ids: Sequence[VertexId]) -> AsyncIterator[bytes]:
+        """CERTIFIED messages for those of ``ids`` that are stored and certified, in
+        ``ids`` order, read a few vertices at a time so that a large request never holds
+        more than those in memory."""
+        for start in range(0, len(ids), _VERTICES_PER_READ):
+            chunk = ids[start : start + _VERTICES_PER_READ]
+            marks = ",".join("?" * len(chunk))
+            rows = await _fetch(
+                self._reader,
+                f"SELECT id, {_CERTIFIED_COLUMNS} FROM vertices"  # noqa: S608
+                f" WHERE certificate IS NOT NULL AND id IN ({marks})",
+                chunk,
+            )
+            messages = await _certified(self._reader, [r[1:] for r in rows])
+            found = {VertexId(bytes(r[0])): m for r, m in zip(rows, messages, strict=True)}
+            for vid in chunk:
+                if vid in found:
+                    yield found[vid]
 
     async def certified_ids(self, low: int, high: int) -> list[tuple[int, VertexId]]:
         """(round, id) of every stored, certified vertex of rounds ``low..high``, by round."""
@@ -386,18 +396,18 @@ class Store:
         """
         rows = await _fetch(
             self._reader,
-            "SELECT round, id FROM vertices WHERE round BETWEEN ? AND ?"
+            f"SELECT round, {_CERTIFIED_COLUMNS} FROM vertices WHERE round BETWEEN ? AND ?"  # noqa: S608
             " AND certificate IS NOT NULL ORDER BY round, id",
             (low, high),
         )
         out: list[bytes] = []
         size = 0
-        for k, (number, vid) in enumerate(rows):
-            if size >= max_bytes and number != rows[k - 1][0]:
-                return out, int(rows[k - 1][0])
-            found = await self.certified_messages([VertexId(bytes(vid))])
-            out += found
-            size += sum(len(m) for m in found)
+        for number, group in itertools.groupby(rows, key=lambda r: int(r[0])):
+            if size >= max_bytes:
+                return out, number - 1
+            messages = await _certified(self._reader, [r[1:] for r in group])
+            out += messages
+            size += sum(map(len, messages))
         return out, high
 
     async def transactions_data(self, ids: Sequence[TxId]) -> list[tuple[TxId, bytes]]:
@@ -524,6 +534,27 @@ async def _rows_by_id(
 async def _matching_ids(db: aiosqlite.Connection, condition: str, ids: Sequence[TxId]) -> set[TxId]:
     """The ``ids`` of stored transactions that satisfy ``condition`` (a fixed SQL prefix)."""
     return {TxId(r[0]) for r in await _rows_by_id(db, "id", condition, ids)}
+
+
+#: The columns :func:`_certified` reads, in its order.
+_CERTIFIED_COLUMNS = "header, signature, tx_ids, certificate"
+
+
+async def _certified(db: aiosqlite.Connection, rows: Sequence[Any]) -> list[bytes]:
+    """CERTIFIED messages of certified vertex rows (:data:`_CERTIFIED_COLUMNS`), their
+    transactions read in one batch."""
+    ids = [_split_ids(r[2]) for r in rows]
+    data = {
+        TxId(r[0]): bytes(r[1])
+        for r in await _rows_by_id(db, "id, data", "", [i for group in ids for i in group])
+    }
+    return [
+        encode_certified(
+            encode_vertex_parts(bytes(header), bytes(signature), [data[i] for i in group]),
+            bytes(certificate),
+        )
+        for (header, signature, _, certificate), group in zip(rows, ids, strict=True)
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,7 +113,8 @@ class Syncer:
         return self._catching_up
 
     def gap(self) -> int | None:
-        """Rounds behind the most advanced peer; None before any peer's status."""
+        """Rounds behind the peer we catch up with (see :meth:`_target`); None before any
+        peer's status."""
         target = self._target()
         if target is None:
             return None
@@ -167,7 +168,7 @@ class Syncer:
             if now >= next_sync:
                 next_sync = now + self._interval
                 await self._sync_round()
-            await self._drive(on_catching_up)
+            self._drive(on_catching_up)
             self._changed.clear()
             wait = min(next_sync - self._clock(), 1.0)
             if wait > 0:
@@ -209,19 +210,17 @@ class Syncer:
         ranked = sorted(self._peers.items(), key=lambda item: (-item[1].highest, item[0]))
         return ranked[min(self._trust, len(ranked)) - 1]
 
-    async def _drive(self, on_catching_up: Callable[[bool], None]) -> None:
+    def _drive(self, on_catching_up: Callable[[bool], None]) -> None:
         ours = self._position()
         target = self._target()
         now = self._clock()
-        if target is None:
-            behind = self._needs_peers
-        else:
-            behind = target[1].highest - ours.highest > CATCHUP_THRESHOLD
+        gap = 0 if target is None else max(0, target[1].highest - ours.highest)
+        behind = self._needs_peers if target is None else gap > CATCHUP_THRESHOLD
         self._announce(behind, ours, target, now)
         if behind != self._catching_up:
             self._catching_up = behind
             on_catching_up(behind)
-        self._metrics.on_catchup_gap(self.gap() or 0)
+        self._metrics.on_catchup_gap(gap)
         if not behind or target is None:
             self._request = None
             self._requested_high = 0
@@ -343,7 +342,7 @@ class Syncer:
             )
 
     async def _push(self, peer: PeerId, ids: Sequence[VertexId]) -> None:
-        for message in await self._store.certified_messages(ids):
+        async for message in self._store.certified_messages(ids):
             if not self._send(peer, message):
                 return
 

@@ -224,7 +224,7 @@ async def test_certified_messages_match_the_memory_store(
         uncertified = [vid for vid in model.vertices if vid not in certified]
         assert certified
         assert uncertified, "the recorded node voted for no vertex that stayed uncertified"
-        answers = await store.certified_messages(ids)
+        answers = [m async for m in store.certified_messages(ids)]
         assert len(answers) == len(certified)
         for vid, answer in zip(certified, answers, strict=True):
             expected = model.certified(vid)
@@ -235,7 +235,7 @@ async def test_certified_messages_match_the_memory_store(
             assert got.vertex.id == vid
             assert (got.vertex, got.certificate) == (want.vertex, want.certificate)
             assert answer == expected
-        assert await store.certified_messages([*uncertified, UNKNOWN]) == []
+        assert [m async for m in store.certified_messages([*uncertified, UNKNOWN])] == []
 
 
 # ------------------------------------------------------------------ restart
@@ -530,7 +530,7 @@ async def test_our_own_certified_vertex_from_a_peer_keeps_its_transactions(
         stored = await store.transaction(ours.tx_ids[0])
         assert stored is not None
         assert stored.seq == 1
-        assert await store.certified_messages([ours.id]) == [model.certified(ours.id)]
+        assert [m async for m in store.certified_messages([ours.id])] == [model.certified(ours.id)]
     finally:
         await store.close()
 

@@ -357,7 +357,7 @@ async def test_a_repaired_pair_is_in_sync(net: Net, tmp_path: Path) -> None:
         else:
             fetch = decode_message(message.data, PARAMS)
             assert isinstance(fetch, FetchMessage)
-            for answer in await b.store.certified_messages(fetch.ids):
+            async for answer in b.store.certified_messages(fetch.ids):
                 await store_certified(a.store, answer)
     await a.syncer._sync_round()
     sent = await net.settle()
