@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import nacl.signing
@@ -101,8 +102,22 @@ def load_signer(settings: Settings) -> Signer:
     if settings.node_private_key is not None:
         return Signer(bytes.fromhex(settings.node_private_key.reveal()))
     path = settings.data_path / KEY_FILENAME
+    signer, created = key_file(path)
+    if created:
+        log.info("node_key_created", path=str(path))
+    elif path.stat().st_mode & 0o077:
+        log.warning("node_key_readable_by_others", path=str(path), hint="chmod 600")
+    return signer
+
+
+def key_file(path: Path) -> tuple[Signer, bool]:
+    """The key kept in ``path`` (64 hex characters), and whether it was created now: a
+    missing file is created once, mode 0600, durably (its name too). Raises
+    :class:`NodeFailure` for a file that does not hold a key."""
     try:
         text = path.read_text().strip()
+    except UnicodeDecodeError:
+        text = ""  # not a key either
     except FileNotFoundError:
         seed = bytes(nacl.signing.SigningKey.generate())
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -115,12 +130,9 @@ def load_signer(settings: Settings) -> Signer:
             os.fsync(directory)  # the new file's name is durable too
         finally:
             os.close(directory)
-        log.info("node_key_created", path=str(path))
-        return Signer(seed)
-    if path.stat().st_mode & 0o077:
-        log.warning("node_key_readable_by_others", path=str(path), hint="chmod 600")
+        return Signer(seed), True
     try:
-        return Signer(bytes.fromhex(text))
+        return Signer(bytes.fromhex(text)), False
     except ValueError:
         raise NodeFailure(f"{path} does not hold a 64-hex-character private key") from None
 
@@ -234,12 +246,10 @@ class Node:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._pump_task = tg.create_task(self._pump())
-                background = [
-                    tg.create_task(self._syncer.run(self._on_catching_up)),
-                    tg.create_task(self._watch_peers()),
-                ]
+                background = [tg.create_task(self._syncer.run(self._on_catching_up))]
                 if self._network is not None:
                     background.append(tg.create_task(self._network.run()))
+                    background.append(tg.create_task(self._watch_peers(self._network)))
                     if s.peers:
                         discovery = Discovery(
                             s.peers, Resolver(s.dns_servers), self._store, s.dag_sync_interval
@@ -313,13 +323,10 @@ class Node:
         self._catching_up = catching_up
         self._wakeup.set()
 
-    async def _watch_peers(self) -> None:
+    async def _watch_peers(self, network: PeerNetwork) -> None:
         """Keep the per-peer last-message ages current."""
         while True:
-            if self._network is not None:
-                self._metrics.on_peer_ages(
-                    {str(p): a for p, a in self._network.last_seen().items()}
-                )
+            self._metrics.on_peer_ages({str(p): age for p, age in network.last_seen().items()})
             await asyncio.sleep(1.0)
 
     # ------------------------------------------------------------------ pump

@@ -30,17 +30,16 @@ from typing import Any
 import aiohttp
 
 from qudag_node import config
-from qudag_node.core.crypto import Signer
 from qudag_node.core.genesis import Genesis, Validator
 from qudag_node.core.types import PublicKey
 from qudag_node.genesis_file import GenesisFileError, genesis_from_json, genesis_to_json
+from qudag_node.node import KEY_FILENAME, NodeFailure, key_file
 
 NETWORK_ID = "qudag-local-testnet"
 MAX_NODES = 32
 HOST = "127.0.0.1"
 GENESIS_FILENAME = "genesis.json"
 TOKEN_FILENAME = "peer-token"  # noqa: S105 (a file name)
-KEY_FILENAME = "node.key"
 LOG_FILENAME = "node.log"
 #: Seconds every node has to answer ``GET /health`` with 200 after it was started.
 START_TIMEOUT = 60.0
@@ -241,25 +240,16 @@ def _check_size(root: Path, existing: Genesis | None, nodes: int) -> None:
 
 
 def _node_key(data_dir: Path) -> PublicKey:
-    """The public key of the node keeping its data in ``data_dir``; creates the key once."""
-    path = data_dir / KEY_FILENAME
+    """The public key of the node keeping its data in ``data_dir``; creates the key once,
+    in the file the node itself reads."""
     try:
         data_dir.mkdir(mode=0o700, exist_ok=True)
-        seed = bytes.fromhex(path.read_text(encoding="ascii").strip())
-    except FileNotFoundError:
-        signer = Signer(secrets.token_bytes(32))
-        _write_new(path, signer.seed().hex() + "\n")
-        return signer.public_key
-    except (ValueError, OSError):
-        raise LaunchError(
-            f"{path} does not hold a 64-hex-character private key", EXIT_USAGE
-        ) from None
-    try:
-        return Signer(seed).public_key
-    except ValueError:
-        raise LaunchError(
-            f"{path} does not hold a 64-hex-character private key", EXIT_USAGE
-        ) from None
+        signer, _ = key_file(data_dir / KEY_FILENAME)
+    except OSError as e:
+        raise LaunchError(f"cannot use {data_dir}: {e.strerror}", EXIT_USAGE) from None
+    except NodeFailure as e:
+        raise LaunchError(str(e), EXIT_USAGE) from None
+    return signer.public_key
 
 
 def _token(path: Path) -> tuple[str, bool]:
