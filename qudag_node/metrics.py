@@ -8,10 +8,14 @@ are low-cardinality: route templates, reason codes, fixed result names.
 
 from __future__ import annotations
 
+import math
 import platform
-from collections.abc import Mapping, Sequence
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric
+from prometheus_client.core import GaugeMetricFamily
 
 from qudag_node.core.engine import Statistics
 from qudag_node.core.errors import Reason
@@ -34,6 +38,54 @@ FINALITY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
 VERTEX_MESSAGES = frozenset({"proposal", "certified", "waiting"})
 #: HTTP methods kept as label values; any other method is counted as ``other``.
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class _StorageCollector:
+    """Disk space of the data directory's filesystem and the database's size, read at each
+    scrape (one ``statvfs`` and two ``stat`` calls). Until :meth:`watch` names the paths
+    the families are exposed without samples."""
+
+    def __init__(self) -> None:
+        self._data_dir: Path | None = None
+        self._database: Path | None = None
+
+    def watch(self, data_dir: Path, database: Path) -> None:
+        """Report on ``data_dir``'s filesystem and on the SQLite file ``database``."""
+        self._data_dir, self._database = data_dir, database
+
+    def collect(self) -> Iterable[Metric]:
+        """The three gauges; NaN for a value that cannot be read."""
+        free = GaugeMetricFamily(
+            "qudag_data_disk_free_bytes",
+            "Bytes available to the node on the data directory's filesystem.",
+        )
+        size = GaugeMetricFamily(
+            "qudag_data_disk_size_bytes", "Size in bytes of the data directory's filesystem."
+        )
+        database = GaugeMetricFamily(
+            "qudag_database_bytes", "Bytes of the database file and its write-ahead log."
+        )
+        if self._data_dir is not None and self._database is not None:
+            try:
+                usage = shutil.disk_usage(self._data_dir)
+                free.add_metric([], usage.free)
+                size.add_metric([], usage.total)
+            except OSError:
+                free.add_metric([], math.nan)
+                size.add_metric([], math.nan)
+            wal = self._database.with_name(self._database.name + "-wal")
+            database.add_metric([], _file_bytes(self._database) + _file_bytes(wal))
+        return [free, size, database]
+
+
+def _file_bytes(path: Path) -> float:
+    """The size of ``path``: 0 when it does not exist, NaN when it cannot be read."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    except OSError:
+        return math.nan
 
 
 class Metrics:
@@ -190,6 +242,13 @@ class Metrics:
             registry=r,
         )
         build.labels(version=version, python=platform.python_version()).set(1)
+        self._storage = _StorageCollector()
+        r.register(self._storage)
+
+    def watch_storage(self, data_dir: Path, database: Path) -> None:
+        """Report the free space of ``data_dir``'s filesystem and the size of the SQLite
+        file ``database`` (with its write-ahead log) at each scrape."""
+        self._storage.watch(data_dir, database)
 
     def set_totals(self, vertices: int, transactions: int, log_length: int) -> None:
         """Start the counters at the store's totals; call once, at start."""

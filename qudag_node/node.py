@@ -217,6 +217,7 @@ class Node:
         self._vertex_total = totals.vertices
         self._metrics = Metrics(__version__)
         self._metrics.set_totals(totals.vertices, totals.transactions, totals.log_length)
+        self._metrics.watch_storage(s.data_path, self._store.path)
         log.info(
             "state_loaded",
             vertices=totals.vertices,
