@@ -114,6 +114,9 @@ def test_config_has_the_settings_of_the_design(index: int) -> None:
         "destination": settings.data_dir,
         "snapshot_retention": config["mounts"]["snapshot_retention"],
         "initial_size": "1gb",
+        "auto_extend_size_threshold": 80,
+        "auto_extend_size_increment": "1GB",
+        "auto_extend_size_limit": "10GB",
     }
     assert 1 <= config["mounts"]["snapshot_retention"] <= 60
 
