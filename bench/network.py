@@ -10,12 +10,19 @@ BATCH transactions of SIZE bytes with ``wait=final``, to the nodes in turn. Prin
   prefix included, from ``qudag_peer_bytes_total``), divided by the transactions
   finalized, and that divided by the N - 1 nodes each transaction must reach,
 - that all N logs end equal (length and hash), and each node's RSS (now and peak),
+- disk: how much each node's database (with its WAL) grew per finalized transaction,
+  also as a multiple of the raw transaction bytes,
+- with ``--idle SECONDS``: afterwards, with no load, the bytes all nodes send per second
+  and how fast each database grows (heartbeat rounds and anti-entropy only),
 - with ``--late-observer``: how fast an observer started afterwards on an empty store
   catches up (transactions in the log per second from its start until its log equals
   the others').
 
+``--clients 0`` skips the load, so ``--clients 0 --idle 300 --sync-interval 30`` measures
+an idle network with Fly's sync interval.
+
 Usage: python bench/network.py [--nodes 4] [--duration 30] [--clients 8] [--batch 100]
-       [--size 256]
+       [--size 256] [--sync-interval 5] [--idle SECONDS] [--late-observer]
 """
 
 from __future__ import annotations
@@ -23,10 +30,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -159,12 +168,31 @@ async def converged(
     return heads
 
 
-async def measure(args: argparse.Namespace, urls: list[str]) -> None:
-    """Load the network, then print throughput, latency and bytes on the wire."""
+def database_bytes(directory: Path, nodes: int) -> list[int]:
+    """Each node's database size in use: its pages (the write-ahead log's included) less
+    the free ones. The files' sizes would mislead: the log file keeps its largest size
+    between checkpoints, and each commit fills whole pages of it."""
+    sizes = []
+    for k in range(1, nodes + 1):
+        uri = f"file:{directory / f'node{k}' / 'qudag.db'}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            pages, free, size = (
+                db.execute(f"PRAGMA {name}").fetchone()[0]
+                for name in ("page_count", "freelist_count", "page_size")
+            )
+        sizes.append((pages - free) * size)
+    return sizes
+
+
+async def measure(args: argparse.Namespace, urls: list[str], directory: Path) -> None:
+    """Load the network, then print throughput, latency, bytes on the wire and on disk."""
     timeout = aiohttp.ClientTimeout(total=120)
-    connector = aiohttp.TCPConnector(limit=args.clients * 2)
+    connector = aiohttp.TCPConnector(limit=max(1, args.clients * 2))
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         await wait_ready(session, urls, 60)
+        if args.clients == 0:
+            return
+        disk_before = database_bytes(directory, len(urls))
         sent_before = await bytes_sent(session, urls)
         latencies: list[float] = []
         done = [0]
@@ -176,6 +204,10 @@ async def measure(args: argparse.Namespace, urls: list[str]) -> None:
         elapsed = time.monotonic() - started
         wire = await bytes_sent(session, urls) - sent_before
         heads = await converged(session, urls, 30)
+    disk = [
+        after - before
+        for after, before in zip(database_bytes(directory, len(urls)), disk_before, strict=True)
+    ]
     final = done[0]
     peers = len(urls) - 1
     print(f"nodes {len(urls)}, clients {args.clients}, batch {args.batch}, size {args.size} B")
@@ -191,7 +223,30 @@ async def measure(args: argparse.Namespace, urls: list[str]) -> None:
         f" ({wire / final / peers / args.size:.2f} x the transaction size; each transaction"
         f" must reach the {peers} other nodes)"
     )
+    per_tx = sum(disk) / len(disk) / final
+    print(
+        f"database growth per finalized transaction: {per_tx:,.0f} B per node"
+        f" ({per_tx / args.size:.2f} x the raw transaction bytes)"
+    )
     print(f"logs equal on all nodes: {len(heads) == 1} {sorted(heads)[:1]}")
+
+
+async def idle(urls: list[str], directory: Path, seconds: float) -> None:
+    """With no load for ``seconds``: bytes sent per second and database growth per hour."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        disk_before = database_bytes(directory, len(urls))
+        sent_before = await bytes_sent(session, urls)
+        await asyncio.sleep(seconds)
+        wire = await bytes_sent(session, urls) - sent_before
+    growth = [
+        (after - before) * 3600 / seconds
+        for after, before in zip(database_bytes(directory, len(urls)), disk_before, strict=True)
+    ]
+    print(
+        f"idle for {seconds:.0f} s: {wire / seconds:,.0f} B/s sent network-wide"
+        f" ({wire / seconds / len(urls):,.0f} B/s per node); database growth per node"
+        f" {min(growth) / 1e6:.2f} to {max(growth) / 1e6:.2f} MB per hour"
+    )
 
 
 async def late_observer(directory: Path, urls: list[str], p2p: list[int]) -> None:
@@ -252,6 +307,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--sync-interval", type=float, default=5.0)
+    parser.add_argument("--idle", type=float, default=0.0, help="then measure SECONDS idle")
     parser.add_argument("--log-level", default="warning")
     parser.add_argument("--keep", help="keep the testnet directory here")
     parser.add_argument(
@@ -266,7 +323,7 @@ def main() -> int:
         p2p = free_port_block(args.nodes)
         command = [sys.executable, "-m", "qudag_node", "testnet", "--nodes", str(args.nodes)]
         command += ["--dir", str(Path(tmp) / "net"), "--api-port", str(api)]
-        command += ["--p2p-port", str(p2p), "--sync-interval", "5"]
+        command += ["--p2p-port", str(p2p), "--sync-interval", str(args.sync_interval)]
         env = {k: v for k, v in os.environ.items() if k != "LOG_LEVEL"}
         env["LOG_LEVEL"] = args.log_level
         Path(tmp).mkdir(parents=True, exist_ok=True)
@@ -276,7 +333,9 @@ def main() -> int:
         print(f"testnet in {tmp}/net (logs: nodeI/node.log)")
         try:
             urls = [f"http://127.0.0.1:{api + k}" for k in range(args.nodes)]
-            asyncio.run(measure(args, urls))
+            asyncio.run(measure(args, urls, Path(tmp) / "net"))
+            if args.idle > 0:
+                asyncio.run(idle(urls, Path(tmp) / "net", args.idle))
             print_memory(out)
             if args.late_observer:
                 ports = [p2p + k for k in range(args.nodes)]
