@@ -2,14 +2,15 @@
 
 Subcommands::
 
-    run       run the node until SIGTERM or SIGINT (the default without a subcommand)
-    keygen    print a new Ed25519 key pair as hex
-    genesis   write a network's genesis file from its id and validators
-    status    print a running node's status
-    submit    submit one transaction to a running node
-    backup    copy the database of a (possibly running) node to a new file
-    restore   put a backup in place as a data directory's database
-    testnet   run a local testnet of several validator nodes until Ctrl-C
+    run          run the node until SIGTERM or SIGINT (the default without a subcommand)
+    keygen       print a new Ed25519 key pair as hex
+    network-env  print the secrets and validator set of a new network as dotenv lines
+    genesis      write a network's genesis file from its id and validators
+    status       print a running node's status
+    submit       submit one transaction to a running node
+    backup       copy the database of a (possibly running) node to a new file
+    restore      put a backup in place as a data directory's database
+    testnet      run a local testnet of several validator nodes until Ctrl-C
 
 Exit codes:
 
@@ -27,6 +28,7 @@ import asyncio
 import json
 import math
 import os
+import secrets
 import sys
 import time
 import urllib.error
@@ -39,8 +41,14 @@ from typing import Any
 import nacl.signing
 
 from qudag_node import __version__, config, node, store, testnet
-from qudag_node.core.genesis import NAME_RULE, Genesis, is_valid_name
-from qudag_node.genesis_file import GenesisFileError, genesis_to_json, parse_validator_list
+from qudag_node.core.crypto import Signer
+from qudag_node.core.genesis import NAME_RULE, Genesis, Validator, is_valid_name
+from qudag_node.genesis_file import (
+    GenesisFileError,
+    format_validator_list,
+    genesis_to_json,
+    parse_validator_list,
+)
 from qudag_node.logs import configure_logging
 
 PROG = "qudag-node"
@@ -100,12 +108,12 @@ def _run(args: argparse.Namespace) -> int:
         settings = config.load_settings(os.environ, flags, args.config)
     except config.ConfigError as e:
         raise CommandError(str(e), EXIT_USAGE) from None
-    secrets = [
+    revealed = [
         value.reveal()
         for s in config.SETTINGS
         if s.secret and isinstance(value := getattr(settings, s.name), config.Secret)
     ]
-    configure_logging(settings.log_level, settings.log_format, secrets=secrets)
+    configure_logging(settings.log_level, settings.log_format, secrets=revealed)
 
     try:
         asyncio.run(node.serve(settings))
@@ -119,10 +127,15 @@ def _run(args: argparse.Namespace) -> int:
 # --- keygen ------------------------------------------------------------------------
 
 
+def _new_key() -> Signer:
+    """A new Ed25519 key pair."""
+    return Signer(bytes(nacl.signing.SigningKey.generate()))
+
+
 def _keygen(args: argparse.Namespace) -> int:
-    key = nacl.signing.SigningKey.generate()
-    private_key = bytes(key).hex()
-    public_key = bytes(key.verify_key).hex()
+    key = _new_key()
+    private_key = key.seed().hex()
+    public_key = key.public_key.hex()
     if args.json:
         print(json.dumps({"private_key": private_key, "public_key": public_key}))
         return EXIT_OK
@@ -130,6 +143,41 @@ def _keygen(args: argparse.Namespace) -> int:
     print(f"public_key: {public_key}")
     _say("keep the private key secret: give it to the node only as NODE_PRIVATE_KEY")
     return EXIT_OK
+
+
+# --- network-env -------------------------------------------------------------------
+
+
+def _network_env(args: argparse.Namespace) -> int:
+    count: int = args.nodes
+    if not 1 <= count <= testnet.MAX_NODES:
+        raise CommandError(f"--nodes must be from 1 to {testnet.MAX_NODES}", EXIT_USAGE)
+    text = _network_env_text(count)
+    if args.output is None:
+        print(text, end="")
+        _say("keep these lines secret: they hold every node's private key")
+        return EXIT_OK
+    _write_new_file(
+        Path(args.output), text, overwrite=False, mode=0o600, exists_hint="not overwriting it"
+    )
+    _say(f"wrote the secrets and validator set of node1..node{count} to {args.output}")
+    return EXIT_OK
+
+
+def _network_env_text(count: int) -> str:
+    """Dotenv lines for a new network of validators ``node1..node<count>``: each node's
+    private key as ``NODE<i>_PRIVATE_KEY``, a shared ``PEER_AUTH_TOKEN`` and the ordered
+    validator set as ``QUDAG_VALIDATORS``, after a comment line."""
+    keys = [_new_key() for _ in range(count)]
+    validators = [Validator(f"node{i}", key.public_key) for i, key in enumerate(keys, 1)]
+    lines = [
+        f"# A new qudag network of {count} validators (node1..node{count}), made by "
+        f"{PROG} network-env. Secret: keep it private.",
+        *(f"NODE{i}_PRIVATE_KEY={key.seed().hex()}" for i, key in enumerate(keys, 1)),
+        f"PEER_AUTH_TOKEN={secrets.token_hex(32)}",
+        f"QUDAG_VALIDATORS={format_validator_list(validators)}",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 # --- genesis -----------------------------------------------------------------------
@@ -169,13 +217,21 @@ def _genesis_from_args(args: argparse.Namespace) -> Genesis:
         raise CommandError(f"invalid genesis: {e}", EXIT_USAGE) from None
 
 
-def _write_new_file(path: Path, text: str, overwrite: bool) -> None:
-    """Write ``text`` to ``path``; an existing file only with ``overwrite``."""
+def _write_new_file(
+    path: Path,
+    text: str,
+    overwrite: bool,
+    mode: int = 0o666,
+    exists_hint: str = "use --force to overwrite it",
+) -> None:
+    """Write ``text`` to ``path``; an existing file only with ``overwrite``. A new file
+    gets ``mode`` (less the umask)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
     try:
-        with path.open("w" if overwrite else "x", encoding="utf-8") as fh:
+        with os.fdopen(os.open(path, flags, mode), "w", encoding="utf-8") as fh:
             fh.write(text)
     except FileExistsError:
-        raise CommandError(f"{path} exists; use --force to overwrite it", EXIT_USAGE) from None
+        raise CommandError(f"{path} exists; {exists_hint}", EXIT_USAGE) from None
     except OSError as e:
         raise CommandError(f"cannot write {path}: {e.strerror}") from None
 
@@ -375,6 +431,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     keygen.add_argument("--json", action="store_true", help="print one JSON object")
     keygen.set_defaults(command=_keygen)
+
+    network_env = sub.add_parser(
+        "network-env",
+        help="print the secrets of a new network as dotenv lines",
+        description="Make a new network of validators node1..nodeN: print a new private key "
+        "for each (NODE<I>_PRIVATE_KEY), a new shared PEER_AUTH_TOKEN and the validator set "
+        "(QUDAG_VALIDATORS) as dotenv lines, the .env file that docker-compose.yml reads. "
+        "With --output the lines go to a new file of mode 0600 instead, and nothing secret "
+        "is printed.",
+    )
+    network_env.add_argument(
+        "--nodes",
+        type=int,
+        required=True,
+        metavar="N",
+        help=f"how many validators, 1 to {testnet.MAX_NODES}",
+    )
+    network_env.add_argument(
+        "--output", metavar="FILE", help="write a new file (never overwritten) instead of stdout"
+    )
+    network_env.set_defaults(command=_network_env)
 
     genesis = sub.add_parser(
         "genesis",

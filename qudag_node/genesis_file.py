@@ -83,6 +83,11 @@ def parse_validator_list(raw: str) -> tuple[Validator, ...]:
     return tuple(validators)
 
 
+def format_validator_list(validators: Iterable[Validator]) -> str:
+    """The short form ``name=pubkey,name=pubkey`` that :func:`parse_validator_list` reads."""
+    return ",".join(f"{v.name}={v.public_key.hex()}" for v in validators)
+
+
 def _parse_json(text: str) -> dict[str, Any]:
     try:
         document = json.loads(text, object_pairs_hook=_no_duplicate_fields)

@@ -8,6 +8,7 @@ import os
 import pty
 import re
 import socket
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -19,11 +20,22 @@ import pytest
 from qudag_node.config import PLATFORM_ENV, SETTINGS, flag_name, load_settings
 from qudag_node.core.crypto import tx_id
 from qudag_node.core.genesis import NAME_RULE
+from qudag_node.core.types import PublicKey
 from qudag_node.genesis_file import genesis_from_json
 from tests.conftest import NodeFactory
 
 ROOT = Path(__file__).resolve().parent.parent
-SUBCOMMANDS = ("run", "keygen", "genesis", "testnet", "status", "submit", "backup", "restore")
+SUBCOMMANDS = (
+    "run",
+    "keygen",
+    "network-env",
+    "genesis",
+    "testnet",
+    "status",
+    "submit",
+    "backup",
+    "restore",
+)
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 TIMEOUT = 60.0
 #: Variables that would change what the command does; the tests set their own.
@@ -326,6 +338,89 @@ def test_genesis_usage_errors(tmp_path: Path, args: tuple[str, ...], expected: s
     result = cli("genesis", *args, cwd=tmp_path)
     assert result.code == 2
     assert one_line(result.stderr) == f"qudag-node: {expected}"
+    assert result.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def parse_dotenv(text: str) -> dict[str, str]:
+    """The ``KEY=VALUE`` lines of ``qudag-node network-env``, after its comment line."""
+    first, *lines = text.splitlines()
+    assert first.startswith("# "), text
+    pairs = {}
+    for line in lines:
+        key, sep, value = line.partition("=")
+        assert sep, line
+        assert re.fullmatch(r"[A-Z][A-Z0-9_]*", key), line
+        pairs[key] = value
+    return pairs
+
+
+def network_public_keys(env: dict[str, str], count: int) -> list[PublicKey]:
+    """The public keys of the private keys ``NODE1_PRIVATE_KEY`` .. in ``env``."""
+    keys = []
+    for i in range(1, count + 1):
+        private = env[f"NODE{i}_PRIVATE_KEY"]
+        assert HEX64.match(private)
+        keys.append(PublicKey(bytes(nacl.signing.SigningKey(bytes.fromhex(private)).verify_key)))
+    return keys
+
+
+def test_network_env_prints_a_network_its_nodes_accept() -> None:
+    result = cli("network-env", "--nodes", "4")
+    assert result.code == 0, result.stderr
+    env = parse_dotenv(result.stdout)
+    names = [f"NODE{i}_PRIVATE_KEY" for i in range(1, 5)]
+    assert list(env) == [*names, "PEER_AUTH_TOKEN", "QUDAG_VALIDATORS"]
+    assert HEX64.match(env["PEER_AUTH_TOKEN"])
+    public_keys = network_public_keys(env, 4)
+    assert len(set(public_keys)) == 4
+    expected = [(f"node{i}", key) for i, key in enumerate(public_keys, 1)]
+    for i, key in enumerate(public_keys, 1):
+        settings = load_settings(
+            {
+                "NODE_ID": f"node{i}",
+                "NETWORK_MODE": "testnet",
+                "NODE_PRIVATE_KEY": env[f"NODE{i}_PRIVATE_KEY"],
+                "PEER_AUTH_TOKEN": env["PEER_AUTH_TOKEN"],
+                "QUDAG_VALIDATORS": env["QUDAG_VALIDATORS"],
+                "QUDAG_PEERS": "node1:7000",
+            }
+        )
+        genesis = settings.genesis(key)
+        assert [(v.name, v.public_key) for v in genesis.validators] == expected
+        assert genesis.index_of(key) == i - 1, f"node{i} is validator {i}"
+    for value in env.values():
+        assert value not in result.stderr
+    other = parse_dotenv(cli("network-env", "--nodes", "4").stdout)
+    assert not set(env.values()) & set(other.values()), "every network is new"
+
+
+def test_network_env_writes_a_private_file_and_prints_no_secret(tmp_path: Path) -> None:
+    out = tmp_path / ".env"
+    result = cli("network-env", "--nodes", "2", "--output", str(out))
+    assert result.code == 0, result.stderr
+    assert result.stdout == ""
+    assert str(out) in one_line(result.stderr)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    text = out.read_text()
+    env = parse_dotenv(text)
+    assert len(network_public_keys(env, 2)) == 2
+    assert "NODE3_PRIVATE_KEY" not in env
+    for name in ("NODE1_PRIVATE_KEY", "NODE2_PRIVATE_KEY", "PEER_AUTH_TOKEN"):
+        assert env[name] not in result.stderr
+
+    again = cli("network-env", "--nodes", "2", "--output", str(out))
+    assert again.code == 2
+    assert one_line(again.stderr) == f"qudag-node: {out} exists; not overwriting it"
+    assert out.read_text() == text
+
+
+@pytest.mark.parametrize(
+    "args", [("--nodes", "0"), ("--nodes", "33"), ("--nodes", "four"), ()], ids=str
+)
+def test_network_env_usage_errors(tmp_path: Path, args: tuple[str, ...]) -> None:
+    result = cli("network-env", *args, "--output", str(tmp_path / ".env"))
+    assert result.code == 2
     assert result.stdout == ""
     assert list(tmp_path.iterdir()) == []
 
