@@ -17,8 +17,9 @@ Deploys the four apps qudag-node1..4 (node ids node1..4) to Fly.io, in this orde
   5. makes what each app lacks, and stages it as secrets (never on a command line):
      NODE_PRIVATE_KEY per node, the shared PEER_AUTH_TOKEN, QUDAG_VALIDATORS; the public
      keys go to the genesis file (default fly/genesis.json): a public record, commit it;
-  6. deploys each app whose image label (a digest of the tracked files, its region and the
-     validator set) differs from the one it runs, or that has secrets staged;
+  6. deploys each app whose image label (a digest of the files the image and fly.toml are
+     made of, its region and the validator set) differs from the one it runs, or that has
+     secrets staged;
   7. waits for the Machines to be started with passing checks, submits one transaction to
      node1 and waits until all four nodes report it final.
 

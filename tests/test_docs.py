@@ -79,3 +79,36 @@ def test_every_metric_is_documented_and_every_documented_metric_exists() -> None
     text = (ROOT / "docs" / "metrics.md").read_text()
     documented = set(re.findall(r"^\| `(qudag_[a-z_]+)` \|", text, re.MULTILINE))
     assert documented == names
+
+
+DEPLOY = (ROOT / "docs" / "deploy.md").read_text()
+
+
+def test_deploy_doc_names_only_files_that_exist() -> None:
+    named = re.findall(r"`((?:[\w.-]+/)+[\w.-]+\.(?:py|sh|toml|yml|md|json|lock))`", DEPLOY)
+    named += ["Dockerfile", ".dockerignore", "requirements.lock", "docker-compose.yml"]
+    for name in named:
+        if "<" in name or name.startswith(("qudag-node", "fly/genesis")):
+            continue  # placeholders, and the file the deploy writes
+        assert (ROOT / name).exists(), f"docs/deploy.md names {name}, which does not exist"
+
+
+def test_deploy_doc_uses_only_options_the_script_has() -> None:
+    script = (ROOT / "scripts" / "deploy.sh").read_text()
+    used = set(re.findall(r"scripts/deploy\.sh((?: --[a-z-]+(?: [\w,.-]+)?)*)", DEPLOY))
+    options = {word for group in used for word in group.split() if word.startswith("--")}
+    assert options, "no scripts/deploy.sh command found in docs/deploy.md"
+    for option in options:
+        assert f"  {option}" in script, f"docs/deploy.md uses {option}, deploy.sh has none"
+
+
+def test_deploy_doc_gives_the_generated_regions() -> None:
+    regions = [
+        re.search(
+            r'^primary_region = "(\w+)"', (ROOT / "fly" / f"qudag-node{k}.toml").read_text(), re.M
+        )
+        for k in range(1, 5)
+    ]
+    codes = ",".join(m.group(1) for m in regions if m)
+    assert f"default {codes}" in (ROOT / "scripts" / "deploy.sh").read_text()
+    assert f"`{codes}`" in DEPLOY
