@@ -13,6 +13,7 @@ import asyncio
 import os
 import shutil
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -58,6 +59,7 @@ from qudag_node.ports import (
 )
 from qudag_node.store import Store, StoreError
 from qudag_node.sync import Syncer
+from qudag_node.verifier import ThreadedVerifier, worker_count
 
 KEY_FILENAME = "node.key"
 #: Peer inputs the pump feeds the engine in one step (one store commit).
@@ -159,6 +161,7 @@ class Node:
         self._catching_up: bool | None = None  # a change for the pump to apply
         self.p2p_port: int | None = None
         self._network: PeerNetwork | None = None
+        self._verifier = ThreadedVerifier(worker_count())  # threads start on first use
         self._syncer: Syncer
         self._peer_inbox: PeerInbox
         # set in run()
@@ -186,7 +189,7 @@ class Node:
             await asyncio.to_thread(s.data_path.mkdir, parents=True, exist_ok=True)
             self._signer = load_signer(s)
             self._genesis = s.genesis(self._signer.public_key)
-            log.info("opening_database", path=str(s.data_path), check="quick_check")
+            log.info("opening_database", path=str(s.data_path))
             opening = time.monotonic()
             self._store = await Store.open(s.data_path, self._genesis)
             log.info(
@@ -209,11 +212,16 @@ class Node:
     async def _serve(self) -> None:
         s = self.settings
         started = time.monotonic()
-        snapshot = await self._store.load_snapshot(
-            self._genesis, self.params.gc_depth, self._signer.public_key
+        try:
+            snapshot = await self._store.load_snapshot(
+                self._genesis, self.params.gc_depth, self._signer.public_key
+            )
+            totals = await self._store.totals()
+        except sqlite3.DatabaseError as e:  # damage in the pages the state is read from
+            raise NodeFailure(f"database {s.data_path}: cannot load the state: {e}") from None
+        self._engine = Engine(
+            self._genesis, self.params, self._signer, snapshot, verifier=self._verifier
         )
-        totals = await self._store.totals()
-        self._engine = Engine(self._genesis, self.params, self._signer, snapshot)
         self._vertex_total = totals.vertices
         self._metrics = Metrics(__version__)
         self._metrics.set_totals(totals.vertices, totals.transactions, totals.log_length)
@@ -265,6 +273,7 @@ class Node:
                     public_key=self._signer.public_key.hex(),
                     network=self._genesis.network_id,
                 )
+                background.append(tg.create_task(self._check_integrity()))
                 await self._stop_requested.wait()
                 log.info("stopping")
                 self._closing = True
@@ -284,6 +293,18 @@ class Node:
                 self._wakeup.set()
         finally:
             await runner.cleanup()
+            self._verifier.close()
+
+    async def _check_integrity(self) -> None:
+        """Check the whole database file once, after start: the check reads every page,
+        so it would make start-up grow with the DAG. A damaged file stops the node."""
+        log.info("integrity_check_started", check="quick_check")
+        started = time.monotonic()
+        try:
+            await self._store.check_integrity()
+        except StoreError as e:
+            raise NodeFailure(f"database {self.settings.data_path}: {e}") from None
+        log.info("integrity_check_passed", seconds=round(time.monotonic() - started, 3))
 
     async def _open_peer_port(self, alone: bool) -> None:
         """Listen for peers, if this node has any to talk to (which needs the token)."""
@@ -369,14 +390,19 @@ class Node:
         if self._catching_up is not None:
             self._engine.set_catching_up(self._catching_up, now)
             self._catching_up = None
+        received: list[tuple[PeerId, bytes]] = []  # in a row: one batch for the engine
         for item in self._peer_inbox.take(PEER_INPUTS_PER_STEP):
+            if isinstance(item, Received):
+                received.append((item.peer, item.data))
+                continue
+            self._engine.receive_messages(received, now)
+            received.clear()
             match item:
                 case LinkUp(peer, key):
                     self._engine.peer_connected(peer, key)
                 case LinkDown(peer):
                     self._engine.peer_disconnected(peer)
-                case Received(peer, data):
-                    self._engine.receive_message(peer, data, now)
+        self._engine.receive_messages(received, now)
         if self._peer_inbox:
             self._wakeup.set()  # more next step
 

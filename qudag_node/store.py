@@ -11,6 +11,7 @@ the genesis hash of its network and refuses to open for another one.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import os
@@ -35,6 +36,7 @@ from qudag_node.core.events import (
 )
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.messages import encode_certified
+from qudag_node.core.syncwire import CertifiedIds
 from qudag_node.core.types import HASH_SIZE, PublicKey, TxId, VertexId
 from qudag_node.core.vertex import (
     Vertex,
@@ -239,15 +241,19 @@ class Store:
 
     @classmethod
     async def open(cls, data_dir: Path, genesis: Genesis) -> Store:
-        """Open (or create) the database in the existing ``data_dir``, migrate it, check it,
-        and bind it to ``genesis``."""
+        """Open (or create) the database in the existing ``data_dir``, migrate it, and bind
+        it to ``genesis``.
+
+        Opening reads only what it needs (the header, the schema, the metadata), so it
+        takes the same time whatever the file's size; a file that is not a database is
+        refused here, damage elsewhere in it by :meth:`check_integrity`.
+        """
         path = data_dir / DB_FILENAME
         writer = await aiosqlite.connect(path, isolation_level=None)
         try:
             await writer.execute("PRAGMA journal_mode=WAL")
             await writer.execute("PRAGMA synchronous=FULL")
             await writer.execute("PRAGMA busy_timeout=5000")
-            await _check_integrity(writer)
             await _migrate(writer, genesis)
             await _bind_genesis(writer, genesis)
             reader = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
@@ -261,6 +267,32 @@ class Store:
             await writer.close()
             raise
         return cls(path, writer, reader, side)
+
+    async def check_integrity(self) -> None:
+        """Run SQLite's ``quick_check`` over the whole file; raises :class:`StoreError`
+        (``corrupt``) naming the first problems found.
+
+        It reads every page, so its time grows with the file: it runs on a read
+        connection of its own, on one committed state, while the writer and the API
+        reader go on. Cancelling it interrupts the check.
+        """
+        conn = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True)
+        try:
+            rows = await _fetch(conn, "PRAGMA quick_check")
+        except asyncio.CancelledError:
+            await conn.interrupt()
+            raise
+        except sqlite3.DatabaseError as e:  # damage the check could not step over
+            raise StoreError("corrupt", f"database integrity check failed: {e}") from None
+        finally:
+            await conn.close()
+        # one problem a line, under a "*** in database main ***" heading
+        problems = [p for r in rows for p in str(r[0]).splitlines() if not p.startswith("***")]
+        if problems != ["ok"]:
+            count = f" ({len(problems)} problems reported)" if len(problems) > 3 else ""
+            raise StoreError(
+                "corrupt", f"database integrity check failed: {'; '.join(problems[:3])}{count}"
+            )
 
     async def close(self) -> None:
         """Checkpoint the WAL into the main file and close the connections."""
@@ -376,15 +408,17 @@ class Store:
                 if vid in found:
                     yield found[vid]
 
-    async def certified_ids(self, low: int, high: int) -> list[tuple[int, VertexId]]:
-        """(round, id) of every stored, certified vertex of rounds ``low..high``, by round."""
+    async def certified_ids(self, low: int, high: int) -> CertifiedIds:
+        """The id and round of every stored, certified vertex of rounds ``low..high``, by
+        round, packed into two buffers as the rows are read, so that fingerprints over
+        them need no conversion per id."""
         rows = await _fetch(
             self._reader,
             "SELECT round, id FROM vertices WHERE round BETWEEN ? AND ?"
             " AND certificate IS NOT NULL ORDER BY round",
             (low, high),
         )
-        return [(int(r[0]), VertexId(bytes(r[1]))) for r in rows]
+        return CertifiedIds.of([r[0] for r in rows], [r[1] for r in rows])
 
     async def certified_in_rounds(
         self, low: int, high: int, max_bytes: int
@@ -591,13 +625,6 @@ async def _full_vertex(
 
 async def _fetch(db: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
     return list(await db.execute_fetchall(sql, params))
-
-
-async def _check_integrity(db: aiosqlite.Connection) -> None:
-    rows = await _fetch(db, "PRAGMA quick_check")
-    result = [r[0] for r in rows]
-    if result != ["ok"]:
-        raise StoreError("corrupt", f"database integrity check failed: {'; '.join(result[:5])}")
 
 
 async def _migrate(db: aiosqlite.Connection, genesis: Genesis) -> None:

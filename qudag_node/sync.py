@@ -195,9 +195,8 @@ class Syncer:
         high = min(ours.highest, theirs.highest) - 1
         if high < low:
             return None
-        rows = await self._store.certified_ids(low, high)
-        span = bucket_span(low, high)
-        return summarize([r for r, _ in rows], [i for _, i in rows], low, high, span)
+        certified = await self._store.certified_ids(low, high)
+        return summarize(certified, low, high, bucket_span(low, high))
 
     # --------------------------------------------------------------- catch-up
 
@@ -308,24 +307,24 @@ class Syncer:
     async def _on_summary(self, peer: PeerId, theirs: Summary) -> None:
         if theirs.high - theirs.low >= MAX_SUMMARY_ROUNDS:
             raise InputRejected(Reason.BAD_SYNC, f"summary of {theirs.high - theirs.low} rounds")
-        rows = await self._store.certified_ids(theirs.low, theirs.high)
-        rounds, ids = [r for r, _ in rows], [i for _, i in rows]
-        ours = summarize(rounds, ids, theirs.low, theirs.high, theirs.span)
+        certified = await self._store.certified_ids(theirs.low, theirs.high)
+        ours = summarize(certified, theirs.low, theirs.high, theirs.span)
         buckets = differing(ours, theirs)
         self._metrics.on_sync_round("in_sync" if not buckets else "differences")
         for k in buckets:
             low, high = theirs.bucket(k)
             if theirs.span <= LEAF_SPAN:
-                inside = [i for r, i in rows if low <= r <= high][:MAX_IDS]
-                self._send(peer, encode_sync(Ids(low, high, tuple(inside))))
+                inside = certified.between(low, high)[:MAX_IDS]
+                self._send(peer, encode_sync(Ids(low, high, inside)))
             else:
-                finer = summarize(rounds, ids, low, high, bucket_span(low, high))
+                finer = summarize(certified, low, high, bucket_span(low, high))
                 self._send(peer, encode_sync(finer))
 
     async def _on_ids(self, peer: PeerId, theirs: Ids) -> None:
         if theirs.high - theirs.low >= MAX_SUMMARY_ROUNDS:
             raise InputRejected(Reason.BAD_SYNC, f"ids of {theirs.high - theirs.low} rounds")
-        ours = {i for _, i in await self._store.certified_ids(theirs.low, theirs.high)}
+        certified = await self._store.certified_ids(theirs.low, theirs.high)
+        ours = set(certified.between(theirs.low, theirs.high))
         missing = [i for i in theirs.ids if i not in ours]
         extra = sorted(ours.difference(theirs.ids))
         for data in fetch_messages(missing, self._params):

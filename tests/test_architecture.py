@@ -18,7 +18,7 @@ ALLOWED = frozenset(
     {
         "__future__", "enum", "dataclasses", "typing", "collections", "struct",
         "hashlib", "re", "math", "itertools", "functools", "bisect", "heapq", "nacl",
-        "numpy", "hmac",
+        "numpy", "hmac", "array",
     }
 )  # fmt: skip
 #: Modules that would bring I/O, clocks, randomness or concurrency into the core.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -14,6 +16,8 @@ import nacl.signing
 import pytest
 
 from tests.nodeproc import NodeProcess, request, submit_json, wait_until
+from tests.test_cli import cli
+from tests.test_store import damage_table
 
 pytestmark = pytest.mark.slow
 
@@ -243,3 +247,58 @@ def test_included_status_survives_a_restart(tmp_path: Path) -> None:
     assert code == 200
     assert after == before
     assert node.stop() == 0
+
+
+def test_integrity_is_checked_after_ready_and_logged(tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "data", tmp_path / "node.log").start()
+    wait_until(
+        lambda: any(r["event"] == "integrity_check_passed" for r in node.records()),
+        30,
+        "the integrity_check_passed log line",
+    )
+    records = node.records()
+    events = [r["event"] for r in records]
+    assert events.index("ready") < events.index("integrity_check_started")
+    assert events.index("integrity_check_started") < events.index("integrity_check_passed")
+    passed = records[events.index("integrity_check_passed")]
+    assert isinstance(passed["seconds"], float | int)
+    assert passed["seconds"] >= 0
+    assert node.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("damaged", "failure", "after_ready"),
+    [
+        # pages a restart does not read: found by the check that runs after /ready
+        ("transactions", "database integrity check failed: ", True),
+        # the index the state is loaded through: found before the node takes requests
+        ("vertices_round", "cannot load the state: ", False),
+    ],
+)
+def test_a_damaged_database_stops_the_node_with_1(
+    tmp_path: Path, damaged: str, failure: str, after_ready: bool
+) -> None:
+    data = tmp_path / "data"
+    node = NodeProcess(data, tmp_path / "node.log").start()
+    code, body = submit_json(node.url, [os.urandom(200) for _ in range(3000)], wait=True)
+    assert code == 200, body
+    assert node.stop() == 0
+    assert damage_table(data / "qudag.db", damaged) >= 1
+
+    result = cli(
+        "run",
+        env={
+            "QUDAG_DATA_DIR": str(data),
+            "QUDAG_API_PORT": "0",
+            "QUDAG_P2P_PORT": "0",
+            "QUDAG_LOG_FORMAT": "json",
+        },
+    )
+    assert result.code == 1, result.stderr
+    assert result.stderr.splitlines()[-1].startswith(
+        f"qudag-node: node stopped: database {data}: {failure}"
+    )
+    events = [json.loads(line)["event"] for line in result.stdout.splitlines()]
+    assert ("ready" in events) is after_ready
+    assert "integrity_check_passed" not in events
+    assert events[-1] == "stopped"

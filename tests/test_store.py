@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from bench.history import Committee, certified_rounds
 from qudag_node.core.crypto import Signer, tx_ids
 from qudag_node.core.engine import Engine
-from qudag_node.core.events import TransactionsAdmitted
+from qudag_node.core.events import Event, TransactionsAdmitted, VertexCertified, VertexStored
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.params import Params
 from qudag_node.store import (
@@ -60,22 +62,46 @@ async def test_database_refuses_another_network(tmp_path: Path) -> None:
     assert "qudag-test" in str(info.value)
 
 
-async def test_corrupt_database_is_refused(tmp_path: Path) -> None:
+def damage_table(path: Path, table: str) -> int:
+    """Overwrite the page headers of the older half of ``table``'s leaf pages (or of its
+    only page) in the closed database at ``path``; returns the pages damaged."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        (page_size,) = db.execute("PRAGMA page_size").fetchone()
+        pages = [
+            r[0]
+            for r in db.execute(
+                "SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' ORDER BY pageno",
+                (table,),
+            )
+        ]
+    damaged = pages[: max(1, len(pages) // 2)]
+    with path.open("r+b") as fh:
+        for page in damaged:
+            fh.seek((page - 1) * page_size)
+            fh.write(b"\xa5" * 64)
+    return len(damaged)
+
+
+async def test_damage_is_found_by_the_integrity_check_not_at_open(tmp_path: Path) -> None:
     store = await Store.open(tmp_path, GENESIS)
     engine = Engine(GENESIS, Params(), SIGNER)
     txs = [f"tx{i}".encode() * 40 for i in range(3000)]
     engine.submit_transactions(tx_ids(txs), txs, 0.0)
     await drive(engine, store, 0.0, 1.0)
+    await store.check_integrity()  # an intact file passes
+    before = await store.totals()
     await store.close()
-    path = tmp_path / DB_FILENAME
-    data = bytearray(path.read_bytes())
-    page = 4096
-    for offset in range(3 * page, len(data) - page, 7 * page):
-        data[offset : offset + 64] = b"\xa5" * 64
-    path.write_bytes(bytes(data))
-    with pytest.raises(StoreError) as info:
-        await Store.open(tmp_path, GENESIS)
+    assert damage_table(tmp_path / DB_FILENAME, "transactions") >= 10
+    store = await Store.open(tmp_path, GENESIS)  # opening reads none of those pages
+    try:
+        assert await store.totals() == before
+        with pytest.raises(StoreError) as info:
+            await store.check_integrity()
+    finally:
+        await store.close()
     assert info.value.code == "corrupt"
+    assert str(info.value).startswith("database integrity check failed: Page ")
+    assert "\n" not in str(info.value)
 
 
 async def test_not_a_database_is_refused(tmp_path: Path) -> None:
@@ -246,3 +272,33 @@ async def test_backup_to_an_unwritable_place_is_a_clear_error(tmp_path: Path) ->
     with pytest.raises(StoreError) as info:
         restore_database(tmp_path / DB_FILENAME, blocker / "data")
     assert info.value.code == "io"
+
+
+async def test_certified_ids_packs_the_certified_vertices_of_a_range(tmp_path: Path) -> None:
+    committee = Committee.generate(4)
+    rounds = list(certified_rounds(committee, 6, 1_000_000))
+    uncertified = rounds[2][1][0].id  # one vertex of round 3 is stored without certificate
+    events: list[Event] = []
+    for number, made in enumerate(rounds, start=1):
+        for vertex, certificate in made:
+            events.append(VertexStored(vertex, own=False))
+            if vertex.id != uncertified:
+                events.append(VertexCertified(vertex.id, number, certificate))
+    store = await Store.open(tmp_path, committee.genesis)
+    try:
+        await store.persist(events)
+        certified = await store.certified_ids(2, 5)
+        beyond = await store.certified_ids(7, 9)
+    finally:
+        await store.close()
+    expected = [
+        (number, vertex.id)
+        for number, made in enumerate(rounds, start=1)
+        for vertex, _ in made
+        if 2 <= number <= 5 and vertex.id != uncertified
+    ]
+    assert list(certified.rounds) == [r for r, _ in expected]  # sorted by round
+    assert sorted(zip(certified.rounds, certified.between(2, 5), strict=True)) == sorted(expected)
+    assert set(certified.between(3, 3)) == {i for r, i in expected if r == 3}
+    assert len(certified.between(3, 3)) == 3
+    assert (len(beyond), beyond.between(1, 9)) == (0, ())

@@ -485,7 +485,8 @@ async def check_rounds_answer(sent: Sequence[Sent], server: Node, low: int, high
     rounds = [v.round for v in vertices]
     assert rounds == sorted(rounds)
     expected = await server.store.certified_ids(low, high)
-    assert sorted((v.round, v.id) for v in vertices) == sorted(expected)
+    stored = zip(expected.rounds, expected.between(low, high), strict=True)
+    assert sorted((v.round, v.id) for v in vertices) == sorted(stored)
 
 
 @contextlib.asynccontextmanager

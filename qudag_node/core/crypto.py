@@ -8,15 +8,23 @@ calls for ids, one C call over the joined ids for a batch root.
 Signatures are named by a :class:`Scheme` byte carried in every vertex header, so a
 post-quantum scheme can be added without a format break. Today only Ed25519
 (PyNaCl/libsodium) is defined.
+
+Signature checks go through :data:`VERIFIED`, a cache of recent results: a caller
+that checks many signatures at once (a :class:`Verifier`, perhaps on several threads)
+records the results there with :meth:`VerifiedCache.remember`, and the rules that
+check one signature at a time then find them.
 """
 
 from __future__ import annotations
 
 import enum
-import functools
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from hashlib import blake2b
+from itertools import starmap
+from typing import Protocol
 
+import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
@@ -103,21 +111,106 @@ class Signer:
         return f"Signer(public_key={self.public_key.hex()})"
 
 
+#: One Ed25519 signature check: (public key, signed message, signature).
+SignatureCheck = tuple[PublicKey, bytes, bytes]
+
+_ED25519_KEY_SIZE = 32
+
+
+def verify_ed25519(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """True when ``signature`` is ``public_key``'s Ed25519 signature of ``message``.
+
+    Not cached and safe to call from any thread (libsodium runs without the GIL).
+    """
+    if len(public_key) != _ED25519_KEY_SIZE or len(signature) != SIGNATURE_SIZES[Scheme.ED25519]:
+        return False
+    try:
+        nacl.bindings.crypto_sign_open(signature + message, public_key)
+    except nacl.exceptions.BadSignatureError:
+        return False
+    return True
+
+
+def verify_each(checks: Iterable[SignatureCheck]) -> list[bool]:
+    """:func:`verify_ed25519` of every check, in order."""
+    return list(starmap(verify_ed25519, checks))
+
+
+class Verifier(Protocol):
+    """Checks many Ed25519 signatures at once; the engine's caller chooses how."""
+
+    def verify_many(self, checks: Sequence[SignatureCheck]) -> list[bool]:
+        """Whether each check's signature verifies, in the order of ``checks``."""
+        ...
+
+
+class SequentialVerifier:
+    """The plain verifier: one check after the other, on the calling thread."""
+
+    def verify_many(self, checks: Sequence[SignatureCheck]) -> list[bool]:
+        """Whether each check's signature verifies, in order."""
+        return verify_each(checks)
+
+
+class VerifiedCache:
+    """The results of the last ``size`` distinct signature checks (least recently used
+    go first). ``misses`` counts the checks :func:`verify` made itself."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.misses = 0
+        self._results: OrderedDict[SignatureCheck, bool] = OrderedDict()
+
+    def get(self, check: SignatureCheck) -> bool | None:
+        """The remembered result of ``check``, or None."""
+        result = self._results.get(check)
+        if result is not None:
+            self._results.move_to_end(check)
+        return result
+
+    def remember(self, checks: Iterable[SignatureCheck], results: Iterable[bool]) -> None:
+        """Record results computed elsewhere (they must be :func:`verify_ed25519`'s)."""
+        cache = self._results
+        for check, result in zip(checks, results, strict=True):
+            cache[check] = result
+            cache.move_to_end(check)
+        while len(cache) > self.size:
+            cache.popitem(last=False)
+
+    def unknown(self, checks: Iterable[SignatureCheck]) -> list[SignatureCheck]:
+        """The distinct checks among ``checks`` with no remembered result, in order; the
+        remembered ones count as just used."""
+        cache = self._results
+        fresh: list[SignatureCheck] = []
+        for check in dict.fromkeys(checks):
+            if check in cache:
+                cache.move_to_end(check)
+            else:
+                fresh.append(check)
+        return fresh
+
+    def clear(self) -> None:
+        """Forget every result and reset ``misses``."""
+        self._results.clear()
+        self.misses = 0
+
+
+#: Every signature check's recent results. One certificate's votes arrive again with
+#: every re-announcement and fetch answer; batches of checks are recorded here.
+VERIFIED = VerifiedCache(8192)
+
+
 def verify(scheme: Scheme, public_key: PublicKey, message: bytes, signature: bytes) -> bool:
     """True when ``signature`` is ``public_key``'s signature of ``message``.
 
-    Results are remembered for the last few thousand checks: one certificate's votes
-    arrive again with every re-announcement and fetch answer.
+    Results are remembered in :data:`VERIFIED`.
     """
     if scheme is not Scheme.ED25519:
         return False
-    return _verify_ed25519(public_key, message, signature)
-
-
-@functools.lru_cache(maxsize=4096)
-def _verify_ed25519(public_key: bytes, message: bytes, signature: bytes) -> bool:
-    try:
-        nacl.signing.VerifyKey(public_key).verify(message, signature)
-    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError):
-        return False
-    return True
+    check = (public_key, message, signature)
+    result = VERIFIED.get(check)
+    if result is None:
+        result = verify_ed25519(public_key, message, signature)
+        VERIFIED.misses += 1
+        VERIFIED.remember((check,), (result,))
+    return result

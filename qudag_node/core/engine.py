@@ -23,7 +23,17 @@ from dataclasses import dataclass
 
 from qudag_node.core.certificate import Certificate, check_certificate, make_certificate
 from qudag_node.core.consensus import Consensus
-from qudag_node.core.crypto import Signer, log_hash_start, tx_ids, verify
+from qudag_node.core.crypto import (
+    VERIFIED,
+    Scheme,
+    SequentialVerifier,
+    SignatureCheck,
+    Signer,
+    Verifier,
+    log_hash_start,
+    tx_ids,
+    verify,
+)
 from qudag_node.core.dag import Dag, DagVertex
 from qudag_node.core.errors import InputRejected, Reason, UsageError
 from qudag_node.core.events import (
@@ -146,8 +156,10 @@ class Engine:
         params: Params,
         signer: Signer,
         snapshot: Snapshot | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self._genesis = genesis
+        self._verifier = verifier or SequentialVerifier()
         self._params = params
         self._signer = signer
         self._index = genesis.index_of(signer.public_key)
@@ -221,9 +233,33 @@ class Engine:
 
     def receive_message(self, peer: PeerId, data: bytes, now: float) -> None:
         """Handle bytes from a peer; a bad message becomes a ``MessageRejected`` event."""
-        self._seen_time = True
+        self._receive(peer, data, self._decode(data), now)
+
+    def receive_messages(self, messages: Sequence[tuple[PeerId, bytes]], now: float) -> None:
+        """Handle (peer, bytes) messages in order, exactly as :meth:`receive_message`
+        one by one would. Each is decoded once; the signatures the batch carries are
+        handed to the engine's :class:`~qudag_node.core.crypto.Verifier` together
+        first, so that the checks themselves find their results remembered."""
+        step = max(1, VERIFIED.size // (2 * (self._genesis.n + 1)))  # results stay cached
+        for first in range(0, len(messages), step):
+            batch = messages[first : first + step]
+            decoded = [self._decode(data) for _, data in batch]
+            checks = VERIFIED.unknown(
+                c for m in decoded if not isinstance(m, InputRejected) for c in self._checks(m)
+            )
+            if checks:
+                VERIFIED.remember(checks, self._verifier.verify_many(checks))
+            for (peer, data), message in zip(batch, decoded, strict=True):
+                self._receive(peer, data, message, now)
+
+    def _receive(
+        self, peer: PeerId, data: bytes, message: Message | InputRejected, now: float
+    ) -> None:
+        """Handle one decoded message (or its decoding error)."""
         try:
-            self._dispatch(peer, decode_message(data, self._params), now)
+            if isinstance(message, InputRejected):
+                raise message
+            self._dispatch(peer, message, now)
         except InputRejected as e:
             self._events.append(MessageRejected(peer, e.reason, e.message, message_kind(data)))
         self._refresh(now)
@@ -368,6 +404,59 @@ class Engine:
             self._outbox.extend((p, data) for p in self._peer_names)
 
     # ------------------------------------------------------------- messages
+
+    def _decode(self, data: bytes) -> Message | InputRejected:
+        try:
+            return decode_message(data, self._params)
+        except InputRejected as e:
+            return e
+
+    def _checks(self, message: Message) -> list[SignatureCheck]:
+        """The signature checks handling ``message`` is likely to make (see
+        :func:`~qudag_node.core.rules.check_vertex`,
+        :func:`~qudag_node.core.certificate.check_certificate` and votes)."""
+        match message:
+            case ProposalMessage(vertex):
+                return self._vertex_checks(vertex)
+            case CertifiedMessage(vertex, certificate):
+                if not (checks := self._vertex_checks(vertex)):
+                    return []
+                return checks + self._certificate_checks(vertex.id, certificate)
+            case CertificateMessage(vid, certificate):
+                if vid in self._dag or (vid not in self._stored and self._intake.get(vid) is None):
+                    return []
+                return self._certificate_checks(vid, certificate)
+            case VoteMessage(vid, voter, scheme, signature):
+                own = self._own
+                if (
+                    own is None
+                    or vid != own.vertex.id
+                    or voter >= self._genesis.n
+                    or scheme is not Scheme.ED25519
+                ):
+                    return []
+                return [(self._genesis.validators[voter].public_key, vid, signature)]
+        return []
+
+    def _vertex_checks(self, vertex: Vertex) -> list[SignatureCheck]:
+        h = vertex.header
+        if (
+            vertex.id in self._dag
+            or h.scheme is not Scheme.ED25519
+            or self._genesis.index_of(h.author) is None
+        ):
+            return []
+        return [(h.author, vertex.id, vertex.signature)]
+
+    def _certificate_checks(self, vid: VertexId, cert: Certificate) -> list[SignatureCheck]:
+        validators = self._genesis.validators
+        if cert.scheme is not Scheme.ED25519 or len(cert.voters) < self._genesis.quorum:
+            return []
+        return [
+            (validators[voter].public_key, vid, signature)
+            for voter, signature in zip(cert.voters, cert.signatures, strict=True)
+            if voter < len(validators)
+        ]
 
     def _dispatch(self, peer: PeerId, message: Message, now: float) -> None:
         match message:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -56,17 +57,17 @@ class Genesis:
         object.__setattr__(self, "hash", genesis_hash(self.encode()))
         object.__setattr__(self, "_index", {k: i for i, k in enumerate(keys)})
 
-    @property
+    @functools.cached_property
     def n(self) -> int:
         """Number of validators."""
         return len(self.validators)
 
-    @property
+    @functools.cached_property
     def f(self) -> int:
         """Most faulty validators tolerated: the largest f with n >= 3f + 1."""
         return (self.n - 1) // 3
 
-    @property
+    @functools.cached_property
     def quorum(self) -> int:
         """Distinct validators a round needs: n - f (2f + 1 when n = 3f + 1)."""
         return self.n - self.f

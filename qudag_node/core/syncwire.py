@@ -14,12 +14,14 @@ buckets of ``span`` rounds (the last one may be shorter). Round numbers are at m
 :data:`MAX_ROUND`. A bucket's
 fingerprint is the XOR of the first 8 bytes of its certified vertex ids (ids are
 hashes, so their prefixes are uniform), and it travels with the bucket's vertex count.
-Both are computed for every bucket in one vectorised pass over arrays of ids.
+Both are computed for every bucket in one vectorised pass over :class:`CertifiedIds`,
+the ids and their rounds packed into two buffers that numpy reads without a copy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,8 +42,6 @@ MAX_IDS = 4096
 MAX_ROUNDS = 1024
 #: Largest round number a sync message may name (SQLite integers are signed 64-bit).
 MAX_ROUND = 2**62
-
-U64 = npt.NDArray[np.uint64]
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,9 +162,7 @@ def decode_sync(data: bytes) -> SyncMessage:
         _check_rounds(low, high)
         if count > MAX_IDS or high < low:
             raise InputRejected(Reason.BAD_SYNC, f"{count} ids for rounds {low}..{high}")
-        blob = r.fixed(HASH_SIZE * count, "ids")
-        ids = tuple(VertexId(blob[k : k + HASH_SIZE]) for k in range(0, len(blob), HASH_SIZE))
-        message = Ids(low, high, ids)
+        message = Ids(low, high, split_ids(r.fixed(HASH_SIZE * count, "ids")))
     elif kind == MessageType.ROUNDS:
         low, high = r.u64("low"), r.u64("high")
         _check_rounds(low, high)
@@ -186,12 +184,47 @@ def _check_rounds(*rounds: int) -> None:
         raise InputRejected(Reason.BAD_SYNC, f"round {max(rounds)} is beyond {MAX_ROUND}")
 
 
-def id_keys(ids: Sequence[bytes]) -> U64:
-    """The first 8 bytes of each id as unsigned integers, in one vectorised call."""
-    if not ids:
-        return np.zeros(0, dtype=np.uint64)
-    blob = np.frombuffer(b"".join(ids), dtype=">u8").reshape(len(ids), HASH_SIZE // 8)
-    return blob[:, 0].astype(np.uint64)
+def split_ids(blob: bytes) -> tuple[VertexId, ...]:
+    """The vertex ids packed back to back in ``blob``."""
+    return tuple(VertexId(blob[k : k + HASH_SIZE]) for k in range(0, len(blob), HASH_SIZE))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CertifiedIds:
+    """Vertex ids and their rounds, sorted by round, packed for :func:`summarize`.
+
+    ``rounds`` holds one round per id (signed 64-bit, never decreasing); ``ids`` the
+    ids themselves, :data:`HASH_SIZE` bytes each, back to back in the same order.
+    """
+
+    rounds: array[int]
+    ids: bytes
+
+    def __post_init__(self) -> None:
+        if self.rounds.typecode != "q":
+            raise ValueError(f"rounds must be signed 64-bit ('q'), not {self.rounds.typecode!r}")
+        if len(self.ids) != HASH_SIZE * len(self.rounds):
+            raise ValueError(f"{len(self.ids)} id bytes for {len(self.rounds)} rounds")
+        rounds = self.round_array()
+        if np.any(rounds[1:] < rounds[:-1]):
+            raise ValueError("rounds must be sorted")
+
+    @classmethod
+    def of(cls, rounds: Iterable[int], ids: Iterable[bytes]) -> CertifiedIds:
+        """Pack parallel rounds and ids, already sorted by round."""
+        return cls(array("q", rounds), b"".join(ids))
+
+    def __len__(self) -> int:
+        return len(self.rounds)
+
+    def round_array(self) -> npt.NDArray[np.int64]:
+        """The rounds as a numpy array sharing their buffer."""
+        return np.frombuffer(self.rounds, dtype=np.int64)
+
+    def between(self, low: int, high: int) -> tuple[VertexId, ...]:
+        """The ids of rounds ``low..high``, in order."""
+        start, stop = np.searchsorted(self.round_array(), (low, high + 1))
+        return split_ids(self.ids[HASH_SIZE * start : HASH_SIZE * stop])
 
 
 def bucket_span(low: int, high: int, buckets: int = 16) -> int:
@@ -204,27 +237,25 @@ def bucket_count(low: int, high: int, span: int) -> int:
     return -(-(high - low + 1) // span)
 
 
-def summarize(
-    rounds: Sequence[int], ids: Sequence[bytes], low: int, high: int, span: int
-) -> Summary:
-    """Counts and fingerprints of rounds ``low..high`` in buckets of ``span`` rounds.
+def summarize(certified: CertifiedIds, low: int, high: int, span: int) -> Summary:
+    """Counts and fingerprints of rounds ``low..high`` in buckets of ``span`` rounds;
+    ids of other rounds are ignored.
 
-    ``rounds`` and ``ids`` are parallel and sorted by round; entries outside
-    ``low..high`` are ignored.
+    Since the rounds are sorted, each bucket is a slice of the ids, found by a binary
+    search of its first round; the slices' keys are XORed in one ``reduceat``.
     """
     count = bucket_count(low, high, span)
-    r = np.asarray(rounds, dtype=np.int64)
-    keys = id_keys(ids)
-    inside = (r >= low) & (r <= high)
-    bucket = (r[inside] - low) // span
-    keys = keys[inside]
-    counts = np.bincount(bucket, minlength=count)[:count]
+    firsts = low + span * np.arange(count + 1, dtype=np.int64)
+    firsts[-1] = high + 1
+    edges = np.searchsorted(certified.round_array(), firsts)
+    counts = np.diff(edges)
+    # The first 8 bytes of every id, read in place as big-endian integers.
+    keys = np.frombuffer(certified.ids, dtype=">u8")[:: HASH_SIZE // 8][edges[0] : edges[-1]]
     fps = np.zeros(count, dtype=np.uint64)
     present = counts > 0
     if keys.size:
-        starts = np.searchsorted(bucket, np.arange(count))[present]
-        fps[present] = np.bitwise_xor.reduceat(keys, starts)
-    return Summary(low, high, span, tuple(int(c) for c in counts), tuple(int(f) for f in fps))
+        fps[present] = np.bitwise_xor.reduceat(keys, (edges[:-1] - edges[0])[present])
+    return Summary(low, high, span, tuple(counts.tolist()), tuple(fps.tolist()))
 
 
 def differing(ours: Summary, theirs: Summary) -> list[int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import random
+from array import array
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -18,6 +19,7 @@ from qudag_node.core.syncwire import (
     MAX_IDS,
     MAX_ROUND,
     MAX_ROUNDS,
+    CertifiedIds,
     Ids,
     RoundsDone,
     RoundsRequest,
@@ -308,6 +310,45 @@ def test_a_log_length_is_not_a_round() -> None:
 
 @PROPERTIES
 @given(
+    dag_rows(), st.integers(min_value=-5, max_value=205), st.integers(min_value=-5, max_value=205)
+)
+def test_certified_ids_list_the_ids_of_a_range_of_rounds(
+    rows: tuple[list[int], list[bytes]], low: int, high: int
+) -> None:
+    rounds, ids = rows
+    certified = CertifiedIds.of(rounds, ids)
+    assert len(certified) == len(ids)
+    assert certified.round_array().tolist() == rounds
+    inside = certified.between(low, high)
+    assert inside == tuple(i for r, i in zip(rounds, ids, strict=True) if low <= r <= high)
+    assert all(type(i) is bytes for i in inside)
+
+
+def test_certified_ids_near_max_round() -> None:
+    certified = CertifiedIds.of([0, MAX_ROUND - 1, MAX_ROUND], ids_of(1, 2, 4))
+    assert certified.between(MAX_ROUND, MAX_ROUND) == tuple(ids_of(4))
+    assert certified.between(1, MAX_ROUND - 1) == tuple(ids_of(2))
+
+
+@pytest.mark.parametrize(
+    ("rounds", "ids", "problem"),
+    [
+        (array("q", [1, 2]), b"\x00" * 32, "id bytes"),
+        (array("q", [1]), b"\x00" * 33, "id bytes"),
+        (array("i", [1]), b"\x00" * 32, "64-bit"),
+        (array("q", [1, 3, 2]), b"\x00" * 96, "sorted"),
+    ],
+    ids=["too-few-ids", "ragged", "not-int64", "unsorted"],
+)
+def test_certified_ids_refuse_inconsistent_buffers(
+    rounds: array[int], ids: bytes, problem: str
+) -> None:
+    with pytest.raises(ValueError, match=problem):
+        CertifiedIds(rounds, ids)
+
+
+@PROPERTIES
+@given(
     dag_rows(),
     st.integers(min_value=0, max_value=150),
     st.integers(min_value=1, max_value=30),
@@ -319,7 +360,7 @@ def test_summarize_matches_the_reference(
 ) -> None:
     rounds, ids = rows
     high = low + (count - 1) * span + data.draw(st.integers(min_value=0, max_value=span - 1))
-    summary = summarize(rounds, ids, low, high, span)
+    summary = summarize(CertifiedIds.of(rounds, ids), low, high, span)
     assert summary == reference_summary(rounds, ids, low, high, span)
     assert len(summary.counts) == count
     assert decode_sync(encode_sync(summary)) == summary
@@ -332,7 +373,7 @@ def ids_of(*names: int) -> list[bytes]:
 
 def test_summarize_leaves_empty_buckets_at_zero() -> None:
     ids = ids_of(0xA0, 0x0B, 2**64 - 1)
-    summary = summarize([1, 1, 7], ids, 1, 8, 2)
+    summary = summarize(CertifiedIds.of([1, 1, 7], ids), 1, 8, 2)
     assert summary == Summary(1, 8, 2, (2, 0, 0, 1), (0xA0 ^ 0x0B, 0, 0, 2**64 - 1))
     assert summary == reference_summary([1, 1, 7], ids, 1, 8, 2)
 
@@ -340,7 +381,7 @@ def test_summarize_leaves_empty_buckets_at_zero() -> None:
 def test_summarize_ignores_entries_outside_the_buckets() -> None:
     rounds = [0, 4, 5, 6, 7, 8, 9, 20]
     ids = ids_of(1, 2, 4, 8, 16, 32, 64, 128)
-    summary = summarize(rounds, ids, 5, 8, 2)
+    summary = summarize(CertifiedIds.of(rounds, ids), 5, 8, 2)
     assert summary == Summary(5, 8, 2, (2, 2), (4 ^ 8, 16 ^ 32))
     assert summary == reference_summary(rounds, ids, 5, 8, 2)
 
@@ -348,7 +389,9 @@ def test_summarize_ignores_entries_outside_the_buckets() -> None:
 def test_summarize_stops_the_last_bucket_at_high() -> None:
     rounds = [5, 6, 7, 8, 9]
     ids = ids_of(4, 8, 16, 32, 64)
-    summary = summarize(rounds, ids, 5, 7, 2)  # buckets 5..6 and 7..7: round 8 is past high
+    summary = summarize(
+        CertifiedIds.of(rounds, ids), 5, 7, 2
+    )  # buckets 5..6 and 7..7: round 8 is past high
     assert summary == Summary(5, 7, 2, (2, 1), (4 ^ 8, 16))
     assert summary == reference_summary(rounds, ids, 5, 7, 2)
 
@@ -356,7 +399,7 @@ def test_summarize_stops_the_last_bucket_at_high() -> None:
 def test_summarize_near_max_round() -> None:
     rounds = [MAX_ROUND - 4, MAX_ROUND - 1, MAX_ROUND]
     ids = ids_of(1, 2, 4)
-    summary = summarize(rounds, ids, MAX_ROUND - 3, MAX_ROUND, 3)
+    summary = summarize(CertifiedIds.of(rounds, ids), MAX_ROUND - 3, MAX_ROUND, 3)
     assert summary == Summary(MAX_ROUND - 3, MAX_ROUND, 3, (1, 1), (2, 4))
     assert summary == reference_summary(rounds, ids, MAX_ROUND - 3, MAX_ROUND, 3)
 
@@ -364,15 +407,17 @@ def test_summarize_near_max_round() -> None:
 def test_summarize_with_every_entry_in_one_bucket() -> None:
     rounds = [12, 12, 13, 14]
     ids = ids_of(3, 5, 9, 17)
-    summary = summarize(rounds, ids, 0, 31, 4)
+    summary = summarize(CertifiedIds.of(rounds, ids), 0, 31, 4)
     assert summary.counts == (0, 0, 0, 4, 0, 0, 0, 0)
     assert summary.fingerprints == (0, 0, 0, 3 ^ 5 ^ 9 ^ 17, 0, 0, 0, 0)
     assert summary == reference_summary(rounds, ids, 0, 31, 4)
 
 
 def test_summarize_without_entries() -> None:
-    assert summarize([], [], 1, 15, 5) == Summary(1, 15, 5, (0, 0, 0), (0, 0, 0))
-    assert summarize([1, 2], ids_of(1, 2), 50, 61, 5) == Summary(50, 61, 5, (0, 0, 0), (0, 0, 0))
+    assert summarize(CertifiedIds.of([], []), 1, 15, 5) == Summary(1, 15, 5, (0, 0, 0), (0, 0, 0))
+    assert summarize(CertifiedIds.of([1, 2], ids_of(1, 2)), 50, 61, 5) == Summary(
+        50, 61, 5, (0, 0, 0), (0, 0, 0)
+    )
 
 
 @PROPERTIES
@@ -413,8 +458,8 @@ def test_order_within_a_round_does_not_change_a_summary(
     for group in by_round.values():
         rng.shuffle(group)
     shuffled_ids = [i for r in sorted(by_round) for i in by_round[r]]
-    ours = summarize(rounds, ids, 0, 209, 7)
-    theirs = summarize(rounds, shuffled_ids, 0, 209, 7)
+    ours = summarize(CertifiedIds.of(rounds, ids), 0, 209, 7)
+    theirs = summarize(CertifiedIds.of(rounds, shuffled_ids), 0, 209, 7)
     assert ours == theirs
     assert differing(ours, theirs) == []
 

@@ -1,0 +1,229 @@
+"""The batch entry point ``Engine.receive_messages`` and the signature cache behind it.
+
+A batch must leave an engine exactly as the same messages fed one by one with
+``receive_message`` do: the same events (rejections with the same reasons), the same
+messages to send, the same state. The batch's signatures reach the engine's verifier
+in one call, before any message is handled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from qudag_node.core.crypto import (
+    VERIFIED,
+    SequentialVerifier,
+    SignatureCheck,
+    VerifiedCache,
+    tx_ids,
+    verify_ed25519,
+)
+from qudag_node.core.engine import Engine, Statistics
+from qudag_node.core.errors import Reason
+from qudag_node.core.events import Event, MessageRejected, VertexStored
+from qudag_node.core.messages import CertifiedMessage, encode_message
+from qudag_node.core.types import PeerId, PublicKey
+from tests.core.support import (
+    NOW,
+    PARAMS,
+    PEER,
+    R1,
+    ROUND1,
+    C,
+    drain,
+    message,
+    proposal,
+    vote,
+)
+
+
+class RecordingVerifier:
+    """The plain verifier, remembering every batch of checks it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[SignatureCheck]] = []
+
+    def verify_many(self, checks: Sequence[SignatureCheck]) -> list[bool]:
+        """The plain verifier's answer."""
+        self.calls.append(list(checks))
+        return SequentialVerifier().verify_many(checks)
+
+
+def with_bad_vote(data: bytes) -> bytes:
+    """A certified message whose last vote signature has one bit flipped."""
+    return data[:-1] + bytes([data[-1] ^ 1])
+
+
+def with_bad_author_signature(author: int) -> bytes:
+    """A certified round-1 vertex whose author signature is another vertex's."""
+    vertex = C.vertex(author, 1)
+    forged = replace(vertex, signature=C.vertex(author, 1, txs=[b"other"]).signature)
+    return encode_message(CertifiedMessage(forged, C.certificate(vertex)))
+
+
+ROUND2 = [C.vertex(i, 2, parents=R1[:3], txs=[f"r2-v{i}".encode()]) for i in range(4)]
+ROUND3 = [C.vertex(i, 3, parents=[v.id for v in ROUND2[:3]]) for i in range(3)]
+
+
+def fresh(engine_key: int | None, verifier: RecordingVerifier | None = None) -> Engine:
+    """An observer (``engine_key`` None) or validator ``engine_key`` with two peers; a
+    validator has proposed a vertex with one transaction at :data:`NOW`."""
+    signer = C.outsider if engine_key is None else C.signers[engine_key]
+    engine = Engine(C.genesis, PARAMS, signer, verifier=verifier)
+    engine.peer_connected(PEER, C.signers[1].public_key)
+    engine.peer_connected(PeerId("peer-2"), C.signers[2].public_key)
+    if engine_key is not None:
+        engine.submit_transactions(tx_ids([b"tx"]), [b"tx"], NOW)
+    engine.handle_timer(NOW)
+    return engine
+
+
+def own_votes() -> list[bytes]:
+    """Votes of validators 1 to 3 for validator 0's proposal (as :func:`fresh` makes
+    it), and a forged one."""
+    [stored] = [e for e in drain(fresh(0)) if isinstance(e, VertexStored)]
+    votes = [vote(stored.vertex, voter) for voter in (1, 2, 3)]
+    return [*votes, with_bad_vote(votes[0])]
+
+
+#: Valid and invalid messages of every kind the engine checks signatures of.
+POOL = [
+    *(message(v) for v in ROUND1 + ROUND2 + ROUND3),
+    *(proposal(v) for v in ROUND2),
+    with_bad_vote(message(ROUND2[3])),
+    with_bad_vote(message(ROUND1[3])),
+    with_bad_author_signature(3),
+    *own_votes(),
+    encode_message(CertifiedMessage(ROUND2[0], C.certificate(ROUND2[0], voters=(0, 1)))),
+    b"\x04\x00",  # truncated
+    b"\x63junk",  # unknown type
+]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Everything observable of an engine."""
+
+    events: list[Event]
+    to_send: list[tuple[PeerId, bytes]]
+    statistics: Statistics
+    timer: float | None
+
+
+def outcome(engine: Engine) -> Outcome:
+    """Drain ``engine``: its events, messages to send, statistics and next timer."""
+    return Outcome(
+        drain(engine), engine.messages_to_send(), engine.statistics(), engine.get_timer()
+    )
+
+
+def one_by_one(engine_key: int | None, messages: Sequence[bytes]) -> Outcome:
+    """The outcome of ``messages`` fed with ``receive_message``, the cache empty."""
+    VERIFIED.clear()
+    engine = fresh(engine_key)
+    for data in messages:
+        engine.receive_message(PEER, data, NOW)
+    return outcome(engine)
+
+
+def batched(
+    engine_key: int | None, messages: Sequence[bytes]
+) -> tuple[Outcome, RecordingVerifier, int]:
+    """The outcome of ``messages`` fed as one batch, the cache empty; also the
+    verifier and the checks made one at a time."""
+    VERIFIED.clear()
+    verifier = RecordingVerifier()
+    engine = fresh(engine_key, verifier)
+    engine.receive_messages([(PEER, data) for data in messages], NOW)
+    return outcome(engine), verifier, VERIFIED.misses
+
+
+@settings(
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=80,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    st.lists(st.sampled_from(POOL), max_size=24),
+    st.sampled_from([None, 0, 3]),
+)
+def test_a_batch_ends_as_the_same_messages_one_by_one(
+    messages: list[bytes], engine_key: int | None
+) -> None:
+    expected = one_by_one(engine_key, messages)
+    got, _, _ = batched(engine_key, messages)
+    assert got == expected
+
+
+def test_a_catch_up_batch_is_verified_in_one_call_and_nothing_later() -> None:
+    vertices = ROUND1 + ROUND2 + ROUND3
+    got, verifier, inline = batched(None, [message(v) for v in vertices])
+    assert not [e for e in got.events if isinstance(e, MessageRejected)]
+    assert got.statistics.highest_round == 3
+    [checks] = verifier.calls
+    signatures = {(v.author, v.id, v.signature) for v in vertices} | {
+        (C.signers[voter].public_key, v.id, C.signers[voter].sign(v.id))
+        for v in vertices
+        for voter in (0, 1, 2)
+    }  # an author among the voters signed its vertex once
+    assert sorted(checks) == sorted(signatures)
+    assert inline == 0
+
+
+def test_bad_signatures_in_a_batch_keep_their_reasons() -> None:
+    messages = [
+        message(ROUND1[0]),
+        with_bad_author_signature(3),
+        with_bad_vote(message(ROUND1[3])),
+        message(ROUND1[1]),
+    ]
+    got, verifier, _ = batched(None, messages)
+    rejected = [e for e in got.events if isinstance(e, MessageRejected)]
+    assert [(e.reason, e.kind) for e in rejected] == [
+        (Reason.BAD_SIGNATURE, "certified"),
+        (Reason.BAD_CERTIFICATE, "certified"),
+    ]
+    assert len(verifier.calls) == 1
+    assert VERIFIED.get((C.signers[0].public_key, ROUND1[0].id, ROUND1[0].signature))
+
+
+def test_an_empty_batch_changes_nothing() -> None:
+    engine = fresh(0)
+    before = outcome(engine)
+    engine.receive_messages([], NOW + 100)
+    assert outcome(engine) == Outcome([], [], before.statistics, before.timer)
+
+
+# ------------------------------------------------------------------ the cache
+
+SIGNER = C.signers[0]
+CHECKS: list[SignatureCheck] = [
+    (SIGNER.public_key, bytes([i]) * 32, SIGNER.sign(bytes([i]) * 32)) for i in range(6)
+]
+
+
+def test_the_cache_forgets_the_least_recently_used_first() -> None:
+    cache = VerifiedCache(3)
+    cache.remember(CHECKS[:3], [True, True, False])
+    assert cache.get(CHECKS[0]) is True  # now the most recent
+    cache.remember(CHECKS[3:4], [True])
+    assert cache.get(CHECKS[1]) is None
+    assert cache.get(CHECKS[2]) is False
+    assert cache.unknown([CHECKS[4], CHECKS[0], CHECKS[4], CHECKS[5]]) == [CHECKS[4], CHECKS[5]]
+    cache.remember(CHECKS[4:6], [True, True])  # 0 was just used: 3 and 2 go
+    assert [cache.get(c) for c in CHECKS] == [True, None, None, None, True, True]
+
+
+def test_plain_verification_refuses_malformed_keys_and_signatures() -> None:
+    key, msg, signature = CHECKS[0]
+    assert verify_ed25519(key, msg, signature)
+    assert not verify_ed25519(key, msg + b"x", signature)
+    assert not verify_ed25519(PublicKey(key[:31]), msg, signature)
+    assert not verify_ed25519(key, msg, signature[:63])
+    assert not verify_ed25519(key, msg, signature + b"\x00")
