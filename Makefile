@@ -4,7 +4,7 @@ PYTHON ?= python3
 PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint fmt clean
+.PHONY: install run test lint fmt clean bench bench-quick
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,14 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+# The benchmark suite against real node processes on loopback (docs/benchmarks.md);
+# bench-quick is the short run. Pick scenarios with: make bench BENCH_ARGS='--only ingest'
+bench: $(VENV)/.installed
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-quick: $(VENV)/.installed
+	$(BIN)/python -m bench --quick $(BENCH_ARGS)
 
 fmt: $(VENV)/.installed
 	$(BIN)/ruff format .

@@ -1,316 +1,359 @@
-"""Four-validator network benchmark: ``qudag-node testnet`` on loopback under load.
+"""Four validators on this machine: ``qudag-node testnet`` on loopback under load.
 
-Starts ``qudag-node testnet --nodes N`` in a temporary directory, waits until every
-node is ready, then for DURATION seconds CLIENTS concurrent clients submit batches of
-BATCH transactions of SIZE bytes with ``wait=final``, to the nodes in turn. Prints:
+Starts ``qudag-node testnet --nodes N`` in a temporary directory and waits until every
+node is ready. Then the load generator's own process keeps CLIENTS connections (spread
+over the nodes) submitting batches of BATCH transactions of SIZE random bytes with
+``wait=final`` for DURATION seconds (closed loop: the full load). Measured over that
+window:
 
-- transactions finalized per second (network-wide: each is final on every node),
+- transactions finalized per second network-wide (node 1's log length at the window's
+  end minus at its start; every node appends the same log),
 - finality latency as clients see it (submit to ``final`` answer) p50 / p99 / max,
 - bytes on the wire per finalized transaction: every frame every node sent (length
   prefix included, from ``qudag_peer_bytes_total``), divided by the transactions
   finalized, and that divided by the N - 1 nodes each transaction must reach,
-- that all N logs end equal (length and hash), and each node's RSS (now and peak),
-- disk: how much each node's database (with its WAL) grew per finalized transaction,
-  also as a multiple of the raw transaction bytes,
-- with ``--idle SECONDS``: afterwards, with no load, the bytes all nodes send per second
-  and how fast each database grows (heartbeat rounds and anti-entropy only),
-- with ``--late-observer``: how fast an observer started afterwards on an empty store
-  catches up (transactions in the log per second from its start until its log equals
-  the others').
+- database growth per finalized transaction on each node (the file and its WAL), also
+  as a multiple of the raw transaction bytes.
 
-``--clients 0`` skips the load, so ``--clients 0 --idle 300 --sync-interval 30`` measures
-an idle network with Fly's sync interval.
+Afterwards: that all N logs end equal (length and hash) and each node's RSS; with
+``--paced RATE``, the finality latency at RATE transactions per second (requests sent on
+a fixed schedule, latency counted from each one's scheduled time); with ``--idle
+SECONDS``, the bytes all nodes send per second and how fast each database grows with no
+load (heartbeat rounds and anti-entropy only); with ``--late-observer``, how fast an
+observer started afterwards on an empty store catches up (transactions in the log per
+second from its start until its log equals the others').
 
-Usage: python bench/network.py [--nodes 4] [--duration 30] [--clients 8] [--batch 100]
-       [--size 256] [--sync-interval 5] [--idle SECONDS] [--late-observer]
+``--clients 0`` skips the load, so ``--clients 0 --idle 300 --sync-interval 30``
+measures an idle network with Fly's sync interval.
+
+Usage: python -m bench.network [--nodes 4] [--duration 30] [--clients 8] [--batch 100]
+       [--size 256] [--sync-interval 5] [--paced RATE] [--idle SECONDS] [--late-observer]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import contextlib
-import os
-import re
-import signal
-import socket
-import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
+from bench.ingest import shared_ingest
+from bench.lab import TX_SIZE, Lab
+from bench.loadgen import LoadResult, LoadSpec, run_load
+from bench.nodes import (
+    NodeProcess,
+    Testnet,
+    cpu_seconds,
+    database_bytes,
+    log_head,
+    log_length,
+    metric_sum,
+    peak_rss_bytes,
+    rss_bytes,
+    testnet_running,
+)
+from bench.report import Row, per_second
 
-def free_port_block(count: int) -> int:
-    """A first port of ``count`` consecutive ports that are free now on 127.0.0.1."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
-        if base + count >= 65536:
-            continue
-        socks = []
-        try:
-            for k in range(count):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", base + k))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no block of free ports found")
+GOAL_RATE = 5_000
+GOAL_P50 = 0.300
+GOAL_P99 = 1.0
+#: The suite's full load: connections (spread over the nodes) and transactions per
+#: request, enough to keep the machine's cores busy (8 x 100 waits on finality instead:
+#: about 4,000 tx/s with the nodes using half the machine).
+CLIENTS = 8
+BATCH = 1000
+#: Transactions per request of the paced phase: small batches, so that the latency
+#: quantiles rest on many requests.
+PACED_BATCH = 100
+#: The command line's default load.
+COMMAND_BATCH = 100
+#: Seconds allowed for the nodes' logs to become equal after the load.
+CONVERGE_TIMEOUT = 60.0
+FINAL_QUERY = "wait=final&timeout=60"
 
 
-async def metric_sum(session: aiohttp.ClientSession, url: str, name: str, match: str) -> float:
-    async with session.get(url + "/metrics") as resp:
-        text = await resp.text()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name + "{") and match in line
-    )
+@dataclass(frozen=True)
+class Phase:
+    """One load phase: what the clients saw and what the network finalized meanwhile."""
+
+    load: LoadResult
+    window: float
+    finalized: int
+    wire: float  # bytes all nodes sent during the window
+    disk: list[int]  # each node's database growth during the window
+    cores: float  # CPU time all nodes used during the window, in cores
+
+    @property
+    def rate(self) -> float:
+        """Transactions finalized network-wide per second."""
+        return self.finalized / self.window
 
 
-async def bytes_sent(session: aiohttp.ClientSession, urls: list[str]) -> float:
-    """Bytes of peer frames all nodes sent so far."""
+@dataclass(frozen=True)
+class NetworkRun:
+    """A full-load phase, optionally a paced one, and the state at the end."""
+
+    nodes: int
+    full: Phase
+    paced: Phase | None
+    logs_equal: bool
+    rss: list[tuple[int, int]]  # (now, peak) per node
+
+
+async def _wire_bytes(session: aiohttp.ClientSession, urls: list[str]) -> float:
     total = 0.0
     for url in urls:
         total += await metric_sum(session, url, "qudag_peer_bytes_total", 'direction="sent"')
     return total
 
 
-async def status(session: aiohttp.ClientSession, url: str) -> dict[str, object]:
-    async with session.get(url + "/api/v1/status") as resp:
-        doc: dict[str, object] = await resp.json()
-        return doc
+async def load_phase(session: aiohttp.ClientSession, net: Testnet, spec: LoadSpec) -> Phase:
+    """Apply ``spec`` to the testnet and read the network around its window."""
+    marks: list[tuple[float, int, float, list[int], float]] = []
+
+    async def mark() -> None:
+        length = await log_length(session, net.urls[0])
+        wire = await _wire_bytes(session, net.urls)
+        disks = [database_bytes(net.data_dir(k)) for k in range(net.nodes)]
+        cpu = sum(cpu_seconds(pid) for pid in net.pids)
+        marks.append((time.monotonic(), length, wire, disks, cpu))
+
+    load = await run_load(spec, mark, mark)
+    if load.failed:
+        raise RuntimeError(f"submits failed: {load.first_error}")
+    (t0, l0, w0, d0, c0), (t1, l1, w1, d1, c1) = marks
+    disk = [b - a for a, b in zip(d0, d1, strict=True)]
+    return Phase(load, t1 - t0, l1 - l0, w1 - w0, disk, (c1 - c0) / (t1 - t0))
 
 
-async def wait_ready(session: aiohttp.ClientSession, urls: list[str], timeout: float) -> None:
+async def converged(session: aiohttp.ClientSession, urls: list[str], timeout: float) -> bool:
+    """Whether every node's log has the same length and hash (waiting up to ``timeout``)."""
     deadline = time.monotonic() + timeout
     while True:
-        ready = 0
-        for url in urls:
-            try:
-                async with session.get(url + "/ready") as resp:
-                    ready += resp.status == 200
-            except aiohttp.ClientError:
-                pass
-        if ready == len(urls):
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError("the testnet did not become ready")
-        await asyncio.sleep(0.2)
-
-
-async def client(
-    session: aiohttp.ClientSession,
-    urls: list[str],
-    k: int,
-    args: argparse.Namespace,
-    until: float,
-    latencies: list[float],
-    done: list[int],
-) -> None:
-    n = 0
-    while time.monotonic() < until:
-        url = urls[(k + n) % len(urls)]
-        n += 1
-        body = {
-            "transactions": [
-                base64.b64encode(os.urandom(args.size)).decode() for _ in range(args.batch)
-            ]
-        }
-        started = time.monotonic()
-        async with session.post(
-            url + "/api/v1/transactions?wait=final&timeout=60", json=body
-        ) as resp:
-            doc = await resp.json()
-        if resp.status == 200 and doc.get("status") == "final":
-            latencies.append(time.monotonic() - started)
-            done[0] += args.batch
-        elif resp.status == 503:
-            await asyncio.sleep(0.05)  # back-pressure: pool full
-        else:
-            raise RuntimeError(f"submit failed: {resp.status} {doc}")
-
-
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.5) - 1))]
-
-
-async def converged(
-    session: aiohttp.ClientSession, urls: list[str], timeout: float
-) -> set[tuple[object, object]]:
-    """The (length, hash) heads of the nodes' logs, once equal (or at the deadline)."""
-    heads: set[tuple[object, object]] = set()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
         heads = set()
         for url in urls:
             try:
-                log = (await status(session, url))["log"]
-            except aiohttp.ClientError:  # not answering yet
-                heads.add((url, None))
-                continue
-            assert isinstance(log, dict)
-            heads.add((log["length"], log["hash"]))
+                heads.add(await log_head(session, url))
+            except aiohttp.ClientError:
+                heads.add((-1, url))
         if len(heads) == 1:
-            break
+            return True
+        if time.monotonic() > deadline:
+            return False
         await asyncio.sleep(0.2)
-    return heads
 
 
-def database_bytes(directory: Path, nodes: int) -> list[int]:
-    """Each node's database size in use: its pages (the write-ahead log's included) less
-    the free ones. The files' sizes would mislead: the log file keeps its largest size
-    between checkpoints, and each commit fills whole pages of it."""
-    sizes = []
-    for k in range(1, nodes + 1):
-        uri = f"file:{directory / f'node{k}' / 'qudag.db'}?mode=ro"
-        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
-            pages, free, size = (
-                db.execute(f"PRAGMA {name}").fetchone()[0]
-                for name in ("page_count", "freelist_count", "page_size")
-            )
-        sizes.append((pages - free) * size)
-    return sizes
+def closed_spec(net: Testnet, seconds: float, clients: int, batch: int, size: int) -> LoadSpec:
+    """The full load: ``clients`` connections, each waiting for its batch to be final."""
+    return LoadSpec(
+        urls=tuple(net.urls),
+        connections=clients,
+        duration=seconds,
+        batch=batch,
+        size=size,
+        query=FINAL_QUERY,
+    )
 
 
-async def measure(args: argparse.Namespace, urls: list[str], directory: Path) -> None:
-    """Load the network, then print throughput, latency, bytes on the wire and on disk."""
+def paced_spec(net: Testnet, seconds: float, tx_rate: float, batch: int, size: int) -> LoadSpec:
+    """``tx_rate`` transactions per second in batches on a fixed schedule."""
+    requests_per_second = tx_rate / batch
+    return LoadSpec(
+        urls=tuple(net.urls),
+        connections=max(2 * net.nodes, int(4 * requests_per_second)),
+        duration=seconds,
+        batch=batch,
+        size=size,
+        rate=requests_per_second,
+        query=FINAL_QUERY,
+    )
+
+
+async def measure_network(
+    net: Testnet,
+    seconds: float,
+    clients: int = CLIENTS,
+    batch: int = BATCH,
+    size: int = TX_SIZE,
+    paced_rate: float | None = None,
+    paced_batch: int = PACED_BATCH,
+) -> NetworkRun:
+    """The full load for ``seconds``, then (with ``paced_rate``) the paced load."""
     timeout = aiohttp.ClientTimeout(total=120)
-    connector = aiohttp.TCPConnector(limit=max(1, args.clients * 2))
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        await wait_ready(session, urls, 60)
-        if args.clients == 0:
-            return
-        disk_before = database_bytes(directory, len(urls))
-        sent_before = await bytes_sent(session, urls)
-        latencies: list[float] = []
-        done = [0]
-        started = time.monotonic()
-        until = started + args.duration
-        await asyncio.gather(
-            *(client(session, urls, k, args, until, latencies, done) for k in range(args.clients))
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        full = await load_phase(session, net, closed_spec(net, seconds, clients, batch, size))
+        paced = None
+        if paced_rate is not None:
+            spec = paced_spec(net, seconds, paced_rate, paced_batch, size)
+            paced = await load_phase(session, net, spec)
+        equal = await converged(session, net.urls, CONVERGE_TIMEOUT)
+    rss = [(rss_bytes(pid), peak_rss_bytes(pid)) for pid in net.pids]
+    return NetworkRun(net.nodes, full, paced, equal, rss)
+
+
+async def shared_network(lab: Lab) -> NetworkRun:
+    """The suite's four-validator run (made once, read by several scenarios)."""
+
+    async def measure() -> NetworkRun:
+        async with testnet_running(Testnet(lab.directory("network"))) as net:
+            return await measure_network(net, lab.scale.network_seconds, paced_rate=GOAL_RATE / 2)
+
+    return await lab.shared("network", measure)
+
+
+async def scenario(lab: Lab) -> list[Row]:
+    """Network-wide finalized throughput, and finality latency at half the goal's load."""
+    run = await shared_network(lab)
+    single = await shared_ingest(lab)
+    full, paced = run.full, run.paced
+    assert paced is not None
+    ok = (
+        full.rate >= GOAL_RATE
+        and paced.load.p50 <= GOAL_P50
+        and paced.load.p99 <= GOAL_P99
+        and run.logs_equal
+    )
+    return [
+        Row(
+            "network",
+            f"{per_second(full.rate)} finalized; at {per_second(paced.rate)} finality p50"
+            f" {paced.load.p50 * 1000:.0f} ms, p99 {paced.load.p99 * 1000:.0f} ms",
+            f"{per_second(single.rate)} one node (ingest)",
+            full.rate / single.rate,
+            f">= {GOAL_RATE:,} tx/s; at {GOAL_RATE // 2:,} tx/s p50 <= {GOAL_P50 * 1000:.0f}"
+            f" ms, p99 <= {GOAL_P99:g} s",
+            ok,
+            (
+                f"{run.nodes} validator processes (qudag-node testnet); full load: {CLIENTS}"
+                f" connections x {BATCH}-transaction batches with wait=final for"
+                f" {full.window:.0f} s (batch finality p50 {full.load.p50 * 1000:.0f} ms, p99"
+                f" {full.load.p99 * 1000:.0f} ms); then {GOAL_RATE // 2:,} tx/s offered on a"
+                f" fixed schedule in batches of {PACED_BATCH} for {paced.window:.0f} s,"
+                " latency from each batch's scheduled time to its final answer",
+                f"the nodes used {full.cores:.2f} cores at full load, {paced.cores:.2f} paced;"
+                f" logs equal on all nodes at the end: {run.logs_equal}; node RSS"
+                f" {', '.join(f'{now / 2**20:.0f}' for now, _ in run.rss)} MiB",
+                "the ratio is to the single-node ingest rate of this run (no goal): each"
+                f" transaction is stored by {run.nodes} processes sharing the machine",
+            ),
         )
-        elapsed = time.monotonic() - started
-        wire = await bytes_sent(session, urls) - sent_before
-        heads = await converged(session, urls, 30)
-    disk = [
-        after - before
-        for after, before in zip(database_bytes(directory, len(urls)), disk_before, strict=True)
     ]
-    final = done[0]
-    peers = len(urls) - 1
-    print(f"nodes {len(urls)}, clients {args.clients}, batch {args.batch}, size {args.size} B")
-    print(f"finalized: {final} transactions in {elapsed:.1f} s = {final / elapsed:,.0f} tx/s")
-    print(
-        f"finality latency (client, per batch): p50 {quantile(latencies, 0.5) * 1000:.0f} ms,"
-        f" p99 {quantile(latencies, 0.99) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms"
-        f" over {len(latencies)} batches"
-    )
-    print(
-        f"bytes on the wire per finalized transaction: {wire / final:,.0f} network-wide,"
-        f" {wire / final / peers:,.0f} per receiving peer"
-        f" ({wire / final / peers / args.size:.2f} x the transaction size; each transaction"
-        f" must reach the {peers} other nodes)"
-    )
-    per_tx = sum(disk) / len(disk) / final
-    print(
-        f"database growth per finalized transaction: {per_tx:,.0f} B per node"
-        f" ({per_tx / args.size:.2f} x the raw transaction bytes)"
-    )
-    print(f"logs equal on all nodes: {len(heads) == 1} {sorted(heads)[:1]}")
 
 
-async def idle(urls: list[str], directory: Path, seconds: float) -> None:
+# --------------------------------------------------------------- command line
+
+
+async def idle(net: Testnet, seconds: float) -> None:
     """With no load for ``seconds``: bytes sent per second and database growth per hour."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        disk_before = database_bytes(directory, len(urls))
-        sent_before = await bytes_sent(session, urls)
+        disk_before = [database_bytes(net.data_dir(k)) for k in range(net.nodes)]
+        sent_before = await _wire_bytes(session, net.urls)
         await asyncio.sleep(seconds)
-        wire = await bytes_sent(session, urls) - sent_before
+        wire = await _wire_bytes(session, net.urls) - sent_before
     growth = [
-        (after - before) * 3600 / seconds
-        for after, before in zip(database_bytes(directory, len(urls)), disk_before, strict=True)
+        (database_bytes(net.data_dir(k)) - before) * 3600 / seconds
+        for k, before in enumerate(disk_before)
     ]
     print(
         f"idle for {seconds:.0f} s: {wire / seconds:,.0f} B/s sent network-wide"
-        f" ({wire / seconds / len(urls):,.0f} B/s per node); database growth per node"
+        f" ({wire / seconds / net.nodes:,.0f} B/s per node); database growth per node"
         f" {min(growth) / 1e6:.2f} to {max(growth) / 1e6:.2f} MB per hour"
     )
 
 
-async def late_observer(directory: Path, urls: list[str], p2p: list[int]) -> None:
+async def late_observer(net: Testnet) -> None:
     """Start an observer with an empty store and time its catch-up to the others' log."""
-    api = free_port_block(1)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QUDAG_", "NODE_"))}
-    env.update(
+    observer = NodeProcess(
+        net.directory / "observer",
         {
             "NODE_ID": "observer",
-            "QUDAG_DATA_DIR": str(directory / "observer"),
-            "QUDAG_API_HOST": "127.0.0.1",
-            "QUDAG_API_PORT": str(api),
-            "QUDAG_P2P_PORT": "0",
-            "QUDAG_PEERS": ",".join(f"127.0.0.1:{port}" for port in p2p),
-            "QUDAG_GENESIS": str(directory / "genesis.json"),
-            "PEER_AUTH_TOKEN": (directory / "peer-token").read_text().strip(),
-        }
+            "QUDAG_PEERS": ",".join(f"127.0.0.1:{port}" for port in net.p2p_ports),
+            "QUDAG_GENESIS": str(net.genesis()),
+            "PEER_AUTH_TOKEN": net.token(),
+        },
     )
-    url = f"http://127.0.0.1:{api}"
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        [(length, _)] = await converged(session, urls, 30)
-        started = time.monotonic()
-        observer = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "qudag_node", "run", env=env, stdout=subprocess.DEVNULL
-        )
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        if not await converged(session, net.urls, CONVERGE_TIMEOUT):
+            raise RuntimeError("the validators' logs differ")
+        length = await log_length(session, net.urls[0])
+        await observer.start(ready=False)
         try:
-            heads = await converged(session, [*urls, url], 600)
-            elapsed = time.monotonic() - started
+            equal = await converged(session, [*net.urls, observer.url], 600)
+            elapsed = time.monotonic() - observer.started_at
         finally:
-            observer.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(observer.wait(), 60)
-    assert isinstance(length, int)
+            await observer.stop()
     print(
         f"late observer: caught up with {length:,} transactions in {elapsed:.1f} s"
-        f" from its start = {length / elapsed:,.0f} tx/s; log equal: {len(heads) == 1}"
+        f" from its start = {length / elapsed:,.0f} tx/s; log equal: {equal}"
     )
 
 
-def print_memory(testnet_output: Path) -> None:
-    """Each node's resident memory now and at its peak, from /proc (Linux)."""
-    figures = []
-    for pid in re.findall(r"\bpid (\d+)", testnet_output.read_text()):
-        status = Path(f"/proc/{pid}/status")
-        if status.exists():
-            fields = dict(
-                line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
+def report(run: NetworkRun, clients: int, batch: int, size: int) -> None:
+    """Print a run as the command line shows it."""
+    peers = run.nodes - 1
+    print(f"nodes {run.nodes}, clients {clients}, batch {batch}, size {size} B")
+    phases = [("full load", run.full)] + ([("paced", run.paced)] if run.paced else [])
+    for name, phase in phases:
+        final, load = phase.finalized, phase.load
+        print(
+            f"{name}: finalized {final} transactions in {phase.window:.1f} s ="
+            f" {phase.rate:,.0f} tx/s; the nodes used {phase.cores:.2f} cores"
+        )
+        print(
+            f"  finality latency (client, per batch): p50 {load.p50 * 1000:.0f} ms,"
+            f" p99 {load.p99 * 1000:.0f} ms, max {load.max * 1000:.0f} ms"
+            f" over {load.accepted} batches"
+        )
+        per_peer = phase.wire / final / peers
+        print(
+            f"  bytes on the wire per finalized transaction: {phase.wire / final:,.0f}"
+            f" network-wide, {per_peer:,.0f} per receiving peer ({per_peer / size:.2f} x the"
+            f" transaction size; each transaction must reach the {peers} other nodes)"
+        )
+        per_tx = sum(phase.disk) / len(phase.disk) / final
+        print(
+            f"  database growth per finalized transaction: {per_tx:,.0f} B per node"
+            f" ({per_tx / size:.2f} x the raw transaction bytes)"
+        )
+    print(f"logs equal on all nodes: {run.logs_equal}")
+    shown = ", ".join(f"{now / 2**20:.0f} MiB (peak {peak / 2**20:.0f})" for now, peak in run.rss)
+    print(f"node RSS: {shown or 'not available'}")
+
+
+async def command(args: argparse.Namespace, directory: Path) -> None:
+    """The command line's run."""
+    net = Testnet(directory, args.nodes, args.sync_interval, args.log_level)
+    async with testnet_running(net):
+        print(f"testnet in {directory}/net (logs: nodeI/node.log)")
+        if args.clients > 0:
+            run = await measure_network(
+                net, args.duration, args.clients, args.batch, args.size, args.paced, args.batch
             )
-            now, peak = (int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM"))
-            figures.append(f"{now:.0f} MiB (peak {peak:.0f})")
-    print(f"node RSS: {', '.join(figures) or 'not available'}")
+            report(run, args.clients, args.batch, args.size)
+        if args.idle > 0:
+            await idle(net, args.idle)
+        if args.late_observer:
+            await late_observer(net)
 
 
 def main() -> int:
+    """Entry point of ``python -m bench.network``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--duration", type=float, default=30.0)
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=100)
-    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--clients", type=int, default=CLIENTS)
+    parser.add_argument("--batch", type=int, default=COMMAND_BATCH)
+    parser.add_argument("--size", type=int, default=TX_SIZE)
     parser.add_argument("--sync-interval", type=float, default=5.0)
+    parser.add_argument("--paced", type=float, help="then offer RATE tx/s on a fixed schedule")
     parser.add_argument("--idle", type=float, default=0.0, help="then measure SECONDS idle")
     parser.add_argument("--log-level", default="warning")
-    parser.add_argument("--keep", help="keep the testnet directory here")
+    parser.add_argument("--keep", type=Path, help="keep the testnet directory here")
     parser.add_argument(
         "--late-observer",
         action="store_true",
@@ -318,31 +361,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="qudag-bench-net-") as scratch:
-        tmp = args.keep or scratch
-        api = free_port_block(args.nodes)
-        p2p = free_port_block(args.nodes)
-        command = [sys.executable, "-m", "qudag_node", "testnet", "--nodes", str(args.nodes)]
-        command += ["--dir", str(Path(tmp) / "net"), "--api-port", str(api)]
-        command += ["--p2p-port", str(p2p), "--sync-interval", str(args.sync_interval)]
-        env = {k: v for k, v in os.environ.items() if k != "LOG_LEVEL"}
-        env["LOG_LEVEL"] = args.log_level
-        Path(tmp).mkdir(parents=True, exist_ok=True)
-        out = Path(tmp) / "testnet.out"
-        with out.open("w") as sink:
-            testnet = subprocess.Popen(command, stdout=sink, env=env)
-        print(f"testnet in {tmp}/net (logs: nodeI/node.log)")
-        try:
-            urls = [f"http://127.0.0.1:{api + k}" for k in range(args.nodes)]
-            asyncio.run(measure(args, urls, Path(tmp) / "net"))
-            if args.idle > 0:
-                asyncio.run(idle(urls, Path(tmp) / "net", args.idle))
-            print_memory(out)
-            if args.late_observer:
-                ports = [p2p + k for k in range(args.nodes)]
-                asyncio.run(late_observer(Path(tmp) / "net", urls, ports))
-        finally:
-            testnet.send_signal(signal.SIGINT)
-            testnet.wait(60)
+        asyncio.run(command(args, args.keep or Path(scratch)))
     return 0
 
 

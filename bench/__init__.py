@@ -1,0 +1,1 @@
+"""Benchmarks of qudag-node: ``python -m bench`` runs the suite (:mod:`bench.suite`)."""

@@ -1,0 +1,141 @@
+"""One transaction per request from 64 connections, against a bare aiohttp handler.
+
+The same load generator process (pinned to the last CPU) drives, for the same time, first
+the reference, a bare aiohttp handler that reads the body and answers a small JSON body
+(``bench.bare``, its own process pinned to the first CPU: what aiohttp does on one
+core), then a fresh node. Our figure is the node's acknowledged requests per second and
+the 99th percentile of their latency (request written to answer read); the generator's
+own CPU use is reported for both runs, so that it can be seen not to be the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from bench.lab import ROOT, TX_SIZE, Lab
+from bench.loadgen import LoadResult, LoadSpec, run_load
+from bench.nodes import (
+    NodeProcess,
+    cpu_seconds,
+    running,
+    strace_available,
+    sync_calls,
+    wait_for_log,
+)
+from bench.report import Row, per_second
+
+CONNECTIONS = 64
+GOAL_RATIO = 0.5
+GOAL_P99 = 0.050
+#: Seconds allowed for the bare server to print its port.
+SERVER_START = 30.0
+
+
+def _cpus() -> tuple[int, int]:
+    """The CPU the reference server runs on and the one the load generator runs on."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return cpus[0], cpus[-1]
+
+
+def _spec(url: str, seconds: float) -> LoadSpec:
+    return LoadSpec(
+        urls=(url,),
+        connections=CONNECTIONS,
+        duration=seconds,
+        kind="single",
+        size=TX_SIZE,
+        cpu=_cpus()[1],
+    )
+
+
+async def bare_reference(seconds: float) -> LoadResult:
+    """The load generator against ``bench.bare`` on one CPU."""
+    server = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "bench.bare", "--cpu", str(_cpus()[0])),
+        stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    assert server.stdout is not None
+    try:
+        async with asyncio.timeout(SERVER_START):
+            port = json.loads(await server.stdout.readline())["port"]
+        return await run_load(_spec(f"http://127.0.0.1:{port}", seconds))
+    finally:
+        if server.returncode is None:
+            server.send_signal(signal.SIGTERM)
+            await server.wait()
+
+
+@dataclass(frozen=True)
+class SingleRun:
+    """The node's and the reference's results under the same single-transaction load."""
+
+    reference: LoadResult
+    ours: LoadResult
+    node_cores: float  # the node's CPU time over the window, in cores
+    fsync_rate: float | None  # the node's fsync + fdatasync calls per second (None: no strace)
+
+
+async def measure_single(directory: Path, seconds: float) -> SingleRun:
+    """The reference, then a fresh node, each under the load for ``seconds``."""
+    reference = await bare_reference(seconds)
+    trace = directory / "fsync.trace" if strace_available() else None
+    node = NodeProcess(directory / "data", trace=trace)
+    window: list[tuple[float, float]] = []
+
+    def mark() -> None:
+        window.append((time.time(), cpu_seconds(node.pid)))
+
+    async with running(node), aiohttp.ClientSession() as session:
+        ours = await run_load(_spec(node.url, seconds), mark, mark)
+        if ours.failed:
+            raise RuntimeError(f"submits failed: {ours.first_error}")
+        await wait_for_log(session, node.url, ours.transactions, 120.0)
+    (start, cpu_start), (end, cpu_end) = window
+    fsyncs = None if trace is None else sync_calls(trace, start, end) / (end - start)
+    return SingleRun(reference, ours, (cpu_end - cpu_start) / (end - start), fsyncs)
+
+
+async def shared_single(lab: Lab) -> SingleRun:
+    """The suite's single-transaction run (made once, read by several scenarios)."""
+
+    async def measure() -> SingleRun:
+        return await measure_single(lab.directory("single"), lab.scale.single_seconds)
+
+    return await lab.shared("single", measure)
+
+
+async def scenario(lab: Lab) -> list[Row]:
+    """Acknowledged single-transaction submits per second and their p99 latency."""
+    run = await shared_single(lab)
+    ours, reference = run.ours, run.reference
+    ratio = ours.rate / reference.rate
+    fsyncs = "" if run.fsync_rate is None else f"; {run.fsync_rate:,.0f} fsync calls/s"
+    return [
+        Row(
+            "single",
+            f"{per_second(ours.rate, 'req/s')}, p99 {ours.p99 * 1000:.0f} ms",
+            f"{per_second(reference.rate, 'req/s')}, p99 {reference.p99 * 1000:.0f} ms"
+            " bare aiohttp, 1 core",
+            ratio,
+            f">= {GOAL_RATIO} x, p99 <= {GOAL_P99 * 1000:.0f} ms",
+            ratio >= GOAL_RATIO and ours.p99 <= GOAL_P99,
+            (
+                f"{CONNECTIONS} keep-alive connections, one {TX_SIZE}-byte transaction per"
+                f" request, {ours.elapsed:.0f} s each; p50 {ours.p50 * 1000:.1f} ms, max"
+                f" {ours.max * 1000:.0f} ms; {ours.rejected} answers 503",
+                f"load generator CPU: {reference.cpu_share:.0%} of its core against the"
+                f" reference, {ours.cpu_share:.0%} against the node; the node used"
+                f" {run.node_cores:.2f} cores{fsyncs}",
+            ),
+        )
+    ]
