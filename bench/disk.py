@@ -58,18 +58,21 @@ async def scenario(lab: Lab) -> list[Row]:
             ),
         ),
     ]
-    if ingest.fsyncs is not None and single.fsync_rate is not None:
+    if ingest.fsyncs is not None and single.fsync_rate is not None and single.traced is not None:
         batched = ingest.fsyncs / ingest.window
         worst = max(batched, single.fsync_rate)
         rows.append(
             Row(
                 "fsync",
                 f"{batched:,.0f}/s batched, {single.fsync_rate:,.0f}/s single",
-                f"at {per_second(ingest.rate)} and {per_second(single.ours.rate, 'req/s')}",
+                f"at {per_second(ingest.rate)} and {per_second(single.traced.rate, 'req/s')}",
                 None,
                 f"<= {GOAL_FSYNC}/s",
                 worst <= GOAL_FSYNC,
-                ("strace -f --seccomp-bpf -e trace=fsync,fdatasync on the node process",),
+                (
+                    "strace -f --seccomp-bpf -e trace=fsync,fdatasync on the node process;"
+                    " single: a second run of the same load, traced",
+                ),
             )
         )
     return rows

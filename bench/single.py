@@ -82,27 +82,42 @@ class SingleRun:
     reference: LoadResult
     ours: LoadResult
     node_cores: float  # the node's CPU time over the window, in cores
-    fsync_rate: float | None  # the node's fsync + fdatasync calls per second (None: no strace)
+    fsync_rate: float | None  # fsync + fdatasync calls per second, traced run (None: no strace)
+    traced: LoadResult | None  # the traced run's load (strace slows every fsync it sees)
 
 
-async def measure_single(directory: Path, seconds: float) -> SingleRun:
-    """The reference, then a fresh node, each under the load for ``seconds``."""
-    reference = await bare_reference(seconds)
-    trace = directory / "fsync.trace" if strace_available() else None
-    node = NodeProcess(directory / "data", trace=trace)
+async def _node_under_load(
+    directory: Path, seconds: float, trace: Path | None
+) -> tuple[LoadResult, float, float | None]:
+    """A fresh node under the load: its result, its cores, and its fsync calls/s if traced."""
+    node = NodeProcess(directory, trace=trace)
     window: list[tuple[float, float]] = []
 
     def mark() -> None:
         window.append((time.time(), cpu_seconds(node.pid)))
 
     async with running(node), aiohttp.ClientSession() as session:
-        ours = await run_load(_spec(node.url, seconds), mark, mark)
-        if ours.failed:
-            raise RuntimeError(f"submits failed: {ours.first_error}")
-        await wait_for_log(session, node.url, ours.transactions, 120.0)
+        result = await run_load(_spec(node.url, seconds), mark, mark)
+        if result.failed:
+            raise RuntimeError(f"submits failed: {result.first_error}")
+        await wait_for_log(session, node.url, result.transactions, 120.0)
     (start, cpu_start), (end, cpu_end) = window
     fsyncs = None if trace is None else sync_calls(trace, start, end) / (end - start)
-    return SingleRun(reference, ours, (cpu_end - cpu_start) / (end - start), fsyncs)
+    return result, (cpu_end - cpu_start) / (end - start), fsyncs
+
+
+async def measure_single(directory: Path, seconds: float) -> SingleRun:
+    """The reference, then a fresh node, each under the load for ``seconds``; then, where
+    strace is present, another fresh node under it to count fsyncs (strace stops the
+    node at each fsync, which would slow the measured one)."""
+    reference = await bare_reference(seconds)
+    ours, cores, _ = await _node_under_load(directory / "data", seconds, None)
+    if not strace_available():
+        return SingleRun(reference, ours, cores, None, None)
+    traced, _, fsyncs = await _node_under_load(
+        directory / "traced", seconds, directory / "fsync.trace"
+    )
+    return SingleRun(reference, ours, cores, fsyncs, traced)
 
 
 async def shared_single(lab: Lab) -> SingleRun:
@@ -119,7 +134,12 @@ async def scenario(lab: Lab) -> list[Row]:
     run = await shared_single(lab)
     ours, reference = run.ours, run.reference
     ratio = ours.rate / reference.rate
-    fsyncs = "" if run.fsync_rate is None else f"; {run.fsync_rate:,.0f} fsync calls/s"
+    fsyncs = (
+        ""
+        if run.fsync_rate is None or run.traced is None
+        else f"; in a second run under strace, {run.fsync_rate:,.0f} fsync calls/s at"
+        f" {run.traced.rate:,.0f} req/s"
+    )
     return [
         Row(
             "single",

@@ -38,6 +38,9 @@ FINALITY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
 VERTEX_MESSAGES = frozenset({"proposal", "certified", "waiting"})
 #: HTTP methods kept as label values; any other method is counted as ``other``.
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: Most (method, route, status) keys whose series are kept looked up (methods outside
+#: HTTP_METHODS share one label, but each spelling would be a key of its own).
+_MAX_HTTP_SERIES = 256
 
 
 class _StorageCollector:
@@ -180,6 +183,8 @@ class Metrics:
             ["method", "route", "status"],
             registry=r,
         )
+        #: (method, route, status) -> the series they count in, looked up once
+        self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._http_duration = Histogram(
             "qudag_http_request_duration_seconds",
             "HTTP request duration by route template.",
@@ -349,6 +354,16 @@ class Metrics:
 
     def on_http(self, method: str, route: str, status: int, seconds: float) -> None:
         """An HTTP request on ``route`` (a template) ended with ``status``."""
-        method = method if method in HTTP_METHODS else "other"
-        self._http_requests.labels(method=method, route=route, status=str(status)).inc()
-        self._http_duration.labels(route=route).observe(seconds)
+        key = (method, route, status)
+        children = self._http_children.get(key)
+        if children is None:  # first time: find the labelled series once, then reuse them
+            label = method if method in HTTP_METHODS else "other"
+            children = (
+                self._http_requests.labels(method=label, route=route, status=str(status)),
+                self._http_duration.labels(route=route),
+            )
+            if len(self._http_children) < _MAX_HTTP_SERIES:
+                self._http_children[key] = children
+        count, duration = children
+        count.inc()
+        duration.observe(seconds)

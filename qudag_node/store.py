@@ -1,9 +1,10 @@
 """SQLite persistence: one file in the data dir, WAL, group commit.
 
-Two aiosqlite connections: the *writer*, used only by the engine pump (one
-transaction and one fsync per engine step, whatever the number of client
-transactions in it), and the *reader*, serving API queries from the last committed
-state without waiting behind writes (WAL lets readers and the writer overlap).
+Two aiosqlite connections: the *writer*, used only by the engine pump's group commit
+(:meth:`Store.write` adds steps to one open transaction, :meth:`Store.commit` ends it
+with one fsync, whatever the number of steps and client transactions in it), and the
+*reader*, serving API queries and the pump's lookups from the last committed state
+without waiting behind writes (WAL lets readers and the writer overlap).
 
 Schema migrations are numbered by ``PRAGMA user_version``. The database remembers
 the genesis hash of its network and refuses to open for another one.
@@ -236,6 +237,7 @@ class Store:
         self._writer = writer
         self._reader = reader
         self._side = side  # small writes outside the pump's transactions (peer addresses)
+        self._open = False  # the writer holds a transaction that write() began
 
     # ------------------------------------------------------------ life cycle
 
@@ -295,7 +297,9 @@ class Store:
             )
 
     async def close(self) -> None:
-        """Checkpoint the WAL into the main file and close the connections."""
+        """Roll back a transaction left open, checkpoint the WAL into the main file and
+        close the connections."""
+        await self._rollback()
         await self._side.close()
         await self._reader.close()
         await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -304,7 +308,15 @@ class Store:
     # ---------------------------------------------------------------- writes
 
     async def persist(self, events: Sequence[Event]) -> None:
-        """Write what ``events`` require in one transaction (one fsync).
+        """Write what ``events`` require in one transaction (one fsync)."""
+        await self.write(events)
+        await self.commit()
+
+    async def write(self, events: Sequence[Event]) -> bool:
+        """Add what ``events`` require to the open transaction, opening one if none is;
+        none of it is visible to other connections, or durable, before :meth:`commit`.
+        Returns whether a transaction is open. On an error the transaction is rolled
+        back (everything written since the last commit is gone) and the error raised.
 
         Each transaction's bytes are written once; becoming included costs nothing
         here (the vertex row lists its ids), becoming final appends a log row.
@@ -314,24 +326,50 @@ class Store:
             w.add(ev)
         statements = w.statements()
         if not statements:
-            return
+            return self._open
         db = self._writer
-        await db.execute("BEGIN IMMEDIATE")
         try:
+            if not self._open:
+                await db.execute("BEGIN IMMEDIATE")
+                self._open = True
             for sql, rows in statements:
                 await db.executemany(sql, rows)
             if w.committed_round is not None:
                 await _set_meta(db, "committed_round", w.committed_round.to_bytes(8, "big"))
-            await db.execute("COMMIT")
         except BaseException:
-            await db.execute("ROLLBACK")
+            await self._rollback()
             raise
+        return True
+
+    async def commit(self) -> None:
+        """End the open transaction, if any: its rows become durable (one fsync) and
+        visible. On an error it is rolled back and the error raised."""
+        if not self._open:
+            return
+        try:
+            await self._writer.execute("COMMIT")
+        except BaseException:
+            await self._rollback()
+            raise
+        self._open = False
+
+    async def _rollback(self) -> None:
+        if self._open:
+            self._open = False
+            if self._writer.in_transaction:
+                await self._writer.execute("ROLLBACK")
 
     # ----------------------------------------------------- pump-side reads
 
     async def known_ids(self, ids: Sequence[TxId]) -> set[TxId]:
-        """Which of ``ids`` are stored already (read by the writer: always current)."""
-        return await _matching_ids(self._writer, "", ids)
+        """Which of ``ids`` are stored by a committed transaction.
+
+        Read on the read connection, so that it never waits behind a commit: a
+        transaction whose commit has not ended yet is not seen here, and the engine,
+        which still holds it (pending, in flight, or ordered inside its window), is
+        what knows it.
+        """
+        return await _matching_ids(self._reader, "", ids)
 
     async def load_snapshot(self, genesis: Genesis, gc_depth: int, own_key: PublicKey) -> Snapshot:
         """The durable state the engine resumes from.

@@ -20,6 +20,7 @@ import enum
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 from qudag_node.core.certificate import Certificate, check_certificate, make_certificate
 from qudag_node.core.consensus import Consensus
@@ -200,27 +201,59 @@ class Engine:
         Raises :class:`InputRejected` for a bad transaction or a full pool, in which
         case nothing was admitted.
         """
-        if len(ids) != len(transactions):
+        (outcome,) = self.submit_batches([(ids, transactions)], now)
+        if isinstance(outcome, InputRejected):
+            raise outcome
+        return outcome
+
+    def submit_batches(
+        self, batches: Sequence[tuple[Sequence[TxId], Sequence[bytes]]], now: float
+    ) -> list[SubmitResult | InputRejected]:
+        """Admit several client batches, each all or nothing, as one
+        :meth:`submit_transactions` call per batch in order would at one instant: a
+        batch is refused (its outcome is the :class:`InputRejected`) for a bad
+        transaction, or when the pool cannot take its new transactions after the
+        batches before it. The admitted ones share one ``TransactionsAdmitted`` event,
+        one lookup of which ids are known and one proposal check at the end (so no
+        proposal empties the pool between two batches), and a step's many small
+        submissions cost about what one batch of their size does. Each batch's ids
+        must be ``tx_ids`` of its transactions.
+        """
+        if any(len(ids) != len(txs) for ids, txs in batches):
             raise UsageError("ids and transactions differ in length")
-        check_batch(transactions, self._params)
-        new: dict[TxId, bytes] = {}
-        duplicates: list[TxId] = []
-        for i, tx, known in zip(ids, transactions, self._known(ids), strict=True):
-            if known or i in new:
-                duplicates.append(i)
-            else:
-                new[i] = tx
-        waiting = self._pool.waiting
-        if waiting + len(new) > self._params.max_pending:
-            raise InputRejected(
-                Reason.POOL_FULL,
-                f"{waiting} transactions pending, limit {self._params.max_pending}",
-            )
-        if new:
-            self._pool.add(new)
-            self._events.append(TransactionsAdmitted(tuple(new), tuple(new.values())))
+        known = iter(self._known([i for ids, _ in batches for i in ids]))
+        admitted: dict[TxId, bytes] = {}
+        outcomes: list[SubmitResult | InputRejected] = []
+        for ids, transactions in batches:
+            flags = list(islice(known, len(ids)))
+            try:
+                check_batch(transactions, self._params)
+            except InputRejected as e:
+                outcomes.append(e)
+                continue
+            new: dict[TxId, bytes] = {}
+            duplicates: list[TxId] = []
+            for i, tx, old in zip(ids, transactions, flags, strict=True):
+                if old or i in admitted or i in new:
+                    duplicates.append(i)
+                else:
+                    new[i] = tx
+            waiting = self._pool.waiting + len(admitted)
+            if waiting + len(new) > self._params.max_pending:
+                outcomes.append(
+                    InputRejected(
+                        Reason.POOL_FULL,
+                        f"{waiting} transactions pending, limit {self._params.max_pending}",
+                    )
+                )
+                continue
+            admitted.update(new)
+            outcomes.append(SubmitResult(tuple(new), tuple(duplicates)))
+        if admitted:
+            self._pool.add(admitted)
+            self._events.append(TransactionsAdmitted(tuple(admitted), tuple(admitted.values())))
         self._refresh(now)
-        return SubmitResult(tuple(new), tuple(duplicates))
+        return outcomes
 
     def requeue_transactions(
         self, ids: Sequence[TxId], transactions: Sequence[bytes], now: float
@@ -325,6 +358,12 @@ class Engine:
             times.append(self._announced_at + self._params.retry_interval)
         return min((t for t in times if t is not None), default=None)
 
+    @property
+    def pending(self) -> int:
+        """Transactions admitted and not carried by a vertex yet (``max_pending`` bounds
+        them): ``statistics().pending``, without the rest of the summary."""
+        return self._pool.waiting
+
     def statistics(self) -> Statistics:
         """Current counters and positions."""
         return Statistics(
@@ -332,7 +371,7 @@ class Engine:
             round=self._own_round,
             highest_round=max(self._dag.highest_round(), self._own_round),
             committed_round=self._consensus.committed_round,
-            pending=self._pool.waiting,
+            pending=self.pending,
             in_flight=self._pool.in_flight,
             dag_window=len(self._dag),
             log_length=self._log.length,

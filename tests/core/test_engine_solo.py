@@ -170,6 +170,40 @@ def test_a_full_pool_refuses_new_transactions_but_not_duplicates() -> None:
     assert node.engine.statistics().pending == 3
 
 
+def test_batches_admitted_together_end_as_one_call_per_batch_would() -> None:
+    params = Params(max_pending=4, min_round_interval=5.0)
+    batches = [
+        [b"t0", b"t1"],  # t0 is final already
+        [b"t1", b"t2"],
+        [b"t2", b"t3"],  # t2 is a duplicate of the batch before
+        [b"x" * (params.max_tx_bytes + 1)],  # refused whole: too large
+        [b"t4", b"t5"],  # refused whole: the pool holds 3 of 4
+        [b"t4"],
+    ]
+    one_by_one, together = started(params), started(params)
+    for node in (one_by_one, together):
+        node.submit([b"t0"])  # proposed at once; no other proposal for 5 s
+        node.settle()
+    expected: list[SubmitResult | Reason] = []
+    for txs in batches:
+        try:
+            expected.append(one_by_one.submit(txs))
+        except InputRejected as e:
+            expected.append(e.reason)
+
+    outcomes = together.engine.submit_batches([(tx_ids(b), b) for b in batches], together.now)
+    events = drain(together.engine)
+
+    got = [o.reason if isinstance(o, InputRejected) else o for o in outcomes]
+    assert got == expected
+    admitted = [e for e in events if isinstance(e, TransactionsAdmitted)]
+    assert len(admitted) == 1  # one event for the whole call
+    assert admitted[0].ids == tuple(tx_ids([b"t1", b"t2", b"t3", b"t4"]))
+    together.settle()
+    one_by_one.settle()
+    assert [e.tx_id for e in together.entries()] == [e.tx_id for e in one_by_one.entries()]
+
+
 # ---------------------------------------------------------------------- timing
 
 

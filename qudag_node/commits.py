@@ -1,0 +1,134 @@
+"""Group commit: the pump's steps written in order, many to a transaction under load.
+
+The pump hands each step over with :meth:`GroupCommit.put` and goes on with the next
+while this one is written, so the engine never waits for the disk. One task,
+:meth:`GroupCommit.run`, writes steps into the open database transaction as they come,
+ends the transaction (one fsync) for all of them together, and only then finishes each
+in order: whatever a step acknowledges or sends leaves once the step is durable.
+Writing while steps come means that when the transaction ends, only its last rows and
+the fsync are left to wait for.
+
+Two bounds keep it honest. A transaction ends at most ``max_rate`` times a second, so
+that the fsyncs stay within what the volume allows; under load each one carries every
+step since the last. And at most ``max_waiting`` steps wait to be written: beyond that
+:meth:`put` waits, so a slow disk slows the pump down rather than letting memory grow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+S = TypeVar("S")
+
+
+class GroupCommit(Generic[S]):
+    """Steps of type ``S``. ``write`` adds steps to the open transaction and says whether
+    one is open (a step with nothing to store opens none); ``commit`` ends it; then
+    ``finish`` acts on each step, in order. When ``write`` or ``commit`` raises, ``fail``
+    gets every step not finished, and the exception ends :meth:`run`."""
+
+    def __init__(
+        self,
+        write: Callable[[Sequence[S]], Awaitable[bool]],
+        commit: Callable[[], Awaitable[None]],
+        finish: Callable[[S], Awaitable[None]],
+        fail: Callable[[Sequence[S]], None],
+        *,
+        max_rate: float,
+        max_waiting: int,
+    ) -> None:
+        if max_rate <= 0 or max_waiting < 1:
+            raise ValueError("max_rate must be positive and max_waiting at least 1")
+        self._write = write
+        self._commit = commit
+        self._finish = finish
+        self._fail = fail
+        self._interval = 1.0 / max_rate
+        self._max_waiting = max_waiting
+        self._waiting: list[S] = []  # put, not written yet
+        self._written: list[S] = []  # written, not finished yet
+        self._open = False  # a transaction holds some of the written steps
+        self._preparing = False  # the pump is making a step it will put
+        self._arrived = asyncio.Event()  # steps are waiting, or we are closed
+        self._room = asyncio.Event()  # fewer than max_waiting steps wait
+        self._room.set()
+        self._settled = asyncio.Event()  # every step put so far is finished
+        self._settled.set()
+        self._closed = False
+
+    async def put(self, step: S) -> None:
+        """Queue ``step`` behind every step put before it; waits while the queue is full."""
+        if self._closed:
+            raise RuntimeError("put() after close()")
+        while len(self._waiting) >= self._max_waiting:
+            self._room.clear()
+            await self._room.wait()
+        self._waiting.append(step)
+        self._preparing = False
+        self._settled.clear()
+        self._arrived.set()
+
+    def preparing(self) -> None:
+        """The pump is making a step that it will :meth:`put`: a transaction that is due
+        waits for it, up to one more interval, so that a burst of submissions is not
+        split across two fsyncs."""
+        self._preparing = True
+
+    async def flush(self) -> None:
+        """Return once every step put so far is durable and finished."""
+        await self._settled.wait()
+
+    def close(self) -> None:
+        """No more steps: :meth:`run` ends the transaction at once, finishes what is
+        queued, and returns."""
+        self._closed = True
+        self._arrived.set()
+
+    async def run(self) -> None:
+        """Write, commit and finish steps until :meth:`close` and none are left."""
+        try:
+            await self._loop()
+        except Exception:
+            self._fail([*self._written, *self._waiting])
+            raise
+
+    async def _loop(self) -> None:
+        next_commit = 0.0  # monotonic time before which no transaction ends
+        while True:
+            if self._waiting:
+                steps, self._waiting = self._waiting, []
+                self._room.set()
+                self._written += steps
+                self._open = await self._write(steps)
+            now = time.monotonic()
+            if self._closed or not self._open:
+                wake_at = now
+            elif self._preparing:
+                wake_at = next_commit + self._interval
+            else:
+                wake_at = next_commit
+            if self._written and now >= wake_at:
+                if self._open:
+                    next_commit = time.monotonic() + self._interval
+                    await self._commit()
+                    self._open = False
+                steps, self._written = self._written, []
+                for step in steps:
+                    await self._finish(step)
+                if not self._waiting:
+                    self._settled.set()
+                continue
+            if self._waiting:
+                continue
+            if self._closed and not self._written:
+                return
+            self._arrived.clear()
+            delay = wake_at - time.monotonic() if self._written else None
+            try:
+                async with asyncio.timeout(delay):
+                    await self._arrived.wait()  # steps that come meanwhile join the transaction
+            except TimeoutError:
+                pass

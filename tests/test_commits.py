@@ -1,0 +1,213 @@
+"""The group commit: order, grouping, the rate bound, back-pressure, failure and close."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import pytest
+
+from qudag_node.commits import GroupCommit
+
+#: Seconds any single wait in these tests may take before it counts as a failure.
+DEADLINE = 5.0
+
+
+@dataclass
+class Disk:
+    """Records what the group commit does, in order; ``gate`` holds commits while clear."""
+
+    stores: bool = True  # whether a write leaves something to commit
+    calls: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    commit_times: list[float] = field(default_factory=list)
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    committing: asyncio.Event = field(default_factory=asyncio.Event)
+    fault: Exception | None = None
+    failed: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.gate.set()
+
+    async def write(self, steps: Sequence[str]) -> bool:
+        self.calls.append(("write", tuple(steps)))
+        return self.stores
+
+    async def commit(self) -> None:
+        self.commit_times.append(time.monotonic())
+        self.calls.append(("commit", ()))
+        self.committing.set()
+        await self.gate.wait()
+        if self.fault is not None:
+            raise self.fault
+
+    async def finish(self, step: str) -> None:
+        self.calls.append(("finish", (step,)))
+
+    def fail(self, steps: Sequence[str]) -> None:
+        self.failed += steps
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.calls]
+
+    def finished(self) -> list[str]:
+        return [steps[0] for kind, steps in self.calls if kind == "finish"]
+
+
+@asynccontextmanager
+async def running(
+    disk: Disk, max_rate: float = 1000.0, max_waiting: int = 8
+) -> AsyncIterator[tuple[GroupCommit[str], asyncio.Task[None]]]:
+    commits = GroupCommit(
+        disk.write,
+        disk.commit,
+        disk.finish,
+        disk.fail,
+        max_rate=max_rate,
+        max_waiting=max_waiting,
+    )
+    task = asyncio.create_task(commits.run())
+    try:
+        yield commits, task
+    finally:
+        if not task.done():
+            commits.close()
+            disk.gate.set()
+            async with asyncio.timeout(DEADLINE):
+                await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_step_is_finished_only_after_the_commit_that_holds_it() -> None:
+    disk = Disk()
+    async with running(disk) as (commits, _):
+        for step in ("a", "b", "c"):
+            await commits.put(step)
+        async with asyncio.timeout(DEADLINE):
+            await commits.flush()
+    assert disk.finished() == ["a", "b", "c"]
+    for step in ("a", "b", "c"):
+        written = next(i for i, (k, s) in enumerate(disk.calls) if k == "write" and step in s)
+        finished = disk.calls.index(("finish", (step,)))
+        assert "commit" in disk.kinds()[written:finished]
+
+
+async def test_steps_put_during_a_commit_share_the_next_transaction() -> None:
+    disk = Disk()
+    async with running(disk) as (commits, _):
+        disk.gate.clear()
+        await commits.put("a")
+        async with asyncio.timeout(DEADLINE):
+            await disk.committing.wait()
+        for step in ("b", "c", "d"):
+            await commits.put(step)
+        assert disk.finished() == []  # "a" is not durable yet, so nothing is answered
+        disk.gate.set()
+        async with asyncio.timeout(DEADLINE):
+            await commits.flush()
+    assert disk.finished() == ["a", "b", "c", "d"]
+    assert disk.kinds().count("commit") == 2
+    second = [s for k, s in disk.calls[disk.calls.index(("commit", ())) + 1 :] if k == "write"]
+    assert [step for steps in second for step in steps] == ["b", "c", "d"]
+
+
+async def test_transactions_end_no_more_often_than_the_rate_allows() -> None:
+    disk = Disk()
+    rate = 20.0  # at most one commit each 50 ms
+    async with running(disk, max_rate=rate) as (commits, _):
+        for step in range(6):
+            await commits.put(str(step))
+            async with asyncio.timeout(DEADLINE):
+                await commits.flush()  # each step is alone in its transaction
+    assert disk.finished() == [str(step) for step in range(6)]
+    assert len(disk.commit_times) == 6
+    gaps = [b - a for a, b in zip(disk.commit_times, disk.commit_times[1:], strict=False)]
+    assert min(gaps) >= 1 / rate - 0.002  # the event loop's clock resolution
+
+
+async def test_a_step_with_nothing_to_store_needs_no_commit() -> None:
+    disk = Disk(stores=False)
+    async with running(disk, max_rate=0.01) as (commits, _):  # a commit would wait 100 s
+        await commits.put("messages only")
+        async with asyncio.timeout(DEADLINE):
+            await commits.flush()
+    assert disk.kinds() == ["write", "finish"]
+
+
+async def test_a_full_queue_holds_the_producer_back() -> None:
+    disk = Disk()
+    async with running(disk, max_waiting=2) as (commits, _):
+        disk.gate.clear()
+        await commits.put("a")
+        async with asyncio.timeout(DEADLINE):
+            await disk.committing.wait()
+        await commits.put("b")
+        await commits.put("c")
+        third = asyncio.create_task(commits.put("d"))
+        for _ in range(20):  # let every ready callback run: nothing may make room
+            await asyncio.sleep(0)
+        assert not third.done()
+        disk.gate.set()
+        async with asyncio.timeout(DEADLINE):
+            await third
+            await commits.flush()
+    assert disk.finished() == ["a", "b", "c", "d"]
+
+
+async def test_a_failed_commit_fails_every_unfinished_step_and_ends_the_run() -> None:
+    disk = Disk()
+    async with running(disk) as (commits, task):
+        disk.gate.clear()
+        await commits.put("a")
+        async with asyncio.timeout(DEADLINE):
+            await disk.committing.wait()
+        await commits.put("b")
+        disk.fault = OSError("disk I/O error")
+        disk.gate.set()
+        with pytest.raises(OSError, match="disk I/O error"):
+            async with asyncio.timeout(DEADLINE):
+                await task
+    assert disk.finished() == []
+    assert sorted(disk.failed) == ["a", "b"]
+
+
+async def test_close_ends_the_open_transaction_at_once() -> None:
+    disk = Disk()
+    async with running(disk, max_rate=0.01) as (commits, task):  # 100 s between commits
+        await commits.put("first")
+        async with asyncio.timeout(DEADLINE):
+            await commits.flush()
+        await commits.put("last")
+        commits.close()
+        async with asyncio.timeout(DEADLINE):
+            await task
+        with pytest.raises(RuntimeError):
+            await commits.put("too late")
+    assert disk.finished() == ["first", "last"]
+    assert disk.kinds().count("commit") == 2
+
+
+async def test_a_step_in_preparation_delays_a_due_commit_by_one_interval_at_most() -> None:
+    disk = Disk()
+    rate = 10.0  # 100 ms between commits
+    async with running(disk, max_rate=rate) as (commits, _):
+        await commits.put("a")
+        async with asyncio.timeout(DEADLINE):
+            await commits.flush()
+        await commits.put("b")
+        commits.preparing()  # a step that never comes: the commit must not wait for it
+        async with asyncio.timeout(DEADLINE):
+            await commits.flush()
+    first, second = disk.commit_times
+    assert 2 / rate - 0.002 <= second - first < 2 / rate + 1.0
+    assert disk.finished() == ["a", "b"]
+
+
+def test_bounds_must_make_sense() -> None:
+    disk = Disk.__new__(Disk)  # no event loop needed: the bounds are checked first
+    for rate, waiting in ((0.0, 1), (1.0, 0)):
+        with pytest.raises(ValueError, match="max_rate"):
+            GroupCommit(
+                disk.write, disk.commit, disk.finish, disk.fail, max_rate=rate, max_waiting=waiting
+            )
