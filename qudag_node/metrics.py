@@ -173,7 +173,7 @@ class Metrics:
         )
         self._store_commit = Histogram(
             "qudag_store_commit_seconds",
-            "Duration of one store commit (one engine step).",
+            "Time to end one store transaction (the steps written since the last).",
             buckets=STORE_COMMIT_BUCKETS,
             registry=r,
         )

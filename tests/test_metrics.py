@@ -187,6 +187,18 @@ def test_http_requests_by_route_template() -> None:
     assert _value(metrics, "qudag_http_requests_total", **other) == 1
 
 
+def test_requests_count_the_same_beyond_the_remembered_series() -> None:
+    metrics = Metrics("1.2.3")
+    methods = [f"M{i}" for i in range(300)]  # more spellings than are kept looked up
+    for _ in range(2):
+        for method in methods:
+            metrics.on_http(method, "unmatched", 405, 0.001)
+    other = {"method": "other", "route": "unmatched", "status": "405"}
+    assert _value(metrics, "qudag_http_requests_total", **other) == 600
+    route = {"route": "unmatched"}
+    assert _value(metrics, "qudag_http_request_duration_seconds_count", **route) == 600
+
+
 def test_build_info() -> None:
     metrics = Metrics("1.2.3")
     version = {"version": "1.2.3", "python": platform.python_version()}

@@ -302,3 +302,30 @@ def test_a_damaged_database_stops_the_node_with_1(
     assert ("ready" in events) is after_ready
     assert "integrity_check_passed" not in events
     assert events[-1] == "stopped"
+
+
+def test_a_database_that_cannot_be_written_fails_the_client_and_stops_the_node(
+    tmp_path: Path,
+) -> None:
+    env = {"QUDAG_HEARTBEAT_INTERVAL": "3600"}  # idle: the node writes nothing by itself
+    node = NodeProcess(tmp_path / "data", tmp_path / "node.log", env).start()
+    code, body = submit_json(node.url, [b"stored before the lock"], wait=True)
+    assert code == 200, body
+    # Another process holds the write lock past the node's busy timeout (5 s).
+    holder = sqlite3.connect(tmp_path / "data" / "qudag.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        code, answer = submit_json(node.url, [b"never acknowledged"])
+        assert code == 500, answer
+        assert answer["error"]["code"] == "internal"
+        assert node.wait(30) == 1
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert "cannot write to the database" in node.logs()
+    assert "database is locked" in node.logs()
+    node.start()  # nothing was acknowledged that is not stored
+    code, body = request("GET", node.url + "/api/v1/log?from=1&limit=10")
+    assert code == 200, body
+    assert body["length"] == 1
+    assert node.stop() == 0
