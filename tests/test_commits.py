@@ -79,6 +79,14 @@ async def running(
                 await asyncio.gather(task, return_exceptions=True)
 
 
+async def held_in_commit(disk: Disk, commits: GroupCommit[str], step: str) -> None:
+    """Put ``step`` and return once its commit has started and is held at the gate."""
+    disk.gate.clear()
+    await commits.put(step)
+    async with asyncio.timeout(DEADLINE):
+        await disk.committing.wait()
+
+
 async def test_a_step_is_finished_only_after_the_commit_that_holds_it() -> None:
     disk = Disk()
     async with running(disk) as (commits, _):
@@ -96,10 +104,7 @@ async def test_a_step_is_finished_only_after_the_commit_that_holds_it() -> None:
 async def test_steps_put_during_a_commit_share_the_next_transaction() -> None:
     disk = Disk()
     async with running(disk) as (commits, _):
-        disk.gate.clear()
-        await commits.put("a")
-        async with asyncio.timeout(DEADLINE):
-            await disk.committing.wait()
+        await held_in_commit(disk, commits, "a")
         for step in ("b", "c", "d"):
             await commits.put(step)
         assert disk.finished() == []  # "a" is not durable yet, so nothing is answered
@@ -138,10 +143,7 @@ async def test_a_step_with_nothing_to_store_needs_no_commit() -> None:
 async def test_a_full_queue_holds_the_producer_back() -> None:
     disk = Disk()
     async with running(disk, max_waiting=2) as (commits, _):
-        disk.gate.clear()
-        await commits.put("a")
-        async with asyncio.timeout(DEADLINE):
-            await disk.committing.wait()
+        await held_in_commit(disk, commits, "a")
         await commits.put("b")
         await commits.put("c")
         third = asyncio.create_task(commits.put("d"))
@@ -158,10 +160,7 @@ async def test_a_full_queue_holds_the_producer_back() -> None:
 async def test_a_failed_commit_fails_every_unfinished_step_and_ends_the_run() -> None:
     disk = Disk()
     async with running(disk) as (commits, task):
-        disk.gate.clear()
-        await commits.put("a")
-        async with asyncio.timeout(DEADLINE):
-            await disk.committing.wait()
+        await held_in_commit(disk, commits, "a")
         await commits.put("b")
         disk.fault = OSError("disk I/O error")
         disk.gate.set()
