@@ -150,6 +150,8 @@ def _query_int(request: web.Request, name: str, default: int, lo: int, hi: int) 
 
 def _wait_timeout(request: web.Request, limit: float) -> float | None:
     """The ``wait=final`` timeout in seconds (capped at ``limit``), or None for no wait."""
+    if not request.query_string:
+        return None  # the common case, without parsing a query
     wait = request.query.get("wait")
     raw = request.query.get("timeout")
     if wait is None:

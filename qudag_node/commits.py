@@ -8,10 +8,14 @@ in order: whatever a step acknowledges or sends leaves once the step is durable.
 Writing while steps come means that when the transaction ends, only its last rows and
 the fsync are left to wait for.
 
-Two bounds keep it honest. A transaction ends at most ``max_rate`` times a second, so
-that the fsyncs stay within what the volume allows; under load each one carries every
-step since the last. And at most ``max_waiting`` steps wait to be written: beyond that
-:meth:`put` waits, so a slow disk slows the pump down rather than letting memory grow.
+Two bounds keep it honest. In any span of ``T`` seconds at most
+``max_burst + max_rate * T`` transactions end (a token bucket), so that the fsyncs stay
+within what the volume allows; under load each one carries every step since the last.
+A bucket rather than a fixed gap between commits, because the event loop wakes from a
+timer only to the millisecond: a commit made to wait for a gap a fraction of a
+millisecond away would lose a whole one. And at most ``max_waiting`` steps wait to be
+written: beyond that :meth:`put` waits, so a slow disk slows the pump down rather than
+letting memory grow.
 """
 
 from __future__ import annotations
@@ -22,6 +26,30 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 S = TypeVar("S")
+
+
+class _Bucket:
+    """A token bucket: ``rate`` tokens a second, holding at most ``size``; starts full."""
+
+    def __init__(self, rate: float, size: float, now: float) -> None:
+        self._rate = rate
+        self._size = size
+        self._tokens = size
+        self._at = now
+
+    def _refill(self, now: float) -> None:
+        self._tokens = min(self._size, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+
+    def ready_at(self, now: float) -> float:
+        """When a token will be there (``now`` if one is)."""
+        self._refill(now)
+        return now if self._tokens >= 1 else now + (1 - self._tokens) / self._rate
+
+    def take(self, now: float) -> None:
+        """Spend a token (there may be none: the caller waited for :meth:`ready_at`)."""
+        self._refill(now)
+        self._tokens -= 1
 
 
 class GroupCommit(Generic[S]):
@@ -38,15 +66,17 @@ class GroupCommit(Generic[S]):
         fail: Callable[[Sequence[S]], None],
         *,
         max_rate: float,
+        max_burst: int,
         max_waiting: int,
     ) -> None:
-        if max_rate <= 0 or max_waiting < 1:
-            raise ValueError("max_rate must be positive and max_waiting at least 1")
+        if max_rate <= 0 or max_burst < 1 or max_waiting < 1:
+            raise ValueError("max_rate must be positive, and max_burst and max_waiting at least 1")
         self._write = write
         self._commit = commit
         self._finish = finish
         self._fail = fail
         self._interval = 1.0 / max_rate
+        self._bucket = _Bucket(max_rate, max_burst, time.monotonic())
         self._max_waiting = max_waiting
         self._waiting: list[S] = []  # put, not written yet
         self._written: list[S] = []  # written, not finished yet
@@ -73,8 +103,8 @@ class GroupCommit(Generic[S]):
 
     def preparing(self) -> None:
         """The pump is making a step that it will :meth:`put`: a transaction that is due
-        waits for it, up to one more interval, so that a burst of submissions is not
-        split across two fsyncs."""
+        waits for it, up to ``1 / max_rate`` seconds, so that a burst of submissions is
+        not split across two fsyncs."""
         self._preparing = True
 
     async def flush(self) -> None:
@@ -96,7 +126,7 @@ class GroupCommit(Generic[S]):
             raise
 
     async def _loop(self) -> None:
-        next_commit = 0.0  # monotonic time before which no transaction ends
+        due_since: float | None = None  # when the open transaction could first have ended
         while True:
             if self._waiting:
                 steps, self._waiting = self._waiting, []
@@ -104,17 +134,19 @@ class GroupCommit(Generic[S]):
                 self._written += steps
                 self._open = await self._write(steps)
             now = time.monotonic()
-            if self._closed or not self._open:
-                wake_at = now
-            elif self._preparing:
-                wake_at = next_commit + self._interval
-            else:
-                wake_at = next_commit
+            wake_at = now
+            if self._open and not self._closed:
+                wake_at = self._bucket.ready_at(now)
+                if wake_at <= now:
+                    due_since = now if due_since is None else due_since
+                    if self._preparing:  # a step is on its way: wait for it, a little
+                        wake_at = due_since + self._interval
             if self._written and now >= wake_at:
                 if self._open:
-                    next_commit = time.monotonic() + self._interval
+                    self._bucket.take(now)
                     await self._commit()
                     self._open = False
+                    due_since = None
                 steps, self._written = self._written, []
                 for step in steps:
                     await self._finish(step)

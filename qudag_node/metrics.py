@@ -287,7 +287,7 @@ class Metrics:
             self._finality.observe(seconds)
 
     def on_submit(self, admitted: int, duplicates: int) -> None:
-        """A submit was stored: ``admitted`` new transactions, ``duplicates`` known ones."""
+        """Submits were stored: ``admitted`` new transactions, ``duplicates`` known ones."""
         self._admitted.inc(admitted)
         self._duplicate.inc(duplicates)
 

@@ -66,9 +66,11 @@ from qudag_node.verifier import ThreadedVerifier, worker_count
 KEY_FILENAME = "node.key"
 #: Peer inputs the pump feeds the engine in one step.
 PEER_INPUTS_PER_STEP = 256
-#: Most database transactions a second (an fsync each, plus a few for checkpoints):
-#: under load each carries every step since the last, within the volume's IOPS.
+#: Most database transactions a second on average (an fsync each, plus a few for
+#: checkpoints): under load each carries every step since the last, within the volume's
+#: IOPS. At most MAX_COMMIT_BURST more may end at once.
 MAX_COMMITS_PER_SECOND = 180
+MAX_COMMIT_BURST = 4
 #: Most steps waiting for the group commit before the pump waits for the disk.
 STEPS_WAITING = 8
 log = structlog.get_logger("qudag.node")
@@ -78,7 +80,7 @@ class NodeFailure(Exception):
     """The node cannot go on (bad data dir, storage failure); the process should exit 1."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Submission:
     ids: list[TxId]
     transactions: Sequence[bytes]
@@ -274,7 +276,7 @@ class Node:
         log.info("api_listening", host=s.api_host or "*", port=self.api_port)
         try:
             async with asyncio.TaskGroup() as tg:
-                self._pump_task = tg.create_task(self._pump())
+                self._pump_task = tg.create_task(self._pump(tg))
                 background = [tg.create_task(self._syncer.run(self._on_catching_up))]
                 if self._network is not None:
                     background.append(tg.create_task(self._network.run()))
@@ -373,31 +375,33 @@ class Node:
 
     # ------------------------------------------------------------------ pump
 
-    async def _pump(self) -> None:
+    async def _pump(self, tg: asyncio.TaskGroup) -> None:
+        """Step the engine until shutdown, then close the group commit, whose task (in
+        ``tg``, the node's TaskGroup) finishes what is queued."""
         commits = GroupCommit(
             self._write_steps,
             self._commit,
             self._finish_step,
             self._fail_steps,
             max_rate=MAX_COMMITS_PER_SECOND,
+            max_burst=MAX_COMMIT_BURST,
             max_waiting=STEPS_WAITING,
         )
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(commits.run())
-            while True:
-                timer = self._engine.get_timer()
-                if not self._inbox and not self._peer_inbox and not self._stopping:
-                    delay = None if timer is None else max(0.0, timer - time.time())
-                    try:
-                        async with asyncio.timeout(delay):
-                            await self._wakeup.wait()
-                    except TimeoutError:
-                        pass
-                self._wakeup.clear()
-                await self._step(commits, time.time())
-                if self._stopping and not self._inbox:
-                    break
-            commits.close()
+        tg.create_task(commits.run())
+        while True:
+            timer = self._engine.get_timer()
+            if not self._inbox and not self._peer_inbox and not self._stopping:
+                delay = None if timer is None else max(0.0, timer - time.time())
+                try:
+                    async with asyncio.timeout(delay):
+                        await self._wakeup.wait()
+                except TimeoutError:
+                    pass
+            self._wakeup.clear()
+            await self._step(commits, time.time())
+            if self._stopping and not self._inbox:
+                break
+        commits.close()
 
     async def _step(self, commits: GroupCommit[_Step], now: float) -> None:
         commits.preparing()
@@ -512,36 +516,45 @@ class Node:
     def _admit(self, batch: list[_Submission], known: set[TxId], now: float) -> _Outcomes:
         """Admit a step's submissions in one engine call, each all or nothing; ids the
         database holds already count as duplicates."""
-        fresh = [
-            [(i, tx) for i, tx in zip(s.ids, s.transactions, strict=True) if i not in known]
-            for s in batch
-        ]
-        results = self._engine.submit_batches(
-            [([i for i, _ in pairs], [tx for _, tx in pairs]) for pairs in fresh], now
-        )
+        batches: list[tuple[Sequence[TxId], Sequence[bytes]]]
+        if known:
+            fresh = [
+                [(i, tx) for i, tx in zip(s.ids, s.transactions, strict=True) if i not in known]
+                for s in batch
+            ]
+            batches = [([i for i, _ in pairs], [tx for _, tx in pairs]) for pairs in fresh]
+        else:
+            batches = [(s.ids, s.transactions) for s in batch]
+        results = self._engine.submit_batches(batches, now)
         outcomes: _Outcomes = []
+        admitted: list[TxId] = []
         for sub, result in zip(batch, results, strict=True):
             if isinstance(result, InputRejected):
                 outcomes.append((sub, result))
                 continue
-            self._note_submitted(result.admitted)
+            admitted += result.admitted
             outcomes.append(
                 (sub, SubmitReceipt(tuple(sub.ids), len(sub.ids) - len(result.admitted)))
             )
+        self._note_submitted(admitted)
         return outcomes
 
     def _after_commit(self, events: list[Event], outcomes: _Outcomes) -> None:
         self._metrics.on_events(events)
         self._metrics.on_statistics(self._engine.statistics())
+        stored = duplicates = 0
         for sub, outcome in outcomes:
             if isinstance(outcome, InputRejected):
                 self._metrics.on_submit_rejected(outcome.reason, len(sub.ids))
                 if not sub.done.done():  # its client may have gone
                     sub.done.set_exception(outcome)
             else:
-                self._metrics.on_submit(len(outcome.ids) - outcome.duplicates, outcome.duplicates)
+                stored += len(outcome.ids) - outcome.duplicates
+                duplicates += outcome.duplicates
                 if not sub.done.done():
                     sub.done.set_result(outcome)
+        if stored or duplicates:
+            self._metrics.on_submit(stored, duplicates)
         for event in events:
             if isinstance(event, VertexCertified):
                 self._vertex_total += 1

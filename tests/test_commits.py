@@ -58,7 +58,7 @@ class Disk:
 
 @asynccontextmanager
 async def running(
-    disk: Disk, max_rate: float = 1000.0, max_waiting: int = 8
+    disk: Disk, max_rate: float = 1000.0, max_burst: int = 1, max_waiting: int = 8
 ) -> AsyncIterator[tuple[GroupCommit[str], asyncio.Task[None]]]:
     commits = GroupCommit(
         disk.write,
@@ -66,6 +66,7 @@ async def running(
         disk.finish,
         disk.fail,
         max_rate=max_rate,
+        max_burst=max_burst,
         max_waiting=max_waiting,
     )
     task = asyncio.create_task(commits.run())
@@ -119,16 +120,20 @@ async def test_steps_put_during_a_commit_share_the_next_transaction() -> None:
 
 async def test_transactions_end_no_more_often_than_the_rate_allows() -> None:
     disk = Disk()
-    rate = 20.0  # at most one commit each 50 ms
-    async with running(disk, max_rate=rate) as (commits, _):
-        for step in range(6):
+    rate, burst, count = 20.0, 3, 9  # 3 at once, then one each 50 ms
+    async with running(disk, max_rate=rate, max_burst=burst) as (commits, _):
+        for step in range(count):
             await commits.put(str(step))
             async with asyncio.timeout(DEADLINE):
                 await commits.flush()  # each step is alone in its transaction
-    assert disk.finished() == [str(step) for step in range(6)]
-    assert len(disk.commit_times) == 6
-    gaps = [b - a for a, b in zip(disk.commit_times, disk.commit_times[1:], strict=False)]
-    assert min(gaps) >= 1 / rate - 0.002  # the event loop's clock resolution
+    assert disk.finished() == [str(step) for step in range(count)]
+    times = disk.commit_times
+    assert len(times) == count
+    slack = 0.002  # the event loop's clock resolution
+    for first in range(count):
+        for last in range(first + 1, count):
+            assert last - first + 1 <= burst + rate * (times[last] - times[first] + slack)
+    assert times[burst] - times[0] >= 1 / rate - slack  # the bucket was empty by then
 
 
 async def test_a_step_with_nothing_to_store_needs_no_commit() -> None:
@@ -189,24 +194,46 @@ async def test_close_ends_the_open_transaction_at_once() -> None:
 
 async def test_a_step_in_preparation_delays_a_due_commit_by_one_interval_at_most() -> None:
     disk = Disk()
-    rate = 10.0  # 100 ms between commits
-    async with running(disk, max_rate=rate) as (commits, _):
+    rate = 10.0  # a step on its way may hold a commit back 100 ms
+    async with running(disk, max_rate=rate, max_burst=2) as (commits, _):
         await commits.put("a")
         async with asyncio.timeout(DEADLINE):
             await commits.flush()
+        put_at = time.monotonic()
         await commits.put("b")
         commits.preparing()  # a step that never comes: the commit must not wait for it
         async with asyncio.timeout(DEADLINE):
             await commits.flush()
-    first, second = disk.commit_times
-    assert 2 / rate - 0.002 <= second - first < 2 / rate + 1.0
+    waited = disk.commit_times[1] - put_at
+    assert 1 / rate - 0.002 <= waited < 1 / rate + 1.0
     assert disk.finished() == ["a", "b"]
+
+
+async def test_a_step_put_while_a_commit_waits_for_it_joins_that_commit() -> None:
+    disk = Disk()
+    async with running(disk, max_rate=1.0, max_burst=5) as (commits, _):  # waits up to 1 s
+        commits.preparing()
+        await commits.put("a")
+        commits.preparing()  # the next step is being made
+        for _ in range(20):  # let the writer take "a" and find the commit due
+            await asyncio.sleep(0)
+        assert disk.kinds() == ["write"]  # held back for the step on its way
+        await commits.put("b")
+        async with asyncio.timeout(DEADLINE):
+            await commits.flush()
+    assert disk.kinds() == ["write", "write", "commit", "finish", "finish"]
 
 
 def test_bounds_must_make_sense() -> None:
     disk = Disk.__new__(Disk)  # no event loop needed: the bounds are checked first
-    for rate, waiting in ((0.0, 1), (1.0, 0)):
+    for rate, burst, waiting in ((0.0, 1, 1), (1.0, 0, 1), (1.0, 1, 0)):
         with pytest.raises(ValueError, match="max_rate"):
             GroupCommit(
-                disk.write, disk.commit, disk.finish, disk.fail, max_rate=rate, max_waiting=waiting
+                disk.write,
+                disk.commit,
+                disk.finish,
+                disk.fail,
+                max_rate=rate,
+                max_burst=burst,
+                max_waiting=waiting,
             )
