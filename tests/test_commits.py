@@ -56,11 +56,11 @@ class Disk:
         return [steps[0] for kind, steps in self.calls if kind == "finish"]
 
 
-@asynccontextmanager
-async def running(
+def group_commit(
     disk: Disk, max_rate: float = 1000.0, max_burst: int = 1, max_waiting: int = 8
-) -> AsyncIterator[tuple[GroupCommit[str], asyncio.Task[None]]]:
-    commits = GroupCommit(
+) -> GroupCommit[str]:
+    """A group commit writing to ``disk``."""
+    return GroupCommit(
         disk.write,
         disk.commit,
         disk.finish,
@@ -69,6 +69,13 @@ async def running(
         max_burst=max_burst,
         max_waiting=max_waiting,
     )
+
+
+@asynccontextmanager
+async def running(
+    disk: Disk, max_rate: float = 1000.0, max_burst: int = 1, max_waiting: int = 8
+) -> AsyncIterator[tuple[GroupCommit[str], asyncio.Task[None]]]:
+    commits = group_commit(disk, max_rate, max_burst, max_waiting)
     task = asyncio.create_task(commits.run())
     try:
         yield commits, task
@@ -228,12 +235,4 @@ def test_bounds_must_make_sense() -> None:
     disk = Disk.__new__(Disk)  # no event loop needed: the bounds are checked first
     for rate, burst, waiting in ((0.0, 1, 1), (1.0, 0, 1), (1.0, 1, 0)):
         with pytest.raises(ValueError, match="max_rate"):
-            GroupCommit(
-                disk.write,
-                disk.commit,
-                disk.finish,
-                disk.fail,
-                max_rate=rate,
-                max_burst=burst,
-                max_waiting=waiting,
-            )
+            group_commit(disk, rate, burst, waiting)
