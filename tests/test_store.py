@@ -198,6 +198,25 @@ async def test_pending_transactions_survive_a_restart(tmp_path: Path) -> None:
     await store.close()
 
 
+async def test_writes_are_seen_and_kept_only_once_committed(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path, GENESIS)
+    first, second = [b"first"], [b"second"]
+    assert not await store.write([])  # nothing to store opens no transaction
+    assert await store.write([TransactionsAdmitted(tuple(tx_ids(first)), tuple(first))])
+    assert await store.write([TransactionsAdmitted(tuple(tx_ids(second)), tuple(second))])
+    both = tx_ids(first + second)
+    assert await store.known_ids(both) == set()  # the read connection sees no open work
+    await store.commit()
+    assert await store.known_ids(both) == set(both)
+    third = [b"third"]
+    assert await store.write([TransactionsAdmitted(tuple(tx_ids(third)), tuple(third))])
+    await store.close()  # an open transaction is rolled back, never half kept
+    store = await Store.open(tmp_path, GENESIS)
+    snap = await store.load_snapshot(GENESIS, 50, SIGNER.public_key)
+    assert [i for i, _ in snap.pending] == both
+    await store.close()
+
+
 async def test_backup_and_restore_refuse_to_overwrite(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
