@@ -57,8 +57,14 @@ class PodmanError(AssertionError):
 
 def podman(*args: str, timeout: float = COMMAND_TIMEOUT) -> str:
     """Run ``podman RUNTIME ARGS``; its stdout. Raises :class:`PodmanError` on failure."""
+    return _checked(["podman", *RUNTIME, *args], f"podman {' '.join(args)}", timeout)
+
+
+def _checked(command: list[str], name: str, timeout: float) -> str:
+    """Run ``command``; its stdout. Raises :class:`PodmanError` naming ``name`` with the
+    output when it fails."""
     done = subprocess.run(
-        ["podman", *RUNTIME, *args],
+        command,
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
@@ -66,9 +72,7 @@ def podman(*args: str, timeout: float = COMMAND_TIMEOUT) -> str:
         check=False,
     )
     if done.returncode != 0:
-        raise PodmanError(
-            f"podman {' '.join(args)} exited with {done.returncode}:\n{done.stdout}{done.stderr}"
-        )
+        raise PodmanError(f"{name} exited with {done.returncode}:\n{done.stdout}{done.stderr}")
     return done.stdout
 
 
@@ -80,16 +84,7 @@ def base_image() -> str:
     if exists.returncode != 0:
         require_tool("debootstrap")
     script = ROOT / "scripts" / "local-base-image.sh"
-    done = subprocess.run(
-        [str(script), BASE_IMAGE],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=BUILD_TIMEOUT,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise PodmanError(f"{script} exited with {done.returncode}:\n{done.stdout}{done.stderr}")
+    _checked([str(script), BASE_IMAGE], str(script), BUILD_TIMEOUT)
     return BASE_IMAGE
 
 
