@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Histogram, Metric
 from prometheus_client.core import GaugeMetricFamily
 
 from qudag_node.core.engine import Statistics
@@ -97,6 +97,7 @@ class Metrics:
     def __init__(self, version: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        GCCollector(registry=r)  # python_gc_*: collections by generation, objects collected
         self._dag_nodes = Counter(
             "qudag_dag_nodes", "Certified vertices added to the DAG.", registry=r
         )
@@ -175,6 +176,11 @@ class Metrics:
             "qudag_store_commit_seconds",
             "Time to end one store transaction (the steps written since the last).",
             buckets=STORE_COMMIT_BUCKETS,
+            registry=r,
+        )
+        self._wal_backlog = Gauge(
+            "qudag_store_wal_backlog_pages",
+            "WAL pages not yet copied into the database file after the last checkpoint.",
             registry=r,
         )
         self._http_requests = Counter(
@@ -351,6 +357,10 @@ class Metrics:
     def on_store_commit(self, seconds: float) -> None:
         """One store commit took ``seconds``."""
         self._store_commit.observe(seconds)
+
+    def on_checkpoint(self, backlog_pages: int) -> None:
+        """A WAL checkpoint ended, leaving ``backlog_pages`` to copy (readers held them)."""
+        self._wal_backlog.set(backlog_pages)
 
     def on_http(self, method: str, route: str, status: int, seconds: float) -> None:
         """An HTTP request on ``route`` (a template) ended with ``status``."""

@@ -77,7 +77,7 @@ def test_every_metric_is_documented_and_every_documented_metric_exists() -> None
 
     names = {exposed(f) for f in Metrics("0").registry.collect()}
     text = (ROOT / "docs" / "metrics.md").read_text()
-    documented = set(re.findall(r"^\| `(qudag_[a-z_]+)` \|", text, re.MULTILINE))
+    documented = set(re.findall(r"^\| `((?:qudag|python_gc)_[a-z_]+)` \|", text, re.MULTILINE))
     assert documented == names
 
 

@@ -70,6 +70,28 @@ class Submitter(threading.Thread):
         self.join(30)
 
 
+def _young_collections(node: NodeProcess) -> float:
+    code, text = request("GET", node.url + "/metrics")
+    assert code == 200
+    for line in str(text).splitlines():
+        if line.startswith('python_gc_collections_total{generation="0"}'):
+            return float(line.split()[-1])
+    raise AssertionError("python_gc_collections_total is not exposed")
+
+
+def test_the_node_runs_few_garbage_collections_under_load(tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "data", tmp_path / "node.log").start()
+    try:
+        before = _young_collections(node)
+        for n in range(1000):
+            code, _ = request("POST", node.url + "/api/v1/transactions", b"gc-%d" % n)
+            assert code == 202
+        # with CPython's default thresholds, more than ten young collections here
+        assert _young_collections(node) - before <= 5
+    finally:
+        assert node.stop() == 0
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_stops_the_node_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
     node = NodeProcess(tmp_path / "data", tmp_path / "node.log").start()
