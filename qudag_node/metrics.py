@@ -178,11 +178,6 @@ class Metrics:
             buckets=STORE_COMMIT_BUCKETS,
             registry=r,
         )
-        self._wal_backlog = Gauge(
-            "qudag_store_wal_backlog_pages",
-            "WAL pages not yet copied into the database file after the last checkpoint.",
-            registry=r,
-        )
         self._http_requests = Counter(
             "qudag_http_requests",
             "HTTP requests by method, route template and status.",
@@ -357,10 +352,6 @@ class Metrics:
     def on_store_commit(self, seconds: float) -> None:
         """One store commit took ``seconds``."""
         self._store_commit.observe(seconds)
-
-    def on_checkpoint(self, backlog_pages: int) -> None:
-        """A WAL checkpoint ended, leaving ``backlog_pages`` to copy (readers held them)."""
-        self._wal_backlog.set(backlog_pages)
 
     def on_http(self, method: str, route: str, status: int, seconds: float) -> None:
         """An HTTP request on ``route`` (a template) ended with ``status``."""

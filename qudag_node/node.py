@@ -73,9 +73,6 @@ MAX_COMMITS_PER_SECOND = 180
 MAX_COMMIT_BURST = 4
 #: Most steps waiting for the group commit before the pump waits for the disk.
 STEPS_WAITING = 8
-#: Seconds between WAL checkpoints (two fsyncs each, when there is anything to copy),
-#: made beside the pump's commits rather than inside one of them.
-CHECKPOINT_INTERVAL = 0.25
 log = structlog.get_logger("qudag.node")
 
 
@@ -280,10 +277,7 @@ class Node:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._pump_task = tg.create_task(self._pump(tg))
-                background = [
-                    tg.create_task(self._syncer.run(self._on_catching_up)),
-                    tg.create_task(self._checkpoints()),
-                ]
+                background = [tg.create_task(self._syncer.run(self._on_catching_up))]
                 if self._network is not None:
                     background.append(tg.create_task(self._network.run()))
                     background.append(tg.create_task(self._watch_peers(self._network)))
@@ -333,17 +327,6 @@ class Node:
         except StoreError as e:
             raise NodeFailure(f"database {self.settings.data_path}: {e}") from None
         log.info("integrity_check_passed", seconds=round(time.monotonic() - started, 3))
-
-    async def _checkpoints(self) -> None:
-        """Copy what the commits wrote to the WAL into the main file, every
-        CHECKPOINT_INTERVAL seconds, on the store's side connection."""
-        while True:
-            await asyncio.sleep(CHECKPOINT_INTERVAL)
-            try:
-                backlog = await self._store.checkpoint()
-            except Exception as e:
-                raise NodeFailure(f"cannot checkpoint the database: {e}") from e
-            self._metrics.on_checkpoint(backlog)
 
     async def _open_peer_port(self, alone: bool) -> None:
         """Listen for peers, if this node has any to talk to (which needs the token)."""

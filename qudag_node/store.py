@@ -4,11 +4,7 @@ Two aiosqlite connections: the *writer*, used only by the engine pump's group co
 (:meth:`Store.write` adds steps to one open transaction, :meth:`Store.commit` ends it
 with one fsync, whatever the number of steps and client transactions in it), and the
 *reader*, serving API queries and the pump's lookups from the last committed state
-without waiting behind writes (WAL lets readers and the writer overlap). A third, the
-*side* connection, makes the small writes outside the pump's transactions and the WAL
-checkpoints: :meth:`Store.checkpoint` copies committed pages into the main file on its
-own thread while the writer goes on, so that no commit pays for a checkpoint; the writer
-checkpoints itself only past :data:`WRITER_CHECKPOINT_PAGES`, should they fall behind.
+without waiting behind writes (WAL lets readers and the writer overlap).
 
 Schema migrations are numbered by ``PRAGMA user_version``. The database remembers
 the genesis hash of its network and refuses to open for another one.
@@ -53,9 +49,6 @@ from qudag_node.core.vertex import (
 from qudag_node.ports import EvidenceRecord, LogRecord, VertexRecord
 
 DB_FILENAME = "qudag.db"
-#: WAL pages past which the writer checkpoints at a commit itself (SQLite's default is
-#: 1,000): a backstop for when :meth:`Store.checkpoint` is not called often enough.
-WRITER_CHECKPOINT_PAGES = 10_000
 _CHUNK = 900  # ids per IN (...) query, under SQLite's variable limit
 _VERTICES_PER_READ = 8  # vertices read at once to answer a fetch (each up to 4 MiB)
 
@@ -266,7 +259,7 @@ class Store:
         self.path = path
         self._writer = writer
         self._reader = reader
-        self._side = side  # peer addresses and checkpoints, beside the pump's transactions
+        self._side = side  # small writes outside the pump's transactions (peer addresses)
         self._open = False  # the writer holds a transaction that write() began
 
     # ------------------------------------------------------------ life cycle
@@ -285,7 +278,6 @@ class Store:
         try:
             await writer.execute("PRAGMA journal_mode=WAL")
             await writer.execute("PRAGMA synchronous=FULL")
-            await writer.execute(f"PRAGMA wal_autocheckpoint={WRITER_CHECKPOINT_PAGES}")
             await writer.execute("PRAGMA busy_timeout=5000")
             await _migrate(writer, genesis)
             await _bind_genesis(writer, genesis)
@@ -326,14 +318,6 @@ class Store:
             raise StoreError(
                 "corrupt", f"database integrity check failed: {'; '.join(problems[:3])}{count}"
             )
-
-    async def checkpoint(self) -> int:
-        """Copy the committed pages of the WAL into the main file, as far as readers
-        allow, without waiting for the writer or blocking it (SQLite's passive
-        checkpoint); returns the pages left to copy. Two fsyncs when it copies any."""
-        rows = await _fetch(self._side, "PRAGMA wal_checkpoint(PASSIVE)")
-        _, wal_pages, copied = rows[0]
-        return max(0, int(wal_pages) - int(copied))
 
     async def close(self) -> None:
         """Roll back a transaction left open, checkpoint the WAL into the main file and

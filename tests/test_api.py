@@ -22,7 +22,7 @@ from qudag_node.core.certificate import decode_certificate
 from qudag_node.core.events import EquivocationDetected
 from qudag_node.core.evidence import decode_equivocation
 from qudag_node.core.types import VertexId
-from qudag_node.store import DB_FILENAME, Store
+from qudag_node.store import Store
 from tests.conftest import NodeFactory, NodeHandle
 from tests.core.support import NOW, PEER, C, drain, proposal
 
@@ -479,23 +479,6 @@ async def test_metrics_endpoint(node_factory: NodeFactory, session: aiohttp.Clie
     assert samples[("qudag_http_requests_total", status_requests)] == 2
     submit_requests = (("method", "POST"), ("route", TX), ("status", "202"))
     assert samples[("qudag_http_requests_total", submit_requests)] == 1
-
-
-async def test_the_running_node_checkpoints_its_wal(
-    node_factory: NodeFactory, session: aiohttp.ClientSession
-) -> None:
-    node = await node_factory()
-    main = node.settings.data_path / DB_FILENAME
-    size = main.stat().st_size
-    txs = [bytes([i]) * 4000 for i in range(100)]  # far fewer pages than the writer's backstop
-    async with session.post(f"{node.url}{TX}", json=_batch(*txs)) as response:
-        assert response.status == 202
-
-    async def copied() -> bool:
-        return main.stat().st_size > size + 100 * 4000
-
-    # no commit copies pages into the main file: only the node's periodic checkpoint does
-    await _until(copied, what="a checkpoint")
 
 
 async def test_metrics_endpoint_exposes_the_consensus_series(

@@ -52,7 +52,6 @@ EXPOSED = (
     "qudag_vertices_buffered",
     "qudag_vertices_buffer_dropped_total",
     "qudag_peers_connected",
-    "qudag_store_wal_backlog_pages",
     "python_gc_collections_total",
 )
 FORBIDDEN_LABELS = {"app", "region", "host", "instance"}
@@ -168,14 +167,6 @@ def test_store_commit_histogram() -> None:
     assert _value(metrics, "qudag_store_commit_seconds_bucket", le="0.0005") == 1
     assert _value(metrics, "qudag_store_commit_seconds_bucket", le="0.005") == 2
     assert _value(metrics, "qudag_store_commit_seconds_bucket", le="2.0") == 2
-
-
-def test_checkpoint_backlog_gauge() -> None:
-    metrics = Metrics("1.2.3")
-    metrics.on_checkpoint(12)
-    assert _value(metrics, "qudag_store_wal_backlog_pages") == 12
-    metrics.on_checkpoint(0)
-    assert _value(metrics, "qudag_store_wal_backlog_pages") == 0
 
 
 def test_http_requests_by_route_template() -> None:

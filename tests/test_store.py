@@ -217,22 +217,6 @@ async def test_writes_are_seen_and_kept_only_once_committed(tmp_path: Path) -> N
     await store.close()
 
 
-async def test_commits_leave_the_copy_into_the_main_file_to_checkpoint(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path, GENESIS)
-    try:
-        main = tmp_path / DB_FILENAME
-        size = main.stat().st_size
-        txs = [bytes([i % 256]) * 4000 + i.to_bytes(4, "big") for i in range(1500)]
-        # more than SQLite's own checkpoint threshold (1,000 pages) in one commit
-        await store.persist([TransactionsAdmitted(tuple(tx_ids(txs)), tuple(txs))])
-        assert main.stat().st_size == size  # still all in the WAL
-        assert await store.checkpoint() == 0  # nothing left to copy
-        assert main.stat().st_size > size + sum(map(len, txs))
-        assert await store.known_ids(tx_ids(txs)) == set(tx_ids(txs))
-    finally:
-        await store.close()
-
-
 async def test_backup_and_restore_refuse_to_overwrite(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
