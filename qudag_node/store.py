@@ -49,6 +49,10 @@ from qudag_node.core.vertex import (
 from qudag_node.ports import EvidenceRecord, LogRecord, VertexRecord
 
 DB_FILENAME = "qudag.db"
+#: WAL pages after which a commit also checkpoints (SQLite's default is 1,000). Under
+#: load most commits rewrite the same index pages, which a checkpoint copies once: a
+#: quarter as many checkpoints copy less in all and stall fewer commits.
+WAL_CHECKPOINT_PAGES = 4_000
 _CHUNK = 900  # ids per IN (...) query, under SQLite's variable limit
 _VERTICES_PER_READ = 8  # vertices read at once to answer a fetch (each up to 4 MiB)
 
@@ -278,6 +282,7 @@ class Store:
         try:
             await writer.execute("PRAGMA journal_mode=WAL")
             await writer.execute("PRAGMA synchronous=FULL")
+            await writer.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             await writer.execute("PRAGMA busy_timeout=5000")
             await _migrate(writer, genesis)
             await _bind_genesis(writer, genesis)

@@ -19,6 +19,7 @@ from qudag_node.core.params import Params
 from qudag_node.store import (
     DB_FILENAME,
     SCHEMA_VERSION,
+    WAL_CHECKPOINT_PAGES,
     Store,
     StoreError,
     backup_database,
@@ -215,6 +216,24 @@ async def test_writes_are_seen_and_kept_only_once_committed(tmp_path: Path) -> N
     snap = await store.load_snapshot(GENESIS, 50, SIGNER.public_key)
     assert [i for i, _ in snap.pending] == both
     await store.close()
+
+
+async def test_a_commit_checkpoints_only_past_the_wal_threshold(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path, GENESIS)
+    try:
+        main = tmp_path / DB_FILENAME
+        size = main.stat().st_size
+
+        async def commit_pages(pages: int, tag: bytes) -> None:
+            txs = [tag + i.to_bytes(4, "big") * 1000 for i in range(pages)]  # 4 KiB each
+            await store.persist([TransactionsAdmitted(tuple(tx_ids(txs)), tuple(txs))])
+
+        await commit_pages(WAL_CHECKPOINT_PAGES // 2, b"a")  # past SQLite's own 1,000
+        assert main.stat().st_size == size  # all still in the WAL
+        await commit_pages(WAL_CHECKPOINT_PAGES // 2 + 100, b"b")
+        assert main.stat().st_size > size + WAL_CHECKPOINT_PAGES * 4000  # copied over
+    finally:
+        await store.close()
 
 
 async def test_backup_and_restore_refuse_to_overwrite(tmp_path: Path) -> None:
