@@ -432,7 +432,7 @@ class Engine:
     def _known(self, ids: Sequence[TxId]) -> list[bool]:
         """For each id: held in the pool or ordered inside the window."""
         logged = self._log.contains(ids)
-        return [i in self._pool or old for i, old in zip(ids, logged, strict=True)]
+        return [held or old for held, old in zip(self._pool.holds(ids), logged, strict=True)]
 
     def _send(self, peer: PeerId, message: Message) -> None:
         self._outbox.append((peer, encode_message(message)))

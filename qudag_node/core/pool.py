@@ -25,6 +25,11 @@ class Pool:
     def __contains__(self, tx: object) -> bool:
         return tx in self._pending or tx in self._in_flight or tx in self._forwarded
 
+    def holds(self, ids: Sequence[TxId]) -> list[bool]:
+        """For each id: held here, as ``id in pool`` would say (one loop for all)."""
+        pending, in_flight, forwarded = self._pending, self._in_flight, self._forwarded
+        return [i in pending or i in in_flight or i in forwarded for i in ids]
+
     @property
     def pending(self) -> int:
         """Transactions waiting for a vertex or to be forwarded."""
@@ -73,10 +78,11 @@ class Pool:
         txs: list[bytes] = []
         size = 0
         while self._pending and len(ids) < max_count:
-            i, tx = next(iter(self._pending.items()))
+            i, tx = self._pending.popitem(last=False)
             if size + len(tx) > max_bytes:
+                self._pending[i] = tx  # back in front: it goes into the next vertex
+                self._pending.move_to_end(i, last=False)
                 break
-            del self._pending[i]
             ids.append(i)
             txs.append(tx)
             size += len(tx)
