@@ -13,9 +13,17 @@ import pytest
 from bench.history import Committee, certified_rounds
 from qudag_node.core.crypto import Signer, tx_ids
 from qudag_node.core.engine import Engine
-from qudag_node.core.events import Event, TransactionsAdmitted, VertexCertified, VertexStored
+from qudag_node.core.events import (
+    Event,
+    LeaderCommitted,
+    LogEntry,
+    TransactionsAdmitted,
+    VertexCertified,
+    VertexStored,
+)
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.params import Params
+from qudag_node.core.types import Seq, VertexId
 from qudag_node.store import (
     DB_FILENAME,
     SCHEMA_VERSION,
@@ -216,6 +224,24 @@ async def test_writes_are_seen_and_kept_only_once_committed(tmp_path: Path) -> N
     snap = await store.load_snapshot(GENESIS, 50, SIGNER.public_key)
     assert [i for i, _ in snap.pending] == both
     await store.close()
+
+
+async def test_log_entries_with_a_gap_are_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    store = await Store.open(tmp_path, GENESIS)
+    try:
+        txs = [b"one", b"two"]
+        ids = tx_ids(txs)
+        vertex = VertexId(bytes(32))
+        entries = tuple(
+            LogEntry(Seq(seq), i, vertex, bytes(32)) for seq, i in zip((1, 3), ids, strict=True)
+        )
+        with pytest.raises(ValueError, match="consecutive"):
+            await store.write([LeaderCommitted(2, vertex, (vertex,), entries)])
+        assert not await store.write([])  # no transaction was opened
+    finally:
+        await store.close()
 
 
 async def test_a_commit_checkpoints_only_past_the_wal_threshold(tmp_path: Path) -> None:
