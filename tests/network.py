@@ -20,7 +20,7 @@ from typing import Any
 from qudag_node.core.crypto import Signer
 from qudag_node.core.genesis import Genesis, Validator
 from qudag_node.genesis_file import genesis_to_json
-from tests.nodeproc import NodeProcess, request, submit_json, wait_until
+from tests.nodeproc import NodeProcess, metric, request, submit_json, wait_until
 from tests.relay import Relay
 
 TOKEN = "network-test-token-0123456789"  # noqa: S105 - a test value
@@ -57,15 +57,7 @@ class Member:
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         """The sum of a metric's samples whose labels include ``labels``."""
-        code, text = request("GET", self.url + "/metrics", timeout=10)
-        assert code == 200
-        total = 0.0
-        for line in str(text).splitlines():
-            if not line.startswith(name + "{") and not line.startswith(name + " "):
-                continue
-            if all(f'{k}="{v}"' in line for k, v in (labels or {}).items()):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        return metric(self.url, name, labels)
 
 
 @dataclass

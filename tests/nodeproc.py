@@ -171,3 +171,16 @@ def submit_json(url: str, txs: list[bytes], wait: bool = False) -> tuple[int, An
     body = json.dumps({"transactions": [base64.b64encode(t).decode() for t in txs]}).encode()
     suffix = "?wait=final" if wait else ""
     return request("POST", f"{url}/api/v1/transactions{suffix}", body, "application/json")
+
+
+def metric(url: str, name: str, labels: Mapping[str, str] | None = None) -> float:
+    """The sum of a node's ``name`` samples whose labels include ``labels``."""
+    code, text = request("GET", url + "/metrics", timeout=10)
+    assert code == 200
+    total = 0.0
+    for line in str(text).splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in (labels or {}).items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
