@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO, cast
 
 import structlog
@@ -140,6 +141,50 @@ def configure_logging(
         old.close()
     root.addHandler(handler)
     root.setLevel(max(logging.WARNING, min_level))
+
+
+class Throttle:
+    """Rate-limits repeated log lines of one kind, counting the lines it holds back.
+
+    Each key (one of our own codes, never text from a client or a peer) may pass
+    ``burst`` lines per ``period`` seconds. :meth:`allow` answers ``None`` for a line to
+    drop, or the number of lines of that key dropped since the last one written, which
+    the caller logs as ``suppressed``. The keys kept are bounded by ``max_keys``.
+    """
+
+    def __init__(
+        self,
+        period: float = 10.0,
+        burst: int = 5,
+        *,
+        max_keys: int = 256,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if period <= 0 or burst < 1 or max_keys < 1:
+            raise ValueError("period must be positive, burst and max_keys at least 1")
+        self._period = period
+        self._burst = burst
+        self._max_keys = max_keys
+        self._clock = clock
+        # key -> [window start, lines written in the window, lines dropped since]
+        self._windows: dict[str, list[float]] = {}
+
+    def allow(self, key: str) -> int | None:
+        """``None`` to drop this line, else how many lines of ``key`` were dropped."""
+        now = self._clock()
+        window = self._windows.get(key)
+        if window is None:
+            if len(self._windows) >= self._max_keys:
+                self._windows.pop(next(iter(self._windows)))
+            window = self._windows[key] = [now, 0.0, 0.0]
+        if now - window[0] >= self._period:
+            window[0], window[1] = now, 0.0
+        if window[1] >= self._burst:
+            window[2] += 1
+            return None
+        window[1] += 1
+        dropped, window[2] = int(window[2]), 0.0
+        return dropped
 
 
 def get_logger(name: str) -> FilteringBoundLogger:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import structlog
 
-from qudag_node.logs import configure_logging, get_logger
+from qudag_node.logs import Throttle, configure_logging, get_logger
 
 HIDDEN = "s3cr3t-value-0123456789"
 HIDDEN_2 = "another-secret-abcdef"
@@ -212,3 +212,37 @@ def test_secret_containing_another_is_replaced_whole() -> None:
     configure_logging("info", "json", secrets=[inner, HIDDEN], stream=out)
     get_logger("qudag.test").info(f"[{HIDDEN}] [{inner}]")
     assert lines(out)[0]["event"] == "[***] [***]"
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_throttle_passes_a_burst_per_period_and_counts_what_it_drops() -> None:
+    clock = _Clock()
+    throttle = Throttle(period=10.0, burst=2, clock=clock)
+    assert [throttle.allow("refused") for _ in range(5)] == [0, 0, None, None, None]
+    assert throttle.allow("other") == 0  # keys are counted apart
+    clock.now += 9.9
+    assert throttle.allow("refused") is None
+    clock.now += 0.1
+    assert throttle.allow("refused") == 4  # the next line written reports the dropped ones
+    assert throttle.allow("refused") == 0
+    assert throttle.allow("refused") is None
+
+
+def test_throttle_keeps_a_bounded_number_of_keys() -> None:
+    throttle = Throttle(period=10.0, burst=1, max_keys=3, clock=_Clock())
+    for key in ("a", "b", "c", "d"):
+        assert throttle.allow(key) == 0
+    assert throttle.allow("a") == 0  # "a" was forgotten to make room for "d"
+    assert throttle.allow("d") is None
+
+
+def test_throttle_refuses_nonsense_limits() -> None:
+    with pytest.raises(ValueError, match="period"):
+        Throttle(period=0)
