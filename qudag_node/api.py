@@ -7,6 +7,7 @@ records each request in the metrics under its route template.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -25,6 +26,12 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from qudag_node.config import Settings
 from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.types import TxId, VertexId
+from qudag_node.httpserver import (
+    LimitedAppRunner,
+    guard_middleware,
+    install_accept_error_handler,
+    limits_from,
+)
 from qudag_node.metrics import Metrics
 from qudag_node.ports import Check, NodeApi, TxRecord, VertexRecord
 from qudag_node.sockets import dual_stack_socket
@@ -32,6 +39,7 @@ from qudag_node.sockets import dual_stack_socket
 log = structlog.get_logger("qudag.api")
 
 _SETTINGS = web.AppKey("settings", Settings)
+_METRICS = web.AppKey("metrics", Metrics)
 _HEX_ID = re.compile(r"[0-9a-fA-F]{64}")
 _OCTET_STREAM = "application/octet-stream"
 _JSON = "application/json"
@@ -350,9 +358,11 @@ class _Routes:
 def make_app(node: NodeApi, metrics: Metrics, settings: Settings) -> web.Application:
     """The aiohttp application serving ``node``."""
     app = web.Application(
-        client_max_size=settings.max_body_bytes, middlewares=[_middleware(metrics)]
+        client_max_size=settings.max_body_bytes,
+        middlewares=[_middleware(metrics), guard_middleware()],
     )
     app[_SETTINGS] = settings
+    app[_METRICS] = metrics
     routes = _Routes(node, metrics, settings)
     app.router.add_post("/api/v1/transactions", routes.submit)
     app.router.add_get("/api/v1/transactions/{id}", routes.transaction)
@@ -370,11 +380,26 @@ def make_app(node: NodeApi, metrics: Metrics, settings: Settings) -> web.Applica
 async def start_api(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Serve ``app`` on ``host:port`` ("" = every IPv4 and IPv6 address); returns the port.
 
-    The caller stops it with ``await runner.cleanup()``.
+    Every connection is held to the limits of :mod:`qudag_node.httpserver`; a cap on
+    connections that the descriptor limit cannot hold raises ``ConfigError``. The caller
+    stops it with ``await runner.cleanup()``.
     """
     settings = app[_SETTINGS]
-    runner = web.AppRunner(
-        app, access_log=None, shutdown_timeout=min(5.0, settings.shutdown_timeout / 4)
+    limits = limits_from(
+        settings.http_header_timeout,
+        settings.http_body_timeout,
+        settings.http_min_body_rate,
+        settings.http_idle_timeout,
+        settings.max_api_connections,
+    )
+    install_accept_error_handler(asyncio.get_running_loop(), app[_METRICS])
+    runner = LimitedAppRunner(
+        app,
+        limits=limits,
+        metrics=app[_METRICS],
+        access_log=None,
+        shutdown_timeout=min(5.0, settings.shutdown_timeout / 4),
+        auto_decompress=False,  # bodies are never inflated (encoded ones are refused)
     )
     await runner.setup()
     try:

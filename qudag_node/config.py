@@ -299,6 +299,41 @@ SETTINGS: tuple[Setting, ...] = (
         "Largest accepted HTTP request body, in bytes.",
     ),
     Setting(
+        "http_header_timeout",
+        "QUDAG_HTTP_HEADER_TIMEOUT",
+        "10",
+        _seconds(0.1, 600),
+        "Longest time from a request's first byte to the end of its headers.",
+    ),
+    Setting(
+        "http_body_timeout",
+        "QUDAG_HTTP_BODY_TIMEOUT",
+        "10",
+        _seconds(0.1, 600),
+        "Longest a request body may go without a byte arriving.",
+    ),
+    Setting(
+        "http_min_body_rate",
+        "QUDAG_HTTP_MIN_BODY_RATE",
+        "4096",
+        _int(0, 1 << 30),
+        "Slowest average body rate in bytes/s, enforced after the body timeout (0: none).",
+    ),
+    Setting(
+        "http_idle_timeout",
+        "QUDAG_HTTP_IDLE_TIMEOUT",
+        "75",
+        _seconds(0.1, 3600),
+        "Longest an API connection may wait for the first byte of its next request.",
+    ),
+    Setting(
+        "max_api_connections",
+        "QUDAG_MAX_API_CONNECTIONS",
+        "0",
+        _int(0, 1_000_000),
+        "Most open API connections; 0: derived from the descriptor limit (RLIMIT_NOFILE).",
+    ),
+    Setting(
         "max_submit_txs",
         "QUDAG_MAX_SUBMIT_TXS",
         "10000",
@@ -392,6 +427,11 @@ class Settings:
     peer_queue_bytes: int
     max_tx_bytes: int
     max_body_bytes: int
+    http_header_timeout: float
+    http_body_timeout: float
+    http_min_body_rate: int
+    http_idle_timeout: float
+    max_api_connections: int
     max_submit_txs: int
     max_pending: int
     max_vertex_txs: int

@@ -193,6 +193,27 @@ class Metrics:
             buckets=HTTP_BUCKETS,
             registry=r,
         )
+        self._http_connections = Gauge(
+            "qudag_http_connections", "Open connections to the HTTP API.", registry=r
+        )
+        self._http_closed = Counter(
+            "qudag_http_connections_closed",
+            "HTTP API connections the node closed on a limit, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self._http_refused = Counter(
+            "qudag_http_requests_refused",
+            "HTTP requests refused before reaching a route (unparsable), by error code.",
+            ["code"],
+            registry=r,
+        )
+        self._accept_errors = Counter(
+            "qudag_accept_errors",
+            "Failed accept() calls on a listening socket, by errno name.",
+            ["errno"],
+            registry=r,
+        )
         self._peer_messages = Counter(
             "qudag_peer_messages",
             "Peer messages by direction (sent, received) and message type.",
@@ -368,3 +389,19 @@ class Metrics:
         count, duration = children
         count.inc()
         duration.observe(seconds)
+
+    def on_http_connections(self, count: int) -> None:
+        """``count`` connections to the HTTP API are open."""
+        self._http_connections.set(count)
+
+    def on_http_connection_closed(self, reason: str) -> None:
+        """The node closed an HTTP API connection on a limit (a timeout, or to make room)."""
+        self._http_closed.labels(reason=reason).inc()
+
+    def on_http_refused(self, code: str) -> None:
+        """An HTTP request was refused with ``code`` before it reached a route."""
+        self._http_refused.labels(code=code).inc()
+
+    def on_accept_error(self, errno_name: str) -> None:
+        """accept() on a listening socket failed with ``errno_name`` (e.g. EMFILE)."""
+        self._accept_errors.labels(errno=errno_name).inc()
