@@ -27,6 +27,7 @@ from qudag_node.config import Settings
 from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.types import TxId, VertexId
 from qudag_node.httpserver import (
+    MAX_HEADERS,
     LimitedAppRunner,
     guard_middleware,
     install_accept_error_handler,
@@ -400,6 +401,7 @@ async def start_api(app: web.Application, host: str, port: int) -> tuple[web.App
         access_log=None,
         shutdown_timeout=min(5.0, settings.shutdown_timeout / 4),
         auto_decompress=False,  # bodies are never inflated (encoded ones are refused)
+        max_headers=MAX_HEADERS,
     )
     await runner.setup()
     try:

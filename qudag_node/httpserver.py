@@ -70,6 +70,8 @@ log = get_logger("qudag.http")
 RESERVED_DESCRIPTORS = 256
 #: The derived cap never goes above this, however high the descriptor limit.
 MAX_DERIVED_CONNECTIONS = 4096
+#: Most header fields in one request; more is 431 ``too_many_headers``.
+MAX_HEADERS = 100
 #: How long a refused or timed-out connection may take to send its last answer.
 _CLOSE_GRACE = 1.0
 #: asyncio's message for a failed accept() (selector_events, proactor_events).
@@ -643,11 +645,14 @@ class LimitedAppRunner(web.AppRunner):
 
 
 def install_accept_error_handler(loop: asyncio.AbstractEventLoop, metrics: Metrics) -> None:
-    """Route failed ``accept()`` calls on ``loop``'s listeners to a metric and one
-    rate-limited log line; every other report goes on to the handler set before."""
+    """Route failed ``accept()`` calls on ``loop``'s listeners to ``metrics`` and one
+    rate-limited log line; every other report goes on to the handler set before.
+
+    Installing again on the same loop replaces the earlier installation (the API
+    started last counts the loop's accept failures).
+    """
     previous = loop.get_exception_handler()
-    if getattr(previous, "accept_errors", False):
-        return  # already installed on this loop
+    previous = getattr(previous, "replaces", previous)  # an earlier installation of ours
     throttle = Throttle()
 
     def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -667,5 +672,5 @@ def install_accept_error_handler(loop: asyncio.AbstractEventLoop, metrics: Metri
         else:
             loop.default_exception_handler(context)
 
-    handler.accept_errors = True  # type: ignore[attr-defined]
+    handler.replaces = previous  # type: ignore[attr-defined]
     loop.set_exception_handler(handler)
