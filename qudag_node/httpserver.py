@@ -10,7 +10,8 @@ and makes every request aiohttp's parser refuses a JSON error:
 - from a request's first byte, its headers must end within ``header_timeout``;
 - its body may go at most ``body_timeout`` without a byte arriving, and after that
   long it must have arrived at ``min_body_rate`` bytes/s or more on average (time in
-  which the node itself stopped reading does not count);
+  which the node itself stopped reading does not count); an answer the client stops
+  reading may hold the connection (writing paused) for ``body_timeout`` at most;
 - at most ``max_connections`` are open. When a new one would pass that cap, the
   connection that has waited longest for a request (sent nothing yet, or part of its
   headers) is closed to make room, so that a health check still gets in; if every
@@ -281,6 +282,7 @@ class LimitedRequestHandler(RequestHandler):
         "_server",
         "_timer",
         "_tls",
+        "_write_timer",
     )
 
     def __init__(self, manager: LimitedServer, **kwargs: Any) -> None:
@@ -297,6 +299,7 @@ class LimitedRequestHandler(RequestHandler):
         self._line_length = 0  # bytes of the request line seen so far
         self._tls = False
         self._early_bytes = False  # bytes of a next request arrived while busy
+        self._write_timer: asyncio.TimerHandle | None = None
 
     # --------------------------------------------------------------- timers
 
@@ -404,6 +407,30 @@ class LimitedRequestHandler(RequestHandler):
             self.transport.write(_raw_response(refusal))
         self.force_close()  # the transport sends what it holds, then closes
 
+    def pause_writing(self) -> None:
+        """The client stopped reading what the node sends: start the send timer."""
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self._loop.call_later(
+                self._limits.body_timeout, self._on_send_stalled
+            )
+
+    def resume_writing(self) -> None:
+        """The client reads again."""
+        super().resume_writing()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _on_send_stalled(self) -> None:
+        self._write_timer = None
+        transport = self.transport
+        if transport is None:
+            return
+        self._server.on_closed("send_timeout")
+        transport.abort()  # close() would wait for the unread answer to drain
+        self.force_close()
+
     def evict(self) -> None:
         """Close this waiting connection to make room for a new one."""
         self._close_for("evicted")
@@ -416,8 +443,11 @@ class LimitedRequestHandler(RequestHandler):
         super().connection_made(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        """Stop the timer and let the server forget the connection."""
+        """Stop the timers and let the server forget the connection."""
         self._disarm()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
         self._server.gone(self)
         super().connection_lost(exc)
 

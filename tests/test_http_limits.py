@@ -8,6 +8,7 @@ memory, the size of its log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -182,12 +183,21 @@ async def test_a_body_trickling_below_the_minimum_rate_is_cut_off(
         while not answer.done() and time.monotonic() - started < 10:
             writer.write(b"x" * 10)  # a slow client's pace, not a synchronisation
             await asyncio.sleep(0.05)
-        raw = await asyncio.wait_for(answer, 10)
+        ended = time.monotonic()
+        try:
+            raw = await asyncio.wait_for(answer, 10)
+        except ConnectionResetError:
+            raw = b""  # bytes still arriving when the node closed: the kernel resets
     finally:
         writer.close()
-    _error(raw, 408, "body_timeout")
+    if raw:
+        _error(raw, 408, "body_timeout")
+    closed = await _metric(
+        node.url, "qudag_http_connections_closed_total", {"reason": "body_too_slow"}
+    )
+    assert closed == 1
     # The floor applies after the first 0.5 s: 2,000 * (t - 0.5) passes 200 * t at 0.56 s.
-    assert time.monotonic() - started < 0.56 + SLACK
+    assert ended - started < 0.56 + SLACK
 
 
 async def test_an_idle_connection_is_closed_and_keep_alive_still_works(
@@ -205,6 +215,37 @@ async def test_an_idle_connection_is_closed_and_keep_alive_still_works(
         started = time.monotonic()
         assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the node
         assert 0.4 <= time.monotonic() - started < 0.5 + SLACK
+    finally:
+        writer.close()
+
+
+async def test_a_client_that_stops_reading_its_answers_is_cut_off(
+    node_factory: NodeFactory,
+) -> None:
+    # 400 pipelined /metrics requests (tens of kB each) and never a byte read: the node's
+    # writes stall once the socket buffers are full, and it drops the connection.
+    node = await node_factory(QUDAG_HTTP_BODY_TIMEOUT="0.5")
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect((HOST, node.port))
+    client.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=client)
+    try:
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 400)
+
+        async def cut_off() -> bool:
+            closed = await _metric(
+                node.url, "qudag_http_connections_closed_total", {"reason": "send_timeout"}
+            )
+            return closed == 1
+
+        await _until(cut_off, 30, "the node to drop the connection that does not read")
+        # What was sent before the drop comes through, then the reset or the end.
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(1 << 16):
+                pass
+        assert reader.at_eof()
+        assert await _health(node.url)
     finally:
         writer.close()
 
