@@ -52,6 +52,7 @@ from qudag_node.core.handshake import (
 )
 from qudag_node.core.messages import message_kind
 from qudag_node.core.types import PeerId, PublicKey
+from qudag_node.logs import Throttle
 from qudag_node.metrics import Metrics
 from qudag_node.sockets import dual_stack_socket
 
@@ -202,6 +203,8 @@ class PeerNetwork:
         self._tg: asyncio.TaskGroup | None = None
         self._candidates_changed = asyncio.Event()
         self._handshaking = 0  # inbound connections in their handshake
+        #: refused handshakes repeat at an attacker's pace: their lines are rate-limited
+        self._refusals = Throttle()
         self.port: int | None = None
 
     # ------------------------------------------------------------ life cycle
@@ -391,7 +394,13 @@ class PeerNetwork:
         if self._handshaking >= self.limits.max_handshakes:
             writer.close()  # a flood of connections: no task, no buffer for it
             self._metrics.on_handshake_failure("too_many_handshakes")
-            log.warning("too_many_handshakes", address=format_address(address))
+            suppressed = self._refusals.allow("too_many_handshakes")
+            if suppressed is not None:
+                log.warning(
+                    "too_many_handshakes",
+                    address=format_address(address),
+                    suppressed=suppressed,
+                )
             return
         self._handshaking += 1
         self._tg.create_task(self._serve_inbound(reader, writer, address))
@@ -484,14 +493,19 @@ class PeerNetwork:
             log.debug("self_address", address=where)
             return
         self._metrics.on_handshake_failure(e.reason)
+        direction = "outbound" if side is Side.DIALER else "inbound"
+        suppressed = self._refusals.allow(f"handshake_failed:{direction}:{e.reason}")
+        if suppressed is None:
+            return
         quiet = e.reason in {"connection_lost", "handshake_timeout"}  # often a restart
         (log.info if quiet else log.warning)(
             "handshake_failed",
             address=where,
-            direction="outbound" if side is Side.DIALER else "inbound",
+            direction=direction,
             reason=e.reason,
             by="peer" if e.remote else "us",
             detail=str(e),
+            suppressed=suppressed,
         )
 
     # --------------------------------------------------------------- links

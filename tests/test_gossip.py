@@ -15,6 +15,7 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+import structlog
 
 from qudag_node.core.crypto import Signer
 from qudag_node.core.genesis import Genesis
@@ -341,6 +342,21 @@ async def test_a_peer_that_never_finishes_its_handshake_is_timed_out(start: Star
     assert await asyncio.wait_for(reader.read(), DEADLINE) == b""
     assert b.failures("handshake_timeout") == 1
     writer.close()
+
+
+async def test_refused_handshakes_are_logged_at_a_limited_rate(start: Start) -> None:
+    b = await start(C.signers[1], limits=LinkLimits(max_handshakes=1, handshake_timeout=30))
+    silent_reader, silent_writer = await asyncio.open_connection("127.0.0.1", b.port)
+    decode_hello(await asyncio.wait_for(read_frame(silent_reader), DEADLINE))
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(50):  # each refused at once: the one handshake slot is taken
+            reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
+            assert await asyncio.wait_for(reader.read(), DEADLINE) == b""
+            writer.close()
+    assert b.failures("too_many_handshakes") == 50  # every one counted
+    lines = [e for e in logs if e["event"] == "too_many_handshakes"]
+    assert 1 <= len(lines) <= 5  # Throttle's burst per 10 s
+    silent_writer.close()
 
 
 async def test_a_flood_of_connections_that_never_shake_hands_is_bounded(start: Start) -> None:
