@@ -360,8 +360,10 @@ class LimitedRequestHandler(RequestHandler):
             self._enter(_Phase.BUSY)
             return
         if self._reading_paused or self._buffer_paused:
-            # The node stopped reading (its buffer is full): not the client's stall.
-            self._body_progress = now
+            # The node stopped reading (its buffer is full): not the client's stall, and
+            # the rate is measured afresh from here.
+            self._body_started = self._body_progress = now
+            self._body_bytes = body.total_bytes
             self._arm(limits.body_timeout)
             return
         received = body.total_bytes - self._body_bytes
@@ -611,10 +613,7 @@ class LimitedServer(Server):
                 victim.evict()
                 self._say("http_connections_full", cap=self.limits.max_connections)
             else:
-                self._live.add(handler)
                 handler._refuse(_TOO_MANY_CONNECTIONS, "refused_full")
-                self._live.discard(handler)
-                self._metrics.on_http_connections(len(self._live))
                 return
         self._live.add(handler)
         self._waiting[handler] = None

@@ -156,6 +156,25 @@ async def test_a_stalled_body_gets_408_and_is_closed_at_the_body_timeout(
     )
 
 
+async def test_a_client_leaving_inside_its_body_is_not_an_internal_error(
+    node_factory: NodeFactory,
+) -> None:
+    node = await node_factory()
+    reader, writer = await asyncio.open_connection(HOST, node.port)
+    writer.write(_post_head(1000, "Expect: 100-continue\r\n"))
+    assert b" 100 " in await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    writer.write(b"part of the body")
+    await writer.drain()
+    writer.close()  # the route is reading the body when the client goes
+
+    async def answered() -> bool:
+        requests = "qudag_http_requests_total"
+        return await _metric(node.url, requests, {"route": TX, "status": "400"}) == 1
+
+    await _until(answered, 10, "the submit to end as the client's fault")
+    assert await _metric(node.url, "qudag_http_requests_total", {"status": "500"}) == 0
+
+
 async def test_an_unfinished_chunked_upload_is_closed_at_the_body_timeout(
     node_factory: NodeFactory,
 ) -> None:
