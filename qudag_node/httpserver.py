@@ -550,10 +550,11 @@ class LimitedRequestHandler(RequestHandler):
 def _raw_response(refusal: Refusal) -> bytes:
     """``refusal`` as a whole HTTP/1.1 response, for a connection without a request."""
     body = json.dumps({"error": {"code": refusal.code, "message": refusal.message}}).encode()
+    retry = "Retry-After: 1\r\n" if refusal.status == 503 else ""
     head = (
         f"HTTP/1.1 {refusal.status} {HTTPStatus(refusal.status).phrase}\r\n"
         f"Content-Type: application/json; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        f"Content-Length: {len(body)}\r\n{retry}Connection: close\r\n\r\n"
     )
     return head.encode() + body
 

@@ -402,6 +402,7 @@ async def test_at_the_cap_with_every_connection_busy_a_new_one_gets_503(
             busy.append((reader, writer))
         raw, _ = await _exchange(node.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         _error(raw, 503, "too_many_connections")
+        assert _parse(raw)[1]["retry-after"] == "1"
         for reader, _ in busy:  # none of them was closed to make room
             assert not reader.at_eof()
     finally:
