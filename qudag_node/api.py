@@ -407,9 +407,9 @@ async def start_api(app: web.Application, host: str, port: int) -> tuple[web.App
     try:
         site: web.BaseSite
         if host:
-            site = web.TCPSite(runner, host, port)
+            site = web.TCPSite(runner, host, port, backlog=limits.backlog)
         else:
-            site = web.SockSite(runner, dual_stack_socket(port))
+            site = web.SockSite(runner, dual_stack_socket(port), backlog=limits.backlog)
         await site.start()
         bound = int(runner.addresses[0][1])
     except BaseException:

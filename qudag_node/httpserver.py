@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import math
 import resource
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -64,11 +65,13 @@ from qudag_node.metrics import Metrics
 
 log = get_logger("qudag.http")
 
-#: Descriptors kept free for everything but API connections: peer links (64 inbound
+#: Descriptors kept for everything but API connections: peer links (64 inbound
 #: handshakes at once, the links, dialing), SQLite's three connections (database, WAL
-#: and shared-memory files each), DNS, and the connections one accept() burst (the
-#: listen backlog) brings in before closed ones have released theirs.
-RESERVED_DESCRIPTORS = 256
+#: and shared-memory files each), DNS, the standard streams.
+RESERVED_DESCRIPTORS = 128
+#: Most connections one wake-up of the listener accepts (asyncio accepts up to the
+#: listen backlog at once); an eighth of the descriptor limit when that is less.
+MAX_ACCEPT_BURST = 128
 #: The derived cap never goes above this, however high the descriptor limit.
 MAX_DERIVED_CONNECTIONS = 4096
 #: Most header fields in one request; more is 431 ``too_many_headers``.
@@ -83,13 +86,15 @@ _TLS_HANDSHAKE = 0x16  # the first byte of a TLS record carrying a ClientHello
 
 @dataclass(frozen=True, slots=True)
 class ConnectionLimits:
-    """The bounds every API connection is held to (seconds, bytes per second, count)."""
+    """The bounds every API connection is held to (seconds, bytes per second, counts)."""
 
     header_timeout: float
     body_timeout: float
     min_body_rate: int
     idle_timeout: float
     max_connections: int
+    #: the listen backlog, which is also the most connections accepted at once
+    backlog: int = MAX_ACCEPT_BURST
 
 
 def descriptor_limit() -> int:
@@ -98,14 +103,27 @@ def descriptor_limit() -> int:
     return 1 << 20 if soft == resource.RLIM_INFINITY else int(soft)
 
 
+def accept_burst(nofile: int) -> int:
+    """The listen backlog under a descriptor limit of ``nofile``."""
+    return max(8, min(MAX_ACCEPT_BURST, nofile // 8))
+
+
 def connection_cap(setting: int, nofile: int) -> int:
     """The cap on open API connections for ``QUDAG_MAX_API_CONNECTIONS=setting`` (0:
     derived) under a descriptor limit of ``nofile``; raises :class:`ConfigError` when
-    the setting leaves too little room for peer links and the database."""
-    allowed = max(nofile - RESERVED_DESCRIPTORS, nofile // 2)
+    the setting leaves too little room for peer links and the database.
+
+    Besides :data:`RESERVED_DESCRIPTORS`, two accept bursts stay free: a connection is
+    counted (and a waiting one closed for it) one turn of the event loop after it is
+    accepted, and the closed one's descriptor is released a turn later.
+    """
+    allowed = nofile - RESERVED_DESCRIPTORS - 2 * accept_burst(nofile)
     if setting == 0:
-        if allowed < 1:
-            raise ConfigError(f"the descriptor limit (RLIMIT_NOFILE) is {nofile}: too low to serve")
+        if allowed < 16:
+            raise ConfigError(
+                f"the descriptor limit (RLIMIT_NOFILE) is {nofile}: too low to serve the API"
+                " beside peer links and the database; raise it (ulimit -n)"
+            )
         return min(allowed, MAX_DERIVED_CONNECTIONS)
     if setting > allowed:
         raise ConfigError(
@@ -126,8 +144,11 @@ def limits_from(
 ) -> ConnectionLimits:
     """The limits from the settings' values, the cap checked against ``nofile`` (default:
     this process's descriptor limit)."""
-    cap = connection_cap(max_connections, descriptor_limit() if nofile is None else nofile)
-    return ConnectionLimits(header_timeout, body_timeout, min_body_rate, idle_timeout, cap)
+    limit = descriptor_limit() if nofile is None else nofile
+    cap = connection_cap(max_connections, limit)
+    return ConnectionLimits(
+        header_timeout, body_timeout, min_body_rate, idle_timeout, cap, accept_burst(limit)
+    )
 
 
 def json_error(status: int, code: str, message: str) -> web.Response:
@@ -274,6 +295,7 @@ class LimitedRequestHandler(RequestHandler):
         "_body_bytes",
         "_body_progress",
         "_body_started",
+        "_deadline",
         "_early_bytes",
         "_limits",
         "_line_done",
@@ -291,6 +313,7 @@ class LimitedRequestHandler(RequestHandler):
         self._limits = manager.limits
         self._phase = _Phase.IDLE
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline = math.inf  # when the current phase's limit runs out
         self._body: StreamReader | None = None
         self._body_started = 0.0
         self._body_progress = 0.0
@@ -303,20 +326,33 @@ class LimitedRequestHandler(RequestHandler):
 
     # --------------------------------------------------------------- timers
 
+    # One timer per connection, moved only when it would fire too late: a request that
+    # arrives whole and is answered at once costs no timer operation.
+
     def _arm(self, delay: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self._loop.call_later(delay, self._on_timer)
+        self._deadline = deadline = self._loop.time() + delay
+        timer = self._timer
+        if timer is not None and timer.when() <= deadline:
+            return  # it fires first and finds the deadline still ahead
+        if timer is not None:
+            timer.cancel()
+        self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _disarm(self) -> None:
+        self._deadline = math.inf
+
+    def _stop_timer(self) -> None:
+        self._deadline = math.inf
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
     def _enter(self, phase: _Phase) -> None:
         self._phase = phase
-        now = self._loop.time()
-        if phase is _Phase.IDLE:
+        if phase is _Phase.BUSY:
+            self._deadline = math.inf
+            self._server.busy(self)
+        elif phase is _Phase.IDLE:
             self._line_done, self._line_length = False, 0
             self._server.waiting(self)
             self._arm(self._limits.idle_timeout)
@@ -325,22 +361,22 @@ class LimitedRequestHandler(RequestHandler):
             self._arm(self._limits.header_timeout)
         elif phase is _Phase.BODY:
             self._server.busy(self)
-            self._body_started = self._body_progress = now
+            self._body_started = self._body_progress = self._loop.time()
             self._body_bytes = 0 if self._body is None else self._body.total_bytes
             self._arm(self._limits.body_timeout)
         elif phase is _Phase.LINGER:
             self._server.busy(self)
             self._arm(self._lingering_time + self._limits.idle_timeout)
-        elif phase is _Phase.CLOSING:
+        else:  # CLOSING
             self._server.busy(self)
             self._arm(_CLOSE_GRACE)
-        else:
-            self._server.busy(self)
-            self._disarm()
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self.transport is None:
+        if self.transport is None or self._deadline == math.inf:
+            return
+        if self._loop.time() < self._deadline:
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
             return
         phase = self._phase
         if phase is _Phase.BODY:
@@ -446,7 +482,7 @@ class LimitedRequestHandler(RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """Stop the timers and let the server forget the connection."""
-        self._disarm()
+        self._stop_timer()
         if self._write_timer is not None:
             self._write_timer.cancel()
             self._write_timer = None
@@ -460,22 +496,45 @@ class LimitedRequestHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         """Feed aiohttp's parser, then move the connection between phases."""
         phase = self._phase
+        started = False
         if phase is _Phase.IDLE and data:
             if self._request_count == 0 and data[0] == _TLS_HANDSHAKE:
                 self._tls = True
-            self._enter(_Phase.HEADERS)
-            phase = _Phase.HEADERS
+            # Still among the waiting connections, in its place. The header timer is set
+            # below, unless the whole head came in this chunk.
+            self._phase = phase = _Phase.HEADERS
+            started = True
         if phase is _Phase.HEADERS and not self._line_done:
             end = data.find(b"\n")
             self._line_length += len(data) if end < 0 else end
             self._line_done = end >= 0
         before = self._request_count
         super().data_received(data)
-        if self.transport is None or self._phase is _Phase.CLOSING:
-            return
         if self._request_count != before:
-            message, payload = self._messages[-1] if self._messages else (None, None)
-            if not isinstance(message, RawRequestMessage) and self._phase is _Phase.BODY:
+            self._on_messages()
+        elif phase is _Phase.BUSY:
+            if data:
+                self._early_bytes = True
+        elif self.transport is None or self._phase is _Phase.CLOSING:
+            return
+        elif started:
+            self._arm(self._limits.header_timeout)
+        elif phase is _Phase.BODY:
+            body = self._body
+            if body is None or body.is_eof():
+                self._enter(_Phase.BUSY)
+            else:
+                self._body_progress = self._loop.time()
+        elif phase is _Phase.LINGER and (self._body is None or self._body.is_eof()):
+            self._enter(_Phase.IDLE)
+
+    def _on_messages(self) -> None:
+        """aiohttp's parser has queued one or more requests (or a parse failure)."""
+        if self.transport is None or self._phase is _Phase.CLOSING or not self._messages:
+            return
+        message, payload = self._messages[-1]
+        if not isinstance(message, RawRequestMessage):
+            if self._phase is _Phase.BODY:
                 # A parse failure inside a body the route is reading: fail that read.
                 self._lingering_time = 0.0
                 self.keep_alive(False)
@@ -484,41 +543,25 @@ class LimitedRequestHandler(RequestHandler):
                     self._body.set_exception(BadChunkError())
                 return
             self._body = payload
-            if (
-                payload is not None
-                and isinstance(message, RawRequestMessage)
-                and not payload.is_eof()
-            ):
-                self._enter(_Phase.BODY)
-            else:
-                self._enter(_Phase.BUSY)
-        elif phase is _Phase.BODY:
-            if self._body is None or self._body.is_eof():
-                self._enter(_Phase.BUSY)
-            else:
-                self._body_progress = self._loop.time()
-        elif phase is _Phase.LINGER:
-            if self._body is None or self._body.is_eof():
-                self._enter(_Phase.IDLE)
-        elif phase is _Phase.BUSY and data:
-            self._early_bytes = True
+            self._enter(_Phase.BUSY)
+            return
+        self._body = payload
+        self._enter(_Phase.BUSY if payload.is_eof() else _Phase.BODY)
 
-    async def finish_response(
-        self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
-    ) -> tuple[web.StreamResponse, bool]:
-        """Write the response; then the connection waits for its next request."""
-        result = await super().finish_response(request, resp, start_time)
+    def log_access(
+        self, request: BaseRequest, response: web.StreamResponse, time: float | None
+    ) -> None:
+        """Called once an answer is written: the connection waits for its next request."""
+        super().log_access(request, response, time)
         if self.transport is None or self._phase is _Phase.CLOSING or self._messages:
-            return result
-        body = request.content
-        if not body.is_eof():
+            return
+        if not request.content.is_eof():
             self._enter(_Phase.LINGER)
         elif self._early_bytes:
             self._early_bytes = False
             self._enter(_Phase.HEADERS)
         else:
             self._enter(_Phase.IDLE)
-        return result
 
     def handle_error(
         self,

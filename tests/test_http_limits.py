@@ -35,7 +35,7 @@ from qudag_node.httpserver import (
 )
 from qudag_node.metrics import Metrics
 from tests.conftest import NodeFactory
-from tests.nodeproc import NodeProcess, metric, request
+from tests.nodeproc import NodeProcess, metric, request, wait_until
 
 TX = "/api/v1/transactions"
 HOST = "127.0.0.1"
@@ -472,10 +472,13 @@ async def test_accept_failures_are_counted_and_the_listener_comes_back() -> None
 
 
 def test_the_derived_cap_leaves_room_below_the_descriptor_limit() -> None:
-    assert connection_cap(0, 512) == 256
-    assert connection_cap(0, 1024) == 1024 - RESERVED_DESCRIPTORS
+    # 512: 128 reserved, two accept bursts of 64; 1024: two bursts of 128.
+    assert connection_cap(0, 512) == 512 - RESERVED_DESCRIPTORS - 2 * 64 == 256
+    assert connection_cap(0, 1024) == 1024 - RESERVED_DESCRIPTORS - 2 * 128 == 640
     assert connection_cap(0, 1 << 20) == MAX_DERIVED_CONNECTIONS
     assert connection_cap(100, 512) == 100
+    with pytest.raises(ConfigError, match=r"RLIMIT_NOFILE.* is 128: too low"):
+        connection_cap(0, 128)
     with pytest.raises(ConfigError, match=r"QUDAG_MAX_API_CONNECTIONS: 400 .*RLIMIT_NOFILE 512"):
         connection_cap(400, 512)
 
@@ -615,8 +618,17 @@ def test_ten_thousand_bad_requests_grow_the_log_by_under_a_megabyte(tmp_path: Pa
         refused = [r for r in node.records() if r.get("event") == "http_request_refused"]
         assert refused
         assert all(r["level"] == "info" for r in refused)
-        assert any(r.get("suppressed", 0) > 0 for r in refused)
+
+        def tells_what_it_held_back() -> bool:
+            # The first line of a kind in a new period carries the count held back.
+            asyncio.run(_exchange(port, PARSER_FAILURES["bad_method"][1]))
+            return any(
+                r.get("event") == "http_request_refused" and r.get("suppressed", 0) > 100
+                for r in node.records()
+            )
+
+        wait_until(tells_what_it_held_back, 30, "a line with the count of those held back")
         assert "Traceback" not in node.logs()
-        assert metric(node.url, "qudag_http_requests_refused_total") == 10_000
+        assert metric(node.url, "qudag_http_requests_refused_total") >= 10_000
     finally:
         node.stop()
