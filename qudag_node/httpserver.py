@@ -81,6 +81,9 @@ _CLOSE_GRACE = 1.0
 #: asyncio's message for a failed accept() (selector_events, proactor_events).
 _ACCEPT_MESSAGE = "socket.accept() out of system resource"
 _ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: Reasons for closing a connection that are no news (or, for "evicted", logged as
+#: http_connections_full): counted, not logged.
+_QUIET_CLOSES = frozenset({"idle_timeout", "linger_timeout", "evicted"})
 _TLS_HANDSHAKE = 0x16  # the first byte of a TLS record carrying a ClientHello
 
 
@@ -436,7 +439,7 @@ class LimitedRequestHandler(RequestHandler):
 
     def _refuse(self, refusal: Refusal, reason: str) -> None:
         """Answer ``refusal`` on a connection without a request under way, and close it."""
-        self._server.on_closed(reason)
+        self._server.on_closed(reason, logged=False)
         self._server.note_refused(refusal, self.peername)
         self._disarm()
         self._phase = _Phase.CLOSING
@@ -663,10 +666,12 @@ class LimitedServer(Server):
         self._waiting[handler] = None
         self._metrics.on_http_connections(len(self._live))
 
-    def on_closed(self, reason: str) -> None:
-        """The node closed a connection on a limit."""
+    def on_closed(self, reason: str, *, logged: bool = True) -> None:
+        """The node closed a connection on a limit; ``logged=False`` when another line
+        says so already. Idle connections closed are ordinary: counted, never logged."""
         self._metrics.on_http_connection_closed(reason)
-        self._say("http_connection_closed", level="info", reason=reason)
+        if logged and reason not in _QUIET_CLOSES:
+            self._say("http_connection_closed", level="info", reason=reason)
 
     def note_refused(self, refusal: Refusal, peer: object) -> None:
         """A request refused before any route: count it, log it (rate-limited)."""

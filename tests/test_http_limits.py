@@ -22,6 +22,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import structlog
 from aiohttp import web
 
 from qudag_node.config import ConfigError
@@ -138,9 +139,17 @@ async def test_partial_headers_get_408_and_are_closed_at_the_header_timeout(
     node_factory: NodeFactory,
 ) -> None:
     node = await node_factory(QUDAG_HTTP_HEADER_TIMEOUT="0.5", QUDAG_HTTP_IDLE_TIMEOUT="30")
-    raw, seconds = await _exchange(node.port, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    with structlog.testing.capture_logs() as logs:
+        raw, seconds = await _exchange(
+            node.port, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + MARK
+        )
     _error(raw, 408, "header_timeout")
+    assert MARK not in raw
     assert 0.4 <= seconds < 0.5 + SLACK
+    http = [e for e in logs if e.get("event", "").startswith("http_")]
+    assert [(e["event"], e["log_level"], e["code"]) for e in http] == [
+        ("http_request_refused", "info", "header_timeout")  # one line, at info
+    ]
 
 
 async def test_a_stalled_body_gets_408_and_is_closed_at_the_body_timeout(
@@ -232,10 +241,16 @@ async def test_an_idle_connection_is_closed_and_keep_alive_still_works(
             assert status == 200
             await reader.readexactly(int(headers["content-length"]))
         started = time.monotonic()
-        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the node
+        with structlog.testing.capture_logs() as logs:
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the node
         assert 0.4 <= time.monotonic() - started < 0.5 + SLACK
     finally:
         writer.close()
+    assert not [e for e in logs if e.get("event", "").startswith("http_")]  # ordinary: no line
+    closed = await _metric(
+        node.url, "qudag_http_connections_closed_total", {"reason": "idle_timeout"}
+    )
+    assert closed == 1
 
 
 async def test_a_client_that_stops_reading_its_answers_is_cut_off(
