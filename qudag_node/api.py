@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Sequence
 from http import HTTPStatus
+from importlib import resources
 from typing import Any
 
 import structlog
@@ -347,6 +348,21 @@ class _Routes:
         )
 
 
+def openapi_document() -> bytes:
+    """The API's OpenAPI 3.1 description, as kept in the package (``openapi.json``)."""
+    return resources.files("qudag_node").joinpath("openapi.json").read_bytes()
+
+
+def _openapi_handler() -> Handler:
+    document = openapi_document()  # read once: the file is part of the installed package
+
+    async def openapi(request: web.Request) -> web.Response:
+        """GET /api/v1/openapi.json: this API's description."""
+        return web.Response(body=document, content_type=_JSON)
+
+    return openapi
+
+
 def make_app(node: NodeApi, metrics: Metrics, settings: Settings) -> web.Application:
     """The aiohttp application serving ``node``."""
     app = web.Application(
@@ -364,6 +380,7 @@ def make_app(node: NodeApi, metrics: Metrics, settings: Settings) -> web.Applica
     app.router.add_get("/health", routes.health)
     app.router.add_get("/ready", routes.ready)
     app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
+    app.router.add_get("/api/v1/openapi.json", _openapi_handler())
     return app
 
 
