@@ -14,11 +14,13 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import (
+    allow_header_conformance,
     content_type_conformance,
     negative_data_rejection,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
+    unsupported_method,
 )
 
 from qudag_node import __version__
@@ -46,6 +48,8 @@ FUZZ_CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
     negative_data_rejection,
+    unsupported_method,
+    allow_header_conformance,
 ]
 
 
