@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
 
 from qudag_node import __version__
 from qudag_node.api import make_app, openapi_document
-from qudag_node.config import PLATFORM_ENV
+from qudag_node.config import PLATFORM_ENV, load_settings
 from qudag_node.metrics import Metrics
 from tests.conftest import NodeFactory
 from tests.nodeproc import NodeProcess, metric, request
@@ -117,6 +117,17 @@ def test_every_error_answer_is_the_envelope_with_its_codes() -> None:
     assert "Allow" in responses["MethodNotAllowed"]["headers"]
     status = DOCUMENT["components"]["schemas"]["Status"]["properties"]["node"]
     assert status["properties"]["platform"]["propertyNames"]["enum"] == list(PLATFORM_ENV)
+
+
+def test_the_documented_limits_are_the_default_settings() -> None:
+    defaults = load_settings({})
+    batch = DOCUMENT["components"]["schemas"]["SubmitBatch"]["properties"]["transactions"]
+    assert batch["maxItems"] == defaults.max_submit_txs
+    text = json.dumps(DOCUMENT)
+    for figure in (defaults.max_submit_txs, defaults.max_tx_bytes):
+        assert f"{figure:,}" in text
+    assert f"{defaults.max_body_bytes >> 20} MiB" in text
+    assert f"{defaults.wait_timeout:g} s" in text
 
 
 async def test_the_router_serves_exactly_the_documented_operations(
