@@ -164,6 +164,32 @@ async def test_the_node_serves_the_file_and_refuses_undocumented_methods(
                     assert set(response.headers["Allow"].split(",")) >= documented
 
 
+async def test_the_submit_examples_are_what_a_node_answers(node_factory: NodeFactory) -> None:
+    handle = await node_factory()
+    post = DOCUMENT["paths"]["/api/v1/transactions"]["post"]
+    batch = post["requestBody"]["content"]["application/json"]["example"]
+    one = post["requestBody"]["content"]["application/octet-stream"]["example"]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        async with session.post(handle.url + "/api/v1/transactions", json=batch) as response:
+            assert response.status == 202
+            assert (
+                await response.json()
+                == post["responses"]["202"]["content"]["application/json"]["example"]
+            )
+        headers = {"Content-Type": "application/octet-stream"}
+        url = handle.url + "/api/v1/transactions"
+        async with session.post(url, data=one.encode(), headers=headers) as response:
+            assert response.status == 202
+        bad = {"transactions": [batch["transactions"][0], "not base64!"]}
+        async with session.post(url, json=bad) as response:
+            assert response.status == 400
+            example = DOCUMENT["components"]["responses"]["BadSubmit"]["content"][
+                "application/json"
+            ]["example"]
+            body = await response.json()
+            assert body["error"]["code"] == example["error"]["code"]  # messages may change
+
+
 # --- schemathesis against a real node process ------------------------------------------
 
 SCHEMA = schemathesis.openapi.from_dict(DOCUMENT)
