@@ -441,6 +441,24 @@ class _WriteGuard:
             )
 
 
+async def _refuse_unread(request: web.Request, error: ApiError) -> web.StreamResponse:
+    """Answer ``error``; if the body has not all arrived, close without reading the rest.
+
+    aiohttp would otherwise read and drop the rest of the body (up to
+    ``QUDAG_MAX_BODY_BYTES``) after the answer: a client sending a body refused after
+    its first chunks could keep the event loop busy with bytes nobody reads. The answer
+    goes out first, with ``Connection: close``.
+    """
+    if request.content.at_eof():
+        raise error
+    response = error.response()
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
+    return response
+
+
 class _Routes:
     """The request handlers, bound to one node."""
 
@@ -450,7 +468,7 @@ class _Routes:
         self._settings = settings
         self._guard = _WriteGuard(settings)
 
-    async def submit(self, request: web.Request) -> web.Response:
+    async def submit(self, request: web.Request) -> web.StreamResponse:
         """POST /api/v1/transactions: store one or a batch, optionally wait for finality."""
         self._guard.check(request)
         timeout = _wait_timeout(request, self._settings.wait_timeout)
@@ -458,9 +476,10 @@ class _Routes:
             txs = await self._read_transactions(request)
         except _TooMany as e:
             self._metrics.on_submit_rejected(Reason.TOO_MANY_TRANSACTIONS, e.count)
-            raise _from_input_rejected(
-                InputRejected(Reason.TOO_MANY_TRANSACTIONS, str(e))
-            ) from None
+            error = _from_input_rejected(InputRejected(Reason.TOO_MANY_TRANSACTIONS, str(e)))
+            return await _refuse_unread(request, error)
+        except ApiError as e:
+            return await _refuse_unread(request, e)
         try:
             receipt = await self._node.submit(txs)
         except InputRejected as e:
