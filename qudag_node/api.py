@@ -456,11 +456,12 @@ async def _refuse_unread(request: web.Request, error: ApiError) -> web.StreamRes
     """Answer ``error``; if the body has not all arrived, close without reading the rest.
 
     aiohttp would otherwise read and drop the rest of the body (up to
-    ``QUDAG_MAX_BODY_BYTES``) after the answer: a client sending a body refused after
-    its first chunks could keep the event loop busy with bytes nobody reads. The answer
-    goes out first, with ``Connection: close``.
+    ``QUDAG_MAX_BODY_BYTES``) after the answer: a client sending bodies refused before
+    or after their first chunks (rate-limited, without the token, too many items) could
+    keep the event loop busy with bytes nobody reads. The answer goes out first, with
+    ``Connection: close``. A body already here costs nothing more: the connection stays.
     """
-    if request.content.at_eof():
+    if request.content.is_eof():
         raise error
     response = error.response()
     response.force_close()
@@ -481,9 +482,9 @@ class _Routes:
 
     async def submit(self, request: web.Request) -> web.StreamResponse:
         """POST /api/v1/transactions: store one or a batch, optionally wait for finality."""
-        self._guard.check(request)
-        timeout = _wait_timeout(request, self._settings.wait_timeout)
         try:
+            self._guard.check(request)
+            timeout = _wait_timeout(request, self._settings.wait_timeout)
             txs = await self._read_transactions(request)
         except _TooMany as e:
             self._metrics.on_submit_rejected(Reason.TOO_MANY_TRANSACTIONS, e.count)

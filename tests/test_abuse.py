@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -110,6 +113,35 @@ async def test_writes_over_the_rate_get_429_with_retry_after_and_reads_stay_open
         assert time.monotonic() < deadline, "writes did not resume"
         await asyncio.sleep(0.05)
     assert answer[0] == 202
+
+
+def test_a_refused_large_upload_is_answered_and_not_read(tmp_path: Path) -> None:
+    env = {"QUDAG_API_WRITE_RATE": "0.01", "QUDAG_API_WRITE_BURST": "1"}
+    node = NodeProcess(tmp_path / "data", tmp_path / "node.log", env).start()
+    try:
+        assert request("POST", node.url + TX, b"first")[0] == 202
+        body = b"x" * (16 << 20)
+        head = (
+            f"POST {TX} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        assert node.port is not None
+        with socket.create_connection(("127.0.0.1", node.port), timeout=30) as sock:
+            # the node answers at once and closes: sending the rest fails
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(head + body)
+            raw = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(65536):
+                    raw += chunk
+        status_line, _, rest = raw.partition(b"\r\n")
+        assert status_line == b"HTTP/1.1 429 Too Many Requests"
+        headers, _, answer = rest.partition(b"\r\n\r\n")
+        assert b"Connection: close" in headers.split(b"\r\n")
+        assert json.loads(answer)["error"]["code"] == "rate_limited"
+        assert request("GET", node.url + "/health")[0] == 200
+    finally:
+        assert node.stop() == 0
 
 
 async def test_the_limit_is_off_by_default(
