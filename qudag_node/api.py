@@ -465,8 +465,11 @@ async def _refuse_unread(request: web.Request, error: ApiError) -> web.StreamRes
         raise error
     response = error.response()
     response.force_close()
-    await response.prepare(request)
-    await response.write_eof()
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client is gone already: nothing to answer
     request.protocol.force_close()
     return response
 
