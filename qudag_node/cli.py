@@ -310,7 +310,10 @@ def _submit(args: argparse.Namespace) -> int:
     url = f"{_base_url(args)}/api/v1/transactions"
     timeout = HTTP_TIMEOUT
     if args.wait:
-        url += "?" + urllib.parse.urlencode({"wait": "final", "timeout": args.timeout})
+        # The node takes plain decimals only ("1e-05" or "1e+20" are refused); it caps
+        # the wait at its QUDAG_WAIT_TIMEOUT anyway.
+        seconds = f"{min(max(args.timeout, 0.001), 1e6):.3f}"
+        url += "?" + urllib.parse.urlencode({"wait": "final", "timeout": seconds})
         timeout += args.timeout
     # The node's API token, when it has one: from the environment only, like the node.
     token = os.environ.get(API_TOKEN_ENV, "").strip()
