@@ -8,18 +8,24 @@ records each request in the metrics under its route template.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
+import functools
+import hmac
+import ipaddress
 import json
 import math
+import operator
 import re
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from http import HTTPStatus
+from importlib import resources
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 from prometheus_client.aiohttp import make_aiohttp_handler
 
@@ -33,6 +39,7 @@ from qudag_node.httpserver import (
     install_accept_error_handler,
     limits_from,
 )
+from qudag_node.logs import Throttle
 from qudag_node.metrics import Metrics
 from qudag_node.ports import Check, NodeApi, TxRecord, VertexRecord
 from qudag_node.sockets import dual_stack_socket
@@ -42,12 +49,18 @@ log = structlog.get_logger("qudag.api")
 _SETTINGS = web.AppKey("settings", Settings)
 _METRICS = web.AppKey("metrics", Metrics)
 _HEX_ID = re.compile(r"[0-9a-fA-F]{64}")
+#: Query integers and numbers: ASCII digits only, no sign, space, separator or exponent.
+_DIGITS = re.compile(r"[0-9]{1,19}")
+_DECIMAL = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?")
 _OCTET_STREAM = "application/octet-stream"
 _JSON = "application/json"
 _MAX_LOG_PAGE = 1000
 _MAX_SEQ = 2**63 - 1  # SQLite's largest integer
 _DEFAULT_LOG_PAGE = 100
 _UNMATCHED = "unmatched"
+#: The header in which Fly's proxy passes the client's address.
+_FLY_CLIENT_IP = "Fly-Client-IP"
+_REALM = "qudag-node"
 #: Codes for aiohttp's own HTTP errors; any other status uses its phrase in snake_case.
 _HTTP_CODES = {
     HTTPStatus.NOT_FOUND: "not_found",
@@ -55,6 +68,16 @@ _HTTP_CODES = {
     HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "payload_too_large",
     HTTPStatus.UNSUPPORTED_MEDIA_TYPE: "unsupported_media_type",
 }
+#: The one shape of a JSON batch; its message for every other shape.
+_BATCH_SHAPE = 'expected {"transactions": ["<base64>", ...]}'
+#: Strict base64 (RFC 4648 alphabet, exact padding), one C call per item.
+_b64decode = functools.partial(binascii.a2b_base64, strict_mode=True)
+_b64encode = functools.partial(binascii.b2a_base64, newline=False)
+#: The last quantum (4 characters) of an item; strict base64 has a multiple of 4.
+_LAST_QUANTUM = operator.itemgetter(slice(-4, None))
+#: Last quanta of canonical base64, once strict decoding has passed: before "=" and "=="
+#: only characters whose unused low bits are zero (otherwise "YR==" would be b"a" too).
+_CANONICAL_ENDS = re.compile(r"(?:[^=]{4}|[^=]{2}[AEIMQUYcgkosw048]=|[^=][AQgw]==)*")
 #: Socket errors meaning this host has no usable IPv6.
 
 
@@ -105,6 +128,10 @@ def _from_http_exception(e: web.HTTPException, request: web.Request) -> ApiError
     return ApiError(e.status, code, message, headers=headers)
 
 
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"request body is over the limit of {limit} bytes")
+
+
 def _from_input_rejected(e: InputRejected) -> ApiError:
     if e.reason is Reason.POOL_FULL:
         return ApiError(503, e.reason.value, e.message, headers={"Retry-After": "1"})
@@ -148,12 +175,10 @@ def _query_int(request: web.Request, name: str, default: int, lo: int, hi: int) 
     raw = request.query.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = lo - 1
+    # int() would also take " +5 ", "1_0" and digits of other scripts.
+    value = int(raw) if _DIGITS.fullmatch(raw) else lo - 1
     if not lo <= value <= hi:
-        raise _bad_request(f"{name} must be a whole number from {lo} to {hi}")
+        raise _bad_request(f"{name} must be a whole number from {lo} to {hi} in ASCII digits")
     return value
 
 
@@ -171,36 +196,99 @@ def _wait_timeout(request: web.Request, limit: float) -> float | None:
         raise _bad_request("wait must be 'final'")
     if raw is None:
         return limit
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
+    # float() would also take " 5", "1_0", "1e3", "inf" and digits of other scripts.
+    value = float(raw) if _DECIMAL.fullmatch(raw) else math.nan
     if not math.isfinite(value) or value <= 0:
-        raise _bad_request("timeout must be a positive number of seconds")
+        raise _bad_request("timeout must be a positive number of seconds, such as 10 or 2.5")
     return min(value, limit)
 
 
-def _json_batch(body: bytes) -> list[bytes]:
+class _BatchScan:
+    """Checks a JSON batch's raw bytes chunk by chunk, as they arrive, before parsing.
+
+    A batch has one shape, ``{"transactions": ["<base64>", ...]}``, and base64 holds no
+    bracket and no comma: counting those (C speed, one small chunk per step of the event
+    loop) bounds the nesting and the items before anything is parsed or decoded, and
+    refuses millions of items once the limit's worth of commas has arrived.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._opened = {b"[": False, b"{": False}
+        self._commas = 0
+
+    def feed(self, chunk: bytes) -> None:
+        """Raise :class:`ApiError` or :class:`_TooMany` as soon as the bytes so far show it."""
+        for bracket, seen in self._opened.items():
+            first = chunk.find(bracket)
+            if first >= 0:
+                if seen or chunk.find(bracket, first + 1) >= 0:
+                    raise ApiError(
+                        400,
+                        "malformed_json",
+                        f"nested objects or arrays are not allowed; {_BATCH_SHAPE}",
+                    )
+                self._opened[bracket] = True
+        self._commas += chunk.count(b",")
+        if self._commas >= self._limit:
+            raise _TooMany(self._commas + 1, self._limit, at_least=True)
+
+
+def _json_batch(body: bytes, limit: int) -> list[bytes]:
+    """The transactions of a JSON batch ``{"transactions": ["<base64>", ...]}``.
+
+    ``body`` has passed :class:`_BatchScan` as it arrived. Raises :class:`ApiError`, or
+    :class:`_TooMany` for more than ``limit`` items.
+    """
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("transactions"), list):
-        raise _bad_request('expected {"transactions": ["<base64>", ...]}')
-    items = doc["transactions"]
+    if not isinstance(doc, dict) or len(doc) != 1 or not isinstance(doc.get("transactions"), list):
+        raise _bad_request(_BATCH_SHAPE)
+    items: list[Any] = doc["transactions"]
     if not items:
         raise _bad_request("transactions must hold at least one item")
-    out = []
-    for i, item in enumerate(items):
-        if not isinstance(item, str):
-            raise _bad_request(f"transaction {i} is not a string")
-        try:
-            out.append(base64.b64decode(item, validate=True))
-        except (binascii.Error, ValueError):
-            raise ApiError(
-                400, "malformed_base64", f"transaction {i} is not valid base64"
-            ) from None
+    if len(items) > limit:
+        raise _TooMany(len(items), limit)
+    if set(map(type, items)) != {str}:
+        bad = next(i for i, item in enumerate(items) if not isinstance(item, str))
+        raise _bad_request(f"transaction {bad} is not a string")
+    try:
+        out = list(map(_b64decode, items))
+    except (binascii.Error, ValueError):
+        out = []
+    # Canonical too, so that each transaction has one spelling: checked on the last
+    # quanta of all items together, with one regular expression.
+    if len(out) != len(items) or not _CANONICAL_ENDS.fullmatch("".join(map(_LAST_QUANTUM, items))):
+        raise ApiError(
+            400,
+            "malformed_base64",
+            f"transaction {_first_bad_base64(items)} is not canonical base64 "
+            "(RFC 4648 alphabet, padded, unused bits zero, no spaces)",
+        )
     return out
+
+
+def _first_bad_base64(items: Sequence[str]) -> int:
+    """The index of the first item that is not canonical base64 (the error path only)."""
+    for i, item in enumerate(items):
+        try:
+            if _b64encode(_b64decode(item)) != item.encode():
+                return i
+        except (binascii.Error, ValueError):
+            return i
+    return 0
+
+
+class _TooMany(Exception):
+    """A batch holds more transactions than one request may."""
+
+    def __init__(self, count: int, limit: int, *, at_least: bool = False) -> None:
+        counted = f"at least {count}" if at_least else str(count)
+        super().__init__(f"{counted} transactions in one request, limit {limit}")
+        self.count = count
+        self.limit = limit
 
 
 def _checks(checks: Sequence[Check]) -> dict[str, dict[str, Any]]:
@@ -231,6 +319,171 @@ def _vertex_doc(record: VertexRecord) -> dict[str, Any]:
     }
 
 
+class RateLimiter:
+    """A token bucket per client: ``rate`` writes a second, up to ``burst`` at once.
+
+    At most ``max_clients`` buckets are kept; a new client beyond that pushes out the
+    one unseen the longest (which starts again with a full bucket if it comes back), so
+    a client rotating addresses costs a bounded table, never unbounded memory.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        max_clients: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if rate <= 0 or burst < 1 or max_clients < 1:
+            raise ValueError("rate must be positive, burst and max_clients at least 1")
+        self._rate = rate
+        self._burst = float(burst)
+        self._max_clients = max_clients
+        self._clock = clock
+        # client -> [tokens, time of the last update], least recently seen first
+        self._buckets: OrderedDict[str, list[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, client: str) -> float:
+        """Take one token of ``client``: 0.0 if it had one, else seconds until it has."""
+        now = self._clock()
+        bucket = self._buckets.get(client)
+        if bucket is None:
+            if len(self._buckets) >= self._max_clients:
+                self._buckets.popitem(last=False)
+            bucket = self._buckets[client] = [self._burst, now]
+        else:
+            self._buckets.move_to_end(client)
+            bucket[0] = min(self._burst, bucket[0] + (now - bucket[1]) * self._rate)
+            bucket[1] = now
+        if bucket[0] >= 1.0:
+            bucket[0] -= 1.0
+            return 0.0
+        return (1.0 - bucket[0]) / self._rate
+
+
+def client_address(request: web.Request, trust_fly_client_ip: bool) -> str:
+    """The address a client's writes are counted under.
+
+    The socket peer's address, or, when ``trust_fly_client_ip`` says the node is behind
+    Fly's proxy, the proxy's ``Fly-Client-IP`` header (a missing or invalid one falls
+    back to the peer). An IPv6 client counts as its /64, the block one host usually
+    gets; an IPv4-mapped address as its IPv4 address.
+    """
+    address = None
+    if trust_fly_client_ip:
+        address = _ip(request.headers.get(_FLY_CLIENT_IP, ""))
+    if address is None:
+        address = _ip(request.remote or "")
+    if address is None:
+        return "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """Why a write was refused before its body was read: for the throttled log line."""
+
+    code: str
+    client: str
+
+
+class _WriteGuard:
+    """What every write passes first: the client's rate limit, then the API token."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._trust_fly = settings.api_trust_fly_client_ip
+        self._limiter = (
+            RateLimiter(settings.api_write_rate, settings.api_write_burst, settings.api_clients)
+            if settings.api_write_rate > 0
+            else None
+        )
+        token = settings.api_token
+        self._token = None if token is None else token.reveal().encode()
+        self._throttle = Throttle()
+
+    def check(self, request: web.Request) -> None:
+        """Raise :class:`ApiError` 429 or 401 unless ``request`` may write."""
+        if self._limiter is not None:
+            client = client_address(request, self._trust_fly)
+            wait = self._limiter.take(client)
+            if wait > 0:
+                retry = max(1, math.ceil(wait))
+                self._refused(_Refusal("rate_limited", client))
+                raise ApiError(
+                    429,
+                    "rate_limited",
+                    f"too many writes from this client; try again in {retry} s",
+                    headers={"Retry-After": str(retry)},
+                )
+        if self._token is not None:
+            self._check_token(request, self._token)
+
+    def _check_token(self, request: web.Request, token: bytes) -> None:
+        header = request.headers.get(hdrs.AUTHORIZATION)
+        if header is None:
+            self._refused(_Refusal("token_required", client_address(request, self._trust_fly)))
+            raise ApiError(
+                401,
+                "token_required",
+                "writes to this node need its API token: Authorization: Bearer <token>",
+                headers={hdrs.WWW_AUTHENTICATE: f'Bearer realm="{_REALM}"'},
+            )
+        scheme, _, presented = header.strip().partition(" ")
+        # compare_digest takes as long whatever the bytes: no timing hints at the token.
+        given = presented.strip().encode("utf-8", "replace")
+        if not hmac.compare_digest(given, token) or scheme.lower() != "bearer":
+            self._refused(_Refusal("bad_token", client_address(request, self._trust_fly)))
+            raise ApiError(
+                401,
+                "bad_token",
+                "the Authorization header does not hold this node's API token as Bearer",
+                headers={hdrs.WWW_AUTHENTICATE: f'Bearer realm="{_REALM}", error="invalid_token"'},
+            )
+
+    def _refused(self, refusal: _Refusal) -> None:
+        suppressed = self._throttle.allow(refusal.code)
+        if suppressed is not None:
+            log.info(
+                "write_refused", code=refusal.code, client=refusal.client, suppressed=suppressed
+            )
+
+
+async def _refuse_unread(request: web.Request, error: ApiError) -> web.StreamResponse:
+    """Answer ``error``; if the body has not all arrived, close without reading the rest.
+
+    aiohttp would otherwise read and drop the rest of the body (up to
+    ``QUDAG_MAX_BODY_BYTES``) after the answer: a client sending bodies refused before
+    or after their first chunks (rate-limited, without the token, too many items) could
+    keep the event loop busy with bytes nobody reads. The answer goes out first, with
+    ``Connection: close``. A body already here costs nothing more: the connection stays.
+    """
+    if request.content.is_eof():
+        raise error
+    response = error.response()
+    response.force_close()
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client is gone already: nothing to answer
+    request.protocol.force_close()
+    return response
+
+
 class _Routes:
     """The request handlers, bound to one node."""
 
@@ -238,20 +491,20 @@ class _Routes:
         self._node = node
         self._metrics = metrics
         self._settings = settings
+        self._guard = _WriteGuard(settings)
 
-    async def submit(self, request: web.Request) -> web.Response:
+    async def submit(self, request: web.Request) -> web.StreamResponse:
         """POST /api/v1/transactions: store one or a batch, optionally wait for finality."""
-        timeout = _wait_timeout(request, self._settings.wait_timeout)
-        txs = await self._read_transactions(request)
-        limit = self._settings.max_submit_txs
-        if len(txs) > limit:
-            self._metrics.on_submit_rejected(Reason.TOO_MANY_TRANSACTIONS, len(txs))
-            raise _from_input_rejected(
-                InputRejected(
-                    Reason.TOO_MANY_TRANSACTIONS,
-                    f"{len(txs)} transactions in one request, limit {limit}",
-                )
-            )
+        try:
+            self._guard.check(request)
+            timeout = _wait_timeout(request, self._settings.wait_timeout)
+            txs = await self._read_transactions(request)
+        except _TooMany as e:
+            self._metrics.on_submit_rejected(Reason.TOO_MANY_TRANSACTIONS, e.count)
+            error = _from_input_rejected(InputRejected(Reason.TOO_MANY_TRANSACTIONS, str(e)))
+            return await _refuse_unread(request, error)
+        except ApiError as e:
+            return await _refuse_unread(request, e)
         try:
             receipt = await self._node.submit(txs)
         except InputRejected as e:
@@ -269,15 +522,40 @@ class _Routes:
         return web.json_response({"ids": ids, "status": "final"})
 
     async def _read_transactions(self, request: web.Request) -> list[bytes]:
-        if request.content_type == _OCTET_STREAM:
-            return [await request.read()]
-        if request.content_type == _JSON:
-            return _json_batch(await request.read())
+        # A batch larger than the pool could ever hold would be refused for ever: it is
+        # refused as too large (the settings keep max_submit_txs <= max_pending anyway).
+        limit = min(self._settings.max_submit_txs, self._settings.max_pending)
+        # Without the header aiohttp reports application/octet-stream: say it instead.
+        if hdrs.CONTENT_TYPE in request.headers:
+            if request.content_type == _OCTET_STREAM:
+                return [await request.read()]
+            if request.content_type == _JSON:
+                return _json_batch(await self._read_batch(request, limit), limit)
         raise ApiError(
             415,
             "unsupported_media_type",
-            f"send {_OCTET_STREAM} (one transaction) or {_JSON} (a batch)",
+            f"send Content-Type {_OCTET_STREAM} (one transaction) or {_JSON} (a batch)",
         )
+
+    async def _read_batch(self, request: web.Request, limit: int) -> bytes:
+        """The body of a JSON batch, refused as soon as its bytes show it is bad.
+
+        A body too large, too deep or of too many items never freezes the event loop:
+        each chunk is checked as it arrives, and the answer goes out without the rest.
+        """
+        most = self._settings.max_body_bytes
+        if (request.content_length or 0) > most:
+            raise _too_large(most)
+        scan = _BatchScan(limit)
+        chunks = []
+        size = 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > most:
+                raise _too_large(most)
+            scan.feed(chunk)
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def transaction(self, request: web.Request) -> web.Response:
         """GET /api/v1/transactions/{id}."""
@@ -356,6 +634,21 @@ class _Routes:
         )
 
 
+def openapi_document() -> bytes:
+    """The API's OpenAPI 3.1 description, as kept in the package (``openapi.json``)."""
+    return resources.files("qudag_node").joinpath("openapi.json").read_bytes()
+
+
+def _openapi_handler() -> Handler:
+    document = openapi_document()  # read once: the file is part of the installed package
+
+    async def openapi(request: web.Request) -> web.Response:
+        """GET /api/v1/openapi.json: this API's description."""
+        return web.Response(body=document, content_type=_JSON)
+
+    return openapi
+
+
 def make_app(node: NodeApi, metrics: Metrics, settings: Settings) -> web.Application:
     """The aiohttp application serving ``node``."""
     app = web.Application(
@@ -375,6 +668,7 @@ def make_app(node: NodeApi, metrics: Metrics, settings: Settings) -> web.Applica
     app.router.add_get("/health", routes.health)
     app.router.add_get("/ready", routes.ready)
     app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
+    app.router.add_get("/api/v1/openapi.json", _openapi_handler())
     return app
 
 

@@ -68,6 +68,8 @@ GC_THRESHOLDS = (20_000, 20, 20)
 _TOP_LEVEL_FLAGS = ("-h", "--help", "--version")
 #: Seconds an HTTP call may stay silent, on top of any finality wait it asks for.
 HTTP_TIMEOUT = 30.0
+#: The environment variable holding the API token that `submit` sends, if set.
+API_TOKEN_ENV = config.BY_NAME["api_token"].env
 
 
 class CommandError(Exception):
@@ -262,9 +264,12 @@ def _base_url(args: argparse.Namespace) -> str:
     return url.rstrip("/")
 
 
-def _call(url: str, timeout: float, data: bytes | None = None) -> Any:
-    """GET ``url`` (or POST ``data`` as octet-stream); the decoded JSON answer."""
+def _call(url: str, timeout: float, data: bytes | None = None, token: str = "") -> Any:
+    """GET ``url`` (or POST ``data`` as octet-stream, with ``token`` as its bearer token
+    if given); the decoded JSON answer."""
     headers = {} if data is None else {"Content-Type": "application/octet-stream"}
+    if data is not None and token:
+        headers["Authorization"] = f"Bearer {token}"
     # _base_url admits only http and https URLs.
     request = urllib.request.Request(url, data=data, headers=headers)  # noqa: S310
     try:
@@ -305,9 +310,14 @@ def _submit(args: argparse.Namespace) -> int:
     url = f"{_base_url(args)}/api/v1/transactions"
     timeout = HTTP_TIMEOUT
     if args.wait:
-        url += "?" + urllib.parse.urlencode({"wait": "final", "timeout": args.timeout})
+        # The node takes plain decimals only ("1e-05" or "1e+20" are refused); it caps
+        # the wait at its QUDAG_WAIT_TIMEOUT anyway.
+        seconds = f"{min(max(args.timeout, 0.001), 1e6):.3f}"
+        url += "?" + urllib.parse.urlencode({"wait": "final", "timeout": seconds})
         timeout += args.timeout
-    _print_json(_call(url, timeout, data))
+    # The node's API token, when it has one: from the environment only, like the node.
+    token = os.environ.get(API_TOKEN_ENV, "").strip()
+    _print_json(_call(url, timeout, data, token))
     return EXIT_OK
 
 
@@ -504,7 +514,7 @@ def _parser() -> argparse.ArgumentParser:
         help="submit one transaction",
         description="POST one transaction to /api/v1/transactions and print the answer. "
         "The transaction is DATA (UTF-8), the file given by --file, or stdin when DATA is "
-        "'-' or absent.",
+        f"'-' or absent. A node that has an API token needs it in {API_TOKEN_ENV}.",
     )
     submit.add_argument("data", nargs="?", metavar="DATA", help="the transaction text")
     submit.add_argument("--file", metavar="PATH", help="read the transaction from a file")

@@ -92,6 +92,23 @@ def _choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in ("true", "false"):
+        raise ValueError("must be true or false")
+    return value == "true"
+
+
+def _rate(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError("must be a number of requests a second from 0 (off) to 1000000") from None
+    if not math.isfinite(value) or not 0 <= value <= 1_000_000:
+        raise ValueError("must be a number of requests a second from 0 (off) to 1000000")
+    return value
+
+
 def _name(raw: str) -> str:
     value = raw.strip()
     if not is_valid_name(value):
@@ -253,6 +270,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Shared secret that peers prove knowledge of when linking (16+ characters).",
         secret=True,
     ),
+    Setting(
+        "api_token",
+        "QUDAG_API_TOKEN",
+        "",
+        _token,
+        "Bearer token that writes to the HTTP API must carry (16+ characters); unset: none.",
+        secret=True,
+    ),
     Setting("data_dir", "QUDAG_DATA_DIR", "./data", _text, "Directory holding the database."),
     Setting(
         "api_host",
@@ -262,6 +287,34 @@ SETTINGS: tuple[Setting, ...] = (
         "Address the HTTP API binds; empty means every IPv4 and IPv6 interface.",
     ),
     Setting("api_port", "QUDAG_API_PORT", "8080", _int(0, 65535), "HTTP API port (0 = any)."),
+    Setting(
+        "api_write_rate",
+        "QUDAG_API_WRITE_RATE",
+        "0",
+        _rate,
+        "Writes a second allowed to one client address (token bucket); 0 turns the limit off.",
+    ),
+    Setting(
+        "api_write_burst",
+        "QUDAG_API_WRITE_BURST",
+        "100",
+        _int(1, 1_000_000),
+        "Writes one client may send at once before QUDAG_API_WRITE_RATE applies.",
+    ),
+    Setting(
+        "api_clients",
+        "QUDAG_API_CLIENTS",
+        "10000",
+        _int(1, 1_000_000),
+        "Most client addresses whose write rate is tracked; the least recent go first.",
+    ),
+    Setting(
+        "api_trust_fly_client_ip",
+        "QUDAG_API_TRUST_FLY_CLIENT_IP",
+        "false",
+        _bool,
+        "Count writes under the Fly-Client-IP header (only behind Fly's proxy).",
+    ),
     Setting("p2p_port", "QUDAG_P2P_PORT", "7000", _int(0, 65535), "Peer port (0 = any)."),
     Setting(
         "peers",
@@ -418,9 +471,14 @@ class Settings:
     log_format: str
     node_private_key: Secret | None
     peer_auth_token: Secret | None
+    api_token: Secret | None
     data_dir: str
     api_host: str
     api_port: int
+    api_write_rate: float
+    api_write_burst: int
+    api_clients: int
+    api_trust_fly_client_ip: bool
     p2p_port: int
     peers: tuple[str, ...]
     dns_servers: tuple[str, ...]
@@ -578,6 +636,11 @@ def load_settings(
             raise ConfigError(f"invalid {s.env} (from {source}): {e}") from None
     platform = tuple((k, env[k]) for k in PLATFORM_ENV if env.get(k))
     settings = Settings(**values, platform=platform)
+    if settings.max_submit_txs > settings.max_pending:
+        raise ConfigError(
+            f"invalid QUDAG_MAX_SUBMIT_TXS: {settings.max_submit_txs} is over QUDAG_MAX_PENDING"
+            f" ({settings.max_pending}), so such a batch could never be accepted"
+        )
     if settings.max_tx_bytes > settings.max_body_bytes:
         raise ConfigError("invalid QUDAG_MAX_TX_BYTES: must not exceed QUDAG_MAX_BODY_BYTES")
     if settings.peers and settings.peer_auth_token is None:

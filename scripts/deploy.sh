@@ -7,7 +7,8 @@ set -euo pipefail
 usage() {
 	cat <<'EOF'
 Usage: scripts/deploy.sh [--dry-run] [--regions a,b,c,d] [--org ORG] [--genesis PATH]
-                         [--urls U1,U2,U3,U4] [--force] [--rotate-token] [--help]
+                         [--urls U1,U2,U3,U4] [--force] [--rotate-token]
+                         [--api-token-file PATH] [--rotate-api-token] [--help]
 
 Deploys the four apps qudag-node1..4 (node ids node1..4) to Fly.io, in this order:
   1. checks that flyctl is installed and logged in;
@@ -15,13 +16,16 @@ Deploys the four apps qudag-node1..4 (node ids node1..4) to Fly.io, in this orde
   3. creates the apps that do not exist yet (in --org ORG if given);
   4. creates the volume dag_data of each app in its region, if missing;
   5. makes what each app lacks, and stages it as secrets (never on a command line):
-     NODE_PRIVATE_KEY per node, the shared PEER_AUTH_TOKEN, QUDAG_VALIDATORS; the public
-     keys go to the genesis file (default fly/genesis.json): a public record, commit it;
+     NODE_PRIVATE_KEY per node, the shared PEER_AUTH_TOKEN, QUDAG_VALIDATORS, and the
+     shared QUDAG_API_TOKEN that writes to the public API must carry; the public keys go
+     to the genesis file (default fly/genesis.json): a public record, commit it; a new
+     API token goes to the API token file (default: api-token beside the genesis file,
+     mode 0600, never committed), since Fly never shows a secret again;
   6. deploys each app whose image label (a digest of the files the image and fly.toml are
      made of, its region and the validator set) differs from the one it runs, or that has
      secrets staged;
   7. waits for the Machines to be started with passing checks, submits one transaction to
-     node1 and waits until all four nodes report it final.
+     node1 (with the API token) and waits until all four nodes report it final.
 
 Options:
   --dry-run        show every fly command; run only those that read (whoami, regions,
@@ -33,10 +37,16 @@ Options:
                    also QUDAG_DEPLOY_URLS)
   --force          deploy every app, even one that runs the current label
   --rotate-token   stage a new PEER_AUTH_TOKEN on all four apps (and deploy them)
+  --api-token-file PATH
+                   where the API token is kept (default: api-token beside the genesis file)
+  --rotate-api-token
+                   stage a new QUDAG_API_TOKEN on all four apps (and deploy them)
   --help           show this text
 
 Environment: QUDAG_NODE (the qudag-node command; default: on PATH, then .venv/bin),
-QUDAG_DEPLOY_URLS, QUDAG_DEPLOY_WAIT (seconds for Machines to be healthy, default 300).
+QUDAG_DEPLOY_URLS, QUDAG_DEPLOY_WAIT (seconds for Machines to be healthy, default 300),
+QUDAG_API_TOKEN (the API token, instead of the file's: staged when no app has one or with
+--rotate-api-token, then kept in the file too; sent with the check transaction).
 
 A key that an app lost cannot be made again: Fly never shows a secret's value. To start a
 new network instead, remove the genesis file and destroy the four apps (fly apps destroy
@@ -63,6 +73,8 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 DRY_RUN=0
 FORCE=0
 ROTATE_TOKEN=0
+ROTATE_API_TOKEN=0
+API_TOKEN_FILE=""
 REGIONS=""
 ORG=""
 GENESIS="$REPO/fly/genesis.json"
@@ -75,17 +87,19 @@ while [ $# -gt 0 ]; do
 	--dry-run) DRY_RUN=1 ;;
 	--force) FORCE=1 ;;
 	--rotate-token) ROTATE_TOKEN=1 ;;
+	--rotate-api-token) ROTATE_API_TOKEN=1 ;;
 	--help | -h)
 		usage
 		exit 0
 		;;
-	--regions | --org | --genesis | --urls)
+	--regions | --org | --genesis | --urls | --api-token-file)
 		[ $# -ge 2 ] || usage_error "$1 needs a value"
 		case $1 in
 		--regions) REGIONS=$2 ;;
 		--org) ORG=$2 ;;
 		--genesis) GENESIS=$2 ;;
 		--urls) URLS=$2 ;;
+		--api-token-file) API_TOKEN_FILE=$2 ;;
 		esac
 		shift
 		;;
@@ -101,6 +115,14 @@ case $GENESIS in
 /*) ;;
 *) GENESIS="$PWD/$GENESIS" ;;
 esac
+API_TOKEN_FILE=${API_TOKEN_FILE:-$(dirname "$GENESIS")/api-token}
+case $API_TOKEN_FILE in
+/*) ;;
+*) API_TOKEN_FILE="$PWD/$API_TOKEN_FILE" ;;
+esac
+# The API token the operator gave; the caller's variable must not reach qudag-node below.
+GIVEN_API_TOKEN=${QUDAG_API_TOKEN:-}
+unset QUDAG_API_TOKEN
 cd "$REPO"
 
 command -v python3 >/dev/null || die "python3 (3.11 or newer) is needed and not installed"
@@ -261,6 +283,7 @@ done
 step "5. Keys, genesis and peer token"
 HAS_KEY=()
 HAS_TOKEN=()
+HAS_API_TOKEN=()
 HAS_VALIDATORS=()
 UNDEPLOYED=()
 RUNNING=()
@@ -268,6 +291,7 @@ for i in "${!APPS[@]}"; do
 	app=${APPS[i]}
 	HAS_KEY[i]=0
 	HAS_TOKEN[i]=0
+	HAS_API_TOKEN[i]=0
 	HAS_VALIDATORS[i]=0
 	UNDEPLOYED[i]=0
 	RUNNING[i]=""
@@ -278,6 +302,7 @@ for i in "${!APPS[@]}"; do
 		case $name in
 		NODE_PRIVATE_KEY) HAS_KEY[i]=1 ;;
 		PEER_AUTH_TOKEN) HAS_TOKEN[i]=1 ;;
+		QUDAG_API_TOKEN) HAS_API_TOKEN[i]=1 ;;
 		QUDAG_VALIDATORS) HAS_VALIDATORS[i]=1 ;;
 		esac
 		case $status in Staged | Partial) UNDEPLOYED[i]=1 ;; esac
@@ -286,6 +311,7 @@ for i in "${!APPS[@]}"; do
 	RUNNING[i]=$(support running-tag <<<"$status_json") || exit 1
 	say "$app: key $([ "${HAS_KEY[i]}" = 1 ] && echo set || echo missing)," \
 		"token $([ "${HAS_TOKEN[i]}" = 1 ] && echo set || echo missing)," \
+		"API token $([ "${HAS_API_TOKEN[i]}" = 1 ] && echo set || echo missing)," \
 		"runs ${RUNNING[i]:-nothing yet}"
 done
 
@@ -349,6 +375,55 @@ elif [ "$tokens" != "$COUNT" ]; then
 		"--rotate-token to stage a new token on all $COUNT apps (all are deployed again)."
 fi
 
+# The API token: one for all four apps, like the peer token. Fly never shows it again, so
+# the operator keeps it: in QUDAG_API_TOKEN, or in the file this script writes a new one to.
+KNOWN_API_TOKEN=$GIVEN_API_TOKEN
+API_TOKEN_FROM="QUDAG_API_TOKEN"
+if [ -z "$KNOWN_API_TOKEN" ] && [ -f "$API_TOKEN_FILE" ]; then
+	KNOWN_API_TOKEN=$(support read-token "$API_TOKEN_FILE") || exit 1
+	API_TOKEN_FROM=$API_TOKEN_FILE
+fi
+api_tokens=0
+for i in "${!APPS[@]}"; do api_tokens=$((api_tokens + HAS_API_TOKEN[i])); done
+NEW_API_TOKEN=0
+if [ "$ROTATE_API_TOKEN" = 1 ] || [ "$api_tokens" = 0 ]; then
+	NEW_API_TOKEN=1
+	if [ -n "$GIVEN_API_TOKEN" ]; then
+		API_TOKEN=$GIVEN_API_TOKEN
+		say "the API token to stage: QUDAG_API_TOKEN"
+	elif [ "$ROTATE_API_TOKEN" = 0 ] && [ -n "$KNOWN_API_TOKEN" ]; then
+		API_TOKEN=$KNOWN_API_TOKEN
+		say "the API token to stage: $API_TOKEN_FILE"
+	elif [ "$DRY_RUN" = 0 ]; then
+		API_TOKEN=$(support token)
+		say "the API token to stage: a new one"
+	fi
+	if [ "$DRY_RUN" = 1 ]; then
+		say "would stage the API token and keep it in $API_TOKEN_FILE (dry run: not done)"
+	else
+		# The file always holds the token staged last: the one clients need.
+		support write-token "$API_TOKEN_FILE" <<<"$API_TOKEN" || exit 1
+		say "the API token is in $API_TOKEN_FILE (mode 0600): keep it private; clients" \
+			"send it as Authorization: Bearer <token>"
+	fi
+	KNOWN_API_TOKEN=${API_TOKEN:-}
+elif [ "$api_tokens" != "$COUNT" ]; then
+	with=()
+	without=()
+	for i in "${!APPS[@]}"; do
+		if [ "${HAS_API_TOKEN[i]}" = 1 ]; then with+=("${APPS[i]}"); else without+=("${APPS[i]}"); fi
+	done
+	die "QUDAG_API_TOKEN is set on ${with[*]} but not on ${without[*]}. Fly never shows a" \
+		"secret's value: run again with --rotate-api-token to stage one token on all $COUNT" \
+		"apps (with QUDAG_API_TOKEN set to choose it; all are deployed again)."
+elif [ -z "$KNOWN_API_TOKEN" ]; then
+	die "the apps require an API token for writes, and the check of step 7 submits one:" \
+		"set QUDAG_API_TOKEN to it, or keep it in $API_TOKEN_FILE (--api-token-file)." \
+		"A lost token cannot be read back from Fly: --rotate-api-token stages a new one."
+else
+	say "the API token for the check: $API_TOKEN_FROM"
+fi
+
 if [ -n "$VALIDATORS" ]; then
 	targets=()
 	for i in "${!APPS[@]}"; do targets+=("${APPS[i]}:${APP_REGIONS[i]}"); done
@@ -372,6 +447,10 @@ for i in "${!APPS[@]}"; do
 	if [ "$NEW_TOKEN" = 1 ]; then
 		lines+="PEER_AUTH_TOKEN=${TOKEN:-}"$'\n'
 		shown+=" PEER_AUTH_TOKEN=<new>"
+	fi
+	if [ "$NEW_API_TOKEN" = 1 ]; then
+		lines+="QUDAG_API_TOKEN=${API_TOKEN:-}"$'\n'
+		shown+=" QUDAG_API_TOKEN=<set>"
 	fi
 	# The label's first part is the digest of the validator set the app was deployed with.
 	if [ "${HAS_VALIDATORS[i]}" = 0 ] || [ "${RUNNING[i]%%-*}" != "${LABELS[i]%%-*}" ]; then
@@ -435,7 +514,8 @@ done
 
 transaction="deploy check $(date -u +%Y-%m-%dT%H:%M:%SZ) ${LABELS[0]} $$"
 say "+ qudag-node submit --url ${NODE_URLS[0]} --wait --timeout $TX_TIMEOUT '$transaction'"
-answer=$("${QN[@]}" submit --url "${NODE_URLS[0]}" --wait --timeout "$TX_TIMEOUT" "$transaction") ||
+answer=$(QUDAG_API_TOKEN=$KNOWN_API_TOKEN "${QN[@]}" submit --url "${NODE_URLS[0]}" --wait \
+	--timeout "$TX_TIMEOUT" "$transaction") ||
 	die "the check transaction was not final at ${NODE_URLS[0]}"
 tx=$(support tx-id <<<"$answer") || exit 1
 for i in "${!APPS[@]}"; do

@@ -15,6 +15,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import re
 import secrets
 import subprocess
@@ -252,8 +253,39 @@ def keypair(args: argparse.Namespace) -> None:
 
 
 def token(args: argparse.Namespace) -> None:
-    """A new peer token: 32 random bytes as hex."""
+    """A new token (peer or API): 32 random bytes as hex."""
     print(secrets.token_hex(32))
+
+
+def read_token(args: argparse.Namespace) -> None:
+    """Print the API token kept in a file (one line), refusing a file others may read."""
+    path = Path(args.path)
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise Problem(f"cannot read the API token file {path}: {e}") from None
+    if mode & 0o077:
+        raise Problem(f"the API token file {path} may be read by others: chmod 600 {path}")
+    if len(text) < 16 or any(c.isspace() for c in text):
+        raise Problem(f"the API token file {path} does not hold one token of 16+ characters")
+    print(text)
+
+
+def write_token(args: argparse.Namespace) -> None:
+    """Write the token read from stdin to a new file of mode 0600 (replacing an old one)."""
+    path = Path(args.path)
+    value = sys.stdin.read().strip()
+    temporary = path.with_name(path.name + ".new")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.unlink(missing_ok=True)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(value + "\n")
+        temporary.replace(path)
+    except OSError as e:
+        raise Problem(f"cannot write the API token file {path}: {e.strerror}") from None
 
 
 # --- labels ------------------------------------------------------------------------
@@ -375,6 +407,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("nodes", nargs="+")
     command("keypair", keypair)
     command("token", token)
+    command("read-token", read_token).add_argument("path")
+    command("write-token", write_token).add_argument("path")
     lab = command("labels", labels)
     lab.add_argument("repo")
     lab.add_argument("validators")

@@ -622,7 +622,9 @@ async def test_malformed_and_unknown_ids(
 async def test_pool_full_is_503_with_retry_after(
     node_factory: NodeFactory, session: aiohttp.ClientSession
 ) -> None:
-    node = await node_factory(QUDAG_MAX_PENDING="2", QUDAG_MIN_ROUND_INTERVAL="30")
+    node = await node_factory(
+        QUDAG_MAX_PENDING="2", QUDAG_MAX_SUBMIT_TXS="2", QUDAG_MIN_ROUND_INTERVAL="30"
+    )
     first = _tx_id(b"first")
 
     async def first_taken() -> bool:
@@ -633,10 +635,14 @@ async def test_pool_full_is_503_with_retry_after(
     assert (await _submit(session, node, b"first"))[0] == 202
     await _until(first_taken, what="first transaction in a vertex")
     assert (await _submit(session, node, b"a", b"b"))[0] == 202
-    for txs in ((b"c",), (b"c", b"d", b"e")):
+    for txs in ((b"c",), (b"c", b"d")):
         request = session.post(f"{node.url}{TX}", json=_batch(*txs))
         _, headers = await _expect_error(request, 503, "pool_full")
         assert headers["Retry-After"] == "1"
+    # a batch the pool could never hold is no reason to come back
+    request = session.post(f"{node.url}{TX}", json=_batch(b"c", b"d", b"e"))
+    _, headers = await _expect_error(request, 400, "too_many_transactions")
+    assert "Retry-After" not in headers
     await _expect_error(session.get(f"{node.url}{TX}/{_tx_id(b'c')}"), 404, "not_found")
     doc = await _get(session, f"{node.url}/api/v1/status")
     assert doc["transactions"]["pending"] == 2

@@ -514,6 +514,14 @@ async def test_status_and_submit_against_a_node(node_factory: NodeFactory) -> No
     assert piped.code == 0, piped.stderr
     assert json.loads(piped.stdout) == {"ids": [tx_id(b"\x00\xff").hex()], "status": "final"}
 
+    # timeouts Python spells with an exponent still reach the node as plain decimals
+    waited = await acli("submit", "long", "--url", node.url, "--wait", "--timeout", "1e9")
+    assert waited.code == 0, waited.stderr
+    assert json.loads(waited.stdout)["status"] == "final"
+    short = await acli("submit", "short", "--url", node.url, "--wait", "--timeout", "1e-7")
+    assert short.code == 1
+    assert one_line(short.stderr).startswith("qudag-node: timeout: not final after 0.001 s")
+
     refused = await acli("submit", "-", "--url", node.url, stdin=b"")
     assert refused.code == 1
     assert one_line(refused.stderr).startswith("qudag-node: empty_transaction: ")

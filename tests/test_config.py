@@ -37,6 +37,11 @@ INVALID = {
     "log_format": "xml",
     "node_private_key": "zz" * 32,
     "peer_auth_token": "too-short",
+    "api_token": "short-token",
+    "api_write_rate": "-1",
+    "api_write_burst": "0",
+    "api_clients": "1e3",
+    "api_trust_fly_client_ip": "yes",
     "api_port": "65536",
     "p2p_port": "-1",
     "peers": "no-port-here",
@@ -160,6 +165,37 @@ def test_tx_limit_above_body_limit_is_an_error() -> None:
         load_settings({"QUDAG_MAX_TX_BYTES": "4096", "QUDAG_MAX_BODY_BYTES": "2048"})
 
 
+def test_a_batch_limit_above_the_pool_is_an_error() -> None:
+    # A batch the pool can never hold would be answered "full, try again" for ever.
+    with pytest.raises(ConfigError) as info:
+        load_settings({"QUDAG_MAX_SUBMIT_TXS": "5001", "QUDAG_MAX_PENDING": "5000"})
+    message = str(info.value)
+    assert message.startswith("invalid QUDAG_MAX_SUBMIT_TXS: 5001 is over QUDAG_MAX_PENDING")
+    assert "\n" not in message
+    settings = load_settings({"QUDAG_MAX_SUBMIT_TXS": "5000", "QUDAG_MAX_PENDING": "5000"})
+    assert settings.max_submit_txs == settings.max_pending == 5000
+
+
+def test_abuse_control_settings() -> None:
+    s = load_settings({})
+    assert (s.api_write_rate, s.api_write_burst, s.api_clients) == (0.0, 100, 10000)
+    assert s.api_trust_fly_client_ip is False
+    assert s.api_token is None
+    s = load_settings(
+        {
+            "QUDAG_API_WRITE_RATE": "2.5",
+            "QUDAG_API_WRITE_BURST": "7",
+            "QUDAG_API_CLIENTS": "64",
+            "QUDAG_API_TRUST_FLY_CLIENT_IP": " True ",
+            "QUDAG_API_TOKEN": "api-token-0123456789",
+        }
+    )
+    assert (s.api_write_rate, s.api_write_burst, s.api_clients) == (2.5, 7, 64)
+    assert s.api_trust_fly_client_ip is True
+    assert s.api_token == Secret("api-token-0123456789")
+    assert "api-token-0123456789" not in json.dumps(s.redacted()) + repr(s)
+
+
 def test_unknown_file_key_is_an_error(tmp_path: Path) -> None:
     path = write_toml(tmp_path / "node.toml", {"api_prot": "8080"})
     with pytest.raises(ConfigError, match="unknown setting 'api_prot'"):
@@ -179,7 +215,10 @@ def test_missing_file_is_an_error(tmp_path: Path) -> None:
         load_settings({}, config_file=str(tmp_path / "absent.toml"))
 
 
-@pytest.mark.parametrize(("name", "value"), [("node_private_key", KEY), ("peer_auth_token", TOKEN)])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("node_private_key", KEY), ("peer_auth_token", TOKEN), ("api_token", TOKEN)],
+)
 def test_secret_in_file_is_an_error(tmp_path: Path, name: str, value: str) -> None:
     path = write_toml(tmp_path / "node.toml", {name: value})
     with pytest.raises(ConfigError) as info:
@@ -195,6 +234,7 @@ def test_secret_in_file_is_an_error(tmp_path: Path, name: str, value: str) -> No
         ("NODE_PRIVATE_KEY", "zz" + KEY[2:]),
         ("NODE_PRIVATE_KEY", KEY + "00"),
         ("PEER_AUTH_TOKEN", "short-secret"),
+        ("QUDAG_API_TOKEN", "short-secret"),
     ],
 )
 def test_bad_secret_is_not_echoed(env: str, value: str) -> None:
@@ -268,6 +308,7 @@ def test_engine_params_mapping() -> None:
             "QUDAG_MAX_TX_BYTES": "1000",
             "QUDAG_MAX_VERTEX_TXS": "77",
             "QUDAG_MAX_PENDING": "555",
+            "QUDAG_MAX_SUBMIT_TXS": "555",
             "QUDAG_MIN_ROUND_INTERVAL": "0.2",
             "QUDAG_HEARTBEAT_INTERVAL": "3s",
             "QUDAG_LEADER_TIMEOUT": "0.7",

@@ -25,7 +25,7 @@ from qudag_node.core.crypto import Signer
 from qudag_node.genesis_file import genesis_from_json
 from tests.fakefly.flyctl import CALLS_LOG, STATE_FILE, load_state, read_calls
 from tests.network import network
-from tests.nodeproc import request, wait_until
+from tests.nodeproc import NodeProcess, request, wait_until
 from tests.tools import require_tool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,7 +35,10 @@ FAKE_FLY = REPO / "tests" / "fakefly"
 QUDAG_NODE = Path(sys.executable).parent / "qudag-node"
 APPS = [f"qudag-node{i}" for i in range(1, 5)]
 REGIONS = ["yyz", "iad", "ord", "ewr"]
-SECRET_NAMES = ["NODE_PRIVATE_KEY", "PEER_AUTH_TOKEN", "QUDAG_VALIDATORS"]
+SECRET_NAMES = ["NODE_PRIVATE_KEY", "PEER_AUTH_TOKEN", "QUDAG_API_TOKEN", "QUDAG_VALIDATORS"]
+#: Where the script keeps the API token by default: beside the genesis file.
+API_TOKEN_FILE = "api-token"  # noqa: S105 - a file name
+API_TOKEN = "api-token-chosen-by-the-operator-0123456789"  # noqa: S105 - a test value
 #: Commands that change something at Fly.
 MUTATING = (["apps", "create"], ["volumes", "create"], ["secrets", "import"], ["deploy"])
 #: Variables of the caller's environment that would change what the script or stand-in do.
@@ -120,6 +123,9 @@ def copy_deployment(deployment: Deployment, to: Path) -> tuple[Path, Path]:
     shutil.copy(deployment.state_dir / STATE_FILE, state_dir / STATE_FILE)
     genesis = to / "genesis.json"
     shutil.copy(deployment.genesis, genesis)
+    token_file = deployment.genesis.parent / API_TOKEN_FILE
+    if token_file.exists():
+        shutil.copy(token_file, to / API_TOKEN_FILE)
     return state_dir, genesis
 
 
@@ -189,6 +195,14 @@ def test_first_run_creates_apps_volumes_secrets_and_deploys(first: Deployment) -
     tokens = secret_values(first.state_dir, "PEER_AUTH_TOKEN")
     assert len(set(tokens)) == 1  # one shared token
     assert len(tokens[0]) >= 32
+    api_tokens = secret_values(first.state_dir, "QUDAG_API_TOKEN")
+    assert len(set(api_tokens)) == 1  # one token for the clients of all four
+    assert len(api_tokens[0]) >= 32
+    assert api_tokens[0] != tokens[0]
+    # Fly never shows it again: the operator's copy, readable by the operator alone
+    token_file = first.genesis.parent / API_TOKEN_FILE
+    assert token_file.read_text() == api_tokens[0] + "\n"
+    assert token_file.stat().st_mode & 0o777 == 0o600
 
     deploys = run.of("deploy")
     assert [option(argv, "-a") for argv in deploys] == APPS
@@ -241,6 +255,7 @@ def test_secrets_never_appear_in_output_or_call_log(first: Deployment) -> None:
     values = [
         *secret_values(first.state_dir, "NODE_PRIVATE_KEY"),
         *secret_values(first.state_dir, "PEER_AUTH_TOKEN")[:1],
+        *secret_values(first.state_dir, "QUDAG_API_TOKEN")[:1],
     ]
     call_log = (first.state_dir / CALLS_LOG).read_text()
     genesis = first.genesis.read_text()
@@ -249,7 +264,9 @@ def test_secrets_never_appear_in_output_or_call_log(first: Deployment) -> None:
         assert value not in call_log
     for key in values[:4]:
         assert key not in genesis
+    assert values[-1] not in genesis
     assert "NODE_PRIVATE_KEY=<new>" in first.run.output
+    assert "QUDAG_API_TOKEN=<set>" in first.run.output
 
 
 @pytest.mark.slow
@@ -290,6 +307,68 @@ def test_token_on_some_apps_only_stops(first: Deployment, tmp_path: Path) -> Non
     assert run.returncode == 1
     assert "but not on qudag-node3" in run.output
     assert "--rotate-token" in run.output
+    assert run.changes() == []
+
+
+@pytest.mark.slow
+def test_rotate_api_token_stages_the_chosen_token_and_the_check_sends_it(
+    first: Deployment, tmp_path: Path
+) -> None:
+    state_dir, genesis = copy_deployment(first, tmp_path)
+    others = {n: secret_values(state_dir, n) for n in SECRET_NAMES if n != "QUDAG_API_TOKEN"}
+    # the check transaction goes to a node that refuses writes without this token
+    guarded = NodeProcess(
+        tmp_path / "guarded", tmp_path / "guarded.log", {"QUDAG_API_TOKEN": API_TOKEN}
+    ).start()
+    try:
+        urls = ",".join([guarded.url] * 4)
+        run = deploy(
+            state_dir,
+            "--rotate-api-token",
+            "--genesis",
+            str(genesis),
+            "--urls",
+            urls,
+            QUDAG_API_TOKEN=API_TOKEN,
+        )
+        assert run.returncode == 0, run.output
+        assert [c["stdin_names"] for c in imports(state_dir)] == [["QUDAG_API_TOKEN"]] * 4
+        assert secret_values(state_dir, "QUDAG_API_TOKEN") == [API_TOKEN] * 4
+        assert {n: secret_values(state_dir, n) for n in others} == others
+        assert [option(argv, "-a") for argv in run.of("deploy")] == APPS
+        assert run.output.count(" final at log position ") == 4
+        token_file = tmp_path / API_TOKEN_FILE
+        assert token_file.read_text() == API_TOKEN + "\n"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        assert API_TOKEN not in run.output
+        assert API_TOKEN not in (state_dir / CALLS_LOG).read_text()
+
+        # later runs take the token from the file: nothing changes, the check passes
+        again = deploy(state_dir, "--genesis", str(genesis), "--urls", urls)
+        assert again.returncode == 0, again.output
+        assert again.changes() == []
+        assert again.output.count(" final at log position ") == 4
+
+        # without the token anywhere the script stops before changing anything
+        token_file.unlink()
+        lost = deploy(state_dir, "--genesis", str(genesis), "--urls", urls)
+        assert lost.returncode == 1
+        assert "the apps require an API token for writes" in lost.output
+        assert lost.changes() == []
+    finally:
+        assert guarded.stop() == 0
+
+
+@pytest.mark.slow
+def test_api_token_on_some_apps_only_stops(first: Deployment, tmp_path: Path) -> None:
+    state_dir, genesis = copy_deployment(first, tmp_path)
+    unset_secret(state_dir, "qudag-node2", "QUDAG_API_TOKEN")
+    run = deploy(state_dir, "--genesis", str(genesis), "--urls", ",".join(first.urls))
+    assert run.returncode == 1
+    assert "QUDAG_API_TOKEN is set on qudag-node1 qudag-node3 qudag-node4 but not on" in (
+        run.output
+    )
+    assert "--rotate-api-token" in run.output
     assert run.changes() == []
 
 

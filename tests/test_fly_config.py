@@ -19,11 +19,12 @@ FLY_DIR = REPO / "fly"
 GENERATOR = FLY_DIR / "generate.py"
 DEFAULT_REGIONS = ["yyz", "iad", "ord", "ewr"]
 APPS = [f"qudag-node{i}" for i in range(1, 5)]
-SECRET_NAMES = {"NODE_PRIVATE_KEY", "PEER_AUTH_TOKEN", "QUDAG_VALIDATORS"}
+SECRET_NAMES = {"NODE_PRIVATE_KEY", "PEER_AUTH_TOKEN", "QUDAG_API_TOKEN", "QUDAG_VALIDATORS"}
 #: Test values for the secrets that deploy.sh stages next to the [env] of each app.
 STAGED = {
     "NODE_PRIVATE_KEY": "11" * 32,
     "PEER_AUTH_TOKEN": "fly-config-test-token-0123456789",
+    "QUDAG_API_TOKEN": "fly-config-test-api-token-0123456789",
     "QUDAG_VALIDATORS": ",".join(f"node{i}={f'{i:02x}' * 32}" for i in range(1, 5)),
 }
 
@@ -106,6 +107,9 @@ def test_config_has_the_settings_of_the_design(index: int) -> None:
         "QUDAG_API_PORT": "8080",
         "QUDAG_P2P_PORT": "7000",
         "QUDAG_PEERS": config["env"]["QUDAG_PEERS"],
+        "QUDAG_API_WRITE_RATE": "20",
+        "QUDAG_API_WRITE_BURST": "200",
+        "QUDAG_API_TRUST_FLY_CLIENT_IP": "true",
     }
     assert settings.effective_network_id == "qudag-testnet"
 
@@ -158,6 +162,20 @@ def test_config_has_the_settings_of_the_design(index: int) -> None:
         "vm",
         "restart",
     }
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_a_public_node_limits_writes_per_client_behind_the_proxy(index: int) -> None:
+    settings = node_settings(load(FLY_DIR / f"{APPS[index]}.toml"))
+    # Behind Fly's proxy every connection comes from the proxy: only its header tells
+    # one client from another.
+    assert settings.api_trust_fly_client_ip is True
+    assert 0 < settings.api_write_rate <= 100
+    assert settings.api_write_burst >= settings.api_write_rate
+    assert settings.api_clients >= 1000
+    # the staged token makes writes need it
+    assert settings.api_token is not None
+    assert settings.api_token.reveal() == STAGED["QUDAG_API_TOKEN"]
 
 
 def test_each_app_peers_with_exactly_the_other_three() -> None:
