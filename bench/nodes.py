@@ -1,7 +1,8 @@
 """Real node processes for the benchmarks, and what /proc and the API say about them.
 
 :class:`NodeProcess` runs ``python -m qudag_node run`` on loopback in a data dir of its
-own, optionally under ``strace`` counting its fsync and fdatasync calls (the filter runs
+own, optionally pinned to one CPU (``taskset``, so that every thread it starts stays
+there) and under ``strace`` counting its fsync and fdatasync calls (the filter runs
 in the kernel: only those calls stop the process). :class:`Testnet` runs ``qudag-node
 testnet``. Both stop their processes with a signal and wait for them, always.
 """
@@ -219,6 +220,7 @@ class NodeProcess:
     data_dir: Path
     settings: dict[str, str] = field(default_factory=dict)
     trace: Path | None = None  # strace's log of fsync calls, when traced
+    cpu: int | None = None  # pin the node (every thread it starts) to this CPU
     pid: int = 0  # the node's own pid (strace's child when traced)
     url: str = ""
     p2p_port: int | None = None
@@ -238,6 +240,8 @@ class NodeProcess:
                 *("strace", "-f", "--seccomp-bpf", "-qq", "-ttt", "-o", str(self.trace)),
                 *("-e", "trace=fsync,fdatasync", *command),
             ]
+        if self.cpu is not None:  # taskset execs the command: its threads inherit the mask
+            command = ["taskset", "--cpu-list", str(self.cpu), *command]
         env = node_environment({"QUDAG_DATA_DIR": str(self.data_dir), **self.settings})
         with self._log.open("ab") as out:
             offset = out.tell()

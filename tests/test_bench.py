@@ -11,12 +11,14 @@ import json
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
 
 from bench import suite
 from bench.antientropy import python_fingerprints
+from bench.attacker import AttackMix, gzip_bomb, oversize_batch
 from bench.history import Committee, certified_rounds, persist_history
 from bench.ingest import shared_ingest
 from bench.lab import Lab, Scale
@@ -42,6 +44,18 @@ TINY = Scale(
     catchup_transactions=20_000,
     memory_transactions=5_000,
     memory_window=2.0,
+    attack_seconds=1.0,
+    attack_mix=AttackMix(
+        idle=200,
+        slow=5,
+        slow_interval=0.5,
+        bombs=2,
+        bomb_bytes=16 << 20,
+        batches=1,
+        batch_items=100_000,
+        batch_bytes=1 << 20,
+        pause=0.2,
+    ),
 )
 
 
@@ -51,7 +65,7 @@ async def test_every_scenario_runs_at_the_smallest_scale(tmp_path: Path) -> None
     rows = await suite.run_suite(lab, list(suite.SCENARIOS))
     fsync = ["fsync"] if strace_available() else []
     names = ["ingest", "single", "verify", "antientropy", "network", "catchup", "memory"]
-    assert [r.name for r in rows] == [*names, "disk", "wire", *fsync, "ids"]
+    assert [r.name for r in rows] == [*names, "disk", "wire", *fsync, "ids", "attack"]
     for row in rows:
         assert row.verdict in (("-",) if row.name == "ids" else ("PASS", "MISS"))
         assert row.ratio is None or row.ratio > 0
@@ -161,3 +175,35 @@ def test_rows_say_pass_miss_or_no_goal() -> None:
     assert Row("a", "1", "2", None, "none", None).line().endswith("| - | goal none | -")
     assert quantile([3.0, 1.0, 2.0], 0.5) == 2.0
     assert quantile([], 0.99) == 0.0
+
+
+@pytest.mark.slow
+async def test_attack_scenario_runs_at_a_tiny_size_and_prints_its_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lab = Lab(TINY, tmp_path)
+    rows = await suite.run_suite(lab, ["attack"])
+    assert [r.name for r in rows] == ["attack"]
+    (row,) = rows
+    assert row.verdict in ("PASS", "MISS")
+    assert row.ratio is not None
+    assert row.ratio >= 0
+    assert row.figure.endswith("under attack")
+    assert row.reference.endswith("without")
+    out = capsys.readouterr().out
+    assert out.startswith("-- attack ...\nattack ")
+    assert "| goal >= 0.7 x |" in out
+    mix = TINY.attack_mix
+    notes = " ".join(row.notes)
+    assert f"{mix.idle} idle sockets ({mix.idle} open at the start" in notes
+    assert f"{mix.bombs} gzip bombs" in notes
+    assert "/health during the attack: " in notes
+
+
+def test_attack_bodies_are_what_they_claim() -> None:
+    bomb = gzip_bomb(8 << 20)
+    assert len(bomb) < (8 << 20) // 500  # a bomb: the wire carries a fraction
+    assert zlib.decompress(bomb, 31) == bytes(8 << 20)
+    batch = oversize_batch(1000, 64 << 10)
+    assert len(batch) == 64 << 10
+    assert len(json.loads(batch)["transactions"]) == 1000
