@@ -61,6 +61,12 @@ def _spec(url: str, seconds: float) -> LoadSpec:
 
 async def bare_reference(seconds: float) -> LoadResult:
     """The load generator against ``bench.bare`` on one CPU."""
+    return (await bare_under_load(seconds))[0]
+
+
+async def bare_under_load(seconds: float) -> tuple[LoadResult, float]:
+    """The load generator against ``bench.bare`` on one CPU: the result, and the cores
+    the server used over the window."""
     server = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "bench.bare", "--cpu", str(cpus()[0])),
         stdout=asyncio.subprocess.PIPE,
@@ -70,7 +76,14 @@ async def bare_reference(seconds: float) -> LoadResult:
     try:
         async with asyncio.timeout(SERVER_START):
             port = json.loads(await server.stdout.readline())["port"]
-        return await run_load(_spec(f"http://127.0.0.1:{port}", seconds))
+        window: list[tuple[float, float]] = []
+
+        def mark() -> None:
+            window.append((time.monotonic(), cpu_seconds(server.pid)))
+
+        result = await run_load(_spec(f"http://127.0.0.1:{port}", seconds), mark, mark)
+        (start, cpu_start), (end, cpu_end) = window
+        return result, (cpu_end - cpu_start) / (end - start)
     finally:
         if server.returncode is None:
             server.send_signal(signal.SIGTERM)
@@ -84,6 +97,7 @@ class SingleRun:
     reference: LoadResult
     ours: LoadResult
     node_cores: float  # the node's CPU time over the window, in cores
+    reference_cores: float  # the reference server's, likewise
     fsync_rate: float | None  # fsync + fdatasync calls per second, traced run (None: no strace)
     traced: LoadResult | None  # the traced run's load (strace slows every fsync it sees)
 
@@ -112,14 +126,14 @@ async def measure_single(directory: Path, seconds: float) -> SingleRun:
     """The reference, then a fresh node, each under the load for ``seconds``; then, where
     strace is present, another fresh node under it to count fsyncs (strace stops the
     node at each fsync, which would slow the measured one)."""
-    reference = await bare_reference(seconds)
+    reference, reference_cores = await bare_under_load(seconds)
     ours, cores, _ = await _node_under_load(directory / "data", seconds, None)
     if not strace_available():
-        return SingleRun(reference, ours, cores, None, None)
+        return SingleRun(reference, ours, cores, reference_cores, None, None)
     traced, _, fsyncs = await _node_under_load(
         directory / "traced", seconds, directory / "fsync.trace"
     )
-    return SingleRun(reference, ours, cores, fsyncs, traced)
+    return SingleRun(reference, ours, cores, reference_cores, fsyncs, traced)
 
 
 async def shared_single(lab: Lab) -> SingleRun:
@@ -129,6 +143,10 @@ async def shared_single(lab: Lab) -> SingleRun:
         return await measure_single(lab.directory("single"), lab.scale.single_seconds)
 
     return await lab.shared("single", measure)
+
+
+def _per_request(cores: float, load: LoadResult) -> str:
+    return f"{cores / load.rate * 1e6:.0f} µs" if load.rate else "-"
 
 
 async def scenario(lab: Lab) -> list[Row]:
@@ -160,6 +178,9 @@ async def scenario(lab: Lab) -> list[Row]:
                 " against the"
                 f" reference, {ours.cpu_share:.0%} against the node; the node used"
                 f" {run.node_cores:.2f} cores{fsyncs}",
+                f"CPU time per answered request: the node {_per_request(run.node_cores, ours)},"
+                f" the reference {_per_request(run.reference_cores, reference)} (less"
+                " sensitive than the rates to other work on the machine)",
             ),
         )
     ]
