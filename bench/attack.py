@@ -25,8 +25,10 @@ import resource
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 
@@ -36,6 +38,8 @@ from bench.loadgen import LoadResult, LoadSpec, quantile, run_load
 from bench.nodes import NodeProcess, peak_rss_bytes, running
 from bench.report import Row, mib, per_second
 from bench.single import CONNECTIONS, cpus
+
+T = TypeVar("T")
 
 GOAL_RATIO = 0.7
 #: Seconds past the load's deadline for submits in flight to be answered.
@@ -129,11 +133,11 @@ async def _watch_health(url: str, stop: asyncio.Event) -> Health:
     return Health(len(latencies), failed, quantile(latencies, 0.5), max(latencies, default=0.0))
 
 
-async def _under_attack(
-    node: NodeProcess, mix: AttackMix, seconds: float
-) -> tuple[LoadResult, AttackResult, Health]:
-    """The load against ``node`` while the attacker runs; the attacker stops after it."""
-    spec = AttackSpec(node.url, seconds + GRACE + ATTACKER_STOP, mix, cpus()[1])
+async def attacked_while(
+    spec: AttackSpec, work: Callable[[], Awaitable[T]]
+) -> tuple[T, AttackResult]:
+    """Start the attacker, run ``work`` once its sockets are open, then stop the
+    attacker (SIGTERM) and read what it saw."""
     attacker = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "bench.attacker", json.dumps(asdict(spec))),
         stdout=asyncio.subprocess.PIPE,
@@ -148,13 +152,7 @@ async def _under_attack(
         if json.loads(started or b"{}").get("event") != "started":
             error = (await attacker.stderr.read()).decode(errors="replace")
             raise RuntimeError(f"the attacker did not start: {error[-2000:]}")
-        stop = asyncio.Event()
-        watcher = asyncio.create_task(_watch_health(node.url, stop))
-        try:
-            load = await _load(node.url, seconds)
-        finally:
-            stop.set()
-            health = await watcher
+        outcome = await work()
         attacker.send_signal(signal.SIGTERM)
         async with asyncio.timeout(ATTACKER_STOP):
             line = await attacker.stdout.readline()
@@ -162,11 +160,31 @@ async def _under_attack(
         if not line:
             error = (await attacker.stderr.read()).decode(errors="replace")
             raise RuntimeError(f"the attacker failed: {error[-2000:]}")
-        return load, AttackResult(**json.loads(line)), health
+        return outcome, AttackResult(**json.loads(line))
     finally:
         if attacker.returncode is None:
             attacker.kill()
             await attacker.wait()
+
+
+async def _under_attack(
+    node: NodeProcess, mix: AttackMix, seconds: float
+) -> tuple[LoadResult, AttackResult, Health]:
+    """The load against ``node`` while the attacker runs; the attacker stops after it."""
+
+    async def load_and_health() -> tuple[LoadResult, Health]:
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(_watch_health(node.url, stop))
+        try:
+            load = await _load(node.url, seconds)
+        finally:
+            stop.set()
+            health = await watcher
+        return load, health
+
+    spec = AttackSpec(node.url, seconds + GRACE + ATTACKER_STOP, mix, cpus()[1])
+    (load, health), attack = await attacked_while(spec, load_and_health)
+    return load, attack, health
 
 
 async def measure_attack(directory: Path, seconds: float, mix: AttackMix) -> AttackRun:
@@ -190,7 +208,10 @@ def _statuses(counts: dict[str, int]) -> str:
 def _batch_times(attack: AttackResult) -> str:
     if not attack.batches:
         return " (requests in flight when the load ended are not counted)"
-    return f", answered in p50 {attack.batch_p50:.2f} s, max {attack.batch_max:.2f} s"
+    return (
+        f", from sending to the answer (or to giving up) p50 {attack.batch_p50:.2f} s,"
+        f" max {attack.batch_max:.2f} s"
+    )
 
 
 async def scenario(lab: Lab) -> list[Row]:

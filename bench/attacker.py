@@ -3,9 +3,11 @@
 One anonymous client's worst, against one node on loopback, bounded in count and time:
 
 - ``idle`` sockets opened and left silent (one is opened again when the node closes it,
-  so that at most ``idle`` are open at once);
+  at most ``idle / 10`` a second, so that at most ``idle`` are open at once and the
+  attack never turns into a flood of connects);
 - ``slow`` clients that start a request and then send one byte of its header every
-  ``slow_interval`` seconds (a new one starts when the node closes one);
+  ``slow_interval`` seconds (a new one starts ``pause`` seconds after the node closes
+  one);
 - ``bombs`` clients, each sending a gzip bomb (``bomb_bytes`` of zeros, about 1/1,000
   of that on the wire) as a one-transaction submit with ``Content-Encoding: gzip``;
 - ``batches`` clients, each sending a JSON batch of ``batch_items`` transactions padded
@@ -178,7 +180,8 @@ class _Attack:
 
     async def keep_idle(self) -> None:
         """Every half second, replace the idle sockets the node has closed (or answered:
-        it closes them next)."""
+        it closes them next), at most ``idle / 10`` a second."""
+        budget = max(1, self.mix.idle // 20)  # per half second
         while not self.stop.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.5):
@@ -195,7 +198,7 @@ class _Attack:
             for sock in closed:
                 self.idle.discard(sock)
                 sock.close()
-            for _ in closed:
+            for _ in range(min(budget, self.mix.idle - len(self.idle))):
                 if self.stop.is_set():
                     return
                 replacement = await self.connect()
@@ -236,6 +239,9 @@ class _Attack:
                 self.slow_held.append(time.monotonic() - started)
             finally:
                 writer.close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.mix.pause):
+                    await self.stop.wait()
 
     async def sender(self, data: bytes, tally: Counter[str], latencies: list[float]) -> None:
         """Send ``data`` on a fresh connection, read the answer's status, pause, again."""

@@ -87,6 +87,27 @@ def cpu_seconds(pid: int) -> float:
     return (int(after_name[11]) + int(after_name[12])) / _CLOCK_TICKS
 
 
+def cpu_busy_seconds(cpu: int) -> float:
+    """Seconds CPU ``cpu`` has spent on anything (processes, interrupts, the hypervisor's
+    steal) rather than idle, from /proc/stat."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name == f"cpu{cpu}":
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+            return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
+    raise ValueError(f"no cpu{cpu} in /proc/stat")
+
+
+def thread_cpu_seconds(pid: int, tid: int) -> float:
+    """User plus system CPU time of one thread of a process so far (0.0 once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+    except OSError:
+        return 0.0
+    after_name = stat[stat.rindex(")") + 2 :].split()
+    return (int(after_name[11]) + int(after_name[12])) / _CLOCK_TICKS
+
+
 def _child_running(pid: int, program: str) -> int | None:
     """A child of ``pid`` whose executable is ``program``, if one runs now."""
     target = os.path.realpath(program)

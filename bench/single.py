@@ -27,10 +27,12 @@ from bench.lab import ROOT, TX_SIZE, Lab
 from bench.loadgen import LoadResult, LoadSpec, run_load
 from bench.nodes import (
     NodeProcess,
+    cpu_busy_seconds,
     cpu_seconds,
     running,
     strace_available,
     sync_calls,
+    thread_cpu_seconds,
     wait_for_log,
 )
 from bench.report import Row, per_second
@@ -61,12 +63,29 @@ def _spec(url: str, seconds: float) -> LoadSpec:
 
 async def bare_reference(seconds: float) -> LoadResult:
     """The load generator against ``bench.bare`` on one CPU."""
-    return (await bare_under_load(seconds))[0]
+    return (await bare_under_load(seconds)).result
 
 
-async def bare_under_load(seconds: float) -> tuple[LoadResult, float]:
-    """The load generator against ``bench.bare`` on one CPU: the result, and the cores
-    the server used over the window."""
+@dataclass(frozen=True)
+class Served:
+    """A server's load, the cores it used over the window, and the share of its CPU that
+    went to anything else (other processes, interrupts): above a few percent, rates
+    measured on that CPU are not comparable between runs."""
+
+    result: LoadResult
+    cores: float
+    others: float
+
+
+def _served(result: LoadResult, window: list[tuple[float, float, float]]) -> Served:
+    (start, cpu_start, busy_start), (end, cpu_end, busy_end) = window
+    span = end - start
+    cores = (cpu_end - cpu_start) / span
+    return Served(result, cores, max(0.0, (busy_end - busy_start) / span - cores))
+
+
+async def bare_under_load(seconds: float) -> Served:
+    """The load generator against ``bench.bare`` on one CPU."""
     server = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "bench.bare", "--cpu", str(cpus()[0])),
         stdout=asyncio.subprocess.PIPE,
@@ -76,14 +95,14 @@ async def bare_under_load(seconds: float) -> tuple[LoadResult, float]:
     try:
         async with asyncio.timeout(SERVER_START):
             port = json.loads(await server.stdout.readline())["port"]
-        window: list[tuple[float, float]] = []
+        window: list[tuple[float, float, float]] = []
 
         def mark() -> None:
-            window.append((time.monotonic(), cpu_seconds(server.pid)))
+            busy = cpu_busy_seconds(cpus()[0])
+            window.append((time.monotonic(), cpu_seconds(server.pid), busy))
 
         result = await run_load(_spec(f"http://127.0.0.1:{port}", seconds), mark, mark)
-        (start, cpu_start), (end, cpu_end) = window
-        return result, (cpu_end - cpu_start) / (end - start)
+        return _served(result, window)
     finally:
         if server.returncode is None:
             server.send_signal(signal.SIGTERM)
@@ -97,43 +116,63 @@ class SingleRun:
     reference: LoadResult
     ours: LoadResult
     node_cores: float  # the node's CPU time over the window, in cores
+    main_cores: float  # the node's main thread's (the event loop's), likewise
     reference_cores: float  # the reference server's, likewise
+    reference_others: float  # share of the reference's CPU busy with anything else
+    node_others: float  # likewise during the node's run
     fsync_rate: float | None  # fsync + fdatasync calls per second, traced run (None: no strace)
     traced: LoadResult | None  # the traced run's load (strace slows every fsync it sees)
 
 
-async def _node_under_load(
-    directory: Path, seconds: float, trace: Path | None
-) -> tuple[LoadResult, float, float | None]:
-    """A fresh node under the load: its result, its cores, and its fsync calls/s if traced."""
+@dataclass(frozen=True)
+class _NodeLoad:
+    served: Served  # the whole process's cores, all threads
+    main_cores: float  # its main thread's
+    fsyncs: float | None  # fsync + fdatasync calls per second, if traced
+
+
+async def _node_under_load(directory: Path, seconds: float, trace: Path | None) -> _NodeLoad:
+    """A fresh node under the load: its result, its cores (all threads, and the event
+    loop's own), and its fsync calls/s if traced."""
     node = NodeProcess(directory, trace=trace, cpu=cpus()[0])
-    window: list[tuple[float, float]] = []
+    window: list[tuple[float, float, float]] = []
+    main: list[float] = []
 
     def mark() -> None:
-        window.append((time.time(), cpu_seconds(node.pid)))
+        busy = cpu_busy_seconds(cpus()[0])
+        window.append((time.time(), cpu_seconds(node.pid), busy))
+        main.append(thread_cpu_seconds(node.pid, node.pid))
 
     async with running(node), aiohttp.ClientSession() as session:
         result = await run_load(_spec(node.url, seconds), mark, mark)
         if result.failed:
             raise RuntimeError(f"submits failed: {result.first_error}")
         await wait_for_log(session, node.url, result.transactions, 120.0)
-    (start, cpu_start), (end, cpu_end) = window
+    (start, _, _), (end, _, _) = window
     fsyncs = None if trace is None else sync_calls(trace, start, end) / (end - start)
-    return result, (cpu_end - cpu_start) / (end - start), fsyncs
+    return _NodeLoad(_served(result, window), (main[1] - main[0]) / (end - start), fsyncs)
 
 
 async def measure_single(directory: Path, seconds: float) -> SingleRun:
     """The reference, then a fresh node, each under the load for ``seconds``; then, where
     strace is present, another fresh node under it to count fsyncs (strace stops the
     node at each fsync, which would slow the measured one)."""
-    reference, reference_cores = await bare_under_load(seconds)
-    ours, cores, _ = await _node_under_load(directory / "data", seconds, None)
-    if not strace_available():
-        return SingleRun(reference, ours, cores, reference_cores, None, None)
-    traced, _, fsyncs = await _node_under_load(
-        directory / "traced", seconds, directory / "fsync.trace"
+    reference = await bare_under_load(seconds)
+    ours = await _node_under_load(directory / "data", seconds, None)
+    traced = None
+    if strace_available():
+        traced = await _node_under_load(directory / "traced", seconds, directory / "fsync.trace")
+    return SingleRun(
+        reference=reference.result,
+        ours=ours.served.result,
+        node_cores=ours.served.cores,
+        main_cores=ours.main_cores,
+        reference_cores=reference.cores,
+        reference_others=reference.others,
+        node_others=ours.served.others,
+        fsync_rate=None if traced is None else traced.fsyncs,
+        traced=None if traced is None else traced.served.result,
     )
-    return SingleRun(reference, ours, cores, reference_cores, fsyncs, traced)
 
 
 async def shared_single(lab: Lab) -> SingleRun:
@@ -178,9 +217,15 @@ async def scenario(lab: Lab) -> list[Row]:
                 " against the"
                 f" reference, {ours.cpu_share:.0%} against the node; the node used"
                 f" {run.node_cores:.2f} cores{fsyncs}",
-                f"CPU time per answered request: the node {_per_request(run.node_cores, ours)},"
-                f" the reference {_per_request(run.reference_cores, reference)} (less"
-                " sensitive than the rates to other work on the machine)",
+                f"CPU time per answered request: the node {_per_request(run.node_cores, ours)}"
+                f" ({_per_request(run.main_cores, ours)} in its event loop's thread, the rest"
+                " in SQLite's and the verifiers'), the reference"
+                f" {_per_request(run.reference_cores, reference)} (less sensitive than the"
+                " rates to other work on the machine)",
+                f"other work on CPU {cpus()[0]} (processes, interrupts): {run.reference_others:.0%}"
+                f" of it during the reference's run, {run.node_others:.0%} during the node's;"
+                " above a few percent the ratio is unsound (a contended CPU gives the"
+                " node's several threads more of its time than the reference's one)",
             ),
         )
     ]

@@ -8,22 +8,31 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from bench import suite
 from bench.antientropy import python_fingerprints
-from bench.attacker import AttackMix, gzip_bomb, oversize_batch
+from bench.attack import attacked_while
+from bench.attacker import AttackMix, AttackSpec, gzip_bomb, oversize_batch
 from bench.history import Committee, certified_rounds, persist_history
 from bench.ingest import shared_ingest
 from bench.lab import Lab, Scale
 from bench.loadgen import LoadSpec, quantile, run_load
-from bench.nodes import strace_available, sync_calls
+from bench.nodes import (
+    cpu_busy_seconds,
+    cpu_seconds,
+    strace_available,
+    sync_calls,
+    thread_cpu_seconds,
+)
 from bench.report import Row, markdown
 from bench.single import bare_reference
 from bench.verify import engine_run
@@ -207,3 +216,81 @@ def test_attack_bodies_are_what_they_claim() -> None:
     batch = oversize_batch(1000, 64 << 10)
     assert len(batch) == 64 << 10
     assert len(json.loads(batch)["transactions"]) == 1000
+
+
+def test_cpu_counters_see_a_pinned_busy_process() -> None:
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    program = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    busy_before = cpu_busy_seconds(cpu)
+    spinner = subprocess.Popen(["taskset", "--cpu-list", str(cpu), sys.executable, "-c", program])
+    try:
+        spinner_cpu = 0.0
+        while spinner.poll() is None:
+            spinner_cpu = max(spinner_cpu, cpu_seconds(spinner.pid))  # its last reading
+            main = thread_cpu_seconds(spinner.pid, spinner.pid)
+            assert main <= cpu_seconds(spinner.pid) + 0.02  # a thread's share of its process
+    finally:
+        spinner.wait(timeout=60)
+    assert spinner_cpu >= 0.2
+    assert cpu_busy_seconds(cpu) - busy_before >= spinner_cpu - 0.02  # it ran on that CPU
+    assert thread_cpu_seconds(spinner.pid, spinner.pid) == 0.0  # gone
+
+
+async def test_attacker_keeps_up_its_mix_against_a_server_that_defends_itself() -> None:
+    """A small real server that closes a connection whose header is not complete within
+    0.3 s and refuses every request: the attacker opens idle sockets and slow clients
+    again as they are closed, and counts each refusal by its status."""
+    closed_unfinished = 0
+    answered: Counter[int] = Counter()
+    enough = asyncio.Event()  # every kind of attack has been refused, idle ones too
+
+    def note() -> None:
+        if closed_unfinished > 2 * mix.idle and answered[415] and answered[400]:
+            enough.set()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal closed_unfinished
+        try:
+            async with asyncio.timeout(0.3):
+                head = await reader.readuntil(b"\r\n\r\n")
+        except (TimeoutError, asyncio.IncompleteReadError):
+            closed_unfinished += 1
+            writer.close()
+            note()
+            return
+        status = 415 if b"content-encoding: gzip" in head.lower() else 400
+        answered[status] += 1
+        writer.write(f"HTTP/1.1 {status} No\r\nContent-Length: 0\r\n\r\n".encode())
+        writer.close()
+        note()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    mix = AttackMix(
+        idle=40,
+        slow=3,
+        slow_interval=0.1,
+        bombs=2,
+        bomb_bytes=1 << 20,
+        batches=1,
+        batch_items=1000,
+        batch_bytes=64 << 10,
+        pause=0.1,
+    )
+
+    async def until_each_attack_was_refused() -> None:
+        async with asyncio.timeout(30):
+            await enough.wait()
+
+    async with server:
+        _, seen = await attacked_while(
+            AttackSpec(f"http://127.0.0.1:{port}", 60.0, mix), until_each_attack_was_refused
+        )
+    assert seen.idle_opened == mix.idle
+    assert seen.idle_reopened >= 1  # closed idle sockets are opened again
+    assert seen.idle_refused == 0
+    assert seen.slow_closed >= 1
+    assert seen.slow_held < 1.0  # the slow header got nowhere near the end of its trickle
+    assert seen.bombs.get("415", 0) >= 1
+    assert seen.batches.get("400", 0) >= 1
+    assert set(seen.bombs) <= {"415", "closed"}  # a refusal may close before the status
