@@ -40,6 +40,8 @@ from bench.report import Row, per_second
 CONNECTIONS = 64
 GOAL_RATIO = 0.5
 GOAL_P99 = 0.050
+#: Share of the pinned CPU taken by other work above which the ratio is flagged.
+CONTENDED = 0.10
 #: Seconds allowed for the bare server to print its port.
 SERVER_START = 30.0
 
@@ -184,6 +186,16 @@ async def shared_single(lab: Lab) -> SingleRun:
     return await lab.shared("single", measure)
 
 
+def _contended(run: SingleRun) -> str:
+    """A warning for the table when other work took a share of the pinned CPU."""
+    if max(run.reference_others, run.node_others) <= CONTENDED:
+        return ""
+    return (
+        f" (CPU shared: {run.reference_others:.0%} / {run.node_others:.0%} other work,"
+        " the ratio is unsound)"
+    )
+
+
 def _per_request(cores: float, load: LoadResult) -> str:
     return f"{cores / load.rate * 1e6:.0f} µs" if load.rate else "-"
 
@@ -204,7 +216,7 @@ async def scenario(lab: Lab) -> list[Row]:
             "single",
             f"{per_second(ours.rate, 'req/s')}, p99 {ours.p99 * 1000:.0f} ms",
             f"{per_second(reference.rate, 'req/s')}, p99 {reference.p99 * 1000:.0f} ms"
-            " bare aiohttp, 1 core",
+            f" bare aiohttp, 1 core{_contended(run)}",
             ratio,
             f">= {GOAL_RATIO} x, p99 <= {GOAL_P99 * 1000:.0f} ms",
             ratio >= GOAL_RATIO and ours.p99 <= GOAL_P99,
