@@ -106,7 +106,7 @@ async def _load(url: str, seconds: float) -> LoadResult:
     try:
         return await run_load(_spec(url, seconds))
     except RuntimeError as e:
-        return LoadResult(seconds, 0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, str(e)[:300])
+        return LoadResult(seconds, 0, 0, CONNECTIONS, 0, 0.0, 0.0, 0.0, 0.0, str(e)[:300])
 
 
 async def _watch_health(url: str, stop: asyncio.Event) -> Health:
