@@ -11,7 +11,8 @@ Requests submit transactions of ``size`` random bytes: ``single`` sends one per 
 *closed* (each connection sends its next request when the last is answered) or *paced*
 (``rate`` requests per second; a request's latency counts from its scheduled time, so a
 backlog is not hidden). A 503 answer (the node's pending pool is full) is counted and
-the connection pauses 10 ms.
+the connection pauses 10 ms. A connection the server closes sends no more; requests
+still unanswered ``grace`` seconds after the deadline count as failed.
 
 Protocol with the parent, one JSON object per line on stdout: ``{"event": "started"}``
 once every connection is open and the clock starts, ``{"event": "deadline"}`` when the
