@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar, cast
 
+from bench.attacker import AttackMix
+
 T = TypeVar("T")
 
 #: The repository's root: the working directory of the suite's helper processes.
@@ -35,6 +37,8 @@ class Scale:
     catchup_transactions: int
     memory_transactions: int
     memory_window: float
+    attack_seconds: float
+    attack_mix: AttackMix
 
 
 FULL = Scale(
@@ -48,6 +52,8 @@ FULL = Scale(
     catchup_transactions=1_000_000,
     memory_transactions=5_000_000,
     memory_window=600.0,
+    attack_seconds=30.0,
+    attack_mix=AttackMix(),
 )
 QUICK = Scale(
     name="quick",
@@ -60,6 +66,8 @@ QUICK = Scale(
     catchup_transactions=100_000,
     memory_transactions=500_000,
     memory_window=10.0,
+    attack_seconds=4.0,
+    attack_mix=AttackMix(),
 )
 
 

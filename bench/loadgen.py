@@ -11,7 +11,8 @@ Requests submit transactions of ``size`` random bytes: ``single`` sends one per 
 *closed* (each connection sends its next request when the last is answered) or *paced*
 (``rate`` requests per second; a request's latency counts from its scheduled time, so a
 backlog is not hidden). A 503 answer (the node's pending pool is full) is counted and
-the connection pauses 10 ms.
+the connection pauses 10 ms. A connection the server closes sends no more; requests
+still unanswered ``grace`` seconds after the deadline count as failed.
 
 Protocol with the parent, one JSON object per line on stdout: ``{"event": "started"}``
 once every connection is open and the clock starts, ``{"event": "deadline"}`` when the
@@ -57,6 +58,7 @@ class LoadSpec:
     query: str = ""  # e.g. "wait=final&timeout=60"
     path: str = "/api/v1/transactions"
     cpu: int | None = None  # pin the generator to this CPU
+    grace: float = GRACE  # seconds past the deadline for requests in flight to be answered
 
     @property
     def transactions_per_request(self) -> int:
@@ -119,6 +121,7 @@ class _Connection(asyncio.Protocol):
         self._buffer = bytearray()
         self._waiter: asyncio.Future[tuple[int, bytes]] | None = None
         self._transport: asyncio.Transport | None = None
+        self.lost = False  # the server closed the connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -143,12 +146,15 @@ class _Connection(asyncio.Protocol):
         waiter.set_result((status, body))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(ConnectionError("the server closed the connection"))
 
     async def request(self, data: bytes) -> tuple[int, bytes]:
         """Send one request; its (status, body)."""
         assert self._transport is not None
+        if self.lost:
+            raise ConnectionError("the server closed the connection")
         self._waiter = asyncio.get_running_loop().create_future()
         self._transport.write(data)
         return await self._waiter
@@ -189,6 +195,7 @@ class _Tally:
     failed: int = 0
     latencies: list[float] = field(default_factory=list)
     first_error: str = ""
+    unanswered: int = 0  # in flight when the grace period ran out
 
     def record(self, status: int, body: bytes, latency: float) -> None:
         if status in (200, 202):
@@ -246,13 +253,17 @@ class _Generator:
             self.tally.failed += 1
             self.tally.first_error = self.tally.first_error or str(e)
             return
+        except asyncio.CancelledError:
+            self.tally.unanswered += 1
+            raise
         self.tally.record(status, answer, time.monotonic() - scheduled)
         if status == 503:
             await asyncio.sleep(BACKOFF)
 
     async def closed_loop(self, conn: _Connection, host: str) -> None:
-        """Send the next request as soon as the last is answered."""
-        while self.may_send():
+        """Send the next request as soon as the last is answered, while the connection
+        lasts."""
+        while not conn.lost and self.may_send():
             await self.send(conn, host, time.monotonic())
 
     async def paced_worker(self, conn: _Connection, host: str) -> None:
@@ -272,15 +283,24 @@ class _Generator:
             self.queue.put_nowait(None)
 
     async def run(self) -> None:
-        """Drive every connection until the load is done."""
-        async with asyncio.timeout(self.spec.duration + GRACE), asyncio.TaskGroup() as group:
-            if self.spec.rate is None:
-                for conn, host in self.connections:
-                    group.create_task(self.closed_loop(conn, host))
-            else:
-                group.create_task(self.pace(self.spec.rate))
-                for conn, host in self.connections:
-                    group.create_task(self.paced_worker(conn, host))
+        """Drive every connection until the load is done; requests still unanswered
+        ``grace`` seconds after the deadline count as failed."""
+        try:
+            async with asyncio.timeout(self.spec.duration + self.spec.grace):
+                async with asyncio.TaskGroup() as group:
+                    if self.spec.rate is None:
+                        for conn, host in self.connections:
+                            group.create_task(self.closed_loop(conn, host))
+                    else:
+                        group.create_task(self.pace(self.spec.rate))
+                        for conn, host in self.connections:
+                            group.create_task(self.paced_worker(conn, host))
+        except TimeoutError:
+            self.tally.failed += self.tally.unanswered
+            self.tally.first_error = self.tally.first_error or (
+                f"{self.tally.unanswered} requests unanswered {self.spec.grace:g} s"
+                " after the deadline"
+            )
 
 
 async def generate(spec: LoadSpec, emit: Callable[[dict[str, object]], None] = _emit) -> LoadResult:
@@ -338,7 +358,7 @@ async def run_load(
     assert proc.stdout is not None
     assert proc.stderr is not None
     try:
-        async with asyncio.timeout(spec.duration + GRACE + 30):
+        async with asyncio.timeout(spec.duration + spec.grace + 30):
             while line := await proc.stdout.readline():
                 message = json.loads(line)
                 event = message.pop("event", None)

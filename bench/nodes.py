@@ -1,7 +1,8 @@
 """Real node processes for the benchmarks, and what /proc and the API say about them.
 
 :class:`NodeProcess` runs ``python -m qudag_node run`` on loopback in a data dir of its
-own, optionally under ``strace`` counting its fsync and fdatasync calls (the filter runs
+own, optionally pinned to one CPU (``taskset``, so that every thread it starts stays
+there) and under ``strace`` counting its fsync and fdatasync calls (the filter runs
 in the kernel: only those calls stop the process). :class:`Testnet` runs ``qudag-node
 testnet``. Both stop their processes with a signal and wait for them, always.
 """
@@ -82,6 +83,27 @@ def peak_rss_bytes(pid: int) -> int:
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of a process, all its threads, so far."""
     stat = Path(f"/proc/{pid}/stat").read_text()
+    after_name = stat[stat.rindex(")") + 2 :].split()
+    return (int(after_name[11]) + int(after_name[12])) / _CLOCK_TICKS
+
+
+def cpu_busy_seconds(cpu: int) -> float:
+    """Seconds CPU ``cpu`` has spent on anything (processes, interrupts, the hypervisor's
+    steal) rather than idle, from /proc/stat."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name == f"cpu{cpu}":
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+            return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
+    raise ValueError(f"no cpu{cpu} in /proc/stat")
+
+
+def thread_cpu_seconds(pid: int, tid: int) -> float:
+    """User plus system CPU time of one thread of a process so far (0.0 once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+    except OSError:
+        return 0.0
     after_name = stat[stat.rindex(")") + 2 :].split()
     return (int(after_name[11]) + int(after_name[12])) / _CLOCK_TICKS
 
@@ -219,6 +241,7 @@ class NodeProcess:
     data_dir: Path
     settings: dict[str, str] = field(default_factory=dict)
     trace: Path | None = None  # strace's log of fsync calls, when traced
+    cpu: int | None = None  # pin the node (every thread it starts) to this CPU
     pid: int = 0  # the node's own pid (strace's child when traced)
     url: str = ""
     p2p_port: int | None = None
@@ -238,6 +261,8 @@ class NodeProcess:
                 *("strace", "-f", "--seccomp-bpf", "-qq", "-ttt", "-o", str(self.trace)),
                 *("-e", "trace=fsync,fdatasync", *command),
             ]
+        if self.cpu is not None:  # taskset execs the command: its threads inherit the mask
+            command = ["taskset", "--cpu-list", str(self.cpu), *command]
         env = node_environment({"QUDAG_DATA_DIR": str(self.data_dir), **self.settings})
         with self._log.open("ab") as out:
             offset = out.tell()

@@ -19,7 +19,18 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import antientropy, catchup, disk, ids, ingest, memory, network, single, verify
+from bench import (
+    antientropy,
+    attack,
+    catchup,
+    disk,
+    ids,
+    ingest,
+    memory,
+    network,
+    single,
+    verify,
+)
 from bench.lab import FULL, QUICK, Lab
 from bench.report import Row, markdown
 
@@ -36,6 +47,7 @@ SCENARIOS: dict[str, Scenario] = {
     "memory": memory.scenario,
     "disk": disk.scenario,
     "ids": ids.scenario,
+    "attack": attack.scenario,
 }
 
 

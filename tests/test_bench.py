@@ -8,20 +8,31 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
+import zlib
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from bench import suite
 from bench.antientropy import python_fingerprints
+from bench.attack import attacked_while
+from bench.attacker import AttackMix, AttackSpec, gzip_bomb, oversize_batch
 from bench.history import Committee, certified_rounds, persist_history
 from bench.ingest import shared_ingest
 from bench.lab import Lab, Scale
 from bench.loadgen import LoadSpec, quantile, run_load
-from bench.nodes import strace_available, sync_calls
+from bench.nodes import (
+    cpu_busy_seconds,
+    cpu_seconds,
+    strace_available,
+    sync_calls,
+    thread_cpu_seconds,
+)
 from bench.report import Row, markdown
 from bench.single import bare_reference
 from bench.verify import engine_run
@@ -42,6 +53,18 @@ TINY = Scale(
     catchup_transactions=20_000,
     memory_transactions=5_000,
     memory_window=2.0,
+    attack_seconds=1.0,
+    attack_mix=AttackMix(
+        idle=200,
+        slow=5,
+        slow_interval=0.5,
+        bombs=2,
+        bomb_bytes=16 << 20,
+        batches=1,
+        batch_items=100_000,
+        batch_bytes=1 << 20,
+        pause=0.2,
+    ),
 )
 
 
@@ -51,7 +74,7 @@ async def test_every_scenario_runs_at_the_smallest_scale(tmp_path: Path) -> None
     rows = await suite.run_suite(lab, list(suite.SCENARIOS))
     fsync = ["fsync"] if strace_available() else []
     names = ["ingest", "single", "verify", "antientropy", "network", "catchup", "memory"]
-    assert [r.name for r in rows] == [*names, "disk", "wire", *fsync, "ids"]
+    assert [r.name for r in rows] == [*names, "disk", "wire", *fsync, "ids", "attack"]
     for row in rows:
         assert row.verdict in (("-",) if row.name == "ids" else ("PASS", "MISS"))
         assert row.ratio is None or row.ratio > 0
@@ -161,3 +184,113 @@ def test_rows_say_pass_miss_or_no_goal() -> None:
     assert Row("a", "1", "2", None, "none", None).line().endswith("| - | goal none | -")
     assert quantile([3.0, 1.0, 2.0], 0.5) == 2.0
     assert quantile([], 0.99) == 0.0
+
+
+@pytest.mark.slow
+async def test_attack_scenario_runs_at_a_tiny_size_and_prints_its_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lab = Lab(TINY, tmp_path)
+    rows = await suite.run_suite(lab, ["attack"])
+    assert [r.name for r in rows] == ["attack"]
+    (row,) = rows
+    assert row.verdict in ("PASS", "MISS")
+    assert row.ratio is not None
+    assert row.ratio >= 0
+    assert row.figure.endswith("under attack")
+    assert row.reference.endswith("without")
+    out = capsys.readouterr().out
+    assert out.startswith("-- attack ...\nattack ")
+    assert "| goal >= 0.7 x |" in out
+    mix = TINY.attack_mix
+    notes = " ".join(row.notes)
+    assert f"{mix.idle} idle sockets ({mix.idle} open at the start" in notes
+    assert f"{mix.bombs} gzip bombs" in notes
+    assert "/health during the attack: " in notes
+
+
+def test_attack_bodies_are_what_they_claim() -> None:
+    bomb = gzip_bomb(8 << 20)
+    assert len(bomb) < (8 << 20) // 500  # a bomb: the wire carries a fraction
+    assert zlib.decompress(bomb, 31) == bytes(8 << 20)
+    batch = oversize_batch(1000, 64 << 10)
+    assert len(batch) == 64 << 10
+    assert len(json.loads(batch)["transactions"]) == 1000
+
+
+def test_cpu_counters_see_a_pinned_busy_process() -> None:
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    program = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    busy_before = cpu_busy_seconds(cpu)
+    spinner = subprocess.Popen(["taskset", "--cpu-list", str(cpu), sys.executable, "-c", program])
+    try:
+        spinner_cpu = 0.0
+        while spinner.poll() is None:
+            spinner_cpu = max(spinner_cpu, cpu_seconds(spinner.pid))  # its last reading
+            main = thread_cpu_seconds(spinner.pid, spinner.pid)
+            assert main <= cpu_seconds(spinner.pid) + 0.02  # a thread's share of its process
+    finally:
+        spinner.wait(timeout=60)
+    assert spinner_cpu >= 0.2
+    assert cpu_busy_seconds(cpu) - busy_before >= spinner_cpu - 0.02  # it ran on that CPU
+    assert thread_cpu_seconds(spinner.pid, spinner.pid) == 0.0  # gone
+
+
+async def test_attacker_keeps_up_its_mix_against_a_server_that_defends_itself() -> None:
+    """A small real server that closes a connection whose header is not complete within
+    0.3 s and refuses every request: the attacker opens idle sockets and slow clients
+    again as they are closed, and counts each refusal by its status."""
+    closed_unfinished = 0
+    answered: Counter[int] = Counter()
+    enough = asyncio.Event()  # every kind of attack has been refused, idle ones too
+
+    def note() -> None:
+        if closed_unfinished > 2 * mix.idle and answered[415] and answered[400]:
+            enough.set()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal closed_unfinished
+        try:
+            async with asyncio.timeout(0.3):
+                head = await reader.readuntil(b"\r\n\r\n")
+        except (TimeoutError, asyncio.IncompleteReadError):
+            closed_unfinished += 1
+            writer.close()
+            note()
+            return
+        status = 415 if b"content-encoding: gzip" in head.lower() else 400
+        answered[status] += 1
+        writer.write(f"HTTP/1.1 {status} No\r\nContent-Length: 0\r\n\r\n".encode())
+        writer.close()
+        note()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    mix = AttackMix(
+        idle=40,
+        slow=3,
+        slow_interval=0.1,
+        bombs=2,
+        bomb_bytes=1 << 20,
+        batches=1,
+        batch_items=1000,
+        batch_bytes=64 << 10,
+        pause=0.1,
+    )
+
+    async def until_each_attack_was_refused() -> None:
+        async with asyncio.timeout(30):
+            await enough.wait()
+
+    async with server:
+        _, seen = await attacked_while(
+            AttackSpec(f"http://127.0.0.1:{port}", 60.0, mix), until_each_attack_was_refused
+        )
+    assert seen.idle_opened == mix.idle
+    assert seen.idle_reopened >= 1  # closed idle sockets are opened again
+    assert seen.idle_refused == 0
+    assert seen.slow_closed >= 1
+    assert seen.slow_held < 1.0  # the slow header got nowhere near the end of its trickle
+    assert seen.bombs.get("415", 0) >= 1
+    assert seen.batches.get("400", 0) >= 1
+    assert set(seen.bombs) <= {"415", "closed"}  # a refusal may close before the status
