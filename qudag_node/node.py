@@ -629,9 +629,7 @@ class Node:
         (the consensus's reserve used up) is named as such, and its clients get 507."""
         if is_disk_full(error):
             self._disk_full = True
-            return NodeFailure(
-                f"disk full: cannot write to the database: {error} ({self._disk.detail()} MiB)"
-            )
+            return NodeFailure(f"disk full: cannot write to the database: {error}")
         return NodeFailure(f"cannot write to the database: {error}")
 
     def _storage_error(self) -> Exception:

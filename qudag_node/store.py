@@ -179,9 +179,23 @@ def _check_files(path: Path) -> None:
 
 
 def _open_error(path: Path, error: sqlite3.Error) -> StoreError:
-    if is_disk_full(error):
-        return StoreError("disk_full", f"{path}: no space left on the device: {error}")
+    if is_disk_full(error) or (_is_io_error(error) and _free_bytes(path.parent) == 0):
+        # SQLite reports a shared-memory file it cannot create as an I/O error
+        return StoreError("disk_full", f"cannot open {path}: no space left on the device")
     return StoreError("corrupt", f"{path} is not a usable database: {error}")
+
+
+def _is_io_error(error: sqlite3.Error) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == sqlite3.SQLITE_IOERR
+
+
+def _free_bytes(directory: Path) -> int | None:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 @dataclass(frozen=True, slots=True)

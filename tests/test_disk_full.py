@@ -1,0 +1,230 @@
+"""A full disk, on a real small filesystem (an 8 MiB tmpfs) under a real node process:
+writes refused with 507, reads kept, recovery once space is freed, never a hang."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from qudag_node.core.crypto import tx_id
+from tests.nodeproc import NodeProcess, request, submit_json, wait_until
+from tests.test_cli import cli
+from tests.tools import tools_required
+
+pytestmark = pytest.mark.slow
+
+FS_SIZE = "8m"
+#: QUDAG_MIN_FREE_DISK_MB in these tests: the consensus's reserve.
+FLOOR_MB = 2
+#: A node that writes nothing by itself (no heartbeat vertices) unless asked.
+QUIET = {"QUDAG_MIN_FREE_DISK_MB": str(FLOOR_MB), "QUDAG_HEARTBEAT_INTERVAL": "3600"}
+
+
+def _unavailable(reason: str) -> None:
+    if tools_required():
+        pytest.fail(f"QUDAG_REQUIRE_TOOLS is set but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A fresh 8 MiB tmpfs mounted in the test's directory, unmounted afterwards."""
+    if os.geteuid() != 0:
+        _unavailable("mounting a small filesystem needs root")
+    mountpoint = tmp_path / "fs"
+    mountpoint.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={FS_SIZE}", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        _unavailable(f"cannot mount a tmpfs: {done.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        if subprocess.run(["umount", str(mountpoint)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def _free(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def fill(fs: Path, leave: int) -> Path:
+    """Write a filler file until at most ``leave`` bytes are free on ``fs``."""
+    filler = fs / f"filler-{len(list(fs.glob('filler-*')))}"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        while (room := _free(fs) - leave) > 0:
+            try:
+                os.write(fd, b"\0" * min(room, 1 << 20))
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                break
+    finally:
+        os.close(fd)
+    assert _free(fs) <= leave
+    return filler
+
+
+def _ready(node: NodeProcess) -> tuple[int, dict[str, object]]:
+    code, body = request("GET", node.url + "/ready")
+    assert isinstance(body, dict), body
+    return code, body
+
+
+def _stderr_lines(node: NodeProcess) -> list[str]:
+    """The lines of the node's output that are not JSON log records (its stderr)."""
+    out = []
+    for line in node.logs().splitlines():
+        try:
+            json.loads(line)
+        except ValueError:
+            out.append(line)
+    return out
+
+
+def test_a_full_disk_refuses_writes_with_507_keeps_reads_and_recovers(small_fs: Path) -> None:
+    node = NodeProcess(small_fs / "data", small_fs.parent / "node.log", QUIET).start()
+    try:
+        code, body = submit_json(node.url, [b"stored before the disk filled"], wait=True)
+        assert code == 200, body
+        stored = body["ids"][0]
+        filler = fill(small_fs, (FLOOR_MB << 20) // 2)
+
+        wait_until(lambda: _ready(node)[0] == 503, 10, "/ready to report the full disk")
+        _, ready = _ready(node)
+        reasons = ready["reasons"]
+        assert isinstance(reasons, list)
+        assert [r.split(":")[0] for r in reasons] == ["disk"]
+        assert f"need {FLOOR_MB} MiB" in reasons[0]
+
+        refused = b"refused for lack of space"
+        code, body = request("POST", node.url + "/api/v1/transactions", refused)
+        assert code == 507, body
+        assert body["error"]["code"] == "insufficient_storage"
+        assert set(body) == {"error"}
+        code, body = submit_json(node.url, [b"a refused batch"])
+        assert code == 507, body
+        assert body["error"]["code"] == "insufficient_storage"
+
+        # reads go on, and nothing refused was stored
+        code, body = request("GET", f"{node.url}/api/v1/transactions/{stored}")
+        assert (code, body["status"]) == (200, "final")
+        code, _ = request("GET", f"{node.url}/api/v1/transactions/{tx_id(refused).hex()}")
+        assert code == 404
+        code, body = request("GET", node.url + "/api/v1/log?from=1&limit=10")
+        assert (code, body["length"]) == (200, 1)
+        assert request("GET", node.url + "/health")[0] == 200
+
+        filler.unlink()
+        wait_until(lambda: _ready(node)[0] == 200, 10, "/ready once space is freed")
+        code, body = request("POST", node.url + "/api/v1/transactions?wait=final", refused)
+        assert code == 200, body
+        assert body["ids"] == [tx_id(refused).hex()]
+
+        started = time.monotonic()
+        node.signal(signal.SIGTERM)
+        assert node.wait(20) == 0, node.logs()
+        assert time.monotonic() - started < 10
+        assert "Traceback" not in node.logs()
+    finally:
+        node.kill()
+
+
+def test_a_write_past_the_reserve_answers_507_and_stops_the_node_with_1(small_fs: Path) -> None:
+    data = small_fs / "data"
+    node = NodeProcess(data, small_fs.parent / "node.log", QUIET).start()
+    try:
+        code, body = submit_json(node.url, [b"stored before the disk filled"], wait=True)
+        assert code == 200, body
+        filler = fill(small_fs, (FLOOR_MB << 20) + (256 << 10))
+        wait_until(lambda: _ready(node)[0] == 200, 10, "/ready just above the floor")
+        # one batch passes the free-space check, and is larger than the space left
+        big = [os.urandom(60_000) for _ in range(60)]
+        code, body = submit_json(node.url, big)
+        assert code == 507, body
+        assert body["error"]["code"] == "insufficient_storage"
+        # the engine's state is ahead of the disk now: the node stops, in one line
+        assert node.wait(30) == 1
+        lines = _stderr_lines(node)
+        assert lines == [
+            "qudag-node: node stopped: disk full: cannot write to the database:"
+            " database or disk is full"
+        ], node.logs()
+        assert "Traceback" not in node.logs()
+    finally:
+        node.kill()
+
+    filler.unlink()
+    node.start()  # nothing acknowledged was lost, nothing refused was stored
+    try:
+        code, body = request("GET", node.url + "/api/v1/log?from=1&limit=10")
+        assert (code, body["length"]) == (200, 1)
+        code, _ = request("GET", f"{node.url}/api/v1/transactions/{tx_id(big[0]).hex()}")
+        assert code == 404
+        assert node.stop() == 0
+    finally:
+        node.kill()
+
+
+def test_a_restart_below_the_floor_serves_reads_and_refuses_writes(small_fs: Path) -> None:
+    data = small_fs / "data"
+    node = NodeProcess(data, small_fs.parent / "node.log", QUIET).start()
+    code, body = submit_json(node.url, [b"stored before the restart"], wait=True)
+    assert code == 200, body
+    stored = body["ids"][0]
+    assert node.stop() == 0
+    fill(small_fs, (FLOOR_MB << 20) // 2)
+
+    node.start(ready=False)
+    try:
+        code, ready = _ready(node)
+        assert code == 503
+        assert [str(r).split(":")[0] for r in ready["reasons"]] == ["disk"]  # type: ignore[attr-defined]
+        code, body = request("GET", f"{node.url}/api/v1/transactions/{stored}")
+        assert (code, body["status"]) == (200, "final")
+        code, body = request("POST", node.url + "/api/v1/transactions", b"refused")
+        assert code == 507, body
+        assert node.stop() == 0
+    finally:
+        node.kill()
+
+
+def test_a_restart_on_a_full_disk_exits_1_in_one_line(small_fs: Path) -> None:
+    data = small_fs / "data"
+    node = NodeProcess(data, small_fs.parent / "node.log", QUIET).start()
+    code, body = submit_json(node.url, [b"stored before the restart"], wait=True)
+    assert code == 200, body
+    assert node.stop() == 0
+    fill(small_fs, 0)
+
+    started = time.monotonic()
+    result = cli(
+        "run",
+        env={
+            "QUDAG_DATA_DIR": str(data),
+            "QUDAG_API_PORT": "0",
+            "QUDAG_P2P_PORT": "0",
+            "QUDAG_LOG_FORMAT": "json",
+            **QUIET,
+        },
+    )
+    assert result.code == 1, result.stderr
+    assert result.stderr.splitlines() == [
+        f"qudag-node: node stopped: database {data}: cannot open {data / 'qudag.db'}:"
+        " no space left on the device"
+    ]
+    assert time.monotonic() - started < 30
