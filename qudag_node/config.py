@@ -59,7 +59,7 @@ def read_small_file(path: Path, limit: int = MAX_SETTINGS_FILE_BYTES) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
         if os.path.islink(path):
-            raise OSError(errno.ENOENT, "a dangling symlink") from None
+            raise OSError(errno.EINVAL, "a dangling symlink") from None  # not "missing"
         raise
     except IsADirectoryError:
         raise OSError(errno.EISDIR, "a directory, not a file") from None

@@ -230,15 +230,42 @@ def key_file(path: Path) -> tuple[Signer, bool]:
     return signer, True
 
 
-def _leaves(error: BaseException) -> list[BaseException]:
+def exception_leaves(error: BaseException) -> list[BaseException]:
     """The exceptions in ``error``, nested exception groups taken apart, in order."""
     if isinstance(error, BaseExceptionGroup):
-        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+        return [leaf for inner in error.exceptions for leaf in exception_leaves(inner)]
     return [error]
 
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def stop_cause(error: BaseException) -> BaseException:
+    """The one exception that stops the node, out of what its tasks raised: two
+    tasks may fail at once, into an exception group, possibly nested. A
+    :class:`NodeFailure` names the cause best, then a :class:`ConfigError`; an
+    unexpected exception becomes a NodeFailure naming its type, with its traceback
+    in the log. Every other failure is logged, one line each."""
+    leaves = exception_leaves(error)
+    for leaf in leaves:
+        if not isinstance(leaf, Exception):  # KeyboardInterrupt, SystemExit, cancelled
+            return leaf
+    cause = next(
+        (e for kind in (NodeFailure, ConfigError) for e in leaves if isinstance(e, kind)),
+        leaves[0],
+    )
+    for leaf in leaves:
+        if leaf is cause:
+            continue
+        if isinstance(leaf, NodeFailure | ConfigError):
+            log.error("also_failed", error=_one_line(str(leaf)))
+        else:
+            log.error("also_failed", error=f"{type(leaf).__name__}: {leaf}", exc_info=leaf)
+    if isinstance(cause, NodeFailure | ConfigError):
+        return cause
+    log.error("unexpected_failure", error=f"{type(cause).__name__}", exc_info=cause)
+    return NodeFailure(f"unexpected {type(cause).__name__}: {_one_line(str(cause))}")
 
 
 class Node:
@@ -315,39 +342,13 @@ class Node:
         try:
             await self._serve()
         except BaseException as e:  # one cause is chosen, the rest logged
-            raise self._cause(e) from None
+            raise stop_cause(e) from None
         finally:
             try:
                 await self._store.close()
             except StoreError as e:
                 log.warning("database_close_failed", error=str(e))
             log.info("stopped")
-
-    def _cause(self, error: BaseException) -> BaseException:
-        """The one exception that stops the node, out of what :meth:`_serve` raised: two
-        tasks may fail at once, into an exception group, possibly nested. A
-        :class:`NodeFailure` names the cause best, then a :class:`ConfigError`; an
-        unexpected exception becomes a NodeFailure naming its type, with its traceback
-        in the log. Every other failure is logged, one line each."""
-        leaves = _leaves(error)
-        for leaf in leaves:
-            if not isinstance(leaf, Exception):  # KeyboardInterrupt, SystemExit, cancelled
-                return leaf
-        cause = next(
-            (e for kind in (NodeFailure, ConfigError) for e in leaves if isinstance(e, kind)),
-            leaves[0],
-        )
-        for leaf in leaves:
-            if leaf is cause:
-                continue
-            if isinstance(leaf, NodeFailure | ConfigError):
-                log.error("also_failed", error=_one_line(str(leaf)))
-            else:
-                log.error("also_failed", error=f"{type(leaf).__name__}: {leaf}", exc_info=leaf)
-        if isinstance(cause, NodeFailure | ConfigError):
-            return cause
-        log.error("unexpected_failure", error=f"{type(cause).__name__}", exc_info=cause)
-        return NodeFailure(f"unexpected {type(cause).__name__}: {_one_line(str(cause))}")
 
     async def _serve(self) -> None:
         s = self.settings
@@ -531,7 +532,11 @@ class Node:
         batch, self._inbox, self._inbox_txs = self._inbox, [], 0
         outcomes: _Outcomes = []
         if batch:
-            known = await self._store.known_ids([i for sub in batch for i in sub.ids])
+            try:
+                known = await self._store.known_ids([i for sub in batch for i in sub.ids])
+            except sqlite3.DatabaseError as e:
+                self._inbox = batch + self._inbox  # answered with an error as the node stops
+                raise NodeFailure(f"cannot read the database: {e}") from None
             outcomes = self._admit(batch, known, now)
         self._take_peer_inputs(now)
         self._engine.handle_timer(now)
@@ -583,6 +588,12 @@ class Node:
 
     async def _follow_up(self, events: list[Event], now: float) -> None:
         """Answer the engine's requests that need the store."""
+        try:
+            await self._answer_requests(events, now)
+        except sqlite3.DatabaseError as e:
+            raise NodeFailure(f"cannot read the database: {e}") from None
+
+    async def _answer_requests(self, events: list[Event], now: float) -> None:
         for event in events:
             if isinstance(event, TransactionsOrphaned):
                 # our vertices that can no longer be ordered: propose them again

@@ -324,14 +324,16 @@ async def _connect(
 
 def accept(data_dir: Path, genesis: Genesis) -> None:
     """Refuse ``data_dir`` before anything is written into it: a database path that is
-    not a regular file, a database of a newer schema or of another network. Reads only
-    (a read-only connection, when the database exists); raises :class:`StoreError`."""
+    not a regular file, a database of a newer schema or of another network, as far as
+    its main file tells. Reads only; raises :class:`StoreError`."""
     path = data_dir / DB_FILENAME
     _check_files(path)
     if not path.exists() or path.stat().st_size == 0:
         return  # a new database
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        # immutable: no lock and no -wal or -shm file created. Rows still only in the
+        # WAL are not seen; Store.open checks those.
+        conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
     except sqlite3.Error as e:
         raise _open_error(path, e) from None
     try:
