@@ -400,7 +400,8 @@ SETTINGS: tuple[Setting, ...] = (
         "QUDAG_MIN_FREE_DISK_MB",
         "64",
         _int(0, 1 << 20),
-        "Below this much free space in DATA_DIR the node reports not ready.",
+        "Below this much free space in DATA_DIR the node refuses client writes (507) and"
+        " reports not ready; the space left is the consensus's reserve.",
     ),
     Setting(
         "shutdown_timeout",
