@@ -11,6 +11,7 @@ waiters, and sends messages: persist before announce, acknowledge after commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import signal
@@ -29,7 +30,7 @@ from qudag_node import __version__
 from qudag_node.api import make_app, start_api
 from qudag_node.commits import GroupCommit
 from qudag_node.config import ConfigError, Settings, read_small_file
-from qudag_node.core.crypto import Signer, tx_ids
+from qudag_node.core.crypto import Signer, log_hash_start, tx_ids
 from qudag_node.core.engine import Engine
 from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.events import (
@@ -317,7 +318,10 @@ class Node:
         s = self.settings
         log.info("starting", version=__version__, settings=s.redacted())
         try:
-            await asyncio.to_thread(s.data_path.mkdir, parents=True, exist_ok=True)
+            try:
+                await asyncio.to_thread(s.data_path.mkdir, parents=True, exist_ok=True)
+            except FileExistsError:  # a file, a FIFO or a dangling symlink
+                raise NodeFailure(f"data dir {s.data_path}: not a directory") from None
             self._signer, new_key = await asyncio.to_thread(load_signer, s)
             self._genesis = s.genesis(self._signer.public_key)
             # nothing is written into the data dir before it is accepted
@@ -344,11 +348,17 @@ class Node:
         except BaseException as e:  # one cause is chosen, the rest logged
             raise stop_cause(e) from None
         finally:
+            durable: dict[str, Any] = {}
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                # the committed log, for the next start's state_loaded line to match
+                length, log_hash = await self._store.log_head()
+                log_hash = log_hash or log_hash_start(self._genesis.hash)
+                durable = {"log_length": length, "log_hash": log_hash.hex()}
             try:
                 await self._store.close()
             except StoreError as e:
                 log.warning("database_close_failed", error=str(e))
-            log.info("stopped")
+            log.info("stopped", **durable)
 
     async def _serve(self) -> None:
         s = self.settings

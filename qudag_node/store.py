@@ -649,6 +649,11 @@ class Store:
         data = {TxId(r[0]): bytes(r[1]) for r in rows}
         return [(i, data[i]) for i in ids if i in data]
 
+    async def log_head(self) -> tuple[int, bytes | None]:
+        """The committed finalized log's length and running hash (None while empty)."""
+        rows = await _fetch(self._reader, "SELECT seq, hash FROM log ORDER BY seq DESC LIMIT 1")
+        return (int(rows[0][0]), bytes(rows[0][1])) if rows else (0, None)
+
     async def evidence(self, limit: int) -> list[EvidenceRecord]:
         """Equivocation evidence, most recent rounds first."""
         rows = await _fetch(

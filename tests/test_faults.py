@@ -150,6 +150,9 @@ def test_the_log_length_and_hash_are_logged_at_start(tmp_path: Path) -> None:
     code, log = request("GET", node.url + "/api/v1/log?limit=1")
     assert code == 200
     assert node.stop() == 0
+    stopped = node.records()[-1]
+    assert stopped["event"] == "stopped"
+    assert (stopped["log_length"], stopped["log_hash"]) == (2, log["hash"])
     node.start()
     try:
         loaded = next(r for r in node.records() if r["event"] == "state_loaded")
@@ -158,6 +161,16 @@ def test_the_log_length_and_hash_are_logged_at_start(tmp_path: Path) -> None:
         assert isinstance(loaded["wal_bytes"], int)
     finally:
         assert node.stop() == 0
+
+
+@pytest.mark.parametrize("kind", ["file", "fifo", "dangling symlink"])
+def test_a_data_dir_that_is_not_a_directory_exits_1(tmp_path: Path, kind: str) -> None:
+    data = tmp_path / "data"
+    if kind == "file":
+        data.write_text("not a directory\n")
+    else:
+        _make(data, kind)
+    _refused(_run(data), 1, f"data dir {data}: not a directory")
 
 
 # ------------------------------------------------- several failures at once
