@@ -330,10 +330,13 @@ def accept(data_dir: Path, genesis: Genesis) -> None:
     _check_files(path)
     if not path.exists() or path.stat().st_size == 0:
         return  # a new database
+    wal = path.with_name(path.name + "-wal")
+    # Without a WAL to read, the main file is the whole database: read it as immutable,
+    # which creates no -wal or -shm file. With one (a checkpoint may have been cut short,
+    # leaving the main file half updated) it must be read through the WAL.
+    immutable = "&immutable=1" if not wal.exists() or wal.stat().st_size == 0 else ""
     try:
-        # immutable: no lock and no -wal or -shm file created. Rows still only in the
-        # WAL are not seen; Store.open checks those.
-        conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+        conn = sqlite3.connect(f"file:{path}?mode=ro{immutable}", uri=True)
     except sqlite3.Error as e:
         raise _open_error(path, e) from None
     try:
