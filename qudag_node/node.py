@@ -346,6 +346,9 @@ class Node:
         try:
             await self._serve()
         except BaseException as e:  # one cause is chosen, the rest logged
+            # Not ``except*``: before 3.11.4 (Debian bookworm has 3.11.2), an exception
+            # raised in an except* clause comes out wrapped in a new ExceptionGroup
+            # (CPython gh-103590), which ended the process in a traceback.
             raise stop_cause(e) from None
         finally:
             durable: dict[str, Any] = {}
