@@ -77,6 +77,8 @@ MAX_COMMIT_BURST = 4
 STEPS_WAITING = 8
 #: Seconds a reading of the data dir's free space is used before it is read again.
 DISK_CHECK_INTERVAL = 0.25
+#: Least seconds between a write that failed for lack of space and the next attempt.
+DISK_FULL_PAUSE = 1.0
 #: Largest node key file read (the key is 64 hex characters and a newline).
 MAX_KEY_FILE_BYTES = 4096
 log = structlog.get_logger("qudag.node")
@@ -523,9 +525,15 @@ class Node:
             max_rate=MAX_COMMITS_PER_SECOND,
             max_burst=MAX_COMMIT_BURST,
             max_waiting=STEPS_WAITING,
+            recoverable=lambda e: is_disk_full(e.__cause__ or e),
+            on_broken=self._wakeup.set,
         )
         tg.create_task(commits.run())
         while True:
+            if commits.broken:
+                if not await self._recover():
+                    break  # shutting down meanwhile
+                commits.repair()
             timer = self._engine.get_timer()
             if not self._inbox and not self._peer_inbox and not self._stopping:
                 delay = None if timer is None else max(0.0, timer - time.time())
@@ -539,6 +547,45 @@ class Node:
             if self._stopping and not self._inbox:
                 break
         commits.close()
+
+    async def _recover(self) -> bool:
+        """After a write failed for lack of space (its steps failed, their clients
+        answered 507): wait until the free space is above the floor again, then take
+        the engine back to the state on disk, as a restart would. Nothing the failed
+        steps held was announced (persist before announce), so the engine may make
+        them again differently. False if the node is shutting down meanwhile."""
+        log.warning("disk_full", detail=self._disk.detail() + " MiB", action="writes paused")
+        self._fail_queued()  # not stored: 507 now rather than a wait of unknown length
+        while True:
+            try:
+                async with asyncio.timeout(DISK_FULL_PAUSE):
+                    await self._stop_requested.wait()
+                return False
+            except TimeoutError:
+                pass
+            if not self._disk.low():
+                break
+        try:
+            snapshot = await self._store.load_snapshot(
+                self._genesis, self.params.gc_depth, self._signer.public_key
+            )
+        except sqlite3.DatabaseError as e:
+            raise NodeFailure(
+                f"database {self.settings.data_path}: cannot load the state: {e}"
+            ) from None
+        self._engine = Engine(
+            self._genesis, self.params, self._signer, snapshot, verifier=self._verifier
+        )
+        now = time.time()
+        self._engine.set_catching_up(self._syncer.catching_up, now)
+        if self._network is not None:
+            for peer, key in self._network.linked():
+                self._engine.peer_connected(peer, key)
+        self._disk_full = False
+        log.info(
+            "writes_resumed", detail=self._disk.detail() + " MiB", log_length=snapshot.log_length
+        )
+        return True
 
     async def _step(self, commits: GroupCommit[_Step], now: float) -> None:
         commits.preparing()
@@ -670,7 +717,8 @@ class Node:
                     sub.done.set_exception(self._storage_error())
 
     def _fail_queued(self) -> None:
-        """The node stops: submissions the pump did not take get an error, never an ack."""
+        """Submissions the pump did not take get an error, never an ack (the node stops,
+        or waits for disk space)."""
         queued, self._inbox, self._inbox_txs = self._inbox, [], 0
         for sub in queued:
             if not sub.done.done():
