@@ -67,7 +67,12 @@ def read_small_file(path: Path, limit: int = MAX_SETTINGS_FILE_BYTES) -> bytes:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise OSError(errno.EINVAL, f"{file_kind(mode)}, not a regular file")
-        data = os.read(fd, limit + 1)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit and (chunk := os.read(fd, limit + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
     finally:
         os.close(fd)
     if len(data) > limit:

@@ -295,7 +295,7 @@ class Node:
         self._network: PeerNetwork | None = None
         self._verifier = ThreadedVerifier(worker_count())  # threads start on first use
         self._disk = DiskGuard(settings.data_path, settings.min_free_disk_mb)
-        self._disk_full = False  # a write failed for lack of space: the node stops
+        self._disk_full = False  # a write failed for lack of space; cleared by _recover()
         self._syncer: Syncer
         self._peer_inbox: PeerInbox
         # set in run()

@@ -14,7 +14,7 @@ from pathlib import Path
 import nacl.signing
 import pytest
 
-from qudag_node.config import ConfigError
+from qudag_node.config import MAX_SETTINGS_FILE_BYTES, ConfigError
 from qudag_node.node import NodeFailure, exception_leaves, stop_cause
 from tests.nodeproc import NodeProcess, request, submit_json
 from tests.test_cli import Result, cli, one_line
@@ -90,6 +90,13 @@ def test_a_settings_file_that_is_not_a_regular_file_exits_2(tmp_path: Path, kind
         _make(path, kind)
         result = _run(tmp_path / "data", **{variable: str(path)})
         _refused(result, 2, str(path), _KIND_WORDS[kind])
+
+
+def test_a_genesis_file_over_the_size_limit_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "genesis.json"
+    path.write_text('{"network_id": "' + "x" * MAX_SETTINGS_FILE_BYTES + '"}')
+    result = _run(tmp_path / "data", QUDAG_GENESIS=str(path))
+    _refused(result, 2, str(path), f"larger than {MAX_SETTINGS_FILE_BYTES} bytes")
 
 
 # ------------------------------------------------------------ data dir
