@@ -287,3 +287,23 @@ def test_a_restart_on_a_full_disk_exits_1_in_one_line(small_fs: Path) -> None:
         " no space left on the device"
     ]
     assert time.monotonic() - started < 30
+
+
+def test_sigterm_stops_a_node_whose_writes_are_paused(small_fs: Path) -> None:
+    env = {**QUIET, "QUDAG_HEARTBEAT_INTERVAL": "0.2"}
+    node = NodeProcess(small_fs / "data", small_fs.parent / "node.log", env).start()
+    try:
+        fill(small_fs, 0)
+        wait_until(
+            lambda: any(r["event"] == "disk_full" for r in node.records()),
+            30,
+            "a heartbeat's write to fail for lack of space",
+        )
+        started = time.monotonic()
+        node.signal(signal.SIGTERM)
+        assert node.wait(20) == 0, node.logs()
+        assert time.monotonic() - started < 10
+        assert _stderr_lines(node) == []
+        assert node.records()[-1]["event"] == "stopped"
+    finally:
+        node.kill()
