@@ -3,6 +3,7 @@ writes refused with 507, reads kept, recovery once space is freed, never a hang.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from qudag_node.core.crypto import tx_id
+from tests.network import network
 from tests.nodeproc import NodeProcess, request, submit_json, wait_until
 from tests.test_cli import cli
 from tests.tools import tools_required
@@ -34,12 +36,11 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A fresh 8 MiB tmpfs mounted in the test's directory, unmounted afterwards."""
+@contextlib.contextmanager
+def mounted_small_fs(mountpoint: Path) -> Iterator[Path]:
+    """A fresh 8 MiB tmpfs mounted on the new directory ``mountpoint``, unmounted after."""
     if os.geteuid() != 0:
         _unavailable("mounting a small filesystem needs root")
-    mountpoint = tmp_path / "fs"
     mountpoint.mkdir()
     done = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={FS_SIZE}", "tmpfs", str(mountpoint)],
@@ -54,6 +55,13 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
     finally:
         if subprocess.run(["umount", str(mountpoint)], check=False).returncode != 0:
             subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A fresh 8 MiB tmpfs mounted in the test's directory, unmounted afterwards."""
+    with mounted_small_fs(tmp_path / "fs") as mountpoint:
+        yield mountpoint
 
 
 def _free(path: Path) -> int:
@@ -307,3 +315,51 @@ def test_sigterm_stops_a_node_whose_writes_are_paused(small_fs: Path) -> None:
         assert node.records()[-1]["event"] == "stopped"
     finally:
         node.kill()
+
+
+def test_a_validator_out_of_disk_space_pauses_and_rejoins_without_equivocating(
+    tmp_path: Path,
+) -> None:
+    """Four validators; v4 keeps its data on an 8 MiB tmpfs that fills up while the
+    others go on: v4's writes of their vertices fail, it pauses, and once space is
+    freed it rebuilds its engine from its disk and catches up, to the same log."""
+    with (
+        mounted_small_fs(tmp_path / "v4") as v4_fs,
+        network(tmp_path, QUDAG_MIN_FREE_DISK_MB=str(FLOOR_MB)) as net,
+    ):
+        for name in net.validators:
+            net.start(name, ready=False)
+        wait_until(lambda: all(net.is_ready(n) for n in net.validators), 60, "all ready")
+        code, body = submit_json(net.members["v1"].url, [b"before"], wait=True)
+        assert code == 200, body
+        net.wait_converged(at_least=1)
+
+        filler = fill(v4_fs, 0)
+        v4 = net.members["v4"].process
+        wait_until(
+            lambda: any(r["event"] == "disk_full" for r in v4.records()),
+            30,
+            "v4's writes to fail for lack of space",
+        )
+        for k in range(5):  # the other three keep finalizing
+            code, body = submit_json(net.members["v1"].url, [b"while v4 is full %d" % k])
+            assert code == 202, body
+        length, _ = net.wait_converged(["v1", "v2", "v3"], at_least=6)
+        assert v4.proc is not None
+        assert v4.proc.poll() is None  # paused, not stopped
+        code, body = request("POST", net.members["v4"].url + "/api/v1/transactions", b"x")
+        assert code == 507, body
+
+        filler.unlink()
+        wait_until(
+            lambda: any(r["event"] == "writes_resumed" for r in v4.records()),
+            30,
+            "v4 to resume its writes",
+        )
+        net.wait_converged(at_least=length, timeout=90)
+        for member in net.running():
+            code, body = request("GET", member.url + "/api/v1/evidence")
+            assert code == 200
+            assert body["equivocations"] == [], member.name
+        assert [line for line in v4.logs().splitlines() if not line.startswith("{")] == []
+        net.stop_all()
