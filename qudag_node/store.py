@@ -26,6 +26,7 @@ from typing import Any
 
 import aiosqlite
 
+from qudag_node.config import file_kind
 from qudag_node.core.certificate import decode_certificate
 from qudag_node.core.crypto import log_hash_start
 from qudag_node.core.engine import Snapshot, StoredVertex
@@ -172,10 +173,7 @@ def _check_files(path: Path) -> None:
         except OSError as e:
             raise StoreError("io", f"{name}: {e.strerror}") from None
         if not stat.S_ISREG(mode):
-            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
-            if stat.S_ISFIFO(mode):
-                kind = "a FIFO"
-            raise StoreError("not_a_file", f"{name} is {kind}, not a database file")
+            raise StoreError("not_a_file", f"{name} is {file_kind(mode)}, not a database file")
 
 
 def _open_error(path: Path, error: sqlite3.Error) -> StoreError:
