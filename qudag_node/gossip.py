@@ -264,6 +264,10 @@ class PeerNetwork:
         self._metrics.on_peer_message("sent", message_kind(data), size)
         return True
 
+    def linked(self) -> list[tuple[PeerId, PublicKey]]:
+        """Each linked peer and the key it proved."""
+        return [(peer, link.key) for peer, link in self._by_peer.items()]
+
     def last_seen(self) -> dict[PeerId, float]:
         """Seconds since each linked peer last sent a frame."""
         now = time.monotonic()
