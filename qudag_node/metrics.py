@@ -26,6 +26,7 @@ from qudag_node.core.events import (
     MessageRejected,
     VertexCertified,
 )
+from qudag_node.core.handshake import REFUSAL_REASONS, UNKNOWN_REFUSAL
 
 #: Buckets for one SQLite commit (an fsync or two): 0.5 ms to 2 s.
 STORE_COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
@@ -317,8 +318,10 @@ class Metrics:
         self._peer_bytes.labels(direction=direction, type=kind).inc(size)
 
     def on_handshake_failure(self, reason: str) -> None:
-        """A peer handshake failed for ``reason``."""
-        self._handshake_failures.labels(reason=reason).inc()
+        """A peer handshake failed for ``reason``; one outside the known set (text a
+        peer made up, say) is counted as ``unknown``, so peers cannot add series."""
+        label = reason if reason in REFUSAL_REASONS else UNKNOWN_REFUSAL
+        self._handshake_failures.labels(reason=label).inc()
 
     def on_link_closed(self, reason: str) -> None:
         """An established peer link closed for ``reason``."""

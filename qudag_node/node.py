@@ -11,6 +11,7 @@ waiters, and sends messages: persist before announce, acknowledge after commit.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import signal
@@ -345,7 +346,9 @@ class Node:
             s.peer_auth_token.reveal().encode(),
             self._peer_inbox,
             self._metrics,
-            LinkLimits(max_queue_bytes=s.peer_queue_bytes),
+            dataclasses.replace(
+                LinkLimits.for_interval(s.dag_sync_interval), max_queue_bytes=s.peer_queue_bytes
+            ),
         )
         try:
             self.p2p_port = await self._network.start(s.p2p_port)
