@@ -326,6 +326,15 @@ class PeerNetwork:
         now = time.monotonic()
         return {p: now - link.last_seen for p, link in self._by_peer.items()}
 
+    def live_validators(self) -> int:
+        """Validators linked now by a link that is not stale."""
+        now = time.monotonic()
+        return sum(
+            1
+            for link in self._links.values()
+            if link.role is LinkRole.VALIDATOR and self._state(link, now) is LinkState.CONNECTED
+        )
+
     def views(self) -> list[PeerView]:
         """Every linked peer and every candidate address not linked."""
         now = time.monotonic()

@@ -225,6 +225,7 @@ class Metrics:
             registry=r,
         )
         self._aged_peers: set[str] = set()
+        self._quorum: tuple[Gauge, Gauge, Gauge] | None = None  # validators only
         self._sync_rounds = Counter(
             "qudag_sync_rounds",
             "Anti-entropy summaries received from peers, by result (in_sync, differences).",
@@ -334,6 +335,34 @@ class Metrics:
         self._aged_peers = set(ages)
         for peer, age in ages.items():
             self._last_message_age.labels(peer=peer).set(age)
+
+    def on_quorum(self, able: bool, linked: int, since: float) -> None:
+        """A validator's view of its quorum: whether ``linked`` validators (itself
+        included) reach it, and the Unix time ``since`` when that last changed. The
+        series exist on validators only, so observers never look unable to finalize."""
+        if self._quorum is None:
+            self._quorum = (
+                Gauge(
+                    "qudag_quorum_linked",
+                    "1 while this validator links to a quorum of validators (itself"
+                    " included) and can finalize; 0 while it cannot.",
+                    registry=self.registry,
+                ),
+                Gauge(
+                    "qudag_quorum_validators_linked",
+                    "Validators this validator links to by live links, itself included.",
+                    registry=self.registry,
+                ),
+                Gauge(
+                    "qudag_quorum_changed_timestamp_seconds",
+                    "Unix time when qudag_quorum_linked last changed (or was first known).",
+                    registry=self.registry,
+                ),
+            )
+        state, count, changed = self._quorum
+        state.set(1 if able else 0)
+        count.set(linked)
+        changed.set(since)
 
     def on_sync_rejected(self, reason: Reason) -> None:
         """A peer's sync message was dropped for ``reason``."""
