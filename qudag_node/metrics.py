@@ -82,6 +82,38 @@ class _StorageCollector:
         return [free, size, database]
 
 
+class _QuorumCollector:
+    """A validator's quorum gauges. Only validators set :attr:`state`; until then (and
+    on an observer, always) the families have no samples, so an observer never looks
+    unable to finalize."""
+
+    def __init__(self) -> None:
+        #: (able, validators linked with itself, Unix time of the last change)
+        self.state: tuple[bool, int, float] | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        """The three gauges."""
+        able = GaugeMetricFamily(
+            "qudag_quorum_linked",
+            "1 while this validator links to a quorum of validators (itself included) and"
+            " can finalize; 0 while it cannot.",
+        )
+        linked = GaugeMetricFamily(
+            "qudag_quorum_validators_linked",
+            "Validators this validator links to by live links, itself included.",
+        )
+        changed = GaugeMetricFamily(
+            "qudag_quorum_changed_timestamp_seconds",
+            "Unix time when qudag_quorum_linked last changed (or was first known).",
+        )
+        if self.state is not None:
+            state, count, since = self.state
+            able.add_metric([], 1 if state else 0)
+            linked.add_metric([], count)
+            changed.add_metric([], since)
+        return [able, linked, changed]
+
+
 def _file_bytes(path: Path) -> float:
     """The size of ``path``: 0 when it does not exist, NaN when it cannot be read."""
     try:
@@ -225,7 +257,8 @@ class Metrics:
             registry=r,
         )
         self._aged_peers: set[str] = set()
-        self._quorum: tuple[Gauge, Gauge, Gauge] | None = None  # validators only
+        self._quorum = _QuorumCollector()
+        r.register(self._quorum)
         self._sync_rounds = Counter(
             "qudag_sync_rounds",
             "Anti-entropy summaries received from peers, by result (in_sync, differences).",
@@ -338,31 +371,8 @@ class Metrics:
 
     def on_quorum(self, able: bool, linked: int, since: float) -> None:
         """A validator's view of its quorum: whether ``linked`` validators (itself
-        included) reach it, and the Unix time ``since`` when that last changed. The
-        series exist on validators only, so observers never look unable to finalize."""
-        if self._quorum is None:
-            self._quorum = (
-                Gauge(
-                    "qudag_quorum_linked",
-                    "1 while this validator links to a quorum of validators (itself"
-                    " included) and can finalize; 0 while it cannot.",
-                    registry=self.registry,
-                ),
-                Gauge(
-                    "qudag_quorum_validators_linked",
-                    "Validators this validator links to by live links, itself included.",
-                    registry=self.registry,
-                ),
-                Gauge(
-                    "qudag_quorum_changed_timestamp_seconds",
-                    "Unix time when qudag_quorum_linked last changed (or was first known).",
-                    registry=self.registry,
-                ),
-            )
-        state, count, changed = self._quorum
-        state.set(1 if able else 0)
-        count.set(linked)
-        changed.set(since)
+        included) reach it, and the Unix time ``since`` when that last changed."""
+        self._quorum.state = (able, linked, since)
 
     def on_sync_rejected(self, reason: Reason) -> None:
         """A peer's sync message was dropped for ``reason``."""
