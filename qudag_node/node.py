@@ -17,6 +17,7 @@ import shutil
 import signal
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -825,15 +826,51 @@ class Node:
         return "running" if self._started.is_set() else "starting"
 
 
+class ShutdownWatchdog:
+    """Ends the process (exit code 1) if a shutdown has not finished ``seconds`` after
+    it began: whatever a task is doing, SIGTERM stops the node within
+    ``QUDAG_SHUTDOWN_TIMEOUT``. A thread, so that it fires even if the event loop is
+    stuck."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._timer: threading.Timer | None = None
+
+    def start(self) -> None:
+        """Start counting (once; later calls change nothing)."""
+        if self._timer is None:
+            self._timer = threading.Timer(self.seconds, self._expired)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def cancel(self) -> None:
+        """The shutdown finished: stop counting."""
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _expired(self) -> None:
+        log.error("shutdown_timed_out", seconds=self.seconds)
+        sys.stdout.flush()
+        os._exit(1)
+
+
 async def serve(settings: Settings) -> None:
-    """Run a node until SIGTERM or SIGINT, then shut it down cleanly."""
+    """Run a node until SIGTERM or SIGINT, then shut it down cleanly, within
+    ``QUDAG_SHUTDOWN_TIMEOUT`` (after which the process exits with 1 all the same)."""
     node = Node(settings)
+    watchdog = ShutdownWatchdog(settings.shutdown_timeout)
     loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        watchdog.start()
+        node.stop()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, node.stop)
+        loop.add_signal_handler(sig, stop)
     try:
         await node.run()
     finally:
+        watchdog.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     sys.stdout.flush()
