@@ -611,14 +611,18 @@ class PeerNetwork:
             with contextlib.suppress(OSError):
                 set_link_timeouts(sock, self.limits.stale_after, self.limits.idle_timeout)
         try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._write_loop(link))
-                tg.create_task(self._read_loop(link, reader))
-                tg.create_task(self._watch_loop(link))
-                await link.closed.wait()
-                raise _LinkClosed
-        except* _LinkClosed:
-            pass
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._write_loop(link))
+                    tg.create_task(self._read_loop(link, reader))
+                    tg.create_task(self._watch_loop(link))
+                    await link.closed.wait()
+                    raise _LinkClosed
+            except* _LinkClosed:
+                pass
+        except asyncio.CancelledError:
+            link.close("shutdown")  # the network stops
+            raise
         finally:
             link.close("closed")
             link.writer.close()
