@@ -105,9 +105,12 @@ async def start() -> AsyncIterator[Start]:
         token: bytes = TOKEN,
         limits: LinkLimits | None = None,
         port: int = 0,
+        previous_token: bytes | None = None,
     ) -> Running:
         recorder, metrics = Recorder(), Metrics("test")
-        network = PeerNetwork(genesis, signer, token, recorder, metrics, limits)
+        network = PeerNetwork(
+            genesis, signer, token, recorder, metrics, limits, previous_token=previous_token
+        )
         await network.start(port)
         task = asyncio.create_task(network.run())
         tasks.append(task)
@@ -238,6 +241,21 @@ async def test_a_wrong_token_is_refused_and_counted_at_both_ends(start: Start) -
     assert view.state in {"backoff", "connecting"}
     assert view.last_error == "bad_token"
     assert view.failures >= 1
+
+
+async def test_during_a_token_rotation_peers_with_either_token_link(start: Start) -> None:
+    new = bytes(reversed(TOKEN))
+    rotated = await start(C.signers[1], token=new, previous_token=TOKEN)
+    old_peer = await start(C.signers[0])  # not rotated yet: dials with the old token
+    new_peer = await start(C.signers[2], token=new)
+    stranger = await start(C.signers[3], token=TOKEN[:32] + new[32:])
+    for dialer in (old_peer, new_peer, stranger):
+        link(dialer, rotated)
+    await until(lambda: len(rotated.recorder.up) == 2, "both rotation peers linked")
+    assert sorted(peer for peer, _ in rotated.recorder.up) == ["v0", "v2"]
+    assert old_peer.recorder.up == new_peer.recorder.up == [("v1", C.signers[1].public_key)]
+    await until(lambda: stranger.failures("bad_token") >= 1, "the stranger refused")
+    assert not stranger.recorder.up
 
 
 @pytest.mark.parametrize(
