@@ -208,10 +208,12 @@ class _Link:
     close_reason: str | None = None
     last_seen: float = field(default_factory=time.monotonic)
     opened: float = field(default_factory=time.monotonic)
+    delivering: bool = False  # a frame read is waiting for the handler
 
     def silent(self, now: float) -> float:
-        """Seconds since the last frame (or the handshake)."""
-        return now - self.last_seen
+        """Seconds since the last frame (or the handshake); 0 while a frame of it waits
+        for room in the inbox (that wait is ours, not the peer's silence)."""
+        return 0.0 if self.delivering else now - self.last_seen
 
     def close(self, reason: str) -> None:
         if self.close_reason is None:
@@ -706,14 +708,21 @@ class PeerNetwork:
     async def _read_loop(self, link: _Link, reader: asyncio.StreamReader) -> None:
         try:
             while True:
-                data = await _read_frame(reader, self.limits.max_frame)
-                if data is None:
+                (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+                link.last_seen = time.monotonic()  # a large frame is on its way
+                if not 1 <= length <= self.limits.max_frame:
                     log.warning("malformed_frame", peer=link.peer, limit=self.limits.max_frame)
                     link.close("malformed_frame")
                     return
+                data = await reader.readexactly(length)
                 link.last_seen = time.monotonic()
                 self._metrics.on_peer_message("received", message_kind(data), len(data) + 4)
-                await self._handler.frame(link.peer, data)
+                link.delivering = True  # a full inbox holds us, not the peer: not silence
+                try:
+                    await self._handler.frame(link.peer, data)
+                finally:
+                    link.delivering = False
+                    link.last_seen = time.monotonic()
         except (asyncio.IncompleteReadError, OSError):
             link.close("connection_lost")
 

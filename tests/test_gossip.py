@@ -59,6 +59,18 @@ class Recorder(LinkHandler):
         await self.frames.put((peer, data))
 
 
+class HeldRecorder(Recorder):
+    """A recorder that takes no frame until :attr:`gate` opens: a full inbox."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def frame(self, peer: PeerId, data: bytes) -> None:
+        await self.gate.wait()
+        await super().frame(peer, data)
+
+
 @dataclasses.dataclass
 class Running:
     network: PeerNetwork
@@ -106,8 +118,9 @@ async def start() -> AsyncIterator[Start]:
         limits: LinkLimits | None = None,
         port: int = 0,
         previous_token: bytes | None = None,
+        recorder: Recorder | None = None,
     ) -> Running:
-        recorder, metrics = Recorder(), Metrics("test")
+        recorder, metrics = recorder or Recorder(), Metrics("test")
         network = PeerNetwork(
             genesis, signer, token, recorder, metrics, limits, previous_token=previous_token
         )
@@ -543,6 +556,27 @@ async def test_frames_keep_a_link_fresh(start: Start) -> None:
         await asyncio.sleep(0.2)  # the peer's sending interval, not a wait for a condition
     assert b.closed("idle_timeout") == 0
     assert not b.recorder.down
+
+
+async def test_a_link_waiting_for_room_in_the_inbox_is_not_silent(start: Start) -> None:
+    """A full inbox stops the link's reading: the wait is ours, not the peer's silence,
+    so the link neither turns stale nor times out meanwhile."""
+    limits = LinkLimits(stale_after=0.3, idle_timeout=0.8)
+    held = HeldRecorder()
+    b = await start(C.signers[1], limits=limits, recorder=held)
+    peer = await raw_dial(b.port, C.signers[2])
+    await until(lambda: bool(b.recorder.up), "the link")
+    write_frame(peer.writer, b"\x07waits for the inbox")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while loop.time() - started < 3 * limits.idle_timeout:  # the inbox stays full this long
+        assert [v.state for v in b.network.views()] == ["connected"]
+        await asyncio.sleep(0.05)
+    assert b.closed("idle_timeout") == 0
+    held.gate.set()
+    assert await asyncio.wait_for(held.frames.get(), DEADLINE) == ("v2", b"\x07waits for the inbox")
+    # once the peer is really silent, the usual bounds apply
+    await until(lambda: b.closed("idle_timeout") == 1, "closed as idle")
 
 
 async def test_links_bound_unacknowledged_data_with_keepalive_and_user_timeout(
