@@ -413,7 +413,10 @@ class PeerNetwork:
                 if await self._dial_once(candidate):
                     log.info("own_address_skipped", address=format_address(address))
                 elif candidate.failures and address in self._candidates:
-                    if candidate.key is not None and candidate.key in self._links:
+                    other = self._links.get(candidate.key) if candidate.key else None
+                    if other is not None and self._state(other, time.monotonic()) is not (
+                        LinkState.STALE
+                    ):
                         continue  # refused as a duplicate of a live link: wait for that one
                     candidate.state = LinkState.BACKOFF
                     unreachable = candidate.last_error in _UNREACHABLE

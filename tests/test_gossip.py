@@ -702,3 +702,27 @@ async def test_a_peer_back_at_a_new_address_is_linked_once_its_old_link_is_stale
     assert a.recorder.up[-1] == (PeerId("v1"), C.signers[1].public_key)
     assert bool(moved.recorder.up)
     print(f"\nrelinked at the new address {took:.2f} s after it appeared (stale after 1 s)")
+
+
+async def test_a_peer_refusing_our_new_link_while_ours_is_stale_is_not_stormed(
+    start: Start,
+) -> None:
+    """Silence in one direction only: a hears nothing from b (its link is stale), while b
+    hears a and refuses a's new links, dialed at b's second address, as duplicates of a
+    live one. a backs off instead of dialing again at once."""
+    a = await start(C.signers[0], limits=LinkLimits(stale_after=0.3, idle_timeout=600.0))
+    b = await start(C.signers[1], limits=LinkLimits(stale_after=600.0, idle_timeout=1200.0))
+    link(a, b)
+    await until(lambda: bool(b.recorder.up), "the link")
+    # b is reachable at a second loopback address as well
+    a.network.set_candidates(frozenset({("127.0.0.1", b.port), ("127.0.0.2", b.port)}))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    window = 6.0
+    while loop.time() - started < window:  # a talks, b never answers
+        a.network.send(PeerId("v1"), b"\x07status")
+        await asyncio.sleep(0.1)  # a's sending interval, not a wait for a condition
+    refused = b.closed("duplicate")
+    print(f"\none-way silence: {refused:.0f} new links refused in {window:.0f} s")
+    assert 1 <= refused <= 12, refused
+    assert len(b.recorder.up) <= refused + 1, "each relink cost a refusal and a backoff"
