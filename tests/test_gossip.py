@@ -726,3 +726,22 @@ async def test_a_peer_refusing_our_new_link_while_ours_is_stale_is_not_stormed(
     print(f"\none-way silence: {refused:.0f} new links refused in {window:.0f} s")
     assert 1 <= refused <= 12, refused
     assert len(b.recorder.up) <= refused + 1, "each relink cost a refusal and a backoff"
+
+
+async def test_text_from_a_peer_is_cut_short_in_the_log(start: Start) -> None:
+    b = await start(C.signers[1])
+    long_name = "x" * 250  # a network id of a peer's choosing, near the 255-byte limit
+    hello = dataclasses.replace(
+        make_hello(C.genesis, C.signers[2].public_key, secrets.token_bytes(32)),
+        network_id=long_name,
+    )
+    with capture_logs() as logs:
+        peer = await raw_dial(b.port, C.signers[2], hello=hello.encode(), complete=False)
+        await read_frame(peer.reader)  # b's HELLO
+        assert await peer.refusal() == "wrong_network"
+        await until(lambda: b.failures("wrong_network") == 1, "the refusal counted")
+    [line] = [r for r in logs if r["event"] == "handshake_failed"]
+    assert len(line["detail"]) <= 120
+    assert long_name not in str(line)
+    assert line["reason"] == "wrong_network"
+    peer.writer.close()
