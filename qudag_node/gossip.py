@@ -118,6 +118,8 @@ class LinkLimits:
     backoff_cap: float = 30.0
     #: Longest envelope between redials of an address that cannot be reached.
     reconnect_cap: float = 4.0
+    #: Refused connections logged per reason and direction in this many seconds: 5.
+    refusal_log_period: float = 10.0
 
     @classmethod
     def for_interval(cls, interval: float) -> LinkLimits:
@@ -263,7 +265,8 @@ class PeerNetwork:
         self._tg: asyncio.TaskGroup | None = None
         self._candidates_changed = asyncio.Event()
         self._handshaking = 0  # inbound connections in their handshake
-        self._throttle = Throttle()  # refused connections: a few lines per reason and period
+        # refused connections: a few lines per reason and period, then a count
+        self._throttle = Throttle(period=self.limits.refusal_log_period, burst=5)
         self.port: int | None = None
 
     # ------------------------------------------------------------ life cycle

@@ -745,3 +745,22 @@ async def test_text_from_a_peer_is_cut_short_in_the_log(start: Start) -> None:
     assert long_name not in str(line)
     assert line["reason"] == "wrong_network"
     peer.writer.close()
+
+
+async def test_refused_connections_are_logged_sparingly_with_the_count_held_back(
+    start: Start,
+) -> None:
+    b = await start(C.signers[1], limits=LinkLimits(refusal_log_period=1.0))
+    with capture_logs() as logs:
+        for _ in range(20):
+            await refuse_with(b.port, b"bad_token")
+        await until(lambda: b.failures("bad_token") == 20, "every refusal counted")
+        lines = [r for r in logs if r["event"] == "handshake_failed"]
+        assert len(lines) == 5
+        assert not any("suppressed" in r for r in lines)
+        await asyncio.sleep(1.0)  # the throttle's period passes
+        await refuse_with(b.port, b"bad_token")
+        await until(lambda: b.failures("bad_token") == 21, "the next refusal counted")
+    [*_, last] = [r for r in logs if r["event"] == "handshake_failed"]
+    assert last["suppressed"] == 15
+    assert last["by"] == "peer"
