@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.dnsserver import DnsServerProcess, write_records
-from tests.network import Member, Network, network
+from tests.network import Load, Member, Network, network
 from tests.nodeproc import NodeProcess, request, wait_until
 
 pytestmark = pytest.mark.slow
@@ -185,6 +185,42 @@ def peer_port(member: Member, peer: str) -> int:
         if host.startswith(f"{peer}."):
             return int(port)
     raise AssertionError(f"{member.name} has no entry for {peer}")
+
+
+def test_a_validator_partitioned_silently_holds_the_same_log_soon_after_the_heal(
+    tmp_path: Path,
+) -> None:
+    """Four validators; v2 is cut off silently (its links stall: no FIN, no RST) for
+    twelve sync intervals while the other three finalize under load. After the heal v2
+    holds the same log hash as the others within 20 s."""
+    partition = 12 * INTERVAL
+    with network(tmp_path, DAG_SYNC_INTERVAL=str(INTERVAL)) as net:
+        for name in net.validators:
+            net.start(name, ready=False)
+        wait_until(lambda: all(net.is_ready(n) for n in net.validators), 60, "all ready")
+        others = [net.members[n] for n in ("v1", "v3", "v4")]
+        v2 = net.members["v2"]
+        with Load(lambda: others, threads=3, batch=20) as load:
+            wait_until(lambda: others[0].log_head()[0] >= 100, 60, "finalizing")
+            net.relay.stall("v2")
+            stalled = time.monotonic()
+            frozen = v2.log_head()
+            wait_until(lambda: not quorum(v2)["can_finalize"], 10, "v2 seeing itself cut off")
+            while time.monotonic() - stalled < partition:  # the partition's length
+                assert v2.log_head()[0] <= frozen[0] + 50, "v2 cannot finalize alone"
+                time.sleep(0.5)
+            grown = others[0].log_head()[0]
+            assert grown > frozen[0], "the other three went on"
+            net.relay.heal("v2")
+            healed = time.monotonic()
+        assert load.result.errors == []
+        head = net.wait_converged(net.validators, at_least=grown, timeout=20)
+        caught_up = time.monotonic() - healed
+        assert v2.log_head() == head
+    print(
+        f"\nsilent partition of {partition:g} s (DAG_SYNC_INTERVAL {INTERVAL:g} s): the same"
+        f" log hash {caught_up:.1f} s after the heal ({head[0]} entries), bound 20 s"
+    )
 
 
 class Flapper:
