@@ -543,7 +543,7 @@ async def test_a_silent_link_shows_stale_then_closes_as_idle_timeout(start: Star
 
 
 async def test_frames_keep_a_link_fresh(start: Start) -> None:
-    limits = LinkLimits(stale_after=0.6, idle_timeout=1.5)
+    limits = LinkLimits(stale_after=1.0, idle_timeout=2.5)
     b = await start(C.signers[1], limits=limits)
     chatty = await raw_dial(b.port, C.signers[2])
     await until(lambda: bool(b.recorder.up), "the link")
@@ -561,7 +561,7 @@ async def test_frames_keep_a_link_fresh(start: Start) -> None:
 async def test_a_link_waiting_for_room_in_the_inbox_is_not_silent(start: Start) -> None:
     """A full inbox stops the link's reading: the wait is ours, not the peer's silence,
     so the link neither turns stale nor times out meanwhile."""
-    limits = LinkLimits(stale_after=0.3, idle_timeout=0.8)
+    limits = LinkLimits(stale_after=1.0, idle_timeout=2.0)
     held = HeldRecorder()
     b = await start(C.signers[1], limits=limits, recorder=held)
     peer = await raw_dial(b.port, C.signers[2])
@@ -595,7 +595,7 @@ async def test_links_bound_unacknowledged_data_with_keepalive_and_user_timeout(
 
 
 async def test_a_peer_linking_again_replaces_its_stale_link(start: Start) -> None:
-    limits = LinkLimits(stale_after=0.6, idle_timeout=30.0)
+    limits = LinkLimits(stale_after=1.5, idle_timeout=30.0)
     b = await start(C.signers[1], limits=limits)
     old = await raw_dial(b.port, C.signers[2])
     await until(lambda: bool(b.recorder.up), "the first link")
