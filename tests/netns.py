@@ -32,6 +32,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -52,14 +53,16 @@ from tests.tools import require_tool, tools_required
 
 API_PORT = 8080
 P2P_PORT = 7000
-#: 256 bits, as hex: accepted whether or not the node insists on 128-bit tokens.
-TOKEN = "6e65746661756c74732d746573742d746f6b656e2d3235362d626974732d2121"  # noqa: S105
+#: A fresh 256-bit token per run, as hex (64 characters).
+TOKEN = secrets.token_hex(32)
 NETWORK_ID = "qudag-netns-test"
 #: Log events that each mark one handshake between two nodes (one end's view of it).
 HANDSHAKE_EVENTS = frozenset({"peer_connected", "handshake_failed"})
 _COMMAND_TIMEOUT = 30.0
 #: Tables this module adds to a host's nftables ruleset.
-_CUT, _GONE, _OLD = "qudag_cut", "qudag_gone", "qudag_old"
+_CUT, _GONE, _OLD, _COUNT = "qudag_cut", "qudag_gone", "qudag_old", "qudag_count"
+#: Seconds between two readings of the connection counters.
+COUNT_EVERY = 2.0
 
 
 def run(*command: str, netns: str | None = None, stdin: str | None = None) -> str:
@@ -246,6 +249,18 @@ class Topology:
             (etc / "resolv.conf").write_text(
                 f"nameserver {self.dns_address}\noptions timeout:1 attempts:2\n"
             )
+            # Every connection that reaches the peer port, counted by source address
+            # (after any drop rule, so a SYN lost to a partition is not counted).
+            syn = "tcp flags & (syn | ack) == syn"
+            self._nft(
+                host.name,
+                _COUNT,
+                [
+                    "input { type filter hook input priority 10; policy accept; "
+                    f"tcp dport {P2P_PORT} {syn} update @syns {{ ip6 saddr counter }}; }}"
+                ],
+                sets=["syns { type ipv6_addr; flags dynamic; size 65535; counter; }"],
+            )
         self._write_hosts()
         self._start_dnsmasq()
         validators = tuple(Validator(n, Signer(seed(n)).public_key) for n in self.names)
@@ -389,8 +404,9 @@ class Topology:
 
     # -------------------------------------------------------------- faults
 
-    def _nft(self, name: str, table: str, chains: Iterable[str]) -> None:
-        body = "".join(f"  chain {c}\n" for c in chains)
+    def _nft(self, name: str, table: str, chains: Iterable[str], sets: Iterable[str] = ()) -> None:
+        body = "".join(f"  set {s}\n" for s in sets)
+        body += "".join(f"  chain {c}\n" for c in chains)
         run(
             "nft",
             "-f",
@@ -486,9 +502,13 @@ class Topology:
     def owner(self, address: str) -> str | None:
         """Which host ever had the IP of ``address`` (``[ip]:port``)."""
         try:
-            ip = address_host(address)
+            return self.owner_of_ip(address_host(address))
         except ValueError:
             return None
+
+    def owner_of_ip(self, text: str) -> str | None:
+        """Which host ever had the IP ``text``."""
+        ip = str(ipaddress.ip_address(text))
         for host in self.hosts.values():
             if ip in host.addresses:
                 return host.name
@@ -532,6 +552,18 @@ class Topology:
                 out.append(value)
         return out
 
+    def connections(self) -> dict[tuple[str, str], int]:
+        """Connections to each host's peer port so far: (from, to) -> count."""
+        out: dict[tuple[str, str], int] = defaultdict(int)
+        for host in self.hosts.values():
+            listing = run("nft", "-j", "list", "set", "inet", _COUNT, "syns", netns=host.netns)
+            for item in json.loads(listing)["nftables"]:
+                for elem in item.get("set", {}).get("elem", []):
+                    source = self.owner_of_ip(str(elem["elem"]["val"]))
+                    if source is not None:
+                        out[(source, host.name)] += int(elem["elem"]["counter"]["packets"])
+        return out
+
     def handshakes(self, since: datetime | None = None) -> dict[tuple[str, str], list[datetime]]:
         """When each host logged a handshake with each other host: (host, peer) -> times.
 
@@ -565,6 +597,58 @@ class Topology:
                     most_in_window(seen.get((b, a), []), 60.0),
                 )
         return out
+
+
+class ConnectionCounter:
+    """Reads :meth:`Topology.connections` every :data:`COUNT_EVERY` seconds in a thread
+    of its own, to tell the most connections between two hosts in any minute."""
+
+    def __init__(self, topology: Topology) -> None:
+        self._topology = topology
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        #: (monotonic time, connections so far per pair of hosts)
+        self.samples: list[tuple[float, dict[str, int]]] = []
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ConnectionCounter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        names = self._topology.names
+        pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+        while True:
+            try:
+                counts = self._topology.connections()
+            except Exception as e:  # reported by the test that reads the figures
+                self.error = f"{type(e).__name__}: {e}"
+                return
+            sample = {f"{a}-{b}": counts.get((a, b), 0) + counts.get((b, a), 0) for a, b in pairs}
+            with self._lock:
+                self.samples.append((time.monotonic(), sample))
+            if self._stop.wait(COUNT_EVERY):
+                return
+
+    def most_per_minute(self, since: float = 0.0) -> dict[str, int]:
+        """Per pair of hosts, the most connections (either way) within 60 s, from
+        ``since`` (monotonic) on: each reading minus the last one at least 60 s older
+        (or the first one), so each figure spans 60 to 62 s, never less."""
+        with self._lock:
+            samples = [(t, c) for t, c in self.samples if t >= since]
+        out: dict[str, int] = defaultdict(int)
+        first = 0
+        for at, counts in samples:
+            while first + 1 < len(samples) and samples[first + 1][0] <= at - 60.0:
+                first += 1
+            for pair, count in counts.items():
+                out[pair] = max(out[pair], count - samples[first][1][pair])
+        return dict(out)
 
 
 def most_in_window(times: list[datetime], seconds: float) -> int:
