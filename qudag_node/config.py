@@ -114,10 +114,37 @@ def _private_key(raw: str) -> Secret:
     return Secret(value.lower())
 
 
+#: Least strength of the peer token: the dialer's proof goes to whoever answers at a
+#: peer's address, and may be tested against guesses offline.
+MIN_TOKEN_BITS = 128
+#: Fewest distinct characters in a peer token (a random one of 32 hex has about 14).
+MIN_TOKEN_SYMBOLS = 8
+_HEX_TEXT = re.compile(r"[0-9a-fA-F]+")
+_GENERATE_HINT = "generate one with: openssl rand -hex 32"
+
+
+def token_bits(value: str) -> int:
+    """The most bits of randomness ``value`` can hold: 4 a character for hex, 6 for
+    base64 (padding aside) or any other text."""
+    if _HEX_TEXT.fullmatch(value):
+        return 4 * len(value)
+    return 6 * len(value.rstrip("="))
+
+
 def _token(raw: str) -> Secret:
     value = raw.strip()
-    if len(value) < 16:
-        raise ValueError("must be at least 16 characters")
+    if token_bits(value) < MIN_TOKEN_BITS:
+        raise ValueError(
+            f"is shorter than {MIN_TOKEN_BITS} bits: use 32 or more hex or 22 or more base64"
+            f" characters of random data ({_GENERATE_HINT})"
+        )
+    if len(set(value)) < MIN_TOKEN_SYMBOLS:
+        raise ValueError(
+            f"is too easy to guess: it uses fewer than {MIN_TOKEN_SYMBOLS} distinct"
+            f" characters ({_GENERATE_HINT})"
+        )
+    if value in (value + value)[1:-1]:
+        raise ValueError(f"is too easy to guess: it repeats one short pattern ({_GENERATE_HINT})")
     return Secret(value)
 
 
@@ -250,7 +277,7 @@ SETTINGS: tuple[Setting, ...] = (
         "PEER_AUTH_TOKEN",
         "",
         _token,
-        "Shared secret that peers prove knowledge of when linking (16+ characters).",
+        "Shared secret peers prove knowledge of when linking (128+ bits: 32+ hex characters).",
         secret=True,
     ),
     Setting("data_dir", "QUDAG_DATA_DIR", "./data", _text, "Directory holding the database."),
@@ -543,7 +570,7 @@ def load_settings(
     if settings.peers and settings.peer_auth_token is None:
         raise ConfigError(
             "QUDAG_PEERS is set but PEER_AUTH_TOKEN is not: peers prove knowledge of a shared"
-            " token; set the same PEER_AUTH_TOKEN (16+ characters) on every node"
+            " token; set the same PEER_AUTH_TOKEN (32+ hex characters) on every node"
         )
     if settings.genesis_file and settings.validators:
         raise ConfigError("QUDAG_GENESIS and QUDAG_VALIDATORS are both set; use one of them")

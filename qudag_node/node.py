@@ -11,14 +11,17 @@ waiters, and sends messages: persist before announce, acknowledge after commit.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import signal
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,7 @@ from qudag_node.api import make_app, start_api
 from qudag_node.commits import GroupCommit
 from qudag_node.config import ConfigError, Settings
 from qudag_node.core.crypto import Signer, tx_ids
-from qudag_node.core.engine import Engine
+from qudag_node.core.engine import Engine, Role
 from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.events import (
     EquivocationDetected,
@@ -78,6 +81,16 @@ log = structlog.get_logger("qudag.node")
 
 class NodeFailure(Exception):
     """The node cannot go on (bad data dir, storage failure); the process should exit 1."""
+
+
+@dataclass(frozen=True, slots=True)
+class _QuorumState:
+    """Whether a validator is linked to a quorum (``linked`` validators, itself
+    included) and since when (Unix time of the last change)."""
+
+    able: bool
+    linked: int
+    since: float
 
 
 @dataclass(eq=False, slots=True)
@@ -180,6 +193,8 @@ class Node:
         self._started_at = time.time()
         self._vertex_total = 0
         self._pump_task: asyncio.Task[None] | None = None
+        #: whether this validator links to a quorum (itself included), and since when
+        self._quorum: _QuorumState | None = None
         self._catching_up: bool | None = None  # a change for the pump to apply
         self.p2p_port: int | None = None
         self._network: PeerNetwork | None = None
@@ -288,6 +303,7 @@ class Node:
                         background.append(
                             tg.create_task(discovery.run(self._network.set_candidates))
                         )
+                self._observe_quorum()
                 self._started.set()
                 log.info(
                     "ready",
@@ -345,7 +361,9 @@ class Node:
             s.peer_auth_token.reveal().encode(),
             self._peer_inbox,
             self._metrics,
-            LinkLimits(max_queue_bytes=s.peer_queue_bytes),
+            dataclasses.replace(
+                LinkLimits.for_interval(s.dag_sync_interval), max_queue_bytes=s.peer_queue_bytes
+            ),
         )
         try:
             self.p2p_port = await self._network.start(s.p2p_port)
@@ -368,10 +386,34 @@ class Node:
         self._wakeup.set()
 
     async def _watch_peers(self, network: PeerNetwork) -> None:
-        """Keep the per-peer last-message ages current."""
+        """Keep the per-peer last-message ages and the quorum view current."""
         while True:
             self._metrics.on_peer_ages({str(p): age for p, age in network.last_seen().items()})
+            self._observe_quorum()
             await asyncio.sleep(1.0)
+
+    def _observe_quorum(self) -> _QuorumState | None:
+        """Whether this validator is linked to enough validators to finalize (itself
+        included, a quorum), and since when; None for an observer. A change is logged."""
+        if self._engine.role is not Role.VALIDATOR:
+            return None
+        live = self._network.live_validators() if self._network is not None else 0
+        linked = 1 + live
+        able = linked >= self._genesis.quorum
+        old = self._quorum
+        if old is None or old.able != able:
+            self._quorum = _QuorumState(able, linked, time.time())
+            if old is not None:
+                (log.info if able else log.warning)(
+                    "quorum_linked" if able else "quorum_lost",
+                    validators_linked=linked,
+                    quorum=self._genesis.quorum,
+                )
+        elif old.linked != linked:
+            self._quorum = dataclasses.replace(old, linked=linked)
+        assert self._quorum is not None
+        self._metrics.on_quorum(self._quorum.able, linked, self._quorum.since)
+        return self._quorum
 
     # ------------------------------------------------------------------ pump
 
@@ -706,8 +748,22 @@ class Node:
             },
             "log": {"length": st.log_length, "hash": st.log_hash.hex()},
             "transactions": {"pending": st.pending, "in_flight": st.in_flight},
-            "p2p": {"peers": st.peers, "port": self.p2p_port},
+            "p2p": {"peers": st.peers, "port": self.p2p_port, "quorum": self._quorum_status()},
             "sync": self._sync_status(),
+        }
+
+    def _quorum_status(self) -> dict[str, Any] | None:
+        """For a validator: whether it links to enough validators (itself included) to
+        finalize, how many, how many are needed, and since when; None for an observer."""
+        state = self._observe_quorum()
+        if state is None:
+            return None
+        return {
+            "can_finalize": state.able,
+            "validators_linked": state.linked,
+            "needed": self._genesis.quorum,
+            "since": datetime.fromtimestamp(state.since, UTC).isoformat(timespec="seconds"),
+            "for_seconds": round(max(0.0, time.time() - state.since), 3),
         }
 
     def _sync_status(self) -> dict[str, Any]:
@@ -770,15 +826,51 @@ class Node:
         return "running" if self._started.is_set() else "starting"
 
 
+class ShutdownWatchdog:
+    """Ends the process (exit code 1) if a shutdown has not finished ``seconds`` after
+    it began: whatever a task is doing, SIGTERM stops the node within
+    ``QUDAG_SHUTDOWN_TIMEOUT``. A thread, so that it fires even if the event loop is
+    stuck."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._timer: threading.Timer | None = None
+
+    def start(self) -> None:
+        """Start counting (once; later calls change nothing)."""
+        if self._timer is None:
+            self._timer = threading.Timer(self.seconds, self._expired)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def cancel(self) -> None:
+        """The shutdown finished: stop counting."""
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _expired(self) -> None:
+        log.error("shutdown_timed_out", seconds=self.seconds)
+        sys.stdout.flush()
+        os._exit(1)
+
+
 async def serve(settings: Settings) -> None:
-    """Run a node until SIGTERM or SIGINT, then shut it down cleanly."""
+    """Run a node until SIGTERM or SIGINT, then shut it down cleanly, within
+    ``QUDAG_SHUTDOWN_TIMEOUT`` (after which the process exits with 1 all the same)."""
     node = Node(settings)
+    watchdog = ShutdownWatchdog(settings.shutdown_timeout)
     loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        watchdog.start()
+        node.stop()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, node.stop)
+        loop.add_signal_handler(sig, stop)
     try:
         await node.run()
     finally:
+        watchdog.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     sys.stdout.flush()

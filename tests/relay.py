@@ -12,8 +12,13 @@ each with exactly one line on stdout:
 ``cut NODE``
     ``ok``; close every open connection through a listener whose SRC or DST is NODE,
     and close new ones at once until ``heal NODE``.
+``stall NODE``
+    ``ok``; stop forwarding on every connection through a listener whose SRC or DST
+    is NODE, without closing any: a silent partition, as when packets are dropped.
+    Bytes wait unread (the senders' kernels hold them, as TCP retransmission would)
+    until ``heal NODE``; new connections are accepted and stall too.
 ``heal NODE``
-    ``ok``.
+    ``ok``; end a cut or a stall.
 ``stats``
     ``{"bytes": ..., "connections": ..., "open": ...}``: bytes forwarded both ways,
     connections accepted, connections open now.
@@ -67,6 +72,8 @@ class RelayServer:
     def __init__(self) -> None:
         self.targets: dict[str, int] = {}
         self.cut_nodes: set[str] = set()
+        self.stalled: set[str] = set()
+        self._healed = asyncio.Event()
         self.links: set[_Link] = set()
         self.servers: list[asyncio.Server] = []
         self.bytes = 0
@@ -85,8 +92,13 @@ class RelayServer:
         if name == "cut" and len(args) == 1:
             self.cut(args[0])
             return "ok"
+        if name == "stall" and len(args) == 1:
+            self.stalled.add(args[0])
+            return "ok"
         if name == "heal" and len(args) == 1:
             self.cut_nodes.discard(args[0])
+            self.stalled.discard(args[0])
+            self._healed.set()
             return "ok"
         if name == "stats" and not args:
             return json.dumps(self.stats())
@@ -94,6 +106,7 @@ class RelayServer:
             "listen": "listen SRC DST",
             "target": "target DST PORT",
             "cut": "cut NODE",
+            "stall": "stall NODE",
             "heal": "heal NODE",
             "stats": "stats",
         }
@@ -160,8 +173,8 @@ class RelayServer:
             return
         self.links.add(link)
         link.tasks = [
-            asyncio.create_task(self._pump(reader, up_writer)),
-            asyncio.create_task(self._pump(up_reader, writer)),
+            asyncio.create_task(self._pump(link, reader, up_writer)),
+            asyncio.create_task(self._pump(link, up_reader, writer)),
         ]
         try:
             await asyncio.gather(*link.tasks, return_exceptions=True)
@@ -170,10 +183,24 @@ class RelayServer:
                 self.links.discard(link)
                 link.close()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Copy ``reader`` to ``writer`` until EOF, then pass the EOF on."""
+    async def _flowing(self, link: _Link) -> None:
+        """Return once neither end of ``link`` is stalled."""
+        while {link.src, link.dst} & self.stalled:
+            self._healed.clear()
+            await self._healed.wait()
+
+    async def _pump(
+        self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Copy ``reader`` to ``writer`` until EOF, then pass the EOF on; nothing is
+        read while the link is stalled."""
         try:
-            while data := await reader.read(CHUNK):
+            while True:
+                await self._flowing(link)
+                data = await reader.read(CHUNK)
+                await self._flowing(link)  # stalled while the read waited: hold what came
+                if not data:
+                    break
                 writer.write(data)
                 self.bytes += len(data)
                 await writer.drain()  # backpressure: read no more until the peer reads
@@ -272,8 +299,12 @@ class Relay:
         """Close ``node``'s connections and refuse new ones until :meth:`heal`."""
         self._ok(f"cut {node}")
 
+    def stall(self, node: str) -> None:
+        """Stop forwarding ``node``'s traffic, silently, until :meth:`heal`."""
+        self._ok(f"stall {node}")
+
     def heal(self, node: str) -> None:
-        """Let ``node``'s connections through again."""
+        """Let ``node``'s connections through again (after a cut or a stall)."""
         self._ok(f"heal {node}")
 
     def stats(self) -> dict[str, Any]:

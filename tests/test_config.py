@@ -24,7 +24,7 @@ from qudag_node.core.types import PublicKey
 from qudag_node.genesis_file import genesis_to_json
 
 KEY = "9f" * 32
-TOKEN = "peer-token-0123456789abcdef"  # noqa: S105 - a test value
+TOKEN = "1f3e5d7c9b0a2f4e6d8c1b3a5f7e9d02c4b6a8f0e2d4c6b8a1f3e5d7c9b0a246"  # noqa: S105 - a test value
 
 #: One invalid value per setting whose parser can reject anything.
 INVALID = {
@@ -416,3 +416,40 @@ def test_validators_are_shown_in_the_redacted_settings() -> None:
         {"name": v.name, "public_key": v.public_key.hex()} for v in VALIDATORS
     ]
     assert load_settings({}).redacted()["validators"] == []
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "0f1e2d3c4b5a69788796a5b4c3d2e1f0",  # 32 hex: 128 bits
+        "b3Jh5K8pQ2xZ7mN4vL1sT9",  # 22 base64: 132 bits
+        "q0V3-x_Ty8Zk2mP9aL4wRc==",  # base64url with padding
+        "5c0e8a2f4d6b1937e8c0a2f4d6b19375c0e8a2f4d6b1937e8c0a2f4d6b19375e",  # 64 hex
+    ],
+)
+def test_a_peer_token_of_128_bits_or_more_is_accepted(token: str) -> None:
+    settings = load_settings({"PEER_AUTH_TOKEN": token})
+    assert settings.peer_auth_token == Secret(token)
+
+
+@pytest.mark.parametrize(
+    ("token", "why"),
+    [
+        ("0f1e2d3c4b5a69788796a5b4c3d2e1f", "shorter than 128 bits"),  # 31 hex: 124 bits
+        ("b3Jh5K8pQ2xZ7mN4vL1sT", "shorter than 128 bits"),  # 21 base64: 126 bits
+        ("too-short", "shorter than 128 bits"),
+        ("x" * 64, "fewer than 8 distinct characters"),
+        ("ab" * 40, "fewer than 8 distinct characters"),
+        ("0123456789abcdef" * 2, "repeats one short pattern"),
+        ("peer-token" * 4, "repeats one short pattern"),
+    ],
+)
+def test_a_weak_peer_token_stops_the_start_saying_why(token: str, why: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"PEER_AUTH_TOKEN": token})
+    message = str(info.value)
+    assert message.startswith("invalid PEER_AUTH_TOKEN (from environment): ")
+    assert why in message
+    assert "openssl rand -hex 32" in message
+    assert "\n" not in message
+    assert token not in message

@@ -23,7 +23,7 @@ SECRET_NAMES = {"NODE_PRIVATE_KEY", "PEER_AUTH_TOKEN", "QUDAG_VALIDATORS"}
 #: Test values for the secrets that deploy.sh stages next to the [env] of each app.
 STAGED = {
     "NODE_PRIVATE_KEY": "11" * 32,
-    "PEER_AUTH_TOKEN": "fly-config-test-token-0123456789",
+    "PEER_AUTH_TOKEN": "e4c2a0f8d6b41937e5c3a1f9d7b50e2c4a6f8d1b3e5c7a9f0b2d4e6c8a1f3d57",
     "QUDAG_VALIDATORS": ",".join(f"node{i}={f'{i:02x}' * 32}" for i in range(1, 5)),
 }
 

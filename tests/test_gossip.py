@@ -15,13 +15,17 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from prometheus_client import generate_latest
+from structlog.testing import capture_logs
 
 from qudag_node.core.crypto import Signer
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.handshake import (
+    AUTH_SIZE,
     LinkRole,
     Side,
     decode_hello,
+    encode_refusal,
     make_auth,
     make_hello,
     refusal_reason,
@@ -32,7 +36,7 @@ from qudag_node.gossip import LinkHandler, LinkLimits, PeerNetwork
 from qudag_node.metrics import Metrics
 from tests.core.support import C
 
-TOKEN = b"gossip-test-token-0123456789"
+TOKEN = b"9f2c41d7e08a6b35c1f4e2a97d60b8c3e5a1f7092b4d6c8e0a3f5b7d9c1e2f40"
 DEADLINE = 10.0
 FRAME = struct.Struct(">I")
 
@@ -224,7 +228,7 @@ async def test_dials_an_ipv6_address(start: Start) -> None:
 
 
 async def test_a_wrong_token_is_refused_and_counted_at_both_ends(start: Start) -> None:
-    a = await start(C.signers[0], token=b"another-token-0123456789")
+    a = await start(C.signers[0], token=bytes(reversed(TOKEN)))
     b = await start(C.signers[1])
     link(a, b)
     await until(lambda: a.failures("bad_token") >= 1 and b.failures("bad_token") >= 1, "refusals")
@@ -351,7 +355,10 @@ async def test_a_flood_of_connections_that_never_shake_hands_is_bounded(start: S
     for reader, _ in silent:
         decode_hello(await asyncio.wait_for(read_frame(reader), DEADLINE))  # b's own HELLO
     reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
-    assert await asyncio.wait_for(reader.read(), DEADLINE) == b""  # closed at once
+    # refused at once, saying why, with no HELLO first
+    refusal = refusal_reason(await asyncio.wait_for(read_frame(reader), DEADLINE))
+    assert refusal == "too_many_handshakes"
+    assert await asyncio.wait_for(reader.read(), DEADLINE) == b""
     assert b.failures("too_many_handshakes") == 1
     for _, w in silent:
         w.close()
@@ -403,3 +410,211 @@ async def test_a_lost_peer_is_redialed_when_it_comes_back(start: Start) -> None:
     again = await start(C.signers[1], port=port)
     await until(lambda: bool(again.recorder.up), "redialed")
     assert a.recorder.up[-1][0] == PeerId("v1")
+
+
+# ------------------------------------------------------- the token's secrecy
+
+
+async def test_a_client_without_the_token_receives_no_mac(start: Start) -> None:
+    b = await start(C.signers[1])
+    # A client that sends its HELLO and waits gets the listener's HELLO and nothing
+    # else: the listener answers only a proof of the token.
+    peer = await raw_dial(b.port, C.signers[2], complete=False)
+    decode_hello(await asyncio.wait_for(read_frame(peer.reader), DEADLINE))
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(read_frame(peer.reader), 0.5)
+    # A wrong proof is answered with a REFUSAL and the end of the connection, no AUTH.
+    guess = await raw_dial(b.port, C.signers[2], complete=False)
+    theirs = await asyncio.wait_for(read_frame(guess.reader), DEADLINE)
+    wrong = make_auth(
+        bytes(reversed(TOKEN)), C.signers[2], Side.DIALER, transcript(guess.hello, theirs)
+    )
+    write_frame(guess.writer, wrong)
+    rest = await asyncio.wait_for(guess.reader.read(), DEADLINE)
+    (length,) = FRAME.unpack(rest[:4])
+    assert refusal_reason(rest[4 : 4 + length]) == "bad_token"
+    assert len(rest) == 4 + length, "nothing follows the refusal"
+    assert length != AUTH_SIZE
+    assert b.failures("bad_token") == 1
+    assert not b.recorder.up
+    peer.writer.close()
+
+
+# ------------------------------------------------------- peer text never a label
+
+
+def made_up(i: int) -> bytes:
+    """A refusal reason no node ever sends, lowercase as the real ones are."""
+    return b"no_such_reason_" + "".join(chr(0x61 + int(d)) for d in str(i)).encode()
+
+
+async def refuse_with(port: int, reason: bytes) -> None:
+    """Dial, send a HELLO, read the listener's, then refuse it with ``reason``."""
+    peer = await raw_dial(port, C.signers[2], complete=False)
+    await asyncio.wait_for(read_frame(peer.reader), DEADLINE)
+    write_frame(peer.writer, encode_refusal("bad_token")[:6] + reason)
+    await asyncio.wait_for(peer.reader.read(), DEADLINE)
+    peer.writer.close()
+
+
+async def test_made_up_refusal_reasons_are_counted_as_unknown_and_logged_sparingly(
+    start: Start,
+) -> None:
+    b = await start(C.signers[1])
+    before = len(generate_latest(b.metrics.registry))
+    count = 3000
+    with capture_logs() as logs:
+        for first in range(0, count, 50):
+            await asyncio.gather(
+                *(refuse_with(b.port, made_up(i)) for i in range(first, first + 50))
+            )
+        await until(lambda: b.failures("unknown") == count, "every refusal counted")
+    after = len(generate_latest(b.metrics.registry))
+    assert abs(after - before) <= 1024, (before, after)
+    text = generate_latest(b.metrics.registry).decode()
+    assert "no_such_reason" not in text
+    failed = [r for r in logs if r["event"] == "handshake_failed"]
+    assert {r["reason"] for r in failed} == {"unknown"}
+    assert not any("no_such_reason" in str(r) for r in logs)
+    # rate-limited: a few lines per 10 s, and a later line says how many were held back
+    assert 1 <= len(failed) <= 20, len(failed)
+    assert len(failed) + sum(int(r.get("suppressed", 0)) for r in failed) <= count
+    print(
+        f"\n{count} made-up refusals: /metrics {before} -> {after} bytes, {len(failed)} log lines"
+    )
+
+
+# ------------------------------------------------------------ silent links
+
+
+async def test_a_silent_link_shows_stale_then_closes_as_idle_timeout(start: Start) -> None:
+    limits = LinkLimits(stale_after=0.6, idle_timeout=1.5)
+    b = await start(C.signers[1], limits=limits)
+    with capture_logs() as logs:
+        silent = await raw_dial(b.port, C.signers[2])  # linked, then never a frame
+        await until(lambda: bool(b.recorder.up), "the silent peer's link")
+        opened = asyncio.get_running_loop().time()
+        [view] = b.network.views()
+        assert view.state == "connected"
+        await until(lambda: [v.state for v in b.network.views()] == ["stale"], "stale")
+        assert b.closed("idle_timeout") == 0, "stale comes before the close"
+        silent_for = b.network.views()[0].last_seen_seconds
+        assert silent_for is not None
+        assert silent_for >= limits.stale_after
+        await until(lambda: b.closed("idle_timeout") == 1, "closed as idle")
+        waited = asyncio.get_running_loop().time() - opened
+    assert waited >= limits.idle_timeout - 0.05
+    assert b.recorder.down == [PeerId("v2")]
+    assert b.network.views() == []
+    assert await asyncio.wait_for(silent.reader.read(), DEADLINE) == b""
+    events = [r["event"] for r in logs]
+    assert events.index("peer_silent") < events.index("peer_idle_timeout")
+
+
+async def test_frames_keep_a_link_fresh(start: Start) -> None:
+    limits = LinkLimits(stale_after=0.6, idle_timeout=1.5)
+    b = await start(C.signers[1], limits=limits)
+    chatty = await raw_dial(b.port, C.signers[2])
+    await until(lambda: bool(b.recorder.up), "the link")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while loop.time() - started < 3 * limits.idle_timeout:
+        write_frame(chatty.writer, b"\x07status")  # as a peer's STATUS every interval
+        await asyncio.wait_for(b.recorder.frames.get(), DEADLINE)
+        assert [v.state for v in b.network.views()] == ["connected"]
+        await asyncio.sleep(0.2)  # the peer's sending interval, not a wait for a condition
+    assert b.closed("idle_timeout") == 0
+    assert not b.recorder.down
+
+
+async def test_links_bound_unacknowledged_data_with_keepalive_and_user_timeout(
+    start: Start,
+) -> None:
+    limits = LinkLimits(stale_after=7.0, idle_timeout=21.0)
+    a, b = await start(C.signers[0], limits=limits), await start(C.signers[1], limits=limits)
+    link(a, b)
+    await until(lambda: bool(a.recorder.up and b.recorder.up), "the link")
+    for n in (a, b):
+        [kept] = n.network._links.values()
+        sock = kept.writer.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 7
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 21_000
+
+
+async def test_a_peer_linking_again_replaces_its_stale_link(start: Start) -> None:
+    limits = LinkLimits(stale_after=0.6, idle_timeout=30.0)
+    b = await start(C.signers[1], limits=limits)
+    old = await raw_dial(b.port, C.signers[2])
+    await until(lambda: bool(b.recorder.up), "the first link")
+    # while the old link is live, a second dial of the same end is a duplicate
+    second = await raw_dial(b.port, C.signers[2])
+    await until(lambda: b.closed("duplicate") == 1, "the duplicate refused")
+    assert await asyncio.wait_for(second.reader.read(), DEADLINE) == b""
+    # the old link goes silent (its host vanished); the peer comes back on a new link
+    await until(lambda: [v.state for v in b.network.views()] == ["stale"], "stale")
+    new = await raw_dial(b.port, C.signers[2])
+    await until(lambda: b.closed("replaced") == 1, "the stale link replaced")
+    assert await asyncio.wait_for(old.reader.read(), DEADLINE) == b""
+    [view] = b.network.views()
+    assert view.state == "connected"
+    assert view.address != f"127.0.0.1:{old.writer.get_extra_info('sockname')[1]}"
+    assert view.address == f"127.0.0.1:{new.writer.get_extra_info('sockname')[1]}"
+    # the engine hears that the peer relinked
+    assert b.recorder.up == [(PeerId("v2"), C.signers[2].public_key)] * 2
+    assert b.recorder.down == [PeerId("v2")]
+    write_frame(new.writer, b"\x05on the new link")
+    assert await asyncio.wait_for(b.recorder.frames.get(), DEADLINE) == (
+        "v2",
+        b"\x05on the new link",
+    )
+
+
+# ------------------------------------------------------------------ storms
+
+
+async def test_a_duplicate_link_fight_backs_off(start: Start) -> None:
+    """Two ends holding one key (an old process of a moved peer that still answers, say):
+    the listener keeps the older link and closes each newer one as a duplicate. The
+    dialer counts each such link as a failure and backs off instead of redialing at
+    once; the listener logs and counts every close."""
+    quiet = LinkLimits(stale_after=600.0, idle_timeout=1200.0)
+    b = await start(C.signers[1], limits=quiet)
+    first = await start(C.signers[0], limits=quiet)
+    link(first, b)
+    await until(lambda: bool(b.recorder.up), "the first link")
+    second = await start(C.signers[0], limits=quiet)
+    window = 12.0
+    with capture_logs() as logs:
+        link(second, b)
+        await asyncio.sleep(window)  # a measuring window: the handshakes it holds are counted
+    handshakes = b.closed("duplicate")
+    closes = [r for r in logs if r["event"] == "duplicate_link_closed"]
+    print(f"\nduplicate-link fight: {handshakes:.0f} handshakes in {window:.0f} s")
+    assert 3 <= handshakes <= 30, handshakes
+    assert closes
+    assert all(r["reason"] == "duplicate" for r in closes)
+    [view] = second.network.views()
+    assert view.state in {"backoff", "connecting"}
+    assert view.last_error == "closed_early"
+    assert view.failures >= handshakes - 1
+    assert len(b.recorder.up) == 1, "the kept link never went down"
+
+
+# ---------------------------------------------------------------- shutdown
+
+
+async def test_a_cancel_arriving_while_a_link_closes_still_stops_the_network(
+    start: Start,
+) -> None:
+    """Python 3.11's TaskGroup drops a cancellation that arrives while it is aborting;
+    the link's task must stop all the same."""
+    a, b = await start(C.signers[0]), await start(C.signers[1])
+    link(a, b)
+    await until(lambda: bool(a.recorder.up), "the link")
+    [kept] = a.network._links.values()
+    kept.close("test")  # the link's TaskGroup aborts on its next step...
+    a.task.cancel()  # ...and the network is cancelled in the same step
+    done, _ = await asyncio.wait({a.task}, timeout=DEADLINE)
+    assert done == {a.task}, "the network ignored its cancellation"
+    assert a.task.cancelled()

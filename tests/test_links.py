@@ -1,0 +1,172 @@
+"""Peer links of real node processes through the relay: a silent partition turns links
+stale and closes them, the quorum view shows it from outside, and SIGTERM always stops a
+node within QUDAG_SHUTDOWN_TIMEOUT, during redial storms and partitions alike.
+
+Every wait has a deadline; the only fixed pauses are how long a fault lasts before
+the next step, which is what these tests vary.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.network import Member, Network, network
+from tests.nodeproc import request, wait_until
+
+pytestmark = pytest.mark.slow
+
+#: DAG_SYNC_INTERVAL of these networks: links turn stale after 2 s, close after 3 s.
+INTERVAL = 1.0
+STALE_AFTER = max(1.5 * INTERVAL, INTERVAL + 1)
+IDLE_TIMEOUT = max(3 * INTERVAL, INTERVAL + 2)
+SHUTDOWN_TIMEOUT = 5.0
+
+
+def quorum(member: Member) -> dict[str, Any]:
+    """``p2p.quorum`` of ``member``'s status."""
+    doc: dict[str, Any] = member.status()["p2p"]["quorum"]
+    return doc
+
+
+def peer_states(member: Member) -> dict[str, str]:
+    """Name -> state of each linked peer of ``member``."""
+    code, body = request("GET", member.url + "/api/v1/peers", timeout=10)
+    assert code == 200
+    return {p["name"]: p["state"] for p in body["peers"] if p["state"] in {"connected", "stale"}}
+
+
+def records(member: Member, event: str) -> list[dict[str, Any]]:
+    return [r for r in member.process.records() if r.get("event") == event]
+
+
+def start_three(net: Network) -> None:
+    """v1, v2 and v3 of four validators: each is linked to a quorum (three) exactly."""
+    for name in ("v1", "v2", "v3"):
+        net.start(name, ready=False, peers=[p for p in ("v1", "v2", "v3") if p != name])
+    for name in ("v1", "v2", "v3"):
+        member = net.members[name]
+
+        def linked(m: Member = member) -> bool:
+            return bool(quorum(m)["can_finalize"])
+
+        wait_until(linked, 60, f"{name} linked to a quorum")
+
+
+def test_a_silent_partition_is_seen_stale_then_closed_and_the_quorum_shows_it(
+    tmp_path: Path,
+) -> None:
+    with network(tmp_path, DAG_SYNC_INTERVAL=str(INTERVAL)) as net:
+        start_three(net)
+        v1, v2 = net.members["v1"], net.members["v2"]
+        before = quorum(v1)
+        assert before["validators_linked"] == 3
+        assert before["needed"] == 3
+        net.relay.stall("v2")  # packets dropped: no FIN, no RST
+        stalled = time.monotonic()
+        wait_until(lambda: peer_states(v1).get("v2") == "stale", 10, "v2 stale at v1")
+        seen_stale = time.monotonic() - stalled
+        cut_off = quorum(v1)
+        assert cut_off["can_finalize"] is False  # stale links do not count
+        assert cut_off["validators_linked"] == 2
+        assert v1.metric("qudag_quorum_linked") == 0
+        wait_until(
+            lambda: v1.metric("qudag_peer_links_closed_total", {"reason": "idle_timeout"}) >= 1,
+            10,
+            "v1 closing its silent link to v2",
+        )
+        closed = time.monotonic() - stalled
+        [idle] = [r for r in records(v1, "peer_idle_timeout") if r["peer"] == "v2"]
+        assert IDLE_TIMEOUT <= float(idle["silent_seconds"]) < IDLE_TIMEOUT + 1.0
+        assert any(r["peer"] == "v2" for r in records(v1, "peer_silent"))
+        wait_until(lambda: not quorum(v2)["can_finalize"], 10, "v2 seeing itself cut off")
+        net.relay.heal("v2")
+        healed = time.monotonic()
+        wait_until(lambda: quorum(v1)["can_finalize"], 30, "v1 linked to a quorum again")
+        relinked = time.monotonic() - healed
+        again = quorum(v1)
+        assert again["validators_linked"] == 3
+        assert again["since"] > before["since"]
+        assert again["for_seconds"] <= time.monotonic() - healed + 1
+        assert v1.metric("qudag_quorum_linked") == 1
+        net.wait_converged(["v1", "v2", "v3"])
+    print(
+        f"\nsilent partition (DAG_SYNC_INTERVAL {INTERVAL:g} s): stale after {seen_stale:.1f} s,"
+        f" closed after {closed:.1f} s (silent {float(idle['silent_seconds']):.2f} s),"
+        f" quorum again {relinked:.1f} s after the heal"
+    )
+
+
+class Flapper:
+    """Cuts and heals one node's links over and over from a thread: a redial storm."""
+
+    def __init__(self, net: Network, name: str, seed: int) -> None:
+        self._net, self._name = net, name
+        self._random = random.Random(seed)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Flapper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self._net.relay.heal(self._name)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._net.relay.cut(self._name)
+            self._stop.wait(self._random.uniform(0.02, 0.2))
+            self._net.relay.heal(self._name)
+            self._stop.wait(self._random.uniform(0.02, 0.3))
+
+
+def test_sigterm_stops_a_node_within_the_shutdown_timeout_during_storms_and_partitions(
+    tmp_path: Path,
+) -> None:
+    runs = 8
+    chooser = random.Random(15)
+    with network(
+        tmp_path, DAG_SYNC_INTERVAL=str(INTERVAL), QUDAG_SHUTDOWN_TIMEOUT=str(SHUTDOWN_TIMEOUT)
+    ) as net:
+        start_three(net)
+        v3 = net.members["v3"]
+        took = []
+        for run in range(runs):
+            if run:
+                net.restart("v3", ready=False)
+                wait_until(lambda: v3.status()["p2p"]["peers"] >= 1, 30, "v3 linked again")
+            during = chooser.uniform(0.2, 2.0)
+            if run % 2 == 0:
+                with Flapper(net, "v3", run):
+                    time.sleep(during)  # the storm's length before the signal
+                    took.append(stop(v3))
+            else:
+                net.relay.stall("v3")
+                time.sleep(during)  # the partition's length before the signal
+                took.append(stop(v3))
+                net.relay.heal("v3")
+        assert all(t <= SHUTDOWN_TIMEOUT for t in took), took
+    print(
+        f"\nSIGTERM during {runs} storms and partitions: stopped in"
+        f" {min(took):.2f}..{max(took):.2f} s (timeout {SHUTDOWN_TIMEOUT:g} s)"
+    )
+
+
+def stop(member: Member) -> float:
+    """SIGTERM ``member``; the seconds until it exited, which must be cleanly (0)."""
+    sent = time.monotonic()
+    member.process.signal(signal.SIGTERM)
+    code = member.process.wait(SHUTDOWN_TIMEOUT + 30)
+    seconds = time.monotonic() - sent
+    assert code == 0, member.process.logs()[-3000:]
+    assert not records(member, "shutdown_timed_out")
+    return seconds
