@@ -638,9 +638,10 @@ class ConnectionCounter:
     def most_per_minute(self, since: float = 0.0) -> dict[str, int]:
         """Per pair of hosts, the most connections (either way) within 60 s, from
         ``since`` (monotonic) on: each reading minus the last one at least 60 s older
-        (or the first one), so each figure spans 60 to 62 s, never less."""
+        (or the last one before ``since``), so each figure spans 60 to 62 s, never less."""
         with self._lock:
-            samples = [(t, c) for t, c in self.samples if t >= since]
+            before = [(t, c) for t, c in self.samples if t < since][-1:]  # the baseline
+            samples = before + [(t, c) for t, c in self.samples if t >= since]
         out: dict[str, int] = defaultdict(int)
         first = 0
         for at, counts in samples:
