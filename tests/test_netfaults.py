@@ -111,6 +111,12 @@ def link_state(watcher: Host, peer: str) -> str:
     return "down"
 
 
+def can_finalize(host: Host) -> bool:
+    """What a validator's ``/api/v1/status`` says: linked to a quorum (itself included)."""
+    quorum = host.get("/api/v1/status")["p2p"].get("quorum")
+    return isinstance(quorum, dict) and quorum.get("can_finalize") is True
+
+
 def batch(tag: str, n: int, count: int = 20) -> list[bytes]:
     """``count`` distinct transactions."""
     return [f"{tag} {n} {k}".encode() for k in range(count)]
@@ -132,22 +138,31 @@ def test_a_validator_cut_off_silently_for_120_s_catches_up_within_20_s(net: Topo
     started = time.monotonic()
     stale: dict[str, float] = {}  # who stopped showing the link as connected, when
     down: dict[str, float] = {}  # who stopped showing it at all, when
+    cannot_finalize: dict[str, float] = {}  # who said so in /api/v1/status, when
     submitted = 0
-    while (elapsed := time.monotonic() - started) < PARTITION:
+    while (elapsed := round(time.monotonic() - started, 1)) < PARTITION:
         # Three of four validators are a quorum: they go on finalizing. Each call
         # returns once its batch is final, which paces the loop.
         code, body = submit_json(hosts["node1"].url, batch("partition", submitted), wait=True)
         assert (code, body.get("status")) == (200, "final"), (code, body)
         submitted += 1
         views = {w: link_state(hosts[w], cut) for w in others}
-        views[cut] = "down" if all(link_state(hosts[cut], o) == "down" for o in others) else ""
+        own = {link_state(hosts[cut], o) for o in others}  # the cut node: all three links
+        views[cut] = "down" if own == {"down"} else "stale" if "connected" not in own else ""
         for who, state in views.items():
             if state in ("stale", "down"):
                 stale.setdefault(who, elapsed)
             if state == "down":
                 down.setdefault(who, elapsed)
+            if not can_finalize(hosts[who]):
+                cannot_finalize.setdefault(who, elapsed)
     head = hosts["node1"].log_head()
     frozen = hosts[cut].log_head()
+    closes = {
+        str(r.get("reason"))
+        for r in net.records("node1")
+        if r.get("event") == "peer_disconnected" and r.get("peer") == cut
+    }
     net.heal(cut)
     healed = time.monotonic()
     caught_up: float | None = None
@@ -164,16 +179,22 @@ def test_a_validator_cut_off_silently_for_120_s_catches_up_within_20_s(net: Topo
         f"silent partition of {PARTITION:.0f} s: log {before} -> {head[0]} entries meanwhile;"
         f" {cut} held the same log hash {caught_up and round(caught_up, 1)} s after the heal"
         f" (None: not within {CATCH_UP_BOUND + MEASURE_PAST:.0f} s);"
-        f" link shown not connected after {stale} s, closed after {down} s"
+        f" link shown not connected after {stale} s, closed after {down} s (as {closes}"
+        f" at node1), cannot finalize in /api/v1/status after {cannot_finalize} s"
         f" (per node; absent: not within {PARTITION:.0f} s)"
     )
     assert frozen[0] < head[0], "the cut validator finalized without a quorum"
     missed = f"{cut} caught up {caught_up} s after the heal; the bound is {CATCH_UP_BOUND} s"
     assert caught_up is not None, missed
     assert caught_up <= CATCH_UP_BOUND, missed
-    assert set(stale) == {*others, cut}, (
-        f"a silent link was still shown as connected after {PARTITION} s: noticed by {stale}"
+    assert set(down) == {*others, cut}, (
+        f"a silent link was still open after {PARTITION} s: closed by {down}"
     )
+    assert "idle_timeout" in closes, closes
+    assert set(cannot_finalize) == {cut}, (
+        f"expected only {cut} to say it cannot finalize, not {cannot_finalize}"
+    )
+    wait_until(lambda: can_finalize(hosts[cut]), CATCH_UP_BOUND, f"{cut} able to finalize")
 
 
 def test_a_vanished_host_back_at_a_new_address_is_relinked_in_time(
