@@ -280,6 +280,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Shared secret peers prove knowledge of when linking (128+ bits: 32+ hex characters).",
         secret=True,
     ),
+    Setting(
+        "peer_auth_token_previous",
+        "PEER_AUTH_TOKEN_PREVIOUS",
+        "",
+        _token,
+        "During a token rotation: the old PEER_AUTH_TOKEN, still accepted from dialing peers.",
+        secret=True,
+    ),
     Setting("data_dir", "QUDAG_DATA_DIR", "./data", _text, "Directory holding the database."),
     Setting(
         "api_host",
@@ -410,6 +418,7 @@ class Settings:
     log_format: str
     node_private_key: Secret | None
     peer_auth_token: Secret | None
+    peer_auth_token_previous: Secret | None
     data_dir: str
     api_host: str
     api_port: int
@@ -571,6 +580,12 @@ def load_settings(
         raise ConfigError(
             "QUDAG_PEERS is set but PEER_AUTH_TOKEN is not: peers prove knowledge of a shared"
             " token; set the same PEER_AUTH_TOKEN (32+ hex characters) on every node"
+        )
+    token, previous = settings.peer_auth_token, settings.peer_auth_token_previous
+    if previous is not None and (token is None or previous == token):
+        raise ConfigError(
+            "PEER_AUTH_TOKEN_PREVIOUS is set but PEER_AUTH_TOKEN is not, or is the same: during a"
+            " rotation PEER_AUTH_TOKEN holds the new token and PEER_AUTH_TOKEN_PREVIOUS the old one"
         )
     if settings.genesis_file and settings.validators:
         raise ConfigError("QUDAG_GENESIS and QUDAG_VALIDATORS are both set; use one of them")

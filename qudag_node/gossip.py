@@ -242,10 +242,13 @@ class PeerNetwork:
         metrics: Metrics,
         limits: LinkLimits | None = None,
         rng: random.Random | None = None,
+        previous_token: bytes | None = None,
     ) -> None:
         self._genesis = genesis
         self._signer = signer
-        self._token = token
+        self._token = token  # what we prove when we dial
+        #: what a dialer may prove: the token, and during a rotation the previous one
+        self._accepted_tokens = (token,) if previous_token is None else (token, previous_token)
         self._handler = handler
         self._metrics = metrics
         self.limits = limits or LinkLimits()
@@ -549,7 +552,9 @@ class PeerNetwork:
             else:  # and the listener answers only a proof that holds
                 digest = transcript(their_bytes, our_bytes)
                 auth = await self._read_handshake_frame(reader)
-                ours_auth = answer_auth(auth, self._token, self._signer, theirs.public_key, digest)
+                ours_auth = answer_auth(
+                    auth, self._accepted_tokens, self._signer, theirs.public_key, digest
+                )
                 _write_frame(writer, ours_auth)
         except InputRejected as e:
             raise PeerRefused(e.reason.value, e.message) from None
@@ -611,14 +616,18 @@ class PeerNetwork:
             with contextlib.suppress(OSError):
                 set_link_timeouts(sock, self.limits.stale_after, self.limits.idle_timeout)
         try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._write_loop(link))
-                tg.create_task(self._read_loop(link, reader))
-                tg.create_task(self._watch_loop(link))
-                await link.closed.wait()
-                raise _LinkClosed
-        except* _LinkClosed:
-            pass
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._write_loop(link))
+                    tg.create_task(self._read_loop(link, reader))
+                    tg.create_task(self._watch_loop(link))
+                    await link.closed.wait()
+                    raise _LinkClosed
+            except* _LinkClosed:
+                pass
+        except asyncio.CancelledError:
+            link.close("shutdown")  # the network stops
+            raise
         finally:
             link.close("closed")
             link.writer.close()
@@ -669,19 +678,20 @@ class PeerNetwork:
             return
         del self._links[link.key]
         del self._by_peer[link.peer]
-        self._metrics.on_link_closed(link.close_reason or "closed")
+        reason = _close_reason(link)
+        self._metrics.on_link_closed(reason)
         log.info(
             "peer_disconnected",
             peer=link.peer,
             address=link.address,
-            reason=link.close_reason,
+            reason=reason,
             seconds=round(time.monotonic() - link.opened, 3),
         )
         self._handler.link_down(link.peer)
 
     def _closed(self, link: _Link, event: str, **fields: Any) -> None:
         """Count and log a link closed while its peer stays linked by another."""
-        reason = link.close_reason or "closed"
+        reason = _close_reason(link)
         self._metrics.on_link_closed(reason)
         self._log_refusal(
             log.info,
@@ -790,6 +800,12 @@ def _prefer(new: _Link, old: _Link, own_key: PublicKey) -> bool:
     if dialer(new) == dialer(old):
         return False
     return dialer(new) < dialer(old)
+
+
+def _close_reason(link: _Link) -> str:
+    """Why ``link`` closed, as one of :data:`CLOSE_REASONS`."""
+    reason = link.close_reason or "closed"
+    return reason if reason in CLOSE_REASONS else "closed"
 
 
 def _short(text: str, limit: int = _DETAIL_CHARS) -> str:

@@ -364,6 +364,11 @@ class Node:
             dataclasses.replace(
                 LinkLimits.for_interval(s.dag_sync_interval), max_queue_bytes=s.peer_queue_bytes
             ),
+            previous_token=(
+                s.peer_auth_token_previous.reveal().encode()
+                if s.peer_auth_token_previous is not None
+                else None
+            ),
         )
         try:
             self.p2p_port = await self._network.start(s.p2p_port)

@@ -37,6 +37,7 @@ INVALID = {
     "log_format": "xml",
     "node_private_key": "zz" * 32,
     "peer_auth_token": "too-short",
+    "peer_auth_token_previous": "too-short",
     "api_port": "65536",
     "p2p_port": "-1",
     "peers": "no-port-here",
@@ -453,3 +454,28 @@ def test_a_weak_peer_token_stops_the_start_saying_why(token: str, why: str) -> N
     assert "openssl rand -hex 32" in message
     assert "\n" not in message
     assert token not in message
+
+
+PREVIOUS = "6d4b2f0e8c6a4d2b0f9e7c5a3d1b8f6e4c2a0d9b7f5e3c1a8d6b4f2e0c9a7d5b"
+
+
+def test_a_previous_token_is_accepted_beside_a_new_one_and_never_shown() -> None:
+    s = load_settings({"PEER_AUTH_TOKEN": TOKEN, "PEER_AUTH_TOKEN_PREVIOUS": PREVIOUS})
+    assert s.peer_auth_token_previous == Secret(PREVIOUS)
+    assert s.redacted()["peer_auth_token_previous"] == "<set>"  # noqa: S105
+    assert PREVIOUS not in repr(s)
+
+
+@pytest.mark.parametrize("token", [None, PREVIOUS])
+def test_a_previous_token_needs_another_current_one(token: str | None) -> None:
+    env = {"PEER_AUTH_TOKEN_PREVIOUS": PREVIOUS}
+    if token is not None:
+        env["PEER_AUTH_TOKEN"] = token
+    with pytest.raises(ConfigError, match="PEER_AUTH_TOKEN_PREVIOUS is set") as info:
+        load_settings(env)
+    assert PREVIOUS not in str(info.value)
+
+
+def test_a_weak_previous_token_is_refused() -> None:
+    with pytest.raises(ConfigError, match="invalid PEER_AUTH_TOKEN_PREVIOUS"):
+        load_settings({"PEER_AUTH_TOKEN": TOKEN, "PEER_AUTH_TOKEN_PREVIOUS": "x" * 64})

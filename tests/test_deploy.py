@@ -188,7 +188,9 @@ def test_first_run_creates_apps_volumes_secrets_and_deploys(first: Deployment) -
     assert all("--stage" in c["argv"] for c in staged)
     tokens = secret_values(first.state_dir, "PEER_AUTH_TOKEN")
     assert len(set(tokens)) == 1  # one shared token
-    assert len(tokens[0]) >= 32
+    assert len(tokens[0]) == 64  # 256 bits as hex, accepted by the node's token rule
+    assert int(tokens[0], 16) >= 0
+    assert load_settings({"PEER_AUTH_TOKEN": tokens[0]}).peer_auth_token is not None
 
     deploys = run.of("deploy")
     assert [option(argv, "-a") for argv in deploys] == APPS

@@ -105,9 +105,12 @@ async def start() -> AsyncIterator[Start]:
         token: bytes = TOKEN,
         limits: LinkLimits | None = None,
         port: int = 0,
+        previous_token: bytes | None = None,
     ) -> Running:
         recorder, metrics = Recorder(), Metrics("test")
-        network = PeerNetwork(genesis, signer, token, recorder, metrics, limits)
+        network = PeerNetwork(
+            genesis, signer, token, recorder, metrics, limits, previous_token=previous_token
+        )
         await network.start(port)
         task = asyncio.create_task(network.run())
         tasks.append(task)
@@ -238,6 +241,21 @@ async def test_a_wrong_token_is_refused_and_counted_at_both_ends(start: Start) -
     assert view.state in {"backoff", "connecting"}
     assert view.last_error == "bad_token"
     assert view.failures >= 1
+
+
+async def test_during_a_token_rotation_peers_with_either_token_link(start: Start) -> None:
+    new = bytes(reversed(TOKEN))
+    rotated = await start(C.signers[1], token=new, previous_token=TOKEN)
+    old_peer = await start(C.signers[0])  # not rotated yet: dials with the old token
+    new_peer = await start(C.signers[2], token=new)
+    stranger = await start(C.signers[3], token=TOKEN[:32] + new[32:])
+    for dialer in (old_peer, new_peer, stranger):
+        link(dialer, rotated)
+    await until(lambda: len(rotated.recorder.up) == 2, "both rotation peers linked")
+    assert sorted(peer for peer, _ in rotated.recorder.up) == ["v0", "v2"]
+    assert old_peer.recorder.up == new_peer.recorder.up == [("v1", C.signers[1].public_key)]
+    await until(lambda: stranger.failures("bad_token") >= 1, "the stranger refused")
+    assert not stranger.recorder.up
 
 
 @pytest.mark.parametrize(
@@ -618,3 +636,35 @@ async def test_a_cancel_arriving_while_a_link_closes_still_stops_the_network(
     done, _ = await asyncio.wait({a.task}, timeout=DEADLINE)
     assert done == {a.task}, "the network ignored its cancellation"
     assert a.task.cancelled()
+
+
+async def test_a_peer_back_at_a_new_address_is_linked_once_its_old_link_is_stale(
+    start: Start,
+) -> None:
+    """A peer's host vanishes without a word and the peer returns at a new address (a
+    moved Machine): the dialer, refused its new link as a duplicate while the old one
+    still looks live, dials again as soon as the old one turns stale, well before the
+    idle timeout would close it. (Links here carry no frames: each turns stale by
+    itself.)"""
+    limits = LinkLimits(stale_after=1.0, idle_timeout=60.0)
+    a = await start(C.signers[0], limits=limits)
+    old = await start(C.signers[1], limits=limits)
+    link(a, old)
+    await until(lambda: bool(a.recorder.up), "the first link")
+    moved = await start(C.signers[1], limits=limits)  # the same key at a new address
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    a.network.set_candidates(frozenset({("127.0.0.1", old.port), ("127.0.0.1", moved.port)}))
+
+    def linked_to_moved() -> bool:
+        views = [v for v in a.network.views() if v.state in {"connected", "stale"}]
+        return [(v.address, v.state) for v in views] == [(f"127.0.0.1:{moved.port}", "connected")]
+
+    await until(linked_to_moved, "the link to the new address")
+    took = loop.time() - began
+    assert took < limits.idle_timeout / 2, took
+    assert a.closed("replaced") == 1
+    assert a.closed("duplicate") >= 1, "refused while the old link looked live"
+    assert a.recorder.up[-1] == (PeerId("v1"), C.signers[1].public_key)
+    assert bool(moved.recorder.up)
+    print(f"\nrelinked at the new address {took:.2f} s after it appeared (stale after 1 s)")

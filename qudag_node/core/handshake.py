@@ -37,6 +37,7 @@ import enum
 import hashlib
 import hmac
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from qudag_node.core import codec
@@ -186,8 +187,11 @@ def transcript(dialer_hello: bytes, listener_hello: bytes) -> bytes:
 
 def make_auth(token: bytes, signer: Signer, side: Side, transcript_hash: bytes) -> bytes:
     """Our AUTH: the token's MAC and our key's signature over the transcript."""
-    mac = hmac.new(token, side.value + transcript_hash, hashlib.sha256).digest()
-    return mac + signer.sign(_SIGNED + side.value + transcript_hash)
+    return _mac(token, side, transcript_hash) + signer.sign(_SIGNED + side.value + transcript_hash)
+
+
+def _mac(token: bytes, side: Side, transcript_hash: bytes) -> bytes:
+    return hmac.new(token, side.value + transcript_hash, hashlib.sha256).digest()
 
 
 def check_auth(
@@ -196,8 +200,7 @@ def check_auth(
     """Check the AUTH the ``side`` end sent; raises :class:`InputRejected`."""
     if len(data) != AUTH_SIZE:
         raise InputRejected(Reason.TRUNCATED, f"auth of {len(data)} bytes, need {AUTH_SIZE}")
-    expected = hmac.new(token, side.value + transcript_hash, hashlib.sha256).digest()
-    if not hmac.compare_digest(data[:32], expected):
+    if not hmac.compare_digest(data[:32], _mac(token, side, transcript_hash)):
         raise InputRejected(Reason.BAD_TOKEN, "the peer does not know our PEER_AUTH_TOKEN")
     if not verify(Scheme.ED25519, public_key, _SIGNED + side.value + transcript_hash, data[32:]):
         raise InputRejected(Reason.BAD_SIGNATURE, "the peer's key did not sign the handshake")
@@ -205,15 +208,28 @@ def check_auth(
 
 def answer_auth(
     data: bytes,
-    token: bytes,
+    tokens: Sequence[bytes],
     signer: Signer,
     dialer_key: PublicKey,
     transcript_hash: bytes,
 ) -> bytes:
     """The listener's AUTH, made only once the dialer's AUTH ``data`` has passed
-    :func:`check_auth`; raises :class:`InputRejected` (and makes nothing) otherwise."""
-    check_auth(data, token, dialer_key, Side.DIALER, transcript_hash)
-    return make_auth(token, signer, Side.LISTENER, transcript_hash)
+    :func:`check_auth` with one of ``tokens`` (the current token, and during a rotation
+    the previous one), and made with that token; raises :class:`InputRejected` (and
+    makes nothing) otherwise."""
+    if not tokens:
+        raise UsageError("a listener needs at least one token")
+    if len(data) != AUTH_SIZE:
+        raise InputRejected(Reason.TRUNCATED, f"auth of {len(data)} bytes, need {AUTH_SIZE}")
+    matched = [
+        token
+        for token in tokens
+        if hmac.compare_digest(data[:32], _mac(token, Side.DIALER, transcript_hash))
+    ]
+    if not matched:
+        raise InputRejected(Reason.BAD_TOKEN, "the peer does not know our PEER_AUTH_TOKEN")
+    check_auth(data, matched[0], dialer_key, Side.DIALER, transcript_hash)
+    return make_auth(matched[0], signer, Side.LISTENER, transcript_hash)
 
 
 class ReplayGuard:

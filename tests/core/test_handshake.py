@@ -122,7 +122,9 @@ def test_a_full_handshake_succeeds_at_both_ends() -> None:
     assert dialer_view == listener_view == TRANSCRIPT
     # The dialer proves first; the listener answers only a proof that holds.
     dialer_auth = make_auth(TOKEN, DIALER, Side.DIALER, dialer_view)
-    listener_auth = answer_auth(dialer_auth, TOKEN, LISTENER, at_listener.public_key, listener_view)
+    listener_auth = answer_auth(
+        dialer_auth, [TOKEN], LISTENER, at_listener.public_key, listener_view
+    )
     assert listener_auth == make_auth(TOKEN, LISTENER, Side.LISTENER, listener_view)
     assert len(dialer_auth) == len(listener_auth) == AUTH_SIZE
     check_auth(listener_auth, TOKEN, at_dialer.public_key, Side.LISTENER, dialer_view)
@@ -130,14 +132,29 @@ def test_a_full_handshake_succeeds_at_both_ends() -> None:
 
 def test_the_listener_gives_no_mac_to_a_dialer_without_the_token() -> None:
     guess = make_auth(b"a guess at the token", DIALER, Side.DIALER, TRANSCRIPT)
-    refused = rejected(lambda: answer_auth(guess, TOKEN, LISTENER, DIALER.public_key, TRANSCRIPT))
+    refused = rejected(lambda: answer_auth(guess, [TOKEN], LISTENER, DIALER.public_key, TRANSCRIPT))
     assert refused is Reason.BAD_TOKEN
     # nor to one replaying the listener's own proof, or a proof for another connection
     for data in (LISTENER_AUTH, make_auth(TOKEN, DIALER, Side.DIALER, bytes(32))):
         answer = functools.partial(
-            answer_auth, data, TOKEN, LISTENER, DIALER.public_key, TRANSCRIPT
+            answer_auth, data, [TOKEN], LISTENER, DIALER.public_key, TRANSCRIPT
         )
         assert rejected(answer) is Reason.BAD_TOKEN
+
+
+def test_during_a_rotation_the_listener_answers_with_the_token_the_dialer_proved() -> None:
+    old, new = TOKEN, bytes(reversed(TOKEN))
+    for proved in (old, new):
+        auth = make_auth(proved, DIALER, Side.DIALER, TRANSCRIPT)
+        answer = answer_auth(auth, [new, old], LISTENER, DIALER.public_key, TRANSCRIPT)
+        check_auth(answer, proved, LISTENER.public_key, Side.LISTENER, TRANSCRIPT)
+    third = make_auth(b"neither token", DIALER, Side.DIALER, TRANSCRIPT)
+    refused = functools.partial(
+        answer_auth, third, [new, old], LISTENER, DIALER.public_key, TRANSCRIPT
+    )
+    assert rejected(refused) is Reason.BAD_TOKEN
+    with pytest.raises(UsageError):
+        answer_auth(DIALER_AUTH, [], LISTENER, DIALER.public_key, TRANSCRIPT)
 
 
 def test_the_handshake_vector() -> None:
