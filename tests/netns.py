@@ -63,6 +63,8 @@ _COMMAND_TIMEOUT = 30.0
 _CUT, _GONE, _OLD, _COUNT = "qudag_cut", "qudag_gone", "qudag_old", "qudag_count"
 #: Seconds between two readings of the connection counters.
 COUNT_EVERY = 2.0
+#: What the counters count: connections that reach a peer port, and those a node took.
+COUNTED = ("attempts", "accepted")
 
 
 def run(*command: str, netns: str | None = None, stdin: str | None = None) -> str:
@@ -249,17 +251,23 @@ class Topology:
             (etc / "resolv.conf").write_text(
                 f"nameserver {self.dns_address}\noptions timeout:1 attempts:2\n"
             )
-            # Every connection that reaches the peer port, counted by source address
-            # (after any drop rule, so a SYN lost to a partition is not counted).
-            syn = "tcp flags & (syn | ack) == syn"
+            # Connections to the peer port: every attempt that reaches it (after any
+            # drop rule, so a SYN lost to a partition is not counted), by source, and
+            # every one a listener took (its SYN-ACK), by destination.
+            syn, syn_ack = "tcp flags & (syn | ack) == syn", "tcp flags & (syn | ack) == syn | ack"
             self._nft(
                 host.name,
                 _COUNT,
                 [
                     "input { type filter hook input priority 10; policy accept; "
-                    f"tcp dport {P2P_PORT} {syn} update @syns {{ ip6 saddr counter }}; }}"
+                    f"tcp dport {P2P_PORT} {syn} update @attempts {{ ip6 saddr counter }}; }}",
+                    "output { type filter hook output priority 10; policy accept; "
+                    f"tcp sport {P2P_PORT} {syn_ack} update @accepted {{ ip6 daddr counter }}; }}",
                 ],
-                sets=["syns { type ipv6_addr; flags dynamic; size 65535; counter; }"],
+                sets=[
+                    f"{kind} {{ type ipv6_addr; flags dynamic; size 65535; counter; }}"
+                    for kind in COUNTED
+                ],
             )
         self._write_hosts()
         self._start_dnsmasq()
@@ -552,11 +560,12 @@ class Topology:
                 out.append(value)
         return out
 
-    def connections(self) -> dict[tuple[str, str], int]:
-        """Connections to each host's peer port so far: (from, to) -> count."""
+    def connections(self, kind: str) -> dict[tuple[str, str], int]:
+        """Connections to each host's peer port so far, ``attempts`` that reached it or
+        ones it ``accepted``: (from, to) -> count."""
         out: dict[tuple[str, str], int] = defaultdict(int)
         for host in self.hosts.values():
-            listing = run("nft", "-j", "list", "set", "inet", _COUNT, "syns", netns=host.netns)
+            listing = run("nft", "-j", "list", "set", "inet", _COUNT, kind, netns=host.netns)
             for item in json.loads(listing)["nftables"]:
                 for elem in item.get("set", {}).get("elem", []):
                     source = self.owner_of_ip(str(elem["elem"]["val"]))
@@ -601,15 +610,17 @@ class Topology:
 
 class ConnectionCounter:
     """Reads :meth:`Topology.connections` every :data:`COUNT_EVERY` seconds in a thread
-    of its own, to tell the most connections between two hosts in any minute."""
+    of its own, to tell the most connections between two hosts in any minute. Each
+    reading is also appended to ``connections.jsonl`` in the topology's directory."""
 
     def __init__(self, topology: Topology) -> None:
         self._topology = topology
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        #: (monotonic time, connections so far per pair of hosts)
-        self.samples: list[tuple[float, dict[str, int]]] = []
+        #: (monotonic time, {kind: {pair of hosts: connections so far}})
+        self.samples: list[tuple[float, dict[str, dict[str, int]]]] = []
         self.error: str | None = None
+        self._journal = topology.root / "connections.jsonl"
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> ConnectionCounter:
@@ -624,24 +635,31 @@ class ConnectionCounter:
         names = self._topology.names
         pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
         while True:
+            sample = {}
             try:
-                counts = self._topology.connections()
+                for kind in COUNTED:
+                    counts = self._topology.connections(kind)
+                    sample[kind] = {
+                        f"{a}-{b}": counts.get((a, b), 0) + counts.get((b, a), 0) for a, b in pairs
+                    }
             except Exception as e:  # reported by the test that reads the figures
                 self.error = f"{type(e).__name__}: {e}"
                 return
-            sample = {f"{a}-{b}": counts.get((a, b), 0) + counts.get((b, a), 0) for a, b in pairs}
             with self._lock:
                 self.samples.append((time.monotonic(), sample))
+            with self._journal.open("a") as out:
+                out.write(json.dumps({"time": time.time(), **sample}) + "\n")
             if self._stop.wait(COUNT_EVERY):
                 return
 
-    def most_per_minute(self, since: float = 0.0) -> dict[str, int]:
-        """Per pair of hosts, the most connections (either way) within 60 s, from
-        ``since`` (monotonic) on: each reading minus the last one at least 60 s older
-        (or the last one before ``since``), so each figure spans 60 to 62 s, never less."""
+    def most_per_minute(self, kind: str = "accepted", since: float = 0.0) -> dict[str, int]:
+        """Per pair of hosts, the most connections of ``kind`` (either way) within 60 s,
+        from ``since`` (monotonic) on: each reading minus the last one at least 60 s
+        older, or the last one before ``since`` (so no figure spans less than 60 s but
+        the first minute's)."""
         with self._lock:
-            before = [(t, c) for t, c in self.samples if t < since][-1:]  # the baseline
-            samples = before + [(t, c) for t, c in self.samples if t >= since]
+            before = [(t, c[kind]) for t, c in self.samples if t < since][-1:]  # baseline
+            samples = before + [(t, c[kind]) for t, c in self.samples if t >= since]
         out: dict[str, int] = defaultdict(int)
         first = 0
         for at, counts in samples:

@@ -216,8 +216,9 @@ def test_a_vanished_host_back_at_a_new_address_is_relinked_in_time(
     figure(
         f"{name} moved {old} -> {new}: every node linked to it at the new address"
         f" {relinked and round(relinked, 1)} s after its start (None: not within"
-        f" {RELINK_BOUND + MEASURE_PAST:.0f} s); meanwhile, most connections per pair in a"
-        f" minute {counter.most_per_minute(started)}, handshakes logged per pair in a minute"
+        f" {RELINK_BOUND + MEASURE_PAST:.0f} s); meanwhile, most per pair in a minute:"
+        f" connections taken {counter.most_per_minute('accepted', started)}, attempts"
+        f" {counter.most_per_minute('attempts', started)}, handshakes logged"
         f" {net.handshakes_per_minute(since)}"
     )
     missed = f"{name} relinked after {relinked} s; the bound is {RELINK_BOUND} s"
@@ -311,23 +312,70 @@ def test_finality_latency_with_40_ms_of_delay(net: Topology) -> None:
     assert p50 >= 0.040  # a batch needs at least one delayed message to become final
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="links: a peer whose link is stale is redialed without backoff while its host"
+    " refuses connections (about 5,000 SYNs a second until the link closes)",
+)
+def test_a_peer_host_up_before_its_node_is_redialed_with_backoff(
+    net: Topology, counter: ConnectionCounter
+) -> None:
+    """As on Fly when a Machine restarts: its links went silent, then its host answers
+    again (RST) before its node listens. Redials must back off meanwhile."""
+    name, others = "node2", ["node1", "node3", "node4"]
+    net.isolate(name)
+    wait_until(
+        lambda: all(silent_to(net.hosts[w], name, 1.5 * SYNC_INTERVAL) for w in others),
+        2 * SYNC_INTERVAL + 20,
+        f"{name} silent for 1.5 sync intervals at every peer",
+    )
+    net.kill(name)  # unseen: its FIN and RST are dropped too
+    net.heal(name)
+    healed = time.monotonic()
+    wait_until(
+        lambda: all(link_state(net.hosts[w], name) == "down" for w in others),
+        3 * SYNC_INTERVAL + 20,
+        f"the links to {name} closed",
+    )
+    closed = time.monotonic()
+    wait_until(lambda: counter.samples[-1][0] > closed, 10, "a counter reading past the close")
+    attempts = counter.most_per_minute("attempts", healed)
+    figure(
+        f"{name}'s host up, its node down, its links stale: connection attempts per pair"
+        f" in the {closed - healed:.1f} s until every link to it closed: {attempts}"
+    )
+    worst = max(attempts, key=lambda pair: attempts[pair])
+    assert attempts[worst] <= HANDSHAKES_PER_MINUTE, (
+        f"{worst}: {attempts[worst]} connection attempts within a minute"
+    )
+
+
+def silent_to(watcher: Host, peer: str, seconds: float) -> bool:
+    """Whether ``watcher`` has heard nothing from ``peer`` for ``seconds`` (or has no link)."""
+    return all(
+        v["last_seen_seconds"] is None or v["last_seen_seconds"] >= seconds
+        for v in watcher.peers()
+        if v.get("name") == peer and v["state"] in ("connected", "stale")
+    )
+
+
 def test_no_pair_shakes_hands_more_than_30_times_a_minute(
     net: Topology, counter: ConnectionCounter
 ) -> None:
-    """Over every scenario above (run this module whole). Each connection to a peer port
-    starts one handshake, so the connections counted by nftables in the namespaces bound
-    the handshakes from above, whatever the nodes log."""
-    per_minute = counter.most_per_minute()
-    logged = net.handshakes_per_minute()
+    """Over every scenario above (run this module whole). Each connection a node takes on
+    its peer port (its SYN-ACK, counted by nftables in the namespaces) starts one
+    handshake, so these counts bound the handshakes from above whatever the nodes log."""
+    accepted = counter.most_per_minute("accepted")
     figure(
-        f"most connections per pair in any minute of the run: {per_minute};"
-        f" handshakes logged: {logged}"
+        f"most per pair in any minute of the run: connections taken {accepted},"
+        f" attempts {counter.most_per_minute('attempts')},"
+        f" handshakes logged {net.handshakes_per_minute()}"
     )
     assert counter.error is None, counter.error
-    assert all(count >= 1 for count in per_minute.values()), "a pair never connected"
-    worst = max(per_minute, key=lambda pair: per_minute[pair])
-    assert per_minute[worst] <= HANDSHAKES_PER_MINUTE, (
-        f"{worst}: {per_minute[worst]} connections, each a handshake, in one minute"
+    assert all(count >= 1 for count in accepted.values()), "a pair never connected"
+    worst = max(accepted, key=lambda pair: accepted[pair])
+    assert accepted[worst] <= HANDSHAKES_PER_MINUTE, (
+        f"{worst}: {accepted[worst]} connections taken, each a handshake, in one minute"
     )
 
 
