@@ -118,6 +118,8 @@ class LinkLimits:
     backoff_cap: float = 30.0
     #: Longest envelope between redials of an address that cannot be reached.
     reconnect_cap: float = 4.0
+    #: Refused connections logged per reason and direction in this many seconds: 5.
+    refusal_log_period: float = 10.0
 
     @classmethod
     def for_interval(cls, interval: float) -> LinkLimits:
@@ -208,10 +210,12 @@ class _Link:
     close_reason: str | None = None
     last_seen: float = field(default_factory=time.monotonic)
     opened: float = field(default_factory=time.monotonic)
+    delivering: bool = False  # a frame read is waiting for the handler
 
     def silent(self, now: float) -> float:
-        """Seconds since the last frame (or the handshake)."""
-        return now - self.last_seen
+        """Seconds since the last frame (or the handshake); 0 while a frame of it waits
+        for room in the inbox (that wait is ours, not the peer's silence)."""
+        return 0.0 if self.delivering else now - self.last_seen
 
     def close(self, reason: str) -> None:
         if self.close_reason is None:
@@ -261,7 +265,8 @@ class PeerNetwork:
         self._tg: asyncio.TaskGroup | None = None
         self._candidates_changed = asyncio.Event()
         self._handshaking = 0  # inbound connections in their handshake
-        self._throttle = Throttle()  # refused connections: a few lines per reason and period
+        # refused connections: a few lines per reason and period, then a count
+        self._throttle = Throttle(period=self.limits.refusal_log_period, burst=5)
         self.port: int | None = None
 
     # ------------------------------------------------------------ life cycle
@@ -411,7 +416,10 @@ class PeerNetwork:
                 if await self._dial_once(candidate):
                     log.info("own_address_skipped", address=format_address(address))
                 elif candidate.failures and address in self._candidates:
-                    if candidate.key is not None and candidate.key in self._links:
+                    other = self._links.get(candidate.key) if candidate.key else None
+                    if other is not None and self._state(other, time.monotonic()) is not (
+                        LinkState.STALE
+                    ):
                         continue  # refused as a duplicate of a live link: wait for that one
                     candidate.state = LinkState.BACKOFF
                     unreachable = candidate.last_error in _UNREACHABLE
@@ -706,14 +714,21 @@ class PeerNetwork:
     async def _read_loop(self, link: _Link, reader: asyncio.StreamReader) -> None:
         try:
             while True:
-                data = await _read_frame(reader, self.limits.max_frame)
-                if data is None:
+                (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+                link.last_seen = time.monotonic()  # a large frame is on its way
+                if not 1 <= length <= self.limits.max_frame:
                     log.warning("malformed_frame", peer=link.peer, limit=self.limits.max_frame)
                     link.close("malformed_frame")
                     return
+                data = await reader.readexactly(length)
                 link.last_seen = time.monotonic()
                 self._metrics.on_peer_message("received", message_kind(data), len(data) + 4)
-                await self._handler.frame(link.peer, data)
+                link.delivering = True  # a full inbox holds us, not the peer: not silence
+                try:
+                    await self._handler.frame(link.peer, data)
+                finally:
+                    link.delivering = False
+                    link.last_seen = time.monotonic()
         except (asyncio.IncompleteReadError, OSError):
             link.close("connection_lost")
 

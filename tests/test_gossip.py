@@ -59,6 +59,18 @@ class Recorder(LinkHandler):
         await self.frames.put((peer, data))
 
 
+class HeldRecorder(Recorder):
+    """A recorder that takes no frame until :attr:`gate` opens: a full inbox."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def frame(self, peer: PeerId, data: bytes) -> None:
+        await self.gate.wait()
+        await super().frame(peer, data)
+
+
 @dataclasses.dataclass
 class Running:
     network: PeerNetwork
@@ -106,8 +118,9 @@ async def start() -> AsyncIterator[Start]:
         limits: LinkLimits | None = None,
         port: int = 0,
         previous_token: bytes | None = None,
+        recorder: Recorder | None = None,
     ) -> Running:
-        recorder, metrics = Recorder(), Metrics("test")
+        recorder, metrics = recorder or Recorder(), Metrics("test")
         network = PeerNetwork(
             genesis, signer, token, recorder, metrics, limits, previous_token=previous_token
         )
@@ -545,6 +558,27 @@ async def test_frames_keep_a_link_fresh(start: Start) -> None:
     assert not b.recorder.down
 
 
+async def test_a_link_waiting_for_room_in_the_inbox_is_not_silent(start: Start) -> None:
+    """A full inbox stops the link's reading: the wait is ours, not the peer's silence,
+    so the link neither turns stale nor times out meanwhile."""
+    limits = LinkLimits(stale_after=0.3, idle_timeout=0.8)
+    held = HeldRecorder()
+    b = await start(C.signers[1], limits=limits, recorder=held)
+    peer = await raw_dial(b.port, C.signers[2])
+    await until(lambda: bool(b.recorder.up), "the link")
+    write_frame(peer.writer, b"\x07waits for the inbox")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while loop.time() - started < 3 * limits.idle_timeout:  # the inbox stays full this long
+        assert [v.state for v in b.network.views()] == ["connected"]
+        await asyncio.sleep(0.05)
+    assert b.closed("idle_timeout") == 0
+    held.gate.set()
+    assert await asyncio.wait_for(held.frames.get(), DEADLINE) == ("v2", b"\x07waits for the inbox")
+    # once the peer is really silent, the usual bounds apply
+    await until(lambda: b.closed("idle_timeout") == 1, "closed as idle")
+
+
 async def test_links_bound_unacknowledged_data_with_keepalive_and_user_timeout(
     start: Start,
 ) -> None:
@@ -668,3 +702,65 @@ async def test_a_peer_back_at_a_new_address_is_linked_once_its_old_link_is_stale
     assert a.recorder.up[-1] == (PeerId("v1"), C.signers[1].public_key)
     assert bool(moved.recorder.up)
     print(f"\nrelinked at the new address {took:.2f} s after it appeared (stale after 1 s)")
+
+
+async def test_a_peer_refusing_our_new_link_while_ours_is_stale_is_not_stormed(
+    start: Start,
+) -> None:
+    """Silence in one direction only: a hears nothing from b (its link is stale), while b
+    hears a and refuses a's new links, dialed at b's second address, as duplicates of a
+    live one. a backs off instead of dialing again at once."""
+    a = await start(C.signers[0], limits=LinkLimits(stale_after=0.3, idle_timeout=600.0))
+    b = await start(C.signers[1], limits=LinkLimits(stale_after=600.0, idle_timeout=1200.0))
+    link(a, b)
+    await until(lambda: bool(b.recorder.up), "the link")
+    # b is reachable at a second loopback address as well
+    a.network.set_candidates(frozenset({("127.0.0.1", b.port), ("127.0.0.2", b.port)}))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    window = 6.0
+    while loop.time() - started < window:  # a talks, b never answers
+        a.network.send(PeerId("v1"), b"\x07status")
+        await asyncio.sleep(0.1)  # a's sending interval, not a wait for a condition
+    refused = b.closed("duplicate")
+    print(f"\none-way silence: {refused:.0f} new links refused in {window:.0f} s")
+    assert 1 <= refused <= 12, refused
+    assert len(b.recorder.up) <= refused + 1, "each relink cost a refusal and a backoff"
+
+
+async def test_text_from_a_peer_is_cut_short_in_the_log(start: Start) -> None:
+    b = await start(C.signers[1])
+    long_name = "x" * 250  # a network id of a peer's choosing, near the 255-byte limit
+    hello = dataclasses.replace(
+        make_hello(C.genesis, C.signers[2].public_key, secrets.token_bytes(32)),
+        network_id=long_name,
+    )
+    with capture_logs() as logs:
+        peer = await raw_dial(b.port, C.signers[2], hello=hello.encode(), complete=False)
+        await read_frame(peer.reader)  # b's HELLO
+        assert await peer.refusal() == "wrong_network"
+        await until(lambda: b.failures("wrong_network") == 1, "the refusal counted")
+    [line] = [r for r in logs if r["event"] == "handshake_failed"]
+    assert len(line["detail"]) <= 120
+    assert long_name not in str(line)
+    assert line["reason"] == "wrong_network"
+    peer.writer.close()
+
+
+async def test_refused_connections_are_logged_sparingly_with_the_count_held_back(
+    start: Start,
+) -> None:
+    b = await start(C.signers[1], limits=LinkLimits(refusal_log_period=1.0))
+    with capture_logs() as logs:
+        for _ in range(20):
+            await refuse_with(b.port, b"bad_token")
+        await until(lambda: b.failures("bad_token") == 20, "every refusal counted")
+        lines = [r for r in logs if r["event"] == "handshake_failed"]
+        assert len(lines) == 5
+        assert not any("suppressed" in r for r in lines)
+        await asyncio.sleep(1.0)  # the throttle's period passes
+        await refuse_with(b.port, b"bad_token")
+        await until(lambda: b.failures("bad_token") == 21, "the next refusal counted")
+    [*_, last] = [r for r in logs if r["event"] == "handshake_failed"]
+    assert last["suppressed"] == 15
+    assert last["by"] == "peer"

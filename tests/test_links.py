@@ -8,8 +8,11 @@ the next step, which is what these tests vary.
 
 from __future__ import annotations
 
+import json
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -170,3 +173,33 @@ def stop(member: Member) -> float:
     assert code == 0, member.process.logs()[-3000:]
     assert not records(member, "shutdown_timed_out")
     return seconds
+
+
+@pytest.mark.parametrize("cancelled", [False, True])
+def test_the_shutdown_watchdog_ends_a_process_whose_shutdown_hangs(cancelled: bool) -> None:
+    """The last resort behind the bound: a process whose shutdown outlasts the timeout
+    is ended with exit code 1 and a log line; one that finishes in time is left alone."""
+    script = (
+        "import time\n"
+        "from qudag_node.logs import configure_logging\n"
+        "from qudag_node.node import ShutdownWatchdog\n"
+        "configure_logging('info', 'json')\n"
+        "watchdog = ShutdownWatchdog(0.5)\n"
+        "watchdog.start()\n"
+        f"if {cancelled}:\n"
+        "    watchdog.cancel()\n"
+        f"time.sleep({1.0 if cancelled else 20.0})  # a shutdown step past the timeout\n"
+    )
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False
+    )
+    took = time.monotonic() - started
+    if cancelled:
+        assert done.returncode == 0, done.stderr
+        assert "shutdown_timed_out" not in done.stdout
+    else:
+        assert done.returncode == 1, done.stderr
+        [line] = [json.loads(x) for x in done.stdout.splitlines() if "shutdown_timed_out" in x]
+        assert (line["level"], line["seconds"]) == ("error", 0.5)
+        assert took < 10.0, "ended by the watchdog, long before the hang would end"
