@@ -443,8 +443,10 @@ class PeerNetwork:
                 await link.gone.wait()
 
     async def _dial_once(self, candidate: _Candidate) -> bool:
-        """Connect, shake hands and serve the link until it closes; True if the
-        address turned out to be our own."""
+        """Connect, shake hands, and follow the link (served by a task of its own) until
+        it closes or turns stale; True if the address turned out to be our own. A stale
+        link stays open meanwhile: the loop dials again, and a new link, if the peer
+        answers, replaces it, instead of waiting for TCP's retransmissions."""
         candidate.state = LinkState.CONNECTING
         host, port = candidate.address
         try:
@@ -465,7 +467,14 @@ class PeerNetwork:
             return False
         candidate.key = link.key
         candidate.state = LinkState.CONNECTED
-        await self._serve(link, reader)
+        assert self._tg is not None
+        self._tg.create_task(self._serve(link, reader))
+        while not link.gone.is_set() and self._state(link, time.monotonic()) is not (
+            LinkState.STALE
+        ):
+            await self._until_gone_or_stale(link)
+        if not link.gone.is_set():
+            return False  # stale: dial again beside it
         if time.monotonic() - link.opened >= self.limits.settle_time:
             candidate.failures = 0  # the link held: the address works
             candidate.last_error = link.close_reason

@@ -685,6 +685,8 @@ async def test_a_peer_back_at_a_new_address_is_linked_once_its_old_link_is_stale
     old = await start(C.signers[1], limits=limits)
     link(a, old)
     await until(lambda: bool(a.recorder.up), "the first link")
+    assert old.network._server is not None
+    old.network._server.close()  # its host is gone: the open link falls silent, dials fail
     moved = await start(C.signers[1], limits=limits)  # the same key at a new address
     loop = asyncio.get_running_loop()
     began = loop.time()
@@ -764,3 +766,25 @@ async def test_refused_connections_are_logged_sparingly_with_the_count_held_back
     [*_, last] = [r for r in logs if r["event"] == "handshake_failed"]
     assert last["suppressed"] == 15
     assert last["by"] == "peer"
+
+
+async def test_a_stale_link_is_replaced_by_a_fresh_dial_when_the_peer_answers(
+    start: Start,
+) -> None:
+    """The dialer does not wait for TCP's retransmissions on a stale link (after a
+    partition shorter than the idle timeout, say): it dials again beside it, and the
+    fresh link replaces the stale one at both ends. (No frames flow here, so the first
+    link turns stale by itself.)"""
+    limits = LinkLimits(stale_after=0.5, idle_timeout=60.0)
+    a, b = await start(C.signers[0], limits=limits), await start(C.signers[1], limits=limits)
+    link(a, b)
+    await until(lambda: bool(a.recorder.up and b.recorder.up), "the first link")
+    [first] = a.network._links.values()
+    await until(lambda: a.closed("replaced") >= 1 and b.closed("replaced") >= 1, "replaced")
+    [fresh] = a.network._links.values()
+    assert fresh is not first
+    assert first.close_reason == "replaced"
+    assert a.closed("idle_timeout") == b.closed("idle_timeout") == 0
+    # each end told its engine that the peer relinked
+    assert a.recorder.down.count(PeerId("v1")) >= 1
+    assert len(a.recorder.up) == len(a.recorder.down) + 1
