@@ -57,7 +57,9 @@ P2P_PORT = 7000
 TOKEN = secrets.token_hex(32)
 NETWORK_ID = "qudag-netns-test"
 #: Log events that each mark one handshake between two nodes (one end's view of it).
-HANDSHAKE_EVENTS = frozenset({"peer_connected", "handshake_failed"})
+HANDSHAKE_EVENTS = frozenset(
+    {"peer_connected", "peer_relinked", "duplicate_link_closed", "handshake_failed"}
+)
 _COMMAND_TIMEOUT = 30.0
 #: Tables this module adds to a host's nftables ruleset.
 _CUT, _GONE, _OLD, _COUNT = "qudag_cut", "qudag_gone", "qudag_old", "qudag_count"

@@ -26,6 +26,7 @@ from tests.netns import (
     Topology,
     netem_missing,
     require_namespaces,
+    run,
     seed,
 )
 from tests.network import quantile
@@ -100,6 +101,48 @@ def net(lab: tuple[Topology, ConnectionCounter]) -> Iterator[Topology]:
         for name in topo.names:
             topo.start(name)
         wait_until(topo.meshed, 60, "every node linked again after a restart")
+
+
+def leftovers(topo: Topology) -> list[str]:
+    """What of ``topo`` is still there: namespaces, links, /etc/netns dirs, processes."""
+    namespaces = set(run("ip", "netns", "list").split())
+    links = run("ip", "-o", "link", "show").split()
+    out = [n for n in (topo.dns_netns, *(h.netns for h in topo.hosts.values())) if n in namespaces]
+    out += [word for word in links if word.startswith(topo.tag)]
+    out += [str(p) for p in Path("/etc/netns").glob(f"{topo.tag}-*")]
+    out += [h.name for h in topo.hosts.values() if h.running()]
+    return out
+
+
+def test_a_topology_leaves_nothing_behind_after_a_failure(tmp_path: Path) -> None:
+    require_namespaces()
+    topo = Topology(tmp_path)
+    built: list[str] = []
+
+    def failing_test() -> None:
+        with topo:
+            topo.start("node1")
+            topo.isolate("node1")
+            built.extend(leftovers(topo))
+            raise RuntimeError("a failing test")
+
+    with pytest.raises(RuntimeError, match="a failing test"):
+        failing_test()
+    assert "node1" in built  # its process was running
+    assert leftovers(topo) == []
+
+
+def test_a_topology_that_fails_half_way_undoes_what_it_built(tmp_path: Path) -> None:
+    require_namespaces()
+    topo = Topology(tmp_path)
+    blocker = topo.hosts["node3"].netns  # taken: building stops there
+    run("ip", "netns", "add", blocker)
+    try:
+        with pytest.raises(RuntimeError, match=blocker), topo:
+            pytest.fail("built despite the taken name")
+        assert leftovers(topo) == [blocker]
+    finally:
+        run("ip", "netns", "del", blocker)
 
 
 def link_state(watcher: Host, peer: str) -> str:
