@@ -473,9 +473,12 @@ class PeerNetwork:
             LinkState.STALE
         ):
             await self._until_gone_or_stale(link)
-        if not link.gone.is_set():
-            return False  # stale: dial again beside it
-        if time.monotonic() - link.opened >= self.limits.settle_time:
+        held = time.monotonic() - link.opened >= self.limits.settle_time
+        if not link.gone.is_set():  # stale: dial again beside it, at once if it had held
+            if held:
+                candidate.failures = 0
+            return False
+        if held:
             candidate.failures = 0  # the link held: the address works
             candidate.last_error = link.close_reason
         else:  # dropped soon after the handshake (a duplicate, say): no quick redial

@@ -3,9 +3,10 @@
 Run as ``python -m tests.relay``. It reads one command per line on stdin and answers
 each with exactly one line on stdout:
 
-``listen SRC DST``
-    bind 127.0.0.1 on a free port and answer ``port N``; connections accepted there
-    are forwarded, both ways, to DST's target.
+``listen SRC DST [HOST [PORT]]``
+    bind HOST (127.0.0.1 unless given; any loopback address) on PORT (a free one
+    unless given) and answer ``port N``; connections accepted there are forwarded,
+    both ways, to DST's target.
 ``target DST PORT``
     ``ok``; DST's connections go to 127.0.0.1:PORT from now on. A connection accepted
     while DST has no target is closed at once.
@@ -85,8 +86,12 @@ class RelayServer:
         if not words:
             return "error empty command"
         name, args = words[0], words[1:]
-        if name == "listen" and len(args) == 2:
-            return f"port {await self.listen(args[0], args[1])}"
+        if name == "listen" and 2 <= len(args) <= 4:
+            host = args[2] if len(args) > 2 else HOST
+            if len(args) == 4 and not args[3].isdigit():
+                return f"error port {args[3]!r} is not a number"
+            port = int(args[3]) if len(args) == 4 else 0
+            return f"port {await self.listen(args[0], args[1], host, port)}"
         if name == "target" and len(args) == 2:
             return self.target(args[0], args[1])
         if name == "cut" and len(args) == 1:
@@ -103,7 +108,7 @@ class RelayServer:
         if name == "stats" and not args:
             return json.dumps(self.stats())
         usage = {
-            "listen": "listen SRC DST",
+            "listen": "listen SRC DST [HOST [PORT]]",
             "target": "target DST PORT",
             "cut": "cut NODE",
             "stall": "stall NODE",
@@ -114,16 +119,17 @@ class RelayServer:
             return f"error usage: {usage[name]}"
         return f"error unknown command {name!r}"
 
-    async def listen(self, src: str, dst: str) -> int:
-        """Accept connections from ``src`` for ``dst`` on a new port; returns the port."""
+    async def listen(self, src: str, dst: str, host: str = HOST, port: int = 0) -> int:
+        """Accept connections from ``src`` for ``dst`` on ``host``:``port`` (a free port
+        for 0); returns the port."""
 
         async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await self._forward(src, dst, reader, writer)
 
-        server = await asyncio.start_server(accepted, HOST, 0)
+        server = await asyncio.start_server(accepted, host, port)
         self.servers.append(server)
-        port: int = server.sockets[0].getsockname()[1]
-        return port
+        bound: int = server.sockets[0].getsockname()[1]
+        return bound
 
     def target(self, dst: str, raw_port: str) -> str:
         """Send ``dst``'s connections to 127.0.0.1:``raw_port``."""
@@ -283,13 +289,14 @@ class Relay:
             raise RelayError(answer.removeprefix("error "))
         return answer
 
-    def listen(self, src: str, dst: str) -> int:
-        """A new port whose connections go from ``src`` to ``dst``'s target."""
-        answer = self.command(f"listen {src} {dst}")
-        word, _, port = answer.partition(" ")
-        if word != "port" or not port.isdigit():
+    def listen(self, src: str, dst: str, host: str = HOST, port: int = 0) -> int:
+        """A new port (``port``, or a free one) on ``host`` whose connections go from
+        ``src`` to ``dst``'s target."""
+        answer = self.command(f"listen {src} {dst} {host} {port}")
+        word, _, number = answer.partition(" ")
+        if word != "port" or not number.isdigit():
             raise RelayError(f"unexpected answer {answer!r}")
-        return int(port)
+        return int(number)
 
     def target(self, dst: str, port: int) -> None:
         """Send ``dst``'s connections to 127.0.0.1:``port``."""

@@ -205,6 +205,19 @@ def test_stall_holds_the_nodes_traffic_silently_until_heal(relay: Relay, echo: E
         round_trip(stalled, b"after the heal")
 
 
+def test_a_listener_on_another_loopback_address_and_a_chosen_port(
+    relay: Relay, echo: EchoServer
+) -> None:
+    relay.target("b", echo.port)
+    port = relay.listen("a", "b")
+    again = relay.listen("a", "b2", "127.0.0.2", port)  # the same port, another address
+    assert again == port
+    relay.target("b2", echo.port)
+    with socket.create_connection(("127.0.0.2", port), timeout=DEADLINE) as client:
+        client.settimeout(DEADLINE)
+        round_trip(client, b"through the second address")
+
+
 def test_a_connection_before_its_target_is_closed(relay: Relay, echo: EchoServer) -> None:
     port = relay.listen("a", "b")
     with connect(port) as early:
@@ -229,7 +242,8 @@ def test_a_target_that_refuses_closes_the_connection(relay: Relay) -> None:
     ("line", "message"),
     [
         ("frobnicate", "unknown command 'frobnicate'"),
-        ("listen a", "usage: listen SRC DST"),
+        ("listen a", "usage: listen SRC DST [HOST [PORT]]"),
+        ("listen a b 127.0.0.1 p", "port 'p' is not a number"),
         ("target b port", "port 'port' is not from 1 to 65535"),
         ("target b 70000", "port '70000' is not from 1 to 65535"),
         ("stats now", "usage: stats"),
