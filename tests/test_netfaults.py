@@ -31,6 +31,7 @@ from tests.netns import (
 )
 from tests.network import quantile
 from tests.nodeproc import submit_json, wait_until
+from tests.tools import require_tool
 
 pytestmark = pytest.mark.slow
 
@@ -336,6 +337,7 @@ def test_a_validator_restarted_on_an_empty_disk_catches_up(net: Topology) -> Non
 
 
 def test_finality_latency_with_40_ms_of_delay(net: Topology) -> None:
+    require_tool("tc")
     missing = netem_missing()
     if missing is not None:
         pytest.skip(f"no 40 ms +/- 10 ms delay run: {missing}")
