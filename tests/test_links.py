@@ -15,13 +15,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.network import Member, Network, network
-from tests.nodeproc import request, wait_until
+from tests.dnsserver import DnsServerProcess, write_records
+from tests.network import Load, Member, Network, network
+from tests.nodeproc import NodeProcess, request, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -49,10 +51,11 @@ def records(member: Member, event: str) -> list[dict[str, Any]]:
     return [r for r in member.process.records() if r.get("event") == event]
 
 
-def start_three(net: Network) -> None:
+def start_three(net: Network, host: Callable[[str], str] = lambda _peer: "127.0.0.1") -> None:
     """v1, v2 and v3 of four validators: each is linked to a quorum (three) exactly."""
     for name in ("v1", "v2", "v3"):
-        net.start(name, ready=False, peers=[p for p in ("v1", "v2", "v3") if p != name])
+        others = [p for p in ("v1", "v2", "v3") if p != name]
+        net.start(name, ready=False, peers=others, host=host)
     for name in ("v1", "v2", "v3"):
         member = net.members[name]
 
@@ -103,6 +106,120 @@ def test_a_silent_partition_is_seen_stale_then_closed_and_the_quorum_shows_it(
         f"\nsilent partition (DAG_SYNC_INTERVAL {INTERVAL:g} s): stale after {seen_stale:.1f} s,"
         f" closed after {closed:.1f} s (silent {float(idle['silent_seconds']):.2f} s),"
         f" quorum again {relinked:.1f} s after the heal"
+    )
+
+
+def test_a_validator_back_at_a_new_address_is_linked_again_within_the_bound(
+    tmp_path: Path,
+) -> None:
+    """v2's host vanishes without a word (its links stall, the process is killed) and
+    v2 comes back, with its disk, at a new address under the same name and ports. Its
+    peers still hold their dead links to the old address, yet link the new one within
+    2 x DAG_SYNC_INTERVAL + 10 s."""
+    records = tmp_path / "dns.json"
+    names = {f"v{i}.internal": ["127.0.0.1"] for i in (1, 2, 3)}
+    write_records(records, names)
+    dns = DnsServerProcess(records)
+    dns_port = dns.start()
+    try:
+        with network(
+            tmp_path, DAG_SYNC_INTERVAL=str(INTERVAL), QUDAG_DNS_SERVERS=f"127.0.0.1:{dns_port}"
+        ) as net:
+            start_three(net, host=lambda peer: f"{peer}.internal")
+            v1, v2, v3 = (net.members[n] for n in ("v1", "v2", "v3"))
+            net.relay.stall("v2")  # no FIN, no RST from the vanished host
+            v2.process.kill()
+            vanished = time.monotonic()
+            dead = {m.name: link_address(m, "v2") for m in (v1, v3)}
+            # the same ports at v2's new address lead to the new process
+            for member in (v1, v3):
+                net.relay.listen(member.name, "v2-moved", "127.0.0.2", peer_port(member, "v2"))
+            peers = ",".join(
+                f"{p}.internal:{net.relay.listen('v2-moved', p)}" for p in ("v1", "v3")
+            )
+            moved = NodeProcess(
+                v2.process.data_dir,
+                tmp_path / "v2-moved.log",
+                {**v2.process.extra_env, "QUDAG_PEERS": peers},
+            )
+            moved.start(ready=False)
+            code, doc = request("GET", moved.url + "/api/v1/status", timeout=10)
+            assert code == 200
+            net.relay.target("v2-moved", int(doc["p2p"]["port"]))
+            write_records(records, {**names, "v2.internal": ["127.0.0.2"]})
+            back = time.monotonic()
+            bound = 2 * INTERVAL + 10
+
+            def relinked(member: Member) -> bool:
+                address = link_address(member, "v2")  # a new connection, and a live one
+                fresh = address is not None and address != dead[member.name]
+                live = peer_states(member).get("v2") == "connected"
+                return fresh and live and quorum(member)["validators_linked"] == 3
+
+            wait_until(lambda: relinked(v1) and relinked(v3), bound, "v2 linked again")
+            took = time.monotonic() - back
+            assert took <= bound
+            assert moved.stop() == 0
+    finally:
+        dns.stop()
+    print(
+        f"\nmoved validator: linked again {took:.1f} s after its return"
+        f" ({time.monotonic() - vanished:.0f} s after it vanished), bound {bound:g} s"
+    )
+
+
+def link_address(member: Member, peer: str) -> str | None:
+    """The address of ``member``'s link to ``peer`` (another for each connection)."""
+    code, body = request("GET", member.url + "/api/v1/peers", timeout=10)
+    assert code == 200
+    for p in body["peers"]:
+        if p["name"] == peer and p["state"] in {"connected", "stale"}:
+            return str(p["address"])
+    return None
+
+
+def peer_port(member: Member, peer: str) -> int:
+    """The port in ``member``'s QUDAG_PEERS entry for ``peer``."""
+    for entry in member.process.extra_env["QUDAG_PEERS"].split(","):
+        host, _, port = entry.rpartition(":")
+        if host.startswith(f"{peer}."):
+            return int(port)
+    raise AssertionError(f"{member.name} has no entry for {peer}")
+
+
+def test_a_validator_partitioned_silently_holds_the_same_log_soon_after_the_heal(
+    tmp_path: Path,
+) -> None:
+    """Four validators; v2 is cut off silently (its links stall: no FIN, no RST) for
+    twelve sync intervals while the other three finalize under load. After the heal v2
+    holds the same log hash as the others within 20 s."""
+    partition = 12 * INTERVAL
+    with network(tmp_path, DAG_SYNC_INTERVAL=str(INTERVAL)) as net:
+        for name in net.validators:
+            net.start(name, ready=False)
+        wait_until(lambda: all(net.is_ready(n) for n in net.validators), 60, "all ready")
+        others = [net.members[n] for n in ("v1", "v3", "v4")]
+        v2 = net.members["v2"]
+        with Load(lambda: others, threads=3, batch=20) as load:
+            wait_until(lambda: others[0].log_head()[0] >= 100, 60, "finalizing")
+            net.relay.stall("v2")
+            stalled = time.monotonic()
+            frozen = v2.log_head()
+            wait_until(lambda: not quorum(v2)["can_finalize"], 10, "v2 seeing itself cut off")
+            while time.monotonic() - stalled < partition:  # the partition's length
+                assert v2.log_head()[0] <= frozen[0] + 50, "v2 cannot finalize alone"
+                time.sleep(0.5)
+            grown = others[0].log_head()[0]
+            assert grown > frozen[0], "the other three went on"
+            net.relay.heal("v2")
+            healed = time.monotonic()
+        assert load.result.errors == []
+        head = net.wait_converged(net.validators, at_least=grown, timeout=20)
+        caught_up = time.monotonic() - healed
+        assert v2.log_head() == head
+    print(
+        f"\nsilent partition of {partition:g} s (DAG_SYNC_INTERVAL {INTERVAL:g} s): the same"
+        f" log hash {caught_up:.1f} s after the heal ({head[0]} entries), bound 20 s"
     )
 
 
