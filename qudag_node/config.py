@@ -363,7 +363,7 @@ SETTINGS: tuple[Setting, ...] = (
         "QUDAG_API_TOKEN",
         "",
         _token,
-        "Bearer token that writes to the HTTP API must carry (16+ characters); unset: none.",
+        "Bearer token that writes to the HTTP API must carry (128+ bits); unset: none.",
         secret=True,
     ),
     Setting("data_dir", "QUDAG_DATA_DIR", "./data", _text, "Directory holding the database."),
