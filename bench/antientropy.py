@@ -108,7 +108,7 @@ async def bytes_per_round(
 ) -> tuple[float, float]:
     """(bytes sent per anti-entropy round, rounds counted) between two observer nodes,
     over at least ``rounds_wanted`` rounds."""
-    token = secrets.token_hex(16)
+    token = secrets.token_hex(32)
     ports = free_port_block(len(directories))
     nodes = [
         NodeProcess(

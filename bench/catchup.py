@@ -81,7 +81,7 @@ async def scenario(lab: Lab) -> list[Row]:
     """Catch-up rate of a fresh observer against the peer store's read rate."""
     transactions = lab.scale.catchup_transactions
     directory = lab.directory("catchup")
-    token = secrets.token_hex(16)
+    token = secrets.token_hex(32)
     validator = NodeProcess(
         directory / "validator", {"NODE_ID": VALIDATOR, "PEER_AUTH_TOKEN": token}
     )

@@ -41,7 +41,7 @@ from qudag_node.httpserver import (
 )
 from qudag_node.logs import Throttle
 from qudag_node.metrics import Metrics
-from qudag_node.ports import Check, NodeApi, TxRecord, VertexRecord
+from qudag_node.ports import Check, NodeApi, StorageFull, TxRecord, VertexRecord
 from qudag_node.sockets import dual_stack_socket
 
 log = structlog.get_logger("qudag.api")
@@ -509,6 +509,8 @@ class _Routes:
             receipt = await self._node.submit(txs)
         except InputRejected as e:
             raise _from_input_rejected(e) from None
+        except StorageFull as e:
+            raise ApiError(507, "insufficient_storage", str(e)) from None
         ids = [i.hex() for i in receipt.ids]
         if timeout is None:
             return web.json_response({"ids": ids}, status=202)

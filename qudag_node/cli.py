@@ -130,6 +130,9 @@ def _run(args: argparse.Namespace) -> int:
         raise CommandError(f"node stopped: {e}") from None
     except config.ConfigError as e:  # a setting only checked at start, such as the genesis
         raise CommandError(str(e), EXIT_USAGE) from None
+    except Exception as e:  # whatever else stops the node still ends in one line
+        detail = " ".join(str(e).split())
+        raise CommandError(f"node stopped: unexpected {type(e).__name__}: {detail}") from None
     return EXIT_OK
 
 

@@ -16,6 +16,11 @@ timer only to the millisecond: a commit made to wait for a gap a fraction of a
 millisecond away would lose a whole one. And at most ``max_waiting`` steps wait to be
 written: beyond that :meth:`put` waits, so a slow disk slows the pump down rather than
 letting memory grow.
+
+A failure that the owner can recover from (``recoverable`` says which; a full disk
+for the node) does not end :meth:`run`: every step not finished is failed, the group
+commit is *broken*, and every step put until :meth:`repair` is failed at once, since
+it was made from state that is no longer on its way to the disk.
 """
 
 from __future__ import annotations
@@ -56,7 +61,9 @@ class GroupCommit(Generic[S]):
     """Steps of type ``S``. ``write`` adds steps to the open transaction and says whether
     one is open (a step with nothing to store opens none); ``commit`` ends it; then
     ``finish`` acts on each step, in order. When ``write`` or ``commit`` raises, ``fail``
-    gets every step not finished, and the exception ends :meth:`run`."""
+    gets every step not finished, and the exception ends :meth:`run`, unless
+    ``recoverable`` holds for it: then the group commit is broken (see :attr:`broken`)
+    and ``on_broken`` is called."""
 
     def __init__(
         self,
@@ -68,6 +75,8 @@ class GroupCommit(Generic[S]):
         max_rate: float,
         max_burst: int,
         max_waiting: int,
+        recoverable: Callable[[Exception], bool] = lambda _: False,
+        on_broken: Callable[[], None] = lambda: None,
     ) -> None:
         if max_rate <= 0 or max_burst < 1 or max_waiting < 1:
             raise ValueError("max_rate must be positive, and max_burst and max_waiting at least 1")
@@ -88,11 +97,28 @@ class GroupCommit(Generic[S]):
         self._settled = asyncio.Event()  # every step put so far is finished
         self._settled.set()
         self._closed = False
+        self._recoverable = recoverable
+        self._on_broken = on_broken
+        self._broken = False
+
+    @property
+    def broken(self) -> bool:
+        """A recoverable failure failed the steps in flight; until :meth:`repair`, every
+        step put is failed at once."""
+        return self._broken
+
+    def repair(self) -> None:
+        """Take steps again (the owner has rebuilt what they are made from)."""
+        self._broken = False
 
     async def put(self, step: S) -> None:
-        """Queue ``step`` behind every step put before it; waits while the queue is full."""
+        """Queue ``step`` behind every step put before it; waits while the queue is full.
+        While :attr:`broken`, ``step`` is failed instead."""
         if self._closed:
             raise RuntimeError("put() after close()")
+        if self._broken:
+            self._fail([step])
+            return
         while len(self._waiting) >= self._max_waiting:
             self._room.clear()
             await self._room.wait()
@@ -119,11 +145,20 @@ class GroupCommit(Generic[S]):
 
     async def run(self) -> None:
         """Write, commit and finish steps until :meth:`close` and none are left."""
-        try:
-            await self._loop()
-        except Exception:
-            self._fail([*self._written, *self._waiting])
-            raise
+        while True:
+            try:
+                await self._loop()
+                return
+            except Exception as e:
+                steps = [*self._written, *self._waiting]
+                self._written, self._waiting, self._open = [], [], False
+                self._fail(steps)
+                if not self._recoverable(e):
+                    raise
+                self._broken = True
+                self._room.set()
+                self._settled.set()
+                self._on_broken()
 
     async def _loop(self) -> None:
         due_since: float | None = None  # when the open transaction could first have ended

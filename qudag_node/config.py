@@ -8,9 +8,12 @@ Secret values are wrapped in :class:`Secret` and never printed.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import math
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -25,6 +28,56 @@ from qudag_node.genesis_file import GenesisFileError, genesis_from_json, parse_v
 
 class ConfigError(Exception):
     """A setting has an invalid value; the message names it and never shows a secret."""
+
+
+#: Largest file a setting may name (a TOML file, a genesis file, a node key).
+MAX_SETTINGS_FILE_BYTES = 1 << 20
+#: What :func:`read_small_file` calls a file of each kind that is not a regular file.
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def file_kind(mode: int) -> str:
+    """How to name a file of ``mode`` (from ``stat``) in an error: "a directory", ..."""
+    for test, kind in _FILE_KINDS:
+        if test(mode):
+            return kind
+    return "a regular file" if stat.S_ISREG(mode) else "not a regular file"
+
+
+def read_small_file(path: Path, limit: int = MAX_SETTINGS_FILE_BYTES) -> bytes:
+    """The bytes of the regular file ``path`` (a symlink to one is followed), at most
+    ``limit``. Never blocks: a FIFO or a device is opened without waiting for a writer
+    and refused, as are a directory and a dangling symlink, with an :class:`OSError`
+    whose ``strerror`` says which, in one line."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise OSError(errno.EINVAL, "a dangling symlink") from None  # not "missing"
+        raise
+    except IsADirectoryError:
+        raise OSError(errno.EISDIR, "a directory, not a file") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, f"{file_kind(mode)}, not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit and (chunk := os.read(fd, limit + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+    return data
 
 
 class Secret:
@@ -131,10 +184,37 @@ def _private_key(raw: str) -> Secret:
     return Secret(value.lower())
 
 
+#: Least strength of the peer token: the dialer's proof goes to whoever answers at a
+#: peer's address, and may be tested against guesses offline.
+MIN_TOKEN_BITS = 128
+#: Fewest distinct characters in a peer token (a random one of 32 hex has about 14).
+MIN_TOKEN_SYMBOLS = 8
+_HEX_TEXT = re.compile(r"[0-9a-fA-F]+")
+_GENERATE_HINT = "generate one with: openssl rand -hex 32"
+
+
+def token_bits(value: str) -> int:
+    """The most bits of randomness ``value`` can hold: 4 a character for hex, 6 for
+    base64 (padding aside) or any other text."""
+    if _HEX_TEXT.fullmatch(value):
+        return 4 * len(value)
+    return 6 * len(value.rstrip("="))
+
+
 def _token(raw: str) -> Secret:
     value = raw.strip()
-    if len(value) < 16:
-        raise ValueError("must be at least 16 characters")
+    if token_bits(value) < MIN_TOKEN_BITS:
+        raise ValueError(
+            f"is shorter than {MIN_TOKEN_BITS} bits: use 32 or more hex or 22 or more base64"
+            f" characters of random data ({_GENERATE_HINT})"
+        )
+    if len(set(value)) < MIN_TOKEN_SYMBOLS:
+        raise ValueError(
+            f"is too easy to guess: it uses fewer than {MIN_TOKEN_SYMBOLS} distinct"
+            f" characters ({_GENERATE_HINT})"
+        )
+    if value in (value + value)[1:-1]:
+        raise ValueError(f"is too easy to guess: it repeats one short pattern ({_GENERATE_HINT})")
     return Secret(value)
 
 
@@ -267,7 +347,15 @@ SETTINGS: tuple[Setting, ...] = (
         "PEER_AUTH_TOKEN",
         "",
         _token,
-        "Shared secret that peers prove knowledge of when linking (16+ characters).",
+        "Shared secret peers prove knowledge of when linking (128+ bits: 32+ hex characters).",
+        secret=True,
+    ),
+    Setting(
+        "peer_auth_token_previous",
+        "PEER_AUTH_TOKEN_PREVIOUS",
+        "",
+        _token,
+        "During a token rotation: the old PEER_AUTH_TOKEN, still accepted from dialing peers.",
         secret=True,
     ),
     Setting(
@@ -275,7 +363,7 @@ SETTINGS: tuple[Setting, ...] = (
         "QUDAG_API_TOKEN",
         "",
         _token,
-        "Bearer token that writes to the HTTP API must carry (16+ characters); unset: none.",
+        "Bearer token that writes to the HTTP API must carry (128+ bits); unset: none.",
         secret=True,
     ),
     Setting("data_dir", "QUDAG_DATA_DIR", "./data", _text, "Directory holding the database."),
@@ -440,7 +528,8 @@ SETTINGS: tuple[Setting, ...] = (
         "QUDAG_MIN_FREE_DISK_MB",
         "64",
         _int(0, 1 << 20),
-        "Below this much free space in DATA_DIR the node reports not ready.",
+        "Below this much free space in DATA_DIR the node refuses client writes (507) and"
+        " reports not ready; the space left is the consensus's reserve.",
     ),
     Setting(
         "shutdown_timeout",
@@ -472,6 +561,7 @@ class Settings:
     node_private_key: Secret | None
     peer_auth_token: Secret | None
     api_token: Secret | None
+    peer_auth_token_previous: Secret | None
     data_dir: str
     api_host: str
     api_port: int
@@ -529,7 +619,7 @@ class Settings:
     def _genesis_from_file(self) -> Genesis:
         path = self.genesis_file
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = read_small_file(Path(path)).decode("utf-8")
         except FileNotFoundError:
             raise ConfigError(f"invalid QUDAG_GENESIS: genesis file {path}: not found") from None
         except UnicodeDecodeError:
@@ -582,12 +672,17 @@ class Settings:
 
 def _from_file(path: Path) -> dict[str, str]:
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
+        data = tomllib.loads(read_small_file(path).decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path}: not found") from None
-    except (tomllib.TOMLDecodeError, OSError) as e:
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path}: not UTF-8 text") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path}: nested too deeply") from None
+    except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path}: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror}") from None
     out = {}
     for key, value in data.items():
         if key not in BY_NAME:
@@ -627,6 +722,8 @@ def load_settings(
     values: dict[str, Any] = {}
     for s in SETTINGS:
         text, source = raw[s.name]
+        if not _is_utf8(text):
+            raise ConfigError(f"invalid {s.env} (from {source}): not UTF-8 text")
         if s.secret and not text.strip():
             values[s.name] = None
             continue
@@ -646,11 +743,27 @@ def load_settings(
     if settings.peers and settings.peer_auth_token is None:
         raise ConfigError(
             "QUDAG_PEERS is set but PEER_AUTH_TOKEN is not: peers prove knowledge of a shared"
-            " token; set the same PEER_AUTH_TOKEN (16+ characters) on every node"
+            " token; set the same PEER_AUTH_TOKEN (32+ hex characters) on every node"
+        )
+    token, previous = settings.peer_auth_token, settings.peer_auth_token_previous
+    if previous is not None and (token is None or previous == token):
+        raise ConfigError(
+            "PEER_AUTH_TOKEN_PREVIOUS is set but PEER_AUTH_TOKEN is not, or is the same: during a"
+            " rotation PEER_AUTH_TOKEN holds the new token and PEER_AUTH_TOKEN_PREVIOUS the old one"
         )
     if settings.genesis_file and settings.validators:
         raise ConfigError("QUDAG_GENESIS and QUDAG_VALIDATORS are both set; use one of them")
     return settings
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` came from valid UTF-8: the environment and the command line
+    carry undecodable bytes as lone surrogates, which no setting may hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def flag_name(setting: Setting) -> str:

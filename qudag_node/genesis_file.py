@@ -93,6 +93,8 @@ def _parse_json(text: str) -> dict[str, Any]:
         document = json.loads(text, object_pairs_hook=_no_duplicate_fields)
     except json.JSONDecodeError as e:
         raise GenesisFileError(f"not valid JSON: {e.msg} at line {e.lineno}") from None
+    except RecursionError:  # the parser recurses once per level of nesting
+        raise GenesisFileError("not valid JSON: nested too deeply") from None
     if not isinstance(document, dict):
         raise GenesisFileError("must hold one JSON object")
     unknown = sorted(set(document) - set(_FIELDS))

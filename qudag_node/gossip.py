@@ -16,7 +16,17 @@ the link is dropped, so a slow peer never slows the others.
 
 At most one link per peer key is used. When two ends dial each other at once, both
 keep the link dialed by the lower key; two links dialed by the same end keep the
-older one.
+older one, unless the older one is *stale*: a live link wins over a stale one.
+
+Peers send a STATUS every sync interval, so silence means trouble: a link that has
+carried no frame for ``stale_after`` seconds shows as ``stale`` (and a warning is
+logged); after ``idle_timeout`` seconds it is closed as ``idle_timeout``. TCP
+keepalive and ``TCP_USER_TIMEOUT`` bound how long the kernel lets unacknowledged data
+hang on a peer that vanished without a FIN or RST.
+
+A link that closes within ``settle_time`` of its handshake (refused as a duplicate by
+either end, say) counts as a failure of the address it was dialed at, so redials
+back off instead of storming.
 """
 
 from __future__ import annotations
@@ -29,18 +39,21 @@ import secrets
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
 from qudag_node.core.backoff import backoff_delay
 from qudag_node.core.crypto import Signer
-from qudag_node.core.errors import InputRejected, Reason
+from qudag_node.core.errors import InputRejected, Reason, UsageError
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.handshake import (
     LinkRole,
     ReplayGuard,
     Side,
+    answer_auth,
     check_auth,
     check_hello,
     decode_hello,
@@ -54,7 +67,7 @@ from qudag_node.core.messages import message_kind
 from qudag_node.core.types import PeerId, PublicKey
 from qudag_node.logs import Throttle
 from qudag_node.metrics import Metrics
-from qudag_node.sockets import dual_stack_socket
+from qudag_node.sockets import dual_stack_socket, set_link_timeouts
 
 log = structlog.get_logger("qudag.gossip")
 
@@ -63,6 +76,23 @@ _LENGTH = struct.Struct(">I")
 _READ_BUFFER = 256 << 10
 #: Address of a peer: (IP text without brackets, port).
 Address = tuple[str, int]
+#: Failures that say the address cannot be reached (now): retried on the short cap.
+_UNREACHABLE = frozenset({"timeout", "refused", "connection_lost", "handshake_timeout"})
+#: Why an established link closed (the values of ``qudag_peer_links_closed_total``).
+CLOSE_REASONS = frozenset(
+    {
+        "closed",
+        "connection_lost",
+        "duplicate",
+        "replaced",
+        "idle_timeout",
+        "malformed_frame",
+        "slow_peer",
+        "shutdown",
+    }
+)
+#: Longest piece of text from a peer that a log line carries.
+_DETAIL_CHARS = 120
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +106,29 @@ class LinkLimits:
     max_handshakes: int = 64
     #: A link whose queued frames have not moved for this long is dropped.
     send_timeout: float = 30.0
+    #: A link that has carried no frame for this long is ``stale`` (and a warning is
+    #: logged); any new link of its peer wins over it.
+    stale_after: float = 45.0
+    #: A link that has carried no frame for this long is closed (``idle_timeout``).
+    idle_timeout: float = 90.0
+    #: A link that closes sooner than this after its handshake counts as a failure.
+    settle_time: float = 10.0
     backoff_base: float = 0.25
+    #: Longest envelope between redials after a refusal or a link that did not hold.
     backoff_cap: float = 30.0
+    #: Longest envelope between redials of an address that cannot be reached.
+    reconnect_cap: float = 4.0
+    #: Refused connections logged per reason and direction in this many seconds: 5.
+    refusal_log_period: float = 10.0
+
+    @classmethod
+    def for_interval(cls, interval: float) -> LinkLimits:
+        """Limits for peers that send a STATUS every ``interval`` seconds: ``stale`` after
+        1.5 intervals of silence (at least the interval + 1 s), closed after 3 (at least
+        the interval + 2 s)."""
+        stale = max(1.5 * interval, interval + 1.0)
+        idle = max(3.0 * interval, interval + 2.0)
+        return cls(stale_after=stale, idle_timeout=idle)
 
 
 class LinkState(enum.Enum):
@@ -85,6 +136,7 @@ class LinkState(enum.Enum):
 
     CONNECTING = "connecting"
     CONNECTED = "connected"
+    STALE = "stale"  # linked, but silent for longer than stale_after
     BACKOFF = "backoff"
     SELF = "self"  # the address is this node
     LINKED_ELSEWHERE = "linked_elsewhere"  # the key behind it is linked by another address
@@ -157,6 +209,13 @@ class _Link:
     gone: asyncio.Event = field(default_factory=asyncio.Event)  # unregistered, tasks ended
     close_reason: str | None = None
     last_seen: float = field(default_factory=time.monotonic)
+    opened: float = field(default_factory=time.monotonic)
+    delivering: bool = False  # a frame read is waiting for the handler
+
+    def silent(self, now: float) -> float:
+        """Seconds since the last frame (or the handshake); 0 while a frame of it waits
+        for room in the inbox (that wait is ours, not the peer's silence)."""
+        return 0.0 if self.delivering else now - self.last_seen
 
     def close(self, reason: str) -> None:
         if self.close_reason is None:
@@ -187,10 +246,13 @@ class PeerNetwork:
         metrics: Metrics,
         limits: LinkLimits | None = None,
         rng: random.Random | None = None,
+        previous_token: bytes | None = None,
     ) -> None:
         self._genesis = genesis
         self._signer = signer
-        self._token = token
+        self._token = token  # what we prove when we dial
+        #: what a dialer may prove: the token, and during a rotation the previous one
+        self._accepted_tokens = (token,) if previous_token is None else (token, previous_token)
         self._handler = handler
         self._metrics = metrics
         self.limits = limits or LinkLimits()
@@ -203,8 +265,8 @@ class PeerNetwork:
         self._tg: asyncio.TaskGroup | None = None
         self._candidates_changed = asyncio.Event()
         self._handshaking = 0  # inbound connections in their handshake
-        #: refused handshakes repeat at an attacker's pace: their lines are rate-limited
-        self._refusals = Throttle()
+        # refused connections: a few lines per reason and period, then a count
+        self._throttle = Throttle(period=self.limits.refusal_log_period, burst=5)
         self.port: int | None = None
 
     # ------------------------------------------------------------ life cycle
@@ -267,10 +329,23 @@ class PeerNetwork:
         self._metrics.on_peer_message("sent", message_kind(data), size)
         return True
 
+    def linked(self) -> list[tuple[PeerId, PublicKey]]:
+        """Each linked peer and the key it proved."""
+        return [(peer, link.key) for peer, link in self._by_peer.items()]
+
     def last_seen(self) -> dict[PeerId, float]:
         """Seconds since each linked peer last sent a frame."""
         now = time.monotonic()
         return {p: now - link.last_seen for p, link in self._by_peer.items()}
+
+    def live_validators(self) -> int:
+        """Validators linked now by a link that is not stale."""
+        now = time.monotonic()
+        return sum(
+            1
+            for link in self._links.values()
+            if link.role is LinkRole.VALIDATOR and self._state(link, now) is LinkState.CONNECTED
+        )
 
     def views(self) -> list[PeerView]:
         """Every linked peer and every candidate address not linked."""
@@ -281,9 +356,9 @@ class PeerNetwork:
                 link.key.hex(),
                 link.address,
                 link.role.name.lower(),
-                LinkState.CONNECTED.value,
+                (self._state(link, now)).value,
                 "outbound" if link.side is Side.DIALER else "inbound",
-                round(now - link.last_seen, 3),
+                round(link.silent(now), 3),
                 0,
                 None,
             )
@@ -308,6 +383,10 @@ class PeerNetwork:
             )
         return out
 
+    def _state(self, link: _Link, now: float) -> LinkState:
+        stale = link.silent(now) >= self.limits.stale_after
+        return LinkState.STALE if stale else LinkState.CONNECTED
+
     # ------------------------------------------------------------- dialing
 
     async def _dial_manager(self) -> None:
@@ -328,22 +407,30 @@ class PeerNetwork:
                     await candidate.changed.wait()
                     continue
                 linked = self._links.get(candidate.key) if candidate.key is not None else None
-                if linked is not None:
+                if linked is not None and self._state(linked, time.monotonic()) is not (
+                    LinkState.STALE
+                ):
                     candidate.state = (
                         LinkState.LINKED_ELSEWHERE
                         if linked.address != format_address(address)
                         else LinkState.CONNECTED
                     )
-                    await linked.gone.wait()
+                    await self._until_gone_or_stale(linked)
                     continue
                 if await self._dial_once(candidate):
                     log.info("own_address_skipped", address=format_address(address))
                 elif candidate.failures and address in self._candidates:
+                    other = self._links.get(candidate.key) if candidate.key else None
+                    if other is not None and self._state(other, time.monotonic()) is not (
+                        LinkState.STALE
+                    ):
+                        continue  # refused as a duplicate of a live link: wait for that one
                     candidate.state = LinkState.BACKOFF
+                    unreachable = candidate.last_error in _UNREACHABLE
                     delay = backoff_delay(
                         candidate.failures,
                         self.limits.backoff_base,
-                        self.limits.backoff_cap,
+                        self.limits.reconnect_cap if unreachable else self.limits.backoff_cap,
                         self._random.random(),
                     )
                     with contextlib.suppress(TimeoutError):
@@ -352,9 +439,18 @@ class PeerNetwork:
         finally:
             dialing.discard(address)
 
+    async def _until_gone_or_stale(self, link: _Link) -> None:
+        """Return once ``link`` is gone, or has been silent for ``stale_after``."""
+        left = self.limits.stale_after - link.silent(time.monotonic())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(left, 0.0) + 0.01):
+                await link.gone.wait()
+
     async def _dial_once(self, candidate: _Candidate) -> bool:
-        """Connect, shake hands and serve the link until it closes; True if the
-        address turned out to be our own."""
+        """Connect, shake hands, and follow the link (served by a task of its own) until
+        it closes or turns stale; True if the address turned out to be our own. A stale
+        link stays open meanwhile: the loop dials again, and a new link, if the peer
+        answers, replaces it, instead of waiting for TCP's retransmissions."""
         candidate.state = LinkState.CONNECTING
         host, port = candidate.address
         try:
@@ -374,11 +470,25 @@ class PeerNetwork:
             candidate.last_error = e.reason
             return False
         candidate.key = link.key
-        candidate.failures = 0
-        candidate.last_error = None
         candidate.state = LinkState.CONNECTED
-        await self._serve(link, reader)
-        candidate.last_error = link.close_reason
+        assert self._tg is not None
+        self._tg.create_task(self._serve(link, reader))
+        while not link.gone.is_set() and self._state(link, time.monotonic()) is not (
+            LinkState.STALE
+        ):
+            await self._until_gone_or_stale(link)
+        held = time.monotonic() - link.opened >= self.limits.settle_time
+        if not link.gone.is_set():  # stale: dial again beside it, at once if it had held
+            if held:
+                candidate.failures = 0
+            return False
+        if held:
+            candidate.failures = 0  # the link held: the address works
+            candidate.last_error = link.close_reason
+        else:  # dropped soon after the handshake (a duplicate, say): no quick redial
+            candidate.failures += 1
+            reason = link.close_reason or "closed"
+            candidate.last_error = "closed_early" if reason == "connection_lost" else reason
         return False
 
     # ------------------------------------------------------------- accepting
@@ -392,15 +502,12 @@ class PeerNetwork:
             (str(peer[0]).removeprefix("::ffff:"), int(peer[1])) if peer else ("?", 0)
         )
         if self._handshaking >= self.limits.max_handshakes:
-            writer.close()  # a flood of connections: no task, no buffer for it
+            # a flood of connections: no task, no buffer for it; one frame says why
+            with contextlib.suppress(OSError, RuntimeError):
+                _write_frame(writer, encode_refusal("too_many_handshakes"))
+            writer.close()
             self._metrics.on_handshake_failure("too_many_handshakes")
-            suppressed = self._refusals.allow("too_many_handshakes")
-            if suppressed is not None:
-                log.warning(
-                    "too_many_handshakes",
-                    address=format_address(address),
-                    suppressed=suppressed,
-                )
+            self._log_refusal(log.warning, "too_many_handshakes", address=format_address(address))
             return
         self._handshaking += 1
         self._tg.create_task(self._serve_inbound(reader, writer, address))
@@ -460,14 +567,19 @@ class PeerNetwork:
                 self._replays.check(theirs.nonce)
         except InputRejected as e:
             raise PeerRefused(e.reason.value, e.message) from None
-        if side is Side.DIALER:
-            digest, their_side = transcript(our_bytes, their_bytes), Side.LISTENER
-        else:
-            digest, their_side = transcript(their_bytes, our_bytes), Side.DIALER
-        _write_frame(writer, make_auth(self._token, self._signer, side, digest))
-        auth = await self._read_handshake_frame(reader)
         try:
-            check_auth(auth, self._token, theirs.public_key, their_side, digest)
+            if side is Side.DIALER:  # the dialer proves the token first
+                digest = transcript(our_bytes, their_bytes)
+                _write_frame(writer, make_auth(self._token, self._signer, side, digest))
+                auth = await self._read_handshake_frame(reader)
+                check_auth(auth, self._token, theirs.public_key, Side.LISTENER, digest)
+            else:  # and the listener answers only a proof that holds
+                digest = transcript(their_bytes, our_bytes)
+                auth = await self._read_handshake_frame(reader)
+                ours_auth = answer_auth(
+                    auth, self._accepted_tokens, self._signer, theirs.public_key, digest
+                )
+                _write_frame(writer, ours_auth)
         except InputRejected as e:
             raise PeerRefused(e.reason.value, e.message) from None
         peer = peer_name(self._genesis, theirs.public_key)
@@ -486,65 +598,98 @@ class PeerNetwork:
         self, writer: asyncio.StreamWriter, e: PeerRefused, where: str, side: Side
     ) -> None:
         if not e.remote:
-            with contextlib.suppress(OSError, RuntimeError):
+            with contextlib.suppress(OSError, RuntimeError, UsageError):
                 _write_frame(writer, encode_refusal(e.reason))
         writer.close()
         if e.reason == Reason.SELF_CONNECTION.value:
             log.debug("self_address", address=where)
             return
         self._metrics.on_handshake_failure(e.reason)
-        direction = "outbound" if side is Side.DIALER else "inbound"
-        suppressed = self._refusals.allow(f"handshake_failed:{direction}:{e.reason}")
-        if suppressed is None:
-            return
         quiet = e.reason in {"connection_lost", "handshake_timeout"}  # often a restart
-        (log.info if quiet else log.warning)(
+        self._log_refusal(
+            log.info if quiet else log.warning,
             "handshake_failed",
             address=where,
-            direction=direction,
+            direction="outbound" if side is Side.DIALER else "inbound",
             reason=e.reason,
             by="peer" if e.remote else "us",
-            detail=str(e),
-            suppressed=suppressed,
+            detail=_short(str(e)),
         )
+
+    def _log_refusal(self, method: Callable[..., Any], event: str, **fields: Any) -> None:
+        """Log a refused connection, at most a few lines per reason and period; a line
+        after some were held back says how many (``suppressed``)."""
+        key = f"{event}:{fields.get('reason', event)}:{fields.get('direction', '')}"
+        suppressed = self._throttle.allow(key)
+        if suppressed is None:
+            return
+        if suppressed:
+            fields["suppressed"] = suppressed
+        method(event, **fields)
 
     # --------------------------------------------------------------- links
 
     async def _serve(self, link: _Link, reader: asyncio.StreamReader) -> None:
-        """Run a link until it closes: register it, read and write, unregister it."""
+        """Run a link until it closes: register it, read, write and watch it, unregister it."""
         if not self._register(link):
             link.writer.close()
             link.gone.set()
             return
+        sock = link.writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                set_link_timeouts(sock, self.limits.stale_after, self.limits.idle_timeout)
         try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._write_loop(link))
-                tg.create_task(self._read_loop(link, reader))
-                await link.closed.wait()
-                raise _LinkClosed
-        except* _LinkClosed:
-            pass
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._write_loop(link))
+                    tg.create_task(self._read_loop(link, reader))
+                    tg.create_task(self._watch_loop(link))
+                    await link.closed.wait()
+                    raise _LinkClosed
+            except* _LinkClosed:
+                pass
+        except asyncio.CancelledError:
+            link.close("shutdown")  # the network stops
+            raise
         finally:
             link.close("closed")
             link.writer.close()
             self._unregister(link)
             link.gone.set()
+        _cancel_if_cancelling()
 
     def _register(self, link: _Link) -> bool:
         old = self._links.get(link.key)
+        direction = "outbound" if link.side is Side.DIALER else "inbound"
         if old is not None:
-            if not _prefer(link, old, self._signer.public_key):
+            now = time.monotonic()
+            stale = self._state(old, now) is LinkState.STALE
+            if not stale and not _prefer(link, old, self._signer.public_key):
                 link.close("duplicate")
+                self._closed(link, "duplicate_link_closed", kept=old.address)
                 return False
             self._links[link.key] = self._by_peer[link.peer] = link
-            old.close("duplicate")
+            old.close("replaced" if stale else "duplicate")
+            if not stale:  # one link of a live peer for another: not news
+                return True
+            log.warning(  # the stale link's peer is back: tell the engine it relinked
+                "peer_relinked",
+                peer=link.peer,
+                address=link.address,
+                direction=direction,
+                stale_address=old.address,
+                silent_seconds=round(old.silent(now), 1),
+            )
+            self._handler.link_down(link.peer)
+            self._handler.link_up(link.peer, link.key)
             return True
         self._links[link.key] = self._by_peer[link.peer] = link
         log.info(
             "peer_connected",
             peer=link.peer,
             address=link.address,
-            direction="outbound" if link.side is Side.DIALER else "inbound",
+            direction=direction,
             role=link.role.name.lower(),
         )
         self._handler.link_up(link.peer, link.key)
@@ -552,24 +697,54 @@ class PeerNetwork:
 
     def _unregister(self, link: _Link) -> None:
         if self._links.get(link.key) is not link:
-            return  # replaced by a preferred duplicate: the peer is still linked
+            # replaced by a preferred duplicate: the peer is still linked
+            self._closed(link, "link_replaced")
+            return
         del self._links[link.key]
         del self._by_peer[link.peer]
-        self._metrics.on_link_closed(link.close_reason or "closed")
-        log.info("peer_disconnected", peer=link.peer, reason=link.close_reason)
+        reason = _close_reason(link)
+        self._metrics.on_link_closed(reason)
+        log.info(
+            "peer_disconnected",
+            peer=link.peer,
+            address=link.address,
+            reason=reason,
+            seconds=round(time.monotonic() - link.opened, 3),
+        )
         self._handler.link_down(link.peer)
+
+    def _closed(self, link: _Link, event: str, **fields: Any) -> None:
+        """Count and log a link closed while its peer stays linked by another."""
+        reason = _close_reason(link)
+        self._metrics.on_link_closed(reason)
+        self._log_refusal(
+            log.info,
+            event,
+            peer=link.peer,
+            address=link.address,
+            direction="outbound" if link.side is Side.DIALER else "inbound",
+            reason=reason,
+            **fields,
+        )
 
     async def _read_loop(self, link: _Link, reader: asyncio.StreamReader) -> None:
         try:
             while True:
-                data = await _read_frame(reader, self.limits.max_frame)
-                if data is None:
+                (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+                link.last_seen = time.monotonic()  # a large frame is on its way
+                if not 1 <= length <= self.limits.max_frame:
                     log.warning("malformed_frame", peer=link.peer, limit=self.limits.max_frame)
                     link.close("malformed_frame")
                     return
+                data = await reader.readexactly(length)
                 link.last_seen = time.monotonic()
                 self._metrics.on_peer_message("received", message_kind(data), len(data) + 4)
-                await self._handler.frame(link.peer, data)
+                link.delivering = True  # a full inbox holds us, not the peer: not silence
+                try:
+                    await self._handler.frame(link.peer, data)
+                finally:
+                    link.delivering = False
+                    link.last_seen = time.monotonic()
         except (asyncio.IncompleteReadError, OSError):
             link.close("connection_lost")
 
@@ -596,14 +771,59 @@ class PeerNetwork:
         except (OSError, RuntimeError):
             link.close("connection_lost")
 
+    async def _watch_loop(self, link: _Link) -> None:
+        """Warn once a link turns stale; close it once it has been idle too long."""
+        warned = False
+        while link.close_reason is None:
+            silent = link.silent(time.monotonic())
+            if silent >= self.limits.idle_timeout:
+                log.warning(
+                    "peer_idle_timeout",
+                    peer=link.peer,
+                    address=link.address,
+                    silent_seconds=round(silent, 1),
+                )
+                link.close("idle_timeout")
+                return
+            if silent >= self.limits.stale_after:
+                if not warned:
+                    log.warning(
+                        "peer_silent",
+                        peer=link.peer,
+                        address=link.address,
+                        silent_seconds=round(silent, 1),
+                        closing_in=round(self.limits.idle_timeout - silent, 1),
+                    )
+                warned = True
+                until = self.limits.idle_timeout
+            else:
+                warned = False
+                until = self.limits.stale_after
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(until - silent + 0.01):
+                    await link.closed.wait()
+
 
 class _LinkClosed(Exception):
     """Ends a link's TaskGroup."""
 
 
+def _cancel_if_cancelling() -> None:
+    """Raise CancelledError if this task has a cancellation pending.
+
+    Python 3.11's TaskGroup drops a cancellation that arrives while it is already
+    aborting because its body raised (here ``_LinkClosed``); the task would then go on
+    as if nothing had been asked of it, and a shutdown would wait for it forever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _prefer(new: _Link, old: _Link, own_key: PublicKey) -> bool:
-    """Whether ``new`` should replace ``old`` (same peer): the link dialed by the lower
-    key wins; between two dialed by the same end, the older one stays."""
+    """Whether ``new`` should replace ``old`` (same peer, both live): the link dialed by
+    the lower key wins; between two dialed by the same end, the older one stays. (A
+    stale ``old`` is replaced whatever this says.)"""
 
     def dialer(link: _Link) -> PublicKey:
         return own_key if link.side is Side.DIALER else link.key
@@ -611,6 +831,17 @@ def _prefer(new: _Link, old: _Link, own_key: PublicKey) -> bool:
     if dialer(new) == dialer(old):
         return False
     return dialer(new) < dialer(old)
+
+
+def _close_reason(link: _Link) -> str:
+    """Why ``link`` closed, as one of :data:`CLOSE_REASONS`."""
+    reason = link.close_reason or "closed"
+    return reason if reason in CLOSE_REASONS else "closed"
+
+
+def _short(text: str, limit: int = _DETAIL_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (peer-supplied text in a log line)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _write_frame(writer: asyncio.StreamWriter, data: bytes) -> None:

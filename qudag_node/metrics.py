@@ -26,6 +26,7 @@ from qudag_node.core.events import (
     MessageRejected,
     VertexCertified,
 )
+from qudag_node.core.handshake import REFUSAL_REASONS, UNKNOWN_REFUSAL
 
 #: Buckets for one SQLite commit (an fsync or two): 0.5 ms to 2 s.
 STORE_COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
@@ -79,6 +80,38 @@ class _StorageCollector:
             wal = self._database.with_name(self._database.name + "-wal")
             database.add_metric([], _file_bytes(self._database) + _file_bytes(wal))
         return [free, size, database]
+
+
+class _QuorumCollector:
+    """A validator's quorum gauges. Only validators set :attr:`state`; until then (and
+    on an observer, always) the families have no samples, so an observer never looks
+    unable to finalize."""
+
+    def __init__(self) -> None:
+        #: (able, validators linked with itself, Unix time of the last change)
+        self.state: tuple[bool, int, float] | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        """The three gauges."""
+        able = GaugeMetricFamily(
+            "qudag_quorum_linked",
+            "1 while this validator links to a quorum of validators (itself included) and"
+            " can finalize; 0 while it cannot.",
+        )
+        linked = GaugeMetricFamily(
+            "qudag_quorum_validators_linked",
+            "Validators this validator links to by live links, itself included.",
+        )
+        changed = GaugeMetricFamily(
+            "qudag_quorum_changed_timestamp_seconds",
+            "Unix time when qudag_quorum_linked last changed (or was first known).",
+        )
+        if self.state is not None:
+            state, count, since = self.state
+            able.add_metric([], 1 if state else 0)
+            linked.add_metric([], count)
+            changed.add_metric([], since)
+        return [able, linked, changed]
 
 
 def _file_bytes(path: Path) -> float:
@@ -245,6 +278,8 @@ class Metrics:
             registry=r,
         )
         self._aged_peers: set[str] = set()
+        self._quorum = _QuorumCollector()
+        r.register(self._quorum)
         self._sync_rounds = Counter(
             "qudag_sync_rounds",
             "Anti-entropy summaries received from peers, by result (in_sync, differences).",
@@ -338,8 +373,10 @@ class Metrics:
         self._peer_bytes.labels(direction=direction, type=kind).inc(size)
 
     def on_handshake_failure(self, reason: str) -> None:
-        """A peer handshake failed for ``reason``."""
-        self._handshake_failures.labels(reason=reason).inc()
+        """A peer handshake failed for ``reason``; one outside the known set (text a
+        peer made up, say) is counted as ``unknown``, so peers cannot add series."""
+        label = reason if reason in REFUSAL_REASONS else UNKNOWN_REFUSAL
+        self._handshake_failures.labels(reason=label).inc()
 
     def on_link_closed(self, reason: str) -> None:
         """An established peer link closed for ``reason``."""
@@ -352,6 +389,11 @@ class Metrics:
         self._aged_peers = set(ages)
         for peer, age in ages.items():
             self._last_message_age.labels(peer=peer).set(age)
+
+    def on_quorum(self, able: bool, linked: int, since: float) -> None:
+        """A validator's view of its quorum: whether ``linked`` validators (itself
+        included) reach it, and the Unix time ``since`` when that last changed."""
+        self._quorum.state = (able, linked, since)
 
     def on_sync_rejected(self, reason: Reason) -> None:
         """A peer's sync message was dropped for ``reason``."""

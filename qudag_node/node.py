@@ -11,14 +11,18 @@ waiters, and sends messages: persist before announce, acknowledge after commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import math
 import os
-import shutil
 import signal
 import sqlite3
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +32,9 @@ import structlog
 from qudag_node import __version__
 from qudag_node.api import make_app, start_api
 from qudag_node.commits import GroupCommit
-from qudag_node.config import ConfigError, Settings
-from qudag_node.core.crypto import Signer, tx_ids
-from qudag_node.core.engine import Engine
+from qudag_node.config import ConfigError, Settings, read_small_file
+from qudag_node.core.crypto import Signer, log_hash_start, tx_ids
+from qudag_node.core.engine import Engine, Role
 from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.events import (
     EquivocationDetected,
@@ -54,12 +58,13 @@ from qudag_node.ports import (
     Check,
     EvidenceRecord,
     LogRecord,
+    StorageFull,
     SubmitReceipt,
     TxRecord,
     TxState,
     VertexRecord,
 )
-from qudag_node.store import Store, StoreError
+from qudag_node.store import Store, StoreError, accept, is_disk_full
 from qudag_node.sync import Syncer
 from qudag_node.verifier import ThreadedVerifier, worker_count
 
@@ -73,11 +78,74 @@ MAX_COMMITS_PER_SECOND = 180
 MAX_COMMIT_BURST = 4
 #: Most steps waiting for the group commit before the pump waits for the disk.
 STEPS_WAITING = 8
+#: Seconds a reading of the data dir's free space is used before it is read again.
+DISK_CHECK_INTERVAL = 0.25
+#: Least seconds between a write that failed for lack of space and the next attempt.
+DISK_FULL_PAUSE = 1.0
+#: Largest node key file read (the key is 64 hex characters and a newline).
+MAX_KEY_FILE_BYTES = 4096
 log = structlog.get_logger("qudag.node")
 
 
 class NodeFailure(Exception):
     """The node cannot go on (bad data dir, storage failure); the process should exit 1."""
+
+
+class DiskGuard:
+    """The free space of the data dir's filesystem against ``QUDAG_MIN_FREE_DISK_MB``.
+
+    One ``statvfs`` call, made again at most every :data:`DISK_CHECK_INTERVAL` seconds,
+    so that every client write can ask it. Below the floor the node refuses client
+    writes (507) and reports not ready; the space left is the consensus's reserve, and
+    writes resume by themselves once the free space is back above the floor.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        min_free_mb: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._path = path
+        self._min_free = min_free_mb << 20
+        self._min_free_mb = min_free_mb
+        self._clock = clock
+        self._free: int | None = None
+        self._read_at = -math.inf
+
+    def free_bytes(self) -> int | None:
+        """Bytes available to the node, or None if the filesystem cannot be asked."""
+        now = self._clock()
+        if now - self._read_at >= DISK_CHECK_INTERVAL:
+            self._read_at = now
+            try:
+                st = os.statvfs(self._path)
+                self._free = st.f_bavail * st.f_frsize
+            except OSError:
+                self._free = None
+        return self._free
+
+    def low(self) -> bool:
+        """Whether the free space is below the floor (an unreadable one counts as enough:
+        the writes themselves then say whether the disk is full)."""
+        free = self.free_bytes()
+        return free is not None and free < self._min_free
+
+    def detail(self) -> str:
+        """The free space against the floor, in MiB, for readiness and errors."""
+        free = self.free_bytes()
+        shown = "unknown" if free is None else f"{free >> 20} MiB"
+        return f"{shown} free, need {self._min_free_mb}"
+
+
+@dataclass(frozen=True, slots=True)
+class _QuorumState:
+    """Whether a validator is linked to a quorum (``linked`` validators, itself
+    included) and since when (Unix time of the last change)."""
+
+    able: bool
+    linked: int
+    since: float
 
 
 @dataclass(eq=False, slots=True)
@@ -121,44 +189,99 @@ class _FinalityWait:
             self.done.set_result(False)
 
 
-def load_signer(settings: Settings) -> Signer:
-    """The node key: NODE_PRIVATE_KEY, else DATA_DIR/node.key, created once with mode 0600."""
+def load_signer(settings: Settings) -> tuple[Signer, bool]:
+    """The node key: NODE_PRIVATE_KEY, else DATA_DIR/node.key; and whether it is new,
+    to be kept with :func:`write_key` once the data dir is accepted. Writes nothing."""
     if settings.node_private_key is not None:
-        return Signer(bytes.fromhex(settings.node_private_key.reveal()))
+        return Signer(bytes.fromhex(settings.node_private_key.reveal())), False
     path = settings.data_path / KEY_FILENAME
-    signer, created = key_file(path)
-    if created:
-        log.info("node_key_created", path=str(path))
-    elif path.stat().st_mode & 0o077:
+    signer = read_key(path)
+    if signer is None:
+        return Signer(bytes(nacl.signing.SigningKey.generate())), True
+    if path.stat().st_mode & 0o077:
         log.warning("node_key_readable_by_others", path=str(path), hint="chmod 600")
-    return signer
+    return signer, False
+
+
+def read_key(path: Path) -> Signer | None:
+    """The key kept in ``path`` (64 hex characters), or None when there is no file.
+    Never blocks on a FIFO; raises :class:`NodeFailure` for a path that is not a
+    regular file holding a key."""
+    try:
+        data = read_small_file(path, MAX_KEY_FILE_BYTES)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise NodeFailure(f"{path} is {e.strerror}") from None
+    try:
+        return Signer(bytes.fromhex(data.decode("ascii").strip()))
+    except ValueError:  # also a UnicodeDecodeError, or a key of the wrong length
+        raise NodeFailure(f"{path} does not hold a 64-hex-character private key") from None
+
+
+def write_key(path: Path, signer: Signer) -> None:
+    """Keep ``signer``'s seed in the new file ``path``, mode 0600, durably (its name
+    too)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(signer.seed().hex() + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the new file's name is durable too
+    finally:
+        os.close(directory)
 
 
 def key_file(path: Path) -> tuple[Signer, bool]:
     """The key kept in ``path`` (64 hex characters), and whether it was created now: a
-    missing file is created once, mode 0600, durably (its name too). Raises
-    :class:`NodeFailure` for a file that does not hold a key."""
-    try:
-        text = path.read_text().strip()
-    except UnicodeDecodeError:
-        text = ""  # not a key either
-    except FileNotFoundError:
-        seed = bytes(nacl.signing.SigningKey.generate())
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(seed.hex() + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the new file's name is durable too
-        finally:
-            os.close(directory)
-        return Signer(seed), True
-    try:
-        return Signer(bytes.fromhex(text)), False
-    except ValueError:
-        raise NodeFailure(f"{path} does not hold a 64-hex-character private key") from None
+    missing file is created once, mode 0600, durably. Raises :class:`NodeFailure` for
+    a path that does not hold a key."""
+    signer = read_key(path)
+    if signer is not None:
+        return signer, False
+    signer = Signer(bytes(nacl.signing.SigningKey.generate()))
+    write_key(path, signer)
+    return signer, True
+
+
+def exception_leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions in ``error``, nested exception groups taken apart, in order."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in exception_leaves(inner)]
+    return [error]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def stop_cause(error: BaseException) -> BaseException:
+    """The one exception that stops the node, out of what its tasks raised: two
+    tasks may fail at once, into an exception group, possibly nested. A
+    :class:`NodeFailure` names the cause best, then a :class:`ConfigError`; an
+    unexpected exception becomes a NodeFailure naming its type, with its traceback
+    in the log. Every other failure is logged, one line each."""
+    leaves = exception_leaves(error)
+    for leaf in leaves:
+        if not isinstance(leaf, Exception):  # KeyboardInterrupt, SystemExit, cancelled
+            return leaf
+    cause = next(
+        (e for kind in (NodeFailure, ConfigError) for e in leaves if isinstance(e, kind)),
+        leaves[0],
+    )
+    for leaf in leaves:
+        if leaf is cause:
+            continue
+        if isinstance(leaf, NodeFailure | ConfigError):
+            log.error("also_failed", error=_one_line(str(leaf)))
+        else:
+            log.error("also_failed", error=f"{type(leaf).__name__}: {leaf}", exc_info=leaf)
+    if isinstance(cause, NodeFailure | ConfigError):
+        return cause
+    log.error("unexpected_failure", error=f"{type(cause).__name__}", exc_info=cause)
+    return NodeFailure(f"unexpected {type(cause).__name__}: {_one_line(str(cause))}")
 
 
 class Node:
@@ -180,10 +303,14 @@ class Node:
         self._started_at = time.time()
         self._vertex_total = 0
         self._pump_task: asyncio.Task[None] | None = None
+        #: whether this validator links to a quorum (itself included), and since when
+        self._quorum: _QuorumState | None = None
         self._catching_up: bool | None = None  # a change for the pump to apply
         self.p2p_port: int | None = None
         self._network: PeerNetwork | None = None
         self._verifier = ThreadedVerifier(worker_count())  # threads start on first use
+        self._disk = DiskGuard(settings.data_path, settings.min_free_disk_mb)
+        self._disk_full = False  # a write failed for lack of space; cleared by _recover()
         self._syncer: Syncer
         self._peer_inbox: PeerInbox
         # set in run()
@@ -208,9 +335,18 @@ class Node:
         s = self.settings
         log.info("starting", version=__version__, settings=s.redacted())
         try:
-            await asyncio.to_thread(s.data_path.mkdir, parents=True, exist_ok=True)
-            self._signer = load_signer(s)
+            try:
+                await asyncio.to_thread(s.data_path.mkdir, parents=True, exist_ok=True)
+            except FileExistsError:  # a file, a FIFO or a dangling symlink
+                raise NodeFailure(f"data dir {s.data_path}: not a directory") from None
+            self._signer, new_key = await asyncio.to_thread(load_signer, s)
             self._genesis = s.genesis(self._signer.public_key)
+            # nothing is written into the data dir before it is accepted
+            await asyncio.to_thread(accept, s.data_path, self._genesis)
+            if new_key:
+                key_path = s.data_path / KEY_FILENAME
+                await asyncio.to_thread(write_key, key_path, self._signer)
+                log.info("node_key_created", path=str(key_path))
             log.info("opening_database", path=str(s.data_path))
             opening = time.monotonic()
             self._store = await Store.open(s.data_path, self._genesis)
@@ -222,16 +358,30 @@ class Node:
         except StoreError as e:
             raise NodeFailure(f"database {s.data_path}: {e}") from None
         except OSError as e:
-            raise NodeFailure(f"data dir {s.data_path}: {e.strerror}") from None
+            disk = " (no space left)" if is_disk_full(e) else ""
+            raise NodeFailure(f"data dir {s.data_path}: {e.strerror}{disk}") from None
         try:
             await self._serve()
-        except* NodeFailure as group:
-            raise group.exceptions[0] from None
+        except BaseException as e:  # one cause is chosen, the rest logged
+            # Not ``except*``: before 3.11.4 (Debian bookworm has 3.11.2), an exception
+            # raised in an except* clause comes out wrapped in a new ExceptionGroup
+            # (CPython gh-103590), which ended the process in a traceback.
+            raise stop_cause(e) from None
         finally:
-            await self._store.close()
-            log.info("stopped")
+            durable: dict[str, Any] = {}
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                # the committed log, for the next start's state_loaded line to match
+                length, log_hash = await self._store.log_head()
+                log_hash = log_hash or log_hash_start(self._genesis.hash)
+                durable = {"log_length": length, "log_hash": log_hash.hex()}
+            try:
+                await self._store.close()
+            except StoreError as e:
+                log.warning("database_close_failed", error=str(e))
+            log.info("stopped", **durable)
 
-    async def _serve(self) -> None:
+    async def _load_engine(self) -> None:
+        """Build the engine from the state on disk and log what was loaded."""
         s = self.settings
         started = time.monotonic()
         try:
@@ -253,9 +403,17 @@ class Node:
             vertices=totals.vertices,
             transactions=totals.transactions,
             log_length=totals.log_length,
+            # SQLite cannot tell a WAL cut short behind its back: compare these with
+            # the previous run's stopping line and with peers (docs/reliability.md)
+            log_hash=snapshot.log_hash.hex(),
+            wal_bytes=_size(self._store.path.with_name(self._store.path.name + "-wal")),
             pending=len(snapshot.pending),
             seconds=round(time.monotonic() - started, 3),
         )
+
+    async def _serve(self) -> None:
+        s = self.settings
+        await self._load_engine()
         alone = self._genesis.n == 1 and self._genesis.index_of(self._signer.public_key) == 0
         self._syncer = Syncer(
             self._store,
@@ -288,6 +446,7 @@ class Node:
                         background.append(
                             tg.create_task(discovery.run(self._network.set_candidates))
                         )
+                self._observe_quorum()
                 self._started.set()
                 log.info(
                     "ready",
@@ -314,6 +473,7 @@ class Node:
                 self._stopping = True
                 self._wakeup.set()
         finally:
+            self._fail_queued()
             await runner.cleanup()
             self._verifier.close()
 
@@ -345,7 +505,14 @@ class Node:
             s.peer_auth_token.reveal().encode(),
             self._peer_inbox,
             self._metrics,
-            LinkLimits(max_queue_bytes=s.peer_queue_bytes),
+            dataclasses.replace(
+                LinkLimits.for_interval(s.dag_sync_interval), max_queue_bytes=s.peer_queue_bytes
+            ),
+            previous_token=(
+                s.peer_auth_token_previous.reveal().encode()
+                if s.peer_auth_token_previous is not None
+                else None
+            ),
         )
         try:
             self.p2p_port = await self._network.start(s.p2p_port)
@@ -368,10 +535,34 @@ class Node:
         self._wakeup.set()
 
     async def _watch_peers(self, network: PeerNetwork) -> None:
-        """Keep the per-peer last-message ages current."""
+        """Keep the per-peer last-message ages and the quorum view current."""
         while True:
             self._metrics.on_peer_ages({str(p): age for p, age in network.last_seen().items()})
+            self._observe_quorum()
             await asyncio.sleep(1.0)
+
+    def _observe_quorum(self) -> _QuorumState | None:
+        """Whether this validator is linked to enough validators to finalize (itself
+        included, a quorum), and since when; None for an observer. A change is logged."""
+        if self._engine.role is not Role.VALIDATOR:
+            return None
+        live = self._network.live_validators() if self._network is not None else 0
+        linked = 1 + live
+        able = linked >= self._genesis.quorum
+        old = self._quorum
+        if old is None or old.able != able:
+            self._quorum = _QuorumState(able, linked, time.time())
+            if old is not None:
+                (log.info if able else log.warning)(
+                    "quorum_linked" if able else "quorum_lost",
+                    validators_linked=linked,
+                    quorum=self._genesis.quorum,
+                )
+        elif old.linked != linked:
+            self._quorum = dataclasses.replace(old, linked=linked)
+        assert self._quorum is not None
+        self._metrics.on_quorum(self._quorum.able, linked, self._quorum.since)
+        return self._quorum
 
     # ------------------------------------------------------------------ pump
 
@@ -386,9 +577,15 @@ class Node:
             max_rate=MAX_COMMITS_PER_SECOND,
             max_burst=MAX_COMMIT_BURST,
             max_waiting=STEPS_WAITING,
+            recoverable=lambda e: is_disk_full(e.__cause__ or e),
+            on_broken=self._wakeup.set,
         )
         tg.create_task(commits.run())
         while True:
+            if commits.broken:
+                if not await self._recover():
+                    break  # shutting down meanwhile
+                commits.repair()
             timer = self._engine.get_timer()
             if not self._inbox and not self._peer_inbox and not self._stopping:
                 delay = None if timer is None else max(0.0, timer - time.time())
@@ -403,12 +600,55 @@ class Node:
                 break
         commits.close()
 
+    async def _recover(self) -> bool:
+        """After a write failed for lack of space (its steps failed, their clients
+        answered 507): wait until the free space is above the floor again, then take
+        the engine back to the state on disk, as a restart would. Nothing the failed
+        steps held was announced (persist before announce), so the engine may make
+        them again differently. False if the node is shutting down meanwhile."""
+        log.warning("disk_full", detail=self._disk.detail() + " MiB", action="writes paused")
+        self._fail_queued()  # not stored: 507 now rather than a wait of unknown length
+        while True:
+            try:
+                async with asyncio.timeout(DISK_FULL_PAUSE):
+                    await self._stop_requested.wait()
+                return False
+            except TimeoutError:
+                pass
+            if not self._disk.low():
+                break
+        try:
+            snapshot = await self._store.load_snapshot(
+                self._genesis, self.params.gc_depth, self._signer.public_key
+            )
+        except sqlite3.DatabaseError as e:
+            raise NodeFailure(
+                f"database {self.settings.data_path}: cannot load the state: {e}"
+            ) from None
+        self._engine = Engine(
+            self._genesis, self.params, self._signer, snapshot, verifier=self._verifier
+        )
+        now = time.time()
+        self._engine.set_catching_up(self._syncer.catching_up, now)
+        if self._network is not None:
+            for peer, key in self._network.linked():
+                self._engine.peer_connected(peer, key)
+        self._disk_full = False
+        log.info(
+            "writes_resumed", detail=self._disk.detail() + " MiB", log_length=snapshot.log_length
+        )
+        return True
+
     async def _step(self, commits: GroupCommit[_Step], now: float) -> None:
         commits.preparing()
         batch, self._inbox, self._inbox_txs = self._inbox, [], 0
         outcomes: _Outcomes = []
         if batch:
-            known = await self._store.known_ids([i for sub in batch for i in sub.ids])
+            try:
+                known = await self._store.known_ids([i for sub in batch for i in sub.ids])
+            except sqlite3.DatabaseError as e:
+                self._inbox = batch + self._inbox  # answered with an error as the node stops
+                raise NodeFailure(f"cannot read the database: {e}") from None
             outcomes = self._admit(batch, known, now)
         self._take_peer_inputs(now)
         self._engine.handle_timer(now)
@@ -460,6 +700,12 @@ class Node:
 
     async def _follow_up(self, events: list[Event], now: float) -> None:
         """Answer the engine's requests that need the store."""
+        try:
+            await self._answer_requests(events, now)
+        except sqlite3.DatabaseError as e:
+            raise NodeFailure(f"cannot read the database: {e}") from None
+
+    async def _answer_requests(self, events: list[Event], now: float) -> None:
         for event in events:
             if isinstance(event, TransactionsOrphaned):
                 # our vertices that can no longer be ordered: propose them again
@@ -491,22 +737,44 @@ class Node:
         try:
             return await self._store.write([e for step in steps for e in step.events])
         except Exception as e:
-            raise NodeFailure(f"cannot write to the database: {e}") from e
+            raise self._write_failure(e) from e
 
     async def _commit(self) -> None:
         started = time.perf_counter()
         try:
             await self._store.commit()
         except Exception as e:
-            raise NodeFailure(f"cannot write to the database: {e}") from e
+            raise self._write_failure(e) from e
         self._metrics.on_store_commit(time.perf_counter() - started)
+
+    def _write_failure(self, error: Exception) -> NodeFailure:
+        """The node stops: the engine's state is now ahead of the database. A full disk
+        (the consensus's reserve used up) is named as such, and its clients get 507."""
+        if is_disk_full(error):
+            self._disk_full = True
+            return NodeFailure(f"disk full: cannot write to the database: {error}")
+        return NodeFailure(f"cannot write to the database: {error}")
+
+    def _storage_error(self) -> Exception:
+        """What a client whose submission cannot be stored any more gets."""
+        if self._disk_full:
+            return StorageFull("no space left to store the transactions; nothing was stored")
+        return NodeFailure("storage failure")
 
     def _fail_steps(self, steps: Sequence[_Step]) -> None:
         """The database failed: the clients of ``steps`` get an error, never an ack."""
         for step in steps:
             for sub, _ in step.outcomes:
                 if not sub.done.done():
-                    sub.done.set_exception(NodeFailure("storage failure"))
+                    sub.done.set_exception(self._storage_error())
+
+    def _fail_queued(self) -> None:
+        """Submissions the pump did not take get an error, never an ack (the node stops,
+        or waits for disk space)."""
+        queued, self._inbox, self._inbox_txs = self._inbox, [], 0
+        for sub in queued:
+            if not sub.done.done():
+                sub.done.set_exception(self._storage_error())
 
     async def _finish_step(self, step: _Step) -> None:
         """Once ``step`` is durable: answer its clients, then send its messages."""
@@ -622,6 +890,11 @@ class Node:
         check_batch(transactions, self.params)
         if self._closing:
             raise InputRejected(Reason.POOL_FULL, "the node is shutting down")
+        if self._disk.low():
+            raise StorageFull(
+                f"too little free disk space to store more ({self._disk.detail()} MiB,"
+                " QUDAG_MIN_FREE_DISK_MB); writes resume once space is freed"
+            )
         waiting = self._engine.pending + self._inbox_txs
         if waiting + len(transactions) > self.params.max_pending:
             raise InputRejected(
@@ -706,8 +979,22 @@ class Node:
             },
             "log": {"length": st.log_length, "hash": st.log_hash.hex()},
             "transactions": {"pending": st.pending, "in_flight": st.in_flight},
-            "p2p": {"peers": st.peers, "port": self.p2p_port},
+            "p2p": {"peers": st.peers, "port": self.p2p_port, "quorum": self._quorum_status()},
             "sync": self._sync_status(),
+        }
+
+    def _quorum_status(self) -> dict[str, Any] | None:
+        """For a validator: whether it links to enough validators (itself included) to
+        finalize, how many, how many are needed, and since when; None for an observer."""
+        state = self._observe_quorum()
+        if state is None:
+            return None
+        return {
+            "can_finalize": state.able,
+            "validators_linked": state.linked,
+            "needed": self._genesis.quorum,
+            "since": datetime.fromtimestamp(state.since, UTC).isoformat(timespec="seconds"),
+            "for_seconds": round(max(0.0, time.time() - state.since), 3),
         }
 
     def _sync_status(self) -> dict[str, Any]:
@@ -754,14 +1041,7 @@ class Node:
         checks = [Check("started", self._started.is_set() and not self._closing, self._phase())]
         if self._started.is_set():
             checks.append(Check("sync", *self._syncer.readiness()))
-        free_mb = shutil.disk_usage(self.settings.data_path).free // (1 << 20)
-        checks.append(
-            Check(
-                "disk",
-                free_mb >= self.settings.min_free_disk_mb,
-                f"{free_mb} MiB free, need {self.settings.min_free_disk_mb}",
-            )
-        )
+        checks.append(Check("disk", not self._disk.low(), f"{self._disk.detail()} MiB"))
         return checks
 
     def _phase(self) -> str:
@@ -770,15 +1050,58 @@ class Node:
         return "running" if self._started.is_set() else "starting"
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+class ShutdownWatchdog:
+    """Ends the process (exit code 1) if a shutdown has not finished ``seconds`` after
+    it began: whatever a task is doing, SIGTERM stops the node within
+    ``QUDAG_SHUTDOWN_TIMEOUT``. A thread, so that it fires even if the event loop is
+    stuck."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._timer: threading.Timer | None = None
+
+    def start(self) -> None:
+        """Start counting (once; later calls change nothing)."""
+        if self._timer is None:
+            self._timer = threading.Timer(self.seconds, self._expired)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def cancel(self) -> None:
+        """The shutdown finished: stop counting."""
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _expired(self) -> None:
+        log.error("shutdown_timed_out", seconds=self.seconds)
+        sys.stdout.flush()
+        os._exit(1)
+
+
 async def serve(settings: Settings) -> None:
-    """Run a node until SIGTERM or SIGINT, then shut it down cleanly."""
+    """Run a node until SIGTERM or SIGINT, then shut it down cleanly, within
+    ``QUDAG_SHUTDOWN_TIMEOUT`` (after which the process exits with 1 all the same)."""
     node = Node(settings)
+    watchdog = ShutdownWatchdog(settings.shutdown_timeout)
     loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        watchdog.start()
+        node.stop()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, node.stop)
+        loop.add_signal_handler(sig, stop)
     try:
         await node.run()
     finally:
+        watchdog.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     sys.stdout.flush()

@@ -22,6 +22,12 @@ class TxState(enum.Enum):
     FINAL = "final"  # has a position in the finalized log
 
 
+class StorageFull(Exception):
+    """A write refused for lack of disk space (HTTP 507 ``insufficient_storage``):
+    nothing of it was stored or acknowledged. The node's fault, not the client's;
+    writes resume once space is freed."""
+
+
 @dataclass(frozen=True, slots=True)
 class TxRecord:
     """A stored transaction's status."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import math
 import socket
 
 _NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)
@@ -32,3 +33,24 @@ def listening_socket(family: socket.AddressFamily, address: tuple[str, int]) -> 
         sock.close()
         raise
     return sock
+
+
+def set_link_timeouts(sock: socket.socket, keepalive_idle: float, user_timeout: float) -> None:
+    """Bound how long a peer link can hang on a peer that vanished without a word.
+
+    TCP keepalive probes a connection after ``keepalive_idle`` seconds without traffic
+    (three probes, a third of that apart), and ``TCP_USER_TIMEOUT`` drops it once sent
+    data has gone unacknowledged for ``user_timeout`` seconds, instead of the kernel's
+    retransmissions for about 15 minutes. Options this kernel lacks are left out.
+    """
+    idle = max(1, math.ceil(keepalive_idle))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (
+        ("TCP_KEEPIDLE", idle),
+        ("TCP_KEEPINTVL", max(1, idle // 3)),
+        ("TCP_KEEPCNT", 3),
+        ("TCP_USER_TIMEOUT", max(1, math.ceil(user_timeout * 1000))),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)

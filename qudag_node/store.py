@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+import stat
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
+from qudag_node.config import file_kind
 from qudag_node.core.certificate import decode_certificate
 from qudag_node.core.crypto import log_hash_start
 from qudag_node.core.engine import Snapshot, StoredVertex
@@ -144,6 +147,55 @@ class StoreError(Exception):
         self.code = code
 
 
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` says the filesystem (or SQLite's size limit) has no room left."""
+    if isinstance(error, sqlite3.Error):
+        return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+#: Files SQLite keeps beside the database; each must be a regular file when present.
+_SIDE_SUFFIXES = ("", "-wal", "-shm", "-journal")
+
+
+def _check_files(path: Path) -> None:
+    """Refuse a database path, or a file SQLite keeps beside it, that is not a regular
+    file (a directory, a FIFO, a dangling symlink, ...): SQLite would fail on it with
+    an unclear message, or wait on a FIFO for ever."""
+    for suffix in _SIDE_SUFFIXES:
+        name = path.with_name(path.name + suffix)
+        try:
+            mode = name.stat().st_mode
+        except FileNotFoundError:
+            if name.is_symlink():
+                raise StoreError("not_a_file", f"{name} is a dangling symlink") from None
+            continue
+        except OSError as e:
+            raise StoreError("io", f"{name}: {e.strerror}") from None
+        if not stat.S_ISREG(mode):
+            raise StoreError("not_a_file", f"{name} is {file_kind(mode)}, not a database file")
+
+
+def _open_error(path: Path, error: sqlite3.Error) -> StoreError:
+    if is_disk_full(error) or (_is_io_error(error) and _free_bytes(path.parent) == 0):
+        # SQLite reports a shared-memory file it cannot create as an I/O error
+        return StoreError("disk_full", f"cannot open {path}: no space left on the device")
+    return StoreError("corrupt", f"{path} is not a usable database: {error}")
+
+
+def _is_io_error(error: sqlite3.Error) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == sqlite3.SQLITE_IOERR
+
+
+def _free_bytes(directory: Path) -> int | None:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
 @dataclass(frozen=True, slots=True)
 class StoredTransaction:
     """What the database knows of a transaction: its size, and its log place once final."""
@@ -250,6 +302,72 @@ def _chunks(ids: Sequence[bytes]) -> Iterable[Sequence[bytes]]:
         yield ids[i : i + _CHUNK]
 
 
+@contextlib.contextmanager
+def _collect(errors: list[BaseException]) -> Iterator[None]:
+    """Append a database or OS error raised in the block to ``errors`` instead."""
+    try:
+        yield
+    except (sqlite3.Error, OSError, ValueError) as e:  # ValueError: a closed connection
+        errors.append(e)
+
+
+async def _connect(
+    opened: list[aiosqlite.Connection], database: str | Path, **options: Any
+) -> aiosqlite.Connection:
+    """A new connection, appended to ``opened`` (so that it is closed on a failure)."""
+    conn = await aiosqlite.connect(database, **options)
+    opened.append(conn)
+    return conn
+
+
+def accept(data_dir: Path, genesis: Genesis) -> None:
+    """Refuse ``data_dir`` before anything is written into it: a database path that is
+    not a regular file, a database of a newer schema or of another network, as far as
+    its main file tells. Reads only; raises :class:`StoreError`."""
+    path = data_dir / DB_FILENAME
+    _check_files(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return  # a new database
+    wal = path.with_name(path.name + "-wal")
+    # Without a WAL to read, the main file is the whole database: read it as immutable,
+    # which creates no -wal or -shm file. With one (a checkpoint may have been cut short,
+    # leaving the main file half updated) it must be read through the WAL.
+    immutable = "&immutable=1" if not wal.exists() or wal.stat().st_size == 0 else ""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro{immutable}", uri=True)
+    except sqlite3.Error as e:
+        raise _open_error(path, e) from None
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema")}
+        stored = (
+            dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('genesis', 'network_id')"))
+            if "meta" in tables
+            else {}
+        )
+    except sqlite3.Error as e:
+        raise _open_error(path, e) from None
+    finally:
+        conn.close()
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            "schema_too_new",
+            f"database schema {version} is newer than this node understands ({SCHEMA_VERSION})",
+        )
+    if "genesis" in stored and bytes(stored["genesis"]) != genesis.hash:
+        raise _wrong_network(bytes(stored["genesis"]), stored.get("network_id"), genesis)
+
+
+def _wrong_network(stored: bytes, name: Any, genesis: Genesis) -> StoreError:
+    shown = bytes(name).decode(errors="replace") if name is not None else "?"
+    return StoreError(
+        "wrong_network",
+        f"the database belongs to network {shown!r} (genesis {stored.hex()[:16]}),"
+        f" not to {genesis.network_id!r} (genesis {genesis.hash.hex()[:16]}):"
+        " use another data directory or the same key and network settings",
+    )
+
+
 class Store:
     """The node's database. Create with :meth:`open`; finish with :meth:`close`."""
 
@@ -278,23 +396,26 @@ class Store:
         refused here, damage elsewhere in it by :meth:`check_integrity`.
         """
         path = data_dir / DB_FILENAME
-        writer = await aiosqlite.connect(path, isolation_level=None)
+        await asyncio.to_thread(accept, data_dir, genesis)
+        opened: list[aiosqlite.Connection] = []  # closed again if opening fails
         try:
+            writer = await _connect(opened, path, isolation_level=None)
             await writer.execute("PRAGMA journal_mode=WAL")
             await writer.execute("PRAGMA synchronous=FULL")
             await writer.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             await writer.execute("PRAGMA busy_timeout=5000")
             await _migrate(writer, genesis)
             await _bind_genesis(writer, genesis)
-            reader = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
+            reader = await _connect(opened, f"file:{path}?mode=ro", uri=True)
             await reader.execute("PRAGMA busy_timeout=5000")
-            side = await aiosqlite.connect(path, isolation_level=None)
+            side = await _connect(opened, path, isolation_level=None)
             await side.execute("PRAGMA busy_timeout=5000")
-        except sqlite3.DatabaseError as e:
-            await writer.close()
-            raise StoreError("corrupt", f"{path} is not a usable database: {e}") from None
-        except BaseException:
-            await writer.close()
+        except BaseException as e:
+            for conn in opened:
+                with _collect([]):
+                    await conn.close()
+            if isinstance(e, sqlite3.Error):
+                raise _open_error(path, e) from None
             raise
         return cls(path, writer, reader, side)
 
@@ -326,12 +447,25 @@ class Store:
 
     async def close(self) -> None:
         """Roll back a transaction left open, checkpoint the WAL into the main file and
-        close the connections."""
-        await self._rollback()
-        await self._side.close()
-        await self._reader.close()
-        await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        await self._writer.close()
+        close the connections.
+
+        Every connection is closed whatever fails before (each has a thread that would
+        keep the process alive); the first failure is then raised as a
+        :class:`StoreError` (``close``). A checkpoint that fails, on a full disk for
+        example, loses nothing: the committed rows stay in the WAL for the next start.
+        """
+        errors: list[BaseException] = []
+        with _collect(errors):
+            await self._rollback()
+        if not errors:
+            with _collect(errors):
+                await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        for conn in (self._side, self._reader, self._writer):
+            with _collect(errors):
+                await conn.close()
+        if errors:
+            first = errors[0]
+            raise StoreError("close", f"closing {self.path}: {first}") from first
 
     # ---------------------------------------------------------------- writes
 
@@ -515,6 +649,11 @@ class Store:
         rows = await _rows_by_id(self._writer, "id, data", f"NOT {_FINAL} AND ", ids)
         data = {TxId(r[0]): bytes(r[1]) for r in rows}
         return [(i, data[i]) for i in ids if i in data]
+
+    async def log_head(self) -> tuple[int, bytes | None]:
+        """The committed finalized log's length and running hash (None while empty)."""
+        rows = await _fetch(self._reader, "SELECT seq, hash FROM log ORDER BY seq DESC LIMIT 1")
+        return (int(rows[0][0]), bytes(rows[0][1])) if rows else (0, None)
 
     async def evidence(self, limit: int) -> list[EvidenceRecord]:
         """Equivocation evidence, most recent rounds first."""
@@ -725,13 +864,7 @@ async def _bind_genesis(db: aiosqlite.Connection, genesis: Genesis) -> None:
         return
     if bytes(rows[0][0]) != genesis.hash:
         stored = await _fetch(db, "SELECT value FROM meta WHERE key = 'network_id'")
-        name = bytes(stored[0][0]).decode() if stored else "?"
-        raise StoreError(
-            "wrong_network",
-            f"the database belongs to network {name!r} (genesis {bytes(rows[0][0]).hex()[:16]}),"
-            f" not to {genesis.network_id!r} (genesis {genesis.hash.hex()[:16]}):"
-            " use another data directory or the same key and network settings",
-        )
+        raise _wrong_network(bytes(rows[0][0]), stored[0][0] if stored else None, genesis)
 
 
 async def _set_meta(db: aiosqlite.Connection, key: str, value: bytes) -> None:

@@ -23,7 +23,7 @@ from qudag_node.genesis_file import genesis_to_json
 from tests.nodeproc import NodeProcess, metric, request, submit_json, wait_until
 from tests.relay import Relay
 
-TOKEN = "network-test-token-0123456789"  # noqa: S105 - a test value
+TOKEN = "3b8e0f61c5a9d2474e1b6c08f3a5d7e92c4b1a6f80d3e5c7b9a2f4d6e8c01357"  # noqa: S105 - a test value
 NETWORK_ID = "qudag-process-test"
 
 

@@ -3,17 +3,23 @@
 Run as ``python -m tests.relay``. It reads one command per line on stdin and answers
 each with exactly one line on stdout:
 
-``listen SRC DST``
-    bind 127.0.0.1 on a free port and answer ``port N``; connections accepted there
-    are forwarded, both ways, to DST's target.
+``listen SRC DST [HOST [PORT]]``
+    bind HOST (127.0.0.1 unless given; any loopback address) on PORT (a free one
+    unless given) and answer ``port N``; connections accepted there are forwarded,
+    both ways, to DST's target.
 ``target DST PORT``
     ``ok``; DST's connections go to 127.0.0.1:PORT from now on. A connection accepted
     while DST has no target is closed at once.
 ``cut NODE``
     ``ok``; close every open connection through a listener whose SRC or DST is NODE,
     and close new ones at once until ``heal NODE``.
+``stall NODE``
+    ``ok``; stop forwarding on every connection through a listener whose SRC or DST
+    is NODE, without closing any: a silent partition, as when packets are dropped.
+    Bytes wait unread (the senders' kernels hold them, as TCP retransmission would)
+    until ``heal NODE``; new connections are accepted and stall too.
 ``heal NODE``
-    ``ok``.
+    ``ok``; end a cut or a stall.
 ``stats``
     ``{"bytes": ..., "connections": ..., "open": ...}``: bytes forwarded both ways,
     connections accepted, connections open now.
@@ -67,6 +73,8 @@ class RelayServer:
     def __init__(self) -> None:
         self.targets: dict[str, int] = {}
         self.cut_nodes: set[str] = set()
+        self.stalled: set[str] = set()
+        self._healed = asyncio.Event()
         self.links: set[_Link] = set()
         self.servers: list[asyncio.Server] = []
         self.bytes = 0
@@ -78,22 +86,32 @@ class RelayServer:
         if not words:
             return "error empty command"
         name, args = words[0], words[1:]
-        if name == "listen" and len(args) == 2:
-            return f"port {await self.listen(args[0], args[1])}"
+        if name == "listen" and 2 <= len(args) <= 4:
+            host = args[2] if len(args) > 2 else HOST
+            if len(args) == 4 and not args[3].isdigit():
+                return f"error port {args[3]!r} is not a number"
+            port = int(args[3]) if len(args) == 4 else 0
+            return f"port {await self.listen(args[0], args[1], host, port)}"
         if name == "target" and len(args) == 2:
             return self.target(args[0], args[1])
         if name == "cut" and len(args) == 1:
             self.cut(args[0])
             return "ok"
+        if name == "stall" and len(args) == 1:
+            self.stalled.add(args[0])
+            return "ok"
         if name == "heal" and len(args) == 1:
             self.cut_nodes.discard(args[0])
+            self.stalled.discard(args[0])
+            self._healed.set()
             return "ok"
         if name == "stats" and not args:
             return json.dumps(self.stats())
         usage = {
-            "listen": "listen SRC DST",
+            "listen": "listen SRC DST [HOST [PORT]]",
             "target": "target DST PORT",
             "cut": "cut NODE",
+            "stall": "stall NODE",
             "heal": "heal NODE",
             "stats": "stats",
         }
@@ -101,16 +119,17 @@ class RelayServer:
             return f"error usage: {usage[name]}"
         return f"error unknown command {name!r}"
 
-    async def listen(self, src: str, dst: str) -> int:
-        """Accept connections from ``src`` for ``dst`` on a new port; returns the port."""
+    async def listen(self, src: str, dst: str, host: str = HOST, port: int = 0) -> int:
+        """Accept connections from ``src`` for ``dst`` on ``host``:``port`` (a free port
+        for 0); returns the port."""
 
         async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await self._forward(src, dst, reader, writer)
 
-        server = await asyncio.start_server(accepted, HOST, 0)
+        server = await asyncio.start_server(accepted, host, port)
         self.servers.append(server)
-        port: int = server.sockets[0].getsockname()[1]
-        return port
+        bound: int = server.sockets[0].getsockname()[1]
+        return bound
 
     def target(self, dst: str, raw_port: str) -> str:
         """Send ``dst``'s connections to 127.0.0.1:``raw_port``."""
@@ -160,8 +179,8 @@ class RelayServer:
             return
         self.links.add(link)
         link.tasks = [
-            asyncio.create_task(self._pump(reader, up_writer)),
-            asyncio.create_task(self._pump(up_reader, writer)),
+            asyncio.create_task(self._pump(link, reader, up_writer)),
+            asyncio.create_task(self._pump(link, up_reader, writer)),
         ]
         try:
             await asyncio.gather(*link.tasks, return_exceptions=True)
@@ -170,10 +189,24 @@ class RelayServer:
                 self.links.discard(link)
                 link.close()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Copy ``reader`` to ``writer`` until EOF, then pass the EOF on."""
+    async def _flowing(self, link: _Link) -> None:
+        """Return once neither end of ``link`` is stalled."""
+        while {link.src, link.dst} & self.stalled:
+            self._healed.clear()
+            await self._healed.wait()
+
+    async def _pump(
+        self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Copy ``reader`` to ``writer`` until EOF, then pass the EOF on; nothing is
+        read while the link is stalled."""
         try:
-            while data := await reader.read(CHUNK):
+            while True:
+                await self._flowing(link)
+                data = await reader.read(CHUNK)
+                await self._flowing(link)  # stalled while the read waited: hold what came
+                if not data:
+                    break
                 writer.write(data)
                 self.bytes += len(data)
                 await writer.drain()  # backpressure: read no more until the peer reads
@@ -256,13 +289,14 @@ class Relay:
             raise RelayError(answer.removeprefix("error "))
         return answer
 
-    def listen(self, src: str, dst: str) -> int:
-        """A new port whose connections go from ``src`` to ``dst``'s target."""
-        answer = self.command(f"listen {src} {dst}")
-        word, _, port = answer.partition(" ")
-        if word != "port" or not port.isdigit():
+    def listen(self, src: str, dst: str, host: str = HOST, port: int = 0) -> int:
+        """A new port (``port``, or a free one) on ``host`` whose connections go from
+        ``src`` to ``dst``'s target."""
+        answer = self.command(f"listen {src} {dst} {host} {port}")
+        word, _, number = answer.partition(" ")
+        if word != "port" or not number.isdigit():
             raise RelayError(f"unexpected answer {answer!r}")
-        return int(port)
+        return int(number)
 
     def target(self, dst: str, port: int) -> None:
         """Send ``dst``'s connections to 127.0.0.1:``port``."""
@@ -272,8 +306,12 @@ class Relay:
         """Close ``node``'s connections and refuse new ones until :meth:`heal`."""
         self._ok(f"cut {node}")
 
+    def stall(self, node: str) -> None:
+        """Stop forwarding ``node``'s traffic, silently, until :meth:`heal`."""
+        self._ok(f"stall {node}")
+
     def heal(self, node: str) -> None:
-        """Let ``node``'s connections through again."""
+        """Let ``node``'s connections through again (after a cut or a stall)."""
         self._ok(f"heal {node}")
 
     def stats(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from tests.conftest import NodeFactory
 from tests.nodeproc import NodeProcess, metric, request
 
 TX = "/api/v1/transactions"
-TOKEN = "api-token-for-the-abuse-tests-0123456789"  # noqa: S105 - a test value
+TOKEN = "9c1e7a3f5b0d2e4c6a8f1b3d5e7c9a0f2b4d6e8a1c3f5b7d9e0a2c4f6b8d1e3a"  # noqa: S105 - a test value
 ONE = b'{"transactions": ["YQ=="]}'
 
 

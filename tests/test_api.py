@@ -326,7 +326,7 @@ def _committee_settings(**more: str) -> dict[str, str]:
     return {
         "QUDAG_NETWORK_ID": C.genesis.network_id,
         "QUDAG_VALIDATORS": validators,
-        "PEER_AUTH_TOKEN": "committee-token-0123456789",
+        "PEER_AUTH_TOKEN": "58d2f0a4c6e81b3d97a5f1c3e0b2d4a6f8193e5c7a0b2d4f6e8c1a3b5d7f9e02",
         **more,
     }
 

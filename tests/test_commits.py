@@ -236,3 +236,54 @@ def test_bounds_must_make_sense() -> None:
     for rate, burst, waiting in ((0.0, 1, 1), (1.0, 0, 1), (1.0, 1, 0)):
         with pytest.raises(ValueError, match="max_rate"):
             group_commit(disk, rate, burst, waiting)
+
+
+class DiskFull(Exception):
+    """Stands for the one failure the owner can recover from."""
+
+
+async def test_a_recoverable_failure_fails_the_steps_and_takes_none_until_repaired() -> None:
+    disk = Disk()
+    broken = asyncio.Event()
+    commits = GroupCommit(
+        disk.write,
+        disk.commit,
+        disk.finish,
+        disk.fail,
+        max_rate=1000.0,
+        max_burst=1,
+        max_waiting=8,
+        recoverable=lambda e: isinstance(e, DiskFull),
+        on_broken=broken.set,
+    )
+    task = asyncio.create_task(commits.run())
+    try:
+        await held_in_commit(disk, commits, "a")
+        await commits.put("b")  # waits behind "a"'s commit
+        disk.fault = DiskFull()
+        disk.gate.set()
+        async with asyncio.timeout(DEADLINE):
+            await broken.wait()
+            await commits.flush()  # settled: nothing is left in flight
+        assert commits.broken
+        assert not task.done()  # still running
+        assert sorted(disk.failed) == ["a", "b"]
+        await commits.put("c")  # made from state that is not on its way to the disk
+        assert disk.failed[-1] == "c"
+        disk.fault = None
+        commits.repair()
+        await commits.put("d")
+        async with asyncio.timeout(DEADLINE):
+            await commits.flush()
+        assert disk.finished() == ["d"]
+        assert disk.failed.count("d") == 0
+        disk.fault = RuntimeError("not recoverable")
+        await commits.put("e")
+        with pytest.raises(RuntimeError):
+            async with asyncio.timeout(DEADLINE):
+                await task
+        assert disk.failed[-1] == "e"
+    finally:
+        if not task.done():
+            commits.close()
+            await asyncio.gather(task, return_exceptions=True)

@@ -24,7 +24,7 @@ from qudag_node.core.types import PublicKey
 from qudag_node.genesis_file import genesis_to_json
 
 KEY = "9f" * 32
-TOKEN = "peer-token-0123456789abcdef"  # noqa: S105 - a test value
+TOKEN = "1f3e5d7c9b0a2f4e6d8c1b3a5f7e9d02c4b6a8f0e2d4c6b8a1f3e5d7c9b0a246"  # noqa: S105 - a test value
 
 #: One invalid value per setting whose parser can reject anything.
 INVALID = {
@@ -42,6 +42,7 @@ INVALID = {
     "api_write_burst": "0",
     "api_clients": "1e3",
     "api_trust_fly_client_ip": "yes",
+    "peer_auth_token_previous": "too-short",
     "api_port": "65536",
     "p2p_port": "-1",
     "peers": "no-port-here",
@@ -187,13 +188,14 @@ def test_abuse_control_settings() -> None:
             "QUDAG_API_WRITE_BURST": "7",
             "QUDAG_API_CLIENTS": "64",
             "QUDAG_API_TRUST_FLY_CLIENT_IP": " True ",
-            "QUDAG_API_TOKEN": "api-token-0123456789",
+            "QUDAG_API_TOKEN": "7b3f9e1d5a0c2e4f6b8d1a3c5e7f9b0d2a4c6e8f1b3d5a7c9e0f2b4d6a8c1e3f",
         }
     )
     assert (s.api_write_rate, s.api_write_burst, s.api_clients) == (2.5, 7, 64)
     assert s.api_trust_fly_client_ip is True
-    assert s.api_token == Secret("api-token-0123456789")
-    assert "api-token-0123456789" not in json.dumps(s.redacted()) + repr(s)
+    assert s.api_token == Secret("7b3f9e1d5a0c2e4f6b8d1a3c5e7f9b0d2a4c6e8f1b3d5a7c9e0f2b4d6a8c1e3f")
+    shown = json.dumps(s.redacted()) + repr(s)
+    assert "7b3f9e1d5a0c2e4f6b8d1a3c5e7f9b0d2a4c6e8f1b3d5a7c9e0f2b4d6a8c1e3f" not in shown
 
 
 def test_unknown_file_key_is_an_error(tmp_path: Path) -> None:
@@ -462,3 +464,65 @@ def test_validators_are_shown_in_the_redacted_settings() -> None:
         {"name": v.name, "public_key": v.public_key.hex()} for v in VALIDATORS
     ]
     assert load_settings({}).redacted()["validators"] == []
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "0f1e2d3c4b5a69788796a5b4c3d2e1f0",  # 32 hex: 128 bits
+        "b3Jh5K8pQ2xZ7mN4vL1sT9",  # 22 base64: 132 bits
+        "q0V3-x_Ty8Zk2mP9aL4wRc==",  # base64url with padding
+        "5c0e8a2f4d6b1937e8c0a2f4d6b19375c0e8a2f4d6b1937e8c0a2f4d6b19375e",  # 64 hex
+    ],
+)
+def test_a_peer_token_of_128_bits_or_more_is_accepted(token: str) -> None:
+    settings = load_settings({"PEER_AUTH_TOKEN": token})
+    assert settings.peer_auth_token == Secret(token)
+
+
+@pytest.mark.parametrize(
+    ("token", "why"),
+    [
+        ("0f1e2d3c4b5a69788796a5b4c3d2e1f", "shorter than 128 bits"),  # 31 hex: 124 bits
+        ("b3Jh5K8pQ2xZ7mN4vL1sT", "shorter than 128 bits"),  # 21 base64: 126 bits
+        ("too-short", "shorter than 128 bits"),
+        ("x" * 64, "fewer than 8 distinct characters"),
+        ("ab" * 40, "fewer than 8 distinct characters"),
+        ("0123456789abcdef" * 2, "repeats one short pattern"),
+        ("peer-token" * 4, "repeats one short pattern"),
+    ],
+)
+def test_a_weak_peer_token_stops_the_start_saying_why(token: str, why: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"PEER_AUTH_TOKEN": token})
+    message = str(info.value)
+    assert message.startswith("invalid PEER_AUTH_TOKEN (from environment): ")
+    assert why in message
+    assert "openssl rand -hex 32" in message
+    assert "\n" not in message
+    assert token not in message
+
+
+PREVIOUS = "6d4b2f0e8c6a4d2b0f9e7c5a3d1b8f6e4c2a0d9b7f5e3c1a8d6b4f2e0c9a7d5b"
+
+
+def test_a_previous_token_is_accepted_beside_a_new_one_and_never_shown() -> None:
+    s = load_settings({"PEER_AUTH_TOKEN": TOKEN, "PEER_AUTH_TOKEN_PREVIOUS": PREVIOUS})
+    assert s.peer_auth_token_previous == Secret(PREVIOUS)
+    assert s.redacted()["peer_auth_token_previous"] == "<set>"  # noqa: S105
+    assert PREVIOUS not in repr(s)
+
+
+@pytest.mark.parametrize("token", [None, PREVIOUS])
+def test_a_previous_token_needs_another_current_one(token: str | None) -> None:
+    env = {"PEER_AUTH_TOKEN_PREVIOUS": PREVIOUS}
+    if token is not None:
+        env["PEER_AUTH_TOKEN"] = token
+    with pytest.raises(ConfigError, match="PEER_AUTH_TOKEN_PREVIOUS is set") as info:
+        load_settings(env)
+    assert PREVIOUS not in str(info.value)
+
+
+def test_a_weak_previous_token_is_refused() -> None:
+    with pytest.raises(ConfigError, match="invalid PEER_AUTH_TOKEN_PREVIOUS"):
+        load_settings({"PEER_AUTH_TOKEN": TOKEN, "PEER_AUTH_TOKEN_PREVIOUS": "x" * 64})

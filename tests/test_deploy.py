@@ -203,6 +203,9 @@ def test_first_run_creates_apps_volumes_secrets_and_deploys(first: Deployment) -
     token_file = first.genesis.parent / API_TOKEN_FILE
     assert token_file.read_text() == api_tokens[0] + "\n"
     assert token_file.stat().st_mode & 0o777 == 0o600
+    assert len(tokens[0]) == 64  # 256 bits as hex, accepted by the node's token rule
+    assert int(tokens[0], 16) >= 0
+    assert load_settings({"PEER_AUTH_TOKEN": tokens[0]}).peer_auth_token is not None
 
     deploys = run.of("deploy")
     assert [option(argv, "-a") for argv in deploys] == APPS

@@ -23,8 +23,8 @@ SECRET_NAMES = {"NODE_PRIVATE_KEY", "PEER_AUTH_TOKEN", "QUDAG_API_TOKEN", "QUDAG
 #: Test values for the secrets that deploy.sh stages next to the [env] of each app.
 STAGED = {
     "NODE_PRIVATE_KEY": "11" * 32,
-    "PEER_AUTH_TOKEN": "fly-config-test-token-0123456789",
-    "QUDAG_API_TOKEN": "fly-config-test-api-token-0123456789",
+    "QUDAG_API_TOKEN": "3a5c7e9f1b0d2f4a6c8e1f3b5d7a9c0e2f4b6d8a1c3e5f7b9d0a2c4e6f8b1d35",
+    "PEER_AUTH_TOKEN": "e4c2a0f8d6b41937e5c3a1f9d7b50e2c4a6f8d1b3e5c7a9f0b2d4e6c8a1f3d57",
     "QUDAG_VALIDATORS": ",".join(f"node{i}={f'{i:02x}' * 32}" for i in range(1, 5)),
 }
 

@@ -21,7 +21,7 @@ from tests.nodeproc import NodeProcess, request, submit_json
 pytestmark = pytest.mark.slow
 
 SEEDS = [bytes([0x30 + i]) * 32 for i in range(4)]
-TOKEN = "roles-token-0123456789"  # noqa: S105 - a test value
+TOKEN = "c7a1e94f02b6d85e3a9c1f47b0d2e6a8539f1c7e4b2d0a68f3e5c9b71d4a2e06"  # noqa: S105 - a test value
 
 
 def _public(seed: bytes) -> str:

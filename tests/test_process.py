@@ -223,7 +223,7 @@ def test_online_backup_restores_the_same_log(tmp_path: Path) -> None:
 
 def test_secrets_never_leave_the_process(tmp_path: Path) -> None:
     key = bytes(nacl.signing.SigningKey.generate()).hex()
-    token = "peer-token-" + "x7" * 12
+    token = "a9f3c5e7b1d2049e6c8a0f2d4b6e81357c9a1e3f5d7b0c2e4a6f8d1b3c5e7a90"  # noqa: S105
     env = {"NODE_PRIVATE_KEY": key, "PEER_AUTH_TOKEN": token, "LOG_LEVEL": "debug"}
     node = NodeProcess(tmp_path / "data", tmp_path / "node.log", env).start()
     seen = []

@@ -178,6 +178,46 @@ def test_cut_closes_the_nodes_links_and_refuses_new_ones_until_heal(
     assert relay.stats()["connections"] == 6
 
 
+def test_stall_holds_the_nodes_traffic_silently_until_heal(relay: Relay, echo: EchoServer) -> None:
+    for node in ("a", "b", "c"):
+        relay.target(node, echo.port)
+    a_to_b = relay.listen("a", "b")
+    c_to_b = relay.listen("c", "b")
+    with connect(a_to_b) as stalled, connect(c_to_b) as other:
+        round_trip(stalled, b"before the stall")
+        relay.stall("a")
+        stalled.sendall(b"held")
+        stalled.settimeout(STALL)
+        with pytest.raises(TimeoutError):  # no answer, and no close either
+            stalled.recv(1)
+        stalled.settimeout(DEADLINE)
+        round_trip(other, b"other nodes still talk")
+        with connect(a_to_b) as late:  # accepted, but silent as well
+            late.sendall(b"late")
+            late.settimeout(STALL)
+            with pytest.raises(TimeoutError):
+                late.recv(1)
+            late.settimeout(DEADLINE)
+            assert relay.stats()["open"] == 3, "nothing was closed"
+            relay.heal("a")
+            assert receive(late, 4) == b"late", "held bytes arrive after the heal"
+        assert receive(stalled, 4) == b"held"
+        round_trip(stalled, b"after the heal")
+
+
+def test_a_listener_on_another_loopback_address_and_a_chosen_port(
+    relay: Relay, echo: EchoServer
+) -> None:
+    relay.target("b", echo.port)
+    port = relay.listen("a", "b")
+    again = relay.listen("a", "b2", "127.0.0.2", port)  # the same port, another address
+    assert again == port
+    relay.target("b2", echo.port)
+    with socket.create_connection(("127.0.0.2", port), timeout=DEADLINE) as client:
+        client.settimeout(DEADLINE)
+        round_trip(client, b"through the second address")
+
+
 def test_a_connection_before_its_target_is_closed(relay: Relay, echo: EchoServer) -> None:
     port = relay.listen("a", "b")
     with connect(port) as early:
@@ -202,7 +242,8 @@ def test_a_target_that_refuses_closes_the_connection(relay: Relay) -> None:
     ("line", "message"),
     [
         ("frobnicate", "unknown command 'frobnicate'"),
-        ("listen a", "usage: listen SRC DST"),
+        ("listen a", "usage: listen SRC DST [HOST [PORT]]"),
+        ("listen a b 127.0.0.1 p", "port 'p' is not a number"),
         ("target b port", "port 'port' is not from 1 to 65535"),
         ("target b 70000", "port '70000' is not from 1 to 65535"),
         ("stats now", "usage: stats"),

@@ -1,4 +1,5 @@
-"""External programs that some tests need: podman, podman-compose, promtool, shellcheck.
+"""External programs that some tests need: podman, podman-compose, promtool, shellcheck,
+ip, nft, dnsmasq.
 
 On a developer machine without one of them, those tests skip and say which program is
 missing and how to get it. CI sets ``QUDAG_REQUIRE_TOOLS=1``: there a missing program fails
@@ -21,6 +22,10 @@ PACKAGES = {
     "prometheus": "prometheus",
     "shellcheck": "shellcheck",
     "debootstrap": "debootstrap",
+    "ip": "iproute2",
+    "tc": "iproute2",
+    "nft": "nftables",
+    "dnsmasq": "dnsmasq",
 }
 
 

@@ -1,7 +1,10 @@
 """The peer link handshake: both ends prove the shared token and their node key.
 
-Each end sends its HELLO as soon as the connection is up, then, once it has read
-the other end's HELLO and found it acceptable, its AUTH::
+Each end sends its HELLO as soon as the connection is up. The dialer proves first:
+once it has read the listener's HELLO and found it acceptable, it sends its AUTH. The
+listener checks that AUTH before it sends its own (:func:`answer_auth`), so an end
+that does not know the token never receives a MAC it could test guesses against
+offline::
 
     HELLO  magic "QDAG"  version:u16  role:u8  network_len:u8  network_id
            genesis_hash:32  public_key:32  nonce:32
@@ -12,7 +15,13 @@ the other end's HELLO and found it acceptable, its AUTH::
     signature  = Ed25519(node key, "qudag:link-auth" || side || transcript)
 
 An end that refuses the other sends a REFUSAL frame, ``magic "QDAG"  0xFFFF  reason``
-(a HELLO of a version that never exists, and never of AUTH's length), then closes.
+(a HELLO of a version that never exists, and never of AUTH's length), then closes. A
+reason outside :data:`REFUSAL_REASONS` reads as ``unknown``: what a peer writes there
+is never used as it is.
+
+A party posing as a listener (a hijacked name) still receives the dialer's AUTH, so
+the token must be too strong to guess offline (128 bits or more; the node refuses to
+start with less).
 
 ``side`` is ``b"D"`` for the end that dialed and ``b"L"`` for the end that listened,
 so one end's AUTH can never be reflected back as the other's. The token itself never
@@ -28,6 +37,7 @@ import enum
 import hashlib
 import hmac
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from qudag_node.core import codec
@@ -43,7 +53,32 @@ AUTH_SIZE = 32 + 64
 _TRANSCRIPT = b"qudag:link"
 _SIGNED = b"qudag:link-auth"
 _REFUSAL = MAGIC + b"\xff\xff"
-_REASON_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz_")
+#: Reasons a REFUSAL may name (the handshake's own and the link layer's); any other
+#: reads as ``unknown``.
+REFUSAL_REASONS = frozenset(
+    {
+        Reason.UNKNOWN_MESSAGE.value,
+        Reason.BAD_VERSION.value,
+        Reason.NON_CANONICAL.value,
+        Reason.TRUNCATED.value,
+        Reason.TRAILING_BYTES.value,
+        Reason.WRONG_NETWORK.value,
+        Reason.WRONG_GENESIS.value,
+        Reason.SELF_CONNECTION.value,
+        Reason.NOT_A_VALIDATOR.value,
+        Reason.REPLAYED_HANDSHAKE.value,
+        Reason.BAD_TOKEN.value,
+        Reason.BAD_SIGNATURE.value,
+        "handshake_timeout",
+        "connection_lost",
+        "malformed_frame",
+        "too_many_handshakes",
+        "shutdown",
+    }
+)
+#: What an unknown REFUSAL reason reads as.
+UNKNOWN_REFUSAL = "unknown"
+_REFUSALS_BY_BYTES = {reason.encode(): reason for reason in REFUSAL_REASONS}
 
 
 class LinkRole(enum.IntEnum):
@@ -152,8 +187,11 @@ def transcript(dialer_hello: bytes, listener_hello: bytes) -> bytes:
 
 def make_auth(token: bytes, signer: Signer, side: Side, transcript_hash: bytes) -> bytes:
     """Our AUTH: the token's MAC and our key's signature over the transcript."""
-    mac = hmac.new(token, side.value + transcript_hash, hashlib.sha256).digest()
-    return mac + signer.sign(_SIGNED + side.value + transcript_hash)
+    return _mac(token, side, transcript_hash) + signer.sign(_SIGNED + side.value + transcript_hash)
+
+
+def _mac(token: bytes, side: Side, transcript_hash: bytes) -> bytes:
+    return hmac.new(token, side.value + transcript_hash, hashlib.sha256).digest()
 
 
 def check_auth(
@@ -162,11 +200,36 @@ def check_auth(
     """Check the AUTH the ``side`` end sent; raises :class:`InputRejected`."""
     if len(data) != AUTH_SIZE:
         raise InputRejected(Reason.TRUNCATED, f"auth of {len(data)} bytes, need {AUTH_SIZE}")
-    expected = hmac.new(token, side.value + transcript_hash, hashlib.sha256).digest()
-    if not hmac.compare_digest(data[:32], expected):
+    if not hmac.compare_digest(data[:32], _mac(token, side, transcript_hash)):
         raise InputRejected(Reason.BAD_TOKEN, "the peer does not know our PEER_AUTH_TOKEN")
     if not verify(Scheme.ED25519, public_key, _SIGNED + side.value + transcript_hash, data[32:]):
         raise InputRejected(Reason.BAD_SIGNATURE, "the peer's key did not sign the handshake")
+
+
+def answer_auth(
+    data: bytes,
+    tokens: Sequence[bytes],
+    signer: Signer,
+    dialer_key: PublicKey,
+    transcript_hash: bytes,
+) -> bytes:
+    """The listener's AUTH, made only once the dialer's AUTH ``data`` has passed
+    :func:`check_auth` with one of ``tokens`` (the current token, and during a rotation
+    the previous one), and made with that token; raises :class:`InputRejected` (and
+    makes nothing) otherwise."""
+    if not tokens:
+        raise UsageError("a listener needs at least one token")
+    if len(data) != AUTH_SIZE:
+        raise InputRejected(Reason.TRUNCATED, f"auth of {len(data)} bytes, need {AUTH_SIZE}")
+    matched = [
+        token
+        for token in tokens
+        if hmac.compare_digest(data[:32], _mac(token, Side.DIALER, transcript_hash))
+    ]
+    if not matched:
+        raise InputRejected(Reason.BAD_TOKEN, "the peer does not know our PEER_AUTH_TOKEN")
+    check_auth(data, matched[0], dialer_key, Side.DIALER, transcript_hash)
+    return make_auth(matched[0], signer, Side.LISTENER, transcript_hash)
 
 
 class ReplayGuard:
@@ -188,13 +251,15 @@ class ReplayGuard:
 
 
 def encode_refusal(reason: str) -> bytes:
-    """A REFUSAL frame naming ``reason`` (a reason code)."""
-    return _REFUSAL + reason.encode()[:64]
+    """A REFUSAL frame naming ``reason``, one of :data:`REFUSAL_REASONS`."""
+    if reason not in REFUSAL_REASONS:
+        raise UsageError(f"{reason!r} is not a refusal reason")
+    return _REFUSAL + reason.encode()
 
 
 def refusal_reason(frame: bytes) -> str | None:
-    """The reason code of a REFUSAL frame, or None if ``frame`` is not one."""
+    """The reason of a REFUSAL frame (``unknown`` for one outside
+    :data:`REFUSAL_REASONS`), or None if ``frame`` is not a REFUSAL."""
     if not frame.startswith(_REFUSAL) or len(frame) == AUTH_SIZE:
         return None
-    text = frame[len(_REFUSAL) :].decode("ascii", "replace")
-    return text if text and set(text) <= _REASON_CHARS else "unknown"
+    return _REFUSALS_BY_BYTES.get(frame[len(_REFUSAL) :], UNKNOWN_REFUSAL)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import hmac
 from collections.abc import Callable
 
 import pytest
@@ -18,15 +20,19 @@ from qudag_node.core.handshake import (
     MAGIC,
     NONCE_SIZE,
     PROTOCOL_VERSION,
+    REFUSAL_REASONS,
     Hello,
     LinkRole,
     ReplayGuard,
     Side,
+    answer_auth,
     check_auth,
     check_hello,
     decode_hello,
+    encode_refusal,
     make_auth,
     make_hello,
+    refusal_reason,
     transcript,
 )
 from qudag_node.core.types import GenesisHash, PublicKey
@@ -43,6 +49,11 @@ LISTENER_HELLO = make_hello(C.genesis, LISTENER.public_key, LISTENER_NONCE).enco
 TRANSCRIPT = transcript(DIALER_HELLO, LISTENER_HELLO)
 DIALER_AUTH = make_auth(TOKEN, DIALER, Side.DIALER, TRANSCRIPT)
 LISTENER_AUTH = make_auth(TOKEN, LISTENER, Side.LISTENER, TRANSCRIPT)
+#: The transcript and MACs of these fixed HELLOs and token (a vector for other
+#: implementations); each MAC is HMAC-SHA256(token, side || transcript).
+TRANSCRIPT_HEX = "66202f9b9954a0775854182b5260f8439c05b792a73e54bfe3e720cd585b681c"
+DIALER_MAC_HEX = "88659541b0088da845fbf89878a816b5d7bf0b65cb6b0b6be9f909810baf36b2"
+LISTENER_MAC_HEX = "88a41f114bf93d638acffda7eafae1e69a385788934c5358d9552d437c73187d"
 
 
 def rejected(action: Callable[[], object]) -> Reason:
@@ -109,11 +120,50 @@ def test_a_full_handshake_succeeds_at_both_ends() -> None:
     dialer_view = transcript(DIALER_HELLO, at_dialer.encode())
     listener_view = transcript(at_listener.encode(), LISTENER_HELLO)
     assert dialer_view == listener_view == TRANSCRIPT
+    # The dialer proves first; the listener answers only a proof that holds.
     dialer_auth = make_auth(TOKEN, DIALER, Side.DIALER, dialer_view)
-    listener_auth = make_auth(TOKEN, LISTENER, Side.LISTENER, listener_view)
+    listener_auth = answer_auth(
+        dialer_auth, [TOKEN], LISTENER, at_listener.public_key, listener_view
+    )
+    assert listener_auth == make_auth(TOKEN, LISTENER, Side.LISTENER, listener_view)
     assert len(dialer_auth) == len(listener_auth) == AUTH_SIZE
-    check_auth(dialer_auth, TOKEN, at_listener.public_key, Side.DIALER, listener_view)
     check_auth(listener_auth, TOKEN, at_dialer.public_key, Side.LISTENER, dialer_view)
+
+
+def test_the_listener_gives_no_mac_to_a_dialer_without_the_token() -> None:
+    guess = make_auth(b"a guess at the token", DIALER, Side.DIALER, TRANSCRIPT)
+    refused = rejected(lambda: answer_auth(guess, [TOKEN], LISTENER, DIALER.public_key, TRANSCRIPT))
+    assert refused is Reason.BAD_TOKEN
+    # nor to one replaying the listener's own proof, or a proof for another connection
+    for data in (LISTENER_AUTH, make_auth(TOKEN, DIALER, Side.DIALER, bytes(32))):
+        answer = functools.partial(
+            answer_auth, data, [TOKEN], LISTENER, DIALER.public_key, TRANSCRIPT
+        )
+        assert rejected(answer) is Reason.BAD_TOKEN
+
+
+def test_during_a_rotation_the_listener_answers_with_the_token_the_dialer_proved() -> None:
+    old, new = TOKEN, bytes(reversed(TOKEN))
+    for proved in (old, new):
+        auth = make_auth(proved, DIALER, Side.DIALER, TRANSCRIPT)
+        answer = answer_auth(auth, [new, old], LISTENER, DIALER.public_key, TRANSCRIPT)
+        check_auth(answer, proved, LISTENER.public_key, Side.LISTENER, TRANSCRIPT)
+    third = make_auth(b"neither token", DIALER, Side.DIALER, TRANSCRIPT)
+    refused = functools.partial(
+        answer_auth, third, [new, old], LISTENER, DIALER.public_key, TRANSCRIPT
+    )
+    assert rejected(refused) is Reason.BAD_TOKEN
+    with pytest.raises(UsageError):
+        answer_auth(DIALER_AUTH, [], LISTENER, DIALER.public_key, TRANSCRIPT)
+
+
+def test_the_handshake_vector() -> None:
+    """Fixed inputs give fixed bytes, so another implementation can check itself."""
+    assert TRANSCRIPT.hex() == TRANSCRIPT_HEX
+    assert DIALER_AUTH[:32].hex() == DIALER_MAC_HEX
+    assert LISTENER_AUTH[:32].hex() == LISTENER_MAC_HEX
+    by_hand = hmac.new(TOKEN, b"D" + bytes.fromhex(TRANSCRIPT_HEX), hashlib.sha256)
+    assert by_hand.hexdigest() == DIALER_MAC_HEX
 
 
 def test_the_transcript_depends_on_which_hello_came_first() -> None:
@@ -284,6 +334,40 @@ def test_any_single_byte_change_to_an_auth_is_refused(position: int, flip: int) 
     changed[position] ^= flip
     reason = auth_refused(bytes(changed))
     assert reason is (Reason.BAD_TOKEN if position < 32 else Reason.BAD_SIGNATURE)
+
+
+# ----------------------------------------------------------------- REFUSAL
+
+
+@pytest.mark.parametrize("reason", sorted(REFUSAL_REASONS))
+def test_a_known_refusal_reason_round_trips(reason: str) -> None:
+    assert refusal_reason(encode_refusal(reason)) == reason
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"",
+        b"bad_tokens",
+        b"made_up",
+        b"BAD_TOKEN",
+        b"bad_token\x00",
+        "caf\u00e9".encode(),
+        b"x" * 200,
+    ],
+)
+def test_any_other_refusal_reason_reads_as_unknown(text: bytes) -> None:
+    assert refusal_reason(encode_refusal("bad_token")[:6] + text) == "unknown"
+
+
+def test_only_known_reasons_are_sent() -> None:
+    with pytest.raises(UsageError):
+        encode_refusal("anything a caller makes up")
+
+
+def test_a_hello_or_an_auth_is_not_a_refusal() -> None:
+    assert refusal_reason(DIALER_HELLO) is None
+    assert refusal_reason(DIALER_AUTH) is None
 
 
 # ------------------------------------------------------------- replay guard
