@@ -4,7 +4,7 @@ PYTHON ?= python3
 PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint fmt clean bench bench-quick
+.PHONY: install run test test-quick lint fmt clean bench bench-quick
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,11 @@ run: $(VENV)/.installed
 
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The edit loop: lint, then every test not marked slow (no node processes, containers
+# or network namespaces), with 100 simulation seeds per network size instead of 1,000.
+test-quick: lint
+	QUDAG_SIM_RUNS=100 $(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -33,11 +33,11 @@ from typing import TypeVar
 import aiohttp
 
 from bench.attacker import SETUP_TIMEOUT, AttackMix, AttackResult, AttackSpec
-from bench.lab import ROOT, TX_SIZE, Lab
-from bench.loadgen import LoadResult, LoadSpec, quantile, run_load
+from bench.lab import ROOT, Lab
+from bench.loadgen import LoadResult, quantile, run_load
 from bench.nodes import NodeProcess, peak_rss_bytes, running
 from bench.report import Row, mib, per_second
-from bench.single import CONNECTIONS, cpus
+from bench.single import CONNECTIONS, cpus, single_load
 
 T = TypeVar("T")
 
@@ -88,23 +88,11 @@ def raise_file_limit(wanted: int) -> int:
     return soft
 
 
-def _spec(url: str, seconds: float) -> LoadSpec:
-    return LoadSpec(
-        urls=(url,),
-        connections=CONNECTIONS,
-        duration=seconds,
-        kind="single",
-        size=TX_SIZE,
-        cpu=cpus()[1],
-        grace=GRACE,
-    )
-
-
 async def _load(url: str, seconds: float) -> LoadResult:
     """The single-transaction load; a generator that could not finish counts as no
     request answered (with its error), not as a crash of the suite."""
     try:
-        return await run_load(_spec(url, seconds))
+        return await run_load(single_load(url, seconds, GRACE))
     except RuntimeError as e:
         return LoadResult(seconds, 0, 0, CONNECTIONS, 0, 0.0, 0.0, 0.0, 0.0, str(e)[:300])
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.lab import ROOT, TX_SIZE, Lab
-from bench.loadgen import LoadResult, LoadSpec, run_load
+from bench.loadgen import GRACE, LoadResult, LoadSpec, run_load
 from bench.nodes import (
     NodeProcess,
     cpu_busy_seconds,
@@ -52,7 +52,8 @@ def cpus() -> tuple[int, int]:
     return cpus[0], cpus[-1]
 
 
-def _spec(url: str, seconds: float) -> LoadSpec:
+def single_load(url: str, seconds: float, grace: float = GRACE) -> LoadSpec:
+    """The single-submit load on ``url`` for ``seconds``, from the load generator's CPU."""
     return LoadSpec(
         urls=(url,),
         connections=CONNECTIONS,
@@ -60,6 +61,7 @@ def _spec(url: str, seconds: float) -> LoadSpec:
         kind="single",
         size=TX_SIZE,
         cpu=cpus()[1],
+        grace=grace,
     )
 
 
@@ -103,7 +105,7 @@ async def bare_under_load(seconds: float) -> Served:
             busy = cpu_busy_seconds(cpus()[0])
             window.append((time.monotonic(), cpu_seconds(server.pid), busy))
 
-        result = await run_load(_spec(f"http://127.0.0.1:{port}", seconds), mark, mark)
+        result = await run_load(single_load(f"http://127.0.0.1:{port}", seconds), mark, mark)
         return _served(result, window)
     finally:
         if server.returncode is None:
@@ -146,7 +148,7 @@ async def _node_under_load(directory: Path, seconds: float, trace: Path | None) 
         main.append(thread_cpu_seconds(node.pid, node.pid))
 
     async with running(node), aiohttp.ClientSession() as session:
-        result = await run_load(_spec(node.url, seconds), mark, mark)
+        result = await run_load(single_load(node.url, seconds), mark, mark)
         if result.failed:
             raise RuntimeError(f"submits failed: {result.first_error}")
         await wait_for_log(session, node.url, result.transactions, 120.0)

@@ -48,7 +48,7 @@ import pytest
 from qudag_node.core.crypto import Signer
 from qudag_node.core.genesis import Genesis, Validator
 from qudag_node.genesis_file import genesis_to_json
-from tests.nodeproc import NodeProcess, metric, request, wait_until
+from tests.nodeproc import NodeProcess, json_records, metric, request, wait_until
 from tests.tools import require_tool, tools_required
 
 API_PORT = 8080
@@ -552,15 +552,7 @@ class Topology:
         path = self.root / f"{name}.log"
         if not path.exists():
             return []
-        out = []
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                value = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                out.append(value)
-        return out
+        return json_records(path.read_text(errors="replace"))
 
     def connections(self, kind: str) -> dict[tuple[str, str], int]:
         """Connections to each host's peer port so far, ``attempts`` that reached it or

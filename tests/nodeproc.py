@@ -29,6 +29,19 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         delay = min(delay * 2, 0.2)
 
 
+def json_records(text: str) -> list[dict[str, Any]]:
+    """The JSON objects among the lines of a log (other lines are skipped)."""
+    out = []
+    for line in text.splitlines():
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            out.append(value)
+    return out
+
+
 class NodeProcess:
     """One ``python -m qudag_node run`` process with its own data dir and log file."""
 
@@ -108,15 +121,7 @@ class NodeProcess:
 
     def records(self) -> list[dict[str, Any]]:
         """The JSON log records of this run (non-JSON lines are skipped)."""
-        out = []
-        for line in self.logs().splitlines():
-            try:
-                value = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                out.append(value)
-        return out
+        return json_records(self.logs())
 
     def signal(self, sig: signal.Signals) -> None:
         """Send ``sig`` to the process."""

@@ -74,6 +74,21 @@ def cli(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> Resu
     return Result(done.returncode, done.stdout, done.stderr)
 
 
+def run_until_exit(data: Path, **env: str) -> Result:
+    """``qudag-node run`` on ``data`` (ports chosen by the system, JSON logs) until it
+    exits; ``env`` adds or overrides settings."""
+    return cli(
+        "run",
+        env={
+            "QUDAG_DATA_DIR": str(data),
+            "QUDAG_API_PORT": "0",
+            "QUDAG_P2P_PORT": "0",
+            "QUDAG_LOG_FORMAT": "json",
+            **env,
+        },
+    )
+
+
 async def acli(*args: str, stdin: bytes = b"", stderr: int = subprocess.PIPE) -> Result:
     """Like :func:`cli`, without blocking the event loop (a node may be serving in it)."""
     proc = await asyncio.create_subprocess_exec(

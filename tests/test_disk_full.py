@@ -18,7 +18,7 @@ import pytest
 from qudag_node.core.crypto import tx_id
 from tests.network import network
 from tests.nodeproc import NodeProcess, request, submit_json, wait_until
-from tests.test_cli import cli
+from tests.test_cli import run_until_exit
 from tests.tools import tools_required
 
 pytestmark = pytest.mark.slow
@@ -279,16 +279,7 @@ def test_a_restart_on_a_full_disk_exits_1_in_one_line(small_fs: Path) -> None:
     fill(small_fs, 0)
 
     started = time.monotonic()
-    result = cli(
-        "run",
-        env={
-            "QUDAG_DATA_DIR": str(data),
-            "QUDAG_API_PORT": "0",
-            "QUDAG_P2P_PORT": "0",
-            "QUDAG_LOG_FORMAT": "json",
-            **QUIET,
-        },
-    )
+    result = run_until_exit(data, **QUIET)
     assert result.code == 1, result.stderr
     assert result.stderr.splitlines() == [
         f"qudag-node: node stopped: database {data}: cannot open {data / 'qudag.db'}:"

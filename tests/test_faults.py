@@ -17,27 +17,13 @@ import pytest
 from qudag_node.config import MAX_SETTINGS_FILE_BYTES, ConfigError
 from qudag_node.node import NodeFailure, exception_leaves, stop_cause
 from tests.nodeproc import NodeProcess, request, submit_json
-from tests.test_cli import Result, cli, one_line
+from tests.test_cli import Result, one_line, run_until_exit
 from tests.test_store import damage_table
 
 pytestmark = pytest.mark.slow
 
 #: Bytes that are not UTF-8, as the environment hands them to Python.
 NOT_UTF8 = os.fsdecode(b"token-\xff\xfe-" * 4)
-
-
-def _run(data: Path, **env: str) -> Result:
-    """``qudag-node run`` on ``data`` (ports chosen by the system) until it exits."""
-    return cli(
-        "run",
-        env={
-            "QUDAG_DATA_DIR": str(data),
-            "QUDAG_API_PORT": "0",
-            "QUDAG_P2P_PORT": "0",
-            "QUDAG_LOG_FORMAT": "json",
-            **env,
-        },
-    )
 
 
 def _refused(result: Result, code: int, *parts: str) -> str:
@@ -56,7 +42,7 @@ def _refused(result: Result, code: int, *parts: str) -> str:
 
 @pytest.mark.parametrize("name", ["PEER_AUTH_TOKEN", "NODE_ID", "QUDAG_PEERS"])
 def test_a_setting_that_is_not_utf8_exits_2(tmp_path: Path, name: str) -> None:
-    result = _run(tmp_path / "data", **{name: NOT_UTF8})
+    result = run_until_exit(tmp_path / "data", **{name: NOT_UTF8})
     line = _refused(result, 2, name, "not UTF-8")
     assert "token-" not in line  # the value is not echoed
     assert not (tmp_path / "data").exists()
@@ -65,19 +51,19 @@ def test_a_setting_that_is_not_utf8_exits_2(tmp_path: Path, name: str) -> None:
 def test_a_config_file_that_is_not_utf8_exits_2(tmp_path: Path) -> None:
     path = tmp_path / "node.toml"
     path.write_bytes(b'node_id = "node\xff"\n')
-    _refused(_run(tmp_path / "data", QUDAG_CONFIG=str(path)), 2, str(path), "not UTF-8")
+    _refused(run_until_exit(tmp_path / "data", QUDAG_CONFIG=str(path)), 2, str(path), "not UTF-8")
 
 
 def test_a_config_file_nested_too_deeply_exits_2(tmp_path: Path) -> None:
     path = tmp_path / "node.toml"
     path.write_text("node_id = " + "[" * 100_000 + "]" * 100_000 + "\n")
-    _refused(_run(tmp_path / "data", QUDAG_CONFIG=str(path)), 2, "nested too deeply")
+    _refused(run_until_exit(tmp_path / "data", QUDAG_CONFIG=str(path)), 2, "nested too deeply")
 
 
 def test_a_genesis_file_nested_too_deeply_exits_2(tmp_path: Path) -> None:
     path = tmp_path / "genesis.json"
     path.write_text('{"network_id": ' + "[" * 100_000 + "]" * 100_000 + "}")
-    result = _run(tmp_path / "data", QUDAG_GENESIS=str(path))
+    result = run_until_exit(tmp_path / "data", QUDAG_GENESIS=str(path))
     _refused(result, 2, "QUDAG_GENESIS", "nested too deeply")
     assert list((tmp_path / "data").iterdir()) == []
 
@@ -88,14 +74,14 @@ def test_a_settings_file_that_is_not_a_regular_file_exits_2(tmp_path: Path, kind
     for variable in ("QUDAG_CONFIG", "QUDAG_GENESIS"):
         path = tmp_path / f"{variable}-{kind.replace(' ', '-')}"
         _make(path, kind)
-        result = _run(tmp_path / "data", **{variable: str(path)})
+        result = run_until_exit(tmp_path / "data", **{variable: str(path)})
         _refused(result, 2, str(path), _KIND_WORDS[kind])
 
 
 def test_a_genesis_file_over_the_size_limit_exits_2(tmp_path: Path) -> None:
     path = tmp_path / "genesis.json"
     path.write_text('{"network_id": "' + "x" * MAX_SETTINGS_FILE_BYTES + '"}')
-    result = _run(tmp_path / "data", QUDAG_GENESIS=str(path))
+    result = run_until_exit(tmp_path / "data", QUDAG_GENESIS=str(path))
     _refused(result, 2, str(path), f"larger than {MAX_SETTINGS_FILE_BYTES} bytes")
 
 
@@ -118,7 +104,7 @@ def test_a_node_key_that_is_not_a_regular_file_exits_1(tmp_path: Path, kind: str
     data = tmp_path / "data"
     data.mkdir()
     _make(data / "node.key", kind)
-    result = _run(data)
+    result = run_until_exit(data)
     _refused(result, 1, str(data / "node.key"), _KIND_WORDS[kind])
     assert sorted(p.name for p in data.iterdir()) == ["node.key"]  # nothing written
 
@@ -128,7 +114,7 @@ def test_a_database_that_is_not_a_regular_file_exits_1(tmp_path: Path, kind: str
     data = tmp_path / "data"
     data.mkdir()
     _make(data / "qudag.db", kind)
-    result = _run(data)
+    result = run_until_exit(data)
     _refused(result, 1, str(data / "qudag.db"), _KIND_WORDS[kind])
     assert sorted(p.name for p in data.iterdir()) == ["qudag.db"]  # no node.key either
 
@@ -141,12 +127,12 @@ def test_a_foreign_data_dir_is_refused_before_anything_is_written(tmp_path: Path
     assert node.stop() == 0
     (data / "node.key").unlink()  # this data dir now belongs to another node's network
     before = {p.name: p.stat().st_mtime_ns for p in data.iterdir()}
-    result = _run(data)
+    result = run_until_exit(data)
     _refused(result, 1, "belongs to network")
     assert {p.name: p.stat().st_mtime_ns for p in data.iterdir()} == before
     # a key given in the environment changes nothing either
     key = bytes(nacl.signing.SigningKey.generate()).hex()
-    _refused(_run(data, NODE_PRIVATE_KEY=key), 1, "belongs to network")
+    _refused(run_until_exit(data, NODE_PRIVATE_KEY=key), 1, "belongs to network")
     assert {p.name: p.stat().st_mtime_ns for p in data.iterdir()} == before
 
 
@@ -177,7 +163,7 @@ def test_a_data_dir_that_is_not_a_directory_exits_1(tmp_path: Path, kind: str) -
         data.write_text("not a directory\n")
     else:
         _make(data, kind)
-    _refused(_run(data), 1, f"data dir {data}: not a directory")
+    _refused(run_until_exit(data), 1, f"data dir {data}: not a directory")
 
 
 # ------------------------------------------------- several failures at once

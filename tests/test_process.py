@@ -16,7 +16,7 @@ import nacl.signing
 import pytest
 
 from tests.nodeproc import NodeProcess, metric, request, submit_json, wait_until
-from tests.test_cli import cli
+from tests.test_cli import run_until_exit
 from tests.test_store import damage_table
 
 pytestmark = pytest.mark.slow
@@ -303,15 +303,7 @@ def test_a_damaged_database_stops_the_node_with_1(
     assert node.stop() == 0
     assert damage_table(data / "qudag.db", damaged) >= 1
 
-    result = cli(
-        "run",
-        env={
-            "QUDAG_DATA_DIR": str(data),
-            "QUDAG_API_PORT": "0",
-            "QUDAG_P2P_PORT": "0",
-            "QUDAG_LOG_FORMAT": "json",
-        },
-    )
+    result = run_until_exit(data)
     assert result.code == 1, result.stderr
     assert result.stderr.splitlines()[-1].startswith(
         f"qudag-node: node stopped: database {data}: {failure}"

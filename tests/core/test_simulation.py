@@ -23,7 +23,8 @@ from qudag_node.core.types import PeerId, Seq, TxId, VertexId
 from tests.core.sim import SIM_PARAMS, RunResult, SimNode, check_prefixes, run_seed, summarize
 from tests.core.simstore import MemoryStore
 
-RUNS = 1000
+#: Seeds per network size: 1,000 in ``make test``; ``make test-quick`` runs 100.
+RUNS = int(os.environ.get("QUDAG_SIM_RUNS", "1000"))
 ROOT = Path(__file__).resolve().parents[2]
 
 
