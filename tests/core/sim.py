@@ -133,6 +133,7 @@ class Simulation:
         self.faults = faults
         self.now = 0.0
         self._queue: list[tuple[float, int, PeerId, PeerId, bytes]] = []
+        self._outbox: list[tuple[PeerId, PeerId, bytes]] = []  # this step's sends
         self._sequence = 0
         self.messages = 0
         signers = [Signer(self.rng.randbytes(32)) for _ in range(validators)]
@@ -175,6 +176,18 @@ class Simulation:
         return (a in side) != (b in side)
 
     def _send(self, src: PeerId, dst: PeerId, data: bytes) -> None:
+        """Queue a message of the current step (see :meth:`_transmit`)."""
+        self._outbox.append((src, dst, data))
+
+    def _transmit(self) -> None:
+        """Put the step's messages on the network in a canonical order (by destination,
+        then bytes), so that the random draws of loss, duplication and delay do not
+        depend on the order in which a pump hands a step's messages over."""
+        outbox, self._outbox = sorted(self._outbox), []
+        for src, dst, data in outbox:
+            self._deliver(src, dst, data)
+
+    def _deliver(self, src: PeerId, dst: PeerId, data: bytes) -> None:
         if self.nodes[src].silent or self._cut(src, dst, self.now):
             return
         copies = 2 if self.rng.random() < self.faults.duplication else 1
@@ -217,6 +230,7 @@ class Simulation:
         while events := drain(node.engine):  # answering can cause more (a requeue proposes)
             self._persist_and_answer(node, events)
         self._emit(node)
+        self._transmit()
         timer = node.engine.get_timer()
         node.timer = float("inf") if timer is None else timer
 

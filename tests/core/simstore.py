@@ -2,8 +2,8 @@
 
 It applies drained engine events the way ``Store.persist`` does and rebuilds a
 :class:`Snapshot` the way ``Store.load_snapshot`` does, so a simulated node can crash
-and restart from it. ``tests/test_store_consensus.py`` feeds the same event stream to both and
-compares their snapshots, which keeps the two in step.
+and restart from it. ``tests/adapters/test_store_consensus.py`` feeds the same event
+stream to both and compares their snapshots, which keeps the two in step.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from qudag_node.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from qudag_node.config import PLATFORM_ENV, SETTINGS, Setting, flag_name
 from qudag_node.metrics import Metrics
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()
 README = (ROOT / "README.md").read_text()
 

@@ -28,7 +28,7 @@ from qudag_node.sync import CATCHUP_THRESHOLD
 from tests.nodeproc import NodeProcess, request, submit_json, wait_until
 from tests.tools import require_tool
 
-MONITORING = Path(__file__).resolve().parent.parent / "monitoring"
+MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
 DASHBOARD = MONITORING / "grafana" / "qudag-testnet.json"
 #: Series that Prometheus makes itself for every target, not exported by the node.
 PROMETHEUS_SERIES = frozenset({"up"})

@@ -22,7 +22,7 @@ import pytest
 
 from qudag_node.genesis_file import genesis_from_json
 from tests.nodeproc import request, submit_json, wait_until
-from tests.test_cli import ROOT, cli, command_env
+from tests.system.test_cli import ROOT, cli, command_env
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CORE = ROOT / "qudag_node" / "core"
 
 #: Top-level modules the core may import (besides itself): the standard library's pure

@@ -14,7 +14,7 @@ import pytest
 
 from qudag_node.config import SETTINGS, Settings, load_settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FLY_DIR = REPO / "fly"
 GENERATOR = FLY_DIR / "generate.py"
 DEFAULT_REGIONS = ["yyz", "iad", "ord", "ewr"]

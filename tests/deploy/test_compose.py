@@ -23,7 +23,7 @@ import pytest
 from tests import containers
 from tests.containers import RUNTIME, podman
 from tests.nodeproc import request, submit_json, wait_until
-from tests.test_cli import cli
+from tests.system.test_cli import cli
 from tests.tools import require_tool
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ import pytest
 from qudag_node.core.crypto import tx_id
 from tests.network import network
 from tests.nodeproc import NodeProcess, request, submit_json, wait_until
-from tests.test_cli import run_until_exit
+from tests.system.test_cli import run_until_exit
 from tests.tools import tools_required
 
 pytestmark = pytest.mark.slow

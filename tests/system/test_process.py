@@ -15,9 +15,9 @@ from pathlib import Path
 import nacl.signing
 import pytest
 
+from tests.adapters.test_store import damage_table
 from tests.nodeproc import NodeProcess, metric, request, submit_json, wait_until
-from tests.test_cli import run_until_exit
-from tests.test_store import damage_table
+from tests.system.test_cli import run_until_exit
 
 pytestmark = pytest.mark.slow
 

@@ -30,7 +30,7 @@ from qudag_node.metrics import Metrics
 from tests.conftest import NodeFactory
 from tests.nodeproc import NodeProcess, metric, request
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCUMENT_PATH = ROOT / "qudag_node" / "openapi.json"
 DOCUMENT: dict[str, Any] = json.loads(DOCUMENT_PATH.read_text())
 OPENAPI_URL = "/api/v1/openapi.json"

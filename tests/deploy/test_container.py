@@ -146,7 +146,7 @@ def test_dockerignore_keeps_out_everything_but_what_the_dockerfile_copies() -> N
         ".git/HEAD",
         ".venv/bin/python",
         ".env",
-        "tests/test_container.py",
+        "tests/deploy/test_container.py",
         "bench/ingest.py",
         "docs/metrics.md",
         "data/qudag.db",

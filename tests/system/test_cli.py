@@ -24,7 +24,7 @@ from qudag_node.core.types import PublicKey
 from qudag_node.genesis_file import genesis_from_json
 from tests.conftest import NodeFactory
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SUBCOMMANDS = (
     "run",
     "keygen",

@@ -28,7 +28,7 @@ from tests.network import network
 from tests.nodeproc import NodeProcess, request, wait_until
 from tests.tools import require_tool
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "deploy.sh"
 SUPPORT = REPO / "scripts" / "deploy_support.py"
 FAKE_FLY = REPO / "tests" / "fakefly"
