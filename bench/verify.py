@@ -35,7 +35,7 @@ from qudag_node.core.engine import Engine
 from qudag_node.core.events import MessageRejected
 from qudag_node.core.messages import CertifiedMessage, encode_message
 from qudag_node.core.params import Params
-from qudag_node.core.types import PeerId
+from qudag_node.core.types import Instant, PeerId
 from qudag_node.node import PEER_INPUTS_PER_STEP
 from qudag_node.verifier import ThreadedVerifier, worker_count
 
@@ -80,12 +80,12 @@ def engine_run(
     engine = Engine(committee.genesis, Params(), Signer(os.urandom(32)), verifier=verifier)
     peer = PeerId("v1")
     engine.peer_connected(peer, committee.genesis.validators[0].public_key)
-    engine.set_catching_up(True, time.time())
+    engine.set_catching_up(True, Instant(time.monotonic(), time.time()))
     rejected = 0
     with counting_verifications() as calls:
         started = time.perf_counter()
         for first in range(0, len(messages), per_step):
-            now = time.time()
+            now = Instant(time.monotonic(), time.time())
             engine.receive_messages(
                 [(peer, data) for data in messages[first : first + per_step]], now
             )

@@ -49,7 +49,7 @@ from qudag_node.core.events import (
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.rules import check_batch
 from qudag_node.core.syncwire import Status
-from qudag_node.core.types import PeerId, TxId, VertexId
+from qudag_node.core.types import Instant, PeerId, TxId, VertexId
 from qudag_node.discovery import Discovery, Resolver
 from qudag_node.gossip import LinkLimits, PeerNetwork
 from qudag_node.inbox import LinkDown, LinkUp, PeerInbox, Received
@@ -166,6 +166,12 @@ class _Step:
     events: list[Event]
     outcomes: _Outcomes
     messages: list[tuple[PeerId, bytes]]
+
+
+def _now() -> Instant:
+    """The time of an engine input: the monotonic clock for its timers, the wall clock
+    for the timestamps of vertices."""
+    return Instant(time.monotonic(), time.time())
 
 
 def _new_future() -> asyncio.Future[bool]:
@@ -426,7 +432,7 @@ class Node:
             trust=self._genesis.f + 1,
         )
         self._peer_inbox = PeerInbox(self._syncer, self._wakeup.set)
-        self._engine.set_catching_up(self._syncer.catching_up, time.time())
+        self._engine.set_catching_up(self._syncer.catching_up, _now())
         await self._open_peer_port(alone)
         runner, self.api_port = await start_api(
             make_app(self, self._metrics, s), s.api_host, s.api_port
@@ -588,14 +594,14 @@ class Node:
                 commits.repair()
             timer = self._engine.get_timer()
             if not self._inbox and not self._peer_inbox and not self._stopping:
-                delay = None if timer is None else max(0.0, timer - time.time())
+                delay = None if timer is None else max(0.0, timer - time.monotonic())
                 try:
                     async with asyncio.timeout(delay):
                         await self._wakeup.wait()
                 except TimeoutError:
                     pass
             self._wakeup.clear()
-            await self._step(commits, time.time())
+            await self._step(commits, _now())
             if self._stopping and not self._inbox:
                 break
         commits.close()
@@ -628,8 +634,7 @@ class Node:
         self._engine = Engine(
             self._genesis, self.params, self._signer, snapshot, verifier=self._verifier
         )
-        now = time.time()
-        self._engine.set_catching_up(self._syncer.catching_up, now)
+        self._engine.set_catching_up(self._syncer.catching_up, _now())
         if self._network is not None:
             for peer, key in self._network.linked():
                 self._engine.peer_connected(peer, key)
@@ -639,7 +644,7 @@ class Node:
         )
         return True
 
-    async def _step(self, commits: GroupCommit[_Step], now: float) -> None:
+    async def _step(self, commits: GroupCommit[_Step], now: Instant) -> None:
         commits.preparing()
         batch, self._inbox, self._inbox_txs = self._inbox, [], 0
         outcomes: _Outcomes = []
@@ -664,7 +669,7 @@ class Node:
             events = events + fresh
         await commits.put(_Step(events, outcomes, self._engine.messages_to_send()))
 
-    def _take_peer_inputs(self, now: float) -> None:
+    def _take_peer_inputs(self, now: Instant) -> None:
         """Feed the engine what the links brought since the last step."""
         if self._catching_up is not None:
             self._engine.set_catching_up(self._catching_up, now)
@@ -698,14 +703,14 @@ class Node:
                     if not self._network.send(event.peer, data):
                         break  # the peer is gone, or was dropped for reading too slowly
 
-    async def _follow_up(self, events: list[Event], now: float) -> None:
+    async def _follow_up(self, events: list[Event], now: Instant) -> None:
         """Answer the engine's requests that need the store."""
         try:
             await self._answer_requests(events, now)
         except sqlite3.DatabaseError as e:
             raise NodeFailure(f"cannot read the database: {e}") from None
 
-    async def _answer_requests(self, events: list[Event], now: float) -> None:
+    async def _answer_requests(self, events: list[Event], now: Instant) -> None:
         for event in events:
             if isinstance(event, TransactionsOrphaned):
                 # our vertices that can no longer be ordered: propose them again
@@ -781,7 +786,7 @@ class Node:
         self._after_commit(step.events, step.outcomes)
         await self._send(step)
 
-    def _admit(self, batch: list[_Submission], known: set[TxId], now: float) -> _Outcomes:
+    def _admit(self, batch: list[_Submission], known: set[TxId], now: Instant) -> _Outcomes:
         """Admit a step's submissions in one engine call, each all or nothing; ids the
         database holds already count as duplicates."""
         batches: list[tuple[Sequence[TxId], Sequence[bytes]]]

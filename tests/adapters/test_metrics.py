@@ -27,7 +27,7 @@ from qudag_node.core.params import Params
 from qudag_node.core.types import PeerId
 from qudag_node.core.vertex import Vertex
 from qudag_node.metrics import FINALITY_BUCKETS, Metrics
-from tests.core.support import NOW, PEER, ROUND1, C, drain, feed, message, proposal, vote
+from tests.core.support import NOW, PEER, ROUND1, C, drain, feed, message, moment, proposal, vote
 
 EXPOSED = (
     "qudag_dag_nodes_total",
@@ -74,14 +74,14 @@ def test_engine_run_is_counted_from_the_stored_totals() -> None:
     metrics.set_totals(vertices=10, transactions=20, log_length=5)
     engine = _engine()
     now = 0.0
-    engine.handle_timer(now)  # first round, before any transaction
+    engine.handle_timer(moment(now))  # first round, before any transaction
     events = drain(engine)
     metrics.on_events(events)
 
     txs = [b"alpha", b"beta", b"gamma"]
     now = 1.0
-    result = engine.submit_transactions(tx_ids(txs), txs, now)
-    again = engine.submit_transactions(tx_ids(txs[:1]), txs[:1], now)
+    result = engine.submit_transactions(tx_ids(txs), txs, moment(now))
+    again = engine.submit_transactions(tx_ids(txs[:1]), txs[:1], moment(now))
     metrics.on_submit(len(result.admitted), len(result.duplicates))
     metrics.on_submit(len(again.admitted), len(again.duplicates))
     step = drain(engine)
@@ -93,7 +93,7 @@ def test_engine_run_is_counted_from_the_stored_totals() -> None:
         timer = engine.get_timer()
         assert timer is not None
         now = max(now, timer)
-        engine.handle_timer(now)
+        engine.handle_timer(moment(now))
         step = drain(engine)
         events += step
         metrics.on_events(step)
@@ -132,7 +132,7 @@ def test_set_totals_starts_the_counters_and_the_log_gauge() -> None:
 def test_rejected_peer_messages_are_counted_by_reason() -> None:
     metrics = Metrics("1.2.3")
     engine = _engine()
-    engine.receive_message(PeerId("peer-a"), b"\x00", 0.0)
+    engine.receive_message(PeerId("peer-a"), b"\x00", moment(0.0))
     events = drain(engine)
     rejected = [e for e in events if isinstance(e, MessageRejected)]
     assert len(rejected) == 1
@@ -212,8 +212,8 @@ def test_exposition_names_every_series_and_no_reserved_label() -> None:
     metrics.on_submit(1, 1)
     metrics.on_submit_rejected(Reason.POOL_FULL, 1)
     engine = _engine()
-    engine.receive_message(PeerId("peer-a"), b"\x00", 0.0)
-    engine.receive_message(PeerId("peer-a"), b"\x01", 0.0)  # a truncated proposal
+    engine.receive_message(PeerId("peer-a"), b"\x00", moment(0.0))
+    engine.receive_message(PeerId("peer-a"), b"\x01", moment(0.0))  # a truncated proposal
     metrics.on_events(drain(engine))
     metrics.on_store_commit(0.001)
     metrics.on_http("GET", "/health", 200, 0.001)
@@ -262,7 +262,7 @@ def test_skipped_leader_rounds_are_counted() -> None:
 def _rejections(*messages: bytes) -> list[Event]:
     engine = C.observer()
     for data in messages:
-        engine.receive_message(PEER, data, NOW)
+        engine.receive_message(PEER, data, moment(NOW))
     return drain(engine)
 
 
@@ -322,7 +322,7 @@ def test_buffer_and_peer_statistics() -> None:
     unknown = [C.vertex(i, 2).id for i in range(3)]
     waiting = [C.vertex(i, 3, unknown) for i in range(4)]  # their parents are unknown
     for v in waiting[:3]:
-        engine.receive_message(PEER, message(v), NOW)
+        engine.receive_message(PEER, message(v), moment(NOW))
     stats = engine.statistics()
     assert (stats.buffered, stats.buffer_dropped, stats.peers) == (2, 1, 2)
     metrics.on_statistics(stats)
@@ -332,7 +332,7 @@ def test_buffer_and_peer_statistics() -> None:
     metrics.on_statistics(engine.statistics())  # nothing new was dropped
     assert _value(metrics, "qudag_vertices_buffer_dropped_total") == 1
 
-    engine.receive_message(PEER, message(waiting[3]), NOW)
+    engine.receive_message(PEER, message(waiting[3]), moment(NOW))
     engine.peer_disconnected(PeerId("peer-2"))
     metrics.on_statistics(engine.statistics())
     metrics.on_statistics(engine.statistics())

@@ -34,7 +34,7 @@ from qudag_node.store import (
     restore_database,
 )
 from tests.conftest import NodeFactory
-from tests.core.support import drain
+from tests.core.support import drain, moment
 
 SIGNER = Signer(bytes(range(32)))
 GENESIS = Genesis.solo("qudag-test", "node1", SIGNER.public_key)
@@ -47,7 +47,7 @@ async def drive(engine: Engine, store: Store, now: float, until: float) -> float
         if timer is None or timer > until:
             return now
         now = max(now, timer)
-        engine.handle_timer(now)
+        engine.handle_timer(moment(now))
         await store.persist(drain(engine))
 
 
@@ -95,7 +95,7 @@ async def test_damage_is_found_by_the_integrity_check_not_at_open(tmp_path: Path
     store = await Store.open(tmp_path, GENESIS)
     engine = Engine(GENESIS, Params(), SIGNER)
     txs = [f"tx{i}".encode() * 40 for i in range(3000)]
-    engine.submit_transactions(tx_ids(txs), txs, 0.0)
+    engine.submit_transactions(tx_ids(txs), txs, moment(0.0))
     await drive(engine, store, 0.0, 1.0)
     await store.check_integrity()  # an intact file passes
     before = await store.totals()
@@ -125,9 +125,9 @@ async def test_statuses_and_log_follow_the_engine(tmp_path: Path) -> None:
     engine = Engine(GENESIS, Params(), SIGNER)
     txs = [b"alpha", b"beta", b"gamma"]
     ids = tx_ids(txs)
-    engine.handle_timer(0.0)
+    engine.handle_timer(moment(0.0))
     await store.persist(drain(engine))
-    engine.submit_transactions(ids, txs, 0.001)
+    engine.submit_transactions(ids, txs, moment(0.001))
     events = drain(engine)
     await store.persist([e for e in events if isinstance(e, TransactionsAdmitted)])
     record = await store.transaction(ids[0])
@@ -168,7 +168,7 @@ async def test_snapshot_resumes_an_identical_log(tmp_path: Path) -> None:
         txs = [f"b{batch}-{k}".encode() for k in range(7)]
         ids = tx_ids(txs)
         for engine in (steady, restarted):
-            engine.submit_transactions(ids, txs, now)
+            engine.submit_transactions(ids, txs, moment(now))
         await store.persist(drain(restarted))
         drain(steady)
         # both engines step on the same clock; only `restarted` is persisted
@@ -176,9 +176,9 @@ async def test_snapshot_resumes_an_identical_log(tmp_path: Path) -> None:
         t = now
         while (timer := steady.get_timer()) is not None and timer <= until:
             t = max(t, timer)
-            steady.handle_timer(t)
+            steady.handle_timer(moment(t))
             drain(steady)
-            restarted.handle_timer(t)
+            restarted.handle_timer(moment(t))
             await store.persist(drain(restarted))
         now = until
         if batch % 5 == 4:
@@ -187,7 +187,7 @@ async def test_snapshot_resumes_an_identical_log(tmp_path: Path) -> None:
             snap = await store.load_snapshot(GENESIS, params.gc_depth, SIGNER.public_key)
             assert len(snap.vertices) <= params.gc_depth + 3
             restarted = Engine(GENESIS, params, SIGNER, snap)
-            restarted.handle_timer(now)
+            restarted.handle_timer(moment(now))
             await store.persist(drain(restarted))
     a, b = steady.statistics(), restarted.statistics()
     assert (a.log_length, a.log_hash) == (b.log_length, b.log_hash)

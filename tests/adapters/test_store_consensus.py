@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from qudag_node.core.certificate import check_certificate, decode_certificate
-from qudag_node.core.crypto import Signer, log_hash_start, tx_ids
+from qudag_node.core.crypto import SequentialVerifier, Signer, log_hash_start, tx_ids
 from qudag_node.core.engine import Engine, Snapshot, StoredVertex
 from qudag_node.core.events import (
     EquivocationDetected,
@@ -37,7 +37,7 @@ from qudag_node.core.vertex import Vertex
 from qudag_node.store import DB_FILENAME, MIGRATIONS, SCHEMA_VERSION, Store
 from tests.core.sim import Faults, Simulation
 from tests.core.simstore import MemoryStore
-from tests.core.support import NOW, PARAMS, PEER, C, drain, feed, proposal
+from tests.core.support import NOW, PARAMS, PEER, C, drain, feed, moment, proposal
 
 SOLO = Signer(bytes(range(32)))
 SOLO_GENESIS = Genesis.solo("qudag-test", "node1", SOLO.public_key)
@@ -254,7 +254,7 @@ def _go_on(engine: Engine, now: float, steps: int = 3) -> list[object]:
     """What the engine does on its next ``steps`` timers from ``now``: events and messages."""
     out: list[object] = []
     for _ in range(steps):
-        engine.handle_timer(now)
+        engine.handle_timer(moment(now))
         out += [drain(engine), engine.messages_to_send()]
         timer = engine.get_timer()
         if timer is None:
@@ -335,13 +335,13 @@ def _write_schema_1(path: Path, genesis: Genesis, events: Sequence[Event]) -> No
 def _solo_run(engine: Engine, txs: Sequence[bytes], now: float) -> tuple[list[Event], float]:
     """Submit ``txs`` to a solo engine and step it until they are final."""
     target = engine.statistics().log_length + len(txs)
-    engine.submit_transactions(tx_ids(txs), txs, now)
+    engine.submit_transactions(tx_ids(txs), txs, moment(now))
     events = drain(engine)
     while engine.statistics().log_length < target:
         timer = engine.get_timer()
         assert timer is not None
         now = max(now, timer)
-        engine.handle_timer(now)
+        engine.handle_timer(moment(now))
         events += drain(engine)
     return events, now
 
@@ -349,7 +349,7 @@ def _solo_run(engine: Engine, txs: Sequence[bytes], now: float) -> tuple[list[Ev
 async def test_a_schema_1_database_is_migrated_with_solo_certificates(tmp_path: Path) -> None:
     params = Params()
     old = Engine(SOLO_GENESIS, params, SOLO)
-    old.handle_timer(0.0)
+    old.handle_timer(moment(0.0))
     events = drain(old)
     more, now = _solo_run(old, [b"from", b"schema", b"one"], 0.5)
     events += more
@@ -366,7 +366,9 @@ async def test_a_schema_1_database_is_migrated_with_solo_certificates(tmp_path: 
             cert = decode_certificate(record.certificate)
             assert cert.voters == (0,)
             assert cert.signatures == (record.signature,)
-            check_certificate(cert, vid, SOLO_GENESIS)  # raises if it does not verify
+            check_certificate(
+                cert, vid, SOLO_GENESIS, SequentialVerifier()
+            )  # raises if it does not verify
         assert await store.evidence(10) == []
         snapshot = await store.load_snapshot(SOLO_GENESIS, params.gc_depth, SOLO.public_key)
         assert snapshot.own_proposal is None
@@ -401,13 +403,13 @@ async def test_transactions_data_gives_stored_unfinal_ones_in_the_order_asked(
     store = await Store.open(tmp_path, SOLO_GENESIS)
     try:
         engine = Engine(SOLO_GENESIS, Params(), SOLO)
-        engine.handle_timer(0.0)
+        engine.handle_timer(moment(0.0))
         await store.persist(drain(engine))
         final = [b"final one", b"final two"]
         events, now = _solo_run(engine, final, 0.5)
         await store.persist(events)
         waiting = [b"waiting a", b"waiting b", b"waiting c"]
-        engine.submit_transactions(tx_ids(waiting), waiting, now)
+        engine.submit_transactions(tx_ids(waiting), waiting, moment(now))
         await store.persist(drain(engine))
         a, b, c = tx_ids(waiting)
         f1, f2 = tx_ids(final)
@@ -440,8 +442,8 @@ def _equivocation(
 
 def _caught(first: Vertex, second: Vertex) -> EquivocationDetected:
     observer = C.observer()
-    observer.receive_message(PEER, proposal(first), NOW)
-    observer.receive_message(PEER, proposal(second), NOW)
+    observer.receive_message(PEER, proposal(first), moment(NOW))
+    observer.receive_message(PEER, proposal(second), moment(NOW))
     [event] = [e for e in drain(observer) if isinstance(e, EquivocationDetected)]
     return event
 
@@ -485,7 +487,7 @@ async def test_a_restart_from_the_store_remembers_the_equivocations_it_reported(
     observer = C.observer()
     batches = []
     for vertex in (first, second):
-        observer.receive_message(PEER, proposal(vertex), NOW)
+        observer.receive_message(PEER, proposal(vertex), moment(NOW))
         batches.append(drain(observer))
     assert any(isinstance(e, EquivocationDetected) for e in batches[1])
     model = MemoryStore(log_hash_start(C.genesis.hash))
@@ -503,7 +505,7 @@ async def test_a_restart_from_the_store_remembers_the_equivocations_it_reported(
     assert db.equivocations == mem.equivocations
     # the restarted observer sees the second vertex again: nothing new to report
     restarted = C.observer(snapshot=db)
-    restarted.receive_message(PEER, proposal(second), NOW)
+    restarted.receive_message(PEER, proposal(second), moment(NOW))
     assert not any(isinstance(e, EquivocationDetected) for e in drain(restarted))
 
 
@@ -538,7 +540,7 @@ async def test_our_own_certified_vertex_from_a_peer_keeps_its_transactions(
 async def test_migration_certifies_only_what_a_quorum_certified(tmp_path: Path) -> None:
     signer = C.signers[2]  # validator 2 of four: its round-1 vertex needs three votes
     old = Engine(C.genesis, Params(), signer)
-    old.submit_transactions(tx_ids([b"early"]), [b"early"], NOW)
+    old.submit_transactions(tx_ids([b"early"]), [b"early"], moment(NOW))
     events = drain(old)
     [proposed] = [e.vertex for e in events if isinstance(e, VertexStored)]
     _write_schema_1(tmp_path / DB_FILENAME, C.genesis, events)
@@ -547,7 +549,9 @@ async def test_migration_certifies_only_what_a_quorum_certified(tmp_path: Path) 
         record = await store.vertex(proposed.id)
         assert record is not None
         if record.certificate is not None:
-            check_certificate(decode_certificate(record.certificate), proposed.id, C.genesis)
+            check_certificate(
+                decode_certificate(record.certificate), proposed.id, C.genesis, SequentialVerifier()
+            )
         snapshot = await store.load_snapshot(C.genesis, PARAMS.gc_depth, signer.public_key)
         assert snapshot.own_proposal == proposed
     finally:

@@ -9,7 +9,9 @@ equivocating validator, and an observer that forwards its clients' transactions.
 
 Each step of a node does what the pump in ``node.py`` does: feed one input, drain
 the events, persist them, answer fetches from the store, re-queue orphaned
-transactions, then send.
+transactions, then send. The one clock gives the engines both their monotonic and
+their wall-clock time; the engines share one verifier, so each signature is checked
+once per run.
 
 Replay one run::
 
@@ -29,7 +31,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from qudag_node.core.crypto import Signer, log_hash_start, tx_ids
+from qudag_node.core.crypto import SequentialVerifier, Signer, log_hash_start, tx_ids
 from qudag_node.core.engine import Engine
 from qudag_node.core.errors import InputRejected
 from qudag_node.core.events import (
@@ -47,7 +49,7 @@ from qudag_node.core.params import Params
 from qudag_node.core.types import PeerId, TxId
 from qudag_node.core.vertex import decode_vertex, make_vertex
 from tests.core.simstore import MemoryStore
-from tests.core.support import drain
+from tests.core.support import drain, moment
 
 #: Engine parameters of simulated nodes: production defaults, shorter idle heartbeat.
 SIM_PARAMS = Params(
@@ -141,6 +143,7 @@ class Simulation:
             "qudag-sim", tuple(Validator(f"v{i}", s.public_key) for i, s in enumerate(signers))
         )
         self.params = SIM_PARAMS
+        self.verifier = SequentialVerifier()  # one for every engine: each checks once
         self.nodes: dict[PeerId, SimNode] = {}
         for i, s in enumerate(signers):
             self._add_node(PeerId(f"v{i}"), s)
@@ -163,7 +166,8 @@ class Simulation:
 
     def _add_node(self, name: PeerId, signer: Signer) -> None:
         store = MemoryStore(log_hash_start(self.genesis.hash))
-        self.nodes[name] = SimNode(name, signer, Engine(self.genesis, self.params, signer), store)
+        engine = Engine(self.genesis, self.params, signer, verifier=self.verifier)
+        self.nodes[name] = SimNode(name, signer, engine, store)
 
     # ------------------------------------------------------------- network
 
@@ -245,7 +249,7 @@ class Simulation:
             elif isinstance(event, TransactionsOrphaned):
                 ids = [i for i in event.ids if i in node.store.unfinal]
                 txs = [node.store.transactions[i] for i in ids]
-                node.engine.requeue_transactions(ids, txs, self.now)
+                node.engine.requeue_transactions(ids, txs, moment(self.now))
             elif isinstance(event, TransactionsForwarded):
                 fresh = [
                     (i, tx)
@@ -254,7 +258,7 @@ class Simulation:
                 ]
                 with contextlib.suppress(InputRejected):  # a full pool: the observer re-sends
                     node.engine.submit_transactions(
-                        [i for i, _ in fresh], [tx for _, tx in fresh], self.now
+                        [i for i, _ in fresh], [tx for _, tx in fresh], moment(self.now)
                     )
             elif isinstance(event, MessageRejected):
                 node.rejected.append(event)
@@ -273,12 +277,14 @@ class Simulation:
             node.up = False  # the process dies: memory is lost, the store stays
         elif not node.up and self.now >= crash[1]:
             snapshot = node.store.snapshot(node.signer.public_key, self.params.gc_depth)
-            node.engine = Engine(self.genesis, self.params, node.signer, snapshot)
+            node.engine = Engine(
+                self.genesis, self.params, node.signer, snapshot, verifier=self.verifier
+            )
             for other in self.nodes.values():
                 if other is not node:
                     node.engine.peer_connected(other.name, other.signer.public_key)
             node.up = True
-            node.engine.handle_timer(self.now)
+            node.engine.handle_timer(moment(self.now))
             self._step(node)
 
     def _submit_due(self) -> None:
@@ -290,7 +296,7 @@ class Simulation:
                 continue
             ids = tx_ids([tx])
             try:
-                result = node.engine.submit_transactions(ids, [tx], self.now)
+                result = node.engine.submit_transactions(ids, [tx], moment(self.now))
             except InputRejected:
                 continue
             self._step(node)  # persisted: now the client has its acknowledgement
@@ -323,11 +329,11 @@ class Simulation:
                 node = self.nodes[dst]
                 self.messages += 1
                 if node.up and not self._cut(src, dst, self.now):
-                    node.engine.receive_message(src, data, self.now)
+                    node.engine.receive_message(src, data, moment(self.now))
                     self._step(node)
             elif next_timer[0] <= self.now:
                 node = self.nodes[next_timer[1]]
-                node.engine.handle_timer(self.now)
+                node.engine.handle_timer(moment(self.now))
                 self._step(node)
             if self.now > settle and self._all_final():
                 break

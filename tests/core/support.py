@@ -21,10 +21,15 @@ from qudag_node.core.events import Event, LeaderCommitted, LogEntry, VertexCerti
 from qudag_node.core.genesis import Genesis, Validator
 from qudag_node.core.messages import CertifiedMessage, ProposalMessage, VoteMessage, encode_message
 from qudag_node.core.params import Params
-from qudag_node.core.types import GenesisHash, PeerId, VertexId
+from qudag_node.core.types import GenesisHash, Instant, PeerId, VertexId
 from qudag_node.core.vertex import Vertex, make_vertex
 
 PARAMS = Params()
+
+
+def moment(t: float) -> Instant:
+    """The time ``t`` of the tests' one clock, as the monotonic and the wall reading."""
+    return Instant(t, t)
 
 
 def drain(engine: Engine) -> list[Event]:
@@ -74,7 +79,7 @@ class SoloNode:
 
     def submit(self, txs: Sequence[bytes]) -> SubmitResult:
         """Submit a client batch at the current time."""
-        result = self.engine.submit_transactions(tx_ids(txs), txs, self.now)
+        result = self.engine.submit_transactions(tx_ids(txs), txs, moment(self.now))
         self._drain()
         return result
 
@@ -83,7 +88,7 @@ class SoloNode:
         when = self.engine.get_timer()
         assert when is not None, "a validator always has a timer"
         self.now = max(self.now, when)
-        self.engine.handle_timer(self.now)
+        self.engine.handle_timer(moment(self.now))
         return self._drain()
 
     def run_until(self, deadline: float) -> None:
@@ -201,7 +206,7 @@ def proposal(vertex: Vertex) -> bytes:
 def feed(engine: Engine, *vertices: Vertex, now: float = NOW) -> list[Event]:
     """Deliver certified vertices from :data:`PEER` at ``now``; returns the drained events."""
     for v in vertices:
-        engine.receive_message(PEER, message(v), now)
+        engine.receive_message(PEER, message(v), moment(now))
     return drain(engine)
 
 

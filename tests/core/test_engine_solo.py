@@ -30,7 +30,7 @@ from qudag_node.core.params import Params
 from qudag_node.core.types import PeerId, PublicKey, Seq, TxId
 from qudag_node.core.vertex import Vertex
 from tests.core.simstore import MemoryStore
-from tests.core.support import GENESIS, PARAMS, SIGNER, T0, SoloNode, drain, vertex_of
+from tests.core.support import GENESIS, PARAMS, SIGNER, T0, SoloNode, drain, moment, vertex_of
 
 HEARTBEAT = PARAMS.heartbeat_interval
 MIN_INTERVAL = PARAMS.min_round_interval
@@ -139,7 +139,7 @@ def test_a_bad_transaction_rejects_the_whole_batch(bad: bytes, reason: Reason) -
     node = started(Params(max_tx_bytes=16))
     batch = [b"fine", bad, b"also fine"]
     with pytest.raises(InputRejected) as info:
-        node.engine.submit_transactions(tx_ids(batch), batch, node.now)
+        node.engine.submit_transactions(tx_ids(batch), batch, moment(node.now))
     assert info.value.reason is reason
     assert info.value.fault is Fault.PEER
     assert "transaction 1" in info.value.message
@@ -191,7 +191,9 @@ def test_batches_admitted_together_end_as_one_call_per_batch_would() -> None:
         except InputRejected as e:
             expected.append(e.reason)
 
-    outcomes = together.engine.submit_batches([(tx_ids(b), b) for b in batches], together.now)
+    outcomes = together.engine.submit_batches(
+        [(tx_ids(b), b) for b in batches], moment(together.now)
+    )
     events = drain(together.engine)
 
     got = [o.reason if isinstance(o, InputRejected) else o for o in outcomes]
@@ -210,7 +212,7 @@ def test_batches_admitted_together_end_as_one_call_per_batch_would() -> None:
 def test_an_idle_node_proposes_only_at_the_heartbeat() -> None:
     node = started()
     assert node.engine.get_timer() == T0 + HEARTBEAT
-    node.engine.handle_timer(T0 + HEARTBEAT - 0.001)  # early: nothing happens
+    node.engine.handle_timer(moment(T0 + HEARTBEAT - 0.001))  # early: nothing happens
     assert drain(node.engine) == []
 
     node.submit([b"work"])
@@ -236,7 +238,7 @@ def test_rounds_are_at_least_min_round_interval_apart() -> None:
     while node.engine.statistics().pending:
         when = node.engine.get_timer()
         assert when is not None
-        node.engine.handle_timer(when - 0.01)  # early: nothing happens
+        node.engine.handle_timer(moment(when - 0.01))  # early: nothing happens
         assert drain(node.engine) == []
         node.fire()
     node.settle()
@@ -372,13 +374,13 @@ def test_own_vertices_sent_back_by_a_peer_are_ignored() -> None:
     node.submit([b"echo"])
     v1 = vertex_of(node.own_vertices()[0])
     before = node.engine.statistics()
-    node.engine.receive_message(PeerId("echo"), b"\x01" + v1.encode(), node.now)
+    node.engine.receive_message(PeerId("echo"), b"\x01" + v1.encode(), moment(node.now))
     assert drain(node.engine) == []
     assert node.engine.statistics() == before
 
 
 def test_garbage_from_a_peer_is_an_event_not_an_exception() -> None:
     node = started()
-    node.engine.receive_message(PeerId("p"), b"\x63junk", node.now)
+    node.engine.receive_message(PeerId("p"), b"\x63junk", moment(node.now))
     [event] = drain(node.engine)
     assert event == MessageRejected(PeerId("p"), Reason.UNKNOWN_MESSAGE, "message type 99")
