@@ -27,7 +27,7 @@ from qudag_node.core.events import (
 )
 from qudag_node.core.messages import ProposalMessage, decode_message
 from qudag_node.core.params import Params
-from qudag_node.core.types import PeerId, PublicKey, Seq, TxId
+from qudag_node.core.types import Instant, PeerId, PublicKey, Seq, TxId
 from qudag_node.core.vertex import Vertex
 from tests.core.simstore import MemoryStore
 from tests.core.support import GENESIS, PARAMS, SIGNER, T0, SoloNode, drain, moment, vertex_of
@@ -228,6 +228,19 @@ def test_an_idle_node_proposes_only_at_the_heartbeat() -> None:
     for earlier, later in pairwise(times):
         assert later - earlier == pytest.approx(HEARTBEAT)
     assert all(not vertex_of(t).transactions for t in idle)
+
+
+def test_timers_follow_the_monotonic_clock_and_timestamps_the_wall_clock() -> None:
+    engine = Engine(GENESIS, PARAMS, SIGNER)
+    wall = 1_700_000_000.0
+    engine.handle_timer(Instant(T0, wall))
+    assert drain(engine) == []
+    assert engine.get_timer() == T0 + HEARTBEAT  # on the monotonic clock
+    engine.handle_timer(Instant(T0 + HEARTBEAT - 0.001, wall + 3600.0))  # wall clock jumped
+    assert drain(engine) == []  # the heartbeat is not due for it
+    engine.handle_timer(Instant(T0 + HEARTBEAT, wall - 3600.0))  # and back again
+    [own] = [e.vertex for e in drain(engine) if isinstance(e, VertexStored) and e.own]
+    assert own.header.timestamp_ms == int((wall - 3600.0) * 1000)
 
 
 def test_rounds_are_at_least_min_round_interval_apart() -> None:

@@ -28,7 +28,7 @@ from qudag_node.core.events import (
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.messages import CertifiedMessage, encode_message
 from qudag_node.core.params import Params
-from qudag_node.core.types import VertexId
+from qudag_node.core.types import Instant, VertexId
 from qudag_node.core.vertex import Vertex
 from tests.core.support import (
     NOW,
@@ -182,6 +182,14 @@ def test_vertices_just_inside_the_limits_are_added(engine: Engine) -> None:
     quorum = C.vertex(0, 2, parents=R1[:3])
     assert feed(engine, quorum) == added(quorum)
     assert engine.statistics().highest_round == 2
+
+
+def test_a_timestamp_is_held_to_the_wall_clock_not_the_monotonic_one(engine: Engine) -> None:
+    ahead = C.vertex(3, 1, timestamp_ms=SKEW_MS + 1)
+    engine.receive_message(PEER, message(ahead), Instant(monotonic=NOW + 3600.0, wall=NOW))
+    assert rejection(drain(engine)).reason is Reason.FUTURE_TIMESTAMP
+    engine.receive_message(PEER, message(ahead), Instant(monotonic=1.0, wall=NOW + 1.0))
+    assert drain(engine) == added(ahead)
 
 
 def test_a_copy_of_a_held_vertex_is_ignored(engine: Engine) -> None:
