@@ -206,11 +206,6 @@ class VerifiedCache:
             self.remember(fresh, computed)
         return [results[check] for check in checks]
 
-    def clear(self) -> None:
-        """Forget every result and reset ``misses``."""
-        self._results.clear()
-        self.misses = 0
-
 
 class Verifier(Protocol):
     """Checks the engine's signatures and remembers the last :attr:`cache_size`

@@ -282,11 +282,11 @@ class Engine:
         for first in range(0, len(messages), step):
             batch = messages[first : first + step]
             decoded = [self._decode(data) for _, data in batch]
-            checks = dict.fromkeys(
+            checks = [
                 c for m in decoded if not isinstance(m, InputRejected) for c in self._checks(m)
-            )
+            ]
             if checks:
-                verifier.verify_many(list(checks))
+                verifier.verify_many(checks)
             for (peer, data), message in zip(batch, decoded, strict=True):
                 self._receive(peer, data, message, now)
 
