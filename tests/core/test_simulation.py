@@ -20,6 +20,7 @@ from qudag_node.core.engine import Engine
 from qudag_node.core.events import LogEntry
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.types import PeerId, Seq, TxId, VertexId
+from qudag_node.pump import Pump, PumpStep
 from tests.core.sim import SIM_PARAMS, RunResult, SimNode, check_prefixes, run_seed, summarize
 from tests.core.simstore import MemoryStore
 
@@ -96,6 +97,16 @@ def test_a_seed_replays_identically_whatever_the_hash_seed() -> None:
     assert run_seed(3, 4).log_hash.hex()[:16] in lines[0]
 
 
+class NoSink:
+    """A sink for a pump that never steps (only the node's log is looked at)."""
+
+    async def put(self, step: PumpStep[None]) -> None:
+        raise AssertionError("not stepped")
+
+    async def flush(self) -> None:
+        raise AssertionError("not stepped")
+
+
 def _node_with_log(name: str, ids: list[bytes]) -> SimNode:
     genesis = Genesis.solo("qudag-sim", "v0", Signer(b"\x05" * 32).public_key)
     start = log_hash_start(genesis.hash)
@@ -106,7 +117,8 @@ def _node_with_log(name: str, ids: list[bytes]) -> SimNode:
         for k, (i, h) in enumerate(zip(ids, hashes, strict=True))
     ]
     signer = Signer(b"\x05" * 32)
-    return SimNode(PeerId(name), signer, Engine(genesis, SIM_PARAMS, signer), store)
+    pump: Pump[None] = Pump(Engine(genesis, SIM_PARAMS, signer), store, NoSink())
+    return SimNode(PeerId(name), signer, pump, store)
 
 
 def test_the_safety_check_catches_logs_that_are_not_prefixes() -> None:
