@@ -7,6 +7,7 @@ seed is named with the command that replays it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -21,7 +22,15 @@ from qudag_node.core.events import LogEntry
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.types import PeerId, Seq, TxId, VertexId
 from qudag_node.pump import Pump, PumpStep
-from tests.core.sim import SIM_PARAMS, RunResult, SimNode, check_prefixes, run_seed, summarize
+from tests.core.sim import (
+    SIM_PARAMS,
+    RunResult,
+    SimNode,
+    check_prefixes,
+    run_now,
+    run_seed,
+    summarize,
+)
 from tests.core.simstore import MemoryStore
 
 #: Seeds per network size: 1,000 in ``make test``; ``make test-quick`` runs 100.
@@ -127,3 +136,15 @@ def test_the_safety_check_catches_logs_that_are_not_prefixes() -> None:
     assert check_prefixes(same) == (True, "")
     forked = [_node_with_log("x", [a, b]), _node_with_log("y", [a, c, b])]
     assert check_prefixes(forked) == (False, "logs of x and y differ at seq 2")
+
+
+def test_a_pump_step_that_would_suspend_fails_the_run() -> None:
+    async def finishes() -> None:
+        return None
+
+    async def suspends() -> None:
+        await asyncio.sleep(0)
+
+    run_now(finishes())
+    with pytest.raises(AssertionError, match="suspended"):
+        run_now(suspends())
