@@ -1,8 +1,8 @@
 """The engine as a one-validator network of itself, driven by a manual clock.
 
-The node is :class:`tests.core.support.SoloNode`, which records every drained event
-with its time. A :class:`~tests.core.simstore.MemoryStore` keeps from those events what
-the store would, so that a restart from a snapshot can be checked against an engine that
+The node is :class:`tests.core.support.SoloNode`, which records every fact, effect and
+notice with its time. A :class:`~tests.core.simstore.MemoryStore` keeps from the facts
+what the store would, so that a restart from a snapshot can be checked against an engine that
 never stopped. With one validator, every vertex is certified by its author's own vote
 in the step that proposes it.
 """
