@@ -1,12 +1,12 @@
 """The node's state machine: transactions and peer messages in; vertices, votes,
 certificates and finalized log entries out.
 
-Inputs are method calls that take the current time; outputs are drained by the
-caller (the pump in ``node.py``): :meth:`Engine.next_event` for what to persist and
-report, :meth:`Engine.messages_to_send` for what to send (only after persisting the
-events drained before it), :meth:`Engine.get_timer` for when to call
-:meth:`Engine.handle_timer` next. Peer faults become
-:class:`~qudag_node.core.events.MessageRejected` events; they never raise.
+Inputs are method calls that take the current time; outputs are handed over to the
+caller (the pump, ``qudag_node/pump.py``) by :meth:`Engine.take_output`: the facts to
+persist, then the effects to act on (messages to send, requests that need the store)
+once they are durable, and notices to report; :meth:`Engine.get_timer` says when to
+call :meth:`Engine.handle_timer` next. Peer faults become
+:class:`~qudag_node.core.events.MessageRejected` notices; they never raise.
 
 A vertex goes through three states here: *received* (signature checked, waiting in
 :class:`~qudag_node.core.intake.Intake` while parents are missing), *stored* (we
@@ -23,7 +23,6 @@ state with other engines.
 from __future__ import annotations
 
 import enum
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -42,10 +41,13 @@ from qudag_node.core.crypto import (
 from qudag_node.core.dag import Dag, DagVertex
 from qudag_node.core.errors import InputRejected, Reason, UsageError
 from qudag_node.core.events import (
+    Effect,
     EquivocationDetected,
-    Event,
+    Fact,
     LeaderCommitted,
     MessageRejected,
+    Notice,
+    StepOutput,
     TransactionsAdmitted,
     TransactionsForwarded,
     TransactionsOrphaned,
@@ -180,7 +182,9 @@ class Engine:
         self._own: _OwnProposal | None = None
         self._own_latest: tuple[VertexId, Certificate] | None = None
         self._announced_at = 0.0
-        self._events: deque[Event] = deque()
+        self._facts: list[Fact] = []
+        self._effects: list[Effect] = []
+        self._notices: list[Notice] = []
         self._outbox: list[tuple[PeerId, bytes]] = []
         self._peers: dict[PeerId, PublicKey] = {}
         self._peer_names: list[PeerId] = []  # sorted
@@ -255,7 +259,7 @@ class Engine:
             outcomes.append(SubmitResult(tuple(new), tuple(duplicates)))
         if admitted:
             self._pool.add(admitted)
-            self._events.append(TransactionsAdmitted(tuple(admitted), tuple(admitted.values())))
+            self._facts.append(TransactionsAdmitted(tuple(admitted), tuple(admitted.values())))
         self._refresh(now)
         return outcomes
 
@@ -299,7 +303,7 @@ class Engine:
                 raise message
             self._dispatch(peer, message, now)
         except InputRejected as e:
-            self._events.append(MessageRejected(peer, e.reason, e.message, message_kind(data)))
+            self._notices.append(MessageRejected(peer, e.reason, e.message, message_kind(data)))
         self._refresh(now)
 
     def peer_connected(self, peer: PeerId, public_key: PublicKey) -> None:
@@ -333,13 +337,13 @@ class Engine:
 
     # ---------------------------------------------------------------- outputs
 
-    def next_event(self) -> Event | None:
-        """The oldest undrained event, or None."""
-        return self._events.popleft() if self._events else None
-
-    def messages_to_send(self) -> list[tuple[PeerId, bytes]]:
-        """Messages queued since the last call, as (peer, bytes)."""
-        out, self._outbox = self._outbox, []
+    def take_output(self) -> StepOutput:
+        """Everything produced since the last call: act on its effects and messages
+        only once its facts are durable."""
+        out = StepOutput(
+            tuple(self._facts), tuple(self._effects), tuple(self._outbox), tuple(self._notices)
+        )
+        self._facts, self._effects, self._outbox, self._notices = [], [], [], []
         return out
 
     def carrier(self, tx_id: TxId) -> VertexId | None:
@@ -514,7 +518,7 @@ class Engine:
             case CertifiedMessage(vertex, certificate):
                 self._on_certified(peer, vertex, certificate, now)
             case FetchMessage(ids):
-                self._events.append(VerticesRequested(peer, ids))
+                self._effects.append(VerticesRequested(peer, ids))
             case TransactionsMessage(transactions):
                 self._on_transactions(peer, transactions)
 
@@ -547,7 +551,7 @@ class Engine:
         if key not in self._equivocators:
             self._equivocators.add(key)
             second = SignedHeader(vertex.header_bytes, vertex.signature)
-            self._events.append(
+            self._facts.append(
                 EquivocationDetected(Equivocation(vertex.author, vertex.round, first, second))
             )
         if not certified:
@@ -599,7 +603,7 @@ class Engine:
 
     def _store_and_vote(self, vertex: Vertex) -> None:
         self._stored[vertex.id] = vertex
-        self._events.append(VertexStored(vertex, own=False))
+        self._facts.append(VertexStored(vertex, own=False))
         self._vote(vertex)
 
     def _vote(self, vertex: Vertex) -> None:
@@ -675,7 +679,7 @@ class Engine:
         known = self._known(ids)
         fresh = [(i, tx) for i, tx, old in zip(ids, transactions, known, strict=True) if not old]
         if fresh:  # the store decides which are new, as for a client's submit
-            self._events.append(
+            self._effects.append(
                 TransactionsForwarded(
                     peer, tuple(i for i, _ in fresh), tuple(tx for _, tx in fresh)
                 )
@@ -690,8 +694,8 @@ class Engine:
             if vertex.id in self._dag or vertex.round < self._dag.floor:
                 continue
             if self._stored.pop(vertex.id, None) is None:  # arrived certified: store it all
-                self._events.append(VertexStored(vertex, own=False))
-            self._events.append(VertexCertified(vertex.id, vertex.round, certificate))
+                self._facts.append(VertexStored(vertex, own=False))
+            self._facts.append(VertexCertified(vertex.id, vertex.round, certificate))
             self._insert(vertex)
             for entry in self._intake.arrived(vertex.id):
                 self._resume(entry, work)
@@ -707,7 +711,7 @@ class Engine:
         try:
             self._missing_parents(vertex)  # the parents it waited for obey the rules too
         except InputRejected as e:
-            self._events.append(MessageRejected(entry.peer, e.reason, e.message, "waiting"))
+            self._notices.append(MessageRejected(entry.peer, e.reason, e.message, "waiting"))
             return
         if entry.certificate is not None:
             work.append((vertex, entry.certificate))
@@ -726,7 +730,7 @@ class Engine:
         for _, ids in ordered:
             self._pool.release(ids)
         entries = self._log.append(ordered)
-        self._events.append(
+        self._facts.append(
             LeaderCommitted(
                 leader.round, leader.id, tuple(dv.id for dv, _ in ordered), entries, skipped
             )
@@ -754,7 +758,7 @@ class Engine:
         if self._own is not None and self._own.vertex.round < floor:
             self._abandon_own()
         if orphaned:
-            self._events.append(TransactionsOrphaned(tuple(orphaned)))
+            self._effects.append(TransactionsOrphaned(tuple(orphaned)))
 
     # ------------------------------------------------------------ proposing
 
@@ -896,7 +900,7 @@ class Engine:
             ids = self._dag.unordered_ids(mine.id)
             if ids:
                 self._pool.release(ids)
-                self._events.append(TransactionsOrphaned(ids))
+                self._effects.append(TransactionsOrphaned(ids))
 
     def _propose(self, round_: int, now: Instant) -> None:
         if round_ <= self._own_round:
@@ -912,7 +916,7 @@ class Engine:
         self._last_proposal_at = now.monotonic
         self._slots[(round_, self._own_key)] = SignedHeader(vertex.header_bytes, vertex.signature)
         self._pool.carry(vertex.tx_ids, vertex.id)
-        self._events.append(VertexStored(vertex, own=True))
+        self._facts.append(VertexStored(vertex, own=True))
         self._stored[vertex.id] = vertex
         self._own = _OwnProposal(vertex, {}, now.monotonic, now.monotonic)
         self._broadcast(ProposalMessage(vertex))

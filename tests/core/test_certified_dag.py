@@ -17,7 +17,6 @@ from qudag_node.core.engine import Engine, Role
 from qudag_node.core.errors import Reason
 from qudag_node.core.events import (
     EquivocationDetected,
-    Event,
     LeaderCommitted,
     MessageRejected,
     TransactionsAdmitted,
@@ -48,10 +47,13 @@ from tests.core.support import (
     R1,
     ROUND1,
     C,
+    Output,
     added,
     drain,
+    facts,
     feed,
     message,
+    messages,
     moment,
     proposal,
     vote,
@@ -72,16 +74,16 @@ def validator(index: int, params: Params = PARAMS) -> Engine:
 
 def sent(e: Engine) -> list[tuple[PeerId, Message]]:
     """The decoded messages the engine queued since the last call."""
-    return [(peer, decode_message(data, PARAMS)) for peer, data in e.messages_to_send()]
+    return [(peer, decode_message(data, PARAMS)) for peer, data in messages(e)]
 
 
-def receive(e: Engine, peer: PeerId, data: bytes, now: float = NOW) -> list[Event]:
+def receive(e: Engine, peer: PeerId, data: bytes, now: float = NOW) -> list[Output]:
     """Deliver one message; returns the drained events."""
     e.receive_message(peer, data, moment(now))
     return drain(e)
 
 
-def rejected(events: list[Event]) -> list[Reason]:
+def rejected(events: list[Output]) -> list[Reason]:
     """The reasons of the rejections among ``events``."""
     return [e.reason for e in events if isinstance(e, MessageRejected)]
 
@@ -419,7 +421,7 @@ def test_own_vertices_pruned_unordered_come_back_as_orphaned_transactions() -> N
     for voter in (0, 1):
         receive(e, PEERS[voter], vote(own, voter))
     e.peer_disconnected(PEERS[0])  # keep our later proposals quiet
-    events: list[Event] = []
+    events: list[Output] = []
     prev = R1[:3]
     for r in range(2, 8):
         layer = [C.vertex(i, r, prev) for i in range(3)]
@@ -457,7 +459,7 @@ def test_own_vertex_passed_over_by_the_next_round_is_proposed_again_at_once() ->
     assert (again.round, again.tx_ids) == (4, (tx_id(b"late"),))
     # when its round is pruned, it is not handed back a second time
     prev = [v.id for v in round3]
-    later: list[Event] = []
+    later: list[Output] = []
     for r in range(4, 60):
         layer = [C.vertex(i, r, prev) for i in range(3)]
         later += feed(e, *layer, now=NOW + 10 + 5 * r)
@@ -471,7 +473,7 @@ def test_restart_resends_the_uncertified_proposal_and_never_signs_another(index:
     e = validator(index)
     store = MemoryStore(log_hash_start(C.genesis.hash))
     e.submit_transactions([tx_id(b"kept")], [b"kept"], moment(NOW))
-    store.persist(drain(e))
+    store.persist(facts(e))
     [own] = [
         v.vertex for v in store.vertices.values() if v.vertex.author == C.signers[index].public_key
     ]
@@ -516,7 +518,7 @@ def test_equivocation_evidence_is_reported_once_across_a_restart() -> None:
     first, second = (C.vertex(0, 2, R1[:3], txs=[t]) for t in (b"one", b"two"))
     for v in (first, second):
         e.receive_message(PEERS[0], proposal(v), moment(NOW))
-    store.persist(drain(e))
+    store.persist(facts(e))
     assert len(store.evidence) == 1
 
     key = C.signers[3].public_key

@@ -24,7 +24,7 @@ from qudag_node.core.crypto import (
 )
 from qudag_node.core.engine import Engine, Statistics
 from qudag_node.core.errors import Reason
-from qudag_node.core.events import Event, MessageRejected, VertexStored
+from qudag_node.core.events import StepOutput, VertexStored
 from qudag_node.core.messages import CertifiedMessage, encode_message
 from qudag_node.core.types import PeerId, PublicKey
 from qudag_node.core.vertex import Vertex
@@ -112,17 +112,14 @@ POOL = [
 class Outcome:
     """Everything observable of an engine."""
 
-    events: list[Event]
-    to_send: list[tuple[PeerId, bytes]]
+    output: StepOutput
     statistics: Statistics
     timer: float | None
 
 
 def outcome(engine: Engine) -> Outcome:
-    """Drain ``engine``: its events, messages to send, statistics and next timer."""
-    return Outcome(
-        drain(engine), engine.messages_to_send(), engine.statistics(), engine.get_timer()
-    )
+    """Drain ``engine``: its output, statistics and next timer."""
+    return Outcome(engine.take_output(), engine.statistics(), engine.get_timer())
 
 
 def one_by_one(engine_key: int | None, messages: Sequence[bytes]) -> Outcome:
@@ -177,7 +174,7 @@ def signature_checks(vertices: Sequence[Vertex]) -> set[SignatureCheck]:
 def test_a_catch_up_batch_is_verified_in_one_call_and_nothing_later() -> None:
     vertices = ROUND1 + ROUND2 + ROUND3
     got, verifier, inline = batched(None, [message(v) for v in vertices])
-    assert not [e for e in got.events if isinstance(e, MessageRejected)]
+    assert not list(got.output.notices)
     assert got.statistics.highest_round == 3
     [checks] = verifier.calls
     assert set(checks) == signature_checks(vertices)
@@ -192,7 +189,7 @@ def test_bad_signatures_in_a_batch_keep_their_reasons() -> None:
         message(ROUND1[1]),
     ]
     got, verifier, _ = batched(None, messages)
-    rejected = [e for e in got.events if isinstance(e, MessageRejected)]
+    rejected = list(got.output.notices)
     assert [(e.reason, e.kind) for e in rejected] == [
         (Reason.BAD_SIGNATURE, "certified"),
         (Reason.BAD_CERTIFICATE, "certified"),
@@ -220,7 +217,7 @@ def test_an_empty_batch_changes_nothing() -> None:
     engine = fresh(0)
     before = outcome(engine)
     engine.receive_messages([], moment(NOW + 100))
-    assert outcome(engine) == Outcome([], [], before.statistics, before.timer)
+    assert outcome(engine) == Outcome(StepOutput(), before.statistics, before.timer)
 
 
 # ------------------------------------------------------------------ the cache

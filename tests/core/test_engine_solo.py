@@ -1,8 +1,8 @@
 """The engine as a one-validator network of itself, driven by a manual clock.
 
-The node is :class:`tests.core.support.SoloNode`, which records every drained event
-with its time. A :class:`~tests.core.simstore.MemoryStore` keeps from those events what
-the store would, so that a restart from a snapshot can be checked against an engine that
+The node is :class:`tests.core.support.SoloNode`, which records every fact, effect and
+notice with its time. A :class:`~tests.core.simstore.MemoryStore` keeps from the facts
+what the store would, so that a restart from a snapshot can be checked against an engine that
 never stopped. With one validator, every vertex is certified by its author's own vote
 in the step that proposes it.
 """
@@ -18,6 +18,7 @@ from qudag_node.core.crypto import Signer, extend_log_hash, log_hash_start, tx_i
 from qudag_node.core.engine import Engine, Role, SubmitResult
 from qudag_node.core.errors import Fault, InputRejected, Reason
 from qudag_node.core.events import (
+    Fact,
     LeaderCommitted,
     LogEntry,
     MessageRejected,
@@ -30,7 +31,17 @@ from qudag_node.core.params import Params
 from qudag_node.core.types import Instant, PeerId, PublicKey, Seq, TxId
 from qudag_node.core.vertex import Vertex
 from tests.core.simstore import MemoryStore
-from tests.core.support import GENESIS, PARAMS, SIGNER, T0, SoloNode, drain, moment, vertex_of
+from tests.core.support import (
+    GENESIS,
+    PARAMS,
+    SIGNER,
+    T0,
+    SoloNode,
+    drain,
+    messages,
+    moment,
+    vertex_of,
+)
 
 HEARTBEAT = PARAMS.heartbeat_interval
 MIN_INTERVAL = PARAMS.min_round_interval
@@ -294,7 +305,7 @@ def test_a_restored_engine_continues_the_log_like_one_that_never_stopped() -> No
     node.fire()
     node.submit([b"pending-1", b"pending-2"])
     store = MemoryStore(log_hash_start(GENESIS.hash))
-    store.persist(t.event for t in node.events)
+    store.persist(t.event for t in node.events if isinstance(t.event, Fact))
     snapshot = store.snapshot(SIGNER.public_key, PARAMS.gc_depth)
     before = node.engine.statistics()
     assert (before.pending, before.in_flight, before.log_length) == (2, 1, 1)
@@ -369,17 +380,17 @@ def test_new_vertices_go_to_connected_peers() -> None:
     node.engine.peer_connected(bob, PublicKey(b"\xbb" * 32))
     node.engine.peer_connected(alice, PublicKey(b"\xaa" * 32))
     node.submit([b"gossip"])
-    sent = node.engine.messages_to_send()
+    sent = messages(node.engine)
     v1 = vertex_of(node.own_vertices()[0])
     proposals = [(peer, data) for peer, data in sent if data[0] == 1]
     assert [peer for peer, _ in proposals] == [alice, bob]
     for _, data in proposals:
         assert decode_message(data, PARAMS) == ProposalMessage(v1)
-    assert node.engine.messages_to_send() == []
+    assert messages(node.engine) == []
 
     node.engine.peer_disconnected(bob)
     node.fire()
-    assert {peer for peer, _ in node.engine.messages_to_send()} == {alice}
+    assert {peer for peer, _ in messages(node.engine)} == {alice}
 
 
 def test_own_vertices_sent_back_by_a_peer_are_ignored() -> None:

@@ -30,6 +30,7 @@ from tests.core.support import (
     drain,
     feed,
     message,
+    messages,
     moment,
 )
 
@@ -179,7 +180,7 @@ def assert_one_rejection(engine: Engine, data: bytes, now: float) -> None:
     event(f"rejected: {rejected.reason.value}")
     assert engine.statistics() == before
     assert engine.get_timer() == timer
-    assert engine.messages_to_send() == []
+    assert messages(engine) == []
 
 
 def assert_handled(engine: Engine, data: bytes, now: float) -> None:

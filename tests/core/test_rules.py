@@ -19,7 +19,6 @@ from qudag_node.core.crypto import extend_log_hash, log_hash_start, tx_id
 from qudag_node.core.engine import Engine, Role, Snapshot, StoredVertex
 from qudag_node.core.errors import Reason
 from qudag_node.core.events import (
-    Event,
     LeaderCommitted,
     MessageRejected,
     VertexCertified,
@@ -37,6 +36,7 @@ from tests.core.support import (
     R1,
     ROUND1,
     C,
+    Output,
     added,
     drain,
     feed,
@@ -46,7 +46,7 @@ from tests.core.support import (
 )
 
 
-def rejection(events: list[Event]) -> MessageRejected:
+def rejection(events: list[Output]) -> MessageRejected:
     """The single rejection among ``events``."""
     assert len(events) == 1, events
     [event] = events
@@ -55,7 +55,7 @@ def rejection(events: list[Event]) -> MessageRejected:
     return event
 
 
-def commits(events: list[Event]) -> list[LeaderCommitted]:
+def commits(events: list[Output]) -> list[LeaderCommitted]:
     """The LeaderCommitted events among ``events``."""
     return [e for e in events if isinstance(e, LeaderCommitted)]
 
@@ -67,12 +67,12 @@ def flip_signature(vertex: Vertex) -> bytes:
     return bytes(data)
 
 
-def own_proposals(events: list[Event]) -> list[Vertex]:
+def own_proposals(events: list[Output]) -> list[Vertex]:
     """The vertices the engine proposed among ``events``."""
     return [e.vertex for e in events if isinstance(e, VertexStored) and e.own]
 
 
-def certify_own(e: Engine, vertex: Vertex, now: float = NOW) -> list[Event]:
+def certify_own(e: Engine, vertex: Vertex, now: float = NOW) -> list[Output]:
     """Deliver validators 1 and 2's votes for ``vertex``; returns the drained events."""
     for voter in (1, 2):
         e.receive_message(PEER, vote(vertex, voter), moment(now))
