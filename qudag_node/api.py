@@ -24,7 +24,6 @@ from http import HTTPStatus
 from importlib import resources
 from typing import Any
 
-import structlog
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 from prometheus_client.aiohttp import make_aiohttp_handler
@@ -39,12 +38,12 @@ from qudag_node.httpserver import (
     install_accept_error_handler,
     limits_from,
 )
-from qudag_node.logs import Throttle
+from qudag_node.logs import Throttle, get_logger
 from qudag_node.metrics import Metrics
 from qudag_node.ports import Check, NodeApi, StorageFull, TxRecord, VertexRecord
 from qudag_node.sockets import dual_stack_socket
 
-log = structlog.get_logger("qudag.api")
+log = get_logger("qudag.api")
 
 _SETTINGS = web.AppKey("settings", Settings)
 _METRICS = web.AppKey("metrics", Metrics)

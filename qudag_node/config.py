@@ -1,7 +1,9 @@
 """Settings: defaults < TOML file < environment < command-line flags.
 
-Every setting is declared once in :data:`SETTINGS`; that table drives the file keys,
-the environment names, the command-line flags, validation and the docs. Invalid
+Every setting is declared once, as a field of :class:`Settings` made with
+:func:`setting` (its type, variable, default, parser and help together); the table
+:data:`SETTINGS` derived from those fields drives the file keys, the environment names,
+the command-line flags, validation, redaction and the docs check. Invalid
 values stop the start with one line naming the setting and where it came from.
 Secret values are wrapped in :class:`Secret` and never printed.
 """
@@ -16,14 +18,17 @@ import re
 import stat
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast, dataclass_transform
 
 from qudag_node.core.genesis import NAME_RULE, Genesis, Validator, is_valid_name
 from qudag_node.core.params import Params
 from qudag_node.core.types import PublicKey
 from qudag_node.genesis_file import GenesisFileError, genesis_from_json, parse_validator_list
+
+T = TypeVar("T")
+C = TypeVar("C")
 
 
 class ConfigError(Exception):
@@ -273,7 +278,8 @@ def _server_list(raw: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Setting:
-    """One configurable value."""
+    """How one field of :class:`Settings` is read: its variable, default text, parser,
+    help line, and whether it is a secret (environment only, never shown)."""
 
     name: str
     env: str
@@ -283,312 +289,279 @@ class Setting:
     secret: bool = False
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("node_id", "NODE_ID", "node1", _name, "Name of this node (logs, status, genesis)."),
-    Setting(
-        "network_mode",
-        "NETWORK_MODE",
-        "local",
-        _choice("local", "testnet"),
-        "Which network this node joins; the default network id is qudag-<mode>.",
-    ),
-    Setting(
-        "network_id",
-        "QUDAG_NETWORK_ID",
-        "",
-        _optional_name,
-        "Network id bound into the genesis; empty means qudag-<NETWORK_MODE>.",
-    ),
-    Setting(
-        "genesis_file",
-        "QUDAG_GENESIS",
-        "",
-        _text,
-        "Genesis file (JSON) defining the network id and validator set.",
-    ),
-    Setting(
-        "validators",
-        "QUDAG_VALIDATORS",
-        "",
-        parse_validator_list,
-        "Validator set as name=public_key,... (not with QUDAG_GENESIS); empty: this node alone.",
-    ),
-    Setting(
-        "dag_sync_interval",
-        "DAG_SYNC_INTERVAL",
-        "30",
-        _seconds(0.1, 3600),
-        "Seconds between anti-entropy rounds and peer name re-resolution.",
-    ),
-    Setting(
-        "log_level",
-        "LOG_LEVEL",
-        "info",
-        _choice(*_LEVELS),
-        "Least severe log level written.",
-    ),
-    Setting(
-        "log_format",
-        "QUDAG_LOG_FORMAT",
-        "auto",
-        _choice("auto", "json", "console"),
-        "auto: readable on a terminal, JSON lines otherwise.",
-    ),
-    Setting(
-        "node_private_key",
-        "NODE_PRIVATE_KEY",
-        "",
-        _private_key,
-        "Ed25519 private key (64 hex). Unset: generated once, kept in DATA_DIR/node.key.",
-        secret=True,
-    ),
-    Setting(
-        "peer_auth_token",
-        "PEER_AUTH_TOKEN",
-        "",
-        _token,
-        "Shared secret peers prove knowledge of when linking (128+ bits: 32+ hex characters).",
-        secret=True,
-    ),
-    Setting(
-        "peer_auth_token_previous",
-        "PEER_AUTH_TOKEN_PREVIOUS",
-        "",
-        _token,
-        "During a token rotation: the old PEER_AUTH_TOKEN, still accepted from dialing peers.",
-        secret=True,
-    ),
-    Setting(
-        "api_token",
-        "QUDAG_API_TOKEN",
-        "",
-        _token,
-        "Bearer token that writes to the HTTP API must carry (128+ bits); unset: none.",
-        secret=True,
-    ),
-    Setting("data_dir", "QUDAG_DATA_DIR", "./data", _text, "Directory holding the database."),
-    Setting(
-        "api_host",
-        "QUDAG_API_HOST",
-        "",
-        _text,
-        "Address the HTTP API binds; empty means every IPv4 and IPv6 interface.",
-    ),
-    Setting("api_port", "QUDAG_API_PORT", "8080", _int(0, 65535), "HTTP API port (0 = any)."),
-    Setting(
-        "api_write_rate",
-        "QUDAG_API_WRITE_RATE",
-        "0",
-        _rate,
-        "Writes a second allowed to one client address (token bucket); 0 turns the limit off.",
-    ),
-    Setting(
-        "api_write_burst",
-        "QUDAG_API_WRITE_BURST",
-        "100",
-        _int(1, 1_000_000),
-        "Writes one client may send at once before QUDAG_API_WRITE_RATE applies.",
-    ),
-    Setting(
-        "api_clients",
-        "QUDAG_API_CLIENTS",
-        "10000",
-        _int(1, 1_000_000),
-        "Most client addresses whose write rate is tracked; the least recent go first.",
-    ),
-    Setting(
-        "api_trust_fly_client_ip",
-        "QUDAG_API_TRUST_FLY_CLIENT_IP",
-        "false",
-        _bool,
-        "Count writes under the Fly-Client-IP header (only behind Fly's proxy).",
-    ),
-    Setting("p2p_port", "QUDAG_P2P_PORT", "7000", _int(0, 65535), "Peer port (0 = any)."),
-    Setting(
-        "peers",
-        "QUDAG_PEERS",
-        "",
-        _peer_list,
-        "Comma-separated host:port peers; a host may resolve to several addresses.",
-    ),
-    Setting(
-        "dns_servers",
-        "QUDAG_DNS_SERVERS",
-        "",
-        _server_list,
-        "DNS servers (ip or ip:port, comma-separated) for peer names; empty: the system's.",
-    ),
-    Setting(
-        "peer_queue_bytes",
-        "QUDAG_PEER_QUEUE_BYTES",
-        str(16 << 20),
-        _int(64 << 10, 1 << 30),
-        "Most bytes queued for one peer; a peer that lets more pile up is dropped.",
-    ),
-    Setting(
-        "max_tx_bytes",
-        "QUDAG_MAX_TX_BYTES",
-        "65536",
-        _int(1, 1 << 20),
-        "Largest accepted transaction, in bytes.",
-    ),
-    Setting(
-        "max_body_bytes",
-        "QUDAG_MAX_BODY_BYTES",
-        str(16 << 20),
-        _int(1024, 1 << 30),
-        "Largest accepted HTTP request body, in bytes.",
-    ),
-    Setting(
-        "http_header_timeout",
-        "QUDAG_HTTP_HEADER_TIMEOUT",
-        "10",
-        _seconds(0.1, 600),
-        "Longest time from a request's first byte to the end of its headers.",
-    ),
-    Setting(
-        "http_body_timeout",
-        "QUDAG_HTTP_BODY_TIMEOUT",
-        "10",
-        _seconds(0.1, 600),
-        "Longest a request body may go without a byte arriving.",
-    ),
-    Setting(
-        "http_min_body_rate",
-        "QUDAG_HTTP_MIN_BODY_RATE",
-        "4096",
-        _int(0, 1 << 30),
-        "Slowest average body rate in bytes/s, enforced after the body timeout (0: none).",
-    ),
-    Setting(
-        "http_idle_timeout",
-        "QUDAG_HTTP_IDLE_TIMEOUT",
-        "75",
-        _seconds(0.1, 3600),
-        "Longest an API connection may wait for the first byte of its next request.",
-    ),
-    Setting(
-        "max_api_connections",
-        "QUDAG_MAX_API_CONNECTIONS",
-        "0",
-        _int(0, 1_000_000),
-        "Most open API connections; 0: derived from the descriptor limit (RLIMIT_NOFILE).",
-    ),
-    Setting(
-        "max_submit_txs",
-        "QUDAG_MAX_SUBMIT_TXS",
-        "10000",
-        _int(1, 1_000_000),
-        "Most transactions in one submit request.",
-    ),
-    Setting(
-        "max_pending",
-        "QUDAG_MAX_PENDING",
-        "100000",
-        _int(1, 10_000_000),
-        "Most transactions waiting for a vertex; beyond it submits get 503.",
-    ),
-    Setting(
-        "max_vertex_txs",
-        "QUDAG_MAX_VERTEX_TXS",
-        "10000",
-        _int(1, 1_000_000),
-        "Most transactions in one vertex.",
-    ),
-    Setting(
-        "min_round_interval",
-        "QUDAG_MIN_ROUND_INTERVAL",
-        "0.05",
-        _seconds(0, 60),
-        "Shortest time between two rounds of this node.",
-    ),
-    Setting(
-        "heartbeat_interval",
-        "QUDAG_HEARTBEAT_INTERVAL",
-        "10",
-        _seconds(0.01, 3600),
-        "Longest time between rounds while idle.",
-    ),
-    Setting(
-        "leader_timeout",
-        "QUDAG_LEADER_TIMEOUT",
-        "2",
-        _seconds(0.01, 600),
-        "How long a round waits for its leader's vertex.",
-    ),
-    Setting(
-        "wait_timeout",
-        "QUDAG_WAIT_TIMEOUT",
-        "30",
-        _seconds(0.1, 600),
-        "Default and largest timeout of a submit with wait=final.",
-    ),
-    Setting(
-        "min_free_disk_mb",
-        "QUDAG_MIN_FREE_DISK_MB",
-        "64",
-        _int(0, 1 << 20),
-        "Below this much free space in DATA_DIR the node refuses client writes (507) and"
-        " reports not ready; the space left is the consensus's reserve.",
-    ),
-    Setting(
-        "shutdown_timeout",
-        "QUDAG_SHUTDOWN_TIMEOUT",
-        "20",
-        _seconds(1, 300),
-        "Longest clean shutdown before giving up (keep under Fly's kill_timeout).",
-    ),
-)
+def setting(
+    *,
+    env: str,
+    default_text: str,
+    parse: Callable[[str], T],
+    help: str,
+    secret: bool = False,
+) -> T:
+    """Declare a field of :class:`Settings` read from the environment variable ``env``,
+    the file key and flag named after the field, or ``default_text``; ``parse`` turns
+    the text into the field's value (mypy checks its type against the field's) or raises
+    :class:`ValueError` saying what is wrong. A ``secret`` is read only from the
+    environment, empty means unset (``None``), and it is never shown."""
+    read = {"env": env, "default": default_text, "parse": parse, "help": help, "secret": secret}
+    return cast(T, field(metadata=read))
 
-BY_NAME = {s.name: s for s in SETTINGS}
+
+@dataclass_transform(frozen_default=True, field_specifiers=(setting,))
+def _settings_class(cls: type[C]) -> type[C]:
+    """Make ``cls`` a frozen dataclass whose fields may be declared with :func:`setting`."""
+    return dataclass(frozen=True, slots=True)(cls)
+
 
 #: Fly's own variables, read when present and shown in status and logs.
 PLATFORM_ENV = ("FLY_APP_NAME", "FLY_REGION", "FLY_MACHINE_ID", "FLY_PRIVATE_IP")
 
 
-@dataclass(frozen=True, slots=True)
+@_settings_class
 class Settings:
-    """The node's effective configuration."""
+    """The node's effective configuration. Each field declared with :func:`setting` is a
+    setting: that declaration is the only one; :data:`SETTINGS` and everything built
+    on it (file keys, variables, flags, validation, redaction, the docs check) follow."""
 
-    node_id: str
-    network_mode: str
-    network_id: str
-    genesis_file: str
-    validators: tuple[Validator, ...]
-    dag_sync_interval: float
-    log_level: str
-    log_format: str
-    node_private_key: Secret | None
-    peer_auth_token: Secret | None
-    api_token: Secret | None
-    peer_auth_token_previous: Secret | None
-    data_dir: str
-    api_host: str
-    api_port: int
-    api_write_rate: float
-    api_write_burst: int
-    api_clients: int
-    api_trust_fly_client_ip: bool
-    p2p_port: int
-    peers: tuple[str, ...]
-    dns_servers: tuple[str, ...]
-    peer_queue_bytes: int
-    max_tx_bytes: int
-    max_body_bytes: int
-    http_header_timeout: float
-    http_body_timeout: float
-    http_min_body_rate: int
-    http_idle_timeout: float
-    max_api_connections: int
-    max_submit_txs: int
-    max_pending: int
-    max_vertex_txs: int
-    min_round_interval: float
-    heartbeat_interval: float
-    leader_timeout: float
-    wait_timeout: float
-    min_free_disk_mb: int
-    shutdown_timeout: float
+    node_id: str = setting(
+        env="NODE_ID",
+        default_text="node1",
+        parse=_name,
+        help="Name of this node (logs, status, genesis).",
+    )
+    network_mode: str = setting(
+        env="NETWORK_MODE",
+        default_text="local",
+        parse=_choice("local", "testnet"),
+        help="Which network this node joins; the default network id is qudag-<mode>.",
+    )
+    network_id: str = setting(
+        env="QUDAG_NETWORK_ID",
+        default_text="",
+        parse=_optional_name,
+        help="Network id bound into the genesis; empty means qudag-<NETWORK_MODE>.",
+    )
+    genesis_file: str = setting(
+        env="QUDAG_GENESIS",
+        default_text="",
+        parse=_text,
+        help="Genesis file (JSON) defining the network id and validator set.",
+    )
+    validators: tuple[Validator, ...] = setting(
+        env="QUDAG_VALIDATORS",
+        default_text="",
+        parse=parse_validator_list,
+        help="Validator set as name=public_key,... (not with QUDAG_GENESIS);"
+        " empty: this node alone.",
+    )
+    dag_sync_interval: float = setting(
+        env="DAG_SYNC_INTERVAL",
+        default_text="30",
+        parse=_seconds(0.1, 3600),
+        help="Seconds between anti-entropy rounds and peer name re-resolution.",
+    )
+    log_level: str = setting(
+        env="LOG_LEVEL",
+        default_text="info",
+        parse=_choice(*_LEVELS),
+        help="Least severe log level written.",
+    )
+    log_format: str = setting(
+        env="QUDAG_LOG_FORMAT",
+        default_text="auto",
+        parse=_choice("auto", "json", "console"),
+        help="auto: readable on a terminal, JSON lines otherwise.",
+    )
+    node_private_key: Secret | None = setting(
+        env="NODE_PRIVATE_KEY",
+        default_text="",
+        parse=_private_key,
+        help="Ed25519 private key (64 hex). Unset: generated once, kept in DATA_DIR/node.key.",
+        secret=True,
+    )
+    peer_auth_token: Secret | None = setting(
+        env="PEER_AUTH_TOKEN",
+        default_text="",
+        parse=_token,
+        help="Shared secret peers prove knowledge of when linking (128+ bits: 32+ hex characters).",
+        secret=True,
+    )
+    peer_auth_token_previous: Secret | None = setting(
+        env="PEER_AUTH_TOKEN_PREVIOUS",
+        default_text="",
+        parse=_token,
+        help="During a token rotation: the old PEER_AUTH_TOKEN, still accepted from dialing peers.",
+        secret=True,
+    )
+    api_token: Secret | None = setting(
+        env="QUDAG_API_TOKEN",
+        default_text="",
+        parse=_token,
+        help="Bearer token that writes to the HTTP API must carry (128+ bits); unset: none.",
+        secret=True,
+    )
+    data_dir: str = setting(
+        env="QUDAG_DATA_DIR",
+        default_text="./data",
+        parse=_text,
+        help="Directory holding the database.",
+    )
+    api_host: str = setting(
+        env="QUDAG_API_HOST",
+        default_text="",
+        parse=_text,
+        help="Address the HTTP API binds; empty means every IPv4 and IPv6 interface.",
+    )
+    api_port: int = setting(
+        env="QUDAG_API_PORT",
+        default_text="8080",
+        parse=_int(0, 65535),
+        help="HTTP API port (0 = any).",
+    )
+    api_write_rate: float = setting(
+        env="QUDAG_API_WRITE_RATE",
+        default_text="0",
+        parse=_rate,
+        help="Writes a second allowed to one client address (token bucket); 0 turns the limit off.",
+    )
+    api_write_burst: int = setting(
+        env="QUDAG_API_WRITE_BURST",
+        default_text="100",
+        parse=_int(1, 1_000_000),
+        help="Writes one client may send at once before QUDAG_API_WRITE_RATE applies.",
+    )
+    api_clients: int = setting(
+        env="QUDAG_API_CLIENTS",
+        default_text="10000",
+        parse=_int(1, 1_000_000),
+        help="Most client addresses whose write rate is tracked; the least recent go first.",
+    )
+    api_trust_fly_client_ip: bool = setting(
+        env="QUDAG_API_TRUST_FLY_CLIENT_IP",
+        default_text="false",
+        parse=_bool,
+        help="Count writes under the Fly-Client-IP header (only behind Fly's proxy).",
+    )
+    p2p_port: int = setting(
+        env="QUDAG_P2P_PORT",
+        default_text="7000",
+        parse=_int(0, 65535),
+        help="Peer port (0 = any).",
+    )
+    peers: tuple[str, ...] = setting(
+        env="QUDAG_PEERS",
+        default_text="",
+        parse=_peer_list,
+        help="Comma-separated host:port peers; a host may resolve to several addresses.",
+    )
+    dns_servers: tuple[str, ...] = setting(
+        env="QUDAG_DNS_SERVERS",
+        default_text="",
+        parse=_server_list,
+        help="DNS servers (ip or ip:port, comma-separated) for peer names; empty: the system's.",
+    )
+    peer_queue_bytes: int = setting(
+        env="QUDAG_PEER_QUEUE_BYTES",
+        default_text=str(16 << 20),
+        parse=_int(64 << 10, 1 << 30),
+        help="Most bytes queued for one peer; a peer that lets more pile up is dropped.",
+    )
+    max_tx_bytes: int = setting(
+        env="QUDAG_MAX_TX_BYTES",
+        default_text="65536",
+        parse=_int(1, 1 << 20),
+        help="Largest accepted transaction, in bytes.",
+    )
+    max_body_bytes: int = setting(
+        env="QUDAG_MAX_BODY_BYTES",
+        default_text=str(16 << 20),
+        parse=_int(1024, 1 << 30),
+        help="Largest accepted HTTP request body, in bytes.",
+    )
+    http_header_timeout: float = setting(
+        env="QUDAG_HTTP_HEADER_TIMEOUT",
+        default_text="10",
+        parse=_seconds(0.1, 600),
+        help="Longest time from a request's first byte to the end of its headers.",
+    )
+    http_body_timeout: float = setting(
+        env="QUDAG_HTTP_BODY_TIMEOUT",
+        default_text="10",
+        parse=_seconds(0.1, 600),
+        help="Longest a request body may go without a byte arriving.",
+    )
+    http_min_body_rate: int = setting(
+        env="QUDAG_HTTP_MIN_BODY_RATE",
+        default_text="4096",
+        parse=_int(0, 1 << 30),
+        help="Slowest average body rate in bytes/s, enforced after the body timeout (0: none).",
+    )
+    http_idle_timeout: float = setting(
+        env="QUDAG_HTTP_IDLE_TIMEOUT",
+        default_text="75",
+        parse=_seconds(0.1, 3600),
+        help="Longest an API connection may wait for the first byte of its next request.",
+    )
+    max_api_connections: int = setting(
+        env="QUDAG_MAX_API_CONNECTIONS",
+        default_text="0",
+        parse=_int(0, 1_000_000),
+        help="Most open API connections; 0: derived from the descriptor limit (RLIMIT_NOFILE).",
+    )
+    max_submit_txs: int = setting(
+        env="QUDAG_MAX_SUBMIT_TXS",
+        default_text="10000",
+        parse=_int(1, 1_000_000),
+        help="Most transactions in one submit request.",
+    )
+    max_pending: int = setting(
+        env="QUDAG_MAX_PENDING",
+        default_text="100000",
+        parse=_int(1, 10_000_000),
+        help="Most transactions waiting for a vertex; beyond it submits get 503.",
+    )
+    max_vertex_txs: int = setting(
+        env="QUDAG_MAX_VERTEX_TXS",
+        default_text="10000",
+        parse=_int(1, 1_000_000),
+        help="Most transactions in one vertex.",
+    )
+    min_round_interval: float = setting(
+        env="QUDAG_MIN_ROUND_INTERVAL",
+        default_text="0.05",
+        parse=_seconds(0, 60),
+        help="Shortest time between two rounds of this node.",
+    )
+    heartbeat_interval: float = setting(
+        env="QUDAG_HEARTBEAT_INTERVAL",
+        default_text="10",
+        parse=_seconds(0.01, 3600),
+        help="Longest time between rounds while idle.",
+    )
+    leader_timeout: float = setting(
+        env="QUDAG_LEADER_TIMEOUT",
+        default_text="2",
+        parse=_seconds(0.01, 600),
+        help="How long a round waits for its leader's vertex.",
+    )
+    wait_timeout: float = setting(
+        env="QUDAG_WAIT_TIMEOUT",
+        default_text="30",
+        parse=_seconds(0.1, 600),
+        help="Default and largest timeout of a submit with wait=final.",
+    )
+    min_free_disk_mb: int = setting(
+        env="QUDAG_MIN_FREE_DISK_MB",
+        default_text="64",
+        parse=_int(0, 1 << 20),
+        help="Below this much free space in DATA_DIR the node refuses client writes (507) and"
+        " reports not ready; the space left is the consensus's reserve.",
+    )
+    shutdown_timeout: float = setting(
+        env="QUDAG_SHUTDOWN_TIMEOUT",
+        default_text="20",
+        parse=_seconds(1, 300),
+        help="Longest clean shutdown before giving up (keep under Fly's kill_timeout).",
+    )
     platform: tuple[tuple[str, str], ...] = ()
 
     @property
@@ -668,6 +641,13 @@ class Settings:
                 value = list(value)
             out[f.name] = value
         return out
+
+
+#: Every setting, in the order of the fields of :class:`Settings`.
+SETTINGS: tuple[Setting, ...] = tuple(
+    Setting(f.name, **f.metadata) for f in fields(Settings) if f.metadata
+)
+BY_NAME = {s.name: s for s in SETTINGS}
 
 
 def _from_file(path: Path) -> dict[str, str]:

@@ -26,11 +26,11 @@ import dns.exception
 import dns.name
 import dns.nameserver
 import dns.resolver
-import structlog
 
 from qudag_node.config import ip_literal, parse_dns_server, parse_peer_entry
+from qudag_node.logs import get_logger
 
-log = structlog.get_logger("qudag.discovery")
+log = get_logger("qudag.discovery")
 
 #: A peer address: IP text without brackets, and port.
 Address = tuple[str, int]

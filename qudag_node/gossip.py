@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
+from structlog.typing import FilteringBoundLogger
 
 from qudag_node.core.backoff import backoff_delay
 from qudag_node.core.crypto import Signer
@@ -65,11 +65,11 @@ from qudag_node.core.handshake import (
 )
 from qudag_node.core.messages import message_kind
 from qudag_node.core.types import PeerId, PublicKey
-from qudag_node.logs import Throttle
+from qudag_node.logs import Throttle, get_logger
 from qudag_node.metrics import Metrics
 from qudag_node.sockets import dual_stack_socket, set_link_timeouts
 
-log = structlog.get_logger("qudag.gossip")
+log = get_logger("qudag.gossip")
 
 _LENGTH = struct.Struct(">I")
 #: Bytes a link reads ahead of the frame being read (asyncio's flow-control limit).
@@ -211,6 +211,10 @@ class _Link:
     last_seen: float = field(default_factory=time.monotonic)
     opened: float = field(default_factory=time.monotonic)
     delivering: bool = False  # a frame read is waiting for the handler
+    log: FilteringBoundLogger = field(init=False)  # lines about this link name its peer
+
+    def __post_init__(self) -> None:
+        self.log = log.bind(peer=self.peer, address=self.address)
 
     def silent(self, now: float) -> float:
         """Seconds since the last frame (or the handshake); 0 while a frame of it waits
@@ -315,9 +319,8 @@ class PeerNetwork:
             return False
         size = len(data) + _LENGTH.size
         if link.queued_bytes + size > self.limits.max_queue_bytes:
-            log.warning(
+            link.log.warning(
                 "peer_too_slow",
-                peer=peer,
                 queued_bytes=link.queued_bytes,
                 limit=self.limits.max_queue_bytes,
             )
@@ -673,10 +676,8 @@ class PeerNetwork:
             old.close("replaced" if stale else "duplicate")
             if not stale:  # one link of a live peer for another: not news
                 return True
-            log.warning(  # the stale link's peer is back: tell the engine it relinked
+            link.log.warning(  # the stale link's peer is back: tell the engine it relinked
                 "peer_relinked",
-                peer=link.peer,
-                address=link.address,
                 direction=direction,
                 stale_address=old.address,
                 silent_seconds=round(old.silent(now), 1),
@@ -685,10 +686,8 @@ class PeerNetwork:
             self._handler.link_up(link.peer, link.key)
             return True
         self._links[link.key] = self._by_peer[link.peer] = link
-        log.info(
+        link.log.info(
             "peer_connected",
-            peer=link.peer,
-            address=link.address,
             direction=direction,
             role=link.role.name.lower(),
         )
@@ -704,10 +703,8 @@ class PeerNetwork:
         del self._by_peer[link.peer]
         reason = _close_reason(link)
         self._metrics.on_link_closed(reason)
-        log.info(
+        link.log.info(
             "peer_disconnected",
-            peer=link.peer,
-            address=link.address,
             reason=reason,
             seconds=round(time.monotonic() - link.opened, 3),
         )
@@ -718,10 +715,8 @@ class PeerNetwork:
         reason = _close_reason(link)
         self._metrics.on_link_closed(reason)
         self._log_refusal(
-            log.info,
+            link.log.info,
             event,
-            peer=link.peer,
-            address=link.address,
             direction="outbound" if link.side is Side.DIALER else "inbound",
             reason=reason,
             **fields,
@@ -733,7 +728,7 @@ class PeerNetwork:
                 (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
                 link.last_seen = time.monotonic()  # a large frame is on its way
                 if not 1 <= length <= self.limits.max_frame:
-                    log.warning("malformed_frame", peer=link.peer, limit=self.limits.max_frame)
+                    link.log.warning("malformed_frame", limit=self.limits.max_frame)
                     link.close("malformed_frame")
                     return
                 data = await reader.readexactly(length)
@@ -764,9 +759,7 @@ class PeerNetwork:
                     async with asyncio.timeout(self.limits.send_timeout):
                         await writer.drain()
                 except TimeoutError:
-                    log.warning(
-                        "peer_not_reading", peer=link.peer, seconds=self.limits.send_timeout
-                    )
+                    link.log.warning("peer_not_reading", seconds=self.limits.send_timeout)
                     link.close("slow_peer")
         except (OSError, RuntimeError):
             link.close("connection_lost")
@@ -777,20 +770,16 @@ class PeerNetwork:
         while link.close_reason is None:
             silent = link.silent(time.monotonic())
             if silent >= self.limits.idle_timeout:
-                log.warning(
+                link.log.warning(
                     "peer_idle_timeout",
-                    peer=link.peer,
-                    address=link.address,
                     silent_seconds=round(silent, 1),
                 )
                 link.close("idle_timeout")
                 return
             if silent >= self.limits.stale_after:
                 if not warned:
-                    log.warning(
+                    link.log.warning(
                         "peer_silent",
-                        peer=link.peer,
-                        address=link.address,
                         silent_seconds=round(silent, 1),
                         closing_in=round(self.limits.idle_timeout - silent, 1),
                     )

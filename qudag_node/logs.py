@@ -9,6 +9,12 @@ above go through the same renderer, so library errors are structured too.
 Every string that is written, including exception text, passes through a scrubber that
 replaces known secret values with ``***``: secrets are never logged on purpose, and
 this is the second line of defence.
+
+Modules take their logger once, at import: ``log = get_logger("qudag.<module>")``,
+typed :class:`~structlog.typing.FilteringBoundLogger`. It is assembled on its first
+line and cached (structlog's ``cache_logger_on_first_use``), so :func:`configure_logging`
+runs before anything is logged. Context that identifies a peer link or a request is
+bound once (``link_log = log.bind(peer=..., address=...)``), not repeated on each line.
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ class _Handler(logging.StreamHandler[TextIO]):
     """The root handler this module installs; replaced on each reconfiguration."""
 
 
-class _NamedPrintLogger(structlog.PrintLogger):
-    """A print logger that carries its name, as ``structlog.stdlib.add_logger_name`` reads."""
+class _NamedWriteLogger(structlog.WriteLogger):
+    """A write logger that carries its name, as ``structlog.stdlib.add_logger_name`` reads."""
 
     def __init__(self, file: TextIO, name: str) -> None:
         super().__init__(file)
@@ -45,8 +51,8 @@ class _LoggerFactory:
     def __init__(self, file: TextIO) -> None:
         self._file = file
 
-    def __call__(self, *args: Any) -> _NamedPrintLogger:
-        return _NamedPrintLogger(self._file, str(args[0]) if args else "")
+    def __call__(self, *args: Any) -> _NamedWriteLogger:
+        return _NamedWriteLogger(self._file, str(args[0]) if args else "")
 
 
 class SecretScrubber:
@@ -83,11 +89,12 @@ def configure_logging(
     secrets: Sequence[str] = (),
     stream: TextIO | None = None,
 ) -> None:
-    """Configure structlog and the standard library's root logger; safe to call again.
+    """Configure structlog and the standard library's root logger, before the first line.
 
     ``level`` is one of debug, info, warning, error, critical; ``fmt`` one of json,
     console, auto. ``secrets`` are scrubbed from every line. Output goes to ``stream``
-    (default: standard output).
+    (default: standard output). A logger is cached on its first line: calling this again
+    reaches the loggers not used yet and the standard library's, not those already used.
     """
     out = stream if stream is not None else sys.stdout
     tty = _isatty(out)
@@ -116,7 +123,7 @@ def configure_logging(
         ],
         wrapper_class=structlog.make_filtering_bound_logger(min_level),
         logger_factory=_LoggerFactory(out),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=True,
     )
 
     handler = _Handler(out)
@@ -188,7 +195,8 @@ class Throttle:
 
 
 def get_logger(name: str) -> FilteringBoundLogger:
-    """A logger whose lines carry ``logger=name``; it follows later reconfiguration."""
+    """A logger whose lines carry ``logger=name``, typed as the filtering bound logger
+    :func:`configure_logging` installs; assembled on its first line, then cached."""
     return cast(FilteringBoundLogger, structlog.get_logger(name))
 
 

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, assert_never
 
 import nacl.signing
-import structlog
 
 from qudag_node import __version__
 from qudag_node.api import make_app, start_api
@@ -53,6 +52,7 @@ from qudag_node.core.types import Instant, PeerId, TxId, VertexId
 from qudag_node.discovery import Discovery, Resolver
 from qudag_node.gossip import LinkLimits, PeerNetwork
 from qudag_node.inbox import PeerInbox
+from qudag_node.logs import get_logger
 from qudag_node.metrics import Metrics
 from qudag_node.ports import (
     Check,
@@ -83,7 +83,7 @@ DISK_CHECK_INTERVAL = 0.25
 DISK_FULL_PAUSE = 1.0
 #: Largest node key file read (the key is 64 hex characters and a newline).
 MAX_KEY_FILE_BYTES = 4096
-log = structlog.get_logger("qudag.node")
+log = get_logger("qudag.node")
 
 
 class NodeFailure(Exception):

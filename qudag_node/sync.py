@@ -23,8 +23,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import structlog
-
 from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.messages import fetch_messages
 from qudag_node.core.params import Params
@@ -44,10 +42,11 @@ from qudag_node.core.syncwire import (
     summarize,
 )
 from qudag_node.core.types import PeerId, VertexId
+from qudag_node.logs import get_logger
 from qudag_node.metrics import Metrics
 from qudag_node.store import Store
 
-log = structlog.get_logger("qudag.sync")
+log = get_logger("qudag.sync")
 
 #: Rounds behind the most advanced peer before a node catches up (and is not ready).
 CATCHUP_THRESHOLD = 4

@@ -76,8 +76,17 @@ def write_toml(path: Path, values: dict[str, str]) -> Path:
 
 
 def test_invalid_table_covers_every_setting() -> None:
+    missing = {s.name for s in SETTINGS} - set(INVALID) - FREE_TEXT
+    assert not missing, f"give INVALID a value each of {sorted(missing)} refuses (or FREE_TEXT)"
     assert set(INVALID) | FREE_TEXT == {s.name for s in SETTINGS}
     assert not set(INVALID) & FREE_TEXT
+
+
+def test_every_field_but_the_platform_is_a_setting_in_field_order() -> None:
+    names = [f.name for f in fields(Settings)]
+    assert [s.name for s in SETTINGS] == [n for n in names if n != "platform"]
+    assert all(BY_NAME[s.name] is s for s in SETTINGS)
+    assert len({s.env for s in SETTINGS}) == len(SETTINGS), "one variable per setting"
 
 
 def test_defaults() -> None:

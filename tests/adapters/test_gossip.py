@@ -266,6 +266,8 @@ async def test_during_a_token_rotation_peers_with_either_token_link(start: Start
         link(dialer, rotated)
     await until(lambda: len(rotated.recorder.up) == 2, "both rotation peers linked")
     assert sorted(peer for peer, _ in rotated.recorder.up) == ["v0", "v2"]
+    # The listener registers a link before the dialer has read its answer.
+    await until(lambda: bool(old_peer.recorder.up and new_peer.recorder.up), "dialers linked")
     assert old_peer.recorder.up == new_peer.recorder.up == [("v1", C.signers[1].public_key)]
     await until(lambda: stranger.failures("bad_token") >= 1, "the stranger refused")
     assert not stranger.recorder.up
@@ -540,6 +542,19 @@ async def test_a_silent_link_shows_stale_then_closes_as_idle_timeout(start: Star
     assert await asyncio.wait_for(silent.reader.read(), DEADLINE) == b""
     events = [r["event"] for r in logs]
     assert events.index("peer_silent") < events.index("peer_idle_timeout")
+    # Every line about the link names its peer and address, bound once to the link.
+    about_link = [
+        r
+        for r in logs
+        if r["event"] in {"peer_connected", "peer_silent", "peer_idle_timeout", "peer_disconnected"}
+    ]
+    assert [r["event"] for r in about_link] == [
+        "peer_connected",
+        "peer_silent",
+        "peer_idle_timeout",
+        "peer_disconnected",
+    ]
+    assert {(r["peer"], r["address"]) for r in about_link} == {(view.name, view.address)}
 
 
 async def test_frames_keep_a_link_fresh(start: Start) -> None:

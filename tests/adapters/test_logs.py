@@ -144,6 +144,35 @@ def test_reconfiguring_replaces_the_output() -> None:
     assert [e["event"] for e in lines(second)] == ["to the second", "library warning"]
 
 
+def test_a_logger_is_cached_on_its_first_line() -> None:
+    first, second = io.StringIO(), io.StringIO()
+    configure_logging("info", "json", stream=first)
+    used, unused = get_logger("qudag.test"), get_logger("qudag.test")
+    used.info("assembled")
+    configure_logging("info", "json", stream=second)
+    used.info("still cached")
+    unused.info("assembled after")
+    assert [e["event"] for e in lines(first)] == ["assembled", "still cached"]
+    assert [e["event"] for e in lines(second)] == ["assembled after"]
+
+
+def test_bound_context_is_on_every_line_of_the_bound_logger() -> None:
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    link = get_logger("qudag.test").bind(peer="v2", address="10.0.0.2:7000")
+    link.info("peer_connected", direction="inbound")
+    link.warning("peer_silent", silent_seconds=1.5)
+    connected, silent = lines(out)
+    assert (connected["event"], connected["direction"]) == ("peer_connected", "inbound")
+    assert silent["silent_seconds"] == 1.5
+    for entry in (connected, silent):
+        assert (entry["peer"], entry["address"], entry["logger"]) == (
+            "v2",
+            "10.0.0.2:7000",
+            "qudag.test",
+        )
+
+
 def test_stdlib_records_are_structured_from_warning_up() -> None:
     out = io.StringIO()
     configure_logging("debug", "json", stream=out)
