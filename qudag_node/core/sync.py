@@ -279,7 +279,7 @@ class SyncMachine:
         self._moved = (0, 0.0)  # (our highest round, when it last moved) while catching up
         self._catching_up = needs_peers
         self._catchup_started: tuple[float, int] | None = None
-        self._progress_at = 0.0
+        self._progress_at = float("-inf")  # the first tick behind reports progress
 
     # ---------------------------------------------------------------- state
 
