@@ -6,9 +6,10 @@ it links, sync frames, the node's position and the monotonic clock; it does what
 machine returns: sends messages, reads the store (feeding the answers back), logs,
 counts, and tells the node when catching up starts or ends.
 
-Sync frames wait in a queue of their own, bounded to :data:`MAX_FRAMES`, and are
-taken in by :meth:`Syncer.run`'s task, so a slow store read never holds up a link's
-reader: only a full queue does (which pushes back on that peer over TCP).
+Sync frames wait in a queue of their own and are taken in by :meth:`Syncer.run`'s
+task, so a slow store read never holds up a link's reader. Each peer may have
+:data:`MAX_FRAMES` frames waiting; a peer with more stops its own link's reader (which
+pushes back on it over TCP), never another's.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import assert_never
 
@@ -53,8 +54,8 @@ from qudag_node.store import Store
 
 log = structlog.get_logger("qudag.sync")
 
-#: Most sync frames waiting for the syncer's task.
-MAX_FRAMES = 64
+#: Most sync frames of one peer waiting for the syncer's task.
+MAX_FRAMES = 16
 #: Most seconds between ticks: the node's position moves without telling the syncer.
 POLL_INTERVAL = 1.0
 
@@ -85,6 +86,7 @@ class Syncer:
         self._clock = clock
         self._machine = SyncMachine(params, interval, needs_peers, trust, clock())
         self._frames: deque[tuple[PeerId, bytes]] = deque()
+        self._waiting: Counter[PeerId] = Counter()  # frames in the queue, by peer
         self._max_frames = max_frames
         self._room = asyncio.Event()
         self._room.set()
@@ -122,11 +124,13 @@ class Syncer:
         self._wake.set()
 
     async def deliver(self, peer: PeerId, data: bytes) -> None:
-        """Queue a sync frame from ``peer`` for :meth:`run`; waits while the queue is full."""
-        while len(self._frames) >= self._max_frames:
+        """Queue a sync frame from ``peer`` for :meth:`run`; waits while ``peer`` has
+        :data:`MAX_FRAMES` waiting."""
+        while self._waiting[peer] >= self._max_frames:
             self._room.clear()
             await self._room.wait()
         self._frames.append((peer, data))
+        self._waiting[peer] += 1
         self._wake.set()
 
     async def handle(self, peer: PeerId, data: bytes) -> None:
@@ -152,6 +156,9 @@ class Syncer:
         while True:
             while self._frames:
                 peer, data = self._frames.popleft()
+                self._waiting[peer] -= 1
+                if not self._waiting[peer]:
+                    del self._waiting[peer]
                 self._room.set()
                 await self.handle(peer, data)
             await self.tick()

@@ -107,20 +107,25 @@ async def test_links_reach_the_syncer_at_once_and_sync_frames_its_queue(store: S
     assert parts.syncer.statuses() == {}
 
 
-async def test_a_full_sync_queue_holds_the_link_until_the_syncer_takes(store: Store) -> None:
+async def test_a_peer_with_a_full_sync_queue_holds_only_its_own_link(store: Store) -> None:
     parts = Parts(store, max_frames=2)
+    other = PeerId("v2")
     statuses = [Status(50 + k, 49, 0, 3, b"\x00" * 32) for k in range(3)]
     parts.inbox.link_up(P, C.signers[1].public_key)
+    parts.inbox.link_up(other, C.signers[2].public_key)
     await parts.inbox.frame(P, encode_sync(statuses[0]))
     await parts.inbox.frame(P, encode_sync(statuses[1]))
     third = asyncio.create_task(parts.inbox.frame(P, encode_sync(statuses[2])))
     await asyncio.sleep(0)  # one turn of the loop: the task runs up to its wait
     assert not third.done()
-    await parts.inbox.frame(P, b"\x02vote")  # the engine's queue is not held up
+    # Neither another peer's sync frames nor the engine's queue are held up.
+    await asyncio.wait_for(parts.inbox.frame(other, encode_sync(statuses[0])), 5)
+    await asyncio.wait_for(parts.inbox.frame(P, b"\x02vote"), 5)
     async with running(parts.syncer):
         await asyncio.wait_for(third, 5)
-        await parts.until(lambda: parts.syncer.statuses() == {P: statuses[2]})
-    assert [i for i in parts.inbox.take(5) if isinstance(i, Received)] == [Received(P, b"\x02vote")]
+        await parts.until(lambda: parts.syncer.statuses() == {P: statuses[2], other: statuses[0]})
+    received = [i for i in parts.inbox.take(5) if isinstance(i, Received)]
+    assert received == [Received(P, b"\x02vote")]
 
 
 async def test_a_full_queue_holds_the_link_until_the_pump_takes(store: Store) -> None:
