@@ -25,9 +25,9 @@ from bench.loadgen import LoadSpec, run_load
 from bench.nodes import NodeProcess, get_json, running, wait_for_log
 from bench.report import Row, per_second
 from qudag_node.core.genesis import Genesis
+from qudag_node.core.sync import ROUNDS_ANSWER_BYTES, ROUNDS_PER_REQUEST
 from qudag_node.core.types import PublicKey
 from qudag_node.store import Store
-from qudag_node.sync import ROUNDS_ANSWER_BYTES, ROUNDS_PER_REQUEST
 
 GOAL_RATE = 20_000
 VALIDATOR = "v1"

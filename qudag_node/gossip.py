@@ -63,8 +63,8 @@ from qudag_node.core.handshake import (
     refusal_reason,
     transcript,
 )
-from qudag_node.core.messages import message_kind
 from qudag_node.core.types import PeerId, PublicKey
+from qudag_node.core.wire import message_kind
 from qudag_node.logs import Throttle, get_logger
 from qudag_node.metrics import Metrics
 from qudag_node.sockets import dual_stack_socket, set_link_timeouts

@@ -1,8 +1,9 @@
 """What the peer links bring for the engine, queued for the pump in arrival order.
 
-The peer network hands every link event and frame to a :class:`PeerInbox`. Sync
-messages go straight to the syncer; links coming up or down and every other message
-wait here until the pump feeds them to the engine. The queue is bounded in messages
+The peer network hands every link event and frame to a :class:`PeerInbox`. Frames
+go where the codec table (:mod:`qudag_node.core.wire`) says: sync messages to the
+syncer's own queue; links coming up or down and every other message wait here until
+the pump feeds them to the engine. The queue is bounded in messages
 and in bytes: when it is full, the links that bring more stop reading, so a flood
 is pushed back to its senders over TCP and memory stays bounded whatever they send.
 """
@@ -14,8 +15,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from qudag_node.core.syncwire import SYNC_TYPES
 from qudag_node.core.types import PeerId, PublicKey
+from qudag_node.core.wire import Owner, owner_of
 from qudag_node.gossip import LinkHandler
 from qudag_node.sync import Syncer
 
@@ -86,14 +87,14 @@ class PeerInbox(LinkHandler):
         self._syncer.link_down(peer)
 
     async def frame(self, peer: PeerId, data: bytes) -> None:
-        """A message from ``peer``: sync messages to the syncer, the rest queued.
+        """A message from ``peer``: sync messages to the syncer's queue, the rest to ours.
 
-        Waits while the queue is full (in messages or bytes), which stops this link
-        from reading. A message larger than the byte bound still gets in once the
+        Waits while the queue it goes to is full (ours in messages or bytes), which
+        stops this link from reading. A message larger than the byte bound still gets in once the
         queue is empty, so no valid message is refused.
         """
-        if data[0] in SYNC_TYPES:
-            await self._syncer.handle(peer, data)
+        if owner_of(data) is Owner.SYNC:
+            await self._syncer.deliver(peer, data)
             return
         while self._queue and self._full(len(data)):
             self._room.clear()

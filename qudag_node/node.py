@@ -420,6 +420,7 @@ class Node:
             self.params,
             s.dag_sync_interval,
             needs_peers=not alone,
+            on_catching_up=self._on_catching_up,
             trust=self._genesis.f + 1,
         )
         self._peer_inbox = PeerInbox(self._syncer, self._wakeup.set)
@@ -432,7 +433,7 @@ class Node:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._pump_task = tg.create_task(self._run_pump(tg))
-                background = [tg.create_task(self._syncer.run(self._on_catching_up))]
+                background = [tg.create_task(self._syncer.run())]
                 if self._network is not None:
                     background.append(tg.create_task(self._network.run()))
                     background.append(tg.create_task(self._watch_peers(self._network)))

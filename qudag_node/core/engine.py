@@ -70,13 +70,13 @@ from qudag_node.core.messages import (
     decode_message,
     encode_message,
     fetch_messages,
-    message_kind,
 )
 from qudag_node.core.params import Params
 from qudag_node.core.pool import Pool
 from qudag_node.core.rules import check_batch, check_vertex
 from qudag_node.core.types import Instant, PeerId, PublicKey, TxId, VertexId
 from qudag_node.core.vertex import Vertex, VertexHeader, make_vertex
+from qudag_node.core.wire import message_kind
 
 
 class Role(enum.Enum):

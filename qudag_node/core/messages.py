@@ -10,7 +10,8 @@ Layouts (integers big-endian; ``vertex`` and ``certificate`` as in
     5 FETCH         count:u16  vertex_id:32 * count     please send these certified vertices
     6 TRANSACTIONS  count:u32  (tx_len:u32  tx) * count client transactions for validators
 
-Types 7 to 11 are the sync messages of :mod:`~qudag_node.core.syncwire`.
+Types 7 to 11 are the sync messages of :mod:`~qudag_node.core.syncwire`;
+:mod:`~qudag_node.core.wire` maps every type to its decoder and its owner.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from qudag_node.core.vertex import (
 
 
 class MessageType(enum.IntEnum):
-    """Message type bytes."""
+    """Type bytes of the consensus messages."""
 
     PROPOSAL = 1
     VOTE = 2
@@ -42,12 +43,6 @@ class MessageType(enum.IntEnum):
     CERTIFIED = 4
     FETCH = 5
     TRANSACTIONS = 6
-    # sync messages, in qudag_node.core.syncwire
-    STATUS = 7
-    SUMMARY = 8
-    IDS = 9
-    ROUNDS = 10
-    ROUNDS_DONE = 11
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,13 +132,6 @@ def encode_certified(vertex_bytes: bytes, certificate_bytes: bytes) -> bytes:
             certificate_bytes,
         )
     )
-
-
-def message_kind(data: bytes) -> str:
-    """The lower-case name of a message's type, or ``unknown``."""
-    if data and data[0] in MessageType._value2member_map_:
-        return MessageType(data[0]).name.lower()
-    return "unknown"
 
 
 def decode_message(data: bytes, params: Params) -> Message:

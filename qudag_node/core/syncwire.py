@@ -1,7 +1,7 @@
 """Sync messages and the fingerprints that find differences between two DAGs.
 
-Layouts (integers big-endian), continuing the type bytes of
-:mod:`~qudag_node.core.messages`::
+Layouts (integers big-endian); the type bytes continue those of
+:mod:`~qudag_node.core.messages`, and :mod:`~qudag_node.core.wire` routes them here::
 
     7  STATUS       highest:u64  committed:u64  floor:u64  log_length:u64  log_hash:32
     8  SUMMARY      low:u64  high:u64  span:u32  count:u16  (vertices:u32  fingerprint:u64) * count
@@ -20,6 +20,7 @@ the ids and their rounds packed into two buffers that numpy reads without a copy
 
 from __future__ import annotations
 
+import enum
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,8 +30,18 @@ import numpy.typing as npt
 
 from qudag_node.core import codec
 from qudag_node.core.errors import InputRejected, Reason
-from qudag_node.core.messages import MessageType
 from qudag_node.core.types import HASH_SIZE, VertexId
+
+
+class SyncType(enum.IntEnum):
+    """Type bytes of the sync messages."""
+
+    STATUS = 7
+    SUMMARY = 8
+    IDS = 9
+    ROUNDS = 10
+    ROUNDS_DONE = 11
+
 
 #: Most buckets in one SUMMARY.
 MAX_BUCKETS = 64
@@ -98,16 +109,6 @@ class RoundsDone:
 
 SyncMessage = Status | Summary | Ids | RoundsRequest | RoundsDone
 
-SYNC_TYPES = frozenset(
-    {
-        MessageType.STATUS,
-        MessageType.SUMMARY,
-        MessageType.IDS,
-        MessageType.ROUNDS,
-        MessageType.ROUNDS_DONE,
-    }
-)
-
 
 def encode_sync(message: SyncMessage) -> bytes:
     """Canonical bytes of a sync message."""
@@ -115,7 +116,7 @@ def encode_sync(message: SyncMessage) -> bytes:
         case Status(highest, committed, floor, length, log_hash):
             return b"".join(
                 (
-                    bytes((MessageType.STATUS,)),
+                    bytes((SyncType.STATUS,)),
                     codec.u64(highest),
                     codec.u64(committed),
                     codec.u64(floor),
@@ -127,15 +128,15 @@ def encode_sync(message: SyncMessage) -> bytes:
             body = np.empty(len(counts), dtype=[("n", ">u4"), ("fp", ">u8")])
             body["n"] = counts
             body["fp"] = fps
-            head = bytes((MessageType.SUMMARY,)) + codec.u64(low) + codec.u64(high)
+            head = bytes((SyncType.SUMMARY,)) + codec.u64(low) + codec.u64(high)
             return head + codec.u32(span) + codec.u16(len(counts)) + body.tobytes()
         case Ids(low, high, ids):
-            head = bytes((MessageType.IDS,)) + codec.u64(low) + codec.u64(high)
+            head = bytes((SyncType.IDS,)) + codec.u64(low) + codec.u64(high)
             return head + codec.u32(len(ids)) + b"".join(ids)
         case RoundsRequest(low, high):
-            return bytes((MessageType.ROUNDS,)) + codec.u64(low) + codec.u64(high)
+            return bytes((SyncType.ROUNDS,)) + codec.u64(low) + codec.u64(high)
         case RoundsDone(low, last):
-            return bytes((MessageType.ROUNDS_DONE,)) + codec.u64(low) + codec.u64(last)
+            return bytes((SyncType.ROUNDS_DONE,)) + codec.u64(low) + codec.u64(last)
 
 
 def decode_sync(data: bytes) -> SyncMessage:
@@ -143,11 +144,11 @@ def decode_sync(data: bytes) -> SyncMessage:
     r = codec.Reader(data)
     kind = r.u8("message type")
     message: SyncMessage
-    if kind == MessageType.STATUS:
+    if kind == SyncType.STATUS:
         highest, committed, floor = r.u64("highest"), r.u64("committed"), r.u64("floor")
         _check_rounds(highest, committed, floor)
         message = Status(highest, committed, floor, r.u64("log length"), r.fixed(HASH_SIZE, "hash"))
-    elif kind == MessageType.SUMMARY:
+    elif kind == SyncType.SUMMARY:
         low, high, span, count = r.u64("low"), r.u64("high"), r.u32("span"), r.u16("count")
         _check_rounds(low, high)
         if span < 1 or high < low or count != bucket_count(low, high, span):
@@ -157,19 +158,19 @@ def decode_sync(data: bytes) -> SyncMessage:
         body = np.frombuffer(r.fixed(12 * count, "buckets"), dtype=[("n", ">u4"), ("fp", ">u8")])
         counts = tuple(int(n) for n in body["n"])
         message = Summary(low, high, span, counts, tuple(int(f) for f in body["fp"]))
-    elif kind == MessageType.IDS:
+    elif kind == SyncType.IDS:
         low, high, count = r.u64("low"), r.u64("high"), r.u32("count")
         _check_rounds(low, high)
         if count > MAX_IDS or high < low:
             raise InputRejected(Reason.BAD_SYNC, f"{count} ids for rounds {low}..{high}")
         message = Ids(low, high, split_ids(r.fixed(HASH_SIZE * count, "ids")))
-    elif kind == MessageType.ROUNDS:
+    elif kind == SyncType.ROUNDS:
         low, high = r.u64("low"), r.u64("high")
         _check_rounds(low, high)
         if high < low or high - low >= MAX_ROUNDS:
             raise InputRejected(Reason.BAD_SYNC, f"rounds {low}..{high}")
         message = RoundsRequest(low, high)
-    elif kind == MessageType.ROUNDS_DONE:
+    elif kind == SyncType.ROUNDS_DONE:
         low, last = r.u64("low"), r.u64("last")
         _check_rounds(low, last)
         message = RoundsDone(low, last)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -30,17 +31,37 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 class Parts:
-    def __init__(self, store: Store, max_messages: int = 4, max_bytes: int = 1000) -> None:
+    def __init__(
+        self, store: Store, max_messages: int = 4, max_bytes: int = 1000, max_frames: int = 64
+    ) -> None:
         self.sent: list[tuple[PeerId, bytes]] = []
+        self.sending = asyncio.Event()
         self.wakes = 0
         self.syncer = Syncer(
-            store, self._send, lambda: OURS, Metrics("test"), Params(), 1.0, needs_peers=True
+            store,
+            self._send,
+            lambda: OURS,
+            Metrics("test"),
+            Params(),
+            1.0,
+            needs_peers=True,
+            on_catching_up=lambda _: None,
+            max_frames=max_frames,
         )
         self.inbox = PeerInbox(self.syncer, self._wake, max_messages, max_bytes)
 
     def _send(self, peer: PeerId, data: bytes) -> bool:
         self.sent.append((peer, data))
+        self.sending.set()
         return True
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Wait, up to five seconds, until ``condition`` holds after something was sent
+        (the running syncer sends on every tick: a STATUS, a ROUNDS request)."""
+        async with asyncio.timeout(5):
+            while not condition():
+                self.sending.clear()
+                await self.sending.wait()
 
     def _wake(self) -> None:
         self.wakes += 1
@@ -59,17 +80,52 @@ async def test_inputs_come_out_in_arrival_order_and_wake_the_pump(store: Store) 
     assert inbox.take(10) == []
 
 
-async def test_links_reach_the_syncer_at_once(store: Store) -> None:
+@contextlib.asynccontextmanager
+async def running(syncer: Syncer) -> AsyncIterator[None]:
+    """Run ``syncer``'s task for the duration of the block."""
+    task = asyncio.create_task(syncer.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_links_reach_the_syncer_at_once_and_sync_frames_its_queue(store: Store) -> None:
     parts = Parts(store)
     parts.inbox.link_up(P, C.signers[1].public_key)
     [(peer, data)] = parts.sent
     assert (peer, decode_sync(data)) == (P, OURS)  # greeted with our STATUS
     theirs = Status(50, 49, 0, 3, b"\x00" * 32)
     await parts.inbox.frame(P, encode_sync(theirs))
-    assert parts.syncer.statuses() == {P: theirs}
-    assert len(parts.inbox) == 1  # only the link: the STATUS went to the syncer
+    assert len(parts.inbox) == 1  # only the link: the STATUS went to the syncer's queue
+    assert parts.syncer.statuses() == {}  # taken in by the syncer's own task
+    async with running(parts.syncer):
+        await parts.until(lambda: parts.syncer.statuses() == {P: theirs})
     parts.inbox.link_down(P)
     assert parts.syncer.statuses() == {}
+
+
+async def test_a_peer_with_a_full_sync_queue_holds_only_its_own_link(store: Store) -> None:
+    parts = Parts(store, max_frames=2)
+    other = PeerId("v2")
+    statuses = [Status(50 + k, 49, 0, 3, b"\x00" * 32) for k in range(3)]
+    parts.inbox.link_up(P, C.signers[1].public_key)
+    parts.inbox.link_up(other, C.signers[2].public_key)
+    await parts.inbox.frame(P, encode_sync(statuses[0]))
+    await parts.inbox.frame(P, encode_sync(statuses[1]))
+    third = asyncio.create_task(parts.inbox.frame(P, encode_sync(statuses[2])))
+    await asyncio.sleep(0)  # one turn of the loop: the task runs up to its wait
+    assert not third.done()
+    # Neither another peer's sync frames nor the engine's queue are held up.
+    await asyncio.wait_for(parts.inbox.frame(other, encode_sync(statuses[0])), 5)
+    await asyncio.wait_for(parts.inbox.frame(P, b"\x02vote"), 5)
+    async with running(parts.syncer):
+        await asyncio.wait_for(third, 5)
+        await parts.until(lambda: parts.syncer.statuses() == {P: statuses[2], other: statuses[0]})
+    received = [i for i in parts.inbox.take(5) if isinstance(i, Received)]
+    assert received == [Received(P, b"\x02vote")]
 
 
 async def test_a_full_queue_holds_the_link_until_the_pump_takes(store: Store) -> None:

@@ -6,6 +6,7 @@ certified vertices of one shared DAG of :data:`tests.core.support.C`, and a
 callables: every message goes into one queue, and :meth:`Net.settle` delivers the
 real bytes, oldest first, to the addressed Syncer's ``handle`` (sync messages) or
 to the addressed node's engine inbox (everything else, kept for the test to read).
+The Syncers share one fake monotonic clock, :attr:`Net.now`, which only the test moves.
 """
 
 from __future__ import annotations
@@ -29,26 +30,28 @@ from qudag_node.core.messages import (
     MessageType,
     decode_message,
 )
+from qudag_node.core.sync import MAX_SUMMARY_ROUNDS, ROUNDS_PER_REQUEST
 from qudag_node.core.syncwire import (
     LEAF_SPAN,
     MAX_BUCKETS,
     MAX_ROUND,
-    SYNC_TYPES,
     Ids,
     RoundsDone,
     RoundsRequest,
     Status,
     Summary,
     SyncMessage,
+    SyncType,
     bucket_span,
     decode_sync,
     encode_sync,
 )
 from qudag_node.core.types import PeerId, VertexId
 from qudag_node.core.vertex import Vertex
+from qudag_node.core.wire import Owner, owner_of
 from qudag_node.metrics import Metrics
 from qudag_node.store import Store
-from qudag_node.sync import MAX_SUMMARY_ROUNDS, ROUNDS_PER_REQUEST, Syncer
+from qudag_node.sync import Syncer
 from tests.core.support import PARAMS, C
 
 #: Seconds any awaited condition may take before the test fails.
@@ -57,6 +60,8 @@ DEADLINE = 10.0
 DAG_ROUNDS = 310
 #: Rounds of the nodes that compare a wide window.
 WIDE = 300
+#: The sync interval: a test moves the clock by it to make the next round due.
+INTERVAL = 3600.0
 LOG_HASH = b"\x00" * 32
 A, B = PeerId("a"), PeerId("b")
 
@@ -132,14 +137,17 @@ class Sent:
     data: bytes
 
     @property
-    def kind(self) -> MessageType:
+    def kind(self) -> MessageType | SyncType:
         """The message's type."""
+        if owner_of(self.data) is Owner.SYNC:
+            return SyncType(self.data[0])
         return MessageType(self.data[0])
 
 
 @dataclass
 class Node:
-    """A store, the Syncer on it, its metrics, and what its engine would receive."""
+    """A store, the Syncer on it, its metrics, what its engine would receive, and the
+    changes of catching up it reported."""
 
     name: PeerId
     store: Store
@@ -147,6 +155,7 @@ class Node:
     metrics: Metrics
     position: Status
     engine_inbox: list[Sent] = field(default_factory=list)
+    changes: list[bool] = field(default_factory=list)
 
     def sample(self, name: str, **labels: str) -> float:
         """A metric sample's value; 0 when the series was never touched."""
@@ -161,6 +170,7 @@ class Net:
     queue: deque[Sent] = field(default_factory=deque)
     delivered: list[Sent] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    now: float = 0.0
 
     def add(
         self,
@@ -179,15 +189,21 @@ class Net:
             self.changed.set()
             return True
 
+        def on_catching_up(catching_up: bool) -> None:
+            node.changes.append(catching_up)
+            self.changed.set()
+
         syncer = Syncer(
             store,
             send,
             lambda: node.position,
             metrics,
             PARAMS,
-            interval=3600.0,
+            interval=INTERVAL,
             needs_peers=needs_peers,
+            on_catching_up=on_catching_up,
             trust=trust,
+            clock=lambda: self.now,
         )
         node = Node(name, store, syncer, metrics, position)
         self.nodes[name] = node
@@ -198,6 +214,11 @@ class Net:
         a.syncer.link_up(b.name)
         b.syncer.link_up(a.name)
 
+    async def sync_round(self, node: Node) -> None:
+        """Move the clock by an interval and tick ``node``: its STATUS and SUMMARY are due."""
+        self.now += INTERVAL
+        await node.syncer.tick()
+
     async def settle(self, limit: int = 10_000) -> list[Sent]:
         """Deliver queued messages, and those they cause, until none is left."""
         start = len(self.delivered)
@@ -206,7 +227,7 @@ class Net:
             message = self.queue.popleft()
             self.delivered.append(message)
             target = self.nodes[message.target]
-            if message.data[0] in SYNC_TYPES:
+            if owner_of(message.data) is Owner.SYNC:
                 await target.syncer.handle(message.source, message.data)
             else:
                 target.engine_inbox.append(message)
@@ -220,12 +241,12 @@ class Net:
                 await self.changed.wait()
 
 
-def sync_messages(sent: Iterable[Sent], source: PeerId, kind: MessageType) -> list[SyncMessage]:
+def sync_messages(sent: Iterable[Sent], source: PeerId, kind: SyncType) -> list[SyncMessage]:
     """The decoded sync messages of ``kind`` that ``source`` sent."""
     return [decode_sync(m.data) for m in sent if m.source == source and m.kind is kind]
 
 
-def kinds(sent: Iterable[Sent], source: PeerId) -> Counter[MessageType]:
+def kinds(sent: Iterable[Sent], source: PeerId) -> Counter[MessageType | SyncType]:
     """How many messages of each type ``source`` sent."""
     return Counter(m.kind for m in sent if m.source == source)
 
@@ -274,7 +295,7 @@ async def linked_pair(
     b = net.add(B, await open_store(tmp_path / "b", rounds, b_lacks), status(rounds))
     net.link(a, b)
     hello = await net.settle()
-    assert [m.kind for m in hello] == [MessageType.STATUS, MessageType.STATUS]
+    assert [m.kind for m in hello] == [SyncType.STATUS, SyncType.STATUS]
     assert a.syncer.statuses() == {B: b.position}
     assert b.syncer.statuses() == {A: a.position}
     return a, b
@@ -285,11 +306,11 @@ async def linked_pair(
 
 async def test_equal_dags_cost_one_small_summary_and_no_answer(net: Net, tmp_path: Path) -> None:
     a, b = await linked_pair(net, tmp_path, 12)
-    await a.syncer._sync_round()
+    await net.sync_round(a)
     sent = await net.settle()
     assert [(m.source, m.target, m.kind) for m in sent] == [
-        (A, B, MessageType.STATUS),
-        (A, B, MessageType.SUMMARY),
+        (A, B, SyncType.STATUS),
+        (A, B, SyncType.SUMMARY),
     ]
     assert len(sent[1].data) < 10 * 1024
     summary = decode_sync(sent[1].data)
@@ -308,13 +329,13 @@ async def test_a_sync_round_sends_one_summary_to_each_peer(net: Net, tmp_path: P
     c = net.add(PeerId("c"), await open_store(tmp_path / "c", 12), status(12))
     net.link(a, c)
     await net.settle()
-    await a.syncer._sync_round()
+    await net.sync_round(a)
     sent = await net.settle()
     assert sorted((m.target, m.kind) for m in sent) == [
-        (B, MessageType.STATUS),
-        (B, MessageType.SUMMARY),
-        (c.name, MessageType.STATUS),
-        (c.name, MessageType.SUMMARY),
+        (B, SyncType.STATUS),
+        (B, SyncType.SUMMARY),
+        (c.name, SyncType.STATUS),
+        (c.name, SyncType.SUMMARY),
     ]
     for node in (b, c):
         assert node.sample("qudag_sync_rounds_total", result="in_sync") == 1
@@ -324,12 +345,12 @@ async def test_differences_are_fetched_and_pushed(net: Net, tmp_path: Path) -> N
     b_lacks = [(2, 1), (5, 3), (9, 0)]
     a_lacks = [(7, 2)]
     a, b = await linked_pair(net, tmp_path, 12, a_lacks=a_lacks, b_lacks=b_lacks)
-    await a.syncer._sync_round()
+    await net.sync_round(a)
     sent = await net.settle()
     # B compares A's summary (buckets of one round) and lists its ids of the four
     # differing rounds; A fetches what it lacks and pushes what B lacks.
     assert b.sample("qudag_sync_rounds_total", result="differences") == 1
-    listed = sync_messages(sent, B, MessageType.IDS)
+    listed = sync_messages(sent, B, SyncType.IDS)
     assert sorted((m.low, m.high) for m in listed if isinstance(m, Ids)) == [
         (2, 2),
         (5, 5),
@@ -347,7 +368,7 @@ async def test_differences_are_fetched_and_pushed(net: Net, tmp_path: Path) -> N
 
 async def test_a_repaired_pair_is_in_sync(net: Net, tmp_path: Path) -> None:
     a, b = await linked_pair(net, tmp_path, 12, a_lacks=[(3, 0)], b_lacks=[(10, 3)])
-    await a.syncer._sync_round()
+    await net.sync_round(a)
     await net.settle()
     # What each engine would do with what arrived: B stores the pushed vertex and
     # answers the FETCH from its store; A stores the answer.
@@ -359,9 +380,9 @@ async def test_a_repaired_pair_is_in_sync(net: Net, tmp_path: Path) -> None:
             assert isinstance(fetch, FetchMessage)
             async for answer in b.store.certified_messages(fetch.ids):
                 await store_certified(a.store, answer)
-    await a.syncer._sync_round()
+    await net.sync_round(a)
     sent = await net.settle()
-    assert [m.kind for m in sent] == [MessageType.STATUS, MessageType.SUMMARY]
+    assert [m.kind for m in sent] == [SyncType.STATUS, SyncType.SUMMARY]
     assert b.sample("qudag_sync_rounds_total", result="in_sync") == 1
 
 
@@ -375,9 +396,9 @@ async def store_certified(store: Store, data: bytes) -> None:
 async def test_a_wide_window_is_narrowed_down_to_one_leaf(net: Net, tmp_path: Path) -> None:
     missing = (150, 2)
     a, b = await linked_pair(net, tmp_path, WIDE, b_lacks=[missing])
-    await a.syncer._sync_round()
+    await net.sync_round(a)
     sent = await net.settle()
-    summaries = [m for m in sent if m.kind is MessageType.SUMMARY]
+    summaries = [m for m in sent if m.kind is SyncType.SUMMARY]
     assert [m.source for m in summaries] == [A, B]  # the window, then one finer bucket
     top, finer = (decode_sync(m.data) for m in summaries)
     assert isinstance(top, Summary)
@@ -385,7 +406,7 @@ async def test_a_wide_window_is_narrowed_down_to_one_leaf(net: Net, tmp_path: Pa
     assert len(top.counts) <= MAX_BUCKETS
     assert finer.span < top.span
     assert top.low <= finer.low <= 150 <= finer.high <= top.high
-    (leaf,) = sync_messages(sent, A, MessageType.IDS)
+    (leaf,) = sync_messages(sent, A, SyncType.IDS)
     assert isinstance(leaf, Ids)
     assert leaf.low <= 150 <= leaf.high
     assert leaf.high - leaf.low + 1 <= LEAF_SPAN
@@ -395,9 +416,9 @@ async def test_a_wide_window_is_narrowed_down_to_one_leaf(net: Net, tmp_path: Pa
     assert b.sample("qudag_sync_vertices_total", direction="fetched") == 1
     assert kinds(sent, A) + kinds(sent, B) == Counter(
         {
-            MessageType.STATUS: 1,
-            MessageType.SUMMARY: 2,
-            MessageType.IDS: 1,
+            SyncType.STATUS: 1,
+            SyncType.SUMMARY: 2,
+            SyncType.IDS: 1,
             MessageType.FETCH: 1,
         }
     )
@@ -411,9 +432,9 @@ async def test_rounds_past_the_window_do_not_count_as_differences(net: Net, tmp_
     b = net.add(B, await open_store(tmp_path / "b", WIDE + 2), status(WIDE + 2))
     net.link(a, b)
     await net.settle()
-    await a.syncer._sync_round()
+    await net.sync_round(a)
     sent = await net.settle()
-    (window,) = sync_messages(sent, A, MessageType.SUMMARY)
+    (window,) = sync_messages(sent, A, SyncType.SUMMARY)
     assert isinstance(window, Summary)
     assert (window.low, window.high) == (1, WIDE - 1)  # below the lower of the two newest
     assert b.sample("qudag_sync_rounds_total", result="in_sync") == 1
@@ -436,14 +457,8 @@ async def test_a_node_far_behind_catches_up_in_whole_rounds(net: Net, tmp_path: 
     await net.settle()
     assert behind.syncer.gap() == 100
 
-    changes: list[bool] = []
-
-    def on_catching_up(catching_up: bool) -> None:
-        changes.append(catching_up)
-        net.changed.set()
-
-    async with run_syncer(behind.syncer, on_catching_up):
-        await net.until(lambda: changes == [True])
+    async with run_syncer(behind.syncer):
+        await net.until(lambda: behind.changes == [True])
         assert behind.syncer.catching_up
         assert behind.syncer.gap() == 100
         assert behind.syncer.readiness() == (False, "catching up: 100 rounds behind")
@@ -463,7 +478,7 @@ async def test_a_node_far_behind_catches_up_in_whole_rounds(net: Net, tmp_path: 
         # The engine took everything in: the node is in step again.
         behind.position = status(112, committed=110)
         await behind.syncer.handle(ahead.name, encode_sync(ahead.position))
-        await net.until(lambda: changes == [True, False])
+        await net.until(lambda: behind.changes == [True, False])
         assert not behind.syncer.catching_up
         assert behind.syncer.gap() == 0
         assert behind.syncer.readiness() == (True, "in step with peers (0 rounds behind)")
@@ -471,14 +486,14 @@ async def test_a_node_far_behind_catches_up_in_whole_rounds(net: Net, tmp_path: 
 
 def requests(net: Net, node: Node) -> list[SyncMessage]:
     """Every ROUNDS request ``node`` has sent, delivered or still queued."""
-    return sync_messages([*net.delivered, *net.queue], node.name, MessageType.ROUNDS)
+    return sync_messages([*net.delivered, *net.queue], node.name, SyncType.ROUNDS)
 
 
 async def check_rounds_answer(sent: Sequence[Sent], server: Node, low: int, high: int) -> None:
     """``server`` answered a ROUNDS request for ``low..high``: every certified vertex of
     those rounds, in round order, then ROUNDS_DONE."""
     answer = [m for m in sent if m.source == server.name]
-    done_at = next(k for k, m in enumerate(answer) if m.kind is MessageType.ROUNDS_DONE)
+    done_at = next(k for k, m in enumerate(answer) if m.kind is SyncType.ROUNDS_DONE)
     assert decode_sync(answer[done_at].data) == RoundsDone(low, high)
     vertices = certified_vertices(answer[:done_at], server.name)
     assert len(vertices) == done_at  # nothing else came before ROUNDS_DONE
@@ -490,11 +505,9 @@ async def check_rounds_answer(sent: Sequence[Sent], server: Node, low: int, high
 
 
 @contextlib.asynccontextmanager
-async def run_syncer(
-    syncer: Syncer, on_catching_up: Callable[[bool], None]
-) -> AsyncIterator[asyncio.Task[None]]:
+async def run_syncer(syncer: Syncer) -> AsyncIterator[asyncio.Task[None]]:
     """Run ``syncer`` in a task for the duration of the block, then cancel it."""
-    task = asyncio.create_task(syncer.run(on_catching_up))
+    task = asyncio.create_task(syncer.run())
     try:
         yield task
     finally:
@@ -521,17 +534,11 @@ async def test_one_peer_claiming_a_far_round_is_not_chased(net: Net, tmp_path: P
     await net.settle()
     assert us.syncer.gap() == 10
 
-    changes: list[bool] = []
-
-    def on_catching_up(catching_up: bool) -> None:
-        changes.append(catching_up)
-        net.changed.set()
-
-    async with run_syncer(us.syncer, on_catching_up):
+    async with run_syncer(us.syncer):
         await net.until(lambda: len(requests(net, us)) == 1)
-        assert changes == [True]
+        assert us.changes == [True]
         assert us.syncer.readiness() == (False, "catching up: 10 rounds behind")
-        (request,) = [m for m in net.queue if m.kind is MessageType.ROUNDS]
+        (request,) = [m for m in net.queue if m.kind is SyncType.ROUNDS]
         assert request.target == second.name
         assert decode_sync(request.data) == RoundsRequest(39, 50)
         answer = await net.settle()
@@ -541,16 +548,17 @@ async def test_one_peer_claiming_a_far_round_is_not_chased(net: Net, tmp_path: P
         # The engine took the rounds in: in step with the second peer, whatever the liar says.
         us.position = status(50, committed=48)
         await us.syncer.handle(second.name, encode_sync(second.position))
-        await net.until(lambda: changes == [True, False])
+        await net.until(lambda: us.changes == [True, False])
         assert us.syncer.gap() == 0
     sent = [*net.delivered, *net.queue]
-    assert [m.target for m in sent if m.kind is MessageType.ROUNDS] == [second.name]
+    assert [m.target for m in sent if m.kind is SyncType.ROUNDS] == [second.name]
 
 
 async def test_the_trusted_rank_moves_down_as_peers_leave(net: Net, tmp_path: Path) -> None:
     us = net.add(PeerId("us"), await open_store(tmp_path / "us", 1), status(40), trust=2)
     positions = {PeerId("liar"): 10_000, PeerId("second"): 50, PeerId("third"): 48}
     for name, highest in positions.items():
+        us.syncer.link_up(name)
         await us.syncer.handle(name, encode_sync(status(highest)))
     assert us.syncer.gap() == 10
     us.syncer.link_down(PeerId("second"))
@@ -562,6 +570,7 @@ async def test_with_fewer_peers_than_trust_the_least_advanced_is_followed(
 ) -> None:
     us = net.add(PeerId("us"), await open_store(tmp_path / "us", 1), status(40), trust=3)
     for name, highest in {PeerId("far"): 10_000, PeerId("near"): 50}.items():
+        us.syncer.link_up(name)
         await us.syncer.handle(name, encode_sync(status(highest)))
     assert us.syncer.gap() == 10
 
@@ -569,6 +578,7 @@ async def test_with_fewer_peers_than_trust_the_least_advanced_is_followed(
 async def test_trust_one_follows_the_most_advanced_peer(net: Net, tmp_path: Path) -> None:
     us = net.add(PeerId("us"), await open_store(tmp_path / "us", 1), status(40))
     for name, highest in {PeerId("far"): 10_000, PeerId("near"): 50}.items():
+        us.syncer.link_up(name)
         await us.syncer.handle(name, encode_sync(status(highest)))
     assert us.syncer.gap() == 9_960
 
@@ -576,6 +586,8 @@ async def test_trust_one_follows_the_most_advanced_peer(net: Net, tmp_path: Path
 async def test_a_rounds_request_is_answered_from_the_store(net: Net, tmp_path: Path) -> None:
     server = net.add(PeerId("server"), await open_store(tmp_path / "s", 40), status(40))
     client = net.add(PeerId("client"), await open_store(tmp_path / "c", 1), status(1))
+    net.link(server, client)
+    await net.settle()
     await server.syncer.handle(client.name, encode_sync(RoundsRequest(30, 45)))
     sent = await net.settle()
     # Rounds 41..45 are empty here: the answer still covers them.
@@ -605,17 +617,16 @@ async def test_a_peer_status_makes_a_node_in_step_ready(net: Net, tmp_path: Path
     b.position = status(14)
     await a.syncer.handle(B, encode_sync(b.position))
     assert a.syncer.gap() == 2
-    changes: list[bool] = []
-    async with run_syncer(a.syncer, changes.append):
-        await net.until(lambda: changes == [False])
+    async with run_syncer(a.syncer):
+        await net.until(lambda: a.changes == [False])
     assert a.syncer.readiness() == (True, "in step with peers (2 rounds behind)")
 
 
 # ---------------------------------------------------------- malformed input
 
 
-def raw(kind: MessageType, *fields: bytes) -> bytes:
-    """A sync message of ``kind`` with hand-laid fields."""
+def raw(kind: MessageType | SyncType, *fields: bytes) -> bytes:
+    """A message of ``kind`` with hand-laid fields."""
     return bytes((kind,)) + b"".join(fields)
 
 
@@ -650,14 +661,14 @@ STATUS_BYTES = encode_sync(status(5))
         (b"", Reason.TRUNCATED),
         (STATUS_BYTES[:-1], Reason.TRUNCATED),
         (STATUS_BYTES + b"\x00", Reason.TRAILING_BYTES),
-        (raw(MessageType.SUMMARY, u64(1), u64(8), u32(4), u16(0)), Reason.BAD_SYNC),
-        (raw(MessageType.SUMMARY, u64(1), u32(4), u16(0)), Reason.TRUNCATED),
+        (raw(SyncType.SUMMARY, u64(1), u64(8), u32(4), u16(0)), Reason.BAD_SYNC),
+        (raw(SyncType.SUMMARY, u64(1), u32(4), u16(0)), Reason.TRUNCATED),
         (encode_sync(Ids(9, 8, ())), Reason.BAD_SYNC),
-        (raw(MessageType.ROUNDS, u64(1), u64(5000)), Reason.BAD_SYNC),
+        (raw(SyncType.ROUNDS, u64(1), u64(5000)), Reason.BAD_SYNC),
         (encode_sync(summary_of(1, MAX_SUMMARY_ROUNDS + 1)), Reason.BAD_SYNC),
         (encode_sync(Ids(1, MAX_SUMMARY_ROUNDS + 1, ())), Reason.BAD_SYNC),
         (raw(MessageType.CERTIFIED), Reason.UNKNOWN_MESSAGE),
-        (bytes((MessageType.ROUNDS_DONE + 1,)), Reason.UNKNOWN_MESSAGE),
+        (bytes((SyncType.ROUNDS_DONE + 1,)), Reason.UNKNOWN_MESSAGE),
     ],
     ids=[
         "empty",
@@ -690,7 +701,7 @@ async def test_a_summary_of_the_most_rounds_allowed_is_answered(net: Net, tmp_pa
     assert len(widest.counts) == 8
     await a.syncer.handle(B, encode_sync(widest))
     assert a.sample("qudag_sync_rounds_total", result="differences") == 1
-    assert [m.kind for m in net.queue] == [MessageType.SUMMARY]  # bucket 0 holds rounds 1..4
+    assert [m.kind for m in net.queue] == [SyncType.SUMMARY]  # bucket 0 holds rounds 1..4
 
 
 @pytest.mark.parametrize(

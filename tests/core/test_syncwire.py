@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from qudag_node.core import codec
 from qudag_node.core.errors import Fault, InputRejected, Reason
-from qudag_node.core.messages import MessageType
 from qudag_node.core.syncwire import (
     MAX_BUCKETS,
     MAX_IDS,
@@ -26,6 +25,7 @@ from qudag_node.core.syncwire import (
     Status,
     Summary,
     SyncMessage,
+    SyncType,
     bucket_count,
     bucket_span,
     decode_sync,
@@ -178,19 +178,19 @@ def summary_bytes(low: int, high: int, span: int, count: int, buckets: int | Non
     """SUMMARY bytes of rounds ``low..high`` announcing ``count`` buckets of ``span``
     rounds and carrying ``buckets`` of them (all ``count`` unless told)."""
     body = (codec.u32(1) + codec.u64(1)) * (count if buckets is None else buckets)
-    head = bytes((MessageType.SUMMARY,)) + codec.u64(low) + codec.u64(high)
+    head = bytes((SyncType.SUMMARY,)) + codec.u64(low) + codec.u64(high)
     return head + codec.u32(span) + codec.u16(count) + body
 
 
 def ids_bytes(low: int, high: int, count: int) -> bytes:
     """IDS bytes announcing and carrying ``count`` ids."""
-    head = bytes((MessageType.IDS,)) + codec.u64(low) + codec.u64(high) + codec.u32(count)
+    head = bytes((SyncType.IDS,)) + codec.u64(low) + codec.u64(high) + codec.u32(count)
     return head + b"\x05" * 32 * count
 
 
 def rounds_bytes(low: int, high: int) -> bytes:
     """ROUNDS request bytes."""
-    return bytes((MessageType.ROUNDS,)) + codec.u64(low) + codec.u64(high)
+    return bytes((SyncType.ROUNDS,)) + codec.u64(low) + codec.u64(high)
 
 
 @pytest.mark.parametrize(
@@ -213,8 +213,8 @@ def rounds_bytes(low: int, high: int) -> bytes:
         (rounds_bytes(0, 2**64 - 1), Reason.BAD_SYNC),
         (rounds_bytes(10, 9), Reason.BAD_SYNC),
         (b"", Reason.TRUNCATED),
-        (bytes((MessageType.CERTIFIED,)), Reason.UNKNOWN_MESSAGE),
-        (bytes((MessageType.ROUNDS_DONE + 1,)), Reason.UNKNOWN_MESSAGE),
+        (bytes((4,)), Reason.UNKNOWN_MESSAGE),
+        (bytes((SyncType.ROUNDS_DONE + 1,)), Reason.UNKNOWN_MESSAGE),
     ],
     ids=[
         "summary-0-buckets",

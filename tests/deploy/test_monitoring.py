@@ -22,9 +22,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from qudag_node.core.sync import CATCHUP_THRESHOLD
 from qudag_node.metrics import Metrics
 from qudag_node.store import DB_FILENAME
-from qudag_node.sync import CATCHUP_THRESHOLD
 from tests.nodeproc import NodeProcess, request, submit_json, wait_until
 from tests.tools import require_tool
 
