@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,9 +33,9 @@ from qudag_node import __version__
 from qudag_node.api import make_app, start_api
 from qudag_node.commits import GroupCommit
 from qudag_node.config import ConfigError, Settings, read_small_file
-from qudag_node.core.crypto import Signer, log_hash_start, tx_ids
+from qudag_node.core.crypto import Signer, log_hash_start
 from qudag_node.core.engine import Engine, Role
-from qudag_node.core.errors import InputRejected, Reason
+from qudag_node.core.errors import InputRejected
 from qudag_node.core.events import (
     EquivocationDetected,
     Event,
@@ -47,7 +47,6 @@ from qudag_node.core.events import (
     VerticesRequested,
 )
 from qudag_node.core.genesis import Genesis
-from qudag_node.core.rules import check_batch
 from qudag_node.core.syncwire import Status
 from qudag_node.core.types import PeerId, TxId, VertexId
 from qudag_node.discovery import Discovery, Resolver
@@ -56,15 +55,28 @@ from qudag_node.inbox import LinkDown, LinkUp, PeerInbox, Received
 from qudag_node.metrics import Metrics
 from qudag_node.ports import (
     Check,
+    DagInfo,
     EvidenceRecord,
+    LogInfo,
     LogRecord,
+    NetworkInfo,
+    NodeInfo,
+    NodeStatus,
+    P2pInfo,
+    PeerPosition,
+    PeerView,
+    QuorumInfo,
     StorageFull,
     SubmitReceipt,
+    SyncInfo,
+    TransactionsInfo,
     TxRecord,
     TxState,
+    ValidatorInfo,
     VertexRecord,
 )
 from qudag_node.store import Store, StoreError, accept, is_disk_full
+from qudag_node.submissions import Submission, Submissions
 from qudag_node.sync import Syncer
 from qudag_node.verifier import ThreadedVerifier, worker_count
 
@@ -137,6 +149,10 @@ class DiskGuard:
         shown = "unknown" if free is None else f"{free >> 20} MiB"
         return f"{shown} free, need {self._min_free_mb}"
 
+    def shortage(self) -> str | None:
+        """:meth:`detail` when the free space is below the floor, else None."""
+        return self.detail() if self.low() else None
+
 
 @dataclass(frozen=True, slots=True)
 class _QuorumState:
@@ -148,14 +164,7 @@ class _QuorumState:
     since: float
 
 
-@dataclass(eq=False, slots=True)
-class _Submission:
-    ids: list[TxId]
-    transactions: Sequence[bytes]
-    done: asyncio.Future[SubmitReceipt]
-
-
-_Outcomes = list[tuple[_Submission, SubmitReceipt | InputRejected]]
+_Outcomes = list[tuple[Submission, SubmitReceipt | InputRejected]]
 
 
 @dataclass(eq=False)
@@ -166,27 +175,6 @@ class _Step:
     events: list[Event]
     outcomes: _Outcomes
     messages: list[tuple[PeerId, bytes]]
-
-
-def _new_future() -> asyncio.Future[bool]:
-    return asyncio.get_running_loop().create_future()
-
-
-@dataclass(eq=False)
-class _FinalityWait:
-    """One client waiting for a set of transactions to become final."""
-
-    remaining: set[TxId]
-    done: asyncio.Future[bool] = field(default_factory=_new_future)
-
-    def discard(self, ids: set[TxId]) -> None:
-        self.remaining -= ids
-        if not self.remaining and not self.done.done():
-            self.done.set_result(True)
-
-    def release(self) -> None:
-        if not self.done.done():
-            self.done.set_result(False)
 
 
 def load_signer(settings: Settings) -> tuple[Signer, bool]:
@@ -293,13 +281,8 @@ class Node:
         self.api_port: int | None = None
         self._stop_requested = asyncio.Event()
         self._started = asyncio.Event()
-        self._closing = False  # no new client work is taken
         self._stopping = False  # the pump finishes what is queued and returns
-        self._inbox: list[_Submission] = []
-        self._inbox_txs = 0
         self._wakeup = asyncio.Event()
-        self._waiters: dict[TxId, list[_FinalityWait]] = {}
-        self._submitted_at: dict[TxId, float] = {}  # not final yet: monotonic admission time
         self._started_at = time.time()
         self._vertex_total = 0
         self._pump_task: asyncio.Task[None] | None = None
@@ -313,6 +296,7 @@ class Node:
         self._disk_full = False  # a write failed for lack of space; cleared by _recover()
         self._syncer: Syncer
         self._peer_inbox: PeerInbox
+        self._submissions: Submissions
         # set in run()
         self._store: Store
         self._engine: Engine
@@ -398,6 +382,14 @@ class Node:
         self._metrics = Metrics(__version__)
         self._metrics.set_totals(totals.vertices, totals.transactions, totals.log_length)
         self._metrics.watch_storage(s.data_path, self._store.path)
+        self._submissions = Submissions(
+            self.params,
+            self._store,
+            self._metrics,
+            pool=lambda: self._engine.pending,
+            disk_short=self._disk.shortage,
+            wakeup=self._wakeup.set,
+        )
         log.info(
             "state_loaded",
             vertices=totals.vertices,
@@ -457,10 +449,7 @@ class Node:
                 background.append(tg.create_task(self._check_integrity()))
                 await self._stop_requested.wait()
                 log.info("stopping")
-                self._closing = True
-                for waits in self._waiters.values():
-                    for wait in waits:
-                        wait.release()
+                self._submissions.close()
                 try:
                     async with asyncio.timeout(s.shutdown_timeout):
                         await runner.cleanup()  # stop listening, finish in-flight requests
@@ -587,7 +576,7 @@ class Node:
                     break  # shutting down meanwhile
                 commits.repair()
             timer = self._engine.get_timer()
-            if not self._inbox and not self._peer_inbox and not self._stopping:
+            if not self._submissions and not self._peer_inbox and not self._stopping:
                 delay = None if timer is None else max(0.0, timer - time.time())
                 try:
                     async with asyncio.timeout(delay):
@@ -596,7 +585,7 @@ class Node:
                     pass
             self._wakeup.clear()
             await self._step(commits, time.time())
-            if self._stopping and not self._inbox:
+            if self._stopping and not self._submissions:
                 break
         commits.close()
 
@@ -641,13 +630,13 @@ class Node:
 
     async def _step(self, commits: GroupCommit[_Step], now: float) -> None:
         commits.preparing()
-        batch, self._inbox, self._inbox_txs = self._inbox, [], 0
+        batch = self._submissions.take()
         outcomes: _Outcomes = []
         if batch:
             try:
                 known = await self._store.known_ids([i for sub in batch for i in sub.ids])
             except sqlite3.DatabaseError as e:
-                self._inbox = batch + self._inbox  # answered with an error as the node stops
+                self._submissions.put_back(batch)  # answered with an error as the node stops
                 raise NodeFailure(f"cannot read the database: {e}") from None
             outcomes = self._admit(batch, known, now)
         self._take_peer_inputs(now)
@@ -765,23 +754,19 @@ class Node:
         """The database failed: the clients of ``steps`` get an error, never an ack."""
         for step in steps:
             for sub, _ in step.outcomes:
-                if not sub.done.done():
-                    sub.done.set_exception(self._storage_error())
+                sub.fail(self._storage_error())
 
     def _fail_queued(self) -> None:
         """Submissions the pump did not take get an error, never an ack (the node stops,
         or waits for disk space)."""
-        queued, self._inbox, self._inbox_txs = self._inbox, [], 0
-        for sub in queued:
-            if not sub.done.done():
-                sub.done.set_exception(self._storage_error())
+        self._submissions.fail_queued(self._storage_error)
 
     async def _finish_step(self, step: _Step) -> None:
         """Once ``step`` is durable: answer its clients, then send its messages."""
         self._after_commit(step.events, step.outcomes)
         await self._send(step)
 
-    def _admit(self, batch: list[_Submission], known: set[TxId], now: float) -> _Outcomes:
+    def _admit(self, batch: list[Submission], known: set[TxId], now: float) -> _Outcomes:
         """Admit a step's submissions in one engine call, each all or nothing; ids the
         database holds already count as duplicates."""
         batches: list[tuple[Sequence[TxId], Sequence[bytes]]]
@@ -804,7 +789,7 @@ class Node:
             outcomes.append(
                 (sub, SubmitReceipt(tuple(sub.ids), len(sub.ids) - len(result.admitted)))
             )
-        self._note_submitted(admitted)
+        self._submissions.admitted(admitted, time.monotonic())
         return outcomes
 
     def _after_commit(self, events: list[Event], outcomes: _Outcomes) -> None:
@@ -814,13 +799,10 @@ class Node:
         for sub, outcome in outcomes:
             if isinstance(outcome, InputRejected):
                 self._metrics.on_submit_rejected(outcome.reason, len(sub.ids))
-                if not sub.done.done():  # its client may have gone
-                    sub.done.set_exception(outcome)
             else:
                 stored += len(outcome.ids) - outcome.duplicates
                 duplicates += outcome.duplicates
-                if not sub.done.done():
-                    sub.done.set_result(outcome)
+            sub.answer(outcome)
         if stored or duplicates:
             self._metrics.on_submit(stored, duplicates)
         for event in events:
@@ -828,7 +810,7 @@ class Node:
                 self._vertex_total += 1
             elif isinstance(event, LeaderCommitted):
                 if event.entries:
-                    self._finalized({e.tx_id for e in event.entries})
+                    self._submissions.finalized({e.tx_id for e in event.entries}, time.monotonic())
                 log.debug(
                     "leader_committed",
                     round=event.round,
@@ -849,76 +831,15 @@ class Node:
                     reason=event.reason.value,
                 )
 
-    def _note_submitted(self, ids: Sequence[TxId]) -> None:
-        """Start the finality clock of newly admitted client transactions."""
-        now = time.monotonic()
-        for i in ids:
-            self._submitted_at.setdefault(i, now)
-        while len(self._submitted_at) > 2 * self.params.max_pending:
-            del self._submitted_at[next(iter(self._submitted_at))]
-
-    def _finalized(self, ids: set[TxId]) -> None:
-        now = time.monotonic()
-        self._metrics.on_finality(
-            [now - t for i in ids if (t := self._submitted_at.pop(i, None)) is not None]
-        )
-        for i in ids & self._waiters.keys():
-            for wait in self._waiters[i]:
-                wait.discard({i})
-
     # ------------------------------------------------------------ NodeApi
 
     async def submit(self, transactions: Sequence[bytes]) -> SubmitReceipt:
         """Queue a client batch for the next engine step; return once it is stored."""
-        try:
-            self._precheck(transactions)
-        except InputRejected as e:
-            self._metrics.on_submit_rejected(e.reason, len(transactions))
-            raise
-        sub = _Submission(
-            tx_ids(transactions), transactions, asyncio.get_running_loop().create_future()
-        )
-        self._inbox.append(sub)
-        self._inbox_txs += len(transactions)
-        self._wakeup.set()
-        # A client that goes away cancels only its wait: the pump answers a settled
-        # future no more, and the submission is stored all the same.
-        return await sub.done
-
-    def _precheck(self, transactions: Sequence[bytes]) -> None:
-        """Refuse a batch before it is queued: bad transactions, shutdown, a full pool."""
-        check_batch(transactions, self.params)
-        if self._closing:
-            raise InputRejected(Reason.POOL_FULL, "the node is shutting down")
-        if self._disk.low():
-            raise StorageFull(
-                f"too little free disk space to store more ({self._disk.detail()} MiB,"
-                " QUDAG_MIN_FREE_DISK_MB); writes resume once space is freed"
-            )
-        waiting = self._engine.pending + self._inbox_txs
-        if waiting + len(transactions) > self.params.max_pending:
-            raise InputRejected(
-                Reason.POOL_FULL, f"{waiting} transactions waiting, limit {self.params.max_pending}"
-            )
+        return await self._submissions.submit(transactions)
 
     async def wait_final(self, ids: Sequence[TxId], timeout: float) -> bool:
         """True once every id is final; False after ``timeout`` seconds."""
-        wait = _FinalityWait(set(ids))
-        for i in wait.remaining:
-            self._waiters.setdefault(i, []).append(wait)
-        try:
-            wait.discard(await self._store.final_among(list(wait.remaining)))
-            async with asyncio.timeout(timeout):
-                return await wait.done
-        except TimeoutError:
-            return False
-        finally:
-            for i in set(ids):
-                waits = self._waiters.get(i)
-                if waits is not None:
-                    waits.remove(wait)
-                    if not waits:
-                        del self._waiters[i]
+        return await self._submissions.wait_final(ids, timeout)
 
     async def transaction(self, tx_id: TxId) -> TxRecord | None:
         """A transaction's status: final from the store, included from the engine."""
@@ -944,69 +865,62 @@ class Node:
         """Equivocation evidence from the store."""
         return await self._store.evidence(limit)
 
-    def status(self) -> dict[str, Any]:
-        """The status document."""
+    def status(self) -> NodeStatus:
+        """The node's status now."""
         st = self._engine.statistics()
         g = self._genesis
-        return {
-            "node": {
-                "id": self.settings.node_id,
-                "version": __version__,
-                "role": st.role.value,
-                "public_key": self._signer.public_key.hex(),
-                "uptime_seconds": round(time.time() - self._started_at, 3),
-                "platform": dict(self.settings.platform),
-            },
-            "network": {
-                "id": g.network_id,
-                "mode": self.settings.network_mode,
-                "genesis": g.hash.hex(),
-                "validators": [
-                    {"name": v.name, "public_key": v.public_key.hex()} for v in g.validators
-                ],
-                "f": g.f,
-                "quorum": g.quorum,
-            },
-            "dag": {
-                "round": st.round,
-                "highest_round": st.highest_round,
-                "vertices": self._vertex_total,
-                "committed_round": st.committed_round,
-                "window": st.dag_window,
-                "buffered": st.buffered,
-                "buffer_dropped": st.buffer_dropped,
-                "fetching": st.fetching,
-            },
-            "log": {"length": st.log_length, "hash": st.log_hash.hex()},
-            "transactions": {"pending": st.pending, "in_flight": st.in_flight},
-            "p2p": {"peers": st.peers, "port": self.p2p_port, "quorum": self._quorum_status()},
-            "sync": self._sync_status(),
-        }
+        return NodeStatus(
+            node=NodeInfo(
+                id=self.settings.node_id,
+                version=__version__,
+                role=st.role.value,
+                public_key=self._signer.public_key,
+                uptime_seconds=time.time() - self._started_at,
+                platform=dict(self.settings.platform),
+            ),
+            network=NetworkInfo(
+                id=g.network_id,
+                mode=self.settings.network_mode,
+                genesis=g.hash,
+                validators=tuple(ValidatorInfo(v.name, v.public_key) for v in g.validators),
+                f=g.f,
+                quorum=g.quorum,
+            ),
+            dag=DagInfo(
+                round=st.round,
+                highest_round=st.highest_round,
+                vertices=self._vertex_total,
+                committed_round=st.committed_round,
+                window=st.dag_window,
+                buffered=st.buffered,
+                buffer_dropped=st.buffer_dropped,
+                fetching=st.fetching,
+            ),
+            log=LogInfo(st.log_length, st.log_hash),
+            transactions=TransactionsInfo(st.pending, st.in_flight),
+            p2p=P2pInfo(st.peers, self.p2p_port, self._quorum_info()),
+            sync=self._sync_info(),
+        )
 
-    def _quorum_status(self) -> dict[str, Any] | None:
+    def _quorum_info(self) -> QuorumInfo | None:
         """For a validator: whether it links to enough validators (itself included) to
         finalize, how many, how many are needed, and since when; None for an observer."""
         state = self._observe_quorum()
         if state is None:
             return None
-        return {
-            "can_finalize": state.able,
-            "validators_linked": state.linked,
-            "needed": self._genesis.quorum,
-            "since": datetime.fromtimestamp(state.since, UTC).isoformat(timespec="seconds"),
-            "for_seconds": round(max(0.0, time.time() - state.since), 3),
-        }
+        return QuorumInfo(
+            can_finalize=state.able,
+            validators_linked=state.linked,
+            needed=self._genesis.quorum,
+            since=datetime.fromtimestamp(state.since, UTC),
+            for_seconds=max(0.0, time.time() - state.since),
+        )
 
-    def _sync_status(self) -> dict[str, Any]:
-        ready, detail = self._syncer.readiness()
-        return {
-            "catching_up": self._syncer.catching_up,
-            "gap_rounds": self._syncer.gap(),
-            "in_step": ready,
-            "detail": detail,
-        }
+    def _sync_info(self) -> SyncInfo:
+        in_step, detail = self._syncer.readiness()
+        return SyncInfo(self._syncer.catching_up, self._syncer.gap(), in_step, detail)
 
-    def peers(self) -> list[dict[str, Any]]:
+    def peers(self) -> list[PeerView]:
         """Each linked peer (with the position it last told us) and each candidate
         address that is not linked."""
         if self._network is None:
@@ -1014,13 +928,12 @@ class Node:
         statuses = self._syncer.statuses()
         out = []
         for view in self._network.views():
-            doc: dict[str, Any] = asdict(view)
             theirs = statuses.get(PeerId(view.name)) if view.name is not None else None
             if theirs is not None and view.state == "connected":
-                doc["highest_round"] = theirs.highest
-                doc["committed_round"] = theirs.committed
-                doc["log_length"] = theirs.log_length
-            out.append(doc)
+                position = PeerPosition(theirs.highest, theirs.committed, theirs.log_length)
+                out.append(dataclasses.replace(view, position=position))
+            else:
+                out.append(view)
         return out
 
     async def liveness(self) -> list[Check]:
@@ -1038,14 +951,15 @@ class Node:
 
     def readiness(self) -> list[Check]:
         """Whether the node should get traffic now."""
-        checks = [Check("started", self._started.is_set() and not self._closing, self._phase())]
+        closing = self._submissions.closing
+        checks = [Check("started", self._started.is_set() and not closing, self._phase())]
         if self._started.is_set():
             checks.append(Check("sync", *self._syncer.readiness()))
         checks.append(Check("disk", not self._disk.low(), f"{self._disk.detail()} MiB"))
         return checks
 
     def _phase(self) -> str:
-        if self._closing:
+        if self._submissions.closing:
             return "shutting down"
         return "running" if self._started.is_set() else "starting"
 
