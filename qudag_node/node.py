@@ -1,4 +1,4 @@
-"""The composition root: wires the core, the store, the API and metrics together.
+"""The pump and the read side of a running node (built by :mod:`qudag_node.root`).
 
 Exactly one task, the *pump*, drives the engine. Each step it takes the queued
 client submissions, feeds them, the peers' messages and the timer to the engine, and
@@ -11,29 +11,23 @@ waiters, and sends messages: persist before announce, acknowledge after commit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import math
 import os
-import signal
 import sqlite3
-import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import nacl.signing
 import structlog
 
 from qudag_node import __version__
-from qudag_node.api import make_app, start_api
 from qudag_node.commits import GroupCommit
 from qudag_node.config import ConfigError, Settings, read_small_file
-from qudag_node.core.crypto import Signer, log_hash_start
+from qudag_node.core.crypto import Signer
 from qudag_node.core.engine import Engine, Role
 from qudag_node.core.errors import InputRejected
 from qudag_node.core.events import (
@@ -49,8 +43,7 @@ from qudag_node.core.events import (
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.syncwire import Status
 from qudag_node.core.types import PeerId, TxId, VertexId
-from qudag_node.discovery import Discovery, Resolver
-from qudag_node.gossip import LinkLimits, PeerNetwork
+from qudag_node.gossip import PeerNetwork
 from qudag_node.inbox import LinkDown, LinkUp, PeerInbox, Received
 from qudag_node.metrics import Metrics
 from qudag_node.ports import (
@@ -75,10 +68,10 @@ from qudag_node.ports import (
     ValidatorInfo,
     VertexRecord,
 )
-from qudag_node.store import Store, StoreError, accept, is_disk_full
+from qudag_node.store import Store, StoreError, is_disk_full
 from qudag_node.submissions import Submission, Submissions
 from qudag_node.sync import Syncer
-from qudag_node.verifier import ThreadedVerifier, worker_count
+from qudag_node.verifier import ThreadedVerifier
 
 KEY_FILENAME = "node.key"
 #: Peer inputs the pump feeds the engine in one step.
@@ -273,257 +266,92 @@ def stop_cause(error: BaseException) -> BaseException:
 
 
 class Node:
-    """One running node. Implements :class:`qudag_node.ports.NodeApi` for the API."""
+    """The pump that drives the engine, and the read side the API asks: implements
+    :class:`qudag_node.ports.NodeApi`. Built by the composition root
+    (:func:`qudag_node.root.serve`) from parts it has built and wired."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        genesis: Genesis,
+        signer: Signer,
+        store: Store,
+        engine: Engine,
+        verifier: ThreadedVerifier,
+        metrics: Metrics,
+        disk: DiskGuard,
+        syncer: Syncer,
+        peer_inbox: PeerInbox,
+        network: PeerNetwork | None,
+        p2p_port: int | None,
+        submissions: Submissions,
+        wakeup: asyncio.Event,
+        vertices: int,
+    ) -> None:
         self.settings = settings
         self.params = settings.engine_params()
-        self.api_port: int | None = None
-        self._stop_requested = asyncio.Event()
-        self._started = asyncio.Event()
-        self._stopping = False  # the pump finishes what is queued and returns
-        self._wakeup = asyncio.Event()
+        self._genesis = genesis
+        self._signer = signer
+        self._store = store
+        self._engine = engine  # replaced by _recover(), after a disk-full
+        self._verifier = verifier
+        self._metrics = metrics
+        self._disk = disk
+        self._syncer = syncer
+        self._peer_inbox = peer_inbox
+        self._network = network
+        self._p2p_port = p2p_port
+        self._submissions = submissions
+        self._wakeup = wakeup  # set by whatever brings the pump work
+        self._vertex_total = vertices
         self._started_at = time.time()
-        self._vertex_total = 0
-        self._pump_task: asyncio.Task[None] | None = None
+        self._started = False  # every task runs: the node takes traffic
+        self._closing = asyncio.Event()  # shutting down: no new client work is taken
+        self._stopping = False  # the pump finishes what is queued and returns
+        self._pumping = False
         #: whether this validator links to a quorum (itself included), and since when
         self._quorum: _QuorumState | None = None
         self._catching_up: bool | None = None  # a change for the pump to apply
-        self.p2p_port: int | None = None
-        self._network: PeerNetwork | None = None
-        self._verifier = ThreadedVerifier(worker_count())  # threads start on first use
-        self._disk = DiskGuard(settings.data_path, settings.min_free_disk_mb)
         self._disk_full = False  # a write failed for lack of space; cleared by _recover()
-        self._syncer: Syncer
-        self._peer_inbox: PeerInbox
-        self._submissions: Submissions
-        # set in run()
-        self._store: Store
-        self._engine: Engine
-        self._genesis: Genesis
-        self._signer: Signer
-        self._metrics: Metrics
 
     # ------------------------------------------------------------ life cycle
 
-    def stop(self) -> None:
-        """Ask the node to shut down cleanly (safe to call from a signal handler)."""
-        self._stop_requested.set()
+    def mark_started(self) -> None:
+        """Every task runs: the node reports ready (as far as sync and disk allow)."""
+        self._started = True
+        self._observe_quorum()
 
-    async def wait_started(self) -> None:
-        """Return once the API is listening and the node takes requests."""
-        await self._started.wait()
+    def close(self) -> None:
+        """The shutdown begins: refuse new submissions, answer the finality waiters, and
+        stop waiting for disk space."""
+        self._closing.set()
+        self._submissions.close()
 
-    async def run(self) -> None:
-        """Run until :meth:`stop`; raises :class:`NodeFailure` on unrecoverable faults."""
-        s = self.settings
-        log.info("starting", version=__version__, settings=s.redacted())
-        try:
-            try:
-                await asyncio.to_thread(s.data_path.mkdir, parents=True, exist_ok=True)
-            except FileExistsError:  # a file, a FIFO or a dangling symlink
-                raise NodeFailure(f"data dir {s.data_path}: not a directory") from None
-            self._signer, new_key = await asyncio.to_thread(load_signer, s)
-            self._genesis = s.genesis(self._signer.public_key)
-            # nothing is written into the data dir before it is accepted
-            await asyncio.to_thread(accept, s.data_path, self._genesis)
-            if new_key:
-                key_path = s.data_path / KEY_FILENAME
-                await asyncio.to_thread(write_key, key_path, self._signer)
-                log.info("node_key_created", path=str(key_path))
-            log.info("opening_database", path=str(s.data_path))
-            opening = time.monotonic()
-            self._store = await Store.open(s.data_path, self._genesis)
-            log.info(
-                "database_opened",
-                path=str(self._store.path),
-                seconds=round(time.monotonic() - opening, 3),
-            )
-        except StoreError as e:
-            raise NodeFailure(f"database {s.data_path}: {e}") from None
-        except OSError as e:
-            disk = " (no space left)" if is_disk_full(e) else ""
-            raise NodeFailure(f"data dir {s.data_path}: {e.strerror}{disk}") from None
-        try:
-            await self._serve()
-        except BaseException as e:  # one cause is chosen, the rest logged
-            # Not ``except*``: before 3.11.4 (Debian bookworm has 3.11.2), an exception
-            # raised in an except* clause comes out wrapped in a new ExceptionGroup
-            # (CPython gh-103590), which ended the process in a traceback.
-            raise stop_cause(e) from None
-        finally:
-            durable: dict[str, Any] = {}
-            with contextlib.suppress(sqlite3.Error, ValueError):
-                # the committed log, for the next start's state_loaded line to match
-                length, log_hash = await self._store.log_head()
-                log_hash = log_hash or log_hash_start(self._genesis.hash)
-                durable = {"log_length": length, "log_hash": log_hash.hex()}
-            try:
-                await self._store.close()
-            except StoreError as e:
-                log.warning("database_close_failed", error=str(e))
-            log.info("stopped", **durable)
-
-    async def _load_engine(self) -> None:
-        """Build the engine from the state on disk and log what was loaded."""
-        s = self.settings
-        started = time.monotonic()
-        try:
-            snapshot = await self._store.load_snapshot(
-                self._genesis, self.params.gc_depth, self._signer.public_key
-            )
-            totals = await self._store.totals()
-        except sqlite3.DatabaseError as e:  # damage in the pages the state is read from
-            raise NodeFailure(f"database {s.data_path}: cannot load the state: {e}") from None
-        self._engine = Engine(
-            self._genesis, self.params, self._signer, snapshot, verifier=self._verifier
-        )
-        self._vertex_total = totals.vertices
-        self._metrics = Metrics(__version__)
-        self._metrics.set_totals(totals.vertices, totals.transactions, totals.log_length)
-        self._metrics.watch_storage(s.data_path, self._store.path)
-        self._submissions = Submissions(
-            self.params,
-            self._store,
-            self._metrics,
-            pool=lambda: self._engine.pending,
-            disk_short=self._disk.shortage,
-            wakeup=self._wakeup.set,
-        )
-        log.info(
-            "state_loaded",
-            vertices=totals.vertices,
-            transactions=totals.transactions,
-            log_length=totals.log_length,
-            # SQLite cannot tell a WAL cut short behind its back: compare these with
-            # the previous run's stopping line and with peers (docs/reliability.md)
-            log_hash=snapshot.log_hash.hex(),
-            wal_bytes=_size(self._store.path.with_name(self._store.path.name + "-wal")),
-            pending=len(snapshot.pending),
-            seconds=round(time.monotonic() - started, 3),
-        )
-
-    async def _serve(self) -> None:
-        s = self.settings
-        await self._load_engine()
-        alone = self._genesis.n == 1 and self._genesis.index_of(self._signer.public_key) == 0
-        self._syncer = Syncer(
-            self._store,
-            self._send_to_peer,
-            self._position,
-            self._metrics,
-            self.params,
-            s.dag_sync_interval,
-            needs_peers=not alone,
-            trust=self._genesis.f + 1,
-        )
-        self._peer_inbox = PeerInbox(self._syncer, self._wakeup.set)
-        self._engine.set_catching_up(self._syncer.catching_up, time.time())
-        await self._open_peer_port(alone)
-        runner, self.api_port = await start_api(
-            make_app(self, self._metrics, s), s.api_host, s.api_port
-        )
-        log.info("api_listening", host=s.api_host or "*", port=self.api_port)
-        try:
-            async with asyncio.TaskGroup() as tg:
-                self._pump_task = tg.create_task(self._pump(tg))
-                background = [tg.create_task(self._syncer.run(self._on_catching_up))]
-                if self._network is not None:
-                    background.append(tg.create_task(self._network.run()))
-                    background.append(tg.create_task(self._watch_peers(self._network)))
-                    if s.peers:
-                        discovery = Discovery(
-                            s.peers, Resolver(s.dns_servers), self._store, s.dag_sync_interval
-                        )
-                        background.append(
-                            tg.create_task(discovery.run(self._network.set_candidates))
-                        )
-                self._observe_quorum()
-                self._started.set()
-                log.info(
-                    "ready",
-                    role=self._engine.role.value,
-                    public_key=self._signer.public_key.hex(),
-                    network=self._genesis.network_id,
-                )
-                background.append(tg.create_task(self._check_integrity()))
-                await self._stop_requested.wait()
-                log.info("stopping")
-                self._submissions.close()
-                try:
-                    async with asyncio.timeout(s.shutdown_timeout):
-                        await runner.cleanup()  # stop listening, finish in-flight requests
-                except TimeoutError:
-                    raise NodeFailure(
-                        f"requests still running after {s.shutdown_timeout} s of shutdown"
-                    ) from None
-                for task in background:
-                    task.cancel()  # links close; nothing more comes in
-                self._stopping = True
-                self._wakeup.set()
-        finally:
-            self._fail_queued()
-            await runner.cleanup()
-            self._verifier.close()
-
-    async def _check_integrity(self) -> None:
-        """Check the whole database file once, after start: the check reads every page,
-        so it would make start-up grow with the DAG. A damaged file stops the node."""
-        log.info("integrity_check_started", check="quick_check")
-        started = time.monotonic()
-        try:
-            await self._store.check_integrity()
-        except StoreError as e:
-            raise NodeFailure(f"database {self.settings.data_path}: {e}") from None
-        log.info("integrity_check_passed", seconds=round(time.monotonic() - started, 3))
-
-    async def _open_peer_port(self, alone: bool) -> None:
-        """Listen for peers, if this node has any to talk to (which needs the token)."""
-        s = self.settings
-        if s.peer_auth_token is None:
-            if not alone:
-                raise ConfigError(
-                    "PEER_AUTH_TOKEN is not set, but this network has other nodes: peers prove"
-                    " knowledge of a shared token; set the same PEER_AUTH_TOKEN on every node"
-                )
-            log.info("peer_port_closed", reason="no PEER_AUTH_TOKEN: this node is the network")
-            return
-        self._network = PeerNetwork(
-            self._genesis,
-            self._signer,
-            s.peer_auth_token.reveal().encode(),
-            self._peer_inbox,
-            self._metrics,
-            dataclasses.replace(
-                LinkLimits.for_interval(s.dag_sync_interval), max_queue_bytes=s.peer_queue_bytes
-            ),
-            previous_token=(
-                s.peer_auth_token_previous.reveal().encode()
-                if s.peer_auth_token_previous is not None
-                else None
-            ),
-        )
-        try:
-            self.p2p_port = await self._network.start(s.p2p_port)
-        except OSError as e:
-            raise NodeFailure(f"cannot listen on peer port {s.p2p_port}: {e.strerror}") from None
-        log.info("p2p_listening", port=self.p2p_port, peers=list(s.peers))
+    def drain(self) -> None:
+        """Nothing more comes in: the pump commits what is queued, then returns."""
+        self._stopping = True
+        self._wakeup.set()
 
     # ----------------------------------------------------------- peer links
 
-    def _send_to_peer(self, peer: PeerId, data: bytes) -> bool:
-        return self._network is not None and self._network.send(peer, data)
+    @property
+    def pending(self) -> int:
+        """Transactions the engine holds that are not final yet."""
+        return self._engine.pending
 
-    def _position(self) -> Status:
+    def position(self) -> Status:
+        """Where this node stands, as STATUS tells peers."""
         st = self._engine.statistics()
         floor = max(0, st.committed_round - self.params.gc_depth)
         return Status(st.highest_round, st.committed_round, floor, st.log_length, st.log_hash)
 
-    def _on_catching_up(self, catching_up: bool) -> None:
+    def on_catching_up(self, catching_up: bool) -> None:
+        """The syncer's verdict changed: the pump hands it to the engine next step."""
         self._catching_up = catching_up
         self._wakeup.set()
 
-    async def _watch_peers(self, network: PeerNetwork) -> None:
+    async def watch_peers(self, network: PeerNetwork) -> None:
         """Keep the per-peer last-message ages and the quorum view current."""
         while True:
             self._metrics.on_peer_ages({str(p): age for p, age in network.last_seen().items()})
@@ -555,9 +383,16 @@ class Node:
 
     # ------------------------------------------------------------------ pump
 
+    async def pump(self, tg: asyncio.TaskGroup) -> None:
+        """Step the engine until :meth:`drain`, then close the group commit, whose task
+        (in ``tg``, the node's TaskGroup) finishes what is queued."""
+        self._pumping = True
+        try:
+            await self._pump(tg)
+        finally:
+            self._pumping = False
+
     async def _pump(self, tg: asyncio.TaskGroup) -> None:
-        """Step the engine until shutdown, then close the group commit, whose task (in
-        ``tg``, the node's TaskGroup) finishes what is queued."""
         commits = GroupCommit(
             self._write_steps,
             self._commit,
@@ -596,11 +431,11 @@ class Node:
         steps held was announced (persist before announce), so the engine may make
         them again differently. False if the node is shutting down meanwhile."""
         log.warning("disk_full", detail=self._disk.detail() + " MiB", action="writes paused")
-        self._fail_queued()  # not stored: 507 now rather than a wait of unknown length
+        self.fail_queued()  # not stored: 507 now rather than a wait of unknown length
         while True:
             try:
                 async with asyncio.timeout(DISK_FULL_PAUSE):
-                    await self._stop_requested.wait()
+                    await self._closing.wait()
                 return False
             except TimeoutError:
                 pass
@@ -756,7 +591,7 @@ class Node:
             for sub, _ in step.outcomes:
                 sub.fail(self._storage_error())
 
-    def _fail_queued(self) -> None:
+    def fail_queued(self) -> None:
         """Submissions the pump did not take get an error, never an ack (the node stops,
         or waits for disk space)."""
         self._submissions.fail_queued(self._storage_error)
@@ -898,7 +733,7 @@ class Node:
             ),
             log=LogInfo(st.log_length, st.log_hash),
             transactions=TransactionsInfo(st.pending, st.in_flight),
-            p2p=P2pInfo(st.peers, self.p2p_port, self._quorum_info()),
+            p2p=P2pInfo(st.peers, self._p2p_port, self._quorum_info()),
             sync=self._sync_info(),
         )
 
@@ -939,7 +774,7 @@ class Node:
     async def liveness(self) -> list[Check]:
         """The event loop answers (we are running), the pump runs, the database answers."""
         checks = [Check("event_loop", True, "answering")]
-        pump_ok = self._pump_task is not None and not self._pump_task.done()
+        pump_ok = self._pumping
         checks.append(Check("engine", pump_ok, "running" if pump_ok else "stopped"))
         try:
             async with asyncio.timeout(2.0):
@@ -951,71 +786,14 @@ class Node:
 
     def readiness(self) -> list[Check]:
         """Whether the node should get traffic now."""
-        closing = self._submissions.closing
-        checks = [Check("started", self._started.is_set() and not closing, self._phase())]
-        if self._started.is_set():
+        closing = self._closing.is_set()
+        checks = [Check("started", self._started and not closing, self._phase())]
+        if self._started:
             checks.append(Check("sync", *self._syncer.readiness()))
         checks.append(Check("disk", not self._disk.low(), f"{self._disk.detail()} MiB"))
         return checks
 
     def _phase(self) -> str:
-        if self._submissions.closing:
+        if self._closing.is_set():
             return "shutting down"
-        return "running" if self._started.is_set() else "starting"
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-class ShutdownWatchdog:
-    """Ends the process (exit code 1) if a shutdown has not finished ``seconds`` after
-    it began: whatever a task is doing, SIGTERM stops the node within
-    ``QUDAG_SHUTDOWN_TIMEOUT``. A thread, so that it fires even if the event loop is
-    stuck."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._timer: threading.Timer | None = None
-
-    def start(self) -> None:
-        """Start counting (once; later calls change nothing)."""
-        if self._timer is None:
-            self._timer = threading.Timer(self.seconds, self._expired)
-            self._timer.daemon = True
-            self._timer.start()
-
-    def cancel(self) -> None:
-        """The shutdown finished: stop counting."""
-        if self._timer is not None:
-            self._timer.cancel()
-
-    def _expired(self) -> None:
-        log.error("shutdown_timed_out", seconds=self.seconds)
-        sys.stdout.flush()
-        os._exit(1)
-
-
-async def serve(settings: Settings) -> None:
-    """Run a node until SIGTERM or SIGINT, then shut it down cleanly, within
-    ``QUDAG_SHUTDOWN_TIMEOUT`` (after which the process exits with 1 all the same)."""
-    node = Node(settings)
-    watchdog = ShutdownWatchdog(settings.shutdown_timeout)
-    loop = asyncio.get_running_loop()
-
-    def stop() -> None:
-        watchdog.start()
-        node.stop()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop)
-    try:
-        await node.run()
-    finally:
-        watchdog.cancel()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-    sys.stdout.flush()
+        return "running" if self._started else "starting"
