@@ -6,8 +6,10 @@ state on disk, builds the verifier, metrics, syncer, peer links, discovery, the 
 submissions, the pump and read side (:class:`~qudag_node.node.Node`) and the API, and
 runs them until ``shutdown_trigger`` returns. The shutdown then refuses new
 submissions and answers finality waiters, closes the API (in-flight requests finish),
-stops the links, syncer and discovery, lets the pump commit what is queued, and closes
-the database; past the timeout it stops with :class:`~qudag_node.node.NodeFailure`.
+stops the links, syncer and discovery, and lets the pump commit what is queued, under
+one deadline: past ``QUDAG_SHUTDOWN_TIMEOUT`` whatever still runs is cancelled and the
+node stops with :class:`~qudag_node.node.NodeFailure`. The database is closed last,
+whatever happened, and never cut short.
 :func:`serve_until_signalled` is the process's: SIGTERM and SIGINT trigger the
 shutdown, and a watchdog thread ends the process if even the event loop is stuck.
 """
@@ -83,10 +85,7 @@ async def serve(
     deadline = asyncio.timeout(None)  # set when the shutdown begins
     try:
         async with deadline:
-            try:
-                await _run(s, signer, genesis, store, deadline, shutdown_trigger, on_started)
-            finally:
-                await _close(store, genesis)
+            await _run(s, signer, genesis, store, deadline, shutdown_trigger, on_started)
     except BaseException as e:  # one cause is chosen, the rest logged
         if isinstance(e, TimeoutError) and deadline.expired():
             raise NodeFailure(
@@ -96,6 +95,10 @@ async def serve(
         # raised in an except* clause comes out wrapped in a new ExceptionGroup
         # (CPython gh-103590), which ended the process in a traceback.
         raise stop_cause(e) from None
+    finally:
+        # Never cut short: each connection has a thread that would keep the process
+        # alive (past the deadline, the watchdog of serve_until_signalled ends it).
+        await _close(store, genesis)
 
 
 async def _run(
