@@ -21,7 +21,7 @@ from pathlib import Path
 
 from qudag_node.core.certificate import Certificate, make_certificate
 from qudag_node.core.crypto import Signer
-from qudag_node.core.events import Event, LeaderCommitted, VertexCertified, VertexStored
+from qudag_node.core.events import Fact, LeaderCommitted, VertexCertified, VertexStored
 from qudag_node.core.genesis import Genesis, Validator
 from qudag_node.core.types import VertexId
 from qudag_node.core.vertex import Vertex, make_vertex
@@ -72,8 +72,8 @@ def certified_rounds(committee: Committee, rounds: int, start_ms: int) -> Iterat
 
 def _round_events(
     genesis: Genesis, number: int, made: Round, unordered: list[VertexId]
-) -> list[Event]:
-    events: list[Event] = []
+) -> list[Fact]:
+    events: list[Fact] = []
     for vertex, certificate in made:
         events += [VertexStored(vertex, own=False), VertexCertified(vertex.id, number, certificate)]
     unordered += [v.id for v, _ in made]
@@ -91,7 +91,7 @@ async def persist_history(data_dir: Path, committee: Committee, rounds: int, sta
     store = await Store.open(data_dir, committee.genesis)
     written = 0
     try:
-        events: list[Event] = []
+        events: list[Fact] = []
         unordered: list[VertexId] = []
         for number, made in enumerate(certified_rounds(committee, rounds, start_ms), start=1):
             events += _round_events(committee.genesis, number, made, unordered)

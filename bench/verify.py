@@ -7,8 +7,8 @@ threads on the machine's cores) check every author signature and certificate vot
 the batch at once, then inserts the vertices into the DAG, where leaders commit. This
 drives exactly that: a fresh observer engine with the node's verifier, linked to one
 peer and catching up, takes the certified rounds of a four-validator history
-(:mod:`bench.history`) in round order, 256 messages per step with the events and
-messages drained after each, as the pump does (without the store, which the
+(:mod:`bench.history`) in round order, 256 messages per step with the output
+taken after each, as the pump does (without the store, which the
 ``catchup`` scenario includes). The signature checks it really made are the calls
 that reach libsodium, counted.
 
@@ -32,11 +32,10 @@ from bench.lab import Lab
 from bench.report import Row, per_second
 from qudag_node.core.crypto import Signer
 from qudag_node.core.engine import Engine
-from qudag_node.core.events import MessageRejected
 from qudag_node.core.messages import CertifiedMessage, encode_message
 from qudag_node.core.params import Params
-from qudag_node.core.types import PeerId
-from qudag_node.node import PEER_INPUTS_PER_STEP
+from qudag_node.core.types import Instant, PeerId
+from qudag_node.pump import PEER_INPUTS_PER_STEP
 from qudag_node.verifier import ThreadedVerifier, worker_count
 
 GOAL_RATIO = 0.8
@@ -80,19 +79,17 @@ def engine_run(
     engine = Engine(committee.genesis, Params(), Signer(os.urandom(32)), verifier=verifier)
     peer = PeerId("v1")
     engine.peer_connected(peer, committee.genesis.validators[0].public_key)
-    engine.set_catching_up(True, time.time())
+    engine.set_catching_up(True, Instant(time.monotonic(), time.time()))
     rejected = 0
     with counting_verifications() as calls:
         started = time.perf_counter()
         for first in range(0, len(messages), per_step):
-            now = time.time()
+            now = Instant(time.monotonic(), time.time())
             engine.receive_messages(
                 [(peer, data) for data in messages[first : first + per_step]], now
             )
             engine.handle_timer(now)
-            while (event := engine.next_event()) is not None:
-                rejected += isinstance(event, MessageRejected)
-            engine.messages_to_send()
+            rejected += len(engine.take_output().notices)
         elapsed = time.perf_counter() - started
         made = next(calls)
     verifier.close()

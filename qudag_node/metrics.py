@@ -13,6 +13,7 @@ import platform
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import assert_never
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Histogram, Metric
 from prometheus_client.core import GaugeMetricFamily
@@ -21,10 +22,13 @@ from qudag_node.core.engine import Statistics
 from qudag_node.core.errors import Reason
 from qudag_node.core.events import (
     EquivocationDetected,
-    Event,
+    Fact,
     LeaderCommitted,
     MessageRejected,
+    Notice,
+    TransactionsAdmitted,
     VertexCertified,
+    VertexStored,
 )
 from qudag_node.core.handshake import REFUSAL_REASONS, UNKNOWN_REFUSAL
 
@@ -319,24 +323,36 @@ class Metrics:
         self._finalized.inc(log_length)
         self._log_length.set(log_length)
 
-    def on_events(self, events: Sequence[Event]) -> None:
+    def on_facts(self, facts: Sequence[Fact]) -> None:
         """Count what one persisted engine step produced.
 
         Admitted transactions are counted by :meth:`on_submit`, not here.
         """
-        for event in events:
-            if isinstance(event, VertexCertified):
-                self._dag_nodes.inc()
-            elif isinstance(event, LeaderCommitted):
-                self._leaders.inc()
-                self._skipped.inc(len(event.skipped))
-                self._finalized.inc(len(event.entries))
-            elif isinstance(event, EquivocationDetected):
-                self._equivocations.inc()
-            elif isinstance(event, MessageRejected):
-                self._messages_rejected.labels(reason=event.reason.value).inc()
-                if event.kind in VERTEX_MESSAGES:
-                    self._vertices_rejected.labels(reason=event.reason.value).inc()
+        for fact in facts:
+            match fact:
+                case VertexCertified():
+                    self._dag_nodes.inc()
+                case LeaderCommitted():
+                    self._leaders.inc()
+                    self._skipped.inc(len(fact.skipped))
+                    self._finalized.inc(len(fact.entries))
+                case EquivocationDetected():
+                    self._equivocations.inc()
+                case TransactionsAdmitted() | VertexStored():
+                    pass
+                case _:
+                    assert_never(fact)
+
+    def on_notices(self, notices: Sequence[Notice]) -> None:
+        """Count the peers' messages one engine step rejected."""
+        for notice in notices:
+            match notice:
+                case MessageRejected(reason=reason, kind=kind):
+                    self._messages_rejected.labels(reason=reason.value).inc()
+                    if kind in VERTEX_MESSAGES:
+                        self._vertices_rejected.labels(reason=reason.value).inc()
+                case _:
+                    assert_never(notice)
 
     def on_finality(self, latencies: Sequence[float]) -> None:
         """Transactions acknowledged here became final after ``latencies`` seconds."""

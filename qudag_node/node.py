@@ -1,10 +1,11 @@
-"""The pump and the read side of a running node (built by :mod:`qudag_node.root`).
+"""The task that steps the engine, and the read side of a running node (both built
+by :mod:`qudag_node.root`).
 
-Exactly one task, the *pump*, drives the engine. Each step it takes the queued
-client submissions, feeds them, the peers' messages and the timer to the engine, and
-hands the events, the clients' outcomes and the messages to the group commit
-(``commits.py``), which persists them (one database transaction for the steps that
-queued behind the last one) and only then acknowledges clients, wakes finality
+Exactly one task drives the engine. Each step it takes the queued client
+submissions, feeds them, the peers' messages and the timer to the engine, and lets the
+:class:`~qudag_node.pump.Pump` take the engine's output to the group commit
+(``commits.py``), which persists the facts (one database transaction for the steps
+that queued behind the last one) and only then acknowledges clients, wakes finality
 waiters, and sends messages: persist before announce, acknowledge after commit.
 """
 
@@ -20,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import assert_never
 
 import nacl.signing
 import structlog
@@ -32,19 +34,19 @@ from qudag_node.core.engine import Engine, Role
 from qudag_node.core.errors import InputRejected
 from qudag_node.core.events import (
     EquivocationDetected,
-    Event,
+    Fact,
     LeaderCommitted,
     MessageRejected,
-    TransactionsForwarded,
-    TransactionsOrphaned,
+    Notice,
+    TransactionsAdmitted,
     VertexCertified,
-    VerticesRequested,
+    VertexStored,
 )
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.syncwire import Status
-from qudag_node.core.types import PeerId, TxId, VertexId
+from qudag_node.core.types import Instant, PeerId, TxId, VertexId
 from qudag_node.gossip import PeerNetwork
-from qudag_node.inbox import LinkDown, LinkUp, PeerInbox, Received
+from qudag_node.inbox import PeerInbox
 from qudag_node.metrics import Metrics
 from qudag_node.ports import (
     Check,
@@ -68,14 +70,13 @@ from qudag_node.ports import (
     ValidatorInfo,
     VertexRecord,
 )
+from qudag_node.pump import ForwardRefused, Pump, PumpStep, deliver, feed_peer_inputs
 from qudag_node.store import Store, StoreError, is_disk_full
 from qudag_node.submissions import Submission, Submissions
 from qudag_node.sync import Syncer
 from qudag_node.verifier import ThreadedVerifier
 
 KEY_FILENAME = "node.key"
-#: Peer inputs the pump feeds the engine in one step.
-PEER_INPUTS_PER_STEP = 256
 #: Most database transactions a second on average (an fsync each, plus a few for
 #: checkpoints): under load each carries every step since the last, within the volume's
 #: IOPS. At most MAX_COMMIT_BURST more may end at once.
@@ -157,17 +158,15 @@ class _QuorumState:
     since: float
 
 
-_Outcomes = list[tuple[Submission, SubmitReceipt | InputRejected]]
+#: A client's submission and what it is answered once its step is durable.
+_Outcome = tuple[Submission, SubmitReceipt | InputRejected]
+_Step = PumpStep[_Outcome]
 
 
-@dataclass(eq=False)
-class _Step:
-    """What one pump step hands to the group commit: the engine's events to persist,
-    then the clients to answer and the messages to send once they are durable."""
-
-    events: list[Event]
-    outcomes: _Outcomes
-    messages: list[tuple[PeerId, bytes]]
+def engine_time() -> Instant:
+    """The time of an engine input: the monotonic clock for its timers, the wall clock
+    for the timestamps of vertices."""
+    return Instant(time.monotonic(), time.time())
 
 
 def load_signer(settings: Settings) -> tuple[Signer, bool]:
@@ -383,17 +382,17 @@ class Node:
 
     # ------------------------------------------------------------------ pump
 
-    async def pump(self, tg: asyncio.TaskGroup) -> None:
+    async def run_pump(self, tg: asyncio.TaskGroup) -> None:
         """Step the engine until :meth:`drain`, then close the group commit, whose task
         (in ``tg``, the node's TaskGroup) finishes what is queued."""
         self._pumping = True
         try:
-            await self._pump(tg)
+            await self._pump_until_drained(tg)
         finally:
             self._pumping = False
 
-    async def _pump(self, tg: asyncio.TaskGroup) -> None:
-        commits = GroupCommit(
+    async def _pump_until_drained(self, tg: asyncio.TaskGroup) -> None:
+        commits: GroupCommit[_Step] = GroupCommit(
             self._write_steps,
             self._commit,
             self._finish_step,
@@ -404,22 +403,24 @@ class Node:
             recoverable=lambda e: is_disk_full(e.__cause__ or e),
             on_broken=self._wakeup.set,
         )
+        pump: Pump[_Outcome] = Pump(self._engine, self._store, commits)
         tg.create_task(commits.run())
         while True:
             if commits.broken:
                 if not await self._recover():
                     break  # shutting down meanwhile
+                pump.engine = self._engine
                 commits.repair()
             timer = self._engine.get_timer()
             if not self._submissions and not self._peer_inbox and not self._stopping:
-                delay = None if timer is None else max(0.0, timer - time.time())
+                delay = None if timer is None else max(0.0, timer - time.monotonic())
                 try:
                     async with asyncio.timeout(delay):
                         await self._wakeup.wait()
                 except TimeoutError:
                     pass
             self._wakeup.clear()
-            await self._step(commits, time.time())
+            await self._step(pump, commits, engine_time())
             if self._stopping and not self._submissions:
                 break
         commits.close()
@@ -452,8 +453,7 @@ class Node:
         self._engine = Engine(
             self._genesis, self.params, self._signer, snapshot, verifier=self._verifier
         )
-        now = time.time()
-        self._engine.set_catching_up(self._syncer.catching_up, now)
+        self._engine.set_catching_up(self._syncer.catching_up, engine_time())
         if self._network is not None:
             for peer, key in self._network.linked():
                 self._engine.peer_connected(peer, key)
@@ -463,103 +463,34 @@ class Node:
         )
         return True
 
-    async def _step(self, commits: GroupCommit[_Step], now: float) -> None:
+    async def _step(self, pump: Pump[_Outcome], commits: GroupCommit[_Step], now: Instant) -> None:
+        """Feed the engine this step's inputs; the pump takes its output on."""
         commits.preparing()
         batch = self._submissions.take()
-        outcomes: _Outcomes = []
-        if batch:
-            try:
-                known = await self._store.known_ids([i for sub in batch for i in sub.ids])
-            except sqlite3.DatabaseError as e:
-                self._submissions.put_back(batch)  # answered with an error as the node stops
-                raise NodeFailure(f"cannot read the database: {e}") from None
-            outcomes = self._admit(batch, known, now)
-        self._take_peer_inputs(now)
-        self._engine.handle_timer(now)
-        events = fresh = self._drain_events()
-        while any(isinstance(e, TransactionsOrphaned | TransactionsForwarded) for e in fresh):
-            if any(isinstance(e, TransactionsOrphaned) for e in fresh):
-                # the orphaned transactions are read back: make every step durable first
-                await commits.put(_Step(events, outcomes, []))
-                events, outcomes = [], []
-                await commits.flush()
-            await self._follow_up(fresh, now)
-            fresh = self._drain_events()
-            events = events + fresh
-        await commits.put(_Step(events, outcomes, self._engine.messages_to_send()))
-
-    def _take_peer_inputs(self, now: float) -> None:
-        """Feed the engine what the links brought since the last step."""
-        if self._catching_up is not None:
-            self._engine.set_catching_up(self._catching_up, now)
-            self._catching_up = None
-        received: list[tuple[PeerId, bytes]] = []  # in a row: one batch for the engine
-        for item in self._peer_inbox.take(PEER_INPUTS_PER_STEP):
-            if isinstance(item, Received):
-                received.append((item.peer, item.data))
-                continue
-            self._engine.receive_messages(received, now)
-            received.clear()
-            match item:
-                case LinkUp(peer, key):
-                    self._engine.peer_connected(peer, key)
-                case LinkDown(peer):
-                    self._engine.peer_disconnected(peer)
-        self._engine.receive_messages(received, now)
-        if self._peer_inbox:
-            self._wakeup.set()  # more next step
-
-    async def _send(self, step: _Step) -> None:
-        """Send what the engine queued in ``step``, and answer peers' fetches from the
-        store; only after the step's commit (persist before announce)."""
-        if self._network is None:
-            return
-        for peer, data in step.messages:
-            self._network.send(peer, data)
-        for event in step.events:
-            if isinstance(event, VerticesRequested):
-                async for data in self._store.certified_messages(event.ids):
-                    if not self._network.send(event.peer, data):
-                        break  # the peer is gone, or was dropped for reading too slowly
-
-    async def _follow_up(self, events: list[Event], now: float) -> None:
-        """Answer the engine's requests that need the store."""
+        outcomes: list[_Outcome] = []
         try:
-            await self._answer_requests(events, now)
+            if batch:
+                try:
+                    known = await self._store.known_ids([i for sub in batch for i in sub.ids])
+                except sqlite3.DatabaseError:
+                    self._submissions.put_back(batch)  # answered with an error as the node stops
+                    raise
+                outcomes = self._admit(batch, known, now)
+            if self._catching_up is not None:
+                self._engine.set_catching_up(self._catching_up, now)
+                self._catching_up = None
+            feed_peer_inputs(self._engine, self._peer_inbox, now)
+            if self._peer_inbox:
+                self._wakeup.set()  # more next step
+            self._engine.handle_timer(now)
+            await pump.step(now, outcomes)
         except sqlite3.DatabaseError as e:
             raise NodeFailure(f"cannot read the database: {e}") from None
 
-    async def _answer_requests(self, events: list[Event], now: float) -> None:
-        for event in events:
-            if isinstance(event, TransactionsOrphaned):
-                # our vertices that can no longer be ordered: propose them again
-                pairs = await self._store.transactions_data(list(event.ids))
-                self._engine.requeue_transactions([i for i, _ in pairs], [t for _, t in pairs], now)
-            elif isinstance(event, TransactionsForwarded):
-                known = await self._store.known_ids(list(event.ids))
-                fresh = [
-                    (i, t)
-                    for i, t in zip(event.ids, event.transactions, strict=True)
-                    if i not in known
-                ]
-                try:
-                    self._engine.submit_transactions(
-                        [i for i, _ in fresh], [t for _, t in fresh], now
-                    )
-                except InputRejected as e:
-                    self._metrics.on_submit_rejected(e.reason, len(fresh))
-                    log.info("forwarded_rejected", peer=event.peer, reason=e.reason.value)
-
-    def _drain_events(self) -> list[Event]:
-        events: list[Event] = []
-        while (event := self._engine.next_event()) is not None:
-            events.append(event)
-        return events
-
     async def _write_steps(self, steps: Sequence[_Step]) -> bool:
-        """Add the events of ``steps`` to the open transaction (the group commit's write)."""
+        """Add the facts of ``steps`` to the open transaction (the group commit's write)."""
         try:
-            return await self._store.write([e for step in steps for e in step.events])
+            return await self._store.write([f for step in steps for f in step.facts])
         except Exception as e:
             raise self._write_failure(e) from e
 
@@ -588,7 +519,7 @@ class Node:
     def _fail_steps(self, steps: Sequence[_Step]) -> None:
         """The database failed: the clients of ``steps`` get an error, never an ack."""
         for step in steps:
-            for sub, _ in step.outcomes:
+            for sub, _ in step.receipts:
                 sub.fail(self._storage_error())
 
     def fail_queued(self) -> None:
@@ -598,10 +529,11 @@ class Node:
 
     async def _finish_step(self, step: _Step) -> None:
         """Once ``step`` is durable: answer its clients, then send its messages."""
-        self._after_commit(step.events, step.outcomes)
-        await self._send(step)
+        self._after_commit(step)
+        if self._network is not None:
+            await deliver(step, self._store, self._network)
 
-    def _admit(self, batch: list[Submission], known: set[TxId], now: float) -> _Outcomes:
+    def _admit(self, batch: list[Submission], known: set[TxId], now: Instant) -> list[_Outcome]:
         """Admit a step's submissions in one engine call, each all or nothing; ids the
         database holds already count as duplicates."""
         batches: list[tuple[Sequence[TxId], Sequence[bytes]]]
@@ -614,7 +546,7 @@ class Node:
         else:
             batches = [(s.ids, s.transactions) for s in batch]
         results = self._engine.submit_batches(batches, now)
-        outcomes: _Outcomes = []
+        outcomes: list[_Outcome] = []
         admitted: list[TxId] = []
         for sub, result in zip(batch, results, strict=True):
             if isinstance(result, InputRejected):
@@ -627,11 +559,22 @@ class Node:
         self._submissions.admitted(admitted, time.monotonic())
         return outcomes
 
-    def _after_commit(self, events: list[Event], outcomes: _Outcomes) -> None:
-        self._metrics.on_events(events)
+    def _after_commit(self, step: _Step) -> None:
+        self._metrics.on_facts(step.facts)
+        self._metrics.on_notices(step.notices)
         self._metrics.on_statistics(self._engine.statistics())
+        self._answer(step.receipts)
+        for fact in step.facts:
+            self._note_fact(fact)
+        for notice in step.notices:
+            self._log_notice(notice)
+        for refused in step.refused:
+            self._forward_refused(refused)
+
+    def _answer(self, receipts: Sequence[_Outcome]) -> None:
+        """Answer the clients of a durable step (those still waiting)."""
         stored = duplicates = 0
-        for sub, outcome in outcomes:
+        for sub, outcome in receipts:
             if isinstance(outcome, InputRejected):
                 self._metrics.on_submit_rejected(outcome.reason, len(sub.ids))
             else:
@@ -640,31 +583,38 @@ class Node:
             sub.answer(outcome)
         if stored or duplicates:
             self._metrics.on_submit(stored, duplicates)
-        for event in events:
-            if isinstance(event, VertexCertified):
+
+    def _note_fact(self, fact: Fact) -> None:
+        """Keep the counts, wake finality waiters, and log, for a durable fact."""
+        match fact:
+            case VertexCertified():
                 self._vertex_total += 1
-            elif isinstance(event, LeaderCommitted):
-                if event.entries:
-                    self._submissions.finalized({e.tx_id for e in event.entries}, time.monotonic())
+            case LeaderCommitted():
+                if fact.entries:
+                    self._submissions.finalized({e.tx_id for e in fact.entries}, time.monotonic())
                 log.debug(
                     "leader_committed",
-                    round=event.round,
-                    entries=len(event.entries),
-                    skipped=list(event.skipped),
+                    round=fact.round,
+                    entries=len(fact.entries),
+                    skipped=list(fact.skipped),
                 )
-            elif isinstance(event, EquivocationDetected):
-                log.warning(
-                    "equivocation",
-                    author=event.evidence.author.hex(),
-                    round=event.evidence.round,
-                )
-            elif isinstance(event, MessageRejected):
-                log.info(
-                    "message_rejected",
-                    peer=event.peer,
-                    kind=event.kind,
-                    reason=event.reason.value,
-                )
+            case EquivocationDetected(evidence):
+                log.warning("equivocation", author=evidence.author.hex(), round=evidence.round)
+            case TransactionsAdmitted() | VertexStored():
+                pass
+            case _:
+                assert_never(fact)
+
+    def _log_notice(self, notice: Notice) -> None:
+        match notice:
+            case MessageRejected(peer, reason, _, kind):
+                log.info("message_rejected", peer=peer, kind=kind, reason=reason.value)
+            case _:
+                assert_never(notice)
+
+    def _forward_refused(self, refused: ForwardRefused) -> None:
+        self._metrics.on_submit_rejected(refused.reason, refused.count)
+        log.info("forwarded_rejected", peer=refused.peer, reason=refused.reason.value)
 
     # ------------------------------------------------------------ NodeApi
 

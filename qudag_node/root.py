@@ -3,7 +3,8 @@ TaskGroup; the whole shutdown bounded by ``QUDAG_SHUTDOWN_TIMEOUT``.
 
 :func:`serve` opens the data dir (key, genesis, database), loads the engine from the
 state on disk, builds the verifier, metrics, syncer, peer links, discovery, the client
-submissions, the pump and read side (:class:`~qudag_node.node.Node`) and the API, and
+submissions, the node (:class:`~qudag_node.node.Node`: the task that steps the engine
+through the pump, and the read side) and the API, and
 runs them until ``shutdown_trigger`` returns. The shutdown then refuses new
 submissions and answers finality waiters, closes the API (in-flight requests finish),
 stops the links, syncer and discovery, and lets the pump commit what is queued, under
@@ -49,6 +50,7 @@ from qudag_node.node import (
     DiskGuard,
     Node,
     NodeFailure,
+    engine_time,
     load_signer,
     stop_cause,
     write_key,
@@ -138,7 +140,7 @@ async def _run(
             trust=genesis.f + 1,
         )
         peer_inbox = PeerInbox(syncer, wakeup.set)
-        engine.set_catching_up(syncer.catching_up, time.time())
+        engine.set_catching_up(syncer.catching_up, engine_time())
         submissions = Submissions(
             params,
             store,
@@ -170,7 +172,7 @@ async def _run(
         log.info("api_listening", host=s.api_host or "*", port=api_port)
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(node.pump(tg))
+                tg.create_task(node.run_pump(tg))
                 background = [tg.create_task(syncer.run(node.on_catching_up))]
                 if network is not None:
                     background.append(tg.create_task(network.run()))

@@ -22,7 +22,7 @@ import stat
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 import aiosqlite
 
@@ -32,7 +32,7 @@ from qudag_node.core.crypto import log_hash_start
 from qudag_node.core.engine import Snapshot, StoredVertex
 from qudag_node.core.events import (
     EquivocationDetected,
-    Event,
+    Fact,
     LeaderCommitted,
     LogEntry,
     TransactionsAdmitted,
@@ -217,7 +217,7 @@ class StoreTotals:
 
 @dataclass(slots=True)
 class _Writes:
-    """The rows one engine step's events add or change."""
+    """The rows one engine step's facts add or change."""
 
     transactions: list[tuple[bytes, bytes]] = field(default_factory=list)
     vertices: list[tuple[bytes, int, bytes, bytes, bytes, bytes]] = field(default_factory=list)
@@ -227,25 +227,26 @@ class _Writes:
     evidence: list[tuple[bytes, int, bytes]] = field(default_factory=list)
     committed_round: int | None = None
 
-    def add(self, ev: Event) -> None:
-        if isinstance(ev, TransactionsAdmitted):
-            self.transactions.extend(zip(ev.ids, ev.transactions, strict=True))
-        elif isinstance(ev, VertexStored):
-            v = ev.vertex
-            self.vertices.append(
-                (v.id, v.round, v.author, v.header_bytes, v.signature, b"".join(v.tx_ids))
-            )
-            if not ev.own:  # our own vertices carry admitted, stored transactions
-                self.transactions.extend(zip(v.tx_ids, v.transactions, strict=True))
-        elif isinstance(ev, VertexCertified):
-            self.certificates.append((ev.certificate.encode(), ev.vertex))
-        elif isinstance(ev, LeaderCommitted):
-            self.log.extend(ev.entries)
-            self.ordered.extend((vid,) for vid in ev.ordered)
-            self.committed_round = ev.round
-        elif isinstance(ev, EquivocationDetected):
-            e = ev.evidence
-            self.evidence.append((e.author, e.round, e.encode()))
+    def add(self, fact: Fact) -> None:
+        match fact:
+            case TransactionsAdmitted(ids, transactions):
+                self.transactions.extend(zip(ids, transactions, strict=True))
+            case VertexStored(v, own):
+                self.vertices.append(
+                    (v.id, v.round, v.author, v.header_bytes, v.signature, b"".join(v.tx_ids))
+                )
+                if not own:  # our own vertices carry admitted, stored transactions
+                    self.transactions.extend(zip(v.tx_ids, v.transactions, strict=True))
+            case VertexCertified(vid, _, certificate):
+                self.certificates.append((certificate.encode(), vid))
+            case LeaderCommitted():
+                self.log.extend(fact.entries)
+                self.ordered.extend((vid,) for vid in fact.ordered)
+                self.committed_round = fact.round
+            case EquivocationDetected(e):
+                self.evidence.append((e.author, e.round, e.encode()))
+            case _:
+                assert_never(fact)
 
     def statements(self) -> list[tuple[str, list[Any]]]:
         """The batched statements to run, in an order that respects the rows they join."""
@@ -469,13 +470,13 @@ class Store:
 
     # ---------------------------------------------------------------- writes
 
-    async def persist(self, events: Sequence[Event]) -> None:
-        """Write what ``events`` require in one transaction (one fsync)."""
-        await self.write(events)
+    async def persist(self, facts: Sequence[Fact]) -> None:
+        """Write what ``facts`` require in one transaction (one fsync)."""
+        await self.write(facts)
         await self.commit()
 
-    async def write(self, events: Sequence[Event]) -> bool:
-        """Add what ``events`` require to the open transaction, opening one if none is;
+    async def write(self, facts: Sequence[Fact]) -> bool:
+        """Add what ``facts`` require to the open transaction, opening one if none is;
         none of it is visible to other connections, or durable, before :meth:`commit`.
         Returns whether a transaction is open. On an error the transaction is rolled
         back (everything written since the last commit is gone) and the error raised.
@@ -484,8 +485,8 @@ class Store:
         here (the vertex row lists its ids), becoming final appends a log row.
         """
         w = _Writes()
-        for ev in events:
-            w.add(ev)
+        for fact in facts:
+            w.add(fact)
         statements = w.statements()
         if not statements:
             return self._open

@@ -4,7 +4,8 @@ libsodium releases the GIL while it verifies, so threads verify in parallel. The
 engine hands each batch of peer messages' signatures to :meth:`ThreadedVerifier.verify_many`
 at once; a large batch is cut into one share per worker thread plus one for the
 calling thread (the pump, which would otherwise only wait), a small one is verified
-inline. The results are exactly those of :func:`~qudag_node.core.crypto.verify_each`.
+inline. The results are exactly those of :func:`~qudag_node.core.crypto.verify_each`,
+and like every verifier it remembers the recent ones in a cache of its own.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from qudag_node.core.crypto import SignatureCheck, verify_each
+from qudag_node.core.crypto import CACHE_SIZE, Scheme, SignatureCheck, VerifiedCache, verify_each
+from qudag_node.core.types import PublicKey
 
 #: Below this many checks, handing work to a thread costs more than it saves.
 INLINE_BELOW = 32
@@ -29,15 +31,33 @@ class ThreadedVerifier:
     everything inline). Threads start on first use; :meth:`close` stops them.
     """
 
-    def __init__(self, workers: int, inline_below: int = INLINE_BELOW) -> None:
+    def __init__(
+        self, workers: int, inline_below: int = INLINE_BELOW, cache_size: int = CACHE_SIZE
+    ) -> None:
+        self.cache = VerifiedCache(cache_size)
         self._workers = workers
         self._inline_below = inline_below
         self._pool = (
             ThreadPoolExecutor(workers, thread_name_prefix="verify") if workers > 0 else None
         )
 
+    @property
+    def cache_size(self) -> int:
+        """How many results are remembered."""
+        return self.cache.size
+
+    def verify(
+        self, scheme: Scheme, public_key: PublicKey, message: bytes, signature: bytes
+    ) -> bool:
+        """True when ``signature`` is ``public_key``'s signature of ``message`` (inline)."""
+        return self.cache.verify(scheme, public_key, message, signature)
+
     def verify_many(self, checks: Sequence[SignatureCheck]) -> list[bool]:
-        """Whether each check's signature verifies, in the order of ``checks``."""
+        """Whether each check's signature verifies, in the order of ``checks``; those
+        not remembered are spread over the threads."""
+        return self.cache.verify_many(checks, self._spread)
+
+    def _spread(self, checks: Sequence[SignatureCheck]) -> list[bool]:
         if self._pool is None or len(checks) < self._inline_below:
             return verify_each(checks)
         share = -(-len(checks) // (self._workers + 1))  # ceiling: the caller's share

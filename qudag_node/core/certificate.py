@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 from qudag_node.core import codec
-from qudag_node.core.crypto import SIGNATURE_SIZES, Scheme, verify
+from qudag_node.core.crypto import SIGNATURE_SIZES, Scheme, Verifier
 from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.types import VertexId
@@ -74,8 +74,11 @@ def decode_certificate(data: bytes) -> Certificate:
     return cert
 
 
-def check_certificate(cert: Certificate, vertex: VertexId, genesis: Genesis) -> None:
-    """Require a quorum of distinct validators' valid signatures over ``vertex``."""
+def check_certificate(
+    cert: Certificate, vertex: VertexId, genesis: Genesis, verifier: Verifier
+) -> None:
+    """Require a quorum of distinct validators' valid signatures over ``vertex``,
+    checked by ``verifier``."""
     if len(cert.voters) < genesis.quorum:
         raise InputRejected(
             Reason.BAD_CERTIFICATE, f"{len(cert.voters)} votes, quorum is {genesis.quorum}"
@@ -84,5 +87,5 @@ def check_certificate(cert: Certificate, vertex: VertexId, genesis: Genesis) -> 
         if voter >= genesis.n:
             raise InputRejected(Reason.BAD_CERTIFICATE, f"voter {voter} is no validator")
         key = genesis.validators[voter].public_key
-        if not verify(cert.scheme, key, vertex, signature):
+        if not verifier.verify(cert.scheme, key, vertex, signature):
             raise InputRejected(Reason.BAD_CERTIFICATE, f"vote of validator {voter} is invalid")

@@ -9,17 +9,18 @@ Signatures are named by a :class:`Scheme` byte carried in every vertex header, s
 post-quantum scheme can be added without a format break. Today only Ed25519
 (PyNaCl/libsodium) is defined.
 
-Signature checks go through :data:`VERIFIED`, a cache of recent results: a caller
-that checks many signatures at once (a :class:`Verifier`, perhaps on several threads)
-records the results there with :meth:`VerifiedCache.remember`, and the rules that
-check one signature at a time then find them.
+The engine's signature checks go through the :class:`Verifier` it was given, which
+remembers recent results in its own :class:`VerifiedCache`: the engine hands it the
+checks of a whole batch at once (perhaps spread over several threads), and the rules
+that check one signature at a time then find the results there. The core keeps no
+cache of its own; :func:`verify` checks without remembering anything.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from hashlib import blake2b
 from itertools import starmap
 from typing import Protocol
@@ -136,25 +137,22 @@ def verify_each(checks: Iterable[SignatureCheck]) -> list[bool]:
     return list(starmap(verify_ed25519, checks))
 
 
-class Verifier(Protocol):
-    """Checks many Ed25519 signatures at once; the engine's caller chooses how."""
+#: How many results a verifier remembers unless told otherwise.
+CACHE_SIZE = 8192
 
-    def verify_many(self, checks: Sequence[SignatureCheck]) -> list[bool]:
-        """Whether each check's signature verifies, in the order of ``checks``."""
-        ...
+#: Checks a batch of signatures without a cache (one after the other, or spread out).
+BatchCheck = Callable[[Sequence[SignatureCheck]], list[bool]]
 
 
-class SequentialVerifier:
-    """The plain verifier: one check after the other, on the calling thread."""
-
-    def verify_many(self, checks: Sequence[SignatureCheck]) -> list[bool]:
-        """Whether each check's signature verifies, in order."""
-        return verify_each(checks)
+def verify(scheme: Scheme, public_key: PublicKey, message: bytes, signature: bytes) -> bool:
+    """True when ``signature`` is ``public_key``'s signature of ``message``; nothing is
+    remembered (the engine's checks go through its :class:`Verifier`)."""
+    return scheme is Scheme.ED25519 and verify_ed25519(public_key, message, signature)
 
 
 class VerifiedCache:
     """The results of the last ``size`` distinct signature checks (least recently used
-    go first). ``misses`` counts the checks :func:`verify` made itself."""
+    go first). ``misses`` counts the checks :meth:`verify` made itself."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -177,40 +175,77 @@ class VerifiedCache:
         while len(cache) > self.size:
             cache.popitem(last=False)
 
-    def unknown(self, checks: Iterable[SignatureCheck]) -> list[SignatureCheck]:
-        """The distinct checks among ``checks`` with no remembered result, in order; the
-        remembered ones count as just used."""
-        cache = self._results
+    def verify(
+        self, scheme: Scheme, public_key: PublicKey, message: bytes, signature: bytes
+    ) -> bool:
+        """:func:`verify`, answered from the cache when the check is remembered."""
+        if scheme is not Scheme.ED25519:
+            return False
+        check = (public_key, message, signature)
+        result = self.get(check)
+        if result is None:
+            result = verify_ed25519(public_key, message, signature)
+            self.misses += 1
+            self.remember((check,), (result,))
+        return result
+
+    def verify_many(self, checks: Sequence[SignatureCheck], compute: BatchCheck) -> list[bool]:
+        """Whether each check verifies, in order: the remembered results, and those of
+        ``compute`` called once with the distinct checks not remembered (then remembered)."""
+        results: dict[SignatureCheck, bool] = {}
         fresh: list[SignatureCheck] = []
         for check in dict.fromkeys(checks):
-            if check in cache:
-                cache.move_to_end(check)
-            else:
+            known = self.get(check)
+            if known is None:
                 fresh.append(check)
-        return fresh
-
-    def clear(self) -> None:
-        """Forget every result and reset ``misses``."""
-        self._results.clear()
-        self.misses = 0
-
-
-#: Every signature check's recent results. One certificate's votes arrive again with
-#: every re-announcement and fetch answer; batches of checks are recorded here.
-VERIFIED = VerifiedCache(8192)
+            else:
+                results[check] = known
+        if fresh:
+            computed = compute(fresh)
+            results.update(zip(fresh, computed, strict=True))
+            self.remember(fresh, computed)
+        return [results[check] for check in checks]
 
 
-def verify(scheme: Scheme, public_key: PublicKey, message: bytes, signature: bytes) -> bool:
-    """True when ``signature`` is ``public_key``'s signature of ``message``.
+class Verifier(Protocol):
+    """Checks the engine's signatures and remembers the last :attr:`cache_size`
+    results; the engine's caller chooses how (one verifier per engine, or one shared
+    on purpose, as a simulation of many engines in one process may)."""
 
-    Results are remembered in :data:`VERIFIED`.
-    """
-    if scheme is not Scheme.ED25519:
-        return False
-    check = (public_key, message, signature)
-    result = VERIFIED.get(check)
-    if result is None:
-        result = verify_ed25519(public_key, message, signature)
-        VERIFIED.misses += 1
-        VERIFIED.remember((check,), (result,))
-    return result
+    @property
+    def cache_size(self) -> int:
+        """How many results are remembered."""
+        ...
+
+    def verify(
+        self, scheme: Scheme, public_key: PublicKey, message: bytes, signature: bytes
+    ) -> bool:
+        """True when ``signature`` is ``public_key``'s signature of ``message``."""
+        ...
+
+    def verify_many(self, checks: Sequence[SignatureCheck]) -> list[bool]:
+        """Whether each check's signature verifies, in the order of ``checks``; the
+        results are remembered for :meth:`verify`."""
+        ...
+
+
+class SequentialVerifier:
+    """The plain verifier: one check after the other, on the calling thread."""
+
+    def __init__(self, cache_size: int = CACHE_SIZE) -> None:
+        self.cache = VerifiedCache(cache_size)
+
+    @property
+    def cache_size(self) -> int:
+        """How many results are remembered."""
+        return self.cache.size
+
+    def verify(
+        self, scheme: Scheme, public_key: PublicKey, message: bytes, signature: bytes
+    ) -> bool:
+        """True when ``signature`` is ``public_key``'s signature of ``message``."""
+        return self.cache.verify(scheme, public_key, message, signature)
+
+    def verify_many(self, checks: Sequence[SignatureCheck]) -> list[bool]:
+        """Whether each check's signature verifies, in order (results remembered)."""
+        return self.cache.verify_many(checks, verify_each)

@@ -1,23 +1,28 @@
 """The node's state machine: transactions and peer messages in; vertices, votes,
 certificates and finalized log entries out.
 
-Inputs are method calls that take the current time; outputs are drained by the
-caller (the pump in ``node.py``): :meth:`Engine.next_event` for what to persist and
-report, :meth:`Engine.messages_to_send` for what to send (only after persisting the
-events drained before it), :meth:`Engine.get_timer` for when to call
-:meth:`Engine.handle_timer` next. Peer faults become
-:class:`~qudag_node.core.events.MessageRejected` events; they never raise.
+Inputs are method calls that take the current time; outputs are handed over to the
+caller (the pump, ``qudag_node/pump.py``) by :meth:`Engine.take_output`: the facts to
+persist, then the effects to act on (messages to send, requests that need the store)
+once they are durable, and notices to report; :meth:`Engine.get_timer` says when to
+call :meth:`Engine.handle_timer` next. Peer faults become
+:class:`~qudag_node.core.events.MessageRejected` notices; they never raise.
 
 A vertex goes through three states here: *received* (signature checked, waiting in
 :class:`~qudag_node.core.intake.Intake` while parents are missing), *stored* (we
 voted for it, or proposed it; persisted), *certified* (a quorum voted; in the DAG,
 where the commit rule of :mod:`~qudag_node.core.consensus` sees it).
+
+The time is an :class:`~qudag_node.core.types.Instant`: its monotonic reading runs
+every timer, its wall-clock reading stamps our vertices and bounds the timestamps of
+others'. Signatures are checked by the :class:`~qudag_node.core.crypto.Verifier`
+given, which also remembers their results; the engine reads no clock and shares no
+state with other engines.
 """
 
 from __future__ import annotations
 
 import enum
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -25,7 +30,6 @@ from itertools import islice
 from qudag_node.core.certificate import Certificate, check_certificate, make_certificate
 from qudag_node.core.consensus import Consensus
 from qudag_node.core.crypto import (
-    VERIFIED,
     Scheme,
     SequentialVerifier,
     SignatureCheck,
@@ -33,15 +37,17 @@ from qudag_node.core.crypto import (
     Verifier,
     log_hash_start,
     tx_ids,
-    verify,
 )
 from qudag_node.core.dag import Dag, DagVertex
 from qudag_node.core.errors import InputRejected, Reason, UsageError
 from qudag_node.core.events import (
+    Effect,
     EquivocationDetected,
-    Event,
+    Fact,
     LeaderCommitted,
     MessageRejected,
+    Notice,
+    StepOutput,
     TransactionsAdmitted,
     TransactionsForwarded,
     TransactionsOrphaned,
@@ -69,7 +75,7 @@ from qudag_node.core.messages import (
 from qudag_node.core.params import Params
 from qudag_node.core.pool import Pool
 from qudag_node.core.rules import check_batch, check_vertex
-from qudag_node.core.types import PeerId, PublicKey, TxId, VertexId
+from qudag_node.core.types import Instant, PeerId, PublicKey, TxId, VertexId
 from qudag_node.core.vertex import Vertex, VertexHeader, make_vertex
 
 
@@ -176,7 +182,9 @@ class Engine:
         self._own: _OwnProposal | None = None
         self._own_latest: tuple[VertexId, Certificate] | None = None
         self._announced_at = 0.0
-        self._events: deque[Event] = deque()
+        self._facts: list[Fact] = []
+        self._effects: list[Effect] = []
+        self._notices: list[Notice] = []
         self._outbox: list[tuple[PeerId, bytes]] = []
         self._peers: dict[PeerId, PublicKey] = {}
         self._peer_names: list[PeerId] = []  # sorted
@@ -194,7 +202,7 @@ class Engine:
     # ----------------------------------------------------------------- inputs
 
     def submit_transactions(
-        self, ids: Sequence[TxId], transactions: Sequence[bytes], now: float
+        self, ids: Sequence[TxId], transactions: Sequence[bytes], now: Instant
     ) -> SubmitResult:
         """Admit a client batch, all or nothing; ``ids`` must be ``tx_ids(transactions)``.
 
@@ -207,7 +215,7 @@ class Engine:
         return outcome
 
     def submit_batches(
-        self, batches: Sequence[tuple[Sequence[TxId], Sequence[bytes]]], now: float
+        self, batches: Sequence[tuple[Sequence[TxId], Sequence[bytes]]], now: Instant
     ) -> list[SubmitResult | InputRejected]:
         """Admit several client batches, each all or nothing, as one
         :meth:`submit_transactions` call per batch in order would at one instant: a
@@ -251,12 +259,12 @@ class Engine:
             outcomes.append(SubmitResult(tuple(new), tuple(duplicates)))
         if admitted:
             self._pool.add(admitted)
-            self._events.append(TransactionsAdmitted(tuple(admitted), tuple(admitted.values())))
+            self._facts.append(TransactionsAdmitted(tuple(admitted), tuple(admitted.values())))
         self._refresh(now)
         return outcomes
 
     def requeue_transactions(
-        self, ids: Sequence[TxId], transactions: Sequence[bytes], now: float
+        self, ids: Sequence[TxId], transactions: Sequence[bytes], now: Instant
     ) -> None:
         """Put stored, not final transactions back in the pool (after an orphaning)."""
         logged = self._log.contains(ids)
@@ -264,29 +272,30 @@ class Engine:
         self._pool.requeue([i for i, _ in fresh], [tx for _, tx in fresh])
         self._refresh(now)
 
-    def receive_message(self, peer: PeerId, data: bytes, now: float) -> None:
+    def receive_message(self, peer: PeerId, data: bytes, now: Instant) -> None:
         """Handle bytes from a peer; a bad message becomes a ``MessageRejected`` event."""
         self._receive(peer, data, self._decode(data), now)
 
-    def receive_messages(self, messages: Sequence[tuple[PeerId, bytes]], now: float) -> None:
+    def receive_messages(self, messages: Sequence[tuple[PeerId, bytes]], now: Instant) -> None:
         """Handle (peer, bytes) messages in order, exactly as :meth:`receive_message`
         one by one would. Each is decoded once; the signatures the batch carries are
         handed to the engine's :class:`~qudag_node.core.crypto.Verifier` together
         first, so that the checks themselves find their results remembered."""
-        step = max(1, VERIFIED.size // (2 * (self._genesis.n + 1)))  # results stay cached
+        verifier = self._verifier
+        step = max(1, verifier.cache_size // (2 * (self._genesis.n + 1)))  # results stay cached
         for first in range(0, len(messages), step):
             batch = messages[first : first + step]
             decoded = [self._decode(data) for _, data in batch]
-            checks = VERIFIED.unknown(
+            checks = [
                 c for m in decoded if not isinstance(m, InputRejected) for c in self._checks(m)
-            )
+            ]
             if checks:
-                VERIFIED.remember(checks, self._verifier.verify_many(checks))
+                verifier.verify_many(checks)
             for (peer, data), message in zip(batch, decoded, strict=True):
                 self._receive(peer, data, message, now)
 
     def _receive(
-        self, peer: PeerId, data: bytes, message: Message | InputRejected, now: float
+        self, peer: PeerId, data: bytes, message: Message | InputRejected, now: Instant
     ) -> None:
         """Handle one decoded message (or its decoding error)."""
         try:
@@ -294,7 +303,7 @@ class Engine:
                 raise message
             self._dispatch(peer, message, now)
         except InputRejected as e:
-            self._events.append(MessageRejected(peer, e.reason, e.message, message_kind(data)))
+            self._notices.append(MessageRejected(peer, e.reason, e.message, message_kind(data)))
         self._refresh(now)
 
     def peer_connected(self, peer: PeerId, public_key: PublicKey) -> None:
@@ -315,26 +324,26 @@ class Engine:
         ]
         self._peer_by_key = {key: p for p, key in sorted(self._peers.items(), reverse=True)}
 
-    def set_catching_up(self, catching_up: bool, now: float) -> None:
+    def set_catching_up(self, catching_up: bool, now: Instant) -> None:
         """While catching up with peers that are ahead, a validator does not propose:
         its rounds would be long past, and a node restarted on an empty store could
         sign a round its key already signed in an earlier life."""
         self._catching_up = catching_up
         self._refresh(now)
 
-    def handle_timer(self, now: float) -> None:
+    def handle_timer(self, now: Instant) -> None:
         """Called at (or after) the time :meth:`get_timer` named."""
         self._refresh(now)
 
     # ---------------------------------------------------------------- outputs
 
-    def next_event(self) -> Event | None:
-        """The oldest undrained event, or None."""
-        return self._events.popleft() if self._events else None
-
-    def messages_to_send(self) -> list[tuple[PeerId, bytes]]:
-        """Messages queued since the last call, as (peer, bytes)."""
-        out, self._outbox = self._outbox, []
+    def take_output(self) -> StepOutput:
+        """Everything produced since the last call: act on its effects and messages
+        only once its facts are durable."""
+        out = StepOutput(
+            tuple(self._facts), tuple(self._effects), tuple(self._outbox), tuple(self._notices)
+        )
+        self._facts, self._effects, self._outbox, self._notices = [], [], [], []
         return out
 
     def carrier(self, tx_id: TxId) -> VertexId | None:
@@ -342,7 +351,8 @@ class Engine:
         return self._pool.carrier(tx_id)
 
     def get_timer(self) -> float | None:
-        """When :meth:`handle_timer` should next be called, or None for never.
+        """When :meth:`handle_timer` should next be called (on the monotonic clock of
+        :attr:`Instant.monotonic`), or None for never.
 
         Before the first input the engine has not seen the time yet and asks to be
         called at once (0.0).
@@ -497,28 +507,28 @@ class Engine:
             if voter < len(validators)
         ]
 
-    def _dispatch(self, peer: PeerId, message: Message, now: float) -> None:
+    def _dispatch(self, peer: PeerId, message: Message, now: Instant) -> None:
         match message:
             case ProposalMessage(vertex):
                 self._on_proposal(peer, vertex, now)
             case VoteMessage():
                 self._on_vote(message)
             case CertificateMessage(vid, certificate):
-                self._on_certificate(peer, vid, certificate, now)
+                self._on_certificate(peer, vid, certificate, now.monotonic)
             case CertifiedMessage(vertex, certificate):
                 self._on_certified(peer, vertex, certificate, now)
             case FetchMessage(ids):
-                self._events.append(VerticesRequested(peer, ids))
+                self._effects.append(VerticesRequested(peer, ids))
             case TransactionsMessage(transactions):
                 self._on_transactions(peer, transactions)
 
-    def _admissible(self, vertex: Vertex, now: float) -> bool:
+    def _admissible(self, vertex: Vertex, wall: float) -> bool:
         """Checks every received vertex passes; False for one we already hold."""
         if vertex.id in self._dag:
             return False
         if vertex.round < self._dag.floor:
             raise InputRejected(Reason.STALE_ROUND, f"round {vertex.round} is below the window")
-        check_vertex(vertex, self._genesis, self._params, now)
+        check_vertex(vertex, self._genesis, self._params, wall, self._verifier)
         return True
 
     def _claim_slot(self, vertex: Vertex, certified: bool) -> None:
@@ -541,7 +551,7 @@ class Engine:
         if key not in self._equivocators:
             self._equivocators.add(key)
             second = SignedHeader(vertex.header_bytes, vertex.signature)
-            self._events.append(
+            self._facts.append(
                 EquivocationDetected(Equivocation(vertex.author, vertex.round, first, second))
             )
         if not certified:
@@ -578,8 +588,8 @@ class Engine:
         for data in fetch_messages(asked, self._params):
             self._outbox.append((peer, data))
 
-    def _on_proposal(self, peer: PeerId, vertex: Vertex, now: float) -> None:
-        if not self._admissible(vertex, now):
+    def _on_proposal(self, peer: PeerId, vertex: Vertex, now: Instant) -> None:
+        if not self._admissible(vertex, now.wall):
             return
         self._claim_slot(vertex, certified=False)
         if vertex.id in self._stored:
@@ -587,13 +597,13 @@ class Engine:
             return
         missing = self._missing_parents(vertex)
         if missing:
-            self._wait_for_parents(peer, vertex, None, missing, now)
+            self._wait_for_parents(peer, vertex, None, missing, now.monotonic)
         else:
             self._store_and_vote(vertex)
 
     def _store_and_vote(self, vertex: Vertex) -> None:
         self._stored[vertex.id] = vertex
-        self._events.append(VertexStored(vertex, own=False))
+        self._facts.append(VertexStored(vertex, own=False))
         self._vote(vertex)
 
     def _vote(self, vertex: Vertex) -> None:
@@ -611,7 +621,7 @@ class Engine:
         if vote.voter >= self._genesis.n:
             raise InputRejected(Reason.UNKNOWN_AUTHOR, f"voter {vote.voter} is no validator")
         key = self._genesis.validators[vote.voter].public_key
-        if not verify(vote.scheme, key, vote.vertex, vote.signature):
+        if not self._verifier.verify(vote.scheme, key, vote.vertex, vote.signature):
             raise InputRejected(Reason.BAD_SIGNATURE, "vote signature does not verify")
         own.votes[vote.voter] = vote.signature
         self._certify_own_if_quorum()
@@ -642,22 +652,22 @@ class Engine:
             if self._intake.want([vid], self._dag.highest_round(), peer, now):
                 self._send(peer, FetchMessage((vid,)))
             return
-        check_certificate(certificate, vid, self._genesis)
+        check_certificate(certificate, vid, self._genesis, self._verifier)
         if waiting is not None:
             waiting.certificate = certificate
         elif stored is not None:
             self._add_certified([(stored, certificate)])
 
     def _on_certified(
-        self, peer: PeerId, vertex: Vertex, certificate: Certificate, now: float
+        self, peer: PeerId, vertex: Vertex, certificate: Certificate, now: Instant
     ) -> None:
-        if not self._admissible(vertex, now):
+        if not self._admissible(vertex, now.wall):
             return
-        check_certificate(certificate, vertex.id, self._genesis)
+        check_certificate(certificate, vertex.id, self._genesis, self._verifier)
         self._claim_slot(vertex, certified=True)
         missing = self._missing_parents(vertex)
         if missing:
-            self._wait_for_parents(peer, vertex, certificate, missing, now)
+            self._wait_for_parents(peer, vertex, certificate, missing, now.monotonic)
         else:
             self._add_certified([(vertex, certificate)])
 
@@ -669,7 +679,7 @@ class Engine:
         known = self._known(ids)
         fresh = [(i, tx) for i, tx, old in zip(ids, transactions, known, strict=True) if not old]
         if fresh:  # the store decides which are new, as for a client's submit
-            self._events.append(
+            self._effects.append(
                 TransactionsForwarded(
                     peer, tuple(i for i, _ in fresh), tuple(tx for _, tx in fresh)
                 )
@@ -684,8 +694,8 @@ class Engine:
             if vertex.id in self._dag or vertex.round < self._dag.floor:
                 continue
             if self._stored.pop(vertex.id, None) is None:  # arrived certified: store it all
-                self._events.append(VertexStored(vertex, own=False))
-            self._events.append(VertexCertified(vertex.id, vertex.round, certificate))
+                self._facts.append(VertexStored(vertex, own=False))
+            self._facts.append(VertexCertified(vertex.id, vertex.round, certificate))
             self._insert(vertex)
             for entry in self._intake.arrived(vertex.id):
                 self._resume(entry, work)
@@ -701,7 +711,7 @@ class Engine:
         try:
             self._missing_parents(vertex)  # the parents it waited for obey the rules too
         except InputRejected as e:
-            self._events.append(MessageRejected(entry.peer, e.reason, e.message, "waiting"))
+            self._notices.append(MessageRejected(entry.peer, e.reason, e.message, "waiting"))
             return
         if entry.certificate is not None:
             work.append((vertex, entry.certificate))
@@ -720,7 +730,7 @@ class Engine:
         for _, ids in ordered:
             self._pool.release(ids)
         entries = self._log.append(ordered)
-        self._events.append(
+        self._facts.append(
             LeaderCommitted(
                 leader.round, leader.id, tuple(dv.id for dv, _ in ordered), entries, skipped
             )
@@ -748,7 +758,7 @@ class Engine:
         if self._own is not None and self._own.vertex.round < floor:
             self._abandon_own()
         if orphaned:
-            self._events.append(TransactionsOrphaned(tuple(orphaned)))
+            self._effects.append(TransactionsOrphaned(tuple(orphaned)))
 
     # ------------------------------------------------------------ proposing
 
@@ -760,14 +770,14 @@ class Engine:
                 return r
         return None
 
-    def _refresh(self, now: float) -> None:
+    def _refresh(self, now: Instant) -> None:
         self._seen_time = True
-        self._retry(now)
-        self._update_ready(now)
+        self._retry(now.monotonic)
+        self._update_ready(now.monotonic)
         when = self._proposal_time()
-        if when is not None and when <= now and self._ready_round is not None:
+        if when is not None and when <= now.monotonic and self._ready_round is not None:
             self._propose(self._target_round(self._ready_round), now)
-            self._update_ready(now)
+            self._update_ready(now.monotonic)
 
     def _target_round(self, ready: int) -> int:
         """The round to propose once ``ready`` holds a quorum: the next one, unless
@@ -890,9 +900,9 @@ class Engine:
             ids = self._dag.unordered_ids(mine.id)
             if ids:
                 self._pool.release(ids)
-                self._events.append(TransactionsOrphaned(ids))
+                self._effects.append(TransactionsOrphaned(ids))
 
-    def _propose(self, round_: int, now: float) -> None:
+    def _propose(self, round_: int, now: Instant) -> None:
         if round_ <= self._own_round:
             raise UsageError(f"round {round_} proposed again")
         self._hand_back_passed_over(round_)
@@ -900,14 +910,14 @@ class Engine:
         parents = [v.id for v in self._dag.round(round_ - 1).values()] if round_ > 1 else []
         ids, txs = self._pool.take(self._params.max_vertex_txs, self._params.max_vertex_bytes)
         vertex = make_vertex(
-            self._signer, self._genesis.hash, round_, int(now * 1000), parents, txs, ids
+            self._signer, self._genesis.hash, round_, int(now.wall * 1000), parents, txs, ids
         )
         self._own_round = round_
-        self._last_proposal_at = now
+        self._last_proposal_at = now.monotonic
         self._slots[(round_, self._own_key)] = SignedHeader(vertex.header_bytes, vertex.signature)
         self._pool.carry(vertex.tx_ids, vertex.id)
-        self._events.append(VertexStored(vertex, own=True))
+        self._facts.append(VertexStored(vertex, own=True))
         self._stored[vertex.id] = vertex
-        self._own = _OwnProposal(vertex, {}, now, now)
+        self._own = _OwnProposal(vertex, {}, now.monotonic, now.monotonic)
         self._broadcast(ProposalMessage(vertex))
         self._add_own_vote(vertex)

@@ -1,4 +1,13 @@
-"""Events the engine emits; the pump drains them, persists, then acts on them."""
+"""What one engine step produces, in three kinds, handed over by
+:meth:`~qudag_node.core.engine.Engine.take_output` as one :class:`StepOutput`.
+
+*Facts* are what the step changed that must be durable before anything it sends
+leaves (persist before announce): transactions admitted, vertices stored and
+certified, leaders committed, equivocation evidence. *Effects* are what the step asks
+its driver to do: messages to send, a peer's fetch to answer from the store, orphaned
+transactions to read back and requeue, forwarded transactions to admit. *Notices*
+are only reported (logged and counted): a peer's message that was rejected.
+"""
 
 from __future__ import annotations
 
@@ -108,14 +117,34 @@ class MessageRejected:
     kind: str = "unknown"
 
 
-Event = (
-    TransactionsAdmitted
-    | VertexStored
-    | VertexCertified
-    | LeaderCommitted
-    | EquivocationDetected
-    | VerticesRequested
-    | TransactionsOrphaned
-    | TransactionsForwarded
-    | MessageRejected
+Fact = (
+    TransactionsAdmitted | VertexStored | VertexCertified | LeaderCommitted | EquivocationDetected
 )
+"""What a step changed that must be persisted before the step's messages leave."""
+
+Effect = VerticesRequested | TransactionsOrphaned | TransactionsForwarded
+"""What a step asks its driver to do with the store, besides sending messages."""
+
+Notice = MessageRejected
+"""What a step only reports."""
+
+#: A message to send: the peer and the encoded bytes.
+Outgoing = tuple[PeerId, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutput:
+    """Everything the engine produced since the last hand-over, each kind in order.
+
+    ``messages`` are effects too, kept as plain (peer, bytes) pairs since they are the
+    bulk of every step; like the other effects they are acted on only once ``facts``
+    are durable.
+    """
+
+    facts: tuple[Fact, ...] = ()
+    effects: tuple[Effect, ...] = ()
+    messages: tuple[Outgoing, ...] = ()
+    notices: tuple[Notice, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.facts or self.effects or self.messages or self.notices)

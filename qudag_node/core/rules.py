@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from qudag_node.core.crypto import verify
+from qudag_node.core.crypto import Verifier
 from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.params import Params
@@ -31,8 +31,11 @@ def check_batch(txs: Sequence[bytes], params: Params) -> None:
             raise InputRejected(e.reason, f"transaction {i}: {e.message}") from None
 
 
-def check_vertex(vertex: Vertex, genesis: Genesis, params: Params, now: float) -> None:
-    """Checks that need no other vertex: network, author, signature, clock, round shape."""
+def check_vertex(
+    vertex: Vertex, genesis: Genesis, params: Params, wall: float, verifier: Verifier
+) -> None:
+    """Checks that need no other vertex: network, author, signature, clock, round shape.
+    ``wall`` is the wall-clock time (seconds since the epoch) the timestamp is held to."""
     h = vertex.header
     if h.network != genesis.hash:
         raise InputRejected(Reason.WRONG_NETWORK, "vertex belongs to another genesis")
@@ -40,7 +43,7 @@ def check_vertex(vertex: Vertex, genesis: Genesis, params: Params, now: float) -
         raise InputRejected(Reason.UNKNOWN_AUTHOR, f"author {h.author.hex()[:16]} is no validator")
     if h.round < 1:
         raise InputRejected(Reason.BAD_ROUND, "rounds start at 1")
-    if h.timestamp_ms > (now + params.max_clock_skew) * 1000:
+    if h.timestamp_ms > (wall + params.max_clock_skew) * 1000:
         raise InputRejected(Reason.FUTURE_TIMESTAMP, "vertex timestamp is in the future")
     if h.round == 1 and h.parents:
         raise InputRejected(Reason.BAD_PARENT, "a round-1 vertex has no parents")
@@ -48,5 +51,5 @@ def check_vertex(vertex: Vertex, genesis: Genesis, params: Params, now: float) -
         raise InputRejected(
             Reason.TOO_FEW_PARENTS, f"{len(h.parents)} parents, quorum is {genesis.quorum}"
         )
-    if not verify(h.scheme, h.author, vertex.id, vertex.signature):
+    if not verifier.verify(h.scheme, h.author, vertex.id, vertex.signature):
         raise InputRejected(Reason.BAD_SIGNATURE, "signature does not verify")

@@ -1,7 +1,8 @@
-"""Identifier types shared by the core and its adapters."""
+"""Identifier types and the time of an input, shared by the core and its adapters."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NewType
 
 #: 32-byte hash of a transaction's bytes.
@@ -18,3 +19,16 @@ PeerId = NewType("PeerId", str)
 Seq = NewType("Seq", int)
 
 HASH_SIZE = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Instant:
+    """When an input reaches the engine, read from two clocks by its caller.
+
+    ``monotonic`` (seconds, any origin, never going back) runs every timer; ``wall``
+    (seconds since the Unix epoch) is what a vertex's signed timestamp is made from and
+    checked against. A simulation's one clock may give both.
+    """
+
+    monotonic: float
+    wall: float

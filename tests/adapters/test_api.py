@@ -24,7 +24,7 @@ from qudag_node.core.evidence import decode_equivocation
 from qudag_node.core.types import VertexId
 from qudag_node.store import Store
 from tests.conftest import NodeFactory, NodeHandle
-from tests.core.support import NOW, PEER, C, drain, proposal
+from tests.core.support import NOW, PEER, C, drain, moment, proposal
 
 TX = "/api/v1/transactions"
 EVIDENCE = "/api/v1/evidence"
@@ -315,7 +315,7 @@ def _caught(author: int, round_: int, parents: list[VertexId]) -> EquivocationDe
     observer = C.observer()
     for payload in (b"one", b"two"):
         vertex = C.vertex(author, round_, parents, txs=[payload])
-        observer.receive_message(PEER, proposal(vertex), NOW)
+        observer.receive_message(PEER, proposal(vertex), moment(NOW))
     [event] = [e for e in drain(observer) if isinstance(e, EquivocationDetected)]
     return event
 

@@ -1,13 +1,21 @@
-"""The layering rules: import-linter contracts, and an allow-list for the pure core."""
+"""The layering rules: import-linter contracts, an allow-list for the pure core, and no
+state kept at module level in it."""
 
 from __future__ import annotations
 
 import ast
+import dataclasses
+import enum
+import importlib
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
+
+from qudag_node.core.crypto import Scheme, VerifiedCache
+from qudag_node.core.params import Params
 
 ROOT = Path(__file__).resolve().parents[2]
 CORE = ROOT / "qudag_node" / "core"
@@ -84,6 +92,35 @@ def test_core_modules_import_only_pure_modules(path: Path) -> None:
     source = path.read_text()
     assert violations(source) == []
     assert not FORBIDDEN & {n.split(".")[0] for n in imported_modules(source, "qudag_node.core")}
+
+
+def stateful_globals(module: object) -> list[str]:
+    """Module-level names of ``module`` bound to an instance of a core class that can
+    change (neither an enum member nor a frozen dataclass)."""
+    found = []
+    for name, value in vars(module).items():
+        kind = type(value)
+        frozen = dataclasses.is_dataclass(kind) and kind.__dataclass_params__.frozen  # type: ignore[attr-defined]
+        if kind.__module__.startswith("qudag_node.core") and not (
+            isinstance(value, enum.Enum) or frozen
+        ):
+            found.append(name)
+    return found
+
+
+@pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: p.name)
+def test_core_modules_keep_no_state_at_module_level(path: Path) -> None:
+    # engines share a cache or a clock only when they are given one
+    module = importlib.import_module(f"qudag_node.core.{path.stem}")
+    assert stateful_globals(module) == []
+
+
+def test_the_state_check_finds_a_shared_cache() -> None:
+    module = types.ModuleType("shared")
+    module.CACHE = VerifiedCache(8)  # type: ignore[attr-defined]
+    module.SCHEME = Scheme.ED25519  # type: ignore[attr-defined]
+    module.PARAMS = Params()  # type: ignore[attr-defined]
+    assert stateful_globals(module) == ["CACHE"]
 
 
 @pytest.mark.parametrize(

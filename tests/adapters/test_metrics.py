@@ -7,6 +7,7 @@ The consensus series are fed by engines of the four-validator network
 from __future__ import annotations
 
 import platform
+from collections.abc import Sequence
 
 import pytest
 from prometheus_client import generate_latest
@@ -16,7 +17,7 @@ from qudag_node.core.engine import Engine
 from qudag_node.core.errors import Reason
 from qudag_node.core.events import (
     EquivocationDetected,
-    Event,
+    Fact,
     LeaderCommitted,
     MessageRejected,
     VertexCertified,
@@ -27,7 +28,19 @@ from qudag_node.core.params import Params
 from qudag_node.core.types import PeerId
 from qudag_node.core.vertex import Vertex
 from qudag_node.metrics import FINALITY_BUCKETS, Metrics
-from tests.core.support import NOW, PEER, ROUND1, C, drain, feed, message, proposal, vote
+from tests.core.support import (
+    NOW,
+    PEER,
+    ROUND1,
+    C,
+    Output,
+    drain,
+    feed,
+    message,
+    moment,
+    proposal,
+    vote,
+)
 
 EXPOSED = (
     "qudag_dag_nodes_total",
@@ -63,6 +76,12 @@ def _engine() -> Engine:
     return Engine(genesis, Params(min_round_interval=0.0), signer)
 
 
+def _count(metrics: Metrics, outputs: Sequence[Output]) -> None:
+    """Count engine output as the node does once its step is durable."""
+    metrics.on_facts([o for o in outputs if isinstance(o, Fact)])
+    metrics.on_notices([o for o in outputs if isinstance(o, MessageRejected)])
+
+
 def _value(metrics: Metrics, name: str, **labels: str) -> float:
     value = metrics.registry.get_sample_value(name, labels)
     assert value is not None, f"{name}{labels} is not exposed"
@@ -74,29 +93,29 @@ def test_engine_run_is_counted_from_the_stored_totals() -> None:
     metrics.set_totals(vertices=10, transactions=20, log_length=5)
     engine = _engine()
     now = 0.0
-    engine.handle_timer(now)  # first round, before any transaction
+    engine.handle_timer(moment(now))  # first round, before any transaction
     events = drain(engine)
-    metrics.on_events(events)
+    _count(metrics, events)
 
     txs = [b"alpha", b"beta", b"gamma"]
     now = 1.0
-    result = engine.submit_transactions(tx_ids(txs), txs, now)
-    again = engine.submit_transactions(tx_ids(txs[:1]), txs[:1], now)
+    result = engine.submit_transactions(tx_ids(txs), txs, moment(now))
+    again = engine.submit_transactions(tx_ids(txs[:1]), txs[:1], moment(now))
     metrics.on_submit(len(result.admitted), len(result.duplicates))
     metrics.on_submit(len(again.admitted), len(again.duplicates))
     step = drain(engine)
     events += step
-    metrics.on_events(step)
+    _count(metrics, step)
     for _ in range(10):
         if any(isinstance(e, LeaderCommitted) and e.entries for e in events):
             break
         timer = engine.get_timer()
         assert timer is not None
         now = max(now, timer)
-        engine.handle_timer(now)
+        engine.handle_timer(moment(now))
         step = drain(engine)
         events += step
-        metrics.on_events(step)
+        _count(metrics, step)
     stats = engine.statistics()
     metrics.on_statistics(stats)
 
@@ -132,11 +151,11 @@ def test_set_totals_starts_the_counters_and_the_log_gauge() -> None:
 def test_rejected_peer_messages_are_counted_by_reason() -> None:
     metrics = Metrics("1.2.3")
     engine = _engine()
-    engine.receive_message(PeerId("peer-a"), b"\x00", 0.0)
+    engine.receive_message(PeerId("peer-a"), b"\x00", moment(0.0))
     events = drain(engine)
     rejected = [e for e in events if isinstance(e, MessageRejected)]
     assert len(rejected) == 1
-    metrics.on_events(events)
+    _count(metrics, events)
     reason = rejected[0].reason.value
     assert _value(metrics, "qudag_messages_rejected_total", reason=reason) == 1
 
@@ -212,9 +231,9 @@ def test_exposition_names_every_series_and_no_reserved_label() -> None:
     metrics.on_submit(1, 1)
     metrics.on_submit_rejected(Reason.POOL_FULL, 1)
     engine = _engine()
-    engine.receive_message(PeerId("peer-a"), b"\x00", 0.0)
-    engine.receive_message(PeerId("peer-a"), b"\x01", 0.0)  # a truncated proposal
-    metrics.on_events(drain(engine))
+    engine.receive_message(PeerId("peer-a"), b"\x00", moment(0.0))
+    engine.receive_message(PeerId("peer-a"), b"\x01", moment(0.0))  # a truncated proposal
+    _count(metrics, drain(engine))
     metrics.on_store_commit(0.001)
     metrics.on_http("GET", "/health", 200, 0.001)
     text = generate_latest(metrics.registry).decode()
@@ -251,18 +270,18 @@ def test_skipped_leader_rounds_are_counted() -> None:
     events = feed(C.observer(), *_rounds_without_leaders(7, {2, 4}))
     [commit] = [e for e in events if isinstance(e, LeaderCommitted)]
     assert (commit.round, commit.skipped) == (6, (2, 4))
-    metrics.on_events(events)
+    _count(metrics, events)
     assert _value(metrics, "qudag_leaders_committed_total") == 1
     assert _value(metrics, "qudag_leaders_skipped_total") == 2
-    metrics.on_events([LeaderCommitted(8, commit.leader, (), ())])
+    metrics.on_facts([LeaderCommitted(8, commit.leader, (), ())])
     assert _value(metrics, "qudag_leaders_committed_total") == 2
     assert _value(metrics, "qudag_leaders_skipped_total") == 2
 
 
-def _rejections(*messages: bytes) -> list[Event]:
+def _rejections(*messages: bytes) -> list[Output]:
     engine = C.observer()
     for data in messages:
-        engine.receive_message(PEER, data, NOW)
+        engine.receive_message(PEER, data, moment(NOW))
     return drain(engine)
 
 
@@ -276,7 +295,7 @@ def test_equivocations_and_rejected_vertices_are_counted() -> None:
     first, twin = ROUND1[1], C.vertex(1, 1, txs=[b"twin"])
     events = _rejections(proposal(first), proposal(twin))
     assert sum(isinstance(e, EquivocationDetected) for e in events) == 1
-    metrics.on_events(events)
+    _count(metrics, events)
     assert _value(metrics, "qudag_equivocations_total") == 1
     assert _value(metrics, "qudag_vertices_rejected_total", reason="equivocation") == 1
     assert _value(metrics, "qudag_messages_rejected_total", reason="equivocation") == 1
@@ -292,7 +311,7 @@ def test_equivocations_and_rejected_vertices_are_counted() -> None:
         ("certified", "truncated"),
         ("vote", "truncated"),
     ]
-    metrics.on_events(events)
+    _count(metrics, events)
     assert _value(metrics, "qudag_vertices_rejected_total", reason="bad_certificate") == 1
     assert _value(metrics, "qudag_vertices_rejected_total", reason="truncated") == 1
     assert _value(metrics, "qudag_messages_rejected_total", reason="truncated") == 2
@@ -322,7 +341,7 @@ def test_buffer_and_peer_statistics() -> None:
     unknown = [C.vertex(i, 2).id for i in range(3)]
     waiting = [C.vertex(i, 3, unknown) for i in range(4)]  # their parents are unknown
     for v in waiting[:3]:
-        engine.receive_message(PEER, message(v), NOW)
+        engine.receive_message(PEER, message(v), moment(NOW))
     stats = engine.statistics()
     assert (stats.buffered, stats.buffer_dropped, stats.peers) == (2, 1, 2)
     metrics.on_statistics(stats)
@@ -332,7 +351,7 @@ def test_buffer_and_peer_statistics() -> None:
     metrics.on_statistics(engine.statistics())  # nothing new was dropped
     assert _value(metrics, "qudag_vertices_buffer_dropped_total") == 1
 
-    engine.receive_message(PEER, message(waiting[3]), NOW)
+    engine.receive_message(PEER, message(waiting[3]), moment(NOW))
     engine.peer_disconnected(PeerId("peer-2"))
     metrics.on_statistics(engine.statistics())
     metrics.on_statistics(engine.statistics())

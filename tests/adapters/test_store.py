@@ -14,7 +14,7 @@ from bench.history import Committee, certified_rounds
 from qudag_node.core.crypto import Signer, tx_ids
 from qudag_node.core.engine import Engine
 from qudag_node.core.events import (
-    Event,
+    Fact,
     LeaderCommitted,
     LogEntry,
     TransactionsAdmitted,
@@ -34,7 +34,7 @@ from qudag_node.store import (
     restore_database,
 )
 from tests.conftest import NodeFactory
-from tests.core.support import drain
+from tests.core.support import drain, facts, moment
 
 SIGNER = Signer(bytes(range(32)))
 GENESIS = Genesis.solo("qudag-test", "node1", SIGNER.public_key)
@@ -47,8 +47,8 @@ async def drive(engine: Engine, store: Store, now: float, until: float) -> float
         if timer is None or timer > until:
             return now
         now = max(now, timer)
-        engine.handle_timer(now)
-        await store.persist(drain(engine))
+        engine.handle_timer(moment(now))
+        await store.persist(facts(engine))
 
 
 async def test_new_database_is_wal_and_migrated(tmp_path: Path) -> None:
@@ -95,7 +95,7 @@ async def test_damage_is_found_by_the_integrity_check_not_at_open(tmp_path: Path
     store = await Store.open(tmp_path, GENESIS)
     engine = Engine(GENESIS, Params(), SIGNER)
     txs = [f"tx{i}".encode() * 40 for i in range(3000)]
-    engine.submit_transactions(tx_ids(txs), txs, 0.0)
+    engine.submit_transactions(tx_ids(txs), txs, moment(0.0))
     await drive(engine, store, 0.0, 1.0)
     await store.check_integrity()  # an intact file passes
     before = await store.totals()
@@ -125,10 +125,10 @@ async def test_statuses_and_log_follow_the_engine(tmp_path: Path) -> None:
     engine = Engine(GENESIS, Params(), SIGNER)
     txs = [b"alpha", b"beta", b"gamma"]
     ids = tx_ids(txs)
-    engine.handle_timer(0.0)
-    await store.persist(drain(engine))
-    engine.submit_transactions(ids, txs, 0.001)
-    events = drain(engine)
+    engine.handle_timer(moment(0.0))
+    await store.persist(facts(engine))
+    engine.submit_transactions(ids, txs, moment(0.001))
+    events = facts(engine)
     await store.persist([e for e in events if isinstance(e, TransactionsAdmitted)])
     record = await store.transaction(ids[0])
     assert record is not None
@@ -168,18 +168,18 @@ async def test_snapshot_resumes_an_identical_log(tmp_path: Path) -> None:
         txs = [f"b{batch}-{k}".encode() for k in range(7)]
         ids = tx_ids(txs)
         for engine in (steady, restarted):
-            engine.submit_transactions(ids, txs, now)
-        await store.persist(drain(restarted))
+            engine.submit_transactions(ids, txs, moment(now))
+        await store.persist(facts(restarted))
         drain(steady)
         # both engines step on the same clock; only `restarted` is persisted
         until = now + 0.12
         t = now
         while (timer := steady.get_timer()) is not None and timer <= until:
             t = max(t, timer)
-            steady.handle_timer(t)
+            steady.handle_timer(moment(t))
             drain(steady)
-            restarted.handle_timer(t)
-            await store.persist(drain(restarted))
+            restarted.handle_timer(moment(t))
+            await store.persist(facts(restarted))
         now = until
         if batch % 5 == 4:
             await store.close()
@@ -187,8 +187,8 @@ async def test_snapshot_resumes_an_identical_log(tmp_path: Path) -> None:
             snap = await store.load_snapshot(GENESIS, params.gc_depth, SIGNER.public_key)
             assert len(snap.vertices) <= params.gc_depth + 3
             restarted = Engine(GENESIS, params, SIGNER, snap)
-            restarted.handle_timer(now)
-            await store.persist(drain(restarted))
+            restarted.handle_timer(moment(now))
+            await store.persist(facts(restarted))
     a, b = steady.statistics(), restarted.statistics()
     assert (a.log_length, a.log_hash) == (b.log_length, b.log_hash)
     assert a.log_length == 30 * 7
@@ -342,7 +342,7 @@ async def test_certified_ids_packs_the_certified_vertices_of_a_range(tmp_path: P
     committee = Committee.generate(4)
     rounds = list(certified_rounds(committee, 6, 1_000_000))
     uncertified = rounds[2][1][0].id  # one vertex of round 3 is stored without certificate
-    events: list[Event] = []
+    events: list[Fact] = []
     for number, made in enumerate(rounds, start=1):
         for vertex, certificate in made:
             events.append(VertexStored(vertex, own=False))

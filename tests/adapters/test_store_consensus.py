@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from qudag_node.core.certificate import check_certificate, decode_certificate
-from qudag_node.core.crypto import Signer, log_hash_start, tx_ids
+from qudag_node.core.crypto import SequentialVerifier, Signer, log_hash_start, tx_ids
 from qudag_node.core.engine import Engine, Snapshot, StoredVertex
 from qudag_node.core.events import (
     EquivocationDetected,
-    Event,
+    Fact,
     LeaderCommitted,
     TransactionsAdmitted,
     VertexStored,
@@ -37,7 +37,7 @@ from qudag_node.core.vertex import Vertex
 from qudag_node.store import DB_FILENAME, MIGRATIONS, SCHEMA_VERSION, Store
 from tests.core.sim import Faults, Simulation
 from tests.core.simstore import MemoryStore
-from tests.core.support import NOW, PARAMS, PEER, C, drain, feed, proposal
+from tests.core.support import NOW, PARAMS, PEER, C, drain, facts, feed, moment, proposal
 
 SOLO = Signer(bytes(range(32)))
 SOLO_GENESIS = Genesis.solo("qudag-test", "node1", SOLO.public_key)
@@ -54,14 +54,20 @@ UNKNOWN = VertexId(b"\xee" * 32)
 # ----------------------------------------------------------- the recorded run
 
 
+async def _certified(store: MemoryStore, vid: VertexId) -> bytes | None:
+    """The memory store's CERTIFIED message for ``vid``, if it holds it certified."""
+    found = [m async for m in store.certified_messages([vid])]
+    return found[0] if found else None
+
+
 class RecordingStore(MemoryStore):
-    """A simulated node's store that also keeps each batch of events it persisted."""
+    """A simulated node's store that also keeps each batch of facts it persisted."""
 
     def __init__(self, log_start: bytes) -> None:
         super().__init__(log_start)
-        self.batches: list[list[Event]] = []
+        self.batches: list[list[Fact]] = []
 
-    def persist(self, events: Iterable[Event]) -> None:
+    def persist(self, events: Iterable[Fact]) -> None:
         """Record the batch, then apply it."""
         batch = list(events)
         self.batches.append(batch)
@@ -220,14 +226,14 @@ async def test_certified_messages_match_the_memory_store(
     params = recorded.sim.params
     async with replayed(recorded, tmp_path) as (store, model):
         ids = [*model.vertices, UNKNOWN]
-        certified = [vid for vid in ids if model.certified(vid) is not None]
+        certified = [vid for vid in ids if await _certified(model, vid) is not None]
         uncertified = [vid for vid in model.vertices if vid not in certified]
         assert certified
         assert uncertified, "the recorded node voted for no vertex that stayed uncertified"
         answers = [m async for m in store.certified_messages(ids)]
         assert len(answers) == len(certified)
         for vid, answer in zip(certified, answers, strict=True):
-            expected = model.certified(vid)
+            expected = await _certified(model, vid)
             assert expected is not None
             got, want = decode_message(answer, params), decode_message(expected, params)
             assert isinstance(got, CertifiedMessage)
@@ -251,11 +257,11 @@ def _restart(recorded: Recorded, snapshot: Snapshot) -> Engine:
 
 
 def _go_on(engine: Engine, now: float, steps: int = 3) -> list[object]:
-    """What the engine does on its next ``steps`` timers from ``now``: events and messages."""
+    """What the engine does on its next ``steps`` timers from ``now``: its outputs."""
     out: list[object] = []
     for _ in range(steps):
-        engine.handle_timer(now)
-        out += [drain(engine), engine.messages_to_send()]
+        engine.handle_timer(moment(now))
+        out.append(engine.take_output())
         timer = engine.get_timer()
         if timer is None:
             break
@@ -296,7 +302,7 @@ async def test_engines_restored_from_either_store_are_the_same(
 # --------------------------------------------------------------- migration
 
 
-def _write_schema_1(path: Path, genesis: Genesis, events: Sequence[Event]) -> None:
+def _write_schema_1(path: Path, genesis: Genesis, events: Sequence[Fact]) -> None:
     """A database as a schema-1 node wrote it: no certificates, no evidence table."""
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
         db.execute("BEGIN")
@@ -332,25 +338,25 @@ def _write_schema_1(path: Path, genesis: Genesis, events: Sequence[Event]) -> No
         db.execute("COMMIT")
 
 
-def _solo_run(engine: Engine, txs: Sequence[bytes], now: float) -> tuple[list[Event], float]:
+def _solo_run(engine: Engine, txs: Sequence[bytes], now: float) -> tuple[list[Fact], float]:
     """Submit ``txs`` to a solo engine and step it until they are final."""
     target = engine.statistics().log_length + len(txs)
-    engine.submit_transactions(tx_ids(txs), txs, now)
-    events = drain(engine)
+    engine.submit_transactions(tx_ids(txs), txs, moment(now))
+    events = facts(engine)
     while engine.statistics().log_length < target:
         timer = engine.get_timer()
         assert timer is not None
         now = max(now, timer)
-        engine.handle_timer(now)
-        events += drain(engine)
+        engine.handle_timer(moment(now))
+        events += facts(engine)
     return events, now
 
 
 async def test_a_schema_1_database_is_migrated_with_solo_certificates(tmp_path: Path) -> None:
     params = Params()
     old = Engine(SOLO_GENESIS, params, SOLO)
-    old.handle_timer(0.0)
-    events = drain(old)
+    old.handle_timer(moment(0.0))
+    events = facts(old)
     more, now = _solo_run(old, [b"from", b"schema", b"one"], 0.5)
     events += more
     vertex_ids = [e.vertex.id for e in events if isinstance(e, VertexStored)]
@@ -366,7 +372,9 @@ async def test_a_schema_1_database_is_migrated_with_solo_certificates(tmp_path: 
             cert = decode_certificate(record.certificate)
             assert cert.voters == (0,)
             assert cert.signatures == (record.signature,)
-            check_certificate(cert, vid, SOLO_GENESIS)  # raises if it does not verify
+            check_certificate(
+                cert, vid, SOLO_GENESIS, SequentialVerifier()
+            )  # raises if it does not verify
         assert await store.evidence(10) == []
         snapshot = await store.load_snapshot(SOLO_GENESIS, params.gc_depth, SOLO.public_key)
         assert snapshot.own_proposal is None
@@ -401,14 +409,14 @@ async def test_transactions_data_gives_stored_unfinal_ones_in_the_order_asked(
     store = await Store.open(tmp_path, SOLO_GENESIS)
     try:
         engine = Engine(SOLO_GENESIS, Params(), SOLO)
-        engine.handle_timer(0.0)
-        await store.persist(drain(engine))
+        engine.handle_timer(moment(0.0))
+        await store.persist(facts(engine))
         final = [b"final one", b"final two"]
         events, now = _solo_run(engine, final, 0.5)
         await store.persist(events)
         waiting = [b"waiting a", b"waiting b", b"waiting c"]
-        engine.submit_transactions(tx_ids(waiting), waiting, now)
-        await store.persist(drain(engine))
+        engine.submit_transactions(tx_ids(waiting), waiting, moment(now))
+        await store.persist(facts(engine))
         a, b, c = tx_ids(waiting)
         f1, f2 = tx_ids(final)
         unknown = TxId(b"\x00" * 32)
@@ -440,8 +448,8 @@ def _equivocation(
 
 def _caught(first: Vertex, second: Vertex) -> EquivocationDetected:
     observer = C.observer()
-    observer.receive_message(PEER, proposal(first), NOW)
-    observer.receive_message(PEER, proposal(second), NOW)
+    observer.receive_message(PEER, proposal(first), moment(NOW))
+    observer.receive_message(PEER, proposal(second), moment(NOW))
     [event] = [e for e in drain(observer) if isinstance(e, EquivocationDetected)]
     return event
 
@@ -485,8 +493,8 @@ async def test_a_restart_from_the_store_remembers_the_equivocations_it_reported(
     observer = C.observer()
     batches = []
     for vertex in (first, second):
-        observer.receive_message(PEER, proposal(vertex), NOW)
-        batches.append(drain(observer))
+        observer.receive_message(PEER, proposal(vertex), moment(NOW))
+        batches.append(facts(observer))
     assert any(isinstance(e, EquivocationDetected) for e in batches[1])
     model = MemoryStore(log_hash_start(C.genesis.hash))
     store = await Store.open(tmp_path, C.genesis)
@@ -503,7 +511,7 @@ async def test_a_restart_from_the_store_remembers_the_equivocations_it_reported(
     assert db.equivocations == mem.equivocations
     # the restarted observer sees the second vertex again: nothing new to report
     restarted = C.observer(snapshot=db)
-    restarted.receive_message(PEER, proposal(second), NOW)
+    restarted.receive_message(PEER, proposal(second), moment(NOW))
     assert not any(isinstance(e, EquivocationDetected) for e in drain(restarted))
 
 
@@ -521,16 +529,19 @@ async def test_our_own_certified_vertex_from_a_peer_keeps_its_transactions(
     [commit] = [e for e in events if isinstance(e, LeaderCommitted)]
     assert commit.entries[0].tx_id == ours.tx_ids[0]
     model = MemoryStore(log_hash_start(C.genesis.hash))
-    model.persist(events)
+    stored = [e for e in events if isinstance(e, Fact)]
+    model.persist(stored)
     store = await Store.open(tmp_path, C.genesis)
     try:
-        await store.persist(events)
+        await store.persist(stored)
         records = await store.log(1, 10)
         assert [(r.seq, r.tx_id) for r in records] == [(e.seq, e.tx_id) for e in model.log]
-        stored = await store.transaction(ours.tx_ids[0])
-        assert stored is not None
-        assert stored.seq == 1
-        assert [m async for m in store.certified_messages([ours.id])] == [model.certified(ours.id)]
+        record = await store.transaction(ours.tx_ids[0])
+        assert record is not None
+        assert record.seq == 1
+        assert [m async for m in store.certified_messages([ours.id])] == [
+            await _certified(model, ours.id)
+        ]
     finally:
         await store.close()
 
@@ -538,8 +549,8 @@ async def test_our_own_certified_vertex_from_a_peer_keeps_its_transactions(
 async def test_migration_certifies_only_what_a_quorum_certified(tmp_path: Path) -> None:
     signer = C.signers[2]  # validator 2 of four: its round-1 vertex needs three votes
     old = Engine(C.genesis, Params(), signer)
-    old.submit_transactions(tx_ids([b"early"]), [b"early"], NOW)
-    events = drain(old)
+    old.submit_transactions(tx_ids([b"early"]), [b"early"], moment(NOW))
+    events = facts(old)
     [proposed] = [e.vertex for e in events if isinstance(e, VertexStored)]
     _write_schema_1(tmp_path / DB_FILENAME, C.genesis, events)
     store = await Store.open(tmp_path, C.genesis)
@@ -547,7 +558,9 @@ async def test_migration_certifies_only_what_a_quorum_certified(tmp_path: Path) 
         record = await store.vertex(proposed.id)
         assert record is not None
         if record.certificate is not None:
-            check_certificate(decode_certificate(record.certificate), proposed.id, C.genesis)
+            check_certificate(
+                decode_certificate(record.certificate), proposed.id, C.genesis, SequentialVerifier()
+            )
         snapshot = await store.load_snapshot(C.genesis, PARAMS.gc_depth, signer.public_key)
         assert snapshot.own_proposal == proposed
     finally:

@@ -22,7 +22,7 @@ import pytest
 
 from qudag_node.core.certificate import Certificate
 from qudag_node.core.errors import Reason
-from qudag_node.core.events import Event, VertexCertified, VertexStored
+from qudag_node.core.events import Fact, VertexCertified, VertexStored
 from qudag_node.core.messages import (
     CertifiedMessage,
     FetchMessage,
@@ -91,9 +91,9 @@ def vertex_at(round_: int, author: int) -> Vertex:
     return dag()[round_ - 1][author].vertex
 
 
-def certified_events(items: Iterable[Certified]) -> list[Event]:
+def certified_events(items: Iterable[Certified]) -> list[Fact]:
     """The engine events of certified vertices joining a DAG: stored, then certified."""
-    events: list[Event] = []
+    events: list[Fact] = []
     for item in items:
         v = item.vertex
         events += [VertexStored(v, own=False), VertexCertified(v.id, v.round, item.certificate)]

@@ -1,4 +1,5 @@
-"""The node's threaded signature verifier: the plain verifier's answers, on threads."""
+"""The node's threaded signature verifier: the plain verifier's answers, on threads,
+remembered in a cache of its own."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import threading
 
 import pytest
 
-from qudag_node.core.crypto import SignatureCheck, Signer, verify_each
+from qudag_node.core.crypto import Scheme, SignatureCheck, Signer, verify_each
 from qudag_node.verifier import INLINE_BELOW, ThreadedVerifier
 
 SIGNERS = [Signer(bytes([0x40 + i]) * 32) for i in range(3)]
@@ -50,3 +51,19 @@ def test_large_batches_use_the_worker_threads_and_close_stops_them() -> None:
     assert 1 <= len(verify_threads() - others) <= 2
     verifier.close()
     assert verify_threads() == others
+
+
+def test_results_are_remembered_by_the_verifier_that_made_them_only() -> None:
+    given = checks(2 * INLINE_BELOW)
+    verifier, other = ThreadedVerifier(1), ThreadedVerifier(1)
+    try:
+        answers = verifier.verify_many(given)
+        singles = [verifier.verify(Scheme.ED25519, *c) for c in given]
+        assert singles == answers
+        assert verifier.cache.misses == 0  # every single check found its batch's result
+        verifier.cache.remember(given[:1], [not answers[0]])  # a planted result is what it says
+        assert verifier.verify_many(given) == [not answers[0], *answers[1:]]
+        assert other.verify_many(given) == answers  # nothing planted there
+    finally:
+        verifier.close()
+        other.close()

@@ -7,9 +7,13 @@ faults: partitions that heal, a validator that crashes and restarts from its sto
 (an in-memory :class:`~tests.core.simstore.MemoryStore`), a silent validator, an
 equivocating validator, and an observer that forwards its clients' transactions.
 
-Each step of a node does what the pump in ``node.py`` does: feed one input, drain
-the events, persist them, answer fetches from the store, re-queue orphaned
-transactions, then send.
+Each step of a node feeds its engine one input, then runs the node's own
+:class:`~qudag_node.pump.Pump` over the node's in-memory store: the facts are
+persisted, orphaned transactions read back and requeued, forwarded ones admitted,
+then the messages sent and fetches answered. The memory store answers without
+suspending, so :func:`run_now` drives each pump step to its end synchronously. The
+one clock gives the engines both their monotonic and their wall-clock time; the
+engines share one verifier, so each signature is checked once per run.
 
 Replay one run::
 
@@ -19,26 +23,26 @@ Replay one run::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import heapq
 import itertools
 import random
 import statistics
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
+from typing import Any, assert_never
 
-from qudag_node.core.crypto import Signer, log_hash_start, tx_ids
+from qudag_node.core.crypto import SequentialVerifier, Signer, log_hash_start, tx_ids
 from qudag_node.core.engine import Engine
 from qudag_node.core.errors import InputRejected
 from qudag_node.core.events import (
-    Event,
+    EquivocationDetected,
     LeaderCommitted,
     MessageRejected,
-    TransactionsForwarded,
-    TransactionsOrphaned,
-    VerticesRequested,
+    TransactionsAdmitted,
+    VertexCertified,
+    VertexStored,
 )
 from qudag_node.core.evidence import decode_equivocation
 from qudag_node.core.genesis import Genesis, Validator
@@ -46,8 +50,9 @@ from qudag_node.core.messages import MessageType, ProposalMessage, encode_messag
 from qudag_node.core.params import Params
 from qudag_node.core.types import PeerId, TxId
 from qudag_node.core.vertex import decode_vertex, make_vertex
+from qudag_node.pump import Pump, PumpStep, deliver
 from tests.core.simstore import MemoryStore
-from tests.core.support import drain
+from tests.core.support import moment
 
 #: Engine parameters of simulated nodes: production defaults, shorter idle heartbeat.
 SIM_PARAMS = Params(
@@ -91,19 +96,59 @@ def random_faults(rng: random.Random) -> Faults:
     )
 
 
+def run_now(step: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine that must finish without suspending (a pump step over the
+    memory store, whose answers are there at once)."""
+    try:
+        step.send(None)
+    except StopIteration:
+        return
+    step.close()
+    raise AssertionError("a simulated pump step suspended")
+
+
 @dataclass(slots=True)
 class SimNode:
-    """One simulated node: its engine, its durable store, and its fault."""
+    """One simulated node: its pump (and the engine it drives), its durable store, and
+    its fault."""
 
     name: PeerId
     signer: Signer
-    engine: Engine
+    pump: Pump[None]
     store: MemoryStore
     up: bool = True
     timer: float = 0.0  # what engine.get_timer() said after the last step
     silent: bool = False
     equivocator: bool = False
     rejected: list[MessageRejected] = field(default_factory=list)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine the node's pump drives."""
+        return self.pump.engine
+
+
+class _Durable:
+    """The group commit of a simulated node: a step is durable once put; then its
+    messages go out on the simulated network and its fetches are answered."""
+
+    def __init__(self, sim: Simulation, name: PeerId) -> None:
+        self._sim = sim
+        self._name = name
+
+    async def put(self, step: PumpStep[None]) -> None:
+        node = self._sim.nodes[self._name]
+        node.store.persist(step.facts)
+        self._sim.observe(node, step)
+        await deliver(step, node.store, self)
+
+    async def flush(self) -> None:
+        """Every step is durable once put: nothing to wait for."""
+
+    def send(self, peer: PeerId, data: bytes) -> bool:
+        """The node's link to ``peer``: the simulated network."""
+        self._sim.send_from(self._sim.nodes[self._name], peer, data)
+        return True
 
 
 @dataclass(slots=True)
@@ -141,6 +186,7 @@ class Simulation:
             "qudag-sim", tuple(Validator(f"v{i}", s.public_key) for i, s in enumerate(signers))
         )
         self.params = SIM_PARAMS
+        self.verifier = SequentialVerifier()  # one for every engine: each checks once
         self.nodes: dict[PeerId, SimNode] = {}
         for i, s in enumerate(signers):
             self._add_node(PeerId(f"v{i}"), s)
@@ -163,7 +209,12 @@ class Simulation:
 
     def _add_node(self, name: PeerId, signer: Signer) -> None:
         store = MemoryStore(log_hash_start(self.genesis.hash))
-        self.nodes[name] = SimNode(name, signer, Engine(self.genesis, self.params, signer), store)
+        pump: Pump[None] = Pump(
+            Engine(self.genesis, self.params, signer, verifier=self.verifier),
+            store,
+            _Durable(self, name),
+        )
+        self.nodes[name] = SimNode(name, signer, pump, store)
 
     # ------------------------------------------------------------- network
 
@@ -198,12 +249,11 @@ class Simulation:
             self._sequence += 1
             heapq.heappush(self._queue, (self.now + delay, self._sequence, dst, src, data))
 
-    def _emit(self, node: SimNode) -> None:
-        for dst, data in node.engine.messages_to_send():
-            if node.equivocator and data[0] == MessageType.PROPOSAL:
-                self._send(node.name, dst, self._twin(node, data, dst))
-            else:
-                self._send(node.name, dst, data)
+    def send_from(self, node: SimNode, dst: PeerId, data: bytes) -> None:
+        """What ``node``'s pump sends ``dst`` (an equivocator twins its proposals)."""
+        if node.equivocator and data[0] == MessageType.PROPOSAL:
+            data = self._twin(node, data, dst)
+        self._send(node.name, dst, data)
 
     def _twin(self, node: SimNode, data: bytes, dst: PeerId) -> bytes:
         """The equivocator sends some of its peers a different vertex for the round."""
@@ -227,42 +277,33 @@ class Simulation:
     # -------------------------------------------------------------- stepping
 
     def _step(self, node: SimNode) -> None:
-        while events := drain(node.engine):  # answering can cause more (a requeue proposes)
-            self._persist_and_answer(node, events)
-        self._emit(node)
+        """The node's pump takes what the engine's input produced to the store and the
+        network; then the network gets the step's messages."""
+        run_now(node.pump.step(moment(self.now)))
         self._transmit()
         timer = node.engine.get_timer()
         node.timer = float("inf") if timer is None else timer
 
-    def _persist_and_answer(self, node: SimNode, events: list[Event]) -> None:
-        node.store.persist(events)
-        for event in events:
-            if isinstance(event, VerticesRequested):
-                for vid in event.ids:
-                    answer = node.store.certified(vid)
-                    if answer is not None:
-                        self._send(node.name, event.peer, answer)
-            elif isinstance(event, TransactionsOrphaned):
-                ids = [i for i in event.ids if i in node.store.unfinal]
-                txs = [node.store.transactions[i] for i in ids]
-                node.engine.requeue_transactions(ids, txs, self.now)
-            elif isinstance(event, TransactionsForwarded):
-                fresh = [
-                    (i, tx)
-                    for i, tx in zip(event.ids, event.transactions, strict=True)
-                    if i not in node.store.transactions
-                ]
-                with contextlib.suppress(InputRejected):  # a full pool: the observer re-sends
-                    node.engine.submit_transactions(
-                        [i for i, _ in fresh], [tx for _, tx in fresh], self.now
-                    )
-            elif isinstance(event, MessageRejected):
-                node.rejected.append(event)
-            elif isinstance(event, LeaderCommitted):
-                for entry in event.entries:
-                    origin = self.submitted.get(entry.tx_id)
-                    if origin is not None and origin[0] == node.name:
-                        self.final_at.setdefault(entry.tx_id, self.now)
+    def observe(self, node: SimNode, step: PumpStep[None]) -> None:
+        """Note what a durable step of ``node`` shows: transactions final, messages
+        rejected."""
+        node.rejected += step.notices
+        for fact in step.facts:
+            match fact:
+                case LeaderCommitted(entries=entries):
+                    for entry in entries:
+                        origin = self.submitted.get(entry.tx_id)
+                        if origin is not None and origin[0] == node.name:
+                            self.final_at.setdefault(entry.tx_id, self.now)
+                case (
+                    TransactionsAdmitted()
+                    | VertexStored()
+                    | VertexCertified()
+                    | EquivocationDetected()
+                ):
+                    pass
+                case _:
+                    assert_never(fact)
 
     def _crash_and_restart(self) -> None:
         crash = self.faults.crash
@@ -273,12 +314,14 @@ class Simulation:
             node.up = False  # the process dies: memory is lost, the store stays
         elif not node.up and self.now >= crash[1]:
             snapshot = node.store.snapshot(node.signer.public_key, self.params.gc_depth)
-            node.engine = Engine(self.genesis, self.params, node.signer, snapshot)
+            node.pump.engine = Engine(
+                self.genesis, self.params, node.signer, snapshot, verifier=self.verifier
+            )
             for other in self.nodes.values():
                 if other is not node:
                     node.engine.peer_connected(other.name, other.signer.public_key)
             node.up = True
-            node.engine.handle_timer(self.now)
+            node.engine.handle_timer(moment(self.now))
             self._step(node)
 
     def _submit_due(self) -> None:
@@ -290,7 +333,7 @@ class Simulation:
                 continue
             ids = tx_ids([tx])
             try:
-                result = node.engine.submit_transactions(ids, [tx], self.now)
+                result = node.engine.submit_transactions(ids, [tx], moment(self.now))
             except InputRejected:
                 continue
             self._step(node)  # persisted: now the client has its acknowledgement
@@ -323,11 +366,11 @@ class Simulation:
                 node = self.nodes[dst]
                 self.messages += 1
                 if node.up and not self._cut(src, dst, self.now):
-                    node.engine.receive_message(src, data, self.now)
+                    node.engine.receive_message(src, data, moment(self.now))
                     self._step(node)
             elif next_timer[0] <= self.now:
                 node = self.nodes[next_timer[1]]
-                node.engine.handle_timer(self.now)
+                node.engine.handle_timer(moment(self.now))
                 self._step(node)
             if self.now > settle and self._all_final():
                 break

@@ -1,21 +1,23 @@
 """An in-memory store for the simulation: what ``qudag_node.store.Store`` keeps, in dicts.
 
-It applies drained engine events the way ``Store.persist`` does and rebuilds a
-:class:`Snapshot` the way ``Store.load_snapshot`` does, so a simulated node can crash
-and restart from it. ``tests/adapters/test_store_consensus.py`` feeds the same event
-stream to both and compares their snapshots, which keeps the two in step.
+It applies an engine step's facts the way ``Store.persist`` does, answers the reads of
+the pump (:class:`qudag_node.pump.PumpStore`) at once, without suspending, and
+rebuilds a :class:`Snapshot` the way ``Store.load_snapshot`` does, so a simulated node
+can crash and restart from it. ``tests/adapters/test_store_consensus.py`` feeds the
+same facts to both and compares their snapshots, which keeps the two in step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import assert_never
 
 from qudag_node.core.certificate import Certificate
 from qudag_node.core.engine import Snapshot, StoredVertex
 from qudag_node.core.events import (
     EquivocationDetected,
-    Event,
+    Fact,
     LeaderCommitted,
     LogEntry,
     TransactionsAdmitted,
@@ -47,25 +49,28 @@ class MemoryStore:
     committed_round: int = 0
     evidence: list[Equivocation] = field(default_factory=list)
 
-    def persist(self, events: Iterable[Event]) -> None:
-        """Apply one engine step's events."""
-        for ev in events:
-            if isinstance(ev, TransactionsAdmitted):
-                self._add_transactions(ev.ids, ev.transactions)
-            elif isinstance(ev, VertexStored):
-                self.vertices.setdefault(ev.vertex.id, _Row(ev.vertex))
-                self._add_transactions(ev.vertex.tx_ids, ev.vertex.transactions)
-            elif isinstance(ev, VertexCertified):
-                self.vertices[ev.vertex].certificate = ev.certificate
-            elif isinstance(ev, LeaderCommitted):
-                for entry in ev.entries:
-                    self.log.append(entry)
-                    self.unfinal.pop(entry.tx_id, None)
-                for vid in ev.ordered:
-                    self.vertices[vid].ordered = True
-                self.committed_round = ev.round
-            elif isinstance(ev, EquivocationDetected):
-                self.evidence.append(ev.evidence)
+    def persist(self, facts: Iterable[Fact]) -> None:
+        """Apply one engine step's facts."""
+        for fact in facts:
+            match fact:
+                case TransactionsAdmitted(ids, transactions):
+                    self._add_transactions(ids, transactions)
+                case VertexStored(vertex):
+                    self.vertices.setdefault(vertex.id, _Row(vertex))
+                    self._add_transactions(vertex.tx_ids, vertex.transactions)
+                case VertexCertified(vid, _, certificate):
+                    self.vertices[vid].certificate = certificate
+                case LeaderCommitted():
+                    for entry in fact.entries:
+                        self.log.append(entry)
+                        self.unfinal.pop(entry.tx_id, None)
+                    for vid in fact.ordered:
+                        self.vertices[vid].ordered = True
+                    self.committed_round = fact.round
+                case EquivocationDetected(evidence):
+                    self.evidence.append(evidence)
+                case _:
+                    assert_never(fact)
 
     def _add_transactions(self, ids: Iterable[TxId], txs: Iterable[bytes]) -> None:
         for i, tx in zip(ids, txs, strict=True):
@@ -78,12 +83,20 @@ class MemoryStore:
         """The running hash after the last entry."""
         return self.log[-1].hash if self.log else self.log_start
 
-    def certified(self, vid: VertexId) -> bytes | None:
-        """A CERTIFIED message for a stored, certified vertex, else None."""
-        row = self.vertices.get(vid)
-        if row is None or row.certificate is None:
-            return None
-        return encode_message(CertifiedMessage(row.vertex, row.certificate))
+    async def known_ids(self, ids: Sequence[TxId]) -> set[TxId]:
+        """Which of ``ids`` are stored."""
+        return {i for i in ids if i in self.transactions}
+
+    async def transactions_data(self, ids: Sequence[TxId]) -> list[tuple[TxId, bytes]]:
+        """Stored, not final transactions among ``ids``, with their bytes, in ``ids`` order."""
+        return [(i, self.transactions[i]) for i in ids if i in self.unfinal]
+
+    async def certified_messages(self, ids: Sequence[VertexId]) -> AsyncIterator[bytes]:
+        """CERTIFIED messages for the stored, certified vertices among ``ids``, in order."""
+        for vid in ids:
+            row = self.vertices.get(vid)
+            if row is not None and row.certificate is not None:
+                yield encode_message(CertifiedMessage(row.vertex, row.certificate))
 
     def snapshot(self, own_key: PublicKey, gc_depth: int) -> Snapshot:
         """The state an engine restarts from."""

@@ -2,7 +2,11 @@
 
 The solo node is a one-validator network of itself. Its clock is a float the test
 advances: :class:`SoloNode` calls ``handle_timer`` at the times ``get_timer`` names and
-records every drained event with the time of the call that produced it.
+records every fact, effect and notice with the time of the call that produced it.
+
+:func:`drain`, :func:`facts` and :func:`messages` each take one part of what an engine
+produced (:meth:`~qudag_node.core.engine.Engine.take_output`) and keep the rest for
+the others, so that a test can look at what was produced and at what was sent apart.
 
 The four-validator network (n = 4, f = 1) is :data:`C`, a :class:`Committee`. Its
 vertices are made by hand and delivered to an engine with :func:`feed`, as messages
@@ -11,28 +15,77 @@ from :data:`PEER`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from weakref import WeakKeyDictionary
 
 from qudag_node.core.certificate import Certificate, make_certificate
 from qudag_node.core.crypto import Signer, tx_id, tx_ids
 from qudag_node.core.engine import Engine, Role, Snapshot, SubmitResult
-from qudag_node.core.events import Event, LeaderCommitted, LogEntry, VertexCertified, VertexStored
+from qudag_node.core.events import (
+    Effect,
+    Fact,
+    LeaderCommitted,
+    LogEntry,
+    Notice,
+    Outgoing,
+    StepOutput,
+    VertexCertified,
+    VertexStored,
+)
 from qudag_node.core.genesis import Genesis, Validator
 from qudag_node.core.messages import CertifiedMessage, ProposalMessage, VoteMessage, encode_message
 from qudag_node.core.params import Params
-from qudag_node.core.types import GenesisHash, PeerId, VertexId
+from qudag_node.core.types import GenesisHash, Instant, PeerId, VertexId
 from qudag_node.core.vertex import Vertex, make_vertex
 
 PARAMS = Params()
 
 
-def drain(engine: Engine) -> list[Event]:
-    """Every event the engine has queued, oldest first."""
-    events: list[Event] = []
-    while (event := engine.next_event()) is not None:
-        events.append(event)
-    return events
+def moment(t: float) -> Instant:
+    """The time ``t`` of the tests' one clock, as the monotonic and the wall reading."""
+    return Instant(t, t)
+
+
+#: One item of an engine's output, messages aside.
+Output = Fact | Effect | Notice
+
+#: What an engine produced that no helper below has taken yet.
+_KEPT: WeakKeyDictionary[Engine, StepOutput] = WeakKeyDictionary()
+
+
+def _take(engine: Engine) -> StepOutput:
+    kept = _KEPT.pop(engine, StepOutput())
+    new = engine.take_output()
+    return StepOutput(
+        kept.facts + new.facts,
+        kept.effects + new.effects,
+        kept.messages + new.messages,
+        kept.notices + new.notices,
+    )
+
+
+def drain(engine: Engine) -> list[Output]:
+    """The facts, effects and notices produced since the last look: facts first, then
+    effects, then notices, each kind in order. Messages are kept for :func:`messages`."""
+    out = _take(engine)
+    _KEPT[engine] = StepOutput(messages=out.messages)
+    return [*out.facts, *out.effects, *out.notices]
+
+
+def facts(engine: Engine) -> list[Fact]:
+    """The facts produced since the last look; the rest is kept for the other helpers."""
+    out = _take(engine)
+    _KEPT[engine] = dataclasses.replace(out, facts=())
+    return list(out.facts)
+
+
+def messages(engine: Engine) -> list[Outgoing]:
+    """The messages queued since the last look; the rest is kept for the other helpers."""
+    out = _take(engine)
+    _KEPT[engine] = dataclasses.replace(out, messages=())
+    return list(out.messages)
 
 
 # ------------------------------------------------------------------ solo node
@@ -46,10 +99,10 @@ T0 = 1_000.0
 
 @dataclass(frozen=True, slots=True)
 class Timed:
-    """An event and the clock time of the engine call that produced it."""
+    """An output and the clock time of the engine call that produced it."""
 
     at: float
-    event: Event
+    event: Output
 
 
 class SoloNode:
@@ -67,23 +120,23 @@ class SoloNode:
         self.now = now
         self.events: list[Timed] = []
 
-    def _drain(self) -> list[Event]:
+    def _drain(self) -> list[Output]:
         new = drain(self.engine)
         self.events.extend(Timed(self.now, e) for e in new)
         return new
 
     def submit(self, txs: Sequence[bytes]) -> SubmitResult:
         """Submit a client batch at the current time."""
-        result = self.engine.submit_transactions(tx_ids(txs), txs, self.now)
+        result = self.engine.submit_transactions(tx_ids(txs), txs, moment(self.now))
         self._drain()
         return result
 
-    def fire(self) -> list[Event]:
+    def fire(self) -> list[Output]:
         """Move the clock to the engine's timer (never back) and handle it."""
         when = self.engine.get_timer()
         assert when is not None, "a validator always has a timer"
         self.now = max(self.now, when)
-        self.engine.handle_timer(self.now)
+        self.engine.handle_timer(moment(self.now))
         return self._drain()
 
     def run_until(self, deadline: float) -> None:
@@ -198,10 +251,10 @@ def proposal(vertex: Vertex) -> bytes:
     return encode_message(ProposalMessage(vertex))
 
 
-def feed(engine: Engine, *vertices: Vertex, now: float = NOW) -> list[Event]:
+def feed(engine: Engine, *vertices: Vertex, now: float = NOW) -> list[Output]:
     """Deliver certified vertices from :data:`PEER` at ``now``; returns the drained events."""
     for v in vertices:
-        engine.receive_message(PEER, message(v), now)
+        engine.receive_message(PEER, message(v), moment(now))
     return drain(engine)
 
 
@@ -211,10 +264,10 @@ def vote(vertex: Vertex, voter: int) -> bytes:
     return encode_message(VoteMessage(vertex.id, voter, signer.scheme, signer.sign(vertex.id)))
 
 
-def added(*vertices: Vertex) -> list[Event]:
+def added(*vertices: Vertex) -> list[Output]:
     """The events of certified vertices (by 0, 1 and 2) joining the DAG of a node that
     had not stored them: stored, then certified, each."""
-    out: list[Event] = []
+    out: list[Output] = []
     for v in vertices:
         out += [VertexStored(v, own=False), VertexCertified(v.id, v.round, C.certificate(v))]
     return out

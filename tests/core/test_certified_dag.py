@@ -12,12 +12,11 @@ import dataclasses
 import pytest
 
 from qudag_node.core.certificate import check_certificate, make_certificate
-from qudag_node.core.crypto import log_hash_start, tx_id, tx_ids, verify
+from qudag_node.core.crypto import SequentialVerifier, log_hash_start, tx_id, tx_ids, verify
 from qudag_node.core.engine import Engine, Role
 from qudag_node.core.errors import Reason
 from qudag_node.core.events import (
     EquivocationDetected,
-    Event,
     LeaderCommitted,
     MessageRejected,
     TransactionsAdmitted,
@@ -48,10 +47,14 @@ from tests.core.support import (
     R1,
     ROUND1,
     C,
+    Output,
     added,
     drain,
+    facts,
     feed,
     message,
+    messages,
+    moment,
     proposal,
     vote,
 )
@@ -71,16 +74,16 @@ def validator(index: int, params: Params = PARAMS) -> Engine:
 
 def sent(e: Engine) -> list[tuple[PeerId, Message]]:
     """The decoded messages the engine queued since the last call."""
-    return [(peer, decode_message(data, PARAMS)) for peer, data in e.messages_to_send()]
+    return [(peer, decode_message(data, PARAMS)) for peer, data in messages(e)]
 
 
-def receive(e: Engine, peer: PeerId, data: bytes, now: float = NOW) -> list[Event]:
+def receive(e: Engine, peer: PeerId, data: bytes, now: float = NOW) -> list[Output]:
     """Deliver one message; returns the drained events."""
-    e.receive_message(peer, data, now)
+    e.receive_message(peer, data, moment(now))
     return drain(e)
 
 
-def rejected(events: list[Event]) -> list[Reason]:
+def rejected(events: list[Output]) -> list[Reason]:
     """The reasons of the rejections among ``events``."""
     return [e.reason for e in events if isinstance(e, MessageRejected)]
 
@@ -129,7 +132,7 @@ def test_an_observer_stores_proposals_but_never_votes() -> None:
 
 def test_the_author_certifies_its_vertex_with_a_quorum_of_votes() -> None:
     e = validator(0)
-    e.submit_transactions([tx_id(b"mine")], [b"mine"], NOW)
+    e.submit_transactions([tx_id(b"mine")], [b"mine"], moment(NOW))
     [own] = [ev.vertex for ev in drain(e) if isinstance(ev, VertexStored)]
     assert {p for p, m in sent(e) if m == ProposalMessage(own)} == set(PEERS[1:])
 
@@ -142,7 +145,7 @@ def test_the_author_certifies_its_vertex_with_a_quorum_of_votes() -> None:
     [certified] = receive(e, PEERS[2], vote(own, 2))
     assert isinstance(certified, VertexCertified)
     assert certified.certificate.voters == (0, 1, 2)
-    check_certificate(certified.certificate, own.id, C.genesis)
+    check_certificate(certified.certificate, own.id, C.genesis, SequentialVerifier())
     announced = [(p, m) for p, m in sent(e) if isinstance(m, CertificateMessage)]
     assert {p for p, _ in announced} == set(PEERS[1:])
     assert all(m == CertificateMessage(own.id, certified.certificate) for _, m in announced)
@@ -212,13 +215,13 @@ def test_an_unanswered_fetch_is_asked_again_of_the_next_peer() -> None:
     assert [p for p, _ in sent(e)] == [PEERS[0]]
     timer = e.get_timer()
     assert timer == NOW + RETRY
-    e.handle_timer(NOW + RETRY - 0.01)
+    e.handle_timer(moment(NOW + RETRY - 0.01))
     assert sent(e) == []
-    e.handle_timer(NOW + RETRY)
+    e.handle_timer(moment(NOW + RETRY))
     [(to, again)] = sent(e)
     assert to == PEERS[1]  # not the peer that did not answer
     assert again == FetchMessage(tuple(sorted(R1[:3])))
-    e.handle_timer(NOW + 2 * RETRY)
+    e.handle_timer(moment(NOW + 2 * RETRY))
     assert [p for p, _ in sent(e)] == [PEERS[2]]
 
 
@@ -274,17 +277,17 @@ def test_an_observer_forwards_client_transactions_until_they_are_included() -> N
     e.peer_connected(PEERS[1], C.signers[1].public_key)
     e.peer_connected(PeerId("observer-2"), C.outsider.public_key)  # not a validator
     txs = [b"via-observer-1", b"via-observer-2"]
-    result = e.submit_transactions(tx_ids(txs), txs, NOW)
+    result = e.submit_transactions(tx_ids(txs), txs, moment(NOW))
     assert result.admitted == tuple(tx_ids(txs))
     assert drain(e) == [TransactionsAdmitted(tuple(tx_ids(txs)), tuple(txs))]
     assert sent(e) == [(p, TransactionsMessage(tuple(txs))) for p in PEERS[:2]]
     assert e.statistics().pending == 2
 
-    e.handle_timer(NOW + RETRY)
+    e.handle_timer(moment(NOW + RETRY))
     assert sent(e) == [(p, TransactionsMessage(tuple(txs))) for p in PEERS[:2]]
     carrier = C.vertex(0, 1, txs=txs)
     feed(e, carrier, now=NOW + RETRY)
-    e.handle_timer(NOW + 3 * RETRY)
+    e.handle_timer(moment(NOW + 3 * RETRY))
     assert sent(e) == []
     assert e.statistics().pending == 0
     assert e.carrier(tx_id(txs[0])) == carrier.id
@@ -299,7 +302,7 @@ def test_forwarded_transactions_go_through_the_store_check_like_a_clients() -> N
         TransactionsForwarded(PeerId("observer"), ids, txs)
     ]
     # the pump admits those its store does not hold, as for a client's submit
-    e.submit_transactions(list(ids), list(txs), NOW)
+    e.submit_transactions(list(ids), list(txs), moment(NOW))
     events = drain(e)
     assert events[0] == TransactionsAdmitted(ids, txs)
     assert any(isinstance(ev, VertexStored) and ev.own for ev in events)  # proposed at once
@@ -314,12 +317,12 @@ def test_forwarded_transactions_go_through_the_store_check_like_a_clients() -> N
 
 def test_an_overtaken_proposal_is_abandoned_and_its_transactions_proposed_again() -> None:
     e = validator(0)
-    e.submit_transactions([tx_id(b"slow")], [b"slow"], NOW)
+    e.submit_transactions([tx_id(b"slow")], [b"slow"], moment(NOW))
     [own1] = [ev.vertex for ev in drain(e) if isinstance(ev, VertexStored)]
     feed(e, *ROUND1[1:], now=NOW + 0.1)  # a round-1 quorum without our vertex
-    e.handle_timer(NOW + PARAMS.leader_timeout - 0.01)  # ours gets time for its votes
+    e.handle_timer(moment(NOW + PARAMS.leader_timeout - 0.01))  # ours gets time for its votes
     assert not [ev for ev in drain(e) if isinstance(ev, VertexStored)]
-    e.handle_timer(NOW + PARAMS.leader_timeout)
+    e.handle_timer(moment(NOW + PARAMS.leader_timeout))
     [own2] = [ev.vertex for ev in drain(e) if isinstance(ev, VertexStored) and ev.own]
     assert own2.round == 2
     assert own1.id not in own2.parents
@@ -330,20 +333,20 @@ def test_an_overtaken_proposal_is_abandoned_and_its_transactions_proposed_again(
 
 def test_an_uncertified_proposal_is_sent_again_until_certified() -> None:
     e = validator(0)
-    e.submit_transactions([tx_id(b"again")], [b"again"], NOW)
+    e.submit_transactions([tx_id(b"again")], [b"again"], moment(NOW))
     [own] = [ev.vertex for ev in drain(e) if isinstance(ev, VertexStored)]
     sent(e)
     assert e.get_timer() == NOW + RETRY
-    e.handle_timer(NOW + RETRY)
+    e.handle_timer(moment(NOW + RETRY))
     assert sent(e) == [(p, ProposalMessage(own)) for p in PEERS[1:]]
     receive(e, PEERS[2], vote(own, 2))
-    e.handle_timer(NOW + 2 * RETRY)  # only those whose votes are still missing
+    e.handle_timer(moment(NOW + 2 * RETRY))  # only those whose votes are still missing
     assert sent(e) == [(p, ProposalMessage(own)) for p in (PEERS[1], PEERS[3])]
 
 
 def test_a_stalled_validator_announces_its_latest_certificate_again() -> None:
     e = validator(0)
-    e.submit_transactions([tx_id(b"stall")], [b"stall"], NOW)
+    e.submit_transactions([tx_id(b"stall")], [b"stall"], moment(NOW))
     [own] = [ev.vertex for ev in drain(e) if isinstance(ev, VertexStored)]
     receive(e, PEERS[1], vote(own, 1))
     [certified] = receive(e, PEERS[2], vote(own, 2))
@@ -352,14 +355,14 @@ def test_a_stalled_validator_announces_its_latest_certificate_again() -> None:
     # round 1 holds only our vertex: no quorum, nothing to propose; tell the others again
     when = e.get_timer()
     assert when is not None
-    e.handle_timer(when)
+    e.handle_timer(moment(when))
     announced = sent(e)
     assert announced == [(p, CertificateMessage(own.id, certified.certificate)) for p in PEERS[1:]]
 
 
 def test_a_validator_without_peers_sleeps_instead_of_retrying() -> None:
     e = Engine(C.genesis, PARAMS, C.signers[0])
-    e.submit_transactions([tx_id(b"alone")], [b"alone"], NOW)
+    e.submit_transactions([tx_id(b"alone")], [b"alone"], moment(NOW))
     drain(e)
     assert e.get_timer() is None
 
@@ -411,14 +414,14 @@ def test_skipped_leader_rounds_are_reported_with_the_next_commit() -> None:
 def test_own_vertices_pruned_unordered_come_back_as_orphaned_transactions() -> None:
     params = Params(gc_depth=2)
     e = validator(3, params)
-    e.submit_transactions([tx_id(b"orphan")], [b"orphan"], NOW)
+    e.submit_transactions([tx_id(b"orphan")], [b"orphan"], moment(NOW))
     [own] = [ev.vertex for ev in drain(e) if isinstance(ev, VertexStored)]
     feed(e, *ROUND1[:3])
     # certify our round-1 vertex, then let rounds 2-7 ignore it
     for voter in (0, 1):
         receive(e, PEERS[voter], vote(own, voter))
     e.peer_disconnected(PEERS[0])  # keep our later proposals quiet
-    events: list[Event] = []
+    events: list[Output] = []
     prev = R1[:3]
     for r in range(2, 8):
         layer = [C.vertex(i, r, prev) for i in range(3)]
@@ -426,7 +429,7 @@ def test_own_vertices_pruned_unordered_come_back_as_orphaned_transactions() -> N
         prev = [v.id for v in layer]
     orphaned = [ev for ev in events if isinstance(ev, TransactionsOrphaned)]
     assert orphaned == [TransactionsOrphaned((tx_id(b"orphan"),))]
-    e.requeue_transactions([tx_id(b"orphan")], [b"orphan"], NOW + 8)
+    e.requeue_transactions([tx_id(b"orphan")], [b"orphan"], moment(NOW + 8))
     [again] = [ev.vertex for ev in drain(e) if isinstance(ev, VertexStored) and ev.own]
     assert again.tx_ids == (tx_id(b"orphan"),)
     assert again.round == 8
@@ -435,7 +438,7 @@ def test_own_vertices_pruned_unordered_come_back_as_orphaned_transactions() -> N
 def test_own_vertex_passed_over_by_the_next_round_is_proposed_again_at_once() -> None:
     slow = dataclasses.replace(PARAMS, min_round_interval=5.0)  # we do not propose round 2
     e = validator(3, slow)
-    e.submit_transactions([tx_id(b"late")], [b"late"], NOW)
+    e.submit_transactions([tx_id(b"late")], [b"late"], moment(NOW))
     [own] = [ev.vertex for ev in drain(e) if isinstance(ev, VertexStored)]
     feed(e, *ROUND1[:3])
     for voter in (0, 1):
@@ -443,20 +446,20 @@ def test_own_vertex_passed_over_by_the_next_round_is_proposed_again_at_once() ->
     round2 = [C.vertex(i, 2, R1[:3]) for i in range(3)]  # the others name only R1[:3]
     early = feed(e, *round2, now=NOW + 1)
     assert not [ev for ev in early if isinstance(ev, TransactionsOrphaned)]
-    e.handle_timer(NOW + 5)
+    e.handle_timer(moment(NOW + 5))
     events = drain(e)
     assert TransactionsOrphaned((tx_id(b"late"),)) in events  # at our round-3 proposal
     [third] = [ev.vertex for ev in events if isinstance(ev, VertexStored) and ev.own]
     assert third.round == 3
     assert e.carrier(tx_id(b"late")) is None  # released: pending until proposed again
-    e.requeue_transactions([tx_id(b"late")], [b"late"], NOW + 10)
+    e.requeue_transactions([tx_id(b"late")], [b"late"], moment(NOW + 10))
     round3 = [C.vertex(i, 3, [v.id for v in round2]) for i in range(3)]
     proposed = feed(e, *round3, now=NOW + 10)
     [again] = [ev.vertex for ev in proposed if isinstance(ev, VertexStored) and ev.own]
     assert (again.round, again.tx_ids) == (4, (tx_id(b"late"),))
     # when its round is pruned, it is not handed back a second time
     prev = [v.id for v in round3]
-    later: list[Event] = []
+    later: list[Output] = []
     for r in range(4, 60):
         layer = [C.vertex(i, r, prev) for i in range(3)]
         later += feed(e, *layer, now=NOW + 10 + 5 * r)
@@ -469,8 +472,8 @@ def test_own_vertex_passed_over_by_the_next_round_is_proposed_again_at_once() ->
 def test_restart_resends_the_uncertified_proposal_and_never_signs_another(index: int) -> None:
     e = validator(index)
     store = MemoryStore(log_hash_start(C.genesis.hash))
-    e.submit_transactions([tx_id(b"kept")], [b"kept"], NOW)
-    store.persist(drain(e))
+    e.submit_transactions([tx_id(b"kept")], [b"kept"], moment(NOW))
+    store.persist(facts(e))
     [own] = [
         v.vertex for v in store.vertices.values() if v.vertex.author == C.signers[index].public_key
     ]
@@ -484,7 +487,7 @@ def test_restart_resends_the_uncertified_proposal_and_never_signs_another(index:
     for i in range(4):
         if i != index:
             restarted.peer_connected(PEERS[i], C.signers[i].public_key)
-    restarted.handle_timer(NOW + 5)
+    restarted.handle_timer(moment(NOW + 5))
     assert drain(restarted) == []
     assert {p for p, m in sent(restarted) if m == ProposalMessage(own)} == {
         PEERS[i] for i in range(4) if i != index
@@ -499,12 +502,12 @@ def test_restart_resends_the_uncertified_proposal_and_never_signs_another(index:
 
 def test_an_observer_forwards_what_it_holds_once_a_validator_connects() -> None:
     e = C.observer()
-    e.submit_transactions(tx_ids([b"early"]), [b"early"], NOW)
+    e.submit_transactions(tx_ids([b"early"]), [b"early"], moment(NOW))
     assert sent(e) == []
     assert e.get_timer() is None  # no validator to forward to
     e.peer_connected(PEERS[2], C.signers[2].public_key)
     assert e.get_timer() == 0.0  # due at once
-    e.handle_timer(NOW + 0.1)
+    e.handle_timer(moment(NOW + 0.1))
     assert sent(e) == [(PEERS[2], TransactionsMessage((b"early",)))]
 
 
@@ -514,8 +517,8 @@ def test_equivocation_evidence_is_reported_once_across_a_restart() -> None:
     feed(e, *ROUND1[:3])
     first, second = (C.vertex(0, 2, R1[:3], txs=[t]) for t in (b"one", b"two"))
     for v in (first, second):
-        e.receive_message(PEERS[0], proposal(v), NOW)
-    store.persist(drain(e))
+        e.receive_message(PEERS[0], proposal(v), moment(NOW))
+    store.persist(facts(e))
     assert len(store.evidence) == 1
 
     key = C.signers[3].public_key

@@ -3,7 +3,8 @@
 A batch must leave an engine exactly as the same messages fed one by one with
 ``receive_message`` do: the same events (rejections with the same reasons), the same
 messages to send, the same state. The batch's signatures reach the engine's verifier
-in one call, before any message is handled.
+in one call, before any message is handled. The results are remembered by that
+verifier only: engines share them when they are given one verifier, never otherwise.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qudag_node.core.crypto import (
-    VERIFIED,
     SequentialVerifier,
     SignatureCheck,
     VerifiedCache,
@@ -24,9 +24,10 @@ from qudag_node.core.crypto import (
 )
 from qudag_node.core.engine import Engine, Statistics
 from qudag_node.core.errors import Reason
-from qudag_node.core.events import Event, MessageRejected, VertexStored
+from qudag_node.core.events import StepOutput, VertexStored
 from qudag_node.core.messages import CertifiedMessage, encode_message
 from qudag_node.core.types import PeerId, PublicKey
+from qudag_node.core.vertex import Vertex
 from tests.core.support import (
     NOW,
     PARAMS,
@@ -36,21 +37,24 @@ from tests.core.support import (
     C,
     drain,
     message,
+    moment,
     proposal,
     vote,
 )
 
 
-class RecordingVerifier:
-    """The plain verifier, remembering every batch of checks it was given."""
+class RecordingVerifier(SequentialVerifier):
+    """The plain verifier, with a cache of its own, recording every batch of checks it
+    was given."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls: list[list[SignatureCheck]] = []
 
     def verify_many(self, checks: Sequence[SignatureCheck]) -> list[bool]:
         """The plain verifier's answer."""
         self.calls.append(list(checks))
-        return SequentialVerifier().verify_many(checks)
+        return super().verify_many(checks)
 
 
 def with_bad_vote(data: bytes) -> bytes:
@@ -69,7 +73,7 @@ ROUND2 = [C.vertex(i, 2, parents=R1[:3], txs=[f"r2-v{i}".encode()]) for i in ran
 ROUND3 = [C.vertex(i, 3, parents=[v.id for v in ROUND2[:3]]) for i in range(3)]
 
 
-def fresh(engine_key: int | None, verifier: RecordingVerifier | None = None) -> Engine:
+def fresh(engine_key: int | None, verifier: SequentialVerifier | None = None) -> Engine:
     """An observer (``engine_key`` None) or validator ``engine_key`` with two peers; a
     validator has proposed a vertex with one transaction at :data:`NOW`."""
     signer = C.outsider if engine_key is None else C.signers[engine_key]
@@ -77,8 +81,8 @@ def fresh(engine_key: int | None, verifier: RecordingVerifier | None = None) -> 
     engine.peer_connected(PEER, C.signers[1].public_key)
     engine.peer_connected(PeerId("peer-2"), C.signers[2].public_key)
     if engine_key is not None:
-        engine.submit_transactions(tx_ids([b"tx"]), [b"tx"], NOW)
-    engine.handle_timer(NOW)
+        engine.submit_transactions(tx_ids([b"tx"]), [b"tx"], moment(NOW))
+    engine.handle_timer(moment(NOW))
     return engine
 
 
@@ -108,38 +112,34 @@ POOL = [
 class Outcome:
     """Everything observable of an engine."""
 
-    events: list[Event]
-    to_send: list[tuple[PeerId, bytes]]
+    output: StepOutput
     statistics: Statistics
     timer: float | None
 
 
 def outcome(engine: Engine) -> Outcome:
-    """Drain ``engine``: its events, messages to send, statistics and next timer."""
-    return Outcome(
-        drain(engine), engine.messages_to_send(), engine.statistics(), engine.get_timer()
-    )
+    """Drain ``engine``: its output, statistics and next timer."""
+    return Outcome(engine.take_output(), engine.statistics(), engine.get_timer())
 
 
 def one_by_one(engine_key: int | None, messages: Sequence[bytes]) -> Outcome:
-    """The outcome of ``messages`` fed with ``receive_message``, the cache empty."""
-    VERIFIED.clear()
+    """The outcome of ``messages`` fed with ``receive_message`` (the engine's own
+    verifier, so its cache is empty)."""
     engine = fresh(engine_key)
     for data in messages:
-        engine.receive_message(PEER, data, NOW)
+        engine.receive_message(PEER, data, moment(NOW))
     return outcome(engine)
 
 
 def batched(
     engine_key: int | None, messages: Sequence[bytes]
 ) -> tuple[Outcome, RecordingVerifier, int]:
-    """The outcome of ``messages`` fed as one batch, the cache empty; also the
-    verifier and the checks made one at a time."""
-    VERIFIED.clear()
+    """The outcome of ``messages`` fed as one batch to an engine with a new verifier;
+    also the verifier and the checks it made one at a time."""
     verifier = RecordingVerifier()
     engine = fresh(engine_key, verifier)
-    engine.receive_messages([(PEER, data) for data in messages], NOW)
-    return outcome(engine), verifier, VERIFIED.misses
+    engine.receive_messages([(PEER, data) for data in messages], moment(NOW))
+    return outcome(engine), verifier, verifier.cache.misses
 
 
 @settings(
@@ -161,18 +161,23 @@ def test_a_batch_ends_as_the_same_messages_one_by_one(
     assert got == expected
 
 
-def test_a_catch_up_batch_is_verified_in_one_call_and_nothing_later() -> None:
-    vertices = ROUND1 + ROUND2 + ROUND3
-    got, verifier, inline = batched(None, [message(v) for v in vertices])
-    assert not [e for e in got.events if isinstance(e, MessageRejected)]
-    assert got.statistics.highest_round == 3
-    [checks] = verifier.calls
-    signatures = {(v.author, v.id, v.signature) for v in vertices} | {
+def signature_checks(vertices: Sequence[Vertex]) -> set[SignatureCheck]:
+    """The distinct checks of certified vertices: the author's signature and the votes
+    of validators 0, 1 and 2 (an author among them signed its vertex once)."""
+    return {(v.author, v.id, v.signature) for v in vertices} | {
         (C.signers[voter].public_key, v.id, C.signers[voter].sign(v.id))
         for v in vertices
         for voter in (0, 1, 2)
-    }  # an author among the voters signed its vertex once
-    assert sorted(checks) == sorted(signatures)
+    }
+
+
+def test_a_catch_up_batch_is_verified_in_one_call_and_nothing_later() -> None:
+    vertices = ROUND1 + ROUND2 + ROUND3
+    got, verifier, inline = batched(None, [message(v) for v in vertices])
+    assert not list(got.output.notices)
+    assert got.statistics.highest_round == 3
+    [checks] = verifier.calls
+    assert set(checks) == signature_checks(vertices)
     assert inline == 0
 
 
@@ -184,20 +189,35 @@ def test_bad_signatures_in_a_batch_keep_their_reasons() -> None:
         message(ROUND1[1]),
     ]
     got, verifier, _ = batched(None, messages)
-    rejected = [e for e in got.events if isinstance(e, MessageRejected)]
+    rejected = list(got.output.notices)
     assert [(e.reason, e.kind) for e in rejected] == [
         (Reason.BAD_SIGNATURE, "certified"),
         (Reason.BAD_CERTIFICATE, "certified"),
     ]
     assert len(verifier.calls) == 1
-    assert VERIFIED.get((C.signers[0].public_key, ROUND1[0].id, ROUND1[0].signature))
+    assert verifier.cache.get((C.signers[0].public_key, ROUND1[0].id, ROUND1[0].signature))
+
+
+def test_engines_share_results_only_through_a_verifier_they_were_both_given() -> None:
+    vertices = ROUND1 + ROUND2
+    messages = [message(v) for v in vertices]
+    first = SequentialVerifier()
+    fresh(None, first).receive_messages([(PEER, data) for data in messages], moment(NOW))
+    assert first.cache.misses == 0  # the batch was verified at once
+    alone = SequentialVerifier()
+    sharing = fresh(None, first), fresh(None, alone)
+    for engine in sharing:
+        for data in messages:
+            engine.receive_message(PEER, data, moment(NOW))
+    assert first.cache.misses == 0  # the second engine found every result there
+    assert alone.cache.misses == len(signature_checks(vertices))  # none found elsewhere
 
 
 def test_an_empty_batch_changes_nothing() -> None:
     engine = fresh(0)
     before = outcome(engine)
-    engine.receive_messages([], NOW + 100)
-    assert outcome(engine) == Outcome([], [], before.statistics, before.timer)
+    engine.receive_messages([], moment(NOW + 100))
+    assert outcome(engine) == Outcome(StepOutput(), before.statistics, before.timer)
 
 
 # ------------------------------------------------------------------ the cache
@@ -215,8 +235,16 @@ def test_the_cache_forgets_the_least_recently_used_first() -> None:
     cache.remember(CHECKS[3:4], [True])
     assert cache.get(CHECKS[1]) is None
     assert cache.get(CHECKS[2]) is False
-    assert cache.unknown([CHECKS[4], CHECKS[0], CHECKS[4], CHECKS[5]]) == [CHECKS[4], CHECKS[5]]
-    cache.remember(CHECKS[4:6], [True, True])  # 0 was just used: 3 and 2 go
+    computed: list[list[SignatureCheck]] = []
+
+    def compute(checks: Sequence[SignatureCheck]) -> list[bool]:
+        computed.append(list(checks))
+        return [True] * len(checks)
+
+    answers = cache.verify_many([CHECKS[4], CHECKS[0], CHECKS[4], CHECKS[5]], compute)
+    assert answers == [True, True, True, True]
+    assert computed == [[CHECKS[4], CHECKS[5]]]  # only the unknown, each once
+    # 0 was just used: 3 and 2 go
     assert [cache.get(c) for c in CHECKS] == [True, None, None, None, True, True]
 
 

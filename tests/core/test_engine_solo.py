@@ -1,8 +1,8 @@
 """The engine as a one-validator network of itself, driven by a manual clock.
 
-The node is :class:`tests.core.support.SoloNode`, which records every drained event
-with its time. A :class:`~tests.core.simstore.MemoryStore` keeps from those events what
-the store would, so that a restart from a snapshot can be checked against an engine that
+The node is :class:`tests.core.support.SoloNode`, which records every fact, effect and
+notice with its time. A :class:`~tests.core.simstore.MemoryStore` keeps from the facts
+what the store would, so that a restart from a snapshot can be checked against an engine that
 never stopped. With one validator, every vertex is certified by its author's own vote
 in the step that proposes it.
 """
@@ -18,6 +18,7 @@ from qudag_node.core.crypto import Signer, extend_log_hash, log_hash_start, tx_i
 from qudag_node.core.engine import Engine, Role, SubmitResult
 from qudag_node.core.errors import Fault, InputRejected, Reason
 from qudag_node.core.events import (
+    Fact,
     LeaderCommitted,
     LogEntry,
     MessageRejected,
@@ -27,10 +28,20 @@ from qudag_node.core.events import (
 )
 from qudag_node.core.messages import ProposalMessage, decode_message
 from qudag_node.core.params import Params
-from qudag_node.core.types import PeerId, PublicKey, Seq, TxId
+from qudag_node.core.types import Instant, PeerId, PublicKey, Seq, TxId
 from qudag_node.core.vertex import Vertex
 from tests.core.simstore import MemoryStore
-from tests.core.support import GENESIS, PARAMS, SIGNER, T0, SoloNode, drain, vertex_of
+from tests.core.support import (
+    GENESIS,
+    PARAMS,
+    SIGNER,
+    T0,
+    SoloNode,
+    drain,
+    messages,
+    moment,
+    vertex_of,
+)
 
 HEARTBEAT = PARAMS.heartbeat_interval
 MIN_INTERVAL = PARAMS.min_round_interval
@@ -139,7 +150,7 @@ def test_a_bad_transaction_rejects_the_whole_batch(bad: bytes, reason: Reason) -
     node = started(Params(max_tx_bytes=16))
     batch = [b"fine", bad, b"also fine"]
     with pytest.raises(InputRejected) as info:
-        node.engine.submit_transactions(tx_ids(batch), batch, node.now)
+        node.engine.submit_transactions(tx_ids(batch), batch, moment(node.now))
     assert info.value.reason is reason
     assert info.value.fault is Fault.PEER
     assert "transaction 1" in info.value.message
@@ -191,7 +202,9 @@ def test_batches_admitted_together_end_as_one_call_per_batch_would() -> None:
         except InputRejected as e:
             expected.append(e.reason)
 
-    outcomes = together.engine.submit_batches([(tx_ids(b), b) for b in batches], together.now)
+    outcomes = together.engine.submit_batches(
+        [(tx_ids(b), b) for b in batches], moment(together.now)
+    )
     events = drain(together.engine)
 
     got = [o.reason if isinstance(o, InputRejected) else o for o in outcomes]
@@ -210,7 +223,7 @@ def test_batches_admitted_together_end_as_one_call_per_batch_would() -> None:
 def test_an_idle_node_proposes_only_at_the_heartbeat() -> None:
     node = started()
     assert node.engine.get_timer() == T0 + HEARTBEAT
-    node.engine.handle_timer(T0 + HEARTBEAT - 0.001)  # early: nothing happens
+    node.engine.handle_timer(moment(T0 + HEARTBEAT - 0.001))  # early: nothing happens
     assert drain(node.engine) == []
 
     node.submit([b"work"])
@@ -228,6 +241,19 @@ def test_an_idle_node_proposes_only_at_the_heartbeat() -> None:
     assert all(not vertex_of(t).transactions for t in idle)
 
 
+def test_timers_follow_the_monotonic_clock_and_timestamps_the_wall_clock() -> None:
+    engine = Engine(GENESIS, PARAMS, SIGNER)
+    wall = 1_700_000_000.0
+    engine.handle_timer(Instant(T0, wall))
+    assert drain(engine) == []
+    assert engine.get_timer() == T0 + HEARTBEAT  # on the monotonic clock
+    engine.handle_timer(Instant(T0 + HEARTBEAT - 0.001, wall + 3600.0))  # wall clock jumped
+    assert drain(engine) == []  # the heartbeat is not due for it
+    engine.handle_timer(Instant(T0 + HEARTBEAT, wall - 3600.0))  # and back again
+    [own] = [e.vertex for e in drain(engine) if isinstance(e, VertexStored) and e.own]
+    assert own.header.timestamp_ms == int((wall - 3600.0) * 1000)
+
+
 def test_rounds_are_at_least_min_round_interval_apart() -> None:
     params = Params(max_vertex_txs=2, min_round_interval=0.25)
     node = started(params)
@@ -236,7 +262,7 @@ def test_rounds_are_at_least_min_round_interval_apart() -> None:
     while node.engine.statistics().pending:
         when = node.engine.get_timer()
         assert when is not None
-        node.engine.handle_timer(when - 0.01)  # early: nothing happens
+        node.engine.handle_timer(moment(when - 0.01))  # early: nothing happens
         assert drain(node.engine) == []
         node.fire()
     node.settle()
@@ -279,7 +305,7 @@ def test_a_restored_engine_continues_the_log_like_one_that_never_stopped() -> No
     node.fire()
     node.submit([b"pending-1", b"pending-2"])
     store = MemoryStore(log_hash_start(GENESIS.hash))
-    store.persist(t.event for t in node.events)
+    store.persist(t.event for t in node.events if isinstance(t.event, Fact))
     snapshot = store.snapshot(SIGNER.public_key, PARAMS.gc_depth)
     before = node.engine.statistics()
     assert (before.pending, before.in_flight, before.log_length) == (2, 1, 1)
@@ -354,17 +380,17 @@ def test_new_vertices_go_to_connected_peers() -> None:
     node.engine.peer_connected(bob, PublicKey(b"\xbb" * 32))
     node.engine.peer_connected(alice, PublicKey(b"\xaa" * 32))
     node.submit([b"gossip"])
-    sent = node.engine.messages_to_send()
+    sent = messages(node.engine)
     v1 = vertex_of(node.own_vertices()[0])
     proposals = [(peer, data) for peer, data in sent if data[0] == 1]
     assert [peer for peer, _ in proposals] == [alice, bob]
     for _, data in proposals:
         assert decode_message(data, PARAMS) == ProposalMessage(v1)
-    assert node.engine.messages_to_send() == []
+    assert messages(node.engine) == []
 
     node.engine.peer_disconnected(bob)
     node.fire()
-    assert {peer for peer, _ in node.engine.messages_to_send()} == {alice}
+    assert {peer for peer, _ in messages(node.engine)} == {alice}
 
 
 def test_own_vertices_sent_back_by_a_peer_are_ignored() -> None:
@@ -372,13 +398,13 @@ def test_own_vertices_sent_back_by_a_peer_are_ignored() -> None:
     node.submit([b"echo"])
     v1 = vertex_of(node.own_vertices()[0])
     before = node.engine.statistics()
-    node.engine.receive_message(PeerId("echo"), b"\x01" + v1.encode(), node.now)
+    node.engine.receive_message(PeerId("echo"), b"\x01" + v1.encode(), moment(node.now))
     assert drain(node.engine) == []
     assert node.engine.statistics() == before
 
 
 def test_garbage_from_a_peer_is_an_event_not_an_exception() -> None:
     node = started()
-    node.engine.receive_message(PeerId("p"), b"\x63junk", node.now)
+    node.engine.receive_message(PeerId("p"), b"\x63junk", moment(node.now))
     [event] = drain(node.engine)
     assert event == MessageRejected(PeerId("p"), Reason.UNKNOWN_MESSAGE, "message type 99")

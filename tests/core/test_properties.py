@@ -30,6 +30,8 @@ from tests.core.support import (
     drain,
     feed,
     message,
+    messages,
+    moment,
 )
 
 settings.register_profile(
@@ -170,7 +172,7 @@ def observer() -> Engine:
 def assert_one_rejection(engine: Engine, data: bytes, now: float) -> None:
     """Deliver ``data``: exactly one MessageRejected, and no state change."""
     before, timer = engine.statistics(), engine.get_timer()
-    engine.receive_message(PEER, data, now)
+    engine.receive_message(PEER, data, moment(now))
     [rejected] = drain(engine)
     assert isinstance(rejected, MessageRejected)
     assert rejected.peer == PEER
@@ -178,7 +180,7 @@ def assert_one_rejection(engine: Engine, data: bytes, now: float) -> None:
     event(f"rejected: {rejected.reason.value}")
     assert engine.statistics() == before
     assert engine.get_timer() == timer
-    assert engine.messages_to_send() == []
+    assert messages(engine) == []
 
 
 def assert_handled(engine: Engine, data: bytes, now: float) -> None:
@@ -191,7 +193,7 @@ def assert_handled(engine: Engine, data: bytes, now: float) -> None:
         return
     event(f"well-formed: type {data[0]}")
     before = engine.statistics()
-    engine.receive_message(PEER, data, now)
+    engine.receive_message(PEER, data, moment(now))
     rejected = [e for e in drain(engine) if isinstance(e, MessageRejected)]
     assert len(rejected) <= 1
     if rejected:
@@ -210,7 +212,7 @@ def test_an_observer_turns_garbage_into_one_rejection(data: bytes) -> None:
 def test_a_mutated_vertex_message_is_rejected_unless_unchanged(data: bytes) -> None:
     engine = observer()
     if data == TARGET_MESSAGE:
-        engine.receive_message(PEER, data, NOW)
+        engine.receive_message(PEER, data, moment(NOW))
         assert drain(engine) == added(TARGET)
     else:
         assert_one_rejection(engine, data, NOW)

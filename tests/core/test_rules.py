@@ -19,7 +19,6 @@ from qudag_node.core.crypto import extend_log_hash, log_hash_start, tx_id
 from qudag_node.core.engine import Engine, Role, Snapshot, StoredVertex
 from qudag_node.core.errors import Reason
 from qudag_node.core.events import (
-    Event,
     LeaderCommitted,
     MessageRejected,
     VertexCertified,
@@ -28,7 +27,7 @@ from qudag_node.core.events import (
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.messages import CertifiedMessage, encode_message
 from qudag_node.core.params import Params
-from qudag_node.core.types import VertexId
+from qudag_node.core.types import Instant, VertexId
 from qudag_node.core.vertex import Vertex
 from tests.core.support import (
     NOW,
@@ -37,15 +36,17 @@ from tests.core.support import (
     R1,
     ROUND1,
     C,
+    Output,
     added,
     drain,
     feed,
     message,
+    moment,
     vote,
 )
 
 
-def rejection(events: list[Event]) -> MessageRejected:
+def rejection(events: list[Output]) -> MessageRejected:
     """The single rejection among ``events``."""
     assert len(events) == 1, events
     [event] = events
@@ -54,7 +55,7 @@ def rejection(events: list[Event]) -> MessageRejected:
     return event
 
 
-def commits(events: list[Event]) -> list[LeaderCommitted]:
+def commits(events: list[Output]) -> list[LeaderCommitted]:
     """The LeaderCommitted events among ``events``."""
     return [e for e in events if isinstance(e, LeaderCommitted)]
 
@@ -66,15 +67,15 @@ def flip_signature(vertex: Vertex) -> bytes:
     return bytes(data)
 
 
-def own_proposals(events: list[Event]) -> list[Vertex]:
+def own_proposals(events: list[Output]) -> list[Vertex]:
     """The vertices the engine proposed among ``events``."""
     return [e.vertex for e in events if isinstance(e, VertexStored) and e.own]
 
 
-def certify_own(e: Engine, vertex: Vertex, now: float = NOW) -> list[Event]:
+def certify_own(e: Engine, vertex: Vertex, now: float = NOW) -> list[Output]:
     """Deliver validators 1 and 2's votes for ``vertex``; returns the drained events."""
     for voter in (1, 2):
-        e.receive_message(PEER, vote(vertex, voter), now)
+        e.receive_message(PEER, vote(vertex, voter), moment(now))
     return drain(e)
 
 
@@ -168,7 +169,7 @@ def test_a_vertex_breaking_a_rule_is_rejected_with_its_reason(
     engine: Engine, build: Callable[[], bytes], reason: Reason, detail: str
 ) -> None:
     before = engine.statistics()
-    engine.receive_message(PEER, build(), NOW)
+    engine.receive_message(PEER, build(), moment(NOW))
     event = rejection(drain(engine))
     assert event.reason is reason
     assert detail in event.detail
@@ -181,6 +182,14 @@ def test_vertices_just_inside_the_limits_are_added(engine: Engine) -> None:
     quorum = C.vertex(0, 2, parents=R1[:3])
     assert feed(engine, quorum) == added(quorum)
     assert engine.statistics().highest_round == 2
+
+
+def test_a_timestamp_is_held_to_the_wall_clock_not_the_monotonic_one(engine: Engine) -> None:
+    ahead = C.vertex(3, 1, timestamp_ms=SKEW_MS + 1)
+    engine.receive_message(PEER, message(ahead), Instant(monotonic=NOW + 3600.0, wall=NOW))
+    assert rejection(drain(engine)).reason is Reason.FUTURE_TIMESTAMP
+    engine.receive_message(PEER, message(ahead), Instant(monotonic=1.0, wall=NOW + 1.0))
+    assert drain(engine) == added(ahead)
 
 
 def test_a_copy_of_a_held_vertex_is_ignored(engine: Engine) -> None:
@@ -352,11 +361,11 @@ def test_a_vertex_below_the_window_is_stale() -> None:
 
 def test_a_validator_waits_for_a_quorum_before_its_next_round() -> None:
     e = Engine(C.genesis, PARAMS, C.signers[0])
-    e.submit_transactions([tx_id(b"first")], [b"first"], NOW)
+    e.submit_transactions([tx_id(b"first")], [b"first"], moment(NOW))
     [own1] = own_proposals(drain(e))
     assert own1.round == 1
     assert e.get_timer() is None  # nothing to do until round 1 has a quorum
-    e.handle_timer(NOW + 60.0)
+    e.handle_timer(moment(NOW + 60.0))
     assert drain(e) == []
 
     later = NOW + 1.0
@@ -380,7 +389,7 @@ def round_2_without_its_leader(at: float) -> tuple[Engine, Vertex]:
     """
     assert C.index(2) == 1
     e = Engine(C.genesis, PARAMS, C.signers[0])
-    e.submit_transactions([tx_id(b"work")], [b"work"], NOW)
+    e.submit_transactions([tx_id(b"work")], [b"work"], moment(NOW))
     [own1] = own_proposals(drain(e))
     feed(e, ROUND1[2], ROUND1[3], now=NOW + 1.0)
     [own2] = own_proposals(certify_own(e, own1, now=NOW + 1.0))  # quorum: round 2
@@ -396,9 +405,9 @@ def test_a_validator_waits_up_to_the_leader_timeout_for_the_leader() -> None:
     at = NOW + 2.0
     e, _ = round_2_without_its_leader(at)
     assert e.get_timer() == at + PARAMS.leader_timeout
-    e.handle_timer(at + PARAMS.leader_timeout - 0.01)
+    e.handle_timer(moment(at + PARAMS.leader_timeout - 0.01))
     assert drain(e) == []
-    e.handle_timer(at + PARAMS.leader_timeout)
+    e.handle_timer(moment(at + PARAMS.leader_timeout))
     [own3] = own_proposals(drain(e))
     assert own3.round == 3
     assert len(own3.parents) == 3  # every round-2 vertex it holds, no leader
@@ -429,5 +438,5 @@ def test_transactions_of_a_vertex_pruned_unordered_are_released() -> None:
     held_unordered = [v for v in dag if v.round >= floor and v.id not in ordered]
     assert stats.in_flight == sum(len(v.tx_ids) for v in held_unordered)
     # the transaction can be submitted again instead of being refused as a duplicate
-    result = e.submit_transactions([tx_id(orphan)], [orphan], NOW)
+    result = e.submit_transactions([tx_id(orphan)], [orphan], moment(NOW))
     assert result.admitted == (tx_id(orphan),)

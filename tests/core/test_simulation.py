@@ -7,6 +7,7 @@ seed is named with the command that replays it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -20,7 +21,16 @@ from qudag_node.core.engine import Engine
 from qudag_node.core.events import LogEntry
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.types import PeerId, Seq, TxId, VertexId
-from tests.core.sim import SIM_PARAMS, RunResult, SimNode, check_prefixes, run_seed, summarize
+from qudag_node.pump import Pump, PumpStep
+from tests.core.sim import (
+    SIM_PARAMS,
+    RunResult,
+    SimNode,
+    check_prefixes,
+    run_now,
+    run_seed,
+    summarize,
+)
 from tests.core.simstore import MemoryStore
 
 #: Seeds per network size: 1,000 in ``make test``; ``make test-quick`` runs 100.
@@ -96,6 +106,16 @@ def test_a_seed_replays_identically_whatever_the_hash_seed() -> None:
     assert run_seed(3, 4).log_hash.hex()[:16] in lines[0]
 
 
+class NoSink:
+    """A sink for a pump that never steps (only the node's log is looked at)."""
+
+    async def put(self, step: PumpStep[None]) -> None:
+        raise AssertionError("not stepped")
+
+    async def flush(self) -> None:
+        raise AssertionError("not stepped")
+
+
 def _node_with_log(name: str, ids: list[bytes]) -> SimNode:
     genesis = Genesis.solo("qudag-sim", "v0", Signer(b"\x05" * 32).public_key)
     start = log_hash_start(genesis.hash)
@@ -106,7 +126,8 @@ def _node_with_log(name: str, ids: list[bytes]) -> SimNode:
         for k, (i, h) in enumerate(zip(ids, hashes, strict=True))
     ]
     signer = Signer(b"\x05" * 32)
-    return SimNode(PeerId(name), signer, Engine(genesis, SIM_PARAMS, signer), store)
+    pump: Pump[None] = Pump(Engine(genesis, SIM_PARAMS, signer), store, NoSink())
+    return SimNode(PeerId(name), signer, pump, store)
 
 
 def test_the_safety_check_catches_logs_that_are_not_prefixes() -> None:
@@ -115,3 +136,15 @@ def test_the_safety_check_catches_logs_that_are_not_prefixes() -> None:
     assert check_prefixes(same) == (True, "")
     forked = [_node_with_log("x", [a, b]), _node_with_log("y", [a, c, b])]
     assert check_prefixes(forked) == (False, "logs of x and y differ at seq 2")
+
+
+def test_a_pump_step_that_would_suspend_fails_the_run() -> None:
+    async def finishes() -> None:
+        return None
+
+    async def suspends() -> None:
+        await asyncio.sleep(0)
+
+    run_now(finishes())
+    with pytest.raises(AssertionError, match="suspended"):
+        run_now(suspends())
