@@ -320,6 +320,12 @@ class Node:
         """Every task runs: the node reports ready (as far as sync and disk allow)."""
         self._started = True
         self._observe_quorum()
+        log.info(
+            "ready",
+            role=self._engine.role.value,
+            public_key=self._signer.public_key.hex(),
+            network=self._genesis.network_id,
+        )
 
     def close(self) -> None:
         """The shutdown begins: refuse new submissions, answer the finality waiters, and

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from aiohttp import web
 
 from qudag_node import __version__
 from qudag_node.api import make_app, start_api
@@ -173,38 +174,51 @@ async def _run(
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(node.run_pump(tg))
-                background = [tg.create_task(syncer.run(node.on_catching_up))]
-                if network is not None:
-                    background.append(tg.create_task(network.run()))
-                    background.append(tg.create_task(node.watch_peers(network)))
-                    if s.peers:
-                        discovery = Discovery(
-                            s.peers, Resolver(s.dns_servers), store, s.dag_sync_interval
-                        )
-                        background.append(tg.create_task(discovery.run(network.set_candidates)))
+                others = _start_tasks(tg, s, node, syncer, network, store)
                 node.mark_started()
-                log.info(
-                    "ready",
-                    role=engine.role.value,
-                    public_key=signer.public_key.hex(),
-                    network=genesis.network_id,
-                )
                 if on_started is not None:
                     on_started(Started(api_port, p2p_port))
-                background.append(tg.create_task(_check_integrity(s, store)))
                 await shutdown_trigger()
                 deadline.reschedule(asyncio.get_running_loop().time() + s.shutdown_timeout)
-                log.info("stopping")
-                node.close()
-                await runner.cleanup()  # stop listening, finish in-flight requests
-                for task in background:
-                    task.cancel()  # links close; nothing more comes in
-                node.drain()
+                await _shut_down(node, runner, others)
         finally:
             node.fail_queued()
             await runner.cleanup()
     finally:
         verifier.close()
+
+
+def _start_tasks(
+    tg: asyncio.TaskGroup,
+    s: Settings,
+    node: Node,
+    syncer: Syncer,
+    network: PeerNetwork | None,
+    store: Store,
+) -> list[asyncio.Task[None]]:
+    """Start every task but the pump in ``tg``: the syncer, the links, the peer watch,
+    discovery, and the database's integrity check."""
+    tasks = [tg.create_task(syncer.run(node.on_catching_up))]
+    if network is not None:
+        tasks.append(tg.create_task(network.run()))
+        tasks.append(tg.create_task(node.watch_peers(network)))
+        if s.peers:
+            discovery = Discovery(s.peers, Resolver(s.dns_servers), store, s.dag_sync_interval)
+            tasks.append(tg.create_task(discovery.run(network.set_candidates)))
+    tasks.append(tg.create_task(_check_integrity(s, store)))
+    return tasks
+
+
+async def _shut_down(node: Node, runner: web.AppRunner, others: list[asyncio.Task[None]]) -> None:
+    """Stop taking work, in order: refuse new submissions and answer finality waiters,
+    close the API (in-flight requests finish), stop the other tasks (the links close,
+    nothing more comes in), and let the pump commit what is queued and return."""
+    log.info("stopping")
+    node.close()
+    await runner.cleanup()
+    for task in others:
+        task.cancel()
+    node.drain()
 
 
 async def _open(s: Settings) -> tuple[Signer, Genesis, Store]:
