@@ -40,7 +40,16 @@ from qudag_node.httpserver import (
 )
 from qudag_node.logs import Throttle, get_logger
 from qudag_node.metrics import Metrics
-from qudag_node.ports import Check, NodeApi, StorageFull, TxRecord, VertexRecord
+from qudag_node.ports import (
+    Check,
+    NodeApi,
+    NodeStatus,
+    PeerView,
+    QuorumInfo,
+    StorageFull,
+    TxRecord,
+    VertexRecord,
+)
 from qudag_node.sockets import dual_stack_socket
 
 log = get_logger("qudag.api")
@@ -318,6 +327,85 @@ def _vertex_doc(record: VertexRecord) -> dict[str, Any]:
     }
 
 
+def _status_doc(status: NodeStatus) -> dict[str, Any]:
+    node, network, dag = status.node, status.network, status.dag
+    return {
+        "node": {
+            "id": node.id,
+            "version": node.version,
+            "role": node.role,
+            "public_key": node.public_key.hex(),
+            "uptime_seconds": round(node.uptime_seconds, 3),
+            "platform": dict(node.platform),
+        },
+        "network": {
+            "id": network.id,
+            "mode": network.mode,
+            "genesis": network.genesis.hex(),
+            "validators": [
+                {"name": v.name, "public_key": v.public_key.hex()} for v in network.validators
+            ],
+            "f": network.f,
+            "quorum": network.quorum,
+        },
+        "dag": {
+            "round": dag.round,
+            "highest_round": dag.highest_round,
+            "vertices": dag.vertices,
+            "committed_round": dag.committed_round,
+            "window": dag.window,
+            "buffered": dag.buffered,
+            "buffer_dropped": dag.buffer_dropped,
+            "fetching": dag.fetching,
+        },
+        "log": {"length": status.log.length, "hash": status.log.hash.hex()},
+        "transactions": {
+            "pending": status.transactions.pending,
+            "in_flight": status.transactions.in_flight,
+        },
+        "p2p": {
+            "peers": status.p2p.peers,
+            "port": status.p2p.port,
+            "quorum": None if status.p2p.quorum is None else _quorum_doc(status.p2p.quorum),
+        },
+        "sync": {
+            "catching_up": status.sync.catching_up,
+            "gap_rounds": status.sync.gap_rounds,
+            "in_step": status.sync.in_step,
+            "detail": status.sync.detail,
+        },
+    }
+
+
+def _quorum_doc(quorum: QuorumInfo) -> dict[str, Any]:
+    return {
+        "can_finalize": quorum.can_finalize,
+        "validators_linked": quorum.validators_linked,
+        "needed": quorum.needed,
+        "since": quorum.since.isoformat(timespec="seconds"),
+        "for_seconds": round(quorum.for_seconds, 3),
+    }
+
+
+def _peer_doc(view: PeerView) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "name": view.name,
+        "public_key": view.public_key,
+        "address": view.address,
+        "role": view.role,
+        "state": view.state,
+        "direction": view.direction,
+        "last_seen_seconds": view.last_seen_seconds,
+        "failures": view.failures,
+        "last_error": view.last_error,
+    }
+    if view.position is not None:
+        doc["highest_round"] = view.position.highest_round
+        doc["committed_round"] = view.position.committed_round
+        doc["log_length"] = view.position.log_length
+    return doc
+
+
 class RateLimiter:
     """A token bucket per client: ``rate`` writes a second, up to ``burst`` at once.
 
@@ -577,7 +665,7 @@ class _Routes:
         start = _query_int(request, "from", 1, 1, _MAX_SEQ)
         limit = _query_int(request, "limit", _DEFAULT_LOG_PAGE, 1, _MAX_LOG_PAGE)
         entries = await self._node.log(start, limit)
-        head = self._node.status()["log"]
+        head = self._node.status().log
         return web.json_response(
             {
                 "entries": [
@@ -589,8 +677,8 @@ class _Routes:
                     }
                     for e in entries
                 ],
-                "length": head["length"],
-                "hash": head["hash"],
+                "length": head.length,
+                "hash": head.hash.hex(),
             }
         )
 
@@ -609,11 +697,11 @@ class _Routes:
 
     async def status(self, request: web.Request) -> web.Response:
         """GET /api/v1/status."""
-        return web.json_response(self._node.status())
+        return web.json_response(_status_doc(self._node.status()))
 
     async def peers(self, request: web.Request) -> web.Response:
         """GET /api/v1/peers: linked peers and candidate addresses."""
-        return web.json_response({"peers": self._node.peers()})
+        return web.json_response({"peers": [_peer_doc(v) for v in self._node.peers()]})
 
     async def health(self, request: web.Request) -> web.Response:
         """GET /health: liveness (the loop and the database answer)."""

@@ -67,6 +67,7 @@ from qudag_node.core.types import PeerId, PublicKey
 from qudag_node.core.wire import message_kind
 from qudag_node.logs import Throttle, get_logger
 from qudag_node.metrics import Metrics
+from qudag_node.ports import PeerView
 from qudag_node.sockets import dual_stack_socket, set_link_timeouts
 
 log = get_logger("qudag.gossip")
@@ -140,21 +141,6 @@ class LinkState(enum.Enum):
     BACKOFF = "backoff"
     SELF = "self"  # the address is this node
     LINKED_ELSEWHERE = "linked_elsewhere"  # the key behind it is linked by another address
-
-
-@dataclass(frozen=True, slots=True)
-class PeerView:
-    """One peer or candidate address, as ``/api/v1/peers`` shows it."""
-
-    name: str | None
-    public_key: str | None
-    address: str
-    role: str | None
-    state: str
-    direction: str | None
-    last_seen_seconds: float | None
-    failures: int
-    last_error: str | None
 
 
 class LinkHandler:

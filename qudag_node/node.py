@@ -1,4 +1,5 @@
-"""The composition root: wires the core, the store, the API and metrics together.
+"""The task that steps the engine, and the read side of a running node (both built
+by :mod:`qudag_node.root`).
 
 Exactly one task drives the engine. Each step it takes the queued client
 submissions, feeds them, the peers' messages and the timer to the engine, and lets the
@@ -11,30 +12,25 @@ waiters, and sends messages: persist before announce, acknowledge after commit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import math
 import os
-import signal
 import sqlite3
-import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, assert_never
+from typing import assert_never
 
 import nacl.signing
 
 from qudag_node import __version__
-from qudag_node.api import make_app, start_api
 from qudag_node.commits import GroupCommit
 from qudag_node.config import ConfigError, Settings, read_small_file
-from qudag_node.core.crypto import Signer, log_hash_start, tx_ids
+from qudag_node.core.crypto import Signer
 from qudag_node.core.engine import Engine, Role
-from qudag_node.core.errors import InputRejected, Reason
+from qudag_node.core.errors import InputRejected
 from qudag_node.core.events import (
     EquivocationDetected,
     Fact,
@@ -46,28 +42,39 @@ from qudag_node.core.events import (
     VertexStored,
 )
 from qudag_node.core.genesis import Genesis
-from qudag_node.core.rules import check_batch
 from qudag_node.core.syncwire import Status
 from qudag_node.core.types import Instant, PeerId, TxId, VertexId
-from qudag_node.discovery import Discovery, Resolver
-from qudag_node.gossip import LinkLimits, PeerNetwork
+from qudag_node.gossip import PeerNetwork
 from qudag_node.inbox import PeerInbox
 from qudag_node.logs import get_logger
 from qudag_node.metrics import Metrics
 from qudag_node.ports import (
     Check,
+    DagInfo,
     EvidenceRecord,
+    LogInfo,
     LogRecord,
+    NetworkInfo,
+    NodeInfo,
+    NodeStatus,
+    P2pInfo,
+    PeerPosition,
+    PeerView,
+    QuorumInfo,
     StorageFull,
     SubmitReceipt,
+    SyncInfo,
+    TransactionsInfo,
     TxRecord,
     TxState,
+    ValidatorInfo,
     VertexRecord,
 )
 from qudag_node.pump import ForwardRefused, Pump, PumpStep, deliver, feed_peer_inputs
-from qudag_node.store import Store, StoreError, accept, is_disk_full
+from qudag_node.store import Store, StoreError, is_disk_full
+from qudag_node.submissions import Submission, Submissions
 from qudag_node.sync import Syncer
-from qudag_node.verifier import ThreadedVerifier, worker_count
+from qudag_node.verifier import ThreadedVerifier
 
 KEY_FILENAME = "node.key"
 #: Most database transactions a second on average (an fsync each, plus a few for
@@ -136,6 +143,10 @@ class DiskGuard:
         shown = "unknown" if free is None else f"{free >> 20} MiB"
         return f"{shown} free, need {self._min_free_mb}"
 
+    def shortage(self) -> str | None:
+        """:meth:`detail` when the free space is below the floor, else None."""
+        return self.detail() if self.low() else None
+
 
 @dataclass(frozen=True, slots=True)
 class _QuorumState:
@@ -147,43 +158,15 @@ class _QuorumState:
     since: float
 
 
-@dataclass(eq=False, slots=True)
-class _Submission:
-    ids: list[TxId]
-    transactions: Sequence[bytes]
-    done: asyncio.Future[SubmitReceipt]
-
-
 #: A client's submission and what it is answered once its step is durable.
-_Outcome = tuple[_Submission, SubmitReceipt | InputRejected]
+_Outcome = tuple[Submission, SubmitReceipt | InputRejected]
 _Step = PumpStep[_Outcome]
 
 
-def _now() -> Instant:
+def engine_time() -> Instant:
     """The time of an engine input: the monotonic clock for its timers, the wall clock
     for the timestamps of vertices."""
     return Instant(time.monotonic(), time.time())
-
-
-def _new_future() -> asyncio.Future[bool]:
-    return asyncio.get_running_loop().create_future()
-
-
-@dataclass(eq=False)
-class _FinalityWait:
-    """One client waiting for a set of transactions to become final."""
-
-    remaining: set[TxId]
-    done: asyncio.Future[bool] = field(default_factory=_new_future)
-
-    def discard(self, ids: set[TxId]) -> None:
-        self.remaining -= ids
-        if not self.remaining and not self.done.done():
-            self.done.set_result(True)
-
-    def release(self) -> None:
-        if not self.done.done():
-            self.done.set_result(False)
 
 
 def load_signer(settings: Settings) -> tuple[Signer, bool]:
@@ -282,257 +265,98 @@ def stop_cause(error: BaseException) -> BaseException:
 
 
 class Node:
-    """One running node. Implements :class:`qudag_node.ports.NodeApi` for the API."""
+    """The pump that drives the engine, and the read side the API asks: implements
+    :class:`qudag_node.ports.NodeApi`. Built by the composition root
+    (:func:`qudag_node.root.serve`) from parts it has built and wired."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        genesis: Genesis,
+        signer: Signer,
+        store: Store,
+        engine: Engine,
+        verifier: ThreadedVerifier,
+        metrics: Metrics,
+        disk: DiskGuard,
+        syncer: Syncer,
+        peer_inbox: PeerInbox,
+        network: PeerNetwork | None,
+        p2p_port: int | None,
+        submissions: Submissions,
+        wakeup: asyncio.Event,
+        vertices: int,
+    ) -> None:
         self.settings = settings
         self.params = settings.engine_params()
-        self.api_port: int | None = None
-        self._stop_requested = asyncio.Event()
-        self._started = asyncio.Event()
-        self._closing = False  # no new client work is taken
-        self._stopping = False  # the pump finishes what is queued and returns
-        self._inbox: list[_Submission] = []
-        self._inbox_txs = 0
-        self._wakeup = asyncio.Event()
-        self._waiters: dict[TxId, list[_FinalityWait]] = {}
-        self._submitted_at: dict[TxId, float] = {}  # not final yet: monotonic admission time
+        self._genesis = genesis
+        self._signer = signer
+        self._store = store
+        self._engine = engine  # replaced by _recover(), after a disk-full
+        self._verifier = verifier
+        self._metrics = metrics
+        self._disk = disk
+        self._syncer = syncer
+        self._peer_inbox = peer_inbox
+        self._network = network
+        self._p2p_port = p2p_port
+        self._submissions = submissions
+        self._wakeup = wakeup  # set by whatever brings the pump work
+        self._vertex_total = vertices
         self._started_at = time.time()
-        self._vertex_total = 0
-        self._pump_task: asyncio.Task[None] | None = None
+        self._started = False  # every task runs: the node takes traffic
+        self._closing = asyncio.Event()  # shutting down: no new client work is taken
+        self._stopping = False  # the pump finishes what is queued and returns
+        self._pumping = False
         #: whether this validator links to a quorum (itself included), and since when
         self._quorum: _QuorumState | None = None
         self._catching_up: bool | None = None  # a change for the pump to apply
-        self.p2p_port: int | None = None
-        self._network: PeerNetwork | None = None
-        self._verifier = ThreadedVerifier(worker_count())  # threads start on first use
-        self._disk = DiskGuard(settings.data_path, settings.min_free_disk_mb)
         self._disk_full = False  # a write failed for lack of space; cleared by _recover()
-        self._syncer: Syncer
-        self._peer_inbox: PeerInbox
-        # set in run()
-        self._store: Store
-        self._engine: Engine
-        self._genesis: Genesis
-        self._signer: Signer
-        self._metrics: Metrics
 
     # ------------------------------------------------------------ life cycle
 
-    def stop(self) -> None:
-        """Ask the node to shut down cleanly (safe to call from a signal handler)."""
-        self._stop_requested.set()
-
-    async def wait_started(self) -> None:
-        """Return once the API is listening and the node takes requests."""
-        await self._started.wait()
-
-    async def run(self) -> None:
-        """Run until :meth:`stop`; raises :class:`NodeFailure` on unrecoverable faults."""
-        s = self.settings
-        log.info("starting", version=__version__, settings=s.redacted())
-        try:
-            try:
-                await asyncio.to_thread(s.data_path.mkdir, parents=True, exist_ok=True)
-            except FileExistsError:  # a file, a FIFO or a dangling symlink
-                raise NodeFailure(f"data dir {s.data_path}: not a directory") from None
-            self._signer, new_key = await asyncio.to_thread(load_signer, s)
-            self._genesis = s.genesis(self._signer.public_key)
-            # nothing is written into the data dir before it is accepted
-            await asyncio.to_thread(accept, s.data_path, self._genesis)
-            if new_key:
-                key_path = s.data_path / KEY_FILENAME
-                await asyncio.to_thread(write_key, key_path, self._signer)
-                log.info("node_key_created", path=str(key_path))
-            log.info("opening_database", path=str(s.data_path))
-            opening = time.monotonic()
-            self._store = await Store.open(s.data_path, self._genesis)
-            log.info(
-                "database_opened",
-                path=str(self._store.path),
-                seconds=round(time.monotonic() - opening, 3),
-            )
-        except StoreError as e:
-            raise NodeFailure(f"database {s.data_path}: {e}") from None
-        except OSError as e:
-            disk = " (no space left)" if is_disk_full(e) else ""
-            raise NodeFailure(f"data dir {s.data_path}: {e.strerror}{disk}") from None
-        try:
-            await self._serve()
-        except BaseException as e:  # one cause is chosen, the rest logged
-            # Not ``except*``: before 3.11.4 (Debian bookworm has 3.11.2), an exception
-            # raised in an except* clause comes out wrapped in a new ExceptionGroup
-            # (CPython gh-103590), which ended the process in a traceback.
-            raise stop_cause(e) from None
-        finally:
-            durable: dict[str, Any] = {}
-            with contextlib.suppress(sqlite3.Error, ValueError):
-                # the committed log, for the next start's state_loaded line to match
-                length, log_hash = await self._store.log_head()
-                log_hash = log_hash or log_hash_start(self._genesis.hash)
-                durable = {"log_length": length, "log_hash": log_hash.hex()}
-            try:
-                await self._store.close()
-            except StoreError as e:
-                log.warning("database_close_failed", error=str(e))
-            log.info("stopped", **durable)
-
-    async def _load_engine(self) -> None:
-        """Build the engine from the state on disk and log what was loaded."""
-        s = self.settings
-        started = time.monotonic()
-        try:
-            snapshot = await self._store.load_snapshot(
-                self._genesis, self.params.gc_depth, self._signer.public_key
-            )
-            totals = await self._store.totals()
-        except sqlite3.DatabaseError as e:  # damage in the pages the state is read from
-            raise NodeFailure(f"database {s.data_path}: cannot load the state: {e}") from None
-        self._engine = Engine(
-            self._genesis, self.params, self._signer, snapshot, verifier=self._verifier
-        )
-        self._vertex_total = totals.vertices
-        self._metrics = Metrics(__version__)
-        self._metrics.set_totals(totals.vertices, totals.transactions, totals.log_length)
-        self._metrics.watch_storage(s.data_path, self._store.path)
+    def mark_started(self) -> None:
+        """Every task runs: the node reports ready (as far as sync and disk allow)."""
+        self._started = True
+        self._observe_quorum()
         log.info(
-            "state_loaded",
-            vertices=totals.vertices,
-            transactions=totals.transactions,
-            log_length=totals.log_length,
-            # SQLite cannot tell a WAL cut short behind its back: compare these with
-            # the previous run's stopping line and with peers (docs/reliability.md)
-            log_hash=snapshot.log_hash.hex(),
-            wal_bytes=_size(self._store.path.with_name(self._store.path.name + "-wal")),
-            pending=len(snapshot.pending),
-            seconds=round(time.monotonic() - started, 3),
+            "ready",
+            role=self._engine.role.value,
+            public_key=self._signer.public_key.hex(),
+            network=self._genesis.network_id,
         )
 
-    async def _serve(self) -> None:
-        s = self.settings
-        await self._load_engine()
-        alone = self._genesis.n == 1 and self._genesis.index_of(self._signer.public_key) == 0
-        self._syncer = Syncer(
-            self._store,
-            self._send_to_peer,
-            self._position,
-            self._metrics,
-            self.params,
-            s.dag_sync_interval,
-            needs_peers=not alone,
-            on_catching_up=self._on_catching_up,
-            trust=self._genesis.f + 1,
-        )
-        self._peer_inbox = PeerInbox(self._syncer, self._wakeup.set)
-        self._engine.set_catching_up(self._syncer.catching_up, _now())
-        await self._open_peer_port(alone)
-        runner, self.api_port = await start_api(
-            make_app(self, self._metrics, s), s.api_host, s.api_port
-        )
-        log.info("api_listening", host=s.api_host or "*", port=self.api_port)
-        try:
-            async with asyncio.TaskGroup() as tg:
-                self._pump_task = tg.create_task(self._run_pump(tg))
-                background = [tg.create_task(self._syncer.run())]
-                if self._network is not None:
-                    background.append(tg.create_task(self._network.run()))
-                    background.append(tg.create_task(self._watch_peers(self._network)))
-                    if s.peers:
-                        discovery = Discovery(
-                            s.peers, Resolver(s.dns_servers), self._store, s.dag_sync_interval
-                        )
-                        background.append(
-                            tg.create_task(discovery.run(self._network.set_candidates))
-                        )
-                self._observe_quorum()
-                self._started.set()
-                log.info(
-                    "ready",
-                    role=self._engine.role.value,
-                    public_key=self._signer.public_key.hex(),
-                    network=self._genesis.network_id,
-                )
-                background.append(tg.create_task(self._check_integrity()))
-                await self._stop_requested.wait()
-                log.info("stopping")
-                self._closing = True
-                for waits in self._waiters.values():
-                    for wait in waits:
-                        wait.release()
-                try:
-                    async with asyncio.timeout(s.shutdown_timeout):
-                        await runner.cleanup()  # stop listening, finish in-flight requests
-                except TimeoutError:
-                    raise NodeFailure(
-                        f"requests still running after {s.shutdown_timeout} s of shutdown"
-                    ) from None
-                for task in background:
-                    task.cancel()  # links close; nothing more comes in
-                self._stopping = True
-                self._wakeup.set()
-        finally:
-            self._fail_queued()
-            await runner.cleanup()
-            self._verifier.close()
+    def close(self) -> None:
+        """The shutdown begins: refuse new submissions, answer the finality waiters, and
+        stop waiting for disk space."""
+        self._closing.set()
+        self._submissions.close()
 
-    async def _check_integrity(self) -> None:
-        """Check the whole database file once, after start: the check reads every page,
-        so it would make start-up grow with the DAG. A damaged file stops the node."""
-        log.info("integrity_check_started", check="quick_check")
-        started = time.monotonic()
-        try:
-            await self._store.check_integrity()
-        except StoreError as e:
-            raise NodeFailure(f"database {self.settings.data_path}: {e}") from None
-        log.info("integrity_check_passed", seconds=round(time.monotonic() - started, 3))
-
-    async def _open_peer_port(self, alone: bool) -> None:
-        """Listen for peers, if this node has any to talk to (which needs the token)."""
-        s = self.settings
-        if s.peer_auth_token is None:
-            if not alone:
-                raise ConfigError(
-                    "PEER_AUTH_TOKEN is not set, but this network has other nodes: peers prove"
-                    " knowledge of a shared token; set the same PEER_AUTH_TOKEN on every node"
-                )
-            log.info("peer_port_closed", reason="no PEER_AUTH_TOKEN: this node is the network")
-            return
-        self._network = PeerNetwork(
-            self._genesis,
-            self._signer,
-            s.peer_auth_token.reveal().encode(),
-            self._peer_inbox,
-            self._metrics,
-            dataclasses.replace(
-                LinkLimits.for_interval(s.dag_sync_interval), max_queue_bytes=s.peer_queue_bytes
-            ),
-            previous_token=(
-                s.peer_auth_token_previous.reveal().encode()
-                if s.peer_auth_token_previous is not None
-                else None
-            ),
-        )
-        try:
-            self.p2p_port = await self._network.start(s.p2p_port)
-        except OSError as e:
-            raise NodeFailure(f"cannot listen on peer port {s.p2p_port}: {e.strerror}") from None
-        log.info("p2p_listening", port=self.p2p_port, peers=list(s.peers))
+    def drain(self) -> None:
+        """Nothing more comes in: the pump commits what is queued, then returns."""
+        self._stopping = True
+        self._wakeup.set()
 
     # ----------------------------------------------------------- peer links
 
-    def _send_to_peer(self, peer: PeerId, data: bytes) -> bool:
-        return self._network is not None and self._network.send(peer, data)
+    @property
+    def pending(self) -> int:
+        """Transactions the engine holds that are not final yet."""
+        return self._engine.pending
 
-    def _position(self) -> Status:
+    def position(self) -> Status:
+        """Where this node stands, as STATUS tells peers."""
         st = self._engine.statistics()
         floor = max(0, st.committed_round - self.params.gc_depth)
         return Status(st.highest_round, st.committed_round, floor, st.log_length, st.log_hash)
 
-    def _on_catching_up(self, catching_up: bool) -> None:
+    def on_catching_up(self, catching_up: bool) -> None:
+        """The syncer's verdict changed: the pump hands it to the engine next step."""
         self._catching_up = catching_up
         self._wakeup.set()
 
-    async def _watch_peers(self, network: PeerNetwork) -> None:
+    async def watch_peers(self, network: PeerNetwork) -> None:
         """Keep the per-peer last-message ages and the quorum view current."""
         while True:
             self._metrics.on_peer_ages({str(p): age for p, age in network.last_seen().items()})
@@ -564,9 +388,16 @@ class Node:
 
     # ------------------------------------------------------------------ pump
 
-    async def _run_pump(self, tg: asyncio.TaskGroup) -> None:
-        """Step the engine until shutdown, then close the group commit, whose task (in
-        ``tg``, the node's TaskGroup) finishes what is queued."""
+    async def run_pump(self, tg: asyncio.TaskGroup) -> None:
+        """Step the engine until :meth:`drain`, then close the group commit, whose task
+        (in ``tg``, the node's TaskGroup) finishes what is queued."""
+        self._pumping = True
+        try:
+            await self._pump_until_drained(tg)
+        finally:
+            self._pumping = False
+
+    async def _pump_until_drained(self, tg: asyncio.TaskGroup) -> None:
         commits: GroupCommit[_Step] = GroupCommit(
             self._write_steps,
             self._commit,
@@ -587,7 +418,7 @@ class Node:
                 pump.engine = self._engine
                 commits.repair()
             timer = self._engine.get_timer()
-            if not self._inbox and not self._peer_inbox and not self._stopping:
+            if not self._submissions and not self._peer_inbox and not self._stopping:
                 delay = None if timer is None else max(0.0, timer - time.monotonic())
                 try:
                     async with asyncio.timeout(delay):
@@ -595,8 +426,8 @@ class Node:
                 except TimeoutError:
                     pass
             self._wakeup.clear()
-            await self._step(pump, commits, _now())
-            if self._stopping and not self._inbox:
+            await self._step(pump, commits, engine_time())
+            if self._stopping and not self._submissions:
                 break
         commits.close()
 
@@ -607,11 +438,11 @@ class Node:
         steps held was announced (persist before announce), so the engine may make
         them again differently. False if the node is shutting down meanwhile."""
         log.warning("disk_full", detail=self._disk.detail() + " MiB", action="writes paused")
-        self._fail_queued()  # not stored: 507 now rather than a wait of unknown length
+        self.fail_queued()  # not stored: 507 now rather than a wait of unknown length
         while True:
             try:
                 async with asyncio.timeout(DISK_FULL_PAUSE):
-                    await self._stop_requested.wait()
+                    await self._closing.wait()
                 return False
             except TimeoutError:
                 pass
@@ -628,7 +459,7 @@ class Node:
         self._engine = Engine(
             self._genesis, self.params, self._signer, snapshot, verifier=self._verifier
         )
-        self._engine.set_catching_up(self._syncer.catching_up, _now())
+        self._engine.set_catching_up(self._syncer.catching_up, engine_time())
         if self._network is not None:
             for peer, key in self._network.linked():
                 self._engine.peer_connected(peer, key)
@@ -641,14 +472,14 @@ class Node:
     async def _step(self, pump: Pump[_Outcome], commits: GroupCommit[_Step], now: Instant) -> None:
         """Feed the engine this step's inputs; the pump takes its output on."""
         commits.preparing()
-        batch, self._inbox, self._inbox_txs = self._inbox, [], 0
+        batch = self._submissions.take()
         outcomes: list[_Outcome] = []
         try:
             if batch:
                 try:
                     known = await self._store.known_ids([i for sub in batch for i in sub.ids])
                 except sqlite3.DatabaseError:
-                    self._inbox = batch + self._inbox  # answered with an error as the node stops
+                    self._submissions.put_back(batch)  # answered with an error as the node stops
                     raise
                 outcomes = self._admit(batch, known, now)
             if self._catching_up is not None:
@@ -695,16 +526,12 @@ class Node:
         """The database failed: the clients of ``steps`` get an error, never an ack."""
         for step in steps:
             for sub, _ in step.receipts:
-                if not sub.done.done():
-                    sub.done.set_exception(self._storage_error())
+                sub.fail(self._storage_error())
 
-    def _fail_queued(self) -> None:
+    def fail_queued(self) -> None:
         """Submissions the pump did not take get an error, never an ack (the node stops,
         or waits for disk space)."""
-        queued, self._inbox, self._inbox_txs = self._inbox, [], 0
-        for sub in queued:
-            if not sub.done.done():
-                sub.done.set_exception(self._storage_error())
+        self._submissions.fail_queued(self._storage_error)
 
     async def _finish_step(self, step: _Step) -> None:
         """Once ``step`` is durable: answer its clients, then send its messages."""
@@ -712,7 +539,7 @@ class Node:
         if self._network is not None:
             await deliver(step, self._store, self._network)
 
-    def _admit(self, batch: list[_Submission], known: set[TxId], now: Instant) -> list[_Outcome]:
+    def _admit(self, batch: list[Submission], known: set[TxId], now: Instant) -> list[_Outcome]:
         """Admit a step's submissions in one engine call, each all or nothing; ids the
         database holds already count as duplicates."""
         batches: list[tuple[Sequence[TxId], Sequence[bytes]]]
@@ -735,7 +562,7 @@ class Node:
             outcomes.append(
                 (sub, SubmitReceipt(tuple(sub.ids), len(sub.ids) - len(result.admitted)))
             )
-        self._note_submitted(admitted)
+        self._submissions.admitted(admitted, time.monotonic())
         return outcomes
 
     def _after_commit(self, step: _Step) -> None:
@@ -756,13 +583,10 @@ class Node:
         for sub, outcome in receipts:
             if isinstance(outcome, InputRejected):
                 self._metrics.on_submit_rejected(outcome.reason, len(sub.ids))
-                if not sub.done.done():  # its client may have gone
-                    sub.done.set_exception(outcome)
             else:
                 stored += len(outcome.ids) - outcome.duplicates
                 duplicates += outcome.duplicates
-                if not sub.done.done():
-                    sub.done.set_result(outcome)
+            sub.answer(outcome)
         if stored or duplicates:
             self._metrics.on_submit(stored, duplicates)
 
@@ -773,7 +597,7 @@ class Node:
                 self._vertex_total += 1
             case LeaderCommitted():
                 if fact.entries:
-                    self._finalized({e.tx_id for e in fact.entries})
+                    self._submissions.finalized({e.tx_id for e in fact.entries}, time.monotonic())
                 log.debug(
                     "leader_committed",
                     round=fact.round,
@@ -798,76 +622,15 @@ class Node:
         self._metrics.on_submit_rejected(refused.reason, refused.count)
         log.info("forwarded_rejected", peer=refused.peer, reason=refused.reason.value)
 
-    def _note_submitted(self, ids: Sequence[TxId]) -> None:
-        """Start the finality clock of newly admitted client transactions."""
-        now = time.monotonic()
-        for i in ids:
-            self._submitted_at.setdefault(i, now)
-        while len(self._submitted_at) > 2 * self.params.max_pending:
-            del self._submitted_at[next(iter(self._submitted_at))]
-
-    def _finalized(self, ids: set[TxId]) -> None:
-        now = time.monotonic()
-        self._metrics.on_finality(
-            [now - t for i in ids if (t := self._submitted_at.pop(i, None)) is not None]
-        )
-        for i in ids & self._waiters.keys():
-            for wait in self._waiters[i]:
-                wait.discard({i})
-
     # ------------------------------------------------------------ NodeApi
 
     async def submit(self, transactions: Sequence[bytes]) -> SubmitReceipt:
         """Queue a client batch for the next engine step; return once it is stored."""
-        try:
-            self._precheck(transactions)
-        except InputRejected as e:
-            self._metrics.on_submit_rejected(e.reason, len(transactions))
-            raise
-        sub = _Submission(
-            tx_ids(transactions), transactions, asyncio.get_running_loop().create_future()
-        )
-        self._inbox.append(sub)
-        self._inbox_txs += len(transactions)
-        self._wakeup.set()
-        # A client that goes away cancels only its wait: the pump answers a settled
-        # future no more, and the submission is stored all the same.
-        return await sub.done
-
-    def _precheck(self, transactions: Sequence[bytes]) -> None:
-        """Refuse a batch before it is queued: bad transactions, shutdown, a full pool."""
-        check_batch(transactions, self.params)
-        if self._closing:
-            raise InputRejected(Reason.POOL_FULL, "the node is shutting down")
-        if self._disk.low():
-            raise StorageFull(
-                f"too little free disk space to store more ({self._disk.detail()} MiB,"
-                " QUDAG_MIN_FREE_DISK_MB); writes resume once space is freed"
-            )
-        waiting = self._engine.pending + self._inbox_txs
-        if waiting + len(transactions) > self.params.max_pending:
-            raise InputRejected(
-                Reason.POOL_FULL, f"{waiting} transactions waiting, limit {self.params.max_pending}"
-            )
+        return await self._submissions.submit(transactions)
 
     async def wait_final(self, ids: Sequence[TxId], timeout: float) -> bool:
         """True once every id is final; False after ``timeout`` seconds."""
-        wait = _FinalityWait(set(ids))
-        for i in wait.remaining:
-            self._waiters.setdefault(i, []).append(wait)
-        try:
-            wait.discard(await self._store.final_among(list(wait.remaining)))
-            async with asyncio.timeout(timeout):
-                return await wait.done
-        except TimeoutError:
-            return False
-        finally:
-            for i in set(ids):
-                waits = self._waiters.get(i)
-                if waits is not None:
-                    waits.remove(wait)
-                    if not waits:
-                        del self._waiters[i]
+        return await self._submissions.wait_final(ids, timeout)
 
     async def transaction(self, tx_id: TxId) -> TxRecord | None:
         """A transaction's status: final from the store, included from the engine."""
@@ -893,69 +656,62 @@ class Node:
         """Equivocation evidence from the store."""
         return await self._store.evidence(limit)
 
-    def status(self) -> dict[str, Any]:
-        """The status document."""
+    def status(self) -> NodeStatus:
+        """The node's status now."""
         st = self._engine.statistics()
         g = self._genesis
-        return {
-            "node": {
-                "id": self.settings.node_id,
-                "version": __version__,
-                "role": st.role.value,
-                "public_key": self._signer.public_key.hex(),
-                "uptime_seconds": round(time.time() - self._started_at, 3),
-                "platform": dict(self.settings.platform),
-            },
-            "network": {
-                "id": g.network_id,
-                "mode": self.settings.network_mode,
-                "genesis": g.hash.hex(),
-                "validators": [
-                    {"name": v.name, "public_key": v.public_key.hex()} for v in g.validators
-                ],
-                "f": g.f,
-                "quorum": g.quorum,
-            },
-            "dag": {
-                "round": st.round,
-                "highest_round": st.highest_round,
-                "vertices": self._vertex_total,
-                "committed_round": st.committed_round,
-                "window": st.dag_window,
-                "buffered": st.buffered,
-                "buffer_dropped": st.buffer_dropped,
-                "fetching": st.fetching,
-            },
-            "log": {"length": st.log_length, "hash": st.log_hash.hex()},
-            "transactions": {"pending": st.pending, "in_flight": st.in_flight},
-            "p2p": {"peers": st.peers, "port": self.p2p_port, "quorum": self._quorum_status()},
-            "sync": self._sync_status(),
-        }
+        return NodeStatus(
+            node=NodeInfo(
+                id=self.settings.node_id,
+                version=__version__,
+                role=st.role.value,
+                public_key=self._signer.public_key,
+                uptime_seconds=time.time() - self._started_at,
+                platform=dict(self.settings.platform),
+            ),
+            network=NetworkInfo(
+                id=g.network_id,
+                mode=self.settings.network_mode,
+                genesis=g.hash,
+                validators=tuple(ValidatorInfo(v.name, v.public_key) for v in g.validators),
+                f=g.f,
+                quorum=g.quorum,
+            ),
+            dag=DagInfo(
+                round=st.round,
+                highest_round=st.highest_round,
+                vertices=self._vertex_total,
+                committed_round=st.committed_round,
+                window=st.dag_window,
+                buffered=st.buffered,
+                buffer_dropped=st.buffer_dropped,
+                fetching=st.fetching,
+            ),
+            log=LogInfo(st.log_length, st.log_hash),
+            transactions=TransactionsInfo(st.pending, st.in_flight),
+            p2p=P2pInfo(st.peers, self._p2p_port, self._quorum_info()),
+            sync=self._sync_info(),
+        )
 
-    def _quorum_status(self) -> dict[str, Any] | None:
+    def _quorum_info(self) -> QuorumInfo | None:
         """For a validator: whether it links to enough validators (itself included) to
         finalize, how many, how many are needed, and since when; None for an observer."""
         state = self._observe_quorum()
         if state is None:
             return None
-        return {
-            "can_finalize": state.able,
-            "validators_linked": state.linked,
-            "needed": self._genesis.quorum,
-            "since": datetime.fromtimestamp(state.since, UTC).isoformat(timespec="seconds"),
-            "for_seconds": round(max(0.0, time.time() - state.since), 3),
-        }
+        return QuorumInfo(
+            can_finalize=state.able,
+            validators_linked=state.linked,
+            needed=self._genesis.quorum,
+            since=datetime.fromtimestamp(state.since, UTC),
+            for_seconds=max(0.0, time.time() - state.since),
+        )
 
-    def _sync_status(self) -> dict[str, Any]:
-        ready, detail = self._syncer.readiness()
-        return {
-            "catching_up": self._syncer.catching_up,
-            "gap_rounds": self._syncer.gap(),
-            "in_step": ready,
-            "detail": detail,
-        }
+    def _sync_info(self) -> SyncInfo:
+        in_step, detail = self._syncer.readiness()
+        return SyncInfo(self._syncer.catching_up, self._syncer.gap(), in_step, detail)
 
-    def peers(self) -> list[dict[str, Any]]:
+    def peers(self) -> list[PeerView]:
         """Each linked peer (with the position it last told us) and each candidate
         address that is not linked."""
         if self._network is None:
@@ -963,19 +719,18 @@ class Node:
         statuses = self._syncer.statuses()
         out = []
         for view in self._network.views():
-            doc: dict[str, Any] = asdict(view)
             theirs = statuses.get(PeerId(view.name)) if view.name is not None else None
             if theirs is not None and view.state == "connected":
-                doc["highest_round"] = theirs.highest
-                doc["committed_round"] = theirs.committed
-                doc["log_length"] = theirs.log_length
-            out.append(doc)
+                position = PeerPosition(theirs.highest, theirs.committed, theirs.log_length)
+                out.append(dataclasses.replace(view, position=position))
+            else:
+                out.append(view)
         return out
 
     async def liveness(self) -> list[Check]:
         """The event loop answers (we are running), the pump runs, the database answers."""
         checks = [Check("event_loop", True, "answering")]
-        pump_ok = self._pump_task is not None and not self._pump_task.done()
+        pump_ok = self._pumping
         checks.append(Check("engine", pump_ok, "running" if pump_ok else "stopped"))
         try:
             async with asyncio.timeout(2.0):
@@ -987,70 +742,14 @@ class Node:
 
     def readiness(self) -> list[Check]:
         """Whether the node should get traffic now."""
-        checks = [Check("started", self._started.is_set() and not self._closing, self._phase())]
-        if self._started.is_set():
+        closing = self._closing.is_set()
+        checks = [Check("started", self._started and not closing, self._phase())]
+        if self._started:
             checks.append(Check("sync", *self._syncer.readiness()))
         checks.append(Check("disk", not self._disk.low(), f"{self._disk.detail()} MiB"))
         return checks
 
     def _phase(self) -> str:
-        if self._closing:
+        if self._closing.is_set():
             return "shutting down"
-        return "running" if self._started.is_set() else "starting"
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-class ShutdownWatchdog:
-    """Ends the process (exit code 1) if a shutdown has not finished ``seconds`` after
-    it began: whatever a task is doing, SIGTERM stops the node within
-    ``QUDAG_SHUTDOWN_TIMEOUT``. A thread, so that it fires even if the event loop is
-    stuck."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._timer: threading.Timer | None = None
-
-    def start(self) -> None:
-        """Start counting (once; later calls change nothing)."""
-        if self._timer is None:
-            self._timer = threading.Timer(self.seconds, self._expired)
-            self._timer.daemon = True
-            self._timer.start()
-
-    def cancel(self) -> None:
-        """The shutdown finished: stop counting."""
-        if self._timer is not None:
-            self._timer.cancel()
-
-    def _expired(self) -> None:
-        log.error("shutdown_timed_out", seconds=self.seconds)
-        sys.stdout.flush()
-        os._exit(1)
-
-
-async def serve(settings: Settings) -> None:
-    """Run a node until SIGTERM or SIGINT, then shut it down cleanly, within
-    ``QUDAG_SHUTDOWN_TIMEOUT`` (after which the process exits with 1 all the same)."""
-    node = Node(settings)
-    watchdog = ShutdownWatchdog(settings.shutdown_timeout)
-    loop = asyncio.get_running_loop()
-
-    def stop() -> None:
-        watchdog.start()
-        node.stop()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop)
-    try:
-        await node.run()
-    finally:
-        watchdog.cancel()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-    sys.stdout.flush()
+        return "running" if self._started else "starting"

@@ -1,15 +1,18 @@
 """Interfaces between the adapters, and the plain records that cross them.
 
-The HTTP API sees the node only through :class:`NodeApi`; the store returns the
-records defined here. Both sides import this module, never each other.
+The HTTP API sees the node only through :class:`NodeApi`, and reads its state through
+the frozen views defined here (:class:`NodeStatus`, :class:`PeerView`), which it turns
+into JSON; the store returns the records defined here. Both sides import this module,
+never each other.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Protocol
 
 from qudag_node.core.types import PublicKey, TxId, VertexId
 
@@ -91,6 +94,136 @@ class Check:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """Who the node is: its name, software, role and key, and how long it has run."""
+
+    id: str
+    version: str
+    role: str  # "validator" or "observer"
+    public_key: PublicKey
+    uptime_seconds: float
+    platform: Mapping[str, str]  # where it runs (Fly's region, machine, ...)
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatorInfo:
+    """One validator of the genesis."""
+
+    name: str
+    public_key: PublicKey
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkInfo:
+    """The network the node belongs to, as its genesis defines it."""
+
+    id: str
+    mode: str
+    genesis: bytes  # the genesis hash
+    validators: tuple[ValidatorInfo, ...]
+    f: int
+    quorum: int
+
+
+@dataclass(frozen=True, slots=True)
+class DagInfo:
+    """The node's view of the DAG."""
+
+    round: int
+    highest_round: int
+    vertices: int  # stored, over the node's whole life
+    committed_round: int
+    window: int
+    buffered: int
+    buffer_dropped: int
+    fetching: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogInfo:
+    """The head of the finalized log: its length and running hash."""
+
+    length: int
+    hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionsInfo:
+    """Transactions not final yet."""
+
+    pending: int
+    in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
+class QuorumInfo:
+    """Whether a validator links to enough validators (itself included) to finalize."""
+
+    can_finalize: bool
+    validators_linked: int
+    needed: int
+    since: datetime  # the last change, timezone-aware
+    for_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class P2pInfo:
+    """The peer links: how many peers, the peer port, and a validator's quorum."""
+
+    peers: int
+    port: int | None  # None when the node has no peer port
+    quorum: QuorumInfo | None  # None for an observer
+
+
+@dataclass(frozen=True, slots=True)
+class SyncInfo:
+    """Whether the node is catching up, and how far behind its peers it is."""
+
+    catching_up: bool
+    gap_rounds: int | None  # None before any peer told its position
+    in_step: bool
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """The node's status, as ``/api/v1/status`` shows it."""
+
+    node: NodeInfo
+    network: NetworkInfo
+    dag: DagInfo
+    log: LogInfo
+    transactions: TransactionsInfo
+    p2p: P2pInfo
+    sync: SyncInfo
+
+
+@dataclass(frozen=True, slots=True)
+class PeerPosition:
+    """Where a linked peer last told us it stands."""
+
+    highest_round: int
+    committed_round: int
+    log_length: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerView:
+    """One peer or candidate address, as ``/api/v1/peers`` shows it."""
+
+    name: str | None
+    public_key: str | None
+    address: str
+    role: str | None
+    state: str
+    direction: str | None
+    last_seen_seconds: float | None
+    failures: int
+    last_error: str | None
+    position: PeerPosition | None = None  # connected peers that sent their position
+
+
 class NodeApi(Protocol):
     """What the HTTP API may ask of the node."""
 
@@ -118,12 +251,12 @@ class NodeApi(Protocol):
         """Equivocation evidence held, most recent rounds first, at most ``limit``."""
         ...
 
-    def status(self) -> dict[str, Any]:
-        """The node's status document (JSON-ready)."""
+    def status(self) -> NodeStatus:
+        """The node's status now."""
         ...
 
-    def peers(self) -> list[dict[str, Any]]:
-        """Each linked peer and each candidate peer address (JSON-ready)."""
+    def peers(self) -> list[PeerView]:
+        """Each linked peer and each candidate peer address."""
         ...
 
     async def liveness(self) -> list[Check]:

@@ -1,4 +1,5 @@
-"""Shared fixtures: real nodes running in the test's event loop."""
+"""Shared fixtures: real nodes running in the test's event loop, each built by the
+composition root (:func:`qudag_node.root.serve`) as the process builds it."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from qudag_node.config import Settings, load_settings
-from qudag_node.node import Node
+from qudag_node.root import Started, serve
 
 START_TIMEOUT = 30.0
 
@@ -20,9 +22,9 @@ START_TIMEOUT = 30.0
 class NodeHandle:
     """A node started by :func:`node_factory`."""
 
-    node: Node
     url: str
-    port: int
+    port: int  # the API's
+    p2p_port: int | None
     settings: Settings
     data_dir: Path
 
@@ -36,7 +38,7 @@ async def node_factory(tmp_path: Path) -> AsyncIterator[NodeFactory]:
 
     Keyword arguments are settings in environment form, e.g. ``QUDAG_MAX_TX_BYTES="1024"``.
     """
-    running: list[tuple[Node, asyncio.Task[None]]] = []
+    running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
     numbers = itertools.count(1)
 
     async def start(**overrides: str) -> NodeHandle:
@@ -50,12 +52,16 @@ async def node_factory(tmp_path: Path) -> AsyncIterator[NodeFactory]:
             **overrides,
         }
         settings = load_settings(env)
-        node = Node(settings)
-        task = asyncio.create_task(node.run(), name=f"node{n}")
-        running.append((node, task))
-        started = asyncio.create_task(node.wait_started())
+        stop = asyncio.Event()
+        started: asyncio.Future[Started] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(
+            serve(settings, shutdown_trigger=stop.wait, on_started=started.set_result),
+            name=f"node{n}",
+        )
+        running.append((stop, task))
+        either: set[asyncio.Future[Any]] = {task, started}
         done, _ = await asyncio.wait(
-            {task, started}, timeout=START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+            either, timeout=START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
         )
         if task in done:
             started.cancel()
@@ -64,14 +70,18 @@ async def node_factory(tmp_path: Path) -> AsyncIterator[NodeFactory]:
         if started not in done:
             started.cancel()
             raise AssertionError(f"node did not start within {START_TIMEOUT} s")
-        assert node.api_port is not None
+        ports = started.result()
         return NodeHandle(
-            node, f"http://127.0.0.1:{node.api_port}", node.api_port, settings, settings.data_path
+            f"http://127.0.0.1:{ports.api_port}",
+            ports.api_port,
+            ports.p2p_port,
+            settings,
+            settings.data_path,
         )
 
     yield start
-    for node, task in reversed(running):
-        node.stop()
+    for stop, task in reversed(running):
+        stop.set()
         if not task.done():
             await asyncio.wait_for(task, START_TIMEOUT)
         elif not task.cancelled() and task.exception() is not None:

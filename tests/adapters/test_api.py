@@ -358,7 +358,7 @@ async def test_a_vertex_without_a_quorum_has_no_certificate(
     node = await node_factory(
         **_committee_settings(
             NODE_PRIVATE_KEY=C.signers[0].seed().hex(),
-            QUDAG_PEERS=f"127.0.0.1:{other.node.p2p_port}",
+            QUDAG_PEERS=f"127.0.0.1:{other.p2p_port}",
         )
     )
 

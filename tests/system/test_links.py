@@ -299,7 +299,7 @@ def test_the_shutdown_watchdog_ends_a_process_whose_shutdown_hangs(cancelled: bo
     script = (
         "import time\n"
         "from qudag_node.logs import configure_logging\n"
-        "from qudag_node.node import ShutdownWatchdog\n"
+        "from qudag_node.root import ShutdownWatchdog\n"
         "configure_logging('info', 'json')\n"
         "watchdog = ShutdownWatchdog(0.5)\n"
         "watchdog.start()\n"

@@ -1,0 +1,520 @@
+"""The HTTP API's routes against a fake of its port, over a real aiohttp server on
+127.0.0.1: status codes, error JSON, content types, limits, the write token, the JSON
+documents. No node, no database: the whole file runs in a few seconds."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from hashlib import blake2b
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from qudag_node import __version__
+from qudag_node.api import make_app, start_api
+from qudag_node.config import load_settings
+from qudag_node.core.errors import InputRejected, Reason
+from qudag_node.core.types import PublicKey, TxId, VertexId
+from qudag_node.metrics import Metrics
+from qudag_node.ports import (
+    Check,
+    EvidenceRecord,
+    LogRecord,
+    P2pInfo,
+    PeerPosition,
+    PeerView,
+    StorageFull,
+    TxRecord,
+    TxState,
+    VertexRecord,
+)
+from tests.adapters.fakenode import KEY_A, KEY_B, FakeNode
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMAS: dict[str, Any] = json.loads((ROOT / "qudag_node" / "openapi.json").read_text())[
+    "components"
+]["schemas"]
+TX = "/api/v1/transactions"
+TOKEN = "9c41e07b2d5af3681e0c4b97d2a5f836"  # noqa: S105 - a test value
+
+
+def _tx_id(data: bytes) -> TxId:
+    return TxId(blake2b(data, digest_size=32, person=b"qudag:tx").digest())
+
+
+def _batch(*txs: bytes) -> dict[str, list[str]]:
+    return {"transactions": [base64.b64encode(t).decode() for t in txs]}
+
+
+class Api:
+    """A served API over a :class:`FakeNode`: its base URL, the fake, a client."""
+
+    def __init__(self, url: str, node: FakeNode, session: aiohttp.ClientSession) -> None:
+        self.url = url
+        self.node = node
+        self.session = session
+
+    async def get(self, path: str) -> tuple[int, Any]:
+        async with self.session.get(self.url + path) as response:
+            assert response.content_type == "application/json", await response.text()
+            return response.status, await response.json()
+
+    async def post(
+        self,
+        body: bytes | dict[str, Any],
+        *,
+        query: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> aiohttp.ClientResponse:
+        url = f"{self.url}{TX}{query}"
+        if isinstance(body, bytes):
+            sent = {"Content-Type": "application/octet-stream", **(headers or {})}
+            return await self.session.post(url, data=body, headers=sent)
+        return await self.session.post(url, json=body, headers=headers)
+
+
+ApiFactory = Callable[..., Awaitable[Api]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[ApiFactory]:
+    """Serve the API over a fresh :class:`FakeNode`; settings in environment form."""
+    runners = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+
+        async def start(**overrides: str) -> Api:
+            settings = load_settings({"QUDAG_API_WRITE_RATE": "0", **overrides})
+            node = FakeNode()
+            runner, port = await start_api(
+                make_app(node, Metrics(__version__), settings), "127.0.0.1", 0
+            )
+            runners.append(runner)
+            return Api(f"http://127.0.0.1:{port}", node, session)
+
+        yield start
+        for runner in runners:
+            await runner.cleanup()
+
+
+async def _error(response: aiohttp.ClientResponse, status: int, code: str) -> dict[str, Any]:
+    async with response:
+        assert response.content_type == "application/json"
+        body: dict[str, Any] = await response.json()
+        assert response.status == status, body
+    assert set(body["error"]) == {"code", "message"}
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+    return body
+
+
+def _keys_match_schema(doc: Any, schema: dict[str, Any], where: str = "$") -> None:
+    """Every object in ``doc`` has the documented required keys and no undocumented one."""
+    if "$ref" in schema:
+        schema = SCHEMAS[schema["$ref"].rsplit("/", 1)[1]]
+    for alternative in schema.get("oneOf", []) + schema.get("anyOf", []):
+        if doc is None and alternative.get("type") == "null":
+            return
+        if isinstance(doc, dict) and ("properties" in alternative or "$ref" in alternative):
+            _keys_match_schema(doc, alternative, where)
+            return
+    if isinstance(doc, dict) and "properties" in schema:
+        properties = schema["properties"]
+        assert set(schema.get("required", [])) <= set(doc), where
+        assert set(doc) <= set(properties), f"{where}: {set(doc) - set(properties)}"
+        for key, value in doc.items():
+            _keys_match_schema(value, properties[key], f"{where}.{key}")
+    elif isinstance(doc, list) and "items" in schema:
+        for i, item in enumerate(doc):
+            _keys_match_schema(item, schema["items"], f"{where}[{i}]")
+
+
+# ----------------------------------------------------------------- submit
+
+
+async def test_one_octet_stream_transaction_is_accepted(serve: ApiFactory) -> None:
+    api = await serve()
+    async with await api.post(b"hello") as response:
+        assert response.status == 202
+        assert response.content_type == "application/json"
+        assert await response.json() == {"ids": [_tx_id(b"hello").hex()]}
+    assert api.node.submitted == [[b"hello"]]
+
+
+async def test_a_json_batch_is_decoded_in_order(serve: ApiFactory) -> None:
+    api = await serve()
+    async with await api.post(_batch(b"a", b"bc", b"def")) as response:
+        assert response.status == 202
+        assert (await response.json())["ids"] == [_tx_id(t).hex() for t in (b"a", b"bc", b"def")]
+    assert api.node.submitted == [[b"a", b"bc", b"def"]]
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"{", "malformed_json"),
+        (b'{"transactions": [["YQ=="]]}', "malformed_json"),
+        (b'{"transactions": []}', "bad_request"),
+        (b'{"transactions": ["YQ=="], "x": 1}', "bad_request"),
+        (b'{"transactions": [1]}', "bad_request"),
+        (b'{"transactions": ["YR=="]}', "malformed_base64"),
+        (b'{"transactions": ["YQ"]}', "malformed_base64"),
+    ],
+)
+async def test_bad_json_batches_are_refused_before_the_node(
+    serve: ApiFactory, body: bytes, code: str
+) -> None:
+    api = await serve()
+    response = await api.session.post(
+        api.url + TX, data=body, headers={"Content-Type": "application/json"}
+    )
+    await _error(response, 400, code)
+    assert api.node.submitted == []
+
+
+async def test_other_content_types_are_refused(serve: ApiFactory) -> None:
+    api = await serve()
+    response = await api.session.post(
+        api.url + TX, data=b"x", headers={"Content-Type": "text/plain"}
+    )
+    await _error(response, 415, "unsupported_media_type")
+    response = await api.session.post(api.url + TX, data=b"x", skip_auto_headers={"Content-Type"})
+    await _error(response, 415, "unsupported_media_type")
+    assert api.node.submitted == []
+
+
+async def test_a_body_over_the_limit_is_refused(serve: ApiFactory) -> None:
+    api = await serve(QUDAG_MAX_BODY_BYTES="1024", QUDAG_MAX_TX_BYTES="1024")
+    await _error(await api.post(b"x" * 2048), 413, "payload_too_large")
+    await _error(await api.post(_batch(b"y" * 1024)), 413, "payload_too_large")
+    assert api.node.submitted == []
+
+
+async def test_a_batch_of_too_many_items_is_refused(serve: ApiFactory) -> None:
+    api = await serve(QUDAG_MAX_SUBMIT_TXS="3")
+    body = await _error(
+        await api.post(_batch(*(bytes([i]) for i in range(4)))), 400, "too_many_transactions"
+    )
+    assert "limit 3" in body["error"]["message"]
+    assert api.node.submitted == []
+
+
+@pytest.mark.parametrize(
+    ("refusal", "status", "code"),
+    [
+        (InputRejected(Reason.POOL_FULL, "full"), 503, "pool_full"),
+        (InputRejected(Reason.OVERSIZE_TRANSACTION, "big"), 400, "oversize_transaction"),
+        (StorageFull("no space"), 507, "insufficient_storage"),
+    ],
+)
+async def test_the_nodes_refusals_map_to_statuses(
+    serve: ApiFactory, refusal: Exception, status: int, code: str
+) -> None:
+    api = await serve()
+    api.node.refusal = refusal
+    response = await api.post(b"tx")
+    await _error(response, status, code)
+    assert (response.headers.get("Retry-After") == "1") is (status == 503)
+
+
+# ----------------------------------------------------------------- writes: token, rate
+
+
+async def test_writes_need_the_token_and_reads_do_not(serve: ApiFactory) -> None:
+    api = await serve(QUDAG_API_TOKEN=TOKEN)
+    response = await api.post(b"tx")
+    await _error(response, 401, "token_required")
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="qudag-node"'
+    response = await api.post(b"tx", headers={"Authorization": "Bearer wrong"})
+    await _error(response, 401, "bad_token")
+    assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+    response = await api.post(b"tx", headers={"Authorization": f"Basic {TOKEN}"})
+    await _error(response, 401, "bad_token")
+    assert api.node.submitted == []
+    async with await api.post(b"tx", headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+        assert response.status == 202
+    assert api.node.submitted == [[b"tx"]]
+    status, _ = await api.get("/api/v1/status")
+    assert status == 200
+
+
+async def test_writes_beyond_the_burst_are_rate_limited(serve: ApiFactory) -> None:
+    api = await serve(QUDAG_API_WRITE_RATE="0.01", QUDAG_API_WRITE_BURST="2")
+    for tx in (b"1", b"2"):
+        async with await api.post(tx) as response:
+            assert response.status == 202
+    response = await api.post(b"3")
+    await _error(response, 429, "rate_limited")
+    assert int(response.headers["Retry-After"]) >= 1
+    assert api.node.submitted == [[b"1"], [b"2"]]
+
+
+# ----------------------------------------------------------------- wait=final
+
+
+async def test_wait_final_answers_final_or_504_with_the_ids(serve: ApiFactory) -> None:
+    api = await serve(QUDAG_WAIT_TIMEOUT="30")
+    api.node.final = {_tx_id(b"done")}
+    async with await api.post(b"done", query="?wait=final&timeout=2.5") as response:
+        assert response.status == 200
+        assert await response.json() == {"ids": [_tx_id(b"done").hex()], "status": "final"}
+    body = await _error(await api.post(b"later", query="?wait=final"), 504, "timeout")
+    assert body["ids"] == [_tx_id(b"later").hex()]
+    await _error(await api.post(b"capped", query="?wait=final&timeout=99"), 504, "timeout")
+    assert api.node.waits == [2.5, 30.0, 30.0]
+
+
+@pytest.mark.parametrize(
+    "query", ["?timeout=5", "?wait=soon", "?wait=final&timeout=0", "?wait=final&timeout=1e3"]
+)
+async def test_bad_wait_options_are_refused_before_the_node(serve: ApiFactory, query: str) -> None:
+    api = await serve()
+    await _error(await api.post(b"tx", query=query), 400, "bad_request")
+    assert api.node.submitted == []
+
+
+# ----------------------------------------------------------------- reads
+
+
+async def test_transactions_by_id(serve: ApiFactory) -> None:
+    api = await serve()
+    known = _tx_id(b"known")
+    vertex = VertexId(b"\x05" * 32)
+    api.node.transactions[known] = TxRecord(known, TxState.FINAL, vertex, 9, 5)
+    assert await api.get(f"{TX}/{known.hex().upper()}") == (
+        200,
+        {"id": known.hex(), "status": "final", "vertex": vertex.hex(), "seq": 9},
+    )
+    status, body = await api.get(f"{TX}/{'0' * 64}")
+    assert (status, body["error"]["code"]) == (404, "not_found")
+    status, body = await api.get(f"{TX}/abc")
+    assert (status, body["error"]["code"]) == (400, "malformed_id")
+
+
+async def test_vertices_by_id(serve: ApiFactory) -> None:
+    api = await serve()
+    vid = VertexId(b"\x01" * 32)
+    parent = VertexId(b"\x02" * 32)
+    tx = TxId(b"\x03" * 32)
+    api.node.vertices[vid] = VertexRecord(
+        vid, 4, KEY_A, 1_700_000_000_000, (parent,), (tx,), 1, b"\x04" * 64, True, None
+    )
+    status, body = await api.get(f"/api/v1/vertices/{vid.hex()}")
+    assert status == 200
+    assert body == {
+        "id": vid.hex(),
+        "round": 4,
+        "author": KEY_A.hex(),
+        "timestamp_ms": 1_700_000_000_000,
+        "parents": [parent.hex()],
+        "transactions": [tx.hex()],
+        "scheme": 1,
+        "signature": (b"\x04" * 64).hex(),
+        "certificate": None,
+        "ordered": True,
+    }
+    _keys_match_schema(body, {"$ref": "#/components/schemas/Vertex"})
+    status, body = await api.get(f"/api/v1/vertices/{'f' * 64}")
+    assert (status, body["error"]["code"]) == (404, "not_found")
+
+
+async def test_the_log_pages_with_the_head_of_the_status(serve: ApiFactory) -> None:
+    api = await serve()
+    api.node.entries = [
+        LogRecord(seq, TxId(bytes([seq]) * 32), VertexId(b"\x0a" * 32), bytes([seq + 1]) * 32)
+        for seq in (1, 2, 3)
+    ]
+    status, body = await api.get("/api/v1/log?from=2&limit=1")
+    assert status == 200
+    assert body == {
+        "entries": [
+            {
+                "seq": 2,
+                "tx_id": (b"\x02" * 32).hex(),
+                "vertex": (b"\x0a" * 32).hex(),
+                "hash": (b"\x03" * 32).hex(),
+            }
+        ],
+        "length": 3,
+        "hash": (b"\x09" * 32).hex(),
+    }
+    assert (await api.get("/api/v1/log"))[0] == 200
+    assert api.node.pages == [(2, 1), (1, 100)]
+    for query in ("from=0", "limit=0", "limit=1001", "from=-1", "limit=1.5", "from=%EF%BC%91"):
+        status, body = await api.get(f"/api/v1/log?{query}")
+        assert (status, body["error"]["code"]) == (400, "bad_request"), query
+
+
+async def test_evidence(serve: ApiFactory) -> None:
+    api = await serve()
+    api.node.equivocations = [EvidenceRecord(PublicKey(KEY_B), 7, b"\xee\xff")]
+    assert await api.get("/api/v1/evidence?limit=5") == (
+        200,
+        {"equivocations": [{"author": KEY_B.hex(), "round": 7, "evidence": "eeff"}]},
+    )
+    status, body = await api.get("/api/v1/evidence?limit=0")
+    assert (status, body["error"]["code"]) == (400, "bad_request")
+
+
+# ----------------------------------------------------------------- status and peers
+
+
+async def test_the_status_document(serve: ApiFactory) -> None:
+    api = await serve()
+    status, doc = await api.get("/api/v1/status")
+    assert status == 200
+    assert doc == {
+        "node": {
+            "id": "node1",
+            "version": __version__,
+            "role": "validator",
+            "public_key": KEY_A.hex(),
+            "uptime_seconds": 12.346,
+            "platform": {"region": "ams"},
+        },
+        "network": {
+            "id": "testnet",
+            "mode": "committee",
+            "genesis": (b"\x07" * 32).hex(),
+            "validators": [
+                {"name": "v1", "public_key": KEY_A.hex()},
+                {"name": "v2", "public_key": KEY_B.hex()},
+            ],
+            "f": 0,
+            "quorum": 2,
+        },
+        "dag": {
+            "round": 5,
+            "highest_round": 6,
+            "vertices": 11,
+            "committed_round": 4,
+            "window": 50,
+            "buffered": 1,
+            "buffer_dropped": 0,
+            "fetching": 2,
+        },
+        "log": {"length": 3, "hash": (b"\x09" * 32).hex()},
+        "transactions": {"pending": 7, "in_flight": 8},
+        "p2p": {
+            "peers": 1,
+            "port": 7000,
+            "quorum": {
+                "can_finalize": True,
+                "validators_linked": 2,
+                "needed": 2,
+                "since": "2026-01-02T03:04:05+00:00",
+                "for_seconds": 61.235,
+            },
+        },
+        "sync": {"catching_up": False, "gap_rounds": 0, "in_step": True, "detail": "in step"},
+    }
+    _keys_match_schema(doc, {"$ref": "#/components/schemas/Status"})
+
+
+async def test_an_observer_without_a_peer_port_has_null_quorum_and_port(
+    serve: ApiFactory,
+) -> None:
+    api = await serve()
+    api.node.current = replace(api.node.current, p2p=P2pInfo(0, None, None))
+    _, doc = await api.get("/api/v1/status")
+    assert doc["p2p"] == {"peers": 0, "port": None, "quorum": None}
+    _keys_match_schema(doc, {"$ref": "#/components/schemas/Status"})
+
+
+async def test_peers_show_a_position_only_when_one_was_told(serve: ApiFactory) -> None:
+    api = await serve()
+    linked = PeerView(
+        "v2", KEY_B.hex(), "10.0.0.2:7000", "validator", "connected", "outbound", 0.5, 0, None
+    )
+    api.node.peer_views = [
+        replace(linked, position=PeerPosition(6, 4, 3)),
+        PeerView(None, None, "10.0.0.3:7000", None, "backoff", None, None, 2, "refused"),
+    ]
+    status, doc = await api.get("/api/v1/peers")
+    assert status == 200
+    assert doc == {
+        "peers": [
+            {
+                "name": "v2",
+                "public_key": KEY_B.hex(),
+                "address": "10.0.0.2:7000",
+                "role": "validator",
+                "state": "connected",
+                "direction": "outbound",
+                "last_seen_seconds": 0.5,
+                "failures": 0,
+                "last_error": None,
+                "highest_round": 6,
+                "committed_round": 4,
+                "log_length": 3,
+            },
+            {
+                "name": None,
+                "public_key": None,
+                "address": "10.0.0.3:7000",
+                "role": None,
+                "state": "backoff",
+                "direction": None,
+                "last_seen_seconds": None,
+                "failures": 2,
+                "last_error": "refused",
+            },
+        ]
+    }
+    _keys_match_schema(doc, {"$ref": "#/components/schemas/Peers"})
+
+
+# ----------------------------------------------------------------- health, ready, others
+
+
+async def test_health_is_503_when_a_check_fails(serve: ApiFactory) -> None:
+    api = await serve()
+    assert await api.get("/health") == (
+        200,
+        {"status": "ok", "checks": {"event_loop": {"ok": True, "detail": "answering"}}},
+    )
+    api.node.live = [Check("event_loop", True, "answering"), Check("database", False, "Timeout")]
+    status, body = await api.get("/health")
+    assert (status, body["status"]) == (503, "failing")
+    assert body["checks"]["database"] == {"ok": False, "detail": "Timeout"}
+
+
+async def test_ready_is_503_with_the_failing_checks_as_reasons(serve: ApiFactory) -> None:
+    api = await serve()
+    status, body = await api.get("/ready")
+    assert (status, body["status"]) == (200, "ready")
+    assert "reasons" not in body
+    api.node.ready = [
+        Check("started", True, "running"),
+        Check("disk", False, "1 MiB free, need 64 MiB"),
+    ]
+    status, body = await api.get("/ready")
+    assert status == 503
+    assert body["status"] == "not_ready"
+    assert body["reasons"] == ["disk: 1 MiB free, need 64 MiB"]
+    assert body["checks"]["disk"]["ok"] is False
+
+
+async def test_unknown_routes_and_methods_answer_the_error_envelope(serve: ApiFactory) -> None:
+    api = await serve()
+    await _error(await api.session.get(api.url + "/nowhere"), 404, "not_found")
+    response = await api.session.delete(api.url + TX)
+    await _error(response, 405, "method_not_allowed")
+    assert response.headers["Allow"] == "POST"
+
+
+async def test_metrics_and_the_description_are_served(serve: ApiFactory) -> None:
+    api = await serve()
+    await api.get("/api/v1/status")
+    async with api.session.get(api.url + "/metrics") as response:
+        assert response.status == 200
+        assert response.content_type == "text/plain"
+        assert 'route="/api/v1/status"' in await response.text()
+    async with api.session.get(api.url + "/api/v1/openapi.json") as response:
+        assert response.status == 200
+        assert response.content_type == "application/json"
+        assert (await response.json())["openapi"].startswith("3.1")
