@@ -41,7 +41,7 @@ from typing import Any
 
 import nacl.signing
 
-from qudag_node import __version__, config, node, root, store, testnet
+from qudag_node import __version__, config, failure, root, store, testnet
 from qudag_node.core.crypto import Signer
 from qudag_node.core.genesis import NAME_RULE, Genesis, Validator, is_valid_name
 from qudag_node.genesis_file import (
@@ -126,7 +126,7 @@ def _run(args: argparse.Namespace) -> int:
     gc.set_threshold(*GC_THRESHOLDS)
     try:
         asyncio.run(root.serve_until_signalled(settings))
-    except node.NodeFailure as e:
+    except failure.NodeFailure as e:
         raise CommandError(f"node stopped: {e}") from None
     except config.ConfigError as e:  # a setting only checked at start, such as the genesis
         raise CommandError(str(e), EXIT_USAGE) from None

@@ -4,13 +4,13 @@ TaskGroup; the whole shutdown bounded by ``QUDAG_SHUTDOWN_TIMEOUT``.
 :func:`serve` opens the data dir (key, genesis, database), loads the engine from the
 state on disk, builds the verifier, metrics, syncer, peer links, discovery, the client
 submissions, the node (:class:`~qudag_node.node.Node`: the task that steps the engine
-through the pump, and the read side) and the API, and
-runs them until ``shutdown_trigger`` returns. The shutdown then refuses new
-submissions and answers finality waiters, closes the API (in-flight requests finish),
-stops the links, syncer and discovery, and lets the pump commit what is queued, under
-one deadline: past ``QUDAG_SHUTDOWN_TIMEOUT`` whatever still runs is cancelled and the
-node stops with :class:`~qudag_node.node.NodeFailure`. The database is closed last,
-whatever happened, and never cut short.
+through the pump), the quorum watch, the read side (:class:`~qudag_node.view.NodeView`)
+and the API, and runs them until ``shutdown_trigger`` returns. The shutdown then
+refuses new submissions and answers finality waiters, closes the API (in-flight
+requests finish), stops the links, syncer and discovery, and lets the pump commit what
+is queued, under one deadline: past ``QUDAG_SHUTDOWN_TIMEOUT`` whatever still runs is
+cancelled and the node stops with :class:`~qudag_node.failure.NodeFailure`. The
+database is closed last, whatever happened, and never cut short.
 :func:`serve_until_signalled` is the process's: SIGTERM and SIGINT trigger the
 shutdown, and a watchdog thread ends the process if even the event loop is stuck.
 """
@@ -37,29 +37,25 @@ from qudag_node import __version__
 from qudag_node.api import make_app, start_api
 from qudag_node.config import ConfigError, Settings
 from qudag_node.core.crypto import Signer, log_hash_start
-from qudag_node.core.engine import Engine
+from qudag_node.core.engine import Engine, Role
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.params import Params
 from qudag_node.core.types import PeerId
 from qudag_node.discovery import Discovery, Resolver
+from qudag_node.disk import DiskGuard
+from qudag_node.failure import NodeFailure, stop_cause
 from qudag_node.gossip import LinkLimits, PeerNetwork
 from qudag_node.inbox import PeerInbox
+from qudag_node.keyfile import KEY_FILENAME, load_signer, write_key
 from qudag_node.logs import get_logger
 from qudag_node.metrics import Metrics
-from qudag_node.node import (
-    KEY_FILENAME,
-    DiskGuard,
-    Node,
-    NodeFailure,
-    engine_time,
-    load_signer,
-    stop_cause,
-    write_key,
-)
+from qudag_node.node import Node, engine_time
+from qudag_node.quorum import QuorumWatch
 from qudag_node.store import Store, StoreError, accept, is_disk_full
 from qudag_node.submissions import Submissions
 from qudag_node.sync import Syncer
 from qudag_node.verifier import ThreadedVerifier, worker_count
+from qudag_node.view import NodeView
 
 log = get_logger("qudag.node")
 
@@ -104,6 +100,19 @@ async def serve(
         await _close(store, genesis)
 
 
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    """The parts of a node that run, built over the open database."""
+
+    node: Node
+    view: NodeView
+    metrics: Metrics
+    syncer: Syncer
+    network: PeerNetwork | None
+    p2p_port: int | None
+    quorum: QuorumWatch
+
+
 async def _run(
     s: Settings,
     signer: Signer,
@@ -114,71 +123,20 @@ async def _run(
     on_started: Callable[[Started], None] | None,
 ) -> None:
     """Build the parts over the open database, run them, and shut them down in order."""
-    params = s.engine_params()
     verifier = ThreadedVerifier(worker_count())  # threads start on first use
     try:
-        engine, metrics, vertices = await _load_engine(s, params, genesis, signer, store, verifier)
-        disk = DiskGuard(s.data_path, s.min_free_disk_mb)
-        wakeup = asyncio.Event()  # the pump's: set by whatever brings it work
-        alone = genesis.n == 1 and genesis.index_of(signer.public_key) == 0
-        # The syncer and the submissions read the engine the node holds now (a
-        # disk-full recovery replaces it) through ``node``, bound below; the syncer
-        # sends through ``network``, which needs the syncer's inbox first.
-        node: Node
-        network: PeerNetwork | None = None
-
-        def send(peer: PeerId, data: bytes) -> bool:
-            return network is not None and network.send(peer, data)
-
-        syncer = Syncer(
-            store,
-            send,
-            lambda: node.position(),  # noqa: PLW0108 - node is bound below
-            metrics,
-            params,
-            s.dag_sync_interval,
-            needs_peers=not alone,
-            on_catching_up=lambda catching_up: node.on_catching_up(catching_up),  # noqa: PLW0108
-            trust=genesis.f + 1,
-        )
-        peer_inbox = PeerInbox(syncer, wakeup.set)
-        engine.set_catching_up(syncer.catching_up, engine_time())
-        submissions = Submissions(
-            params,
-            store,
-            metrics,
-            pool=lambda: node.pending,
-            disk_short=disk.shortage,
-            wakeup=wakeup.set,
-        )
-        network = _peer_network(s, genesis, signer, peer_inbox, metrics, alone)
-        p2p_port = None if network is None else await _listen(s, network)
-        node = Node(
-            s,
-            genesis=genesis,
-            signer=signer,
-            store=store,
-            engine=engine,
-            verifier=verifier,
-            metrics=metrics,
-            disk=disk,
-            syncer=syncer,
-            peer_inbox=peer_inbox,
-            network=network,
-            p2p_port=p2p_port,
-            submissions=submissions,
-            wakeup=wakeup,
-            vertices=vertices,
-        )
-        runner, api_port = await start_api(make_app(node, metrics, s), s.api_host, s.api_port)
+        parts = await _build(s, signer, genesis, store, verifier)
+        node = parts.node
+        app = make_app(parts.view, parts.metrics, s)
+        runner, api_port = await start_api(app, s.api_host, s.api_port)
         log.info("api_listening", host=s.api_host or "*", port=api_port)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(node.run_pump(tg))
-                others = _start_tasks(tg, s, node, syncer, network, store)
-                node.mark_started()
+                others = _start_tasks(tg, s, parts, store)
+                parts.view.mark_started()
                 if on_started is not None:
-                    on_started(Started(api_port, p2p_port))
+                    on_started(Started(api_port, parts.p2p_port))
                 await shutdown_trigger()
                 deadline.reschedule(asyncio.get_running_loop().time() + s.shutdown_timeout)
                 await _shut_down(node, runner, others)
@@ -189,20 +147,114 @@ async def _run(
         verifier.close()
 
 
-def _start_tasks(
-    tg: asyncio.TaskGroup,
+async def _build(
+    s: Settings, signer: Signer, genesis: Genesis, store: Store, verifier: ThreadedVerifier
+) -> _Parts:
+    """Every part over the open database, wired: the engine loaded from it, the parts
+    around the pump (:func:`_wire`), the quorum watch and the read side."""
+    params = s.engine_params()
+    engine, metrics, vertices = await _load_engine(s, params, genesis, signer, store, verifier)
+    disk = DiskGuard(s.data_path, s.min_free_disk_mb)
+    node, syncer, submissions, network, p2p_port = await _wire(
+        s, signer, genesis, store, verifier, engine, metrics, disk, vertices
+    )
+    quorum = QuorumWatch(
+        network, metrics, quorum=genesis.quorum, validator=engine.role is Role.VALIDATOR
+    )
+    view = NodeView(
+        s,
+        genesis=genesis,
+        public_key=signer.public_key,
+        store=store,
+        pump=node,
+        submissions=submissions,
+        syncer=syncer,
+        network=network,
+        p2p_port=p2p_port,
+        quorum=quorum,
+        disk=disk,
+    )
+    return _Parts(node, view, metrics, syncer, network, p2p_port, quorum)
+
+
+async def _wire(
     s: Settings,
-    node: Node,
-    syncer: Syncer,
-    network: PeerNetwork | None,
+    signer: Signer,
+    genesis: Genesis,
     store: Store,
+    verifier: ThreadedVerifier,
+    engine: Engine,
+    metrics: Metrics,
+    disk: DiskGuard,
+    vertices: int,
+) -> tuple[Node, Syncer, Submissions, PeerNetwork | None, int | None]:
+    """The node that drives ``engine`` and what brings it work: the syncer, the peer
+    links (listening; None when the node is the network, with the port bound) and the
+    client submissions."""
+    params = s.engine_params()
+    wakeup = asyncio.Event()  # the pump's: set by whatever brings it work
+    alone = genesis.n == 1 and genesis.index_of(signer.public_key) == 0
+    # The syncer and the submissions read the engine the node holds now (a disk-full
+    # recovery replaces it) through ``node``, bound below; the syncer sends through
+    # ``network``, which needs the syncer's inbox first.
+    node: Node
+    network: PeerNetwork | None = None
+
+    def send(peer: PeerId, data: bytes) -> bool:
+        return network is not None and network.send(peer, data)
+
+    syncer = Syncer(
+        store,
+        send,
+        lambda: node.position(),  # noqa: PLW0108 - node is bound below
+        metrics,
+        params,
+        s.dag_sync_interval,
+        needs_peers=not alone,
+        on_catching_up=lambda catching_up: node.on_catching_up(catching_up),  # noqa: PLW0108
+        trust=genesis.f + 1,
+    )
+    peer_inbox = PeerInbox(syncer, wakeup.set)
+    engine.set_catching_up(syncer.catching_up, engine_time())
+    submissions = Submissions(
+        params,
+        store,
+        metrics,
+        pool=lambda: node.pending,
+        disk_short=disk.shortage,
+        wakeup=wakeup.set,
+    )
+    network = _peer_network(s, genesis, signer, peer_inbox, metrics, alone)
+    p2p_port = None if network is None else await _listen(s, network)
+    node = Node(
+        s,
+        genesis=genesis,
+        signer=signer,
+        store=store,
+        engine=engine,
+        verifier=verifier,
+        metrics=metrics,
+        disk=disk,
+        syncer=syncer,
+        peer_inbox=peer_inbox,
+        network=network,
+        submissions=submissions,
+        wakeup=wakeup,
+        vertices=vertices,
+    )
+    return node, syncer, submissions, network, p2p_port
+
+
+def _start_tasks(
+    tg: asyncio.TaskGroup, s: Settings, parts: _Parts, store: Store
 ) -> list[asyncio.Task[None]]:
-    """Start every task but the pump in ``tg``: the syncer, the links, the peer watch,
+    """Start every task but the pump in ``tg``: the syncer, the links, the quorum watch,
     discovery, and the database's integrity check."""
-    tasks = [tg.create_task(syncer.run())]
+    tasks = [tg.create_task(parts.syncer.run())]
+    network = parts.network
     if network is not None:
         tasks.append(tg.create_task(network.run()))
-        tasks.append(tg.create_task(node.watch_peers(network)))
+        tasks.append(tg.create_task(parts.quorum.run()))
         if s.peers:
             discovery = Discovery(s.peers, Resolver(s.dns_servers), store, s.dag_sync_interval)
             tasks.append(tg.create_task(discovery.run(network.set_candidates)))

@@ -32,8 +32,9 @@ import aiohttp
 from qudag_node import config
 from qudag_node.core.genesis import Genesis, Validator
 from qudag_node.core.types import PublicKey
+from qudag_node.failure import NodeFailure
 from qudag_node.genesis_file import GenesisFileError, genesis_from_json, genesis_to_json
-from qudag_node.node import KEY_FILENAME, NodeFailure, key_file
+from qudag_node.keyfile import KEY_FILENAME, key_file
 
 NETWORK_ID = "qudag-local-testnet"
 MAX_NODES = 32

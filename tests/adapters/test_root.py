@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from qudag_node.config import Settings, load_settings
-from qudag_node.node import NodeFailure
+from qudag_node.failure import NodeFailure
 from qudag_node.root import Started, serve
 
 DEADLINE = 30.0

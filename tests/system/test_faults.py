@@ -15,7 +15,7 @@ import nacl.signing
 import pytest
 
 from qudag_node.config import MAX_SETTINGS_FILE_BYTES, ConfigError
-from qudag_node.node import NodeFailure, exception_leaves, stop_cause
+from qudag_node.failure import NodeFailure, exception_leaves, stop_cause
 from tests.adapters.test_store import damage_table
 from tests.nodeproc import NodeProcess, request, submit_json
 from tests.system.test_cli import Result, one_line, run_until_exit

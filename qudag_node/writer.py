@@ -1,0 +1,159 @@
+"""What the group commit does with the pump's steps: writes their facts into the open
+database transaction and ends it; then, once a step is durable, answers its clients,
+wakes finality waiters, counts, logs and sends its messages; or, when the write
+fails, answers its clients with an error, never an ack."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import assert_never
+
+from qudag_node.core.engine import Engine
+from qudag_node.core.errors import InputRejected
+from qudag_node.core.events import (
+    EquivocationDetected,
+    Fact,
+    LeaderCommitted,
+    MessageRejected,
+    Notice,
+    TransactionsAdmitted,
+    VertexCertified,
+    VertexStored,
+)
+from qudag_node.failure import NodeFailure
+from qudag_node.gossip import PeerNetwork
+from qudag_node.logs import get_logger
+from qudag_node.metrics import Metrics
+from qudag_node.ports import StorageFull, SubmitReceipt
+from qudag_node.pump import ForwardRefused, PumpStep, deliver
+from qudag_node.store import Store, is_disk_full
+from qudag_node.submissions import Submission, Submissions
+
+log = get_logger("qudag.node")
+
+#: A client's submission and what it is answered once its step is durable.
+Outcome = tuple[Submission, SubmitReceipt | InputRejected]
+Step = PumpStep[Outcome]
+
+
+class StepWriter:
+    """The group commit's ``write``, ``commit``, ``finish`` and ``fail`` for the steps
+    of ``engine`` (the pump's driver sets it anew after a disk-full recovery).
+    ``vertices`` counts the vertices stored over the node's whole life."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: Store,
+        metrics: Metrics,
+        submissions: Submissions,
+        network: PeerNetwork | None,
+        *,
+        vertices: int,
+    ) -> None:
+        self.engine = engine
+        self.vertices = vertices
+        self.disk_full = False  # a write failed for lack of space; cleared on recovery
+        self._store = store
+        self._metrics = metrics
+        self._submissions = submissions
+        self._network = network
+
+    async def write(self, steps: Sequence[Step]) -> bool:
+        """Add the facts of ``steps`` to the open transaction (the group commit's write)."""
+        try:
+            return await self._store.write([f for step in steps for f in step.facts])
+        except Exception as e:
+            raise self._write_failure(e) from e
+
+    async def commit(self) -> None:
+        started = time.perf_counter()
+        try:
+            await self._store.commit()
+        except Exception as e:
+            raise self._write_failure(e) from e
+        self._metrics.on_store_commit(time.perf_counter() - started)
+
+    def _write_failure(self, error: Exception) -> NodeFailure:
+        """The node stops: the engine's state is now ahead of the database. A full disk
+        (the consensus's reserve used up) is named as such, and its clients get 507."""
+        if is_disk_full(error):
+            self.disk_full = True
+            return NodeFailure(f"disk full: cannot write to the database: {error}")
+        return NodeFailure(f"cannot write to the database: {error}")
+
+    def storage_error(self) -> Exception:
+        """What a client whose submission cannot be stored any more gets."""
+        if self.disk_full:
+            return StorageFull("no space left to store the transactions; nothing was stored")
+        return NodeFailure("storage failure")
+
+    def fail(self, steps: Sequence[Step]) -> None:
+        """The database failed: the clients of ``steps`` get an error, never an ack."""
+        for step in steps:
+            for sub, _ in step.receipts:
+                sub.fail(self.storage_error())
+
+    async def finish(self, step: Step) -> None:
+        """Once ``step`` is durable: answer its clients, then send its messages."""
+        self._after_commit(step)
+        if self._network is not None:
+            await deliver(step, self._store, self._network)
+
+    def _after_commit(self, step: Step) -> None:
+        self._metrics.on_facts(step.facts)
+        self._metrics.on_notices(step.notices)
+        self._metrics.on_statistics(self.engine.statistics())
+        self._answer(step.receipts)
+        for fact in step.facts:
+            self._note_fact(fact)
+        for notice in step.notices:
+            self._log_notice(notice)
+        for refused in step.refused:
+            self._forward_refused(refused)
+
+    def _answer(self, receipts: Sequence[Outcome]) -> None:
+        """Answer the clients of a durable step (those still waiting)."""
+        stored = duplicates = 0
+        for sub, outcome in receipts:
+            if isinstance(outcome, InputRejected):
+                self._metrics.on_submit_rejected(outcome.reason, len(sub.ids))
+            else:
+                stored += len(outcome.ids) - outcome.duplicates
+                duplicates += outcome.duplicates
+            sub.answer(outcome)
+        if stored or duplicates:
+            self._metrics.on_submit(stored, duplicates)
+
+    def _note_fact(self, fact: Fact) -> None:
+        """Keep the counts, wake finality waiters, and log, for a durable fact."""
+        match fact:
+            case VertexCertified():
+                self.vertices += 1
+            case LeaderCommitted():
+                if fact.entries:
+                    self._submissions.finalized({e.tx_id for e in fact.entries}, time.monotonic())
+                log.debug(
+                    "leader_committed",
+                    round=fact.round,
+                    entries=len(fact.entries),
+                    skipped=list(fact.skipped),
+                )
+            case EquivocationDetected(evidence):
+                log.warning("equivocation", author=evidence.author.hex(), round=evidence.round)
+            case TransactionsAdmitted() | VertexStored():
+                pass
+            case _:
+                assert_never(fact)
+
+    def _log_notice(self, notice: Notice) -> None:
+        match notice:
+            case MessageRejected(peer, reason, _, kind):
+                log.info("message_rejected", peer=peer, kind=kind, reason=reason.value)
+            case _:
+                assert_never(notice)
+
+    def _forward_refused(self, refused: ForwardRefused) -> None:
+        self._metrics.on_submit_rejected(refused.reason, refused.count)
+        log.info("forwarded_rejected", peer=refused.peer, reason=refused.reason.value)
