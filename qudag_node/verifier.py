@@ -14,8 +14,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from qudag_node.core.crypto import CACHE_SIZE, Scheme, SignatureCheck, VerifiedCache, verify_each
-from qudag_node.core.types import PublicKey
+from qudag_node.core.crypto import CACHE_SIZE, SequentialVerifier, SignatureCheck, verify_each
 
 #: Below this many checks, handing work to a thread costs more than it saves.
 INLINE_BELOW = 32
@@ -26,38 +25,23 @@ def worker_count() -> int:
     return min(os.cpu_count() or 1, 4) - 1
 
 
-class ThreadedVerifier:
+class ThreadedVerifier(SequentialVerifier):
     """A :class:`~qudag_node.core.crypto.Verifier` that owns ``workers`` threads (none:
-    everything inline). Threads start on first use; :meth:`close` stops them.
+    everything inline) and spreads a batch of checks the cache does not know over them.
+    Threads start on first use; :meth:`close` stops them.
     """
 
     def __init__(
         self, workers: int, inline_below: int = INLINE_BELOW, cache_size: int = CACHE_SIZE
     ) -> None:
-        self.cache = VerifiedCache(cache_size)
+        super().__init__(cache_size)
         self._workers = workers
         self._inline_below = inline_below
         self._pool = (
             ThreadPoolExecutor(workers, thread_name_prefix="verify") if workers > 0 else None
         )
 
-    @property
-    def cache_size(self) -> int:
-        """How many results are remembered."""
-        return self.cache.size
-
-    def verify(
-        self, scheme: Scheme, public_key: PublicKey, message: bytes, signature: bytes
-    ) -> bool:
-        """True when ``signature`` is ``public_key``'s signature of ``message`` (inline)."""
-        return self.cache.verify(scheme, public_key, message, signature)
-
-    def verify_many(self, checks: Sequence[SignatureCheck]) -> list[bool]:
-        """Whether each check's signature verifies, in the order of ``checks``; those
-        not remembered are spread over the threads."""
-        return self.cache.verify_many(checks, self._spread)
-
-    def _spread(self, checks: Sequence[SignatureCheck]) -> list[bool]:
+    def _compute(self, checks: Sequence[SignatureCheck]) -> list[bool]:
         if self._pool is None or len(checks) < self._inline_below:
             return verify_each(checks)
         share = -(-len(checks) // (self._workers + 1))  # ceiling: the caller's share
