@@ -4,7 +4,7 @@ PYTHON ?= python3
 PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-quick lint fmt clean bench bench-quick
+.PHONY: install run test test-quick sim lint fmt clean bench bench-quick
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,12 @@ test: lint
 # or network namespaces), with 100 simulation seeds per network size instead of 1,000.
 test-quick: lint
 	QUDAG_SIM_RUNS=100 $(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+# The simulation sweep (docs/simulation.md): SWEEP_RUNS seeds for each of n = 4, 7, 10
+# and 13 over every core; prints each size's outcome and the replay command of a failure.
+SWEEP_RUNS ?= 2500
+sim: $(VENV)/.installed
+	$(BIN)/python -m tests.core.sweep --runs $(SWEEP_RUNS) --validators 4 7 10 13
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
