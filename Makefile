@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # xdist_group (network namespaces, containers, the simulation's process pool, modules
 # with one node or network for all their tests) and run in sequence on one worker.
 PYTEST_WORKERS ?= 4
-PYTEST_PARALLEL := --numprocesses $(PYTEST_WORKERS) --dist loadgroup
+PYTEST_PARALLEL := --numprocesses $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 # Seeds per network size in the simulation test (QUDAG_SIM_RUNS; docs/simulation.md).
 SIM_RUNS ?= 1000
 BIN := $(VENV)/bin

@@ -1,4 +1,4 @@
-"""Shared fixtures: real nodes running in the test's event loop."""
+"""Shared fixtures: real nodes running in the test's event loop; the order of the run."""
 
 from __future__ import annotations
 
@@ -14,6 +14,22 @@ from qudag_node.config import Settings, load_settings
 from qudag_node.node import Node
 
 START_TIMEOUT = 30.0
+#: The xdist groups that take longest, longest first: ``make test`` starts them before
+#: everything else so that none of them is left to run alone at the end (the scheduler
+#: hands work out in collection order when told not to reorder it).
+LONGEST_GROUPS = ("netns", "containers", "simulation", "deploy", "monitoring", "openapi")
+
+
+def _rank(item: pytest.Item) -> int:
+    marker = item.get_closest_marker("xdist_group")
+    group = marker.args[0] if marker and marker.args else None
+    return LONGEST_GROUPS.index(group) if group in LONGEST_GROUPS else len(LONGEST_GROUPS)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the longest groups first, in the order of :data:`LONGEST_GROUPS`; the other
+    tests keep their order (the sort is stable)."""
+    items.sort(key=_rank)
 
 
 @dataclass(frozen=True)
