@@ -26,9 +26,19 @@ def _rank(item: pytest.Item) -> int:
     return LONGEST_GROUPS.index(group) if group in LONGEST_GROUPS else len(LONGEST_GROUPS)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Run the longest groups first, in the order of :data:`LONGEST_GROUPS`; the other
-    tests keep their order (the sort is stable)."""
+    tests keep their order (the sort is stable).
+
+    Under ``--dist loadgroup`` pytest-xdist has, by now, suffixed each grouped test's id
+    with ``@group``, which is what keeps a group on one worker; if a version of pytest
+    ignores that, the run stops here rather than letting groups run apart."""
+    if getattr(config.option, "loadgroup", False):
+        apart = [i.nodeid for i in items if i.get_closest_marker("xdist_group")]
+        apart = [nodeid for nodeid in apart if "@" not in nodeid]
+        if apart:
+            raise pytest.UsageError(f"xdist groups are not applied (pytest version?): {apart[0]}")
     items.sort(key=_rank)
 
 
