@@ -2,9 +2,17 @@
 VENV ?= .venv
 PYTHON ?= python3
 PYTEST_ARGS ?=
+# Tests run in parallel (pytest-xdist): most of them wait on node processes, sockets
+# and timers, so twice as many workers as cores. Tests that must not overlap share an
+# xdist_group (network namespaces, containers, the simulation's process pool, modules
+# with one node or network for all their tests) and run in sequence on one worker.
+PYTEST_WORKERS ?= 4
+PYTEST_PARALLEL := --numprocesses $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+# Seeds per network size in the simulation test (QUDAG_SIM_RUNS; docs/simulation.md).
+SIM_RUNS ?= 1000
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-quick lint fmt clean bench bench-quick
+.PHONY: install run test test-fast sim lint fmt clean bench bench-quick
 
 install: $(VENV)/.installed
 
@@ -19,13 +27,21 @@ $(VENV)/.installed: pyproject.toml
 run: $(VENV)/.installed
 	$(BIN)/qudag-node run
 
+# Everything CI runs: lint, then every test (tests/core, tests/adapters, tests/system,
+# tests/deploy), 1,000 simulation seeds per network size.
 test: lint
-	$(BIN)/pytest $(PYTEST_ARGS)
+	QUDAG_SIM_RUNS=$(SIM_RUNS) $(BIN)/pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
-# The edit loop: lint, then every test not marked slow (no node processes, containers
-# or network namespaces), with 100 simulation seeds per network size instead of 1,000.
-test-quick: lint
-	QUDAG_SIM_RUNS=100 $(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+# The edit loop: lint, then the tests that need no node process, container or network
+# namespace (tests/core and tests/adapters), with 100 simulation seeds per network size.
+test-fast: lint
+	QUDAG_SIM_RUNS=100 $(BIN)/pytest $(PYTEST_PARALLEL) tests/core tests/adapters $(PYTEST_ARGS)
+
+# The simulation sweep (docs/simulation.md): SWEEP_RUNS seeds for each of n = 4, 7, 10
+# and 13 over every core; prints each size's outcome and the replay command of a failure.
+SWEEP_RUNS ?= 2500
+sim: $(VENV)/.installed
+	$(BIN)/python -m tests.core.sweep --runs $(SWEEP_RUNS) --validators 4 7 10 13
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -1,5 +1,6 @@
 """Shared fixtures: real nodes running in the test's event loop, each built by the
-composition root (:func:`qudag_node.root.serve`) as the process builds it."""
+composition root (:func:`qudag_node.root.serve`) as the process builds it; the order of
+the run."""
 
 from __future__ import annotations
 
@@ -16,6 +17,32 @@ from qudag_node.config import Settings, load_settings
 from qudag_node.root import Started, serve
 
 START_TIMEOUT = 30.0
+#: The xdist groups that take longest, longest first: ``make test`` starts them before
+#: everything else so that none of them is left to run alone at the end (the scheduler
+#: hands work out in collection order when told not to reorder it).
+LONGEST_GROUPS = ("netns", "containers", "simulation", "deploy", "monitoring", "openapi")
+
+
+def _rank(item: pytest.Item) -> int:
+    marker = item.get_closest_marker("xdist_group")
+    group = marker.args[0] if marker and marker.args else None
+    return LONGEST_GROUPS.index(group) if group in LONGEST_GROUPS else len(LONGEST_GROUPS)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the longest groups first, in the order of :data:`LONGEST_GROUPS`; the other
+    tests keep their order (the sort is stable).
+
+    Under ``--dist loadgroup`` pytest-xdist has, by now, suffixed each grouped test's id
+    with ``@group``, which is what keeps a group on one worker; if a version of pytest
+    ignores that, the run stops here rather than letting groups run apart."""
+    if getattr(config.option, "loadgroup", False):
+        apart = [i.nodeid for i in items if i.get_closest_marker("xdist_group")]
+        apart = [nodeid for nodeid in apart if "@" not in nodeid]
+        if apart:
+            raise pytest.UsageError(f"xdist groups are not applied (pytest version?): {apart[0]}")
+    items.sort(key=_rank)
 
 
 @dataclass(frozen=True)

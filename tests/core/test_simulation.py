@@ -1,17 +1,18 @@
 """The deterministic simulation: safety and liveness over many seeded runs.
 
 Each seed fixes the keys, the fault mix (see :func:`tests.core.sim.random_faults`) and
-every delay, loss and duplication. Runs are spread over the machine's cores; a failing
-seed is named with the command that replays it.
+every delay, loss and duplication. Runs are spread over the machine's cores (the
+sweep's pool, :mod:`tests.core.sweep`); a failing seed is named with the command that
+replays it. The module is one ``xdist_group``: its pool already uses every core.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import subprocess
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -32,29 +33,20 @@ from tests.core.sim import (
     summarize,
 )
 from tests.core.simstore import MemoryStore
+from tests.core.sweep import Timed, describe, main, replay_command, report, run_many, table
 
-#: Seeds per network size: 1,000 in ``make test``; ``make test-quick`` runs 100.
+#: Seeds per network size, from ``QUDAG_SIM_RUNS``: 1,000 in ``make test`` (and by
+#: default), 100 in ``make test-fast``; ``make sim`` sweeps more (docs/simulation.md).
 RUNS = int(os.environ.get("QUDAG_SIM_RUNS", "1000"))
 ROOT = Path(__file__).resolve().parents[2]
 
-
-def _run_block(validators: int, seeds: range) -> list[RunResult]:
-    return [run_seed(seed, validators) for seed in seeds]
-
-
-def run_many(validators: int, runs: int = RUNS) -> list[RunResult]:
-    """Seeds 0 to ``runs - 1``, in blocks across the available cores."""
-    step = 25
-    blocks = [range(a, min(a + step, runs)) for a in range(0, runs, step)]
-    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        done = pool.map(_run_block, [validators] * len(blocks), blocks)
-        return [r for block in done for r in block]
+pytestmark = pytest.mark.xdist_group("simulation")
 
 
 @pytest.fixture(scope="module", params=[4, 7], ids=lambda n: f"n={n}")
 def results(request: pytest.FixtureRequest) -> list[RunResult]:
     """Every run of one network size, computed once for the module."""
-    runs = run_many(request.param)
+    runs = run_many(request.param, range(RUNS))
     print(f"\n{summarize(runs)}")  # shown with pytest -s
     return runs
 
@@ -63,8 +55,7 @@ def test_every_run_is_safe_and_live(results: list[RunResult]) -> None:
     failed = [r for r in results if not (r.safe and r.live)]
     replay = [
         f"seed {r.seed}: {'safe' if r.safe else 'UNSAFE'}, {'live' if r.live else 'NOT LIVE'}"
-        f" ({r.detail}); replay: python -m tests.core.sim --seed {r.seed}"
-        f" --validators {r.validators}"
+        f" ({r.detail}); replay: {replay_command(r)}"
         for r in failed
     ]
     assert not failed, "\n".join(replay)
@@ -148,3 +139,21 @@ def test_a_pump_step_that_would_suspend_fails_the_run() -> None:
     run_now(finishes())
     with pytest.raises(AssertionError, match="suspended"):
         run_now(suspends())
+
+
+def test_the_sweep_reports_each_size_and_names_the_replay_of_a_failure(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--runs", "2", "--seed", "3", "--validators", "4", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "n = 4: 2 runs, 0 unsafe, 0 not live" in out
+    assert "| 4 | 2 | 0 | 0 |" in out
+    timed = [
+        Timed(run_seed(3, 4), 0.1),
+        Timed(dataclasses.replace(run_seed(4, 4), live=False), 0.2),
+    ]
+    size = report(4, timed, 1.0)
+    assert (size.runs, size.unsafe, size.not_live, size.slowest_seconds) == (2, 0, 1, 0.2)
+    assert [r.seed for r in size.failures] == [4]
+    assert "replay: python -m tests.core.sim --seed 4 --validators 4" in describe(size)
+    assert "- `python -m tests.core.sim --seed 4 --validators 4`" in table([size])

@@ -26,7 +26,7 @@ from tests.nodeproc import request, submit_json, wait_until
 from tests.system.test_cli import cli
 from tests.tools import require_tool
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.xdist_group("containers")
 
 NODES = 4
 #: Seconds for every node to answer /health after `up`, and for the network to agree.

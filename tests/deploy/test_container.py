@@ -22,6 +22,8 @@ from tests.containers import Container, Image, podman, running, volume
 from tests.nodeproc import request, submit_json
 from tests.tools import require_tool
 
+pytestmark = pytest.mark.xdist_group("containers")
+
 ROOT = containers.ROOT
 QUDAG_UID = "10001"
 #: Seconds `podman stop` may take: the node stops within a fraction of a second.
@@ -207,7 +209,6 @@ def test_script_is_executable_and_passes_shellcheck(script: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.slow
 def test_base_image_script_leaves_a_present_image_alone() -> None:
     require_tool("podman")
     containers.base_image()
@@ -258,7 +259,6 @@ def final_transaction(url: str, tx_id: str) -> bool:
     return status == 200 and body["status"] == "final"
 
 
-@pytest.mark.slow
 def test_image_config(image: Image) -> None:
     document = image.inspect()
     config = document["Config"]
@@ -283,7 +283,6 @@ def test_image_config(image: Image) -> None:
     assert added < MAX_ADDED_BYTES
 
 
-@pytest.mark.slow
 def test_node_runs_as_qudag_keeps_its_data_and_stops_cleanly(image: Image) -> None:
     with volume() as data:
         with running(image.tag, "-v", f"{data}:/data") as container:
@@ -320,7 +319,6 @@ def test_node_runs_as_qudag_keeps_its_data_and_stops_cleanly(image: Image) -> No
             assert node_status["node"]["public_key"] == public_key
 
 
-@pytest.mark.slow
 def test_root_owned_data_dir_is_handed_to_qudag(image: Image, tmp_path: Path) -> None:
     """Like a fresh Fly volume: /data owned by root, with a file from a restore as root."""
     data = tmp_path / "data"
@@ -334,7 +332,6 @@ def test_root_owned_data_dir_is_handed_to_qudag(image: Image, tmp_path: Path) ->
         assert owners(container, *paths) == [f"{QUDAG_UID}:{QUDAG_UID}"] * len(paths)
 
 
-@pytest.mark.slow
 def test_image_runs_as_uid_10001_from_the_start(image: Image) -> None:
     with (
         volume() as data,

@@ -28,6 +28,8 @@ from tests.network import network
 from tests.nodeproc import NodeProcess, request, wait_until
 from tests.tools import require_tool
 
+pytestmark = pytest.mark.xdist_group("deploy")
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "deploy.sh"
 SUPPORT = REPO / "scripts" / "deploy_support.py"
@@ -170,7 +172,6 @@ def test_shellcheck_finds_nothing() -> None:
     assert result.stdout == ""
 
 
-@pytest.mark.slow
 def test_first_run_creates_apps_volumes_secrets_and_deploys(first: Deployment) -> None:
     run = first.run
     assert run.returncode == 0, run.output
@@ -220,7 +221,6 @@ def test_first_run_creates_apps_volumes_secrets_and_deploys(first: Deployment) -
         assert machine["secrets"] == sorted(SECRET_NAMES)
 
 
-@pytest.mark.slow
 def test_first_run_writes_the_genesis_of_the_staged_keys(first: Deployment) -> None:
     assert first.run.returncode == 0, first.run.output
     genesis = genesis_from_json(first.genesis.read_text(encoding="utf-8"), str(first.genesis))
@@ -235,7 +235,6 @@ def test_first_run_writes_the_genesis_of_the_staged_keys(first: Deployment) -> N
         assert settings.genesis(b"").hash == genesis.hash
 
 
-@pytest.mark.slow
 def test_first_run_sees_one_transaction_final_on_all_four_nodes(first: Deployment) -> None:
     assert first.run.returncode == 0, first.run.output
     finals = [line for line in first.run.output.splitlines() if " final at log position " in line]
@@ -252,7 +251,6 @@ def test_first_run_sees_one_transaction_final_on_all_four_nodes(first: Deploymen
         assert f"{app}: 1 machine(s) started, 1 check(s) passing" in first.run.output
 
 
-@pytest.mark.slow
 def test_secrets_never_appear_in_output_or_call_log(first: Deployment) -> None:
     assert first.run.returncode == 0, first.run.output
     values = [
@@ -272,7 +270,6 @@ def test_secrets_never_appear_in_output_or_call_log(first: Deployment) -> None:
     assert "QUDAG_API_TOKEN=<set>" in first.run.output
 
 
-@pytest.mark.slow
 def test_second_run_changes_nothing(first: Deployment) -> None:
     assert first.run.returncode == 0, first.run.output
     genesis_before = first.genesis.read_bytes()
@@ -284,7 +281,6 @@ def test_second_run_changes_nothing(first: Deployment) -> None:
     assert "Done:" in again.output
 
 
-@pytest.mark.slow
 def test_rotate_token_stages_a_new_token_on_all_four(first: Deployment, tmp_path: Path) -> None:
     state_dir, genesis = copy_deployment(first, tmp_path)
     old_token = secret_values(state_dir, "PEER_AUTH_TOKEN")[0]
@@ -302,7 +298,6 @@ def test_rotate_token_stages_a_new_token_on_all_four(first: Deployment, tmp_path
     assert [option(argv, "-a") for argv in run.of("deploy")] == APPS
 
 
-@pytest.mark.slow
 def test_token_on_some_apps_only_stops(first: Deployment, tmp_path: Path) -> None:
     state_dir, genesis = copy_deployment(first, tmp_path)
     unset_secret(state_dir, "qudag-node3", "PEER_AUTH_TOKEN")
@@ -313,7 +308,6 @@ def test_token_on_some_apps_only_stops(first: Deployment, tmp_path: Path) -> Non
     assert run.changes() == []
 
 
-@pytest.mark.slow
 def test_rotate_api_token_stages_the_chosen_token_and_the_check_sends_it(
     first: Deployment, tmp_path: Path
 ) -> None:
@@ -362,7 +356,6 @@ def test_rotate_api_token_stages_the_chosen_token_and_the_check_sends_it(
         assert guarded.stop() == 0
 
 
-@pytest.mark.slow
 def test_api_token_on_some_apps_only_stops(first: Deployment, tmp_path: Path) -> None:
     state_dir, genesis = copy_deployment(first, tmp_path)
     unset_secret(state_dir, "qudag-node2", "QUDAG_API_TOKEN")
@@ -375,7 +368,6 @@ def test_api_token_on_some_apps_only_stops(first: Deployment, tmp_path: Path) ->
     assert run.changes() == []
 
 
-@pytest.mark.slow
 def test_lost_key_stops_without_a_new_genesis(first: Deployment, tmp_path: Path) -> None:
     state_dir, genesis = copy_deployment(first, tmp_path)
     before = genesis.read_bytes()
@@ -387,7 +379,6 @@ def test_lost_key_stops_without_a_new_genesis(first: Deployment, tmp_path: Path)
     assert genesis.read_bytes() == before
 
 
-@pytest.mark.slow
 def test_key_without_genesis_stops(first: Deployment, tmp_path: Path) -> None:
     state_dir, genesis = copy_deployment(first, tmp_path)
     genesis.unlink()
@@ -398,7 +389,6 @@ def test_key_without_genesis_stops(first: Deployment, tmp_path: Path) -> None:
     assert not genesis.exists()
 
 
-@pytest.mark.slow
 def test_failed_deploy_stops_there_and_a_rerun_finishes(
     node_urls: list[str], tmp_path: Path
 ) -> None:

@@ -28,6 +28,8 @@ from qudag_node.store import DB_FILENAME
 from tests.nodeproc import NodeProcess, request, submit_json, wait_until
 from tests.tools import require_tool
 
+pytestmark = pytest.mark.xdist_group("monitoring")
+
 MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
 DASHBOARD = MONITORING / "grafana" / "qudag-testnet.json"
 #: Series that Prometheus makes itself for every target, not exported by the node.
@@ -351,7 +353,6 @@ def unlabelled_values(exposition: str) -> dict[str, float]:
     }
 
 
-@pytest.mark.slow
 def test_storage_gauges_match_the_data_disk(node: NodeProcess) -> None:
     before = shutil.disk_usage(node.data_dir)
     values = unlabelled_values(scrape(node))
@@ -362,7 +363,6 @@ def test_storage_gauges_match_the_data_disk(node: NodeProcess) -> None:
     assert low - FREE_SPACE_SLACK <= free <= high + FREE_SPACE_SLACK
 
 
-@pytest.mark.slow
 def test_database_gauge_is_the_database_file_and_its_log(node: NodeProcess) -> None:
     transactions = [os.urandom(4096) for _ in range(64)]
     code, body = submit_json(node.url, transactions, wait=True)
@@ -380,7 +380,6 @@ def test_database_gauge_is_the_database_file_and_its_log(node: NodeProcess) -> N
     assert reported >= sum(len(t) for t in transactions)
 
 
-@pytest.mark.slow
 def test_every_series_in_alerts_and_dashboard_is_exported(node: NodeProcess) -> None:
     scrape(node)  # so the second scrape also holds /metrics's own request series
     exported = exported_names(scrape(node))

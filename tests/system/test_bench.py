@@ -68,7 +68,6 @@ TINY = Scale(
 )
 
 
-@pytest.mark.slow
 async def test_every_scenario_runs_at_the_smallest_scale(tmp_path: Path) -> None:
     lab = Lab(TINY, tmp_path)
     rows = await suite.run_suite(lab, list(suite.SCENARIOS))
@@ -186,7 +185,6 @@ def test_rows_say_pass_miss_or_no_goal() -> None:
     assert quantile([], 0.99) == 0.0
 
 
-@pytest.mark.slow
 async def test_attack_scenario_runs_at_a_tiny_size_and_prints_its_figures(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -21,8 +21,6 @@ from tests.nodeproc import NodeProcess, request, submit_json, wait_until
 from tests.system.test_cli import run_until_exit
 from tests.tools import tools_required
 
-pytestmark = pytest.mark.slow
-
 FS_SIZE = "8m"
 #: QUDAG_MIN_FREE_DISK_MB in these tests: the consensus's reserve.
 FLOOR_MB = 2

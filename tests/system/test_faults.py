@@ -20,8 +20,6 @@ from tests.adapters.test_store import damage_table
 from tests.nodeproc import NodeProcess, request, submit_json
 from tests.system.test_cli import Result, one_line, run_until_exit
 
-pytestmark = pytest.mark.slow
-
 #: Bytes that are not UTF-8, as the environment hands them to Python.
 NOT_UTF8 = os.fsdecode(b"token-\xff\xfe-" * 4)
 

@@ -18,8 +18,6 @@ import pytest
 
 from tests.nodeproc import NodeProcess, request, submit_json
 
-pytestmark = pytest.mark.slow
-
 SEEDS = [bytes([0x30 + i]) * 32 for i in range(4)]
 TOKEN = "c7a1e94f02b6d85e3a9c1f47b0d2e6a8539f1c7e4b2d0a68f3e5c9b71d4a2e06"  # noqa: S105 - a test value
 

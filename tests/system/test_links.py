@@ -25,8 +25,6 @@ from tests.dnsserver import DnsServerProcess, write_records
 from tests.network import Load, Member, Network, network
 from tests.nodeproc import NodeProcess, request, wait_until
 
-pytestmark = pytest.mark.slow
-
 #: DAG_SYNC_INTERVAL of these networks: links turn stale after 2 s, close after 3 s.
 INTERVAL = 1.0
 STALE_AFTER = max(1.5 * INTERVAL, INTERVAL + 1)

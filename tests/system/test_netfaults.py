@@ -33,7 +33,7 @@ from tests.network import quantile
 from tests.nodeproc import submit_json, wait_until
 from tests.tools import require_tool
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.xdist_group("netns")
 
 #: Short, so that the bounds stated in sync intervals are tested in reasonable time.
 SYNC_INTERVAL = 5.0

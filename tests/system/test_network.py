@@ -6,13 +6,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.dnsserver import DnsServerProcess, write_records
 from tests.network import TOKEN, Load, Member, Network, network, quantile, seed
 from tests.nodeproc import request, submit_json, wait_until
-
-pytestmark = pytest.mark.slow
 
 
 def validators(net: Network) -> list[Member]:

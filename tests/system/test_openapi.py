@@ -31,6 +31,8 @@ from tests.adapters.fakenode import FakeNode
 from tests.conftest import NodeFactory
 from tests.nodeproc import NodeProcess, metric, request
 
+pytestmark = pytest.mark.xdist_group("openapi")
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENT_PATH = ROOT / "qudag_node" / "openapi.json"
 DOCUMENT: dict[str, Any] = json.loads(DOCUMENT_PATH.read_text())
@@ -219,7 +221,6 @@ def fuzzed_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProces
     assert "internal_error" not in node.logs()
 
 
-@pytest.mark.slow
 @SCHEMA.parametrize()
 @settings(
     max_examples=FUZZ_EXAMPLES,

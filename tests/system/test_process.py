@@ -19,8 +19,6 @@ from tests.adapters.test_store import damage_table
 from tests.nodeproc import NodeProcess, metric, request, submit_json, wait_until
 from tests.system.test_cli import run_until_exit
 
-pytestmark = pytest.mark.slow
-
 
 def _status(node: NodeProcess) -> dict[str, object]:
     code, body = request("GET", node.url + "/api/v1/status")

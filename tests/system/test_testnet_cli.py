@@ -24,8 +24,6 @@ from qudag_node.genesis_file import genesis_from_json
 from tests.nodeproc import request, submit_json, wait_until
 from tests.system.test_cli import ROOT, cli, command_env
 
-pytestmark = pytest.mark.slow
-
 NODES = 3
 #: Seconds the testnet may take to bring every node up, or to stop them all.
 DEADLINE = 90.0
