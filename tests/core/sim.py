@@ -81,7 +81,7 @@ class Faults:
 
 
 def random_faults(rng: random.Random) -> Faults:
-    """A fault mix drawn from ``rng``; at most f (= 1 for n = 4 and 2 for n = 7) misbehave."""
+    """A fault mix drawn from ``rng``: at most one validator misbehaves (within f, n >= 4)."""
     byzantine = rng.choice(["none", "silent", "equivocator", "crash"])
     start = rng.uniform(0.5, 4.0)
     return Faults(
