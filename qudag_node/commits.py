@@ -113,15 +113,17 @@ class GroupCommit(Generic[S]):
 
     async def put(self, step: S) -> None:
         """Queue ``step`` behind every step put before it; waits while the queue is full.
-        While :attr:`broken`, ``step`` is failed instead."""
+        While :attr:`broken`, ``step`` is failed instead, also when the failure came
+        while it waited for room (the room a failure makes is not for steps made
+        before it)."""
         if self._closed:
             raise RuntimeError("put() after close()")
+        while len(self._waiting) >= self._max_waiting and not self._broken:
+            self._room.clear()
+            await self._room.wait()
         if self._broken:
             self._fail([step])
             return
-        while len(self._waiting) >= self._max_waiting:
-            self._room.clear()
-            await self._room.wait()
         self._waiting.append(step)
         self._preparing = False
         self._settled.clear()

@@ -6,8 +6,8 @@ submissions, feeds them, the peers' messages and the timer to the engine, and le
 (``commits.py``), which persists the facts (one database transaction for the steps
 that queued behind the last one) and only then acknowledges clients, wakes finality
 waiters, and sends messages: persist before announce, acknowledge after commit. After
-a write that failed for lack of space, it waits for space and takes the engine back to
-the state on disk.
+a write that failed for lack of space, it takes the engine back to the state on disk
+and waits for space.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class Node:
         self._genesis = genesis
         self._signer = signer
         self._store = store
-        self._engine = engine  # replaced by _recover(), after a disk-full
+        self._engine = engine  # replaced by _reload_engine(), after a disk-full
         self._verifier = verifier
         self._disk = disk
         self._syncer = syncer
@@ -201,12 +201,21 @@ class Node:
 
     async def _recover(self) -> bool:
         """After a write failed for lack of space (its steps failed, their clients
-        answered 507): wait until the free space is above the floor again, then take
-        the engine back to the state on disk, as a restart would. Nothing the failed
-        steps held was announced (persist before announce), so the engine may make
-        them again differently. False if the node is shutting down meanwhile."""
-        log.warning("disk_full", detail=self._disk.detail() + " MiB", action="writes paused")
+        answered 507): take the engine back to the state on disk at once, as a restart
+        would, then wait until the free space is above the floor again. Nothing the
+        failed steps held was announced (persist before announce), so the engine may
+        make them again differently; and taking it back before the wait means that what
+        the node reports meanwhile (its log's length and hash, a transaction's state,
+        its position to peers) is what the disk holds, not the failed steps' state.
+        False if the node is shutting down meanwhile."""
         self.fail_queued()  # not stored: 507 now rather than a wait of unknown length
+        log_length = await self._reload_engine()
+        log.warning(
+            "disk_full",
+            detail=self._disk.detail() + " MiB",
+            action="writes paused",
+            log_length=log_length,
+        )
         while True:
             try:
                 async with asyncio.timeout(DISK_FULL_PAUSE):
@@ -216,6 +225,13 @@ class Node:
                 pass
             if not self._disk.low():
                 break
+        self._writer.disk_full = False
+        log.info("writes_resumed", detail=self._disk.detail() + " MiB", log_length=log_length)
+        return True
+
+    async def _reload_engine(self) -> int:
+        """Replace the engine by one built from the state on disk (as at a start), told
+        the links that are up and whether it is catching up; returns its log length."""
         try:
             snapshot = await self._store.load_snapshot(
                 self._genesis, self.params.gc_depth, self._signer.public_key
@@ -232,11 +248,7 @@ class Node:
             for peer, key in self._network.linked():
                 self._engine.peer_connected(peer, key)
         self._writer.engine = self._engine
-        self._writer.disk_full = False
-        log.info(
-            "writes_resumed", detail=self._disk.detail() + " MiB", log_length=snapshot.log_length
-        )
-        return True
+        return snapshot.log_length
 
     async def _step(self, pump: Pump[Outcome], commits: GroupCommit[Step], now: Instant) -> None:
         """Feed the engine this step's inputs; the pump takes its output on."""

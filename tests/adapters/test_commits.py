@@ -242,6 +242,45 @@ class DiskFull(Exception):
     """Stands for the one failure the owner can recover from."""
 
 
+async def test_a_step_waiting_for_room_when_the_failure_comes_is_failed_not_written() -> None:
+    disk = Disk()
+    broken = asyncio.Event()
+    commits = GroupCommit(
+        disk.write,
+        disk.commit,
+        disk.finish,
+        disk.fail,
+        max_rate=1000.0,
+        max_burst=1,
+        max_waiting=1,
+        recoverable=lambda e: isinstance(e, DiskFull),
+        on_broken=broken.set,
+    )
+    task = asyncio.create_task(commits.run())
+    try:
+        await held_in_commit(disk, commits, "a")
+        await commits.put("b")  # the queue is full
+        late = asyncio.create_task(commits.put("c"))  # made before the failure, waits
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not late.done()
+        disk.fault = DiskFull()
+        disk.gate.set()
+        async with asyncio.timeout(DEADLINE):
+            await broken.wait()
+            await late
+            await commits.flush()
+        for _ in range(20):  # let the writer take whatever was queued
+            await asyncio.sleep(0)
+        assert sorted(disk.failed) == ["a", "b", "c"]
+        assert ("write", ("c",)) not in disk.calls
+        assert disk.finished() == []
+    finally:
+        commits.close()
+        disk.gate.set()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_a_recoverable_failure_fails_the_steps_and_takes_none_until_repaired() -> None:
     disk = Disk()
     broken = asyncio.Event()

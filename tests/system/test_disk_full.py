@@ -3,11 +3,13 @@ writes refused with 507, reads kept, recovery once space is freed, never a hang.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -202,6 +204,65 @@ def test_a_write_past_the_reserve_answers_507_and_the_node_goes_on(small_fs: Pat
         code, _ = request("GET", f"{node.url}/api/v1/transactions/{tx_id(big[0]).hex()}")
         assert code == 404
         assert node.stop() == 0
+    finally:
+        node.kill()
+
+
+def _log_length(node: NodeProcess) -> int:
+    code, body = request("GET", node.url + "/api/v1/status")
+    assert code == 200, body
+    return int(body["log"]["length"])
+
+
+def test_a_write_that_fails_after_the_engine_moved_on_reports_the_state_on_disk(
+    small_fs: Path,
+) -> None:
+    """The engine does not wait for the disk: here it finalizes a batch while the write
+    of the batch waits for the database's write lock (held by the test), and that write
+    then fails for lack of space. While writes are paused the node reports the log on
+    disk (one entry), never the finalized batch it failed to store, and after the pause
+    it goes on from there."""
+    node = NodeProcess(small_fs / "data", small_fs.parent / "node.log", QUIET).start()
+    try:
+        code, body = submit_json(node.url, [b"stored before the disk filled"], wait=True)
+        assert code == 200, body
+        batch = [os.urandom(20_000) for _ in range(10)]
+        lock = sqlite3.connect(small_fs / "data" / "qudag.db", isolation_level=None)
+        try:
+            lock.execute("BEGIN IMMEDIATE")  # the node's next write waits for this lock
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                submitted = pool.submit(submit_json, node.url, batch)
+                wait_until(lambda: _log_length(node) == 11, 10, "the batch final in memory")
+                filler = fill(small_fs, 0)
+                lock.execute("ROLLBACK")
+                code, body = submitted.result(timeout=20)
+        finally:
+            lock.close()
+        assert code == 507, body
+        assert body["error"]["code"] == "insufficient_storage"
+        wait_until(
+            lambda: any(r["event"] == "disk_full" for r in node.records()),
+            10,
+            "the disk_full log line",
+        )
+        assert _log_length(node) == 1
+        code, body = request("GET", node.url + "/api/v1/log?from=1&limit=20")
+        assert (code, body["length"], len(body["entries"])) == (200, 1, 1)
+        code, _ = request("GET", f"{node.url}/api/v1/transactions/{tx_id(batch[0]).hex()}")
+        assert code == 404
+
+        filler.unlink()
+        wait_until(
+            lambda: any(r["event"] == "writes_resumed" for r in node.records()),
+            10,
+            "the writes_resumed log line",
+        )
+        code, body = submit_json(node.url, [b"stored after the full disk"], wait=True)
+        assert code == 200, body
+        code, body = request("GET", node.url + "/api/v1/log?from=1&limit=20")
+        assert (code, body["length"], len(body["entries"])) == (200, 2, 2)
+        assert node.stop() == 0
+        assert _stderr_lines(node) == []
     finally:
         node.kill()
 
