@@ -197,6 +197,7 @@ class Engine:
         self._ready_at = 0.0
         self._catching_up = False
         self._handed_back: set[VertexId] = set()  # own vertices passed over, payload re-proposed
+        self._reproposing: set[TxId] = set()  # their payload: ours to propose until final
         self._restore(snapshot or Snapshot(0, log_hash_start(genesis.hash), 0, (), ()))
 
     # ----------------------------------------------------------------- inputs
@@ -740,13 +741,22 @@ class Engine:
             self._prune_below(floor)
 
     def _prune_below(self, floor: int) -> None:
-        orphaned: list[TxId] = []
+        """Forget the rounds below ``floor``; the transactions of our own vertices pruned
+        unordered, and those we handed back that another pruned vertex carried, are
+        orphaned: we propose them again."""
+        if self._reproposing:  # forget those final by now
+            held = list(self._reproposing)
+            logged = self._log.contains(held)
+            self._reproposing.difference_update(
+                i for i, old in zip(held, logged, strict=True) if old
+            )
+        orphaned: dict[TxId, None] = {}
         for dv, ids in self._dag.prune_below(floor):
             if dv.id in self._handed_back:
                 continue  # its transactions were released and proposed again already
             self._pool.release(ids)
-            if dv.author == self._own_key:
-                orphaned.extend(ids)
+            mine = dv.author == self._own_key
+            orphaned.update((i, None) for i in ids if mine or i in self._reproposing)
         self._handed_back = {vid for vid in self._handed_back if vid in self._dag}
         self._log.prune_below(floor)
         self._intake.prune_below(floor)
@@ -886,7 +896,9 @@ class Engine:
         next round names as a parent, although a quorum of it is here, can only be
         ordered if a late vertex of that round names them. Their transactions are
         released and proposed again now, not after ``gc_depth`` rounds; should such a
-        vertex be ordered after all, the log skips the copies."""
+        vertex be ordered after all, the log skips the copies. They stay ours to propose
+        until final: if another vertex carries them and is pruned unordered,
+        :meth:`_prune_below` orphans them again."""
         for r in range(max(self._dag.floor, round_ - 4), round_ - 1):
             mine = self._dag.at(r, self._own_key)
             if mine is None or mine.id in self._handed_back or self._dag.is_ordered(mine.id):
@@ -900,6 +912,7 @@ class Engine:
             ids = self._dag.unordered_ids(mine.id)
             if ids:
                 self._pool.release(ids)
+                self._reproposing.update(ids)
                 self._effects.append(TransactionsOrphaned(ids))
 
     def _propose(self, round_: int, now: Instant) -> None:

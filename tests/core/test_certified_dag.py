@@ -468,6 +468,47 @@ def test_own_vertex_passed_over_by_the_next_round_is_proposed_again_at_once() ->
     assert not [ev for ev in later if isinstance(ev, TransactionsOrphaned)]
 
 
+def test_handed_back_transactions_another_passed_over_vertex_took_are_proposed_again() -> None:
+    slow = dataclasses.replace(PARAMS, min_round_interval=5.0)
+    e = validator(3, slow)
+    shared = tx_id(b"shared")
+    e.submit_transactions([shared], [b"shared"], moment(NOW))
+    [own] = [ev.vertex for ev in drain(e) if isinstance(ev, VertexStored)]
+    feed(e, *ROUND1[:3])
+    for voter in (0, 1):
+        receive(e, PEERS[voter], vote(own, voter))
+    round2 = [C.vertex(i, 2, R1[:3]) for i in range(3)]  # ours is passed over
+    feed(e, *round2, now=NOW + 1)
+    e.handle_timer(moment(NOW + 5))
+    events = drain(e)
+    assert TransactionsOrphaned((shared,)) in events  # handed back at our round-3 proposal
+    [third] = [ev.vertex for ev in events if isinstance(ev, VertexStored) and ev.own]
+    e.requeue_transactions([shared], [b"shared"], moment(NOW + 5))
+    for voter in (0, 1):
+        receive(e, PEERS[voter], vote(third, voter), now=NOW + 5)
+    # before we propose again, validator 0's round-3 vertex carries the same transaction
+    # (it held a copy too), and round 4 passes it over as well
+    ids2 = [v.id for v in round2]
+    round3 = [C.vertex(0, 3, ids2, txs=[b"shared"])] + [C.vertex(i, 3, ids2) for i in (1, 2)]
+    feed(e, *round3, now=NOW + 6)
+    assert e.carrier(shared) == round3[0].id
+    prev = [third.id, round3[1].id, round3[2].id]
+    later: list[Output] = []
+    for r in range(4, 60):
+        layer = [C.vertex(i, r, prev) for i in range(3)]
+        later += feed(e, *layer, now=NOW + 10 + 5 * r)
+        prev = [v.id for v in layer]
+    assert e.statistics().committed_round > 50  # round 3 is long pruned
+    assert not [ev for ev in later if isinstance(ev, VertexStored) and shared in ev.vertex.tx_ids]
+    # we handed it back, so when the vertex that took it is pruned unordered, it is ours
+    assert [ev for ev in later if isinstance(ev, TransactionsOrphaned)] == [
+        TransactionsOrphaned((shared,))
+    ]
+    e.requeue_transactions([shared], [b"shared"], moment(NOW + 400))
+    [again] = [ev.vertex for ev in drain(e) if isinstance(ev, VertexStored) and ev.own]
+    assert again.tx_ids == (shared,)
+
+
 @pytest.mark.parametrize("index", [0, 3])
 def test_restart_resends_the_uncertified_proposal_and_never_signs_another(index: int) -> None:
     e = validator(index)
