@@ -242,20 +242,26 @@ class DiskFull(Exception):
     """Stands for the one failure the owner can recover from."""
 
 
-async def test_a_step_waiting_for_room_when_the_failure_comes_is_failed_not_written() -> None:
-    disk = Disk()
-    broken = asyncio.Event()
-    commits = GroupCommit(
+def recoverable_commits(disk: Disk, broken: asyncio.Event, max_waiting: int) -> GroupCommit[str]:
+    """A group commit over ``disk`` that recovers from :class:`DiskFull` (``broken`` is
+    set when it does)."""
+    return GroupCommit(
         disk.write,
         disk.commit,
         disk.finish,
         disk.fail,
         max_rate=1000.0,
         max_burst=1,
-        max_waiting=1,
+        max_waiting=max_waiting,
         recoverable=lambda e: isinstance(e, DiskFull),
         on_broken=broken.set,
     )
+
+
+async def test_a_step_waiting_for_room_when_the_failure_comes_is_failed_not_written() -> None:
+    disk = Disk()
+    broken = asyncio.Event()
+    commits = recoverable_commits(disk, broken, max_waiting=1)
     task = asyncio.create_task(commits.run())
     try:
         await held_in_commit(disk, commits, "a")
@@ -284,17 +290,7 @@ async def test_a_step_waiting_for_room_when_the_failure_comes_is_failed_not_writ
 async def test_a_recoverable_failure_fails_the_steps_and_takes_none_until_repaired() -> None:
     disk = Disk()
     broken = asyncio.Event()
-    commits = GroupCommit(
-        disk.write,
-        disk.commit,
-        disk.finish,
-        disk.fail,
-        max_rate=1000.0,
-        max_burst=1,
-        max_waiting=8,
-        recoverable=lambda e: isinstance(e, DiskFull),
-        on_broken=broken.set,
-    )
+    commits = recoverable_commits(disk, broken, max_waiting=8)
     task = asyncio.create_task(commits.run())
     try:
         await held_in_commit(disk, commits, "a")
