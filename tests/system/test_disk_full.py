@@ -93,6 +93,11 @@ def _ready(node: NodeProcess) -> tuple[int, dict[str, object]]:
     return code, body
 
 
+def wait_for_event(node: NodeProcess, event: str, timeout: float, what: str) -> None:
+    """Wait until ``node`` has logged ``event``; fail naming ``what`` after ``timeout`` s."""
+    wait_until(lambda: any(r["event"] == event for r in node.records()), timeout, what)
+
+
 def _stderr_lines(node: NodeProcess) -> list[str]:
     """The lines of the node's output that are not JSON log records (its stderr)."""
     out = []
@@ -168,11 +173,7 @@ def test_a_write_past_the_reserve_answers_507_and_the_node_goes_on(small_fs: Pat
         assert body["error"]["code"] == "insufficient_storage"
         # the node pauses its writes (until the free space is above the floor: the
         # rolled-back transaction's WAL frames may keep theirs), serves reads, stays up
-        wait_until(
-            lambda: any(r["event"] == "disk_full" for r in node.records()),
-            10,
-            "the disk_full log line",
-        )
+        wait_for_event(node, "disk_full", 10, "the disk_full log line")
         code, body = request("GET", node.url + "/api/v1/log?from=1&limit=10")
         assert (code, body["length"]) == (200, 1)
         assert node.proc is not None
@@ -180,11 +181,7 @@ def test_a_write_past_the_reserve_answers_507_and_the_node_goes_on(small_fs: Pat
         # once space is freed, it takes its engine back to the state on disk (as a
         # restart would) and takes writes again
         filler.unlink()
-        wait_until(
-            lambda: any(r["event"] == "writes_resumed" for r in node.records()),
-            10,
-            "the writes_resumed log line",
-        )
+        wait_for_event(node, "writes_resumed", 10, "the writes_resumed log line")
         code, body = submit_json(node.url, [b"stored after the full disk"], wait=True)
         assert code == 200, body
         code, body = request("GET", node.url + "/api/v1/log?from=1&limit=10")
@@ -240,11 +237,7 @@ def test_a_write_that_fails_after_the_engine_moved_on_reports_the_state_on_disk(
             lock.close()
         assert code == 507, body
         assert body["error"]["code"] == "insufficient_storage"
-        wait_until(
-            lambda: any(r["event"] == "disk_full" for r in node.records()),
-            10,
-            "the disk_full log line",
-        )
+        wait_for_event(node, "disk_full", 10, "the disk_full log line")
         assert _log_length(node) == 1
         code, body = request("GET", node.url + "/api/v1/log?from=1&limit=20")
         assert (code, body["length"], len(body["entries"])) == (200, 1, 1)
@@ -252,11 +245,7 @@ def test_a_write_that_fails_after_the_engine_moved_on_reports_the_state_on_disk(
         assert code == 404
 
         filler.unlink()
-        wait_until(
-            lambda: any(r["event"] == "writes_resumed" for r in node.records()),
-            10,
-            "the writes_resumed log line",
-        )
+        wait_for_event(node, "writes_resumed", 10, "the writes_resumed log line")
         code, body = submit_json(node.url, [b"stored after the full disk"], wait=True)
         assert code == 200, body
         code, body = request("GET", node.url + "/api/v1/log?from=1&limit=20")
@@ -280,11 +269,7 @@ def test_a_disk_filled_to_the_last_byte_pauses_writes_until_space_is_freed(
         assert code == 200, body
         stored = body["ids"][0]
         filler = fill(small_fs, 0)
-        wait_until(
-            lambda: any(r["event"] == "disk_full" for r in node.records()),
-            30,
-            "a heartbeat's write to fail for lack of space",
-        )
+        wait_for_event(node, "disk_full", 30, "a heartbeat's write to fail for lack of space")
         assert node.proc is not None
         assert node.proc.poll() is None
         assert _ready(node)[0] == 503
@@ -352,11 +337,7 @@ def test_sigterm_stops_a_node_whose_writes_are_paused(small_fs: Path) -> None:
     node = NodeProcess(small_fs / "data", small_fs.parent / "node.log", env).start()
     try:
         fill(small_fs, 0)
-        wait_until(
-            lambda: any(r["event"] == "disk_full" for r in node.records()),
-            30,
-            "a heartbeat's write to fail for lack of space",
-        )
+        wait_for_event(node, "disk_full", 30, "a heartbeat's write to fail for lack of space")
         started = time.monotonic()
         node.signal(signal.SIGTERM)
         assert node.wait(20) == 0, node.logs()
@@ -386,11 +367,7 @@ def test_a_validator_out_of_disk_space_pauses_and_rejoins_without_equivocating(
 
         filler = fill(v4_fs, 0)
         v4 = net.members["v4"].process
-        wait_until(
-            lambda: any(r["event"] == "disk_full" for r in v4.records()),
-            30,
-            "v4's writes to fail for lack of space",
-        )
+        wait_for_event(v4, "disk_full", 30, "v4's writes to fail for lack of space")
         for k in range(5):  # the other three keep finalizing
             code, body = submit_json(net.members["v1"].url, [b"while v4 is full %d" % k])
             assert code == 202, body
@@ -401,11 +378,7 @@ def test_a_validator_out_of_disk_space_pauses_and_rejoins_without_equivocating(
         assert code == 507, body
 
         filler.unlink()
-        wait_until(
-            lambda: any(r["event"] == "writes_resumed" for r in v4.records()),
-            30,
-            "v4 to resume its writes",
-        )
+        wait_for_event(v4, "writes_resumed", 30, "v4 to resume its writes")
         net.wait_converged(at_least=length, timeout=90)
         for member in net.running():
             code, body = request("GET", member.url + "/api/v1/evidence")
