@@ -21,11 +21,13 @@ ROOT = Path(__file__).resolve().parents[2]
 CORE = ROOT / "qudag_node" / "core"
 
 #: Top-level modules the core may import (besides itself): the standard library's pure
-#: parts, PyNaCl for signatures, and numpy for arithmetic over arrays of ids.
+#: parts, PyNaCl and cryptography (OpenSSL's ML-DSA) for signatures, and numpy for
+#: arithmetic over arrays of ids.
 ALLOWED = frozenset(
     {
         "__future__", "enum", "dataclasses", "typing", "collections", "struct",
         "hashlib", "re", "math", "itertools", "functools", "bisect", "heapq", "nacl",
+        "cryptography",
         "numpy", "hmac", "array",
     }
 )  # fmt: skip
