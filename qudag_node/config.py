@@ -601,14 +601,17 @@ class Settings:
         ``node_id`` with ``own_key``. Raises :class:`ConfigError`.
         """
         if self.genesis_file:
-            return self._genesis_from_file()
-        try:
-            if self.validators:
-                genesis = validators_genesis(self.effective_network_id, self.validators)
-            else:
-                genesis = Genesis.solo(self.effective_network_id, self.node_id, PublicKey(own_key))
-        except ValueError as e:
-            raise ConfigError(f"invalid genesis: {e}") from None
+            genesis = self._genesis_from_file()
+        else:
+            try:
+                if self.validators:
+                    genesis = validators_genesis(self.effective_network_id, self.validators)
+                else:
+                    genesis = Genesis.solo(
+                        self.effective_network_id, self.node_id, PublicKey(own_key)
+                    )
+            except ValueError as e:
+                raise ConfigError(f"invalid genesis: {e}") from None
         _check_key_scheme(genesis, own_key)
         return genesis
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from qudag_node import __version__
-from qudag_node.core.crypto import tx_ids
-from qudag_node.core.types import PublicKey, TxId, VertexId
+from qudag_node.core.crypto import Scheme, Signer, tx_ids
+from qudag_node.core.genesis import Genesis, Validator
+from qudag_node.core.types import TxId, VertexId
 from qudag_node.ports import (
     Check,
     DagInfo,
@@ -32,17 +33,25 @@ from qudag_node.ports import (
     VertexRecord,
 )
 
-KEY_A = PublicKey(bytes(range(32)))
-KEY_B = PublicKey(bytes(range(32, 64)))
+#: The two validators of the fake's network: composite keys made from fixed seeds.
+SIGNER_A = Signer(bytes(range(64)))
+SIGNER_B = Signer(bytes(range(64, 128)))
+KEY_A, KEY_B = SIGNER_A.public_key, SIGNER_B.public_key
+ID_A, ID_B = SIGNER_A.node_id, SIGNER_B.node_id
+GENESIS = Genesis(
+    "testnet", (Validator("v1", KEY_A), Validator("v2", KEY_B)), Scheme.MLDSA65_ED25519
+)
 
 
 def sample_status() -> NodeStatus:
-    """A validator of two, linked to the other, in step, with a log of 3 entries."""
+    """A validator of two (of :data:`GENESIS`), linked to the other, in step, with a log
+    of 3 entries."""
     return NodeStatus(
         node=NodeInfo(
             id="node1",
             version=__version__,
             role="validator",
+            node_id=ID_A,
             public_key=KEY_A,
             uptime_seconds=12.3456,
             platform={"region": "ams"},
@@ -50,8 +59,9 @@ def sample_status() -> NodeStatus:
         network=NetworkInfo(
             id="testnet",
             mode="committee",
-            genesis=b"\x07" * 32,
-            validators=(ValidatorInfo("v1", KEY_A), ValidatorInfo("v2", KEY_B)),
+            genesis=GENESIS.hash,
+            scheme=GENESIS.scheme.label,
+            validators=(ValidatorInfo("v1", ID_A, KEY_A), ValidatorInfo("v2", ID_B, KEY_B)),
             f=0,
             quorum=2,
         ),
@@ -92,6 +102,7 @@ class FakeNode:
     entries: list[LogRecord] = field(default_factory=list)
     equivocations: list[EvidenceRecord] = field(default_factory=list)
     current: NodeStatus = field(default_factory=sample_status)
+    network: Genesis = GENESIS
     peer_views: list[PeerView] = field(default_factory=list)
     live: list[Check] = field(default_factory=lambda: [Check("event_loop", True, "answering")])
     ready: list[Check] = field(default_factory=lambda: [Check("started", True, "running")])
@@ -138,6 +149,10 @@ class FakeNode:
     def status(self) -> NodeStatus:
         """:attr:`current`."""
         return self.current
+
+    def genesis(self) -> Genesis:
+        """:attr:`network`."""
+        return self.network
 
     def peers(self) -> list[PeerView]:
         """:attr:`peer_views`."""

@@ -19,6 +19,14 @@ from multidict import CIMultiDictProxy
 from prometheus_client.parser import text_string_to_metric_families
 
 from qudag_node.core.certificate import decode_certificate
+from qudag_node.core.crypto import (
+    PRIVATE_KEY_SIZES,
+    Purpose,
+    Scheme,
+    SignatureCheck,
+    Signer,
+    verify_check,
+)
 from qudag_node.core.events import EquivocationDetected
 from qudag_node.core.evidence import decode_equivocation
 from qudag_node.core.types import VertexId
@@ -137,10 +145,14 @@ async def test_submit_json_batch_and_resubmission_is_idempotent(
         assert record["id"] == tx_id
 
 
+@pytest.mark.parametrize("scheme", list(Scheme), ids=lambda s: s.label)
 async def test_wait_final_then_transaction_and_vertex_are_final(
-    node_factory: NodeFactory, session: aiohttp.ClientSession
+    node_factory: NodeFactory, session: aiohttp.ClientSession, scheme: Scheme
 ) -> None:
-    node = await node_factory()
+    """Whatever its scheme, a node's vertex carries what verifying it takes: its header,
+    its signature and its certificate's votes, and what each of them signs."""
+    key = Signer(bytes([7]) * PRIVATE_KEY_SIZES[scheme])
+    node = await node_factory(NODE_PRIVATE_KEY=key.seed().hex())
     data = b"wait for me"
     status, body = await _submit(session, node, data, query="?wait=final&timeout=10")
     assert (status, body) == (200, {"ids": [_tx_id(data)], "status": "final"})
@@ -159,27 +171,63 @@ async def test_wait_final_then_transaction_and_vertex_are_final(
         "timestamp_ms",
         "parents",
         "transactions",
+        "header",
         "scheme",
         "signature",
+        "signing",
         "certificate",
+        "votes",
+        "vote_signing",
         "ordered",
     }
     assert vertex["id"] == record["vertex"]
+    assert (
+        vertex["id"]
+        == blake2b(
+            bytes.fromhex(vertex["header"]), digest_size=32, person=b"qudag:vertex"
+        ).hexdigest()
+    )
     assert _tx_id(data) in vertex["transactions"]
     assert vertex["ordered"] is True
     # a one-validator network: the certificate is the author's own vote (voter 0)
     cert = decode_certificate(bytes.fromhex(vertex["certificate"]))
     assert cert.voters == (0,)
-    assert cert.signatures == (bytes.fromhex(vertex["signature"]),)
+    assert vertex["votes"] == [{"validator": 0, "signature": cert.signatures[0].hex()}]
     assert vertex["round"] >= 1
     assert vertex["timestamp_ms"] > 0
-    assert vertex["scheme"] == 1
+    assert vertex["scheme"] == scheme
     assert all(len(p) == 64 for p in vertex["parents"])
     status_doc = await _get(session, f"{node.url}/api/v1/status")
-    assert vertex["author"] == status_doc["node"]["public_key"]
-    # the author's signature over the vertex id verifies
-    key = nacl.signing.VerifyKey(bytes.fromhex(vertex["author"]))
-    key.verify(bytes.fromhex(vertex["id"]), bytes.fromhex(vertex["signature"]))
+    assert status_doc["network"]["scheme"] == scheme.label
+    assert vertex["author"] == status_doc["node"]["node_id"] == key.node_id.hex()
+    assert status_doc["node"]["public_key"] == key.public_key.hex()
+    # the author's signature over the vertex id, and its vote, verify as they say
+    for signing, signature in (
+        (vertex["signing"], vertex["signature"]),
+        (vertex["vote_signing"], vertex["votes"][0]["signature"]),
+    ):
+        assert signing["scheme"] == scheme.label
+        assert signing["message"] == vertex["id"]
+        purpose = Purpose(signing["context"].encode()) if signing["context"] else Purpose.VOTE
+        check = SignatureCheck(
+            scheme,
+            purpose,
+            key.public_key,
+            bytes.fromhex(signing["message"]),
+            bytes.fromhex(signature),
+        )
+        assert verify_check(check)
+    if scheme is Scheme.ED25519:  # as before schemes were named: the key is the author
+        assert vertex["signing"]["context"] is None
+        nacl.signing.VerifyKey(bytes.fromhex(vertex["author"])).verify(
+            bytes.fromhex(vertex["id"]), bytes.fromhex(vertex["signature"])
+        )
+    else:  # each purpose has its own context, so the vote is not the vertex signature
+        assert (vertex["signing"]["context"], vertex["vote_signing"]["context"]) == (
+            "qudag/vertex",
+            "qudag/vote",
+        )
+        assert vertex["votes"][0]["signature"] != vertex["signature"]
 
 
 async def test_wait_final_times_out_with_the_transaction_stored(

@@ -18,7 +18,10 @@ import pytest
 from qudag_node import __version__
 from qudag_node.api import make_app, start_api
 from qudag_node.config import load_settings
+from qudag_node.core.certificate import make_certificate
+from qudag_node.core.crypto import Purpose, Scheme, SignatureCheck, verify_check
 from qudag_node.core.errors import InputRejected, Reason
+from qudag_node.core.genesis import Genesis, Validator
 from qudag_node.core.types import PublicKey, TxId, VertexId
 from qudag_node.metrics import Metrics
 from qudag_node.ports import (
@@ -33,7 +36,7 @@ from qudag_node.ports import (
     TxState,
     VertexRecord,
 )
-from tests.adapters.fakenode import KEY_A, KEY_B, FakeNode
+from tests.adapters.fakenode import GENESIS, ID_A, ID_B, KEY_A, KEY_B, SIGNER_A, SIGNER_B, FakeNode
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS: dict[str, Any] = json.loads((ROOT / "qudag_node" / "openapi.json").read_text())[
@@ -301,25 +304,79 @@ async def test_vertices_by_id(serve: ApiFactory) -> None:
     parent = VertexId(b"\x02" * 32)
     tx = TxId(b"\x03" * 32)
     api.node.vertices[vid] = VertexRecord(
-        vid, 4, KEY_A, 1_700_000_000_000, (parent,), (tx,), 1, b"\x04" * 64, True, None
+        vid, 4, ID_A, 1_700_000_000_000, (parent,), (tx,), b"\x06" * 9, 2, b"\x04" * 64, True, None
     )
     status, body = await api.get(f"/api/v1/vertices/{vid.hex()}")
     assert status == 200
     assert body == {
         "id": vid.hex(),
         "round": 4,
-        "author": KEY_A.hex(),
+        "author": ID_A.hex(),
         "timestamp_ms": 1_700_000_000_000,
         "parents": [parent.hex()],
         "transactions": [tx.hex()],
-        "scheme": 1,
+        "header": (b"\x06" * 9).hex(),
+        "scheme": 2,
         "signature": (b"\x04" * 64).hex(),
+        "signing": {"scheme": "mldsa65-ed25519", "context": "qudag/vertex", "message": vid.hex()},
         "certificate": None,
+        "votes": [],
+        "vote_signing": {
+            "scheme": "mldsa65-ed25519",
+            "context": "qudag/vote",
+            "message": vid.hex(),
+        },
         "ordered": True,
     }
     _keys_match_schema(body, {"$ref": "#/components/schemas/Vertex"})
     status, body = await api.get(f"/api/v1/vertices/{'f' * 64}")
     assert (status, body["error"]["code"]) == (404, "not_found")
+
+
+async def test_a_vertex_shows_its_votes_and_what_they_sign(serve: ApiFactory) -> None:
+    """With the genesis alone, a client checks each vote from what the vertex shows."""
+    api = await serve()
+    vid = VertexId(b"\x01" * 32)
+    votes = {0: SIGNER_A.sign(Purpose.VOTE, vid), 1: SIGNER_B.sign(Purpose.VOTE, vid)}
+    certificate = make_certificate(Scheme.MLDSA65_ED25519, votes).encode()
+    signature = SIGNER_A.sign(Purpose.VERTEX, vid)
+    api.node.vertices[vid] = VertexRecord(
+        vid, 4, ID_A, 1, (), (), b"\x06", 2, signature, False, certificate
+    )
+    _, body = await api.get(f"/api/v1/vertices/{vid.hex()}")
+    _keys_match_schema(body, {"$ref": "#/components/schemas/Vertex"})
+    assert body["certificate"] == certificate.hex()
+    assert body["votes"] == [
+        {"validator": 0, "signature": votes[0].hex()},
+        {"validator": 1, "signature": votes[1].hex()},
+    ]
+    _, genesis = await api.get("/api/v1/genesis")
+    keys = [PublicKey(bytes.fromhex(v["public_key"])) for v in genesis["validators"]]
+
+    def verifies(signing: dict[str, str], key: PublicKey, signature: str) -> bool:
+        scheme = Scheme.from_label(signing["scheme"])
+        purpose = Purpose(signing["context"].encode())
+        message = bytes.fromhex(signing["message"])
+        return verify_check(SignatureCheck(scheme, purpose, key, message, bytes.fromhex(signature)))
+
+    assert verifies(body["signing"], keys[0], body["signature"])
+    assert all(
+        verifies(body["vote_signing"], keys[v["validator"]], v["signature"]) for v in body["votes"]
+    )
+    # what one purpose signs does not pass for the other
+    assert not verifies(body["vote_signing"], keys[0], body["signature"])
+
+
+async def test_an_ed25519_vertex_signs_its_id_with_no_context(serve: ApiFactory) -> None:
+    api = await serve()
+    vid = VertexId(b"\x01" * 32)
+    api.node.vertices[vid] = VertexRecord(
+        vid, 1, ID_A, 1, (), (), b"\x06", 1, b"\x04" * 64, False, None
+    )
+    _, body = await api.get(f"/api/v1/vertices/{vid.hex()}")
+    expected = {"scheme": "ed25519", "context": None, "message": vid.hex()}
+    assert (body["scheme"], body["signing"], body["vote_signing"]) == (1, expected, expected)
+    _keys_match_schema(body, {"$ref": "#/components/schemas/Vertex"})
 
 
 async def test_the_log_pages_with_the_head_of_the_status(serve: ApiFactory) -> None:
@@ -351,10 +408,10 @@ async def test_the_log_pages_with_the_head_of_the_status(serve: ApiFactory) -> N
 
 async def test_evidence(serve: ApiFactory) -> None:
     api = await serve()
-    api.node.equivocations = [EvidenceRecord(PublicKey(KEY_B), 7, b"\xee\xff")]
+    api.node.equivocations = [EvidenceRecord(ID_B, 7, b"\xee\xff")]
     assert await api.get("/api/v1/evidence?limit=5") == (
         200,
-        {"equivocations": [{"author": KEY_B.hex(), "round": 7, "evidence": "eeff"}]},
+        {"equivocations": [{"author": ID_B.hex(), "round": 7, "evidence": "eeff"}]},
     )
     status, body = await api.get("/api/v1/evidence?limit=0")
     assert (status, body["error"]["code"]) == (400, "bad_request")
@@ -372,6 +429,7 @@ async def test_the_status_document(serve: ApiFactory) -> None:
             "id": "node1",
             "version": __version__,
             "role": "validator",
+            "node_id": ID_A.hex(),
             "public_key": KEY_A.hex(),
             "uptime_seconds": 12.346,
             "platform": {"region": "ams"},
@@ -379,10 +437,11 @@ async def test_the_status_document(serve: ApiFactory) -> None:
         "network": {
             "id": "testnet",
             "mode": "committee",
-            "genesis": (b"\x07" * 32).hex(),
+            "genesis": GENESIS.hash.hex(),
+            "scheme": "mldsa65-ed25519",
             "validators": [
-                {"name": "v1", "public_key": KEY_A.hex()},
-                {"name": "v2", "public_key": KEY_B.hex()},
+                {"name": "v1", "node_id": ID_A.hex(), "public_key": KEY_A.hex()},
+                {"name": "v2", "node_id": ID_B.hex(), "public_key": KEY_B.hex()},
             ],
             "f": 0,
             "quorum": 2,
@@ -428,7 +487,7 @@ async def test_an_observer_without_a_peer_port_has_null_quorum_and_port(
 async def test_peers_show_a_position_only_when_one_was_told(serve: ApiFactory) -> None:
     api = await serve()
     linked = PeerView(
-        "v2", KEY_B.hex(), "10.0.0.2:7000", "validator", "connected", "outbound", 0.5, 0, None
+        "v2", ID_B.hex(), "10.0.0.2:7000", "validator", "connected", "outbound", 0.5, 0, None
     )
     api.node.peer_views = [
         replace(linked, position=PeerPosition(6, 4, 3)),
@@ -440,7 +499,7 @@ async def test_peers_show_a_position_only_when_one_was_told(serve: ApiFactory) -
         "peers": [
             {
                 "name": "v2",
-                "public_key": KEY_B.hex(),
+                "node_id": ID_B.hex(),
                 "address": "10.0.0.2:7000",
                 "role": "validator",
                 "state": "connected",
@@ -454,7 +513,7 @@ async def test_peers_show_a_position_only_when_one_was_told(serve: ApiFactory) -
             },
             {
                 "name": None,
-                "public_key": None,
+                "node_id": None,
                 "address": "10.0.0.3:7000",
                 "role": None,
                 "state": "backoff",
@@ -466,6 +525,39 @@ async def test_peers_show_a_position_only_when_one_was_told(serve: ApiFactory) -
         ]
     }
     _keys_match_schema(doc, {"$ref": "#/components/schemas/Peers"})
+
+
+async def test_the_genesis_document_holds_what_verifying_needs(serve: ApiFactory) -> None:
+    api = await serve()
+    status, doc = await api.get("/api/v1/genesis")
+    assert status == 200
+    assert doc == {
+        "network_id": "testnet",
+        "scheme": "mldsa65-ed25519",
+        "validators": [
+            {"name": "v1", "public_key": KEY_A.hex(), "id": ID_A.hex()},
+            {"name": "v2", "public_key": KEY_B.hex(), "id": ID_B.hex()},
+        ],
+        "hash": GENESIS.hash.hex(),
+        "encoding": GENESIS.encode().hex(),
+    }
+    assert Genesis.decode(bytes.fromhex(doc["encoding"])) == GENESIS
+    _keys_match_schema(doc, {"$ref": "#/components/schemas/Genesis"})
+
+
+async def test_an_ed25519_genesis_document_keeps_its_version_1_encoding(
+    serve: ApiFactory,
+) -> None:
+    api = await serve()
+    key = PublicKey(bytes(range(32)))
+    api.node.network = Genesis("old-net", (Validator("v1", key),))
+    _, doc = await api.get("/api/v1/genesis")
+    assert (doc["scheme"], doc["validators"]) == (
+        "ed25519",
+        [{"name": "v1", "public_key": key.hex(), "id": key.hex()}],
+    )
+    assert doc["encoding"].startswith("01")
+    _keys_match_schema(doc, {"$ref": "#/components/schemas/Genesis"})
 
 
 # ----------------------------------------------------------------- health, ready, others

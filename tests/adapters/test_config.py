@@ -18,6 +18,7 @@ from qudag_node.config import (
     Settings,
     load_settings,
 )
+from qudag_node.core.crypto import Scheme, Signer
 from qudag_node.core.genesis import Genesis, Validator
 from qudag_node.core.params import Params
 from qudag_node.core.types import PublicKey
@@ -271,6 +272,26 @@ def test_secrets_are_wrapped_and_redacted() -> None:
     assert set(s.redacted()) == {f.name for f in fields(Settings)}
 
 
+def test_a_composite_private_key_of_128_hex_characters_is_accepted() -> None:
+    key = "3c" * 64
+    s = load_settings({"NODE_PRIVATE_KEY": key.upper()})
+    assert s.node_private_key == Secret(key)
+    assert Signer(bytes.fromhex(key)).scheme is Scheme.MLDSA65_ED25519
+
+
+@pytest.mark.parametrize("length", [62, 66, 96, 126, 130, 8064])
+def test_a_private_key_of_another_length_is_refused_saying_what_is_expected(
+    length: int,
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"NODE_PRIVATE_KEY": "3c" * (length // 2)})
+    assert str(info.value) == (
+        "invalid NODE_PRIVATE_KEY (from environment): must be 64 hex characters"
+        " (an Ed25519 private key) or 128 (an ML-DSA-65 + Ed25519 one);"
+        " make one with: qudag-node keygen"
+    )
+
+
 def test_empty_secret_means_unset() -> None:
     s = load_settings({"NODE_PRIVATE_KEY": "  ", "PEER_AUTH_TOKEN": ""})
     assert s.node_private_key is None
@@ -397,7 +418,7 @@ def test_bad_validator_list_names_the_entry() -> None:
         load_settings({"QUDAG_VALIDATORS": f"{VALIDATOR_LIST},v3=1234"})
     assert str(info.value) == (
         "invalid QUDAG_VALIDATORS (from environment): "
-        "entry 3 (v3): public key must be 64 hex characters"
+        "entry 3 (v3): a public key is 32 bytes (ed25519) or 1984 bytes (mldsa65-ed25519)"
     )
 
 
@@ -465,6 +486,73 @@ def test_invalid_genesis_file(tmp_path: Path, edit: Callable[[str], str], expect
     path.write_text(edit(genesis_to_json(Genesis("lab-net", VALIDATORS))))
     message = genesis_error({"QUDAG_GENESIS": str(path)})
     assert message.startswith(f"invalid QUDAG_GENESIS: genesis file {path}: {expected}")
+
+
+#: A composite network's validators (real keys, made from fixed seeds) and their list.
+COMPOSITE_OWN = Signer(b"\x07" * 64)
+COMPOSITE = tuple(Validator(f"c{i}", Signer(bytes([i]) * 64).public_key) for i in range(1, 5))
+COMPOSITE_LIST = ",".join(f"{v.name}={v.public_key.hex()}" for v in COMPOSITE)
+
+
+def test_a_composite_validator_list_makes_a_composite_genesis() -> None:
+    s = load_settings({"QUDAG_VALIDATORS": COMPOSITE_LIST, "QUDAG_NETWORK_ID": "pq-net"})
+    assert s.validators == COMPOSITE
+    genesis = s.genesis(COMPOSITE_OWN.public_key)
+    assert genesis == Genesis("pq-net", COMPOSITE, Scheme.MLDSA65_ED25519)
+    assert s.key_scheme() is Scheme.MLDSA65_ED25519
+    assert load_settings({"QUDAG_VALIDATORS": VALIDATOR_LIST}).key_scheme() is Scheme.ED25519
+
+
+def test_a_validator_list_mixing_key_sizes_is_refused_at_start() -> None:
+    mixed = f"{VALIDATOR_LIST},c1={COMPOSITE[0].public_key.hex()}"
+    message = genesis_error({"QUDAG_VALIDATORS": mixed})
+    assert message == "invalid genesis: validator c1: a ed25519 public key is 32 bytes"
+
+
+@pytest.mark.parametrize("source", ["validators", "genesis file"])
+def test_a_node_key_of_another_scheme_than_the_network_is_refused(
+    tmp_path: Path, source: str
+) -> None:
+    composite_env = {"QUDAG_VALIDATORS": COMPOSITE_LIST}
+    ed25519_env = {"QUDAG_VALIDATORS": VALIDATOR_LIST}
+    if source == "genesis file":
+        composite = Genesis("pq-net", COMPOSITE, Scheme.MLDSA65_ED25519)
+        composite_env = {"QUDAG_GENESIS": write_genesis(tmp_path / "pq.json", composite)}
+        ed25519_env = {
+            "QUDAG_GENESIS": write_genesis(tmp_path / "ed.json", Genesis("ed-net", VALIDATORS))
+        }
+    with pytest.raises(ConfigError) as info:
+        load_settings(composite_env).genesis(OWN_KEY)
+    assert str(info.value) == (
+        "the node key is a ed25519 key but the network signs with mldsa65-ed25519:"
+        " give NODE_PRIVATE_KEY a key made with qudag-node keygen --scheme mldsa65-ed25519"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(ed25519_env).genesis(COMPOSITE_OWN.public_key)
+    assert str(info.value) == (
+        "the node key is a mldsa65-ed25519 key but the network signs with ed25519:"
+        " give NODE_PRIVATE_KEY a key made with qudag-node keygen --scheme ed25519"
+    )
+
+
+def test_a_node_alone_makes_its_network_in_its_keys_scheme() -> None:
+    s = load_settings({"NODE_ID": "solo-7"})
+    assert s.key_scheme() is Scheme.MLDSA65_ED25519  # the default of new networks
+    assert s.genesis(COMPOSITE_OWN.public_key).scheme is Scheme.MLDSA65_ED25519
+    assert s.genesis(OWN_KEY).scheme is Scheme.ED25519  # an Ed25519 key keeps its network
+
+
+def test_the_scheme_of_a_key_made_now_is_the_genesis_files(tmp_path: Path) -> None:
+    composite = Genesis("pq-net", COMPOSITE, Scheme.MLDSA65_ED25519)
+    pq = load_settings({"QUDAG_GENESIS": write_genesis(tmp_path / "pq.json", composite)})
+    assert pq.key_scheme() is Scheme.MLDSA65_ED25519
+    old = tmp_path / "old.json"  # a genesis file written before schemes were named
+    document = json.loads(genesis_to_json(Genesis("ed-net", VALIDATORS)))
+    del document["scheme"]
+    old.write_text(json.dumps(document))
+    ed = load_settings({"QUDAG_GENESIS": str(old)})
+    assert ed.key_scheme() is Scheme.ED25519
+    assert ed.genesis(OWN_KEY) == Genesis("ed-net", VALIDATORS)
 
 
 def test_validators_are_shown_in_the_redacted_settings() -> None:

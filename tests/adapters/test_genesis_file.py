@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from qudag_node.core.crypto import Scheme, Signer
 from qudag_node.core.genesis import NAME_RULE, Genesis, Validator
 from qudag_node.core.types import PublicKey
 from qudag_node.genesis_file import (
@@ -14,12 +15,19 @@ from qudag_node.genesis_file import (
     genesis_from_json,
     genesis_to_json,
     parse_validator_list,
+    validators_genesis,
 )
 
 KEYS = [PublicKey(bytes([i]) * 32) for i in (1, 2, 3)]
 GENESIS = Genesis(
     "qudag-testnet",
     (Validator("node1", KEYS[0]), Validator("node2", KEYS[1]), Validator("node3", KEYS[2])),
+)
+COMPOSITE_KEYS = [Signer(bytes([i]) * 64).public_key for i in (1, 2, 3, 4)]
+COMPOSITE = Genesis(
+    "pq-net",
+    tuple(Validator(f"pq{i}", key) for i, key in enumerate(COMPOSITE_KEYS, start=1)),
+    Scheme.MLDSA65_ED25519,
 )
 SOURCE = "net/genesis.json"
 
@@ -64,6 +72,7 @@ def test_written_form_is_stable_and_readable() -> None:
     assert text.count("\n") > 5, "indented, one field per line"
     assert json.loads(text) == {
         "network_id": "qudag-testnet",
+        "scheme": "ed25519",
         "validators": [
             {"name": "node1", "public_key": "01" * 32},
             {"name": "node2", "public_key": "02" * 32},
@@ -71,7 +80,7 @@ def test_written_form_is_stable_and_readable() -> None:
         ],
         "hash": GENESIS.hash.hex(),
     }
-    assert list(json.loads(text)) == ["network_id", "validators", "hash"]
+    assert list(json.loads(text)) == ["network_id", "scheme", "validators", "hash"]
 
 
 def test_round_trip_keeps_the_genesis_and_its_order() -> None:
@@ -153,11 +162,11 @@ def test_unknown_and_duplicate_fields() -> None:
         ),
         (
             {"validators": entries(("n1", "01" * 32), ("n2", "02" * 31))},
-            "validator 2 (n2): public key must be 64 hex characters",
+            "validator 2 (n2): a public key is 32 bytes (ed25519) or 1984 bytes (mldsa65-ed25519)",
         ),
         (
             {"validators": entries(("n1", "01" * 32), ("n2", "0x" + "02" * 31))},
-            "validator 2 (n2): public key must be 64 hex characters",
+            "validator 2 (n2): a public key is hex",
         ),
         (
             {"validators": entries(("n1", "01" * 32), ("n2", "02" * 32), ("n1", "03" * 32))},
@@ -173,6 +182,93 @@ def test_invalid_contents(changes: dict[str, Any], expected: str) -> None:
     doc = document(**changes)
     del doc["hash"]
     assert load_error(json.dumps(doc)) == expected
+
+
+#: A file as written before schemes were named: no ``scheme`` field, and its hash.
+OLD_FILE = json.dumps(
+    {
+        "network_id": "qudag-testnet",
+        "validators": [{"name": f"node{i}", "public_key": f"{i:02x}" * 32} for i in (1, 2, 3)],
+        "hash": "3da646825312cb3c38d75d0ebf8b2b469e97607c0806f1c12e87bb00d264d510",
+    },
+    indent=2,
+)
+
+
+def test_a_file_without_a_scheme_is_an_ed25519_network_with_its_old_hash() -> None:
+    loaded = genesis_from_json(OLD_FILE, SOURCE)
+    assert loaded == GENESIS
+    assert loaded.scheme is Scheme.ED25519
+    assert loaded.hash.hex() == "3da646825312cb3c38d75d0ebf8b2b469e97607c0806f1c12e87bb00d264d510"
+
+
+def test_a_composite_genesis_round_trips_with_its_scheme_named() -> None:
+    text = genesis_to_json(COMPOSITE)
+    assert json.loads(text)["scheme"] == "mldsa65-ed25519"
+    assert [len(v["public_key"]) for v in json.loads(text)["validators"]] == [3968] * 4
+    loaded = genesis_from_json(text, SOURCE)
+    assert (loaded, loaded.hash) == (COMPOSITE, COMPOSITE.hash)
+    renamed = json.loads(text)
+    renamed["validators"][0]["name"] = "pq9"
+    del renamed["hash"]
+    assert genesis_from_json(json.dumps(renamed), SOURCE).hash != COMPOSITE.hash
+
+
+@pytest.mark.parametrize(
+    ("scheme", "expected"),
+    [
+        ("dilithium3", "scheme must be one of ed25519, mldsa65-ed25519"),
+        ("ED25519", "scheme must be one of ed25519, mldsa65-ed25519"),
+        (2, "scheme must be one of ed25519, mldsa65-ed25519"),
+        (None, "scheme must be one of ed25519, mldsa65-ed25519"),
+    ],
+)
+def test_an_unknown_scheme_is_refused(scheme: object, expected: str) -> None:
+    doc = document(scheme=scheme)
+    del doc["hash"]
+    assert load_error(json.dumps(doc)) == expected
+
+
+@pytest.mark.parametrize(
+    ("scheme", "keys", "expected"),
+    [
+        (
+            "ed25519",
+            [COMPOSITE_KEYS[0], COMPOSITE_KEYS[1]],
+            "validator n1: a ed25519 public key is 32 bytes",
+        ),
+        (
+            "mldsa65-ed25519",
+            [COMPOSITE_KEYS[0], KEYS[1]],
+            "validator n2: a mldsa65-ed25519 public key is 1984 bytes",
+        ),
+        (
+            "mldsa65-ed25519",
+            [KEYS[0], KEYS[1]],
+            "validator n1: a mldsa65-ed25519 public key is 1984 bytes",
+        ),
+    ],
+)
+def test_keys_of_another_scheme_than_the_files_are_refused(
+    scheme: str, keys: list[PublicKey], expected: str
+) -> None:
+    doc = document(scheme=scheme, validators=entries(("n1", keys[0].hex()), ("n2", keys[1].hex())))
+    del doc["hash"]
+    assert load_error(json.dumps(doc)) == expected
+
+
+def test_a_validator_list_of_composite_keys_names_its_scheme() -> None:
+    raw = ",".join(f"{v.name}={v.public_key.hex()}" for v in COMPOSITE.validators)
+    validators = parse_validator_list(raw)
+    assert validators == COMPOSITE.validators
+    assert validators_genesis("pq-net", validators) == COMPOSITE
+    assert validators_genesis("qudag-testnet", GENESIS.validators) == GENESIS
+
+
+def test_a_validator_list_mixing_key_sizes_makes_no_genesis() -> None:
+    raw = f"a={KEYS[0].hex()},b={COMPOSITE_KEYS[0].hex()}"
+    with pytest.raises(ValueError, match="validator b: a ed25519 public key is 32 bytes"):
+        validators_genesis("mixed", parse_validator_list(raw))
 
 
 def test_missing_fields() -> None:
@@ -213,10 +309,17 @@ def test_empty_validator_list(raw: str) -> None:
         (f"={'01' * 32}", f"entry 1: name must be {NAME_RULE}"),
         (f"a b={'01' * 32}", f"entry 1: name must be {NAME_RULE}"),
         (f"{'n' * 64}={'01' * 32}", f"entry 1: name must be {NAME_RULE}"),
-        ("a=", "entry 1 (a): public key must be 64 hex characters"),
-        (f"a={'01' * 33}", "entry 1 (a): public key must be 64 hex characters"),
-        (f"a={'0g' * 32}", "entry 1 (a): public key must be 64 hex characters"),
-        (f"a={'01' * 32}=x", "entry 1 (a): public key must be 64 hex characters"),
+        ("a=", "entry 1 (a): a public key is hex"),
+        (
+            f"a={'01' * 33}",
+            "entry 1 (a): a public key is 32 bytes (ed25519) or 1984 bytes (mldsa65-ed25519)",
+        ),
+        (
+            f"a={'01' * 1985}",
+            "entry 1 (a): a public key is 32 bytes (ed25519) or 1984 bytes (mldsa65-ed25519)",
+        ),
+        (f"a={'0g' * 32}", "entry 1 (a): a public key is hex"),
+        (f"a={'01' * 32}=x", "entry 1 (a): a public key is hex"),
         (
             f"a={'01' * 32},b={'02' * 32},a={'03' * 32}",
             "entry 3 (a): name already used by entry 1 (a)",

@@ -18,12 +18,12 @@ import pytest
 from prometheus_client import generate_latest
 from structlog.testing import capture_logs
 
-from qudag_node.core.crypto import Signer
-from qudag_node.core.genesis import Genesis
+from qudag_node.core.crypto import Scheme, Signer
+from qudag_node.core.genesis import Genesis, Validator
 from qudag_node.core.handshake import (
-    AUTH_SIZE,
     LinkRole,
     Side,
+    auth_size,
     decode_hello,
     encode_refusal,
     make_auth,
@@ -31,11 +31,21 @@ from qudag_node.core.handshake import (
     refusal_reason,
     transcript,
 )
-from qudag_node.core.types import PeerId, PublicKey
+from qudag_node.core.types import NodeId, PeerId
 from qudag_node.gossip import LinkHandler, LinkLimits, PeerNetwork
 from qudag_node.metrics import Metrics
 from tests.core.support import C
 
+#: The committee's network in the composite scheme: same id and names, other keys.
+PQ_SIGNERS = [Signer(bytes([0x60 + i]) * 64) for i in range(4)]
+PQ_GENESIS = Genesis(
+    C.genesis.network_id,
+    tuple(
+        Validator(v.name, s.public_key)
+        for v, s in zip(C.genesis.validators, PQ_SIGNERS, strict=True)
+    ),
+    Scheme.MLDSA65_ED25519,
+)
 TOKEN = b"9f2c41d7e08a6b35c1f4e2a97d60b8c3e5a1f7092b4d6c8e0a3f5b7d9c1e2f40"
 DEADLINE = 10.0
 FRAME = struct.Struct(">I")
@@ -45,12 +55,12 @@ class Recorder(LinkHandler):
     """Keeps what a network reports: links up and down, frames received."""
 
     def __init__(self) -> None:
-        self.up: list[tuple[PeerId, PublicKey]] = []
+        self.up: list[tuple[PeerId, NodeId]] = []
         self.down: list[PeerId] = []
         self.frames: asyncio.Queue[tuple[PeerId, bytes]] = asyncio.Queue()
 
-    def link_up(self, peer: PeerId, public_key: PublicKey) -> None:
-        self.up.append((peer, public_key))
+    def link_up(self, peer: PeerId, node_id: NodeId) -> None:
+        self.up.append((peer, node_id))
 
     def link_down(self, peer: PeerId) -> None:
         self.down.append(peer)
@@ -181,6 +191,7 @@ async def raw_dial(
     hello: bytes | None = None,
     complete: bool = True,
     rcvbuf: int | None = None,
+    genesis: Genesis = C.genesis,
 ) -> RawPeer:
     """Dial like a node would, from the core's functions; ``hello`` replaces ours."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -189,7 +200,7 @@ async def raw_dial(
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
     reader, writer = await asyncio.open_connection(sock=sock)
-    ours = hello or make_hello(C.genesis, signer.public_key, secrets.token_bytes(32)).encode()
+    ours = hello or make_hello(genesis, signer, secrets.token_bytes(32)).encode()
     write_frame(writer, ours)
     if not complete:
         return RawPeer(reader, writer, ours, None)
@@ -198,7 +209,7 @@ async def raw_dial(
     auth = make_auth(token, signer, Side.DIALER, transcript(ours, theirs))
     write_frame(writer, auth)
     listener_auth = await asyncio.wait_for(read_frame(reader), DEADLINE)
-    assert len(listener_auth) == 96, listener_auth
+    assert len(listener_auth) == auth_size(genesis.scheme), listener_auth[:40]
     return RawPeer(reader, writer, ours, auth)
 
 
@@ -209,8 +220,8 @@ async def test_two_validators_link_and_exchange_frames(start: Start) -> None:
     a, b = await start(C.signers[0]), await start(C.signers[1])
     link(a, b)
     await until(lambda: bool(a.recorder.up and b.recorder.up), "both ends up")
-    assert a.recorder.up == [(PeerId("v1"), C.signers[1].public_key)]
-    assert b.recorder.up == [(PeerId("v0"), C.signers[0].public_key)]
+    assert a.recorder.up == [(PeerId("v1"), C.signers[1].node_id)]
+    assert b.recorder.up == [(PeerId("v0"), C.signers[0].node_id)]
     assert a.network.send(PeerId("v1"), b"\x05hello")
     assert b.network.send(PeerId("v0"), b"\x06back")
     assert await asyncio.wait_for(b.recorder.frames.get(), DEADLINE) == ("v0", b"\x05hello")
@@ -268,7 +279,7 @@ async def test_during_a_token_rotation_peers_with_either_token_link(start: Start
     assert sorted(peer for peer, _ in rotated.recorder.up) == ["v0", "v2"]
     # The listener registers a link before the dialer has read its answer.
     await until(lambda: bool(old_peer.recorder.up and new_peer.recorder.up), "dialers linked")
-    assert old_peer.recorder.up == new_peer.recorder.up == [("v1", C.signers[1].public_key)]
+    assert old_peer.recorder.up == new_peer.recorder.up == [("v1", C.signers[1].node_id)]
     await until(lambda: stranger.failures("bad_token") >= 1, "the stranger refused")
     assert not stranger.recorder.up
 
@@ -288,12 +299,57 @@ async def test_another_network_is_refused(start: Start, other: Genesis, reason: 
     assert not b.recorder.up
 
 
+async def test_two_composite_validators_link_and_an_observer_joins(start: Start) -> None:
+    a = await start(PQ_SIGNERS[0], genesis=PQ_GENESIS)
+    b = await start(PQ_SIGNERS[1], genesis=PQ_GENESIS)
+    link(a, b)
+    await until(lambda: bool(a.recorder.up and b.recorder.up), "both ends up")
+    assert a.recorder.up == [(PeerId("v1"), PQ_SIGNERS[1].node_id)]
+    assert b.recorder.up == [(PeerId("v0"), PQ_SIGNERS[0].node_id)]
+    assert a.network.send(PeerId("v1"), b"\x05hello")
+    assert await asyncio.wait_for(b.recorder.frames.get(), DEADLINE) == ("v0", b"\x05hello")
+    # a composite observer's raw handshake: AUTHs of the composite's size both ways
+    observer = Signer(b"\x6f" * 64)
+    await raw_dial(b.port, observer, genesis=PQ_GENESIS)
+    await until(lambda: len(b.recorder.up) == 2, "the observer's link")
+    assert b.recorder.up[1] == (PeerId(f"observer-{observer.node_id.hex()[:12]}"), observer.node_id)
+    assert a.failures("wrong_scheme") == b.failures("wrong_scheme") == 0
+
+
+@pytest.mark.parametrize("dialer", ["composite", "ed25519"])
+async def test_a_composite_and_an_ed25519_node_refuse_each_other(start: Start, dialer: str) -> None:
+    """Same network id and validator names, other scheme: refused as wrong_scheme (before
+    the genesis hash is compared) and counted at both ends, whoever dials."""
+    pq = await start(PQ_SIGNERS[0], genesis=PQ_GENESIS)
+    ed = await start(C.signers[1])
+    first, second = (pq, ed) if dialer == "composite" else (ed, pq)
+    link(first, second)
+    await until(
+        lambda: pq.failures("wrong_scheme") >= 1 and ed.failures("wrong_scheme") >= 1,
+        "refused at both ends",
+    )
+    assert not pq.recorder.up
+    assert not ed.recorder.up
+    [view] = first.network.views()
+    assert view.last_error == "wrong_scheme"
+    assert pq.failures("wrong_genesis") == ed.failures("wrong_genesis") == 0
+
+
+async def test_a_raw_peer_of_the_other_scheme_is_told_wrong_scheme(start: Start) -> None:
+    ed = await start(C.signers[1])
+    hello = make_hello(PQ_GENESIS, PQ_SIGNERS[2], secrets.token_bytes(32)).encode()
+    peer = await raw_dial(ed.port, PQ_SIGNERS[2], hello=hello, complete=False)
+    decode_hello(await asyncio.wait_for(read_frame(peer.reader), DEADLINE))  # ed's own
+    assert await peer.refusal() == "wrong_scheme"
+    assert ed.failures("wrong_scheme") == 1
+    peer.writer.close()
+
+
 async def test_another_protocol_version_is_refused(start: Start) -> None:
     b = await start(C.signers[1])
-    hello = dataclasses.replace(
-        make_hello(C.genesis, C.signers[2].public_key, secrets.token_bytes(32)), version=2
-    )
-    peer = await raw_dial(b.port, C.signers[2], hello=hello.encode(), complete=False)
+    ours = make_hello(C.genesis, C.signers[2], secrets.token_bytes(32)).encode()
+    hello = ours[:4] + struct.pack(">H", 3) + ours[6:]  # a version after 1 and 2
+    peer = await raw_dial(b.port, C.signers[2], hello=hello, complete=False)
     decode_hello(await asyncio.wait_for(read_frame(peer.reader), DEADLINE))  # b's own hello
     assert await peer.refusal() == "bad_version"
     assert b.failures("bad_version") == 1
@@ -302,7 +358,7 @@ async def test_another_protocol_version_is_refused(start: Start) -> None:
 async def test_an_outsider_claiming_to_be_a_validator_is_refused(start: Start) -> None:
     b = await start(C.signers[1])
     claim = dataclasses.replace(
-        make_hello(C.genesis, C.outsider.public_key, secrets.token_bytes(32)),
+        make_hello(C.genesis, C.outsider, secrets.token_bytes(32)),
         role=LinkRole.VALIDATOR,
     )
     peer = await raw_dial(b.port, C.outsider, hello=claim.encode(), complete=False)
@@ -424,7 +480,7 @@ async def test_two_ends_dialing_each_other_keep_one_link(start: Start) -> None:
     await until(lambda: linked(a) == ["v1"] and linked(b) == ["v0"], "up")
     await until(settled, "one link each")
     # both keep the link dialed by the lower key
-    lower = min((a, b), key=lambda n: n.signer.public_key)
+    lower = min((a, b), key=lambda n: n.signer.node_id)
     higher = b if lower is a else a
     [kept_low] = [v for v in lower.network.views() if v.state == "connected"]
     [kept_high] = [v for v in higher.network.views() if v.state == "connected"]
@@ -467,7 +523,7 @@ async def test_a_client_without_the_token_receives_no_mac(start: Start) -> None:
     (length,) = FRAME.unpack(rest[:4])
     assert refusal_reason(rest[4 : 4 + length]) == "bad_token"
     assert len(rest) == 4 + length, "nothing follows the refusal"
-    assert length != AUTH_SIZE
+    assert length != auth_size(Scheme.ED25519)
     assert b.failures("bad_token") == 1
     assert not b.recorder.up
     peer.writer.close()
@@ -628,7 +684,7 @@ async def test_a_peer_linking_again_replaces_its_stale_link(start: Start) -> Non
     assert view.address != f"127.0.0.1:{old.writer.get_extra_info('sockname')[1]}"
     assert view.address == f"127.0.0.1:{new.writer.get_extra_info('sockname')[1]}"
     # the engine hears that the peer relinked
-    assert b.recorder.up == [(PeerId("v2"), C.signers[2].public_key)] * 2
+    assert b.recorder.up == [(PeerId("v2"), C.signers[2].node_id)] * 2
     assert b.recorder.down == [PeerId("v2")]
     write_frame(new.writer, b"\x05on the new link")
     assert await asyncio.wait_for(b.recorder.frames.get(), DEADLINE) == (
@@ -716,7 +772,7 @@ async def test_a_peer_back_at_a_new_address_is_linked_once_its_old_link_is_stale
     assert took < limits.idle_timeout / 2, took
     # the stale link leaves the views at once; its close is counted when its task ends
     await until(lambda: a.closed("replaced") >= 1, "the stale link closed as replaced")
-    assert a.recorder.up[-1] == (PeerId("v1"), C.signers[1].public_key)
+    assert a.recorder.up[-1] == (PeerId("v1"), C.signers[1].node_id)
     assert bool(moved.recorder.up)
     print(f"\nrelinked at the new address {took:.2f} s after it appeared (stale after 1 s)")
 
@@ -749,7 +805,7 @@ async def test_text_from_a_peer_is_cut_short_in_the_log(start: Start) -> None:
     b = await start(C.signers[1])
     long_name = "x" * 250  # a network id of a peer's choosing, near the 255-byte limit
     hello = dataclasses.replace(
-        make_hello(C.genesis, C.signers[2].public_key, secrets.token_bytes(32)),
+        make_hello(C.genesis, C.signers[2], secrets.token_bytes(32)),
         network_id=long_name,
     )
     with capture_logs() as logs:

@@ -70,12 +70,12 @@ class Parts:
 async def test_inputs_come_out_in_arrival_order_and_wake_the_pump(store: Store) -> None:
     parts = Parts(store)
     inbox = parts.inbox
-    inbox.link_up(P, C.signers[1].public_key)
+    inbox.link_up(P, C.signers[1].node_id)
     await inbox.frame(P, b"\x01proposal")
     inbox.link_down(P)
     assert parts.wakes == 3
     assert len(inbox) == 3
-    assert inbox.take(2) == [LinkUp(P, C.signers[1].public_key), Received(P, b"\x01proposal")]
+    assert inbox.take(2) == [LinkUp(P, C.signers[1].node_id), Received(P, b"\x01proposal")]
     assert inbox.take(10) == [LinkDown(P)]
     assert inbox.take(10) == []
 
@@ -94,7 +94,7 @@ async def running(syncer: Syncer) -> AsyncIterator[None]:
 
 async def test_links_reach_the_syncer_at_once_and_sync_frames_its_queue(store: Store) -> None:
     parts = Parts(store)
-    parts.inbox.link_up(P, C.signers[1].public_key)
+    parts.inbox.link_up(P, C.signers[1].node_id)
     [(peer, data)] = parts.sent
     assert (peer, decode_sync(data)) == (P, OURS)  # greeted with our STATUS
     theirs = Status(50, 49, 0, 3, b"\x00" * 32)
@@ -111,8 +111,8 @@ async def test_a_peer_with_a_full_sync_queue_holds_only_its_own_link(store: Stor
     parts = Parts(store, max_frames=2)
     other = PeerId("v2")
     statuses = [Status(50 + k, 49, 0, 3, b"\x00" * 32) for k in range(3)]
-    parts.inbox.link_up(P, C.signers[1].public_key)
-    parts.inbox.link_up(other, C.signers[2].public_key)
+    parts.inbox.link_up(P, C.signers[1].node_id)
+    parts.inbox.link_up(other, C.signers[2].node_id)
     await parts.inbox.frame(P, encode_sync(statuses[0]))
     await parts.inbox.frame(P, encode_sync(statuses[1]))
     third = asyncio.create_task(parts.inbox.frame(P, encode_sync(statuses[2])))

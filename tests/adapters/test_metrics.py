@@ -336,8 +336,8 @@ def test_buffer_and_peer_statistics() -> None:
     """Gauges copy the engine's buffer and peer counts; drops grow by the new ones only."""
     metrics = Metrics("1.2.3")
     engine = C.observer(Params(max_buffered=2))
-    engine.peer_connected(PEER, C.signers[1].public_key)
-    engine.peer_connected(PeerId("peer-2"), C.signers[2].public_key)
+    engine.peer_connected(PEER, C.signers[1].node_id)
+    engine.peer_connected(PeerId("peer-2"), C.signers[2].node_id)
     unknown = [C.vertex(i, 2).id for i in range(3)]
     waiting = [C.vertex(i, 3, unknown) for i in range(4)]  # their parents are unknown
     for v in waiting[:3]:

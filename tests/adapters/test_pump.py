@@ -100,7 +100,7 @@ def validator(index: int, *peers: int) -> Engine:
     """Validator ``index`` of the committee, linked to validators ``peers``."""
     engine = Engine(C.genesis, PARAMS, C.signers[index])
     for i in peers:
-        engine.peer_connected(PeerId(f"v{i}"), C.signers[i].public_key)
+        engine.peer_connected(PeerId(f"v{i}"), C.signers[i].node_id)
     return engine
 
 

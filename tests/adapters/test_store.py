@@ -184,7 +184,7 @@ async def test_snapshot_resumes_an_identical_log(tmp_path: Path) -> None:
         if batch % 5 == 4:
             await store.close()
             store = await Store.open(tmp_path, GENESIS)
-            snap = await store.load_snapshot(GENESIS, params.gc_depth, SIGNER.public_key)
+            snap = await store.load_snapshot(GENESIS, params.gc_depth, SIGNER.node_id)
             assert len(snap.vertices) <= params.gc_depth + 3
             restarted = Engine(GENESIS, params, SIGNER, snap)
             restarted.handle_timer(moment(now))
@@ -202,7 +202,7 @@ async def test_pending_transactions_survive_a_restart(tmp_path: Path) -> None:
     await store.persist([TransactionsAdmitted(tuple(tx_ids(txs)), tuple(txs))])
     await store.close()
     store = await Store.open(tmp_path, GENESIS)
-    snap = await store.load_snapshot(GENESIS, 50, SIGNER.public_key)
+    snap = await store.load_snapshot(GENESIS, 50, SIGNER.node_id)
     assert snap.pending == tuple(zip(tx_ids(txs), txs, strict=True))
     await store.close()
 
@@ -221,7 +221,7 @@ async def test_writes_are_seen_and_kept_only_once_committed(tmp_path: Path) -> N
     assert await store.write([TransactionsAdmitted(tuple(tx_ids(third)), tuple(third))])
     await store.close()  # an open transaction is rolled back, never half kept
     store = await Store.open(tmp_path, GENESIS)
-    snap = await store.load_snapshot(GENESIS, 50, SIGNER.public_key)
+    snap = await store.load_snapshot(GENESIS, 50, SIGNER.node_id)
     assert [i for i, _ in snap.pending] == both
     await store.close()
 

@@ -32,7 +32,7 @@ from qudag_node.core.evidence import decode_equivocation
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.messages import CertifiedMessage, decode_message
 from qudag_node.core.params import Params
-from qudag_node.core.types import PeerId, PublicKey, TxId, VertexId
+from qudag_node.core.types import NodeId, PeerId, TxId, VertexId
 from qudag_node.core.vertex import Vertex
 from qudag_node.store import DB_FILENAME, MIGRATIONS, SCHEMA_VERSION, Store
 from tests.core.sim import Faults, Simulation
@@ -87,9 +87,9 @@ class Recorded:
         return self.sim.nodes[RECORDED].signer
 
     @property
-    def own_key(self) -> PublicKey:
-        """The recorded node's public key."""
-        return self.signer.public_key
+    def own_key(self) -> NodeId:
+        """The recorded node's node id."""
+        return self.signer.node_id
 
     @property
     def genesis(self) -> Genesis:
@@ -205,7 +205,7 @@ async def _assert_same_evidence(store: Store, model: MemoryStore, recorded: Reco
     expected = sorted(((a, r, d) for (a, r), d in first.items()), key=lambda x: -x[1])
     rows = await store.evidence(len(first) + 10)
     assert [(r.author, r.round, r.data) for r in rows] == expected
-    faulty = recorded.sim.nodes[recorded.sim.faulty].signer.public_key
+    faulty = recorded.sim.nodes[recorded.sim.faulty].signer.node_id
     for row in rows:
         proof = decode_equivocation(row.data, recorded.genesis)
         assert (proof.author, proof.round) == (row.author, row.round) == (faulty, row.round)
@@ -252,7 +252,7 @@ def _restart(recorded: Recorded, snapshot: Snapshot) -> Engine:
     engine = Engine(recorded.genesis, recorded.sim.params, recorded.signer, snapshot)
     for other in recorded.sim.nodes.values():
         if other.name != RECORDED:
-            engine.peer_connected(other.name, other.signer.public_key)
+            engine.peer_connected(other.name, other.signer.node_id)
     return engine
 
 
@@ -376,7 +376,7 @@ async def test_a_schema_1_database_is_migrated_with_solo_certificates(tmp_path: 
                 cert, vid, SOLO_GENESIS, SequentialVerifier()
             )  # raises if it does not verify
         assert await store.evidence(10) == []
-        snapshot = await store.load_snapshot(SOLO_GENESIS, params.gc_depth, SOLO.public_key)
+        snapshot = await store.load_snapshot(SOLO_GENESIS, params.gc_depth, SOLO.node_id)
         assert snapshot.own_proposal is None
         assert all(v.certificate is not None for v in snapshot.vertices)
         # the migrated node resumes where the old one was and keeps finalizing
@@ -467,8 +467,8 @@ async def test_evidence_is_kept_once_per_author_and_round(tmp_path: Path) -> Non
         await store.persist([later])
         rows = await store.evidence(10)
         assert [(r.author, r.round) for r in rows] == [
-            (C.signers[2].public_key, 3),
-            (C.signers[1].public_key, 1),
+            (C.signers[2].node_id, 3),
+            (C.signers[1].node_id, 1),
         ]
         assert rows[1].data == one.evidence.encode()
         for row in rows:
@@ -502,12 +502,12 @@ async def test_a_restart_from_the_store_remembers_the_equivocations_it_reported(
         for batch in batches:
             model.persist(batch)
             await store.persist(batch)
-        key = C.outsider.public_key
+        key = C.outsider.node_id
         db = await store.load_snapshot(C.genesis, PARAMS.gc_depth, key)
         mem = model.snapshot(key, PARAMS.gc_depth)
     finally:
         await store.close()
-    assert mem.equivocations == ((1, C.signers[1].public_key),)
+    assert mem.equivocations == ((1, C.signers[1].node_id),)
     assert db.equivocations == mem.equivocations
     # the restarted observer sees the second vertex again: nothing new to report
     restarted = C.observer(snapshot=db)
@@ -561,7 +561,7 @@ async def test_migration_certifies_only_what_a_quorum_certified(tmp_path: Path) 
             check_certificate(
                 decode_certificate(record.certificate), proposed.id, C.genesis, SequentialVerifier()
             )
-        snapshot = await store.load_snapshot(C.genesis, PARAMS.gc_depth, signer.public_key)
+        snapshot = await store.load_snapshot(C.genesis, PARAMS.gc_depth, signer.node_id)
         assert snapshot.own_proposal == proposed
     finally:
         await store.close()
