@@ -580,7 +580,8 @@ def _add_network_commands(sub: Any) -> None:
         "genesis",
         help="write a network's genesis file",
         description="Write the genesis file (JSON) of a network: its id and its ordered "
-        "validator set, public keys as 64 hex characters (see keygen). Give validators with "
+        "validator set, public keys in hex as keygen prints them (their size names the "
+        "network's signature scheme: all of one size). Give validators with "
         "--validator (repeatable) and --validators, in order. The file goes to stdout, or "
         "to --out; its hash goes to stderr. Use the file with QUDAG_GENESIS.",
     )

@@ -18,9 +18,8 @@ import nacl.signing
 import pytest
 
 from qudag_node.config import PLATFORM_ENV, SETTINGS, flag_name, load_settings
-from qudag_node.core.crypto import tx_id
+from qudag_node.core.crypto import PUBLIC_KEY_SIZES, Scheme, Signer, tx_id
 from qudag_node.core.genesis import NAME_RULE
-from qudag_node.core.types import PublicKey
 from qudag_node.genesis_file import genesis_from_json
 from tests.conftest import NodeFactory
 
@@ -37,6 +36,9 @@ SUBCOMMANDS = (
     "restore",
 )
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
+#: A composite key pair in hex: the two 32-byte seeds; ML-DSA-65's key and Ed25519's.
+HEX128 = re.compile(r"^[0-9a-f]{128}$")
+HEX3968 = re.compile(r"^[0-9a-f]{3968}$")
 TIMEOUT = 60.0
 #: Variables that would change what the command does; the tests set their own.
 _OURS = {s.env for s in SETTINGS} | {"QUDAG_CONFIG", *PLATFORM_ENV}
@@ -190,6 +192,34 @@ def test_bad_private_key_is_not_echoed(tmp_path: Path) -> None:
     assert value not in result.stdout
 
 
+@pytest.mark.parametrize("source", ["QUDAG_VALIDATORS", "QUDAG_GENESIS"])
+def test_a_node_key_of_another_scheme_than_its_network_stops_the_start(
+    tmp_path: Path, source: str
+) -> None:
+    """An Ed25519 key on a composite network: exit 2, one line saying what to do, before
+    the data dir is touched."""
+    network = parse_dotenv(cli("network-env", "--nodes", "2").stdout)
+    value = network["QUDAG_VALIDATORS"]
+    if source == "QUDAG_GENESIS":
+        genesis = tmp_path / "genesis.json"
+        made = cli(
+            "genesis", "--network-id", "pq-lab", "--validators", value, "--out", str(genesis)
+        )
+        assert made.code == 0, made.stderr
+        value = str(genesis)
+    key = bytes(nacl.signing.SigningKey.generate()).hex()
+    data = tmp_path / "data"
+    result = cli("run", env={"NODE_PRIVATE_KEY": key, source: value, "QUDAG_DATA_DIR": str(data)})
+    assert result.code == 2
+    assert one_line(result.stderr) == (
+        "qudag-node: the node key is a ed25519 key but the network signs with"
+        " mldsa65-ed25519: give NODE_PRIVATE_KEY a key made with"
+        " qudag-node keygen --scheme mldsa65-ed25519"
+    )
+    assert key not in result.stderr + result.stdout
+    assert not (data / "node.key").exists()
+
+
 def test_secret_in_config_file_is_refused(tmp_path: Path) -> None:
     key = bytes(nacl.signing.SigningKey.generate()).hex()
     path = tmp_path / "node.toml"
@@ -200,8 +230,25 @@ def test_secret_in_config_file_is_refused(tmp_path: Path) -> None:
     assert key not in result.stderr + result.stdout
 
 
-def test_keygen_json() -> None:
+def test_keygen_json_makes_a_composite_key_by_default() -> None:
     result = cli("keygen", "--json")
+    assert result.code == 0
+    doc = json.loads(result.stdout)
+    assert set(doc) == {"private_key", "public_key"}
+    assert HEX128.match(doc["private_key"])
+    assert HEX3968.match(doc["public_key"])
+    derived = Signer(bytes.fromhex(doc["private_key"]))
+    assert derived.scheme is Scheme.MLDSA65_ED25519
+    assert derived.public_key.hex() == doc["public_key"]
+    # the key's second half is an Ed25519 seed: its public key ends the composite's
+    ed25519_seed = bytes.fromhex(doc["private_key"])[32:]
+    ed25519_key = bytes(nacl.signing.SigningKey(ed25519_seed).verify_key)
+    assert doc["public_key"].endswith(ed25519_key.hex())
+    assert doc != json.loads(cli("keygen", "--json").stdout), "every key is new"
+
+
+def test_keygen_json_of_an_ed25519_key() -> None:
+    result = cli("keygen", "--json", "--scheme", "ed25519")
     assert result.code == 0
     doc = json.loads(result.stdout)
     assert set(doc) == {"private_key", "public_key"}
@@ -209,25 +256,34 @@ def test_keygen_json() -> None:
     assert HEX64.match(doc["public_key"])
     derived = nacl.signing.SigningKey(bytes.fromhex(doc["private_key"])).verify_key
     assert bytes(derived).hex() == doc["public_key"]
-    assert doc != json.loads(cli("keygen", "--json").stdout), "every key is new"
 
 
-def test_keygen_plain() -> None:
-    result = cli("keygen")
+@pytest.mark.parametrize(("scheme", "private_size"), [("ed25519", 64), ("mldsa65-ed25519", 128)])
+def test_keygen_plain(scheme: str, private_size: int) -> None:
+    result = cli("keygen", "--scheme", scheme)
     assert result.code == 0
     private_line, public_line = result.stdout.splitlines()
     private = private_line.removeprefix("private_key: ")
     public = public_line.removeprefix("public_key: ")
-    assert HEX64.match(private)
-    assert HEX64.match(public)
-    assert bytes(nacl.signing.SigningKey(bytes.fromhex(private)).verify_key).hex() == public
+    assert re.fullmatch(f"[0-9a-f]{{{private_size}}}", private)
+    size = PUBLIC_KEY_SIZES[Scheme.from_label(scheme)]
+    assert re.fullmatch(f"[0-9a-f]{{{2 * size}}}", public)
+    assert Signer(bytes.fromhex(private)).public_key.hex() == public
     assert "secret" in one_line(result.stderr)
     assert private not in result.stderr
 
 
-def new_public_key() -> str:
-    """The public key of a fresh key pair made by ``qudag-node keygen``."""
-    result = cli("keygen", "--json")
+def test_keygen_refuses_an_unknown_scheme() -> None:
+    result = cli("keygen", "--scheme", "dilithium3")
+    assert result.code == 2
+    assert "invalid choice: 'dilithium3'" in result.stderr
+    assert result.stdout == ""
+
+
+def new_public_key(*scheme: str) -> str:
+    """The public key of a fresh key pair made by ``qudag-node keygen`` (``scheme``: its
+    arguments, e.g. ``--scheme ed25519``)."""
+    result = cli("keygen", "--json", *scheme)
     assert result.code == 0, result.stderr
     key: str = json.loads(result.stdout)["public_key"]
     return key
@@ -263,10 +319,31 @@ def test_genesis_writes_a_file_the_settings_load(tmp_path: Path) -> None:
     genesis = settings.genesis(bytes.fromhex(new_public_key()))
     assert genesis.hash.hex() == printed
     assert genesis.network_id == "qudag-lab"
+    assert genesis.scheme is Scheme.MLDSA65_ED25519
     assert [(v.name, v.public_key.hex()) for v in genesis.validators] == [
         (f"node{i}", key) for i, key in enumerate(keys, 1)
     ]
-    assert json.loads(out.read_text())["hash"] == printed
+    document = json.loads(out.read_text())
+    assert (document["scheme"], document["hash"]) == ("mldsa65-ed25519", printed)
+    assert out.stat().st_size < 20_000, "4 composite validators: still one small file"
+
+
+def test_genesis_of_ed25519_keys_names_its_scheme(tmp_path: Path) -> None:
+    keys = [new_public_key("--scheme", "ed25519") for _ in range(2)]
+    result = cli("genesis", "--network-id", "old-lab", "--validators", f"a={keys[0]},b={keys[1]}")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["scheme"] == "ed25519"
+    assert genesis_from_json(result.stdout, "stdout").scheme is Scheme.ED25519
+
+
+def test_genesis_refuses_keys_of_two_schemes(tmp_path: Path) -> None:
+    ed25519, composite = new_public_key("--scheme", "ed25519"), new_public_key()
+    result = cli("genesis", "--network-id", "lab", "--validators", f"a={ed25519},b={composite}")
+    assert result.code == 2
+    assert one_line(result.stderr) == (
+        "qudag-node: invalid genesis: validator b: a ed25519 public key is 32 bytes"
+    )
+    assert result.stdout == ""
 
 
 def test_genesis_to_stdout_matches_the_file(tmp_path: Path) -> None:
@@ -329,7 +406,8 @@ KEY_B = "0b" * 32
         ),
         (
             ("--network-id", "lab", "--validator", "a=1234"),
-            "invalid validators: entry 1 (a): public key must be 64 hex characters",
+            "invalid validators: entry 1 (a): a public key is 32 bytes (ed25519)"
+            " or 1984 bytes (mldsa65-ed25519)",
         ),
         (
             ("--network-id", "lab", "--validator", KEY_A),
@@ -370,27 +448,38 @@ def parse_dotenv(text: str) -> dict[str, str]:
     return pairs
 
 
-def network_public_keys(env: dict[str, str], count: int) -> list[PublicKey]:
-    """The public keys of the private keys ``NODE1_PRIVATE_KEY`` .. in ``env``."""
+def network_signers(
+    env: dict[str, str], count: int, scheme: Scheme = Scheme.MLDSA65_ED25519
+) -> list[Signer]:
+    """The keys ``NODE1_PRIVATE_KEY`` .. in ``env``, each of ``scheme``."""
     keys = []
     for i in range(1, count + 1):
         private = env[f"NODE{i}_PRIVATE_KEY"]
-        assert HEX64.match(private)
-        keys.append(PublicKey(bytes(nacl.signing.SigningKey(bytes.fromhex(private)).verify_key)))
+        assert (HEX64 if scheme is Scheme.ED25519 else HEX128).match(private)
+        keys.append(Signer(bytes.fromhex(private)))
+    assert {key.scheme for key in keys} == {scheme}
     return keys
 
 
-def test_network_env_prints_a_network_its_nodes_accept() -> None:
-    result = cli("network-env", "--nodes", "4")
+@pytest.mark.parametrize(
+    ("args", "scheme"),
+    [((), Scheme.MLDSA65_ED25519), (("--scheme", "ed25519"), Scheme.ED25519)],
+    ids=["default", "ed25519"],
+)
+def test_network_env_prints_a_network_its_nodes_accept(
+    args: tuple[str, ...], scheme: Scheme
+) -> None:
+    result = cli("network-env", "--nodes", "4", *args)
     assert result.code == 0, result.stderr
+    assert f"({scheme.label} keys)" in result.stdout.splitlines()[0]
     env = parse_dotenv(result.stdout)
     names = [f"NODE{i}_PRIVATE_KEY" for i in range(1, 5)]
     assert list(env) == [*names, "PEER_AUTH_TOKEN", "QUDAG_VALIDATORS"]
     assert HEX64.match(env["PEER_AUTH_TOKEN"])
-    public_keys = network_public_keys(env, 4)
-    assert len(set(public_keys)) == 4
-    expected = [(f"node{i}", key) for i, key in enumerate(public_keys, 1)]
-    for i, key in enumerate(public_keys, 1):
+    signers = network_signers(env, 4, scheme)
+    assert len({s.public_key for s in signers}) == 4
+    expected = [(f"node{i}", s.public_key) for i, s in enumerate(signers, 1)]
+    for i, signer in enumerate(signers, 1):
         settings = load_settings(
             {
                 "NODE_ID": f"node{i}",
@@ -401,12 +490,13 @@ def test_network_env_prints_a_network_its_nodes_accept() -> None:
                 "QUDAG_PEERS": "node1:7000",
             }
         )
-        genesis = settings.genesis(key)
+        genesis = settings.genesis(signer.public_key)
+        assert genesis.scheme is scheme
         assert [(v.name, v.public_key) for v in genesis.validators] == expected
-        assert genesis.index_of(key) == i - 1, f"node{i} is validator {i}"
+        assert genesis.index_of(signer.node_id) == i - 1, f"node{i} is validator {i}"
     for value in env.values():
         assert value not in result.stderr
-    other = parse_dotenv(cli("network-env", "--nodes", "4").stdout)
+    other = parse_dotenv(cli("network-env", "--nodes", "4", *args).stdout)
     assert not set(env.values()) & set(other.values()), "every network is new"
 
 
@@ -419,7 +509,7 @@ def test_network_env_writes_a_private_file_and_prints_no_secret(tmp_path: Path) 
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     text = out.read_text()
     env = parse_dotenv(text)
-    assert len(network_public_keys(env, 2)) == 2
+    assert len(network_signers(env, 2)) == 2
     assert "NODE3_PRIVATE_KEY" not in env
     for name in ("NODE1_PRIVATE_KEY", "NODE2_PRIVATE_KEY", "PEER_AUTH_TOKEN"):
         assert env[name] not in result.stderr
