@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from qudag_node.core.crypto import Scheme, Signer
 from qudag_node.genesis_file import genesis_from_json
 from tests.nodeproc import request, submit_json, wait_until
 from tests.system.test_cli import ROOT, cli, command_env
@@ -61,12 +62,13 @@ def free_range(count: int, avoid: range = range(0)) -> int:
             return base
 
 
-def net_args(directory: Path, api_port: int, p2p_port: int) -> list[str]:
-    """The arguments of a testnet of :data:`NODES` nodes."""
+def net_args(directory: Path, api_port: int, p2p_port: int, *more: str) -> list[str]:
+    """The arguments of a testnet of :data:`NODES` nodes (``more`` after them)."""
     return [
         "testnet",
         *("--nodes", str(NODES), "--dir", str(directory)),
         *("--api-port", str(api_port), "--p2p-port", str(p2p_port), "--sync-interval", "1"),
+        *more,
     ]
 
 
@@ -98,10 +100,10 @@ def processes_using(directory: Path) -> list[int]:
 class LocalNet:
     """One ``python -m qudag_node testnet`` process, its output read line by line."""
 
-    def __init__(self, directory: Path, api_port: int, p2p_port: int) -> None:
+    def __init__(self, directory: Path, api_port: int, p2p_port: int, *more: str) -> None:
         self.directory = directory
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "qudag_node", *net_args(directory, api_port, p2p_port)],
+            [sys.executable, "-m", "qudag_node", *net_args(directory, api_port, p2p_port, *more)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -180,15 +182,17 @@ def testnet_dir(tmp_path: Path) -> Iterator[Path]:
         os.kill(pid, signal.SIGKILL)
 
 
-def check_files(directory: Path) -> None:
-    """The token and the keys are 64 hex characters in files only their owner reads."""
+def check_files(directory: Path, scheme: Scheme = Scheme.MLDSA65_ED25519) -> None:
+    """The token (64 hex characters) and the keys (of ``scheme``: 64 or 128) are in files
+    only their owner reads."""
     token_file = directory / "peer-token"
     token = token_file.read_text()
     assert re.fullmatch(r"[0-9a-f]{64}\n", token)
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     for i in range(1, NODES + 1):
         key_file = directory / f"node{i}" / "node.key"
-        assert re.fullmatch(r"[0-9a-f]{64}\n", key_file.read_text())
+        size = 64 if scheme is Scheme.ED25519 else 128
+        assert re.fullmatch(f"[0-9a-f]{{{size}}}\n", key_file.read_text())
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
         log = (directory / f"node{i}" / "node.log").read_text()
         assert '"event": "ready"' in log
@@ -203,9 +207,11 @@ def status(url: str) -> dict[str, Any]:
     return body
 
 
-def run_until_up(directory: Path, ports: tuple[int, int]) -> tuple[LocalNet, list[NodeLine]]:
-    """Start the testnet and wait for all of its nodes."""
-    net = LocalNet(directory, *ports)
+def run_until_up(
+    directory: Path, ports: tuple[int, int], *more: str
+) -> tuple[LocalNet, list[NodeLine]]:
+    """Start the testnet (``more``: further arguments) and wait for all of its nodes."""
+    net = LocalNet(directory, *ports, *more)
     try:
         nodes = net.wait_up()
     except AssertionError:
@@ -220,7 +226,9 @@ def test_the_nodes_come_up_as_validators_and_sigint_stops_them(
 ) -> None:
     net, nodes = run_until_up(testnet_dir, ports)
     genesis = genesis_from_json((testnet_dir / "genesis.json").read_text(), "genesis.json")
+    assert genesis.scheme is Scheme.MLDSA65_ED25519  # the default of new networks
     keys = {v.name: v.public_key.hex() for v in genesis.validators}
+    ids = {v.name: node.hex() for v, node in zip(genesis.validators, genesis.ids, strict=True)}
     api, p2p = ports
     for i, node in enumerate(nodes):
         assert node.url == f"http://127.0.0.1:{api + i}"
@@ -232,7 +240,9 @@ def test_the_nodes_come_up_as_validators_and_sigint_stops_them(
         assert doc["network"]["genesis"] == genesis.hash.hex()
         assert doc["node"]["id"] == node.name
         assert doc["node"]["role"] == "validator"
+        assert doc["network"]["scheme"] == "mldsa65-ed25519"
         assert doc["node"]["public_key"] == keys[node.name]
+        assert doc["node"]["node_id"] == ids[node.name]
         assert doc["p2p"]["port"] == node.p2p_port
     assert len(set(keys.values())) == NODES
     assert sorted(processes_using(testnet_dir)) == sorted(n.pid for n in nodes)
@@ -278,6 +288,55 @@ def test_a_rerun_reuses_the_keys_and_another_size_is_refused(
         f"qudag-node: {testnet_dir} holds a testnet of 3 nodes, not 2; "
         "run with --nodes 3 or use another --dir"
     )
+
+
+def test_an_ed25519_testnet_made_before_schemes_were_named_is_reused_as_it_is(
+    testnet_dir: Path, ports: tuple[int, int]
+) -> None:
+    """Its files as the testnet command wrote them then (a genesis file without a scheme,
+    64-hex-character keys): rerun with the composite default, it stays that network."""
+    signers = [Signer(bytes([0x30 + i]) * 32) for i in range(1, NODES + 1)]
+    testnet_dir.mkdir()
+    for i, signer in enumerate(signers, start=1):
+        (testnet_dir / f"node{i}").mkdir(mode=0o700)
+        key = testnet_dir / f"node{i}" / "node.key"
+        key.write_text(signer.seed().hex() + "\n")
+        key.chmod(0o600)
+    document = {
+        "network_id": "qudag-local-testnet",
+        "validators": [
+            {"name": f"node{i}", "public_key": s.public_key.hex()}
+            for i, s in enumerate(signers, start=1)
+        ],
+    }
+    (testnet_dir / "genesis.json").write_text(json.dumps(document, indent=2) + "\n")
+    token = testnet_dir / "peer-token"
+    token.write_text("6f1c0e3b9a27d4855c2e7a1f0b9d3c64e8a2f5071b6c9d3e4a5f6b7c8d9e0f12\n")
+    token.chmod(0o600)
+    old_text = (testnet_dir / "genesis.json").read_text()
+
+    net, nodes = run_until_up(testnet_dir, ports)
+    assert "(reused)" in net.stdout[0]
+    genesis = genesis_from_json(old_text, "genesis.json")
+    for node, signer in zip(nodes, signers, strict=True):
+        doc = status(node.url)
+        assert doc["network"]["scheme"] == "ed25519"
+        assert doc["network"]["genesis"] == genesis.hash.hex()
+        assert doc["node"]["public_key"] == doc["node"]["node_id"] == signer.public_key.hex()
+    code, body = submit_json(nodes[0].url, [b"old testnet"], wait=True)
+    assert (code, body["status"]) == (200, "final")
+    assert net.stop(signal.SIGTERM) == 0
+    assert (testnet_dir / "genesis.json").read_text() == old_text, "left as it was"
+    check_files(testnet_dir, Scheme.ED25519)
+
+
+def test_a_new_ed25519_testnet_on_request(testnet_dir: Path, ports: tuple[int, int]) -> None:
+    net, nodes = run_until_up(testnet_dir, ports, "--scheme", "ed25519")
+    assert {status(n.url)["network"]["scheme"] for n in nodes} == {"ed25519"}
+    assert net.stop(signal.SIGTERM) == 0
+    check_files(testnet_dir, Scheme.ED25519)
+    document = json.loads((testnet_dir / "genesis.json").read_text())
+    assert document["scheme"] == "ed25519"
 
 
 def test_a_busy_port_is_named_and_nothing_starts(testnet_dir: Path, ports: tuple[int, int]) -> None:
