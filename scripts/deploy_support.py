@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-HEX_KEY = re.compile(r"[0-9a-f]{64}")
+#: A validator's public key in a genesis file: 32 bytes (ed25519) or 1,984 (mldsa65-ed25519).
+HEX_KEY = re.compile(r"[0-9a-f]{64}|[0-9a-f]{3968}")
 #: Machine states and check statuses that mean "up and well".
 STARTED = "started"
 PASSING = "passing"
@@ -242,7 +243,10 @@ def genesis_check(args: argparse.Namespace) -> None:
         )
     for v in validators:
         if not HEX_KEY.fullmatch(str(v.get("public_key", ""))):
-            raise Problem(f"{path}: the public key of {v['name']} is not 64 lowercase hex")
+            raise Problem(
+                f"{path}: the public key of {v['name']} is not 64 or 3968 lowercase hex"
+                " characters (an ed25519 or a mldsa65-ed25519 key)"
+            )
     print(",".join(f"{v['name']}={v['public_key']}" for v in validators))
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qudag_node.core.crypto import Signer
+from qudag_node.core.crypto import PRIVATE_KEY_SIZES, Scheme, Signer
 from qudag_node.core.genesis import Genesis, Validator
 from qudag_node.genesis_file import genesis_to_json
 from tests.nodeproc import NodeProcess, metric, request, submit_json, wait_until
@@ -27,9 +27,10 @@ TOKEN = "3b8e0f61c5a9d2474e1b6c08f3a5d7e92c4b1a6f80d3e5c7b9a2f4d6e8c01357"  # no
 NETWORK_ID = "qudag-process-test"
 
 
-def seed(name: str) -> bytes:
-    """A fixed private key per node name, so restarts keep their identity."""
-    return name.encode().ljust(32, b".")[:32]
+def seed(name: str, scheme: Scheme = Scheme.MLDSA65_ED25519) -> bytes:
+    """A fixed private key of ``scheme`` per node name, so restarts keep their identity."""
+    size = PRIVATE_KEY_SIZES[scheme]
+    return name.encode().ljust(size, b".")[:size]
 
 
 @dataclass
@@ -70,6 +71,7 @@ class Network:
     validators: list[str]
     extra_env: dict[str, str] = field(default_factory=dict)
     members: dict[str, Member] = field(default_factory=dict)
+    scheme: Scheme = Scheme.MLDSA65_ED25519
 
     # ------------------------------------------------------------- nodes
 
@@ -90,7 +92,7 @@ class Network:
     def _launch(self, name: str, peers: list[str], peer_setting: str, ready: bool) -> Member:
         env = {
             "NODE_ID": name,
-            "NODE_PRIVATE_KEY": seed(name).hex(),
+            "NODE_PRIVATE_KEY": seed(name, self.scheme).hex(),
             "QUDAG_GENESIS": str(self.genesis_path),
             "PEER_AUTH_TOKEN": TOKEN,
             "QUDAG_PEERS": peer_setting,
@@ -152,16 +154,21 @@ class Network:
 
 
 @contextmanager
-def network(root: Path, size: int = 4, **extra_env: str) -> Iterator[Network]:
-    """A genesis of validators v1..v{size} and a relay; every process ends on exit."""
+def network(
+    root: Path, size: int = 4, scheme: Scheme = Scheme.MLDSA65_ED25519, **extra_env: str
+) -> Iterator[Network]:
+    """A genesis of validators v1..v{size} signing in ``scheme`` (the default of new
+    networks unless told) and a relay; every process ends on exit."""
     validators = [f"v{i + 1}" for i in range(size)]
     genesis = Genesis(
-        NETWORK_ID, tuple(Validator(n, Signer(seed(n)).public_key) for n in validators)
+        NETWORK_ID,
+        tuple(Validator(n, Signer(seed(n, scheme)).public_key) for n in validators),
+        scheme,
     )
     path = root / "genesis.json"
     path.write_text(genesis_to_json(genesis))
     with Relay() as relay:
-        net = Network(root, relay, path, validators, dict(extra_env))
+        net = Network(root, relay, path, validators, dict(extra_env), scheme=scheme)
         try:
             yield net
         finally:

@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 
 from qudag_node.config import load_settings
-from qudag_node.core.crypto import Signer
-from qudag_node.genesis_file import genesis_from_json
+from qudag_node.core.crypto import Scheme, Signer
+from qudag_node.core.genesis import Genesis, Validator
+from qudag_node.genesis_file import format_validator_list, genesis_from_json, genesis_to_json
 from tests.fakefly.flyctl import CALLS_LOG, STATE_FILE, load_state, read_calls
 from tests.network import network
 from tests.nodeproc import NodeProcess, request, wait_until
@@ -225,14 +226,24 @@ def test_first_run_writes_the_genesis_of_the_staged_keys(first: Deployment) -> N
     assert first.run.returncode == 0, first.run.output
     genesis = genesis_from_json(first.genesis.read_text(encoding="utf-8"), str(first.genesis))
     assert genesis.network_id == "qudag-testnet"
+    assert genesis.scheme is Scheme.MLDSA65_ED25519  # the default of new networks
     keys = secret_values(first.state_dir, "NODE_PRIVATE_KEY")
+    assert [len(key) for key in keys] == [128] * 4
+    signers = [Signer(bytes.fromhex(key)) for key in keys]
     assert [(v.name, v.public_key) for v in genesis.validators] == [
-        (f"node{i}", Signer(bytes.fromhex(key)).public_key) for i, key in enumerate(keys, 1)
+        (f"node{i}", signer.public_key) for i, signer in enumerate(signers, 1)
     ]
-    # What the apps get as QUDAG_VALIDATORS defines the very network of the file.
-    for validators in secret_values(first.state_dir, "QUDAG_VALIDATORS"):
+    # What the apps get as QUDAG_VALIDATORS defines the very network of the file: the
+    # four composite keys whole (some 16 kB), and each app's key is one of them.
+    for signer, validators in zip(
+        signers, secret_values(first.state_dir, "QUDAG_VALIDATORS"), strict=True
+    ):
+        assert validators == format_validator_list(genesis.validators)
+        assert len(validators) > 4 * 3968
         settings = load_settings({"NETWORK_MODE": "testnet", "QUDAG_VALIDATORS": validators})
-        assert settings.genesis(b"").hash == genesis.hash
+        own = settings.genesis(signer.public_key)
+        assert own.hash == genesis.hash
+        assert own.index_of(signer.node_id) is not None
 
 
 def test_first_run_sees_one_transaction_final_on_all_four_nodes(first: Deployment) -> None:
@@ -533,6 +544,57 @@ def test_support_checks_regions_in_older_flyctl_json() -> None:
     assert result.returncode == 1
     assert "  iad  Ashburn, Virginia (US)\n  syd  Sydney, Australia\n" in result.stderr
     assert "--regions yyz,iad" in result.stderr
+
+
+def genesis_check(path: Path) -> subprocess.CompletedProcess[str]:
+    """deploy_support.py's check of the genesis file at ``path`` for the four apps."""
+    nodes = [f"node{i}" for i in range(1, 5)]
+    return subprocess.run(
+        [sys.executable, str(SUPPORT), "genesis-check", str(path), "qudag-testnet", *nodes],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("scheme", list(Scheme), ids=lambda s: s.label)
+def test_support_takes_the_genesis_of_either_scheme(tmp_path: Path, scheme: Scheme) -> None:
+    """A network deployed with Ed25519 keys goes on with its genesis file; a new one has
+    composite keys: either way the apps get its validators whole."""
+    size = 32 if scheme is Scheme.ED25519 else 64
+    validators = tuple(
+        Validator(f"node{i}", Signer(bytes([i]) * size).public_key) for i in range(1, 5)
+    )
+    path = tmp_path / "genesis.json"
+    document = json.loads(genesis_to_json(Genesis("qudag-testnet", validators, scheme)))
+    if scheme is Scheme.ED25519:
+        del document["scheme"]  # as the script wrote it before schemes were named
+    path.write_text(json.dumps(document, indent=2))
+    result = genesis_check(path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == format_validator_list(validators) + "\n"
+
+
+def test_support_refuses_a_genesis_key_of_another_size(tmp_path: Path) -> None:
+    path = tmp_path / "genesis.json"
+    keys = ["ab" * 32, "ab" * 33, "cd" * 32, "ef" * 32]
+    path.write_text(
+        json.dumps(
+            {
+                "network_id": "qudag-testnet",
+                "validators": [
+                    {"name": f"node{i}", "public_key": key} for i, key in enumerate(keys, 1)
+                ],
+            }
+        )
+    )
+    result = genesis_check(path)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"deploy.sh: {path}: the public key of node2 is not 64 or 3968 lowercase hex"
+        " characters (an ed25519 or a mldsa65-ed25519 key)\n"
+    )
 
 
 def label_parts(repo: Path, validators: str, *apps: str) -> dict[str, tuple[str, str]]:
