@@ -8,29 +8,43 @@ observer only stores what clients submit. Both expose the network's genesis.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-import nacl.signing
 import pytest
 
+from qudag_node.core.crypto import PRIVATE_KEY_SIZES, Scheme, Signer
+from qudag_node.core.genesis import Genesis
 from tests.nodeproc import NodeProcess, request, submit_json
 
-SEEDS = [bytes([0x30 + i]) * 32 for i in range(4)]
 TOKEN = "c7a1e94f02b6d85e3a9c1f47b0d2e6a8539f1c7e4b2d0a68f3e5c9b71d4a2e06"  # noqa: S105 - a test value
 
 
-def _public(seed: bytes) -> str:
-    return bytes(nacl.signing.SigningKey(seed).verify_key).hex()
+@dataclass(frozen=True)
+class GenesisFile:
+    """A genesis file, the hash ``qudag-node genesis`` printed, and its validators' keys."""
+
+    path: Path
+    printed: str
+    scheme: Scheme
+    signers: list[Signer]
+
+    def outsider(self) -> Signer:
+        """A key of the network's scheme that is not a validator's."""
+        return Signer(b"\x77" * PRIVATE_KEY_SIZES[self.scheme])
 
 
-@pytest.fixture
-def genesis_file(tmp_path: Path) -> tuple[Path, str]:
-    """A four-validator genesis written by ``qudag-node genesis``, and its printed hash."""
+@pytest.fixture(params=list(Scheme), ids=lambda s: s.label)
+def genesis_file(tmp_path: Path, request: pytest.FixtureRequest) -> GenesisFile:
+    """A four-validator genesis of either scheme written by ``qudag-node genesis``."""
+    scheme: Scheme = request.param
+    signers = [Signer(bytes([0x30 + i]) * PRIVATE_KEY_SIZES[scheme]) for i in range(4)]
     out = tmp_path / "genesis.json"
-    validators = ",".join(f"node{i + 1}={_public(s)}" for i, s in enumerate(SEEDS))
+    validators = ",".join(f"node{i + 1}={s.public_key.hex()}" for i, s in enumerate(signers))
     command = [sys.executable, "-m", "qudag_node", "genesis", "--network-id", "qudag-four"]
     result = subprocess.run(
         [*command, "--validators", validators, "--out", str(out)],
@@ -41,7 +55,7 @@ def genesis_file(tmp_path: Path) -> tuple[Path, str]:
     )
     found = re.search(r"genesis hash ([0-9a-f]{64})", result.stderr)
     assert found is not None, result.stderr
-    return out, found.group(1)
+    return GenesisFile(out, found.group(1), scheme, signers)
 
 
 def _status(node: NodeProcess) -> dict[str, object]:
@@ -58,12 +72,12 @@ def _section(node: NodeProcess, name: str) -> dict[str, object]:
 
 
 def test_a_validator_without_peers_stores_but_waits(
-    tmp_path: Path, genesis_file: tuple[Path, str]
+    tmp_path: Path, genesis_file: GenesisFile
 ) -> None:
-    path, printed = genesis_file
+    path, printed, signers = genesis_file.path, genesis_file.printed, genesis_file.signers
     env = {
         "QUDAG_GENESIS": str(path),
-        "NODE_PRIVATE_KEY": SEEDS[1].hex(),
+        "NODE_PRIVATE_KEY": signers[1].seed().hex(),
         "NODE_ID": "node2",
         "PEER_AUTH_TOKEN": TOKEN,
     }
@@ -73,10 +87,26 @@ def test_a_validator_without_peers_stores_but_waits(
         assert network["genesis"] == printed
         assert network["id"] == "qudag-four"
         assert (network["f"], network["quorum"]) == (1, 3)
+        assert network["scheme"] == genesis_file.scheme.label
         validators = network["validators"]
         assert isinstance(validators, list)
-        assert [v["public_key"] for v in validators] == [_public(s) for s in SEEDS]
+        assert [v["public_key"] for v in validators] == [s.public_key.hex() for s in signers]
+        assert [v["node_id"] for v in validators] == [s.node_id.hex() for s in signers]
         assert _section(node, "node")["role"] == "validator"
+        assert _section(node, "node")["node_id"] == signers[1].node_id.hex()
+        # the genesis as the file holds it, with the node ids and its canonical bytes
+        code, doc = request("GET", node.url + "/api/v1/genesis")
+        assert code == 200, doc
+        written = json.loads(path.read_text())
+        assert set(doc) == {*written, "encoding"}
+        assert all(doc[k] == written[k] for k in ("network_id", "scheme", "hash"))
+        names_and_keys = [
+            {"name": v["name"], "public_key": v["public_key"]} for v in doc["validators"]
+        ]
+        assert names_and_keys == written["validators"]
+        assert [v["id"] for v in doc["validators"]] == [s.node_id.hex() for s in signers]
+        decoded = Genesis.decode(bytes.fromhex(doc["encoding"]))
+        assert (decoded.hash.hex(), decoded.scheme) == (printed, genesis_file.scheme)
 
         code, body = submit_json(node.url, [b"needs three votes"])
         assert code == 202
@@ -106,19 +136,16 @@ def test_a_validator_without_peers_stores_but_waits(
         node.stop()
 
 
-def test_a_network_node_needs_the_peer_token(
-    tmp_path: Path, genesis_file: tuple[Path, str]
-) -> None:
-    path, _ = genesis_file
-    stderr = _start_fails_with_2(tmp_path, path)
+def test_a_network_node_needs_the_peer_token(tmp_path: Path, genesis_file: GenesisFile) -> None:
+    stderr = _start_fails_with_2(tmp_path, genesis_file.path)
     assert "PEER_AUTH_TOKEN is not set" in stderr
 
 
 def test_a_node_outside_the_validator_set_is_an_observer(
-    tmp_path: Path, genesis_file: tuple[Path, str]
+    tmp_path: Path, genesis_file: GenesisFile
 ) -> None:
-    path, printed = genesis_file
-    outsider = b"\x77" * 32
+    path, printed = genesis_file.path, genesis_file.printed
+    outsider = genesis_file.outsider().seed()
     env = {"QUDAG_GENESIS": str(path), "NODE_PRIVATE_KEY": outsider.hex(), "PEER_AUTH_TOKEN": TOKEN}
     node = NodeProcess(tmp_path / "data", tmp_path / "node.log", env).start(ready=False)
     try:

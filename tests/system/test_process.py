@@ -15,6 +15,7 @@ from pathlib import Path
 import nacl.signing
 import pytest
 
+from qudag_node.core.crypto import Scheme, Signer
 from tests.adapters.test_store import damage_table
 from tests.nodeproc import NodeProcess, metric, request, submit_json, wait_until
 from tests.system.test_cli import run_until_exit
@@ -128,7 +129,11 @@ def test_identity_is_generated_once_and_kept(tmp_path: Path) -> None:
     assert key_file.stat().st_mode & 0o777 == 0o600
     seed = bytes.fromhex(key_file.read_text().strip())
     assert isinstance(first, dict)
-    assert bytes(nacl.signing.SigningKey(seed).verify_key).hex() == first["public_key"]
+    kept = Signer(seed)  # a node alone makes a key of the scheme of new networks
+    assert kept.scheme is Scheme.MLDSA65_ED25519
+    assert (kept.public_key.hex(), kept.node_id.hex()) == (first["public_key"], first["node_id"])
+    assert isinstance(first_network, dict)
+    assert first_network["scheme"] == "mldsa65-ed25519"
     node.start()
     second = _status(node)["node"]
     assert isinstance(second, dict)
@@ -163,7 +168,7 @@ def test_sigkill_loses_no_acknowledged_transaction(tmp_path: Path) -> None:
 
 
 def test_online_backup_restores_the_same_log(tmp_path: Path) -> None:
-    key = nacl.signing.SigningKey.generate()
+    key = nacl.signing.SigningKey.generate()  # an Ed25519 node's backup restores as well
     env = {"NODE_PRIVATE_KEY": bytes(key).hex()}
     node = NodeProcess(tmp_path / "data", tmp_path / "node.log", env).start()
     for i in range(5):
@@ -220,7 +225,7 @@ def test_online_backup_restores_the_same_log(tmp_path: Path) -> None:
 
 
 def test_secrets_never_leave_the_process(tmp_path: Path) -> None:
-    key = bytes(nacl.signing.SigningKey.generate()).hex()
+    key = os.urandom(64).hex()  # a composite key: both seeds
     token = "a9f3c5e7b1d2049e6c8a0f2d4b6e81357c9a1e3f5d7b0c2e4a6f8d1b3c5e7a90"  # noqa: S105
     env = {"NODE_PRIVATE_KEY": key, "PEER_AUTH_TOKEN": token, "LOG_LEVEL": "debug"}
     node = NodeProcess(tmp_path / "data", tmp_path / "node.log", env).start()
@@ -242,7 +247,7 @@ def test_secrets_never_leave_the_process(tmp_path: Path) -> None:
         seen.append(str(answer))
     assert node.stop() == 0
     everything = "\n".join([*seen, node.logs()])
-    for secret in (key, token):
+    for secret in (key[:64], key[64:], token):  # neither seed, nor the token
         assert secret not in everything
         assert secret.upper() not in everything
     assert '"node_private_key": "<set>"' in node.logs()
