@@ -45,7 +45,7 @@ import dns.exception
 import dns.resolver
 import pytest
 
-from qudag_node.core.crypto import Signer
+from qudag_node.core.crypto import PRIVATE_KEY_SIZES, Scheme, Signer
 from qudag_node.core.genesis import Genesis, Validator
 from qudag_node.genesis_file import genesis_to_json
 from tests.nodeproc import NodeProcess, json_records, metric, request, wait_until
@@ -120,9 +120,14 @@ def netem_missing() -> str | None:
     return None
 
 
+#: The hosts' network signs in the scheme of new networks.
+SCHEME = Scheme.MLDSA65_ED25519
+
+
 def seed(name: str) -> bytes:
     """A fixed private key per host, so a restart (even on an empty disk) keeps it."""
-    return f"netns {name}".encode().ljust(32, b".")[:32]
+    size = PRIVATE_KEY_SIZES[SCHEME]
+    return f"netns {name}".encode().ljust(size, b".")[:size]
 
 
 class NsNode(NodeProcess):
@@ -274,7 +279,7 @@ class Topology:
         self._write_hosts()
         self._start_dnsmasq()
         validators = tuple(Validator(n, Signer(seed(n)).public_key) for n in self.names)
-        self.genesis_path.write_text(genesis_to_json(Genesis(NETWORK_ID, validators)))
+        self.genesis_path.write_text(genesis_to_json(Genesis(NETWORK_ID, validators, SCHEME)))
 
     def _namespace(self, netns: str, suffix: str, address: str) -> None:
         run("ip", "netns", "add", netns)

@@ -208,6 +208,7 @@ async def test_wait_final_then_transaction_and_vertex_are_final(
     ):
         assert signing["scheme"] == scheme.label
         assert signing["message"] == vertex["id"]
+        # no context: Ed25519 signs the message itself, whatever the purpose
         purpose = Purpose(signing["context"].encode()) if signing["context"] else Purpose.VOTE
         check = SignatureCheck(
             scheme,
