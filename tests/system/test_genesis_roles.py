@@ -182,3 +182,17 @@ def _start_fails_with_2(tmp_path: Path, genesis: Path) -> str:
     )
     assert result.returncode == 2, result.stderr
     return result.stderr
+
+
+def test_a_node_without_a_key_makes_one_of_its_networks_scheme(
+    tmp_path: Path, genesis_file: GenesisFile
+) -> None:
+    env = {"QUDAG_GENESIS": str(genesis_file.path), "PEER_AUTH_TOKEN": TOKEN}
+    node = NodeProcess(tmp_path / "data", tmp_path / "node.log", env).start(ready=False)
+    try:
+        shown = _section(node, "node")
+    finally:
+        node.stop()
+    kept = Signer(bytes.fromhex((tmp_path / "data" / "node.key").read_text()))
+    assert kept.scheme is genesis_file.scheme
+    assert (shown["role"], shown["node_id"]) == ("observer", kept.node_id.hex())
