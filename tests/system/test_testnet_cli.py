@@ -61,11 +61,11 @@ def free_range(count: int, avoid: range = range(0)) -> int:
             return base
 
 
-def net_args(directory: Path, api_port: int, p2p_port: int) -> list[str]:
-    """The arguments of a testnet of :data:`NODES` nodes."""
+def net_args(directory: Path, api_port: int, p2p_port: int, nodes: int = NODES) -> list[str]:
+    """The arguments of a testnet of ``nodes`` nodes."""
     return [
         "testnet",
-        *("--nodes", str(NODES), "--dir", str(directory)),
+        *("--nodes", str(nodes), "--dir", str(directory)),
         *("--api-port", str(api_port), "--p2p-port", str(p2p_port), "--sync-interval", "1"),
     ]
 
@@ -98,10 +98,10 @@ def processes_using(directory: Path) -> list[int]:
 class LocalNet:
     """One ``python -m qudag_node testnet`` process, its output read line by line."""
 
-    def __init__(self, directory: Path, api_port: int, p2p_port: int) -> None:
+    def __init__(self, directory: Path, api_port: int, p2p_port: int, nodes: int = NODES) -> None:
         self.directory = directory
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "qudag_node", *net_args(directory, api_port, p2p_port)],
+            [sys.executable, "-m", "qudag_node", *net_args(directory, api_port, p2p_port, nodes)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
