@@ -29,8 +29,12 @@ from aiohttp.typedefs import Handler, Middleware
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from qudag_node.config import Settings
+from qudag_node.core.certificate import Certificate, decode_certificate
+from qudag_node.core.crypto import Purpose, Scheme
 from qudag_node.core.errors import InputRejected, Reason
+from qudag_node.core.genesis import Genesis
 from qudag_node.core.types import TxId, VertexId
+from qudag_node.genesis_file import genesis_to_json
 from qudag_node.httpserver import (
     MAX_HEADERS,
     LimitedAppRunner,
@@ -313,6 +317,10 @@ def _tx_doc(record: TxRecord) -> dict[str, Any]:
 
 
 def _vertex_doc(record: VertexRecord) -> dict[str, Any]:
+    """A vertex and everything needed to verify it with the genesis alone (see
+    docs/protocol.md, "Verifying a vertex and a certificate")."""
+    scheme = Scheme(record.scheme)
+    votes = () if record.certificate is None else _votes(decode_certificate(record.certificate))
     return {
         "id": record.id.hex(),
         "round": record.round,
@@ -320,11 +328,38 @@ def _vertex_doc(record: VertexRecord) -> dict[str, Any]:
         "timestamp_ms": record.timestamp_ms,
         "parents": [p.hex() for p in record.parents],
         "transactions": [t.hex() for t in record.tx_ids],
+        "header": record.header.hex(),
         "scheme": record.scheme,
         "signature": record.signature.hex(),
+        "signing": _signing(scheme, Purpose.VERTEX, record.id),
         "certificate": None if record.certificate is None else record.certificate.hex(),
+        "votes": [{"validator": voter, "signature": s.hex()} for voter, s in votes],
+        "vote_signing": _signing(scheme, Purpose.VOTE, record.id),
         "ordered": record.ordered,
     }
+
+
+def _votes(certificate: Certificate) -> list[tuple[int, bytes]]:
+    return list(zip(certificate.voters, certificate.signatures, strict=True))
+
+
+def _signing(scheme: Scheme, purpose: Purpose, message: bytes) -> dict[str, Any]:
+    """What a signature of ``purpose`` signs: the message, and the composite's context
+    (none for Ed25519, which signs the message itself)."""
+    return {
+        "scheme": scheme.label,
+        "context": None if scheme is Scheme.ED25519 else purpose.value.decode(),
+        "message": message.hex(),
+    }
+
+
+def _genesis_doc(genesis: Genesis) -> dict[str, Any]:
+    """The genesis file's fields, each validator's node id, and the canonical bytes."""
+    doc: dict[str, Any] = json.loads(genesis_to_json(genesis))
+    for entry, node in zip(doc["validators"], genesis.ids, strict=True):
+        entry["id"] = node.hex()
+    doc["encoding"] = genesis.encode().hex()
+    return doc
 
 
 def _status_doc(status: NodeStatus) -> dict[str, Any]:
@@ -334,6 +369,7 @@ def _status_doc(status: NodeStatus) -> dict[str, Any]:
             "id": node.id,
             "version": node.version,
             "role": node.role,
+            "node_id": node.node_id.hex(),
             "public_key": node.public_key.hex(),
             "uptime_seconds": round(node.uptime_seconds, 3),
             "platform": dict(node.platform),
@@ -342,8 +378,10 @@ def _status_doc(status: NodeStatus) -> dict[str, Any]:
             "id": network.id,
             "mode": network.mode,
             "genesis": network.genesis.hex(),
+            "scheme": network.scheme,
             "validators": [
-                {"name": v.name, "public_key": v.public_key.hex()} for v in network.validators
+                {"name": v.name, "node_id": v.node_id.hex(), "public_key": v.public_key.hex()}
+                for v in network.validators
             ],
             "f": network.f,
             "quorum": network.quorum,
@@ -390,7 +428,7 @@ def _quorum_doc(quorum: QuorumInfo) -> dict[str, Any]:
 def _peer_doc(view: PeerView) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "name": view.name,
-        "public_key": view.public_key,
+        "node_id": view.node_id,
         "address": view.address,
         "role": view.role,
         "state": view.state,
@@ -695,6 +733,10 @@ class _Routes:
             }
         )
 
+    async def genesis(self, request: web.Request) -> web.Response:
+        """GET /api/v1/genesis: the network's genesis (node ids and canonical bytes too)."""
+        return web.json_response(_genesis_doc(self._node.genesis()))
+
     async def status(self, request: web.Request) -> web.Response:
         """GET /api/v1/status."""
         return web.json_response(_status_doc(self._node.status()))
@@ -754,6 +796,7 @@ def make_app(node: NodeApi, metrics: Metrics, settings: Settings) -> web.Applica
     app.router.add_get("/api/v1/evidence", routes.evidence)
     app.router.add_get("/api/v1/peers", routes.peers)
     app.router.add_get("/api/v1/status", routes.status)
+    app.router.add_get("/api/v1/genesis", routes.genesis)
     app.router.add_get("/health", routes.health)
     app.router.add_get("/ready", routes.ready)
     app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))

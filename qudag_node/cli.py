@@ -39,17 +39,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import nacl.signing
-
 from qudag_node import __version__, config, failure, root, store, testnet
-from qudag_node.core.crypto import Signer
+from qudag_node.core.crypto import DEFAULT_SCHEME, SCHEME_LABELS, Scheme
 from qudag_node.core.genesis import NAME_RULE, Genesis, Validator, is_valid_name
 from qudag_node.genesis_file import (
     GenesisFileError,
     format_validator_list,
     genesis_to_json,
     parse_validator_list,
+    validators_genesis,
 )
+from qudag_node.keyfile import new_signer
 from qudag_node.logs import configure_logging
 
 PROG = "qudag-node"
@@ -139,13 +139,8 @@ def _run(args: argparse.Namespace) -> int:
 # --- keygen ------------------------------------------------------------------------
 
 
-def _new_key() -> Signer:
-    """A new Ed25519 key pair."""
-    return Signer(bytes(nacl.signing.SigningKey.generate()))
-
-
 def _keygen(args: argparse.Namespace) -> int:
-    key = _new_key()
+    key = new_signer(Scheme.from_label(args.scheme))
     private_key = key.seed().hex()
     public_key = key.public_key.hex()
     if args.json:
@@ -164,7 +159,7 @@ def _network_env(args: argparse.Namespace) -> int:
     count: int = args.nodes
     if not 1 <= count <= testnet.MAX_NODES:
         raise CommandError(f"--nodes must be from 1 to {testnet.MAX_NODES}", EXIT_USAGE)
-    text = _network_env_text(count)
+    text = _network_env_text(count, Scheme.from_label(args.scheme))
     if args.output is None:
         print(text, end="")
         _say("keep these lines secret: they hold every node's private key")
@@ -176,15 +171,15 @@ def _network_env(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _network_env_text(count: int) -> str:
+def _network_env_text(count: int, scheme: Scheme) -> str:
     """Dotenv lines for a new network of validators ``node1..node<count>``: each node's
     private key as ``NODE<i>_PRIVATE_KEY``, a shared ``PEER_AUTH_TOKEN`` and the ordered
     validator set as ``QUDAG_VALIDATORS``, after a comment line."""
-    keys = [_new_key() for _ in range(count)]
+    keys = [new_signer(scheme) for _ in range(count)]
     validators = [Validator(f"node{i}", key.public_key) for i, key in enumerate(keys, 1)]
     lines = [
         f"# A new qudag network of {count} validators (node1..node{count}), made by "
-        f"{PROG} network-env. Secret: keep it private.",
+        f"{PROG} network-env ({scheme.label} keys). Secret: keep it private.",
         *(f"NODE{i}_PRIVATE_KEY={key.seed().hex()}" for i, key in enumerate(keys, 1)),
         f"PEER_AUTH_TOKEN={secrets.token_hex(32)}",
         f"QUDAG_VALIDATORS={format_validator_list(validators)}",
@@ -224,7 +219,7 @@ def _genesis_from_args(args: argparse.Namespace) -> Genesis:
     if not validators:
         raise CommandError("give at least one --validator NAME=PUBLIC_KEY", EXIT_USAGE)
     try:
-        return Genesis(network_id, validators)
+        return validators_genesis(network_id, validators)
     except ValueError as e:
         raise CommandError(f"invalid genesis: {e}", EXIT_USAGE) from None
 
@@ -402,6 +397,7 @@ def _testnet(args: argparse.Namespace) -> int:
         api_port=args.api_port,
         p2p_port=args.p2p_port,
         sync_interval=args.sync_interval,
+        scheme=Scheme.from_label(args.scheme),
     )
     try:
         return testnet.run(options)
@@ -443,65 +439,7 @@ def _parser() -> argparse.ArgumentParser:
             )
     run.set_defaults(command=_run)
 
-    keygen = sub.add_parser(
-        "keygen",
-        help="print a new Ed25519 key pair",
-        description="Print a new Ed25519 private and public key as 64 lowercase hex "
-        "characters each (the form NODE_PRIVATE_KEY takes).",
-    )
-    keygen.add_argument("--json", action="store_true", help="print one JSON object")
-    keygen.set_defaults(command=_keygen)
-
-    network_env = sub.add_parser(
-        "network-env",
-        help="print the secrets of a new network as dotenv lines",
-        description="Make a new network of validators node1..nodeN: print a new private key "
-        "for each (NODE<I>_PRIVATE_KEY), a new shared PEER_AUTH_TOKEN and the validator set "
-        "(QUDAG_VALIDATORS) as dotenv lines, the .env file that docker-compose.yml reads. "
-        "With --output the lines go to a new file of mode 0600 instead, and nothing secret "
-        "is printed.",
-    )
-    network_env.add_argument(
-        "--nodes",
-        type=int,
-        required=True,
-        metavar="N",
-        help=f"how many validators, 1 to {testnet.MAX_NODES}",
-    )
-    network_env.add_argument(
-        "--output", metavar="FILE", help="write a new file (never overwritten) instead of stdout"
-    )
-    network_env.set_defaults(command=_network_env)
-
-    genesis = sub.add_parser(
-        "genesis",
-        help="write a network's genesis file",
-        description="Write the genesis file (JSON) of a network: its id and its ordered "
-        "validator set, public keys as 64 hex characters (see keygen). Give validators with "
-        "--validator (repeatable) and --validators, in order. The file goes to stdout, or "
-        "to --out; its hash goes to stderr. Use the file with QUDAG_GENESIS.",
-    )
-    genesis.add_argument("--network-id", metavar="ID", help="the network id (required)")
-    genesis.add_argument(
-        "--validator",
-        dest="validators",
-        action="append",
-        default=[],
-        metavar="NAME=PUBLIC_KEY",
-        help="one validator (repeat for more)",
-    )
-    genesis.add_argument(
-        "--validators",
-        dest="validators",
-        action="append",
-        metavar="LIST",
-        help="several validators as NAME=PUBLIC_KEY,NAME=PUBLIC_KEY",
-    )
-    genesis.add_argument("--out", metavar="PATH", help="write the file here instead of stdout")
-    genesis.add_argument(
-        "--force", action="store_true", help="with --out: overwrite an existing file"
-    )
-    genesis.set_defaults(command=_genesis)
+    _add_network_commands(sub)
 
     url_help = "the node's API (default http://127.0.0.1:<QUDAG_API_PORT or 8080>)"
     status = sub.add_parser(
@@ -598,5 +536,81 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="the nodes' DAG_SYNC_INTERVAL (default %(default)g)",
     )
+    _scheme_option(net, "the signature scheme of new node keys (existing keys keep theirs)")
     net.set_defaults(command=_testnet)
     return parser
+
+
+def _add_network_commands(sub: Any) -> None:
+    """keygen, network-env and genesis: the commands that make a new network."""
+    keygen = sub.add_parser(
+        "keygen",
+        help="print a new key pair",
+        description="Print a new private and public key in lowercase hex (the form "
+        "NODE_PRIVATE_KEY takes). A mldsa65-ed25519 private key is 128 hex characters (the "
+        "ML-DSA-65 seed, then the Ed25519 seed), its public key 3,968; an ed25519 one 64 and 64.",
+    )
+    keygen.add_argument("--json", action="store_true", help="print one JSON object")
+    _scheme_option(keygen, "the key's signature scheme")
+    keygen.set_defaults(command=_keygen)
+
+    network_env = sub.add_parser(
+        "network-env",
+        help="print the secrets of a new network as dotenv lines",
+        description="Make a new network of validators node1..nodeN: print a new private key "
+        "for each (NODE<I>_PRIVATE_KEY), a new shared PEER_AUTH_TOKEN and the validator set "
+        "(QUDAG_VALIDATORS) as dotenv lines, the .env file that docker-compose.yml reads. "
+        "With --output the lines go to a new file of mode 0600 instead, and nothing secret "
+        "is printed.",
+    )
+    network_env.add_argument(
+        "--nodes",
+        type=int,
+        required=True,
+        metavar="N",
+        help=f"how many validators, 1 to {testnet.MAX_NODES}",
+    )
+    network_env.add_argument(
+        "--output", metavar="FILE", help="write a new file (never overwritten) instead of stdout"
+    )
+    _scheme_option(network_env, "the network's signature scheme")
+    network_env.set_defaults(command=_network_env)
+
+    genesis = sub.add_parser(
+        "genesis",
+        help="write a network's genesis file",
+        description="Write the genesis file (JSON) of a network: its id and its ordered "
+        "validator set, public keys as 64 hex characters (see keygen). Give validators with "
+        "--validator (repeatable) and --validators, in order. The file goes to stdout, or "
+        "to --out; its hash goes to stderr. Use the file with QUDAG_GENESIS.",
+    )
+    genesis.add_argument("--network-id", metavar="ID", help="the network id (required)")
+    genesis.add_argument(
+        "--validator",
+        dest="validators",
+        action="append",
+        default=[],
+        metavar="NAME=PUBLIC_KEY",
+        help="one validator (repeat for more)",
+    )
+    genesis.add_argument(
+        "--validators",
+        dest="validators",
+        action="append",
+        metavar="LIST",
+        help="several validators as NAME=PUBLIC_KEY,NAME=PUBLIC_KEY",
+    )
+    genesis.add_argument("--out", metavar="PATH", help="write the file here instead of stdout")
+    genesis.add_argument(
+        "--force", action="store_true", help="with --out: overwrite an existing file"
+    )
+    genesis.set_defaults(command=_genesis)
+
+
+def _scheme_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--scheme",
+        choices=SCHEME_LABELS,
+        default=DEFAULT_SCHEME.label,
+        help=f"{what} (default %(default)s)",
+    )

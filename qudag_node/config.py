@@ -22,10 +22,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar, cast, dataclass_transform
 
+from qudag_node.core.crypto import DEFAULT_SCHEME, Scheme, scheme_of_public_key
 from qudag_node.core.genesis import NAME_RULE, Genesis, Validator, is_valid_name
 from qudag_node.core.params import Params
 from qudag_node.core.types import PublicKey
-from qudag_node.genesis_file import GenesisFileError, genesis_from_json, parse_validator_list
+from qudag_node.genesis_file import (
+    GenesisFileError,
+    genesis_from_json,
+    parse_validator_list,
+    validators_genesis,
+)
 
 T = TypeVar("T")
 C = TypeVar("C")
@@ -109,7 +115,7 @@ class Secret:
         return hash(self._value)
 
 
-_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+_PRIVATE_KEY = re.compile(r"[0-9a-fA-F]{64}|[0-9a-fA-F]{128}")
 _LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -184,9 +190,23 @@ def _text(raw: str) -> str:
 
 def _private_key(raw: str) -> Secret:
     value = raw.strip()
-    if not _HEX64.fullmatch(value):
-        raise ValueError("must be 64 hex characters (a 32-byte Ed25519 private key)")
+    if not _PRIVATE_KEY.fullmatch(value):
+        raise ValueError(
+            "must be 64 hex characters (an Ed25519 private key) or 128"
+            " (an ML-DSA-65 + Ed25519 one); make one with: qudag-node keygen"
+        )
     return Secret(value.lower())
+
+
+def _check_key_scheme(genesis: Genesis, own_key: bytes) -> None:
+    """Refuse a node key of another scheme than its network's."""
+    ours = scheme_of_public_key(own_key)
+    if ours is not genesis.scheme:
+        raise ConfigError(
+            f"the node key is a {ours.label} key but the network signs with"
+            f" {genesis.scheme.label}: give NODE_PRIVATE_KEY a key made with"
+            f" qudag-node keygen --scheme {genesis.scheme.label}"
+        )
 
 
 #: Least strength of the peer token: the dialer's proof goes to whoever answers at a
@@ -584,10 +604,22 @@ class Settings:
             return self._genesis_from_file()
         try:
             if self.validators:
-                return Genesis(self.effective_network_id, self.validators)
-            return Genesis.solo(self.effective_network_id, self.node_id, PublicKey(own_key))
+                genesis = validators_genesis(self.effective_network_id, self.validators)
+            else:
+                genesis = Genesis.solo(self.effective_network_id, self.node_id, PublicKey(own_key))
         except ValueError as e:
             raise ConfigError(f"invalid genesis: {e}") from None
+        _check_key_scheme(genesis, own_key)
+        return genesis
+
+    def key_scheme(self) -> Scheme:
+        """The scheme of a node key made now: the configured network's, else the default
+        of new networks. Raises :class:`ConfigError`."""
+        if self.genesis_file:
+            return self._genesis_from_file().scheme
+        if self.validators:
+            return scheme_of_public_key(self.validators[0].public_key)
+        return DEFAULT_SCHEME
 
     def _genesis_from_file(self) -> Genesis:
         path = self.genesis_file

@@ -4,14 +4,17 @@ A genesis file is JSON::
 
     {
       "network_id": "qudag-testnet",
-      "validators": [{"name": "node1", "public_key": "<64 hex>"}, ...],
+      "scheme": "mldsa65-ed25519",
+      "validators": [{"name": "node1", "public_key": "<hex>"}, ...],
       "hash": "<64 hex>"
     }
 
 ``hash`` is informational: :func:`genesis_to_json` writes it, and when a file carries
-it, it must match the contents. A validator list is the short form
-``name=pubkey,name=pubkey`` (commas or newlines between entries). Public keys are
-64 hex characters; they are written in lowercase.
+it, it must match the contents. ``scheme`` names the signature scheme; a file without
+it (as written before schemes were named) is an ``ed25519`` network. A validator list
+is the short form ``name=pubkey,name=pubkey`` (commas or newlines between entries),
+whose keys' size names the scheme. Public keys are hex (64 characters for Ed25519,
+3,968 for the composite); they are written in lowercase.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from qudag_node.core.crypto import SCHEME_LABELS, Scheme, scheme_of_public_key
 from qudag_node.core.genesis import NAME_RULE, Genesis, Validator, is_valid_name
 from qudag_node.core.types import PublicKey
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
-_FIELDS = ("network_id", "validators", "hash")
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
+_FIELDS = ("network_id", "scheme", "validators", "hash")
 _VALIDATOR_FIELDS = ("name", "public_key")
 
 
@@ -37,6 +42,7 @@ def genesis_to_json(genesis: Genesis) -> str:
     """The genesis file text of ``genesis``: stable, indented, ending in a newline."""
     document = {
         "network_id": genesis.network_id,
+        "scheme": genesis.scheme.label,
         "validators": [
             {"name": v.name, "public_key": v.public_key.hex()} for v in genesis.validators
         ],
@@ -83,6 +89,12 @@ def parse_validator_list(raw: str) -> tuple[Validator, ...]:
     return tuple(validators)
 
 
+def validators_genesis(network_id: str, validators: tuple[Validator, ...]) -> Genesis:
+    """The genesis of a validator list, in the scheme its keys' size names; raises
+    ValueError (keys of two schemes, say)."""
+    return Genesis(network_id, validators, scheme_of_public_key(validators[0].public_key))
+
+
 def format_validator_list(validators: Iterable[Validator]) -> str:
     """The short form ``name=pubkey,name=pubkey`` that :func:`parse_validator_list` reads."""
     return ",".join(f"{v.name}={v.public_key.hex()}" for v in validators)
@@ -121,12 +133,19 @@ def _genesis(document: dict[str, Any]) -> Genesis:
     entries = document.get("validators")
     if not isinstance(entries, list) or not entries:
         raise GenesisFileError("validators must be a non-empty list")
+    scheme = _scheme(document.get("scheme", Scheme.ED25519.label))
     validators = [_validator_object(n, entry) for n, entry in enumerate(entries, start=1)]
     _check_unique(validators, "validator")
     try:
-        return Genesis(network_id, tuple(validators))
+        return Genesis(network_id, tuple(validators), scheme)
     except ValueError as e:
         raise GenesisFileError(str(e)) from None
+
+
+def _scheme(label: object) -> Scheme:
+    if not isinstance(label, str) or label not in SCHEME_LABELS:
+        raise GenesisFileError(f"scheme must be one of {', '.join(SCHEME_LABELS)}")
+    return Scheme.from_label(label)
 
 
 def _validator_object(number: int, entry: object) -> Validator:
@@ -148,9 +167,13 @@ def _validator(where: str, name: str, key: str) -> Validator:
     """One validator; ``where`` locates it in error messages (a bad name is not shown)."""
     if not is_valid_name(name):
         raise GenesisFileError(f"{where}: name must be {NAME_RULE}")
-    if not _HEX64.fullmatch(key):
-        raise GenesisFileError(f"{where} ({name}): public key must be 64 hex characters")
-    return Validator(name, PublicKey(bytes.fromhex(key)))
+    try:
+        if not _HEX.fullmatch(key):
+            raise ValueError("a public key is hex")
+        scheme_of_public_key(raw := bytes.fromhex(key))
+    except ValueError as e:
+        raise GenesisFileError(f"{where} ({name}): {e}") from None
+    return Validator(name, PublicKey(raw))
 
 
 def _check_unique(validators: Iterable[Validator], label: str) -> None:

@@ -63,7 +63,7 @@ from qudag_node.core.handshake import (
     refusal_reason,
     transcript,
 )
-from qudag_node.core.types import PeerId, PublicKey
+from qudag_node.core.types import NodeId, PeerId
 from qudag_node.core.wire import message_kind
 from qudag_node.logs import Throttle, get_logger
 from qudag_node.metrics import Metrics
@@ -146,7 +146,7 @@ class LinkState(enum.Enum):
 class LinkHandler:
     """What the network tells its owner. Override the methods you need."""
 
-    def link_up(self, peer: PeerId, public_key: PublicKey) -> None:
+    def link_up(self, peer: PeerId, public_key: NodeId) -> None:
         """A first link to ``peer`` is up."""
 
     def link_down(self, peer: PeerId) -> None:
@@ -165,7 +165,7 @@ class PeerRefused(Exception):
         self.remote = remote  # the other end refused us
 
 
-def peer_name(genesis: Genesis, key: PublicKey) -> PeerId:
+def peer_name(genesis: Genesis, key: NodeId) -> PeerId:
     """The name a peer goes by: its validator name, else ``observer-<key prefix>``."""
     index = genesis.index_of(key)
     if index is not None:
@@ -182,7 +182,7 @@ def format_address(address: Address) -> str:
 @dataclass(eq=False)
 class _Link:
     peer: PeerId
-    key: PublicKey
+    key: NodeId
     role: LinkRole
     address: str
     side: Side
@@ -218,7 +218,7 @@ class _Link:
 class _Candidate:
     address: Address
     state: LinkState = LinkState.CONNECTING
-    key: PublicKey | None = None
+    key: NodeId | None = None
     failures: int = 0
     last_error: str | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -248,7 +248,7 @@ class PeerNetwork:
         self.limits = limits or LinkLimits()
         self._random = rng or random.Random()
         self._replays = ReplayGuard()
-        self._links: dict[PublicKey, _Link] = {}
+        self._links: dict[NodeId, _Link] = {}
         self._by_peer: dict[PeerId, _Link] = {}
         self._candidates: dict[Address, _Candidate] = {}
         self._server: asyncio.Server | None = None
@@ -318,7 +318,7 @@ class PeerNetwork:
         self._metrics.on_peer_message("sent", message_kind(data), size)
         return True
 
-    def linked(self) -> list[tuple[PeerId, PublicKey]]:
+    def linked(self) -> list[tuple[PeerId, NodeId]]:
         """Each linked peer and the key it proved."""
         return [(peer, link.key) for peer, link in self._by_peer.items()]
 
@@ -545,13 +545,13 @@ class PeerNetwork:
         side: Side,
         where: str,
     ) -> _Link:
-        ours = make_hello(self._genesis, self._signer.public_key, secrets.token_bytes(32))
+        ours = make_hello(self._genesis, self._signer, secrets.token_bytes(32))
         our_bytes = ours.encode()
         _write_frame(writer, our_bytes)
         their_bytes = await self._read_handshake_frame(reader)
         try:
             theirs = decode_hello(their_bytes)
-            check_hello(theirs, self._genesis, self._signer.public_key)
+            check_hello(theirs, self._genesis, self._signer.node_id)
             if side is Side.LISTENER:
                 self._replays.check(theirs.nonce)
         except InputRejected as e:
@@ -561,18 +561,16 @@ class PeerNetwork:
                 digest = transcript(our_bytes, their_bytes)
                 _write_frame(writer, make_auth(self._token, self._signer, side, digest))
                 auth = await self._read_handshake_frame(reader)
-                check_auth(auth, self._token, theirs.public_key, Side.LISTENER, digest)
+                check_auth(auth, self._token, theirs, Side.LISTENER, digest)
             else:  # and the listener answers only a proof that holds
                 digest = transcript(their_bytes, our_bytes)
                 auth = await self._read_handshake_frame(reader)
-                ours_auth = answer_auth(
-                    auth, self._accepted_tokens, self._signer, theirs.public_key, digest
-                )
+                ours_auth = answer_auth(auth, self._accepted_tokens, self._signer, theirs, digest)
                 _write_frame(writer, ours_auth)
         except InputRejected as e:
             raise PeerRefused(e.reason.value, e.message) from None
-        peer = peer_name(self._genesis, theirs.public_key)
-        return _Link(peer, theirs.public_key, theirs.role, where, side, writer, self.limits)
+        peer = peer_name(self._genesis, theirs.node_id)
+        return _Link(peer, theirs.node_id, theirs.role, where, side, writer, self.limits)
 
     async def _read_handshake_frame(self, reader: asyncio.StreamReader) -> bytes:
         data = await _read_frame(reader, 4096)
@@ -654,7 +652,7 @@ class PeerNetwork:
         if old is not None:
             now = time.monotonic()
             stale = self._state(old, now) is LinkState.STALE
-            if not stale and not _prefer(link, old, self._signer.public_key):
+            if not stale and not _prefer(link, old, self._signer.node_id):
                 link.close("duplicate")
                 self._closed(link, "duplicate_link_closed", kept=old.address)
                 return False
@@ -795,12 +793,12 @@ def _cancel_if_cancelling() -> None:
         raise asyncio.CancelledError
 
 
-def _prefer(new: _Link, old: _Link, own_key: PublicKey) -> bool:
+def _prefer(new: _Link, old: _Link, own_key: NodeId) -> bool:
     """Whether ``new`` should replace ``old`` (same peer, both live): the link dialed by
     the lower key wins; between two dialed by the same end, the older one stays. (A
     stale ``old`` is replaced whatever this says.)"""
 
-    def dialer(link: _Link) -> PublicKey:
+    def dialer(link: _Link) -> NodeId:
         return own_key if link.side is Side.DIALER else link.key
 
     if dialer(new) == dialer(old):

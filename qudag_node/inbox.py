@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from qudag_node.core.types import PeerId, PublicKey
+from qudag_node.core.types import NodeId, PeerId
 from qudag_node.core.wire import Owner, owner_of
 from qudag_node.gossip import LinkHandler
 from qudag_node.sync import Syncer
@@ -31,7 +31,7 @@ class LinkUp:
     """A first link to ``peer``, who proved ``key``, is up."""
 
     peer: PeerId
-    key: PublicKey
+    key: NodeId
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +74,7 @@ class PeerInbox(LinkHandler):
     def __len__(self) -> int:
         return len(self._queue)
 
-    def link_up(self, peer: PeerId, public_key: PublicKey) -> None:
+    def link_up(self, peer: PeerId, public_key: NodeId) -> None:
         """Queue the link for the engine; the syncer greets the peer at once."""
         self._queue.append(LinkUp(peer, public_key))
         self._wake()

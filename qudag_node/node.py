@@ -234,7 +234,7 @@ class Node:
         the links that are up and whether it is catching up; returns its log length."""
         try:
             snapshot = await self._store.load_snapshot(
-                self._genesis, self.params.gc_depth, self._signer.public_key
+                self._genesis, self.params.gc_depth, self._signer.node_id
             )
         except sqlite3.DatabaseError as e:
             raise NodeFailure(

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from qudag_node.core.types import PublicKey, TxId, VertexId
+from qudag_node.core.genesis import Genesis
+from qudag_node.core.types import NodeId, PublicKey, TxId, VertexId
 
 
 class TxState(enum.Enum):
@@ -48,10 +49,11 @@ class VertexRecord:
 
     id: VertexId
     round: int
-    author: PublicKey
+    author: NodeId
     timestamp_ms: int
     parents: tuple[VertexId, ...]
     tx_ids: tuple[TxId, ...]
+    header: bytes  # the canonical header: what the vertex id hashes
     scheme: int
     signature: bytes
     ordered: bool
@@ -62,7 +64,7 @@ class VertexRecord:
 class EvidenceRecord:
     """Proof that a validator signed two vertices for one round."""
 
-    author: PublicKey
+    author: NodeId
     round: int
     data: bytes  # two signed headers; format in docs/protocol.md
 
@@ -101,6 +103,7 @@ class NodeInfo:
     id: str
     version: str
     role: str  # "validator" or "observer"
+    node_id: NodeId
     public_key: PublicKey
     uptime_seconds: float
     platform: Mapping[str, str]  # where it runs (Fly's region, machine, ...)
@@ -111,6 +114,7 @@ class ValidatorInfo:
     """One validator of the genesis."""
 
     name: str
+    node_id: NodeId
     public_key: PublicKey
 
 
@@ -121,6 +125,7 @@ class NetworkInfo:
     id: str
     mode: str
     genesis: bytes  # the genesis hash
+    scheme: str  # the signature scheme's name
     validators: tuple[ValidatorInfo, ...]
     f: int
     quorum: int
@@ -213,7 +218,7 @@ class PeerView:
     """One peer or candidate address, as ``/api/v1/peers`` shows it."""
 
     name: str | None
-    public_key: str | None
+    node_id: str | None
     address: str
     role: str | None
     state: str
@@ -253,6 +258,10 @@ class NodeApi(Protocol):
 
     def status(self) -> NodeStatus:
         """The node's status now."""
+        ...
+
+    def genesis(self) -> Genesis:
+        """The network's genesis."""
         ...
 
     def peers(self) -> list[PeerView]:

@@ -164,6 +164,7 @@ async def _build(
     view = NodeView(
         s,
         genesis=genesis,
+        node_id=signer.node_id,
         public_key=signer.public_key,
         store=store,
         pump=node,
@@ -193,7 +194,7 @@ async def _wire(
     client submissions."""
     params = s.engine_params()
     wakeup = asyncio.Event()  # the pump's: set by whatever brings it work
-    alone = genesis.n == 1 and genesis.index_of(signer.public_key) == 0
+    alone = genesis.n == 1 and genesis.index_of(signer.node_id) == 0
     # The syncer and the submissions read the engine the node holds now (a disk-full
     # recovery replaces it) through ``node``, bound below; the syncer sends through
     # ``network``, which needs the syncer's inbox first.
@@ -333,7 +334,7 @@ async def _load_engine(
     and the number of vertices stored; what was loaded is logged."""
     started = time.monotonic()
     try:
-        snapshot = await store.load_snapshot(genesis, params.gc_depth, signer.public_key)
+        snapshot = await store.load_snapshot(genesis, params.gc_depth, signer.node_id)
         totals = await store.totals()
     except sqlite3.DatabaseError as e:  # damage in the pages the state is read from
         raise NodeFailure(f"database {s.data_path}: cannot load the state: {e}") from None

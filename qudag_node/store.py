@@ -42,7 +42,7 @@ from qudag_node.core.events import (
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.messages import encode_certified
 from qudag_node.core.syncwire import CertifiedIds
-from qudag_node.core.types import HASH_SIZE, PublicKey, TxId, VertexId
+from qudag_node.core.types import HASH_SIZE, NodeId, TxId, VertexId
 from qudag_node.core.vertex import (
     Vertex,
     assemble_vertex,
@@ -534,7 +534,7 @@ class Store:
         """
         return await _matching_ids(self._reader, "", ids)
 
-    async def load_snapshot(self, genesis: Genesis, gc_depth: int, own_key: PublicKey) -> Snapshot:
+    async def load_snapshot(self, genesis: Genesis, gc_depth: int, own_key: NodeId) -> Snapshot:
         """The durable state the engine resumes from.
 
         Every transaction that is not final comes back; the engine keeps those that
@@ -578,10 +578,10 @@ class Store:
             vertices,
             pending,
             await self._own_proposal(own_key),
-            tuple(sorted((int(r[0]), PublicKey(r[1])) for r in slots)),
+            tuple(sorted((int(r[0]), NodeId(r[1])) for r in slots)),
         )
 
-    async def _own_proposal(self, own_key: PublicKey) -> Vertex | None:
+    async def _own_proposal(self, own_key: NodeId) -> Vertex | None:
         """Our latest vertex, in full, if it is not certified yet."""
         found = await _full_vertex(
             self._writer, "author = ? ORDER BY round DESC LIMIT 1", (own_key,)
@@ -663,7 +663,7 @@ class Store:
             "SELECT author, round, data FROM evidence ORDER BY round DESC LIMIT ?",
             (limit,),
         )
-        return [EvidenceRecord(PublicKey(r[0]), int(r[1]), bytes(r[2])) for r in rows]
+        return [EvidenceRecord(NodeId(r[0]), int(r[1]), bytes(r[2])) for r in rows]
 
     async def totals(self) -> StoreTotals:
         """Stored vertex, transaction and log counts.
@@ -736,6 +736,7 @@ class Store:
             h.timestamp_ms,
             h.parents,
             _split_ids(ids),
+            bytes(header_bytes),
             int(h.scheme),
             bytes(signature),
             bool(ordered),

@@ -30,10 +30,16 @@ from typing import Any
 import aiohttp
 
 from qudag_node import config
+from qudag_node.core.crypto import DEFAULT_SCHEME, Scheme
 from qudag_node.core.genesis import Genesis, Validator
 from qudag_node.core.types import PublicKey
 from qudag_node.failure import NodeFailure
-from qudag_node.genesis_file import GenesisFileError, genesis_from_json, genesis_to_json
+from qudag_node.genesis_file import (
+    GenesisFileError,
+    genesis_from_json,
+    genesis_to_json,
+    validators_genesis,
+)
 from qudag_node.keyfile import KEY_FILENAME, key_file
 
 NETWORK_ID = "qudag-local-testnet"
@@ -77,6 +83,7 @@ class Options:
     api_port: int = 8081
     p2p_port: int = 7001
     sync_interval: float = 5.0
+    scheme: Scheme = DEFAULT_SCHEME  # of new keys: existing ones keep theirs
 
 
 @dataclass(frozen=True)
@@ -186,9 +193,14 @@ def prepare(options: Options) -> Layout:
         raise LaunchError(f"cannot create {root}: {e.strerror}", EXIT_USAGE) from None
     existing = _read_genesis(genesis_path)
     _check_size(root, existing, options.nodes)
-    keys = [_node_key(root / f"node{i}") for i in range(1, options.nodes + 1)]
+    keys = [_node_key(root / f"node{i}", options.scheme) for i in range(1, options.nodes + 1)]
     validators = tuple(Validator(f"node{i}", key) for i, key in enumerate(keys, start=1))
-    genesis = Genesis(NETWORK_ID, validators)
+    try:
+        genesis = validators_genesis(NETWORK_ID, validators)
+    except ValueError as e:
+        raise LaunchError(
+            f"the node keys in {root} do not make one network: {e}", EXIT_USAGE
+        ) from None
     if existing is None:
         _write_new(genesis_path, genesis_to_json(genesis), mode=0o644)
     elif existing.hash != genesis.hash:
@@ -240,12 +252,12 @@ def _check_size(root: Path, existing: Genesis | None, nodes: int) -> None:
         )
 
 
-def _node_key(data_dir: Path) -> PublicKey:
-    """The public key of the node keeping its data in ``data_dir``; creates the key once,
-    in the file the node itself reads."""
+def _node_key(data_dir: Path, scheme: Scheme) -> PublicKey:
+    """The public key of the node keeping its data in ``data_dir``; creates the key once
+    (of ``scheme``), in the file the node itself reads."""
     try:
         data_dir.mkdir(mode=0o700, exist_ok=True)
-        signer, _ = key_file(data_dir / KEY_FILENAME)
+        signer, _ = key_file(data_dir / KEY_FILENAME, scheme)
     except OSError as e:
         raise LaunchError(f"cannot use {data_dir}: {e.strerror}", EXIT_USAGE) from None
     except NodeFailure as e:

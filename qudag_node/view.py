@@ -16,7 +16,7 @@ from qudag_node import __version__
 from qudag_node.config import Settings
 from qudag_node.core.engine import Engine
 from qudag_node.core.genesis import Genesis
-from qudag_node.core.types import PeerId, PublicKey, TxId, VertexId
+from qudag_node.core.types import NodeId, PeerId, PublicKey, TxId, VertexId
 from qudag_node.disk import DiskGuard
 from qudag_node.gossip import PeerNetwork
 from qudag_node.logs import get_logger
@@ -82,6 +82,7 @@ class NodeView:
         settings: Settings,
         *,
         genesis: Genesis,
+        node_id: NodeId,
         public_key: PublicKey,
         store: Store,
         pump: PumpState,
@@ -94,6 +95,7 @@ class NodeView:
     ) -> None:
         self._settings = settings
         self._genesis = genesis
+        self._node_id = node_id
         self._public_key = public_key
         self._store = store
         self._pump = pump
@@ -113,7 +115,8 @@ class NodeView:
         log.info(
             "ready",
             role=self._pump.engine.role.value,
-            public_key=self._public_key.hex(),
+            node_id=self._node_id.hex(),
+            scheme=self._genesis.scheme.label,
             network=self._genesis.network_id,
         )
 
@@ -149,6 +152,10 @@ class NodeView:
         """Equivocation evidence from the store."""
         return await self._store.evidence(limit)
 
+    def genesis(self) -> Genesis:
+        """The network's genesis."""
+        return self._genesis
+
     def status(self) -> NodeStatus:
         """The node's status now."""
         st = self._pump.engine.statistics()
@@ -158,6 +165,7 @@ class NodeView:
                 id=self._settings.node_id,
                 version=__version__,
                 role=st.role.value,
+                node_id=self._node_id,
                 public_key=self._public_key,
                 uptime_seconds=time.time() - self._started_at,
                 platform=dict(self._settings.platform),
@@ -166,7 +174,11 @@ class NodeView:
                 id=g.network_id,
                 mode=self._settings.network_mode,
                 genesis=g.hash,
-                validators=tuple(ValidatorInfo(v.name, v.public_key) for v in g.validators),
+                scheme=g.scheme.label,
+                validators=tuple(
+                    ValidatorInfo(v.name, node, v.public_key)
+                    for v, node in zip(g.validators, g.ids, strict=True)
+                ),
                 f=g.f,
                 quorum=g.quorum,
             ),

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 from qudag_node.core import codec
-from qudag_node.core.crypto import SIGNATURE_SIZES, Scheme, Verifier
+from qudag_node.core.crypto import SIGNATURE_SIZES, Scheme, SignatureCheck, Verifier
 from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.types import VertexId
@@ -77,15 +77,31 @@ def decode_certificate(data: bytes) -> Certificate:
 def check_certificate(
     cert: Certificate, vertex: VertexId, genesis: Genesis, verifier: Verifier
 ) -> None:
-    """Require a quorum of distinct validators' valid signatures over ``vertex``,
-    checked by ``verifier``."""
+    """Require a quorum of distinct validators' valid votes for ``vertex``, checked by
+    ``verifier`` once per certificate (a certificate met again is one lookup)."""
+    if cert.scheme is not genesis.scheme:
+        raise InputRejected(
+            Reason.WRONG_SCHEME,
+            f"votes signed with {cert.scheme.label}, not {genesis.scheme.label}",
+        )
     if len(cert.voters) < genesis.quorum:
         raise InputRejected(
             Reason.BAD_CERTIFICATE, f"{len(cert.voters)} votes, quorum is {genesis.quorum}"
         )
-    for voter, signature in zip(cert.voters, cert.signatures, strict=True):
-        if voter >= genesis.n:
-            raise InputRejected(Reason.BAD_CERTIFICATE, f"voter {voter} is no validator")
-        key = genesis.validators[voter].public_key
-        if not verifier.verify(cert.scheme, key, vertex, signature):
+    checks = vote_checks(cert, vertex, genesis)
+    if len(checks) < len(cert.voters):
+        raise InputRejected(Reason.BAD_CERTIFICATE, f"voter {cert.voters[-1]} is no validator")
+    if verifier.verify_all(checks):
+        return
+    for voter, ok in zip(cert.voters, verifier.verify_many(checks), strict=True):
+        if not ok:
             raise InputRejected(Reason.BAD_CERTIFICATE, f"vote of validator {voter} is invalid")
+
+
+def vote_checks(cert: Certificate, vertex: VertexId, genesis: Genesis) -> list[SignatureCheck]:
+    """The checks of ``cert``'s votes for ``vertex`` (those of validators only)."""
+    checks = (
+        genesis.vote_check(voter, vertex, signature)
+        for voter, signature in zip(cert.voters, cert.signatures, strict=True)
+    )
+    return [check for check in checks if check is not None]

@@ -22,30 +22,64 @@ import enum
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from hashlib import blake2b
-from itertools import starmap
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
-from qudag_node.core.types import HASH_SIZE, GenesisHash, PublicKey, TxId, VertexId
+from qudag_node.core import composite
+from qudag_node.core.types import HASH_SIZE, GenesisHash, NodeId, PublicKey, TxId, VertexId
 
 _TX = b"qudag:tx"
 _VERTEX = b"qudag:vertex"
 _BATCH = b"qudag:batch"
 _LOG = b"qudag:log"
 _GENESIS = b"qudag:genesis"
+_NODE_ID = b"qudag:node-id"
+_CHECK = b"qudag:check"
 
 
 class Scheme(enum.IntEnum):
-    """Signature schemes a vertex header can name."""
+    """Signature schemes a network (its genesis), a vertex, a vote or a certificate can
+    name. A network uses one; anything signed in another is refused."""
 
     ED25519 = 1
+    MLDSA65_ED25519 = 2
+
+    @property
+    def label(self) -> str:
+        """The scheme's name in files, settings and the API."""
+        return _SCHEME_LABELS[self]
+
+    @classmethod
+    def from_label(cls, label: str) -> Scheme:
+        """The scheme named ``label``; ValueError names the ones there are."""
+        for scheme, known in _SCHEME_LABELS.items():
+            if label == known:
+                return scheme
+        raise ValueError(f"unknown signature scheme {label!r}: use {' or '.join(SCHEME_LABELS)}")
 
 
-SIGNATURE_SIZES = {Scheme.ED25519: 64}
-PRIVATE_KEY_SIZE = 32
+_SCHEME_LABELS = {Scheme.ED25519: "ed25519", Scheme.MLDSA65_ED25519: "mldsa65-ed25519"}
+#: The scheme names, in the order they were defined.
+SCHEME_LABELS = tuple(_SCHEME_LABELS.values())
+#: The scheme of a new network unless told otherwise.
+DEFAULT_SCHEME = Scheme.MLDSA65_ED25519
+SIGNATURE_SIZES = {Scheme.ED25519: 64, Scheme.MLDSA65_ED25519: composite.SIGNATURE_SIZE}
+PUBLIC_KEY_SIZES = {Scheme.ED25519: 32, Scheme.MLDSA65_ED25519: composite.PUBLIC_KEY_SIZE}
+#: A private key's size names its scheme: an Ed25519 seed, or ML-DSA's seed and Ed25519's.
+PRIVATE_KEY_SIZES = {Scheme.ED25519: 32, Scheme.MLDSA65_ED25519: composite.SEED_SIZE}
+
+
+class Purpose(enum.Enum):
+    """What a signature is for: the composite scheme's context (``ctx``), so that a
+    signature made for one purpose never verifies for another. Ed25519 networks sign
+    their messages as they always did (each message already names its use)."""
+
+    VERTEX = b"qudag/vertex"
+    VOTE = b"qudag/vote"
+    LINK = b"qudag/link"
 
 
 def tx_id(data: bytes) -> TxId:
@@ -88,34 +122,80 @@ def extend_log_hash(previous: bytes, ids: Sequence[TxId]) -> list[bytes]:
     return out
 
 
-class Signer:
-    """A node's private key. Its repr never shows the key."""
+def node_id(scheme: Scheme, public_key: PublicKey) -> NodeId:
+    """The 32 bytes naming the holder of ``public_key``: the key itself for Ed25519, its
+    hash for the composite (so headers and links stay small)."""
+    if scheme is Scheme.ED25519:
+        return NodeId(public_key)
+    return NodeId(blake2b(public_key, digest_size=HASH_SIZE, person=_NODE_ID).digest())
 
-    __slots__ = ("_key", "public_key", "scheme")
+
+def scheme_of_private_key(seed: bytes) -> Scheme:
+    """The scheme a private key of this size belongs to; ValueError for other sizes."""
+    return _scheme_by_size(PRIVATE_KEY_SIZES, len(seed), "private key")
+
+
+def scheme_of_public_key(key: bytes) -> Scheme:
+    """The scheme a public key of this size belongs to; ValueError for other sizes."""
+    return _scheme_by_size(PUBLIC_KEY_SIZES, len(key), "public key")
+
+
+def _scheme_by_size(sizes: dict[Scheme, int], size: int, what: str) -> Scheme:
+    for scheme, known in sizes.items():
+        if size == known:
+            return scheme
+    names = " or ".join(f"{n} bytes ({s.label})" for s, n in sizes.items())
+    raise ValueError(f"a {what} is {names}")
+
+
+class Signer:
+    """A node's private key, in the scheme its size names. Its repr never shows it."""
+
+    __slots__ = ("_seed", "_sign", "node_id", "public_key", "scheme")
 
     def __init__(self, seed: bytes) -> None:
-        if len(seed) != PRIVATE_KEY_SIZE:
-            raise ValueError(f"a private key is {PRIVATE_KEY_SIZE} bytes")
-        self._key = nacl.signing.SigningKey(seed)
-        self.public_key = PublicKey(bytes(self._key.verify_key))
-        self.scheme = Scheme.ED25519
+        self.scheme = scheme_of_private_key(seed)
+        if self.scheme is Scheme.ED25519:
+            key = nacl.signing.SigningKey(seed)
+            self.public_key = PublicKey(bytes(key.verify_key))
+            self._sign: Callable[[Purpose, bytes], bytes] = lambda _, m: key.sign(m).signature
+        else:
+            pair = composite.CompositeKey(seed)
+            self.public_key = PublicKey(pair.public_key)
+            self._sign = lambda purpose, m: pair.sign(m, purpose.value)
+        self.node_id = node_id(self.scheme, self.public_key)
+        self._seed = seed
 
-    def sign(self, message: bytes) -> bytes:
-        """Sign ``message``; returns the bare signature."""
-        return self._key.sign(message).signature
+    @classmethod
+    def generate(cls, scheme: Scheme, entropy: bytes) -> Signer:
+        """A new key of ``scheme`` made from ``entropy`` (uniformly random bytes, at
+        least the key's size; the caller draws them)."""
+        size = PRIVATE_KEY_SIZES[scheme]
+        if len(entropy) < size:
+            raise ValueError(f"a {scheme.label} key needs {size} random bytes")
+        return cls(entropy[:size])
+
+    def sign(self, purpose: Purpose, message: bytes) -> bytes:
+        """Sign ``message`` for ``purpose``; returns the bare signature."""
+        return self._sign(purpose, message)
 
     def seed(self) -> bytes:
-        """The private key bytes (to store it; never log them)."""
-        return bytes(self._key)
+        """The private key bytes (to store them; never log them)."""
+        return self._seed
 
     def __repr__(self) -> str:
-        return f"Signer(public_key={self.public_key.hex()})"
+        return f"Signer(scheme={self.scheme.label}, node_id={self.node_id.hex()})"
 
 
-#: One Ed25519 signature check: (public key, signed message, signature).
-SignatureCheck = tuple[PublicKey, bytes, bytes]
+class SignatureCheck(NamedTuple):
+    """One signature to check: ``signature`` by ``public_key`` over ``message`` for
+    ``purpose``, in ``scheme``."""
 
-_ED25519_KEY_SIZE = 32
+    scheme: Scheme
+    purpose: Purpose
+    public_key: PublicKey
+    message: bytes
+    signature: bytes
 
 
 def verify_ed25519(public_key: bytes, message: bytes, signature: bytes) -> bool:
@@ -123,7 +203,10 @@ def verify_ed25519(public_key: bytes, message: bytes, signature: bytes) -> bool:
 
     Not cached and safe to call from any thread (libsodium runs without the GIL).
     """
-    if len(public_key) != _ED25519_KEY_SIZE or len(signature) != SIGNATURE_SIZES[Scheme.ED25519]:
+    if (
+        len(public_key) != PUBLIC_KEY_SIZES[Scheme.ED25519]
+        or len(signature) != SIGNATURE_SIZES[Scheme.ED25519]
+    ):
         return False
     try:
         nacl.bindings.crypto_sign_open(signature + message, public_key)
@@ -132,9 +215,18 @@ def verify_ed25519(public_key: bytes, message: bytes, signature: bytes) -> bool:
     return True
 
 
+def verify_check(check: SignatureCheck) -> bool:
+    """Whether ``check``'s signature verifies; nothing is remembered. Safe to call from
+    any thread: neither scheme holds the GIL while it works."""
+    scheme, purpose, public_key, message, signature = check
+    if scheme is Scheme.ED25519:
+        return verify_ed25519(public_key, message, signature)
+    return composite.verify(public_key, message, purpose.value, signature)
+
+
 def verify_each(checks: Iterable[SignatureCheck]) -> list[bool]:
-    """:func:`verify_ed25519` of every check, in order."""
-    return list(starmap(verify_ed25519, checks))
+    """:func:`verify_check` of every check, in order."""
+    return list(map(verify_check, checks))
 
 
 #: How many results a verifier remembers unless told otherwise.
@@ -144,67 +236,83 @@ CACHE_SIZE = 8192
 BatchCheck = Callable[[Sequence[SignatureCheck]], list[bool]]
 
 
-def verify(scheme: Scheme, public_key: PublicKey, message: bytes, signature: bytes) -> bool:
-    """True when ``signature`` is ``public_key``'s signature of ``message``; nothing is
-    remembered (the engine's checks go through its :class:`Verifier`)."""
-    return scheme is Scheme.ED25519 and verify_ed25519(public_key, message, signature)
+def check_digest(check: SignatureCheck) -> bytes:
+    """What a cache remembers a check by: 32 bytes in place of kilobytes of key and
+    signature (every field length-prefixed, so no two checks share a digest)."""
+    scheme, purpose, public_key, message, signature = check
+    h = blake2b(digest_size=HASH_SIZE, person=_CHECK)
+    for part in (bytes((scheme,)), purpose.value, public_key, message, signature):
+        h.update(len(part).to_bytes(4, "big"))
+        h.update(part)
+    return h.digest()
 
 
 class VerifiedCache:
-    """The results of the last ``size`` distinct signature checks (least recently used
-    go first). ``misses`` counts the checks :meth:`verify` made itself."""
+    """The results of the last ``size`` distinct signature checks, and of groups of
+    checks such as a certificate's votes (least recently used go first). ``misses``
+    counts the checks :meth:`verify` made itself."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.misses = 0
-        self._results: OrderedDict[SignatureCheck, bool] = OrderedDict()
+        self._results: OrderedDict[bytes, bool] = OrderedDict()
 
-    def get(self, check: SignatureCheck) -> bool | None:
-        """The remembered result of ``check``, or None."""
-        result = self._results.get(check)
+    def get(self, digest: bytes) -> bool | None:
+        """The remembered result for ``digest``, or None."""
+        result = self._results.get(digest)
         if result is not None:
-            self._results.move_to_end(check)
+            self._results.move_to_end(digest)
         return result
 
-    def remember(self, checks: Iterable[SignatureCheck], results: Iterable[bool]) -> None:
-        """Record results computed elsewhere (they must be :func:`verify_ed25519`'s)."""
+    def remember(self, digests: Iterable[bytes], results: Iterable[bool]) -> None:
+        """Record results computed elsewhere (they must be :func:`verify_check`'s)."""
         cache = self._results
-        for check, result in zip(checks, results, strict=True):
-            cache[check] = result
-            cache.move_to_end(check)
+        for digest, result in zip(digests, results, strict=True):
+            cache[digest] = result
+            cache.move_to_end(digest)
         while len(cache) > self.size:
             cache.popitem(last=False)
 
-    def verify(
-        self, scheme: Scheme, public_key: PublicKey, message: bytes, signature: bytes
-    ) -> bool:
-        """:func:`verify`, answered from the cache when the check is remembered."""
-        if scheme is not Scheme.ED25519:
-            return False
-        check = (public_key, message, signature)
-        result = self.get(check)
+    def verify(self, check: SignatureCheck) -> bool:
+        """:func:`verify_check`, answered from the cache when the check is remembered."""
+        digest = check_digest(check)
+        result = self.get(digest)
         if result is None:
-            result = verify_ed25519(public_key, message, signature)
+            result = verify_check(check)
             self.misses += 1
-            self.remember((check,), (result,))
+            self.remember((digest,), (result,))
         return result
 
     def verify_many(self, checks: Sequence[SignatureCheck], compute: BatchCheck) -> list[bool]:
         """Whether each check verifies, in order: the remembered results, and those of
         ``compute`` called once with the distinct checks not remembered (then remembered)."""
-        results: dict[SignatureCheck, bool] = {}
-        fresh: list[SignatureCheck] = []
-        for check in dict.fromkeys(checks):
-            known = self.get(check)
+        digests = [check_digest(c) for c in checks]
+        results: dict[bytes, bool] = {}
+        fresh: dict[bytes, SignatureCheck] = {}
+        for digest, check in zip(digests, checks, strict=True):
+            known = self.get(digest)
             if known is None:
-                fresh.append(check)
+                fresh.setdefault(digest, check)
             else:
-                results[check] = known
+                results[digest] = known
         if fresh:
-            computed = compute(fresh)
+            computed = compute(list(fresh.values()))
             results.update(zip(fresh, computed, strict=True))
             self.remember(fresh, computed)
-        return [results[check] for check in checks]
+        return [results[digest] for digest in digests]
+
+    def verify_all(self, checks: Sequence[SignatureCheck], compute: BatchCheck) -> bool:
+        """Whether every check verifies, remembered for the group as a whole: a group
+        seen again (a certificate that arrives by another path) costs one lookup."""
+        h = blake2b(digest_size=HASH_SIZE, person=_CHECK)
+        for check in checks:
+            h.update(check_digest(check))
+        group = h.digest()
+        result = self.get(group)
+        if result is None:
+            result = all(self.verify_many(checks, compute))
+            self.remember((group,), (result,))
+        return result
 
 
 class Verifier(Protocol):
@@ -217,15 +325,17 @@ class Verifier(Protocol):
         """How many results are remembered."""
         ...
 
-    def verify(
-        self, scheme: Scheme, public_key: PublicKey, message: bytes, signature: bytes
-    ) -> bool:
-        """True when ``signature`` is ``public_key``'s signature of ``message``."""
+    def verify(self, check: SignatureCheck) -> bool:
+        """True when ``check``'s signature verifies."""
         ...
 
     def verify_many(self, checks: Sequence[SignatureCheck]) -> list[bool]:
         """Whether each check's signature verifies, in the order of ``checks``; the
         results are remembered for :meth:`verify`."""
+        ...
+
+    def verify_all(self, checks: Sequence[SignatureCheck]) -> bool:
+        """Whether all of ``checks`` verify, remembered as one group."""
         ...
 
 
@@ -240,15 +350,17 @@ class SequentialVerifier:
         """How many results are remembered."""
         return self.cache.size
 
-    def verify(
-        self, scheme: Scheme, public_key: PublicKey, message: bytes, signature: bytes
-    ) -> bool:
-        """True when ``signature`` is ``public_key``'s signature of ``message``."""
-        return self.cache.verify(scheme, public_key, message, signature)
+    def verify(self, check: SignatureCheck) -> bool:
+        """True when ``check``'s signature verifies."""
+        return self.cache.verify(check)
 
     def verify_many(self, checks: Sequence[SignatureCheck]) -> list[bool]:
         """Whether each check's signature verifies, in order (results remembered)."""
         return self.cache.verify_many(checks, self._compute)
+
+    def verify_all(self, checks: Sequence[SignatureCheck]) -> bool:
+        """Whether all of ``checks`` verify, remembered as one group."""
+        return self.cache.verify_all(checks, self._compute)
 
     def _compute(self, checks: Sequence[SignatureCheck]) -> list[bool]:
         """Check what the cache does not know (a subclass may spread the work)."""

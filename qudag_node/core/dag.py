@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qudag_node.core.types import PublicKey, TxId, VertexId
+from qudag_node.core.types import NodeId, TxId, VertexId
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,7 +18,7 @@ class DagVertex:
 
     id: VertexId
     round: int
-    author: PublicKey
+    author: NodeId
     parents: tuple[VertexId, ...]
     payload_count: int
 
@@ -28,7 +28,7 @@ class Dag:
 
     def __init__(self) -> None:
         self._by_id: dict[VertexId, DagVertex] = {}
-        self._rounds: dict[int, dict[PublicKey, DagVertex]] = {}
+        self._rounds: dict[int, dict[NodeId, DagVertex]] = {}
         self._unordered_ids: dict[VertexId, tuple[TxId, ...]] = {}
         self._floor = 0  # rounds below this were pruned
 
@@ -47,11 +47,11 @@ class Dag:
         """A vertex by id."""
         return self._by_id.get(vid)
 
-    def at(self, round_: int, author: PublicKey) -> DagVertex | None:
+    def at(self, round_: int, author: NodeId) -> DagVertex | None:
         """The vertex of ``author`` in ``round_``, if held."""
         return self._rounds.get(round_, {}).get(author)
 
-    def round(self, round_: int) -> dict[PublicKey, DagVertex]:
+    def round(self, round_: int) -> dict[NodeId, DagVertex]:
         """All held vertices of a round, by author."""
         return self._rounds.get(round_, {})
 

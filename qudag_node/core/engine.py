@@ -27,10 +27,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice
 
-from qudag_node.core.certificate import Certificate, check_certificate, make_certificate
+from qudag_node.core.certificate import (
+    Certificate,
+    check_certificate,
+    make_certificate,
+    vote_checks,
+)
 from qudag_node.core.consensus import Consensus
 from qudag_node.core.crypto import (
-    Scheme,
+    Purpose,
     SequentialVerifier,
     SignatureCheck,
     Signer,
@@ -74,7 +79,7 @@ from qudag_node.core.messages import (
 from qudag_node.core.params import Params
 from qudag_node.core.pool import Pool
 from qudag_node.core.rules import check_batch, check_vertex
-from qudag_node.core.types import Instant, PeerId, PublicKey, TxId, VertexId
+from qudag_node.core.types import Instant, NodeId, PeerId, TxId, VertexId
 from qudag_node.core.vertex import Vertex, VertexHeader, make_vertex
 from qudag_node.core.wire import message_kind
 
@@ -116,7 +121,7 @@ class Snapshot:
     pending: tuple[tuple[TxId, bytes], ...]
     own_proposal: Vertex | None = None
     #: (round, author) slots whose equivocation evidence is already kept
-    equivocations: tuple[tuple[int, PublicKey], ...] = ()
+    equivocations: tuple[tuple[int, NodeId], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,15 +174,15 @@ class Engine:
         self._verifier = verifier or SequentialVerifier()
         self._params = params
         self._signer = signer
-        self._index = genesis.index_of(signer.public_key)
+        self._index = genesis.index_of(signer.node_id)
         self.role = Role.VALIDATOR if self._index is not None else Role.OBSERVER
         self._dag = Dag()
         self._consensus = Consensus(genesis)
         self._log = FinalLog(0, b"")
         self._intake = Intake(params)
         self._pool = Pool()
-        self._slots: dict[tuple[int, PublicKey], SignedHeader] = {}  # first signed per slot
-        self._equivocators: set[tuple[int, PublicKey]] = set()
+        self._slots: dict[tuple[int, NodeId], SignedHeader] = {}  # first signed per slot
+        self._equivocators: set[tuple[int, NodeId]] = set()
         self._stored: dict[VertexId, Vertex] = {}  # voted for, not certified yet
         self._own: _OwnProposal | None = None
         self._own_latest: tuple[VertexId, Certificate] | None = None
@@ -186,10 +191,10 @@ class Engine:
         self._effects: list[Effect] = []
         self._notices: list[Notice] = []
         self._outbox: list[tuple[PeerId, bytes]] = []
-        self._peers: dict[PeerId, PublicKey] = {}
+        self._peers: dict[PeerId, NodeId] = {}
         self._peer_names: list[PeerId] = []  # sorted
         self._validator_peers: list[PeerId] = []  # sorted
-        self._peer_by_key: dict[PublicKey, PeerId] = {}  # the first by name, per key
+        self._peer_by_key: dict[NodeId, PeerId] = {}  # the first by name, per key
         self._own_round = 0
         self._last_proposal_at: float | None = None
         self._seen_time = False  # no input has told us the time yet
@@ -307,7 +312,7 @@ class Engine:
             self._notices.append(MessageRejected(peer, e.reason, e.message, message_kind(data)))
         self._refresh(now)
 
-    def peer_connected(self, peer: PeerId, public_key: PublicKey) -> None:
+    def peer_connected(self, peer: PeerId, public_key: NodeId) -> None:
         """A link to ``peer``, who proved ``public_key``, is up."""
         self._peers[peer] = public_key
         self._peers_changed()
@@ -406,10 +411,10 @@ class Engine:
         for sv in sorted(snapshot.vertices, key=lambda s: s.header.round):
             h = sv.header
             self._slots.setdefault((h.round, h.author), SignedHeader(sv.header_bytes, sv.signature))
-            if h.author == self._signer.public_key:
+            if h.author == self._signer.node_id:
                 self._own_round = max(self._own_round, h.round)
             if sv.certificate is None:
-                if h.author != self._signer.public_key:
+                if h.author != self._signer.node_id:
                     carried.update(sv.tx_ids)
                 continue
             dv = DagVertex(sv.id, h.round, h.author, h.parents, h.tx_count)
@@ -419,7 +424,7 @@ class Engine:
             else:
                 self._pool.carry(sv.tx_ids, sv.id)
             carried.update(sv.tx_ids)
-            if h.author == self._signer.public_key:
+            if h.author == self._signer.node_id:
                 self._own_latest = (sv.id, sv.certificate)
         self._dag.prune_below(floor)
         self._equivocators = {slot for slot in snapshot.equivocations if slot[0] >= floor}
@@ -478,35 +483,23 @@ class Engine:
                 return self._certificate_checks(vid, certificate)
             case VoteMessage(vid, voter, scheme, signature):
                 own = self._own
-                if (
-                    own is None
-                    or vid != own.vertex.id
-                    or voter >= self._genesis.n
-                    or scheme is not Scheme.ED25519
-                ):
+                if own is None or vid != own.vertex.id or scheme is not self._genesis.scheme:
                     return []
-                return [(self._genesis.validators[voter].public_key, vid, signature)]
+                check = self._genesis.vote_check(voter, vid, signature)
+                return [] if check is None else [check]
         return []
 
     def _vertex_checks(self, vertex: Vertex) -> list[SignatureCheck]:
         h = vertex.header
-        if (
-            vertex.id in self._dag
-            or h.scheme is not Scheme.ED25519
-            or self._genesis.index_of(h.author) is None
-        ):
+        check = self._genesis.signature_check(h.author, Purpose.VERTEX, vertex.id, vertex.signature)
+        if vertex.id in self._dag or h.scheme is not self._genesis.scheme or check is None:
             return []
-        return [(h.author, vertex.id, vertex.signature)]
+        return [check]
 
     def _certificate_checks(self, vid: VertexId, cert: Certificate) -> list[SignatureCheck]:
-        validators = self._genesis.validators
-        if cert.scheme is not Scheme.ED25519 or len(cert.voters) < self._genesis.quorum:
+        if cert.scheme is not self._genesis.scheme or len(cert.voters) < self._genesis.quorum:
             return []
-        return [
-            (validators[voter].public_key, vid, signature)
-            for voter, signature in zip(cert.voters, cert.signatures, strict=True)
-            if voter < len(validators)
-        ]
+        return vote_checks(cert, vid, self._genesis)
 
     def _dispatch(self, peer: PeerId, message: Message, now: Instant) -> None:
         match message:
@@ -563,7 +556,7 @@ class Engine:
         if vertex.round - 1 < self._dag.floor:
             return set()  # parents are below the window: ordered or orphaned long ago
         missing: set[VertexId] = set()
-        authors: set[PublicKey] = set()
+        authors: set[NodeId] = set()
         for pid in vertex.parents:
             parent = self._dag.get(pid)
             if parent is None:
@@ -612,24 +605,29 @@ class Engine:
             return
         peer = self._peer_by_key.get(vertex.author)
         if peer is not None:
-            signature = self._signer.sign(vertex.id)
+            signature = self._signer.sign(Purpose.VOTE, vertex.id)
             self._send(peer, VoteMessage(vertex.id, self._index, self._signer.scheme, signature))
 
     def _on_vote(self, vote: VoteMessage) -> None:
         own = self._own
         if own is None or vote.vertex != own.vertex.id or vote.voter in own.votes:
             return  # late or repeated: harmless
-        if vote.voter >= self._genesis.n:
+        if vote.scheme is not self._genesis.scheme:
+            raise InputRejected(
+                Reason.WRONG_SCHEME,
+                f"vote signed with {vote.scheme.label}, not {self._genesis.scheme.label}",
+            )
+        check = self._genesis.vote_check(vote.voter, vote.vertex, vote.signature)
+        if check is None:
             raise InputRejected(Reason.UNKNOWN_AUTHOR, f"voter {vote.voter} is no validator")
-        key = self._genesis.validators[vote.voter].public_key
-        if not self._verifier.verify(vote.scheme, key, vote.vertex, vote.signature):
+        if not self._verifier.verify(check):
             raise InputRejected(Reason.BAD_SIGNATURE, "vote signature does not verify")
         own.votes[vote.voter] = vote.signature
         self._certify_own_if_quorum()
 
     def _add_own_vote(self, vertex: Vertex) -> None:
         if self._own is not None and self._index is not None:
-            self._own.votes[self._index] = vertex.signature
+            self._own.votes[self._index] = self._signer.sign(Purpose.VOTE, vertex.id)
             self._certify_own_if_quorum()
 
     def _certify_own_if_quorum(self) -> None:
@@ -702,8 +700,8 @@ class Engine:
                 self._resume(entry, work)
 
     @property
-    def _own_key(self) -> PublicKey:
-        return self._signer.public_key
+    def _own_key(self) -> NodeId:
+        return self._signer.node_id
 
     def _resume(self, entry: Waiting, work: list[tuple[Vertex, Certificate]]) -> None:
         vertex = entry.vertex

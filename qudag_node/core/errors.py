@@ -34,6 +34,7 @@ class Reason(enum.Enum):
     POOL_FULL = "pool_full"
     # vertices
     WRONG_NETWORK = "wrong_network"
+    WRONG_SCHEME = "wrong_scheme"
     UNKNOWN_AUTHOR = "unknown_author"
     BAD_SIGNATURE = "bad_signature"
     BAD_BATCH_ROOT = "bad_batch_root"

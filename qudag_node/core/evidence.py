@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qudag_node.core import codec
-from qudag_node.core.crypto import SIGNATURE_SIZES, verify, vertex_id
+from qudag_node.core.crypto import SIGNATURE_SIZES, Purpose, verify_check, vertex_id
 from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.genesis import Genesis
-from qudag_node.core.types import PublicKey, VertexId
+from qudag_node.core.types import NodeId, VertexId
 from qudag_node.core.vertex import decode_header_bytes
 
 
@@ -37,7 +37,7 @@ class SignedHeader:
 class Equivocation:
     """Two different signed vertices of ``author`` for ``round``."""
 
-    author: PublicKey
+    author: NodeId
     round: int
     first: SignedHeader
     second: SignedHeader
@@ -64,9 +64,12 @@ def decode_equivocation(data: bytes, genesis: Genesis) -> Equivocation:
         raise InputRejected(Reason.NON_CANONICAL, "not two vertices of one author and round")
     if first.network != genesis.hash or second.network != genesis.hash:
         raise InputRejected(Reason.WRONG_NETWORK, "evidence from another network")
-    if genesis.index_of(first.author) is None:
-        raise InputRejected(Reason.UNKNOWN_AUTHOR, "evidence against a non-validator")
-    for s, h in zip(signed, (first, second), strict=True):
-        if not verify(h.scheme, h.author, s.id, s.signature):
+    if first.scheme is not genesis.scheme or second.scheme is not genesis.scheme:
+        raise InputRejected(Reason.WRONG_SCHEME, f"evidence not signed with {genesis.scheme.label}")
+    for s in signed:
+        check = genesis.signature_check(first.author, Purpose.VERTEX, s.id, s.signature)
+        if check is None:
+            raise InputRejected(Reason.UNKNOWN_AUTHOR, "evidence against a non-validator")
+        if not verify_check(check):
             raise InputRejected(Reason.BAD_SIGNATURE, "evidence signature does not verify")
     return Equivocation(first.author, first.round, signed[0], signed[1])

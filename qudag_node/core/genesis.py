@@ -1,4 +1,15 @@
-"""A network's definition: its id and its ordered validator set."""
+"""A network's definition: its id, its signature scheme and its ordered validator set.
+
+Canonical encoding (integers big-endian)::
+
+    version 1 (ed25519):          1:u8  network_len:u8 network_id  count:u16
+                                  (name_len:u8 name public_key:32) * count
+    version 2 (another scheme):   2:u8  scheme:u8  network_len:u8 network_id  count:u16
+                                  (name_len:u8 name public_key:(scheme's size)) * count
+
+An Ed25519 genesis keeps version 1, so its hash (and every network made before
+schemes were named) is unchanged.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +18,20 @@ import re
 from dataclasses import dataclass, field
 
 from qudag_node.core import codec
-from qudag_node.core.crypto import genesis_hash
+from qudag_node.core.crypto import (
+    PUBLIC_KEY_SIZES,
+    Purpose,
+    Scheme,
+    SignatureCheck,
+    genesis_hash,
+    node_id,
+    scheme_of_public_key,
+)
 from qudag_node.core.errors import InputRejected, Reason
-from qudag_node.core.types import HASH_SIZE, GenesisHash, PublicKey
+from qudag_node.core.types import GenesisHash, NodeId, PublicKey, VertexId
 
-GENESIS_VERSION = 1
+_ED25519_VERSION = 1
+_SCHEMED_VERSION = 2
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 NAME_RULE = "1-63 of A-Z a-z 0-9 . _ - (starting with a letter or digit)"
 
@@ -28,15 +48,22 @@ class Validator:
     name: str
     public_key: PublicKey
 
+    def id(self, scheme: Scheme) -> NodeId:
+        """The validator's node id on a network of ``scheme``."""
+        return node_id(scheme, self.public_key)
+
 
 @dataclass(frozen=True)
 class Genesis:
-    """Network id plus the ordered validator set; its hash binds every vertex."""
+    """Network id, signature scheme and the ordered validator set; its hash binds every
+    vertex."""
 
     network_id: str
     validators: tuple[Validator, ...]
+    scheme: Scheme = Scheme.ED25519
     hash: GenesisHash = field(init=False, repr=False, compare=False)
-    _index: dict[PublicKey, int] = field(init=False, repr=False, compare=False)
+    ids: tuple[NodeId, ...] = field(init=False, repr=False, compare=False)
+    _index: dict[NodeId, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not is_valid_name(self.network_id):
@@ -46,16 +73,20 @@ class Genesis:
         if len(self.validators) > 0xFFFF:
             raise ValueError("too many validators")
         names = [v.name for v in self.validators]
-        keys = [v.public_key for v in self.validators]
+        size = PUBLIC_KEY_SIZES[self.scheme]
         for v in self.validators:
             if not is_valid_name(v.name):
                 raise ValueError(f"validator name {v.name!r}: use {NAME_RULE}")
-            if len(v.public_key) != HASH_SIZE:
-                raise ValueError(f"validator {v.name}: a public key is {HASH_SIZE} bytes")
-        if len(set(names)) != len(names) or len(set(keys)) != len(keys):
+            if len(v.public_key) != size:
+                raise ValueError(
+                    f"validator {v.name}: a {self.scheme.label} public key is {size} bytes"
+                )
+        ids = tuple(v.id(self.scheme) for v in self.validators)
+        if len(set(names)) != len(names) or len(set(ids)) != len(ids):
             raise ValueError("validator names and keys must be unique")
         object.__setattr__(self, "hash", genesis_hash(self.encode()))
-        object.__setattr__(self, "_index", {k: i for i, k in enumerate(keys)})
+        object.__setattr__(self, "ids", ids)
+        object.__setattr__(self, "_index", {k: i for i, k in enumerate(ids)})
 
     @functools.cached_property
     def n(self) -> int:
@@ -72,18 +103,45 @@ class Genesis:
         """Distinct validators a round needs: n - f (2f + 1 when n = 3f + 1)."""
         return self.n - self.f
 
-    def index_of(self, key: PublicKey) -> int | None:
-        """The validator index of ``key``, or None for a non-validator."""
-        return self._index.get(key)
+    def index_of(self, node: NodeId) -> int | None:
+        """The validator index of ``node``, or None for a non-validator."""
+        return self._index.get(node)
 
-    def leader(self, round_: int) -> PublicKey:
+    def key_of(self, node: NodeId) -> PublicKey | None:
+        """The public key of validator ``node``, or None for a non-validator."""
+        index = self._index.get(node)
+        return None if index is None else self.validators[index].public_key
+
+    def signature_check(
+        self, node: NodeId, purpose: Purpose, message: bytes, signature: bytes
+    ) -> SignatureCheck | None:
+        """How validator ``node``'s signature for ``purpose`` is checked on this network
+        (None for a non-validator)."""
+        key = self.key_of(node)
+        if key is None:
+            return None
+        return SignatureCheck(self.scheme, purpose, key, message, signature)
+
+    def vote_check(self, voter: int, vertex: VertexId, signature: bytes) -> SignatureCheck | None:
+        """How the vote of the validator at index ``voter`` for ``vertex`` is checked
+        (None when there is no such validator)."""
+        if voter >= self.n:
+            return None
+        key = self.validators[voter].public_key
+        return SignatureCheck(self.scheme, Purpose.VOTE, key, vertex, signature)
+
+    def leader(self, round_: int) -> NodeId:
         """The leader of an even round, by a fixed round-robin schedule."""
-        return self.validators[(round_ // 2) % self.n].public_key
+        return self.ids[(round_ // 2) % self.n]
 
     def encode(self) -> bytes:
         """Canonical bytes of this genesis (what its hash covers)."""
         net = self.network_id.encode()
-        parts = [codec.u8(GENESIS_VERSION), codec.u8(len(net)), net, codec.u16(self.n)]
+        if self.scheme is Scheme.ED25519:
+            parts = [codec.u8(_ED25519_VERSION)]
+        else:
+            parts = [codec.u8(_SCHEMED_VERSION), codec.u8(self.scheme)]
+        parts += [codec.u8(len(net)), net, codec.u16(self.n)]
         for v in self.validators:
             name = v.name.encode()
             parts += [codec.u8(len(name)), name, v.public_key]
@@ -93,23 +151,33 @@ class Genesis:
     def decode(cls, data: bytes) -> Genesis:
         """Parse canonical genesis bytes."""
         r = codec.Reader(data)
-        if r.u8("genesis version") != GENESIS_VERSION:
+        version = r.u8("genesis version")
+        if version == _ED25519_VERSION:
+            scheme = Scheme.ED25519
+        elif version == _SCHEMED_VERSION:
+            raw = r.u8("genesis scheme")
+            if raw == Scheme.ED25519 or raw not in PUBLIC_KEY_SIZES:
+                raise InputRejected(Reason.UNKNOWN_SCHEME, f"genesis scheme {raw}")
+            scheme = Scheme(raw)
+        else:
             raise InputRejected(Reason.BAD_VERSION, "unknown genesis version")
         network_id = _text(r.fixed(r.u8("network id length"), "network id"))
         validators = []
+        size = PUBLIC_KEY_SIZES[scheme]
         for _ in range(r.u16("validator count")):
             name = _text(r.fixed(r.u8("name length"), "validator name"))
-            validators.append(Validator(name, PublicKey(r.fixed(HASH_SIZE, "public key"))))
+            validators.append(Validator(name, PublicKey(r.fixed(size, "public key"))))
         r.finish("genesis")
         try:
-            return cls(network_id, tuple(validators))
+            return cls(network_id, tuple(validators), scheme)
         except ValueError as e:
             raise InputRejected(Reason.NON_CANONICAL, str(e)) from e
 
     @classmethod
     def solo(cls, network_id: str, name: str, key: PublicKey) -> Genesis:
-        """A one-validator network made of a single node."""
-        return cls(network_id, (Validator(name, key),))
+        """A one-validator network made of a single node (in the scheme its key's size
+        names)."""
+        return cls(network_id, (Validator(name, key),), scheme_of_public_key(key))
 
 
 def _text(raw: bytes) -> str:

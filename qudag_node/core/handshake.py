@@ -6,13 +6,19 @@ listener checks that AUTH before it sends its own (:func:`answer_auth`), so an e
 that does not know the token never receives a MAC it could test guesses against
 offline::
 
-    HELLO  magic "QDAG"  version:u16  role:u8  network_len:u8  network_id
-           genesis_hash:32  public_key:32  nonce:32
-    AUTH   mac:32  signature:64
+    HELLO v1  magic "QDAG"  1:u16  role:u8  network_len:u8  network_id
+              genesis_hash:32  public_key:32  nonce:32                   (ed25519)
+    HELLO v2  magic "QDAG"  2:u16  role:u8  scheme:u8  network_len:u8  network_id
+              genesis_hash:32  public_key:(scheme's size)  nonce:32      (other schemes)
+    AUTH      mac:32  signature:(scheme's size)
 
     transcript = BLAKE2b-256(person "qudag:link", dialer HELLO || listener HELLO)
     mac        = HMAC-SHA256(token, side || transcript)
-    signature  = Ed25519(node key, "qudag:link-auth" || side || transcript)
+    signature  = Sign(node key, purpose "qudag/link", "qudag:link-auth" || side || transcript)
+
+A node of an Ed25519 network sends version 1, as every node did before schemes were
+named, so nodes of either age link; a HELLO in another scheme than ours is refused as
+``wrong_scheme``.
 
 An end that refuses the other sends a REFUSAL frame, ``magic "QDAG"  0xFFFF  reason``
 (a HELLO of a version that never exists, and never of AUTH's length), then closes. A
@@ -41,15 +47,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from qudag_node.core import codec
-from qudag_node.core.crypto import Scheme, Signer, verify
+from qudag_node.core.crypto import (
+    PUBLIC_KEY_SIZES,
+    SIGNATURE_SIZES,
+    Purpose,
+    Scheme,
+    SignatureCheck,
+    Signer,
+    node_id,
+    verify_check,
+)
 from qudag_node.core.errors import InputRejected, Reason, UsageError
 from qudag_node.core.genesis import Genesis
-from qudag_node.core.types import HASH_SIZE, GenesisHash, PublicKey
+from qudag_node.core.types import HASH_SIZE, GenesisHash, NodeId, PublicKey
 
 MAGIC = b"QDAG"
-PROTOCOL_VERSION = 1
+#: The HELLO of an Ed25519 network (no scheme byte), and of any other scheme.
+ED25519_VERSION = 1
+SCHEMED_VERSION = 2
 NONCE_SIZE = 32
-AUTH_SIZE = 32 + 64
+MAC_SIZE = 32
 _TRANSCRIPT = b"qudag:link"
 _SIGNED = b"qudag:link-auth"
 _REFUSAL = MAGIC + b"\xff\xff"
@@ -64,6 +81,7 @@ REFUSAL_REASONS = frozenset(
         Reason.TRAILING_BYTES.value,
         Reason.WRONG_NETWORK.value,
         Reason.WRONG_GENESIS.value,
+        Reason.WRONG_SCHEME.value,
         Reason.SELF_CONNECTION.value,
         Reason.NOT_A_VALIDATOR.value,
         Reason.REPLAYED_HANDSHAKE.value,
@@ -99,23 +117,33 @@ class Side(enum.Enum):
 class Hello:
     """One end's opening message."""
 
-    version: int
     role: LinkRole
+    scheme: Scheme
     network_id: str
     genesis: GenesisHash
     public_key: PublicKey
     nonce: bytes
+
+    @property
+    def node_id(self) -> NodeId:
+        """The sender's node id."""
+        return node_id(self.scheme, self.public_key)
 
     def encode(self) -> bytes:
         """Canonical bytes."""
         network = self.network_id.encode()
         if len(network) > 255 or len(self.nonce) != NONCE_SIZE:
             raise UsageError("network id or nonce of the wrong size")
+        if len(self.public_key) != PUBLIC_KEY_SIZES[self.scheme]:
+            raise UsageError("public key of the wrong size for its scheme")
+        if self.scheme is Scheme.ED25519:
+            version = [codec.u16(ED25519_VERSION), codec.u8(self.role)]
+        else:
+            version = [codec.u16(SCHEMED_VERSION), codec.u8(self.role), codec.u8(self.scheme)]
         return b"".join(
             (
                 MAGIC,
-                codec.u16(self.version),
-                codec.u8(self.role),
+                *version,
                 codec.u8(len(network)),
                 network,
                 self.genesis,
@@ -125,10 +153,11 @@ class Hello:
         )
 
 
-def make_hello(genesis: Genesis, public_key: PublicKey, nonce: bytes) -> Hello:
+def make_hello(genesis: Genesis, signer: Signer, nonce: bytes) -> Hello:
     """Our HELLO for ``genesis``; ``nonce`` must be 32 fresh random bytes."""
-    role = LinkRole.VALIDATOR if genesis.index_of(public_key) is not None else LinkRole.OBSERVER
-    return Hello(PROTOCOL_VERSION, role, genesis.network_id, genesis.hash, public_key, nonce)
+    is_validator = genesis.index_of(signer.node_id) is not None
+    role = LinkRole.VALIDATOR if is_validator else LinkRole.OBSERVER
+    return Hello(role, signer.scheme, genesis.network_id, genesis.hash, signer.public_key, nonce)
 
 
 def decode_hello(data: bytes) -> Hello:
@@ -137,42 +166,55 @@ def decode_hello(data: bytes) -> Hello:
     if r.fixed(len(MAGIC), "magic") != MAGIC:
         raise InputRejected(Reason.UNKNOWN_MESSAGE, "not a qudag peer (bad magic)")
     version = r.u16("version")
-    if version != PROTOCOL_VERSION:
+    if version not in (ED25519_VERSION, SCHEMED_VERSION):
         raise InputRejected(
-            Reason.BAD_VERSION, f"protocol version {version}, we speak {PROTOCOL_VERSION}"
+            Reason.BAD_VERSION,
+            f"protocol version {version}, we speak {ED25519_VERSION} and {SCHEMED_VERSION}",
         )
     role = r.u8("role")
     if role not in LinkRole._value2member_map_:
         raise InputRejected(Reason.NON_CANONICAL, f"role {role}")
+    scheme = Scheme.ED25519
+    if version == SCHEMED_VERSION:
+        raw = r.u8("scheme")
+        if raw == Scheme.ED25519 or raw not in PUBLIC_KEY_SIZES:
+            raise InputRejected(Reason.UNKNOWN_SCHEME, f"signature scheme {raw}")
+        scheme = Scheme(raw)
     try:
         network = r.fixed(r.u8("network id length"), "network id").decode()
     except UnicodeDecodeError:
         raise InputRejected(Reason.NON_CANONICAL, "network id is not UTF-8") from None
     genesis = GenesisHash(r.fixed(HASH_SIZE, "genesis hash"))
-    key = PublicKey(r.fixed(HASH_SIZE, "public key"))
+    key = PublicKey(r.fixed(PUBLIC_KEY_SIZES[scheme], "public key"))
     nonce = r.fixed(NONCE_SIZE, "nonce")
     r.finish("hello")
-    return Hello(version, LinkRole(role), network, genesis, key, nonce)
+    return Hello(LinkRole(role), scheme, network, genesis, key, nonce)
 
 
-def check_hello(hello: Hello, genesis: Genesis, own_key: PublicKey) -> None:
-    """Refuse a HELLO from another network, from ourselves, or claiming a role it lacks."""
+def check_hello(hello: Hello, genesis: Genesis, own: NodeId) -> None:
+    """Refuse a HELLO from another network or scheme, from ourselves, or claiming a role
+    it lacks."""
     if hello.network_id != genesis.network_id:
         raise InputRejected(
             Reason.WRONG_NETWORK,
             f"peer is on network {hello.network_id!r}, we are on {genesis.network_id!r}",
+        )
+    if hello.scheme is not genesis.scheme:
+        raise InputRejected(
+            Reason.WRONG_SCHEME,
+            f"peer signs with {hello.scheme.label}, this network with {genesis.scheme.label}",
         )
     if hello.genesis != genesis.hash:
         raise InputRejected(
             Reason.WRONG_GENESIS,
             f"peer's genesis is {hello.genesis.hex()[:16]}, ours {genesis.hash.hex()[:16]}",
         )
-    if hello.public_key == own_key:
+    if hello.node_id == own:
         raise InputRejected(Reason.SELF_CONNECTION, "this address is our own node")
-    if hello.role is LinkRole.VALIDATOR and genesis.index_of(hello.public_key) is None:
+    if hello.role is LinkRole.VALIDATOR and genesis.index_of(hello.node_id) is None:
         raise InputRejected(
             Reason.NOT_A_VALIDATOR,
-            f"key {hello.public_key.hex()[:16]} claims to be a validator but is not in the genesis",
+            f"key {hello.node_id.hex()[:16]} claims to be a validator but is not in the genesis",
         )
 
 
@@ -187,22 +229,36 @@ def transcript(dialer_hello: bytes, listener_hello: bytes) -> bytes:
 
 def make_auth(token: bytes, signer: Signer, side: Side, transcript_hash: bytes) -> bytes:
     """Our AUTH: the token's MAC and our key's signature over the transcript."""
-    return _mac(token, side, transcript_hash) + signer.sign(_SIGNED + side.value + transcript_hash)
+    signed = _SIGNED + side.value + transcript_hash
+    return _mac(token, side, transcript_hash) + signer.sign(Purpose.LINK, signed)
+
+
+def auth_size(scheme: Scheme) -> int:
+    """The size of an AUTH in ``scheme``."""
+    return MAC_SIZE + SIGNATURE_SIZES[scheme]
 
 
 def _mac(token: bytes, side: Side, transcript_hash: bytes) -> bytes:
     return hmac.new(token, side.value + transcript_hash, hashlib.sha256).digest()
 
 
-def check_auth(
-    data: bytes, token: bytes, public_key: PublicKey, side: Side, transcript_hash: bytes
-) -> None:
-    """Check the AUTH the ``side`` end sent; raises :class:`InputRejected`."""
-    if len(data) != AUTH_SIZE:
-        raise InputRejected(Reason.TRUNCATED, f"auth of {len(data)} bytes, need {AUTH_SIZE}")
-    if not hmac.compare_digest(data[:32], _mac(token, side, transcript_hash)):
+_AUTH_SIZES = frozenset(map(auth_size, Scheme))
+
+
+def _check_size(data: bytes, scheme: Scheme) -> None:
+    if len(data) != (size := auth_size(scheme)):
+        raise InputRejected(Reason.TRUNCATED, f"auth of {len(data)} bytes, need {size}")
+
+
+def check_auth(data: bytes, token: bytes, peer: Hello, side: Side, transcript_hash: bytes) -> None:
+    """Check the AUTH the ``side`` end (which sent ``peer``) sent; raises
+    :class:`InputRejected`."""
+    _check_size(data, peer.scheme)
+    if not hmac.compare_digest(data[:MAC_SIZE], _mac(token, side, transcript_hash)):
         raise InputRejected(Reason.BAD_TOKEN, "the peer does not know our PEER_AUTH_TOKEN")
-    if not verify(Scheme.ED25519, public_key, _SIGNED + side.value + transcript_hash, data[32:]):
+    signed = _SIGNED + side.value + transcript_hash
+    check = SignatureCheck(peer.scheme, Purpose.LINK, peer.public_key, signed, data[MAC_SIZE:])
+    if not verify_check(check):
         raise InputRejected(Reason.BAD_SIGNATURE, "the peer's key did not sign the handshake")
 
 
@@ -210,7 +266,7 @@ def answer_auth(
     data: bytes,
     tokens: Sequence[bytes],
     signer: Signer,
-    dialer_key: PublicKey,
+    dialer: Hello,
     transcript_hash: bytes,
 ) -> bytes:
     """The listener's AUTH, made only once the dialer's AUTH ``data`` has passed
@@ -219,16 +275,15 @@ def answer_auth(
     makes nothing) otherwise."""
     if not tokens:
         raise UsageError("a listener needs at least one token")
-    if len(data) != AUTH_SIZE:
-        raise InputRejected(Reason.TRUNCATED, f"auth of {len(data)} bytes, need {AUTH_SIZE}")
+    _check_size(data, dialer.scheme)
     matched = [
         token
         for token in tokens
-        if hmac.compare_digest(data[:32], _mac(token, Side.DIALER, transcript_hash))
+        if hmac.compare_digest(data[:MAC_SIZE], _mac(token, Side.DIALER, transcript_hash))
     ]
     if not matched:
         raise InputRejected(Reason.BAD_TOKEN, "the peer does not know our PEER_AUTH_TOKEN")
-    check_auth(data, matched[0], dialer_key, Side.DIALER, transcript_hash)
+    check_auth(data, matched[0], dialer, Side.DIALER, transcript_hash)
     return make_auth(matched[0], signer, Side.LISTENER, transcript_hash)
 
 
@@ -260,6 +315,6 @@ def encode_refusal(reason: str) -> bytes:
 def refusal_reason(frame: bytes) -> str | None:
     """The reason of a REFUSAL frame (``unknown`` for one outside
     :data:`REFUSAL_REASONS`), or None if ``frame`` is not a REFUSAL."""
-    if not frame.startswith(_REFUSAL) or len(frame) == AUTH_SIZE:
+    if not frame.startswith(_REFUSAL) or len(frame) in _AUTH_SIZES:
         return None
     return _REFUSALS_BY_BYTES.get(frame[len(_REFUSAL) :], UNKNOWN_REFUSAL)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from qudag_node.core.crypto import Verifier
+from qudag_node.core.crypto import Purpose, Verifier
 from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.params import Params
@@ -39,7 +39,12 @@ def check_vertex(
     h = vertex.header
     if h.network != genesis.hash:
         raise InputRejected(Reason.WRONG_NETWORK, "vertex belongs to another genesis")
-    if genesis.index_of(h.author) is None:
+    if h.scheme is not genesis.scheme:
+        raise InputRejected(
+            Reason.WRONG_SCHEME, f"vertex signed with {h.scheme.label}, not {genesis.scheme.label}"
+        )
+    check = genesis.signature_check(h.author, Purpose.VERTEX, vertex.id, vertex.signature)
+    if check is None:
         raise InputRejected(Reason.UNKNOWN_AUTHOR, f"author {h.author.hex()[:16]} is no validator")
     if h.round < 1:
         raise InputRejected(Reason.BAD_ROUND, "rounds start at 1")
@@ -51,5 +56,5 @@ def check_vertex(
         raise InputRejected(
             Reason.TOO_FEW_PARENTS, f"{len(h.parents)} parents, quorum is {genesis.quorum}"
         )
-    if not verifier.verify(h.scheme, h.author, vertex.id, vertex.signature):
+    if not verifier.verify(check):
         raise InputRejected(Reason.BAD_SIGNATURE, "signature does not verify")

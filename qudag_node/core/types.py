@@ -9,8 +9,12 @@ from typing import NewType
 TxId = NewType("TxId", bytes)
 #: 32-byte hash of a vertex's canonical header.
 VertexId = NewType("VertexId", bytes)
-#: 32-byte Ed25519 public key of a node.
+#: A node's public key in its network's signature scheme (32 B for Ed25519, 1,984 B for
+#: the ML-DSA-65 + Ed25519 composite).
 PublicKey = NewType("PublicKey", bytes)
+#: 32 bytes naming a node: its Ed25519 public key on an ``ed25519`` network, the hash of
+#: its composite public key on a ``mldsa65-ed25519`` one (see ``crypto.node_id``).
+NodeId = NewType("NodeId", bytes)
 #: 32-byte hash of a network's genesis.
 GenesisHash = NewType("GenesisHash", bytes)
 #: Adapter-chosen name of a peer link (opaque to the core).

@@ -21,6 +21,7 @@ from itertools import pairwise
 from qudag_node.core import codec
 from qudag_node.core.crypto import (
     SIGNATURE_SIZES,
+    Purpose,
     Scheme,
     Signer,
     batch_root,
@@ -29,7 +30,7 @@ from qudag_node.core.crypto import (
 )
 from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.params import Params
-from qudag_node.core.types import HASH_SIZE, GenesisHash, PublicKey, TxId, VertexId
+from qudag_node.core.types import HASH_SIZE, GenesisHash, NodeId, TxId, VertexId
 
 VERTEX_VERSION = 1
 _FIXED = struct.Struct(">BB32s32sQQH")
@@ -43,7 +44,7 @@ class VertexHeader:
 
     scheme: Scheme
     network: GenesisHash
-    author: PublicKey
+    author: NodeId
     round: int
     timestamp_ms: int
     parents: tuple[VertexId, ...]
@@ -87,7 +88,7 @@ class Vertex:
         return self.header.round
 
     @property
-    def author(self) -> PublicKey:
+    def author(self) -> NodeId:
         """The author's public key."""
         return self.header.author
 
@@ -154,7 +155,7 @@ def decode_header(r: codec.Reader) -> VertexHeader:
     return VertexHeader(
         Scheme(scheme),
         GenesisHash(network),
-        PublicKey(author),
+        NodeId(author),
         round_,
         ts,
         parents,
@@ -207,7 +208,7 @@ def make_vertex(
     header = VertexHeader(
         signer.scheme,
         network,
-        signer.public_key,
+        signer.node_id,
         round_,
         timestamp_ms,
         tuple(sorted(parents)),
@@ -217,4 +218,5 @@ def make_vertex(
     )
     header_bytes = header.encode()
     vid = vertex_id(header_bytes)
-    return Vertex(header, header_bytes, vid, signer.sign(vid), tuple(transactions), tuple(ids))
+    signature = signer.sign(Purpose.VERTEX, vid)
+    return Vertex(header, header_bytes, vid, signature, tuple(transactions), tuple(ids))
