@@ -2,8 +2,8 @@
 node) against the draft's test vectors and against the node's own composite signatures,
 and its refusals of every way a genesis file, a vertex or a certificate can be wrong.
 
-This file imports the node's composite module only to make signatures with it; the
-verifier that checks them shares no code with the node.
+This file imports the node's composite module to make signatures, and its genesis to
+compare encodings; the verifier that checks them shares no code with the node.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ import nacl.signing
 import pytest
 
 from qudag_node.core import composite
+from qudag_node.core.crypto import Scheme
+from qudag_node.core.genesis import Genesis, Validator
+from qudag_node.core.types import PublicKey
+from qudag_node.genesis_file import genesis_to_json
 from tests.independent import documents, verifier
 from tests.independent.verifier import COMPOSITE, ED25519, Refused
 
@@ -151,6 +155,24 @@ def test_a_composite_genesis_is_encoded_as_version_2_and_names_nodes_by_hash() -
     assert len(network.members[0].node_id) == 32
     assert network.members[0].node_id != network.members[1].node_id
     assert network.quorum == 2
+
+
+@pytest.mark.parametrize("scheme", [Scheme.ED25519, Scheme.MLDSA65_ED25519])
+def test_the_nodes_genesis_files_read_the_same(scheme: Scheme) -> None:
+    """The node's genesis of either scheme, read from its file by the verifier, has the
+    node's encoding, hash and node ids."""
+    keys = (
+        [bytes(ed25519_key(i).verify_key) for i in range(1, 5)]
+        if scheme is Scheme.ED25519
+        else [NODE_KEY.public_key, OTHER_KEY.public_key]
+    )
+    validators = tuple(Validator(f"v{i}", PublicKey(k)) for i, k in enumerate(keys))
+    genesis = Genesis("qudag-pq", validators, scheme)
+    network = verifier.read_genesis_file(genesis_to_json(genesis))
+    assert network.scheme == scheme.label
+    assert network.encoding == genesis.encode()
+    assert network.hash == genesis.hash
+    assert [m.node_id for m in network.members] == list(genesis.ids)
 
 
 def edited(text: str, change: Callable[[dict[str, Any]], None]) -> str:
@@ -300,6 +322,11 @@ def refusals() -> list[tuple[str, dict[str, Any], str]]:
         (
             "another signing context",
             changed(doc, signing={**doc["signing"], "context": "qudag/vote"}),
+            "mismatch",
+        ),
+        (
+            "another vote context",
+            changed(doc, vote_signing={**doc["vote_signing"], "context": "qudag/vertex"}),
             "mismatch",
         ),
         ("the scheme byte of Ed25519", changed(doc, scheme=1), "wrong_scheme"),

@@ -124,13 +124,16 @@ def vertex_document(
         "certificate": encode_certificate(scheme, votes).hex() if votes else None,
         "ordered": False,
         "header": header.hex(),
-        "signing": {
-            "scheme": scheme,
-            "context": verifier.VERTEX_CONTEXT.decode() if scheme == verifier.COMPOSITE else None,
-            "message": vid.hex(),
-        },
+        "signing": signing(scheme, verifier.VERTEX_CONTEXT, vid),
         "votes": [{"validator": i, "signature": s.hex()} for i, s in votes],
+        "vote_signing": signing(scheme, verifier.VOTE_CONTEXT, vid),
     }
+
+
+def signing(scheme: str, ctx: bytes, message: bytes) -> dict[str, Any]:
+    """What a signature signs, as the API shows it (no context on Ed25519 networks)."""
+    context = ctx.decode() if scheme == verifier.COMPOSITE else None
+    return {"scheme": scheme, "context": context, "message": message.hex()}
 
 
 def worked_example() -> dict[str, Any]:

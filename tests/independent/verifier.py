@@ -311,11 +311,20 @@ def _check_fields(document: Mapping[str, Any], header: Header, vid: bytes, schem
         raise Refused("mismatch", "transactions: not the header's count")
     if blake2b_256(tx_ids, b"qudag:batch") != header.batch_root:
         raise Refused("bad_batch_root", "the transactions are not the header's batch")
-    signing = document["signing"]
+    _check_signing("signing", document["signing"], scheme, vid, VERTEX_CONTEXT)
+    if "vote_signing" in document:
+        _check_signing("vote_signing", document["vote_signing"], scheme, vid, VOTE_CONTEXT)
+
+
+def _check_signing(
+    field: str, signing: Mapping[str, Any], scheme: str, vid: bytes, context: bytes
+) -> None:
+    """A document's account of what a signature signs is the one computed here."""
     if signing["scheme"] != scheme or bytes.fromhex(signing["message"]) != vid:
-        raise Refused("mismatch", "signing: not the vertex id on this scheme")
-    if scheme == COMPOSITE and signing["context"] != VERTEX_CONTEXT.decode():
-        raise Refused("mismatch", f"signing: context {signing['context']!r}")
+        raise Refused("mismatch", f"{field}: not the vertex id on this scheme")
+    expected = context.decode() if scheme == COMPOSITE else None
+    if signing["context"] != expected:
+        raise Refused("mismatch", f"{field}: context {signing['context']!r}")
 
 
 def _verify_votes(network: Network, document: Mapping[str, Any], vid: bytes) -> tuple[Member, ...]:

@@ -31,7 +31,7 @@ MOST_VERTICES = 12
 
 
 @dataclass(frozen=True)
-class Testnet:
+class RunningTestnet:
     """The running testnet: its directory and the nodes that came up."""
 
     directory: Path
@@ -46,7 +46,7 @@ def get(url: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def testnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testnet]:
+def testnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningTestnet]:
     """A four-node testnet of ``qudag-node testnet``, stopped (or killed) at the end."""
     directory = tmp_path_factory.mktemp("independent") / "testnet"
     api = free_range(NODES)
@@ -54,7 +54,7 @@ def testnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testnet]:
     try:
         nodes = net.wait_up()
         assert len(nodes) == NODES, net.stdout
-        yield Testnet(directory, nodes)
+        yield RunningTestnet(directory, nodes)
         assert net.stop(signal.SIGTERM) == 0
     finally:
         net.kill()
@@ -63,13 +63,13 @@ def testnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testnet]:
 
 
 @pytest.fixture(scope="module")
-def network(testnet: Testnet) -> verifier.Network:
+def network(testnet: RunningTestnet) -> verifier.Network:
     """The genesis, from the file the testnet wrote (not from any node)."""
     return verifier.read_genesis_file((testnet.directory / "genesis.json").read_text())
 
 
 def test_the_genesis_of_the_api_is_the_genesis_file(
-    testnet: Testnet, network: verifier.Network
+    testnet: RunningTestnet, network: verifier.Network
 ) -> None:
     assert network.scheme == verifier.COMPOSITE  # a new network signs with the composite
     for node in testnet.nodes:
@@ -83,7 +83,7 @@ def test_the_genesis_of_the_api_is_the_genesis_file(
         ]
 
 
-def final_vertices(testnet: Testnet) -> list[str]:
+def final_vertices(testnet: RunningTestnet) -> list[str]:
     """Submit :data:`BATCHES` batches to the nodes in turn, each until final; the ids of
     the vertices that carried them, in log order, and of their parents."""
     for k in range(BATCHES):
@@ -105,7 +105,7 @@ def final_vertices(testnet: Testnet) -> list[str]:
 
 
 def test_vertices_and_their_votes_verify_independently(
-    testnet: Testnet, network: verifier.Network
+    testnet: RunningTestnet, network: verifier.Network
 ) -> None:
     ids = final_vertices(testnet)
     assert len(ids) >= 4, ids
