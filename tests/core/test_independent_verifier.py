@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import copy
 import dataclasses
 import json
 import re
@@ -20,6 +21,8 @@ from typing import Any
 
 import nacl.signing
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qudag_node.core import composite
 from qudag_node.core.crypto import Scheme
@@ -199,6 +202,9 @@ GOOD_FILE = documents.genesis_file(
         ),
         (lambda d: d.update(network_id="-bad"), "bad_genesis"),
         (lambda d: d.update(validators=[]), "bad_genesis"),
+        (lambda d: d.pop("network_id"), "malformed"),
+        (lambda d: d["validators"][0].update(public_key="zz"), "malformed"),
+        (lambda d: d.update(scheme=["mldsa65-ed25519"]), "malformed"),
     ],
 )
 def test_a_wrong_genesis_file_is_refused(
@@ -375,6 +381,8 @@ def refusals() -> list[tuple[str, dict[str, Any], str]]:
         ("voters out of order", with_votes(doc, [votes[1], votes[0], votes[2]]), "non_canonical"),
         ("the votes are not the certificate's", changed(doc, votes=doc["votes"][:2]), "mismatch"),
         ("votes without a certificate", changed(doc, certificate=None), "mismatch"),
+        ("no header", {k: v for k, v in doc.items() if k != "header"}, "malformed"),
+        ("a signature that is not hex", changed(doc, signature="xyz"), "malformed"),
         ("a truncated certificate", changed(doc, certificate=doc["certificate"][:-2]), "truncated"),
     ]
 
@@ -386,6 +394,33 @@ def test_a_wrong_vertex_document_is_refused(
     with pytest.raises(Refused) as refused:
         verifier.verify_vertex(NETWORK, document)
     assert refused.value.reason == reason, what
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from(["signature", 0, 1, 2]),
+    st.integers(0, verifier.SIGNATURE_SIZES[COMPOSITE] - 1),
+    st.integers(1, 255),
+)
+def test_any_byte_of_the_signature_or_of_a_vote_changed_is_refused(
+    which: str | int, index: int, flip: int
+) -> None:
+    document = copy.deepcopy(CERTIFIED)
+    if which == "signature":
+        damaged = bytearray.fromhex(document["signature"])
+        damaged[index] ^= flip
+        document["signature"] = damaged.hex()
+        expected = "bad_signature"
+    else:
+        votes = listed_votes(document)
+        damaged = bytearray.fromhex(votes[int(which)][1])
+        damaged[index] ^= flip
+        votes[int(which)] = (votes[int(which)][0], damaged.hex())
+        document = with_votes(document, votes)
+        expected = "bad_certificate"
+    with pytest.raises(Refused) as refused:
+        verifier.verify_vertex(NETWORK, document)
+    assert refused.value.reason == expected
 
 
 # ------------------------------------------------------- the protocol's example

@@ -8,11 +8,12 @@ half (and Ed25519 signatures of old networks) with PyNaCl.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,15 @@ class Refused(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
+
+
+@contextlib.contextmanager
+def _well_formed(what: str) -> Iterator[None]:
+    """Turn a missing field, a wrong type or bad hex into Refused("malformed")."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise Refused("malformed", f"{what}: {type(e).__name__} {e}") from e
 
 
 def blake2b_256(data: bytes, person: bytes) -> bytes:
@@ -161,7 +171,11 @@ def read_genesis_file(text: str) -> Network:
 
     A file without ``scheme`` is an Ed25519 network's (written before the composite).
     """
-    document = json.loads(text)
+    with _well_formed("genesis file"):
+        return _read_genesis(json.loads(text))
+
+
+def _read_genesis(document: dict[str, Any]) -> Network:
     scheme = document.get("scheme", ED25519)
     if scheme not in SCHEME_BYTES:
         raise Refused("unknown_scheme", f"scheme {scheme!r}")
@@ -278,6 +292,11 @@ def verify_vertex(network: Network, document: Mapping[str, Any]) -> VerifiedVert
     The vertex id, the author and the messages are computed here from the header bytes;
     the document's own fields only have to agree with them.
     """
+    with _well_formed("vertex document"):
+        return _verify_vertex(network, document)
+
+
+def _verify_vertex(network: Network, document: Mapping[str, Any]) -> VerifiedVertex:
     header_bytes = bytes.fromhex(document["header"])
     header = parse_header(header_bytes)
     vid = vertex_id(header_bytes)
