@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qudag_node.core.certificate import Certificate, make_certificate
-from qudag_node.core.crypto import Signer
+from qudag_node.core.crypto import Purpose, Signer
 from qudag_node.core.events import Fact, LeaderCommitted, VertexCertified, VertexStored
 from qudag_node.core.genesis import Genesis, Validator
 from qudag_node.core.types import VertexId
@@ -62,9 +62,9 @@ def certified_rounds(committee: Committee, rounds: int, start_ms: int) -> Iterat
         made: Round = []
         for k, author in enumerate(signers):
             vertex = make_vertex(author, genesis.hash, r, start_ms + r, parents, (), ())
-            votes = {k: vertex.signature}
-            for j in range(k + 1, k + quorum):
-                votes[j % n] = signers[j % n].sign(vertex.id)
+            votes = {}
+            for j in range(k, k + quorum):
+                votes[j % n] = signers[j % n].sign(Purpose.VOTE, vertex.id)
             made.append((vertex, make_certificate(author.scheme, votes)))
         parents = [v.id for v, _ in made]
         yield made
@@ -108,8 +108,8 @@ def distinct_signatures(
     committee: Committee, rounds: Sequence[Round]
 ) -> list[tuple[bytes, bytes, bytes]]:
     """Every distinct (public key, vertex id, signature) a node checks to take ``rounds``
-    in: each vertex's author signature and its certificate's votes (the author's own
-    vote is its vertex signature)."""
+    in: each vertex's author signature and its certificate's votes (on Ed25519 the
+    author's own vote has its vertex signature's bytes, so it counts once here)."""
     validators = committee.genesis.validators
     seen: dict[tuple[bytes, bytes, bytes], None] = {}
     for made in rounds:

@@ -78,7 +78,7 @@ def engine_run(
     verifier = ThreadedVerifier(worker_count())  # the node's
     engine = Engine(committee.genesis, Params(), Signer(os.urandom(32)), verifier=verifier)
     peer = PeerId("v1")
-    engine.peer_connected(peer, committee.genesis.validators[0].public_key)
+    engine.peer_connected(peer, committee.genesis.ids[0])
     engine.set_catching_up(True, Instant(time.monotonic(), time.time()))
     rejected = 0
     with counting_verifications() as calls:

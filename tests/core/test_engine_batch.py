@@ -16,9 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qudag_node.core.crypto import (
+    Purpose,
+    Scheme,
     SequentialVerifier,
     SignatureCheck,
     VerifiedCache,
+    check_digest,
     tx_ids,
     verify_ed25519,
 )
@@ -45,16 +48,21 @@ from tests.core.support import (
 
 class RecordingVerifier(SequentialVerifier):
     """The plain verifier, with a cache of its own, recording every batch of checks it
-    was given."""
+    computed (those its cache did not know)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.calls: list[list[SignatureCheck]] = []
 
-    def verify_many(self, checks: Sequence[SignatureCheck]) -> list[bool]:
+    def _compute(self, checks: Sequence[SignatureCheck]) -> list[bool]:
         """The plain verifier's answer."""
         self.calls.append(list(checks))
-        return super().verify_many(checks)
+        return super()._compute(checks)
+
+    @property
+    def computed(self) -> int:
+        """How many signatures it verified: one at a time or in batches."""
+        return self.cache.misses + sum(map(len, self.calls))
 
 
 def with_bad_vote(data: bytes) -> bytes:
@@ -78,8 +86,8 @@ def fresh(engine_key: int | None, verifier: SequentialVerifier | None = None) ->
     validator has proposed a vertex with one transaction at :data:`NOW`."""
     signer = C.outsider if engine_key is None else C.signers[engine_key]
     engine = Engine(C.genesis, PARAMS, signer, verifier=verifier)
-    engine.peer_connected(PEER, C.signers[1].public_key)
-    engine.peer_connected(PeerId("peer-2"), C.signers[2].public_key)
+    engine.peer_connected(PEER, C.signers[1].node_id)
+    engine.peer_connected(PeerId("peer-2"), C.signers[2].node_id)
     if engine_key is not None:
         engine.submit_transactions(tx_ids([b"tx"]), [b"tx"], moment(NOW))
     engine.handle_timer(moment(NOW))
@@ -163,12 +171,17 @@ def test_a_batch_ends_as_the_same_messages_one_by_one(
 
 def signature_checks(vertices: Sequence[Vertex]) -> set[SignatureCheck]:
     """The distinct checks of certified vertices: the author's signature and the votes
-    of validators 0, 1 and 2 (an author among them signed its vertex once)."""
-    return {(v.author, v.id, v.signature) for v in vertices} | {
-        (C.signers[voter].public_key, v.id, C.signers[voter].sign(v.id))
+    of validators 0, 1 and 2 (an author among them signs its vote apart: another
+    purpose, so another check, even where Ed25519 gives the same bytes)."""
+    checks = {
+        C.genesis.signature_check(v.author, Purpose.VERTEX, v.id, v.signature) for v in vertices
+    } | {
+        C.genesis.vote_check(voter, v.id, C.signers[voter].sign(Purpose.VOTE, v.id))
         for v in vertices
         for voter in (0, 1, 2)
     }
+    assert None not in checks
+    return {check for check in checks if check is not None}
 
 
 def test_a_catch_up_batch_is_verified_in_one_call_and_nothing_later() -> None:
@@ -195,22 +208,28 @@ def test_bad_signatures_in_a_batch_keep_their_reasons() -> None:
         (Reason.BAD_CERTIFICATE, "certified"),
     ]
     assert len(verifier.calls) == 1
-    assert verifier.cache.get((C.signers[0].public_key, ROUND1[0].id, ROUND1[0].signature))
+    check = C.genesis.signature_check(
+        ROUND1[0].author, Purpose.VERTEX, ROUND1[0].id, ROUND1[0].signature
+    )
+    assert check is not None
+    assert verifier.cache.get(check_digest(check))
 
 
 def test_engines_share_results_only_through_a_verifier_they_were_both_given() -> None:
     vertices = ROUND1 + ROUND2
     messages = [message(v) for v in vertices]
-    first = SequentialVerifier()
+    first = RecordingVerifier()
     fresh(None, first).receive_messages([(PEER, data) for data in messages], moment(NOW))
     assert first.cache.misses == 0  # the batch was verified at once
-    alone = SequentialVerifier()
+    assert first.computed == len(signature_checks(vertices))
+    alone = RecordingVerifier()
     sharing = fresh(None, first), fresh(None, alone)
     for engine in sharing:
         for data in messages:
             engine.receive_message(PEER, data, moment(NOW))
-    assert first.cache.misses == 0  # the second engine found every result there
-    assert alone.cache.misses == len(signature_checks(vertices))  # none found elsewhere
+    # the second engine found every result there
+    assert first.computed == len(signature_checks(vertices))
+    assert alone.computed == len(signature_checks(vertices))  # none found elsewhere
 
 
 def test_an_empty_batch_changes_nothing() -> None:
@@ -223,18 +242,26 @@ def test_an_empty_batch_changes_nothing() -> None:
 # ------------------------------------------------------------------ the cache
 
 SIGNER = C.signers[0]
-CHECKS: list[SignatureCheck] = [
-    (SIGNER.public_key, bytes([i]) * 32, SIGNER.sign(bytes([i]) * 32)) for i in range(6)
+CHECKS = [
+    SignatureCheck(
+        Scheme.ED25519,
+        Purpose.VERTEX,
+        SIGNER.public_key,
+        bytes([i]) * 32,
+        SIGNER.sign(Purpose.VERTEX, bytes([i]) * 32),
+    )
+    for i in range(6)
 ]
+DIGESTS = [check_digest(c) for c in CHECKS]
 
 
 def test_the_cache_forgets_the_least_recently_used_first() -> None:
     cache = VerifiedCache(3)
-    cache.remember(CHECKS[:3], [True, True, False])
-    assert cache.get(CHECKS[0]) is True  # now the most recent
-    cache.remember(CHECKS[3:4], [True])
-    assert cache.get(CHECKS[1]) is None
-    assert cache.get(CHECKS[2]) is False
+    cache.remember(DIGESTS[:3], [True, True, False])
+    assert cache.get(DIGESTS[0]) is True  # now the most recent
+    cache.remember(DIGESTS[3:4], [True])
+    assert cache.get(DIGESTS[1]) is None
+    assert cache.get(DIGESTS[2]) is False
     computed: list[list[SignatureCheck]] = []
 
     def compute(checks: Sequence[SignatureCheck]) -> list[bool]:
@@ -245,11 +272,11 @@ def test_the_cache_forgets_the_least_recently_used_first() -> None:
     assert answers == [True, True, True, True]
     assert computed == [[CHECKS[4], CHECKS[5]]]  # only the unknown, each once
     # 0 was just used: 3 and 2 go
-    assert [cache.get(c) for c in CHECKS] == [True, None, None, None, True, True]
+    assert [cache.get(d) for d in DIGESTS] == [True, None, None, None, True, True]
 
 
 def test_plain_verification_refuses_malformed_keys_and_signatures() -> None:
-    key, msg, signature = CHECKS[0]
+    _, _, key, msg, signature = CHECKS[0]
     assert verify_ed25519(key, msg, signature)
     assert not verify_ed25519(key, msg + b"x", signature)
     assert not verify_ed25519(PublicKey(key[:31]), msg, signature)
