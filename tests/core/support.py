@@ -8,7 +8,8 @@ records every fact, effect and notice with the time of the call that produced it
 produced (:meth:`~qudag_node.core.engine.Engine.take_output`) and keep the rest for
 the others, so that a test can look at what was produced and at what was sent apart.
 
-The four-validator network (n = 4, f = 1) is :data:`C`, a :class:`Committee`. Its
+The four-validator network (n = 4, f = 1) is :data:`C`, a :class:`Committee` of
+Ed25519 keys; :data:`CC` is its counterpart of composite ML-DSA-65 + Ed25519 keys. Its
 vertices are made by hand and delivered to an engine with :func:`feed`, as messages
 from :data:`PEER`.
 """
@@ -244,6 +245,8 @@ class Committee:
 
 
 C = Committee()
+#: The same four validators with composite ML-DSA-65 + Ed25519 keys (another network).
+CC = Committee(Scheme.MLDSA65_ED25519)
 #: One round-1 vertex per validator, each carrying one transaction.
 ROUND1 = [C.vertex(i, 1, txs=[f"r1-v{i}".encode()]) for i in range(4)]
 #: The ids of :data:`ROUND1`.

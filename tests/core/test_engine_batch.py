@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from qudag_node.core.certificate import check_certificate, make_certificate, vote_checks
 from qudag_node.core.crypto import (
     Purpose,
     Scheme,
@@ -26,18 +28,20 @@ from qudag_node.core.crypto import (
     verify_ed25519,
 )
 from qudag_node.core.engine import Engine, Statistics
-from qudag_node.core.errors import Reason
+from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.events import StepOutput, VertexStored
-from qudag_node.core.messages import CertifiedMessage, encode_message
+from qudag_node.core.messages import CertificateMessage, CertifiedMessage, encode_message
 from qudag_node.core.types import PeerId, PublicKey
 from qudag_node.core.vertex import Vertex
 from tests.core.support import (
+    CC,
     NOW,
     PARAMS,
     PEER,
     R1,
     ROUND1,
     C,
+    Committee,
     drain,
     message,
     moment,
@@ -282,3 +286,111 @@ def test_plain_verification_refuses_malformed_keys_and_signatures() -> None:
     assert not verify_ed25519(PublicKey(key[:31]), msg, signature)
     assert not verify_ed25519(key, msg, signature[:63])
     assert not verify_ed25519(key, msg, signature + b"\x00")
+
+
+class CountingCache(VerifiedCache):
+    """A cache counting its lookups."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.lookups = 0
+
+    def get(self, digest: bytes) -> bool | None:
+        """The remembered result, counted."""
+        self.lookups += 1
+        return super().get(digest)
+
+
+def counting_verifier() -> RecordingVerifier:
+    """A recording verifier whose cache counts its lookups."""
+    verifier = RecordingVerifier()
+    verifier.cache = CountingCache(verifier.cache_size)
+    return verifier
+
+
+def lookups(verifier: RecordingVerifier) -> int:
+    """The lookups of a verifier made by :func:`counting_verifier`."""
+    assert isinstance(verifier.cache, CountingCache)
+    return verifier.cache.lookups
+
+
+@pytest.mark.parametrize("committee", [C, CC], ids=lambda c: c.scheme.label)
+def test_a_certificate_met_again_costs_one_group_lookup(committee: Committee) -> None:
+    vertex = committee.vertex(1, 1)
+    certificate = committee.certificate(vertex)
+    verifier = counting_verifier()
+    check_certificate(certificate, vertex.id, committee.genesis, verifier)
+    assert verifier.computed == 3  # the quorum's votes, in one batch
+    assert [len(call) for call in verifier.calls] == [3]
+    before = lookups(verifier)
+    for _ in range(2):  # the same certificate by other paths
+        check_certificate(certificate, vertex.id, committee.genesis, verifier)
+    assert verifier.computed == 3
+    assert lookups(verifier) == before + 2
+
+
+def test_a_bad_certificate_is_remembered_as_bad_and_names_its_bad_vote() -> None:
+    vertex = CC.vertex(1, 1)
+    good = CC.certificate(vertex)
+    forged = make_certificate(
+        CC.scheme, {0: good.signatures[0], 1: good.signatures[2], 2: good.signatures[2]}
+    )
+    verifier = counting_verifier()
+    for _ in range(2):
+        with pytest.raises(InputRejected, match="vote of validator 1 is invalid") as info:
+            check_certificate(forged, vertex.id, CC.genesis, verifier)
+        assert info.value.reason is Reason.BAD_CERTIFICATE
+    assert verifier.computed == 3  # each vote once, the second time from the cache
+    assert verifier.verify_all(vote_checks(good, vertex.id, CC.genesis))
+    assert verifier.computed == 4  # only validator 1's true vote was new
+
+
+def test_an_engine_checks_a_certificate_that_reaches_it_twice_once() -> None:
+    verifier = counting_verifier()
+    engine = fresh(None, verifier)
+    waiting = ROUND2[0]  # its parents are missing: it waits for them, certified
+    engine.receive_message(PEER, message(waiting), moment(NOW))
+    assert engine.statistics().buffered == 1
+    computed, before = verifier.computed, lookups(verifier)
+    assert computed == 4  # the author's signature and three votes
+    # the same certificate again, announced by another peer: one lookup, no check
+    announce = encode_message(CertificateMessage(waiting.id, C.certificate(waiting)))
+    engine.receive_message(PeerId("peer-2"), announce, moment(NOW))
+    assert not engine.take_output().notices
+    assert verifier.computed == computed
+    assert lookups(verifier) == before + 1
+
+
+#: :data:`CHECKS` [1] with one field changed, by the field's name.
+CHANGED = {
+    "scheme": CHECKS[1]._replace(scheme=Scheme.MLDSA65_ED25519),
+    "purpose": CHECKS[1]._replace(purpose=Purpose.VOTE),
+    "public_key": CHECKS[1]._replace(public_key=C.signers[1].public_key),
+    "message": CHECKS[1]._replace(message=b"\x00" * 32),
+    "signature": CHECKS[1]._replace(signature=b"\x00" * 64),
+}
+
+
+@pytest.mark.parametrize("field", sorted(CHANGED))
+def test_a_change_to_any_field_changes_the_digest(field: str) -> None:
+    check, changed = CHECKS[1], CHANGED[field]
+    assert [name for name in check._fields if getattr(check, name) != getattr(changed, name)] == [
+        field
+    ]
+    assert check_digest(changed) != check_digest(check)
+    assert len(check_digest(check)) == 32
+
+
+@settings(derandomize=True, database=None, deadline=None, max_examples=200)
+@given(st.binary(max_size=40), st.binary(max_size=40), st.binary(max_size=40))
+def test_bytes_moved_between_fields_change_the_digest(
+    key: bytes, message: bytes, signature: bytes
+) -> None:
+    check = SignatureCheck(Scheme.ED25519, Purpose.VERTEX, PublicKey(key), message, signature)
+    joined = key + message + signature
+    for a in range(len(joined) + 1):
+        for b in range(a, len(joined) + 1, 7):
+            parts = (PublicKey(joined[:a]), joined[a:b], joined[b:])
+            other = SignatureCheck(Scheme.ED25519, Purpose.VERTEX, *parts)
+            if other != check:
+                assert check_digest(other) != check_digest(check)

@@ -37,7 +37,7 @@ from qudag_node.core.handshake import (
     transcript,
 )
 from qudag_node.core.types import GenesisHash, NodeId, PublicKey
-from tests.core.support import C
+from tests.core.support import CC, C
 
 PROPERTIES = settings(derandomize=True, database=None, deadline=None, max_examples=300)
 
@@ -405,3 +405,123 @@ def test_the_replay_guard_forgets_the_oldest_nonce_beyond_its_capacity() -> None
 def test_the_replay_guard_needs_a_positive_capacity(capacity: int) -> None:
     with pytest.raises(UsageError):
         ReplayGuard(capacity)
+
+
+# ------------------------------------------------- composite ML-DSA-65 + Ed25519
+
+C_DIALER, C_LISTENER = CC.signers[0], CC.signers[1]
+C_DIALER_HELLO = make_hello(CC.genesis, C_DIALER, DIALER_NONCE).encode()
+C_LISTENER_HELLO = make_hello(CC.genesis, C_LISTENER, LISTENER_NONCE).encode()
+C_TRANSCRIPT = transcript(C_DIALER_HELLO, C_LISTENER_HELLO)
+C_DIALER_AUTH = make_auth(TOKEN, C_DIALER, Side.DIALER, C_TRANSCRIPT)
+C_AUTH_SIZE = auth_size(Scheme.MLDSA65_ED25519)
+
+
+def test_a_composite_handshake_succeeds_at_both_ends() -> None:
+    at_listener = decode_hello(C_DIALER_HELLO)
+    at_dialer = decode_hello(C_LISTENER_HELLO)
+    check_hello(at_listener, CC.genesis, C_LISTENER.node_id)
+    check_hello(at_dialer, CC.genesis, C_DIALER.node_id)
+    assert at_listener.scheme is at_dialer.scheme is Scheme.MLDSA65_ED25519
+    assert (at_listener.public_key, at_listener.node_id) == (C_DIALER.public_key, C_DIALER.node_id)
+    assert at_listener.role is at_dialer.role is LinkRole.VALIDATOR
+    assert transcript(at_listener.encode(), at_dialer.encode()) == C_TRANSCRIPT
+    listener_auth = answer_auth(C_DIALER_AUTH, [TOKEN], C_LISTENER, at_listener, C_TRANSCRIPT)
+    assert len(C_DIALER_AUTH) == len(listener_auth) == C_AUTH_SIZE == 32 + 3373
+    check_auth(listener_auth, TOKEN, at_dialer, Side.LISTENER, C_TRANSCRIPT)
+
+
+def test_a_composite_hello_is_version_2_with_a_scheme_byte() -> None:
+    network = CC.genesis.network_id.encode()
+    by_hand = b"".join(
+        (
+            MAGIC,
+            codec.u16(2),
+            codec.u8(LinkRole.VALIDATOR),
+            codec.u8(Scheme.MLDSA65_ED25519),
+            codec.u8(len(network)),
+            network,
+            CC.genesis.hash,
+            C_DIALER.public_key,
+            DIALER_NONCE,
+        )
+    )
+    assert by_hand == C_DIALER_HELLO
+    assert len(C_DIALER_HELLO) == len(DIALER_HELLO) + 1 + 1984 - 32
+    assert DIALER_HELLO[4:6] == codec.u16(ED25519_VERSION)  # Ed25519 keeps version 1
+
+
+def test_an_ed25519_hello_and_a_composite_one_meet_as_the_wrong_scheme() -> None:
+    # Both networks are called qudag-rules: the scheme is refused before the genesis.
+    assert C.genesis.network_id == CC.genesis.network_id
+    ed25519 = decode_hello(DIALER_HELLO)
+    assert hello_refused(ed25519, C_LISTENER.node_id, CC.genesis) is Reason.WRONG_SCHEME
+    composite = decode_hello(C_DIALER_HELLO)
+    assert hello_refused(composite, LISTENER.node_id, C.genesis) is Reason.WRONG_SCHEME
+    assert Reason.WRONG_SCHEME.value in REFUSAL_REASONS
+
+
+def schemed_hello_bytes(scheme: int, key: bytes) -> bytes:
+    """A version 2 HELLO of the composite network naming ``scheme``, with ``key``."""
+    network = CC.genesis.network_id.encode()
+    head = MAGIC + codec.u16(2) + codec.u8(LinkRole.VALIDATOR) + codec.u8(scheme)
+    return head + codec.u8(len(network)) + network + CC.genesis.hash + key + DIALER_NONCE
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        # an Ed25519 HELLO has one encoding, version 1
+        (schemed_hello_bytes(Scheme.ED25519, DIALER.public_key), Reason.UNKNOWN_SCHEME),
+        (schemed_hello_bytes(0, C_DIALER.public_key), Reason.UNKNOWN_SCHEME),
+        (schemed_hello_bytes(3, C_DIALER.public_key), Reason.UNKNOWN_SCHEME),
+        (schemed_hello_bytes(Scheme.MLDSA65_ED25519, DIALER.public_key), Reason.TRUNCATED),
+        (hello_bytes(key=C_DIALER.public_key), Reason.TRAILING_BYTES),  # version 1, big key
+        (C_DIALER_HELLO + b"\x00", Reason.TRAILING_BYTES),
+    ],
+    ids=["ed25519-in-v2", "scheme-0", "scheme-3", "short-key", "v1-composite-key", "trailing"],
+)
+def test_decode_hello_refuses_a_bad_version_2_hello(data: bytes, reason: Reason) -> None:
+    assert rejected(lambda: decode_hello(data)) is reason
+
+
+def test_decode_hello_refuses_every_truncation_of_a_composite_hello() -> None:
+    for cut in range(0, len(C_DIALER_HELLO), 13):
+        reason = rejected(functools.partial(decode_hello, C_DIALER_HELLO[:cut]))
+        assert reason is Reason.TRUNCATED, cut
+
+
+def test_a_hello_refuses_a_key_of_another_schemes_size() -> None:
+    good = make_hello(CC.genesis, C_DIALER, DIALER_NONCE)
+    with pytest.raises(UsageError):
+        dataclasses.replace(good, public_key=DIALER.public_key).encode()
+    with pytest.raises(UsageError):
+        dataclasses.replace(good, scheme=Scheme.ED25519).encode()
+
+
+@pytest.mark.parametrize(
+    ("size", "scheme"),
+    [
+        (AUTH_SIZE, Scheme.MLDSA65_ED25519),
+        (C_AUTH_SIZE - 1, Scheme.MLDSA65_ED25519),
+        (C_AUTH_SIZE + 1, Scheme.MLDSA65_ED25519),
+        (C_AUTH_SIZE, Scheme.ED25519),
+    ],
+)
+def test_an_auth_of_the_wrong_size_for_the_peers_scheme_is_refused(
+    size: int, scheme: Scheme
+) -> None:
+    ed25519, composite = DIALER_AT_LISTENER, decode_hello(C_DIALER_HELLO)
+    peer = composite if scheme is Scheme.MLDSA65_ED25519 else ed25519
+    auth = (C_DIALER_AUTH * 2)[:size]
+    assert rejected(lambda: check_auth(auth, TOKEN, peer, Side.DIALER, C_TRANSCRIPT)) is (
+        Reason.TRUNCATED
+    )
+    answer = functools.partial(answer_auth, auth, [TOKEN], C_LISTENER, peer, C_TRANSCRIPT)
+    assert rejected(answer) is Reason.TRUNCATED
+
+
+def test_a_composite_hello_or_auth_is_not_a_refusal() -> None:
+    assert refusal_reason(C_DIALER_HELLO) is None
+    assert refusal_reason(C_DIALER_AUTH) is None
+    assert refusal_reason(encode_refusal(Reason.WRONG_SCHEME.value)) == "wrong_scheme"
