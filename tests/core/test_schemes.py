@@ -9,10 +9,24 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import re
 
 import pytest
 
-from qudag_node.core.crypto import Purpose, Scheme, SequentialVerifier, tx_ids
+from qudag_node.core.crypto import (
+    DEFAULT_SCHEME,
+    PRIVATE_KEY_SIZES,
+    PUBLIC_KEY_SIZES,
+    SIGNATURE_SIZES,
+    Purpose,
+    Scheme,
+    SequentialVerifier,
+    SignatureCheck,
+    Signer,
+    node_id,
+    tx_ids,
+    verify_check,
+)
 from qudag_node.core.engine import Engine
 from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.events import (
@@ -46,6 +60,54 @@ def test_the_two_networks_differ_only_in_their_scheme() -> None:
     assert C.genesis.hash != CC.genesis.hash
     assert all(len(v.public_key) == 1984 for v in CC.genesis.validators)
     assert all(len(node) == 32 for node in CC.genesis.ids)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "label", "seed", "key", "signature"),
+    [
+        (Scheme.ED25519, "ed25519", 32, 32, 64),
+        (Scheme.MLDSA65_ED25519, "mldsa65-ed25519", 64, 1984, 3373),
+    ],
+)
+def test_a_keys_size_names_its_scheme(
+    scheme: Scheme, label: str, seed: int, key: int, signature: int
+) -> None:
+    assert (scheme.label, Scheme.from_label(label)) == (label, scheme)
+    assert (PRIVATE_KEY_SIZES[scheme], PUBLIC_KEY_SIZES[scheme]) == (seed, key)
+    assert SIGNATURE_SIZES[scheme] == signature
+    signer = Signer(bytes(range(seed)))
+    assert signer.scheme is scheme
+    assert signer.seed() == bytes(range(seed))
+    assert len(signer.public_key) == key
+    assert signer.node_id == node_id(scheme, signer.public_key)
+    assert len(signer.node_id) == 32
+    assert (bytes(signer.node_id) == bytes(signer.public_key)) is (scheme is Scheme.ED25519)
+    assert signer.seed().hex() not in repr(signer)
+    assert len(signer.sign(Purpose.VERTEX, b"m")) == signature
+    made = Signer.generate(scheme, bytes(range(seed)) + b"more than needed")
+    assert made.public_key == signer.public_key
+    with pytest.raises(ValueError, match=f"needs {seed} random bytes"):
+        Signer.generate(scheme, bytes(seed - 1))
+
+
+def test_other_sizes_and_names_are_no_scheme() -> None:
+    for size in (0, 31, 33, 63, 65, 4032):
+        with pytest.raises(ValueError, match=re.escape("32 bytes (ed25519) or 64 bytes")):
+            Signer(bytes(size))
+    with pytest.raises(ValueError, match="use ed25519 or mldsa65-ed25519"):
+        Scheme.from_label("dilithium3")
+    assert DEFAULT_SCHEME is Scheme.MLDSA65_ED25519
+
+
+def test_ed25519_signs_alike_for_every_purpose_and_the_composite_never() -> None:
+    # Ed25519 networks sign as before purposes were named; the composite puts the
+    # purpose in its context, so a signature for one purpose verifies for no other.
+    ed25519, composite = C.signers[0], CC.signers[0]
+    assert len({ed25519.sign(p, b"m") for p in Purpose}) == 1
+    signature = composite.sign(Purpose.VERTEX, b"m")
+    for purpose in Purpose:
+        check = SignatureCheck(CC.scheme, purpose, composite.public_key, b"m", signature)
+        assert verify_check(check) is (purpose is Purpose.VERTEX)
 
 
 def only_rejection(engine: Engine) -> MessageRejected:

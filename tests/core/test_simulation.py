@@ -37,7 +37,7 @@ from tests.core.sim import (
 from tests.core.simstore import MemoryStore
 from tests.core.sweep import Timed, describe, main, replay_command, report, run_many, table
 
-#: Seeds per network size, from ``QUDAG_SIM_RUNS``: 1,000 in ``make test`` (and by
+#: Seeds per simulated network, from ``QUDAG_SIM_RUNS``: 1,000 in ``make test`` (and by
 #: default), 100 in ``make test-fast``; ``make sim`` sweeps more (docs/simulation.md).
 RUNS = int(os.environ.get("QUDAG_SIM_RUNS", "1000"))
 ROOT = Path(__file__).resolve().parents[2]
