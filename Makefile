@@ -42,7 +42,7 @@ test-fast: lint
 # networks, whose runs are cheap, than of the large ones (a run of n = 10 or 13 costs
 # ten times one of n = 4), over every core; prints each size's outcome and the replay
 # command of a failure. SWEEP lists size:seeds pairs; SIM_SCHEME is the networks'
-# signature scheme (ed25519, or mldsa65-ed25519, whose runs cost about seven times more).
+# signature scheme (ed25519, or mldsa65-ed25519, whose runs cost about six times more).
 SWEEP ?= 4:4000 7:3500 10:1250 13:1250
 SIM_SCHEME ?= ed25519
 sim: $(VENV)/.installed

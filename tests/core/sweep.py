@@ -9,7 +9,7 @@ the command that replays each failing seed. It exits 1 when any run failed.
     .venv/bin/python -m tests.core.sweep --runs 2500 --validators 4 7 10 13
 
 ``--scheme mldsa65-ed25519`` runs networks of composite ML-DSA-65 + Ed25519 keys (each
-run costs about eight times an Ed25519 one: ML-DSA signing dominates).
+run costs about six times an Ed25519 one: ML-DSA signing dominates).
 """
 
 from __future__ import annotations
