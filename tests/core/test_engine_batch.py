@@ -198,6 +198,30 @@ def test_a_catch_up_batch_is_verified_in_one_call_and_nothing_later() -> None:
     assert inline == 0
 
 
+def test_a_composite_catch_up_batch_is_verified_in_one_call_and_nothing_later() -> None:
+    round1 = [CC.vertex(i, 1, txs=[f"c1-v{i}".encode()]) for i in range(4)]
+    round2 = [CC.vertex(i, 2, parents=[v.id for v in round1[:3]]) for i in range(4)]
+    certified = [(v, CC.certificate(v)) for v in round1 + round2]
+    verifier = RecordingVerifier()
+    engine = Engine(CC.genesis, PARAMS, CC.outsider, verifier=verifier)
+    batch = [(PEER, encode_message(CertifiedMessage(v, c))) for v, c in certified]
+    engine.receive_messages(batch, moment(NOW))
+    assert not engine.take_output().notices
+    assert engine.statistics().highest_round == 2
+    [checks] = verifier.calls
+    expected = {
+        check
+        for v, c in certified
+        for check in [
+            CC.genesis.signature_check(v.author, Purpose.VERTEX, v.id, v.signature),
+            *vote_checks(c, v.id, CC.genesis),
+        ]
+    }
+    assert set(checks) == expected
+    assert len(checks) == len(expected) == 8 * (1 + 3)  # hedged: every signature differs
+    assert verifier.cache.misses == 0
+
+
 def test_bad_signatures_in_a_batch_keep_their_reasons() -> None:
     messages = [
         message(ROUND1[0]),

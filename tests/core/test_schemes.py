@@ -37,6 +37,7 @@ from qudag_node.core.events import (
     VertexStored,
 )
 from qudag_node.core.evidence import Equivocation, SignedHeader, decode_equivocation
+from qudag_node.core.genesis import Genesis
 from qudag_node.core.messages import (
     CertificateMessage,
     CertifiedMessage,
@@ -47,7 +48,18 @@ from qudag_node.core.messages import (
 from qudag_node.core.rules import check_vertex
 from qudag_node.core.types import PeerId, TxId
 from qudag_node.core.vertex import Vertex
-from tests.core.support import CC, NOW, PARAMS, PEER, C, Committee, drain, moment
+from tests.core.support import (
+    CC,
+    NOW,
+    PARAMS,
+    PEER,
+    C,
+    Committee,
+    SoloNode,
+    drain,
+    moment,
+    vertex_of,
+)
 
 #: (the network a node is on, the network whose keys signed what it is sent)
 DIRECTIONS = [pytest.param(C, CC, id="ed25519-node"), pytest.param(CC, C, id="composite-node")]
@@ -283,3 +295,20 @@ def test_four_composite_validators_finalize_one_log() -> None:
     assert shortest == len(submitted)
     assert all(log[:shortest] == logs[0][:shortest] for log in logs)  # one order, one hash
     assert net.now - NOW < 10.0
+
+
+def test_a_one_validator_composite_network_finalizes() -> None:
+    signer = Signer(b"\x01" * 64)
+    genesis = Genesis.solo("qudag-solo", "solo", signer.public_key)
+    assert genesis.scheme is Scheme.MLDSA65_ED25519
+    node = SoloNode(genesis=genesis, signer=signer)
+    txs = [b"one", b"two"]
+    assert node.submit(txs).admitted == tuple(tx_ids(txs))
+    node.settle()
+    assert [entry.tx_id for entry in node.entries()] == tx_ids(txs)
+    own = [vertex_of(timed) for timed in node.own_vertices()]
+    assert own
+    assert all(v.header.scheme is Scheme.MLDSA65_ED25519 for v in own)
+    assert all(v.author == signer.node_id for v in own)
+    for v in own:
+        check_vertex(v, genesis, PARAMS, v.header.timestamp_ms / 1000, SequentialVerifier())
