@@ -8,7 +8,8 @@ PYTEST_ARGS ?=
 # with one node or network for all their tests) and run in sequence on one worker.
 PYTEST_WORKERS ?= 4
 PYTEST_PARALLEL := --numprocesses $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
-# Seeds per network size in the simulation test (QUDAG_SIM_RUNS; docs/simulation.md).
+# Seeds per simulated network in the simulation test (QUDAG_SIM_RUNS; docs/simulation.md).
+# The simulated networks are n = 4 and 7 signing with Ed25519, and n = 4 with composite keys.
 SIM_RUNS ?= 1000
 BIN := $(VENV)/bin
 
@@ -40,11 +41,14 @@ test-fast: lint
 # The simulation sweep (docs/simulation.md): 10,000 seeded runs, more of the small
 # networks, whose runs are cheap, than of the large ones (a run of n = 10 or 13 costs
 # ten times one of n = 4), over every core; prints each size's outcome and the replay
-# command of a failure. SWEEP lists size:seeds pairs.
+# command of a failure. SWEEP lists size:seeds pairs; SIM_SCHEME is the networks'
+# signature scheme (ed25519, or mldsa65-ed25519, whose runs cost about six times more).
 SWEEP ?= 4:4000 7:3500 10:1250 13:1250
+SIM_SCHEME ?= ed25519
 sim: $(VENV)/.installed
 	@set -e; for pair in $(SWEEP); do \
-		$(BIN)/python -m tests.core.sweep --runs $${pair#*:} --validators $${pair%:*}; \
+		$(BIN)/python -m tests.core.sweep --runs $${pair#*:} --validators $${pair%:*} \
+			--scheme $(SIM_SCHEME); \
 	done
 
 lint: $(VENV)/.installed

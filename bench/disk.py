@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from bench.ingest import shared_ingest
 from bench.lab import TX_SIZE, Lab
-from bench.network import shared_network
+from bench.network import NetworkRun, shared_network
 from bench.report import Row, mib, per_second
 from bench.single import shared_single
+from qudag_node.core.crypto import Scheme
 
 GOAL_DISK = 2.0
 WIRE_FACTOR = 1.3
@@ -28,12 +29,8 @@ GOAL_FSYNC = 200
 async def scenario(lab: Lab) -> list[Row]:
     """Disk bytes, wire bytes and fsync rate against their goals."""
     ingest = await shared_ingest(lab)
-    network = await shared_network(lab)
     single = await shared_single(lab)
     raw = ingest.stored * TX_SIZE
-    full = network.full
-    per_peer = full.wire / full.finalized / (network.nodes - 1)
-    wire_goal = WIRE_FACTOR * TX_SIZE + WIRE_EXTRA
     rows = [
         Row(
             "disk",
@@ -44,20 +41,9 @@ async def scenario(lab: Lab) -> list[Row]:
             ingest.disk_ratio <= GOAL_DISK,
             ("the ingest run's database after a clean stop (WAL checkpointed)",),
         ),
-        Row(
-            "wire",
-            f"{per_peer:,.0f} B per finalized tx per peer",
-            f"{TX_SIZE} B transaction",
-            per_peer / TX_SIZE,
-            f"<= {WIRE_FACTOR:g} x + {WIRE_EXTRA} B ({wire_goal:.0f} B)",
-            per_peer <= wire_goal,
-            (
-                f"all peer frames the {network.nodes} validators sent during the network run's"
-                f" full load ({full.wire / 2**20:.1f} MiB) / {full.finalized:,} finalized"
-                f" / {network.nodes - 1} receiving peers",
-            ),
-        ),
     ]
+    for scheme in Scheme:
+        rows.append(_wire_row(await shared_network(lab, scheme)))
     if ingest.fsyncs is not None and single.fsync_rate is not None and single.traced is not None:
         batched = ingest.fsyncs / ingest.window
         worst = max(batched, single.fsync_rate)
@@ -76,3 +62,23 @@ async def scenario(lab: Lab) -> list[Row]:
             )
         )
     return rows
+
+
+def _wire_row(network: NetworkRun) -> Row:
+    """Peer bytes per finalized transaction and receiving peer, in one scheme's run."""
+    full = network.full
+    per_peer = full.wire / full.finalized / (network.nodes - 1)
+    wire_goal = WIRE_FACTOR * TX_SIZE + WIRE_EXTRA
+    return Row(
+        f"wire ({network.scheme.label})",
+        f"{per_peer:,.0f} B per finalized tx per peer",
+        f"{TX_SIZE} B transaction",
+        per_peer / TX_SIZE,
+        f"<= {WIRE_FACTOR:g} x + {WIRE_EXTRA} B ({wire_goal:.0f} B)",
+        per_peer <= wire_goal,
+        (
+            f"all peer frames the {network.nodes} validators sent during the network run's"
+            f" full load ({full.wire / 2**20:.1f} MiB) / {full.finalized:,} finalized"
+            f" / {network.nodes - 1} receiving peers",
+        ),
+    )

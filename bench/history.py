@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qudag_node.core.certificate import Certificate, make_certificate
-from qudag_node.core.crypto import Signer
+from qudag_node.core.crypto import PRIVATE_KEY_SIZES, Purpose, Scheme, SignatureCheck, Signer
 from qudag_node.core.events import Fact, LeaderCommitted, VertexCertified, VertexStored
 from qudag_node.core.genesis import Genesis, Validator
 from qudag_node.core.types import VertexId
@@ -42,11 +42,11 @@ class Committee:
     genesis: Genesis
 
     @classmethod
-    def generate(cls, size: int) -> Committee:
-        """A validator set of ``size`` fresh keys named v1..vN."""
-        signers = tuple(Signer(os.urandom(32)) for _ in range(size))
+    def generate(cls, size: int, scheme: Scheme = Scheme.ED25519) -> Committee:
+        """A validator set of ``size`` fresh keys of ``scheme`` named v1..vN."""
+        signers = tuple(Signer(os.urandom(PRIVATE_KEY_SIZES[scheme])) for _ in range(size))
         validators = tuple(Validator(f"v{k + 1}", s.public_key) for k, s in enumerate(signers))
-        return cls(signers, Genesis(NETWORK_ID, validators))
+        return cls(signers, Genesis(NETWORK_ID, validators, scheme))
 
     def validator_list(self) -> str:
         """The set as a QUDAG_VALIDATORS value (name=public key hex, ...)."""
@@ -62,9 +62,9 @@ def certified_rounds(committee: Committee, rounds: int, start_ms: int) -> Iterat
         made: Round = []
         for k, author in enumerate(signers):
             vertex = make_vertex(author, genesis.hash, r, start_ms + r, parents, (), ())
-            votes = {k: vertex.signature}
-            for j in range(k + 1, k + quorum):
-                votes[j % n] = signers[j % n].sign(vertex.id)
+            votes = {
+                j % n: signers[j % n].sign(Purpose.VOTE, vertex.id) for j in range(k, k + quorum)
+            }
             made.append((vertex, make_certificate(author.scheme, votes)))
         parents = [v.id for v, _ in made]
         yield made
@@ -104,17 +104,24 @@ async def persist_history(data_dir: Path, committee: Committee, rounds: int, sta
     return written
 
 
-def distinct_signatures(
-    committee: Committee, rounds: Sequence[Round]
-) -> list[tuple[bytes, bytes, bytes]]:
-    """Every distinct (public key, vertex id, signature) a node checks to take ``rounds``
-    in: each vertex's author signature and its certificate's votes (the author's own
-    vote is its vertex signature)."""
-    validators = committee.genesis.validators
-    seen: dict[tuple[bytes, bytes, bytes], None] = {}
+def distinct_signatures(committee: Committee, rounds: Sequence[Round]) -> list[SignatureCheck]:
+    """Every distinct signature check a node makes to take ``rounds`` in: each vertex's
+    author signature and its certificate's votes (on an Ed25519 network the author's
+    vote is the same bytes as its vertex signature, and counts once)."""
+    genesis = committee.genesis
+    seen: dict[tuple[bytes, bytes, bytes], SignatureCheck] = {}
     for made in rounds:
         for vertex, certificate in made:
-            seen[(vertex.author, vertex.id, vertex.signature)] = None
-            for voter, signature in zip(certificate.voters, certificate.signatures, strict=True):
-                seen[(validators[voter].public_key, vertex.id, signature)] = None
-    return list(seen)
+            check = genesis.signature_check(
+                vertex.author, Purpose.VERTEX, vertex.id, vertex.signature
+            )
+            assert check is not None
+            votes = (
+                genesis.vote_check(voter, vertex.id, signature)
+                for voter, signature in zip(certificate.voters, certificate.signatures, strict=True)
+            )
+            for c in (check, *votes):
+                assert c is not None
+                key = (c.public_key, c.message, c.signature)
+                seen.setdefault(key, c)
+    return list(seen.values())

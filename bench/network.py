@@ -49,6 +49,7 @@ from bench.nodes import (
     NodeProcess,
     Testnet,
     cpu_seconds,
+    dag_round,
     database_bytes,
     log_head,
     log_length,
@@ -58,6 +59,7 @@ from bench.nodes import (
     testnet_running,
 )
 from bench.report import Row, per_second
+from qudag_node.core.crypto import DEFAULT_SCHEME, SCHEME_LABELS, SIGNATURE_SIZES, Scheme
 
 GOAL_RATE = 5_000
 GOAL_P50 = 0.300
@@ -87,6 +89,7 @@ class Phase:
     wire: float  # bytes all nodes sent during the window
     disk: list[int]  # each node's database growth during the window
     cores: float  # CPU time all nodes used during the window, in cores
+    rounds: int  # rounds node 1's DAG advanced during the window
 
     @property
     def rate(self) -> float:
@@ -99,6 +102,7 @@ class NetworkRun:
     """A full-load phase, optionally a paced one, and the state at the end."""
 
     nodes: int
+    scheme: Scheme
     full: Phase
     paced: Phase | None
     logs_equal: bool
@@ -114,21 +118,22 @@ async def _wire_bytes(session: aiohttp.ClientSession, urls: list[str]) -> float:
 
 async def load_phase(session: aiohttp.ClientSession, net: Testnet, spec: LoadSpec) -> Phase:
     """Apply ``spec`` to the testnet and read the network around its window."""
-    marks: list[tuple[float, int, float, list[int], float]] = []
+    marks: list[tuple[float, int, float, list[int], float, int]] = []
 
     async def mark() -> None:
         length = await log_length(session, net.urls[0])
         wire = await _wire_bytes(session, net.urls)
         disks = [database_bytes(net.data_dir(k)) for k in range(net.nodes)]
         cpu = sum(cpu_seconds(pid) for pid in net.pids)
-        marks.append((time.monotonic(), length, wire, disks, cpu))
+        round_ = await dag_round(session, net.urls[0])
+        marks.append((time.monotonic(), length, wire, disks, cpu, round_))
 
     load = await run_load(spec, mark, mark)
     if load.failed:
         raise RuntimeError(f"submits failed: {load.first_error}")
-    (t0, l0, w0, d0, c0), (t1, l1, w1, d1, c1) = marks
+    (t0, l0, w0, d0, c0, r0), (t1, l1, w1, d1, c1, r1) = marks
     disk = [b - a for a, b in zip(d0, d1, strict=True)]
-    return Phase(load, t1 - t0, l1 - l0, w1 - w0, disk, (c1 - c0) / (t1 - t0))
+    return Phase(load, t1 - t0, l1 - l0, w1 - w0, disk, (c1 - c0) / (t1 - t0), r1 - r0)
 
 
 async def converged(session: aiohttp.ClientSession, urls: list[str], timeout: float) -> bool:
@@ -193,23 +198,40 @@ async def measure_network(
             paced = await load_phase(session, net, spec)
         equal = await converged(session, net.urls, CONVERGE_TIMEOUT)
     rss = [(rss_bytes(pid), peak_rss_bytes(pid)) for pid in net.pids]
-    return NetworkRun(net.nodes, full, paced, equal, rss)
+    return NetworkRun(net.nodes, net.scheme, full, paced, equal, rss)
 
 
-async def shared_network(lab: Lab) -> NetworkRun:
-    """The suite's four-validator run (made once, read by several scenarios)."""
+async def shared_network(lab: Lab, scheme: Scheme = DEFAULT_SCHEME) -> NetworkRun:
+    """The suite's four-validator run in ``scheme`` (made once, read by several
+    scenarios)."""
 
     async def measure() -> NetworkRun:
-        async with testnet_running(Testnet(lab.directory("network"))) as net:
-            return await measure_network(net, lab.scale.network_seconds, paced_rate=GOAL_RATE / 2)
+        net = Testnet(lab.directory(f"network-{scheme.label}"), scheme=scheme)
+        async with testnet_running(net) as running:
+            seconds = lab.scale.network_seconds
+            return await measure_network(running, seconds, paced_rate=GOAL_RATE / 2)
 
-    return await lab.shared("network", measure)
+    return await lab.shared(f"network-{scheme.label}", measure)
+
+
+def signature_bytes_per_round(nodes: int, scheme: Scheme) -> int:
+    """The signature bytes a round of ``nodes`` validators sends network-wide, by the
+    protocol: each validator's vertex to the n - 1 others, its n - 1 votes (one to each
+    other author), and its certificate of q votes to the n - 1 others."""
+    quorum = nodes - (nodes - 1) // 3
+    return nodes * (nodes - 1) * (2 + quorum) * SIGNATURE_SIZES[scheme]
 
 
 async def scenario(lab: Lab) -> list[Row]:
-    """Network-wide finalized throughput, and finality latency at half the goal's load."""
-    run = await shared_network(lab)
+    """Network-wide finalized throughput, and finality latency at half the goal's load,
+    for each scheme (the default first)."""
     single = await shared_ingest(lab)
+    order = [DEFAULT_SCHEME, *(s for s in Scheme if s is not DEFAULT_SCHEME)]
+    return [_scheme_row(await shared_network(lab, scheme), single.rate) for scheme in order]
+
+
+def _scheme_row(run: NetworkRun, single_rate: float) -> Row:
+    """One scheme's network row."""
     full, paced = run.full, run.paced
     assert paced is not None
     ok = (
@@ -218,31 +240,32 @@ async def scenario(lab: Lab) -> list[Row]:
         and paced.load.p99 <= GOAL_P99
         and run.logs_equal
     )
-    return [
-        Row(
-            "network",
-            f"{per_second(full.rate)} finalized; at {per_second(paced.rate)} finality p50"
-            f" {paced.load.p50 * 1000:.0f} ms, p99 {paced.load.p99 * 1000:.0f} ms",
-            f"{per_second(single.rate)} one node (ingest)",
-            full.rate / single.rate,
-            f">= {GOAL_RATE:,} tx/s; at {GOAL_RATE // 2:,} tx/s p50 <= {GOAL_P50 * 1000:.0f}"
-            f" ms, p99 <= {GOAL_P99:g} s",
-            ok,
-            (
-                f"{run.nodes} validator processes (qudag-node testnet); full load: {CLIENTS}"
-                f" connections x {BATCH}-transaction batches with wait=final for"
-                f" {full.window:.0f} s (batch finality p50 {full.load.p50 * 1000:.0f} ms, p99"
-                f" {full.load.p99 * 1000:.0f} ms); then {GOAL_RATE // 2:,} tx/s offered on a"
-                f" fixed schedule in batches of {PACED_BATCH} for {paced.window:.0f} s,"
-                " latency from each batch's scheduled time to its final answer",
-                f"the nodes used {full.cores:.2f} cores at full load, {paced.cores:.2f} paced;"
-                f" logs equal on all nodes at the end: {run.logs_equal}; node RSS"
-                f" {', '.join(f'{now / 2**20:.0f}' for now, _ in run.rss)} MiB",
-                "the ratio is to the single-node ingest rate of this run (no goal): each"
-                f" transaction is stored by {run.nodes} processes sharing the machine",
-            ),
-        )
-    ]
+    return Row(
+        f"network ({run.scheme.label})",
+        f"{per_second(full.rate)} finalized; at {per_second(paced.rate)} finality p50"
+        f" {paced.load.p50 * 1000:.0f} ms, p99 {paced.load.p99 * 1000:.0f} ms",
+        f"{per_second(single_rate)} one node (ingest)",
+        full.rate / single_rate,
+        f">= {GOAL_RATE:,} tx/s; at {GOAL_RATE // 2:,} tx/s p50 <= {GOAL_P50 * 1000:.0f}"
+        f" ms, p99 <= {GOAL_P99:g} s",
+        ok,
+        (
+            f"{run.nodes} validator processes (qudag-node testnet); full load: {CLIENTS}"
+            f" connections x {BATCH}-transaction batches with wait=final for"
+            f" {full.window:.0f} s (batch finality p50 {full.load.p50 * 1000:.0f} ms, p99"
+            f" {full.load.p99 * 1000:.0f} ms); then {GOAL_RATE // 2:,} tx/s offered on a"
+            f" fixed schedule in batches of {PACED_BATCH} for {paced.window:.0f} s,"
+            " latency from each batch's scheduled time to its final answer",
+            f"{full.rounds / full.window:.1f} rounds/s at full load, each sending"
+            f" {signature_bytes_per_round(run.nodes, run.scheme):,} signature bytes"
+            f" network-wide ({full.finalized / max(1, full.rounds):,.0f} tx per round);"
+            f" the nodes used {full.cores:.2f} cores at full load, {paced.cores:.2f} paced;"
+            f" logs equal on all nodes at the end: {run.logs_equal}; node RSS"
+            f" {', '.join(f'{now / 2**20:.0f}' for now, _ in run.rss)} MiB",
+            "the ratio is to the single-node ingest rate of this run (no goal): each"
+            f" transaction is stored by {run.nodes} processes sharing the machine",
+        ),
+    )
 
 
 # --------------------------------------------------------------- command line
@@ -327,7 +350,8 @@ def report(run: NetworkRun, clients: int, batch: int, size: int) -> None:
 
 async def command(args: argparse.Namespace, directory: Path) -> None:
     """The command line's run."""
-    net = Testnet(directory, args.nodes, args.sync_interval, args.log_level)
+    scheme = Scheme.from_label(args.scheme)
+    net = Testnet(directory, args.nodes, args.sync_interval, args.log_level, scheme)
     async with testnet_running(net):
         print(f"testnet in {directory}/net (logs: nodeI/node.log)")
         if args.clients > 0:
@@ -353,6 +377,7 @@ def main() -> int:
     parser.add_argument("--paced", type=float, help="then offer RATE tx/s on a fixed schedule")
     parser.add_argument("--idle", type=float, default=0.0, help="then measure SECONDS idle")
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--scheme", choices=SCHEME_LABELS, default=DEFAULT_SCHEME.label)
     parser.add_argument("--keep", type=Path, help="keep the testnet directory here")
     parser.add_argument(
         "--late-observer",

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import aiohttp
 
+from qudag_node.core.crypto import DEFAULT_SCHEME, Scheme
+
 #: Seconds a node has to print its API port, and then to answer /ready.
 START_TIMEOUT = 60.0
 #: Seconds a node has to exit after SIGTERM before it is killed.
@@ -160,6 +162,13 @@ async def get_json(session: aiohttp.ClientSession, url: str) -> dict[str, object
         resp.raise_for_status()
         doc: dict[str, object] = await resp.json()
         return doc
+
+
+async def dag_round(session: aiohttp.ClientSession, url: str) -> int:
+    """The round a node's DAG has reached."""
+    dag = (await get_json(session, url + "/api/v1/status"))["dag"]
+    assert isinstance(dag, dict)
+    return int(dag["round"])
 
 
 async def log_length(session: aiohttp.ClientSession, url: str) -> int:
@@ -339,6 +348,7 @@ class Testnet:
     nodes: int = 4
     sync_interval: float = 5.0
     log_level: str = "warning"
+    scheme: Scheme = DEFAULT_SCHEME
     urls: list[str] = field(default_factory=list)
     p2p_ports: list[int] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)
@@ -362,6 +372,7 @@ class Testnet:
         command = [sys.executable, "-m", "qudag_node", "testnet", "--nodes", str(self.nodes)]
         command += ["--dir", str(self.directory / "net"), "--api-port", str(api)]
         command += ["--p2p-port", str(p2p), "--sync-interval", f"{self.sync_interval:g}"]
+        command += ["--scheme", self.scheme.label]
         env = {k: v for k, v in os.environ.items() if k != "LOG_LEVEL"}
         env["LOG_LEVEL"] = self.log_level
         with self.output.open("wb") as sink:

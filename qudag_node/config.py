@@ -395,7 +395,8 @@ class Settings:
         env="NODE_PRIVATE_KEY",
         default_text="",
         parse=_private_key,
-        help="Ed25519 private key (64 hex). Unset: generated once, kept in DATA_DIR/node.key.",
+        help="Private key: 128 hex (mldsa65-ed25519) or 64 (ed25519)."
+        " Unset: generated once, kept in DATA_DIR/node.key.",
         secret=True,
     )
     peer_auth_token: Secret | None = setting(

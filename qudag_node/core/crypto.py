@@ -238,10 +238,12 @@ BatchCheck = Callable[[Sequence[SignatureCheck]], list[bool]]
 
 def check_digest(check: SignatureCheck) -> bytes:
     """What a cache remembers a check by: 32 bytes in place of kilobytes of key and
-    signature (every field length-prefixed, so no two checks share a digest)."""
+    signature (every field length-prefixed, so no two checks share a digest). Ed25519
+    signs no purpose, so its checks for two purposes are one."""
     scheme, purpose, public_key, message, signature = check
+    context = b"" if scheme is Scheme.ED25519 else purpose.value
     h = blake2b(digest_size=HASH_SIZE, person=_CHECK)
-    for part in (bytes((scheme,)), purpose.value, public_key, message, signature):
+    for part in (bytes((scheme,)), context, public_key, message, signature):
         h.update(len(part).to_bytes(4, "big"))
         h.update(part)
     return h.digest()

@@ -312,9 +312,9 @@ class Engine:
             self._notices.append(MessageRejected(peer, e.reason, e.message, message_kind(data)))
         self._refresh(now)
 
-    def peer_connected(self, peer: PeerId, public_key: NodeId) -> None:
-        """A link to ``peer``, who proved ``public_key``, is up."""
-        self._peers[peer] = public_key
+    def peer_connected(self, peer: PeerId, node: NodeId) -> None:
+        """A link to ``peer``, who proved it holds the key of ``node``, is up."""
+        self._peers[peer] = node
         self._peers_changed()
 
     def peer_disconnected(self, peer: PeerId) -> None:

@@ -15,7 +15,7 @@ suspending, so :func:`run_now` drives each pump step to its end synchronously. T
 one clock gives the engines both their monotonic and their wall-clock time; the
 engines share one verifier, so each signature is checked once per run.
 
-Replay one run::
+Replay one run (``--scheme mldsa65-ed25519`` for a network of composite keys)::
 
     .venv/bin/python -m tests.core.sim --seed 17 --validators 4
 """
@@ -33,7 +33,15 @@ from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, assert_never
 
-from qudag_node.core.crypto import SequentialVerifier, Signer, log_hash_start, tx_ids
+from qudag_node.core.crypto import (
+    PRIVATE_KEY_SIZES,
+    SCHEME_LABELS,
+    Scheme,
+    SequentialVerifier,
+    Signer,
+    log_hash_start,
+    tx_ids,
+)
 from qudag_node.core.engine import Engine
 from qudag_node.core.errors import InputRejected
 from qudag_node.core.events import (
@@ -157,6 +165,7 @@ class RunResult:
 
     seed: int
     validators: int
+    scheme: Scheme
     faults: Faults
     safe: bool
     live: bool
@@ -170,9 +179,18 @@ class RunResult:
 
 
 class Simulation:
-    """N validators (plus an optional observer) on a seeded, faulty network."""
+    """N validators (plus an optional observer) on a seeded, faulty network, signing in
+    ``scheme`` (each key made from the seed's random bytes, as many as its private key
+    has)."""
 
-    def __init__(self, seed: int, validators: int, faults: Faults, txs: int = 40) -> None:
+    def __init__(
+        self,
+        seed: int,
+        validators: int,
+        faults: Faults,
+        txs: int = 40,
+        scheme: Scheme = Scheme.ED25519,
+    ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.faults = faults
@@ -181,9 +199,12 @@ class Simulation:
         self._outbox: list[tuple[PeerId, PeerId, bytes]] = []  # this step's sends
         self._sequence = 0
         self.messages = 0
-        signers = [Signer(self.rng.randbytes(32)) for _ in range(validators)]
+        key_size = PRIVATE_KEY_SIZES[scheme]
+        signers = [Signer(self.rng.randbytes(key_size)) for _ in range(validators)]
         self.genesis = Genesis(
-            "qudag-sim", tuple(Validator(f"v{i}", s.public_key) for i, s in enumerate(signers))
+            "qudag-sim",
+            tuple(Validator(f"v{i}", s.public_key) for i, s in enumerate(signers)),
+            scheme,
         )
         self.params = SIM_PARAMS
         self.verifier = SequentialVerifier()  # one for every engine: each checks once
@@ -191,7 +212,7 @@ class Simulation:
         for i, s in enumerate(signers):
             self._add_node(PeerId(f"v{i}"), s)
         if faults.observer:
-            self._add_node(PeerId("observer"), Signer(self.rng.randbytes(32)))
+            self._add_node(PeerId("observer"), Signer(self.rng.randbytes(key_size)))
         names = sorted(self.nodes)
         self.faulty = PeerId(f"v{validators - 1}")  # the one that misbehaves, if any
         self.nodes[self.faulty].silent = faults.silent
@@ -199,7 +220,7 @@ class Simulation:
         for a in names:
             for b in names:
                 if a != b:
-                    self.nodes[a].engine.peer_connected(b, self.nodes[b].signer.public_key)
+                    self.nodes[a].engine.peer_connected(b, self.nodes[b].signer.node_id)
         self.submitted: dict[TxId, tuple[PeerId, float]] = {}
         self.final_at: dict[TxId, float] = {}
         self._client_plan = sorted(
@@ -313,13 +334,13 @@ class Simulation:
         if node.up and crash[0] <= self.now < crash[1]:
             node.up = False  # the process dies: memory is lost, the store stays
         elif not node.up and self.now >= crash[1]:
-            snapshot = node.store.snapshot(node.signer.public_key, self.params.gc_depth)
+            snapshot = node.store.snapshot(node.signer.node_id, self.params.gc_depth)
             node.pump.engine = Engine(
                 self.genesis, self.params, node.signer, snapshot, verifier=self.verifier
             )
             for other in self.nodes.values():
                 if other is not node:
-                    node.engine.peer_connected(other.name, other.signer.public_key)
+                    node.engine.peer_connected(other.name, other.signer.node_id)
             node.up = True
             node.engine.handle_timer(moment(self.now))
             self._step(node)
@@ -379,7 +400,7 @@ class Simulation:
     def _checked_evidence(self) -> int:
         """Most evidence records kept by one honest node; each must prove the faulty
         validator's equivocation to anyone holding the genesis."""
-        faulty = self.nodes[self.faulty].signer.public_key
+        faulty = self.nodes[self.faulty].signer.node_id
         for node in self.honest():
             for evidence in node.store.evidence:
                 proof = decode_equivocation(evidence.encode(), self.genesis)
@@ -422,6 +443,7 @@ class Simulation:
         return RunResult(
             seed=self.seed,
             validators=self.genesis.n,
+            scheme=self.genesis.scheme,
             faults=self.faults,
             safe=safe,
             live=live,
@@ -445,10 +467,11 @@ def check_prefixes(nodes: Iterable[SimNode]) -> tuple[bool, str]:
     return True, ""
 
 
-def run_seed(seed: int, validators: int) -> RunResult:
-    """One run: the seed picks the fault mix, the keys and every random choice."""
+def run_seed(seed: int, validators: int, scheme: Scheme = Scheme.ED25519) -> RunResult:
+    """One run: the seed picks the fault mix, the keys and every random choice. A seed
+    has the same fault mix in either scheme (its keys, and so the run, differ)."""
     faults = random_faults(random.Random(seed * 7919 + validators))
-    return Simulation(seed, validators, faults).run()
+    return Simulation(seed, validators, faults, scheme=scheme).run()
 
 
 def fault_kinds(faults: Faults) -> list[str]:
@@ -475,7 +498,8 @@ def summarize(results: list[RunResult]) -> str:
     kinds = Counter(k for r in results for k in fault_kinds(r.faults))
     lines = [
         f"{len(results)} runs (seeds {results[0].seed}-{results[-1].seed},"
-        f" n = {results[0].validators}): {sum(not r.safe for r in results)} unsafe,"
+        f" n = {results[0].validators}, {results[0].scheme.label}):"
+        f" {sum(not r.safe for r in results)} unsafe,"
         f" {sum(not r.live for r in results)} not live",
         "fault mix (runs): " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())),
         f"every transaction final everywhere by simulated second: median"
@@ -503,14 +527,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="first seed")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--validators", type=int, default=4)
+    parser.add_argument("--scheme", choices=SCHEME_LABELS, default=Scheme.ED25519.label)
     args = parser.parse_args(argv)
+    scheme = Scheme.from_label(args.scheme)
     results = []
     for seed in range(args.seed, args.seed + args.runs):
-        r = run_seed(seed, args.validators)
+        r = run_seed(seed, args.validators, scheme)
         results.append(r)
         if args.runs == 1 or not (r.safe and r.live):
             print(
-                f"seed {seed} n={r.validators} {r.faults}: safe={r.safe} live={r.live}"
+                f"seed {seed} n={r.validators} {scheme.label} {r.faults}:"
+                f" safe={r.safe} live={r.live}"
                 f" t={r.end_time:.2f}s log={r.log_length} hash={r.log_hash.hex()[:16]}"
                 f" messages={r.messages} evidence={r.equivocations} {r.detail}"
             )

@@ -26,7 +26,7 @@ from qudag_node.core.events import (
 )
 from qudag_node.core.evidence import Equivocation
 from qudag_node.core.messages import CertifiedMessage, encode_message
-from qudag_node.core.types import PublicKey, TxId, VertexId
+from qudag_node.core.types import NodeId, TxId, VertexId
 from qudag_node.core.vertex import Vertex
 
 
@@ -98,7 +98,7 @@ class MemoryStore:
             if row is not None and row.certificate is not None:
                 yield encode_message(CertifiedMessage(row.vertex, row.certificate))
 
-    def snapshot(self, own_key: PublicKey, gc_depth: int) -> Snapshot:
+    def snapshot(self, own_key: NodeId, gc_depth: int) -> Snapshot:
         """The state an engine restarts from."""
         floor = max(0, self.committed_round - gc_depth)
         rows = sorted(

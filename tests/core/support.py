@@ -8,7 +8,8 @@ records every fact, effect and notice with the time of the call that produced it
 produced (:meth:`~qudag_node.core.engine.Engine.take_output`) and keep the rest for
 the others, so that a test can look at what was produced and at what was sent apart.
 
-The four-validator network (n = 4, f = 1) is :data:`C`, a :class:`Committee`. Its
+The four-validator network (n = 4, f = 1) is :data:`C`, a :class:`Committee` of
+Ed25519 keys; :data:`CC` is its counterpart of composite ML-DSA-65 + Ed25519 keys. Its
 vertices are made by hand and delivered to an engine with :func:`feed`, as messages
 from :data:`PEER`.
 """
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from weakref import WeakKeyDictionary
 
 from qudag_node.core.certificate import Certificate, make_certificate
-from qudag_node.core.crypto import Signer, tx_id, tx_ids
+from qudag_node.core.crypto import PRIVATE_KEY_SIZES, Purpose, Scheme, Signer, tx_id, tx_ids
 from qudag_node.core.engine import Engine, Role, Snapshot, SubmitResult
 from qudag_node.core.events import (
     Effect,
@@ -185,15 +186,18 @@ PEER = PeerId("peer-1")
 
 
 class Committee:
-    """Four validator keys, their genesis, and a key outside it."""
+    """Four validator keys of ``scheme``, their genesis, and a key outside it."""
 
-    def __init__(self) -> None:
-        self.signers = [Signer(bytes([0x10 + i]) * 32) for i in range(4)]
+    def __init__(self, scheme: Scheme = Scheme.ED25519) -> None:
+        size = PRIVATE_KEY_SIZES[scheme]
+        self.scheme = scheme
+        self.signers = [Signer(bytes([0x10 + i]) * size) for i in range(4)]
         self.genesis = Genesis(
             "qudag-rules",
             tuple(Validator(f"v{i}", s.public_key) for i, s in enumerate(self.signers)),
+            scheme,
         )
-        self.outsider = Signer(b"\x99" * 32)
+        self.outsider = Signer(b"\x99" * size)
 
     def vertex(
         self,
@@ -218,8 +222,14 @@ class Committee:
 
     def certificate(self, vertex: Vertex, voters: Sequence[int] = (0, 1, 2)) -> Certificate:
         """A certificate for ``vertex`` signed by the validators ``voters``."""
-        votes = {i: self.signers[i].sign(vertex.id) for i in voters}
+        votes = {i: self.signers[i].sign(Purpose.VOTE, vertex.id) for i in voters}
         return make_certificate(self.signers[0].scheme, votes)
+
+    def vote(self, vertex: Vertex, voter: int) -> bytes:
+        """The wire bytes of validator ``voter``'s vote for ``vertex``."""
+        signer = self.signers[voter]
+        signature = signer.sign(Purpose.VOTE, vertex.id)
+        return encode_message(VoteMessage(vertex.id, voter, signer.scheme, signature))
 
     def index(self, round_: int) -> int:
         """The validator index of ``round_``'s leader."""
@@ -235,6 +245,8 @@ class Committee:
 
 
 C = Committee()
+#: The same four validators with composite ML-DSA-65 + Ed25519 keys (another network).
+CC = Committee(Scheme.MLDSA65_ED25519)
 #: One round-1 vertex per validator, each carrying one transaction.
 ROUND1 = [C.vertex(i, 1, txs=[f"r1-v{i}".encode()]) for i in range(4)]
 #: The ids of :data:`ROUND1`.
@@ -260,8 +272,7 @@ def feed(engine: Engine, *vertices: Vertex, now: float = NOW) -> list[Output]:
 
 def vote(vertex: Vertex, voter: int) -> bytes:
     """The wire bytes of validator ``voter``'s vote for ``vertex``."""
-    signer = C.signers[voter]
-    return encode_message(VoteMessage(vertex.id, voter, signer.scheme, signer.sign(vertex.id)))
+    return C.vote(vertex, voter)
 
 
 def added(*vertices: Vertex) -> list[Output]:

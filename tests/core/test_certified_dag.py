@@ -12,7 +12,14 @@ import dataclasses
 import pytest
 
 from qudag_node.core.certificate import check_certificate, make_certificate
-from qudag_node.core.crypto import SequentialVerifier, log_hash_start, tx_id, tx_ids, verify
+from qudag_node.core.crypto import (
+    Purpose,
+    SequentialVerifier,
+    log_hash_start,
+    tx_id,
+    tx_ids,
+    verify_check,
+)
 from qudag_node.core.engine import Engine, Role
 from qudag_node.core.errors import Reason
 from qudag_node.core.events import (
@@ -68,7 +75,7 @@ def validator(index: int, params: Params = PARAMS) -> Engine:
     e = Engine(C.genesis, params, C.signers[index])
     for i in range(4):
         if i != index:
-            e.peer_connected(PEERS[i], C.signers[i].public_key)
+            e.peer_connected(PEERS[i], C.signers[i].node_id)
     return e
 
 
@@ -100,7 +107,10 @@ def test_a_validator_stores_then_votes_once_per_slot_and_keeps_equivocation_evid
     [(to, vote_message)] = [(p, m) for p, m in sent(e) if isinstance(m, VoteMessage)]
     assert to == PEERS[0]
     assert (vote_message.vertex, vote_message.voter) == (first.id, 3)
-    assert verify(vote_message.scheme, C.signers[3].public_key, first.id, vote_message.signature)
+    assert vote_message.scheme is C.genesis.scheme
+    check = C.genesis.vote_check(3, first.id, vote_message.signature)
+    assert check is not None
+    assert verify_check(check)
 
     # the author asks again (its vote was lost, say): the same vote, nothing new stored
     assert receive(e, PEERS[0], proposal(first)) == []
@@ -112,7 +122,7 @@ def test_a_validator_stores_then_votes_once_per_slot_and_keeps_equivocation_evid
     assert rejected(events) == [Reason.EQUIVOCATION]
     assert sent(e) == []  # no vote for the second
     proof = decode_equivocation(evidence.encode(), C.genesis)
-    assert (proof.author, proof.round) == (C.signers[0].public_key, 2)
+    assert (proof.author, proof.round) == (C.signers[0].node_id, 2)
     assert {proof.first.id, proof.second.id} == {first.id, second.id}
 
     third = C.vertex(0, 2, R1[:3], txs=[b"third"])
@@ -123,7 +133,7 @@ def test_a_validator_stores_then_votes_once_per_slot_and_keeps_equivocation_evid
 
 def test_an_observer_stores_proposals_but_never_votes() -> None:
     e = C.observer()
-    e.peer_connected(PEERS[0], C.signers[0].public_key)
+    e.peer_connected(PEERS[0], C.signers[0].node_id)
     feed(e, *ROUND1[:3])
     v = C.vertex(0, 2, R1[:3])
     assert receive(e, PEERS[0], proposal(v)) == [VertexStored(v, own=False)]
@@ -136,7 +146,9 @@ def test_the_author_certifies_its_vertex_with_a_quorum_of_votes() -> None:
     [own] = [ev.vertex for ev in drain(e) if isinstance(ev, VertexStored)]
     assert {p for p, m in sent(e) if m == ProposalMessage(own)} == set(PEERS[1:])
 
-    bad = encode_message(VoteMessage(own.id, 1, C.signers[1].scheme, C.signers[2].sign(own.id)))
+    bad = encode_message(
+        VoteMessage(own.id, 1, C.signers[1].scheme, C.signers[2].sign(Purpose.VOTE, own.id))
+    )
     assert rejected(receive(e, PEERS[1], bad)) == [Reason.BAD_SIGNATURE]
     stranger = encode_message(VoteMessage(own.id, 7, C.signers[1].scheme, b"\x00" * 64))
     assert rejected(receive(e, PEERS[1], stranger)) == [Reason.UNKNOWN_AUTHOR]
@@ -179,7 +191,7 @@ def test_a_certificate_short_of_a_quorum_is_rejected() -> None:
     feed(e, *ROUND1[:3])
     v = C.vertex(0, 2, R1[:3])
     receive(e, PEERS[0], proposal(v))
-    votes = {i: C.signers[i].sign(v.id) for i in (0, 1)}
+    votes = {i: C.signers[i].sign(Purpose.VOTE, v.id) for i in (0, 1)}
     short = make_certificate(C.signers[0].scheme, votes)
     events = receive(e, PEERS[0], encode_message(CertificateMessage(v.id, short)))
     assert rejected(events) == [Reason.BAD_CERTIFICATE]
@@ -273,9 +285,9 @@ def test_a_fetch_request_is_handed_to_the_store_and_oversize_ones_are_refused() 
 
 def test_an_observer_forwards_client_transactions_until_they_are_included() -> None:
     e = C.observer()
-    e.peer_connected(PEERS[0], C.signers[0].public_key)
-    e.peer_connected(PEERS[1], C.signers[1].public_key)
-    e.peer_connected(PeerId("observer-2"), C.outsider.public_key)  # not a validator
+    e.peer_connected(PEERS[0], C.signers[0].node_id)
+    e.peer_connected(PEERS[1], C.signers[1].node_id)
+    e.peer_connected(PeerId("observer-2"), C.outsider.node_id)  # not a validator
     txs = [b"via-observer-1", b"via-observer-2"]
     result = e.submit_transactions(tx_ids(txs), txs, moment(NOW))
     assert result.admitted == tuple(tx_ids(txs))
@@ -516,18 +528,18 @@ def test_restart_resends_the_uncertified_proposal_and_never_signs_another(index:
     e.submit_transactions([tx_id(b"kept")], [b"kept"], moment(NOW))
     store.persist(facts(e))
     [own] = [
-        v.vertex for v in store.vertices.values() if v.vertex.author == C.signers[index].public_key
+        v.vertex for v in store.vertices.values() if v.vertex.author == C.signers[index].node_id
     ]
 
     restarted = Engine(
         C.genesis,
         PARAMS,
         C.signers[index],
-        store.snapshot(C.signers[index].public_key, PARAMS.gc_depth),
+        store.snapshot(C.signers[index].node_id, PARAMS.gc_depth),
     )
     for i in range(4):
         if i != index:
-            restarted.peer_connected(PEERS[i], C.signers[i].public_key)
+            restarted.peer_connected(PEERS[i], C.signers[i].node_id)
     restarted.handle_timer(moment(NOW + 5))
     assert drain(restarted) == []
     assert {p for p, m in sent(restarted) if m == ProposalMessage(own)} == {
@@ -546,7 +558,7 @@ def test_an_observer_forwards_what_it_holds_once_a_validator_connects() -> None:
     e.submit_transactions(tx_ids([b"early"]), [b"early"], moment(NOW))
     assert sent(e) == []
     assert e.get_timer() is None  # no validator to forward to
-    e.peer_connected(PEERS[2], C.signers[2].public_key)
+    e.peer_connected(PEERS[2], C.signers[2].node_id)
     assert e.get_timer() == 0.0  # due at once
     e.handle_timer(moment(NOW + 0.1))
     assert sent(e) == [(PEERS[2], TransactionsMessage((b"early",)))]
@@ -562,7 +574,7 @@ def test_equivocation_evidence_is_reported_once_across_a_restart() -> None:
     store.persist(facts(e))
     assert len(store.evidence) == 1
 
-    key = C.signers[3].public_key
+    key = C.signers[3].node_id
     restarted = Engine(C.genesis, PARAMS, C.signers[3], store.snapshot(key, PARAMS.gc_depth))
     third = C.vertex(0, 2, R1[:3], txs=[b"three"])
     events = receive(restarted, PEERS[0], proposal(third))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import struct
 from collections.abc import Callable, Sequence
 
 import pytest
 
 from qudag_node.core import codec
-from qudag_node.core.crypto import Signer, batch_root, tx_ids
+from qudag_node.core.crypto import SIGNATURE_SIZES, Scheme, Signer, batch_root, tx_ids
 from qudag_node.core.errors import Fault, InputRejected, Reason, UsageError
 from qudag_node.core.messages import (
     MessageType,
@@ -141,12 +142,27 @@ def test_trailing_bytes_are_rejected() -> None:
     (0, 0, Reason.BAD_VERSION),
     (0, 2, Reason.BAD_VERSION),
     (1, 0, Reason.UNKNOWN_SCHEME),
-    (1, 2, Reason.UNKNOWN_SCHEME),
+    (1, 3, Reason.UNKNOWN_SCHEME),
+    # the composite's scheme byte: its signature is 3,373 bytes, not 64
+    (1, Scheme.MLDSA65_ED25519, Reason.TRUNCATED),
 ])  # fmt: skip
 def test_unknown_version_or_scheme_is_rejected(offset: int, value: int, reason: Reason) -> None:
     data = bytearray(DATA)
     data[offset] = value
     assert rejected(lambda: decode_vertex(bytes(data), PARAMS)) is reason
+
+
+def test_a_composite_vertex_round_trips_with_its_signature_size() -> None:
+    signer = Signer(b"\x03" * 64)
+    vertex = make_vertex(signer, NETWORK, 7, 1_234_567, PARENTS, TXS, tx_ids(TXS))
+    data = vertex.encode()
+    assert vertex.header.scheme is Scheme.MLDSA65_ED25519
+    assert vertex.author == signer.node_id
+    assert len(vertex.signature) == SIGNATURE_SIZES[Scheme.MLDSA65_ED25519] == 3373
+    assert len(data) == len(DATA) - 64 + 3373  # the header is as small as an Ed25519 one
+    assert decode_vertex(data, PARAMS) == vertex
+    for cut in (len(vertex.header_bytes), len(vertex.header_bytes) + 3372, len(data) - 1):
+        assert rejected(functools.partial(decode_vertex, data[:cut], PARAMS)) is Reason.TRUNCATED
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ from qudag_node.core.events import (
 )
 from qudag_node.core.messages import ProposalMessage, decode_message
 from qudag_node.core.params import Params
-from qudag_node.core.types import Instant, PeerId, PublicKey, Seq, TxId
+from qudag_node.core.types import Instant, NodeId, PeerId, Seq, TxId
 from qudag_node.core.vertex import Vertex
 from tests.core.simstore import MemoryStore
 from tests.core.support import (
@@ -306,7 +306,7 @@ def test_a_restored_engine_continues_the_log_like_one_that_never_stopped() -> No
     node.submit([b"pending-1", b"pending-2"])
     store = MemoryStore(log_hash_start(GENESIS.hash))
     store.persist(t.event for t in node.events if isinstance(t.event, Fact))
-    snapshot = store.snapshot(SIGNER.public_key, PARAMS.gc_depth)
+    snapshot = store.snapshot(SIGNER.node_id, PARAMS.gc_depth)
     before = node.engine.statistics()
     assert (before.pending, before.in_flight, before.log_length) == (2, 1, 1)
     cut = len(node.entries())
@@ -377,8 +377,8 @@ def test_statistics_follow_the_dag_and_the_window_stays_bounded() -> None:
 def test_new_vertices_go_to_connected_peers() -> None:
     node = started()
     alice, bob = PeerId("alice"), PeerId("bob")
-    node.engine.peer_connected(bob, PublicKey(b"\xbb" * 32))
-    node.engine.peer_connected(alice, PublicKey(b"\xaa" * 32))
+    node.engine.peer_connected(bob, NodeId(b"\xbb" * 32))
+    node.engine.peer_connected(alice, NodeId(b"\xaa" * 32))
     node.submit([b"gossip"])
     sent = messages(node.engine)
     v1 = vertex_of(node.own_vertices()[0])

@@ -20,7 +20,7 @@ def signed(v: Vertex) -> SignedHeader:
 
 FIRST = C.vertex(2, 2, R1[:3], txs=[b"one"])
 SECOND = C.vertex(2, 2, R1[:3], txs=[b"two"])
-AUTHOR = C.signers[2].public_key
+AUTHOR = C.signers[2].node_id
 OTHER_NETWORK = Genesis("qudag-other", C.genesis.validators).hash
 
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from qudag_node.core.crypto import extend_log_hash, log_hash_start, tx_id
 from qudag_node.core.dag import DagVertex
 from qudag_node.core.finallog import FinalLog, id_keys
-from qudag_node.core.types import PublicKey, TxId, VertexId
+from qudag_node.core.types import NodeId, TxId, VertexId
 from tests.core.support import GENESIS
 
 START = log_hash_start(GENESIS.hash)
@@ -16,7 +16,7 @@ START = log_hash_start(GENESIS.hash)
 
 def vertex(round_: int, name: str) -> DagVertex:
     """A stand-in window vertex: only round and id matter to the log."""
-    return DagVertex(VertexId(tx_id(name.encode())), round_, PublicKey(b"\x00" * 32), (), 0)
+    return DagVertex(VertexId(tx_id(name.encode())), round_, NodeId(b"\x00" * 32), (), 0)
 
 
 def ids(*names: str) -> tuple[TxId, ...]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
+from qudag_node.core.crypto import Purpose, Scheme, SignatureCheck
 from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.genesis import Genesis, Validator
-from qudag_node.core.types import PublicKey
+from qudag_node.core.types import NodeId, PublicKey, VertexId
 
 
 def key(i: int) -> PublicKey:
@@ -33,25 +36,26 @@ def test_fault_tolerance_and_quorum(n: int, f: int, quorum: int) -> None:
 
 def test_leaders_rotate_over_even_rounds_in_genesis_order() -> None:
     g = committee(4)
-    keys = [v.public_key for v in g.validators]
-    assert [g.leader(r) for r in (2, 4, 6, 8, 10)] == [keys[1], keys[2], keys[3], keys[0], keys[1]]
+    ids = [NodeId(v.public_key) for v in g.validators]
+    assert [g.leader(r) for r in (2, 4, 6, 8, 10)] == [ids[1], ids[2], ids[3], ids[0], ids[1]]
     for n in range(1, 11):
         g = committee(n)
         leaders = [g.leader(r) for r in range(2, 2 + 4 * n, 2)]
         assert leaders == [*leaders[:n], *leaders[:n]]
-        assert sorted(leaders[:n]) == sorted(v.public_key for v in g.validators)
+        assert sorted(leaders[:n]) == sorted(g.ids)
 
 
 def test_index_of() -> None:
     g = committee(3)
-    assert [g.index_of(key(i)) for i in (1, 2, 3)] == [0, 1, 2]
-    assert g.index_of(key(9)) is None
+    assert [g.index_of(NodeId(key(i))) for i in (1, 2, 3)] == [0, 1, 2]
+    assert g.index_of(NodeId(key(9))) is None
 
 
 def test_solo_is_a_one_validator_network() -> None:
     g = Genesis.solo("qudag-solo", "me", key(1))
     assert g.validators == (Validator("me", key(1)),)
-    assert (g.n, g.f, g.quorum, g.leader(2)) == (1, 0, 1, key(1))
+    assert g.scheme is Scheme.ED25519
+    assert (g.n, g.f, g.quorum, g.leader(2)) == (1, 0, 1, NodeId(key(1)))
 
 
 def test_the_hash_covers_network_and_validators() -> None:
@@ -144,7 +148,7 @@ def test_decode_refuses_every_truncation_and_trailing_bytes() -> None:
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        (encoded(b"net", [(b"v", key(1))], version=2), Reason.BAD_VERSION),
+        (encoded(b"net", [(b"v", key(1))], version=3), Reason.BAD_VERSION),
         (encoded(b"net", [(b"v", key(1))], version=0), Reason.BAD_VERSION),
         (encoded(b"n\xffet", [(b"v", key(1))]), Reason.NON_CANONICAL),  # not UTF-8
         (encoded(b"net", [(b"\xc3", key(1))]), Reason.NON_CANONICAL),  # not UTF-8
@@ -161,3 +165,156 @@ def test_decode_refuses_malformed_genesis(data: bytes, expected: Reason) -> None
 def test_hand_written_bytes_match_the_encoder() -> None:
     g = committee(2, "net")
     assert g.encode() == encoded(b"net", [(b"v0", key(1)), (b"v1", key(2))])
+
+
+# ------------------------------------------------------------- signature schemes
+
+#: The hash of ``committee(4)`` as every node computed it before genesis files named a
+#: scheme: an Ed25519 genesis must keep its version 1 bytes, and so its hash.
+ED25519_COMMITTEE_4_HASH = "9aa0781e5b013f0f49a366250ca11cb8d6ce13c4e5fc7faa1ce6610e95256584"
+COMPOSITE_KEY_SIZE = 1984
+
+
+def composite_key(i: int) -> PublicKey:
+    """A distinct composite-sized key (validation does not need a real one)."""
+    return PublicKey(bytes([i]) * COMPOSITE_KEY_SIZE)
+
+
+def composite_committee(n: int, network_id: str = "qudag-test") -> Genesis:
+    """A composite genesis of ``n`` validators named v0..v(n-1)."""
+    validators = tuple(Validator(f"v{i}", composite_key(i + 1)) for i in range(n))
+    return Genesis(network_id, validators, Scheme.MLDSA65_ED25519)
+
+
+def test_an_ed25519_genesis_keeps_its_version_1_bytes_and_hash() -> None:
+    g = committee(4)
+    assert g.scheme is Scheme.ED25519
+    assert g.hash.hex() == ED25519_COMMITTEE_4_HASH
+    assert g.encode() == encoded(b"qudag-test", [(f"v{i}".encode(), key(i + 1)) for i in range(4)])
+
+
+def test_a_composite_genesis_round_trips_in_version_2() -> None:
+    g = composite_committee(4)
+    data = g.encode()
+    assert data[:2] == bytes([2, Scheme.MLDSA65_ED25519])
+    assert (
+        data[2:]
+        == encoded(b"qudag-test", [(f"v{i}".encode(), composite_key(i + 1)) for i in range(4)])[1:]
+    )
+    assert len(data) < 8_100  # four validators still make one small file
+    decoded = Genesis.decode(data)
+    assert decoded == g
+    assert decoded.scheme is Scheme.MLDSA65_ED25519
+    assert (decoded.hash, decoded.ids, decoded.encode()) == (g.hash, g.ids, data)
+
+
+def test_the_hash_covers_the_scheme() -> None:
+    g = composite_committee(4)
+    assert g.hash != composite_committee(4, "qudag-other").hash
+    assert g.hash != composite_committee(3).hash
+    assert g.hash != committee(4).hash
+
+
+def test_node_ids_are_the_ed25519_key_or_the_hash_of_the_composite_key() -> None:
+    ed = committee(3)
+    assert ed.ids == tuple(NodeId(key(i)) for i in (1, 2, 3))
+    g = composite_committee(3)
+    expected = tuple(
+        NodeId(hashlib.blake2b(composite_key(i), digest_size=32, person=b"qudag:node-id").digest())
+        for i in (1, 2, 3)
+    )
+    assert g.ids == expected
+    assert [v.id(g.scheme) for v in g.validators] == list(expected)
+    assert [g.index_of(node) for node in expected] == [0, 1, 2]
+    assert [g.key_of(node) for node in expected] == [composite_key(i) for i in (1, 2, 3)]
+    # a composite key's first 32 bytes name nobody
+    assert g.index_of(NodeId(composite_key(1)[:32])) is None
+    assert g.key_of(NodeId(composite_key(1)[:32])) is None
+    assert [g.leader(r) for r in (2, 4, 6)] == [expected[1], expected[2], expected[0]]
+
+
+def test_signature_checks_name_the_scheme_purpose_and_full_key() -> None:
+    g = composite_committee(4)
+    check = g.signature_check(g.ids[1], Purpose.VERTEX, b"message", b"signature")
+    assert check == SignatureCheck(
+        Scheme.MLDSA65_ED25519, Purpose.VERTEX, composite_key(2), b"message", b"signature"
+    )
+    assert g.signature_check(NodeId(key(2)), Purpose.VERTEX, b"m", b"s") is None
+    vertex = VertexId(b"\x07" * 32)
+    assert g.vote_check(3, vertex, b"vote") == SignatureCheck(
+        Scheme.MLDSA65_ED25519, Purpose.VOTE, composite_key(4), vertex, b"vote"
+    )
+    assert g.vote_check(4, vertex, b"vote") is None
+
+
+def test_solo_takes_its_scheme_from_the_key_size() -> None:
+    g = Genesis.solo("qudag-solo", "me", composite_key(1))
+    assert g.scheme is Scheme.MLDSA65_ED25519
+    assert g.leader(2) == g.ids[0] != composite_key(1)[:32]
+    with pytest.raises(ValueError, match="public key is 32 bytes"):
+        Genesis.solo("qudag-solo", "me", PublicKey(b"\x01" * 33))
+
+
+@pytest.mark.parametrize(
+    ("scheme", "validators", "match"),
+    [
+        # a key of the other scheme, alone or among keys of the network's own (mixed)
+        (Scheme.MLDSA65_ED25519, (Validator("a", key(1)),), "1984 bytes"),
+        (
+            Scheme.MLDSA65_ED25519,
+            (Validator("a", composite_key(1)), Validator("b", key(2))),
+            "validator b: a mldsa65-ed25519 public key is 1984 bytes",
+        ),
+        (Scheme.ED25519, (Validator("a", composite_key(1)),), "ed25519 public key is 32 bytes"),
+        (
+            Scheme.ED25519,
+            (Validator("a", key(1)), Validator("b", composite_key(2))),
+            "validator b: a ed25519 public key is 32 bytes",
+        ),
+        (Scheme.MLDSA65_ED25519, (Validator("a", PublicKey(b"\x01" * 1983)),), "1984 bytes"),
+        (Scheme.MLDSA65_ED25519, (Validator("a", PublicKey(b"\x01" * 1985)),), "1984 bytes"),
+        (
+            Scheme.MLDSA65_ED25519,
+            (Validator("a", composite_key(1)), Validator("b", composite_key(1))),
+            "unique",
+        ),
+    ],
+)
+def test_keys_of_the_wrong_size_or_scheme_are_refused(
+    scheme: Scheme, validators: tuple[Validator, ...], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        Genesis("net", validators, scheme)
+
+
+def schemed(scheme: int, network_id: bytes, validators: list[tuple[bytes, bytes]]) -> bytes:
+    """Version 2 genesis bytes written by hand, valid or not."""
+    return bytes([2, scheme]) + encoded(network_id, validators)[1:]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        # an Ed25519 genesis has one encoding, version 1
+        (schemed(Scheme.ED25519, b"net", [(b"v", key(1))]), Reason.UNKNOWN_SCHEME),
+        (schemed(0, b"net", [(b"v", composite_key(1))]), Reason.UNKNOWN_SCHEME),
+        (schemed(3, b"net", [(b"v", composite_key(1))]), Reason.UNKNOWN_SCHEME),
+        # Ed25519-sized keys under the composite's scheme byte
+        (schemed(Scheme.MLDSA65_ED25519, b"net", [(b"v", key(1))]), Reason.TRUNCATED),
+        # a composite key in a version 1 (Ed25519) genesis: a short key and trailing bytes
+        (encoded(b"net", [(b"v", composite_key(1))]), Reason.TRAILING_BYTES),
+        (
+            schemed(Scheme.MLDSA65_ED25519, b"net", [(b"a", composite_key(1))] * 2),
+            Reason.NON_CANONICAL,
+        ),
+    ],
+)
+def test_decode_refuses_malformed_schemed_genesis(data: bytes, expected: Reason) -> None:
+    assert reason(data) is expected
+
+
+def test_decode_refuses_every_truncation_of_a_composite_genesis() -> None:
+    data = composite_committee(2).encode()
+    for cut in range(0, len(data), 7):
+        assert reason(data[:cut]) is Reason.TRUNCATED
+    assert reason(data + b"\x00") is Reason.TRAILING_BYTES

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from qudag_node.core.certificate import make_certificate
-from qudag_node.core.crypto import extend_log_hash, log_hash_start, tx_id
+from qudag_node.core.crypto import Purpose, extend_log_hash, log_hash_start, tx_id
 from qudag_node.core.engine import Engine, Role, Snapshot, StoredVertex
 from qudag_node.core.errors import Reason
 from qudag_node.core.events import (
@@ -153,11 +153,11 @@ def certified_by(
     vertex: Vertex, voters: Sequence[int], forge: int | None = None, outsider: bool = False
 ) -> bytes:
     """A CERTIFIED message whose certificate has ``voters`` (one forged, or one index 9)."""
-    votes = {i: C.signers[i].sign(vertex.id) for i in voters}
+    votes = {i: C.signers[i].sign(Purpose.VOTE, vertex.id) for i in voters}
     if forge is not None:
-        votes[forge] = C.signers[0].sign(vertex.id)
+        votes[forge] = C.signers[0].sign(Purpose.VOTE, vertex.id)
     if outsider:
-        votes[9] = C.outsider.sign(vertex.id)
+        votes[9] = C.outsider.sign(Purpose.VOTE, vertex.id)
     return encode_message(CertifiedMessage(vertex, make_certificate(C.signers[0].scheme, votes)))
 
 
@@ -206,7 +206,7 @@ def test_a_validator_adds_another_validators_round_1_vertex() -> None:
     # the received transaction is work to finalize: the validator joins round 1 at once
     assert isinstance(proposed, VertexStored)
     assert proposed.own
-    assert (proposed.vertex.round, proposed.vertex.author) == (1, C.signers[0].public_key)
+    assert (proposed.vertex.round, proposed.vertex.author) == (1, C.signers[0].node_id)
     stats = validator.statistics()
     # its own vertex waits for votes: it is not in the DAG yet
     assert (stats.round, stats.highest_round, stats.dag_window, stats.in_flight) == (1, 1, 1, 1)

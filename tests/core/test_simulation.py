@@ -1,9 +1,12 @@
 """The deterministic simulation: safety and liveness over many seeded runs.
 
 Each seed fixes the keys, the fault mix (see :func:`tests.core.sim.random_faults`) and
-every delay, loss and duplication. Runs are spread over the machine's cores (the
-sweep's pool, :mod:`tests.core.sweep`); a failing seed is named with the command that
-replays it. The module is one ``xdist_group``: its pool already uses every core.
+every delay, loss and duplication. Networks of n = 4 and 7 sign with Ed25519; n = 4
+runs again with composite ML-DSA-65 + Ed25519 keys (the same fault mix per seed, over
+a quarter of the seeds: see :data:`COMPOSITE_SHARE`).
+Runs are spread over the machine's cores (the sweep's pool, :mod:`tests.core.sweep`);
+a failing seed is named with the command that replays it. The module is one
+``xdist_group``: its pool already uses every core.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from qudag_node.core.crypto import Signer, extend_log_hash, log_hash_start
+from qudag_node.core.crypto import Scheme, Signer, extend_log_hash, log_hash_start
 from qudag_node.core.engine import Engine
 from qudag_node.core.events import LogEntry
 from qudag_node.core.genesis import Genesis
@@ -35,18 +38,41 @@ from tests.core.sim import (
 from tests.core.simstore import MemoryStore
 from tests.core.sweep import Timed, describe, main, replay_command, report, run_many, table
 
-#: Seeds per network size, from ``QUDAG_SIM_RUNS``: 1,000 in ``make test`` (and by
+#: Seeds per simulated network, from ``QUDAG_SIM_RUNS``: 1,000 in ``make test`` (and by
 #: default), 100 in ``make test-fast``; ``make sim`` sweeps more (docs/simulation.md).
 RUNS = int(os.environ.get("QUDAG_SIM_RUNS", "1000"))
+#: A composite run signs with ML-DSA-65 (about 1 ms a signature) and costs six times an
+#: Ed25519 one, so it runs a quarter of the seeds here (250 in ``make test``); the
+#: 1,000-seed sweep is ``make sim SIM_SCHEME=mldsa65-ed25519 SWEEP=4:1000``.
+COMPOSITE_SHARE = 4
+
+
+def seeds(scheme: Scheme) -> int:
+    """How many seeds a network of ``scheme`` runs."""
+    return RUNS if scheme is Scheme.ED25519 else max(1, RUNS // COMPOSITE_SHARE)
+
+
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.xdist_group("simulation")
 
 
-@pytest.fixture(scope="module", params=[4, 7], ids=lambda n: f"n={n}")
+#: The networks simulated: (size, scheme).
+NETWORKS = [(4, Scheme.ED25519), (7, Scheme.ED25519), (4, Scheme.MLDSA65_ED25519)]
+
+
+def network_id(network: tuple[int, Scheme]) -> str:
+    """``n=4`` for an Ed25519 network, ``n=4-mldsa65-ed25519`` for another scheme."""
+    n, scheme = network
+    return f"n={n}" if scheme is Scheme.ED25519 else f"n={n}-{scheme.label}"
+
+
+@pytest.fixture(scope="module", params=NETWORKS, ids=network_id)
 def results(request: pytest.FixtureRequest) -> list[RunResult]:
-    """Every run of one network size, computed once for the module."""
-    runs = run_many(request.param, range(RUNS))
+    """Every run of one network size and scheme, computed once for the module."""
+    validators, scheme = request.param
+    runs = run_many(validators, range(seeds(scheme)), scheme=scheme)
+    assert {r.scheme for r in runs} == {scheme}
     print(f"\n{summarize(runs)}")  # shown with pytest -s
     return runs
 
@@ -59,7 +85,7 @@ def test_every_run_is_safe_and_live(results: list[RunResult]) -> None:
         for r in failed
     ]
     assert not failed, "\n".join(replay)
-    assert len(results) == RUNS
+    assert len(results) == seeds(results[0].scheme)
 
 
 def test_every_fault_kind_is_exercised(results: list[RunResult]) -> None:
@@ -67,23 +93,27 @@ def test_every_fault_kind_is_exercised(results: list[RunResult]) -> None:
         return [r for r in results if getattr(r.faults, predicate)]
 
     for kind in ("partition", "crash", "silent", "equivocator", "observer", "loss"):
-        assert len(runs(kind)) >= RUNS // 10, kind
+        assert len(runs(kind)) >= len(results) // 10, kind
     # When the equivocator's first vertex can still be certified, the honest node that
     # got the second learns of the first through its certificate: evidence, checked to
     # name the equivocator (see Simulation._checked_evidence). Split evenly, neither
     # is certified and no honest node sees both. Honest runs never produce evidence.
     twin_to_one = [r for r in runs("equivocator") if r.faults.twin_to == "one"]
-    assert len(twin_to_one) >= RUNS // 20
+    assert len(twin_to_one) >= len(results) // 20
     assert all(r.equivocations > 0 for r in twin_to_one)
     assert all(r.equivocations == 0 for r in results if not r.faults.equivocator)
     assert all(r.log_length > 0 and r.latencies for r in results)
 
 
-def test_a_seed_replays_identically_whatever_the_hash_seed() -> None:
+@pytest.mark.parametrize("scheme", list(Scheme), ids=lambda s: s.label)
+def test_a_seed_replays_identically_whatever_the_hash_seed(scheme: Scheme) -> None:
+    # ML-DSA signs hedged (two signatures of one message differ): a composite run must
+    # replay all the same, as nothing the network decides depends on a signature's bytes
+    command = ["-m", "tests.core.sim", "--seed", "3", "--validators", "4"]
     lines = []
     for hash_seed in ("1", "2"):
         out = subprocess.run(
-            [sys.executable, "-m", "tests.core.sim", "--seed", "3", "--validators", "4"],
+            [sys.executable, *command, "--scheme", scheme.label],
             cwd=ROOT,
             env={**os.environ, "PYTHONHASHSEED": hash_seed},
             capture_output=True,
@@ -93,8 +123,9 @@ def test_a_seed_replays_identically_whatever_the_hash_seed() -> None:
         ).stdout
         lines.append(out.splitlines()[0])
     assert lines[0] == lines[1]
+    assert f"n=4 {scheme.label} " in lines[0]
     assert "safe=True live=True" in lines[0]
-    assert run_seed(3, 4).log_hash.hex()[:16] in lines[0]
+    assert run_seed(3, 4, scheme).log_hash.hex()[:16] in lines[0]
 
 
 class NoSink:
@@ -146,8 +177,8 @@ def test_the_sweep_reports_each_size_and_names_the_replay_of_a_failure(
 ) -> None:
     assert main(["--runs", "2", "--seed", "3", "--validators", "4", "--workers", "1"]) == 0
     out = capsys.readouterr().out
-    assert "n = 4: 2 runs, 0 unsafe, 0 not live" in out
-    assert "| 4 | 2 | 0 | 0 |" in out
+    assert "n = 4, ed25519: 2 runs, 0 unsafe, 0 not live" in out
+    assert "| 4 | ed25519 | 2 | 0 | 0 |" in out
     timed = [
         Timed(run_seed(3, 4), 0.1),
         Timed(dataclasses.replace(run_seed(4, 4), live=False), 0.2),
@@ -157,3 +188,5 @@ def test_the_sweep_reports_each_size_and_names_the_replay_of_a_failure(
     assert [r.seed for r in size.failures] == [4]
     assert "replay: python -m tests.core.sim --seed 4 --validators 4" in describe(size)
     assert "- `python -m tests.core.sim --seed 4 --validators 4`" in table([size])
+    composite = dataclasses.replace(run_seed(4, 4), scheme=Scheme.MLDSA65_ED25519)
+    assert replay_command(composite).endswith("--validators 4 --scheme mldsa65-ed25519")

@@ -28,7 +28,7 @@ from qudag_node.core import crypto
 from qudag_node.core.crypto import Signer
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.params import Params
-from qudag_node.core.types import TxId, VertexId
+from qudag_node.core.types import PublicKey, TxId, VertexId
 from qudag_node.core.vertex import Vertex, decode_vertex, make_vertex
 from tests.core.support import SoloNode, vertex_of
 
@@ -188,7 +188,10 @@ def test_vertex(vectors: dict[str, Any], index: int) -> None:
     assert made.header.batch_root == root
     assert made.parents == tuple(VertexId(unhex(p)) for p in vector["parents"])
     assert decode_vertex(encoding, Params()) == made
-    assert crypto.verify(crypto.Scheme.ED25519, made.author, vid, signature)
+    check = crypto.SignatureCheck(
+        crypto.Scheme.ED25519, crypto.Purpose.VERTEX, PublicKey(made.author), vid, signature
+    )
+    assert crypto.verify_check(check)
 
 
 def test_round_2_references_round_1(vectors: dict[str, Any]) -> None:

@@ -36,6 +36,7 @@ from bench.nodes import (
 from bench.report import Row, markdown
 from bench.single import bare_reference
 from bench.verify import engine_run
+from qudag_node.core.crypto import Scheme
 from qudag_node.core.messages import CertifiedMessage, encode_message
 from qudag_node.core.syncwire import bucket_span, summarize
 from qudag_node.store import Store
@@ -120,15 +121,19 @@ async def test_load_generator_paces_and_measures_latency() -> None:
     assert paced.p99 < 0.5
 
 
-async def test_engine_run_counts_each_signature_once(tmp_path: Path) -> None:
-    committee = Committee.generate(4)
+@pytest.mark.parametrize(
+    ("scheme", "per_vertex"), [(Scheme.ED25519, 3), (Scheme.MLDSA65_ED25519, 4)]
+)
+async def test_engine_run_counts_each_signature_once(scheme: Scheme, per_vertex: int) -> None:
+    """The author's signature and the quorum's three votes, its own among them: on
+    Ed25519 the author's vote is its vertex signature again (no purpose is signed), so
+    it is checked once; a composite vote has a context of its own, so it is another."""
+    committee = Committee.generate(4, scheme)
     rounds = list(certified_rounds(committee, 6, int(time.time() * 1000) - 60_000))
     messages = [encode_message(CertifiedMessage(v, c)) for made in rounds for v, c in made]
     _, checks, highest = engine_run(committee, messages)
     assert highest == 6
-    # the author's vertex signature and the quorum's three votes, its own among them: a
-    # vote is a signature of its own purpose, apart from the vertex signature
-    assert checks == 4 * len(messages)
+    assert checks == per_vertex * len(messages)
 
 
 async def test_fingerprints_agree_with_the_python_loop_over_a_stored_history(

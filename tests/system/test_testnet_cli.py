@@ -12,7 +12,7 @@ import stat
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,13 +62,15 @@ def free_range(count: int, avoid: range = range(0)) -> int:
             return base
 
 
-def net_args(directory: Path, api_port: int, p2p_port: int, *more: str) -> list[str]:
-    """The arguments of a testnet of :data:`NODES` nodes (``more`` after them)."""
+def net_args(
+    directory: Path, api_port: int, p2p_port: int, nodes: int = NODES, options: Sequence[str] = ()
+) -> list[str]:
+    """The arguments of a testnet of ``nodes`` nodes (``options`` after them)."""
     return [
         "testnet",
-        *("--nodes", str(NODES), "--dir", str(directory)),
+        *("--nodes", str(nodes), "--dir", str(directory)),
         *("--api-port", str(api_port), "--p2p-port", str(p2p_port), "--sync-interval", "1"),
-        *more,
+        *options,
     ]
 
 
@@ -100,10 +102,18 @@ def processes_using(directory: Path) -> list[int]:
 class LocalNet:
     """One ``python -m qudag_node testnet`` process, its output read line by line."""
 
-    def __init__(self, directory: Path, api_port: int, p2p_port: int, *more: str) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        api_port: int,
+        p2p_port: int,
+        nodes: int = NODES,
+        options: Sequence[str] = (),
+    ) -> None:
         self.directory = directory
+        args = net_args(directory, api_port, p2p_port, nodes, options)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "qudag_node", *net_args(directory, api_port, p2p_port, *more)],
+            [sys.executable, "-m", "qudag_node", *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -211,7 +221,7 @@ def run_until_up(
     directory: Path, ports: tuple[int, int], *more: str
 ) -> tuple[LocalNet, list[NodeLine]]:
     """Start the testnet (``more``: further arguments) and wait for all of its nodes."""
-    net = LocalNet(directory, *ports, *more)
+    net = LocalNet(directory, *ports, options=more)
     try:
         nodes = net.wait_up()
     except AssertionError:
