@@ -77,7 +77,8 @@ def _run_block(validators: int, seeds: range, scheme: Scheme) -> list[Timed]:
 
 
 def _blocks(seeds: range) -> list[range]:
-    return [range(a, min(a + BLOCK, seeds.stop)) for a in range(seeds.start, seeds.stop, BLOCK)]
+    """``seeds`` cut into blocks of at most :data:`BLOCK` (its step kept)."""
+    return [seeds[k : k + BLOCK] for k in range(0, len(seeds), BLOCK)]
 
 
 def run_many(
