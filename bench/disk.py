@@ -68,6 +68,7 @@ def _wire_row(network: NetworkRun) -> Row:
     """Peer bytes per finalized transaction and receiving peer, in one scheme's run."""
     full = network.full
     per_peer = full.wire / full.finalized / (network.nodes - 1)
+    disk_per_tx = sum(full.disk) / len(full.disk) / full.finalized
     wire_goal = WIRE_FACTOR * TX_SIZE + WIRE_EXTRA
     return Row(
         f"wire ({network.scheme.label})",
@@ -80,5 +81,7 @@ def _wire_row(network: NetworkRun) -> Row:
             f"all peer frames the {network.nodes} validators sent during the network run's"
             f" full load ({full.wire / 2**20:.1f} MiB) / {full.finalized:,} finalized"
             f" / {network.nodes - 1} receiving peers",
+            f"database growth per finalized transaction in the same window:"
+            f" {disk_per_tx:,.0f} B per node ({disk_per_tx / TX_SIZE:.2f} x the transaction)",
         ),
     )

@@ -18,8 +18,9 @@ window:
 Afterwards: that all N logs end equal (length and hash) and each node's RSS; with
 ``--paced RATE``, the finality latency at RATE transactions per second (requests sent on
 a fixed schedule, latency counted from each one's scheduled time); with ``--idle
-SECONDS``, the bytes all nodes send per second and how fast each database grows with no
-load (heartbeat rounds and anti-entropy only); with ``--late-observer``, how fast an
+SECONDS``, the rounds made, the bytes all nodes send per second and how fast each
+database grows with no load (heartbeat rounds and anti-entropy only), or with
+``--trickle RATE`` one-transaction submits a second; with ``--late-observer``, how fast an
 observer started afterwards on an empty store catches up (transactions in the log per
 second from its start until its log equals the others').
 
@@ -27,7 +28,8 @@ second from its start until its log equals the others').
 measures an idle network with Fly's sync interval.
 
 Usage: python -m bench.network [--nodes 4] [--duration 30] [--clients 8] [--batch 100]
-       [--size 256] [--sync-interval 5] [--paced RATE] [--idle SECONDS] [--late-observer]
+       [--size 256] [--sync-interval 5] [--paced RATE] [--idle SECONDS [--trickle RATE]]
+       [--late-observer] [--scheme mldsa65-ed25519|ed25519]
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from bench.nodes import (
     cpu_seconds,
     dag_round,
     database_bytes,
+    database_pages_bytes,
     log_head,
     log_length,
     metric_sum,
@@ -271,21 +274,36 @@ def _scheme_row(run: NetworkRun, single_rate: float) -> Row:
 # --------------------------------------------------------------- command line
 
 
-async def idle(net: Testnet, seconds: float) -> None:
-    """With no load for ``seconds``: bytes sent per second and database growth per hour."""
+async def idle(net: Testnet, seconds: float, rate: float = 0.0) -> None:
+    """For ``seconds`` with no load, or ``rate`` one-transaction requests a second (a
+    trickle: each may start rounds of its own): the rounds made, the bytes sent and how
+    fast each database grows."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        disk_before = [database_bytes(net.data_dir(k)) for k in range(net.nodes)]
+        disk_before = [database_pages_bytes(net.data_dir(k)) for k in range(net.nodes)]
         sent_before = await _wire_bytes(session, net.urls)
-        await asyncio.sleep(seconds)
+        round_before = await dag_round(session, net.urls[0])
+        if rate > 0:
+            spec = LoadSpec(
+                urls=tuple(net.urls), connections=2, duration=seconds, kind="single", rate=rate
+            )
+            load = await run_load(spec)
+            if load.failed:
+                raise RuntimeError(f"submits failed: {load.first_error}")
+        else:
+            await asyncio.sleep(seconds)
         wire = await _wire_bytes(session, net.urls) - sent_before
+        rounds = await dag_round(session, net.urls[0]) - round_before
     growth = [
-        (database_bytes(net.data_dir(k)) - before) * 3600 / seconds
+        (database_pages_bytes(net.data_dir(k)) - before) * 3600 / seconds
         for k, before in enumerate(disk_before)
     ]
+    per_round = max(growth) * seconds / 3600 / max(1, rounds)
+    what = "idle" if rate <= 0 else f"{rate:g} tx/s"
     print(
-        f"idle for {seconds:.0f} s: {wire / seconds:,.0f} B/s sent network-wide"
-        f" ({wire / seconds / net.nodes:,.0f} B/s per node); database growth per node"
-        f" {min(growth) / 1e6:.2f} to {max(growth) / 1e6:.2f} MB per hour"
+        f"{what} for {seconds:.0f} s: {rounds} rounds; {wire / seconds:,.0f} B/s sent"
+        f" network-wide ({wire / seconds / net.nodes:,.0f} B/s per node); database growth"
+        f" per node {min(growth) / 1e6:.2f} to {max(growth) / 1e6:.2f} MB per hour (pages in"
+        f" use, the write-ahead log's included), {per_round:,.0f} B per round"
     )
 
 
@@ -360,7 +378,7 @@ async def command(args: argparse.Namespace, directory: Path) -> None:
             )
             report(run, args.clients, args.batch, args.size)
         if args.idle > 0:
-            await idle(net, args.idle)
+            await idle(net, args.idle, args.trickle)
         if args.late_observer:
             await late_observer(net)
 
@@ -376,6 +394,9 @@ def main() -> int:
     parser.add_argument("--sync-interval", type=float, default=5.0)
     parser.add_argument("--paced", type=float, help="then offer RATE tx/s on a fixed schedule")
     parser.add_argument("--idle", type=float, default=0.0, help="then measure SECONDS idle")
+    parser.add_argument(
+        "--trickle", type=float, default=0.0, help="during --idle, RATE one-transaction submits/s"
+    )
     parser.add_argument("--log-level", default="warning")
     parser.add_argument("--scheme", choices=SCHEME_LABELS, default=DEFAULT_SCHEME.label)
     parser.add_argument("--keep", type=Path, help="keep the testnet directory here")

@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -151,6 +152,17 @@ def strace_available() -> bool:
 def database_bytes(data_dir: Path) -> int:
     """Bytes of a node's database: the file, its write-ahead log and shared memory."""
     return sum(f.stat().st_size for f in data_dir.glob("qudag.db*"))
+
+
+def database_pages_bytes(data_dir: Path) -> int:
+    """Bytes of a node's database as SQLite sees it (pages in use, whether they are in
+    the file or still in the write-ahead log): unlike :func:`database_bytes`, it does not
+    jump with the log's size between checkpoints. Read through a read-only connection."""
+    uri = f"file:{data_dir / 'qudag.db'}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+        (pages,) = db.execute("PRAGMA page_count").fetchone()
+        (size,) = db.execute("PRAGMA page_size").fetchone()
+    return int(pages) * int(size)
 
 
 # ------------------------------------------------------------------- API
