@@ -29,6 +29,7 @@ import nacl.exceptions
 import nacl.signing
 
 from qudag_node.core import composite
+from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.types import HASH_SIZE, GenesisHash, NodeId, PublicKey, TxId, VertexId
 
 _TX = b"qudag:tx"
@@ -120,6 +121,14 @@ def extend_log_hash(previous: bytes, ids: Sequence[TxId]) -> list[bytes]:
         h = blake2b(h + i, digest_size=HASH_SIZE, person=_LOG).digest()
         out.append(h)
     return out
+
+
+def named_scheme(raw: int) -> Scheme:
+    """The scheme a version-2 genesis or HELLO names by its byte: any but Ed25519 (whose
+    encodings name no scheme); raises :class:`InputRejected` (``unknown_scheme``)."""
+    if raw == Scheme.ED25519 or raw not in PUBLIC_KEY_SIZES:
+        raise InputRejected(Reason.UNKNOWN_SCHEME, f"signature scheme {raw}")
+    return Scheme(raw)
 
 
 def node_id(scheme: Scheme, public_key: PublicKey) -> NodeId:

@@ -24,6 +24,7 @@ from qudag_node.core.crypto import (
     Scheme,
     SignatureCheck,
     genesis_hash,
+    named_scheme,
     node_id,
     scheme_of_public_key,
 )
@@ -155,10 +156,7 @@ class Genesis:
         if version == _ED25519_VERSION:
             scheme = Scheme.ED25519
         elif version == _SCHEMED_VERSION:
-            raw = r.u8("genesis scheme")
-            if raw == Scheme.ED25519 or raw not in PUBLIC_KEY_SIZES:
-                raise InputRejected(Reason.UNKNOWN_SCHEME, f"genesis scheme {raw}")
-            scheme = Scheme(raw)
+            scheme = named_scheme(r.u8("genesis scheme"))
         else:
             raise InputRejected(Reason.BAD_VERSION, "unknown genesis version")
         network_id = _text(r.fixed(r.u8("network id length"), "network id"))

@@ -54,6 +54,7 @@ from qudag_node.core.crypto import (
     Scheme,
     SignatureCheck,
     Signer,
+    named_scheme,
     node_id,
     verify_check,
 )
@@ -176,10 +177,7 @@ def decode_hello(data: bytes) -> Hello:
         raise InputRejected(Reason.NON_CANONICAL, f"role {role}")
     scheme = Scheme.ED25519
     if version == SCHEMED_VERSION:
-        raw = r.u8("scheme")
-        if raw == Scheme.ED25519 or raw not in PUBLIC_KEY_SIZES:
-            raise InputRejected(Reason.UNKNOWN_SCHEME, f"signature scheme {raw}")
-        scheme = Scheme(raw)
+        scheme = named_scheme(r.u8("scheme"))
     try:
         network = r.fixed(r.u8("network id length"), "network id").decode()
     except UnicodeDecodeError:
