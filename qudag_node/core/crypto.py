@@ -19,6 +19,7 @@ cache of its own; :func:`verify` checks without remembering anything.
 from __future__ import annotations
 
 import enum
+import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from hashlib import blake2b
@@ -247,15 +248,19 @@ BatchCheck = Callable[[Sequence[SignatureCheck]], list[bool]]
 
 def check_digest(check: SignatureCheck) -> bytes:
     """What a cache remembers a check by: 32 bytes in place of kilobytes of key and
-    signature (every field length-prefixed, so no two checks share a digest). Ed25519
+    signature (the fields' lengths lead, so no two checks share a digest). Ed25519
     signs no purpose, so its checks for two purposes are one."""
     scheme, purpose, public_key, message, signature = check
     context = b"" if scheme is Scheme.ED25519 else purpose.value
-    h = blake2b(digest_size=HASH_SIZE, person=_CHECK)
-    for part in (bytes((scheme,)), context, public_key, message, signature):
-        h.update(len(part).to_bytes(4, "big"))
-        h.update(part)
-    return h.digest()
+    lengths = _CHECK_LENGTHS.pack(
+        scheme, len(context), len(public_key), len(message), len(signature)
+    )
+    data = b"".join((lengths, context, public_key, message, signature))
+    return blake2b(data, digest_size=HASH_SIZE, person=_CHECK).digest()
+
+
+#: scheme, then the lengths of the context, key, message and signature.
+_CHECK_LENGTHS = struct.Struct(">BBIIH")
 
 
 class VerifiedCache:
