@@ -40,6 +40,7 @@ _LOG = b"qudag:log"
 _GENESIS = b"qudag:genesis"
 _NODE_ID = b"qudag:node-id"
 _CHECK = b"qudag:check"
+_GROUP = b"qudag:checks"
 
 
 class Scheme(enum.IntEnum):
@@ -302,7 +303,23 @@ class VerifiedCache:
     def verify_many(self, checks: Sequence[SignatureCheck], compute: BatchCheck) -> list[bool]:
         """Whether each check verifies, in order: the remembered results, and those of
         ``compute`` called once with the distinct checks not remembered (then remembered)."""
+        return self._verify_digested([check_digest(c) for c in checks], checks, compute)
+
+    def verify_all(self, checks: Sequence[SignatureCheck], compute: BatchCheck) -> bool:
+        """Whether every check verifies, remembered for the group as a whole: a group
+        seen again (a certificate that arrives by another path) costs one lookup."""
         digests = [check_digest(c) for c in checks]
+        group = blake2b(b"".join(digests), digest_size=HASH_SIZE, person=_GROUP).digest()
+        result = self.get(group)
+        if result is None:
+            result = all(self._verify_digested(digests, checks, compute))
+            self.remember((group,), (result,))
+        return result
+
+    def _verify_digested(
+        self, digests: Sequence[bytes], checks: Sequence[SignatureCheck], compute: BatchCheck
+    ) -> list[bool]:
+        """:meth:`verify_many` of ``checks``, whose digests are ``digests``."""
         results: dict[bytes, bool] = {}
         fresh: dict[bytes, SignatureCheck] = {}
         for digest, check in zip(digests, checks, strict=True):
@@ -316,19 +333,6 @@ class VerifiedCache:
             results.update(zip(fresh, computed, strict=True))
             self.remember(fresh, computed)
         return [results[digest] for digest in digests]
-
-    def verify_all(self, checks: Sequence[SignatureCheck], compute: BatchCheck) -> bool:
-        """Whether every check verifies, remembered for the group as a whole: a group
-        seen again (a certificate that arrives by another path) costs one lookup."""
-        h = blake2b(digest_size=HASH_SIZE, person=_CHECK)
-        for check in checks:
-            h.update(check_digest(check))
-        group = h.digest()
-        result = self.get(group)
-        if result is None:
-            result = all(self.verify_many(checks, compute))
-            self.remember((group,), (result,))
-        return result
 
 
 class Verifier(Protocol):
