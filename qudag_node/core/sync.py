@@ -451,12 +451,19 @@ class SyncMachine:
         target = self._target()
         gap = 0 if target is None else max(0, target[1].highest - ours.highest)
         behind = self._needs_peers if target is None else gap > CATCHUP_THRESHOLD
+        caught_up = self._catchup_started is not None and not behind
         out: list[SyncOutput] = self._announce(behind, ours, target, now)
         if behind != self._catching_up:
             self._catching_up = behind
             out.append(CatchingUpChanged(behind))
         out.append(GapMeasured(gap))
         if not behind or target is None:
+            if caught_up and target is not None and gap > 0:
+                # The last rounds within the threshold are asked for too: what they
+                # finalize would otherwise wait for the peer's next round.
+                peer, theirs = target
+                request = RoundsRequest(ours.highest + 1, theirs.highest)
+                out.append(Send(peer, encode_sync(request)))
             self._request = None
             self._requested_high = 0
             return out

@@ -222,9 +222,11 @@ def test_a_node_far_behind_asks_its_peer_for_whole_rounds_from_its_committed_rou
     assert done.sync_sent(P) == [RoundsRequest(9 + ROUNDS_PER_REQUEST, 112)]
     assert facts_of(done, CatchUpProgress) == [CatchUpProgress(40, 112, 72, 0, 14.0)]
 
-    # In step again.
+    # In step again; the last rounds within the threshold are asked for once.
     done = perform(m, Tick(), status(110, committed=108), 4.5)
     assert facts_of(done, CaughtUp) == [CaughtUp(110, 98, 4.5)]
+    assert done.requested() == [(P, RoundsRequest(111, 112))]
+    assert perform(m, Tick(), status(110, committed=108), 5.0).requested() == []
     assert facts_of(done, CatchingUpChanged) == [CatchingUpChanged(False)]
     assert not m.catching_up
     assert m.readiness(status(110)) == (True, "in step with peers (2 rounds behind)")
