@@ -135,6 +135,19 @@ MIGRATIONS: tuple[tuple[Migration, ...], ...] = (
             resolved_at REAL NOT NULL
         ) WITHOUT ROWID""",
     ),
+    (
+        # checkpoints this node computed (certificate NULL until a quorum signed) or
+        # received certified; window = the ids of the checkpoint's window, joined
+        """CREATE TABLE checkpoints (
+            number INTEGER PRIMARY KEY,
+            round INTEGER NOT NULL,
+            log_length INTEGER NOT NULL,
+            timestamp_ms INTEGER NOT NULL,
+            body BLOB NOT NULL,
+            window BLOB NOT NULL,
+            certificate BLOB
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

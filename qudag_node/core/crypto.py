@@ -83,6 +83,7 @@ class Purpose(enum.Enum):
     VERTEX = b"qudag/vertex"
     VOTE = b"qudag/vote"
     LINK = b"qudag/link"
+    CHECKPOINT = b"qudag/checkpoint"
 
 
 def tx_id(data: bytes) -> TxId:

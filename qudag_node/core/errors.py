@@ -46,6 +46,7 @@ class Reason(enum.Enum):
     EQUIVOCATION = "equivocation"
     STALE_ROUND = "stale_round"
     BAD_CERTIFICATE = "bad_certificate"
+    BAD_CHECKPOINT = "bad_checkpoint"
     # other peer messages
     NOT_A_VALIDATOR = "not_a_validator"
     OVERSIZE_MESSAGE = "oversize_message"

@@ -29,7 +29,7 @@ from qudag_node.core.crypto import (
     scheme_of_public_key,
 )
 from qudag_node.core.errors import InputRejected, Reason
-from qudag_node.core.types import GenesisHash, NodeId, PublicKey, VertexId
+from qudag_node.core.types import GenesisHash, NodeId, PublicKey
 
 _ED25519_VERSION = 1
 _SCHEMED_VERSION = 2
@@ -123,13 +123,16 @@ class Genesis:
             return None
         return SignatureCheck(self.scheme, purpose, key, message, signature)
 
-    def vote_check(self, voter: int, vertex: VertexId, signature: bytes) -> SignatureCheck | None:
-        """How the vote of the validator at index ``voter`` for ``vertex`` is checked
-        (None when there is no such validator)."""
+    def vote_check(
+        self, voter: int, message: bytes, signature: bytes, purpose: Purpose = Purpose.VOTE
+    ) -> SignatureCheck | None:
+        """How the signature of the validator at index ``voter`` over ``message`` (a
+        vertex id it votes for, or a checkpoint digest) is checked (None when there is
+        no such validator)."""
         if voter >= self.n:
             return None
         key = self.validators[voter].public_key
-        return SignatureCheck(self.scheme, Purpose.VOTE, key, vertex, signature)
+        return SignatureCheck(self.scheme, purpose, key, message, signature)
 
     def leader(self, round_: int) -> NodeId:
         """The leader of an even round, by a fixed round-robin schedule."""

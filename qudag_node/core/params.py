@@ -30,6 +30,9 @@ class Params:
     #: Rounds kept in memory below the last committed leader. Part of the ordering
     #: rule: every node of one network must use the same value.
     gc_depth: int = 50
+    #: Rounds between two checkpoints (see ``core/checkpoint.py``). Part of the
+    #: checkpoint rule: every node of one network must use the same value.
+    checkpoint_interval: int = 100
     #: How long to wait for an answer (votes, a fetched vertex) before asking again.
     retry_interval: float = 1.0
     #: Most vertices held while their parents are fetched; the oldest are dropped.
@@ -50,6 +53,7 @@ class Params:
             "leader_timeout": self.leader_timeout > 0,
             "max_clock_skew": self.max_clock_skew >= 0,
             "gc_depth": self.gc_depth >= 2,
+            "checkpoint_interval": self.checkpoint_interval >= 2,
             "retry_interval": self.retry_interval > 0,
             "max_buffered": self.max_buffered >= 1,
             "max_buffered_bytes": self.max_buffered_bytes >= self.max_vertex_bytes,
