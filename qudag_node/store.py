@@ -555,8 +555,8 @@ class Store:
         pool plus the DAG window, not by the size of the database.
         """
         db = self._writer
-        rows = await _fetch(db, "SELECT seq, hash FROM log ORDER BY seq DESC LIMIT 1")
-        length, last_hash = (rows[0][0], rows[0][1]) if rows else (0, log_hash_start(genesis.hash))
+        length, head = await _log_end(db)
+        last_hash = log_hash_start(genesis.hash) if head is None else head
         committed = await _get_meta_int(db, "committed_round")
         floor = max(0, committed - gc_depth)
         vertex_rows = await _fetch(
@@ -666,8 +666,7 @@ class Store:
 
     async def log_head(self) -> tuple[int, bytes | None]:
         """The committed finalized log's length and running hash (None while empty)."""
-        rows = await _fetch(self._reader, "SELECT seq, hash FROM log ORDER BY seq DESC LIMIT 1")
-        return (int(rows[0][0]), bytes(rows[0][1])) if rows else (0, None)
+        return await _log_end(self._reader)
 
     async def evidence(self, limit: int) -> list[EvidenceRecord]:
         """Equivocation evidence, most recent rounds first."""
@@ -888,6 +887,23 @@ async def _set_meta(db: aiosqlite.Connection, key: str, value: bytes) -> None:
         " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (key, value),
     )
+
+
+#: The meta key of the log's base: ``length:u64 hash:32``, the position up to which no
+#: entry is held (pruned, or never fetched by a node that joined from a checkpoint) and
+#: the running hash there. Absent: the log is held from its first entry.
+LOG_BASE = "log_base"
+
+
+async def _log_end(db: aiosqlite.Connection) -> tuple[int, bytes | None]:
+    """The log's length and running hash (None while empty): its last entry held, or
+    its base when no entry above the base is held."""
+    rows = await _fetch(db, "SELECT seq, hash FROM log ORDER BY seq DESC LIMIT 1")
+    length, head = (int(rows[0][0]), bytes(rows[0][1])) if rows else (0, None)
+    base = await _fetch(db, "SELECT value FROM meta WHERE key = ?", (LOG_BASE,))
+    if base and int.from_bytes(base[0][0][:8], "big") > length:
+        return int.from_bytes(base[0][0][:8], "big"), bytes(base[0][0][8:])
+    return length, head
 
 
 async def _get_meta_int(db: aiosqlite.Connection, key: str) -> int:
