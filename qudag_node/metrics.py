@@ -21,6 +21,8 @@ from prometheus_client.core import GaugeMetricFamily
 from qudag_node.core.engine import Statistics
 from qudag_node.core.errors import Reason
 from qudag_node.core.events import (
+    CheckpointCertified,
+    CheckpointMade,
     EquivocationDetected,
     Fact,
     LeaderCommitted,
@@ -189,6 +191,11 @@ class Metrics:
         )
         self._buffer_dropped_seen = 0
         self._peers = Gauge("qudag_peers_connected", "Peer links up.", registry=r)
+        self._checkpoint_certified = Gauge(
+            "qudag_checkpoint_certified_number",
+            "Number of the latest checkpoint certified here (0: none yet).",
+            registry=r,
+        )
         self._messages_rejected = Counter(
             "qudag_messages_rejected",
             "Peer messages dropped for breaking a rule, by reason code.",
@@ -338,7 +345,12 @@ class Metrics:
                     self._finalized.inc(len(fact.entries))
                 case EquivocationDetected():
                     self._equivocations.inc()
-                case TransactionsAdmitted() | VertexStored():
+                case (
+                    TransactionsAdmitted()
+                    | VertexStored()
+                    | CheckpointMade()
+                    | CheckpointCertified()
+                ):
                     pass
                 case _:
                     assert_never(fact)
@@ -379,6 +391,8 @@ class Metrics:
         self._dag_window.set(stats.dag_window)
         self._buffered.set(stats.buffered)
         self._peers.set(stats.peers)
+        if stats.checkpoint is not None:
+            self._checkpoint_certified.set(stats.checkpoint.number)
         if stats.buffer_dropped > self._buffer_dropped_seen:
             self._buffer_dropped.inc(stats.buffer_dropped - self._buffer_dropped_seen)
             self._buffer_dropped_seen = stats.buffer_dropped

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from qudag_node.core.checkpoint import CertifiedCheckpoint
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.types import NodeId, PublicKey, TxId, VertexId
 
@@ -77,6 +78,14 @@ class LogRecord:
     tx_id: TxId
     vertex: VertexId
     hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRecord:
+    """A certified checkpoint held here, and the ids of its window's vertices."""
+
+    certified: CertifiedCheckpoint
+    window: tuple[VertexId, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,9 +28,13 @@ import aiosqlite
 
 from qudag_node.config import file_kind
 from qudag_node.core.certificate import decode_certificate
+from qudag_node.core.checkpoint import CertifiedCheckpoint, decode_checkpoint
+from qudag_node.core.checkpoints import KEEP, RestoredCheckpoint
 from qudag_node.core.crypto import log_hash_start
 from qudag_node.core.engine import Snapshot, StoredVertex
 from qudag_node.core.events import (
+    CheckpointCertified,
+    CheckpointMade,
     EquivocationDetected,
     Fact,
     LeaderCommitted,
@@ -49,7 +53,7 @@ from qudag_node.core.vertex import (
     decode_header_bytes,
     encode_vertex_parts,
 )
-from qudag_node.ports import EvidenceRecord, LogRecord, VertexRecord
+from qudag_node.ports import CheckpointRecord, EvidenceRecord, LogRecord, VertexRecord
 
 DB_FILENAME = "qudag.db"
 #: WAL pages after which a commit also checkpoints (SQLite's default is 1,000). Under
@@ -238,6 +242,8 @@ class _Writes:
     log: list[LogEntry] = field(default_factory=list)
     ordered: list[tuple[bytes]] = field(default_factory=list)
     evidence: list[tuple[bytes, int, bytes]] = field(default_factory=list)
+    checkpoints: list[tuple[int, int, int, int, bytes, bytes]] = field(default_factory=list)
+    checkpoint_certificates: list[tuple[bytes, int]] = field(default_factory=list)
     committed_round: int | None = None
 
     def add(self, fact: Fact) -> None:
@@ -258,6 +264,19 @@ class _Writes:
                 self.committed_round = fact.round
             case EquivocationDetected(e):
                 self.evidence.append((e.author, e.round, e.encode()))
+            case CheckpointMade(cp, window):
+                self.checkpoints.append(
+                    (
+                        cp.number,
+                        cp.round,
+                        cp.log_length,
+                        cp.timestamp_ms,
+                        cp.encode(),
+                        b"".join(window),
+                    )
+                )
+            case CheckpointCertified(number, certificate):
+                self.checkpoint_certificates.append((certificate.encode(), number))
             case _:
                 assert_never(fact)
 
@@ -276,6 +295,16 @@ class _Writes:
             (
                 "INSERT OR IGNORE INTO evidence (author, round, data) VALUES (?, ?, ?)",
                 self.evidence,
+            ),
+            (
+                "INSERT OR IGNORE INTO checkpoints"
+                " (number, round, log_length, timestamp_ms, body, window)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                self.checkpoints,
+            ),
+            (
+                "UPDATE checkpoints SET certificate = ? WHERE number = ? AND certificate IS NULL",
+                self.checkpoint_certificates,
             ),
         ]
         return [(sql, rows) for sql, rows in batches if rows]
@@ -584,6 +613,11 @@ class Store:
         )
         pending = tuple((TxId(r[0]), bytes(r[1])) for r in pending_rows)
         slots = await _fetch(db, "SELECT round, author FROM evidence WHERE round >= ?", (floor,))
+        kept = await _fetch(
+            db,
+            "SELECT body, certificate IS NOT NULL FROM checkpoints ORDER BY number DESC LIMIT ?",
+            (KEEP,),
+        )
         return Snapshot(
             length,
             bytes(last_hash),
@@ -592,6 +626,7 @@ class Store:
             pending,
             await self._own_proposal(own_key),
             tuple(sorted((int(r[0]), NodeId(r[1])) for r in slots)),
+            tuple(RestoredCheckpoint(decode_checkpoint(r[0]), bool(r[1])) for r in reversed(kept)),
         )
 
     async def _own_proposal(self, own_key: NodeId) -> Vertex | None:
@@ -753,6 +788,33 @@ class Store:
             bytes(signature),
             bool(ordered),
             None if certificate is None else bytes(certificate),
+        )
+
+    async def checkpoint(self, number: int) -> CheckpointRecord | None:
+        """Certified checkpoint ``number`` with its window, if held here."""
+        return await self._certified_checkpoint("number = ?", (number,))
+
+    async def latest_checkpoint(self) -> CheckpointRecord | None:
+        """The latest certified checkpoint held here, with its window, if any."""
+        return await self._certified_checkpoint("1 ORDER BY number DESC LIMIT 1", ())
+
+    async def _certified_checkpoint(
+        self, where: str, params: Sequence[Any]
+    ) -> CheckpointRecord | None:
+        rows = await _fetch(
+            self._reader,
+            "SELECT body, certificate, window FROM checkpoints"  # noqa: S608 (constants only)
+            f" WHERE certificate IS NOT NULL AND {where}",
+            params,
+        )
+        if not rows:
+            return None
+        body, certificate, window = rows[0]
+        return CheckpointRecord(
+            CertifiedCheckpoint(decode_checkpoint(body), decode_certificate(certificate)),
+            tuple(
+                VertexId(bytes(window[k : k + HASH_SIZE])) for k in range(0, len(window), HASH_SIZE)
+            ),
         )
 
     async def log(self, start: int, limit: int) -> list[LogRecord]:

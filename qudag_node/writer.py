@@ -12,6 +12,8 @@ from typing import assert_never
 from qudag_node.core.engine import Engine
 from qudag_node.core.errors import InputRejected
 from qudag_node.core.events import (
+    CheckpointCertified,
+    CheckpointMade,
     EquivocationDetected,
     Fact,
     LeaderCommitted,
@@ -142,7 +144,9 @@ class StepWriter:
                 )
             case EquivocationDetected(evidence):
                 log.warning("equivocation", author=evidence.author.hex(), round=evidence.round)
-            case TransactionsAdmitted() | VertexStored():
+            case CheckpointCertified(number):
+                log.info("checkpoint_certified", number=number)
+            case TransactionsAdmitted() | VertexStored() | CheckpointMade():
                 pass
             case _:
                 assert_never(fact)

@@ -1,8 +1,8 @@
 """The in-memory window of the DAG: recent rounds only.
 
 Older rounds live in the store. The window holds, per vertex, only what ordering
-needs: id, round, author, parents, and the transaction ids until the vertex is
-ordered.
+and checkpoints need: id, round, author, parents, signed timestamp, and the
+transaction ids until the vertex is ordered.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ class DagVertex:
     author: NodeId
     parents: tuple[VertexId, ...]
     payload_count: int
+    timestamp_ms: int
 
 
 class Dag:
@@ -73,6 +74,14 @@ class Dag:
     def unordered_ids(self, vid: VertexId) -> tuple[TxId, ...]:
         """The transaction ids of a held vertex not ordered yet (empty otherwise)."""
         return self._unordered_ids.get(vid, ())
+
+    def ordered_ids(self, low: int) -> list[VertexId]:
+        """The ids of the held, ordered vertices of rounds at or above ``low``."""
+        return [
+            vid
+            for vid, v in self._by_id.items()
+            if v.round >= low and vid not in self._unordered_ids
+        ]
 
     def has_unordered_payload(self) -> bool:
         """True while some held vertex carries transactions not yet final."""

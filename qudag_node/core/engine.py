@@ -33,6 +33,8 @@ from qudag_node.core.certificate import (
     make_certificate,
     vote_checks,
 )
+from qudag_node.core.checkpoint import Checkpoint, window_root
+from qudag_node.core.checkpoints import CheckpointSigning, RestoredCheckpoint
 from qudag_node.core.consensus import Consensus
 from qudag_node.core.crypto import (
     Purpose,
@@ -67,6 +69,7 @@ from qudag_node.core.intake import Intake, Waiting
 from qudag_node.core.messages import (
     CertificateMessage,
     CertifiedMessage,
+    CheckpointSignatureMessage,
     FetchMessage,
     Message,
     ProposalMessage,
@@ -111,7 +114,9 @@ class Snapshot:
     ``vertices`` are those of rounds at or above ``committed_round - gc_depth``;
     ``pending`` is every stored transaction that is not final; ``own_proposal`` is
     our latest vertex, in full, when it is not certified yet; ``equivocations`` are
-    the slots whose evidence is kept (so that it is reported once).
+    the slots whose evidence is kept (so that it is reported once); ``checkpoints``
+    are the latest checkpoints kept (at least the last :data:`~qudag_node.core.
+    checkpoints.KEEP` of them).
     """
 
     log_length: int
@@ -122,6 +127,7 @@ class Snapshot:
     own_proposal: Vertex | None = None
     #: (round, author) slots whose equivocation evidence is already kept
     equivocations: tuple[tuple[int, NodeId], ...] = ()
+    checkpoints: tuple[RestoredCheckpoint, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +155,7 @@ class Statistics:
     buffer_dropped: int
     fetching: int
     peers: int
+    checkpoint: Checkpoint | None  # the latest certified here
 
 
 @dataclass(slots=True)
@@ -198,12 +205,22 @@ class Engine:
         self._own_round = 0
         self._last_proposal_at: float | None = None
         self._seen_time = False  # no input has told us the time yet
+        self._clock = 0.0  # the monotonic reading of the latest input
         self._ready_round: int | None = None  # highest round with a quorum, if >= ours
         self._ready_at = 0.0
         self._catching_up = False
         self._handed_back: set[VertexId] = set()  # own vertices passed over, payload re-proposed
         self._reproposing: set[TxId] = set()  # their payload: ours to propose until final
-        self._restore(snapshot or Snapshot(0, log_hash_start(genesis.hash), 0, (), ()))
+        snapshot = snapshot or Snapshot(0, log_hash_start(genesis.hash), 0, (), ())
+        self._previous_commit = snapshot.committed_round  # round of the last leader committed
+        self._checkpoints = CheckpointSigning(
+            genesis,
+            signer,
+            self._verifier,
+            snapshot.committed_round // params.checkpoint_interval,
+            snapshot.checkpoints,
+        )
+        self._restore(snapshot)
 
     # ----------------------------------------------------------------- inputs
 
@@ -304,6 +321,7 @@ class Engine:
         self, peer: PeerId, data: bytes, message: Message | InputRejected, now: Instant
     ) -> None:
         """Handle one decoded message (or its decoding error)."""
+        self._clock = now.monotonic
         try:
             if isinstance(message, InputRejected):
                 raise message
@@ -372,6 +390,8 @@ class Engine:
             times.append(self._pool.next_forward(self._params.retry_interval))
         if self._stalled() and self._peers:
             times.append(self._announced_at + self._params.retry_interval)
+        if self._validator_peers:
+            times.append(self._checkpoints.next_due(self._params.retry_interval))
         return min((t for t in times if t is not None), default=None)
 
     @property
@@ -396,6 +416,7 @@ class Engine:
             buffer_dropped=self._intake.dropped,
             fetching=self._intake.wanted,
             peers=len(self._peers),
+            checkpoint=self._checkpoints.latest_certified,
         )
 
     # ----------------------------------------------------------- restoring
@@ -417,7 +438,7 @@ class Engine:
                 if h.author != self._signer.node_id:
                     carried.update(sv.tx_ids)
                 continue
-            dv = DagVertex(sv.id, h.round, h.author, h.parents, h.tx_count)
+            dv = DagVertex(sv.id, h.round, h.author, h.parents, h.tx_count, h.timestamp_ms)
             self._dag.add(dv, sv.tx_ids, sv.ordered)
             if sv.ordered:
                 self._log.remember(h.round, sv.tx_ids)
@@ -487,6 +508,8 @@ class Engine:
                     return []
                 check = self._genesis.vote_check(voter, vid, signature)
                 return [] if check is None else [check]
+            case CheckpointSignatureMessage():
+                return self._checkpoints.checks(message)
         return []
 
     def _vertex_checks(self, vertex: Vertex) -> list[SignatureCheck]:
@@ -515,6 +538,11 @@ class Engine:
                 self._effects.append(VerticesRequested(peer, ids))
             case TransactionsMessage(transactions):
                 self._on_transactions(peer, transactions)
+            case CheckpointSignatureMessage():
+                try:
+                    self._checkpoints.receive(peer, message)
+                finally:
+                    self._take_checkpoint_output()
 
     def _admissible(self, vertex: Vertex, wall: float) -> bool:
         """Checks every received vertex passes; False for one we already hold."""
@@ -718,7 +746,14 @@ class Engine:
             self._store_and_vote(vertex)
 
     def _insert(self, vertex: Vertex) -> None:
-        dv = DagVertex(vertex.id, vertex.round, vertex.author, vertex.parents, len(vertex.tx_ids))
+        dv = DagVertex(
+            vertex.id,
+            vertex.round,
+            vertex.author,
+            vertex.parents,
+            len(vertex.tx_ids),
+            vertex.header.timestamp_ms,
+        )
         self._dag.add(dv, vertex.tx_ids, ordered=False)
         self._pool.carry(vertex.tx_ids, vertex.id)
         for commit in self._consensus.on_vertex_added(self._dag, dv):
@@ -737,6 +772,43 @@ class Engine:
         floor = leader.round - self._params.gc_depth
         if floor > self._dag.floor:
             self._prune_below(floor)
+        interval = self._params.checkpoint_interval
+        if leader.round // interval > self._previous_commit // interval:
+            self._make_checkpoint(leader, floor)
+        self._previous_commit = leader.round
+
+    def _make_checkpoint(self, leader: DagVertex, floor: int) -> None:
+        """Compute the checkpoint of ``leader``, just committed (the window: the ordered
+        vertices of rounds at or above ``floor``), and sign it."""
+        window = sorted(self._dag.ordered_ids(floor))
+        checkpoint = Checkpoint(
+            self._genesis.hash,
+            leader.round // self._params.checkpoint_interval,
+            leader.round,
+            leader.id,
+            leader.timestamp_ms,
+            self._log.length,
+            self._log.hash,
+            len(window),
+            window_root(window),
+        )
+        self._checkpoints.made(checkpoint, window, self._clock)
+        self._take_checkpoint_output()
+
+    def _take_checkpoint_output(self) -> None:
+        """Move what the checkpoint signing produced into this step's output."""
+        book = self._checkpoints
+        self._facts.extend(book.facts)
+        for peer, message in book.sends:
+            if peer is None:
+                self._broadcast(message)
+            else:
+                self._send(peer, message)
+        self._notices.extend(
+            MessageRejected(peer, e.reason, e.message, "checkpoint_signature")
+            for peer, e in book.refused
+        )
+        book.facts, book.sends, book.refused = [], [], []
 
     def _prune_below(self, floor: int) -> None:
         """Forget the rounds below ``floor``; the transactions of our own vertices pruned
@@ -780,6 +852,7 @@ class Engine:
 
     def _refresh(self, now: Instant) -> None:
         self._seen_time = True
+        self._clock = now.monotonic
         self._retry(now.monotonic)
         self._update_ready(now.monotonic)
         when = self._proposal_time()
@@ -818,6 +891,9 @@ class Engine:
             self._announced_at = now
             if self._own_latest is not None:
                 self._broadcast(CertificateMessage(*self._own_latest))
+        voters = [(p, self._genesis.index_of(self._peers[p])) for p in self._validator_peers]
+        self._checkpoints.retry(now, retry, [(p, v) for p, v in voters if v is not None])
+        self._take_checkpoint_output()
         self._forward(now)
 
     def _stalled(self) -> bool:

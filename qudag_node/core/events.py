@@ -3,10 +3,11 @@
 
 *Facts* are what the step changed that must be durable before anything it sends
 leaves (persist before announce): transactions admitted, vertices stored and
-certified, leaders committed, equivocation evidence. *Effects* are what the step asks
-its driver to do: messages to send, a peer's fetch to answer from the store, orphaned
-transactions to read back and requeue, forwarded transactions to admit. *Notices*
-are only reported (logged and counted): a peer's message that was rejected.
+certified, leaders committed, equivocation evidence, checkpoints made and certified.
+*Effects* are what the step asks its driver to do: messages to send, a peer's fetch to
+answer from the store, orphaned transactions to read back and requeue, forwarded
+transactions to admit. *Notices* are only reported (logged and counted): a peer's
+message that was rejected.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qudag_node.core.certificate import Certificate
+from qudag_node.core.checkpoint import Checkpoint
 from qudag_node.core.errors import Reason
 from qudag_node.core.evidence import Equivocation
 from qudag_node.core.types import PeerId, Seq, TxId, VertexId
@@ -79,6 +81,23 @@ class EquivocationDetected:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckpointMade:
+    """This node computed ``checkpoint`` after a commit; ``window`` lists its window's
+    vertex ids (keep both, not certified yet)."""
+
+    checkpoint: Checkpoint
+    window: tuple[VertexId, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointCertified:
+    """A quorum of validators signed the checkpoint this node computed for ``number``."""
+
+    number: int
+    certificate: Certificate
+
+
+@dataclass(frozen=True, slots=True)
 class VerticesRequested:
     """A peer asks for certified vertices: answer from the store (after persisting)."""
 
@@ -108,7 +127,8 @@ class MessageRejected:
     """A peer's message broke a rule and was dropped.
 
     ``kind`` names the message type (``proposal``, ``vote``, ``certificate``,
-    ``certified``, ``fetch``, ``transactions``) or is ``unknown``.
+    ``certified``, ``fetch``, ``transactions``, ``checkpoint_signature``) or is
+    ``unknown``.
     """
 
     peer: PeerId
@@ -118,7 +138,13 @@ class MessageRejected:
 
 
 Fact = (
-    TransactionsAdmitted | VertexStored | VertexCertified | LeaderCommitted | EquivocationDetected
+    TransactionsAdmitted
+    | VertexStored
+    | VertexCertified
+    | LeaderCommitted
+    | EquivocationDetected
+    | CheckpointMade
+    | CheckpointCertified
 )
 """What a step changed that must be persisted before the step's messages leave."""
 

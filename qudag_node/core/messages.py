@@ -9,6 +9,11 @@ Layouts (integers big-endian; ``vertex`` and ``certificate`` as in
     4 CERTIFIED     vertex_len:u32  vertex  certificate a certified vertex (fetch answer)
     5 FETCH         count:u16  vertex_id:32 * count     please send these certified vertices
     6 TRANSACTIONS  count:u32  (tx_len:u32  tx) * count client transactions for validators
+   12 CHECKPOINT_SIGNATURE  number:u64  digest:32  voter:u16  signature
+                                                    a validator's signature of the
+                                                    checkpoint it computed (see
+                                                    core/checkpoint.py); the signature
+                                                    is the rest of the message
 
 Types 7 to 11 are the sync messages of :mod:`~qudag_node.core.syncwire`;
 :mod:`~qudag_node.core.wire` maps every type to its decoder and its owner.
@@ -43,6 +48,7 @@ class MessageType(enum.IntEnum):
     CERTIFIED = 4
     FETCH = 5
     TRANSACTIONS = 6
+    CHECKPOINT_SIGNATURE = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +98,17 @@ class TransactionsMessage:
     transactions: tuple[bytes, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class CheckpointSignatureMessage:
+    """One validator's signature over the digest of checkpoint ``number``, sent to
+    every peer."""
+
+    number: int
+    digest: bytes
+    voter: int
+    signature: bytes
+
+
 Message = (
     ProposalMessage
     | VoteMessage
@@ -99,6 +116,7 @@ Message = (
     | CertifiedMessage
     | FetchMessage
     | TransactionsMessage
+    | CheckpointSignatureMessage
 )
 
 
@@ -120,6 +138,16 @@ def encode_message(message: Message) -> bytes:
         case TransactionsMessage(txs):
             header = bytes((MessageType.TRANSACTIONS,)) + codec.u32(len(txs))
             return header + encode_transactions(txs)
+        case CheckpointSignatureMessage(number, digest, voter, signature):
+            return b"".join(
+                (
+                    bytes((MessageType.CHECKPOINT_SIGNATURE,)),
+                    codec.u64(number),
+                    digest,
+                    codec.u16(voter),
+                    signature,
+                )
+            )
 
 
 def encode_certified(vertex_bytes: bytes, certificate_bytes: bytes) -> bytes:
@@ -165,6 +193,14 @@ def decode_message(data: bytes, params: Params) -> Message:
         message = FetchMessage(tuple(VertexId(r.fixed(HASH_SIZE, "id")) for _ in range(count)))
     elif kind == MessageType.TRANSACTIONS:
         message = TransactionsMessage(_read_transactions(r, params))
+    elif kind == MessageType.CHECKPOINT_SIGNATURE:
+        number = r.u64("checkpoint number")
+        digest = r.fixed(HASH_SIZE, "checkpoint digest")
+        voter = r.u16("voter")
+        signature = r.remaining()
+        if len(signature) not in SIGNATURE_SIZES.values():
+            raise InputRejected(Reason.TRUNCATED, f"a signature of {len(signature)} bytes")
+        message = CheckpointSignatureMessage(number, digest, voter, signature)
     else:
         raise InputRejected(Reason.UNKNOWN_MESSAGE, f"message type {kind}")
     r.finish("message")

@@ -5,7 +5,8 @@ priority queue of deliveries; a seeded :class:`random.Random` decides each delay
 loss, duplication and, through the delays, the order of arrival. A scenario adds
 faults: partitions that heal, a validator that crashes and restarts from its store
 (an in-memory :class:`~tests.core.simstore.MemoryStore`), a silent validator, an
-equivocating validator, and an observer that forwards its clients' transactions.
+equivocating validator, a validator that signs wrong checkpoints, and an observer that
+forwards its clients' transactions.
 
 Each step of a node feeds its engine one input, then runs the node's own
 :class:`~qudag_node.pump.Pump` over the node's in-memory store: the facts are
@@ -23,6 +24,7 @@ Replay one run (``--scheme mldsa65-ed25519`` for a network of composite keys)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import heapq
 import itertools
 import random
@@ -33,9 +35,11 @@ from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, assert_never
 
+from qudag_node.core.checkpoint import CertifiedCheckpoint, Checkpoint, check_certified
 from qudag_node.core.crypto import (
     PRIVATE_KEY_SIZES,
     SCHEME_LABELS,
+    Purpose,
     Scheme,
     SequentialVerifier,
     Signer,
@@ -43,8 +47,10 @@ from qudag_node.core.crypto import (
     tx_ids,
 )
 from qudag_node.core.engine import Engine
-from qudag_node.core.errors import InputRejected
+from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.events import (
+    CheckpointCertified,
+    CheckpointMade,
     EquivocationDetected,
     LeaderCommitted,
     MessageRejected,
@@ -54,7 +60,12 @@ from qudag_node.core.events import (
 )
 from qudag_node.core.evidence import decode_equivocation
 from qudag_node.core.genesis import Genesis, Validator
-from qudag_node.core.messages import MessageType, ProposalMessage, encode_message
+from qudag_node.core.messages import (
+    CheckpointSignatureMessage,
+    MessageType,
+    ProposalMessage,
+    encode_message,
+)
 from qudag_node.core.params import Params
 from qudag_node.core.types import PeerId, TxId
 from qudag_node.core.vertex import decode_vertex, make_vertex
@@ -69,6 +80,7 @@ SIM_PARAMS = Params(
     leader_timeout=1.0,
     retry_interval=0.5,
     gc_depth=20,
+    checkpoint_interval=4,
 )
 
 
@@ -82,6 +94,7 @@ class Faults:
     crash: tuple[float, float] | None = None  # (down, back up) for one validator
     silent: bool = False  # one validator never speaks
     equivocator: bool = False  # one validator signs two vertices per round
+    wrong_checkpoint: bool = False  # one validator signs another digest for each checkpoint
     #: whom the equivocator sends its second vertex: one honest validator (so the first
     #: can still be certified) or every other one (so neither can be)
     twin_to: str = "one"
@@ -90,7 +103,7 @@ class Faults:
 
 def random_faults(rng: random.Random) -> Faults:
     """A fault mix drawn from ``rng``: at most one validator misbehaves (within f, n >= 4)."""
-    byzantine = rng.choice(["none", "silent", "equivocator", "crash"])
+    byzantine = rng.choice(["none", "silent", "equivocator", "crash", "wrong_checkpoint"])
     start = rng.uniform(0.5, 4.0)
     return Faults(
         loss=rng.choice([0.0, 0.02, 0.1]),
@@ -99,6 +112,7 @@ def random_faults(rng: random.Random) -> Faults:
         crash=(rng.uniform(0.5, 4.0), rng.uniform(4.5, 9.0)) if byzantine == "crash" else None,
         silent=byzantine == "silent",
         equivocator=byzantine == "equivocator",
+        wrong_checkpoint=byzantine == "wrong_checkpoint",
         twin_to=rng.choice(["one", "half"]),
         observer=rng.random() < 0.5,
     )
@@ -128,6 +142,7 @@ class SimNode:
     timer: float = 0.0  # what engine.get_timer() said after the last step
     silent: bool = False
     equivocator: bool = False
+    wrong_checkpoint: bool = False
     rejected: list[MessageRejected] = field(default_factory=list)
 
     @property
@@ -176,6 +191,10 @@ class RunResult:
     log_hash: bytes
     equivocations: int
     messages: int
+    #: most checkpoints certified by one honest node
+    checkpoints: int = 0
+    #: signatures of a wrong checkpoint honest nodes refused (``bad_checkpoint``)
+    refused_checkpoints: int = 0
 
 
 class Simulation:
@@ -217,6 +236,7 @@ class Simulation:
         self.faulty = PeerId(f"v{validators - 1}")  # the one that misbehaves, if any
         self.nodes[self.faulty].silent = faults.silent
         self.nodes[self.faulty].equivocator = faults.equivocator
+        self.nodes[self.faulty].wrong_checkpoint = faults.wrong_checkpoint
         for a in names:
             for b in names:
                 if a != b:
@@ -271,10 +291,22 @@ class Simulation:
             heapq.heappush(self._queue, (self.now + delay, self._sequence, dst, src, data))
 
     def send_from(self, node: SimNode, dst: PeerId, data: bytes) -> None:
-        """What ``node``'s pump sends ``dst`` (an equivocator twins its proposals)."""
+        """What ``node``'s pump sends ``dst`` (an equivocator twins its proposals; a
+        wrong-checkpoint validator signs another digest than the one it computed)."""
         if node.equivocator and data[0] == MessageType.PROPOSAL:
             data = self._twin(node, data, dst)
+        if node.wrong_checkpoint and data[0] == MessageType.CHECKPOINT_SIGNATURE:
+            data = self._wrong_signature(node, data)
         self._send(node.name, dst, data)
+
+    def _wrong_signature(self, node: SimNode, data: bytes) -> bytes:
+        """A valid signature, by ``node``, of a checkpoint with another log hash."""
+        number = int.from_bytes(data[1:9], "big")
+        theirs = node.store.checkpoints[number]
+        wrong = dataclasses.replace(theirs, log_hash=bytes(32))
+        signature = node.signer.sign(Purpose.CHECKPOINT, wrong.digest)
+        voter = int.from_bytes(data[41:43], "big")
+        return encode_message(CheckpointSignatureMessage(number, wrong.digest, voter, signature))
 
     def _twin(self, node: SimNode, data: bytes, dst: PeerId) -> bytes:
         """The equivocator sends some of its peers a different vertex for the round."""
@@ -321,6 +353,8 @@ class Simulation:
                     | VertexStored()
                     | VertexCertified()
                     | EquivocationDetected()
+                    | CheckpointMade()
+                    | CheckpointCertified()
                 ):
                     pass
                 case _:
@@ -419,7 +453,9 @@ class Simulation:
 
     def honest(self) -> list[SimNode]:
         """Nodes that follow the protocol (a crashed-and-restarted one included)."""
-        return [n for n in self.nodes.values() if not (n.silent or n.equivocator)]
+        return [
+            n for n in self.nodes.values() if not (n.silent or n.equivocator or n.wrong_checkpoint)
+        ]
 
     def _all_final(self) -> bool:
         if self._client_plan:
@@ -429,6 +465,8 @@ class Simulation:
 
     def _result(self) -> RunResult:
         safe, detail = check_prefixes(self.honest())
+        if safe:
+            safe, detail = check_checkpoints(self.honest(), self.genesis)
         live = self._all_final()
         if safe and not live:
             missing = [
@@ -454,6 +492,10 @@ class Simulation:
             log_hash=longest.store.log_hash,
             equivocations=self._checked_evidence(),
             messages=self.messages,
+            checkpoints=max(len(n.store.certificates) for n in self.honest()),
+            refused_checkpoints=sum(
+                r.reason is Reason.BAD_CHECKPOINT for n in self.honest() for r in n.rejected
+            ),
         )
 
 
@@ -464,6 +506,25 @@ def check_prefixes(nodes: Iterable[SimNode]) -> tuple[bool, str]:
         if a and b[len(a) - 1].hash != a[-1].hash:
             first = next(k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x.hash != y.hash)
             return False, f"logs of {name_a} and {name_b} differ at seq {first + 1}"
+    return True, ""
+
+
+def check_checkpoints(nodes: Iterable[SimNode], genesis: Genesis) -> tuple[bool, str]:
+    """Safety of checkpoints: every certified checkpoint verifies against the genesis
+    alone, and all nodes that certified a number certified the same checkpoint."""
+    seen: dict[int, tuple[PeerId, Checkpoint]] = {}
+    for node in nodes:
+        for number, certificate in sorted(node.store.certificates.items()):
+            checkpoint = node.store.checkpoints[number]
+            try:
+                check_certified(
+                    CertifiedCheckpoint(checkpoint, certificate), genesis, SequentialVerifier()
+                )
+            except InputRejected as e:
+                return False, f"checkpoint {number} of {node.name} does not verify: {e.message}"
+            first = seen.setdefault(number, (node.name, checkpoint))
+            if first[1] != checkpoint:
+                return False, f"checkpoints {number} of {first[0]} and {node.name} differ"
     return True, ""
 
 
@@ -486,6 +547,7 @@ def fault_kinds(faults: Faults) -> list[str]:
             ("silent", faults.silent),
             ("equivocator", faults.equivocator),
             ("equivocator twin to one", faults.equivocator and faults.twin_to == "one"),
+            ("wrong checkpoint", faults.wrong_checkpoint),
             ("observer", faults.observer),
         )
         if on

@@ -14,8 +14,12 @@ from dataclasses import dataclass, field
 from typing import assert_never
 
 from qudag_node.core.certificate import Certificate
+from qudag_node.core.checkpoint import Checkpoint
+from qudag_node.core.checkpoints import KEEP, RestoredCheckpoint
 from qudag_node.core.engine import Snapshot, StoredVertex
 from qudag_node.core.events import (
+    CheckpointCertified,
+    CheckpointMade,
     EquivocationDetected,
     Fact,
     LeaderCommitted,
@@ -48,6 +52,8 @@ class MemoryStore:
     log: list[LogEntry] = field(default_factory=list)
     committed_round: int = 0
     evidence: list[Equivocation] = field(default_factory=list)
+    checkpoints: dict[int, Checkpoint] = field(default_factory=dict)
+    certificates: dict[int, Certificate] = field(default_factory=dict)  # certified checkpoints
 
     def persist(self, facts: Iterable[Fact]) -> None:
         """Apply one engine step's facts."""
@@ -69,6 +75,10 @@ class MemoryStore:
                     self.committed_round = fact.round
                 case EquivocationDetected(evidence):
                     self.evidence.append(evidence)
+                case CheckpointMade(checkpoint):
+                    self.checkpoints.setdefault(checkpoint.number, checkpoint)
+                case CheckpointCertified(number, certificate):
+                    self.certificates.setdefault(number, certificate)
                 case _:
                     assert_never(fact)
 
@@ -129,5 +139,9 @@ class MemoryStore:
             else None,
             equivocations=tuple(
                 sorted({(e.round, e.author) for e in self.evidence if e.round >= floor})
+            ),
+            checkpoints=tuple(
+                RestoredCheckpoint(self.checkpoints[n], n in self.certificates)
+                for n in sorted(self.checkpoints)[-KEEP:]
             ),
         )

@@ -16,7 +16,7 @@ START = log_hash_start(GENESIS.hash)
 
 def vertex(round_: int, name: str) -> DagVertex:
     """A stand-in window vertex: only round and id matter to the log."""
-    return DagVertex(VertexId(tx_id(name.encode())), round_, NodeId(b"\x00" * 32), (), 0)
+    return DagVertex(VertexId(tx_id(name.encode())), round_, NodeId(b"\x00" * 32), (), 0, 0)
 
 
 def ids(*names: str) -> tuple[TxId, ...]:

@@ -93,7 +93,15 @@ def test_every_fault_kind_is_exercised(results: list[RunResult]) -> None:
     def runs(predicate: str) -> list[RunResult]:
         return [r for r in results if getattr(r.faults, predicate)]
 
-    for kind in ("partition", "crash", "silent", "equivocator", "observer", "loss"):
+    for kind in (
+        "partition",
+        "crash",
+        "silent",
+        "equivocator",
+        "wrong_checkpoint",
+        "observer",
+        "loss",
+    ):
         assert len(runs(kind)) >= len(results) // 10, kind
     # When the equivocator's first vertex can still be certified, the honest node that
     # got the second learns of the first through its certificate: evidence, checked to
@@ -104,6 +112,19 @@ def test_every_fault_kind_is_exercised(results: list[RunResult]) -> None:
     assert all(r.equivocations > 0 for r in twin_to_one)
     assert all(r.equivocations == 0 for r in results if not r.faults.equivocator)
     assert all(r.log_length > 0 and r.latencies for r in results)
+
+
+def test_a_wrong_checkpoint_signature_is_refused_and_the_right_one_certified(
+    results: list[RunResult],
+) -> None:
+    # Every run's safety result already requires the honest nodes' certified
+    # checkpoints to verify and to agree per number (Simulation._result). Here: the
+    # validator that signs another digest is refused by honest nodes, which still
+    # certify their own checkpoints without it; no honest node ever refuses another.
+    wrong = [r for r in results if r.faults.wrong_checkpoint]
+    assert all(r.refused_checkpoints > 0 and r.checkpoints > 0 for r in wrong)
+    assert all(r.refused_checkpoints == 0 for r in results if not r.faults.wrong_checkpoint)
+    assert sum(r.checkpoints > 0 for r in results) >= len(results) * 3 // 4
 
 
 @pytest.mark.parametrize("scheme", list(Scheme), ids=lambda s: s.label)

@@ -6,6 +6,7 @@ import pytest
 
 from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.messages import (
+    CheckpointSignatureMessage,
     FetchMessage,
     Message,
     MessageType,
@@ -30,8 +31,8 @@ from tests.core.support import PARAMS, C
 ID = VertexId(b"\x07" * 32)
 
 
-def test_types_one_to_eleven_each_have_one_codec() -> None:
-    assert sorted(CODECS) == list(range(1, 12))
+def test_types_one_to_twelve_each_have_one_codec() -> None:
+    assert sorted(CODECS) == list(range(1, 13))
     assert {k for k, c in CODECS.items() if c.owner is Owner.ENGINE} == set(MessageType)
     assert {k for k, c in CODECS.items() if c.owner is Owner.SYNC} == set(SyncType)
     names = [c.name for c in CODECS.values()]
@@ -43,6 +44,7 @@ ENGINE_MESSAGES: list[Message] = [
     ProposalMessage(C.vertex(0, 1)),
     FetchMessage((ID,)),
     TransactionsMessage((b"tx",)),
+    CheckpointSignatureMessage(7, b"\x02" * 32, 3, b"\x09" * 64),
 ]
 SYNC_MESSAGES: list[SyncMessage] = [
     Status(9, 8, 1, 3, b"\x01" * 32),
@@ -71,7 +73,7 @@ def test_each_type_is_read_back_by_its_codec(
 
 
 def test_unknown_and_empty_messages_go_to_the_engine_which_refuses_them() -> None:
-    for data in (b"", b"\x00", b"\x0c", b"\xff"):
+    for data in (b"", b"\x00", b"\x20", b"\xff"):
         assert owner_of(data) is Owner.ENGINE
         assert message_kind(data) == "unknown"
     with pytest.raises(InputRejected) as refused:
