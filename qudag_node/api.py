@@ -46,6 +46,7 @@ from qudag_node.logs import Throttle, get_logger
 from qudag_node.metrics import Metrics
 from qudag_node.ports import (
     Check,
+    CheckpointRecord,
     NodeApi,
     NodeStatus,
     PeerView,
@@ -181,6 +182,14 @@ def _parse_id(request: web.Request) -> bytes:
     if not _HEX_ID.fullmatch(text):
         raise ApiError(400, "malformed_id", "an id is 64 hex characters")
     return bytes.fromhex(text)
+
+
+def _parse_number(text: str) -> int:
+    """A checkpoint number in a path: a whole number from 1, in ASCII digits."""
+    value = int(text) if _DIGITS.fullmatch(text) else 0
+    if not 1 <= value <= _MAX_SEQ:
+        raise _bad_request(f"a checkpoint number is latest or a whole number from 1 to {_MAX_SEQ}")
+    return value
 
 
 def _query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -339,6 +348,37 @@ def _vertex_doc(record: VertexRecord) -> dict[str, Any]:
     }
 
 
+def _checkpoint_doc(record: CheckpointRecord, genesis: Genesis) -> dict[str, Any]:
+    """A certified checkpoint and everything needed to verify it with the genesis alone
+    (see docs/protocol.md, "Verifying a certified checkpoint")."""
+    cp, certificate = record.certified.checkpoint, record.certified.certificate
+    return {
+        "number": cp.number,
+        "genesis": cp.genesis.hex(),
+        "round": cp.round,
+        "leader": cp.leader.hex(),
+        "timestamp_ms": cp.timestamp_ms,
+        "log_length": cp.log_length,
+        "log_hash": cp.log_hash.hex(),
+        "window_count": cp.window_count,
+        "window_root": cp.window_root.hex(),
+        "window": [vid.hex() for vid in record.window],
+        "encoding": cp.encode().hex(),
+        "digest": cp.digest.hex(),
+        "certificate": certificate.encode().hex(),
+        "signatures": [
+            {
+                "validator": voter,
+                "name": genesis.validators[voter].name if voter < genesis.n else None,
+                "node_id": genesis.ids[voter].hex() if voter < genesis.n else None,
+                "signature": signature.hex(),
+            }
+            for voter, signature in _votes(certificate)
+        ],
+        "signing": _signing(certificate.scheme, Purpose.CHECKPOINT, cp.digest),
+    }
+
+
 def _votes(certificate: Certificate) -> list[tuple[int, bytes]]:
     return list(zip(certificate.voters, certificate.signatures, strict=True))
 
@@ -411,6 +451,13 @@ def _status_doc(status: NodeStatus) -> dict[str, Any]:
             "gap_rounds": status.sync.gap_rounds,
             "in_step": status.sync.in_step,
             "detail": status.sync.detail,
+        },
+        "checkpoint": None
+        if status.checkpoint is None
+        else {
+            "number": status.checkpoint.number,
+            "round": status.checkpoint.round,
+            "log_length": status.checkpoint.log_length,
         },
     }
 
@@ -733,6 +780,15 @@ class _Routes:
             }
         )
 
+    async def checkpoint(self, request: web.Request) -> web.Response:
+        """GET /api/v1/checkpoints/{number}, or /latest: a certified checkpoint."""
+        text = request.match_info.get("number", "latest")
+        number = None if text == "latest" else _parse_number(text)
+        record = await self._node.checkpoint(number)
+        if record is None:
+            raise ApiError(404, "not_found", "no such certified checkpoint")
+        return web.json_response(_checkpoint_doc(record, self._node.genesis()))
+
     async def genesis(self, request: web.Request) -> web.Response:
         """GET /api/v1/genesis: the network's genesis (node ids and canonical bytes too)."""
         return web.json_response(_genesis_doc(self._node.genesis()))
@@ -794,6 +850,8 @@ def make_app(node: NodeApi, metrics: Metrics, settings: Settings) -> web.Applica
     app.router.add_get("/api/v1/vertices/{id}", routes.vertex)
     app.router.add_get("/api/v1/log", routes.log)
     app.router.add_get("/api/v1/evidence", routes.evidence)
+    app.router.add_get("/api/v1/checkpoints/latest", routes.checkpoint)
+    app.router.add_get("/api/v1/checkpoints/{number}", routes.checkpoint)
     app.router.add_get("/api/v1/peers", routes.peers)
     app.router.add_get("/api/v1/status", routes.status)
     app.router.add_get("/api/v1/genesis", routes.genesis)

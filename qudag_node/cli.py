@@ -397,6 +397,7 @@ def _testnet(args: argparse.Namespace) -> int:
         api_port=args.api_port,
         p2p_port=args.p2p_port,
         sync_interval=args.sync_interval,
+        checkpoint_interval=args.checkpoint_interval,
         scheme=Scheme.from_label(args.scheme),
     )
     try:
@@ -535,6 +536,13 @@ def _parser() -> argparse.ArgumentParser:
         default=defaults.sync_interval,
         metavar="SECONDS",
         help="the nodes' DAG_SYNC_INTERVAL (default %(default)g)",
+    )
+    net.add_argument(
+        "--checkpoint-interval",
+        type=int,
+        default=defaults.checkpoint_interval,
+        metavar="ROUNDS",
+        help="the nodes' QUDAG_CHECKPOINT_INTERVAL (default %(default)s)",
     )
     _scheme_option(net, "the signature scheme of new node keys (existing keys keep theirs)")
     net.set_defaults(command=_testnet)

@@ -564,6 +564,12 @@ class Settings:
         parse=_seconds(0.01, 600),
         help="How long a round waits for its leader's vertex.",
     )
+    checkpoint_interval: int = setting(
+        env="QUDAG_CHECKPOINT_INTERVAL",
+        default_text="100",
+        parse=_int(2, 1_000_000),
+        help="Rounds between two checkpoints; the same on every node of a network.",
+    )
     wait_timeout: float = setting(
         env="QUDAG_WAIT_TIMEOUT",
         default_text="30",
@@ -658,6 +664,7 @@ class Settings:
             min_round_interval=self.min_round_interval,
             heartbeat_interval=self.heartbeat_interval,
             leader_timeout=self.leader_timeout,
+            checkpoint_interval=self.checkpoint_interval,
         )
 
     def redacted(self) -> dict[str, Any]:

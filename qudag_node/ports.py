@@ -163,6 +163,15 @@ class LogInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckpointInfo:
+    """The latest checkpoint certified here: its number, round and log length."""
+
+    number: int
+    round: int
+    log_length: int
+
+
+@dataclass(frozen=True, slots=True)
 class TransactionsInfo:
     """Transactions not final yet."""
 
@@ -211,6 +220,7 @@ class NodeStatus:
     transactions: TransactionsInfo
     p2p: P2pInfo
     sync: SyncInfo
+    checkpoint: CheckpointInfo | None  # the latest certified here; None until one is
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +273,10 @@ class NodeApi(Protocol):
 
     async def evidence(self, limit: int) -> list[EvidenceRecord]:
         """Equivocation evidence held, most recent rounds first, at most ``limit``."""
+        ...
+
+    async def checkpoint(self, number: int | None) -> CheckpointRecord | None:
+        """Certified checkpoint ``number`` (None: the latest), or None when not held."""
         ...
 
     def status(self) -> NodeStatus:

@@ -83,6 +83,7 @@ class Options:
     api_port: int = 8081
     p2p_port: int = 7001
     sync_interval: float = 5.0
+    checkpoint_interval: int = 100
     scheme: Scheme = DEFAULT_SCHEME  # of new keys: existing ones keep theirs
 
 
@@ -168,6 +169,10 @@ def check_options(options: Options) -> None:
         config.BY_NAME["dag_sync_interval"].parse(f"{options.sync_interval:g}")
     except ValueError as e:
         raise LaunchError(f"--sync-interval {e}", EXIT_USAGE) from None
+    try:
+        config.BY_NAME["checkpoint_interval"].parse(str(options.checkpoint_interval))
+    except ValueError as e:
+        raise LaunchError(f"--checkpoint-interval {e}", EXIT_USAGE) from None
 
 
 def node_specs(options: Options) -> list[NodeSpec]:
@@ -338,6 +343,7 @@ def node_env(options: Options, specs: list[NodeSpec], token: str) -> dict[str, d
             "QUDAG_GENESIS": genesis,
             "PEER_AUTH_TOKEN": token,
             "DAG_SYNC_INTERVAL": f"{options.sync_interval:g}",
+            "QUDAG_CHECKPOINT_INTERVAL": str(options.checkpoint_interval),
             "QUDAG_LOG_FORMAT": "json",
             "PYTHONUNBUFFERED": "1",
         }

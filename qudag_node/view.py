@@ -22,6 +22,8 @@ from qudag_node.gossip import PeerNetwork
 from qudag_node.logs import get_logger
 from qudag_node.ports import (
     Check,
+    CheckpointInfo,
+    CheckpointRecord,
     DagInfo,
     EvidenceRecord,
     LogInfo,
@@ -152,6 +154,12 @@ class NodeView:
         """Equivocation evidence from the store."""
         return await self._store.evidence(limit)
 
+    async def checkpoint(self, number: int | None) -> CheckpointRecord | None:
+        """A certified checkpoint from the store (None: the latest)."""
+        if number is None:
+            return await self._store.latest_checkpoint()
+        return await self._store.checkpoint(number)
+
     def genesis(self) -> Genesis:
         """The network's genesis."""
         return self._genesis
@@ -196,6 +204,11 @@ class NodeView:
             transactions=TransactionsInfo(st.pending, st.in_flight),
             p2p=P2pInfo(st.peers, self._p2p_port, self._quorum_info()),
             sync=self._sync_info(),
+            checkpoint=None
+            if st.checkpoint is None
+            else CheckpointInfo(
+                st.checkpoint.number, st.checkpoint.round, st.checkpoint.log_length
+            ),
         )
 
     def _quorum_info(self) -> QuorumInfo | None:

@@ -64,8 +64,9 @@ Send = tuple[PeerId | None, CheckpointSignatureMessage]
 class CheckpointSigning:
     """The computed checkpoints that take signatures, and the signatures held ahead.
 
-    Each method leaves what it produced in :attr:`facts`, :attr:`sends` and
-    :attr:`refused`, which the engine takes after the call.
+    Each method (and the restoring constructor) leaves what it produced in
+    :attr:`facts`, :attr:`sends` and :attr:`refused`, which the engine takes after the
+    call.
     """
 
     def __init__(
@@ -88,10 +89,11 @@ class CheckpointSigning:
         self.refused: list[tuple[PeerId, InputRejected]] = []
         for kept in sorted(restored, key=lambda k: k.checkpoint.number)[-KEEP:]:
             signing = _Signing(kept.checkpoint, certified=kept.certified)
-            if not kept.certified:  # computed here in an earlier life: sign it again
-                self._sign(signing)
             self._signing[kept.checkpoint.number] = signing
             self._top = max(self._top, kept.checkpoint.number)
+            if not kept.certified:  # computed here in an earlier life: sign it again
+                self._sign(signing)
+                self._certify_if_quorum(signing)
 
     @property
     def latest_certified(self) -> Checkpoint | None:

@@ -220,6 +220,7 @@ class Engine:
             snapshot.committed_round // params.checkpoint_interval,
             snapshot.checkpoints,
         )
+        self._take_checkpoint_output()  # a solo validator certifies a restored one at once
         self._restore(snapshot)
 
     # ----------------------------------------------------------------- inputs

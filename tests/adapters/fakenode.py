@@ -14,6 +14,8 @@ from qudag_node.core.genesis import Genesis, Validator
 from qudag_node.core.types import TxId, VertexId
 from qudag_node.ports import (
     Check,
+    CheckpointInfo,
+    CheckpointRecord,
     DagInfo,
     EvidenceRecord,
     LogInfo,
@@ -45,7 +47,7 @@ GENESIS = Genesis(
 
 def sample_status() -> NodeStatus:
     """A validator of two (of :data:`GENESIS`), linked to the other, in step, with a log
-    of 3 entries."""
+    of 3 entries, and checkpoint 1 certified."""
     return NodeStatus(
         node=NodeInfo(
             id="node1",
@@ -89,6 +91,7 @@ def sample_status() -> NodeStatus:
             ),
         ),
         sync=SyncInfo(catching_up=False, gap_rounds=0, in_step=True, detail="in step"),
+        checkpoint=CheckpointInfo(number=1, round=4, log_length=2),
     )
 
 
@@ -101,6 +104,7 @@ class FakeNode:
     vertices: dict[VertexId, VertexRecord] = field(default_factory=dict)
     entries: list[LogRecord] = field(default_factory=list)
     equivocations: list[EvidenceRecord] = field(default_factory=list)
+    checkpoints: dict[int, CheckpointRecord] = field(default_factory=dict)
     current: NodeStatus = field(default_factory=sample_status)
     network: Genesis = GENESIS
     peer_views: list[PeerView] = field(default_factory=list)
@@ -145,6 +149,12 @@ class FakeNode:
     async def evidence(self, limit: int) -> list[EvidenceRecord]:
         """The first ``limit`` evidence records."""
         return self.equivocations[:limit]
+
+    async def checkpoint(self, number: int | None) -> CheckpointRecord | None:
+        """The record set for ``number`` (None: the highest number set)."""
+        if number is None:
+            number = max(self.checkpoints, default=0)
+        return self.checkpoints.get(number)
 
     def status(self) -> NodeStatus:
         """:attr:`current`."""

@@ -33,6 +33,8 @@ from qudag_node.core.types import VertexId
 from qudag_node.store import Store
 from tests.conftest import NodeFactory, NodeHandle
 from tests.core.support import NOW, PEER, C, drain, moment, proposal
+from tests.independent import verifier
+from tests.independent.verifier import Refused
 
 TX = "/api/v1/transactions"
 EVIDENCE = "/api/v1/evidence"
@@ -719,3 +721,66 @@ async def test_default_host_answers_on_ipv4_and_ipv6_loopback(
     for host in ("127.0.0.1", "[::1]"):
         body = await _get(session, f"http://{host}:{node.port}/health")
         assert body["status"] == "ok"
+
+
+# ------------------------------------------------------------- checkpoints
+
+
+@pytest.mark.parametrize("scheme", list(Scheme), ids=lambda s: s.label)
+async def test_a_certified_checkpoint_is_served_and_verifies_with_the_genesis_alone(
+    node_factory: NodeFactory, session: aiohttp.ClientSession, scheme: Scheme
+) -> None:
+    key = Signer(bytes([9]) * PRIVATE_KEY_SIZES[scheme])
+    node = await node_factory(NODE_PRIVATE_KEY=key.seed().hex(), QUDAG_CHECKPOINT_INTERVAL="2")
+    await _expect_error(session.get(f"{node.url}/api/v1/checkpoints/latest"), 404, "not_found")
+    for k in range(3):
+        data = f"checkpointed {k}".encode()
+        status, _ = await _submit(session, node, data, query="?wait=final&timeout=10")
+        assert status == 200
+
+    async def covered() -> bool:
+        held = (await _get(session, f"{node.url}/api/v1/status"))["checkpoint"]
+        return held is not None and held["log_length"] >= 3
+
+    await _until(covered, what="a certified checkpoint after the three transactions")
+    document = await _get(session, f"{node.url}/api/v1/checkpoints/latest")
+    genesis = await _get(session, f"{node.url}/api/v1/genesis")
+    network = verifier.read_genesis_file(json.dumps(genesis))
+    checked = verifier.verify_checkpoint(network, document)
+    assert [m.name for m in checked.signers] == [node.settings.node_id]
+    by_number = await _get(session, f"{node.url}/api/v1/checkpoints/{checked.number}")
+    assert by_number == document
+    newer = f"{node.url}/api/v1/checkpoints/{checked.number + 1000}"
+    await _expect_error(session.get(newer), 404, "not_found")
+    # the checkpoint's log position is the node's log there, and its leader a vertex
+    log = await _get(session, f"{node.url}/api/v1/log?from={checked.log_length}&limit=1")
+    assert log["entries"][0]["hash"] == checked.log_hash.hex()
+    leader = await _get(session, f"{node.url}/api/v1/vertices/{checked.leader.hex()}")
+    assert (leader["round"], leader["timestamp_ms"]) == (checked.round, document["timestamp_ms"])
+    assert checked.window
+    # anything changed is refused
+    wrong = dict(document, log_hash="00" * 32)
+    with pytest.raises(Refused, match="mismatch"):
+        verifier.verify_checkpoint(network, wrong)
+    with pytest.raises(Refused, match="bad_window"):
+        verifier.verify_checkpoint(network, dict(document, window=document["window"][1:]))
+    signature = bytearray.fromhex(document["signatures"][0]["signature"])
+    signature[-1] ^= 1
+    certificate = bytearray.fromhex(document["certificate"])
+    certificate[-len(signature) :] = signature
+    forged = dict(
+        document,
+        certificate=certificate.hex(),
+        signatures=[dict(document["signatures"][0], signature=signature.hex())],
+    )
+    with pytest.raises(Refused, match="bad_checkpoint"):
+        verifier.verify_checkpoint(network, forged)
+    async with session.get(f"{node.url}/metrics") as response:
+        text = await response.text()
+    gauge = next(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "qudag_checkpoint_certified_number"
+    )
+    assert gauge >= checked.number

@@ -19,6 +19,12 @@ from qudag_node import __version__
 from qudag_node.api import make_app, start_api
 from qudag_node.config import load_settings
 from qudag_node.core.certificate import make_certificate
+from qudag_node.core.checkpoint import (
+    CertifiedCheckpoint,
+    Checkpoint,
+    decode_checkpoint,
+    window_root,
+)
 from qudag_node.core.crypto import Purpose, Scheme, SignatureCheck, verify_check
 from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.genesis import Genesis, Validator
@@ -26,6 +32,7 @@ from qudag_node.core.types import PublicKey, TxId, VertexId
 from qudag_node.metrics import Metrics
 from qudag_node.ports import (
     Check,
+    CheckpointRecord,
     EvidenceRecord,
     LogRecord,
     P2pInfo,
@@ -379,6 +386,87 @@ async def test_an_ed25519_vertex_signs_its_id_with_no_context(serve: ApiFactory)
     _keys_match_schema(body, {"$ref": "#/components/schemas/Vertex"})
 
 
+def _certified_checkpoint(number: int) -> CheckpointRecord:
+    window = (VertexId(b"\x0b" * 32), VertexId(b"\x0a" * 32))
+    cp = Checkpoint(
+        GENESIS.hash,
+        number,
+        4 * number,
+        VertexId(b"\x0c" * 32),
+        1_700_000_000_000,
+        2 * number,
+        b"\x0d" * 32,
+        len(window),
+        window_root(window),
+    )
+    votes = {0: SIGNER_A.sign(Purpose.CHECKPOINT, cp.digest)}
+    votes[1] = SIGNER_B.sign(Purpose.CHECKPOINT, cp.digest)
+    return CheckpointRecord(
+        CertifiedCheckpoint(cp, make_certificate(GENESIS.scheme, votes)), tuple(sorted(window))
+    )
+
+
+async def test_a_certified_checkpoint_shows_what_verifies_it_with_the_genesis_alone(
+    serve: ApiFactory,
+) -> None:
+    api = await serve()
+    api.node.checkpoints = {n: _certified_checkpoint(n) for n in (1, 2)}
+    status, latest = await api.get("/api/v1/checkpoints/latest")
+    assert status == 200
+    _keys_match_schema(latest, {"$ref": "#/components/schemas/Checkpoint"})
+    assert latest == (await api.get("/api/v1/checkpoints/2"))[1]
+    _, first = await api.get("/api/v1/checkpoints/1")
+    assert (first["number"], first["round"], first["log_length"]) == (1, 4, 2)
+    record = api.node.checkpoints[1].certified
+    assert first["encoding"] == record.checkpoint.encode().hex()
+    assert first["certificate"] == record.certificate.encode().hex()
+    assert first["window"] == sorted(first["window"])
+    # from the document and the genesis alone: the encoding decodes to the fields, its
+    # digest is what every signature signs, the window matches its root
+    encoding = bytes.fromhex(first["encoding"])
+    assert decode_checkpoint(encoding).number == 1
+    digest = blake2b(encoding, digest_size=32, person=b"qudag:checkpoint").digest()
+    assert first["digest"] == digest.hex() == first["signing"]["message"]
+    assert first["signing"] == {
+        "scheme": "mldsa65-ed25519",
+        "context": "qudag/checkpoint",
+        "message": digest.hex(),
+    }
+    ids = b"".join(bytes.fromhex(i) for i in first["window"])
+    root = blake2b(ids, digest_size=32, person=b"qudag:window").digest()
+    assert first["window_root"] == root.hex()
+    _, genesis = await api.get("/api/v1/genesis")
+    keys = [PublicKey(bytes.fromhex(v["public_key"])) for v in genesis["validators"]]
+    assert [(s["validator"], s["name"], s["node_id"]) for s in first["signatures"]] == [
+        (0, "v1", ID_A.hex()),
+        (1, "v2", ID_B.hex()),
+    ]
+    for signed in first["signatures"]:
+        check = SignatureCheck(
+            Scheme.MLDSA65_ED25519,
+            Purpose.CHECKPOINT,
+            keys[signed["validator"]],
+            digest,
+            bytes.fromhex(signed["signature"]),
+        )
+        assert verify_check(check)
+        assert not verify_check(check._replace(purpose=Purpose.VOTE))
+
+
+async def test_a_checkpoint_never_certified_here_is_not_found_and_a_bad_number_refused(
+    serve: ApiFactory,
+) -> None:
+    api = await serve()
+    for path in ("/api/v1/checkpoints/latest", "/api/v1/checkpoints/3"):
+        status, body = await api.get(path)
+        assert (status, body["error"]["code"]) == (404, "not_found")
+    api.node.checkpoints = {1: _certified_checkpoint(1)}
+    assert (await api.get("/api/v1/checkpoints/3"))[0] == 404
+    for bad in ("0", "abc", "-1", "+1", "1" * 20, "9223372036854775808"):
+        status, body = await api.get(f"/api/v1/checkpoints/{bad}")
+        assert (status, body["error"]["code"]) == (400, "bad_request"), bad
+
+
 async def test_the_log_pages_with_the_head_of_the_status(serve: ApiFactory) -> None:
     api = await serve()
     api.node.entries = [
@@ -470,6 +558,7 @@ async def test_the_status_document(serve: ApiFactory) -> None:
             },
         },
         "sync": {"catching_up": False, "gap_rounds": 0, "in_step": True, "detail": "in step"},
+        "checkpoint": {"number": 1, "round": 4, "log_length": 2},
     }
     _keys_match_schema(doc, {"$ref": "#/components/schemas/Status"})
 
@@ -478,9 +567,10 @@ async def test_an_observer_without_a_peer_port_has_null_quorum_and_port(
     serve: ApiFactory,
 ) -> None:
     api = await serve()
-    api.node.current = replace(api.node.current, p2p=P2pInfo(0, None, None))
+    api.node.current = replace(api.node.current, p2p=P2pInfo(0, None, None), checkpoint=None)
     _, doc = await api.get("/api/v1/status")
     assert doc["p2p"] == {"peers": 0, "port": None, "quorum": None}
+    assert doc["checkpoint"] is None
     _keys_match_schema(doc, {"$ref": "#/components/schemas/Status"})
 
 

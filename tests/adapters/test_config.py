@@ -62,6 +62,7 @@ INVALID = {
     "min_round_interval": "61",
     "heartbeat_interval": "nan",
     "leader_timeout": "0",
+    "checkpoint_interval": "1",
     "wait_timeout": "inf",
     "min_free_disk_mb": "-1",
     "shutdown_timeout": "0.5",
@@ -344,12 +345,14 @@ def test_engine_params_mapping() -> None:
             "QUDAG_MIN_ROUND_INTERVAL": "0.2",
             "QUDAG_HEARTBEAT_INTERVAL": "3s",
             "QUDAG_LEADER_TIMEOUT": "0.7",
+            "QUDAG_CHECKPOINT_INTERVAL": "10",
         }
     )
     p = s.engine_params()
     assert isinstance(p, Params)
     assert (p.max_tx_bytes, p.max_vertex_txs, p.max_pending) == (1000, 77, 555)
     assert (p.min_round_interval, p.heartbeat_interval, p.leader_timeout) == (0.2, 3.0, 0.7)
+    assert p.checkpoint_interval == 10
     assert p.max_vertex_bytes == 4 << 20
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sqlite3
 from pathlib import Path
 
@@ -11,9 +12,12 @@ import aiohttp
 import pytest
 
 from bench.history import Committee, certified_rounds
-from qudag_node.core.crypto import Signer, tx_ids
+from qudag_node.core.checkpoint import check_certified
+from qudag_node.core.checkpoints import KEEP
+from qudag_node.core.crypto import SequentialVerifier, Signer, tx_ids
 from qudag_node.core.engine import Engine
 from qudag_node.core.events import (
+    CheckpointMade,
     Fact,
     LeaderCommitted,
     LogEntry,
@@ -366,3 +370,48 @@ async def test_certified_ids_packs_the_certified_vertices_of_a_range(tmp_path: P
     assert set(certified.between(3, 3)) == {i for r, i in expected if r == 3}
     assert len(certified.between(3, 3)) == 3
     assert (len(beyond), beyond.between(1, 9)) == (0, ())
+
+
+async def test_checkpoints_are_kept_served_once_certified_and_resumed(tmp_path: Path) -> None:
+    params = Params(checkpoint_interval=2)
+    store = await Store.open(tmp_path, GENESIS)
+    engine = Engine(GENESIS, params, SIGNER)
+    now = 0.0
+    for k in range(4):
+        txs = [f"cp{k}".encode()]
+        engine.submit_transactions(tx_ids(txs), txs, moment(now))
+        await store.persist(facts(engine))
+        now = await drive(engine, store, now, now + 0.5)
+    latest = await store.latest_checkpoint()
+    assert latest is not None
+    cp = latest.certified.checkpoint
+    assert engine.statistics().checkpoint == cp
+    check_certified(latest.certified, GENESIS, SequentialVerifier())
+    assert cp.holds_window(latest.window)
+    assert list(latest.window) == sorted(latest.window)
+    assert await store.checkpoint(cp.number) == latest
+    first = await store.checkpoint(1)
+    assert first is not None
+    assert first.certified.checkpoint.round < cp.round
+    assert await store.checkpoint(cp.number + 1) is None
+    # a checkpoint made here but not certified is kept, not served
+    unsigned = dataclasses.replace(cp, number=cp.number + 1, round=cp.round + 2)
+    await store.persist([CheckpointMade(unsigned, latest.window)])
+    assert await store.checkpoint(unsigned.number) is None
+    assert await store.latest_checkpoint() == latest
+    snapshot = await store.load_snapshot(GENESIS, params.gc_depth, SIGNER.node_id)
+    kept = snapshot.checkpoints
+    assert [(k.checkpoint.number, k.certified) for k in kept][-2:] == [
+        (cp.number, True),
+        (unsigned.number, False),
+    ]
+    assert len(kept) == KEEP
+    # restarted on it, the node signs the uncertified one again: alone, that certifies it
+    again = Engine(GENESIS, params, SIGNER, snapshot)
+    assert again.statistics().checkpoint == unsigned
+    await store.persist(facts(again))
+    resumed = await store.latest_checkpoint()
+    assert resumed is not None
+    assert resumed.certified.checkpoint == unsigned
+    check_certified(resumed.certified, GENESIS, SequentialVerifier())
+    await store.close()

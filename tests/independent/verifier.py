@@ -1,7 +1,9 @@
-"""Verify a qudag genesis file, a vertex and its certificate, as docs/protocol.md says.
+"""Verify a qudag genesis file, a vertex and its certificate, and a certified
+checkpoint, as docs/protocol.md says.
 
 Inputs are what anyone can hold: the genesis file of the network (from its operator,
-never from a node's API) and a vertex document of ``GET /api/v1/vertices/{id}``. The
+never from a node's API) and a vertex document of ``GET /api/v1/vertices/{id}`` or a
+checkpoint document of ``GET /api/v1/checkpoints/latest``. The
 ML-DSA-65 half of a composite signature is checked with ``dilithium-py``, the Ed25519
 half (and Ed25519 signatures of old networks) with PyNaCl.
 """
@@ -31,6 +33,7 @@ PREFIX = b"CompositeAlgorithmSignatures2025"
 LABEL = b"COMPSIG-MLDSA65-Ed25519-SHA512"
 VERTEX_CONTEXT = b"qudag/vertex"
 VOTE_CONTEXT = b"qudag/vote"
+CHECKPOINT_CONTEXT = b"qudag/checkpoint"
 
 MLDSA_PUBLIC_KEY_SIZE = 1952
 MLDSA_SIGNATURE_SIZE = 3309
@@ -42,6 +45,9 @@ SIGNATURE_SIZES = {ED25519: 64, COMPOSITE: MLDSA_SIGNATURE_SIZE + ED25519_SIGNAT
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _FIXED_HEADER = struct.Struct(">BB32s32sQQH")  # version .. parent_count
 _HEADER_TAIL = struct.Struct(">II32s")  # tx_count payload_bytes batch_root
+#: version genesis number round leader timestamp_ms log_length log_hash window_count
+#: window_root
+_CHECKPOINT = struct.Struct(">B32sQQ32sQQ32sI32s")
 
 
 class Refused(Exception):
@@ -336,11 +342,11 @@ def _check_fields(document: Mapping[str, Any], header: Header, vid: bytes, schem
 
 
 def _check_signing(
-    field: str, signing: Mapping[str, Any], scheme: str, vid: bytes, context: bytes
+    field: str, signing: Mapping[str, Any], scheme: str, message: bytes, context: bytes
 ) -> None:
     """A document's account of what a signature signs is the one computed here."""
-    if signing["scheme"] != scheme or bytes.fromhex(signing["message"]) != vid:
-        raise Refused("mismatch", f"{field}: not the vertex id on this scheme")
+    if signing["scheme"] != scheme or bytes.fromhex(signing["message"]) != message:
+        raise Refused("mismatch", f"{field}: not the signed message on this scheme")
     expected = context.decode() if scheme == COMPOSITE else None
     if signing["context"] != expected:
         raise Refused("mismatch", f"{field}: context {signing['context']!r}")
@@ -367,3 +373,87 @@ def _verify_votes(network: Network, document: Mapping[str, Any], vid: bytes) -> 
             raise Refused("bad_certificate", f"the vote of {voter.name}")
         voters.append(voter)
     return tuple(voters)
+
+
+# ------------------------------------------------------------------- checkpoints
+
+
+@dataclass(frozen=True)
+class VerifiedCheckpoint:
+    """What a certified checkpoint document proved, and who signed it."""
+
+    number: int
+    round: int
+    leader: bytes
+    log_length: int
+    log_hash: bytes
+    window: tuple[bytes, ...]
+    signers: tuple[Member, ...]
+
+
+def verify_checkpoint(network: Network, document: Mapping[str, Any]) -> VerifiedCheckpoint:
+    """Check a checkpoint document of the API against ``network``; Refused if anything
+    fails. The fields, the digest and the window's root are computed here from the
+    encoding and the window ids; the document's own fields only have to agree."""
+    with _well_formed("checkpoint document"):
+        return _verify_checkpoint(network, document)
+
+
+def _verify_checkpoint(network: Network, document: Mapping[str, Any]) -> VerifiedCheckpoint:
+    encoding = bytes.fromhex(document["encoding"])
+    if len(encoding) != _CHECKPOINT.size:
+        raise Refused("truncated", f"a checkpoint of {len(encoding)} bytes")
+    fields = _CHECKPOINT.unpack(encoding)
+    version, genesis, number, round_, leader, timestamp, length, log_hash, count, root = fields
+    if version != 1:
+        raise Refused("bad_version", f"checkpoint version {version}")
+    if genesis != network.hash:
+        raise Refused("wrong_network", "the checkpoint names another genesis")
+    expected = {
+        "genesis": genesis.hex(),
+        "number": number,
+        "round": round_,
+        "leader": leader.hex(),
+        "timestamp_ms": timestamp,
+        "log_length": length,
+        "log_hash": log_hash.hex(),
+        "window_count": count,
+        "window_root": root.hex(),
+    }
+    for field, value in expected.items():
+        if document[field] != value:
+            raise Refused("mismatch", f"{field} is not the encoding's")
+    window = tuple(bytes.fromhex(i) for i in document["window"])
+    if len(set(window)) != count or blake2b_256(b"".join(sorted(window)), b"qudag:window") != root:
+        raise Refused("bad_window", "the window ids are not the checkpoint's")
+    digest = blake2b_256(encoding, b"qudag:checkpoint")
+    if bytes.fromhex(document["digest"]) != digest:
+        raise Refused("mismatch", "digest is not the hash of the encoding")
+    _check_signing("signing", document["signing"], network.scheme, digest, CHECKPOINT_CONTEXT)
+    signers = _verify_checkpoint_signatures(network, document, digest)
+    return VerifiedCheckpoint(number, round_, leader, length, log_hash, window, signers)
+
+
+def _verify_checkpoint_signatures(
+    network: Network, document: Mapping[str, Any], digest: bytes
+) -> tuple[Member, ...]:
+    """The signers of the checkpoint's certificate, each signature verified."""
+    signatures = parse_certificate(bytes.fromhex(document["certificate"]), network.scheme)
+    listed = [(s["validator"], bytes.fromhex(s["signature"])) for s in document["signatures"]]
+    if list(signatures) != listed:
+        raise Refused("mismatch", "signatures: not the certificate's")
+    if len(signatures) < network.quorum:
+        raise Refused(
+            "bad_checkpoint", f"{len(signatures)} signatures, the quorum is {network.quorum}"
+        )
+    signers = []
+    for index, signature in signatures:
+        if index >= len(network.members):
+            raise Refused("bad_checkpoint", f"signer {index} is not a validator")
+        member = network.members[index]
+        if not verify_signature(
+            network.scheme, member.public_key, digest, CHECKPOINT_CONTEXT, signature
+        ):
+            raise Refused("bad_checkpoint", f"the signature of {member.name}")
+        signers.append(member)
+    return tuple(signers)

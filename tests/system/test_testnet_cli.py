@@ -386,6 +386,7 @@ def test_a_node_that_exits_early_stops_the_testnet_with_1(
         (["--api-port", "7000"], "--api-port ports 7000-7003 overlap --p2p-port ports 7001-7004"),
         (["--api-port", "65535"], "--api-port must be from 1 to 65532 so that 4 ports fit"),
         (["--sync-interval", "0.01"], "--sync-interval must be a number of seconds"),
+        (["--checkpoint-interval", "1"], "--checkpoint-interval must be"),
     ],
 )
 def test_invalid_options_exit_2_before_anything_is_written(
@@ -400,5 +401,12 @@ def test_invalid_options_exit_2_before_anything_is_written(
 def test_help_describes_the_options() -> None:
     result = cli("testnet", "--help")
     assert result.code == 0
-    for flag in ("--nodes", "--dir", "--api-port", "--p2p-port", "--sync-interval"):
+    for flag in (
+        "--nodes",
+        "--dir",
+        "--api-port",
+        "--p2p-port",
+        "--sync-interval",
+        "--checkpoint-interval",
+    ):
         assert flag in result.stdout
