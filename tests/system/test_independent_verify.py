@@ -1,6 +1,7 @@
-"""Anyone can verify: vertices and certificates of a running four-node testnet, taken
-through the API, verify with the independent verifier (dilithium-py and PyNaCl, no code
-of the node) against the genesis file the testnet wrote.
+"""Anyone can verify: vertices, certificates and certified checkpoints of a running
+four-node testnet, taken through the API, verify with the independent verifier
+(dilithium-py and PyNaCl, no code of the node) against the genesis file the testnet
+wrote.
 
 The module runs one testnet for all of its tests, so it is one ``xdist_group``.
 """
@@ -29,6 +30,8 @@ NODES = 4
 BATCHES = 8
 #: Vertices verified at most (each costs a few pure-Python ML-DSA verifications).
 MOST_VERTICES = 12
+#: Rounds between checkpoints: small, so that the testnet makes several in the test.
+CHECKPOINT_INTERVAL = 4
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,9 @@ def testnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningTestnet
     """A four-node testnet of ``qudag-node testnet``, stopped (or killed) at the end."""
     directory = tmp_path_factory.mktemp("independent") / "testnet"
     api = free_range(NODES)
-    net = LocalNet(directory, api, free_range(NODES, avoid=range(api, api + NODES)), NODES)
+    p2p = free_range(NODES, avoid=range(api, api + NODES))
+    options = ["--checkpoint-interval", str(CHECKPOINT_INTERVAL)]
+    net = LocalNet(directory, api, p2p, NODES, options)
     try:
         nodes = net.wait_up()
         assert len(nodes) == NODES, net.stdout
@@ -139,3 +144,51 @@ def test_vertices_and_their_votes_verify_independently(
     with pytest.raises(Refused) as refused:
         verifier.verify_vertex(network, document)
     assert refused.value.reason == "bad_certificate"
+
+
+def test_certified_checkpoints_verify_independently_and_agree(
+    testnet: RunningTestnet, network: verifier.Network
+) -> None:
+    for k in range(NODES):  # rounds move on under load, and leaders commit
+        code, body = submit_json(testnet.nodes[k].url, [f"checkpointed {k}".encode()], wait=True)
+        assert (code, body["status"]) == (200, "final"), body
+
+    def certified_everywhere() -> bool:
+        held = [get(f"{n.url}/api/v1/status")["checkpoint"] for n in testnet.nodes]
+        return all(c is not None for c in held)
+
+    wait_until(certified_everywhere, 60, "a checkpoint certified on every node")
+    first = testnet.nodes[0].url
+    document = get(f"{first}/api/v1/checkpoints/latest")
+    started = time.monotonic()
+    checked = verifier.verify_checkpoint(network, document)
+    seconds = time.monotonic() - started
+    assert checked.round // CHECKPOINT_INTERVAL == checked.number
+    assert len(checked.signers) >= network.quorum
+    print(
+        f"\nindependently verified checkpoint {checked.number} (round {checked.round},"
+        f" log {checked.log_length}) signed by {len(checked.signers)} validators"
+        f" in {seconds:.2f} s"
+    )
+    # every node that certified that number holds the same checkpoint
+    for node in testnet.nodes[1:]:
+        code, theirs = request("GET", f"{node.url}/api/v1/checkpoints/{checked.number}", timeout=10)
+        if code == 200:
+            assert theirs["encoding"] == document["encoding"], node.url
+            verifier.verify_checkpoint(network, theirs)
+        else:
+            assert code == 404, (node.url, code, theirs)
+    # the log position it names holds the hash it names, on this node
+    if checked.log_length:
+        log = get(f"{first}/api/v1/log?from={checked.log_length}&limit=1")
+        assert log["entries"][0]["hash"] == checked.log_hash.hex()
+    # one signature byte changed is refused
+    signature = bytearray.fromhex(document["signatures"][-1]["signature"])
+    signature[100] ^= 1
+    document["signatures"][-1]["signature"] = signature.hex()
+    certificate = bytearray.fromhex(document["certificate"])
+    certificate[-len(signature) :] = signature
+    document["certificate"] = certificate.hex()
+    with pytest.raises(Refused) as refused:
+        verifier.verify_checkpoint(network, document)
+    assert refused.value.reason == "bad_checkpoint"
