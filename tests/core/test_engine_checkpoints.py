@@ -295,3 +295,22 @@ def test_a_solo_validator_certifies_its_own_checkpoints() -> None:
     assert numbers
     assert numbers == sorted(set(numbers))
     assert solo.engine.statistics().checkpoint is not None
+
+
+@pytest.mark.parametrize("size", [0, 63, 65, 3372])
+def test_a_signature_of_no_schemes_size_is_refused_when_decoded(size: int) -> None:
+    e = node(0)
+    data = encode_message(CheckpointSignatureMessage(1, b"\x01" * 32, 1, b"\x02" * size))
+    e.receive_message(PEERS[1], data, moment(NOW))
+    (refused,) = [n for n in drain(e) if isinstance(n, MessageRejected)]
+    assert (refused.reason, refused.kind) == (Reason.TRUNCATED, "checkpoint_signature")
+
+
+def test_a_signature_of_the_other_schemes_size_is_refused_as_wrong_scheme() -> None:
+    e = node(0)
+    deliver(e, DAG[:20])
+    (cp,) = made(e)
+    other = CheckpointSignatureMessage(1, cp.digest, 1, b"\x02" * 3373)
+    e.receive_message(PEERS[1], encode_message(other), moment(NOW))
+    reasons = [n.reason for n in drain(e) if isinstance(n, MessageRejected)]
+    assert reasons == [Reason.WRONG_SCHEME]
