@@ -84,11 +84,14 @@ class CheckpointSigning:
         self._signing: dict[int, _Signing] = {}
         self._ahead: dict[int, dict[int, tuple[PeerId, CheckpointSignatureMessage]]] = {}
         self._top = committed_number  # the latest number computed (or passed)
+        self._certified: Checkpoint | None = None  # the latest certified here
         self.facts: list[CheckpointMade | CheckpointCertified] = []
         self.sends: list[Send] = []
         self.refused: list[tuple[PeerId, InputRejected]] = []
         for kept in sorted(restored, key=lambda k: k.checkpoint.number)[-KEEP:]:
             signing = _Signing(kept.checkpoint, certified=kept.certified)
+            if kept.certified:
+                self._certified = kept.checkpoint
             self._signing[kept.checkpoint.number] = signing
             self._top = max(self._top, kept.checkpoint.number)
             if not kept.certified:  # computed here in an earlier life: sign it again
@@ -98,8 +101,7 @@ class CheckpointSigning:
     @property
     def latest_certified(self) -> Checkpoint | None:
         """The latest checkpoint certified here, if any."""
-        numbers = [n for n, s in self._signing.items() if s.certified]
-        return self._signing[max(numbers)].checkpoint if numbers else None
+        return self._certified
 
     def made(self, checkpoint: Checkpoint, window: Sequence[VertexId], now: float) -> None:
         """We computed ``checkpoint`` (its window's ids are ``window``): keep it, sign
@@ -210,5 +212,8 @@ class CheckpointSigning:
         if signing.certified or len(signing.signatures) < self._genesis.quorum:
             return
         signing.certified = True
+        latest = self._certified
+        if latest is None or latest.number < signing.checkpoint.number:
+            self._certified = signing.checkpoint
         certificate: Certificate = make_certificate(self._genesis.scheme, signing.signatures)
         self.facts.append(CheckpointCertified(signing.checkpoint.number, certificate))

@@ -115,8 +115,8 @@ class Snapshot:
     ``pending`` is every stored transaction that is not final; ``own_proposal`` is
     our latest vertex, in full, when it is not certified yet; ``equivocations`` are
     the slots whose evidence is kept (so that it is reported once); ``checkpoints``
-    are the latest checkpoints kept (at least the last :data:`~qudag_node.core.
-    checkpoints.KEEP` of them).
+    are the latest checkpoints the store keeps (the engine resumes the last
+    :data:`~qudag_node.core.checkpoints.KEEP`).
     """
 
     log_length: int

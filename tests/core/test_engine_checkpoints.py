@@ -14,7 +14,7 @@ import dataclasses
 import pytest
 
 from qudag_node.core.checkpoint import CertifiedCheckpoint, Checkpoint, check_certified
-from qudag_node.core.checkpoints import HOLD_AHEAD, RestoredCheckpoint
+from qudag_node.core.checkpoints import HOLD_AHEAD, KEEP, RestoredCheckpoint
 from qudag_node.core.crypto import Purpose, SequentialVerifier
 from qudag_node.core.engine import Engine, Snapshot
 from qudag_node.core.errors import Reason
@@ -314,3 +314,21 @@ def test_a_signature_of_the_other_schemes_size_is_refused_as_wrong_scheme() -> N
     e.receive_message(PEERS[1], encode_message(other), moment(NOW))
     reasons = [n.reason for n in drain(e) if isinstance(n, MessageRejected)]
     assert reasons == [Reason.WRONG_SCHEME]
+
+
+def test_the_latest_certified_checkpoint_stays_while_later_ones_wait_for_signatures() -> None:
+    long_dag = rounds(4 * (KEEP + 2) + 1)
+    e = node(0)
+    deliver(e, long_dag[:20])
+    (first,) = made(e)
+    for voter in (1, 2):
+        e.receive_message(PEERS[voter], signature(voter, first), moment(NOW))
+    deliver(e, long_dag[20:])
+    later = made(e)
+    assert [cp.number for cp in later] == list(range(2, KEEP + 3))
+    assert e.statistics().checkpoint == first
+    messages(e)
+    # checkpoint 1 is no longer among the last KEEP computed: its signatures are dropped
+    e.receive_message(PEERS[3], signature(3, first), moment(NOW))
+    assert drain(e) == []
+    assert messages(e) == []
