@@ -49,6 +49,7 @@ from qudag_node.ports import (
     NodeApi,
     NodeStatus,
     PeerView,
+    Pruned,
     QuorumInfo,
     StorageFull,
     TxRecord,
@@ -163,6 +164,8 @@ def _middleware(metrics: Metrics) -> Middleware:
             response = await handler(request)
         except ApiError as e:
             response = e.response()
+        except Pruned as e:
+            response = ApiError(410, "pruned", str(e), extra={"base": e.base}).response()
         except web.HTTPException as e:
             response = _from_http_exception(e, request).response()
         except Exception:

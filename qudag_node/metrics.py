@@ -301,6 +301,7 @@ class Metrics:
             "Rounds this node is behind its most advanced peer.",
             registry=r,
         )
+        self._state_syncs, self._state_sync_seconds = _state_sync_series(r)
         build = Gauge(
             "qudag_build_info",
             "Build of this node (always 1).",
@@ -428,6 +429,11 @@ class Metrics:
         """Rounds behind the most advanced peer."""
         self._catchup_gap.set(rounds)
 
+    def on_state_sync(self, seconds: float) -> None:
+        """A state sync ended, ``seconds`` after it began."""
+        self._state_syncs.inc()
+        self._state_sync_seconds.set(seconds)
+
     def on_store_commit(self, seconds: float) -> None:
         """One store commit took ``seconds``."""
         self._store_commit.observe(seconds)
@@ -463,3 +469,11 @@ class Metrics:
     def on_accept_error(self, errno_name: str) -> None:
         """accept() on a listening socket failed with ``errno_name`` (e.g. EMFILE)."""
         self._accept_errors.labels(errno=errno_name).inc()
+
+
+def _state_sync_series(r: CollectorRegistry) -> tuple[Counter, Gauge]:
+    """The series of state sync: joins done, and the last one's seconds."""
+    return (
+        Counter("qudag_state_syncs", "Joins from a peer's certified checkpoint.", registry=r),
+        Gauge("qudag_state_sync_seconds", "Seconds the last state sync took.", registry=r),
+    )

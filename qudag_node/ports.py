@@ -69,6 +69,15 @@ class EvidenceRecord:
     data: bytes  # two signed headers; format in docs/protocol.md
 
 
+class Pruned(Exception):
+    """What was asked for is no longer held here (pruned, or before the checkpoint this
+    node joined from); ``base`` is the last log position not held."""
+
+    def __init__(self, what: str, base: int) -> None:
+        super().__init__(f"{what} is not held: log positions up to {base} are pruned")
+        self.base = base
+
+
 @dataclass(frozen=True, slots=True)
 class LogRecord:
     """One finalized log entry."""

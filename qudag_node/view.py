@@ -134,7 +134,7 @@ class NodeView:
         stored = await self._store.transaction(tx_id)
         if stored is None:
             return None
-        if stored.seq is not None:
+        if stored.final:
             return TxRecord(tx_id, TxState.FINAL, stored.vertex, stored.seq, stored.size)
         if carrier is not None:
             return TxRecord(tx_id, TxState.INCLUDED, carrier, None, stored.size)
