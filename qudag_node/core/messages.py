@@ -10,7 +10,7 @@ Layouts (integers big-endian; ``vertex`` and ``certificate`` as in
     5 FETCH         count:u16  vertex_id:32 * count     please send these certified vertices
     6 TRANSACTIONS  count:u32  (tx_len:u32  tx) * count client transactions for validators
 
-Types 7 to 11 are the sync messages of :mod:`~qudag_node.core.syncwire`;
+Types 7 to 11 and 13 to 15 are the sync messages of :mod:`~qudag_node.core.syncwire`;
 :mod:`~qudag_node.core.wire` maps every type to its decoder and its owner.
 """
 

@@ -59,6 +59,14 @@ from qudag_node.core.params import Params
 from qudag_node.core.types import PeerId, TxId
 from qudag_node.core.vertex import decode_vertex, make_vertex
 from qudag_node.pump import Pump, PumpStep, deliver
+from tests.core.simjoin import (
+    CheckpointTracker,
+    Joined,
+    certified_latest,
+    join,
+    joined_store,
+    joined_tracker,
+)
 from tests.core.simstore import MemoryStore
 from tests.core.support import moment
 
@@ -69,7 +77,12 @@ SIM_PARAMS = Params(
     leader_timeout=1.0,
     retry_interval=0.5,
     gc_depth=20,
+    checkpoint_interval=10,
 )
+
+
+#: The name of the node that joins late by state sync.
+JOINER = PeerId("joiner")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +99,8 @@ class Faults:
     #: can still be certified) or every other one (so neither can be)
     twin_to: str = "one"
     observer: bool = True  # an observer that forwards its clients' transactions
+    #: when an observer that had nothing starts and joins by state sync (None: none)
+    joiner: float | None = None
 
 
 def random_faults(rng: random.Random) -> Faults:
@@ -101,6 +116,7 @@ def random_faults(rng: random.Random) -> Faults:
         equivocator=byzantine == "equivocator",
         twin_to=rng.choice(["one", "half"]),
         observer=rng.random() < 0.5,
+        joiner=rng.uniform(2.0, 8.0) if rng.random() < 0.3 else None,
     )
 
 
@@ -209,10 +225,15 @@ class Simulation:
         self.params = SIM_PARAMS
         self.verifier = SequentialVerifier()  # one for every engine: each checks once
         self.nodes: dict[PeerId, SimNode] = {}
+        self.trackers: dict[PeerId, CheckpointTracker] = {}
         for i, s in enumerate(signers):
             self._add_node(PeerId(f"v{i}"), s)
         if faults.observer:
             self._add_node(PeerId("observer"), Signer(self.rng.randbytes(key_size)))
+        if faults.joiner is not None:
+            self._add_node(JOINER, Signer(self.rng.randbytes(key_size)))
+            self.nodes[JOINER].up = False  # until it joins: what it is sent is lost
+        self.signers = dict(enumerate(signers))
         names = sorted(self.nodes)
         self.faulty = PeerId(f"v{validators - 1}")  # the one that misbehaves, if any
         self.nodes[self.faulty].silent = faults.silent
@@ -230,6 +251,9 @@ class Simulation:
 
     def _add_node(self, name: PeerId, signer: Signer) -> None:
         store = MemoryStore(log_hash_start(self.genesis.hash))
+        self.trackers[name] = CheckpointTracker(
+            self.genesis, self.params, 0, log_hash_start(self.genesis.hash)
+        )
         pump: Pump[None] = Pump(
             Engine(self.genesis, self.params, signer, verifier=self.verifier),
             store,
@@ -278,7 +302,7 @@ class Simulation:
 
     def _twin(self, node: SimNode, data: bytes, dst: PeerId) -> bytes:
         """The equivocator sends some of its peers a different vertex for the round."""
-        if dst == "observer":
+        if dst in ("observer", JOINER):
             return data
         index = int(dst.removeprefix("v"))
         if (self.faults.twin_to == "one" and index != 1) or index % 2 == 0:
@@ -312,6 +336,7 @@ class Simulation:
         for fact in step.facts:
             match fact:
                 case LeaderCommitted(entries=entries):
+                    self.trackers[node.name].on_commit(fact, node.store)
                     for entry in entries:
                         origin = self.submitted.get(entry.tx_id)
                         if origin is not None and origin[0] == node.name:
@@ -345,8 +370,57 @@ class Simulation:
             node.engine.handle_timer(moment(self.now))
             self._step(node)
 
+    def _join_due(self) -> None:
+        """At its time, the joiner state-syncs from a validator's latest certified
+        checkpoint (or, before there is one, starts from nothing and replays)."""
+        at = self.faults.joiner
+        node = self.nodes.get(JOINER)
+        if at is None or node is None or node.up or self.now < at:
+            return
+        validators = {
+            i: self.trackers[PeerId(f"v{i}")]
+            for i in self.signers
+            if not self.nodes[PeerId(f"v{i}")].silent
+        }
+        served = certified_latest(self.genesis, self.signers, validators)
+        if served is not None:
+            number = served[0].checkpoint.number
+            source = next(
+                n
+                for n in sorted(self.nodes.values(), key=lambda n: n.name)
+                if n.up and n.name != JOINER and number in self.trackers[n.name].made
+            )
+            joined = join(
+                self.genesis,
+                self.params,
+                self.verifier,
+                source.name,
+                served,
+                source.store,
+                self.now,
+            )
+            assert joined is not None, f"seed {self.seed}: the join did not complete"
+            self._restart_joined(node, joined)
+        node.up = True
+        for other in self.nodes.values():
+            if other is not node:
+                node.engine.peer_connected(other.name, other.signer.node_id)
+        node.engine.handle_timer(moment(self.now))
+        self._step(node)
+
+    def _restart_joined(self, node: SimNode, joined: Joined) -> None:
+        """The joiner's store and engine start at the checkpoint it joined from."""
+        store = joined_store(log_hash_start(self.genesis.hash), joined)
+        node.store = store
+        node.pump = Pump(
+            Engine(self.genesis, self.params, node.signer, joined.snapshot, verifier=self.verifier),
+            store,
+            _Durable(self, node.name),
+        )
+        self.trackers[node.name] = joined_tracker(self.genesis, self.params, joined)
+
     def _submit_due(self) -> None:
-        clients = [n.name for n in self.honest()]
+        clients = [n.name for n in self.honest() if n.name != JOINER]
         while self._client_plan and self._client_plan[0][0] <= self.now:
             _, tx = self._client_plan.pop(0)
             node = self.nodes[self.rng.choice(clients)]
@@ -369,6 +443,8 @@ class Simulation:
             settle = max(settle, self.faults.partition[1])
         if self.faults.crash:
             settle = max(settle, self.faults.crash[1])
+        if self.faults.joiner is not None:
+            settle = max(settle, self.faults.joiner)
         while self.now < deadline:
             next_timer = min(
                 ((n.timer, n.name) for n in self.nodes.values() if n.up),
@@ -381,6 +457,7 @@ class Simulation:
             if self.now == float("inf"):
                 break
             self._crash_and_restart()
+            self._join_due()
             self._submit_due()
             if next_message <= self.now and self._queue:
                 _, _, dst, src, data = heapq.heappop(self._queue)
@@ -408,9 +485,10 @@ class Simulation:
         return max(len(n.store.evidence) for n in self.honest())
 
     def _next_fault_time(self) -> float:
+        joining = (self.faults.joiner,) if self.faults.joiner is not None else None
         times = [
             t
-            for window in (self.faults.partition, self.faults.crash)
+            for window in (self.faults.partition, self.faults.crash, joining)
             if window is not None
             for t in window
             if t > self.now
@@ -425,7 +503,14 @@ class Simulation:
         if self._client_plan:
             return False
         wanted = set(self.submitted)
-        return all(n.up and wanted <= {e.tx_id for e in n.store.log} for n in self.honest())
+        others = [n for n in self.honest() if n.name != JOINER]
+        if not all(n.up and wanted <= {e.tx_id for e in n.store.log} for n in others):
+            return False
+        joiner = self.nodes.get(JOINER)
+        # the joiner holds no entry before its checkpoint: it must reach the others' end
+        return joiner is None or (
+            joiner.up and log_length(joiner) >= max(log_length(n) for n in others)
+        )
 
     def _result(self) -> RunResult:
         safe, detail = check_prefixes(self.honest())
@@ -439,7 +524,7 @@ class Simulation:
         latencies = [
             self.final_at[i] - at for i, (_, at) in self.submitted.items() if i in self.final_at
         ]
-        longest = max(self.honest(), key=lambda n: len(n.store.log))
+        longest = max(self.honest(), key=log_length)
         return RunResult(
             seed=self.seed,
             validators=self.genesis.n,
@@ -450,21 +535,36 @@ class Simulation:
             detail=detail,
             end_time=self.now,
             latencies=latencies,
-            log_length=len(longest.store.log),
+            log_length=log_length(longest),
             log_hash=longest.store.log_hash,
             equivocations=self._checked_evidence(),
             messages=self.messages,
         )
 
 
+def log_length(node: SimNode) -> int:
+    """The length of a node's finalized log (entries held, and those before its base)."""
+    return node.store.log_base + len(node.store.log)
+
+
 def check_prefixes(nodes: Iterable[SimNode]) -> tuple[bool, str]:
-    """Safety: of any two finalized logs, one is a prefix of the other."""
-    logs = sorted(((n.name, n.store.log) for n in nodes), key=lambda x: len(x[1]))
-    for (name_a, a), (name_b, b) in itertools.pairwise(logs):
-        if a and b[len(a) - 1].hash != a[-1].hash:
-            first = next(k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x.hash != y.hash)
-            return False, f"logs of {name_a} and {name_b} differ at seq {first + 1}"
+    """Safety: of any two finalized logs, one is a prefix of the other: the running
+    hash is the same at every position both hold (a node that joined from a
+    checkpoint holds its base and what follows)."""
+    held = sorted(((n.name, _hashes(n.store)) for n in nodes), key=lambda x: len(x[1]))
+    for (name_a, a), (name_b, b) in itertools.combinations(held, 2):
+        differ = sorted(seq for seq in a.keys() & b.keys() if a[seq] != b[seq])
+        if differ:
+            return False, f"logs of {name_a} and {name_b} differ at seq {differ[0]}"
     return True, ""
+
+
+def _hashes(store: MemoryStore) -> dict[int, bytes]:
+    """The running hash at each position a store holds (its base included)."""
+    hashes: dict[int, bytes] = {e.seq: e.hash for e in store.log}
+    if store.base_hash is not None:
+        hashes[store.log_base] = store.base_hash
+    return hashes
 
 
 def run_seed(seed: int, validators: int, scheme: Scheme = Scheme.ED25519) -> RunResult:
@@ -487,6 +587,7 @@ def fault_kinds(faults: Faults) -> list[str]:
             ("equivocator", faults.equivocator),
             ("equivocator twin to one", faults.equivocator and faults.twin_to == "one"),
             ("observer", faults.observer),
+            ("joiner", faults.joiner is not None),
         )
         if on
     ]

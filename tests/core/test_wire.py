@@ -14,6 +14,8 @@ from qudag_node.core.messages import (
     encode_message,
 )
 from qudag_node.core.syncwire import (
+    CheckpointRequest,
+    Holdings,
     Ids,
     RoundsDone,
     RoundsRequest,
@@ -30,8 +32,9 @@ from tests.core.support import PARAMS, C
 ID = VertexId(b"\x07" * 32)
 
 
-def test_types_one_to_eleven_each_have_one_codec() -> None:
-    assert sorted(CODECS) == list(range(1, 12))
+def test_every_type_has_one_codec() -> None:
+    assert sorted(CODECS) == sorted({*MessageType, *SyncType})
+    assert {*range(1, 12), 13, 14, 15} <= set(CODECS)
     assert {k for k, c in CODECS.items() if c.owner is Owner.ENGINE} == set(MessageType)
     assert {k for k, c in CODECS.items() if c.owner is Owner.SYNC} == set(SyncType)
     names = [c.name for c in CODECS.values()]
@@ -50,6 +53,8 @@ SYNC_MESSAGES: list[SyncMessage] = [
     Ids(3, 3, (ID,)),
     RoundsRequest(1, 8),
     RoundsDone(1, 8),
+    CheckpointRequest(0),
+    Holdings(1, 2, 200),
 ]
 #: (bytes, message, owner) of one message of most types.
 CASES = [(encode_message(m), m, Owner.ENGINE) for m in ENGINE_MESSAGES] + [
