@@ -414,6 +414,12 @@ def _status_doc(status: NodeStatus) -> dict[str, Any]:
             "gap_rounds": status.sync.gap_rounds,
             "in_step": status.sync.in_step,
             "detail": status.sync.detail,
+            "state_sync": {
+                "enabled": status.sync.state_sync.enabled,
+                "active": status.sync.state_sync.active,
+                "done": status.sync.state_sync.done,
+                "last_seconds": status.sync.state_sync.last_seconds,
+            },
         },
     }
 

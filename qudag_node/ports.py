@@ -191,6 +191,16 @@ class P2pInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class StateSyncInfo:
+    """Joining from a peer's certified checkpoint: allowed, under way, done."""
+
+    enabled: bool
+    active: bool
+    done: int
+    last_seconds: float | None  # None before any
+
+
+@dataclass(frozen=True, slots=True)
 class SyncInfo:
     """Whether the node is catching up, and how far behind its peers it is."""
 
@@ -198,6 +208,7 @@ class SyncInfo:
     gap_rounds: int | None  # None before any peer told its position
     in_step: bool
     detail: str
+    state_sync: StateSyncInfo
 
 
 @dataclass(frozen=True, slots=True)

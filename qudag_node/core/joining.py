@@ -139,8 +139,14 @@ class Joining:
         self._holdings: dict[PeerId, Holdings] = {}
         self._attempt: _Attempt | None = None
         self._failed: set[PeerId] = set()  # peers that failed the current round of tries
+        self._since: float | None = None  # the first tick
         self.syncs = 0  # state syncs done
         self.last_seconds: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether this node may state-sync (``QUDAG_STATE_SYNC``)."""
+        return self._enabled
 
     @property
     def active(self) -> bool:
@@ -169,6 +175,16 @@ class Joining:
     def on_holdings(self, peer: PeerId, holdings: Holdings) -> None:
         """``peer`` says what it can serve."""
         self._holdings[peer] = holdings
+
+    def defers_catch_up(self, ours: Status, now: float) -> bool:
+        """Whether catch-up by rounds waits: an empty node waits up to
+        :data:`JOIN_TIMEOUT` for its peers' HOLDINGS (a peer that sends none, of an
+        older version, is then replayed from)."""
+        if self._since is None:
+            self._since = now
+        if not self._enabled or self._holdings or ours.highest or ours.log_length:
+            return False
+        return now - self._since < JOIN_TIMEOUT
 
     def needed(self, ours: Status) -> bool:
         """Whether the node should join from a checkpoint rather than replay."""

@@ -510,7 +510,7 @@ class SyncMachine:
         self._unannounced.clear()
         if self._joining is not None:
             out += _join_outputs(self._joining.tick(ours, now))
-            if self._joining.active:
+            if self._joining.active or self._joining.defers_catch_up(ours, now):
                 return out  # rounds are asked for from the checkpoint, once it is in
         out += self._drive(ours, now)
         return out

@@ -8,11 +8,9 @@ leaders, each computes the checkpoint the shared rule names, and they sign it.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import pytest
 
-from qudag_node.core.certificate import Certificate, make_certificate
 from qudag_node.core.checkpoint import CertifiedCheckpoint
 from qudag_node.core.crypto import Purpose, SequentialVerifier
 from qudag_node.core.engine import Engine, Role
@@ -39,55 +37,12 @@ from qudag_node.core.syncwire import (
     encode_sync,
 )
 from qudag_node.core.types import PeerId, VertexId
-from qudag_node.core.vertex import Vertex
-from tests.core.sim import Faults, Simulation
-from tests.core.simjoin import certified_latest, join
-from tests.core.simstore import MemoryStore
+from tests.core.checkpoints import Network, network
+from tests.core.simjoin import join
 
 P, Q = PeerId("p"), PeerId("q")
 WALL = 4_000_000_000.0  # far after every simulated timestamp
 EMPTY = Status(0, 0, 0, 0, b"\x00" * 32)
-
-
-@dataclasses.dataclass(frozen=True)
-class Network:
-    """A finished simulated run, its latest certified checkpoint and a peer's store."""
-
-    sim: Simulation
-    certified: CertifiedCheckpoint
-    window: tuple[VertexId, ...]
-    store: MemoryStore
-
-    @property
-    def genesis(self) -> Genesis:
-        return self.sim.genesis
-
-    def vertices(self) -> dict[VertexId, tuple[Vertex, Certificate]]:
-        """The window's vertices, with their certificates, from the peer's store."""
-        out = {}
-        for vid in self.window:
-            row = self.store.vertices[vid]
-            assert row.certificate is not None
-            out[vid] = (row.vertex, row.certificate)
-        return out
-
-    def signed(self, checkpoint: object, voters: range) -> CertifiedCheckpoint:
-        """``checkpoint`` signed by ``voters`` (validator indices)."""
-        assert isinstance(checkpoint, type(self.certified.checkpoint))
-        votes = {v: self.sim.signers[v].sign(Purpose.CHECKPOINT, checkpoint.digest) for v in voters}
-        return CertifiedCheckpoint(checkpoint, make_certificate(self.genesis.scheme, votes))
-
-
-@functools.cache
-def network() -> Network:
-    sim = Simulation(3, 4, Faults(observer=False))
-    result = sim.run()
-    assert result.safe
-    assert result.live
-    trackers = {i: sim.trackers[PeerId(f"v{i}")] for i in sim.signers}
-    served = certified_latest(sim.genesis, sim.signers, trackers)
-    assert served is not None
-    return Network(sim, served[0], served[1], sim.nodes[PeerId("v0")].store)
 
 
 def refused(reason: Reason, call: object, *args: object) -> None:
@@ -414,3 +369,16 @@ def _fetch_ids(data: bytes) -> list[VertexId]:
     message = decode_message(data, network().sim.params)
     assert isinstance(message, FetchMessage)
     return list(message.ids)
+
+
+def test_an_empty_node_waits_a_while_for_holdings_before_replaying() -> None:
+    net = network()
+    j = joining()
+    assert j.defers_catch_up(EMPTY, 0.0)
+    assert j.defers_catch_up(EMPTY, JOIN_TIMEOUT - 0.1)
+    assert not j.defers_catch_up(EMPTY, JOIN_TIMEOUT)  # peers that send none: replay
+    held = joining()
+    held.on_holdings(P, holdings(net))
+    assert not held.defers_catch_up(EMPTY, 0.0)
+    assert not joining().defers_catch_up(Status(3, 2, 0, 5, b"\x00" * 32), 0.0)
+    assert not joining(enabled=False).defers_catch_up(EMPTY, 0.0)
