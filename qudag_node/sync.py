@@ -101,7 +101,7 @@ class Syncer:
         self._on_catching_up = on_catching_up
         self._clock = clock
         self._machine = SyncMachine(params, interval, needs_peers, trust, clock(), joining=joining)
-        self._frames: deque[tuple[PeerId, bytes]] = deque()
+        self._frames: deque[tuple[PeerId, bytes, bool]] = deque()  # (peer, frame, window?)
         self._waiting: Counter[PeerId] = Counter()  # frames in the queue, by peer
         self._max_frames = max_frames
         self._room = asyncio.Event()
@@ -155,18 +155,20 @@ class Syncer:
     async def deliver(self, peer: PeerId, data: bytes) -> None:
         """Queue a sync frame from ``peer`` for :meth:`run`; waits while ``peer`` has
         :data:`MAX_FRAMES` waiting."""
+        window = self.takes(data)  # decided as the inbox routed it
         while self._waiting[peer] >= self._max_frames:
             self._room.clear()
             await self._room.wait()
-        self._frames.append((peer, data))
+        self._frames.append((peer, data, window))
         self._waiting[peer] += 1
         self._wake.set()
 
-    async def handle(self, peer: PeerId, data: bytes) -> None:
-        """Take in one sync frame from ``peer`` now (or a window vertex, see
-        :meth:`takes`); a malformed one is counted and logged."""
+    async def handle(self, peer: PeerId, data: bytes, *, window: bool = False) -> None:
+        """Take in one sync frame from ``peer`` now, or with ``window`` a CERTIFIED
+        message taken while a checkpoint's window was fetched (see :meth:`takes`); a
+        malformed one is counted and logged."""
         try:
-            if self.takes(data):
+            if window:
                 message = decode_message(data, self._params)
                 if not isinstance(message, CertifiedMessage):  # pragma: no cover - by type
                     return
@@ -192,12 +194,12 @@ class Syncer:
         """Take in queued frames and tick, until cancelled."""
         while True:
             while self._frames:
-                peer, data = self._frames.popleft()
+                peer, data, window = self._frames.popleft()
                 self._waiting[peer] -= 1
                 if not self._waiting[peer]:
                     del self._waiting[peer]
                 self._room.set()
-                await self.handle(peer, data)
+                await self.handle(peer, data, window=window)
             await self.tick()
             if self._frames:
                 continue

@@ -522,7 +522,12 @@ class SyncMachine:
         if self._joining is None:
             return []
         done = self._joining.installed(now)
-        return [] if done is None else [done]
+        if done is None:
+            return []
+        # catching up from the checkpoint: even the last rounds within the threshold
+        # are asked for (see _drive), as after any catch-up
+        self._catchup_started = (now, done.round)
+        return [done]
 
     def _sync_round(self, ours: Status) -> list[SyncOutput]:
         """STATUS to every linked peer, each followed by a read for the SUMMARY of the
