@@ -158,10 +158,6 @@ class Joining:
         """Whether window vertices are awaited (CERTIFIED messages come to sync)."""
         return self._attempt is not None and self._attempt.fetch is not None
 
-    def holdings(self) -> dict[PeerId, Holdings]:
-        """The last HOLDINGS of each linked peer."""
-        return dict(self._holdings)
-
     def link_down(self, peer: PeerId) -> list[JoinOutput]:
         """Forget ``peer``; an attempt with it ends."""
         self._holdings.pop(peer, None)
