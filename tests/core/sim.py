@@ -33,6 +33,7 @@ from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, assert_never
 
+from qudag_node.core.checkpoint import CertifiedCheckpoint
 from qudag_node.core.crypto import (
     PRIVATE_KEY_SIZES,
     SCHEME_LABELS,
@@ -56,13 +57,14 @@ from qudag_node.core.evidence import decode_equivocation
 from qudag_node.core.genesis import Genesis, Validator
 from qudag_node.core.messages import MessageType, ProposalMessage, encode_message
 from qudag_node.core.params import Params
-from qudag_node.core.types import PeerId, TxId
+from qudag_node.core.types import PeerId, TxId, VertexId
 from qudag_node.core.vertex import decode_vertex, make_vertex
 from qudag_node.pump import Pump, PumpStep, deliver
 from tests.core.simjoin import (
     CheckpointTracker,
     Joined,
     certified_latest,
+    forged,
     join,
     joined_store,
     joined_tracker,
@@ -384,6 +386,7 @@ class Simulation:
         }
         served = certified_latest(self.genesis, self.signers, validators)
         if served is not None:
+            self._refuse_forged(served)
             number = served[0].checkpoint.number
             source = next(
                 n
@@ -407,6 +410,19 @@ class Simulation:
                 node.engine.peer_connected(other.name, other.signer.node_id)
         node.engine.handle_timer(moment(self.now))
         self._step(node)
+
+    def _refuse_forged(self, served: tuple[CertifiedCheckpoint, tuple[VertexId, ...]]) -> None:
+        """An equivocating validator first serves the joiner a checkpoint with a wrong
+        log hash that it signed: the join from it must not complete."""
+        faulty = self.nodes[self.faulty]
+        if not faulty.equivocator or not faulty.up:
+            return
+        index = int(self.faulty.removeprefix("v"))
+        lie = forged(served, index, faulty.signer)
+        joined = join(
+            self.genesis, self.params, self.verifier, faulty.name, lie, faulty.store, self.now
+        )
+        assert joined is None, f"seed {self.seed}: a forged checkpoint was accepted"
 
     def _restart_joined(self, node: SimNode, joined: Joined) -> None:
         """The joiner's store and engine start at the checkpoint it joined from."""

@@ -17,6 +17,7 @@ its store holds the window and the log's base, as ``Store.install_checkpoint`` d
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -198,3 +199,17 @@ def joined_tracker(genesis: Genesis, params: Params, joined: Joined) -> Checkpoi
     cp = joined.certified.checkpoint
     window = {v.id: v.round for v, _ in joined.vertices}
     return CheckpointTracker(genesis, params, cp.log_length, cp.log_hash, cp.round, window)
+
+
+def forged(
+    served: tuple[CertifiedCheckpoint, tuple[VertexId, ...]], index: int, signer: Signer
+) -> tuple[CertifiedCheckpoint, tuple[VertexId, ...]]:
+    """What a Byzantine validator ``index`` serves instead of ``served``: the checkpoint
+    with another log hash, signed by itself, the honest votes of the real one beside
+    its own (they do not verify over the forged digest)."""
+    certified, window = served
+    lie = dataclasses.replace(certified.checkpoint, log_hash=bytes(32))
+    cert = certified.certificate
+    votes = dict(zip(cert.voters, cert.signatures, strict=True))
+    votes[index] = signer.sign(Purpose.CHECKPOINT, lie.digest)
+    return CertifiedCheckpoint(lie, make_certificate(cert.scheme, votes)), window
