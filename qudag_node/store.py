@@ -681,15 +681,16 @@ class Store:
         return [EvidenceRecord(NodeId(r[0]), int(r[1]), bytes(r[2])) for r in rows]
 
     async def totals(self) -> StoreTotals:
-        """Stored vertex, transaction and log counts.
+        """Stored vertex, transaction and log counts (the log's length counts the
+        positions below its base too).
 
         Rows are never deleted, so the largest rowid is the count, found in O(log n).
         """
         db = self._writer
         (v,) = (await _fetch(db, "SELECT coalesce(max(rowid), 0) FROM vertices"))[0]
         (t,) = (await _fetch(db, "SELECT coalesce(max(rowid), 0) FROM transactions"))[0]
-        (n,) = (await _fetch(db, "SELECT coalesce(max(seq), 0) FROM log"))[0]
-        return StoreTotals(int(v), int(t), int(n))
+        length, _ = await _log_end(db)  # the base, when no entry above it is held
+        return StoreTotals(int(v), int(t), length)
 
     # ------------------------------------------------------------ checkpoints
 

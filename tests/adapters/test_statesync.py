@@ -55,6 +55,7 @@ async def test_an_installed_checkpoint_is_what_the_engine_and_the_api_read(
         assert engine.statistics().log_hash == cp.log_hash
 
         assert await store.log_head() == (cp.log_length, cp.log_hash)
+        assert (await store.totals()).log_length == cp.log_length
         assert await store.certified_checkpoint(0) == (net.certified, net.window)
         assert await store.certified_checkpoint(cp.number) == (net.certified, net.window)
         assert await store.certified_checkpoint(cp.number + 1) is None
