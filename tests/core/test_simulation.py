@@ -93,7 +93,7 @@ def test_every_fault_kind_is_exercised(results: list[RunResult]) -> None:
     def runs(predicate: str) -> list[RunResult]:
         return [r for r in results if getattr(r.faults, predicate)]
 
-    for kind in ("partition", "crash", "silent", "equivocator", "observer", "loss"):
+    for kind in ("partition", "crash", "silent", "equivocator", "observer", "loss", "joiner"):
         assert len(runs(kind)) >= len(results) // 10, kind
     # When the equivocator's first vertex can still be certified, the honest node that
     # got the second learns of the first through its certificate: evidence, checked to
