@@ -22,16 +22,28 @@ from qudag_node.core.joining import (
     InstallCheckpoint,
     Joining,
     JoinSend,
+    StateSynced,
     StateSyncFailed,
     StateSyncStarted,
 )
 from qudag_node.core.messages import FetchMessage, decode_message
 from qudag_node.core.resume import snapshot_from_checkpoint
 from qudag_node.core.statesync import check_offer, check_window, check_window_vertex
+from qudag_node.core.sync import (
+    CheckpointInstalled,
+    PeerMessage,
+    Send,
+    SendHoldings,
+    ServeCheckpoint,
+    SyncMachine,
+    Tick,
+    WindowVertex,
+)
 from qudag_node.core.syncwire import (
     CheckpointOffer,
     CheckpointRequest,
     Holdings,
+    RoundsRequest,
     Status,
     decode_sync,
     encode_sync,
@@ -382,3 +394,39 @@ def test_an_empty_node_waits_a_while_for_holdings_before_replaying() -> None:
     assert not held.defers_catch_up(EMPTY, 0.0)
     assert not joining().defers_catch_up(Status(3, 2, 0, 5, b"\x00" * 32), 0.0)
     assert not joining(enabled=False).defers_catch_up(EMPTY, 0.0)
+
+
+# ------------------------------------------------------ in the sync machine
+
+
+def test_the_sync_machine_joins_then_catches_up_from_the_checkpoint() -> None:
+    net = network()
+    cp = net.certified.checkpoint
+    m = SyncMachine(net.sim.params, 10.0, True, 1, 0.0, joining=joining())
+    m.link_up(P, EMPTY)
+    assert SendHoldings((P,)) in m.step(Tick(), EMPTY, 0.0)  # what we serve, once linked
+    assert m.step(PeerMessage(P, CheckpointRequest(0)), EMPTY, 0.1) == [ServeCheckpoint(P, 0)]
+    m.step(PeerMessage(P, Status(cp.round + 40, cp.round + 38, 0, 0, b"\x00" * 32)), EMPTY, 0.2)
+    early = m.step(Tick(), EMPTY, 0.3)
+    assert not [o for o in early if isinstance(o, Send)]  # an empty node waits for HOLDINGS
+    m.step(PeerMessage(P, holdings(net)), EMPTY, 0.4)
+    asked = [decode_sync(o.data) for o in m.step(Tick(), EMPTY, 0.5) if isinstance(o, Send)]
+    assert asked == [CheckpointRequest(0)]  # no ROUNDS: the checkpoint comes first
+    out = m.step(PeerMessage(P, CheckpointOffer(net.certified, net.window)), EMPTY, 0.6)
+    assert m.fetching_window
+    fetched = [i for o in out if isinstance(o, Send) for i in _fetch_ids(o.data)]
+    assert sorted(fetched) == sorted(net.window)
+    installs = [
+        o
+        for v, c in net.vertices().values()
+        for o in m.step(WindowVertex(P, v, c, WALL), EMPTY, 0.7)
+        if isinstance(o, InstallCheckpoint)
+    ]
+    assert len(installs) == 1
+    assert not [o for o in m.step(Tick(), EMPTY, 0.8) if isinstance(o, Send)]  # installing
+    ours = Status(cp.round, cp.round, cp.round - 20, cp.log_length, cp.log_hash)
+    (synced,) = m.step(CheckpointInstalled(), ours, 1.0)
+    assert isinstance(synced, StateSynced)
+    assert (synced.number, synced.seconds) == (cp.number, 0.5)
+    rounds = [decode_sync(o.data) for o in m.step(Tick(), ours, 1.1) if isinstance(o, Send)]
+    assert rounds == [RoundsRequest(cp.round + 1, cp.round + 40)]  # up to the peer's highest
