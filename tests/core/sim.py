@@ -83,8 +83,10 @@ SIM_PARAMS = Params(
 )
 
 
-#: The name of the node that joins late by state sync.
+#: The name of the node that joins late by state sync (an observer).
 JOINER = PeerId("joiner")
+#: Seconds a validator joiner is away between losing its store and rejoining.
+REJOIN_AFTER = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,9 @@ class Faults:
     observer: bool = True  # an observer that forwards its clients' transactions
     #: when an observer that had nothing starts and joins by state sync (None: none)
     joiner: float | None = None
+    #: the joiner is the last validator instead: its store is wiped at ``joiner`` and
+    #: it rejoins a second later by state sync (only when no validator misbehaves)
+    joiner_validator: bool = False
 
 
 def random_faults(rng: random.Random) -> Faults:
@@ -118,7 +123,8 @@ def random_faults(rng: random.Random) -> Faults:
         equivocator=byzantine == "equivocator",
         twin_to=rng.choice(["one", "half"]),
         observer=rng.random() < 0.5,
-        joiner=rng.uniform(2.0, 8.0) if rng.random() < 0.3 else None,
+        joiner=(joiner := rng.uniform(2.0, 8.0) if rng.random() < 0.3 else None),
+        joiner_validator=joiner is not None and byzantine == "none" and rng.random() < 0.5,
     )
 
 
@@ -232,7 +238,7 @@ class Simulation:
             self._add_node(PeerId(f"v{i}"), s)
         if faults.observer:
             self._add_node(PeerId("observer"), Signer(self.rng.randbytes(key_size)))
-        if faults.joiner is not None:
+        if faults.joiner is not None and not faults.joiner_validator:
             self._add_node(JOINER, Signer(self.rng.randbytes(key_size)))
             self.nodes[JOINER].up = False  # until it joins: what it is sent is lost
         self.signers = dict(enumerate(signers))
@@ -240,6 +246,9 @@ class Simulation:
         self.faulty = PeerId(f"v{validators - 1}")  # the one that misbehaves, if any
         self.nodes[self.faulty].silent = faults.silent
         self.nodes[self.faulty].equivocator = faults.equivocator
+        self.joiner = self.faulty if faults.joiner_validator else JOINER
+        self._wiped = False  # the validator joiner's store is gone, until it rejoins
+        self._catch_up_to: int | None = None  # the round a rejoined validator must see
         for a in names:
             for b in names:
                 if a != b:
@@ -330,6 +339,7 @@ class Simulation:
         self._transmit()
         timer = node.engine.get_timer()
         node.timer = float("inf") if timer is None else timer
+        self._caught_up(node)
 
     def observe(self, node: SimNode, step: PumpStep[None]) -> None:
         """Note what a durable step of ``node`` shows: transactions final, messages
@@ -374,15 +384,23 @@ class Simulation:
 
     def _join_due(self) -> None:
         """At its time, the joiner state-syncs from a validator's latest certified
-        checkpoint (or, before there is one, starts from nothing and replays)."""
+        checkpoint (or, before there is one, starts from nothing and replays). A
+        validator joiner first loses its process and its store, and rejoins a second
+        later; it proposes nothing before it has seen the others' highest round."""
         at = self.faults.joiner
-        node = self.nodes.get(JOINER)
-        if at is None or node is None or node.up or self.now < at:
+        node = self.nodes.get(self.joiner)
+        if at is None or node is None or self.now < at:
+            return
+        if self.faults.joiner_validator and not self._wiped:
+            if node.up:
+                node.up, self._wiped = False, True
+            return
+        if node.up or (self.faults.joiner_validator and self.now < at + REJOIN_AFTER):
             return
         validators = {
             i: self.trackers[PeerId(f"v{i}")]
             for i in self.signers
-            if not self.nodes[PeerId(f"v{i}")].silent
+            if not self.nodes[PeerId(f"v{i}")].silent and PeerId(f"v{i}") != node.name
         }
         served = certified_latest(self.genesis, self.signers, validators)
         if served is not None:
@@ -391,7 +409,7 @@ class Simulation:
             source = next(
                 n
                 for n in sorted(self.nodes.values(), key=lambda n: n.name)
-                if n.up and n.name != JOINER and number in self.trackers[n.name].made
+                if n.up and n.name != node.name and number in self.trackers[n.name].made
             )
             joined = join(
                 self.genesis,
@@ -404,6 +422,13 @@ class Simulation:
             )
             assert joined is not None, f"seed {self.seed}: the join did not complete"
             self._restart_joined(node, joined)
+        elif self.faults.joiner_validator:
+            self._restart_empty(node)
+        if self.faults.joiner_validator:
+            self._catch_up_to = max(
+                n.engine.statistics().highest_round for n in self.nodes.values() if n.up
+            )
+            node.engine.set_catching_up(True, moment(self.now))
         node.up = True
         for other in self.nodes.values():
             if other is not node:
@@ -435,8 +460,30 @@ class Simulation:
         )
         self.trackers[node.name] = joined_tracker(self.genesis, self.params, joined)
 
+    def _restart_empty(self, node: SimNode) -> None:
+        """A wiped validator with no checkpoint to join from starts from nothing."""
+        start = log_hash_start(self.genesis.hash)
+        node.store = MemoryStore(start)
+        node.pump = Pump(
+            Engine(self.genesis, self.params, node.signer, verifier=self.verifier),
+            node.store,
+            _Durable(self, node.name),
+        )
+        self.trackers[node.name] = CheckpointTracker(self.genesis, self.params, 0, start)
+
+    def _caught_up(self, node: SimNode) -> None:
+        """A rejoined validator proposes again once it holds the round the others had
+        reached when it came back (so that it cannot sign a round twice)."""
+        target = self._catch_up_to
+        if target is None or node.name != self.joiner:
+            return
+        if node.engine.statistics().highest_round >= target:
+            self._catch_up_to = None
+            node.engine.set_catching_up(False, moment(self.now))
+            self._step(node)
+
     def _submit_due(self) -> None:
-        clients = [n.name for n in self.honest() if n.name != JOINER]
+        clients = [n.name for n in self.honest() if n.name != self.joiner]
         while self._client_plan and self._client_plan[0][0] <= self.now:
             _, tx = self._client_plan.pop(0)
             node = self.nodes[self.rng.choice(clients)]
@@ -460,7 +507,7 @@ class Simulation:
         if self.faults.crash:
             settle = max(settle, self.faults.crash[1])
         if self.faults.joiner is not None:
-            settle = max(settle, self.faults.joiner)
+            settle = max(settle, self.faults.joiner + REJOIN_AFTER)
         while self.now < deadline:
             next_timer = min(
                 ((n.timer, n.name) for n in self.nodes.values() if n.up),
@@ -501,7 +548,8 @@ class Simulation:
         return max(len(n.store.evidence) for n in self.honest())
 
     def _next_fault_time(self) -> float:
-        joining = (self.faults.joiner,) if self.faults.joiner is not None else None
+        at = self.faults.joiner
+        joining = (at, at + REJOIN_AFTER) if at is not None else None
         times = [
             t
             for window in (self.faults.partition, self.faults.crash, joining)
@@ -519,14 +567,13 @@ class Simulation:
         if self._client_plan:
             return False
         wanted = set(self.submitted)
-        others = [n for n in self.honest() if n.name != JOINER]
+        joined = [n for n in self.honest() if n.name == self.joiner or n.store.log_base]
+        others = [n for n in self.honest() if n not in joined]
         if not all(n.up and wanted <= {e.tx_id for e in n.store.log} for n in others):
             return False
-        joiner = self.nodes.get(JOINER)
-        # the joiner holds no entry before its checkpoint: it must reach the others' end
-        return joiner is None or (
-            joiner.up and log_length(joiner) >= max(log_length(n) for n in others)
-        )
+        # a joiner holds no entry before its checkpoint: it must reach the others' end
+        end = max(log_length(n) for n in others)
+        return all(n.up and log_length(n) >= end for n in joined)
 
     def _result(self) -> RunResult:
         safe, detail = check_prefixes(self.honest())
@@ -604,6 +651,7 @@ def fault_kinds(faults: Faults) -> list[str]:
             ("equivocator twin to one", faults.equivocator and faults.twin_to == "one"),
             ("observer", faults.observer),
             ("joiner", faults.joiner is not None),
+            ("joiner validator", faults.joiner_validator),
         )
         if on
     ]
