@@ -78,6 +78,12 @@ async def test_an_installed_checkpoint_is_what_the_engine_and_the_api_read(
         assert len(served) == len(net.window)  # the window can be served to the next joiner
     finally:
         await store.close()
+    store = await Store.open(tmp_path, net.genesis)  # a restart resumes from the same state
+    try:
+        again = await store.load_snapshot(net.genesis, params.gc_depth, signer.node_id)
+        assert again == loaded
+    finally:
+        await store.close()
 
 
 async def _log(session: aiohttp.ClientSession, url: str) -> dict[str, object]:
