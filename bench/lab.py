@@ -39,6 +39,9 @@ class Scale:
     memory_window: float
     attack_seconds: float
     attack_mix: AttackMix
+    #: the two histories a fresh node joins by state sync, and their vertices' size
+    statesync_transactions: tuple[int, int]
+    statesync_per_vertex: int
 
 
 FULL = Scale(
@@ -54,6 +57,8 @@ FULL = Scale(
     memory_window=600.0,
     attack_seconds=30.0,
     attack_mix=AttackMix(),
+    statesync_transactions=(500_000, 5_000_000),
+    statesync_per_vertex=1_000,
 )
 QUICK = Scale(
     name="quick",
@@ -68,6 +73,8 @@ QUICK = Scale(
     memory_window=10.0,
     attack_seconds=4.0,
     attack_mix=AttackMix(),
+    statesync_transactions=(50_000, 500_000),
+    statesync_per_vertex=100,
 )
 
 

@@ -29,6 +29,7 @@ from bench import (
     memory,
     network,
     single,
+    statesync,
     verify,
 )
 from bench.lab import FULL, QUICK, Lab
@@ -44,6 +45,7 @@ SCENARIOS: dict[str, Scenario] = {
     "antientropy": antientropy.scenario,
     "network": network.scenario,
     "catchup": catchup.scenario,
+    "statesync": statesync.scenario,
     "memory": memory.scenario,
     "disk": disk.scenario,
     "ids": ids.scenario,

@@ -50,6 +50,7 @@ from qudag_node.ports import (
     NodeApi,
     NodeStatus,
     PeerView,
+    Pruned,
     QuorumInfo,
     StorageFull,
     TxRecord,
@@ -164,6 +165,8 @@ def _middleware(metrics: Metrics) -> Middleware:
             response = await handler(request)
         except ApiError as e:
             response = e.response()
+        except Pruned as e:
+            response = ApiError(410, "pruned", str(e), extra={"base": e.base}).response()
         except web.HTTPException as e:
             response = _from_http_exception(e, request).response()
         except Exception:
@@ -451,6 +454,12 @@ def _status_doc(status: NodeStatus) -> dict[str, Any]:
             "gap_rounds": status.sync.gap_rounds,
             "in_step": status.sync.in_step,
             "detail": status.sync.detail,
+            "state_sync": {
+                "enabled": status.sync.state_sync.enabled,
+                "active": status.sync.state_sync.active,
+                "done": status.sync.state_sync.done,
+                "last_seconds": status.sync.state_sync.last_seconds,
+            },
         },
         "checkpoint": None
         if status.checkpoint is None

@@ -379,6 +379,13 @@ class Settings:
         parse=_seconds(0.1, 3600),
         help="Seconds between anti-entropy rounds and peer name re-resolution.",
     )
+    state_sync: str = setting(
+        env="QUDAG_STATE_SYNC",
+        default_text="on",
+        parse=_choice("on", "off"),
+        help="on: a node far behind (or empty) joins from a peer's certified checkpoint;"
+        " off: it replays the whole history.",
+    )
     log_level: str = setting(
         env="LOG_LEVEL",
         default_text="info",

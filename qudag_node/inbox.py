@@ -87,13 +87,15 @@ class PeerInbox(LinkHandler):
         self._syncer.link_down(peer)
 
     async def frame(self, peer: PeerId, data: bytes) -> None:
-        """A message from ``peer``: sync messages to the syncer's queue, the rest to ours.
+        """A message from ``peer``: sync messages (and the CERTIFIED vertices of a
+        checkpoint's window while the syncer fetches one) to the syncer's queue, the rest
+        to ours.
 
         Waits while the queue it goes to is full (ours in messages or bytes), which
         stops this link from reading. A message larger than the byte bound still gets in once the
         queue is empty, so no valid message is refused.
         """
-        if owner_of(data) is Owner.SYNC:
+        if owner_of(data) is Owner.SYNC or self._syncer.takes(data):
             await self._syncer.deliver(peer, data)
             return
         while self._queue and self._full(len(data)):

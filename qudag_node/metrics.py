@@ -191,11 +191,6 @@ class Metrics:
         )
         self._buffer_dropped_seen = 0
         self._peers = Gauge("qudag_peers_connected", "Peer links up.", registry=r)
-        self._checkpoint_certified = Gauge(
-            "qudag_checkpoint_certified_number",
-            "Number of the latest checkpoint certified here (0: none yet).",
-            registry=r,
-        )
         self._messages_rejected = Counter(
             "qudag_messages_rejected",
             "Peer messages dropped for breaking a rule, by reason code.",
@@ -307,6 +302,9 @@ class Metrics:
             "qudag_catchup_gap_rounds",
             "Rounds this node is behind its most advanced peer.",
             registry=r,
+        )
+        self._checkpoint_certified, self._state_syncs, self._state_sync_seconds = (
+            _checkpoint_series(r)
         )
         build = Gauge(
             "qudag_build_info",
@@ -442,6 +440,11 @@ class Metrics:
         """Rounds behind the most advanced peer."""
         self._catchup_gap.set(rounds)
 
+    def on_state_sync(self, seconds: float) -> None:
+        """A state sync ended, ``seconds`` after it began."""
+        self._state_syncs.inc()
+        self._state_sync_seconds.set(seconds)
+
     def on_store_commit(self, seconds: float) -> None:
         """One store commit took ``seconds``."""
         self._store_commit.observe(seconds)
@@ -477,3 +480,17 @@ class Metrics:
     def on_accept_error(self, errno_name: str) -> None:
         """accept() on a listening socket failed with ``errno_name`` (e.g. EMFILE)."""
         self._accept_errors.labels(errno=errno_name).inc()
+
+
+def _checkpoint_series(r: CollectorRegistry) -> tuple[Gauge, Counter, Gauge]:
+    """The series of checkpoints and state sync: the latest certified checkpoint, joins
+    done, and the last one's seconds."""
+    return (
+        Gauge(
+            "qudag_checkpoint_certified_number",
+            "Number of the latest checkpoint certified here (0: none yet).",
+            registry=r,
+        ),
+        Counter("qudag_state_syncs", "Joins from a peer's certified checkpoint.", registry=r),
+        Gauge("qudag_state_sync_seconds", "Seconds the last state sync took.", registry=r),
+    )

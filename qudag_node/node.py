@@ -7,7 +7,8 @@ submissions, feeds them, the peers' messages and the timer to the engine, and le
 that queued behind the last one) and only then acknowledges clients, wakes finality
 waiters, and sends messages: persist before announce, acknowledge after commit. After
 a write that failed for lack of space, it takes the engine back to the state on disk
-and waits for space.
+and waits for space. A state sync's checkpoint is installed between two steps, once
+every step before it is durable, and the engine is rebuilt from the store the same way.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from qudag_node.core.crypto import Signer
 from qudag_node.core.engine import Engine
 from qudag_node.core.errors import InputRejected
 from qudag_node.core.genesis import Genesis
+from qudag_node.core.joining import InstallCheckpoint
 from qudag_node.core.syncwire import Status
 from qudag_node.core.types import Instant, TxId
 from qudag_node.disk import DiskGuard
@@ -99,6 +101,8 @@ class Node:
         self._pumping = False
         self._writer = StepWriter(engine, store, metrics, submissions, network, vertices=vertices)
         self._catching_up: bool | None = None  # a change for the pump to apply
+        # a checkpoint to install at the next step boundary, and who waits for it
+        self._install: tuple[InstallCheckpoint, asyncio.Future[None]] | None = None
 
     # ------------------------------------------------- what the read side reads
 
@@ -148,6 +152,17 @@ class Node:
         floor = max(0, st.committed_round - self.params.gc_depth)
         return Status(st.highest_round, st.committed_round, floor, st.log_length, st.log_hash)
 
+    async def install_checkpoint(self, install: InstallCheckpoint) -> None:
+        """Restart from a checked checkpoint (state sync): the pump installs it between
+        two steps, once every step before is durable, and rebuilds the engine from the
+        store; returns when that is done."""
+        if self._install is not None:
+            raise RuntimeError("a checkpoint is being installed already")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._install = (install, done)
+        self._wakeup.set()
+        await done
+
     def on_catching_up(self, catching_up: bool) -> None:
         """The syncer's verdict changed: the pump hands it to the engine next step."""
         self._catching_up = catching_up
@@ -185,6 +200,9 @@ class Node:
                     break  # shutting down meanwhile
                 pump.engine = self._engine
                 commits.repair()
+            if self._install is not None:
+                await self._install_now(commits)
+                pump.engine = self._engine
             timer = self._engine.get_timer()
             if not self._submissions and not self._peer_inbox and not self._stopping:
                 delay = None if timer is None else max(0.0, timer - time.monotonic())
@@ -249,6 +267,29 @@ class Node:
                 self._engine.peer_connected(peer, key)
         self._writer.engine = self._engine
         return snapshot.log_length
+
+    async def _install_now(self, commits: GroupCommit[Step]) -> None:
+        """Install the waiting checkpoint: wait until every step put is durable, record
+        the checkpoint in the store, rebuild the engine from it. A checkpoint the engine
+        has passed meanwhile (it committed a later round itself) is left alone."""
+        if self._install is None:
+            return
+        install, done = self._install
+        self._install = None
+        try:
+            await commits.flush()
+            checkpoint = install.certified.checkpoint
+            if self._engine.statistics().committed_round >= checkpoint.round:
+                log.info("state_sync_passed", round=checkpoint.round)
+            else:
+                await self._store.install_checkpoint(
+                    install.certified, install.window, install.vertices
+                )
+                await self._reload_engine()
+        except BaseException as e:
+            done.set_exception(e)
+            raise
+        done.set_result(None)
 
     async def _step(self, pump: Pump[Outcome], commits: GroupCommit[Step], now: Instant) -> None:
         """Feed the engine this step's inputs; the pump takes its output on."""

@@ -70,6 +70,15 @@ class EvidenceRecord:
     data: bytes  # two signed headers; format in docs/protocol.md
 
 
+class Pruned(Exception):
+    """What was asked for is no longer held here (pruned, or before the checkpoint this
+    node joined from); ``base`` is the last log position not held."""
+
+    def __init__(self, what: str, base: int) -> None:
+        super().__init__(f"{what} is not held: log positions up to {base} are pruned")
+        self.base = base
+
+
 @dataclass(frozen=True, slots=True)
 class LogRecord:
     """One finalized log entry."""
@@ -200,6 +209,16 @@ class P2pInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class StateSyncInfo:
+    """Joining from a peer's certified checkpoint: allowed, under way, done."""
+
+    enabled: bool
+    active: bool
+    done: int
+    last_seconds: float | None  # None before any
+
+
+@dataclass(frozen=True, slots=True)
 class SyncInfo:
     """Whether the node is catching up, and how far behind its peers it is."""
 
@@ -207,6 +226,7 @@ class SyncInfo:
     gap_rounds: int | None  # None before any peer told its position
     in_step: bool
     detail: str
+    state_sync: StateSyncInfo
 
 
 @dataclass(frozen=True, slots=True)

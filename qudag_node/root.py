@@ -39,6 +39,7 @@ from qudag_node.config import ConfigError, Settings
 from qudag_node.core.crypto import Signer, log_hash_start
 from qudag_node.core.engine import Engine, Role
 from qudag_node.core.genesis import Genesis
+from qudag_node.core.joining import Joining
 from qudag_node.core.params import Params
 from qudag_node.core.types import PeerId
 from qudag_node.discovery import Discovery, Resolver
@@ -214,6 +215,10 @@ async def _wire(
         needs_peers=not alone,
         on_catching_up=lambda catching_up: node.on_catching_up(catching_up),  # noqa: PLW0108
         trust=genesis.f + 1,
+        joining=None
+        if alone
+        else Joining(genesis, params, verifier, genesis.f + 1, enabled=s.state_sync == "on"),
+        install=lambda install: node.install_checkpoint(install),  # noqa: PLW0108
     )
     peer_inbox = PeerInbox(syncer, wakeup.set)
     engine.set_catching_up(syncer.catching_up, engine_time())

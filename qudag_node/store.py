@@ -27,7 +27,7 @@ from typing import Any, assert_never
 import aiosqlite
 
 from qudag_node.config import file_kind
-from qudag_node.core.certificate import decode_certificate
+from qudag_node.core.certificate import Certificate, decode_certificate
 from qudag_node.core.checkpoint import CertifiedCheckpoint, decode_checkpoint
 from qudag_node.core.checkpoints import KEEP, RestoredCheckpoint
 from qudag_node.core.crypto import log_hash_start
@@ -45,7 +45,7 @@ from qudag_node.core.events import (
 )
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.messages import encode_certified
-from qudag_node.core.syncwire import CertifiedIds
+from qudag_node.core.syncwire import CertifiedIds, Holdings
 from qudag_node.core.types import HASH_SIZE, NodeId, TxId, VertexId
 from qudag_node.core.vertex import (
     Vertex,
@@ -53,7 +53,7 @@ from qudag_node.core.vertex import (
     decode_header_bytes,
     encode_vertex_parts,
 )
-from qudag_node.ports import CheckpointRecord, EvidenceRecord, LogRecord, VertexRecord
+from qudag_node.ports import CheckpointRecord, EvidenceRecord, LogRecord, Pruned, VertexRecord
 
 DB_FILENAME = "qudag.db"
 #: WAL pages after which a commit also checkpoints (SQLite's default is 1,000). Under
@@ -221,6 +221,8 @@ class StoredTransaction:
     size: int
     seq: int | None
     vertex: VertexId | None
+    #: final; with ``seq`` None, at a log position before this node's log base
+    final: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -713,15 +715,111 @@ class Store:
         return [EvidenceRecord(NodeId(r[0]), int(r[1]), bytes(r[2])) for r in rows]
 
     async def totals(self) -> StoreTotals:
-        """Stored vertex, transaction and log counts.
+        """Stored vertex, transaction and log counts (the log's length counts the
+        positions below its base too).
 
         Rows are never deleted, so the largest rowid is the count, found in O(log n).
         """
         db = self._writer
         (v,) = (await _fetch(db, "SELECT coalesce(max(rowid), 0) FROM vertices"))[0]
         (t,) = (await _fetch(db, "SELECT coalesce(max(rowid), 0) FROM transactions"))[0]
-        (n,) = (await _fetch(db, "SELECT coalesce(max(seq), 0) FROM log"))[0]
-        return StoreTotals(int(v), int(t), int(n))
+        length, _ = await _log_end(db)  # the base, when no entry above it is held
+        return StoreTotals(int(v), int(t), length)
+
+    # ------------------------------------------------------------ checkpoints
+
+    async def holdings(self) -> Holdings:
+        """What this node can serve a peer: its oldest held round (0 when it holds
+        none) and its latest certified checkpoint (0 and 0 when none)."""
+        (oldest,) = (await _fetch(self._reader, "SELECT coalesce(min(round), 0) FROM vertices"))[0]
+        latest = await _fetch(
+            self._reader,
+            "SELECT number, round FROM checkpoints WHERE certificate IS NOT NULL"
+            " ORDER BY number DESC LIMIT 1",
+        )
+        number, round_ = (int(latest[0][0]), int(latest[0][1])) if latest else (0, 0)
+        return Holdings(int(oldest), number, round_)
+
+    async def install_checkpoint(
+        self,
+        certified: CertifiedCheckpoint,
+        window: Sequence[VertexId],
+        vertices: Sequence[tuple[Vertex, Certificate]],
+    ) -> None:
+        """Record a checked checkpoint a node joins from, in one transaction: the
+        checkpoint (certified), its window's vertices (ordered, certified) and their
+        transactions (final, at log positions this node does not hold), the committed
+        round, and the log's base at the checkpoint. Rounds above it come by sync.
+
+        Must not be called while :meth:`write` holds a transaction open."""
+        if self._open:
+            raise RuntimeError("install_checkpoint() inside an open transaction")
+        cp = certified.checkpoint
+        db = self._writer
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            await db.execute(
+                "INSERT INTO checkpoints"
+                " (number, round, log_length, timestamp_ms, body, window, certificate)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (number) DO UPDATE"
+                " SET certificate = excluded.certificate",
+                (
+                    cp.number,
+                    cp.round,
+                    cp.log_length,
+                    cp.timestamp_ms,
+                    cp.encode(),
+                    b"".join(window),
+                    certified.certificate.encode(),
+                ),
+            )
+            await db.executemany(
+                "INSERT OR IGNORE INTO transactions (id, data) VALUES (?, ?)",
+                [
+                    (i, tx)
+                    for v, _ in vertices
+                    for i, tx in zip(v.tx_ids, v.transactions, strict=True)
+                ],
+            )
+            await db.executemany(
+                "INSERT INTO vertices"
+                " (id, round, author, header, signature, tx_ids, ordered, certificate)"
+                " VALUES (?, ?, ?, ?, ?, ?, 1, ?) ON CONFLICT (id) DO UPDATE"
+                " SET ordered = 1, certificate = excluded.certificate",
+                [
+                    (
+                        v.id,
+                        v.round,
+                        v.author,
+                        v.header_bytes,
+                        v.signature,
+                        b"".join(v.tx_ids),
+                        c.encode(),
+                    )
+                    for v, c in vertices
+                ],
+            )
+            # final before the base: their log rows are not held here
+            ids = [i for v, _ in vertices for i in v.tx_ids]
+            for chunk in _chunks(ids):
+                marks = ",".join("?" * len(chunk))
+                await db.execute(
+                    "DELETE FROM unfinal WHERE tx IN"  # noqa: S608 (constants only)
+                    f" (SELECT rowid FROM transactions WHERE id IN ({marks}))",
+                    chunk,
+                )
+            await _set_meta(db, "committed_round", cp.round.to_bytes(8, "big"))
+            await _set_meta(db, LOG_BASE, cp.log_length.to_bytes(8, "big") + cp.log_hash)
+            await db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                await db.execute("ROLLBACK")
+            raise
+
+    async def log_base(self) -> int:
+        """The log position up to which no entry is held here (0: held from the first)."""
+        rows = await _fetch(self._reader, "SELECT value FROM meta WHERE key = ?", (LOG_BASE,))
+        return int.from_bytes(bytes(rows[0][0])[:8], "big") if rows else 0
 
     # ------------------------------------------------------- peer addresses
 
@@ -751,15 +849,17 @@ class Store:
         """A stored transaction: its size, and its log place once final."""
         rows = await _fetch(
             self._reader,
-            "SELECT length(t.data), l.seq, v.id FROM transactions AS t"
-            " LEFT JOIN log AS l ON l.tx = t.rowid LEFT JOIN vertices AS v ON v.rowid = l.vertex"
-            " WHERE t.id = ?",
+            f"SELECT length(transactions.data), l.seq, v.id, {_FINAL} FROM transactions"  # noqa: S608
+            " LEFT JOIN log AS l ON l.tx = transactions.rowid"
+            " LEFT JOIN vertices AS v ON v.rowid = l.vertex WHERE transactions.id = ?",
             (tx_id,),
         )
         if not rows:
             return None
-        size, seq, vertex = rows[0]
-        return StoredTransaction(tx_id, size, seq, VertexId(vertex) if vertex else None)
+        size, seq, vertex, final = rows[0]
+        return StoredTransaction(
+            tx_id, size, seq, VertexId(vertex) if vertex else None, final=bool(final)
+        )
 
     async def final_among(self, ids: Sequence[TxId]) -> set[TxId]:
         """Which of ``ids`` are final."""
@@ -818,7 +918,11 @@ class Store:
         )
 
     async def log(self, start: int, limit: int) -> list[LogRecord]:
-        """Finalized entries from ``start`` on, in order."""
+        """Finalized entries from ``start`` on, in order; raises :class:`Pruned` when
+        ``start`` is at or below the log's base (not held here)."""
+        base = await self.log_base()
+        if start <= base:
+            raise Pruned(f"log position {start}", base)
         rows = await _fetch(
             self._reader,
             "SELECT l.seq, t.id, v.id, l.hash FROM log AS l"
@@ -829,8 +933,9 @@ class Store:
         return [LogRecord(r[0], TxId(r[1]), VertexId(r[2]), bytes(r[3])) for r in rows]
 
 
-#: SQL condition: the transaction row has a place in the log.
-_FINAL = "EXISTS (SELECT 1 FROM log WHERE log.tx = transactions.rowid)"
+#: SQL condition: the transaction row is final (it has a place in the log, or it was
+#: final before the log's base on a node that joined from a checkpoint).
+_FINAL = "NOT EXISTS (SELECT 1 FROM unfinal WHERE unfinal.tx = transactions.rowid)"
 
 
 async def _rows_by_id(

@@ -18,16 +18,26 @@ import asyncio
 import contextlib
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import assert_never
 
 from qudag_node.core.errors import InputRejected
+from qudag_node.core.joining import (
+    CheckpointVerified,
+    InstallCheckpoint,
+    Joining,
+    StateSynced,
+    StateSyncFailed,
+    StateSyncStarted,
+)
+from qudag_node.core.messages import CertifiedMessage, MessageType, decode_message
 from qudag_node.core.params import Params
 from qudag_node.core.sync import (
     CatchingUpChanged,
     CatchUpProgress,
     CatchUpStarted,
     CaughtUp,
+    CheckpointInstalled,
     GapMeasured,
     IdsCompared,
     IdsRead,
@@ -37,6 +47,8 @@ from qudag_node.core.sync import (
     RequestTimedOut,
     RoundsServed,
     Send,
+    SendHoldings,
+    ServeCheckpoint,
     ServeRounds,
     StoreRead,
     SummaryCompared,
@@ -44,8 +56,9 @@ from qudag_node.core.sync import (
     SyncMachine,
     SyncOutput,
     Tick,
+    WindowVertex,
 )
-from qudag_node.core.syncwire import Status, decode_sync
+from qudag_node.core.syncwire import CheckpointOffer, Status, decode_sync, encode_sync
 from qudag_node.core.types import PeerId
 from qudag_node.logs import get_logger
 from qudag_node.metrics import Metrics
@@ -76,15 +89,19 @@ class Syncer:
         trust: int = 1,
         clock: Callable[[], float] = time.monotonic,
         max_frames: int = MAX_FRAMES,
+        joining: Joining | None = None,
+        install: Callable[[InstallCheckpoint], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
+        self._params = params
+        self._install = install  # restarts the node from a checkpoint (with ``joining``)
         self._send = send
         self._position = position
         self._metrics = metrics
         self._on_catching_up = on_catching_up
         self._clock = clock
-        self._machine = SyncMachine(params, interval, needs_peers, trust, clock())
-        self._frames: deque[tuple[PeerId, bytes]] = deque()
+        self._machine = SyncMachine(params, interval, needs_peers, trust, clock(), joining=joining)
+        self._frames: deque[tuple[PeerId, bytes, bool]] = deque()  # (peer, frame, window?)
         self._waiting: Counter[PeerId] = Counter()  # frames in the queue, by peer
         self._max_frames = max_frames
         self._room = asyncio.Event()
@@ -110,34 +127,57 @@ class Syncer:
         """The last STATUS of each linked peer."""
         return self._machine.statuses()
 
+    @property
+    def joining(self) -> Joining | None:
+        """State sync's state (None when this node never state-syncs)."""
+        return self._machine.joining
+
+    def takes(self, data: bytes) -> bool:
+        """Whether a consensus message is for sync rather than the engine: a CERTIFIED
+        vertex while a checkpoint's window is fetched."""
+        return self._machine.fetching_window and data[:1] == bytes((MessageType.CERTIFIED,))
+
     # ---------------------------------------------------------------- inputs
 
     def link_up(self, peer: PeerId) -> None:
         """Tell a new peer where we stand."""
         greeting = self._machine.link_up(peer, self._position())
         self._send(greeting.peer, greeting.data)
+        self._wake.set()  # what we can serve goes at the next tick
 
     def link_down(self, peer: PeerId) -> None:
-        """Forget a peer; a catch-up request to it is asked of another."""
-        self._machine.link_down(peer)
+        """Forget a peer; a catch-up request or state sync with it goes to another."""
+        for fact in self._machine.link_down(peer):
+            if isinstance(fact, StateSyncFailed):
+                log.info("state_sync_failed", peer=fact.peer, reason=fact.reason)
         self._wake.set()
 
     async def deliver(self, peer: PeerId, data: bytes) -> None:
         """Queue a sync frame from ``peer`` for :meth:`run`; waits while ``peer`` has
         :data:`MAX_FRAMES` waiting."""
+        window = self.takes(data)  # decided as the inbox routed it
         while self._waiting[peer] >= self._max_frames:
             self._room.clear()
             await self._room.wait()
-        self._frames.append((peer, data))
+        self._frames.append((peer, data, window))
         self._waiting[peer] += 1
         self._wake.set()
 
-    async def handle(self, peer: PeerId, data: bytes) -> None:
-        """Take in one sync frame from ``peer`` now; a malformed one is counted and logged."""
+    async def handle(self, peer: PeerId, data: bytes, *, window: bool = False) -> None:
+        """Take in one sync frame from ``peer`` now, or with ``window`` a CERTIFIED
+        message taken while a checkpoint's window was fetched (see :meth:`takes`); a
+        malformed one is counted and logged."""
         try:
-            outputs = self._machine.step(
-                PeerMessage(peer, decode_sync(data)), self._position(), self._clock()
-            )
+            if window:
+                message = decode_message(data, self._params)
+                if not isinstance(message, CertifiedMessage):  # pragma: no cover - by type
+                    return
+                event: SyncInput = WindowVertex(
+                    peer, message.vertex, message.certificate, time.time()
+                )
+            else:
+                event = PeerMessage(peer, decode_sync(data))
+            outputs = self._machine.step(event, self._position(), self._clock())
         except InputRejected as e:
             self._metrics.on_sync_rejected(e.reason)
             log.info("sync_rejected", peer=peer, reason=e.reason.value, detail=e.message)
@@ -154,12 +194,12 @@ class Syncer:
         """Take in queued frames and tick, until cancelled."""
         while True:
             while self._frames:
-                peer, data = self._frames.popleft()
+                peer, data, window = self._frames.popleft()
                 self._waiting[peer] -= 1
                 if not self._waiting[peer]:
                     del self._waiting[peer]
                 self._room.set()
-                await self.handle(peer, data)
+                await self.handle(peer, data, window=window)
             await self.tick()
             if self._frames:
                 continue
@@ -181,8 +221,14 @@ class Syncer:
             match output:
                 case Send(peer, data):
                     self._send(peer, data)
-                case ReadIds() | PushCertified() | ServeRounds():
+                case ReadIds() | PushCertified() | ServeRounds() | ServeCheckpoint():
                     await self._read(output)
+                case SendHoldings(peers):
+                    holdings = encode_sync(await self._store.holdings())
+                    for peer in peers:
+                        self._send(peer, holdings)
+                case InstallCheckpoint():
+                    await self._install_checkpoint(output)
                 case CatchingUpChanged(catching_up):
                     self._on_catching_up(catching_up)
                 case CatchUpStarted(round_, target, gap, peer):
@@ -204,6 +250,29 @@ class Syncer:
                     self._metrics.on_catchup_gap(gap)
                 case SummaryCompared(in_sync):
                     self._metrics.on_sync_round("in_sync" if in_sync else "differences")
+                case StateSyncStarted(peer, number, round_, gap):
+                    log.info(
+                        "state_sync_started", peer=peer, checkpoint=number, round=round_, gap=gap
+                    )
+                case CheckpointVerified(peer, number, round_, window):
+                    log.info(
+                        "state_sync_checkpoint_verified",
+                        peer=peer,
+                        checkpoint=number,
+                        round=round_,
+                        window=window,
+                    )
+                case StateSyncFailed(peer, reason):
+                    log.warning("state_sync_failed", peer=peer, reason=reason)
+                case StateSynced(number, round_, log_length, seconds):
+                    self._metrics.on_state_sync(seconds)
+                    log.info(
+                        "state_sync_installed",
+                        checkpoint=number,
+                        round=round_,
+                        log_length=log_length,
+                        seconds=seconds,
+                    )
                 case IdsCompared(peer, low, high, fetching, pushing):
                     self._metrics.on_sync_vertices(fetching, pushing)
                     if fetching or pushing:
@@ -232,5 +301,18 @@ class Syncer:
                     if not self._send(peer, message):
                         return
                 await self._step(RoundsServed(peer, low, last))
+            case ServeCheckpoint(peer, number):
+                held = await (
+                    self._store.checkpoint(number) if number else self._store.latest_checkpoint()
+                )
+                if held is not None:
+                    self._send(peer, encode_sync(CheckpointOffer(held.certified, held.window)))
             case _:
                 assert_never(read)
+
+    async def _install_checkpoint(self, install: InstallCheckpoint) -> None:
+        """Have the node restart from the checkpoint, then tell the machine."""
+        if self._install is None:
+            raise RuntimeError("a state sync without an installer")
+        await self._install(install)
+        await self._step(CheckpointInstalled())

@@ -35,6 +35,7 @@ from qudag_node.ports import (
     PeerPosition,
     PeerView,
     QuorumInfo,
+    StateSyncInfo,
     SubmitReceipt,
     SyncInfo,
     TransactionsInfo,
@@ -136,7 +137,7 @@ class NodeView:
         stored = await self._store.transaction(tx_id)
         if stored is None:
             return None
-        if stored.seq is not None:
+        if stored.final:
             return TxRecord(tx_id, TxState.FINAL, stored.vertex, stored.seq, stored.size)
         if carrier is not None:
             return TxRecord(tx_id, TxState.INCLUDED, carrier, None, stored.size)
@@ -227,7 +228,13 @@ class NodeView:
 
     def _sync_info(self) -> SyncInfo:
         in_step, detail = self._syncer.readiness()
-        return SyncInfo(self._syncer.catching_up, self._syncer.gap(), in_step, detail)
+        joining = self._syncer.joining
+        state_sync = (
+            StateSyncInfo(False, False, 0, None)
+            if joining is None
+            else StateSyncInfo(joining.enabled, joining.active, joining.syncs, joining.last_seconds)
+        )
+        return SyncInfo(self._syncer.catching_up, self._syncer.gap(), in_step, detail, state_sync)
 
     def peers(self) -> list[PeerView]:
         """Each linked peer (with the position it last told us) and each candidate

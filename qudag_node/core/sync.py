@@ -17,6 +17,10 @@ what its answer is for), changes of catching up, and progress facts to log or co
   and a SUMMARY of the rounds both windows hold; a differing bucket is answered with a
   finer SUMMARY, down to IDS lists; the side that gets a list fetches what it lacks
   and pushes what the other lacks.
+* **State sync.** A node far behind, or with an empty store, joins from a peer's
+  certified checkpoint instead (:mod:`~qudag_node.core.joining` decides); catch-up by
+  rounds waits meanwhile, then continues from the checkpoint. Every node answers
+  CHECKPOINT_REQUEST from its store and sends HOLDINGS with each STATUS.
 """
 
 from __future__ import annotations
@@ -24,13 +28,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import assert_never
 
+from qudag_node.core.certificate import Certificate
 from qudag_node.core.errors import InputRejected, Reason
+from qudag_node.core.joining import InstallCheckpoint, JoinFact, Joining, JoinOutput, JoinSend
 from qudag_node.core.messages import fetch_messages
 from qudag_node.core.params import Params
 from qudag_node.core.syncwire import (
     LEAF_SPAN,
     MAX_IDS,
     CertifiedIds,
+    CheckpointOffer,
+    CheckpointRequest,
+    Holdings,
     Ids,
     RoundsDone,
     RoundsRequest,
@@ -43,6 +52,7 @@ from qudag_node.core.syncwire import (
     summarize,
 )
 from qudag_node.core.types import PeerId, VertexId
+from qudag_node.core.vertex import Vertex
 
 #: Rounds behind the target peer before a node catches up (and is not ready).
 CATCHUP_THRESHOLD = 4
@@ -92,7 +102,23 @@ class RoundsServed:
     last: int
 
 
-SyncInput = PeerMessage | Tick | IdsRead | RoundsServed
+@dataclass(frozen=True, slots=True)
+class WindowVertex:
+    """A CERTIFIED vertex from ``peer`` while a checkpoint's window is fetched;
+    ``wall`` is the wall-clock time its timestamp is held to."""
+
+    peer: PeerId
+    vertex: Vertex
+    certificate: Certificate
+    wall: float
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointInstalled:
+    """The adapter did what :class:`InstallCheckpoint` asked."""
+
+
+SyncInput = PeerMessage | Tick | IdsRead | RoundsServed | WindowVertex | CheckpointInstalled
 
 
 # ------------------------------------------- what an id read is for
@@ -165,7 +191,23 @@ class ServeRounds:
     max_bytes: int
 
 
-StoreRead = ReadIds | PushCertified | ServeRounds
+@dataclass(frozen=True, slots=True)
+class ServeCheckpoint:
+    """Read certified checkpoint ``number`` (0: the latest) and its window; send them to
+    ``peer`` as a CHECKPOINT message if the store holds it. Nothing comes back."""
+
+    peer: PeerId
+    number: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendHoldings:
+    """Read what this node can serve and send it to ``peers`` as HOLDINGS."""
+
+    peers: tuple[PeerId, ...]
+
+
+StoreRead = ReadIds | PushCertified | ServeRounds | ServeCheckpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,8 +290,9 @@ SyncFact = (
     | GapMeasured
     | SummaryCompared
     | IdsCompared
+    | JoinFact
 )
-SyncOutput = Send | StoreRead | SyncFact
+SyncOutput = Send | SendHoldings | StoreRead | InstallCheckpoint | SyncFact
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,15 +308,24 @@ class SyncMachine:
     :meth:`step`; do what they return, in order."""
 
     def __init__(
-        self, params: Params, interval: float, needs_peers: bool, trust: int, now: float
+        self,
+        params: Params,
+        interval: float,
+        needs_peers: bool,
+        trust: int,
+        now: float,
+        *,
+        joining: Joining | None = None,
     ) -> None:
         self._params = params
+        self._joining = joining  # None: this node never state-syncs
         self._interval = interval
         self._needs_peers = needs_peers  # a network of more than this node
         self._trust = trust  # peers that must claim a round before we chase it (f + 1)
         self._next_sync = now
         self._peers: dict[PeerId, Status] = {}
         self._linked: set[PeerId] = set()
+        self._unannounced: set[PeerId] = set()  # linked, not sent HOLDINGS yet
         self._request: _Request | None = None
         self._requested_high = 0
         self._moved = (0, 0.0)  # (our highest round, when it last moved) while catching up
@@ -310,6 +362,17 @@ class SyncMachine:
         """The last STATUS of each linked peer."""
         return dict(self._peers)
 
+    @property
+    def joining(self) -> Joining | None:
+        """State sync's state (None when this node never state-syncs)."""
+        return self._joining
+
+    @property
+    def fetching_window(self) -> bool:
+        """Whether a checkpoint's window is being fetched: CERTIFIED messages are then
+        for :class:`WindowVertex`, not the engine."""
+        return self._joining is not None and self._joining.fetching
+
     def next_sync_in(self, now: float) -> float:
         """Seconds until the next STATUS and SUMMARY are due (0 when overdue)."""
         return max(0.0, self._next_sync - now)
@@ -317,16 +380,21 @@ class SyncMachine:
     # ---------------------------------------------------------------- inputs
 
     def link_up(self, peer: PeerId, ours: Status) -> Send:
-        """A link to ``peer`` is up: tell it where we stand."""
+        """A link to ``peer`` is up: tell it where we stand (what we can serve follows
+        at the next tick)."""
         self._linked.add(peer)
+        self._unannounced.add(peer)
         return Send(peer, encode_sync(ours))
 
-    def link_down(self, peer: PeerId) -> None:
-        """Forget ``peer``; a catch-up request to it is asked of another at the next tick."""
+    def link_down(self, peer: PeerId) -> list[SyncOutput]:
+        """Forget ``peer``; a catch-up request to it is asked of another at the next
+        tick, a state sync with it is tried with another."""
         self._linked.discard(peer)
+        self._unannounced.discard(peer)
         self._peers.pop(peer, None)
         if self._request is not None and self._request.peer == peer:
             self._request = None
+        return [] if self._joining is None else _join_outputs(self._joining.link_down(peer))
 
     def step(self, event: SyncInput, ours: Status, now: float) -> list[SyncOutput]:
         """Take in ``event``; what to do about it, in order.
@@ -338,19 +406,27 @@ class SyncMachine:
             case PeerMessage(peer, message):
                 if peer not in self._linked:
                     return []  # queued before its link went down
-                return self._on_message(peer, message, ours)
+                return self._on_message(peer, message, ours, now)
             case Tick():
                 return self._tick(ours, now)
             case IdsRead(read, certified):
                 return self._on_ids_read(read, certified)
             case RoundsServed(peer, low, last):
                 return [Send(peer, encode_sync(RoundsDone(low, last)))]
+            case WindowVertex(peer, vertex, certificate, wall):
+                if self._joining is None:
+                    return []
+                return _join_outputs(self._joining.on_vertex(peer, vertex, certificate, wall, now))
+            case CheckpointInstalled():
+                return self._installed(now)
             case _:
                 assert_never(event)
 
     # ------------------------------------------------------------ messages
 
-    def _on_message(self, peer: PeerId, message: SyncMessage, ours: Status) -> list[SyncOutput]:
+    def _on_message(
+        self, peer: PeerId, message: SyncMessage, ours: Status, now: float
+    ) -> list[SyncOutput]:
         match message:
             case Status():
                 self._peers[peer] = message
@@ -369,6 +445,16 @@ class SyncMachine:
                     return []  # not our request, or nothing served: it times out
                 self._requested_high = max(self._requested_high, min(last, request.high))
                 self._request = None
+                return []
+            case CheckpointRequest(number):
+                return [ServeCheckpoint(peer, number)]
+            case CheckpointOffer():
+                if self._joining is None:
+                    return []
+                return _join_outputs(self._joining.on_offer(peer, message, ours, now))
+            case Holdings():
+                if self._joining is not None:
+                    self._joining.on_holdings(peer, message)
                 return []
             case _:
                 assert_never(message)
@@ -419,12 +505,33 @@ class SyncMachine:
         if now >= self._next_sync:
             self._next_sync = now + self._interval
             out += self._sync_round(ours)
+        elif self._unannounced:
+            out.append(SendHoldings(tuple(sorted(self._unannounced))))
+        self._unannounced.clear()
+        if self._joining is not None:
+            out += _join_outputs(self._joining.tick(ours, now))
+            if self._joining.active or self._joining.defers_catch_up(ours, now):
+                return out  # rounds are asked for from the checkpoint, once it is in
         out += self._drive(ours, now)
         return out
 
+    def _installed(self, now: float) -> list[SyncOutput]:
+        """The checkpoint is in: catch-up by rounds starts again from it."""
+        self._request = None
+        self._requested_high = 0
+        if self._joining is None:
+            return []
+        done = self._joining.installed(now)
+        if done is None:
+            return []
+        # catching up from the checkpoint: even the last rounds within the threshold
+        # are asked for (see _drive), as after any catch-up
+        self._catchup_started = (now, done.round)
+        return [done]
+
     def _sync_round(self, ours: Status) -> list[SyncOutput]:
         """STATUS to every linked peer, each followed by a read for the SUMMARY of the
-        rounds both windows hold, except the newest (still filling)."""
+        rounds both windows hold, except the newest (still filling); then HOLDINGS."""
         status = encode_sync(ours)
         out: list[SyncOutput] = []
         for peer in sorted(self._linked):
@@ -436,6 +543,8 @@ class SyncMachine:
             high = min(ours.highest, theirs.highest) - 1
             if high >= low:
                 out.append(ReadIds(low, high, WindowSummary(peer)))
+        if self._linked:
+            out.append(SendHoldings(tuple(sorted(self._linked))))
         return out
 
     def _target(self) -> tuple[PeerId, Status] | None:
@@ -518,6 +627,11 @@ class SyncMachine:
             rate = round((ours.highest - started[1]) / (now - started[0]), 1)
         gap = theirs.highest - ours.highest
         return CatchUpProgress(ours.highest, theirs.highest, gap, ours.log_length, rate)
+
+
+def _join_outputs(outputs: list[JoinOutput]) -> list[SyncOutput]:
+    """State sync's outputs as the machine's: its requests become :class:`Send`."""
+    return [Send(o.peer, o.data) if isinstance(o, JoinSend) else o for o in outputs]
 
 
 def _check_width(low: int, high: int, what: str) -> None:

@@ -8,6 +8,13 @@ Layouts (integers big-endian); the type bytes continue those of
     9  IDS          low:u64  high:u64  count:u32  vertex_id:32 * count
     10 ROUNDS       low:u64  high:u64       please send the certified vertices of these rounds
     11 ROUNDS_DONE  low:u64  last:u64       rounds low..last were sent (CERTIFIED before it)
+    13 CHECKPOINT_REQUEST  number:u64      your certified checkpoint ``number`` (0: latest)
+    14 CHECKPOINT   certified_checkpoint  count:u32  vertex_id:32 * count   (its window)
+    15 HOLDINGS     oldest_round:u64  latest_checkpoint:u64  latest_checkpoint_round:u64
+
+(Type 12, CHECKPOINT_SIGNATURE, is the engine's.) HOLDINGS says what a peer can
+serve: the oldest round it holds and its latest certified checkpoint (0 when none).
+It is unsigned: it may make a node ask, never accept.
 
 A SUMMARY covers rounds ``low..high`` in ``count = ceil((high - low + 1) / span)``
 buckets of ``span`` rounds (the last one may be shorter). Round numbers are at most
@@ -29,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from qudag_node.core import codec
+from qudag_node.core.checkpoint import CertifiedCheckpoint, read_certified
 from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.types import HASH_SIZE, VertexId
 
@@ -41,6 +49,9 @@ class SyncType(enum.IntEnum):
     IDS = 9
     ROUNDS = 10
     ROUNDS_DONE = 11
+    CHECKPOINT_REQUEST = 13
+    CHECKPOINT = 14
+    HOLDINGS = 15
 
 
 #: Most buckets in one SUMMARY.
@@ -107,7 +118,42 @@ class RoundsDone:
     last: int
 
 
-SyncMessage = Status | Summary | Ids | RoundsRequest | RoundsDone
+@dataclass(frozen=True, slots=True)
+class CheckpointRequest:
+    """Please send your certified checkpoint ``number`` (0: your latest) and its window."""
+
+    number: int
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointOffer:
+    """A certified checkpoint and the ids of its window (the answer to a request)."""
+
+    certified: CertifiedCheckpoint
+    window: tuple[VertexId, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Holdings:
+    """What a node can serve: its oldest held round and latest certified checkpoint."""
+
+    oldest_round: int
+    latest_checkpoint: int
+    latest_checkpoint_round: int
+
+
+SyncMessage = (
+    Status
+    | Summary
+    | Ids
+    | RoundsRequest
+    | RoundsDone
+    | CheckpointRequest
+    | CheckpointOffer
+    | Holdings
+)
+#: Most ids in a checkpoint's window (validators * (gc_depth + 1) for any sane network).
+MAX_WINDOW = 1 << 20
 
 
 def encode_sync(message: SyncMessage) -> bytes:
@@ -137,6 +183,20 @@ def encode_sync(message: SyncMessage) -> bytes:
             return bytes((SyncType.ROUNDS,)) + codec.u64(low) + codec.u64(high)
         case RoundsDone(low, last):
             return bytes((SyncType.ROUNDS_DONE,)) + codec.u64(low) + codec.u64(last)
+        case CheckpointRequest(number):
+            return bytes((SyncType.CHECKPOINT_REQUEST,)) + codec.u64(number)
+        case CheckpointOffer(certified, window):
+            head = bytes((SyncType.CHECKPOINT,)) + certified.encode()
+            return head + codec.u32(len(window)) + b"".join(window)
+        case Holdings(oldest, latest, latest_round):
+            return b"".join(
+                (
+                    bytes((SyncType.HOLDINGS,)),
+                    codec.u64(oldest),
+                    codec.u64(latest),
+                    codec.u64(latest_round),
+                )
+            )
 
 
 def decode_sync(data: bytes) -> SyncMessage:
@@ -174,6 +234,18 @@ def decode_sync(data: bytes) -> SyncMessage:
         low, last = r.u64("low"), r.u64("last")
         _check_rounds(low, last)
         message = RoundsDone(low, last)
+    elif kind == SyncType.CHECKPOINT_REQUEST:
+        message = CheckpointRequest(r.u64("checkpoint number"))
+    elif kind == SyncType.CHECKPOINT:
+        certified = read_certified(r)
+        count = r.u32("window count")
+        if count > MAX_WINDOW or count != certified.checkpoint.window_count:
+            raise InputRejected(Reason.BAD_SYNC, f"{count} window ids")
+        message = CheckpointOffer(certified, split_ids(r.fixed(HASH_SIZE * count, "window ids")))
+    elif kind == SyncType.HOLDINGS:
+        oldest, latest, latest_round = r.u64("oldest"), r.u64("latest"), r.u64("latest round")
+        _check_rounds(oldest, latest_round)
+        message = Holdings(oldest, latest, latest_round)
     else:
         raise InputRejected(Reason.UNKNOWN_MESSAGE, f"message type {kind}")
     r.finish("sync message")

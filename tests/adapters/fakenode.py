@@ -25,7 +25,9 @@ from qudag_node.ports import (
     NodeStatus,
     P2pInfo,
     PeerView,
+    Pruned,
     QuorumInfo,
+    StateSyncInfo,
     SubmitReceipt,
     SyncInfo,
     TransactionsInfo,
@@ -90,7 +92,13 @@ def sample_status() -> NodeStatus:
                 for_seconds=61.23456,
             ),
         ),
-        sync=SyncInfo(catching_up=False, gap_rounds=0, in_step=True, detail="in step"),
+        sync=SyncInfo(
+            catching_up=False,
+            gap_rounds=0,
+            in_step=True,
+            detail="in step",
+            state_sync=StateSyncInfo(enabled=True, active=False, done=0, last_seconds=None),
+        ),
         checkpoint=CheckpointInfo(number=1, round=4, log_length=2),
     )
 
@@ -103,6 +111,7 @@ class FakeNode:
     transactions: dict[TxId, TxRecord] = field(default_factory=dict)
     vertices: dict[VertexId, VertexRecord] = field(default_factory=dict)
     entries: list[LogRecord] = field(default_factory=list)
+    log_base: int = 0  # positions up to it are not held
     equivocations: list[EvidenceRecord] = field(default_factory=list)
     checkpoints: dict[int, CheckpointRecord] = field(default_factory=dict)
     current: NodeStatus = field(default_factory=sample_status)
@@ -144,6 +153,8 @@ class FakeNode:
     async def log(self, start: int, limit: int) -> list[LogRecord]:
         """The entries from ``start`` on, at most ``limit``."""
         self.pages.append((start, limit))
+        if start <= self.log_base:
+            raise Pruned(f"log position {start}", self.log_base)
         return [e for e in self.entries if e.seq >= start][:limit]
 
     async def evidence(self, limit: int) -> list[EvidenceRecord]:

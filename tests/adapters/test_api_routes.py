@@ -494,6 +494,20 @@ async def test_the_log_pages_with_the_head_of_the_status(serve: ApiFactory) -> N
         assert (status, body["error"]["code"]) == (400, "bad_request"), query
 
 
+async def test_the_log_below_the_base_is_gone_not_missing(serve: ApiFactory) -> None:
+    api = await serve()
+    api.node.log_base = 2
+    api.node.entries = [
+        LogRecord(3, TxId(b"\x03" * 32), VertexId(b"\x0a" * 32), b"\x04" * 32),
+    ]
+    for query in ("", "?from=1", "?from=2&limit=5"):
+        status, body = await api.get(f"/api/v1/log{query}")
+        assert (status, body["error"]["code"], body["base"]) == (410, "pruned", 2), query
+    status, body = await api.get("/api/v1/log?from=3")
+    assert status == 200
+    assert [e["seq"] for e in body["entries"]] == [3]
+
+
 async def test_evidence(serve: ApiFactory) -> None:
     api = await serve()
     api.node.equivocations = [EvidenceRecord(ID_B, 7, b"\xee\xff")]
@@ -557,7 +571,13 @@ async def test_the_status_document(serve: ApiFactory) -> None:
                 "for_seconds": 61.235,
             },
         },
-        "sync": {"catching_up": False, "gap_rounds": 0, "in_step": True, "detail": "in step"},
+        "sync": {
+            "catching_up": False,
+            "gap_rounds": 0,
+            "in_step": True,
+            "detail": "in step",
+            "state_sync": {"enabled": True, "active": False, "done": 0, "last_seconds": None},
+        },
         "checkpoint": {"number": 1, "round": 4, "log_length": 2},
     }
     _keys_match_schema(doc, {"$ref": "#/components/schemas/Status"})

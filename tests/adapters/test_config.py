@@ -31,6 +31,7 @@ TOKEN = "1f3e5d7c9b0a2f4e6d8c1b3a5f7e9d02c4b6a8f0e2d4c6b8a1f3e5d7c9b0a246"  # no
 INVALID = {
     "node_id": "bad id!",
     "network_mode": "mainnet",
+    "state_sync": "sometimes",
     "network_id": "-leading-dash",
     "validators": "node1=not-a-key",
     "dag_sync_interval": "0",

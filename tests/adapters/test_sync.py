@@ -311,6 +311,7 @@ async def test_equal_dags_cost_one_small_summary_and_no_answer(net: Net, tmp_pat
     assert [(m.source, m.target, m.kind) for m in sent] == [
         (A, B, SyncType.STATUS),
         (A, B, SyncType.SUMMARY),
+        (A, B, SyncType.HOLDINGS),
     ]
     assert len(sent[1].data) < 10 * 1024
     summary = decode_sync(sent[1].data)
@@ -334,8 +335,10 @@ async def test_a_sync_round_sends_one_summary_to_each_peer(net: Net, tmp_path: P
     assert sorted((m.target, m.kind) for m in sent) == [
         (B, SyncType.STATUS),
         (B, SyncType.SUMMARY),
+        (B, SyncType.HOLDINGS),
         (c.name, SyncType.STATUS),
         (c.name, SyncType.SUMMARY),
+        (c.name, SyncType.HOLDINGS),
     ]
     for node in (b, c):
         assert node.sample("qudag_sync_rounds_total", result="in_sync") == 1
@@ -382,7 +385,7 @@ async def test_a_repaired_pair_is_in_sync(net: Net, tmp_path: Path) -> None:
                 await store_certified(a.store, answer)
     await net.sync_round(a)
     sent = await net.settle()
-    assert [m.kind for m in sent] == [SyncType.STATUS, SyncType.SUMMARY]
+    assert [m.kind for m in sent] == [SyncType.STATUS, SyncType.SUMMARY, SyncType.HOLDINGS]
     assert b.sample("qudag_sync_rounds_total", result="in_sync") == 1
 
 
@@ -418,6 +421,7 @@ async def test_a_wide_window_is_narrowed_down_to_one_leaf(net: Net, tmp_path: Pa
         {
             SyncType.STATUS: 1,
             SyncType.SUMMARY: 2,
+            SyncType.HOLDINGS: 1,
             SyncType.IDS: 1,
             MessageType.FETCH: 1,
         }

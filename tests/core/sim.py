@@ -67,9 +67,18 @@ from qudag_node.core.messages import (
     encode_message,
 )
 from qudag_node.core.params import Params
-from qudag_node.core.types import PeerId, TxId
+from qudag_node.core.types import PeerId, TxId, VertexId
 from qudag_node.core.vertex import decode_vertex, make_vertex
 from qudag_node.pump import Pump, PumpStep, deliver
+from tests.core.simjoin import (
+    CheckpointTracker,
+    Joined,
+    certified_latest,
+    forged,
+    join,
+    joined_store,
+    joined_tracker,
+)
 from tests.core.simstore import MemoryStore
 from tests.core.support import moment
 
@@ -80,8 +89,14 @@ SIM_PARAMS = Params(
     leader_timeout=1.0,
     retry_interval=0.5,
     gc_depth=20,
-    checkpoint_interval=4,
+    checkpoint_interval=10,
 )
+
+
+#: The name of the node that joins late by state sync (an observer).
+JOINER = PeerId("joiner")
+#: Seconds a validator joiner is away between losing its store and rejoining.
+REJOIN_AFTER = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +114,11 @@ class Faults:
     #: can still be certified) or every other one (so neither can be)
     twin_to: str = "one"
     observer: bool = True  # an observer that forwards its clients' transactions
+    #: when an observer that had nothing starts and joins by state sync (None: none)
+    joiner: float | None = None
+    #: the joiner is the last validator instead: its store is wiped at ``joiner`` and
+    #: it rejoins a second later by state sync (only when no validator misbehaves)
+    joiner_validator: bool = False
 
 
 def random_faults(rng: random.Random) -> Faults:
@@ -115,6 +135,8 @@ def random_faults(rng: random.Random) -> Faults:
         wrong_checkpoint=byzantine == "wrong_checkpoint",
         twin_to=rng.choice(["one", "half"]),
         observer=rng.random() < 0.5,
+        joiner=(joiner := rng.uniform(2.0, 8.0) if rng.random() < 0.3 else None),
+        joiner_validator=joiner is not None and byzantine == "none" and rng.random() < 0.5,
     )
 
 
@@ -228,15 +250,23 @@ class Simulation:
         self.params = SIM_PARAMS
         self.verifier = SequentialVerifier()  # one for every engine: each checks once
         self.nodes: dict[PeerId, SimNode] = {}
+        self.trackers: dict[PeerId, CheckpointTracker] = {}
         for i, s in enumerate(signers):
             self._add_node(PeerId(f"v{i}"), s)
         if faults.observer:
             self._add_node(PeerId("observer"), Signer(self.rng.randbytes(key_size)))
+        if faults.joiner is not None and not faults.joiner_validator:
+            self._add_node(JOINER, Signer(self.rng.randbytes(key_size)))
+            self.nodes[JOINER].up = False  # until it joins: what it is sent is lost
+        self.signers = dict(enumerate(signers))
         names = sorted(self.nodes)
         self.faulty = PeerId(f"v{validators - 1}")  # the one that misbehaves, if any
         self.nodes[self.faulty].silent = faults.silent
         self.nodes[self.faulty].equivocator = faults.equivocator
         self.nodes[self.faulty].wrong_checkpoint = faults.wrong_checkpoint
+        self.joiner = self.faulty if faults.joiner_validator else JOINER
+        self._wiped = False  # the validator joiner's store is gone, until it rejoins
+        self._catch_up_to: int | None = None  # the round a rejoined validator must see
         for a in names:
             for b in names:
                 if a != b:
@@ -250,6 +280,9 @@ class Simulation:
 
     def _add_node(self, name: PeerId, signer: Signer) -> None:
         store = MemoryStore(log_hash_start(self.genesis.hash))
+        self.trackers[name] = CheckpointTracker(
+            self.genesis, self.params, 0, log_hash_start(self.genesis.hash)
+        )
         pump: Pump[None] = Pump(
             Engine(self.genesis, self.params, signer, verifier=self.verifier),
             store,
@@ -310,7 +343,7 @@ class Simulation:
 
     def _twin(self, node: SimNode, data: bytes, dst: PeerId) -> bytes:
         """The equivocator sends some of its peers a different vertex for the round."""
-        if dst == "observer":
+        if dst in ("observer", JOINER):
             return data
         index = int(dst.removeprefix("v"))
         if (self.faults.twin_to == "one" and index != 1) or index % 2 == 0:
@@ -336,6 +369,7 @@ class Simulation:
         self._transmit()
         timer = node.engine.get_timer()
         node.timer = float("inf") if timer is None else timer
+        self._caught_up(node)
 
     def observe(self, node: SimNode, step: PumpStep[None]) -> None:
         """Note what a durable step of ``node`` shows: transactions final, messages
@@ -344,6 +378,7 @@ class Simulation:
         for fact in step.facts:
             match fact:
                 case LeaderCommitted(entries=entries):
+                    self.trackers[node.name].on_commit(fact, node.store)
                     for entry in entries:
                         origin = self.submitted.get(entry.tx_id)
                         if origin is not None and origin[0] == node.name:
@@ -379,8 +414,108 @@ class Simulation:
             node.engine.handle_timer(moment(self.now))
             self._step(node)
 
+    def _join_due(self) -> None:
+        """At its time, the joiner state-syncs from a validator's latest certified
+        checkpoint (or, before there is one, starts from nothing and replays). A
+        validator joiner first loses its process and its store, and rejoins a second
+        later; it proposes nothing before it has seen the others' highest round."""
+        at = self.faults.joiner
+        node = self.nodes.get(self.joiner)
+        if at is None or node is None or self.now < at:
+            return
+        if self.faults.joiner_validator and not self._wiped:
+            if node.up:
+                node.up, self._wiped = False, True
+            return
+        if node.up or (self.faults.joiner_validator and self.now < at + REJOIN_AFTER):
+            return
+        validators = {
+            i: self.trackers[PeerId(f"v{i}")]
+            for i in self.signers
+            if not self.nodes[PeerId(f"v{i}")].silent and PeerId(f"v{i}") != node.name
+        }
+        served = certified_latest(self.genesis, self.signers, validators)
+        if served is not None:
+            self._refuse_forged(served)
+            number = served[0].checkpoint.number
+            source = next(
+                n
+                for n in sorted(self.nodes.values(), key=lambda n: n.name)
+                if n.up and n.name != node.name and number in self.trackers[n.name].made
+            )
+            joined = join(
+                self.genesis,
+                self.params,
+                self.verifier,
+                source.name,
+                served,
+                source.store,
+                self.now,
+            )
+            assert joined is not None, f"seed {self.seed}: the join did not complete"
+            self._restart_joined(node, joined)
+        elif self.faults.joiner_validator:
+            self._restart_empty(node)
+        if self.faults.joiner_validator:
+            self._catch_up_to = max(
+                n.engine.statistics().highest_round for n in self.nodes.values() if n.up
+            )
+            node.engine.set_catching_up(True, moment(self.now))
+        node.up = True
+        for other in self.nodes.values():
+            if other is not node:
+                node.engine.peer_connected(other.name, other.signer.node_id)
+        node.engine.handle_timer(moment(self.now))
+        self._step(node)
+
+    def _refuse_forged(self, served: tuple[CertifiedCheckpoint, tuple[VertexId, ...]]) -> None:
+        """An equivocating validator first serves the joiner a checkpoint with a wrong
+        log hash that it signed: the join from it must not complete."""
+        faulty = self.nodes[self.faulty]
+        if not faulty.equivocator or not faulty.up:
+            return
+        index = int(self.faulty.removeprefix("v"))
+        lie = forged(served, index, faulty.signer)
+        joined = join(
+            self.genesis, self.params, self.verifier, faulty.name, lie, faulty.store, self.now
+        )
+        assert joined is None, f"seed {self.seed}: a forged checkpoint was accepted"
+
+    def _restart_joined(self, node: SimNode, joined: Joined) -> None:
+        """The joiner's store and engine start at the checkpoint it joined from."""
+        store = joined_store(log_hash_start(self.genesis.hash), joined)
+        node.store = store
+        node.pump = Pump(
+            Engine(self.genesis, self.params, node.signer, joined.snapshot, verifier=self.verifier),
+            store,
+            _Durable(self, node.name),
+        )
+        self.trackers[node.name] = joined_tracker(self.genesis, self.params, joined)
+
+    def _restart_empty(self, node: SimNode) -> None:
+        """A wiped validator with no checkpoint to join from starts from nothing."""
+        start = log_hash_start(self.genesis.hash)
+        node.store = MemoryStore(start)
+        node.pump = Pump(
+            Engine(self.genesis, self.params, node.signer, verifier=self.verifier),
+            node.store,
+            _Durable(self, node.name),
+        )
+        self.trackers[node.name] = CheckpointTracker(self.genesis, self.params, 0, start)
+
+    def _caught_up(self, node: SimNode) -> None:
+        """A rejoined validator proposes again once it holds the round the others had
+        reached when it came back (so that it cannot sign a round twice)."""
+        target = self._catch_up_to
+        if target is None or node.name != self.joiner:
+            return
+        if node.engine.statistics().highest_round >= target:
+            self._catch_up_to = None
+            node.engine.set_catching_up(False, moment(self.now))
+            self._step(node)
+
     def _submit_due(self) -> None:
-        clients = [n.name for n in self.honest()]
+        clients = [n.name for n in self.honest() if n.name != self.joiner]
         while self._client_plan and self._client_plan[0][0] <= self.now:
             _, tx = self._client_plan.pop(0)
             node = self.nodes[self.rng.choice(clients)]
@@ -403,6 +538,8 @@ class Simulation:
             settle = max(settle, self.faults.partition[1])
         if self.faults.crash:
             settle = max(settle, self.faults.crash[1])
+        if self.faults.joiner is not None:
+            settle = max(settle, self.faults.joiner + REJOIN_AFTER)
         while self.now < deadline:
             next_timer = min(
                 ((n.timer, n.name) for n in self.nodes.values() if n.up),
@@ -415,6 +552,7 @@ class Simulation:
             if self.now == float("inf"):
                 break
             self._crash_and_restart()
+            self._join_due()
             self._submit_due()
             if next_message <= self.now and self._queue:
                 _, _, dst, src, data = heapq.heappop(self._queue)
@@ -442,9 +580,11 @@ class Simulation:
         return max(len(n.store.evidence) for n in self.honest())
 
     def _next_fault_time(self) -> float:
+        at = self.faults.joiner
+        joining = (at, at + REJOIN_AFTER) if at is not None else None
         times = [
             t
-            for window in (self.faults.partition, self.faults.crash)
+            for window in (self.faults.partition, self.faults.crash, joining)
             if window is not None
             for t in window
             if t > self.now
@@ -461,12 +601,32 @@ class Simulation:
         if self._client_plan:
             return False
         wanted = set(self.submitted)
-        return all(n.up and wanted <= {e.tx_id for e in n.store.log} for n in self.honest())
+        joined = [n for n in self.honest() if n.name == self.joiner or n.store.log_base]
+        others = [n for n in self.honest() if n not in joined]
+        if not all(n.up and wanted <= {e.tx_id for e in n.store.log} for n in others):
+            return False
+        # a joiner holds no entry before its checkpoint: it must reach the others' end
+        end = max(log_length(n) for n in others)
+        return all(n.up and log_length(n) >= end for n in joined)
+
+    def _check_trackers(self) -> tuple[bool, str]:
+        """The checkpoints an honest engine certified are those its tracker computed
+        independently of the engine (the ones a joiner is served)."""
+        for node in self.honest():
+            tracker = self.trackers.get(node.name)
+            if tracker is None:
+                continue
+            for number in node.store.certificates.keys() & tracker.made.keys():
+                if node.store.checkpoints[number] != tracker.made[number][0]:
+                    return False, f"checkpoint {number} of {node.name} is not its tracker's"
+        return True, ""
 
     def _result(self) -> RunResult:
         safe, detail = check_prefixes(self.honest())
         if safe:
             safe, detail = check_checkpoints(self.honest(), self.genesis)
+        if safe:
+            safe, detail = self._check_trackers()
         live = self._all_final()
         if safe and not live:
             missing = [
@@ -477,7 +637,7 @@ class Simulation:
         latencies = [
             self.final_at[i] - at for i, (_, at) in self.submitted.items() if i in self.final_at
         ]
-        longest = max(self.honest(), key=lambda n: len(n.store.log))
+        longest = max(self.honest(), key=log_length)
         return RunResult(
             seed=self.seed,
             validators=self.genesis.n,
@@ -488,7 +648,7 @@ class Simulation:
             detail=detail,
             end_time=self.now,
             latencies=latencies,
-            log_length=len(longest.store.log),
+            log_length=log_length(longest),
             log_hash=longest.store.log_hash,
             equivocations=self._checked_evidence(),
             messages=self.messages,
@@ -499,13 +659,20 @@ class Simulation:
         )
 
 
+def log_length(node: SimNode) -> int:
+    """The length of a node's finalized log (entries held, and those before its base)."""
+    return node.store.log_base + len(node.store.log)
+
+
 def check_prefixes(nodes: Iterable[SimNode]) -> tuple[bool, str]:
-    """Safety: of any two finalized logs, one is a prefix of the other."""
-    logs = sorted(((n.name, n.store.log) for n in nodes), key=lambda x: len(x[1]))
-    for (name_a, a), (name_b, b) in itertools.pairwise(logs):
-        if a and b[len(a) - 1].hash != a[-1].hash:
-            first = next(k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x.hash != y.hash)
-            return False, f"logs of {name_a} and {name_b} differ at seq {first + 1}"
+    """Safety: of any two finalized logs, one is a prefix of the other: the running
+    hash is the same at every position both hold (a node that joined from a
+    checkpoint holds its base and what follows)."""
+    held = sorted(((n.name, _hashes(n.store)) for n in nodes), key=lambda x: len(x[1]))
+    for (name_a, a), (name_b, b) in itertools.combinations(held, 2):
+        differ = sorted(seq for seq in a.keys() & b.keys() if a[seq] != b[seq])
+        if differ:
+            return False, f"logs of {name_a} and {name_b} differ at seq {differ[0]}"
     return True, ""
 
 
@@ -526,6 +693,14 @@ def check_checkpoints(nodes: Iterable[SimNode], genesis: Genesis) -> tuple[bool,
             if first[1] != checkpoint:
                 return False, f"checkpoints {number} of {first[0]} and {node.name} differ"
     return True, ""
+
+
+def _hashes(store: MemoryStore) -> dict[int, bytes]:
+    """The running hash at each position a store holds (its base included)."""
+    hashes: dict[int, bytes] = {e.seq: e.hash for e in store.log}
+    if store.base_hash is not None:
+        hashes[store.log_base] = store.base_hash
+    return hashes
 
 
 def run_seed(seed: int, validators: int, scheme: Scheme = Scheme.ED25519) -> RunResult:
@@ -549,6 +724,8 @@ def fault_kinds(faults: Faults) -> list[str]:
             ("equivocator twin to one", faults.equivocator and faults.twin_to == "one"),
             ("wrong checkpoint", faults.wrong_checkpoint),
             ("observer", faults.observer),
+            ("joiner", faults.joiner is not None),
+            ("joiner validator", faults.joiner_validator),
         )
         if on
     ]

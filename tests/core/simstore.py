@@ -54,6 +54,10 @@ class MemoryStore:
     evidence: list[Equivocation] = field(default_factory=list)
     checkpoints: dict[int, Checkpoint] = field(default_factory=dict)
     certificates: dict[int, Certificate] = field(default_factory=dict)  # certified checkpoints
+    #: positions up to ``log_base`` are not held (the node joined from a checkpoint),
+    #: ``base_hash`` is the running hash there
+    log_base: int = 0
+    base_hash: bytes | None = None
 
     def persist(self, facts: Iterable[Fact]) -> None:
         """Apply one engine step's facts."""
@@ -91,7 +95,9 @@ class MemoryStore:
     @property
     def log_hash(self) -> bytes:
         """The running hash after the last entry."""
-        return self.log[-1].hash if self.log else self.log_start
+        if self.log:
+            return self.log[-1].hash
+        return self.log_start if self.base_hash is None else self.base_hash
 
     async def known_ids(self, ids: Sequence[TxId]) -> set[TxId]:
         """Which of ``ids`` are stored."""
@@ -118,7 +124,7 @@ class MemoryStore:
         own = [r for r in self.vertices.values() if r.vertex.author == own_key]
         latest = max(own, key=lambda r: r.vertex.round, default=None)
         return Snapshot(
-            log_length=len(self.log),
+            log_length=self.log_base + len(self.log),
             log_hash=self.log_hash,
             committed_round=self.committed_round,
             vertices=tuple(

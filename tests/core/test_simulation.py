@@ -101,6 +101,7 @@ def test_every_fault_kind_is_exercised(results: list[RunResult]) -> None:
         "wrong_checkpoint",
         "observer",
         "loss",
+        "joiner",
     ):
         assert len(runs(kind)) >= len(results) // 10, kind
     # When the equivocator's first vertex can still be certified, the honest node that

@@ -15,6 +15,8 @@ from qudag_node.core.messages import (
     encode_message,
 )
 from qudag_node.core.syncwire import (
+    CheckpointRequest,
+    Holdings,
     Ids,
     RoundsDone,
     RoundsRequest,
@@ -31,8 +33,9 @@ from tests.core.support import PARAMS, C
 ID = VertexId(b"\x07" * 32)
 
 
-def test_types_one_to_twelve_each_have_one_codec() -> None:
-    assert sorted(CODECS) == list(range(1, 13))
+def test_every_type_has_one_codec() -> None:
+    assert sorted(CODECS) == sorted({*MessageType, *SyncType})
+    assert set(CODECS) == set(range(1, 16))
     assert {k for k, c in CODECS.items() if c.owner is Owner.ENGINE} == set(MessageType)
     assert {k for k, c in CODECS.items() if c.owner is Owner.SYNC} == set(SyncType)
     names = [c.name for c in CODECS.values()]
@@ -52,6 +55,8 @@ SYNC_MESSAGES: list[SyncMessage] = [
     Ids(3, 3, (ID,)),
     RoundsRequest(1, 8),
     RoundsDone(1, 8),
+    CheckpointRequest(0),
+    Holdings(1, 2, 200),
 ]
 #: (bytes, message, owner) of one message of most types.
 CASES = [(encode_message(m), m, Owner.ENGINE) for m in ENGINE_MESSAGES] + [

@@ -55,6 +55,8 @@ TINY = Scale(
     memory_transactions=5_000,
     memory_window=2.0,
     attack_seconds=1.0,
+    statesync_transactions=(4_000, 8_000),
+    statesync_per_vertex=10,
     attack_mix=AttackMix(
         idle=200,
         slow=5,
@@ -77,7 +79,8 @@ async def test_every_scenario_runs_at_the_smallest_scale(tmp_path: Path) -> None
     verify = [f"verify ({s.label})" for s in Scheme]
     network = ["network (mldsa65-ed25519)", "network (ed25519)"]
     wire = [f"wire ({s.label})" for s in Scheme]
-    names = ["ingest", "single", *verify, "antientropy", *network, "catchup", "memory"]
+    names = ["ingest", "single", *verify, "antientropy", *network, "catchup", "statesync"]
+    names += ["statesync", "memory"]
     assert [r.name for r in rows] == [*names, "disk", *wire, *fsync, "ids", "attack"]
     for row in rows:
         assert row.verdict in (("-",) if row.name == "ids" else ("PASS", "MISS"))

@@ -1,0 +1,127 @@
+"""A fresh observer joins a running four-node testnet by state sync.
+
+The testnet (``qudag-node testnet``, Ed25519 keys) is driven under load until its
+validators have certified a checkpoint (one every ``checkpoint_interval`` rounds,
+signed by each validator over the checkpoint it computed itself). Then an observer
+starts on an empty data dir with the testnet's genesis, token and peers: it must join
+from the latest certified checkpoint rather than replay, hold no log entry at or below
+the checkpoint (``410 pruned``), and its log's running hash at a later position must
+equal the validators'.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.nodeproc import NodeProcess, request, submit_json, wait_until
+from tests.system.test_testnet_cli import LocalNet, free_range, processes_using
+
+pytestmark = pytest.mark.xdist_group("statesync_join")
+
+NODES = 4
+#: Rounds between checkpoints on this testnet (the same on every node, the observer too).
+INTERVAL = 4
+#: Seconds allowed for the testnet to certify a checkpoint, and for the join.
+DEADLINE = 180.0
+
+
+def get(url: str) -> dict[str, object]:
+    """The JSON answer of a GET that must succeed."""
+    code, body = request("GET", url, timeout=10)
+    assert code == 200, (url, code, body)
+    assert isinstance(body, dict)
+    return body
+
+
+def committed_round(url: str) -> int:
+    dag = get(f"{url}/api/v1/status")["dag"]
+    assert isinstance(dag, dict)
+    return int(dag["committed_round"])
+
+
+def log_length(url: str) -> int:
+    log = get(f"{url}/api/v1/status")["log"]
+    assert isinstance(log, dict)
+    return int(log["length"])
+
+
+def reaches(url: str, position: int) -> Callable[[], bool]:
+    """Whether the node at ``url`` holds log position ``position`` yet."""
+    return lambda: log_length(url) >= position
+
+
+def test_a_fresh_observer_joins_from_the_latest_certified_checkpoint(tmp_path: Path) -> None:
+    directory = tmp_path / "testnet"
+    api = free_range(NODES)
+    p2p = free_range(NODES, avoid=range(api, api + NODES))
+    net = LocalNet(
+        directory,
+        api,
+        p2p,
+        NODES,
+        options=("--scheme", "ed25519", "--checkpoint-interval", str(INTERVAL)),
+    )
+    observer: NodeProcess | None = None
+    try:
+        nodes = net.wait_up()
+        urls = [n.url for n in nodes]
+        sent = 0
+
+        def load_until_checkpoint() -> bool:
+            nonlocal sent
+            code, _ = submit_json(
+                urls[sent % NODES], [f"tx {sent} {k}".encode() for k in range(50)]
+            )
+            assert code == 202
+            sent += 1
+            return committed_round(urls[0]) > 3 * INTERVAL
+
+        wait_until(load_until_checkpoint, DEADLINE, "a certified checkpoint")
+        observer = NodeProcess(
+            tmp_path / "observer",
+            tmp_path / "observer.log",
+            {
+                "NODE_ID": "observer",
+                "QUDAG_GENESIS": str(directory / "genesis.json"),
+                "PEER_AUTH_TOKEN": (directory / "peer-token").read_text().strip(),
+                "QUDAG_PEERS": ",".join(f"127.0.0.1:{n.p2p_port}" for n in nodes),
+                "QUDAG_CHECKPOINT_INTERVAL": str(INTERVAL),
+            },
+        )
+        observer.start(ready=False)
+        target = log_length(urls[0])
+
+        def joined_and_caught_up() -> bool:
+            submit_json(urls[0], [f"later {sent}".encode()])
+            return log_length(observer.url) > target
+
+        wait_until(joined_and_caught_up, DEADLINE, "the observer to pass the validators' log")
+        events = [r.get("event") for r in observer.records()]
+        assert "state_sync_installed" in events
+        state_sync = get(f"{observer.url}/api/v1/status")["sync"]
+        assert isinstance(state_sync, dict)
+        assert state_sync["state_sync"]["done"] == 1
+
+        code, body = request("GET", f"{observer.url}/api/v1/log?from=1&limit=1")
+        assert code == 410, body
+        assert body["error"]["code"] == "pruned"
+        base = int(body["base"])
+        assert base > 0
+        position = log_length(observer.url)
+        ours = get(f"{observer.url}/api/v1/log?from={position}&limit=1")["entries"]
+        for url in urls:
+            wait_until(reaches(url, position), DEADLINE, f"{url} to reach {position}")
+            theirs = get(f"{url}/api/v1/log?from={position}&limit=1")["entries"]
+            assert theirs == ours
+    finally:
+        if observer is not None and observer.proc is not None:
+            observer.signal(signal.SIGTERM)
+            observer.wait(30)
+        net.kill()
+        for pid in processes_using(tmp_path):
+            os.kill(pid, signal.SIGKILL)
