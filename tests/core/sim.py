@@ -267,6 +267,7 @@ class Simulation:
         self.joiner = self.faulty if faults.joiner_validator else JOINER
         self._wiped = False  # the validator joiner's store is gone, until it rejoins
         self._catch_up_to: int | None = None  # the round a rejoined validator must see
+        self._signed_before = 0  # the last round the validator joiner signed before
         for a in names:
             for b in names:
                 if a != b:
@@ -426,6 +427,7 @@ class Simulation:
         if self.faults.joiner_validator and not self._wiped:
             if node.up:
                 node.up, self._wiped = False, True
+                self._signed_before = node.engine.statistics().round
             return
         if node.up or (self.faults.joiner_validator and self.now < at + REJOIN_AFTER):
             return
@@ -457,8 +459,11 @@ class Simulation:
         elif self.faults.joiner_validator:
             self._restart_empty(node)
         if self.faults.joiner_validator:
+            # above every round it may have signed before (a vertex of it may still be
+            # on its way), and the others' highest
             self._catch_up_to = max(
-                n.engine.statistics().highest_round for n in self.nodes.values() if n.up
+                self._signed_before + 1,
+                *(n.engine.statistics().highest_round for n in self.nodes.values() if n.up),
             )
             node.engine.set_catching_up(True, moment(self.now))
         node.up = True
