@@ -89,7 +89,7 @@ SIM_PARAMS = Params(
     leader_timeout=1.0,
     retry_interval=0.5,
     gc_depth=20,
-    checkpoint_interval=10,
+    checkpoint_interval=4,
 )
 
 
