@@ -46,9 +46,11 @@ from qudag_node.logs import Throttle, get_logger
 from qudag_node.metrics import Metrics
 from qudag_node.ports import (
     Check,
+    Holdings,
     NodeApi,
     NodeStatus,
     PeerView,
+    Pruned,
     QuorumInfo,
     StorageFull,
     TxRecord,
@@ -163,6 +165,8 @@ def _middleware(metrics: Metrics) -> Middleware:
             response = await handler(request)
         except ApiError as e:
             response = e.response()
+        except Pruned as e:
+            response = ApiError(410, "pruned", str(e)).response()
         except web.HTTPException as e:
             response = _from_http_exception(e, request).response()
         except Exception:
@@ -307,6 +311,17 @@ def _checks(checks: Sequence[Check]) -> dict[str, dict[str, Any]]:
     return {c.name: {"ok": c.ok, "detail": c.detail} for c in checks}
 
 
+def _unknown(kind: str, held: Holdings) -> str:
+    """The 404 message for an id this node does not hold: it cannot tell one pruned
+    from one never seen, so it says from where on it holds data."""
+    if held.oldest_round <= 1 and held.oldest_log_position <= 1:
+        return f"no such {kind}"
+    return (
+        f"no such {kind} on this node, which holds vertices from round {held.oldest_round}"
+        f" and the log from position {held.oldest_log_position} on (older ones are pruned)"
+    )
+
+
 def _tx_doc(record: TxRecord) -> dict[str, Any]:
     return {
         "id": record.id.hex(),
@@ -411,6 +426,12 @@ def _status_doc(status: NodeStatus) -> dict[str, Any]:
             "gap_rounds": status.sync.gap_rounds,
             "in_step": status.sync.in_step,
             "detail": status.sync.detail,
+        },
+        "retention": {
+            "dag": status.retention.dag,
+            "transactions": status.retention.transactions,
+            "oldest_round": status.retention.held.oldest_round,
+            "oldest_log_position": status.retention.held.oldest_log_position,
         },
     }
 
@@ -688,14 +709,16 @@ class _Routes:
         """GET /api/v1/transactions/{id}."""
         record = await self._node.transaction(TxId(_parse_id(request)))
         if record is None:
-            raise ApiError(404, "not_found", "no such transaction")
+            held = self._node.status().retention.held
+            raise ApiError(404, "not_found", _unknown("transaction", held))
         return web.json_response(_tx_doc(record))
 
     async def vertex(self, request: web.Request) -> web.Response:
         """GET /api/v1/vertices/{id}."""
         record = await self._node.vertex(VertexId(_parse_id(request)))
         if record is None:
-            raise ApiError(404, "not_found", "no such vertex")
+            held = self._node.status().retention.held
+            raise ApiError(404, "not_found", _unknown("vertex", held))
         return web.json_response(_vertex_doc(record))
 
     async def log(self, request: web.Request) -> web.Response:
@@ -710,7 +733,7 @@ class _Routes:
                     {
                         "seq": e.seq,
                         "tx_id": e.tx_id.hex(),
-                        "vertex": e.vertex.hex(),
+                        "vertex": None if e.vertex is None else e.vertex.hex(),
                         "hash": e.hash.hex(),
                     }
                     for e in entries

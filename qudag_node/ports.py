@@ -32,6 +32,20 @@ class StorageFull(Exception):
     writes resume once space is freed."""
 
 
+class Pruned(Exception):
+    """What was asked for is older than what this node holds (HTTP 410 ``pruned``): its
+    retention pruned it, or the node joined from a checkpoint after it. The message
+    says what the node holds."""
+
+
+@dataclass(frozen=True, slots=True)
+class Holdings:
+    """The oldest round and log position a node still holds."""
+
+    oldest_round: int
+    oldest_log_position: int
+
+
 @dataclass(frozen=True, slots=True)
 class TxRecord:
     """A stored transaction's status."""
@@ -75,7 +89,7 @@ class LogRecord:
 
     seq: int
     tx_id: TxId
-    vertex: VertexId
+    vertex: VertexId | None  # None once the DAG's retention pruned the vertex
     hash: bytes
 
 
@@ -192,6 +206,15 @@ class SyncInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionInfo:
+    """How long final data is kept (the settings' text), and what is held now."""
+
+    dag: str
+    transactions: str
+    held: Holdings
+
+
+@dataclass(frozen=True, slots=True)
 class NodeStatus:
     """The node's status, as ``/api/v1/status`` shows it."""
 
@@ -202,6 +225,7 @@ class NodeStatus:
     transactions: TransactionsInfo
     p2p: P2pInfo
     sync: SyncInfo
+    retention: RetentionInfo
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from qudag_node.ports import (
     PeerPosition,
     PeerView,
     QuorumInfo,
+    RetentionInfo,
     SubmitReceipt,
     SyncInfo,
     TransactionsInfo,
@@ -42,6 +43,7 @@ from qudag_node.ports import (
     VertexRecord,
 )
 from qudag_node.quorum import QuorumWatch
+from qudag_node.retention import Pruner
 from qudag_node.store import Store, StoreError
 from qudag_node.submissions import Submissions
 from qudag_node.sync import Syncer
@@ -92,6 +94,7 @@ class NodeView:
         p2p_port: int | None,
         quorum: QuorumWatch,
         disk: DiskGuard,
+        pruner: Pruner,
     ) -> None:
         self._settings = settings
         self._genesis = genesis
@@ -105,6 +108,7 @@ class NodeView:
         self._p2p_port = p2p_port
         self._quorum = quorum
         self._disk = disk
+        self._pruner = pruner
         self._started_at = time.time()
         self._started = False  # every task runs: the node takes traffic
 
@@ -196,6 +200,11 @@ class NodeView:
             transactions=TransactionsInfo(st.pending, st.in_flight),
             p2p=P2pInfo(st.peers, self._p2p_port, self._quorum_info()),
             sync=self._sync_info(),
+            retention=RetentionInfo(
+                str(self._pruner.settings.dag),
+                str(self._pruner.settings.transactions),
+                self._pruner.holdings,
+            ),
         )
 
     def _quorum_info(self) -> QuorumInfo | None:

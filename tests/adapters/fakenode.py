@@ -16,6 +16,7 @@ from qudag_node.ports import (
     Check,
     DagInfo,
     EvidenceRecord,
+    Holdings,
     LogInfo,
     LogRecord,
     NetworkInfo,
@@ -23,7 +24,9 @@ from qudag_node.ports import (
     NodeStatus,
     P2pInfo,
     PeerView,
+    Pruned,
     QuorumInfo,
+    RetentionInfo,
     SubmitReceipt,
     SyncInfo,
     TransactionsInfo,
@@ -89,6 +92,7 @@ def sample_status() -> NodeStatus:
             ),
         ),
         sync=SyncInfo(catching_up=False, gap_rounds=0, in_step=True, detail="in step"),
+        retention=RetentionInfo("archive", "archive", Holdings(1, 1)),
     )
 
 
@@ -138,8 +142,12 @@ class FakeNode:
         return self.vertices.get(vertex_id)
 
     async def log(self, start: int, limit: int) -> list[LogRecord]:
-        """The entries from ``start`` on, at most ``limit``."""
+        """The entries from ``start`` on, at most ``limit``; :class:`Pruned` below the
+        oldest log position of :attr:`current`."""
         self.pages.append((start, limit))
+        oldest = self.current.retention.held.oldest_log_position
+        if start < oldest:
+            raise Pruned(f"this node holds the log from position {oldest}")
         return [e for e in self.entries if e.seq >= start][:limit]
 
     async def evidence(self, limit: int) -> list[EvidenceRecord]:

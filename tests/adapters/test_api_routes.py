@@ -27,10 +27,12 @@ from qudag_node.metrics import Metrics
 from qudag_node.ports import (
     Check,
     EvidenceRecord,
+    Holdings,
     LogRecord,
     P2pInfo,
     PeerPosition,
     PeerView,
+    RetentionInfo,
     StorageFull,
     TxRecord,
     TxState,
@@ -406,6 +408,36 @@ async def test_the_log_pages_with_the_head_of_the_status(serve: ApiFactory) -> N
         assert (status, body["error"]["code"]) == (400, "bad_request"), query
 
 
+async def test_what_was_pruned_answers_410_and_unknown_ids_say_what_is_held(
+    serve: ApiFactory,
+) -> None:
+    api = await serve()
+    held = RetentionInfo("1000rounds", "2h", Holdings(oldest_round=900, oldest_log_position=51))
+    api.node.current = replace(api.node.current, retention=held)
+    api.node.entries = [
+        LogRecord(51, TxId(b"\x01" * 32), None, b"\x02" * 32),
+    ]
+    status, body = await api.get("/api/v1/log?from=50")
+    assert status == 410
+    assert body["error"]["code"] == "pruned"
+    assert "51" in body["error"]["message"]
+    status, body = await api.get("/api/v1/log?from=51")
+    assert status == 200
+    assert body["entries"][0]["vertex"] is None
+    _keys_match_schema(body, {"$ref": "#/components/schemas/LogPage"})
+    for kind in ("transactions", "vertices"):
+        status, body = await api.get(f"/api/v1/{kind}/{'ab' * 32}")
+        assert (status, body["error"]["code"]) == (404, "not_found")
+        assert "from round 900 and the log from position 51" in body["error"]["message"]
+    _, doc = await api.get("/api/v1/status")
+    assert doc["retention"] == {
+        "dag": "1000rounds",
+        "transactions": "2h",
+        "oldest_round": 900,
+        "oldest_log_position": 51,
+    }
+
+
 async def test_evidence(serve: ApiFactory) -> None:
     api = await serve()
     api.node.equivocations = [EvidenceRecord(ID_B, 7, b"\xee\xff")]
@@ -470,6 +502,12 @@ async def test_the_status_document(serve: ApiFactory) -> None:
             },
         },
         "sync": {"catching_up": False, "gap_rounds": 0, "in_step": True, "detail": "in step"},
+        "retention": {
+            "dag": "archive",
+            "transactions": "archive",
+            "oldest_round": 1,
+            "oldest_log_position": 1,
+        },
     }
     _keys_match_schema(doc, {"$ref": "#/components/schemas/Status"})
 
