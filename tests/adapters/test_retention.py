@@ -7,10 +7,12 @@ one-validator engine committed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,7 +108,7 @@ def certify(path: Path, number: int, commit: Commit, timestamp_ms: int = 0) -> N
         )
 
 
-def rows(path: Path, sql: str, *params: object) -> list[tuple[int, ...]]:
+def rows(path: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
     """The rows ``sql`` reads from the database at ``path``."""
     with contextlib.closing(sqlite3.connect(f"file:{path / DB_FILENAME}?mode=ro", uri=True)) as db:
         return db.execute(sql, params).fetchall()
@@ -167,3 +169,84 @@ async def test_pruning_deletes_below_the_kept_checkpoint_and_keeps_its_window(
         await h.store.log(kept.log_length, 10)
     page = await h.store.log(kept.log_length + 1, 3)
     assert [e.seq for e in page] == [kept.log_length + 1, kept.log_length + 2, kept.log_length + 3]
+    await h.store.close()
+
+
+async def test_archive_or_no_checkpoint_old_enough_prunes_nothing(tmp_path: Path) -> None:
+    h = await grown(tmp_path, 30)
+    before = rows(tmp_path, "SELECT count(*) FROM vertices UNION ALL SELECT count(*) FROM log")
+    await pruner(h.store, Retention(rounds=5)).prune()  # no checkpoint certified
+    certify(tmp_path, 1, h.leader_round_near(10))
+    certify(tmp_path, 2, h.leader_round_near(28))
+    await pruner(h.store, Retention()).prune()  # archive
+    await pruner(h.store, Retention(rounds=25)).prune()  # none 25 rounds before the latest
+    after = rows(tmp_path, "SELECT count(*) FROM vertices UNION ALL SELECT count(*) FROM log")
+    assert after == before
+    assert await h.store.holdings() == Holdings(1, 1)
+    await h.store.close()
+
+
+async def test_by_age_keeps_what_the_leaders_timestamps_say(tmp_path: Path) -> None:
+    h = await grown(tmp_path, 30)
+    minute = 60_000
+    certify(tmp_path, 1, h.leader_round_near(8), timestamp_ms=0)
+    certify(tmp_path, 2, h.leader_round_near(16), timestamp_ms=10 * minute)
+    certify(tmp_path, 3, h.leader_round_near(28), timestamp_ms=21 * minute)
+    await pruner(h.store, Retention(age_ms=11 * minute)).prune()  # 21 - 11 >= 10: keep 2
+    kept = h.leader_round_near(16)
+    assert await h.store.holdings() == Holdings(kept.round - 4, kept.log_length + 1)
+    await h.store.close()
+
+
+async def test_transactions_kept_longer_than_the_dag(tmp_path: Path) -> None:
+    h = await grown(tmp_path, 40)
+    older, newer = h.leader_round_near(10), h.leader_round_near(20)
+    certify(tmp_path, 1, older)
+    certify(tmp_path, 2, newer)
+    certify(tmp_path, 3, h.leader_round_near(38))
+    await pruner(h.store, Retention(rounds=15), Retention(rounds=25)).prune()
+    assert await h.store.holdings() == Holdings(newer.round - 4, older.log_length + 1)
+    page = await h.store.log(older.log_length + 1, 1000)
+    assert page[0].seq == older.log_length + 1
+    # entries whose vertex the DAG's retention pruned show none; later ones show theirs
+    assert any(e.vertex is None for e in page)
+    assert page[-1].vertex is not None
+    assert [e.seq for e in page] == list(range(older.log_length + 1, page[-1].seq + 1))
+    await h.store.close()
+
+
+async def test_a_restart_after_pruning_resumes_with_the_same_log(tmp_path: Path) -> None:
+    h = await grown(tmp_path, 40)
+    certify(tmp_path, 1, h.leader_round_near(12))
+    certify(tmp_path, 2, h.leader_round_near(38))
+    await pruner(h.store, Retention(rounds=20)).prune()
+    head = await h.store.log_head()
+    stats = h.engine.statistics()
+    await h.store.close()
+
+    store = await Store.open(tmp_path, GENESIS)
+    snapshot = await store.load_snapshot(GENESIS, PARAMS.gc_depth, SIGNER.node_id)
+    assert (snapshot.log_length, snapshot.log_hash) == (stats.log_length, stats.log_hash)
+    assert await store.log_head() == head
+    engine = Engine(GENESIS, PARAMS, SIGNER, snapshot)
+    resumed = History(store, engine, {}, h.now)
+    await resumed.grow(10)  # and it goes on finalizing from there
+    assert engine.statistics().log_length > stats.log_length
+    await store.close()
+
+
+async def test_commits_go_on_while_batches_run(tmp_path: Path) -> None:
+    """Batches and the engine's transactions take turns on the one writer: both go on,
+    and every commit made meanwhile is durable."""
+    h = await grown(tmp_path, 60)
+    certify(tmp_path, 1, h.leader_round_near(40))
+    certify(tmp_path, 2, h.leader_round_near(58))
+    prune = asyncio.create_task(pruner(h.store, Retention(rounds=10)).prune())
+    await h.grow(10)
+    await prune
+    length, _ = await h.store.log_head()
+    assert length == h.engine.statistics().log_length
+    assert rows(tmp_path, "SELECT min(round) FROM vertices") == [
+        (h.leader_round_near(40).round - 4,)
+    ]
+    await h.store.close()
