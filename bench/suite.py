@@ -28,6 +28,7 @@ from bench import (
     ingest,
     memory,
     network,
+    retention,
     single,
     verify,
 )
@@ -48,6 +49,7 @@ SCENARIOS: dict[str, Scenario] = {
     "disk": disk.scenario,
     "ids": ids.scenario,
     "attack": attack.scenario,
+    "retention": retention.scenario,
 }
 
 
