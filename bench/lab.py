@@ -39,6 +39,8 @@ class Scale:
     memory_window: float
     attack_seconds: float
     attack_mix: AttackMix
+    retention: str  # QUDAG_RETENTION of the retention scenario's pruning node
+    retention_soak_seconds: float
 
 
 FULL = Scale(
@@ -54,6 +56,8 @@ FULL = Scale(
     memory_window=600.0,
     attack_seconds=30.0,
     attack_mix=AttackMix(),
+    retention="3m",
+    retention_soak_seconds=600.0,
 )
 QUICK = Scale(
     name="quick",
@@ -68,6 +72,8 @@ QUICK = Scale(
     memory_window=10.0,
     attack_seconds=4.0,
     attack_mix=AttackMix(),
+    retention="20s",
+    retention_soak_seconds=120.0,
 )
 
 

@@ -18,7 +18,6 @@ are reused by later writes, so the file stops growing once the retention is reac
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 
 from qudag_node.config import Settings
@@ -35,7 +34,7 @@ PRUNE_INTERVAL = 5.0
 #: Target duration of one batch: what a commit waiting behind it may lose.
 BATCH_SECONDS = 0.004
 #: Bounds of a batch's row count, and where it starts.
-MIN_BATCH, FIRST_BATCH, MAX_BATCH = 16, 256, 4096
+MIN_BATCH, FIRST_BATCH, MAX_BATCH = 16, 128, 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +84,7 @@ class Pruner:
         """One pass: delete everything the retention drops now, batch after batch."""
         plan = await self.plan()
         if plan is not None and plan != self._done:
-            counts = await self._carry_out(plan)
+            counts, longest = await self._carry_out(plan)
             self._done = plan
             if any(counts.values()):
                 log.info(
@@ -93,6 +92,7 @@ class Pruner:
                     below_round=plan.dag_round,
                     below_checkpoint=plan.checkpoint,
                     log_base=None if plan.log is None else plan.log.length,
+                    longest_batch_ms=round(longest * 1000, 1),
                     **counts,
                 )
         await self.refresh()
@@ -123,16 +123,19 @@ class Pruner:
             log_round=0 if tx is None else tx.round - s.gc_depth,
         )
 
-    async def _carry_out(self, plan: PrunePlan) -> dict[str, int]:
+    async def _carry_out(self, plan: PrunePlan) -> tuple[dict[str, int], float]:
+        """Batches until ``plan`` is done: the rows deleted by kind, and the longest a
+        batch held the writer (seconds, waiting for its turn left out)."""
         counts: dict[str, int] = {}
+        longest = 0.0
         cursor = 0
         while True:
-            started = time.perf_counter()
             batch = await self._store.prune_batch(plan, cursor, self._limit)
-            took = time.perf_counter() - started
+            took = batch.seconds
+            longest = max(longest, took)
             self._resize(took)
             if not batch.deleted and batch.cursor == cursor:
-                return counts
+                return counts, longest
             cursor = batch.cursor
             self._metrics.on_pruned(batch.counts)
             for kind, count in batch.counts.items():

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import itertools
 import os
 import sqlite3
 import stat
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -723,10 +725,14 @@ class Store:
         on the writer, taken between the group commit's (see
         :mod:`qudag_node.retention`); ``cursor`` is the last log position looked at
         (0 to start). The transaction skips the fsync (``synchronous=NORMAL``): a batch
-        lost to a power cut is pruned again, and the next commit's fsync covers it."""
+        lost to a power cut is pruned again, and the next commit's fsync covers it. Nor
+        does it checkpoint the WAL (which would hold the writer while it copies up to
+        ``WAL_CHECKPOINT_PAGES``): the group commit's next commit does, as it would."""
         async with self._turn:
+            started = time.perf_counter()
             db = self._writer
             await db.execute("PRAGMA synchronous=NORMAL")
+            await db.execute("PRAGMA wal_autocheckpoint=0")
             try:
                 await db.execute("BEGIN IMMEDIATE")
                 try:
@@ -737,8 +743,10 @@ class Store:
                         await db.execute("ROLLBACK")
                     raise
             finally:
+                await db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
                 await db.execute("PRAGMA synchronous=FULL")
-        return batch
+            held = time.perf_counter() - started
+        return dataclasses.replace(batch, seconds=held)
 
     # ------------------------------------------------------- peer addresses
 
@@ -857,6 +865,7 @@ class PruneBatch:
 
     counts: dict[str, int]
     cursor: int
+    seconds: float = 0.0  # how long the batch held the writer
 
     @property
     def deleted(self) -> int:
