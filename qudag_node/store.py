@@ -731,20 +731,16 @@ class Store:
         async with self._turn:
             started = time.perf_counter()
             db = self._writer
-            await db.execute("PRAGMA synchronous=NORMAL")
-            await db.execute("PRAGMA wal_autocheckpoint=0")
             try:
-                await db.execute("BEGIN IMMEDIATE")
-                try:
-                    batch = await _prune_some(db, plan, cursor, limit)
-                    await db.execute("COMMIT")
-                except BaseException:
-                    if db.in_transaction:
-                        await db.execute("ROLLBACK")
-                    raise
+                await db.executescript(_PRUNE_BEGIN)  # one call on the writer's thread
+                batch = await _prune_some(db, plan, cursor, limit)
+                await db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+                raise
             finally:
-                await db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
-                await db.execute("PRAGMA synchronous=FULL")
+                await db.executescript(_PRUNE_RESTORE)
             held = time.perf_counter() - started
         return dataclasses.replace(batch, seconds=held)
 
@@ -844,6 +840,12 @@ class Store:
         return Holdings(0 if rows[0][0] is None else int(rows[0][0]), base.length + 1)
 
 
+#: A prune batch's transaction: no fsync and no WAL checkpoint of its own (see
+#: :meth:`Store.prune_batch`); then the writer's settings again.
+_PRUNE_RESTORE = f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}; PRAGMA synchronous=FULL;"
+_PRUNE_BEGIN = "PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=0; BEGIN IMMEDIATE;"
+
+
 @dataclass(frozen=True, slots=True)
 class PrunePlan:
     """What retention drops: vertices and evidence of rounds below ``dag_round``,
@@ -881,20 +883,17 @@ async def _prune_some(
     used twice (log entries refer to vertices and transactions by rowid, and
     :meth:`Store.totals` counts by the largest)."""
     if plan.log is not None and cursor < plan.log.length:
-        if (await _log_base(db)).length < plan.log.length:
+        if cursor == 0 and (await _log_base(db)).length < plan.log.length:
             await _set_meta(db, LOG_BASE, plan.log.encode())
         rows = await _fetch(
             db,
-            "SELECT l.seq, l.tx, v.round FROM log AS l LEFT JOIN vertices AS v"
-            " ON v.rowid = l.vertex WHERE l.seq > ? AND l.seq <= ? ORDER BY l.seq LIMIT ?",
-            (cursor, plan.log.length, limit),
+            "SELECT l.seq, l.tx, (v.round IS NULL OR v.round < ?)"
+            " AND l.tx < (SELECT max(rowid) FROM transactions) FROM log AS l"
+            " LEFT JOIN vertices AS v ON v.rowid = l.vertex"
+            " WHERE l.seq > ? AND l.seq <= ? ORDER BY l.seq LIMIT ?",
+            (plan.log_round, cursor, plan.log.length, limit),
         )
-        (newest,) = (await _fetch(db, "SELECT max(rowid) FROM transactions"))[0]
-        gone = [
-            (seq, tx)
-            for seq, tx, rnd in rows
-            if (rnd is None or rnd < plan.log_round) and tx != newest
-        ]
+        gone = [(seq, tx) for seq, tx, drop in rows if drop]
         await db.executemany("DELETE FROM log WHERE seq = ?", [(seq,) for seq, _ in gone])
         await db.executemany("DELETE FROM transactions WHERE rowid = ?", [(t,) for _, t in gone])
         next_cursor = int(rows[-1][0]) if len(rows) == limit else plan.log.length

@@ -109,7 +109,7 @@ def test_every_error_answer_is_the_envelope_with_its_codes() -> None:
                 media = DOCUMENT["components"]["responses"][name]["content"]["application/json"]
                 first = media["schema"]["allOf"][0]
                 assert first == {"$ref": "#/components/schemas/Error"}, (method, path, status)
-    assert error_statuses == {400, 401, 404, 408, 413, 415, 429, 503, 504, 507}
+    assert error_statuses == {400, 401, 404, 408, 410, 413, 415, 429, 503, 504, 507}
     responses = DOCUMENT["components"]["responses"]
     for name in ("RateLimited", "PoolFull"):
         assert responses[name]["headers"]["Retry-After"] == {
