@@ -42,6 +42,8 @@ class Scale:
     #: the two histories a fresh node joins by state sync, and their vertices' size
     statesync_transactions: tuple[int, int]
     statesync_per_vertex: int
+    retention: str  # QUDAG_RETENTION of the retention scenario's pruning node
+    retention_soak_seconds: float
 
 
 FULL = Scale(
@@ -59,6 +61,8 @@ FULL = Scale(
     attack_mix=AttackMix(),
     statesync_transactions=(500_000, 5_000_000),
     statesync_per_vertex=1_000,
+    retention="3m",
+    retention_soak_seconds=600.0,
 )
 QUICK = Scale(
     name="quick",
@@ -75,6 +79,8 @@ QUICK = Scale(
     attack_mix=AttackMix(),
     statesync_transactions=(50_000, 500_000),
     statesync_per_vertex=100,
+    retention="20s",
+    retention_soak_seconds=120.0,
 )
 
 

@@ -28,6 +28,7 @@ from bench import (
     ingest,
     memory,
     network,
+    retention,
     single,
     statesync,
     verify,
@@ -50,6 +51,7 @@ SCENARIOS: dict[str, Scenario] = {
     "disk": disk.scenario,
     "ids": ids.scenario,
     "attack": attack.scenario,
+    "retention": retention.scenario,
 }
 
 

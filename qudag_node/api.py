@@ -47,6 +47,7 @@ from qudag_node.metrics import Metrics
 from qudag_node.ports import (
     Check,
     CheckpointRecord,
+    HeldRange,
     NodeApi,
     NodeStatus,
     PeerView,
@@ -319,6 +320,17 @@ def _checks(checks: Sequence[Check]) -> dict[str, dict[str, Any]]:
     return {c.name: {"ok": c.ok, "detail": c.detail} for c in checks}
 
 
+def _unknown(kind: str, held: HeldRange) -> str:
+    """The 404 message for an id this node does not hold: it cannot tell one pruned
+    from one never seen, so it says from where on it holds data."""
+    if held.oldest_round <= 1 and held.oldest_log_position <= 1:
+        return f"no such {kind}"
+    return (
+        f"no such {kind} on this node, which holds vertices from round {held.oldest_round}"
+        f" and the log from position {held.oldest_log_position} on (older ones are pruned)"
+    )
+
+
 def _tx_doc(record: TxRecord) -> dict[str, Any]:
     return {
         "id": record.id.hex(),
@@ -467,6 +479,12 @@ def _status_doc(status: NodeStatus) -> dict[str, Any]:
             "number": status.checkpoint.number,
             "round": status.checkpoint.round,
             "log_length": status.checkpoint.log_length,
+        },
+        "retention": {
+            "dag": status.retention.dag,
+            "transactions": status.retention.transactions,
+            "oldest_round": status.retention.held.oldest_round,
+            "oldest_log_position": status.retention.held.oldest_log_position,
         },
     }
 
@@ -744,14 +762,16 @@ class _Routes:
         """GET /api/v1/transactions/{id}."""
         record = await self._node.transaction(TxId(_parse_id(request)))
         if record is None:
-            raise ApiError(404, "not_found", "no such transaction")
+            held = self._node.status().retention.held
+            raise ApiError(404, "not_found", _unknown("transaction", held))
         return web.json_response(_tx_doc(record))
 
     async def vertex(self, request: web.Request) -> web.Response:
         """GET /api/v1/vertices/{id}."""
         record = await self._node.vertex(VertexId(_parse_id(request)))
         if record is None:
-            raise ApiError(404, "not_found", "no such vertex")
+            held = self._node.status().retention.held
+            raise ApiError(404, "not_found", _unknown("vertex", held))
         return web.json_response(_vertex_doc(record))
 
     async def log(self, request: web.Request) -> web.Response:
@@ -766,7 +786,7 @@ class _Routes:
                     {
                         "seq": e.seq,
                         "tx_id": e.tx_id.hex(),
-                        "vertex": e.vertex.hex(),
+                        "vertex": None if e.vertex is None else e.vertex.hex(),
                         "hash": e.hash.hex(),
                     }
                     for e in entries

@@ -25,6 +25,7 @@ from typing import Any, TypeVar, cast, dataclass_transform
 from qudag_node.core.crypto import DEFAULT_SCHEME, Scheme, scheme_of_public_key
 from qudag_node.core.genesis import NAME_RULE, Genesis, Validator, is_valid_name
 from qudag_node.core.params import Params
+from qudag_node.core.retention import Retention, parse_retention
 from qudag_node.core.types import PublicKey
 from qudag_node.genesis_file import (
     GenesisFileError,
@@ -154,6 +155,10 @@ def _choice(*options: str) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+def _optional_retention(raw: str) -> Retention | None:
+    return parse_retention(raw) if raw.strip() else None
 
 
 def _bool(raw: str) -> bool:
@@ -590,6 +595,21 @@ class Settings:
         help="Below this much free space in DATA_DIR the node refuses client writes (507) and"
         " reports not ready; the space left is the consensus's reserve.",
     )
+    retention: Retention = setting(
+        env="QUDAG_RETENTION",
+        default_text="archive",
+        parse=parse_retention,
+        help="How long the DAG (vertices, certificates, evidence, checkpoints) is kept once"
+        " final: archive (everything), a number of rounds (50000rounds) or an age (30m, 12h,"
+        " 7d), counted back from the latest certified checkpoint.",
+    )
+    tx_retention: Retention | None = setting(
+        env="QUDAG_TX_RETENTION",
+        default_text="",
+        parse=_optional_retention,
+        help="How long transaction bytes and log entries are kept once final, in the forms of"
+        " QUDAG_RETENTION; never shorter than it. Empty: the same as QUDAG_RETENTION.",
+    )
     shutdown_timeout: float = setting(
         env="QUDAG_SHUTDOWN_TIMEOUT",
         default_text="20",
@@ -607,6 +627,12 @@ class Settings:
     def data_path(self) -> Path:
         """The data directory as a path."""
         return Path(self.data_dir)
+
+    @property
+    def kept_transactions(self) -> Retention:
+        """How long transaction bytes and log entries are kept (QUDAG_TX_RETENTION, by
+        default QUDAG_RETENTION)."""
+        return self.retention if self.tx_retention is None else self.tx_retention
 
     def genesis(self, own_key: bytes) -> Genesis:
         """The network's genesis: from QUDAG_GENESIS, else QUDAG_VALIDATORS, else solo.
@@ -683,6 +709,8 @@ class Settings:
                 value = "<set>"
             elif value is None and f.name in BY_NAME and BY_NAME[f.name].secret:
                 value = "<unset>"
+            elif isinstance(value, Retention):
+                value = str(value)
             elif isinstance(value, tuple) and f.name == "platform":
                 value = dict(value)
             elif isinstance(value, tuple) and f.name == "validators":
@@ -780,6 +808,12 @@ def load_settings(
         raise ConfigError(
             "PEER_AUTH_TOKEN_PREVIOUS is set but PEER_AUTH_TOKEN is not, or is the same: during a"
             " rotation PEER_AUTH_TOKEN holds the new token and PEER_AUTH_TOKEN_PREVIOUS the old one"
+        )
+    if settings.kept_transactions.shorter_than(settings.retention):
+        raise ConfigError(
+            f"invalid QUDAG_TX_RETENTION: {settings.kept_transactions} is shorter than"
+            f" QUDAG_RETENTION ({settings.retention}): a vertex the node keeps needs its"
+            " transactions' bytes to be served, so they are kept at least as long as the DAG"
         )
     if settings.genesis_file and settings.validators:
         raise ConfigError("QUDAG_GENESIS and QUDAG_VALIDATORS are both set; use one of them")

@@ -50,6 +50,25 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTI
 _MAX_HTTP_SERIES = 256
 
 
+def _retention_series(r: CollectorRegistry) -> tuple[Counter, Gauge, Gauge]:
+    """The pruner's series: rows pruned by kind, the oldest round and log position held."""
+    pruned = Counter(
+        "qudag_pruned_rows",
+        "Rows the retention pruned, by kind (vertices, transactions, log, evidence, checkpoints).",
+        ["kind"],
+        registry=r,
+    )
+    oldest_round = Gauge(
+        "qudag_oldest_round_held", "The oldest DAG round this node holds.", registry=r
+    )
+    oldest_log_position = Gauge(
+        "qudag_oldest_log_position_held",
+        "The oldest finalized log position this node holds.",
+        registry=r,
+    )
+    return pruned, oldest_round, oldest_log_position
+
+
 class _StorageCollector:
     """Disk space of the data directory's filesystem and the database's size, read at each
     scrape (one ``statvfs`` and two ``stat`` calls). Until :meth:`watch` names the paths
@@ -303,9 +322,14 @@ class Metrics:
             "Rounds this node is behind its most advanced peer.",
             registry=r,
         )
-        self._checkpoint_certified, self._state_syncs, self._state_sync_seconds = (
-            _checkpoint_series(r)
-        )
+        (
+            self._checkpoint_certified,
+            self._state_syncs,
+            self._state_sync_seconds,
+            self._pruned,
+            self._oldest_round,
+            self._oldest_log_position,
+        ) = (*_checkpoint_series(r), *_retention_series(r))
         build = Gauge(
             "qudag_build_info",
             "Build of this node (always 1).",
@@ -444,6 +468,17 @@ class Metrics:
         """A state sync ended, ``seconds`` after it began."""
         self._state_syncs.inc()
         self._state_sync_seconds.set(seconds)
+
+    def on_pruned(self, counts: Mapping[str, int]) -> None:
+        """The retention deleted ``counts`` rows, by kind."""
+        for kind, count in counts.items():
+            if count:
+                self._pruned.labels(kind=kind).inc(count)
+
+    def on_holdings(self, oldest_round: int, oldest_log_position: int) -> None:
+        """What this node holds now, after a prune or at start."""
+        self._oldest_round.set(oldest_round)
+        self._oldest_log_position.set(oldest_log_position)
 
     def on_store_commit(self, seconds: float) -> None:
         """One store commit took ``seconds``."""

@@ -34,6 +34,14 @@ class StorageFull(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class HeldRange:
+    """The oldest round and log position a node still holds."""
+
+    oldest_round: int
+    oldest_log_position: int
+
+
+@dataclass(frozen=True, slots=True)
 class TxRecord:
     """A stored transaction's status."""
 
@@ -71,11 +79,12 @@ class EvidenceRecord:
 
 
 class Pruned(Exception):
-    """What was asked for is no longer held here (pruned, or before the checkpoint this
-    node joined from); ``base`` is the last log position not held."""
+    """What was asked for is older than what this node holds (HTTP 410 ``pruned``): its
+    retention pruned it, or the node joined from a checkpoint after it; ``base`` is the
+    last log position not held."""
 
     def __init__(self, what: str, base: int) -> None:
-        super().__init__(f"{what} is not held: log positions up to {base} are pruned")
+        super().__init__(f"{what} is not held: this node holds the log from position {base + 1}")
         self.base = base
 
 
@@ -85,7 +94,7 @@ class LogRecord:
 
     seq: int
     tx_id: TxId
-    vertex: VertexId
+    vertex: VertexId | None  # None once the DAG's retention pruned the vertex
     hash: bytes
 
 
@@ -230,6 +239,15 @@ class SyncInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionInfo:
+    """How long final data is kept (the settings' text), and what is held now."""
+
+    dag: str
+    transactions: str
+    held: HeldRange
+
+
+@dataclass(frozen=True, slots=True)
 class NodeStatus:
     """The node's status, as ``/api/v1/status`` shows it."""
 
@@ -241,6 +259,7 @@ class NodeStatus:
     p2p: P2pInfo
     sync: SyncInfo
     checkpoint: CheckpointInfo | None  # the latest certified here; None until one is
+    retention: RetentionInfo
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,7 @@ from qudag_node.logs import get_logger
 from qudag_node.metrics import Metrics
 from qudag_node.node import Node, engine_time
 from qudag_node.quorum import QuorumWatch
+from qudag_node.retention import Pruner, RetentionSettings
 from qudag_node.store import Store, StoreError, accept, is_disk_full
 from qudag_node.submissions import Submissions
 from qudag_node.sync import Syncer
@@ -112,6 +113,7 @@ class _Parts:
     network: PeerNetwork | None
     p2p_port: int | None
     quorum: QuorumWatch
+    pruner: Pruner
 
 
 async def _run(
@@ -162,6 +164,8 @@ async def _build(
     quorum = QuorumWatch(
         network, metrics, quorum=genesis.quorum, validator=engine.role is Role.VALIDATOR
     )
+    pruner = Pruner(store, RetentionSettings.of(s), metrics)
+    await pruner.refresh()
     view = NodeView(
         s,
         genesis=genesis,
@@ -175,8 +179,9 @@ async def _build(
         p2p_port=p2p_port,
         quorum=quorum,
         disk=disk,
+        pruner=pruner,
     )
-    return _Parts(node, view, metrics, syncer, network, p2p_port, quorum)
+    return _Parts(node, view, metrics, syncer, network, p2p_port, quorum, pruner)
 
 
 async def _wire(
@@ -254,9 +259,9 @@ async def _wire(
 def _start_tasks(
     tg: asyncio.TaskGroup, s: Settings, parts: _Parts, store: Store
 ) -> list[asyncio.Task[None]]:
-    """Start every task but the pump in ``tg``: the syncer, the links, the quorum watch,
-    discovery, and the database's integrity check."""
-    tasks = [tg.create_task(parts.syncer.run())]
+    """Start every task but the pump in ``tg``: the syncer, the pruner, the links, the
+    quorum watch, discovery, and the database's integrity check."""
+    tasks = [tg.create_task(parts.syncer.run()), tg.create_task(parts.pruner.run())]
     network = parts.network
     if network is not None:
         tasks.append(tg.create_task(network.run()))

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import itertools
 import os
 import sqlite3
 import stat
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +47,7 @@ from qudag_node.core.events import (
 )
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.messages import encode_certified
+from qudag_node.core.retention import CheckpointMark
 from qudag_node.core.syncwire import CertifiedIds, Holdings
 from qudag_node.core.types import HASH_SIZE, NodeId, TxId, VertexId
 from qudag_node.core.vertex import (
@@ -53,7 +56,14 @@ from qudag_node.core.vertex import (
     decode_header_bytes,
     encode_vertex_parts,
 )
-from qudag_node.ports import CheckpointRecord, EvidenceRecord, LogRecord, Pruned, VertexRecord
+from qudag_node.ports import (
+    CheckpointRecord,
+    EvidenceRecord,
+    HeldRange,
+    LogRecord,
+    Pruned,
+    VertexRecord,
+)
 
 DB_FILENAME = "qudag.db"
 #: WAL pages after which a commit also checkpoints (SQLite's default is 1,000). Under
@@ -428,6 +438,8 @@ class Store:
         self._reader = reader
         self._side = side  # small writes outside the pump's transactions (peer addresses)
         self._open = False  # the writer holds a transaction that write() began
+        # held for each transaction on the writer: the group commit's, or a prune batch's
+        self._turn = asyncio.Lock()
 
     # ------------------------------------------------------------ life cycle
 
@@ -537,8 +549,9 @@ class Store:
         db = self._writer
         try:
             if not self._open:
-                await db.execute("BEGIN IMMEDIATE")
+                await self._turn.acquire()
                 self._open = True
+                await db.execute("BEGIN IMMEDIATE")
             for sql, rows in statements:
                 await db.executemany(sql, rows)
             if w.committed_round is not None:
@@ -559,12 +572,16 @@ class Store:
             await self._rollback()
             raise
         self._open = False
+        self._turn.release()
 
     async def _rollback(self) -> None:
         if self._open:
             self._open = False
-            if self._writer.in_transaction:
-                await self._writer.execute("ROLLBACK")
+            try:
+                if self._writer.in_transaction:
+                    await self._writer.execute("ROLLBACK")
+            finally:
+                self._turn.release()
 
     # ----------------------------------------------------- pump-side reads
 
@@ -656,8 +673,9 @@ class Store:
             messages = await _certified(self._reader, [r[1:] for r in rows])
             found = {VertexId(bytes(r[0])): m for r, m in zip(rows, messages, strict=True)}
             for vid in chunk:
-                if vid in found:
-                    yield found[vid]
+                message = found.get(vid)
+                if message is not None:
+                    yield message
 
     async def certified_ids(self, low: int, high: int) -> CertifiedIds:
         """The id and round of every stored, certified vertex of rounds ``low..high``, by
@@ -690,7 +708,7 @@ class Store:
         for number, group in itertools.groupby(rows, key=lambda r: int(r[0])):
             if size >= max_bytes:
                 return out, number - 1
-            messages = await _certified(self._reader, [r[1:] for r in group])
+            messages = [m for m in await _certified(self._reader, [r[1:] for r in group]) if m]
             out += messages
             size += sum(map(len, messages))
         return out, high
@@ -715,10 +733,11 @@ class Store:
         return [EvidenceRecord(NodeId(r[0]), int(r[1]), bytes(r[2])) for r in rows]
 
     async def totals(self) -> StoreTotals:
-        """Stored vertex, transaction and log counts (the log's length counts the
-        positions below its base too).
+        """Vertex and transaction counts over the database's life, and the log's length.
 
-        Rows are never deleted, so the largest rowid is the count, found in O(log n).
+        Rows get rowids in arrival order and pruning never deletes the newest row of a
+        table (see :mod:`qudag_node.retention`), so the largest rowid is the number of
+        rows ever stored, found in O(log n).
         """
         db = self._writer
         (v,) = (await _fetch(db, "SELECT coalesce(max(rowid), 0) FROM vertices"))[0]
@@ -751,75 +770,118 @@ class Store:
         transactions (final, at log positions this node does not hold), the committed
         round, and the log's base at the checkpoint. Rounds above it come by sync.
 
-        Must not be called while :meth:`write` holds a transaction open."""
+        Waits for the writer's turn, like a prune batch; must not be called while
+        :meth:`write` holds a transaction open."""
         if self._open:
             raise RuntimeError("install_checkpoint() inside an open transaction")
-        cp = certified.checkpoint
-        db = self._writer
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            await db.execute(
-                "INSERT INTO checkpoints"
-                " (number, round, log_length, timestamp_ms, body, window, certificate)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (number) DO UPDATE"
-                " SET certificate = excluded.certificate",
-                (
-                    cp.number,
-                    cp.round,
-                    cp.log_length,
-                    cp.timestamp_ms,
-                    cp.encode(),
-                    b"".join(window),
-                    certified.certificate.encode(),
-                ),
-            )
-            await db.executemany(
-                "INSERT OR IGNORE INTO transactions (id, data) VALUES (?, ?)",
-                [
-                    (i, tx)
-                    for v, _ in vertices
-                    for i, tx in zip(v.tx_ids, v.transactions, strict=True)
-                ],
-            )
-            await db.executemany(
-                "INSERT INTO vertices"
-                " (id, round, author, header, signature, tx_ids, ordered, certificate)"
-                " VALUES (?, ?, ?, ?, ?, ?, 1, ?) ON CONFLICT (id) DO UPDATE"
-                " SET ordered = 1, certificate = excluded.certificate",
-                [
-                    (
-                        v.id,
-                        v.round,
-                        v.author,
-                        v.header_bytes,
-                        v.signature,
-                        b"".join(v.tx_ids),
-                        c.encode(),
-                    )
-                    for v, c in vertices
-                ],
-            )
-            # final before the base: their log rows are not held here
-            ids = [i for v, _ in vertices for i in v.tx_ids]
-            for chunk in _chunks(ids):
-                marks = ",".join("?" * len(chunk))
+        async with self._turn:  # between two group commits, as a prune batch
+            cp = certified.checkpoint
+            db = self._writer
+            await db.execute("BEGIN IMMEDIATE")
+            try:
                 await db.execute(
-                    "DELETE FROM unfinal WHERE tx IN"  # noqa: S608 (constants only)
-                    f" (SELECT rowid FROM transactions WHERE id IN ({marks}))",
-                    chunk,
+                    "INSERT INTO checkpoints"
+                    " (number, round, log_length, timestamp_ms, body, window, certificate)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (number) DO UPDATE"
+                    " SET certificate = excluded.certificate",
+                    (
+                        cp.number,
+                        cp.round,
+                        cp.log_length,
+                        cp.timestamp_ms,
+                        cp.encode(),
+                        b"".join(window),
+                        certified.certificate.encode(),
+                    ),
                 )
-            await _set_meta(db, "committed_round", cp.round.to_bytes(8, "big"))
-            await _set_meta(db, LOG_BASE, cp.log_length.to_bytes(8, "big") + cp.log_hash)
-            await db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                await db.execute("ROLLBACK")
-            raise
+                await db.executemany(
+                    "INSERT OR IGNORE INTO transactions (id, data) VALUES (?, ?)",
+                    [
+                        (i, tx)
+                        for v, _ in vertices
+                        for i, tx in zip(v.tx_ids, v.transactions, strict=True)
+                    ],
+                )
+                await db.executemany(
+                    "INSERT INTO vertices"
+                    " (id, round, author, header, signature, tx_ids, ordered, certificate)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 1, ?) ON CONFLICT (id) DO UPDATE"
+                    " SET ordered = 1, certificate = excluded.certificate",
+                    [
+                        (
+                            v.id,
+                            v.round,
+                            v.author,
+                            v.header_bytes,
+                            v.signature,
+                            b"".join(v.tx_ids),
+                            c.encode(),
+                        )
+                        for v, c in vertices
+                    ],
+                )
+                # final before the base: their log rows are not held here
+                ids = [i for v, _ in vertices for i in v.tx_ids]
+                for chunk in _chunks(ids):
+                    marks = ",".join("?" * len(chunk))
+                    await db.execute(
+                        "DELETE FROM unfinal WHERE tx IN"  # noqa: S608 (constants only)
+                        f" (SELECT rowid FROM transactions WHERE id IN ({marks}))",
+                        chunk,
+                    )
+                await _set_meta(db, "committed_round", cp.round.to_bytes(8, "big"))
+                await _set_meta(db, LOG_BASE, LogBase(cp.log_length, cp.log_hash).encode())
+                await db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+                raise
 
     async def log_base(self) -> int:
         """The log position up to which no entry is held here (0: held from the first)."""
-        rows = await _fetch(self._reader, "SELECT value FROM meta WHERE key = ?", (LOG_BASE,))
-        return int.from_bytes(bytes(rows[0][0])[:8], "big") if rows else 0
+        return (await _log_base(self._reader)).length
+
+    # ------------------------------------------------------------- retention
+
+    async def certified_marks(self) -> list[CheckpointMark]:
+        """The certified checkpoints held, by number: what retention decides from."""
+        rows = await _fetch(
+            self._reader,
+            "SELECT number, round, log_length, timestamp_ms FROM checkpoints"
+            " WHERE certificate IS NOT NULL ORDER BY number",
+        )
+        return [CheckpointMark(*map(int, r)) for r in rows]
+
+    async def checkpoint_log_hash(self, number: int) -> bytes:
+        """The log's running hash at checkpoint ``number`` (held)."""
+        rows = await _fetch(
+            self._reader, "SELECT body FROM checkpoints WHERE number = ?", (number,)
+        )
+        return decode_checkpoint(bytes(rows[0][0])).log_hash
+
+    async def prune_batch(self, plan: PrunePlan, cursor: int, limit: int) -> PruneBatch:
+        """Delete up to ``limit`` rows that ``plan`` drops, in one transaction of its own
+        on the writer, taken between the group commit's (see
+        :mod:`qudag_node.retention`); ``cursor`` is the last log position looked at
+        (0 to start). The transaction skips the fsync (``synchronous=NORMAL``): a batch
+        lost to a power cut is pruned again, and the next commit's fsync covers it. Nor
+        does it checkpoint the WAL (which would hold the writer while it copies up to
+        ``WAL_CHECKPOINT_PAGES``): the group commit's next commit does, as it would."""
+        async with self._turn:
+            started = time.perf_counter()
+            db = self._writer
+            try:
+                await db.executescript(_PRUNE_BEGIN)  # one call on the writer's thread
+                batch = await _prune_some(db, plan, cursor, limit)
+                await db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+                raise
+            finally:
+                await db.executescript(_PRUNE_RESTORE)
+            held = time.perf_counter() - started
+        return dataclasses.replace(batch, seconds=held)
 
     # ------------------------------------------------------- peer addresses
 
@@ -919,18 +981,113 @@ class Store:
 
     async def log(self, start: int, limit: int) -> list[LogRecord]:
         """Finalized entries from ``start`` on, in order; raises :class:`Pruned` when
-        ``start`` is at or below the log's base (not held here)."""
-        base = await self.log_base()
-        if start <= base:
-            raise Pruned(f"log position {start}", base)
+        ``start`` is at or below the log's base (this node holds no entry there). An
+        entry's vertex is None once the DAG's retention pruned it."""
+        base = await _log_base(self._reader)
+        if start <= base.length:
+            raise Pruned(f"log position {start}", base.length)
         rows = await _fetch(
             self._reader,
             "SELECT l.seq, t.id, v.id, l.hash FROM log AS l"
-            " JOIN transactions AS t ON t.rowid = l.tx JOIN vertices AS v ON v.rowid = l.vertex"
-            " WHERE l.seq >= ? ORDER BY l.seq LIMIT ?",
+            " JOIN transactions AS t ON t.rowid = l.tx LEFT JOIN vertices AS v"
+            " ON v.rowid = l.vertex WHERE l.seq >= ? ORDER BY l.seq LIMIT ?",
             (start, limit),
         )
-        return [LogRecord(r[0], TxId(r[1]), VertexId(r[2]), bytes(r[3])) for r in rows]
+        return [
+            LogRecord(r[0], TxId(r[1]), None if r[2] is None else VertexId(r[2]), bytes(r[3]))
+            for r in rows
+        ]
+
+    async def held_range(self) -> HeldRange:
+        """The oldest round and log position this node still holds."""
+        rows = await _fetch(self._reader, "SELECT min(round) FROM vertices")
+        base = await _log_base(self._reader)
+        return HeldRange(0 if rows[0][0] is None else int(rows[0][0]), base.length + 1)
+
+
+#: A prune batch's transaction: no fsync and no WAL checkpoint of its own (see
+#: :meth:`Store.prune_batch`); then the writer's settings again.
+_PRUNE_RESTORE = f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}; PRAGMA synchronous=FULL;"
+_PRUNE_BEGIN = "PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=0; BEGIN IMMEDIATE;"
+
+
+@dataclass(frozen=True, slots=True)
+class PrunePlan:
+    """What retention drops: vertices and evidence of rounds below ``dag_round``,
+    checkpoints numbered below ``checkpoint``, and, when ``log`` is set, the log entries
+    at positions up to ``log.length`` with their transactions (the log's base becomes
+    ``log``), except those of vertices of rounds at or above ``log_round`` (the kept
+    checkpoint's window, whose vertices need their transactions to be served)."""
+
+    dag_round: int
+    checkpoint: int
+    log: LogBase | None
+    log_round: int
+
+
+@dataclass(frozen=True, slots=True)
+class PruneBatch:
+    """What one prune batch deleted, by kind, and the last log position it looked at;
+    nothing deleted and the cursor past the plan's log: the plan is done."""
+
+    counts: dict[str, int]
+    cursor: int
+    seconds: float = 0.0  # how long the batch held the writer
+
+    @property
+    def deleted(self) -> int:
+        """Rows deleted in all."""
+        return sum(self.counts.values())
+
+
+async def _prune_some(
+    db: aiosqlite.Connection, plan: PrunePlan, cursor: int, limit: int
+) -> PruneBatch:
+    """One batch of :meth:`Store.prune_batch`: the log first, then vertices, evidence
+    and checkpoints. The newest row of a table is never deleted, so that no rowid is
+    used twice (log entries refer to vertices and transactions by rowid, and
+    :meth:`Store.totals` counts by the largest)."""
+    if plan.log is not None and cursor < plan.log.length:
+        if cursor == 0 and (await _log_base(db)).length < plan.log.length:
+            await _set_meta(db, LOG_BASE, plan.log.encode())
+        rows = await _fetch(
+            db,
+            "SELECT l.seq, l.tx, (v.round IS NULL OR v.round < ?)"
+            " AND l.tx < (SELECT max(rowid) FROM transactions) FROM log AS l"
+            " LEFT JOIN vertices AS v ON v.rowid = l.vertex"
+            " WHERE l.seq > ? AND l.seq <= ? ORDER BY l.seq LIMIT ?",
+            (plan.log_round, cursor, plan.log.length, limit),
+        )
+        gone = [(seq, tx) for seq, tx, drop in rows if drop]
+        await db.executemany("DELETE FROM log WHERE seq = ?", [(seq,) for seq, _ in gone])
+        await db.executemany("DELETE FROM transactions WHERE rowid = ?", [(t,) for _, t in gone])
+        next_cursor = int(rows[-1][0]) if len(rows) == limit else plan.log.length
+        return PruneBatch({"log": len(gone), "transactions": len(gone)}, next_cursor)
+    steps = (
+        (
+            "vertices",
+            "DELETE FROM vertices WHERE rowid IN (SELECT rowid FROM vertices WHERE round < ?"
+            " AND rowid < (SELECT max(rowid) FROM vertices) LIMIT ?)",
+            plan.dag_round,
+        ),
+        (
+            "evidence",
+            "DELETE FROM evidence WHERE (author, round) IN"
+            " (SELECT author, round FROM evidence WHERE round < ? LIMIT ?)",
+            plan.dag_round,
+        ),
+        (
+            "checkpoints",
+            "DELETE FROM checkpoints WHERE number IN"
+            " (SELECT number FROM checkpoints WHERE number < ? LIMIT ?)",
+            plan.checkpoint,
+        ),
+    )
+    for kind, sql, below in steps:
+        deleted = (await db.execute(sql, (below, limit))).rowcount
+        if deleted:
+            return PruneBatch({kind: deleted}, cursor)
+    return PruneBatch({}, cursor)
 
 
 #: SQL condition: the transaction row is final (it has a place in the log, or it was
@@ -960,9 +1117,11 @@ async def _matching_ids(db: aiosqlite.Connection, condition: str, ids: Sequence[
 _CERTIFIED_COLUMNS = "header, signature, tx_ids, certificate"
 
 
-async def _certified(db: aiosqlite.Connection, rows: Sequence[Any]) -> list[bytes]:
+async def _certified(db: aiosqlite.Connection, rows: Sequence[Any]) -> list[bytes | None]:
     """CERTIFIED messages of certified vertex rows (:data:`_CERTIFIED_COLUMNS`), their
-    transactions read in one batch."""
+    transactions read in one batch; None for a vertex whose transactions are not all
+    held any more (one that also carried a transaction final long before, whose bytes
+    the retention pruned)."""
     ids = [_split_ids(r[2]) for r in rows]
     data = {
         TxId(r[0]): bytes(r[1])
@@ -973,6 +1132,8 @@ async def _certified(db: aiosqlite.Connection, rows: Sequence[Any]) -> list[byte
             encode_vertex_parts(bytes(header), bytes(signature), [data[i] for i in group]),
             bytes(certificate),
         )
+        if all(i in data for i in group)
+        else None
         for (header, signature, _, certificate), group in zip(rows, ids, strict=True)
     ]
 
@@ -1062,14 +1223,36 @@ async def _set_meta(db: aiosqlite.Connection, key: str, value: bytes) -> None:
 LOG_BASE = "log_base"
 
 
+@dataclass(frozen=True, slots=True)
+class LogBase:
+    """The log's base: no entry at positions up to ``length`` is held; ``hash`` is the
+    running hash there (None when the base is 0: the log is held from its start)."""
+
+    length: int
+    hash: bytes | None
+
+    def encode(self) -> bytes:
+        """The meta value: ``length:u64 hash:32``."""
+        assert self.hash is not None
+        return self.length.to_bytes(8, "big") + self.hash
+
+
+async def _log_base(db: aiosqlite.Connection) -> LogBase:
+    rows = await _fetch(db, "SELECT value FROM meta WHERE key = ?", (LOG_BASE,))
+    if not rows:
+        return LogBase(0, None)
+    value = bytes(rows[0][0])
+    return LogBase(int.from_bytes(value[:8], "big"), value[8:])
+
+
 async def _log_end(db: aiosqlite.Connection) -> tuple[int, bytes | None]:
     """The log's length and running hash (None while empty): its last entry held, or
     its base when no entry above the base is held."""
     rows = await _fetch(db, "SELECT seq, hash FROM log ORDER BY seq DESC LIMIT 1")
     length, head = (int(rows[0][0]), bytes(rows[0][1])) if rows else (0, None)
-    base = await _fetch(db, "SELECT value FROM meta WHERE key = ?", (LOG_BASE,))
-    if base and int.from_bytes(base[0][0][:8], "big") > length:
-        return int.from_bytes(base[0][0][:8], "big"), bytes(base[0][0][8:])
+    base = await _log_base(db)
+    if base.length > length:
+        return base.length, base.hash
     return length, head
 
 

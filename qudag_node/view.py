@@ -35,6 +35,7 @@ from qudag_node.ports import (
     PeerPosition,
     PeerView,
     QuorumInfo,
+    RetentionInfo,
     StateSyncInfo,
     SubmitReceipt,
     SyncInfo,
@@ -45,6 +46,7 @@ from qudag_node.ports import (
     VertexRecord,
 )
 from qudag_node.quorum import QuorumWatch
+from qudag_node.retention import Pruner
 from qudag_node.store import Store, StoreError
 from qudag_node.submissions import Submissions
 from qudag_node.sync import Syncer
@@ -95,6 +97,7 @@ class NodeView:
         p2p_port: int | None,
         quorum: QuorumWatch,
         disk: DiskGuard,
+        pruner: Pruner,
     ) -> None:
         self._settings = settings
         self._genesis = genesis
@@ -108,6 +111,7 @@ class NodeView:
         self._p2p_port = p2p_port
         self._quorum = quorum
         self._disk = disk
+        self._pruner = pruner
         self._started_at = time.time()
         self._started = False  # every task runs: the node takes traffic
 
@@ -209,6 +213,11 @@ class NodeView:
             if st.checkpoint is None
             else CheckpointInfo(
                 st.checkpoint.number, st.checkpoint.round, st.checkpoint.log_length
+            ),
+            retention=RetentionInfo(
+                str(self._pruner.settings.dag),
+                str(self._pruner.settings.transactions),
+                self._pruner.held_range,
             ),
         )
 

@@ -18,6 +18,7 @@ from qudag_node.ports import (
     CheckpointRecord,
     DagInfo,
     EvidenceRecord,
+    HeldRange,
     LogInfo,
     LogRecord,
     NetworkInfo,
@@ -27,6 +28,7 @@ from qudag_node.ports import (
     PeerView,
     Pruned,
     QuorumInfo,
+    RetentionInfo,
     StateSyncInfo,
     SubmitReceipt,
     SyncInfo,
@@ -100,6 +102,7 @@ def sample_status() -> NodeStatus:
             state_sync=StateSyncInfo(enabled=True, active=False, done=0, last_seconds=None),
         ),
         checkpoint=CheckpointInfo(number=1, round=4, log_length=2),
+        retention=RetentionInfo("archive", "archive", HeldRange(1, 1)),
     )
 
 
@@ -151,7 +154,8 @@ class FakeNode:
         return self.vertices.get(vertex_id)
 
     async def log(self, start: int, limit: int) -> list[LogRecord]:
-        """The entries from ``start`` on, at most ``limit``."""
+        """The entries from ``start`` on, at most ``limit``; :class:`Pruned` below the
+        oldest log position of :attr:`current`."""
         self.pages.append((start, limit))
         if start <= self.log_base:
             raise Pruned(f"log position {start}", self.log_base)

@@ -34,10 +34,12 @@ from qudag_node.ports import (
     Check,
     CheckpointRecord,
     EvidenceRecord,
+    HeldRange,
     LogRecord,
     P2pInfo,
     PeerPosition,
     PeerView,
+    RetentionInfo,
     StorageFull,
     TxRecord,
     TxState,
@@ -508,6 +510,37 @@ async def test_the_log_below_the_base_is_gone_not_missing(serve: ApiFactory) -> 
     assert [e["seq"] for e in body["entries"]] == [3]
 
 
+async def test_what_was_pruned_answers_410_and_unknown_ids_say_what_is_held(
+    serve: ApiFactory,
+) -> None:
+    api = await serve()
+    held = RetentionInfo("1000rounds", "2h", HeldRange(oldest_round=900, oldest_log_position=51))
+    api.node.current = replace(api.node.current, retention=held)
+    api.node.log_base = 50
+    api.node.entries = [
+        LogRecord(51, TxId(b"\x01" * 32), None, b"\x02" * 32),
+    ]
+    status, body = await api.get("/api/v1/log?from=50")
+    assert status == 410
+    assert body["error"]["code"] == "pruned"
+    assert "51" in body["error"]["message"]
+    status, body = await api.get("/api/v1/log?from=51")
+    assert status == 200
+    assert body["entries"][0]["vertex"] is None
+    _keys_match_schema(body, {"$ref": "#/components/schemas/LogPage"})
+    for kind in ("transactions", "vertices"):
+        status, body = await api.get(f"/api/v1/{kind}/{'ab' * 32}")
+        assert (status, body["error"]["code"]) == (404, "not_found")
+        assert "from round 900 and the log from position 51" in body["error"]["message"]
+    _, doc = await api.get("/api/v1/status")
+    assert doc["retention"] == {
+        "dag": "1000rounds",
+        "transactions": "2h",
+        "oldest_round": 900,
+        "oldest_log_position": 51,
+    }
+
+
 async def test_evidence(serve: ApiFactory) -> None:
     api = await serve()
     api.node.equivocations = [EvidenceRecord(ID_B, 7, b"\xee\xff")]
@@ -579,6 +612,12 @@ async def test_the_status_document(serve: ApiFactory) -> None:
             "state_sync": {"enabled": True, "active": False, "done": 0, "last_seconds": None},
         },
         "checkpoint": {"number": 1, "round": 4, "log_length": 2},
+        "retention": {
+            "dag": "archive",
+            "transactions": "archive",
+            "oldest_round": 1,
+            "oldest_log_position": 1,
+        },
     }
     _keys_match_schema(doc, {"$ref": "#/components/schemas/Status"})
 

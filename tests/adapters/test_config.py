@@ -67,6 +67,8 @@ INVALID = {
     "wait_timeout": "inf",
     "min_free_disk_mb": "-1",
     "shutdown_timeout": "0.5",
+    "retention": "12 weeks",
+    "tx_retention": "0rounds",
 }
 #: Free-text settings: every value is accepted.
 FREE_TEXT = {"data_dir", "api_host", "genesis_file"}
@@ -627,3 +629,49 @@ def test_a_previous_token_needs_another_current_one(token: str | None) -> None:
 def test_a_weak_previous_token_is_refused() -> None:
     with pytest.raises(ConfigError, match="invalid PEER_AUTH_TOKEN_PREVIOUS"):
         load_settings({"PEER_AUTH_TOKEN": TOKEN, "PEER_AUTH_TOKEN_PREVIOUS": "x" * 64})
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("archive", "archive"),
+        ("50000rounds", "50000rounds"),
+        ("50_000 rounds", "50000rounds"),
+        ("90s", "90s"),
+        ("30m", "30m"),
+        ("12h", "12h"),
+        ("7d", "7d"),
+        ("120m", "2h"),
+    ],
+)
+def test_retention_forms(text: str, shown: str) -> None:
+    settings = load_settings({"QUDAG_RETENTION": text})
+    assert str(settings.retention) == shown
+    assert settings.kept_transactions == settings.retention  # by default, the same
+    assert settings.redacted()["retention"] == shown
+
+
+@pytest.mark.parametrize("text", ["forever", "0m", "5", "-3h", "5rounds3", "1.5h", "3w"])
+def test_retention_refuses_other_forms(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"QUDAG_RETENTION.*must be archive, a number of rounds"):
+        load_settings({"QUDAG_RETENTION": text})
+
+
+@pytest.mark.parametrize(
+    ("dag", "transactions"),
+    [("2h", "30m"), ("1000rounds", "999rounds"), ("archive", "7d"), ("archive", "10rounds")],
+)
+def test_transactions_are_never_kept_for_less_than_the_dag(dag: str, transactions: str) -> None:
+    with pytest.raises(
+        ConfigError, match=r"QUDAG_TX_RETENTION: .* is shorter than QUDAG_RETENTION"
+    ):
+        load_settings({"QUDAG_RETENTION": dag, "QUDAG_TX_RETENTION": transactions})
+
+
+@pytest.mark.parametrize(
+    ("dag", "transactions"),
+    [("30m", "2h"), ("10rounds", "10rounds"), ("1h", "archive"), ("100rounds", "1h")],
+)
+def test_transactions_may_be_kept_longer(dag: str, transactions: str) -> None:
+    settings = load_settings({"QUDAG_RETENTION": dag, "QUDAG_TX_RETENTION": transactions})
+    assert str(settings.kept_transactions) == transactions

@@ -150,6 +150,7 @@ async def test_statuses_and_log_follow_the_engine(tmp_path: Path) -> None:
         assert rec is not None
         assert rec.seq == seq
         assert rec.vertex == entries[0].vertex
+    assert entries[0].vertex is not None
     vertex = await store.vertex(entries[0].vertex)
     assert vertex is not None
     assert vertex.tx_ids == tuple(ids)

@@ -110,6 +110,7 @@ def test_config_has_the_settings_of_the_design(index: int) -> None:
         "QUDAG_API_WRITE_RATE": "20",
         "QUDAG_API_WRITE_BURST": "200",
         "QUDAG_API_TRUST_FLY_CLIENT_IP": "true",
+        "QUDAG_RETENTION": "8000rounds",
     }
     assert settings.effective_network_id == "qudag-testnet"
 

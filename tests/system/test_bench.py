@@ -68,6 +68,8 @@ TINY = Scale(
         batch_bytes=1 << 20,
         pause=0.2,
     ),
+    retention="5s",
+    retention_soak_seconds=12.0,
 )
 
 
@@ -81,7 +83,8 @@ async def test_every_scenario_runs_at_the_smallest_scale(tmp_path: Path) -> None
     wire = [f"wire ({s.label})" for s in Scheme]
     names = ["ingest", "single", *verify, "antientropy", *network, "catchup", "statesync"]
     names += ["statesync", "memory"]
-    assert [r.name for r in rows] == [*names, "disk", *wire, *fsync, "ids", "attack"]
+    retention = ["retention-disk", "prune-pause", "idle-growth"]
+    assert [r.name for r in rows] == [*names, "disk", *wire, *fsync, "ids", "attack", *retention]
     for row in rows:
         assert row.verdict in (("-",) if row.name == "ids" else ("PASS", "MISS"))
         assert row.ratio is None or row.ratio > 0

@@ -8,15 +8,19 @@ SQL dump (``qudag.sql``) so that it is text. That node finalized three transacti
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sqlite3
+import subprocess
+import sys
 from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 
 import nacl.signing
 
+from qudag_node.store import SCHEMA_VERSION
 from tests.nodeproc import NodeProcess, request, submit_json
 
 OLD = Path(__file__).resolve().parent / "ed25519_node"
@@ -30,7 +34,7 @@ def old_node(root: Path) -> NodeProcess:
     """The old node's files copied under ``root``, its database rebuilt from the dump,
     as a node process of today's code (not started)."""
     data = root / "data"
-    data.mkdir(mode=0o700)
+    data.mkdir(mode=0o700, parents=True)
     key = data / "node.key"
     shutil.copy(OLD / "node.key", key)
     key.chmod(0o600)
@@ -91,3 +95,57 @@ def test_an_old_ed25519_node_goes_on_where_it_stopped(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "genesis.json").read_text()) == json.loads(
         (OLD / "genesis.json").read_text()
     )
+
+
+def command(*args: str) -> None:
+    """Run ``qudag-node ARGS`` as a process; it must succeed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "qudag_node", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def schema_of(data: Path) -> int:
+    with contextlib.closing(sqlite3.connect(data / "qudag.db")) as db:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def test_a_schema_3_database_migrates_in_place_and_its_backup_still_restores(
+    tmp_path: Path,
+) -> None:
+    old = old_node(tmp_path / "old")
+    assert schema_of(old.data_dir) == 3
+    backup = tmp_path / "before-the-upgrade.db"
+    command("backup", str(backup), "--data-dir", str(old.data_dir))
+
+    node = old.start()  # today's node migrates the database in place
+    try:
+        status = get(node, "/api/v1/status")
+        assert (status["log"]["length"], status["log"]["hash"]) == LOG
+        assert status["retention"]["oldest_log_position"] == 1
+        code, body = submit_json(node.url, [b"after the migration"], wait=True)
+        assert (code, body["status"]) == (200, "final")
+    finally:
+        assert node.stop() == 0
+    assert schema_of(old.data_dir) == SCHEMA_VERSION
+
+    # the backup from before the migration, restored after it, opens and migrates again
+    restored = tmp_path / "restored"
+    restored.mkdir(mode=0o700)
+    shutil.copy(old.data_dir / "node.key", restored / "node.key")
+    command("restore", str(backup), "--data-dir", str(restored))
+    assert schema_of(restored) == 3
+    env = {"NODE_ID": "node1", "QUDAG_GENESIS": str(tmp_path / "old" / "genesis.json")}
+    node = NodeProcess(restored, tmp_path / "restored.log", env).start()
+    try:
+        status = get(node, "/api/v1/status")
+        assert (status["log"]["length"], status["log"]["hash"]) == LOG
+        entries = get(node, "/api/v1/log?from=1")["entries"]
+        assert [e["seq"] for e in entries] == [1, 2, 3]
+    finally:
+        assert node.stop() == 0
+    assert schema_of(restored) == SCHEMA_VERSION
