@@ -39,7 +39,7 @@ from qudag_node.config import ConfigError, Settings
 from qudag_node.core.crypto import Signer, log_hash_start
 from qudag_node.core.engine import Engine, Role
 from qudag_node.core.genesis import Genesis
-from qudag_node.core.joining import Joining
+from qudag_node.core.joining import InstallCheckpoint, Joining
 from qudag_node.core.params import Params
 from qudag_node.core.types import PeerId
 from qudag_node.discovery import Discovery, Resolver
@@ -158,14 +158,14 @@ async def _build(
     params = s.engine_params()
     engine, metrics, vertices = await _load_engine(s, params, genesis, signer, store, verifier)
     disk = DiskGuard(s.data_path, s.min_free_disk_mb)
+    pruner = Pruner(store, RetentionSettings.of(s), metrics)
+    await pruner.refresh()
     node, syncer, submissions, network, p2p_port = await _wire(
-        s, signer, genesis, store, verifier, engine, metrics, disk, vertices
+        s, signer, genesis, store, verifier, engine, metrics, disk, vertices, pruner
     )
     quorum = QuorumWatch(
         network, metrics, quorum=genesis.quorum, validator=engine.role is Role.VALIDATOR
     )
-    pruner = Pruner(store, RetentionSettings.of(s), metrics)
-    await pruner.refresh()
     view = NodeView(
         s,
         genesis=genesis,
@@ -194,10 +194,12 @@ async def _wire(
     metrics: Metrics,
     disk: DiskGuard,
     vertices: int,
+    pruner: Pruner,
 ) -> tuple[Node, Syncer, Submissions, PeerNetwork | None, int | None]:
     """The node that drives ``engine`` and what brings it work: the syncer, the peer
     links (listening; None when the node is the network, with the port bound) and the
-    client submissions."""
+    client submissions. A state sync's install restarts the node from the checkpoint,
+    then has ``pruner`` read what the node holds now."""
     params = s.engine_params()
     wakeup = asyncio.Event()  # the pump's: set by whatever brings it work
     alone = genesis.n == 1 and genesis.index_of(signer.node_id) == 0
@@ -209,6 +211,10 @@ async def _wire(
 
     def send(peer: PeerId, data: bytes) -> bool:
         return network is not None and network.send(peer, data)
+
+    async def install(checkpoint: InstallCheckpoint) -> None:
+        await node.install_checkpoint(checkpoint)
+        await pruner.refresh()
 
     syncer = Syncer(
         store,
@@ -223,7 +229,7 @@ async def _wire(
         joining=None
         if alone
         else Joining(genesis, params, verifier, genesis.f + 1, enabled=s.state_sync == "on"),
-        install=lambda install: node.install_checkpoint(install),  # noqa: PLW0108
+        install=install,
     )
     peer_inbox = PeerInbox(syncer, wakeup.set)
     engine.set_catching_up(syncer.catching_up, engine_time())

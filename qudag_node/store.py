@@ -953,8 +953,17 @@ class Store:
         )
 
     async def checkpoint(self, number: int) -> CheckpointRecord | None:
-        """Certified checkpoint ``number`` with its window, if held here."""
-        return await self._certified_checkpoint("number = ?", (number,))
+        """Certified checkpoint ``number`` with its window, if held here; raises
+        :class:`Pruned` for a number older than every one held (pruned, or before the
+        checkpoint this node joined from)."""
+        found = await self._certified_checkpoint("number = ?", (number,))
+        if found is None:
+            rows = await _fetch(
+                self._reader, "SELECT min(number) FROM checkpoints WHERE certificate IS NOT NULL"
+            )
+            if rows[0][0] is not None and number < int(rows[0][0]):
+                raise Pruned(f"checkpoint {number}", (await _log_base(self._reader)).length)
+        return found
 
     async def latest_checkpoint(self) -> CheckpointRecord | None:
         """The latest certified checkpoint held here, with its window, if any."""

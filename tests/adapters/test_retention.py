@@ -169,6 +169,9 @@ async def test_pruning_deletes_below_the_kept_checkpoint_and_keeps_its_window(
         await h.store.log(kept.log_length, 10)
     page = await h.store.log(kept.log_length + 1, 3)
     assert [e.seq for e in page] == [kept.log_length + 1, kept.log_length + 2, kept.log_length + 3]
+    with pytest.raises(Pruned, match="checkpoint 1 is not held"):
+        await h.store.checkpoint(1)  # older than every one kept: gone, not missing
+    assert await h.store.checkpoint(4) is None  # not made yet
     await h.store.close()
 
 
