@@ -67,6 +67,7 @@ from qudag_node.core.messages import (
     encode_message,
 )
 from qudag_node.core.params import Params
+from qudag_node.core.retention import Retention
 from qudag_node.core.types import PeerId, TxId, VertexId
 from qudag_node.core.vertex import decode_vertex, make_vertex
 from qudag_node.pump import Pump, PumpStep, deliver
@@ -91,6 +92,12 @@ SIM_PARAMS = Params(
     gc_depth=20,
     checkpoint_interval=4,
 )
+#: How long simulated nodes keep final data (pruned at each checkpoint they certify): a
+#: crashed validator (away up to 8.5 s) or a partitioned one (up to 5 s) still finds what
+#: it missed at its peers, as on a real network whose retention is longer than its
+#: outages. A node that falls behind its peers' retention while running needs the sync
+#: machine's state sync, which the simulation runs for the joiner only.
+SIM_RETENTION = Retention(rounds=8)
 
 
 #: The name of the node that joins late by state sync (an observer).
@@ -213,8 +220,12 @@ class RunResult:
     log_hash: bytes
     equivocations: int
     messages: int
-    #: most checkpoints certified by one honest node
+    #: the highest checkpoint number an honest node certified
     checkpoints: int = 0
+    #: most vertices one honest node's retention pruned
+    pruned_vertices: int = 0
+    #: nodes that joined from a certified checkpoint
+    state_synced: int = 0
     #: signatures of a wrong checkpoint honest nodes refused (``bad_checkpoint``)
     refused_checkpoints: int = 0
 
@@ -266,8 +277,10 @@ class Simulation:
         self.nodes[self.faulty].wrong_checkpoint = faults.wrong_checkpoint
         self.joiner = self.faulty if faults.joiner_validator else JOINER
         self._wiped = False  # the validator joiner's store is gone, until it rejoins
-        self._catch_up_to: int | None = None  # the round a rejoined validator must see
+        #: validators that rejoined by state sync, and the round each must hold first
+        self._catch_up_to: dict[PeerId, int] = {}
         self._signed_before = 0  # the last round the validator joiner signed before
+        self.state_synced: list[PeerId] = []  # the nodes that joined from a checkpoint
         for a in names:
             for b in names:
                 if a != b:
@@ -336,11 +349,14 @@ class Simulation:
     def _wrong_signature(self, node: SimNode, data: bytes) -> bytes:
         """A valid signature, by ``node``, of a checkpoint with another log hash."""
         number = int.from_bytes(data[1:9], "big")
-        theirs = node.store.checkpoints[number]
-        wrong = dataclasses.replace(theirs, log_hash=bytes(32))
-        signature = node.signer.sign(Purpose.CHECKPOINT, wrong.digest)
+        theirs = node.store.checkpoints.get(number)
+        if theirs is None:  # pruned from its store: any other digest will do
+            digest = bytes(b ^ 0xFF for b in data[9:41])
+        else:
+            digest = dataclasses.replace(theirs, log_hash=bytes(32)).digest
+        signature = node.signer.sign(Purpose.CHECKPOINT, digest)
         voter = int.from_bytes(data[41:43], "big")
-        return encode_message(CheckpointSignatureMessage(number, wrong.digest, voter, signature))
+        return encode_message(CheckpointSignatureMessage(number, digest, voter, signature))
 
     def _twin(self, node: SimNode, data: bytes, dst: PeerId) -> bytes:
         """The equivocator sends some of its peers a different vertex for the round."""
@@ -378,6 +394,8 @@ class Simulation:
         node.rejected += step.notices
         for fact in step.facts:
             match fact:
+                case CheckpointCertified():
+                    node.store.prune(SIM_RETENTION, self.params.gc_depth)
                 case LeaderCommitted(entries=entries):
                     self.trackers[node.name].on_commit(fact, node.store)
                     for entry in entries:
@@ -390,7 +408,6 @@ class Simulation:
                     | VertexCertified()
                     | EquivocationDetected()
                     | CheckpointMade()
-                    | CheckpointCertified()
                 ):
                     pass
                 case _:
@@ -408,12 +425,26 @@ class Simulation:
             node.pump.engine = Engine(
                 self.genesis, self.params, node.signer, snapshot, verifier=self.verifier
             )
-            for other in self.nodes.values():
-                if other is not node:
-                    node.engine.peer_connected(other.name, other.signer.node_id)
-            node.up = True
-            node.engine.handle_timer(moment(self.now))
-            self._step(node)
+            self._start(node)
+
+    def _start(self, node: SimNode) -> None:
+        """``node`` runs again, linked to every other."""
+        node.up = True
+        for other in self.nodes.values():
+            if other is not node:
+                node.engine.peer_connected(other.name, other.signer.node_id)
+        node.engine.handle_timer(moment(self.now))
+        self._step(node)
+
+    def _hold_proposals(self, node: SimNode, signed_before: int) -> None:
+        """A validator that lost what it signed proposes again only once it holds a
+        round above every one it may have signed (a vertex of it may still be on its
+        way) and the others' highest."""
+        self._catch_up_to[node.name] = max(
+            signed_before + 1,
+            *(n.engine.statistics().highest_round for n in self.nodes.values() if n.up),
+        )
+        node.engine.set_catching_up(True, moment(self.now))
 
     def _join_due(self) -> None:
         """At its time, the joiner state-syncs from a validator's latest certified
@@ -431,6 +462,15 @@ class Simulation:
             return
         if node.up or (self.faults.joiner_validator and self.now < at + REJOIN_AFTER):
             return
+        if not self._sync_from_checkpoint(node) and self.faults.joiner_validator:
+            self._restart_empty(node)
+        if self.faults.joiner_validator:
+            self._hold_proposals(node, self._signed_before)
+        self._start(node)
+
+    def _sync_from_checkpoint(self, node: SimNode) -> bool:
+        """State-sync ``node`` from a validator's latest certified checkpoint; False
+        when no checkpoint is certified yet."""
         validators = {
             i: self.trackers[PeerId(f"v{i}")]
             for i in self.signers
@@ -456,22 +496,8 @@ class Simulation:
             )
             assert joined is not None, f"seed {self.seed}: the join did not complete"
             self._restart_joined(node, joined)
-        elif self.faults.joiner_validator:
-            self._restart_empty(node)
-        if self.faults.joiner_validator:
-            # above every round it may have signed before (a vertex of it may still be
-            # on its way), and the others' highest
-            self._catch_up_to = max(
-                self._signed_before + 1,
-                *(n.engine.statistics().highest_round for n in self.nodes.values() if n.up),
-            )
-            node.engine.set_catching_up(True, moment(self.now))
-        node.up = True
-        for other in self.nodes.values():
-            if other is not node:
-                node.engine.peer_connected(other.name, other.signer.node_id)
-        node.engine.handle_timer(moment(self.now))
-        self._step(node)
+            self.state_synced.append(node.name)
+        return served is not None
 
     def _refuse_forged(self, served: tuple[CertifiedCheckpoint, tuple[VertexId, ...]]) -> None:
         """An equivocating validator first serves the joiner a checkpoint with a wrong
@@ -511,11 +537,11 @@ class Simulation:
     def _caught_up(self, node: SimNode) -> None:
         """A rejoined validator proposes again once it holds the round the others had
         reached when it came back (so that it cannot sign a round twice)."""
-        target = self._catch_up_to
-        if target is None or node.name != self.joiner:
+        target = self._catch_up_to.get(node.name)
+        if target is None:
             return
         if node.engine.statistics().highest_round >= target:
-            self._catch_up_to = None
+            del self._catch_up_to[node.name]
             node.engine.set_catching_up(False, moment(self.now))
             self._step(node)
 
@@ -606,9 +632,9 @@ class Simulation:
         if self._client_plan:
             return False
         wanted = set(self.submitted)
-        joined = [n for n in self.honest() if n.name == self.joiner or n.store.log_base]
+        joined = [n for n in self.honest() if n.name == self.joiner or n.name in self.state_synced]
         others = [n for n in self.honest() if n not in joined]
-        if not all(n.up and wanted <= {e.tx_id for e in n.store.log} for n in others):
+        if not all(n.up and wanted <= final_ids(n) for n in others):
             return False
         # a joiner holds no entry before its checkpoint: it must reach the others' end
         end = max(log_length(n) for n in others)
@@ -635,7 +661,7 @@ class Simulation:
         live = self._all_final()
         if safe and not live:
             missing = [
-                f"{n.name}: {len(set(self.submitted) - {e.tx_id for e in n.store.log})} not final"
+                f"{n.name}: {len(set(self.submitted) - final_ids(n))} not final"
                 for n in self.honest()
             ]
             detail = "; ".join(missing)
@@ -657,7 +683,9 @@ class Simulation:
             log_hash=longest.store.log_hash,
             equivocations=self._checked_evidence(),
             messages=self.messages,
-            checkpoints=max(len(n.store.certificates) for n in self.honest()),
+            checkpoints=max(max(n.store.certificates, default=0) for n in self.honest()),
+            pruned_vertices=max(n.store.pruned_vertices for n in self.honest()),
+            state_synced=len(self.state_synced),
             refused_checkpoints=sum(
                 r.reason is Reason.BAD_CHECKPOINT for n in self.honest() for r in n.rejected
             ),
@@ -679,6 +707,11 @@ def check_prefixes(nodes: Iterable[SimNode]) -> tuple[bool, str]:
         if differ:
             return False, f"logs of {name_a} and {name_b} differ at seq {differ[0]}"
     return True, ""
+
+
+def final_ids(node: SimNode) -> set[TxId]:
+    """The transactions final on ``node``: in its log, or pruned from it."""
+    return {e.tx_id for e in node.store.log} | node.store.pruned_final
 
 
 def check_checkpoints(nodes: Iterable[SimNode], genesis: Genesis) -> tuple[bool, str]:

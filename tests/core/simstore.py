@@ -30,6 +30,7 @@ from qudag_node.core.events import (
 )
 from qudag_node.core.evidence import Equivocation
 from qudag_node.core.messages import CertifiedMessage, encode_message
+from qudag_node.core.retention import CheckpointMark, Retention, checkpoint_to_keep
 from qudag_node.core.types import NodeId, TxId, VertexId
 from qudag_node.core.vertex import Vertex
 
@@ -58,6 +59,10 @@ class MemoryStore:
     #: ``base_hash`` is the running hash there
     log_base: int = 0
     base_hash: bytes | None = None
+    #: ids of the final transactions whose log entries the retention pruned
+    pruned_final: set[TxId] = field(default_factory=set)
+    #: vertices the retention pruned
+    pruned_vertices: int = 0
 
     def persist(self, facts: Iterable[Fact]) -> None:
         """Apply one engine step's facts."""
@@ -82,9 +87,41 @@ class MemoryStore:
                 case CheckpointMade(checkpoint):
                     self.checkpoints.setdefault(checkpoint.number, checkpoint)
                 case CheckpointCertified(number, certificate):
-                    self.certificates.setdefault(number, certificate)
+                    if number in self.checkpoints:  # not pruned meanwhile
+                        self.certificates.setdefault(number, certificate)
                 case _:
                     assert_never(fact)
+
+    def prune(self, retention: Retention, gc_depth: int) -> None:
+        """Delete what ``retention`` no longer keeps, as the node's pruner does
+        (``qudag_node/retention.py``): below the oldest certified checkpoint it keeps,
+        the vertices of rounds under its window, the log entries up to its position and
+        their transactions (but those a held vertex carries), and older checkpoints."""
+        marks = [
+            CheckpointMark(n, cp.round, cp.log_length, cp.timestamp_ms)
+            for n, cp in sorted(self.checkpoints.items())
+            if n in self.certificates
+        ]
+        keep = checkpoint_to_keep(marks, retention)
+        if keep is None or keep.log_length < self.log_base:
+            return
+        floor = keep.round - gc_depth
+        dropped = [vid for vid, row in self.vertices.items() if row.vertex.round < floor]
+        for vid in dropped:
+            del self.vertices[vid]
+        self.pruned_vertices += len(dropped)
+        carried = {i for row in self.vertices.values() for i in row.vertex.tx_ids}
+        gone = [e for e in self.log if e.seq <= keep.log_length]
+        if gone:
+            self.log = self.log[len(gone) :]
+            self.log_base, self.base_hash = keep.log_length, gone[-1].hash
+        for entry in gone:
+            self.pruned_final.add(entry.tx_id)
+            if entry.tx_id not in carried:
+                self.transactions.pop(entry.tx_id, None)
+        for number in [n for n in self.checkpoints if n < keep.number]:
+            del self.checkpoints[number]
+            self.certificates.pop(number, None)
 
     def _add_transactions(self, ids: Iterable[TxId], txs: Iterable[bytes]) -> None:
         for i, tx in zip(ids, txs, strict=True):
