@@ -303,9 +303,13 @@ class Metrics:
             "Rounds this node is behind its most advanced peer.",
             registry=r,
         )
-        self._checkpoint_certified, self._state_syncs, self._state_sync_seconds = (
-            _checkpoint_series(r)
-        )
+        (
+            self._checkpoint_certified,
+            self._state_syncs,
+            self._state_sync_seconds,
+            self._backfill_entries,
+            self._log_base,
+        ) = _checkpoint_series(r)
         build = Gauge(
             "qudag_build_info",
             "Build of this node (always 1).",
@@ -445,6 +449,14 @@ class Metrics:
         self._state_syncs.inc()
         self._state_sync_seconds.set(seconds)
 
+    def on_backfill_staged(self, entries: int) -> None:
+        """``entries`` log entries below the base were fetched and checked."""
+        self._backfill_entries.inc(entries)
+
+    def on_backfill_base(self, position: int) -> None:
+        """The log is held from ``position`` + 1 on (a segment landed, or at start)."""
+        self._log_base.set(position)
+
     def on_store_commit(self, seconds: float) -> None:
         """One store commit took ``seconds``."""
         self._store_commit.observe(seconds)
@@ -482,7 +494,25 @@ class Metrics:
         self._accept_errors.labels(errno=errno_name).inc()
 
 
-def _checkpoint_series(r: CollectorRegistry) -> tuple[Gauge, Counter, Gauge]:
+def _checkpoint_series(r: CollectorRegistry) -> tuple[Gauge, Counter, Gauge, Counter, Gauge]:
+    """The series of checkpoints, state sync and backfill: the latest certified
+    checkpoint, joins done, the last one's seconds, entries backfilled, the log's base."""
+    return (
+        *_join_series(r),
+        Counter(
+            "qudag_backfill_entries",
+            "Log entries below the base fetched from peers and checked.",
+            registry=r,
+        ),
+        Gauge(
+            "qudag_log_base",
+            "Log position up to which no entry is held here (0: the whole log).",
+            registry=r,
+        ),
+    )
+
+
+def _join_series(r: CollectorRegistry) -> tuple[Gauge, Counter, Gauge]:
     """The series of checkpoints and state sync: the latest certified checkpoint, joins
     done, and the last one's seconds."""
     return (

@@ -36,6 +36,7 @@ from aiohttp import web
 from qudag_node import __version__
 from qudag_node.api import make_app, start_api
 from qudag_node.config import ConfigError, Settings
+from qudag_node.core.backfill import Backfill
 from qudag_node.core.crypto import Signer, log_hash_start
 from qudag_node.core.engine import Engine, Role
 from qudag_node.core.genesis import Genesis
@@ -205,6 +206,8 @@ async def _wire(
     def send(peer: PeerId, data: bytes) -> bool:
         return network is not None and network.send(peer, data)
 
+    base = await store.backfill_base()
+    metrics.on_backfill_base(0 if base is None else base.length)
     syncer = Syncer(
         store,
         send,
@@ -219,6 +222,9 @@ async def _wire(
         if alone
         else Joining(genesis, params, verifier, genesis.f + 1, enabled=s.state_sync == "on"),
         install=lambda install: node.install_checkpoint(install),  # noqa: PLW0108
+        backfill=None
+        if alone
+        else Backfill(genesis, verifier, enabled=s.backfill == "on", base=base),
     )
     peer_inbox = PeerInbox(syncer, wakeup.set)
     engine.set_catching_up(syncer.catching_up, engine_time())

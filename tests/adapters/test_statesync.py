@@ -104,9 +104,32 @@ async def _until_log(session: aiohttp.ClientSession, url: str, length: int) -> d
     return log
 
 
-@pytest.mark.parametrize("mode", ["on", "off"])
+async def _whole_log(session: aiohttp.ClientSession, url: str, length: int) -> list[object]:
+    """Every entry of the node's log from position 1, a page at a time."""
+    entries: list[object] = []
+    while len(entries) < length:
+        async with session.get(f"{url}/api/v1/log?from={len(entries) + 1}&limit=1000") as r:
+            assert r.status == 200, await r.text()
+            page = (await r.json())["entries"]
+        assert page
+        entries += page
+    return entries
+
+
+async def _until_backfilled(session: aiohttp.ClientSession, url: str) -> dict[str, object]:
+    """The node's backfill status once its log is held from position 1 (polled)."""
+    async with asyncio.timeout(DEADLINE):
+        while True:
+            async with session.get(f"{url}/api/v1/status") as r:
+                backfill: dict[str, object] = (await r.json())["sync"]["backfill"]
+            if backfill["base"] == 0:
+                return backfill
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize(("mode", "backfill"), [("on", "off"), ("off", "on"), ("on", "on")])
 async def test_an_observer_joins_validators_from_their_latest_checkpoint(
-    node_factory: NodeFactory, tmp_path: Path, mode: str
+    node_factory: NodeFactory, tmp_path: Path, mode: str, backfill: str
 ) -> None:
     committee = Committee.generate(4)
     source = tmp_path / "history"
@@ -139,7 +162,11 @@ async def test_an_observer_joins_validators_from_their_latest_checkpoint(
         )
     peers = ",".join(f"127.0.0.1:{v.p2p_port}" for v in validators)
     observer = await node_factory(
-        **common, NODE_ID="observer", QUDAG_PEERS=peers, QUDAG_STATE_SYNC=mode
+        **common,
+        NODE_ID="observer",
+        QUDAG_PEERS=peers,
+        QUDAG_STATE_SYNC=mode,
+        QUDAG_BACKFILL=backfill,
     )
     # the last round's other vertices are ordered by the validators' next leader
     length += 3 * 10
@@ -151,6 +178,18 @@ async def test_an_observer_joins_validators_from_their_latest_checkpoint(
             state_sync = (await r.json())["sync"]["state_sync"]
         async with session.get(f"{observer.url}/api/v1/log?from=1&limit=1") as r:
             first = (r.status, await r.json())
+        if mode == "on" and backfill == "on":
+            # the log before the checkpoint comes from the validators, which hold it all
+            progress = await _until_backfilled(session, observer.url)
+            assert progress["active"] is False
+            assert state_sync["done"] == 1
+            entries = progress["entries"]
+            assert isinstance(entries, int)
+            assert 0 < entries < length  # what lay below the joined checkpoint
+            assert await _whole_log(session, observer.url, length) == await _whole_log(
+                session, validators[0].url, length
+            )
+            return
     if mode == "off":
         assert state_sync["done"] == 0
         assert first[0] == 200
