@@ -63,6 +63,7 @@ DB_FILENAME = "qudag.db"
 WAL_CHECKPOINT_PAGES = 4_000
 _CHUNK = 900  # ids per IN (...) query, under SQLite's variable limit
 _VERTICES_PER_READ = 8  # vertices read at once to answer a fetch (each up to 4 MiB)
+_LOG_PAGE = 256  # log entries read at once to answer a LOG_REQUEST
 
 #: A schema step: an SQL statement, or a function of the connection and the genesis.
 Migration = str | Callable[[aiosqlite.Connection, Genesis], Awaitable[None]]
@@ -951,21 +952,25 @@ class Store:
         none when ``start`` is not held."""
         if start <= await self.log_base():
             return []
-        rows = await _fetch(
-            self._reader,
-            "SELECT l.seq, t.id, coalesce(v.id, l.vertex_id), t.data FROM log AS l"
-            " JOIN transactions AS t ON t.rowid = l.tx"
-            " LEFT JOIN vertices AS v ON v.rowid = l.vertex"
-            " WHERE l.seq >= ? ORDER BY l.seq LIMIT ?",
-            (start, count),
-        )
         entries: list[WireEntry] = []
         size = 0
-        for seq, tx, vertex, data in rows:
-            if seq != start + len(entries) or (entries and size + len(data) > max_bytes):
+        while len(entries) < count:  # a page at a time: transactions may be large
+            position = start + len(entries)
+            rows = await _fetch(
+                self._reader,
+                "SELECT l.seq, t.id, coalesce(v.id, l.vertex_id), t.data FROM log AS l"
+                " JOIN transactions AS t ON t.rowid = l.tx"
+                " LEFT JOIN vertices AS v ON v.rowid = l.vertex"
+                " WHERE l.seq >= ? ORDER BY l.seq LIMIT ?",
+                (position, min(count - len(entries), _LOG_PAGE)),
+            )
+            for seq, tx, vertex, data in rows:
+                if seq != start + len(entries) or (entries and size + len(data) > max_bytes):
+                    return entries
+                entries.append(WireEntry(TxId(bytes(tx)), VertexId(bytes(vertex)), bytes(data)))
+                size += len(data)
+            if not rows:
                 break
-            entries.append(WireEntry(TxId(bytes(tx)), VertexId(bytes(vertex)), bytes(data)))
-            size += len(data)
         return entries
 
     async def log_base(self) -> int:

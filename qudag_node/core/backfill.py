@@ -196,6 +196,7 @@ class Backfill:
         self._silent: set[PeerId] = set()  # peers that did not answer for ``_asking``
         self._failed: set[PeerId] = set()  # peers whose segment did not check
         self._landing = False
+        self._leftovers = True  # entries staged before a restart: dropped first
         self.entries = 0  # backfilled since start
         self._started: float | None = None
         self._progress_at = float("-inf")
@@ -226,8 +227,9 @@ class Backfill:
         self._asking = base.number - 1
         self._peer = None
         self._landing = False
-        had = self._segment is not None
+        had = self._segment is not None or self._leftovers
         self._segment = None
+        self._leftovers = False
         return [DiscardStaged()] if had else []
 
     def on_holdings(self, peer: PeerId, holdings: Holdings) -> None:
@@ -310,6 +312,9 @@ class Backfill:
         if self._started is None:
             self._started = now
         out: list[BackfillOutput] = []
+        if self._leftovers:
+            self._leftovers = False
+            out.append(DiscardStaged())
         if self._peer is not None:
             if now - self._asked_at < BACKFILL_TIMEOUT:
                 return self._maybe_progress(now)
