@@ -341,8 +341,9 @@ _APPEND_LOG = f"""
     FROM i"""  # noqa: S608 (constants only)
 
 
-#: Entries moved from the stage into the log per transaction (a few milliseconds).
-BACKFILL_BATCH = 2_000
+#: Backfilled entries staged, or moved from the stage into the log, per transaction:
+#: each holds the write lock (and so the pump's group commit) for a few milliseconds.
+BACKFILL_BATCH = 500
 
 #: Staged entries ``?1..?2`` into the log: their transactions first (new ones are
 #: final at once: the log row's trigger takes them out of ``unfinal``), then the rows,
@@ -873,18 +874,19 @@ class Store:
         return Anchor(int(number), length, value[8:])
 
     async def stage_backfill(self, staged: StageEntries) -> None:
-        """Keep checked entries of a segment, not served yet (one small transaction
-        beside the pump's)."""
+        """Keep checked entries of a segment, not served yet, :data:`BACKFILL_BATCH`
+        per transaction beside the pump's."""
         rows = [
             (staged.first + k, e.tx_id, e.vertex_id, h, e.data)
             for k, (e, h) in enumerate(zip(staged.entries, staged.hashes, strict=True))
         ]
-        async with self._side_transaction() as db:
-            await db.executemany(
-                "INSERT OR REPLACE INTO backfill_stage (seq, tx_id, vertex_id, hash, data)"
-                " VALUES (?, ?, ?, ?, ?)",
-                rows,
-            )
+        for k in range(0, len(rows), BACKFILL_BATCH):
+            async with self._side_transaction() as db:
+                await db.executemany(
+                    "INSERT OR REPLACE INTO backfill_stage (seq, tx_id, vertex_id, hash, data)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    rows[k : k + BACKFILL_BATCH],
+                )
 
     async def discard_backfill(self) -> None:
         """Drop every staged entry."""
