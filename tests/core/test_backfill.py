@@ -26,12 +26,14 @@ from qudag_node.core.backfill import (
 from qudag_node.core.checkpoint import Checkpoint, window_root
 from qudag_node.core.crypto import SequentialVerifier, extend_log_hash, log_hash_start, tx_id
 from qudag_node.core.errors import InputRejected, Reason
+from qudag_node.core.sync import PeerMessage, SegmentLanded, Send, ServeLog, SyncMachine, Tick
 from qudag_node.core.syncwire import (
     CheckpointOffer,
     CheckpointRequest,
     Holdings,
     LogEntries,
     LogRequest,
+    Status,
     WireEntry,
     decode_sync,
 )
@@ -222,3 +224,29 @@ def test_a_join_starts_a_backfill_and_drops_what_was_staged() -> None:
     fill.on_offer(A, h.offers[1], 0.0)
     assert fill.joined(h.anchor(3)) == [DiscardStaged()]
     assert fill.base == 30
+
+
+# ------------------------------------------------------------------ in the sync machine
+
+
+def test_the_sync_machine_routes_backfill_and_serves_log_requests() -> None:
+    h = history()
+    fill = backfill(h, 3)
+    params = h.net.sim.params
+    machine = SyncMachine(params, 30.0, True, 1, 0.0, backfill=fill)
+    ours = Status(12, 12, 0, 30, h.hashes[30])
+    machine.link_up(A, ours)
+    assert machine.step(PeerMessage(A, LogRequest(5, 100)), ours, 0.0) == [ServeLog(A, 5, 100)]
+    assert machine.step(PeerMessage(A, ARCHIVE), ours, 0.0) == []
+    out = machine.step(Tick(), ours, 0.0)
+    asks = [decode_sync(o.data) for o in out if isinstance(o, Send) and o.peer == A]
+    assert CheckpointRequest(2) in asks
+    assert DiscardStaged() in out
+    out = machine.step(PeerMessage(A, h.offers[2]), ours, 0.1)
+    assert [decode_sync(o.data) for o in out if isinstance(o, Send)] == [LogRequest(21, 10)]
+    out = machine.step(PeerMessage(A, LogEntries(21, h.entries[20:30])), ours, 0.2)
+    assert [type(o) for o in out] == [StageEntries, LandSegment]
+    out = machine.step(SegmentLanded(), ours, 0.3)
+    assert fill.base == 20
+    assert CheckpointRequest(1) in [decode_sync(o.data) for o in out if isinstance(o, Send)]
+    assert machine.backfill is fill
