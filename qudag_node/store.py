@@ -46,7 +46,7 @@ from qudag_node.core.events import (
 )
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.messages import encode_certified
-from qudag_node.core.syncwire import CertifiedIds, Holdings, WireEntry
+from qudag_node.core.syncwire import ENTRY_OVERHEAD, CertifiedIds, Holdings, WireEntry
 from qudag_node.core.types import HASH_SIZE, NodeId, TxId, VertexId
 from qudag_node.core.vertex import (
     Vertex,
@@ -950,7 +950,7 @@ class Store:
 
     async def log_entries(self, start: int, count: int, max_bytes: int) -> list[WireEntry]:
         """The consecutive log entries held from ``start`` on, at most ``count`` and
-        about ``max_bytes`` of transaction data (always whole entries, at least one);
+        about ``max_bytes`` as a LOG_ENTRIES message (whole entries, at least one);
         none when ``start`` is not held."""
         if start <= await self.log_base():
             return []
@@ -967,10 +967,11 @@ class Store:
                 (position, min(count - len(entries), _LOG_PAGE)),
             )
             for seq, tx, vertex, data in rows:
-                if seq != start + len(entries) or (entries and size + len(data) > max_bytes):
+                cost = ENTRY_OVERHEAD + len(data)
+                if seq != start + len(entries) or (entries and size + cost > max_bytes):
                     return entries
                 entries.append(WireEntry(TxId(bytes(tx)), VertexId(bytes(vertex)), bytes(data)))
-                size += len(data)
+                size += cost
             if not rows:
                 break
         return entries

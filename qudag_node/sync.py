@@ -342,13 +342,14 @@ class Syncer:
                 self._metrics.on_backfill_base(anchor.length)
                 log.info("backfill_segment_landed", base=anchor.length, checkpoint=anchor.number)
                 await self._step(SegmentLanded())
-            case BackfillProgress(base, segment, entries, rate):
+            case BackfillProgress(base, segment, entries, rate, sources):
                 log.info(
                     "backfill_progress",
                     base=base,
                     segment=segment,
                     entries=entries,
                     entries_per_second=rate,
+                    sources=sources,
                 )
             case BackfillRejected(peer, reason):
                 self._metrics.on_sync_rejected(reason)

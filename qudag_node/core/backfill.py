@@ -103,12 +103,14 @@ class LandSegment:
 class BackfillProgress:
     """The log is held from ``base`` on; ``entries`` were backfilled since start, at
     ``rate`` entries a second (None before any); ``segment`` is the position the
-    current segment has reached."""
+    current segment has reached; ``sources`` linked peers hold the history (with none,
+    the backfill waits)."""
 
     base: int
     segment: int
     entries: int
     rate: float | None
+    sources: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,18 +330,23 @@ class Backfill:
         """Ask a peer for what comes next: the segment's entries, or its anchor."""
         peer = self._choose()
         if peer is None:
-            return []
+            return self._maybe_progress(now)  # says that no peer holds the history
         if self._segment is not None:
             return self._ask(peer, now)
         return self._ask_anchor(peer, now)
 
-    def _choose(self) -> PeerId | None:
-        """An archive peer not given up on; none tried for this anchor yet first."""
-        archives = sorted(
+    def _sources(self) -> list[PeerId]:
+        """The linked peers that hold the history from its start."""
+        return sorted(
             peer
             for peer, h in self._holdings.items()
             if h.oldest_round <= ARCHIVE_ROUND and h.latest_checkpoint > 0
         )
+
+    def _choose(self) -> PeerId | None:
+        """A peer holding the history, not given up on; none tried for this anchor yet
+        first."""
+        archives = self._sources()
         usable = [p for p in archives if p not in self._failed]
         if not usable:
             self._failed.clear()  # every peer failed once: try them all again
@@ -413,4 +420,4 @@ class Backfill:
         if started is not None and now > started and self.entries:
             rate = round(self.entries / (now - started), 1)
         segment = 0 if self._segment is None else self._segment.next - 1
-        return BackfillProgress(self.base, segment, self.entries, rate)
+        return BackfillProgress(self.base, segment, self.entries, rate, len(self._sources()))

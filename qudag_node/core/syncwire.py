@@ -18,7 +18,7 @@ Layouts (integers big-endian); the type bytes continue those of
 serve: the oldest round it holds and its latest certified checkpoint (0 when none).
 It is unsigned: it may make a node ask, never accept. LOG_ENTRIES answers a
 LOG_REQUEST with the consecutive entries the sender holds from ``first`` on (whole
-entries, at most :data:`LOG_ANSWER_BYTES` of data; none when it holds none there).
+entries, about :data:`LOG_ANSWER_BYTES` in all; none when it holds none there).
 
 A SUMMARY covers rounds ``low..high`` in ``count = ceil((high - low + 1) / span)``
 buckets of ``span`` rounds (the last one may be shorter). Round numbers are at most
@@ -72,8 +72,11 @@ MAX_ROUNDS = 1024
 MAX_ROUND = 2**62
 #: Most log entries one LOG_REQUEST may ask for.
 MAX_LOG_ENTRIES = 65_536
-#: Bytes of transaction data one LOG_ENTRIES answer aims at (whole entries are sent).
+#: Bytes one LOG_ENTRIES answer aims at (whole entries are sent, so it may pass this by
+#: one entry; well under a link's largest frame).
 LOG_ANSWER_BYTES = 4 << 20
+#: Bytes of a LOG_ENTRIES entry besides its transaction data.
+ENTRY_OVERHEAD = 2 * HASH_SIZE + 4
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from qudag_node.core.backfill import (
     Backfill,
     BackfillDone,
     BackfillOutput,
+    BackfillProgress,
     BackfillRejected,
     BackfillSend,
     BackfillTimedOut,
@@ -204,7 +205,9 @@ def test_only_peers_holding_the_history_are_asked_and_off_asks_nothing() -> None
     h = history()
     fill = backfill(h, 3)
     fill.on_holdings(A, Holdings(500, 3, 12))  # pruned
-    assert fill.tick(0.0) == [DiscardStaged()]  # what a crash may have left staged
+    out = fill.tick(0.0)
+    assert out[0] == DiscardStaged()  # what a crash may have left staged
+    assert out[1:] == [BackfillProgress(30, 0, 0, None, sources=0)]  # it says it waits
     assert fill.tick(1.0) == []
     off = Backfill(h.net.genesis, SequentialVerifier(), enabled=False, base=h.anchor(3))
     off.on_holdings(A, ARCHIVE)
