@@ -22,9 +22,9 @@ what its answer is for), changes of catching up, and progress facts to log or co
   rounds waits meanwhile, then continues from the checkpoint. Every node answers
   CHECKPOINT_REQUEST from its store and sends HOLDINGS with each STATUS.
 * **Backfill.** A node that joined from a checkpoint, with backfill on, fetches the
-  log below its base from peers that hold the history
-  (:mod:`~qudag_node.core.backfill` decides); every node answers LOG_REQUEST from its
-  store.
+  log below its base from peers that hold the history, once it is no longer catching
+  up (:mod:`~qudag_node.core.backfill` decides); every node answers LOG_REQUEST from
+  its store.
 """
 
 from __future__ import annotations
@@ -576,13 +576,15 @@ class SyncMachine:
         elif self._unannounced:
             out.append(SendHoldings(tuple(sorted(self._unannounced))))
         self._unannounced.clear()
-        if self._backfill is not None and not (self._joining and self._joining.active):
-            out += _backfill_outputs(self._backfill.tick(now))
         if self._joining is not None:
             out += _join_outputs(self._joining.tick(ours, now))
             if self._joining.active or self._joining.defers_catch_up(ours, now):
                 return out  # rounds are asked for from the checkpoint, once it is in
         out += self._drive(ours, now)
+        if self._backfill is not None and not self._catching_up:
+            # the log before the checkpoint waits while the node catches up: it is
+            # history, and catching up is what makes the node take part again
+            out += _backfill_outputs(self._backfill.tick(now))
         return out
 
     def _installed(self, now: float) -> list[SyncOutput]:

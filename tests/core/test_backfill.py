@@ -241,6 +241,12 @@ def test_the_sync_machine_routes_backfill_and_serves_log_requests() -> None:
     machine.link_up(A, ours)
     assert machine.step(PeerMessage(A, LogRequest(5, 100)), ours, 0.0) == [ServeLog(A, 5, 100)]
     assert machine.step(PeerMessage(A, ARCHIVE), ours, 0.0) == []
+    behind = Status(400, 400, 0, 30, h.hashes[30])
+    machine.step(PeerMessage(A, behind), ours, 0.0)
+    out = machine.step(Tick(), ours, 0.0)
+    assert machine.catching_up
+    assert not [o for o in out if isinstance(o, DiscardStaged)]  # waits for catch-up
+    machine.step(PeerMessage(A, ours), ours, 0.0)  # in step again
     out = machine.step(Tick(), ours, 0.0)
     asks = [decode_sync(o.data) for o in out if isinstance(o, Send) and o.peer == A]
     assert CheckpointRequest(2) in asks
