@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qudag_node.core.checkpoint import CertifiedCheckpoint, check_certified
+from qudag_node.core.checkpoint import check_certified
 from qudag_node.core.crypto import Verifier, extend_log_hash, log_hash_start, tx_ids
 from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.genesis import Genesis
@@ -158,7 +158,7 @@ def check_anchor(
     """The anchor an offered older checkpoint gives: it must be certified for this
     network, list its window, and lie at or below ``base`` (at the same position, with
     the same hash); raises :class:`InputRejected` otherwise."""
-    certified: CertifiedCheckpoint = offer.certified
+    certified = offer.certified
     check_certified(certified, genesis, verifier)
     cp = certified.checkpoint
     if not cp.holds_window(offer.window):
