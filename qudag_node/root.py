@@ -208,6 +208,8 @@ async def _wire(
 
     base = await store.backfill_base()
     metrics.on_backfill_base(0 if base is None else base.length)
+    start = log_hash_start(genesis.hash)
+    resume = None if base is None else await store.backfill_resume(base, start)
     syncer = Syncer(
         store,
         send,
@@ -224,7 +226,7 @@ async def _wire(
         install=lambda install: node.install_checkpoint(install),  # noqa: PLW0108
         backfill=None
         if alone
-        else Backfill(genesis, verifier, enabled=s.backfill == "on", base=base),
+        else Backfill(genesis, verifier, enabled=s.backfill == "on", base=base, resume=resume),
     )
     peer_inbox = PeerInbox(syncer, wakeup.set)
     engine.set_catching_up(syncer.catching_up, engine_time())

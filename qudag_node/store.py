@@ -27,7 +27,7 @@ from typing import Any, assert_never
 import aiosqlite
 
 from qudag_node.config import file_kind
-from qudag_node.core.backfill import Anchor, LandSegment, StageEntries
+from qudag_node.core.backfill import Anchor, KeepCheckpoint, LandSegment, Resume, StageEntries
 from qudag_node.core.certificate import Certificate, decode_certificate
 from qudag_node.core.checkpoint import CertifiedCheckpoint, decode_checkpoint
 from qudag_node.core.checkpoints import KEEP, RestoredCheckpoint
@@ -895,7 +895,7 @@ class Store:
 
     async def land_backfill(self, land: LandSegment) -> None:
         """Make the staged segment part of the log, :data:`BACKFILL_BATCH` entries per
-        transaction, then keep the anchor's checkpoint and move the base down to it.
+        transaction, then move the base down to its anchor.
         Interrupted, it leaves entries below the base that a later landing rewrites."""
         while True:
             async with self._side_transaction() as db:
@@ -915,26 +915,57 @@ class Store:
                 )
         anchor = land.anchor
         async with self._side_transaction() as db:
-            if land.checkpoint is not None:
-                certified, cp = land.checkpoint.certified, land.checkpoint.certified.checkpoint
-                await db.execute(
-                    "INSERT OR IGNORE INTO checkpoints"
-                    " (number, round, log_length, timestamp_ms, body, window, certificate)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        cp.number,
-                        cp.round,
-                        cp.log_length,
-                        cp.timestamp_ms,
-                        cp.encode(),
-                        b"".join(land.checkpoint.window),
-                        certified.certificate.encode(),
-                    ),
-                )
             if anchor.length:
                 await _set_meta(db, LOG_BASE, anchor.length.to_bytes(8, "big") + anchor.log_hash)
             else:
                 await db.execute("DELETE FROM meta WHERE key = ?", (LOG_BASE,))
+
+    async def keep_checkpoint(self, keep: KeepCheckpoint) -> None:
+        """Record a checked certified checkpoint older than the base (a backfill anchor)."""
+        certified, window = keep.offer.certified, keep.offer.window
+        cp = certified.checkpoint
+        async with self._side_transaction() as db:
+            await db.execute(
+                "INSERT INTO checkpoints"
+                " (number, round, log_length, timestamp_ms, body, window, certificate)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (number) DO UPDATE"
+                " SET certificate = coalesce(certificate, excluded.certificate)",
+                (
+                    cp.number,
+                    cp.round,
+                    cp.log_length,
+                    cp.timestamp_ms,
+                    cp.encode(),
+                    b"".join(window),
+                    certified.certificate.encode(),
+                ),
+            )
+
+    async def backfill_resume(self, base: Anchor, start_hash: bytes) -> Resume | None:
+        """The segment below ``base`` a restart can go on with: its anchor (the latest
+        certified checkpoint held below the base, or the genesis start, whose running
+        hash is ``start_hash``) and the entries staged after it without a gap; None
+        when nothing staged follows the anchor."""
+        rows = await _fetch(
+            self._reader,
+            "SELECT number, log_length, body FROM checkpoints WHERE certificate IS NOT NULL"
+            " AND number < ? AND log_length <= ? ORDER BY number DESC LIMIT 1",
+            (base.number, base.length),
+        )
+        anchor = Anchor(0, 0, start_hash)
+        if rows:
+            anchor = Anchor(
+                int(rows[0][0]), int(rows[0][1]), decode_checkpoint(rows[0][2]).log_hash
+            )
+        (low, high, count) = (
+            await _fetch(self._reader, "SELECT min(seq), max(seq), count(*) FROM backfill_stage")
+        )[0]
+        if low != anchor.length + 1 or count != high - low + 1 or high > base.length:
+            return None
+        (last,) = (
+            await _fetch(self._reader, "SELECT hash FROM backfill_stage WHERE seq = ?", (high,))
+        )[0]
+        return Resume(anchor, int(high) + 1, bytes(last))
 
     @contextlib.asynccontextmanager
     async def _side_transaction(self) -> AsyncIterator[aiosqlite.Connection]:

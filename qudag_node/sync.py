@@ -30,6 +30,7 @@ from qudag_node.core.backfill import (
     BackfillTimedOut,
     BackfillWrite,
     DiscardStaged,
+    KeepCheckpoint,
     LandSegment,
     StageEntries,
 )
@@ -256,6 +257,7 @@ class Syncer:
                     StageEntries()
                     | DiscardStaged()
                     | LandSegment()
+                    | KeepCheckpoint()
                     | BackfillProgress()
                     | BackfillRejected()
                     | BackfillTimedOut()
@@ -337,6 +339,8 @@ class Syncer:
                 self._metrics.on_backfill_staged(len(output.entries))
             case DiscardStaged():
                 await self._store.discard_backfill()
+            case KeepCheckpoint():
+                await self._store.keep_checkpoint(output)
             case LandSegment(anchor):
                 await self._store.land_backfill(output)
                 self._metrics.on_backfill_base(anchor.length)

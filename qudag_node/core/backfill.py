@@ -16,6 +16,8 @@ or, at the bottom, the genesis start (position 0, ``log_hash_start``).
    flight), checks that each transaction's id is the hash of its data, extends the
    running hash from the anchor, and has the adapter stage the entries in the store
    (:class:`StageEntries`): a segment may hold a whole interval of a busy network.
+   The anchor's checkpoint is kept (:class:`KeepCheckpoint`), so that a restart
+   resumes the segment after its last staged entry (:class:`Resume`).
 3. When the running hash reaches the base's position it must equal the base's hash:
    then the adapter lands the staged segment (:class:`LandSegment`) and the base moves
    down to the anchor. Otherwise the staged entries are discarded
@@ -91,12 +93,28 @@ class DiscardStaged:
 
 @dataclass(frozen=True, slots=True)
 class LandSegment:
-    """The staged segment landed on the base: make it part of the log, keep the
-    anchor's checkpoint (None for the genesis start), and move the base down to
-    ``anchor``; then feed back :meth:`Backfill.landed`."""
+    """The staged segment landed on the base: make it part of the log and move the
+    base down to ``anchor``; then feed back :meth:`Backfill.landed`."""
 
     anchor: Anchor
-    checkpoint: CheckpointOffer | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeepCheckpoint:
+    """Keep a checked older certified checkpoint (the anchor of the segment being
+    fetched): the node serves it, and a restart resumes the segment from it."""
+
+    offer: CheckpointOffer
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """A segment a restart found staged: from ``anchor``, held up to ``next - 1``
+    with running hash ``log_hash`` there."""
+
+    anchor: Anchor
+    next: int
+    log_hash: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +155,7 @@ class BackfillDone:
 
 BackfillFact = BackfillProgress | BackfillRejected | BackfillTimedOut | BackfillDone
 #: What the adapter does to the store for backfill.
-BackfillWrite = StageEntries | DiscardStaged | LandSegment
+BackfillWrite = StageEntries | DiscardStaged | LandSegment | KeepCheckpoint
 BackfillOutput = BackfillSend | BackfillWrite | BackfillFact
 
 
@@ -175,7 +193,6 @@ class _Segment:
     """The segment being fetched: from ``anchor`` up to the base."""
 
     anchor: Anchor
-    offer: CheckpointOffer | None
     next: int  # the next position to ask for
     hash: bytes  # the running hash at ``next - 1``
 
@@ -184,7 +201,13 @@ class Backfill:
     """Backfill's decisions; the sync machine feeds it and does what it returns."""
 
     def __init__(
-        self, genesis: Genesis, verifier: Verifier, *, enabled: bool, base: Anchor | None
+        self,
+        genesis: Genesis,
+        verifier: Verifier,
+        *,
+        enabled: bool,
+        base: Anchor | None,
+        resume: Resume | None = None,
     ) -> None:
         self._genesis = genesis
         self._verifier = verifier
@@ -192,13 +215,15 @@ class Backfill:
         self._base = base if base is not None and base.length > 0 else None
         self._holdings: dict[PeerId, Holdings] = {}
         self._asking = 0 if self._base is None else self._base.number - 1  # anchor number
-        self._segment: _Segment | None = None
+        self._segment = (
+            None if resume is None else _Segment(resume.anchor, resume.next, resume.log_hash)
+        )
         self._peer: PeerId | None = None  # asked, awaiting its answer
         self._asked_at = 0.0
         self._silent: set[PeerId] = set()  # peers that did not answer for ``_asking``
         self._failed: set[PeerId] = set()  # peers whose segment did not check
         self._landing = False
-        self._leftovers = True  # entries staged before a restart: dropped first
+        self._leftovers = resume is None  # entries staged before a restart: dropped first
         self.entries = 0  # backfilled since start
         self._started: float | None = None
         self._progress_at = float("-inf")
@@ -260,9 +285,9 @@ class Backfill:
             self._silent.add(peer)
             self._peer = None
             return [BackfillRejected(peer, e.reason)]
-        self._segment = _Segment(anchor, offer, anchor.length + 1, anchor.log_hash)
+        self._segment = _Segment(anchor, anchor.length + 1, anchor.log_hash)
         self._peer = None
-        return self._ask(peer, now)
+        return [KeepCheckpoint(offer), *self._ask(peer, now)]
 
     def on_entries(self, peer: PeerId, answer: LogEntries, now: float) -> list[BackfillOutput]:
         """Log entries came: check and stage them, ask for more, or land the segment."""
@@ -288,7 +313,7 @@ class Backfill:
                 peer, InputRejected(Reason.BAD_SYNC, "the segment's hash misses the base")
             )
         self._landing = True
-        return [*out, LandSegment(segment.anchor, segment.offer)]
+        return [*out, LandSegment(segment.anchor)]
 
     def landed(self, now: float) -> list[BackfillOutput]:
         """The adapter landed the segment: the base is its anchor now."""
@@ -364,7 +389,7 @@ class Backfill:
     def _ask_anchor(self, peer: PeerId, now: float) -> list[BackfillOutput]:
         if self._asking <= 0:  # the genesis start: no checkpoint to fetch
             start = Anchor(0, 0, log_hash_start(self._genesis.hash))
-            self._segment = _Segment(start, None, 1, start.log_hash)
+            self._segment = _Segment(start, 1, start.log_hash)
             return self._ask(peer, now)
         self._peer, self._asked_at = peer, now
         return [BackfillSend(peer, encode_sync(CheckpointRequest(self._asking)))]
@@ -377,7 +402,7 @@ class Backfill:
             if segment.hash != base.log_hash:
                 return self._reject(peer, InputRejected(Reason.BAD_SYNC, "anchor misses base"))
             self._landing = True
-            return [LandSegment(segment.anchor, segment.offer)]
+            return [LandSegment(segment.anchor)]
         count = min(MAX_LOG_ENTRIES, base.length - segment.next + 1)
         self._peer, self._asked_at = peer, now
         out: list[BackfillOutput] = [

@@ -38,9 +38,7 @@ from qudag_node.core.backfill import (
     BackfillFact,
     BackfillOutput,
     BackfillSend,
-    DiscardStaged,
-    LandSegment,
-    StageEntries,
+    BackfillWrite,
 )
 from qudag_node.core.certificate import Certificate
 from qudag_node.core.errors import InputRejected, Reason
@@ -326,16 +324,7 @@ SyncFact = (
     | JoinFact
     | BackfillFact
 )
-SyncOutput = (
-    Send
-    | SendHoldings
-    | StoreRead
-    | InstallCheckpoint
-    | StageEntries
-    | DiscardStaged
-    | LandSegment
-    | SyncFact
-)
+SyncOutput = Send | SendHoldings | StoreRead | InstallCheckpoint | BackfillWrite | SyncFact
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,14 +3,15 @@ served as any log entry; the base moves down and survives a restart."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from qudag_node.core.backfill import Anchor, LandSegment, StageEntries
+from qudag_node.core.backfill import Anchor, KeepCheckpoint, LandSegment, Resume, StageEntries
 from qudag_node.core.crypto import log_hash_start
-from qudag_node.core.syncwire import WireEntry
+from qudag_node.core.syncwire import CheckpointOffer, WireEntry
 from qudag_node.ports import LogRecord, Pruned
 from qudag_node.store import DB_FILENAME, Store
 from tests.core.checkpoints import Network, network
@@ -56,7 +57,7 @@ async def test_a_landed_segment_is_served_and_moves_the_base_down(tmp_path: Path
         assert await store.log_entries(1, 10, 1 << 20) == []
 
         start = Anchor(0, 0, log_hash_start(net.genesis.hash))
-        await store.land_backfill(LandSegment(start, None))
+        await store.land_backfill(LandSegment(start))
         assert staged_rows(tmp_path) == 0
         assert await store.backfill_base() is None
         assert await store.log_base() == 0
@@ -92,12 +93,52 @@ async def test_a_landing_moves_the_base_only_to_its_anchor(tmp_path: Path) -> No
         assert staged_rows(tmp_path) == 0
         await store.stage_backfill(StageEntries(mid + 1, tuple(entries[mid:]), hashes[mid:]))
         anchor = Anchor(1, mid, hashes[mid - 1])
-        await store.land_backfill(LandSegment(anchor, None))
+        await store.land_backfill(LandSegment(anchor))
         assert await store.backfill_base() == Anchor(0, mid, hashes[mid - 1])
         with pytest.raises(Pruned) as e:
             await store.log(mid, 1)
         assert e.value.base == mid
         (first,) = await store.log(mid + 1, 1)
         assert (first.seq, first.tx_id) == (mid + 1, entries[mid].tx_id)
+    finally:
+        await store.close()
+
+
+async def test_a_restart_resumes_after_the_last_staged_entry(tmp_path: Path) -> None:
+    net = network()
+    cp = net.certified.checkpoint
+    entries = below_base(net)
+    hashes = tuple(e.hash for e in net.store.log[: cp.log_length])
+    start_hash = log_hash_start(net.genesis.hash)
+    store = await joined(tmp_path, net)
+    base = Anchor(cp.number, cp.log_length, cp.log_hash)
+    try:
+        assert await store.backfill_resume(base, start_hash) is None  # nothing staged
+        await store.stage_backfill(StageEntries(1, tuple(entries[:5]), hashes[:5]))
+    finally:
+        await store.close()
+    store = await Store.open(tmp_path, net.genesis)
+    try:
+        # no checkpoint below the base is held: the segment runs from the genesis start
+        assert await store.backfill_resume(base, start_hash) == Resume(
+            Anchor(0, 0, start_hash), 6, hashes[4]
+        )
+        await store.discard_backfill()
+        # an anchor kept below the base: staged entries must follow it without a gap
+        offer = CheckpointOffer(
+            net.signed(
+                dataclasses.replace(cp, number=cp.number - 1, log_length=3, log_hash=hashes[2]),
+                range(net.genesis.quorum),
+            ),
+            (),
+        )
+        await store.keep_checkpoint(KeepCheckpoint(offer))
+        await store.stage_backfill(StageEntries(4, tuple(entries[3:8]), hashes[3:8]))
+        assert await store.backfill_resume(base, start_hash) == Resume(
+            Anchor(cp.number - 1, 3, hashes[2]), 9, hashes[7]
+        )
+        assert await store.checkpoint(cp.number - 1) is not None  # served from here on
+        await store.stage_backfill(StageEntries(10, (entries[9],), hashes[9:10]))  # a gap
+        assert await store.backfill_resume(base, start_hash) is None
     finally:
         await store.close()

@@ -19,7 +19,9 @@ from qudag_node.core.backfill import (
     BackfillSend,
     BackfillTimedOut,
     DiscardStaged,
+    KeepCheckpoint,
     LandSegment,
+    Resume,
     StageEntries,
     check_anchor,
     check_entries,
@@ -162,6 +164,22 @@ def test_walks_down_from_the_base_to_the_genesis_start() -> None:
     assert (fill.active, fill.base, fill.entries) == (False, 0, 30)
     asked = [m.number for _, m in sent(outputs) if isinstance(m, CheckpointRequest)]
     assert asked == [2, 1]
+    kept = [o.offer for o in outputs if isinstance(o, KeepCheckpoint)]
+    assert kept == [h.offers[2], h.offers[1]]  # served from here on, and anchors a restart
+
+
+def test_a_restart_goes_on_after_the_last_staged_entry() -> None:
+    h = history()
+    resume = Resume(h.anchor(2), 26, h.hashes[25])
+    fill = Backfill(
+        h.net.genesis, SequentialVerifier(), enabled=True, base=h.anchor(3), resume=resume
+    )
+    fill.on_holdings(A, ARCHIVE)
+    out = fill.tick(0.0)
+    assert DiscardStaged() not in out  # what is staged is kept
+    assert sent(out) == [(A, LogRequest(26, 5))]
+    out = fill.on_entries(A, LogEntries(26, h.entries[25:30]), 0.0)
+    assert out[-1] == LandSegment(h.anchor(2))
 
 
 def test_a_segment_that_misses_the_base_is_dropped_and_asked_of_another_peer() -> None:
