@@ -210,6 +210,7 @@ async def _wire(
     metrics.on_backfill_base(0 if base is None else base.length)
     start = log_hash_start(genesis.hash)
     resume = None if base is None else await store.backfill_resume(base, start)
+    prefix = None if base is None else await store.log_prefix(base.length)
     syncer = Syncer(
         store,
         send,
@@ -226,7 +227,9 @@ async def _wire(
         install=lambda install: node.install_checkpoint(install),  # noqa: PLW0108
         backfill=None
         if alone
-        else Backfill(genesis, verifier, enabled=s.backfill == "on", base=base, resume=resume),
+        else Backfill(
+            genesis, verifier, enabled=s.backfill == "on", base=base, resume=resume, prefix=prefix
+        ),
     )
     peer_inbox = PeerInbox(syncer, wakeup.set)
     engine.set_catching_up(syncer.catching_up, engine_time())

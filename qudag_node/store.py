@@ -941,6 +941,18 @@ class Store:
                 ),
             )
 
+    async def log_prefix(self, below: int) -> Anchor | None:
+        """The end of the log held without a gap from position 1, below ``below``, as
+        an anchor (number 0): what a node that was away holds already. None when
+        position 1 is not held, or the entries below ``below`` have a gap."""
+        (count, last) = (
+            await _fetch(self._reader, "SELECT count(*), max(seq) FROM log WHERE seq < ?", (below,))
+        )[0]
+        if not count or count != last:
+            return None
+        (log_hash,) = (await _fetch(self._reader, "SELECT hash FROM log WHERE seq = ?", (last,)))[0]
+        return Anchor(0, int(last), bytes(log_hash))
+
     async def backfill_resume(self, base: Anchor, start_hash: bytes) -> Resume | None:
         """The segment below ``base`` a restart can go on with: its anchor (the latest
         certified checkpoint held below the base, or the genesis start, whose running

@@ -398,4 +398,5 @@ class Syncer:
         if self._install is None:
             raise RuntimeError("a state sync without an installer")
         await self._install(install)
-        await self._step(CheckpointInstalled())
+        prefix = await self._store.log_prefix(install.certified.checkpoint.log_length)
+        await self._step(CheckpointInstalled(prefix))

@@ -208,6 +208,7 @@ class Backfill:
         enabled: bool,
         base: Anchor | None,
         resume: Resume | None = None,
+        prefix: Anchor | None = None,
     ) -> None:
         self._genesis = genesis
         self._verifier = verifier
@@ -224,6 +225,7 @@ class Backfill:
         self._failed: set[PeerId] = set()  # peers whose segment did not check
         self._landing = False
         self._leftovers = resume is None  # entries staged before a restart: dropped first
+        self._prefix = prefix  # the end of the log this node holds from position 1
         self.entries = 0  # backfilled since start
         self._started: float | None = None
         self._progress_at = float("-inf")
@@ -247,10 +249,12 @@ class Backfill:
 
     # ---------------------------------------------------------------- inputs
 
-    def joined(self, base: Anchor) -> list[BackfillOutput]:
-        """The node installed a checkpoint: the log below ``base`` is to fetch (what
-        was staged for an older base is dropped)."""
+    def joined(self, base: Anchor, prefix: Anchor | None) -> list[BackfillOutput]:
+        """The node installed a checkpoint: the log below ``base`` is to fetch, down to
+        ``prefix``, the end of what it holds from position 1 (a node that was away),
+        if any (what was staged for an older base is dropped)."""
         self._base = base if base.length > 0 else None
+        self._prefix = prefix
         self._asking = base.number - 1
         self._peer = None
         self._landing = False
@@ -285,6 +289,9 @@ class Backfill:
             self._silent.add(peer)
             self._peer = None
             return [BackfillRejected(peer, e.reason)]
+        prefix = self._prefix
+        if prefix is not None and anchor.length <= prefix.length < base.length:
+            anchor = prefix  # what lies below is held here already
         self._segment = _Segment(anchor, anchor.length + 1, anchor.log_hash)
         self._peer = None
         return [KeepCheckpoint(offer), *self._ask(peer, now)]
@@ -326,7 +333,7 @@ class Backfill:
         self._silent.clear()
         self.entries += (0 if self._base is None else self._base.length) - segment.anchor.length
         anchor = segment.anchor
-        self._base = anchor if anchor.length > 0 else None
+        self._base = anchor if anchor.length > 0 and anchor != self._prefix else None
         self._asking = anchor.number - 1
         if self._base is None:
             return [BackfillDone(self.entries)]
@@ -387,9 +394,9 @@ class Backfill:
         self._asking -= 1
 
     def _ask_anchor(self, peer: PeerId, now: float) -> list[BackfillOutput]:
-        if self._asking <= 0:  # the genesis start: no checkpoint to fetch
-            start = Anchor(0, 0, log_hash_start(self._genesis.hash))
-            self._segment = _Segment(start, 1, start.log_hash)
+        if self._asking <= 0:  # the genesis start (or the held prefix): no checkpoint
+            start = self._prefix or Anchor(0, 0, log_hash_start(self._genesis.hash))
+            self._segment = _Segment(start, start.length + 1, start.log_hash)
             return self._ask(peer, now)
         self._peer, self._asked_at = peer, now
         return [BackfillSend(peer, encode_sync(CheckpointRequest(self._asking)))]

@@ -129,7 +129,10 @@ class WindowVertex:
 
 @dataclass(frozen=True, slots=True)
 class CheckpointInstalled:
-    """The adapter did what :class:`InstallCheckpoint` asked."""
+    """The adapter did what :class:`InstallCheckpoint` asked; the store holds the log
+    from position 1 up to ``prefix`` (None: not from position 1)."""
+
+    prefix: Anchor | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,8 +462,8 @@ class SyncMachine:
                 if self._joining is None:
                     return []
                 return _join_outputs(self._joining.on_vertex(peer, vertex, certificate, wall, now))
-            case CheckpointInstalled():
-                return self._installed(now)
+            case CheckpointInstalled(prefix):
+                return self._installed(prefix, now)
             case SegmentLanded():
                 if self._backfill is None:
                     return []
@@ -576,7 +579,7 @@ class SyncMachine:
             out += _backfill_outputs(self._backfill.tick(now))
         return out
 
-    def _installed(self, now: float) -> list[SyncOutput]:
+    def _installed(self, prefix: Anchor | None, now: float) -> list[SyncOutput]:
         """The checkpoint is in: catch-up by rounds starts again from it."""
         self._request = None
         self._requested_high = 0
@@ -591,7 +594,7 @@ class SyncMachine:
         out: list[SyncOutput] = [done]
         if self._backfill is not None:
             base = Anchor(done.number, done.log_length, done.log_hash)
-            out += _backfill_outputs(self._backfill.joined(base))
+            out += _backfill_outputs(self._backfill.joined(base, prefix))
         return out
 
     def _sync_round(self, ours: Status) -> list[SyncOutput]:

@@ -61,6 +61,7 @@ async def test_a_landed_segment_is_served_and_moves_the_base_down(tmp_path: Path
         assert staged_rows(tmp_path) == 0
         assert await store.backfill_base() is None
         assert await store.log_base() == 0
+        assert await store.log_prefix(cp.log_length + 1) == Anchor(0, cp.log_length, cp.log_hash)
         expected = [LogRecord(e.seq, e.tx_id, e.vertex, e.hash) for e in net.store.log]
         assert await store.log(1, len(entries)) == expected[: len(entries)]
         assert await store.log_head() == (cp.log_length, cp.log_hash)
@@ -95,6 +96,7 @@ async def test_a_landing_moves_the_base_only_to_its_anchor(tmp_path: Path) -> No
         anchor = Anchor(1, mid, hashes[mid - 1])
         await store.land_backfill(LandSegment(anchor))
         assert await store.backfill_base() == Anchor(0, mid, hashes[mid - 1])
+        assert await store.log_prefix(mid) is None  # position 1 is not held
         with pytest.raises(Pruned) as e:
             await store.log(mid, 1)
         assert e.value.base == mid

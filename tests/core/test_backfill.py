@@ -168,6 +168,22 @@ def test_walks_down_from_the_base_to_the_genesis_start() -> None:
     assert kept == [h.offers[2], h.offers[1]]  # served from here on, and anchors a restart
 
 
+def test_a_node_that_holds_the_start_of_the_log_fetches_only_what_it_lacks() -> None:
+    h = history()
+    prefix = Anchor(0, 15, h.hashes[15])  # a node that was away held 1..15
+    fill = backfill(h, 3)
+    assert fill.joined(h.anchor(3), prefix) == [DiscardStaged()]
+    fill.on_holdings(A, ARCHIVE)
+    outputs = serve(h, fill, fill.tick(0.0))
+    staged = [
+        o.first + k for o in outputs if isinstance(o, StageEntries) for k in range(len(o.entries))
+    ]
+    assert sorted(staged) == list(range(16, 31))
+    assert [o.anchor for o in outputs if isinstance(o, LandSegment)] == [h.anchor(2), prefix]
+    assert isinstance(outputs[-1], BackfillDone)
+    assert (fill.active, fill.base, fill.entries) == (False, 0, 15)
+
+
 def test_a_restart_goes_on_after_the_last_staged_entry() -> None:
     h = history()
     resume = Resume(h.anchor(2), 26, h.hashes[25])
@@ -239,11 +255,11 @@ def test_a_join_starts_a_backfill_and_drops_what_was_staged() -> None:
     assert not fill.active
     fill.on_holdings(A, ARCHIVE)
     assert fill.tick(0.0) == []
-    assert fill.joined(h.anchor(2)) == [DiscardStaged()]  # whatever a crash left staged
+    assert fill.joined(h.anchor(2), None) == [DiscardStaged()]  # whatever a crash left staged
     out = fill.tick(0.0)
     assert sent(out) == [(A, CheckpointRequest(1))]
     fill.on_offer(A, h.offers[1], 0.0)
-    assert fill.joined(h.anchor(3)) == [DiscardStaged()]
+    assert fill.joined(h.anchor(3), None) == [DiscardStaged()]
     assert fill.base == 30
 
 
