@@ -72,9 +72,10 @@ async def _join_time(
 ) -> float:
     """Seconds from a fresh observer's start until its log is ``length`` long; its hash
     there must be ``head``'s."""
-    observer = NodeProcess(
-        directory / name, {**base, "NODE_ID": name, "QUDAG_STATE_SYNC": state_sync}
-    )
+    # backfill off: the figure is the join alone, without the log before the checkpoint
+    # being fetched meanwhile (see docs/protocol.md#backfill)
+    settings = {**base, "NODE_ID": name, "QUDAG_STATE_SYNC": state_sync, "QUDAG_BACKFILL": "off"}
+    observer = NodeProcess(directory / name, settings)
     await observer.start(ready=False)
     try:
         reached = await wait_for_log(session, observer.url, length, JOIN_TIMEOUT)

@@ -472,6 +472,12 @@ def _status_doc(status: NodeStatus) -> dict[str, Any]:
                 "done": status.sync.state_sync.done,
                 "last_seconds": status.sync.state_sync.last_seconds,
             },
+            "backfill": {
+                "enabled": status.sync.backfill.enabled,
+                "active": status.sync.backfill.active,
+                "base": status.sync.backfill.base,
+                "entries": status.sync.backfill.entries,
+            },
         },
         "checkpoint": None
         if status.checkpoint is None

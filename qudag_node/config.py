@@ -391,6 +391,13 @@ class Settings:
         help="on: a node far behind (or empty) joins from a peer's certified checkpoint;"
         " off: it replays the whole history.",
     )
+    backfill: str = setting(
+        env="QUDAG_BACKFILL",
+        default_text="on",
+        parse=_choice("on", "off"),
+        help="on: after joining from a checkpoint, fetch the log before it from peers that"
+        " hold it; off: the log before it stays pruned here.",
+    )
     log_level: str = setting(
         env="LOG_LEVEL",
         default_text="info",

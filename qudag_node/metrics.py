@@ -326,6 +326,8 @@ class Metrics:
             self._checkpoint_certified,
             self._state_syncs,
             self._state_sync_seconds,
+            self._backfill_entries,
+            self._log_base,
             self._pruned,
             self._oldest_round,
             self._oldest_log_position,
@@ -480,6 +482,14 @@ class Metrics:
         self._oldest_round.set(oldest_round)
         self._oldest_log_position.set(oldest_log_position)
 
+    def on_backfill_staged(self, entries: int) -> None:
+        """``entries`` log entries below the base were fetched and checked."""
+        self._backfill_entries.inc(entries)
+
+    def on_backfill_base(self, position: int) -> None:
+        """The log is held from ``position`` + 1 on (a segment landed, or at start)."""
+        self._log_base.set(position)
+
     def on_store_commit(self, seconds: float) -> None:
         """One store commit took ``seconds``."""
         self._store_commit.observe(seconds)
@@ -517,7 +527,25 @@ class Metrics:
         self._accept_errors.labels(errno=errno_name).inc()
 
 
-def _checkpoint_series(r: CollectorRegistry) -> tuple[Gauge, Counter, Gauge]:
+def _checkpoint_series(r: CollectorRegistry) -> tuple[Gauge, Counter, Gauge, Counter, Gauge]:
+    """The series of checkpoints, state sync and backfill: the latest certified
+    checkpoint, joins done, the last one's seconds, entries backfilled, the log's base."""
+    return (
+        *_join_series(r),
+        Counter(
+            "qudag_backfill_entries",
+            "Log entries below the base fetched from peers and checked.",
+            registry=r,
+        ),
+        Gauge(
+            "qudag_log_base",
+            "Log position up to which no entry is held here (0: the whole log).",
+            registry=r,
+        ),
+    )
+
+
+def _join_series(r: CollectorRegistry) -> tuple[Gauge, Counter, Gauge]:
     """The series of checkpoints and state sync: the latest certified checkpoint, joins
     done, and the last one's seconds."""
     return (

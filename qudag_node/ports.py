@@ -228,6 +228,16 @@ class StateSyncInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class BackfillInfo:
+    """Fetching the log before a joined checkpoint: allowed, under way, where."""
+
+    enabled: bool
+    active: bool
+    base: int  # the log is held from base + 1 on
+    entries: int  # backfilled since the start
+
+
+@dataclass(frozen=True, slots=True)
 class SyncInfo:
     """Whether the node is catching up, and how far behind its peers it is."""
 
@@ -236,6 +246,7 @@ class SyncInfo:
     in_step: bool
     detail: str
     state_sync: StateSyncInfo
+    backfill: BackfillInfo
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ from aiohttp import web
 from qudag_node import __version__
 from qudag_node.api import make_app, start_api
 from qudag_node.config import ConfigError, Settings
+from qudag_node.core.backfill import Backfill
 from qudag_node.core.crypto import Signer, log_hash_start
 from qudag_node.core.engine import Engine, Role
 from qudag_node.core.genesis import Genesis
@@ -216,6 +217,11 @@ async def _wire(
         await node.install_checkpoint(checkpoint)
         await pruner.refresh()
 
+    base = await store.backfill_base()
+    metrics.on_backfill_base(0 if base is None else base.length)
+    start = log_hash_start(genesis.hash)
+    resume = None if base is None else await store.backfill_resume(base, start)
+    prefix = None if base is None else await store.log_prefix(base.length)
     syncer = Syncer(
         store,
         send,
@@ -230,6 +236,16 @@ async def _wire(
         if alone
         else Joining(genesis, params, verifier, genesis.f + 1, enabled=s.state_sync == "on"),
         install=install,
+        backfill=None
+        if alone
+        else Backfill(
+            genesis,
+            verifier,
+            enabled=s.backfill == "on" and s.kept_transactions.archive,
+            base=base,
+            resume=resume,
+            prefix=prefix,
+        ),
     )
     peer_inbox = PeerInbox(syncer, wakeup.set)
     engine.set_catching_up(syncer.catching_up, engine_time())

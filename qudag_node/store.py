@@ -29,6 +29,7 @@ from typing import Any, assert_never
 import aiosqlite
 
 from qudag_node.config import file_kind
+from qudag_node.core.backfill import Anchor, KeepCheckpoint, LandSegment, Resume, StageEntries
 from qudag_node.core.certificate import Certificate, decode_certificate
 from qudag_node.core.checkpoint import CertifiedCheckpoint, decode_checkpoint
 from qudag_node.core.checkpoints import KEEP, RestoredCheckpoint
@@ -48,7 +49,7 @@ from qudag_node.core.events import (
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.messages import encode_certified
 from qudag_node.core.retention import CheckpointMark
-from qudag_node.core.syncwire import CertifiedIds, Holdings
+from qudag_node.core.syncwire import ENTRY_OVERHEAD, CertifiedIds, Holdings, WireEntry
 from qudag_node.core.types import HASH_SIZE, NodeId, TxId, VertexId
 from qudag_node.core.vertex import (
     Vertex,
@@ -72,6 +73,7 @@ DB_FILENAME = "qudag.db"
 WAL_CHECKPOINT_PAGES = 4_000
 _CHUNK = 900  # ids per IN (...) query, under SQLite's variable limit
 _VERTICES_PER_READ = 8  # vertices read at once to answer a fetch (each up to 4 MiB)
+_LOG_PAGE = 256  # log entries read at once to answer a LOG_REQUEST
 
 #: A schema step: an SQL statement, or a function of the connection and the genesis.
 Migration = str | Callable[[aiosqlite.Connection, Genesis], Awaitable[None]]
@@ -160,6 +162,20 @@ MIGRATIONS: tuple[tuple[Migration, ...], ...] = (
             body BLOB NOT NULL,
             window BLOB NOT NULL,
             certificate BLOB
+        )""",
+    ),
+    (
+        # a log row whose vertex is not held here (backfilled below a joined
+        # checkpoint) has vertex = 0 and names its vertex here; NULL otherwise
+        "ALTER TABLE log ADD COLUMN vertex_id BLOB",
+        # backfilled entries checked one by one, waiting for their segment's hash to
+        # land on the log's base before they become part of the log
+        """CREATE TABLE backfill_stage (
+            seq INTEGER PRIMARY KEY,
+            tx_id BLOB NOT NULL,
+            vertex_id BLOB NOT NULL,
+            hash BLOB NOT NULL,
+            data BLOB NOT NULL
         )""",
     ),
 )
@@ -333,6 +349,26 @@ _APPEND_LOG = f"""
         (SELECT rowid FROM transactions WHERE id = substr(:txs, n * {HASH_SIZE} + 1, {HASH_SIZE})),
         (SELECT rowid FROM vertices WHERE id = substr(:vertices, n * {HASH_SIZE} + 1, {HASH_SIZE}))
     FROM i"""  # noqa: S608 (constants only)
+
+
+#: Backfilled entries staged, or moved from the stage into the log, per transaction:
+#: each holds the write lock (and so the pump's group commit) for a few milliseconds.
+BACKFILL_BATCH = 500
+
+#: Staged entries ``?1..?2`` into the log: their transactions first (new ones are
+#: final at once: the log row's trigger takes them out of ``unfinal``), then the rows,
+#: naming the vertex by rowid when it is held here and by id otherwise.
+_LAND_STAGED = """
+    INSERT OR IGNORE INTO transactions (id, data)
+        SELECT tx_id, data FROM backfill_stage WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq
+"""
+_LAND_LOG = """
+    INSERT OR REPLACE INTO log (seq, tx, vertex, hash, vertex_id)
+    SELECT s.seq, t.rowid, coalesce(v.rowid, 0), s.hash, CASE WHEN v.rowid IS NULL
+        THEN s.vertex_id END
+    FROM backfill_stage AS s JOIN transactions AS t ON t.id = s.tx_id
+    LEFT JOIN vertices AS v ON v.id = s.vertex_id
+    WHERE s.seq BETWEEN ?1 AND ?2"""
 
 
 def _log_params(entries: Sequence[LogEntry]) -> dict[str, Any]:
@@ -837,6 +873,173 @@ class Store:
                     await db.execute("ROLLBACK")
                 raise
 
+    # --------------------------------------------------------------- backfill
+
+    async def backfill_base(self) -> Anchor | None:
+        """The log's base as a backfill anchor (None when the log is held from its
+        first entry): its position, hash, and the number of the lowest certified
+        checkpoint held at that position."""
+        rows = await _fetch(self._reader, "SELECT value FROM meta WHERE key = ?", (LOG_BASE,))
+        if not rows or int.from_bytes(bytes(rows[0][0])[:8], "big") == 0:
+            return None
+        value = bytes(rows[0][0])
+        length = int.from_bytes(value[:8], "big")
+        (number,) = (
+            await _fetch(
+                self._reader,
+                "SELECT coalesce(min(number), 0) FROM checkpoints"
+                " WHERE certificate IS NOT NULL AND log_length = ?",
+                (length,),
+            )
+        )[0]
+        return Anchor(int(number), length, value[8:])
+
+    async def stage_backfill(self, staged: StageEntries) -> None:
+        """Keep checked entries of a segment, not served yet, :data:`BACKFILL_BATCH`
+        per transaction beside the pump's."""
+        rows = [
+            (staged.first + k, e.tx_id, e.vertex_id, h, e.data)
+            for k, (e, h) in enumerate(zip(staged.entries, staged.hashes, strict=True))
+        ]
+        for k in range(0, len(rows), BACKFILL_BATCH):
+            async with self._side_transaction() as db:
+                await db.executemany(
+                    "INSERT OR REPLACE INTO backfill_stage (seq, tx_id, vertex_id, hash, data)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    rows[k : k + BACKFILL_BATCH],
+                )
+
+    async def discard_backfill(self) -> None:
+        """Drop every staged entry."""
+        async with self._side_transaction() as db:
+            await db.execute("DELETE FROM backfill_stage")
+
+    async def land_backfill(self, land: LandSegment) -> None:
+        """Make the staged segment part of the log, :data:`BACKFILL_BATCH` entries per
+        transaction, then move the base down to its anchor.
+        Interrupted, it leaves entries below the base that a later landing rewrites."""
+        while True:
+            async with self._side_transaction() as db:
+                rows = await _fetch(
+                    db,
+                    "SELECT min(seq), max(seq) FROM (SELECT seq FROM backfill_stage"
+                    " ORDER BY seq LIMIT ?)",
+                    (BACKFILL_BATCH,),
+                )
+                low, high = rows[0]
+                if low is None:
+                    break
+                await db.execute(_LAND_STAGED, (low, high))
+                await db.execute(_LAND_LOG, (low, high))
+                await db.execute(
+                    "DELETE FROM backfill_stage WHERE seq BETWEEN ? AND ?", (low, high)
+                )
+        anchor = land.anchor
+        async with self._side_transaction() as db:
+            if anchor.length:
+                await _set_meta(db, LOG_BASE, anchor.length.to_bytes(8, "big") + anchor.log_hash)
+            else:
+                await db.execute("DELETE FROM meta WHERE key = ?", (LOG_BASE,))
+
+    async def keep_checkpoint(self, keep: KeepCheckpoint) -> None:
+        """Record a checked certified checkpoint older than the base (a backfill anchor)."""
+        certified, window = keep.offer.certified, keep.offer.window
+        cp = certified.checkpoint
+        async with self._side_transaction() as db:
+            await db.execute(
+                "INSERT INTO checkpoints"
+                " (number, round, log_length, timestamp_ms, body, window, certificate)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (number) DO UPDATE"
+                " SET certificate = coalesce(certificate, excluded.certificate)",
+                (
+                    cp.number,
+                    cp.round,
+                    cp.log_length,
+                    cp.timestamp_ms,
+                    cp.encode(),
+                    b"".join(window),
+                    certified.certificate.encode(),
+                ),
+            )
+
+    async def log_prefix(self, below: int) -> Anchor | None:
+        """The end of the log held without a gap from position 1, below ``below``, as
+        an anchor (number 0): what a node that was away holds already. None when
+        position 1 is not held, or the entries below ``below`` have a gap."""
+        (count, last) = (
+            await _fetch(self._reader, "SELECT count(*), max(seq) FROM log WHERE seq < ?", (below,))
+        )[0]
+        if not count or count != last:
+            return None
+        (log_hash,) = (await _fetch(self._reader, "SELECT hash FROM log WHERE seq = ?", (last,)))[0]
+        return Anchor(0, int(last), bytes(log_hash))
+
+    async def backfill_resume(self, base: Anchor, start_hash: bytes) -> Resume | None:
+        """The segment below ``base`` a restart can go on with: its anchor (the latest
+        certified checkpoint held below the base, or the genesis start, whose running
+        hash is ``start_hash``) and the entries staged after it without a gap; None
+        when nothing staged follows the anchor."""
+        rows = await _fetch(
+            self._reader,
+            "SELECT number, log_length, body FROM checkpoints WHERE certificate IS NOT NULL"
+            " AND number < ? AND log_length <= ? ORDER BY number DESC LIMIT 1",
+            (base.number, base.length),
+        )
+        anchor = Anchor(0, 0, start_hash)
+        if rows:
+            anchor = Anchor(
+                int(rows[0][0]), int(rows[0][1]), decode_checkpoint(rows[0][2]).log_hash
+            )
+        (low, high, count) = (
+            await _fetch(self._reader, "SELECT min(seq), max(seq), count(*) FROM backfill_stage")
+        )[0]
+        if low != anchor.length + 1 or count != high - low + 1 or high > base.length:
+            return None
+        (last,) = (
+            await _fetch(self._reader, "SELECT hash FROM backfill_stage WHERE seq = ?", (high,))
+        )[0]
+        return Resume(anchor, int(high) + 1, bytes(last))
+
+    @contextlib.asynccontextmanager
+    async def _side_transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        db = self._side
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            if db.in_transaction:
+                await db.execute("ROLLBACK")
+            raise
+        await db.execute("COMMIT")
+
+    async def log_entries(self, start: int, count: int, max_bytes: int) -> list[WireEntry]:
+        """The consecutive log entries held from ``start`` on, at most ``count`` and
+        about ``max_bytes`` as a LOG_ENTRIES message (whole entries, at least one);
+        none when ``start`` is not held."""
+        if start <= await self.log_base():
+            return []
+        entries: list[WireEntry] = []
+        size = 0
+        while len(entries) < count:  # a page at a time: transactions may be large
+            position = start + len(entries)
+            rows = await _fetch(
+                self._reader,
+                "SELECT l.seq, t.id, coalesce(v.id, l.vertex_id), t.data FROM log AS l"
+                " JOIN transactions AS t ON t.rowid = l.tx"
+                " LEFT JOIN vertices AS v ON v.rowid = l.vertex"
+                " WHERE l.seq >= ? ORDER BY l.seq LIMIT ?",
+                (position, min(count - len(entries), _LOG_PAGE)),
+            )
+            for seq, tx, vertex, data in rows:
+                cost = ENTRY_OVERHEAD + len(data)
+                if seq != start + len(entries) or (entries and size + cost > max_bytes):
+                    return entries
+                entries.append(WireEntry(TxId(bytes(tx)), VertexId(bytes(vertex)), bytes(data)))
+                size += cost
+            if not rows:
+                break
+        return entries
+
     async def log_base(self) -> int:
         """The log position up to which no entry is held here (0: held from the first)."""
         return (await _log_base(self._reader)).length
@@ -911,7 +1114,8 @@ class Store:
         """A stored transaction: its size, and its log place once final."""
         rows = await _fetch(
             self._reader,
-            f"SELECT length(transactions.data), l.seq, v.id, {_FINAL} FROM transactions"  # noqa: S608
+            "SELECT length(transactions.data), l.seq, coalesce(v.id, l.vertex_id),"  # noqa: S608
+            f" {_FINAL} FROM transactions"
             " LEFT JOIN log AS l ON l.tx = transactions.rowid"
             " LEFT JOIN vertices AS v ON v.rowid = l.vertex WHERE transactions.id = ?",
             (tx_id,),
@@ -997,9 +1201,10 @@ class Store:
             raise Pruned(f"log position {start}", base.length)
         rows = await _fetch(
             self._reader,
-            "SELECT l.seq, t.id, v.id, l.hash FROM log AS l"
-            " JOIN transactions AS t ON t.rowid = l.tx LEFT JOIN vertices AS v"
-            " ON v.rowid = l.vertex WHERE l.seq >= ? ORDER BY l.seq LIMIT ?",
+            "SELECT l.seq, t.id, coalesce(v.id, l.vertex_id), l.hash FROM log AS l"
+            " JOIN transactions AS t ON t.rowid = l.tx"
+            " LEFT JOIN vertices AS v ON v.rowid = l.vertex"
+            " WHERE l.seq >= ? ORDER BY l.seq LIMIT ?",
             (start, limit),
         )
         return [

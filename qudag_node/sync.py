@@ -21,6 +21,19 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from typing import assert_never
 
+from qudag_node.core.backfill import (
+    Backfill,
+    BackfillDone,
+    BackfillFact,
+    BackfillProgress,
+    BackfillRejected,
+    BackfillTimedOut,
+    BackfillWrite,
+    DiscardStaged,
+    KeepCheckpoint,
+    LandSegment,
+    StageEntries,
+)
 from qudag_node.core.errors import InputRejected
 from qudag_node.core.joining import (
     CheckpointVerified,
@@ -46,9 +59,11 @@ from qudag_node.core.sync import (
     ReadIds,
     RequestTimedOut,
     RoundsServed,
+    SegmentLanded,
     Send,
     SendHoldings,
     ServeCheckpoint,
+    ServeLog,
     ServeRounds,
     StoreRead,
     SummaryCompared,
@@ -58,7 +73,14 @@ from qudag_node.core.sync import (
     Tick,
     WindowVertex,
 )
-from qudag_node.core.syncwire import CheckpointOffer, Status, decode_sync, encode_sync
+from qudag_node.core.syncwire import (
+    LOG_ANSWER_BYTES,
+    CheckpointOffer,
+    LogEntries,
+    Status,
+    decode_sync,
+    encode_sync,
+)
 from qudag_node.core.types import PeerId
 from qudag_node.logs import get_logger
 from qudag_node.metrics import Metrics
@@ -91,6 +113,7 @@ class Syncer:
         max_frames: int = MAX_FRAMES,
         joining: Joining | None = None,
         install: Callable[[InstallCheckpoint], Awaitable[None]] | None = None,
+        backfill: Backfill | None = None,
     ) -> None:
         self._store = store
         self._params = params
@@ -100,7 +123,9 @@ class Syncer:
         self._metrics = metrics
         self._on_catching_up = on_catching_up
         self._clock = clock
-        self._machine = SyncMachine(params, interval, needs_peers, trust, clock(), joining=joining)
+        self._machine = SyncMachine(
+            params, interval, needs_peers, trust, clock(), joining=joining, backfill=backfill
+        )
         self._frames: deque[tuple[PeerId, bytes, bool]] = deque()  # (peer, frame, window?)
         self._waiting: Counter[PeerId] = Counter()  # frames in the queue, by peer
         self._max_frames = max_frames
@@ -131,6 +156,11 @@ class Syncer:
     def joining(self) -> Joining | None:
         """State sync's state (None when this node never state-syncs)."""
         return self._machine.joining
+
+    @property
+    def backfill(self) -> Backfill | None:
+        """Backfill's state (None when this node never backfills)."""
+        return self._machine.backfill
 
     def takes(self, data: bytes) -> bool:
         """Whether a consensus message is for sync rather than the engine: a CERTIFIED
@@ -221,8 +251,19 @@ class Syncer:
             match output:
                 case Send(peer, data):
                     self._send(peer, data)
-                case ReadIds() | PushCertified() | ServeRounds() | ServeCheckpoint():
+                case ReadIds() | PushCertified() | ServeRounds() | ServeCheckpoint() | ServeLog():
                     await self._read(output)
+                case (
+                    StageEntries()
+                    | DiscardStaged()
+                    | LandSegment()
+                    | KeepCheckpoint()
+                    | BackfillProgress()
+                    | BackfillRejected()
+                    | BackfillTimedOut()
+                    | BackfillDone()
+                ):
+                    await self._perform_backfill(output)
                 case SendHoldings(peers):
                     holdings = encode_sync(await self._store.holdings())
                     for peer in peers:
@@ -264,8 +305,9 @@ class Syncer:
                     )
                 case StateSyncFailed(peer, reason):
                     log.warning("state_sync_failed", peer=peer, reason=reason)
-                case StateSynced(number, round_, log_length, seconds):
+                case StateSynced(number, round_, log_length, seconds, _):
                     self._metrics.on_state_sync(seconds)
+                    self._metrics.on_backfill_base(log_length)
                     log.info(
                         "state_sync_installed",
                         checkpoint=number,
@@ -285,6 +327,43 @@ class Syncer:
                         )
                 case _:
                     assert_never(output)
+
+    async def _perform_backfill(
+        self,
+        output: BackfillWrite | BackfillFact,
+    ) -> None:
+        """Do one of backfill's store writes, or log and count one of its facts."""
+        match output:
+            case StageEntries():
+                await self._store.stage_backfill(output)
+                self._metrics.on_backfill_staged(len(output.entries))
+            case DiscardStaged():
+                await self._store.discard_backfill()
+            case KeepCheckpoint():
+                await self._store.keep_checkpoint(output)
+            case LandSegment(anchor):
+                await self._store.land_backfill(output)
+                self._metrics.on_backfill_base(anchor.length)
+                log.info("backfill_segment_landed", base=anchor.length, checkpoint=anchor.number)
+                await self._step(SegmentLanded())
+            case BackfillProgress(base, segment, entries, rate, sources):
+                log.info(
+                    "backfill_progress",
+                    base=base,
+                    segment=segment,
+                    entries=entries,
+                    entries_per_second=rate,
+                    sources=sources,
+                )
+            case BackfillRejected(peer, reason):
+                self._metrics.on_sync_rejected(reason)
+                log.warning("backfill_rejected", peer=peer, reason=reason.value)
+            case BackfillTimedOut(peer):
+                log.warning("backfill_timed_out", peer=peer)
+            case BackfillDone(entries):
+                log.info("backfill_done", entries=entries)
+            case _:
+                assert_never(output)
 
     async def _read(self, read: StoreRead) -> None:
         match read:
@@ -307,6 +386,10 @@ class Syncer:
                 )
                 if held is not None:
                     self._send(peer, encode_sync(CheckpointOffer(held.certified, held.window)))
+            case ServeLog(peer, start, count):
+                entries = await self._store.log_entries(start, count, LOG_ANSWER_BYTES)
+                if entries:
+                    self._send(peer, encode_sync(LogEntries(start, tuple(entries))))
             case _:
                 assert_never(read)
 
@@ -315,4 +398,5 @@ class Syncer:
         if self._install is None:
             raise RuntimeError("a state sync without an installer")
         await self._install(install)
-        await self._step(CheckpointInstalled())
+        prefix = await self._store.log_prefix(install.certified.checkpoint.log_length)
+        await self._step(CheckpointInstalled(prefix))

@@ -21,6 +21,7 @@ from qudag_node.disk import DiskGuard
 from qudag_node.gossip import PeerNetwork
 from qudag_node.logs import get_logger
 from qudag_node.ports import (
+    BackfillInfo,
     Check,
     CheckpointInfo,
     CheckpointRecord,
@@ -243,7 +244,15 @@ class NodeView:
             if joining is None
             else StateSyncInfo(joining.enabled, joining.active, joining.syncs, joining.last_seconds)
         )
-        return SyncInfo(self._syncer.catching_up, self._syncer.gap(), in_step, detail, state_sync)
+        filling = self._syncer.backfill
+        backfill = (
+            BackfillInfo(False, False, 0, 0)
+            if filling is None
+            else BackfillInfo(filling.enabled, filling.active, filling.base, filling.entries)
+        )
+        return SyncInfo(
+            self._syncer.catching_up, self._syncer.gap(), in_step, detail, state_sync, backfill
+        )
 
     def peers(self) -> list[PeerView]:
         """Each linked peer (with the position it last told us) and each candidate

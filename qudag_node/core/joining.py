@@ -104,12 +104,14 @@ class StateSyncFailed:
 @dataclass(frozen=True, slots=True)
 class StateSynced:
     """Checkpoint ``number`` is installed: the node continues from ``round`` and log
-    position ``log_length``, ``seconds`` after the attempt that succeeded began."""
+    position ``log_length`` (running hash ``log_hash``), ``seconds`` after the attempt
+    that succeeded began."""
 
     number: int
     round: int
     log_length: int
     seconds: float
+    log_hash: bytes
 
 
 JoinFact = StateSyncStarted | CheckpointVerified | StateSyncFailed | StateSynced
@@ -299,7 +301,7 @@ class Joining:
         self.syncs += 1
         self.last_seconds = round(now - attempt.started, 3)
         cp = attempt.fetch.certified.checkpoint
-        return StateSynced(cp.number, cp.round, cp.log_length, self.last_seconds)
+        return StateSynced(cp.number, cp.round, cp.log_length, self.last_seconds, cp.log_hash)
 
     def _ask_window(self, peer: PeerId, fetch: WindowFetch) -> list[JoinOutput]:
         return [JoinSend(peer, m) for m in fetch_messages(fetch.missing(), self._params)]

@@ -15,7 +15,7 @@ Layouts (integers big-endian; ``vertex`` and ``certificate`` as in
                                                     core/checkpoint.py); the signature
                                                     is the rest of the message
 
-Types 7 to 11 and 13 to 15 are the sync messages of :mod:`~qudag_node.core.syncwire`;
+Types 7 to 11 and 13 to 17 are the sync messages of :mod:`~qudag_node.core.syncwire`;
 :mod:`~qudag_node.core.wire` maps every type to its decoder and its owner.
 """
 

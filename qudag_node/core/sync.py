@@ -21,6 +21,10 @@ what its answer is for), changes of catching up, and progress facts to log or co
   certified checkpoint instead (:mod:`~qudag_node.core.joining` decides); catch-up by
   rounds waits meanwhile, then continues from the checkpoint. Every node answers
   CHECKPOINT_REQUEST from its store and sends HOLDINGS with each STATUS.
+* **Backfill.** A node that joined from a checkpoint, with backfill on, fetches the
+  log below its base from peers that hold the history, once it is no longer catching
+  up (:mod:`~qudag_node.core.backfill` decides); every node answers LOG_REQUEST from
+  its store.
 """
 
 from __future__ import annotations
@@ -28,6 +32,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import assert_never
 
+from qudag_node.core.backfill import (
+    Anchor,
+    Backfill,
+    BackfillFact,
+    BackfillOutput,
+    BackfillSend,
+    BackfillWrite,
+)
 from qudag_node.core.certificate import Certificate
 from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.joining import InstallCheckpoint, JoinFact, Joining, JoinOutput, JoinSend
@@ -41,6 +53,8 @@ from qudag_node.core.syncwire import (
     CheckpointRequest,
     Holdings,
     Ids,
+    LogEntries,
+    LogRequest,
     RoundsDone,
     RoundsRequest,
     Status,
@@ -115,10 +129,20 @@ class WindowVertex:
 
 @dataclass(frozen=True, slots=True)
 class CheckpointInstalled:
-    """The adapter did what :class:`InstallCheckpoint` asked."""
+    """The adapter did what :class:`InstallCheckpoint` asked; the store holds the log
+    from position 1 up to ``prefix`` (None: not from position 1)."""
+
+    prefix: Anchor | None = None
 
 
-SyncInput = PeerMessage | Tick | IdsRead | RoundsServed | WindowVertex | CheckpointInstalled
+@dataclass(frozen=True, slots=True)
+class SegmentLanded:
+    """The adapter did what :class:`~qudag_node.core.backfill.LandSegment` asked."""
+
+
+SyncInput = (
+    PeerMessage | Tick | IdsRead | RoundsServed | WindowVertex | CheckpointInstalled | SegmentLanded
+)
 
 
 # ------------------------------------------- what an id read is for
@@ -207,7 +231,17 @@ class SendHoldings:
     peers: tuple[PeerId, ...]
 
 
-StoreRead = ReadIds | PushCertified | ServeRounds | ServeCheckpoint
+@dataclass(frozen=True, slots=True)
+class ServeLog:
+    """Read the log entries held from ``start`` on (at most ``count``) and send them to
+    ``peer`` as LOG_ENTRIES. Nothing comes back."""
+
+    peer: PeerId
+    start: int
+    count: int
+
+
+StoreRead = ReadIds | PushCertified | ServeRounds | ServeCheckpoint | ServeLog
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,8 +325,9 @@ SyncFact = (
     | SummaryCompared
     | IdsCompared
     | JoinFact
+    | BackfillFact
 )
-SyncOutput = Send | SendHoldings | StoreRead | InstallCheckpoint | SyncFact
+SyncOutput = Send | SendHoldings | StoreRead | InstallCheckpoint | BackfillWrite | SyncFact
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,9 +351,11 @@ class SyncMachine:
         now: float,
         *,
         joining: Joining | None = None,
+        backfill: Backfill | None = None,
     ) -> None:
         self._params = params
         self._joining = joining  # None: this node never state-syncs
+        self._backfill = backfill  # None: this node never backfills
         self._interval = interval
         self._needs_peers = needs_peers  # a network of more than this node
         self._trust = trust  # peers that must claim a round before we chase it (f + 1)
@@ -368,6 +405,11 @@ class SyncMachine:
         return self._joining
 
     @property
+    def backfill(self) -> Backfill | None:
+        """Backfill's state (None when this node never backfills)."""
+        return self._backfill
+
+    @property
     def fetching_window(self) -> bool:
         """Whether a checkpoint's window is being fetched: CERTIFIED messages are then
         for :class:`WindowVertex`, not the engine."""
@@ -394,7 +436,10 @@ class SyncMachine:
         self._peers.pop(peer, None)
         if self._request is not None and self._request.peer == peer:
             self._request = None
-        return [] if self._joining is None else _join_outputs(self._joining.link_down(peer))
+        out = [] if self._joining is None else _join_outputs(self._joining.link_down(peer))
+        if self._backfill is not None:
+            out += _backfill_outputs(self._backfill.link_down(peer))
+        return out
 
     def step(self, event: SyncInput, ours: Status, now: float) -> list[SyncOutput]:
         """Take in ``event``; what to do about it, in order.
@@ -417,8 +462,12 @@ class SyncMachine:
                 if self._joining is None:
                     return []
                 return _join_outputs(self._joining.on_vertex(peer, vertex, certificate, wall, now))
-            case CheckpointInstalled():
-                return self._installed(now)
+            case CheckpointInstalled(prefix):
+                return self._installed(prefix, now)
+            case SegmentLanded():
+                if self._backfill is None:
+                    return []
+                return _backfill_outputs(self._backfill.landed(now))
             case _:
                 assert_never(event)
 
@@ -449,13 +498,24 @@ class SyncMachine:
             case CheckpointRequest(number):
                 return [ServeCheckpoint(peer, number)]
             case CheckpointOffer():
-                if self._joining is None:
-                    return []
-                return _join_outputs(self._joining.on_offer(peer, message, ours, now))
+                out = []
+                if self._joining is not None:
+                    out += _join_outputs(self._joining.on_offer(peer, message, ours, now))
+                if self._backfill is not None:
+                    out += _backfill_outputs(self._backfill.on_offer(peer, message, now))
+                return out
             case Holdings():
                 if self._joining is not None:
                     self._joining.on_holdings(peer, message)
+                if self._backfill is not None:
+                    self._backfill.on_holdings(peer, message)
                 return []
+            case LogRequest(start, count):
+                return [ServeLog(peer, start, count)]
+            case LogEntries():
+                if self._backfill is None:
+                    return []
+                return _backfill_outputs(self._backfill.on_entries(peer, message, now))
             case _:
                 assert_never(message)
 
@@ -513,9 +573,13 @@ class SyncMachine:
             if self._joining.active or self._joining.defers_catch_up(ours, now):
                 return out  # rounds are asked for from the checkpoint, once it is in
         out += self._drive(ours, now)
+        if self._backfill is not None and not self._catching_up:
+            # the log before the checkpoint waits while the node catches up: it is
+            # history, and catching up is what makes the node take part again
+            out += _backfill_outputs(self._backfill.tick(now))
         return out
 
-    def _installed(self, now: float) -> list[SyncOutput]:
+    def _installed(self, prefix: Anchor | None, now: float) -> list[SyncOutput]:
         """The checkpoint is in: catch-up by rounds starts again from it."""
         self._request = None
         self._requested_high = 0
@@ -527,7 +591,11 @@ class SyncMachine:
         # catching up from the checkpoint: even the last rounds within the threshold
         # are asked for (see _drive), as after any catch-up
         self._catchup_started = (now, done.round)
-        return [done]
+        out: list[SyncOutput] = [done]
+        if self._backfill is not None:
+            base = Anchor(done.number, done.log_length, done.log_hash)
+            out += _backfill_outputs(self._backfill.joined(base, prefix))
+        return out
 
     def _sync_round(self, ours: Status) -> list[SyncOutput]:
         """STATUS to every linked peer, each followed by a read for the SUMMARY of the
@@ -632,6 +700,11 @@ class SyncMachine:
 def _join_outputs(outputs: list[JoinOutput]) -> list[SyncOutput]:
     """State sync's outputs as the machine's: its requests become :class:`Send`."""
     return [Send(o.peer, o.data) if isinstance(o, JoinSend) else o for o in outputs]
+
+
+def _backfill_outputs(outputs: list[BackfillOutput]) -> list[SyncOutput]:
+    """Backfill's outputs as the machine's: its requests become :class:`Send`."""
+    return [Send(o.peer, o.data) if isinstance(o, BackfillSend) else o for o in outputs]
 
 
 def _check_width(low: int, high: int, what: str) -> None:

@@ -11,10 +11,14 @@ Layouts (integers big-endian); the type bytes continue those of
     13 CHECKPOINT_REQUEST  number:u64      your certified checkpoint ``number`` (0: latest)
     14 CHECKPOINT   certified_checkpoint  count:u32  vertex_id:32 * count   (its window)
     15 HOLDINGS     oldest_round:u64  latest_checkpoint:u64  latest_checkpoint_round:u64
+    16 LOG_REQUEST  from:u64  count:u32                your log entries ``from`` on
+    17 LOG_ENTRIES  first:u64  count:u32  (tx_id:32  vertex_id:32  length:u32  data) * count
 
 (Type 12, CHECKPOINT_SIGNATURE, is the engine's.) HOLDINGS says what a peer can
 serve: the oldest round it holds and its latest certified checkpoint (0 when none).
-It is unsigned: it may make a node ask, never accept.
+It is unsigned: it may make a node ask, never accept. LOG_ENTRIES answers a
+LOG_REQUEST with the consecutive entries the sender holds from ``first`` on (whole
+entries, about :data:`LOG_ANSWER_BYTES` in all; none when it holds none there).
 
 A SUMMARY covers rounds ``low..high`` in ``count = ceil((high - low + 1) / span)``
 buckets of ``span`` rounds (the last one may be shorter). Round numbers are at most
@@ -38,7 +42,7 @@ import numpy.typing as npt
 from qudag_node.core import codec
 from qudag_node.core.checkpoint import CertifiedCheckpoint, read_certified
 from qudag_node.core.errors import InputRejected, Reason
-from qudag_node.core.types import HASH_SIZE, VertexId
+from qudag_node.core.types import HASH_SIZE, TxId, VertexId
 
 
 class SyncType(enum.IntEnum):
@@ -52,6 +56,8 @@ class SyncType(enum.IntEnum):
     CHECKPOINT_REQUEST = 13
     CHECKPOINT = 14
     HOLDINGS = 15
+    LOG_REQUEST = 16
+    LOG_ENTRIES = 17
 
 
 #: Most buckets in one SUMMARY.
@@ -64,6 +70,13 @@ MAX_IDS = 4096
 MAX_ROUNDS = 1024
 #: Largest round number a sync message may name (SQLite integers are signed 64-bit).
 MAX_ROUND = 2**62
+#: Most log entries one LOG_REQUEST may ask for.
+MAX_LOG_ENTRIES = 65_536
+#: Bytes one LOG_ENTRIES answer aims at (whole entries are sent, so it may pass this by
+#: one entry; well under a link's largest frame).
+LOG_ANSWER_BYTES = 4 << 20
+#: Bytes of a LOG_ENTRIES entry besides its transaction data.
+ENTRY_OVERHEAD = 2 * HASH_SIZE + 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +155,32 @@ class Holdings:
     latest_checkpoint_round: int
 
 
+@dataclass(frozen=True, slots=True)
+class LogRequest:
+    """Please send your log entries from position ``start`` on, at most ``count``."""
+
+    start: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class WireEntry:
+    """One log entry as a peer serves it: the transaction, its bytes, and the vertex
+    that ordered it."""
+
+    tx_id: TxId
+    vertex_id: VertexId
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntries:
+    """Log entries at positions ``first``, ``first + 1``, ... (the answer to a request)."""
+
+    first: int
+    entries: tuple[WireEntry, ...]
+
+
 SyncMessage = (
     Status
     | Summary
@@ -151,6 +190,8 @@ SyncMessage = (
     | CheckpointRequest
     | CheckpointOffer
     | Holdings
+    | LogRequest
+    | LogEntries
 )
 #: Most ids in a checkpoint's window (validators * (gc_depth + 1) for any sane network).
 MAX_WINDOW = 1 << 20
@@ -197,6 +238,13 @@ def encode_sync(message: SyncMessage) -> bytes:
                     codec.u64(latest_round),
                 )
             )
+        case LogRequest(start, count):
+            return bytes((SyncType.LOG_REQUEST,)) + codec.u64(start) + codec.u32(count)
+        case LogEntries(first, entries):
+            head = bytes((SyncType.LOG_ENTRIES,)) + codec.u64(first) + codec.u32(len(entries))
+            return head + b"".join(
+                e.tx_id + e.vertex_id + codec.u32(len(e.data)) + e.data for e in entries
+            )
 
 
 def decode_sync(data: bytes) -> SyncMessage:
@@ -237,19 +285,47 @@ def decode_sync(data: bytes) -> SyncMessage:
     elif kind == SyncType.CHECKPOINT_REQUEST:
         message = CheckpointRequest(r.u64("checkpoint number"))
     elif kind == SyncType.CHECKPOINT:
-        certified = read_certified(r)
-        count = r.u32("window count")
-        if count > MAX_WINDOW or count != certified.checkpoint.window_count:
-            raise InputRejected(Reason.BAD_SYNC, f"{count} window ids")
-        message = CheckpointOffer(certified, split_ids(r.fixed(HASH_SIZE * count, "window ids")))
+        message = _read_offer(r)
     elif kind == SyncType.HOLDINGS:
         oldest, latest, latest_round = r.u64("oldest"), r.u64("latest"), r.u64("latest round")
         _check_rounds(oldest, latest_round)
         message = Holdings(oldest, latest, latest_round)
+    elif kind == SyncType.LOG_REQUEST:
+        message = _read_log_request(r)
+    elif kind == SyncType.LOG_ENTRIES:
+        message = _read_log_entries(r)
     else:
         raise InputRejected(Reason.UNKNOWN_MESSAGE, f"message type {kind}")
     r.finish("sync message")
     return message
+
+
+def _read_offer(r: codec.Reader) -> CheckpointOffer:
+    certified = read_certified(r)
+    count = r.u32("window count")
+    if count > MAX_WINDOW or count != certified.checkpoint.window_count:
+        raise InputRejected(Reason.BAD_SYNC, f"{count} window ids")
+    return CheckpointOffer(certified, split_ids(r.fixed(HASH_SIZE * count, "window ids")))
+
+
+def _read_log_request(r: codec.Reader) -> LogRequest:
+    start, count = r.u64("log position"), r.u32("count")
+    _check_rounds(start)
+    if start < 1 or not 1 <= count <= MAX_LOG_ENTRIES:
+        raise InputRejected(Reason.BAD_SYNC, f"{count} log entries from {start}")
+    return LogRequest(start, count)
+
+
+def _read_log_entries(r: codec.Reader) -> LogEntries:
+    first, count = r.u64("first position"), r.u32("count")
+    _check_rounds(first)
+    if first < 1 or count > MAX_LOG_ENTRIES:
+        raise InputRejected(Reason.BAD_SYNC, f"{count} log entries from {first}")
+    entries = []
+    for _ in range(count):
+        tx, vertex = TxId(r.fixed(HASH_SIZE, "tx id")), VertexId(r.fixed(HASH_SIZE, "vertex id"))
+        entries.append(WireEntry(tx, vertex, r.fixed(r.u32("length"), "transaction")))
+    return LogEntries(first, tuple(entries))
 
 
 def _check_rounds(*rounds: int) -> None:

@@ -2,7 +2,7 @@
 
 A peer message is a type byte and the type's payload. Types 1 to 6 and 12 are the
 consensus messages of :mod:`~qudag_node.core.messages`, owned by the engine; types 7 to
-11 and 13 to 15 the
+11 and 13 to 17 the
 sync messages of :mod:`~qudag_node.core.syncwire`, owned by the syncer. The links
 route each frame by :func:`owner_of`, and metrics name it by :func:`message_kind`;
 both read :data:`CODECS`, so a new message type is declared in its module's enum and

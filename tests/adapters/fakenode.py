@@ -13,6 +13,7 @@ from qudag_node.core.crypto import Scheme, Signer, tx_ids
 from qudag_node.core.genesis import Genesis, Validator
 from qudag_node.core.types import TxId, VertexId
 from qudag_node.ports import (
+    BackfillInfo,
     Check,
     CheckpointInfo,
     CheckpointRecord,
@@ -100,6 +101,7 @@ def sample_status() -> NodeStatus:
             in_step=True,
             detail="in step",
             state_sync=StateSyncInfo(enabled=True, active=False, done=0, last_seconds=None),
+            backfill=BackfillInfo(enabled=True, active=False, base=0, entries=0),
         ),
         checkpoint=CheckpointInfo(number=1, round=4, log_length=2),
         retention=RetentionInfo("archive", "archive", HeldRange(1, 1)),

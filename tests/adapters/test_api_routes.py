@@ -610,6 +610,7 @@ async def test_the_status_document(serve: ApiFactory) -> None:
             "in_step": True,
             "detail": "in step",
             "state_sync": {"enabled": True, "active": False, "done": 0, "last_seconds": None},
+            "backfill": {"enabled": True, "active": False, "base": 0, "entries": 0},
         },
         "checkpoint": {"number": 1, "round": 4, "log_length": 2},
         "retention": {

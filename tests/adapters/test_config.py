@@ -32,6 +32,7 @@ INVALID = {
     "node_id": "bad id!",
     "network_mode": "mainnet",
     "state_sync": "sometimes",
+    "backfill": "always",
     "network_id": "-leading-dash",
     "validators": "node1=not-a-key",
     "dag_sync_interval": "0",

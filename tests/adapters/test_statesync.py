@@ -4,9 +4,13 @@ validators holding a certified history, over real sockets and SQLite files."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import secrets
 import shutil
+import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -104,10 +108,35 @@ async def _until_log(session: aiohttp.ClientSession, url: str, length: int) -> d
     return log
 
 
-@pytest.mark.parametrize("mode", ["on", "off"])
-async def test_an_observer_joins_validators_from_their_latest_checkpoint(
-    node_factory: NodeFactory, tmp_path: Path, mode: str
-) -> None:
+async def _whole_log(session: aiohttp.ClientSession, url: str, length: int) -> list[object]:
+    """Every entry of the node's log from position 1, a page at a time."""
+    entries: list[object] = []
+    while len(entries) < length:
+        async with session.get(f"{url}/api/v1/log?from={len(entries) + 1}&limit=1000") as r:
+            assert r.status == 200, await r.text()
+            page = (await r.json())["entries"]
+        assert page
+        entries += page
+    return entries
+
+
+async def _until_backfilled(session: aiohttp.ClientSession, url: str) -> dict[str, object]:
+    """The node's backfill status once its log is held from position 1 (polled)."""
+    async with asyncio.timeout(DEADLINE):
+        while True:
+            async with session.get(f"{url}/api/v1/status") as r:
+                backfill: dict[str, object] = (await r.json())["sync"]["backfill"]
+            if backfill["base"] == 0:
+                return backfill
+            await asyncio.sleep(0.05)
+
+
+async def _validators(
+    node_factory: NodeFactory, tmp_path: Path, tamper: Callable[[Path], None] | None = None
+) -> tuple[list[NodeHandle], dict[str, str], int]:
+    """Four validators started on a written history of two certified checkpoints (the
+    first one's database passed to ``tamper``, if given), the settings every node of
+    their network shares, and the history's log length."""
     committee = Committee.generate(4)
     source = tmp_path / "history"
     source.mkdir()
@@ -116,17 +145,18 @@ async def test_an_observer_joins_validators_from_their_latest_checkpoint(
         source, committee, Params(), 202, 10, 48, start_ms
     )
     assert checkpoints == 2
-    token = secrets.token_hex(32)
     common = {
         "QUDAG_NETWORK_ID": committee.genesis.network_id,
         "QUDAG_VALIDATORS": committee.validator_list(),
-        "PEER_AUTH_TOKEN": token,
+        "PEER_AUTH_TOKEN": secrets.token_hex(32),
     }
     validators: list[NodeHandle] = []
     for k, signer in enumerate(committee.signers):
         data_dir = tmp_path / f"v{k + 1}"
         data_dir.mkdir()
         shutil.copyfile(source / DB_FILENAME, data_dir / DB_FILENAME)
+        if tamper is not None and not k:
+            tamper(data_dir / DB_FILENAME)
         earlier = ",".join(f"127.0.0.1:{v.p2p_port}" for v in validators)
         validators.append(  # linked to those started before: the four make rounds
             await node_factory(
@@ -137,9 +167,21 @@ async def test_an_observer_joins_validators_from_their_latest_checkpoint(
                 **({"QUDAG_PEERS": earlier} if earlier else {}),
             )
         )
+    return validators, common, length
+
+
+@pytest.mark.parametrize(("mode", "backfill"), [("on", "off"), ("off", "on"), ("on", "on")])
+async def test_an_observer_joins_validators_from_their_latest_checkpoint(
+    node_factory: NodeFactory, tmp_path: Path, mode: str, backfill: str
+) -> None:
+    validators, common, length = await _validators(node_factory, tmp_path)
     peers = ",".join(f"127.0.0.1:{v.p2p_port}" for v in validators)
     observer = await node_factory(
-        **common, NODE_ID="observer", QUDAG_PEERS=peers, QUDAG_STATE_SYNC=mode
+        **common,
+        NODE_ID="observer",
+        QUDAG_PEERS=peers,
+        QUDAG_STATE_SYNC=mode,
+        QUDAG_BACKFILL=backfill,
     )
     # the last round's other vertices are ordered by the validators' next leader
     length += 3 * 10
@@ -151,6 +193,18 @@ async def test_an_observer_joins_validators_from_their_latest_checkpoint(
             state_sync = (await r.json())["sync"]["state_sync"]
         async with session.get(f"{observer.url}/api/v1/log?from=1&limit=1") as r:
             first = (r.status, await r.json())
+        if mode == "on" and backfill == "on":
+            # the log before the checkpoint comes from the validators, which hold it all
+            progress = await _until_backfilled(session, observer.url)
+            assert progress["active"] is False
+            assert state_sync["done"] == 1
+            entries = progress["entries"]
+            assert isinstance(entries, int)
+            assert 0 < entries < length  # what lay below the joined checkpoint
+            assert await _whole_log(session, observer.url, length) == await _whole_log(
+                session, validators[0].url, length
+            )
+            return
     if mode == "off":
         assert state_sync["done"] == 0
         assert first[0] == 200
@@ -160,3 +214,37 @@ async def test_an_observer_joins_validators_from_their_latest_checkpoint(
     assert first[0] == 410
     assert first[1]["error"]["code"] == "pruned"
     assert 0 < first[1]["base"] < length
+
+
+def _swap_first_two_entries(database: Path) -> None:
+    """Make a validator's log serve its first two transactions in the wrong order."""
+    with contextlib.closing(sqlite3.connect(database)) as db, db:
+        (a,), (b,) = db.execute("SELECT tx FROM log WHERE seq IN (1, 2) ORDER BY seq")
+        db.execute("UPDATE log SET tx = ? WHERE seq = 1", (b,))
+        db.execute("UPDATE log SET tx = ? WHERE seq = 2", (a,))
+
+
+async def test_a_segment_that_misses_the_certified_hash_is_fetched_again_from_another_peer(
+    node_factory: NodeFactory, tmp_path: Path
+) -> None:
+    """v1 (asked first: peers are tried in name order) serves real transactions in the
+    wrong order; the observer drops its segment, counts it, and takes it from v2."""
+    validators, common, length = await _validators(
+        node_factory, tmp_path, tamper=_swap_first_two_entries
+    )
+    peers = ",".join(f"127.0.0.1:{v.p2p_port}" for v in validators)
+    observer = await node_factory(**common, NODE_ID="observer", QUDAG_PEERS=peers)
+    length += 3 * 10
+    async with aiohttp.ClientSession() as session:
+        await _until_log(session, observer.url, length)
+        await _until_backfilled(session, observer.url)
+        honest = await _whole_log(session, validators[1].url, length)
+        assert await _whole_log(session, observer.url, length) == honest
+        assert await _whole_log(session, validators[0].url, 2) != honest[:2]
+        async with session.get(f"{observer.url}/metrics") as r:
+            metrics = await r.text()
+    counted = re.search(
+        r'^qudag_messages_rejected_total\{reason="bad_sync"\} (\S+)$', metrics, re.M
+    )
+    assert counted is not None
+    assert float(counted.group(1)) >= 1  # v1's segment, dropped

@@ -16,16 +16,20 @@ from qudag_node.core.errors import Fault, InputRejected, Reason
 from qudag_node.core.syncwire import (
     MAX_BUCKETS,
     MAX_IDS,
+    MAX_LOG_ENTRIES,
     MAX_ROUND,
     MAX_ROUNDS,
     CertifiedIds,
     Ids,
+    LogEntries,
+    LogRequest,
     RoundsDone,
     RoundsRequest,
     Status,
     Summary,
     SyncMessage,
     SyncType,
+    WireEntry,
     bucket_count,
     bucket_span,
     decode_sync,
@@ -33,7 +37,7 @@ from qudag_node.core.syncwire import (
     encode_sync,
     summarize,
 )
-from qudag_node.core.types import VertexId
+from qudag_node.core.types import TxId, VertexId
 
 PROPERTIES = settings(derandomize=True, database=None, deadline=None, max_examples=300)
 
@@ -116,12 +120,17 @@ def rounds_requests(draw: st.DrawFn) -> RoundsRequest:
     return RoundsRequest(low, high)
 
 
+POSITION = st.integers(min_value=1, max_value=MAX_ROUND)
+WIRE_ENTRIES = st.builds(WireEntry, HASHES.map(TxId), HASHES.map(VertexId), st.binary(max_size=64))
+
 MESSAGES: st.SearchStrategy[SyncMessage] = st.one_of(
     statuses(),
     summaries(),
     id_lists(),
     rounds_requests(),
     st.builds(RoundsDone, ROUND, ROUND),
+    st.builds(LogRequest, POSITION, st.integers(min_value=1, max_value=MAX_LOG_ENTRIES)),
+    st.builds(LogEntries, POSITION, st.lists(WIRE_ENTRIES, max_size=5).map(tuple)),
 )
 
 
@@ -172,6 +181,22 @@ def test_layouts_are_as_documented() -> None:
     )
     assert encode_sync(RoundsRequest(9, 72)) == b"\x0a" + codec.u64(9) + codec.u64(72)
     assert encode_sync(RoundsDone(9, 70)) == b"\x0b" + codec.u64(9) + codec.u64(70)
+    assert encode_sync(LogRequest(11, 500)) == b"\x10" + codec.u64(11) + codec.u32(500)
+    entry = WireEntry(TxId(h), one, b"abc")
+    assert encode_sync(LogEntries(11, (entry,))) == (
+        b"\x11" + codec.u64(11) + codec.u32(1) + h + one + codec.u32(3) + b"abc"
+    )
+
+
+def test_log_requests_and_answers_outside_the_limits_are_refused() -> None:
+    for start, count in ((0, 1), (1, 0), (1, MAX_LOG_ENTRIES + 1), (MAX_ROUND + 1, 1)):
+        assert reason_of(b"\x10" + codec.u64(start) + codec.u32(count)) is Reason.BAD_SYNC
+    assert reason_of(b"\x11" + codec.u64(0) + codec.u32(0)) is Reason.BAD_SYNC
+    too_many = b"\x11" + codec.u64(1) + codec.u32(MAX_LOG_ENTRIES + 1)
+    assert reason_of(too_many) is Reason.BAD_SYNC
+    # an entry whose length runs past the message
+    short = b"\x11" + codec.u64(1) + codec.u32(1) + b"\x01" * 64 + codec.u32(10) + b"abc"
+    assert reason_of(short) is Reason.TRUNCATED
 
 
 def summary_bytes(low: int, high: int, span: int, count: int, buckets: int | None = None) -> bytes:

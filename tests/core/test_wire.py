@@ -35,7 +35,7 @@ ID = VertexId(b"\x07" * 32)
 
 def test_every_type_has_one_codec() -> None:
     assert sorted(CODECS) == sorted({*MessageType, *SyncType})
-    assert set(CODECS) == set(range(1, 16))
+    assert set(CODECS) == set(range(1, 18))
     assert {k for k, c in CODECS.items() if c.owner is Owner.ENGINE} == set(MessageType)
     assert {k for k, c in CODECS.items() if c.owner is Owner.SYNC} == set(SyncType)
     names = [c.name for c in CODECS.values()]

@@ -5,21 +5,23 @@ validators have certified a checkpoint (one every ``checkpoint_interval`` rounds
 signed by each validator over the checkpoint it computed itself). Then an observer
 starts on an empty data dir with the testnet's genesis, token and peers: it must join
 from the latest certified checkpoint rather than replay, hold no log entry at or below
-the checkpoint (``410 pruned``), and its log's running hash at a later position must
-equal the validators'.
+the checkpoint (``410 pruned``, with backfill off), and its log's running hash at a
+later position must equal the validators'. A second observer, with backfill on, then
+fetches the log before its checkpoint from the validators and ends up holding the whole
+log, entry for entry the validators'.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
 from tests.nodeproc import NodeProcess, request, submit_json, wait_until
-from tests.system.test_testnet_cli import LocalNet, free_range, processes_using
+from tests.system.test_testnet_cli import LocalNet, NodeLine, free_range, processes_using
 
 pytestmark = pytest.mark.xdist_group("statesync_join")
 
@@ -55,6 +57,55 @@ def reaches(url: str, position: int) -> Callable[[], bool]:
     return lambda: log_length(url) >= position
 
 
+def whole_log(url: str, length: int) -> list[object]:
+    """Entries 1..``length`` of the node's log, a page at a time."""
+    entries: list[object] = []
+    while len(entries) < length:
+        page = get(f"{url}/api/v1/log?from={len(entries) + 1}&limit=1000")["entries"]
+        assert isinstance(page, list)
+        assert page
+        entries += page
+    return entries[:length]
+
+
+def backfilled(url: str) -> bool:
+    """Whether the node at ``url`` holds its log from position 1."""
+    sync = get(f"{url}/api/v1/status")["sync"]
+    assert isinstance(sync, dict)
+    return sync["backfill"]["base"] == 0 and not sync["backfill"]["active"]
+
+
+def start_joiner(
+    tmp_path: Path, name: str, directory: Path, nodes: Sequence[NodeLine], backfill: str
+) -> NodeProcess:
+    """An observer started on an empty data dir with the testnet's genesis and peers."""
+    joiner = NodeProcess(
+        tmp_path / name,
+        tmp_path / f"{name}.log",
+        {
+            "NODE_ID": name,
+            "QUDAG_GENESIS": str(directory / "genesis.json"),
+            "PEER_AUTH_TOKEN": (directory / "peer-token").read_text().strip(),
+            "QUDAG_PEERS": ",".join(f"127.0.0.1:{n.p2p_port}" for n in nodes),
+            "QUDAG_CHECKPOINT_INTERVAL": str(INTERVAL),
+            "QUDAG_BACKFILL": backfill,
+        },
+    )
+    joiner.start(ready=False)
+    return joiner
+
+
+def holds_the_whole_log(archive: NodeProcess, validator: str) -> None:
+    """Wait for ``archive`` to join and backfill; its log is then the validator's."""
+    target = log_length(validator)
+    wait_until(reaches(archive.url, target), DEADLINE, "the archive to join and catch up")
+    wait_until(lambda: backfilled(archive.url), DEADLINE, "the archive's backfill")
+    events = [r.get("event") for r in archive.records()]
+    assert "state_sync_installed" in events
+    assert "backfill_done" in events
+    assert whole_log(archive.url, target) == whole_log(validator, target)
+
+
 def test_a_fresh_observer_joins_from_the_latest_certified_checkpoint(tmp_path: Path) -> None:
     directory = tmp_path / "testnet"
     api = free_range(NODES)
@@ -67,6 +118,7 @@ def test_a_fresh_observer_joins_from_the_latest_certified_checkpoint(tmp_path: P
         options=("--scheme", "ed25519", "--checkpoint-interval", str(INTERVAL)),
     )
     observer: NodeProcess | None = None
+    archive: NodeProcess | None = None
     try:
         nodes = net.wait_up()
         urls = [n.url for n in nodes]
@@ -82,18 +134,7 @@ def test_a_fresh_observer_joins_from_the_latest_certified_checkpoint(tmp_path: P
             return committed_round(urls[0]) > 3 * INTERVAL
 
         wait_until(load_until_checkpoint, DEADLINE, "a certified checkpoint")
-        observer = NodeProcess(
-            tmp_path / "observer",
-            tmp_path / "observer.log",
-            {
-                "NODE_ID": "observer",
-                "QUDAG_GENESIS": str(directory / "genesis.json"),
-                "PEER_AUTH_TOKEN": (directory / "peer-token").read_text().strip(),
-                "QUDAG_PEERS": ",".join(f"127.0.0.1:{n.p2p_port}" for n in nodes),
-                "QUDAG_CHECKPOINT_INTERVAL": str(INTERVAL),
-            },
-        )
-        observer.start(ready=False)
+        observer = start_joiner(tmp_path, "observer", directory, nodes, backfill="off")
         target = log_length(urls[0])
 
         def joined_and_caught_up() -> bool:
@@ -118,10 +159,14 @@ def test_a_fresh_observer_joins_from_the_latest_certified_checkpoint(tmp_path: P
             wait_until(reaches(url, position), DEADLINE, f"{url} to reach {position}")
             theirs = get(f"{url}/api/v1/log?from={position}&limit=1")["entries"]
             assert theirs == ours
+
+        archive = start_joiner(tmp_path, "archive", directory, nodes, backfill="on")
+        holds_the_whole_log(archive, urls[0])
     finally:
-        if observer is not None and observer.proc is not None:
-            observer.signal(signal.SIGTERM)
-            observer.wait(30)
+        for joiner in (observer, archive):
+            if joiner is not None and joiner.proc is not None:
+                joiner.signal(signal.SIGTERM)
+                joiner.wait(30)
         net.kill()
         for pid in processes_using(tmp_path):
             os.kill(pid, signal.SIGKILL)
