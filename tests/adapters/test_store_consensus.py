@@ -32,6 +32,7 @@ from qudag_node.core.evidence import decode_equivocation
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.messages import CertifiedMessage, decode_message
 from qudag_node.core.params import Params
+from qudag_node.core.retention import Retention
 from qudag_node.core.types import NodeId, PeerId, TxId, VertexId
 from qudag_node.core.vertex import Vertex
 from qudag_node.store import DB_FILENAME, MIGRATIONS, SCHEMA_VERSION, Store
@@ -100,7 +101,9 @@ class Recorded:
 @pytest.fixture(scope="module")
 def recorded() -> Recorded:
     """One simulated run with an equivocator and a crash, recorded at an honest node."""
-    sim = Simulation(SIM_SEED, 4, SIM_FAULTS)
+    sim = Simulation(
+        SIM_SEED, 4, SIM_FAULTS, retention=Retention()
+    )  # keeps everything: the whole log is compared
     store = RecordingStore(log_hash_start(sim.genesis.hash))
     sim.nodes[RECORDED].store = store
     result = sim.run()

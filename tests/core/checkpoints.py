@@ -10,6 +10,7 @@ from qudag_node.core.certificate import Certificate, make_certificate
 from qudag_node.core.checkpoint import CertifiedCheckpoint, Checkpoint
 from qudag_node.core.crypto import Purpose
 from qudag_node.core.genesis import Genesis
+from qudag_node.core.retention import Retention
 from qudag_node.core.types import PeerId, VertexId
 from qudag_node.core.vertex import Vertex
 from tests.core.sim import Faults, Simulation
@@ -48,7 +49,9 @@ class Network:
 @functools.cache
 def network() -> Network:
     """A finished fault-free run of four validators (computed once)."""
-    sim = Simulation(3, 4, Faults(observer=False))
+    sim = Simulation(
+        3, 4, Faults(observer=False), retention=Retention()
+    )  # keeps everything: the whole log is compared
     result = sim.run()
     assert result.safe
     assert result.live

@@ -242,8 +242,10 @@ class Simulation:
         faults: Faults,
         txs: int = 40,
         scheme: Scheme = Scheme.ED25519,
+        retention: Retention = SIM_RETENTION,
     ) -> None:
         self.seed = seed
+        self.retention = retention  # archive: the nodes keep everything
         self.rng = random.Random(seed)
         self.faults = faults
         self.now = 0.0
@@ -395,7 +397,7 @@ class Simulation:
         for fact in step.facts:
             match fact:
                 case CheckpointCertified():
-                    node.store.prune(SIM_RETENTION, self.params.gc_depth)
+                    node.store.prune(self.retention, self.params.gc_depth)
                 case LeaderCommitted(entries=entries):
                     self.trackers[node.name].on_commit(fact, node.store)
                     for entry in entries:
