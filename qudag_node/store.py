@@ -815,21 +815,7 @@ class Store:
             db = self._writer
             await db.execute("BEGIN IMMEDIATE")
             try:
-                await db.execute(
-                    "INSERT INTO checkpoints"
-                    " (number, round, log_length, timestamp_ms, body, window, certificate)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (number) DO UPDATE"
-                    " SET certificate = excluded.certificate",
-                    (
-                        cp.number,
-                        cp.round,
-                        cp.log_length,
-                        cp.timestamp_ms,
-                        cp.encode(),
-                        b"".join(window),
-                        certified.certificate.encode(),
-                    ),
-                )
+                await _keep_certified(db, certified, window)
                 await db.executemany(
                     "INSERT OR IGNORE INTO transactions (id, data) VALUES (?, ?)",
                     [
@@ -937,30 +923,14 @@ class Store:
         anchor = land.anchor
         async with self._side_transaction() as db:
             if anchor.length:
-                await _set_meta(db, LOG_BASE, anchor.length.to_bytes(8, "big") + anchor.log_hash)
+                await _set_meta(db, LOG_BASE, LogBase(anchor.length, anchor.log_hash).encode())
             else:
                 await db.execute("DELETE FROM meta WHERE key = ?", (LOG_BASE,))
 
     async def keep_checkpoint(self, keep: KeepCheckpoint) -> None:
         """Record a checked certified checkpoint older than the base (a backfill anchor)."""
-        certified, window = keep.offer.certified, keep.offer.window
-        cp = certified.checkpoint
         async with self._side_transaction() as db:
-            await db.execute(
-                "INSERT INTO checkpoints"
-                " (number, round, log_length, timestamp_ms, body, window, certificate)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (number) DO UPDATE"
-                " SET certificate = coalesce(certificate, excluded.certificate)",
-                (
-                    cp.number,
-                    cp.round,
-                    cp.log_length,
-                    cp.timestamp_ms,
-                    cp.encode(),
-                    b"".join(window),
-                    certified.certificate.encode(),
-                ),
-            )
+            await _keep_certified(db, keep.offer.certified, keep.offer.window)
 
     async def log_prefix(self, below: int) -> Anchor | None:
         """The end of the log held without a gap from position 1, below ``below``, as
@@ -1457,6 +1427,28 @@ async def _log_base(db: aiosqlite.Connection) -> LogBase:
         return LogBase(0, None)
     value = bytes(rows[0][0])
     return LogBase(int.from_bytes(value[:8], "big"), value[8:])
+
+
+async def _keep_certified(
+    db: aiosqlite.Connection, certified: CertifiedCheckpoint, window: Sequence[VertexId]
+) -> None:
+    """Store a checked certified checkpoint (one computed here keeps its certificate)."""
+    cp = certified.checkpoint
+    await db.execute(
+        "INSERT INTO checkpoints"
+        " (number, round, log_length, timestamp_ms, body, window, certificate)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (number) DO UPDATE"
+        " SET certificate = coalesce(certificate, excluded.certificate)",
+        (
+            cp.number,
+            cp.round,
+            cp.log_length,
+            cp.timestamp_ms,
+            cp.encode(),
+            b"".join(window),
+            certified.certificate.encode(),
+        ),
+    )
 
 
 async def _log_end(db: aiosqlite.Connection) -> tuple[int, bytes | None]:
