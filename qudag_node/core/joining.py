@@ -47,8 +47,11 @@ from qudag_node.core.syncwire import (
 from qudag_node.core.types import PeerId, VertexId
 from qudag_node.core.vertex import Vertex
 
-#: Checkpoint intervals behind the peers' latest checkpoint before a node state-syncs.
-INTERVALS_BEHIND = 2
+#: Checkpoint intervals behind the peers' latest checkpoint before a node state-syncs
+#: although its peers still hold the rounds it lacks (10,000 rounds at the default
+#: interval, more than the Fly configuration's retention): a shorter gap is replayed, so
+#: that the node holds its whole log.
+INTERVALS_BEHIND = 100
 #: Seconds to wait for a checkpoint or the rest of its window before trying another peer.
 JOIN_TIMEOUT = 10.0
 

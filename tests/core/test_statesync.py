@@ -17,6 +17,7 @@ from qudag_node.core.engine import Engine, Role
 from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.genesis import Genesis, Validator
 from qudag_node.core.joining import (
+    INTERVALS_BEHIND,
     JOIN_TIMEOUT,
     CheckpointVerified,
     InstallCheckpoint,
@@ -344,8 +345,13 @@ def test_when_a_node_state_syncs() -> None:
     assert j.needed(EMPTY)  # an empty store
     near = Status(cp.round, cp.round - 2, 0, 10, b"\x00" * 32)
     assert not j.needed(near)  # the rounds it lacks are held: replay
-    far = Status(cp.round - 2 * interval - 1, cp.round - 2 * interval - 1, 0, 10, b"\x00" * 32)
-    assert j.needed(far)  # more than two intervals behind
+    behind = INTERVALS_BEHIND * interval
+    j.on_holdings(Q, Holdings(1, cp.number + INTERVALS_BEHIND, near.committed + behind))
+    assert not j.needed(near)  # a far checkpoint, but the rounds it lacks are held: replay
+    j.on_holdings(Q, Holdings(1, cp.number + INTERVALS_BEHIND, near.committed + behind + 1))
+    assert j.needed(near)  # more than INTERVALS_BEHIND intervals behind
+    j = joining()
+    j.on_holdings(P, holdings(net))
     j.on_holdings(P, holdings(net, oldest=cp.round - 1))
     gap = Status(cp.round - 5, cp.round - 5, 0, 10, b"\x00" * 32)
     assert j.needed(gap)  # nobody holds the rounds right above ours any more
