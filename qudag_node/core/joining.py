@@ -130,6 +130,12 @@ class _Attempt:
     installing: bool = False
 
 
+def _empty(ours: Status) -> bool:
+    """Whether a node has nothing to replay from: no commit, no log. Vertices it fetched
+    as the parents of those pushed to it meanwhile do not count."""
+    return ours.committed == 0 and ours.log_length == 0
+
+
 class Joining:
     """State sync's decisions; the sync machine feeds it and does what it returns."""
 
@@ -183,7 +189,7 @@ class Joining:
         older version, is then replayed from)."""
         if self._since is None:
             self._since = now
-        if not self._enabled or self._holdings or ours.highest or ours.log_length:
+        if not self._enabled or self._holdings or not _empty(ours):
             return False
         return now - self._since < JOIN_TIMEOUT
 
@@ -195,8 +201,8 @@ class Joining:
         trusted = offered[min(self._trust, len(offered)) - 1]
         if offered[0] <= ours.committed:
             return False
-        if ours.highest == 0 and ours.log_length == 0:
-            return True  # an empty store: nothing to replay from
+        if _empty(ours):
+            return True  # nothing to replay from
         if min(h.oldest_round for h in self._holdings.values()) > ours.highest + 1:
             return True  # nobody holds the rounds we lack any more
         return trusted - ours.committed > INTERVALS_BEHIND * self._params.checkpoint_interval
