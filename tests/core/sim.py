@@ -439,11 +439,12 @@ class Simulation:
         self._step(node)
 
     def _hold_proposals(self, node: SimNode, signed_before: int) -> None:
-        """A validator that lost what it signed proposes again only once it holds a
-        round above every one it may have signed (a vertex of it may still be on its
-        way) and the others' highest."""
+        """A validator that lost what it signed proposes again only once it holds the
+        others' highest round and two above every one it may have signed (a vertex of
+        it may still be on its way): it proposes at the round after the last it holds a
+        quorum of, which may be one below its highest."""
         self._catch_up_to[node.name] = max(
-            signed_before + 1,
+            signed_before + 2,
             *(n.engine.statistics().highest_round for n in self.nodes.values() if n.up),
         )
         node.engine.set_catching_up(True, moment(self.now))

@@ -3,7 +3,7 @@
 Each seed fixes the keys, the fault mix (see :func:`tests.core.sim.random_faults`) and
 every delay, loss and duplication. Networks of n = 4 and 7 sign with Ed25519; n = 4
 runs again with composite ML-DSA-65 + Ed25519 keys (the same fault mix per seed, over
-a tenth of the seeds: see :data:`COMPOSITE_SHARE`).
+a twentieth of the seeds: see :data:`COMPOSITE_SHARE`).
 Runs are spread over the machine's cores (the sweep's pool, :mod:`tests.core.sweep`);
 a failing seed is named with the command that replays it. The module is one
 ``xdist_group``: its pool already uses every core.
@@ -42,9 +42,9 @@ from tests.core.sweep import Timed, describe, main, replay_command, report, run_
 #: default), 100 in ``make test-fast``; ``make sim`` sweeps more (docs/simulation.md).
 RUNS = int(os.environ.get("QUDAG_SIM_RUNS", "1000"))
 #: A composite run signs with ML-DSA-65 (about 1 ms a signature) and costs six times an
-#: Ed25519 one, so it runs a tenth of the seeds here (100 in ``make test``); the
+#: Ed25519 one, so it runs a twentieth of the seeds here (50 in ``make test``); the
 #: 1,000-seed sweep is ``make sim SIM_SCHEME=mldsa65-ed25519 SWEEP=4:1000``.
-COMPOSITE_SHARE = 10
+COMPOSITE_SHARE = 20
 
 
 def seeds(scheme: Scheme) -> range:
