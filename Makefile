@@ -29,7 +29,8 @@ run: $(VENV)/.installed
 	$(BIN)/qudag-node run
 
 # Everything CI runs: lint, then every test (tests/core, tests/adapters, tests/system,
-# tests/deploy), 1,000 simulation seeds per network size.
+# tests/deploy), 1,000 simulation seeds of n = 4, every other one of n = 7, every
+# twentieth with composite keys (tests/core/test_simulation.py).
 test: lint
 	QUDAG_SIM_RUNS=$(SIM_RUNS) $(BIN)/pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
