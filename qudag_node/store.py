@@ -1101,6 +1101,10 @@ class Store:
         """Which of ``ids`` are final."""
         return await _matching_ids(self._reader, f"{_FINAL} AND ", ids)
 
+    async def has_vertex(self, vertex_id: VertexId) -> bool:
+        """Whether ``vertex_id`` is stored (durably: readers see committed rows only)."""
+        return bool(await _fetch(self._reader, "SELECT 1 FROM vertices WHERE id = ?", (vertex_id,)))
+
     async def vertex(self, vertex_id: VertexId) -> VertexRecord | None:
         """A stored vertex."""
         rows = await _fetch(

@@ -137,14 +137,15 @@ class NodeView:
         return await self._submissions.wait_final(ids, timeout)
 
     async def transaction(self, tx_id: TxId) -> TxRecord | None:
-        """A transaction's status: final from the store, included from the engine."""
+        """A transaction's status: final from the store, included from the engine once
+        the carrying vertex is stored (so a client can follow it), else pending."""
         carrier = self._pump.engine.carrier(tx_id)  # asked first: states only move forward
         stored = await self._store.transaction(tx_id)
         if stored is None:
             return None
         if stored.final:
             return TxRecord(tx_id, TxState.FINAL, stored.vertex, stored.seq, stored.size)
-        if carrier is not None:
+        if carrier is not None and await self._store.has_vertex(carrier):
             return TxRecord(tx_id, TxState.INCLUDED, carrier, None, stored.size)
         return TxRecord(tx_id, TxState.PENDING, None, None, stored.size)
 
