@@ -98,8 +98,9 @@ _READ_BUFFER = 256 << 10
 Address = tuple[str, int]
 #: Failures that say the address cannot be reached (now): retried on the short cap.
 _UNREACHABLE = frozenset({"timeout", "refused", "connection_lost", "handshake_timeout"})
-#: A connection's streams, once its transport (and TLS, if any) is up.
-_Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+#: A connection's streams, once its transport (and TLS, if any) is up, and whether the
+#: other end speaks TLS (it may where we do not: refused as ``wrong_transport``).
+_Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]
 #: Why an established link closed (the values of ``qudag_peer_links_closed_total``).
 CLOSE_REASONS = frozenset(
     {
@@ -486,7 +487,7 @@ class PeerNetwork:
                 started = time.perf_counter()
                 await writer.start_tls(self._tls.client)
                 self._metrics.on_tls_handshake(time.perf_counter() - started)
-            return reader, writer
+            return reader, writer, self._tls is not None
 
         try:
             link, _ = await self._handshake(secured(), writer.close, Side.DIALER, candidate.address)
@@ -557,12 +558,13 @@ class PeerNetwork:
         first = await first_byte(sock)
         if first is None:
             raise asyncio.IncompleteReadError(b"", 1)
-        if first != TLS_HANDSHAKE_RECORD or self._tls is None:
-            return await accepted_streams(sock, None, _READ_BUFFER)
+        tls = first == TLS_HANDSHAKE_RECORD
+        if not tls or self._tls is None:
+            return *await accepted_streams(sock, None, _READ_BUFFER), tls
         started = time.perf_counter()
         streams = await accepted_streams(sock, self._tls.server, _READ_BUFFER)
         self._metrics.on_tls_handshake(time.perf_counter() - started)
-        return streams
+        return *streams, tls
 
     # ----------------------------------------------------------- handshake
 
@@ -580,8 +582,9 @@ class PeerNetwork:
         writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(self.limits.handshake_timeout):
-                reader, writer = await opening
-                return await self._handshake_steps(reader, writer, side, where), reader
+                reader, writer, peer_tls = await opening
+                link = await self._handshake_steps(reader, writer, side, where, peer_tls)
+                return link, reader
         except PeerRefused as e:
             failure = e
         except TimeoutError:
@@ -605,8 +608,9 @@ class PeerNetwork:
         writer: asyncio.StreamWriter,
         side: Side,
         where: str,
+        peer_tls: bool,
     ) -> _Link:
-        binding = self._binding(writer, side)
+        binding = self._binding(writer, side, peer_tls)
         ours = make_hello(self._genesis, self._signer, secrets.token_bytes(32), binding)
         our_bytes = ours.encode()
         _write_frame(writer, our_bytes)
@@ -636,12 +640,11 @@ class PeerNetwork:
             peer, theirs.node_id, theirs.role, where, side, writer, self.limits, session_of(writer)
         )
 
-    def _binding(self, writer: asyncio.StreamWriter, side: Side) -> bytes | None:
+    def _binding(self, writer: asyncio.StreamWriter, side: Side, peer_tls: bool) -> bytes | None:
         """The TLS channel binding of this connection (None on a plain one); refuses a
-        connection whose transport is not ours before any HELLO is sent."""
-        tls = writer.get_extra_info("ssl_object") is not None
-        if tls != (self._tls is not None):
-            theirs, ours = ("tls", "plain") if tls else ("plain", "tls")
+        peer whose transport is not ours before any HELLO is sent."""
+        if peer_tls != (self._tls is not None):
+            theirs, ours = ("tls", "plain") if peer_tls else ("plain", "tls")
             raise PeerRefused(
                 Reason.WRONG_TRANSPORT.value, f"the peer links over {theirs}, this node over {ours}"
             )
