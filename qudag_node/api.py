@@ -28,6 +28,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from qudag_node import explorer
 from qudag_node.config import Settings
 from qudag_node.core.certificate import Certificate, decode_certificate
 from qudag_node.core.crypto import Purpose, Scheme
@@ -47,6 +48,7 @@ from qudag_node.metrics import Metrics
 from qudag_node.ports import (
     Check,
     CheckpointRecord,
+    DagWindow,
     HeldRange,
     NodeApi,
     NodeStatus,
@@ -72,6 +74,8 @@ _JSON = "application/json"
 _MAX_LOG_PAGE = 1000
 _MAX_SEQ = 2**63 - 1  # SQLite's largest integer
 _DEFAULT_LOG_PAGE = 100
+_MAX_DAG_ROUNDS = 50
+_DEFAULT_DAG_ROUNDS = 10
 _UNMATCHED = "unmatched"
 #: The header in which Fly's proxy passes the client's address.
 _FLY_CLIENT_IP = "Fly-Client-IP"
@@ -360,6 +364,25 @@ def _vertex_doc(record: VertexRecord) -> dict[str, Any]:
         "votes": [{"validator": voter, "signature": s.hex()} for voter, s in votes],
         "vote_signing": _signing(scheme, Purpose.VOTE, record.id),
         "ordered": record.ordered,
+    }
+
+
+def _dag_doc(window: DagWindow) -> dict[str, Any]:
+    """The last rounds' vertices, lowest round first, and the committed leaders."""
+    vertices = sorted(window.vertices, key=lambda v: (v.round, v.author))
+    return {
+        "vertices": [
+            {
+                "id": v.id.hex(),
+                "round": v.round,
+                "author": v.author.hex(),
+                "parents": [p.hex() for p in v.parents],
+                "certified": v.certified,
+                "ordered": v.ordered,
+            }
+            for v in vertices
+        ],
+        "committed_leaders": [vid.hex() for vid in window.committed_leaders],
     }
 
 
@@ -808,6 +831,11 @@ class _Routes:
             }
         )
 
+    async def dag(self, request: web.Request) -> web.Response:
+        """GET /api/v1/dag?rounds=N: the vertices of the last N rounds held."""
+        rounds = _query_int(request, "rounds", _DEFAULT_DAG_ROUNDS, 1, _MAX_DAG_ROUNDS)
+        return web.json_response(_dag_doc(await self._node.dag(rounds)))
+
     async def evidence(self, request: web.Request) -> web.Response:
         """GET /api/v1/evidence?limit=N: equivocation evidence, latest rounds first."""
         limit = _query_int(request, "limit", _DEFAULT_LOG_PAGE, 1, _MAX_LOG_PAGE)
@@ -890,6 +918,7 @@ def make_app(node: NodeApi, metrics: Metrics, settings: Settings) -> web.Applica
     app.router.add_get("/api/v1/transactions/{id}", routes.transaction)
     app.router.add_get("/api/v1/vertices/{id}", routes.vertex)
     app.router.add_get("/api/v1/log", routes.log)
+    app.router.add_get("/api/v1/dag", routes.dag)
     app.router.add_get("/api/v1/evidence", routes.evidence)
     app.router.add_get("/api/v1/checkpoints/latest", routes.checkpoint)
     app.router.add_get("/api/v1/checkpoints/{number}", routes.checkpoint)
@@ -900,6 +929,7 @@ def make_app(node: NodeApi, metrics: Metrics, settings: Settings) -> web.Applica
     app.router.add_get("/ready", routes.ready)
     app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
     app.router.add_get("/api/v1/openapi.json", _openapi_handler())
+    explorer.add_routes(app.router)
     return app
 
 
