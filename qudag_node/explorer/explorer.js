@@ -8,7 +8,7 @@
 const POLL_MS = 2000;
 const PEERS_POLL_MS = 5000;
 const DAG_ROUNDS = 16;
-const LOG_TAIL = 25;
+const LOG_TAIL = 15;
 const WINDOW_MS = 5 * 60 * 1000; // the charts' span
 const RATE_SPAN_MS = 10 * 1000; // a chart point's rate and quantiles cover this long
 const STREAM_RETRY_MS = 5000;
@@ -81,7 +81,7 @@ function every(ms, task) {
 async function refreshStatus() {
   const status = await getJson("api/v1/status");
   state.validators = status.network.validators;
-  $("node-name").textContent = `${status.node.id} (${status.node.role})`;
+  $("node-name").textContent = `${status.node.id} (${status.node.role}, ${status.node.version})`;
   $("network-id").textContent = `${status.network.id}, ${status.network.validators.length} validators`;
   $("round").textContent = status.dag.round;
   $("committed-round").textContent = status.dag.committed_round;
@@ -92,6 +92,9 @@ async function refreshStatus() {
     : "observer";
   $("quorum").className = quorum && !quorum.can_finalize ? "bad" : "";
   $("sync").textContent = status.sync.catching_up ? `catching up (${status.sync.detail})` : "in step";
+  $("checkpoint").textContent = status.checkpoint
+    ? `#${status.checkpoint.number} at round ${status.checkpoint.round}`
+    : "none yet";
   if (!state.streamStarted) {
     state.streamStarted = true;
     const first = Math.max(status.retention.oldest_log_position, status.log.length - LOG_TAIL + 1, 1);
@@ -153,7 +156,10 @@ function drawDag(dag) {
     const kind = v.ordered ? "ordered" : v.certified ? "certified" : "stored";
     const leader = leaders.has(v.id);
     const anchor = svg("a", { href: `api/v1/vertices/${v.id}`, "data-vertex": v.id }, nodes);
-    if (leader) svg("circle", { cx: x(v.round), cy: y(v.author), r: 13, class: "leader-ring" }, anchor);
+    if (leader) {
+      anchor.dataset.leader = "committed";
+      svg("circle", { cx: x(v.round), cy: y(v.author), r: 13, class: "leader-ring" }, anchor);
+    }
     svg("circle", { cx: x(v.round), cy: y(v.author), r: 8, class: `vertex ${kind}` }, anchor);
     const title = svg("title", {}, anchor);
     const name = state.validators[rows.get(v.author)]?.name ?? short(v.author);
@@ -321,8 +327,13 @@ function drawChart(element, series, unit) {
   const y = (v) => height - pad.bottom - (v / most) * (height - pad.top - pad.bottom);
   svg("line", { x1: pad.left, y1: y(0), x2: width - pad.right, y2: y(0), class: "axis" }, element);
   svg("line", { x1: pad.left, y1: y(0), x2: pad.left, y2: pad.top, class: "axis" }, element);
-  const top = svg("text", { x: pad.left - 4, y: pad.top + 8, class: "axis-label end" }, element);
-  top.textContent = values.length ? `${formatValue(most, unit)}` : "no data";
+  if (values.length) {
+    const scale = svg("text", { x: pad.left - 4, y: pad.top + 8, class: "axis-label end" }, element);
+    scale.textContent = formatValue(most, unit);
+  } else {
+    const empty = svg("text", { x: width / 2, y: height / 2, class: "axis-label middle" }, element);
+    empty.textContent = "no data yet";
+  }
   const past = svg("text", { x: pad.left, y: height - 4, class: "axis-label" }, element);
   past.textContent = "−5 min";
   const present = svg("text", { x: width - pad.right, y: height - 4, class: "axis-label end" }, element);

@@ -86,7 +86,7 @@ def test_the_page_shows_what_the_api_reports_live_without_console_errors(
             net.start(name, ready=False)
         wait_until(lambda: all(net.is_ready(n) for n in net.validators), 60, "all ready")
         node = net.members["v1"]
-        code, body = submit_json(node.url, [f"before {k}".encode() for k in range(20)], wait=True)
+        code, body = submit_json(node.url, [f"before {k}".encode() for k in range(10)], wait=True)
         assert code == 200, body
         before = set(body["ids"])
 
@@ -103,6 +103,23 @@ def test_the_page_shows_what_the_api_reports_live_without_console_errors(
         drawn = page_vertices(browser)
         reported = api(node, "/api/v1/dag?rounds=16")
         assert drawn & {v["id"] for v in reported["vertices"]}
+        # Committed leaders: ringed on the page as the API reports them, each the
+        # scheduled leader of an even round, ordered.
+        window = api(node, "/api/v1/dag?rounds=50")
+        leaders = set(window["committed_leaders"])
+        assert leaders
+        ringed = browser.execute_script(
+            "return [...document.querySelectorAll('[data-leader=committed]')]"
+            ".map(e => e.dataset.vertex)"
+        )
+        assert ringed
+        assert set(ringed) <= leaders
+        order = [v["node_id"] for v in api(node, "/api/v1/status")["network"]["validators"]]
+        for vertex in window["vertices"]:
+            if vertex["id"] in leaders:
+                assert vertex["round"] % 2 == 0
+                assert vertex["ordered"]
+                assert vertex["author"] == order[vertex["round"] // 2 % len(order)]
 
         # The log's tail, read from the store through the stream: the same entries as the API.
         shown_within(lambda: before <= set(page_log(browser).values()), "the log's tail")
