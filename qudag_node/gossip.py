@@ -116,8 +116,6 @@ CLOSE_REASONS = frozenset(
 )
 #: Longest piece of text from a peer that a log line carries.
 _DETAIL_CHARS = 120
-#: What a listener flooded with handshakes answers before it closes.
-_FLOODED = encode_refusal("too_many_handshakes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -528,9 +526,10 @@ class PeerNetwork:
             sock, peer = await loop.sock_accept(listener)
             address: Address = (str(peer[0]).removeprefix("::ffff:"), int(peer[1]))
             if self._handshaking >= self.limits.max_handshakes:
-                # a flood of connections: no task, no buffer for it; one frame says why
-                with contextlib.suppress(OSError):
-                    sock.send(_LENGTH.pack(len(_FLOODED)) + _FLOODED)
+                # a flood of connections: no task, no buffer for it; a plain frame says
+                # why to a plain dialer (a TLS dialer could not read it: it sees the close)
+                if self._tls is None:
+                    _refuse_raw(sock, "too_many_handshakes")
                 sock.close()
                 self._metrics.on_handshake_failure("too_many_handshakes")
                 self._log_refusal(
@@ -553,12 +552,20 @@ class PeerNetwork:
 
     async def _inbound_streams(self, sock: socket.socket) -> _Streams:
         """The streams of an accepted connection: inside TLS if the dialer opens with a
-        TLS record and we speak TLS, else plain (the handshake refuses a mismatch)."""
+        TLS record (refused as wrong_transport here if we link in the clear), else plain
+        (the handshake refuses a plain dialer if we speak TLS)."""
         first = await first_byte(sock)
         if first is None:
             raise asyncio.IncompleteReadError(b"", 1)
-        if first != TLS_HANDSHAKE_RECORD or self._tls is None:
+        if first != TLS_HANDSHAKE_RECORD:
             return await accepted_streams(sock, None, _READ_BUFFER)
+        if self._tls is None:
+            # the TLS dialer reads this plain frame as a record of no TLS version, and
+            # refuses the link as wrong_transport too
+            _refuse_raw(sock, Reason.WRONG_TRANSPORT.value)
+            raise PeerRefused(
+                Reason.WRONG_TRANSPORT.value, "the peer links over tls, this node over plain"
+            )
         started = time.perf_counter()
         streams = await accepted_streams(sock, self._tls.server, _READ_BUFFER)
         self._metrics.on_tls_handshake(time.perf_counter() - started)
@@ -896,6 +903,17 @@ def _close_reason(link: _Link) -> str:
 def _short(text: str, limit: int = _DETAIL_CHARS) -> str:
     """``text`` cut to ``limit`` characters (peer-supplied text in a log line)."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _refuse_raw(sock: socket.socket, reason: str) -> None:
+    """Send a REFUSAL frame for ``reason`` straight on an accepted socket, which the
+    caller then closes. What the peer has sent so far is read and dropped first: bytes
+    left unread would turn the close into a reset, which can discard the refusal."""
+    with contextlib.suppress(OSError):
+        sock.recv(_READ_BUFFER)
+    refusal = encode_refusal(reason)
+    with contextlib.suppress(OSError):
+        sock.send(_LENGTH.pack(len(refusal)) + refusal)
 
 
 def _write_frame(writer: asyncio.StreamWriter, data: bytes) -> None:

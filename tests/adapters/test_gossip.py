@@ -327,9 +327,11 @@ async def test_a_flood_of_connections_that_never_shake_hands_is_bounded(start: S
         await asyncio.open_connection("127.0.0.1", b.port) for _ in range(3)
     ]  # connected, never a byte (b accepts in order: these three first)
     reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
-    # refused at once, saying why, with no HELLO first
-    refusal = refusal_reason(await asyncio.wait_for(read_frame(reader), DEADLINE))
-    assert refusal == "too_many_handshakes"
+    # refused at once, with no HELLO first; in the clear a frame says why (a TLS dialer
+    # could not read it: a TLS node only closes)
+    if not b.tls:
+        refusal = refusal_reason(await asyncio.wait_for(read_frame(reader), DEADLINE))
+        assert refusal == "too_many_handshakes"
     assert await asyncio.wait_for(reader.read(), DEADLINE) == b""
     assert b.failures("too_many_handshakes") == 1
     for _, w in silent:
@@ -714,7 +716,9 @@ async def test_text_from_a_peer_is_cut_short_in_the_log(start: Start) -> None:
 async def test_refused_connections_are_logged_sparingly_with_the_count_held_back(
     start: Start,
 ) -> None:
-    b = await start(C.signers[1], limits=LinkLimits(refusal_log_period=1.0))
+    # a period the 20 refusals fit in with room, TLS handshakes on a loaded machine too
+    period = 3.0
+    b = await start(C.signers[1], limits=LinkLimits(refusal_log_period=period))
     with capture_logs() as logs:
         for _ in range(20):
             await refuse_with(b, b"bad_token")
@@ -722,7 +726,7 @@ async def test_refused_connections_are_logged_sparingly_with_the_count_held_back
         lines = [r for r in logs if r["event"] == "handshake_failed"]
         assert len(lines) == 5
         assert not any("suppressed" in r for r in lines)
-        await asyncio.sleep(1.0)  # the throttle's period passes
+        await asyncio.sleep(period)  # the throttle's period passes
         await refuse_with(b, b"bad_token")
         await until(lambda: b.failures("bad_token") == 21, "the next refusal counted")
     [*_, last] = [r for r in logs if r["event"] == "handshake_failed"]
