@@ -70,6 +70,7 @@ async def forwarder(
     the dialer with a self-made certificate of its own, towards ``target`` as a client
     that accepts any certificate, and forwards the plaintext."""
     upstream: list[asyncio.StreamWriter] = []
+    pumps: list[asyncio.Task[None]] = []
     mitm = link_tls("qudag-link in the middle") if tls else None
     async with asyncio.TaskGroup() as tg:
 
@@ -85,8 +86,8 @@ async def forwarder(
                 writer.close()
                 return
             upstream.append(w)
-            tg.create_task(_pump(reader, w))
-            tg.create_task(_pump(r, writer))
+            pumps.append(tg.create_task(_pump(reader, w)))
+            pumps.append(tg.create_task(_pump(r, writer)))
 
         server = await asyncio.start_server(
             accepted, "127.0.0.1", 0, ssl=mitm.server if mitm else None
@@ -97,7 +98,7 @@ async def forwarder(
             server.close()
             for w in upstream:
                 w.close()
-            for task in tg._tasks:  # the pumps of connections still open
+            for task in pumps:  # of connections still open
                 task.cancel()
 
 
