@@ -270,6 +270,22 @@ async def test_a_replayed_handshake_is_refused(start: Start) -> None:
     assert len(b.recorder.up) == 1
 
 
+async def test_an_auth_signed_by_another_key_is_refused_as_bad_signature(start: Start) -> None:
+    """The right token, but a signature by another key than the one the HELLO claims:
+    the dialer does not hold the key it presents."""
+    b = await start(C.signers[1])
+    peer = await raw_dial(b, C.signers[2], complete=False)
+    theirs = await asyncio.wait_for(read_frame(peer.reader), DEADLINE)
+    digest = transcript(peer.hello, theirs, peer.binding)
+    write_frame(peer.writer, make_auth(TOKEN, C.signers[3], Side.DIALER, digest))
+    assert await peer.refusal() == "bad_signature"
+    assert await asyncio.wait_for(peer.reader.read(), DEADLINE) == b""
+    assert b.failures("bad_signature") == 1
+    assert b.failures("bad_token") == 0
+    assert not b.recorder.up
+    peer.writer.close()
+
+
 async def test_a_malformed_frame_closes_only_that_link(start: Start) -> None:
     a, b = await start(C.signers[0]), await start(C.signers[1])
     link(a, b)
