@@ -317,7 +317,7 @@ function points() {
 function drawChart(element, series, unit) {
   element.replaceChildren();
   const width = 460;
-  const height = 140;
+  const height = 200;
   const pad = { left: 44, right: 8, top: 10, bottom: 20 };
   element.setAttribute("viewBox", `0 0 ${width} ${height}`);
   const now = Date.now();
