@@ -28,8 +28,8 @@ from qudag_node.core.types import NodeId, TxId, VertexId
 from qudag_node.metrics import Metrics
 from qudag_node.ports import LogRecord, Pruned
 
-#: Events a subscriber's buffer holds before the next one drops it (one commit's
-#: entries are taken whole while it holds fewer).
+#: Entries (a DAG event counts as one) a subscriber's buffer holds before the next
+#: event drops it (one commit's entries are taken whole while it holds fewer).
 SUBSCRIBER_BUFFER = 8192
 #: Seconds of silence after which a ``: keepalive`` comment is sent.
 KEEPALIVE = 15.0
@@ -52,13 +52,19 @@ class TooManySubscribers(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One event as sent: its bytes, its log position (None for a DAG event), its
-    kind, and when it became durable."""
+    """What one durable step gives a subscriber, encoded once for all of them: a
+    commit's log entries (``entries``, in order), or one DAG event (no entries); its
+    kind, its bytes, and when it became durable."""
 
-    seq: int | None
     kind: str
     data: bytes
     final_at: float
+    entries: tuple[LogEntry, ...] = ()
+
+    @property
+    def size(self) -> int:
+        """What it takes of a subscriber's buffer."""
+        return len(self.entries) or 1
 
 
 def _encode(kind: str, body: Mapping[str, object], seq: int | None = None) -> bytes:
@@ -96,15 +102,17 @@ class Subscriber:
         self.live = False
         self.end: End | None = None
         self._capacity = capacity
+        self._held = 0  # entries (and DAG events) buffered
         self._events: deque[Event] = deque()
         self._ready = asyncio.Event()
         self._cut: asyncio.Timeout | None = None  # the feed's, fired when it must stop
 
-    def offer(self, events: Sequence[Event]) -> bool:
-        """Buffer ``events``; False (nothing buffered) when the buffer is full."""
-        if len(self._events) >= self._capacity:
+    def offer(self, event: Event) -> bool:
+        """Buffer ``event``; False (nothing buffered) when the buffer is full."""
+        if self._held >= self._capacity:
             return False
-        self._events.extend(events)
+        self._events.append(event)
+        self._held += event.size
         self._ready.set()
         return True
 
@@ -132,6 +140,7 @@ class Subscriber:
         self._ready.clear()
         events = list(self._events)
         self._events.clear()
+        self._held = 0
         return events
 
 
@@ -186,19 +195,16 @@ class Broadcaster:
         """``entries`` are durably final (at ``now``)."""
         if entries:
             self._log_length = entries[-1].seq
-        if not self._subscribers:
+        if not self._subscribers or not entries:
             return
-        events = [
-            Event(e.seq, "entry", entry_bytes(e.seq, e.tx_id, e.vertex, e.hash), now)
-            for e in entries
-        ]
-        self._publish(events, dag=False)
+        data = b"".join(entry_bytes(e.seq, e.tx_id, e.vertex, e.hash) for e in entries)
+        self._publish(Event("entry", data, now, tuple(entries)), dag=False)
 
     def certified(self, round_: int, author: NodeId | None, vertex: VertexId, now: float) -> None:
         """``vertex`` of ``round_`` by ``author`` is durably certified."""
         if any(sub.dag for sub in self._subscribers):
             body = {"round": round_, "author": _hex(author), "vertex": vertex.hex()}
-            self._publish([Event(None, "certified", _encode("certified", body), now)], dag=True)
+            self._publish(Event("certified", _encode("certified", body), now), dag=True)
 
     def committed(self, round_: int, leader: NodeId | None, vertex: VertexId, now: float) -> None:
         """The leader ``vertex`` of ``round_`` is durably committed (after its entries)."""
@@ -209,13 +215,13 @@ class Broadcaster:
                 "vertex": vertex.hex(),
                 "log_length": self._log_length,
             }
-            self._publish([Event(None, "committed", _encode("committed", body), now)], dag=True)
+            self._publish(Event("committed", _encode("committed", body), now), dag=True)
 
-    def _publish(self, events: list[Event], *, dag: bool) -> None:
+    def _publish(self, event: Event, *, dag: bool) -> None:
         full = [
             sub
             for sub in self._subscribers
-            if sub.live and (sub.dag or not dag) and not sub.offer(events)
+            if sub.live and (sub.dag or not dag) and not sub.offer(event)
         ]
         for sub in full:
             self._drop(sub)
@@ -318,26 +324,36 @@ class Feed:
         counts: Counter[str] = Counter()
         oldest: float | None = None
         for event in events:
-            if event.seq is not None:
-                if self._next is None:
-                    self._next = event.seq
-                if event.seq < self._next:
-                    continue  # sent already, read from the store
-                if event.seq > self._next:
-                    await self._write_live(chunks, counts, oldest, write)
-                    chunks, counts, oldest = [], Counter(), None
-                    await self._fill(self._next, event.seq, write)
-                self._next = event.seq + 1
-                oldest = event.final_at if oldest is None else oldest
-            chunks.append(event.data)
-            counts[event.kind] += 1
+            if not event.entries:
+                chunks.append(event.data)
+                counts[event.kind] += 1
+                continue
+            first: int = event.entries[0].seq
+            last: int = event.entries[-1].seq
+            if self._next is None:
+                self._next = first
+            if last < self._next:
+                continue  # sent already, read from the store
+            data = event.data
+            if first < self._next:  # partly sent already: the rest, encoded again
+                rest = [e for e in event.entries if e.seq >= self._next]
+                data = b"".join(entry_bytes(e.seq, e.tx_id, e.vertex, e.hash) for e in rest)
+                first = self._next
+            if first > self._next:
+                await self._write_live(chunks, counts, oldest, write)
+                chunks, counts, oldest = [], Counter(), None
+                await self._fill(self._next, first, write)
+            self._next = last + 1
+            oldest = event.final_at if oldest is None else oldest
+            chunks.append(data)
+            counts["entry"] += last - first + 1
         await self._write_live(chunks, counts, oldest, write)
 
     async def _write_live(
         self, chunks: list[bytes], counts: Counter[str], oldest: float | None, write: Writer
     ) -> None:
         if chunks:
-            await write(b"".join(chunks))
+            await write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
             delay = None if oldest is None else time.monotonic() - oldest
             self._metrics.on_stream_sent(counts, delay)
 
