@@ -290,14 +290,18 @@ class Feed:
 
     async def _catch_up(self, write: Writer) -> None:
         """Send the stored entries from the start on, page by page; the live ones are
-        buffered from the first short page on (by then the rest is small)."""
+        buffered from the first short page on (by then the rest is small), and the
+        store is read until a page read after that comes back short: whatever became
+        durable later is in the buffer."""
         page, self._first = self._first, []
+        read_live = False  # ``page`` was read while the live events were buffered
         while self._next is not None:
-            if len(page) < STORE_PAGE:
-                self._sub.live = True
             await self._send_stored(page, write)
-            if not page and self._sub.live:
-                return
+            if len(page) < STORE_PAGE:
+                if read_live:
+                    return
+                self._sub.live = True
+            read_live = self._sub.live
             page = await self._read(self._next, STORE_PAGE)
 
     async def _send_stored(self, records: Sequence[LogRecord], write: Writer) -> None:

@@ -115,6 +115,36 @@ async def test_resume_from_before_the_stream_opened_sends_each_entry_once_then_l
         assert [e.data for e in stored + live] == logged
 
 
+async def test_streams_opened_while_the_log_grows_miss_nothing_and_repeat_nothing(
+    node_factory: NodeFactory,
+) -> None:
+    node = await node_factory()
+    batches, size = 30, 40
+    total = batches * size
+    async with aiohttp.ClientSession() as session:
+        opened: list[aiohttp.ClientResponse] = []
+        async with asyncio.TaskGroup() as tg:
+
+            async def load() -> None:
+                for n in range(batches):
+                    await submit(session, node.url, size, b"grow%d" % n)
+
+            loading = tg.create_task(load())
+            for start in (1, 7, 200, 1):
+                # each opens at a different moment of the load, some mid-commit
+                response = await session.get(f"{node.url}/api/v1/stream?from={start}")
+                assert response.status == 200
+                opened.append(response)
+            await loading
+        try:
+            for start, response in zip((1, 7, 200, 1), opened, strict=True):
+                got = await take(response, total - start + 1)
+                assert [e.data["seq"] for e in got] == list(range(start, total + 1))
+        finally:
+            for response in opened:
+                response.close()
+
+
 async def test_dag_events_come_on_request_and_live_only_by_default(
     node_factory: NodeFactory,
 ) -> None:
