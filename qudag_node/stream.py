@@ -85,7 +85,7 @@ def entry_bytes(seq: int, tx_id: TxId, vertex: VertexId | None, hash_: bytes) ->
 
 
 class End(Enum):
-    """Why a subscriber's stream ends (other than its client going away)."""
+    """Why a subscriber's stream ends."""
 
     DROPPED = "slow_reader"  # its buffer was full
     PRUNED = "pruned"  # what it needs next is no longer held
