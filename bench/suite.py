@@ -31,6 +31,7 @@ from bench import (
     retention,
     single,
     statesync,
+    stream,
     verify,
 )
 from bench.lab import FULL, QUICK, Lab
@@ -52,6 +53,7 @@ SCENARIOS: dict[str, Scenario] = {
     "ids": ids.scenario,
     "attack": attack.scenario,
     "retention": retention.scenario,
+    "stream": stream.scenario,
 }
 
 
