@@ -316,8 +316,8 @@ function points() {
 
 function drawChart(element, series, unit) {
   element.replaceChildren();
-  const width = 460;
-  const height = 200;
+  const width = 600;
+  const height = 150;
   const pad = { left: 44, right: 8, top: 10, bottom: 20 };
   element.setAttribute("viewBox", `0 0 ${width} ${height}`);
   const now = Date.now();
