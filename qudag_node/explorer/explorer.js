@@ -1,8 +1,9 @@
 // The QuDAG explorer: one node's view of its network, kept live.
 //
 // Reads only this node's API, by relative URLs: /api/v1/status, /api/v1/peers,
-// /api/v1/dag, /metrics (polled) and /api/v1/stream (Server-Sent Events, for the log's
-// tail). No library, no build step; the page's script is this file alone.
+// /api/v1/dag, /metrics (polled) and /api/v1/stream (Server-Sent Events: the log's tail,
+// and DAG events that redraw the DAG at once). No library, no build step; the page's
+// script is this file alone.
 "use strict";
 
 const POLL_MS = 2000;
@@ -12,6 +13,7 @@ const LOG_TAIL = 15;
 const WINDOW_MS = 5 * 60 * 1000; // the charts' span
 const RATE_SPAN_MS = 10 * 1000; // a chart point's rate and quantiles cover this long
 const STREAM_RETRY_MS = 5000;
+const DAG_EVENT_DELAY_MS = 300; // a burst of DAG events from the stream, one redraw
 const SVG = "http://www.w3.org/2000/svg";
 
 const state = {
@@ -21,6 +23,7 @@ const state = {
   lastSeq: 0, // the last log position shown
   stream: null,
   streamStarted: false,
+  dagRedraw: null, // the redraw that DAG events asked for, until it runs
 };
 
 // ------------------------------------------------------------------ helpers
@@ -167,16 +170,33 @@ function drawDag(dag) {
   }
 }
 
+// Redraws the DAG soon after the stream told of a vertex certified or a leader
+// committed, rather than at the next poll; a burst of events makes one redraw.
+function dagChanged() {
+  if (state.dagRedraw !== null) return;
+  state.dagRedraw = setTimeout(async () => {
+    try {
+      await refreshDag();
+    } catch {
+      // the next poll tries again, and shows the node unreachable if it is
+    } finally {
+      state.dagRedraw = null;
+    }
+  }, DAG_EVENT_DELAY_MS);
+}
+
 // ----------------------------------------------------- the log, from the stream
 
-// Opens the stream from log position `first`. The browser resumes by itself after a
+// Opens the stream, with the DAG's events, from log position `first`. The browser resumes by itself after a
 // lost connection (sending Last-Event-ID); a refusal (a 503 when the node has too many
 // subscribers) or a drop for reading too slowly is resumed here, from the next position.
 function openStream(first) {
-  const stream = new EventSource(`api/v1/stream?from=${first}`);
+  const stream = new EventSource(`api/v1/stream?from=${first}&events=log,dag`);
   state.stream = stream;
   stream.addEventListener("open", () => setStreamState("live"));
   stream.addEventListener("entry", (event) => addLogEntry(JSON.parse(event.data)));
+  stream.addEventListener("certified", dagChanged);
+  stream.addEventListener("committed", dagChanged);
   stream.addEventListener("dropped", (event) => {
     const dropped = JSON.parse(event.data);
     stream.close();

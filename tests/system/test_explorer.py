@@ -133,6 +133,8 @@ def test_the_page_shows_what_the_api_reports_live_without_console_errors(
         assert code == 200, body
         [after] = body["ids"]
         shown_within(lambda: after in page_log(browser).values(), "a new entry live")
+        carrier = api(node, f"/api/v1/transactions/{after}")["vertex"]
+        shown_within(lambda: carrier in page_vertices(browser), "the new entry's vertex")
         assert time.monotonic() - opened < 30
 
         # Peers: the three others, connected.
