@@ -2,7 +2,7 @@
 package, served as they are: no build step, nothing fetched from elsewhere.
 
 The page reads the node's own API with relative URLs only, so it works behind any
-proxy and against any node of a network. Every answer carries a strict
+proxy and against any node of a network. Each of its files is served with a strict
 Content-Security-Policy: scripts, styles and connections to this origin only, no
 inline script or style, no framing.
 """
