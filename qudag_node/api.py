@@ -30,7 +30,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from qudag_node.config import Settings
 from qudag_node.core.certificate import Certificate, decode_certificate
-from qudag_node.core.crypto import Purpose, Scheme
+from qudag_node.core.crypto import Purpose, Scheme, tx_ids
 from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.types import TxId, VertexId
@@ -58,6 +58,7 @@ from qudag_node.ports import (
     VertexRecord,
 )
 from qudag_node.sockets import dual_stack_socket
+from qudag_node.tracing import Tracing
 
 log = get_logger("qudag.api")
 
@@ -698,10 +699,13 @@ async def _refuse_unread(request: web.Request, error: ApiError) -> web.StreamRes
 class _Routes:
     """The request handlers, bound to one node."""
 
-    def __init__(self, node: NodeApi, metrics: Metrics, settings: Settings) -> None:
+    def __init__(
+        self, node: NodeApi, metrics: Metrics, settings: Settings, tracing: Tracing | None
+    ) -> None:
         self._node = node
         self._metrics = metrics
         self._settings = settings
+        self._tracing = tracing
         self._guard = _WriteGuard(settings)
 
     async def submit(self, request: web.Request) -> web.StreamResponse:
@@ -716,6 +720,13 @@ class _Routes:
             return await _refuse_unread(request, error)
         except ApiError as e:
             return await _refuse_unread(request, e)
+        if self._tracing is None:
+            return await self._store_batch(txs, timeout)
+        with self._tracing.submit(request.headers, tx_ids(txs)):
+            return await self._store_batch(txs, timeout)
+
+    async def _store_batch(self, txs: list[bytes], timeout: float | None) -> web.StreamResponse:
+        """Submit ``txs`` to the node; answer once stored, or once final (``timeout``)."""
         try:
             receipt = await self._node.submit(txs)
         except InputRejected as e:
@@ -877,15 +888,18 @@ def _openapi_handler() -> Handler:
     return openapi
 
 
-def make_app(node: NodeApi, metrics: Metrics, settings: Settings) -> web.Application:
-    """The aiohttp application serving ``node``."""
+def make_app(
+    node: NodeApi, metrics: Metrics, settings: Settings, tracing: Tracing | None = None
+) -> web.Application:
+    """The aiohttp application serving ``node``; ``tracing``, if the node traces, gets
+    a span for each submit."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[_middleware(metrics), guard_middleware()],
     )
     app[_SETTINGS] = settings
     app[_METRICS] = metrics
-    routes = _Routes(node, metrics, settings)
+    routes = _Routes(node, metrics, settings, tracing)
     app.router.add_post("/api/v1/transactions", routes.submit)
     app.router.add_get("/api/v1/transactions/{id}", routes.transaction)
     app.router.add_get("/api/v1/vertices/{id}", routes.vertex)

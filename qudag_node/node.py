@@ -38,6 +38,7 @@ from qudag_node.pump import Pump, feed_peer_inputs
 from qudag_node.store import Store, is_disk_full
 from qudag_node.submissions import Submission, Submissions
 from qudag_node.sync import Syncer
+from qudag_node.tracing import Tracing, now_ns
 from qudag_node.verifier import ThreadedVerifier
 from qudag_node.writer import Outcome, Step, StepWriter
 
@@ -82,6 +83,7 @@ class Node:
         submissions: Submissions,
         wakeup: asyncio.Event,
         vertices: int,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self.params = settings.engine_params()
@@ -99,7 +101,10 @@ class Node:
         self._closing = asyncio.Event()  # shutting down: no new client work is taken
         self._stopping = False  # the pump finishes what is queued and returns
         self._pumping = False
-        self._writer = StepWriter(engine, store, metrics, submissions, network, vertices=vertices)
+        self._tracing = tracing
+        self._writer = StepWriter(
+            engine, store, metrics, submissions, network, vertices=vertices, tracing=tracing
+        )
         self._catching_up: bool | None = None  # a change for the pump to apply
         # a checkpoint to install at the next step boundary, and who waits for it
         self._install: tuple[InstallCheckpoint, asyncio.Future[None]] | None = None
@@ -294,6 +299,7 @@ class Node:
     async def _step(self, pump: Pump[Outcome], commits: GroupCommit[Step], now: Instant) -> None:
         """Feed the engine this step's inputs; the pump takes its output on."""
         commits.preparing()
+        started = 0 if self._tracing is None else now_ns()
         batch = self._submissions.take()
         outcomes: list[Outcome] = []
         try:
@@ -312,6 +318,8 @@ class Node:
                 self._wakeup.set()  # more next step
             self._engine.handle_timer(now)
             await pump.step(now, outcomes)
+            if self._tracing is not None and batch:
+                self._tracing.pump_step([sub.ids for sub in batch], started)
         except sqlite3.DatabaseError as e:
             raise NodeFailure(f"cannot read the database: {e}") from None
 

@@ -60,6 +60,7 @@ from qudag_node.retention import Pruner, RetentionSettings
 from qudag_node.store import Store, StoreError, accept, is_disk_full
 from qudag_node.submissions import Submissions
 from qudag_node.sync import Syncer
+from qudag_node.tracing import Tracing, start_tracing
 from qudag_node.verifier import ThreadedVerifier, worker_count
 from qudag_node.view import NodeView
 
@@ -131,10 +132,11 @@ async def _run(
 ) -> None:
     """Build the parts over the open database, run them, and shut them down in order."""
     verifier = ThreadedVerifier(worker_count())  # threads start on first use
+    tracing = start_tracing(signer.node_id)
     try:
-        parts = await _build(s, signer, genesis, store, verifier)
+        parts = await _build(s, signer, genesis, store, verifier, tracing)
         node = parts.node
-        app = make_app(parts.view, parts.metrics, s)
+        app = make_app(parts.view, parts.metrics, s, tracing)
         runner, api_port = await start_api(app, s.api_host, s.api_port)
         log.info("api_listening", host=s.api_host or "*", port=api_port)
         try:
@@ -152,10 +154,17 @@ async def _run(
             await runner.cleanup()
     finally:
         verifier.close()
+        if tracing is not None:  # the last spans leave (within the exporter's timeout)
+            await asyncio.to_thread(tracing.shutdown)
 
 
 async def _build(
-    s: Settings, signer: Signer, genesis: Genesis, store: Store, verifier: ThreadedVerifier
+    s: Settings,
+    signer: Signer,
+    genesis: Genesis,
+    store: Store,
+    verifier: ThreadedVerifier,
+    tracing: Tracing | None,
 ) -> _Parts:
     """Every part over the open database, wired: the engine loaded from it, the parts
     around the pump (:func:`_wire`), the quorum watch and the read side."""
@@ -165,7 +174,7 @@ async def _build(
     pruner = Pruner(store, RetentionSettings.of(s), metrics)
     await pruner.refresh()
     node, syncer, submissions, network, p2p_port = await _wire(
-        s, signer, genesis, store, verifier, engine, metrics, disk, vertices, pruner
+        s, signer, genesis, store, verifier, engine, metrics, disk, vertices, pruner, tracing
     )
     quorum = QuorumWatch(
         network, metrics, quorum=genesis.quorum, validator=engine.role is Role.VALIDATOR
@@ -199,11 +208,13 @@ async def _wire(
     disk: DiskGuard,
     vertices: int,
     pruner: Pruner,
+    tracing: Tracing | None,
 ) -> tuple[Node, Syncer, Submissions, PeerNetwork | None, int | None]:
     """The node that drives ``engine`` and what brings it work: the syncer, the peer
     links (listening; None when the node is the network, with the port bound) and the
     client submissions. A state sync's install restarts the node from the checkpoint,
-    then has ``pruner`` read what the node holds now."""
+    then has ``pruner`` read what the node holds now. ``tracing``, if the node traces,
+    hears of the peers' trace contexts and follows the pump's steps."""
     params = s.engine_params()
     wakeup = asyncio.Event()  # the pump's: set by whatever brings it work
     alone = genesis.n == 1 and genesis.index_of(signer.node_id) == 0
@@ -250,7 +261,7 @@ async def _wire(
             prefix=prefix,
         ),
     )
-    peer_inbox = PeerInbox(syncer, wakeup.set)
+    peer_inbox = PeerInbox(syncer, wakeup.set, tracing=tracing)
     engine.set_catching_up(syncer.catching_up, engine_time())
     submissions = Submissions(
         params,
@@ -277,6 +288,7 @@ async def _wire(
         submissions=submissions,
         wakeup=wakeup,
         vertices=vertices,
+        tracing=tracing,
     )
     return node, syncer, submissions, network, p2p_port
 

@@ -23,14 +23,16 @@ from qudag_node.core.events import (
     VertexCertified,
     VertexStored,
 )
+from qudag_node.core.types import TxId
 from qudag_node.failure import NodeFailure
 from qudag_node.gossip import PeerNetwork
 from qudag_node.logs import get_logger
 from qudag_node.metrics import Metrics
 from qudag_node.ports import StorageFull, SubmitReceipt
-from qudag_node.pump import ForwardRefused, PumpStep, deliver
+from qudag_node.pump import ForwardRefused, Links, PumpStep, deliver
 from qudag_node.store import Store, is_disk_full
 from qudag_node.submissions import Submission, Submissions
+from qudag_node.tracing import Tracing, now_ns
 
 log = get_logger("qudag.node")
 
@@ -53,6 +55,7 @@ class StepWriter:
         network: PeerNetwork | None,
         *,
         vertices: int,
+        tracing: Tracing | None = None,
     ) -> None:
         self.engine = engine
         self.vertices = vertices
@@ -60,10 +63,17 @@ class StepWriter:
         self._store = store
         self._metrics = metrics
         self._submissions = submissions
-        self._network = network
+        self._links: Links | None = network
+        if network is not None and tracing is not None:
+            self._links = tracing.wrapping(network)
+        self._tracing = tracing
+        self._commit_started = 0  # when the open transaction's first write began (traced)
+        self._committing: list[list[TxId]] = []  # its submissions' ids (traced)
 
     async def write(self, steps: Sequence[Step]) -> bool:
         """Add the facts of ``steps`` to the open transaction (the group commit's write)."""
+        if self._tracing is not None:
+            self._traced_write(steps)
         try:
             return await self._store.write([f for step in steps for f in step.facts])
         except Exception as e:
@@ -76,6 +86,15 @@ class StepWriter:
         except Exception as e:
             raise self._write_failure(e) from e
         self._metrics.on_store_commit(time.perf_counter() - started)
+        if self._tracing is not None:
+            self._tracing.group_commit(self._committing, self._commit_started)
+            self._committing = []
+
+    def _traced_write(self, steps: Sequence[Step]) -> None:
+        """Note when the open transaction began and whose submissions it carries."""
+        if not self._committing:
+            self._commit_started = now_ns()
+        self._committing += [sub.ids for step in steps for sub, _ in step.receipts]
 
     def _write_failure(self, error: Exception) -> NodeFailure:
         """The node stops: the engine's state is now ahead of the database. A full disk
@@ -100,8 +119,10 @@ class StepWriter:
     async def finish(self, step: Step) -> None:
         """Once ``step`` is durable: answer its clients, then send its messages."""
         self._after_commit(step)
-        if self._network is not None:
-            await deliver(step, self._store, self._network)
+        if self._tracing is not None:
+            self._tracing.durable(step.facts, self._commit_started)
+        if self._links is not None:
+            await deliver(step, self._store, self._links)
 
     def _after_commit(self, step: Step) -> None:
         self._metrics.on_facts(step.facts)

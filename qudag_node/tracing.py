@@ -1,0 +1,373 @@
+"""Traces across nodes with OpenTelemetry: the optional extra ``otel``.
+
+The only module that imports ``opentelemetry``. :func:`start_tracing` returns a
+:class:`Tracing` when the extra is installed and the standard ``OTEL_*`` variables ask
+for traces, and None otherwise; every caller holds a ``Tracing | None`` and checks it
+before doing any tracing work, so a node without traces runs no span code at all.
+
+A transaction's trace: ``submit`` (the API request, child of the client's
+``traceparent`` header if it sent one), ``pump_step`` (the step that admitted it),
+``group_commit`` (the fsync that made it durable), ``propose_vertex`` (the vertex that
+carries it: child of the first traced submission it carries, with a span link to
+each),
+``certificate``, ``leader_commit`` and ``final``. The vertex's messages leave wrapped
+in ``TRACED`` (:mod:`qudag_node.core.wire`) with the vertex's latest span, so another
+node's ``receive_vertex``, ``certificate``, ``leader_commit`` and ``finality`` spans
+join the same trace.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Protocol, TypeVar
+
+from qudag_node.config import ConfigError
+from qudag_node.core.events import Fact, LeaderCommitted, VertexCertified, VertexStored
+from qudag_node.core.types import NodeId, PeerId, TxId, VertexId
+from qudag_node.core.wire import Traced, encode_traced, vertex_of
+from qudag_node.logs import get_logger
+
+try:
+    from opentelemetry.context import Context
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        ConsoleSpanExporter,
+        SpanExporter,
+    )
+    from opentelemetry.trace import (
+        Link,
+        NonRecordingSpan,
+        SpanContext,
+        SpanKind,
+        TraceFlags,
+        set_span_in_context,
+    )
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    INSTALLED = True
+except ImportError:  # the extra is not installed: tracing stays off
+    INSTALLED = False
+
+log = get_logger("qudag.tracing")
+
+#: Most transactions, vertices and received contexts remembered (oldest forgotten first).
+MAX_TRACKED = 65536
+#: Most span links on one span.
+MAX_LINKS = 64
+#: The exporters the node can build from ``OTEL_TRACES_EXPORTER``.
+EXPORTERS = frozenset({"otlp", "console"})
+
+K = TypeVar("K")
+
+
+class Sender(Protocol):
+    """The peer links, as :meth:`Tracing.wrapping` needs them."""
+
+    def send(self, peer: PeerId, data: bytes) -> bool:
+        """Queue ``data`` for ``peer``; False if the peer is not linked."""
+        ...
+
+
+def wanted(environ: Mapping[str, str]) -> bool:
+    """Whether the ``OTEL_*`` variables ask for traces: an exporter other than
+    ``none`` in ``OTEL_TRACES_EXPORTER``, or, with it unset, an OTLP endpoint; never
+    with ``OTEL_SDK_DISABLED=true``."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    names = _exporter_names(environ)
+    if names is None:
+        return bool(
+            environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        )
+    return bool(names - {"none"})
+
+
+def _exporter_names(environ: Mapping[str, str]) -> set[str] | None:
+    value = environ.get("OTEL_TRACES_EXPORTER")
+    if value is None:
+        return None
+    return {n.strip().lower() for n in value.split(",")} - {""}
+
+
+def start_tracing(node_id: NodeId, environ: Mapping[str, str] = os.environ) -> Tracing | None:
+    """A :class:`Tracing` exporting as the ``OTEL_*`` variables say, or None when they
+    do not ask for traces or the ``otel`` extra is not installed (logged). Raises
+    :class:`ConfigError` for an exporter or OTLP protocol the node cannot use."""
+    if not wanted(environ):
+        return None
+    if not INSTALLED:
+        log.warning(
+            "tracing_unavailable",
+            detail="OTEL_* variables ask for traces but the otel extra is not installed"
+            " (pip install qudag-node[otel])",
+        )
+        return None
+    names = _exporter_names(environ) or {"otlp"}
+    unknown = names - EXPORTERS - {"none"}
+    if unknown:
+        raise ConfigError(
+            f"OTEL_TRACES_EXPORTER: {', '.join(sorted(unknown))} is not one of otlp, console"
+        )
+    protocol = environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "")
+    )
+    if "otlp" in names and protocol not in ("", "http/protobuf"):
+        raise ConfigError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r}; the node exports http/protobuf only"
+        )
+    provider = TracerProvider(resource=_resource(node_id))
+    for name in sorted(names & EXPORTERS):
+        provider.add_span_processor(_processor(name))
+    log.info("tracing_on", exporters=sorted(names & EXPORTERS))
+    return Tracing(provider)
+
+
+def _resource(node_id: NodeId) -> Resource:
+    """``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_SERVICE_NAME``, with the node's id as
+    ``service.instance.id`` and ``qudag.node_id``; the service is ``qudag-node`` unless
+    named."""
+    node = node_id.hex()
+    resource = Resource.create({"service.instance.id": node, "qudag.node_id": node})
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": "qudag-node"}))
+    return resource
+
+
+def _processor(name: str) -> SpanProcessor:
+    exporter: SpanExporter
+    if name == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
+            OTLPSpanExporter,  # imported only when asked for: it brings an HTTP client
+        )
+
+        exporter = OTLPSpanExporter()
+    else:
+        exporter = ConsoleSpanExporter()
+    return BatchSpanProcessor(exporter)
+
+
+def _remember(table: OrderedDict[K, SpanContext], key: K, context: SpanContext) -> None:
+    table[key] = context
+    table.move_to_end(key)
+    if len(table) > MAX_TRACKED:
+        table.popitem(last=False)
+
+
+def _parent(context: SpanContext | None) -> Context | None:
+    return None if context is None else set_span_in_context(NonRecordingSpan(context))
+
+
+def _links(contexts: Sequence[SpanContext]) -> list[Link]:
+    return [Link(c) for c in contexts[:MAX_LINKS]]
+
+
+def traceparent(context: SpanContext) -> str:
+    """The W3C ``traceparent`` of ``context`` (version 00)."""
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
+
+def parse_traceparent(value: str) -> SpanContext:
+    """The remote span context of a ``traceparent`` that the wire codec has checked."""
+    return SpanContext(
+        int(value[3:35], 16),
+        int(value[36:52], 16),
+        is_remote=True,
+        trace_flags=TraceFlags(int(value[53:55], 16)),
+    )
+
+
+class Tracing:
+    """The node's spans, and the span contexts they hang from: each traced
+    transaction's ``submit`` span, each vertex's latest span, and the contexts that
+    arrived with other nodes' vertices."""
+
+    def __init__(self, provider: TracerProvider) -> None:
+        self._provider = provider
+        self._tracer = provider.get_tracer("qudag_node")
+        self._propagator = TraceContextTextMapPropagator()
+        self._txs: OrderedDict[TxId, SpanContext] = OrderedDict()
+        self._vertices: OrderedDict[VertexId, SpanContext] = OrderedDict()
+        self._remote: OrderedDict[VertexId, SpanContext] = OrderedDict()
+
+    def shutdown(self) -> None:
+        """Export what is queued and stop (blocks up to the exporter's timeout)."""
+        self._provider.shutdown()
+
+    # ------------------------------------------------------------ the API
+
+    @contextmanager
+    def submit(self, headers: Mapping[str, str], ids: Sequence[TxId]) -> Iterator[None]:
+        """The ``submit`` span around a client's request for the transactions ``ids``,
+        child of the request's ``traceparent`` header if any; the transactions' later
+        spans hang from it."""
+        parent = self._propagator.extract(headers)
+        with self._tracer.start_as_current_span(
+            "submit",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"qudag.txs": len(ids), "qudag.tx": ids[0].hex() if ids else ""},
+        ) as span:
+            context = span.get_span_context()
+            for tx in ids:
+                _remember(self._txs, tx, context)
+            yield
+
+    # --------------------------------------------------- the pump and the disk
+
+    def pump_step(self, submissions: Sequence[Sequence[TxId]], started_ns: int) -> None:
+        """A ``pump_step`` span from ``started_ns`` to now for a step that admitted
+        ``submissions`` (their ids), if any of them is traced."""
+        self._step_span("pump_step", submissions, started_ns)
+
+    def group_commit(self, submissions: Sequence[Sequence[TxId]], started_ns: int) -> None:
+        """A ``group_commit`` span from ``started_ns`` to now (durable) for the
+        ``submissions`` it carried, if any of them is traced."""
+        self._step_span("group_commit", submissions, started_ns)
+
+    def _step_span(self, name: str, submissions: Sequence[Sequence[TxId]], start: int) -> None:
+        contexts = [c for ids in submissions if ids and (c := self._txs.get(ids[0])) is not None]
+        if not contexts:
+            return
+        span = self._tracer.start_span(
+            name,
+            context=_parent(contexts[0]),
+            links=_links(contexts[1:]),
+            start_time=start,
+            attributes={"qudag.submissions": len(submissions)},
+        )
+        span.end()
+
+    def durable(self, facts: Sequence[Fact], started_ns: int) -> None:
+        """Spans for a durable step's vertices, certificates and leader commits, from
+        ``started_ns`` (its group commit began) to now."""
+        for fact in facts:
+            match fact:
+                case VertexStored(vertex, own):
+                    self._vertex(vertex.id, vertex.round, vertex.tx_ids, own, started_ns)
+                case VertexCertified(vertex, round_):
+                    self._certified(vertex, round_, started_ns)
+                case LeaderCommitted():
+                    self._committed(fact, started_ns)
+                case _:
+                    pass
+
+    def _vertex(
+        self, vid: VertexId, round_: int, txs: Sequence[TxId], own: bool, start: int
+    ) -> None:
+        # one link per traced submission it carries (its transactions share a span)
+        carried = list(
+            {c.span_id: c for tx in txs if (c := self._txs.get(tx)) is not None}.values()
+        )
+        if own:
+            name, parent, links = "propose_vertex", carried[:1], carried
+        else:
+            remote = self._remote.pop(vid, None)
+            name, parent, links = "receive_vertex", [] if remote is None else [remote], carried
+        span = self._tracer.start_span(
+            name,
+            context=_parent(parent[0] if parent else None),
+            links=_links(links),
+            start_time=start,
+            attributes={"qudag.vertex": vid.hex(), "qudag.round": round_, "qudag.txs": len(txs)},
+        )
+        _remember(self._vertices, vid, span.get_span_context())
+        span.end()
+
+    def _certified(self, vid: VertexId, round_: int, start: int) -> None:
+        remote = self._remote.pop(vid, None)
+        span = self._tracer.start_span(
+            "certificate",
+            context=_parent(self._vertices.get(vid, remote)),
+            links=[] if remote is None else [Link(remote)],
+            start_time=start,
+            attributes={"qudag.vertex": vid.hex(), "qudag.round": round_},
+        )
+        _remember(self._vertices, vid, span.get_span_context())
+        span.end()
+
+    def _committed(self, fact: LeaderCommitted, start: int) -> None:
+        ordered = [c for v in fact.ordered if (c := self._vertices.get(v)) is not None]
+        span = self._tracer.start_span(
+            "leader_commit",
+            context=_parent(self._vertices.get(fact.leader)),
+            links=_links(ordered),
+            start_time=start,
+            attributes={
+                "qudag.vertex": fact.leader.hex(),
+                "qudag.round": fact.round,
+                "qudag.ordered": len(fact.ordered),
+                "qudag.entries": len(fact.entries),
+            },
+        )
+        span.end()
+        self._final(fact, span.get_span_context(), start)
+
+    def _final(self, fact: LeaderCommitted, commit: SpanContext, start: int) -> None:
+        """A ``final`` span per traced transaction, under its ``submit`` span; a
+        ``finality`` span per ordered vertex with entries, under the vertex's span."""
+        by_vertex: dict[VertexId, list[int]] = {}
+        for entry in fact.entries:
+            by_vertex.setdefault(entry.vertex, []).append(entry.seq)
+            submitted = self._txs.pop(entry.tx_id, None)
+            if submitted is not None:
+                self._tracer.start_span(
+                    "final",
+                    context=_parent(submitted),
+                    links=[Link(commit)],
+                    start_time=start,
+                    attributes={"qudag.tx": entry.tx_id.hex(), "qudag.seq": entry.seq},
+                ).end()
+        for vid, seqs in by_vertex.items():
+            self._tracer.start_span(
+                "finality",
+                context=_parent(self._vertices.get(vid)),
+                links=[Link(commit)],
+                start_time=start,
+                attributes={
+                    "qudag.vertex": vid.hex(),
+                    "qudag.entries": len(seqs),
+                    "qudag.first_seq": seqs[0],
+                },
+            ).end()
+
+    # ------------------------------------------------------------ the wire
+
+    def received(self, traced: Traced) -> None:
+        """A peer's ``TRACED`` frame: remember its context for the vertex it is about."""
+        vid = vertex_of(traced.inner)
+        if vid is not None:
+            _remember(self._remote, vid, parse_traceparent(traced.traceparent))
+
+    def wrap(self, data: bytes) -> bytes:
+        """``data`` in a ``TRACED`` wrapper with its vertex's latest span, or as it is
+        when it is about no vertex this node traced."""
+        vid = vertex_of(data)
+        context = None if vid is None else self._vertices.get(vid)
+        if context is None:
+            return data
+        return encode_traced(traceparent(context), data)
+
+    def wrapping(self, links: Sender) -> Sender:
+        """``links``, sending each message through :meth:`wrap`."""
+        return _WrappingLinks(links, self)
+
+
+class _WrappingLinks:
+    def __init__(self, links: Sender, tracing: Tracing) -> None:
+        self._links = links
+        self._tracing = tracing
+
+    def send(self, peer: PeerId, data: bytes) -> bool:
+        return self._links.send(peer, self._tracing.wrap(data))
+
+
+def now_ns() -> int:
+    """The wall clock in nanoseconds, as span times take it."""
+    return time.time_ns()
