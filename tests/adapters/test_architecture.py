@@ -35,7 +35,7 @@ ALLOWED = frozenset(
 FORBIDDEN = frozenset(
     {
         "asyncio", "socket", "time", "logging", "sqlite3", "os", "random", "threading",
-        "aiohttp", "aiosqlite", "structlog", "prometheus_client",
+        "aiohttp", "aiosqlite", "structlog", "prometheus_client", "opentelemetry",
     }
 )  # fmt: skip
 
@@ -82,6 +82,18 @@ def violations(source: str, package: str = "qudag_node.core") -> list[str]:
 
 
 CORE_FILES = sorted(CORE.glob("*.py"))
+
+
+def test_only_the_tracing_adapter_imports_opentelemetry() -> None:
+    importers = {
+        path.relative_to(ROOT).as_posix()
+        for path in (ROOT / "qudag_node").rglob("*.py")
+        if any(
+            name.split(".")[0] == "opentelemetry"
+            for name in imported_modules(path.read_text(), "qudag_node")
+        )
+    }
+    assert importers == {"qudag_node/tracing.py"}
 
 
 def test_the_allow_and_forbid_lists_do_not_overlap() -> None:
