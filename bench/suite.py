@@ -31,6 +31,7 @@ from bench import (
     retention,
     single,
     statesync,
+    tracing,
     verify,
 )
 from bench.lab import FULL, QUICK, Lab
@@ -42,6 +43,7 @@ Scenario = Callable[[Lab], Awaitable[list[Row]]]
 SCENARIOS: dict[str, Scenario] = {
     "ingest": ingest.scenario,
     "single": single.scenario,
+    "tracing": tracing.scenario,
     "verify": verify.scenario,
     "antientropy": antientropy.scenario,
     "network": network.scenario,

@@ -81,7 +81,16 @@ async def test_every_scenario_runs_at_the_smallest_scale(tmp_path: Path) -> None
     verify = [f"verify ({s.label})" for s in Scheme]
     network = ["network (mldsa65-ed25519)", "network (ed25519)"]
     wire = [f"wire ({s.label})" for s in Scheme]
-    names = ["ingest", "single", *verify, "antientropy", *network, "catchup", "statesync"]
+    names = [
+        "ingest",
+        "single",
+        "tracing",
+        *verify,
+        "antientropy",
+        *network,
+        "catchup",
+        "statesync",
+    ]
     names += ["statesync", "memory"]
     retention = ["retention-disk", "prune-pause", "idle-growth"]
     assert [r.name for r in rows] == [*names, "disk", *wire, *fsync, "ids", "attack", *retention]
