@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
@@ -58,7 +58,9 @@ from qudag_node.ports import (
     VertexRecord,
 )
 from qudag_node.sockets import dual_stack_socket
-from qudag_node.tracing import Tracing
+
+if TYPE_CHECKING:
+    from qudag_node.tracing.spans import Tracing
 
 log = get_logger("qudag.api")
 

@@ -17,13 +17,16 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from qudag_node.core.errors import InputRejected
 from qudag_node.core.types import NodeId, PeerId
 from qudag_node.core.wire import TRACED, Owner, decode_traced, owner_of
 from qudag_node.gossip import LinkHandler
 from qudag_node.sync import Syncer
-from qudag_node.tracing import Tracing
+
+if TYPE_CHECKING:
+    from qudag_node.tracing.spans import Tracing
 
 #: Most messages waiting for the engine.
 MAX_MESSAGES = 1024

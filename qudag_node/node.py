@@ -17,6 +17,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from qudag_node.commits import GroupCommit
 from qudag_node.config import Settings
@@ -38,9 +39,12 @@ from qudag_node.pump import Pump, feed_peer_inputs
 from qudag_node.store import Store, is_disk_full
 from qudag_node.submissions import Submission, Submissions
 from qudag_node.sync import Syncer
-from qudag_node.tracing import Tracing, now_ns
+from qudag_node.tracing import now_ns
 from qudag_node.verifier import ThreadedVerifier
 from qudag_node.writer import Outcome, Step, StepWriter
+
+if TYPE_CHECKING:
+    from qudag_node.tracing.spans import Tracing
 
 #: Most database transactions a second on average (an fsync each, plus a few for
 #: checkpoints): under load each carries every step since the last, within the volume's

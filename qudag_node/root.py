@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -60,9 +60,12 @@ from qudag_node.retention import Pruner, RetentionSettings
 from qudag_node.store import Store, StoreError, accept, is_disk_full
 from qudag_node.submissions import Submissions
 from qudag_node.sync import Syncer
-from qudag_node.tracing import Tracing, start_tracing
+from qudag_node.tracing import start_tracing
 from qudag_node.verifier import ThreadedVerifier, worker_count
 from qudag_node.view import NodeView
+
+if TYPE_CHECKING:
+    from qudag_node.tracing.spans import Tracing
 
 log = get_logger("qudag.node")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import assert_never
+from typing import TYPE_CHECKING, assert_never
 
 from qudag_node.core.engine import Engine
 from qudag_node.core.errors import InputRejected
@@ -32,7 +32,10 @@ from qudag_node.ports import StorageFull, SubmitReceipt
 from qudag_node.pump import ForwardRefused, Links, PumpStep, deliver
 from qudag_node.store import Store, is_disk_full
 from qudag_node.submissions import Submission, Submissions
-from qudag_node.tracing import Tracing, now_ns
+from qudag_node.tracing import now_ns
+
+if TYPE_CHECKING:
+    from qudag_node.tracing.spans import Tracing
 
 log = get_logger("qudag.node")
 

@@ -84,7 +84,7 @@ def violations(source: str, package: str = "qudag_node.core") -> list[str]:
 CORE_FILES = sorted(CORE.glob("*.py"))
 
 
-def test_only_the_tracing_adapter_imports_opentelemetry() -> None:
+def test_only_the_spans_module_imports_opentelemetry() -> None:
     importers = {
         path.relative_to(ROOT).as_posix()
         for path in (ROOT / "qudag_node").rglob("*.py")
@@ -93,7 +93,19 @@ def test_only_the_tracing_adapter_imports_opentelemetry() -> None:
             for name in imported_modules(path.read_text(), "qudag_node")
         )
     }
-    assert importers == {"qudag_node/tracing.py"}
+    assert importers == {"qudag_node/tracing/spans.py"}
+
+
+def test_a_node_that_does_not_trace_never_loads_opentelemetry() -> None:
+    code = (
+        "import sys, qudag_node.root, qudag_node.tracing as t;"
+        " assert t.start_tracing(b'\\x01' * 32, {}) is None;"
+        " print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]"
 
 
 def test_the_allow_and_forbid_lists_do_not_overlap() -> None:

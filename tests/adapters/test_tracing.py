@@ -18,7 +18,8 @@ from qudag_node.core.events import LeaderCommitted, LogEntry, VertexCertified, V
 from qudag_node.core.messages import ProposalMessage, encode_message
 from qudag_node.core.types import PeerId, Seq
 from qudag_node.core.wire import TRACED, decode_traced
-from qudag_node.tracing import Tracing, start_tracing, wanted
+from qudag_node.tracing import start_tracing, wanted
+from qudag_node.tracing.spans import Tracing
 from tests.core.support import C
 
 TX = b"a traced transaction"

@@ -1,67 +1,40 @@
-"""Traces across nodes with OpenTelemetry: the optional extra ``otel``.
+"""The node's spans, made with OpenTelemetry: the one module that imports it.
 
-The only module that imports ``opentelemetry``. :func:`start_tracing` returns a
-:class:`Tracing` when the extra is installed and the standard ``OTEL_*`` variables ask
-for traces, and None otherwise; every caller holds a ``Tracing | None`` and checks it
-before doing any tracing work, so a node without traces runs no span code at all.
-
-A transaction's trace: ``submit`` (the API request, child of the client's
-``traceparent`` header if it sent one), ``pump_step`` (the step that admitted it),
-``group_commit`` (the fsync that made it durable), ``propose_vertex`` (the vertex that
-carries it: child of the first traced submission it carries, with a span link to
-each),
-``certificate``, ``leader_commit`` and ``final``. The vertex's messages leave wrapped
-in ``TRACED`` (:mod:`qudag_node.core.wire`) with the vertex's latest span, so another
-node's ``receive_vertex``, ``certificate``, ``leader_commit`` and ``finality`` spans
-join the same trace.
+Imported only by :func:`qudag_node.tracing.start_tracing`, once the ``OTEL_*``
+variables ask for traces; a node that does not trace never loads it (nor
+opentelemetry).
 """
 
 from __future__ import annotations
 
-import os
-import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Protocol, TypeVar
 
-from qudag_node.config import ConfigError
+from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    set_span_in_context,
+)
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
 from qudag_node.core.events import Fact, LeaderCommitted, VertexCertified, VertexStored
 from qudag_node.core.types import NodeId, PeerId, TxId, VertexId
 from qudag_node.core.wire import Traced, encode_traced, vertex_of
-from qudag_node.logs import get_logger
-
-try:
-    from opentelemetry.context import Context
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-    from opentelemetry.sdk.trace.export import (
-        BatchSpanProcessor,
-        ConsoleSpanExporter,
-        SpanExporter,
-    )
-    from opentelemetry.trace import (
-        Link,
-        NonRecordingSpan,
-        SpanContext,
-        SpanKind,
-        TraceFlags,
-        set_span_in_context,
-    )
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-    INSTALLED = True
-except ImportError:  # the extra is not installed: tracing stays off
-    INSTALLED = False
-
-log = get_logger("qudag.tracing")
 
 #: Most transactions, vertices and received contexts remembered (oldest forgotten first).
 MAX_TRACKED = 65536
 #: Most span links on one span.
 MAX_LINKS = 64
-#: The exporters the node can build from ``OTEL_TRACES_EXPORTER``.
-EXPORTERS = frozenset({"otlp", "console"})
 
 K = TypeVar("K")
 
@@ -74,58 +47,12 @@ class Sender(Protocol):
         ...
 
 
-def wanted(environ: Mapping[str, str]) -> bool:
-    """Whether the ``OTEL_*`` variables ask for traces: an exporter other than
-    ``none`` in ``OTEL_TRACES_EXPORTER``, or, with it unset, an OTLP endpoint; never
-    with ``OTEL_SDK_DISABLED=true``."""
-    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return False
-    names = _exporter_names(environ)
-    if names is None:
-        return bool(
-            environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        )
-    return bool(names - {"none"})
-
-
-def _exporter_names(environ: Mapping[str, str]) -> set[str] | None:
-    value = environ.get("OTEL_TRACES_EXPORTER")
-    if value is None:
-        return None
-    return {n.strip().lower() for n in value.split(",")} - {""}
-
-
-def start_tracing(node_id: NodeId, environ: Mapping[str, str] = os.environ) -> Tracing | None:
-    """A :class:`Tracing` exporting as the ``OTEL_*`` variables say, or None when they
-    do not ask for traces or the ``otel`` extra is not installed (logged). Raises
-    :class:`ConfigError` for an exporter or OTLP protocol the node cannot use."""
-    if not wanted(environ):
-        return None
-    if not INSTALLED:
-        log.warning(
-            "tracing_unavailable",
-            detail="OTEL_* variables ask for traces but the otel extra is not installed"
-            " (pip install qudag-node[otel])",
-        )
-        return None
-    names = _exporter_names(environ) or {"otlp"}
-    unknown = names - EXPORTERS - {"none"}
-    if unknown:
-        raise ConfigError(
-            f"OTEL_TRACES_EXPORTER: {', '.join(sorted(unknown))} is not one of otlp, console"
-        )
-    protocol = environ.get(
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "")
-    )
-    if "otlp" in names and protocol not in ("", "http/protobuf"):
-        raise ConfigError(
-            f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r}; the node exports http/protobuf only"
-        )
+def build(node_id: NodeId, exporters: Sequence[str]) -> Tracing:
+    """A :class:`Tracing` whose spans go to ``exporters`` (``otlp``, ``console``), each
+    configured by the ``OTEL_*`` variables the OpenTelemetry SDK reads."""
     provider = TracerProvider(resource=_resource(node_id))
-    for name in sorted(names & EXPORTERS):
+    for name in exporters:
         provider.add_span_processor(_processor(name))
-    log.info("tracing_on", exporters=sorted(names & EXPORTERS))
     return Tracing(provider)
 
 
@@ -141,15 +68,7 @@ def _resource(node_id: NodeId) -> Resource:
 
 
 def _processor(name: str) -> SpanProcessor:
-    exporter: SpanExporter
-    if name == "otlp":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
-            OTLPSpanExporter,  # imported only when asked for: it brings an HTTP client
-        )
-
-        exporter = OTLPSpanExporter()
-    else:
-        exporter = ConsoleSpanExporter()
+    exporter: SpanExporter = OTLPSpanExporter() if name == "otlp" else ConsoleSpanExporter()
     return BatchSpanProcessor(exporter)
 
 
@@ -366,8 +285,3 @@ class _WrappingLinks:
 
     def send(self, peer: PeerId, data: bytes) -> bool:
         return self._links.send(peer, self._tracing.wrap(data))
-
-
-def now_ns() -> int:
-    """The wall clock in nanoseconds, as span times take it."""
-    return time.time_ns()
