@@ -135,7 +135,7 @@ async def _run(
 ) -> None:
     """Build the parts over the open database, run them, and shut them down in order."""
     verifier = ThreadedVerifier(worker_count())  # threads start on first use
-    tracing = start_tracing(signer.node_id)
+    tracing = start_tracing(signer.node_id, s.engine_params())
     try:
         parts = await _build(s, signer, genesis, store, verifier, tracing)
         node = parts.node

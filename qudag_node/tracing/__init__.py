@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from qudag_node.config import ConfigError
+from qudag_node.core.params import Params
 from qudag_node.core.types import NodeId
 from qudag_node.logs import get_logger
 
@@ -59,7 +60,9 @@ def _exporter_names(environ: Mapping[str, str]) -> set[str] | None:
     return {n.strip().lower() for n in value.split(",")} - {""}
 
 
-def start_tracing(node_id: NodeId, environ: Mapping[str, str] = os.environ) -> Tracing | None:
+def start_tracing(
+    node_id: NodeId, params: Params, environ: Mapping[str, str] = os.environ
+) -> Tracing | None:
     """A :class:`~qudag_node.tracing.spans.Tracing` exporting as the ``OTEL_*``
     variables say, or None when they do not ask for traces or the ``otel`` extra is not
     installed (logged). Raises :class:`ConfigError` for an exporter or OTLP protocol the
@@ -90,7 +93,7 @@ def start_tracing(node_id: NodeId, environ: Mapping[str, str] = os.environ) -> T
         return None
     exporters = sorted(names & EXPORTERS)
     log.info("tracing_on", exporters=exporters)
-    return build(node_id, exporters)
+    return build(node_id, exporters, params)
 
 
 def now_ns() -> int:

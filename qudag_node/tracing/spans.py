@@ -27,7 +27,11 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from qudag_node.core.crypto import tx_ids
+from qudag_node.core.errors import InputRejected
 from qudag_node.core.events import Fact, LeaderCommitted, VertexCertified, VertexStored
+from qudag_node.core.messages import MessageType, TransactionsMessage, decode_message
+from qudag_node.core.params import Params
 from qudag_node.core.types import NodeId, PeerId, TxId, VertexId
 from qudag_node.core.wire import Traced, encode_traced, vertex_of
 
@@ -37,6 +41,7 @@ MAX_TRACKED = 65536
 MAX_LINKS = 64
 
 K = TypeVar("K")
+_TRANSACTIONS = bytes((MessageType.TRANSACTIONS,))
 
 
 class Sender(Protocol):
@@ -47,13 +52,14 @@ class Sender(Protocol):
         ...
 
 
-def build(node_id: NodeId, exporters: Sequence[str]) -> Tracing:
+def build(node_id: NodeId, exporters: Sequence[str], params: Params) -> Tracing:
     """A :class:`Tracing` whose spans go to ``exporters`` (``otlp``, ``console``), each
-    configured by the ``OTEL_*`` variables the OpenTelemetry SDK reads."""
+    configured by the ``OTEL_*`` variables the OpenTelemetry SDK reads; ``params`` bound
+    the forwarded transactions it reads."""
     provider = TracerProvider(resource=_resource(node_id))
     for name in exporters:
         provider.add_span_processor(_processor(name))
-    return Tracing(provider)
+    return Tracing(provider, params)
 
 
 def _resource(node_id: NodeId) -> Resource:
@@ -107,8 +113,9 @@ class Tracing:
     transaction's ``submit`` span, each vertex's latest span, and the contexts that
     arrived with other nodes' vertices."""
 
-    def __init__(self, provider: TracerProvider) -> None:
+    def __init__(self, provider: TracerProvider, params: Params) -> None:
         self._provider = provider
+        self._params = params
         self._tracer = provider.get_tracer("qudag_node")
         self._propagator = TraceContextTextMapPropagator()
         self._txs: OrderedDict[TxId, SpanContext] = OrderedDict()
@@ -259,19 +266,41 @@ class Tracing:
     # ------------------------------------------------------------ the wire
 
     def received(self, traced: Traced) -> None:
-        """A peer's ``TRACED`` frame: remember its context for the vertex it is about."""
+        """A peer's ``TRACED`` frame: remember its context for the vertex it is about,
+        or, for transactions an observer forwarded, for each of them that no client of
+        this node sent (the vertex that carries them then hangs from it)."""
+        context = parse_traceparent(traced.traceparent)
         vid = vertex_of(traced.inner)
         if vid is not None:
-            _remember(self._remote, vid, parse_traceparent(traced.traceparent))
+            _remember(self._remote, vid, context)
+        for tx in self._forwarded(traced.inner):
+            if tx not in self._txs:
+                _remember(self._txs, tx, context)
 
     def wrap(self, data: bytes) -> bytes:
-        """``data`` in a ``TRACED`` wrapper with its vertex's latest span, or as it is
-        when it is about no vertex this node traced."""
+        """``data`` in a ``TRACED`` wrapper with its vertex's latest span (or, for
+        forwarded transactions, the first traced one's ``submit``), or as it is when it
+        is about nothing this node traced."""
         vid = vertex_of(data)
-        context = None if vid is None else self._vertices.get(vid)
+        if vid is not None:
+            context = self._vertices.get(vid)
+        else:
+            traced = (self._txs.get(tx) for tx in self._forwarded(data))
+            context = next((c for c in traced if c is not None), None)
         if context is None:
             return data
         return encode_traced(traceparent(context), data)
+
+    def _forwarded(self, data: bytes) -> list[TxId]:
+        """The ids of the transactions in a ``TRANSACTIONS`` message; none for another
+        or a malformed one."""
+        if data[:1] != _TRANSACTIONS:
+            return []
+        try:
+            message = decode_message(data, self._params)
+        except InputRejected:
+            return []
+        return tx_ids(message.transactions) if isinstance(message, TransactionsMessage) else []
 
     def wrapping(self, links: Sender) -> Sender:
         """``links``, sending each message through :meth:`wrap`."""

@@ -99,7 +99,8 @@ def test_only_the_spans_module_imports_opentelemetry() -> None:
 def test_a_node_that_does_not_trace_never_loads_opentelemetry() -> None:
     code = (
         "import sys, qudag_node.root, qudag_node.tracing as t;"
-        " assert t.start_tracing(b'\\x01' * 32, {}) is None;"
+        " from qudag_node.core.params import Params;"
+        " assert t.start_tracing(b'\\x01' * 32, Params(), {}) is None;"
         " print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))"
     )
     out = subprocess.run(

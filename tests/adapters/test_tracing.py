@@ -15,12 +15,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from qudag_node.config import ConfigError
 from qudag_node.core.crypto import tx_id
 from qudag_node.core.events import LeaderCommitted, LogEntry, VertexCertified, VertexStored
-from qudag_node.core.messages import ProposalMessage, encode_message
+from qudag_node.core.messages import ProposalMessage, TransactionsMessage, encode_message
 from qudag_node.core.types import PeerId, Seq
 from qudag_node.core.wire import TRACED, decode_traced
 from qudag_node.tracing import start_tracing, wanted
 from qudag_node.tracing.spans import Tracing
-from tests.core.support import C
+from tests.core.support import PARAMS, C
 
 TX = b"a traced transaction"
 VERTEX = C.vertex(0, 1, txs=[TX])
@@ -46,12 +46,14 @@ def test_traces_are_on_only_when_the_variables_ask(environ: dict[str, str], on: 
 
 def test_start_tracing_refuses_what_the_node_cannot_export() -> None:
     node = C.signers[0].node_id
-    assert start_tracing(node, {}) is None
+    assert start_tracing(node, PARAMS, {}) is None
     with pytest.raises(ConfigError, match="OTEL_TRACES_EXPORTER: zipkin"):
-        start_tracing(node, {"OTEL_TRACES_EXPORTER": "zipkin"})
+        start_tracing(node, PARAMS, {"OTEL_TRACES_EXPORTER": "zipkin"})
     with pytest.raises(ConfigError, match="http/protobuf only"):
-        start_tracing(node, {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
-    tracing = start_tracing(node, {"OTEL_TRACES_EXPORTER": "otlp"})
+        start_tracing(
+            node, PARAMS, {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+        )
+    tracing = start_tracing(node, PARAMS, {"OTEL_TRACES_EXPORTER": "otlp"})
     assert tracing is not None
     tracing.shutdown()
 
@@ -63,7 +65,7 @@ class Traced:
         self.exporter = InMemorySpanExporter()
         provider = TracerProvider(resource=Resource.create({"service.instance.id": name}))
         provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.tracing = Tracing(provider)
+        self.tracing = Tracing(provider, PARAMS)
 
     def spans(self, name: str) -> list[ReadableSpan]:
         return [s for s in self.exporter.get_finished_spans() if s.name == name]
@@ -142,3 +144,23 @@ def test_untraced_work_makes_no_step_spans_and_wraps_nothing(
     assert one.exporter.get_finished_spans() == ()
     assert one.tracing.wrap(PROPOSAL) == PROPOSAL
     assert one.tracing.wrap(b"\x05fetch") == b"\x05fetch"
+
+
+def test_forwarded_transactions_carry_their_submission_to_the_validator(
+    nodes: tuple[Traced, Traced],
+) -> None:
+    observer, validator = nodes
+    with observer.tracing.submit({}, [tx_id(TX)]):
+        pass
+    [submit] = observer.spans("submit")
+    forwarded = encode_message(TransactionsMessage((b"untraced", TX)))
+    traced = decode_traced(observer.tracing.wrap(forwarded))
+    assert traced.inner == forwarded
+    validator.tracing.received(traced)
+    validator.tracing.durable([VertexStored(VERTEX, own=True)], 0)
+    [proposed] = validator.spans("propose_vertex")
+    assert parent_of(proposed) == submit.context.span_id
+    assert proposed.context.trace_id == submit.context.trace_id
+    assert observer.tracing.wrap(encode_message(TransactionsMessage((b"untraced",)))) == (
+        encode_message(TransactionsMessage((b"untraced",)))
+    )
