@@ -164,3 +164,13 @@ def test_forwarded_transactions_carry_their_submission_to_the_validator(
     assert observer.tracing.wrap(encode_message(TransactionsMessage((b"untraced",)))) == (
         encode_message(TransactionsMessage((b"untraced",)))
     )
+
+
+def test_a_submit_continues_the_clients_trace(nodes: tuple[Traced, Traced]) -> None:
+    one, _ = nodes
+    header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    with one.tracing.submit({"traceparent": header}, [tx_id(TX)]):
+        pass
+    [submit] = one.spans("submit")
+    assert f"{submit.context.trace_id:032x}" == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert parent_of(submit) == 0x00F067AA0BA902B7
