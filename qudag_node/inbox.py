@@ -5,7 +5,7 @@ go where the codec table (:mod:`qudag_node.core.wire`) says: sync messages to th
 syncer's own queue; links coming up or down and every other message wait here until
 the pump feeds them to the engine. A ``TRACED`` wrapper is taken off first: its
 inner message goes on as if it had come alone, and its trace context to the node's
-:class:`~qudag_node.tracing.Tracing` if it traces (a malformed wrapper goes on whole,
+:class:`~qudag_node.tracing.spans.Tracing` if it traces (a malformed wrapper goes on whole,
 for the engine to refuse). The queue is bounded in messages
 and in bytes: when it is full, the links that bring more stop reading, so a flood
 is pushed back to its senders over TCP and memory stays bounded whatever they send.

@@ -70,8 +70,11 @@ class StepWriter:
         if network is not None and tracing is not None:
             self._links = tracing.wrapping(network)
         self._tracing = tracing
-        self._commit_started = 0  # when the open transaction's first write began (traced)
-        self._committing: list[list[TxId]] = []  # its submissions' ids (traced)
+        # traced: when the open transaction's first write began, its submissions' ids,
+        # and when the last committed one's first write began
+        self._write_started = 0
+        self._committing: list[list[TxId]] = []
+        self._committed_started = 0
 
     async def write(self, steps: Sequence[Step]) -> bool:
         """Add the facts of ``steps`` to the open transaction (the group commit's write)."""
@@ -90,13 +93,14 @@ class StepWriter:
             raise self._write_failure(e) from e
         self._metrics.on_store_commit(time.perf_counter() - started)
         if self._tracing is not None:
-            self._tracing.group_commit(self._committing, self._commit_started)
+            self._tracing.group_commit(self._committing, self._write_started)
+            self._committed_started, self._write_started = self._write_started, 0
             self._committing = []
 
     def _traced_write(self, steps: Sequence[Step]) -> None:
         """Note when the open transaction began and whose submissions it carries."""
-        if not self._committing:
-            self._commit_started = now_ns()
+        if not self._write_started:
+            self._write_started = now_ns()
         self._committing += [sub.ids for step in steps for sub, _ in step.receipts]
 
     def _write_failure(self, error: Exception) -> NodeFailure:
@@ -123,7 +127,7 @@ class StepWriter:
         """Once ``step`` is durable: answer its clients, then send its messages."""
         self._after_commit(step)
         if self._tracing is not None:
-            self._tracing.durable(step.facts, self._commit_started)
+            self._tracing.durable(step.facts, self._committed_started)
         if self._links is not None:
             await deliver(step, self._store, self._links)
 
