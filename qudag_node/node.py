@@ -37,6 +37,7 @@ from qudag_node.metrics import Metrics
 from qudag_node.ports import SubmitReceipt
 from qudag_node.pump import Pump, feed_peer_inputs
 from qudag_node.store import Store, is_disk_full
+from qudag_node.stream import Broadcaster
 from qudag_node.submissions import Submission, Submissions
 from qudag_node.sync import Syncer
 from qudag_node.tracing import now_ns
@@ -85,6 +86,7 @@ class Node:
         peer_inbox: PeerInbox,
         network: PeerNetwork | None,
         submissions: Submissions,
+        stream: Broadcaster,
         wakeup: asyncio.Event,
         vertices: int,
         tracing: Tracing | None = None,
@@ -107,7 +109,14 @@ class Node:
         self._pumping = False
         self._tracing = tracing
         self._writer = StepWriter(
-            engine, store, metrics, submissions, network, vertices=vertices, tracing=tracing
+            engine,
+            store,
+            metrics,
+            submissions,
+            network,
+            stream,
+            vertices=vertices,
+            tracing=tracing,
         )
         self._catching_up: bool | None = None  # a change for the pump to apply
         # a checkpoint to install at the next step boundary, and who waits for it

@@ -58,6 +58,7 @@ from qudag_node.node import Node, engine_time
 from qudag_node.quorum import QuorumWatch
 from qudag_node.retention import Pruner, RetentionSettings
 from qudag_node.store import Store, StoreError, accept, is_disk_full
+from qudag_node.stream import Broadcaster
 from qudag_node.submissions import Submissions
 from qudag_node.sync import Syncer
 from qudag_node.tracing import start_tracing
@@ -122,6 +123,7 @@ class _Parts:
     p2p_port: int | None
     quorum: QuorumWatch
     pruner: Pruner
+    stream: Broadcaster
 
 
 async def _run(
@@ -139,7 +141,7 @@ async def _run(
     try:
         parts = await _build(s, signer, genesis, store, verifier, tracing)
         node = parts.node
-        app = make_app(parts.view, parts.metrics, s, tracing)
+        app = make_app(parts.view, parts.metrics, s, parts.stream, tracing)
         runner, api_port = await start_api(app, s.api_host, s.api_port)
         log.info("api_listening", host=s.api_host or "*", port=api_port)
         try:
@@ -151,7 +153,7 @@ async def _run(
                     on_started(Started(api_port, parts.p2p_port))
                 await shutdown_trigger()
                 deadline.reschedule(asyncio.get_running_loop().time() + s.shutdown_timeout)
-                await _shut_down(node, runner, others)
+                await _shut_down(node, parts.stream, runner, others)
         finally:
             node.fail_queued()
             await runner.cleanup()
@@ -176,8 +178,21 @@ async def _build(
     disk = DiskGuard(s.data_path, s.min_free_disk_mb)
     pruner = Pruner(store, RetentionSettings.of(s), metrics)
     await pruner.refresh()
+    length, _ = await store.log_head()
+    stream = Broadcaster(metrics, s.stream_max_subscribers, log_length=length)
     node, syncer, submissions, network, p2p_port = await _wire(
-        s, signer, genesis, store, verifier, engine, metrics, disk, vertices, pruner, tracing
+        s,
+        signer,
+        genesis,
+        store,
+        verifier,
+        engine,
+        metrics,
+        disk,
+        vertices,
+        pruner,
+        stream,
+        tracing,
     )
     quorum = QuorumWatch(
         network, metrics, quorum=genesis.quorum, validator=engine.role is Role.VALIDATOR
@@ -197,7 +212,7 @@ async def _build(
         disk=disk,
         pruner=pruner,
     )
-    return _Parts(node, view, metrics, syncer, network, p2p_port, quorum, pruner)
+    return _Parts(node, view, metrics, syncer, network, p2p_port, quorum, pruner, stream)
 
 
 async def _wire(
@@ -211,13 +226,15 @@ async def _wire(
     disk: DiskGuard,
     vertices: int,
     pruner: Pruner,
+    stream: Broadcaster,
     tracing: Tracing | None,
 ) -> tuple[Node, Syncer, Submissions, PeerNetwork | None, int | None]:
     """The node that drives ``engine`` and what brings it work: the syncer, the peer
     links (listening; None when the node is the network, with the port bound) and the
-    client submissions. A state sync's install restarts the node from the checkpoint,
-    then has ``pruner`` read what the node holds now. ``tracing``, if the node traces,
-    hears of the peers' trace contexts and follows the pump's steps."""
+    client submissions; it publishes what became durable to ``stream``. A state sync's
+    install restarts the node from the checkpoint, then has ``pruner`` read what the
+    node holds now. ``tracing``, if the node traces, hears of the peers' trace contexts
+    and follows the pump's steps."""
     params = s.engine_params()
     wakeup = asyncio.Event()  # the pump's: set by whatever brings it work
     alone = genesis.n == 1 and genesis.index_of(signer.node_id) == 0
@@ -289,6 +306,7 @@ async def _wire(
         peer_inbox=peer_inbox,
         network=network,
         submissions=submissions,
+        stream=stream,
         wakeup=wakeup,
         vertices=vertices,
         tracing=tracing,
@@ -313,12 +331,16 @@ def _start_tasks(
     return tasks
 
 
-async def _shut_down(node: Node, runner: web.AppRunner, others: list[asyncio.Task[None]]) -> None:
+async def _shut_down(
+    node: Node, stream: Broadcaster, runner: web.AppRunner, others: list[asyncio.Task[None]]
+) -> None:
     """Stop taking work, in order: refuse new submissions and answer finality waiters,
-    close the API (in-flight requests finish), stop the other tasks (the links close,
-    nothing more comes in), and let the pump commit what is queued and return."""
+    end the log streams, close the API (in-flight requests finish), stop the other
+    tasks (the links close, nothing more comes in), and let the pump commit what is
+    queued and return."""
     log.info("stopping")
     node.close()
+    stream.close()
     await runner.cleanup()
     for task in others:
         task.cancel()
