@@ -32,6 +32,7 @@ from bench import (
     single,
     statesync,
     stream,
+    tracing,
     verify,
 )
 from bench.lab import FULL, QUICK, Lab
@@ -43,6 +44,7 @@ Scenario = Callable[[Lab], Awaitable[list[Row]]]
 SCENARIOS: dict[str, Scenario] = {
     "ingest": ingest.scenario,
     "single": single.scenario,
+    "tracing": tracing.scenario,
     "verify": verify.scenario,
     "antientropy": antientropy.scenario,
     "network": network.scenario,

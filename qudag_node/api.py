@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
@@ -31,7 +31,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from qudag_node import explorer
 from qudag_node.config import Settings
 from qudag_node.core.certificate import Certificate, decode_certificate
-from qudag_node.core.crypto import Purpose, Scheme
+from qudag_node.core.crypto import Purpose, Scheme, tx_ids
 from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.types import TxId, VertexId
@@ -62,6 +62,9 @@ from qudag_node.ports import (
 )
 from qudag_node.sockets import dual_stack_socket
 from qudag_node.stream import FINAL_GRACE, Broadcaster, End, Feed, TooManySubscribers
+
+if TYPE_CHECKING:
+    from qudag_node.tracing.spans import Tracing
 
 log = get_logger("qudag.api")
 
@@ -763,12 +766,18 @@ class _Routes:
     """The request handlers, bound to one node."""
 
     def __init__(
-        self, node: NodeApi, metrics: Metrics, settings: Settings, stream: Broadcaster
+        self,
+        node: NodeApi,
+        metrics: Metrics,
+        settings: Settings,
+        stream: Broadcaster,
+        tracing: Tracing | None,
     ) -> None:
         self._node = node
         self._metrics = metrics
         self._settings = settings
         self._stream = stream
+        self._tracing = tracing
         self._guard = _WriteGuard(settings)
 
     async def submit(self, request: web.Request) -> web.StreamResponse:
@@ -783,6 +792,13 @@ class _Routes:
             return await _refuse_unread(request, error)
         except ApiError as e:
             return await _refuse_unread(request, e)
+        if self._tracing is None:
+            return await self._store_batch(txs, timeout)
+        with self._tracing.submit(request.headers, tx_ids(txs)):
+            return await self._store_batch(txs, timeout)
+
+    async def _store_batch(self, txs: list[bytes], timeout: float | None) -> web.StreamResponse:
+        """Submit ``txs`` to the node; answer once stored, or once final (``timeout``)."""
         try:
             receipt = await self._node.submit(txs)
         except InputRejected as e:
@@ -977,16 +993,21 @@ def _openapi_handler() -> Handler:
 
 
 def make_app(
-    node: NodeApi, metrics: Metrics, settings: Settings, stream: Broadcaster
+    node: NodeApi,
+    metrics: Metrics,
+    settings: Settings,
+    stream: Broadcaster,
+    tracing: Tracing | None = None,
 ) -> web.Application:
-    """The aiohttp application serving ``node``, and its log ``stream``."""
+    """The aiohttp application serving ``node``, and its log ``stream``; ``tracing``, if
+    the node traces, gets a span for each submit."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[_middleware(metrics), guard_middleware()],
     )
     app[_SETTINGS] = settings
     app[_METRICS] = metrics
-    routes = _Routes(node, metrics, settings, stream)
+    routes = _Routes(node, metrics, settings, stream, tracing)
     app.router.add_post("/api/v1/transactions", routes.submit)
     app.router.add_get("/api/v1/transactions/{id}", routes.transaction)
     app.router.add_get("/api/v1/vertices/{id}", routes.vertex)
