@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,6 +218,19 @@ def test_four_validators_agree_and_prometheus_scrapes_them(compose_testnet: Proj
             assert link["transport"] == "tls", link
             assert link["tls"]["version"] == "TLSv1.3", link
             assert link["tls"]["group"] in {None, "X25519MLKEM768"}, link
+
+    # the explorer and what it reads, as the image serves them behind compose's ports
+    code, page = request("GET", f"{urls[1]}/explorer", timeout=5)
+    assert code == 200
+    assert "explorer.js" in page, page[:200]
+    for asset in ("explorer.js", "explorer.css"):
+        assert request("GET", f"{urls[1]}/explorer/{asset}", timeout=5)[0] == 200
+    code, dag = request("GET", f"{urls[1]}/api/v1/dag?rounds=5", timeout=5)
+    assert code == 200
+    assert dag["vertices"], dag
+    with urllib.request.urlopen(f"{urls[1]}/api/v1/stream?from=1", timeout=5) as events:  # noqa: S310
+        assert events.headers["Content-Type"].startswith("text/event-stream")
+        assert events.readline() == b"id: 1\n"
 
     targets = [f"{name}:8080" for name in names]
 
