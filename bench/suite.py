@@ -31,6 +31,7 @@ from bench import (
     retention,
     single,
     statesync,
+    tls,
     verify,
 )
 from bench.lab import FULL, QUICK, Lab
@@ -45,6 +46,7 @@ SCENARIOS: dict[str, Scenario] = {
     "verify": verify.scenario,
     "antientropy": antientropy.scenario,
     "network": network.scenario,
+    "tls": tls.scenario,
     "catchup": catchup.scenario,
     "statesync": statesync.scenario,
     "memory": memory.scenario,

@@ -56,6 +56,8 @@ STOP_TIMEOUT = 30.0
 TAIL_LINES = 20
 #: Variables of the caller's environment that the nodes do not inherit.
 CLEARED_PREFIXES = ("QUDAG_", "NODE_", "PEER_", "FLY_")
+#: The peer transports a testnet can run (its nodes' ``QUDAG_PEER_TRANSPORT``).
+PEER_TRANSPORTS = ("tls", "plain")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -85,6 +87,7 @@ class Options:
     sync_interval: float = 5.0
     checkpoint_interval: int = 100
     scheme: Scheme = DEFAULT_SCHEME  # of new keys: existing ones keep theirs
+    peer_transport: str = PEER_TRANSPORTS[0]  # every node's: links need the same at both ends
 
 
 @dataclass(frozen=True)
@@ -344,6 +347,7 @@ def node_env(options: Options, specs: list[NodeSpec], token: str) -> dict[str, d
             "PEER_AUTH_TOKEN": token,
             "DAG_SYNC_INTERVAL": f"{options.sync_interval:g}",
             "QUDAG_CHECKPOINT_INTERVAL": str(options.checkpoint_interval),
+            "QUDAG_PEER_TRANSPORT": options.peer_transport,
             "QUDAG_LOG_FORMAT": "json",
             "PYTHONUNBUFFERED": "1",
         }

@@ -408,5 +408,6 @@ def test_help_describes_the_options() -> None:
         "--p2p-port",
         "--sync-interval",
         "--checkpoint-interval",
+        "--peer-transport",
     ):
         assert flag in result.stdout

@@ -1,0 +1,180 @@
+"""What TLS peer links cost: four validators under full load, plain and TLS in turn.
+
+In the same run, for each of the scale's pairs, ``qudag-node testnet --nodes 4
+--peer-transport plain`` and then ``--peer-transport tls`` (plain, tls, plain, tls, ...:
+alternating cancels the drift of a shared machine), each under the network scenario's
+full load for its window (:func:`bench.network.measure_network`: 8 connections x 1,000
+transactions with ``wait=final``). Per run:
+
+- transactions finalized per second network-wide and the finality p50 / p99 the clients
+  saw,
+- node CPU per finalized transaction: all four nodes' CPU time over the window divided
+  by the transactions finalized in it,
+- the TLS handshakes the nodes timed (``qudag_peer_tls_handshake_seconds``, both ends of
+  each link, summed over the four nodes): their mean, and the bucket bound under which
+  the slowest fell (there is no timing of the plain handshake to compare with),
+- each connected link's transport and TLS parameters as ``/api/v1/peers`` shows them: a
+  run whose links are not all of its transport is refused.
+
+The row sets the TLS runs' rate (all their transactions over all their windows) against
+the plain runs' (goal >= 0.9 x) and the worst TLS run's p99 against 1 s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiohttp
+
+from bench.lab import Lab
+from bench.network import BATCH, CLIENTS, NetworkRun, measure_network
+from bench.nodes import Histogram, Testnet, get_json, histogram, testnet_running
+from bench.report import Row, per_second
+
+#: The transports of each pair, in the order they run.
+TRANSPORTS = ("plain", "tls")
+#: The nodes' histogram of TLS handshake times.
+HANDSHAKE_METRIC = "qudag_peer_tls_handshake_seconds"
+GOAL_RATIO = 0.9
+GOAL_P99 = 1.0
+
+
+@dataclass(frozen=True)
+class TransportRun:
+    """One testnet's full-load phase with one transport, and what its links showed."""
+
+    transport: str
+    run: NetworkRun
+    handshakes: Histogram
+    links: tuple[str, ...]  # the distinct TLS parameters of the connected links
+
+    @property
+    def rate(self) -> float:
+        """Transactions finalized network-wide per second."""
+        return self.run.full.rate
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time all nodes used over the window."""
+        return self.run.full.cores * self.run.full.window
+
+    @property
+    def cpu_per_tx(self) -> float:
+        """Node CPU seconds per finalized transaction."""
+        return self.cpu_seconds / max(1, self.run.full.finalized)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A plain run and the TLS run right after it."""
+
+    plain: TransportRun
+    tls: TransportRun
+
+    @property
+    def ratio(self) -> float:
+        """TLS throughput as a multiple of plain."""
+        return self.tls.rate / self.plain.rate
+
+    def line(self, index: int) -> str:
+        """The pair's figures on one line."""
+        return (
+            f"   pair {index + 1}: {_run_text(self.plain)}; {_run_text(self.tls)};"
+            f" {self.ratio:.2f} x"
+        )
+
+
+def _run_text(run: TransportRun) -> str:
+    full = run.run.full
+    return (
+        f"{run.transport} {per_second(full.rate)}, p50 {full.load.p50 * 1000:.0f} ms,"
+        f" p99 {full.load.p99 * 1000:.0f} ms, {run.cpu_per_tx * 1e6:.0f} µs CPU/tx"
+    )
+
+
+def link_parameters(peers: Sequence[object], transport: str) -> list[str]:
+    """The TLS parameters (``version cipher group``) of each connected link in a
+    ``/api/v1/peers`` list, after checking that every one runs ``transport``."""
+    found = []
+    for peer in peers:
+        assert isinstance(peer, dict)
+        if peer["state"] != "connected":
+            continue
+        if peer.get("transport") != transport:
+            raise RuntimeError(f"a link to {peer['name']} runs {peer.get('transport')}")
+        tls = peer.get("tls")
+        if tls is not None:
+            found.append(f"{tls['version']} {tls['cipher']} {tls['group'] or 'group not shown'}")
+    return found
+
+
+async def transport_run(lab: Lab, transport: str, index: int) -> TransportRun:
+    """Four validators linked by ``transport`` under the full load."""
+    net = Testnet(lab.directory(f"tls-{index + 1}-{transport}"), peer_transport=transport)
+    async with testnet_running(net) as running:
+        run = await measure_network(running, lab.scale.network_seconds)
+        timeout = aiohttp.ClientTimeout(total=30)
+        parts, links = [], set()
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for url in running.urls:
+                parts.append(await histogram(session, url, HANDSHAKE_METRIC))
+                peers = (await get_json(session, url + "/api/v1/peers"))["peers"]
+                assert isinstance(peers, list)
+                links.update(link_parameters(peers, transport))
+    if not run.logs_equal:
+        raise RuntimeError(f"the {transport} testnet's logs differ after the load")
+    return TransportRun(transport, run, Histogram.merged(parts), tuple(sorted(links)))
+
+
+async def scenario(lab: Lab) -> list[Row]:
+    """TLS links against plain ones, alternately, in the same run."""
+    pairs = []
+    for index in range(lab.scale.tls_pairs):
+        plain, tls = [await transport_run(lab, t, index) for t in TRANSPORTS]
+        pairs.append(Pair(plain, tls))
+        print(pairs[-1].line(index), flush=True)
+    return [tls_row(pairs)]
+
+
+def tls_row(pairs: Sequence[Pair]) -> Row:
+    """The scenario's row: the TLS runs pooled against the plain runs pooled."""
+    plain = [p.plain for p in pairs]
+    tls = [p.tls for p in pairs]
+    plain_rate, tls_rate = _pooled_rate(plain), _pooled_rate(tls)
+    ratio = tls_rate / plain_rate
+    worst_p99 = max(r.run.full.load.p99 for r in tls)
+    handshakes = Histogram.merged([r.handshakes for r in tls])
+    window = tls[0].run.full.window
+    return Row(
+        "tls",
+        f"{per_second(tls_rate)} finalized over TLS links, p99 {worst_p99 * 1000:.0f} ms;"
+        f" {_cpu_per_tx(tls) * 1e6:.0f} µs node CPU/tx; TLS handshake mean"
+        f" {handshakes.mean * 1000:.1f} ms, max < {handshakes.highest_bound * 1000:g} ms",
+        f"{per_second(plain_rate)} plain, {_cpu_per_tx(plain) * 1e6:.0f} µs node CPU/tx",
+        ratio,
+        f">= {GOAL_RATIO:g} x, p99 <= {GOAL_P99:g} s",
+        ratio >= GOAL_RATIO and worst_p99 <= GOAL_P99,
+        (
+            f"{len(pairs)} pair(s) of runs in turn (plain, then tls), each four validator"
+            f" processes (qudag-node testnet --peer-transport) under {CLIENTS} connections"
+            f" x {BATCH}-transaction batches with wait=final for {window:.0f} s;"
+            " rates pool every run of a transport (transactions over windows), p99 is the"
+            " worst TLS run's batch finality",
+            "per pair (plain; tls; ratio): "
+            + "; ".join(f"{p.plain.rate:,.0f}; {p.tls.rate:,.0f}; {p.ratio:.2f} x" for p in pairs),
+            f"node CPU per finalized transaction: all four nodes' CPU time over the window"
+            f" over the transactions finalized in it; TLS handshakes: {handshakes.count} timed"
+            f" by the nodes (both ends), mean {handshakes.mean * 1000:.1f} ms, the slowest"
+            f" under {handshakes.highest_bound * 1000:g} ms (the histogram's bucket);"
+            f" links: {', '.join(sorted({lnk for r in tls for lnk in r.links})) or 'none'}",
+        ),
+    )
+
+
+def _pooled_rate(runs: Sequence[TransportRun]) -> float:
+    return sum(r.run.full.finalized for r in runs) / sum(r.run.full.window for r in runs)
+
+
+def _cpu_per_tx(runs: Sequence[TransportRun]) -> float:
+    return sum(r.cpu_seconds for r in runs) / max(1, sum(r.run.full.finalized for r in runs))
