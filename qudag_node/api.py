@@ -428,6 +428,8 @@ def _status_doc(status: NodeStatus) -> dict[str, Any]:
             "public_key": node.public_key.hex(),
             "uptime_seconds": round(node.uptime_seconds, 3),
             "platform": dict(node.platform),
+            "peer_transport": node.peer_transport,
+            "openssl": node.openssl,
         },
         "network": {
             "id": network.id,
@@ -516,6 +518,10 @@ def _peer_doc(view: PeerView) -> dict[str, Any]:
         "last_seen_seconds": view.last_seen_seconds,
         "failures": view.failures,
         "last_error": view.last_error,
+        "transport": view.transport,
+        "tls": None
+        if view.tls is None
+        else {"version": view.tls.version, "cipher": view.tls.cipher, "group": view.tls.group},
     }
     if view.position is not None:
         doc["highest_round"] = view.position.highest_round

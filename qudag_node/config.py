@@ -432,6 +432,13 @@ class Settings:
         help="During a token rotation: the old PEER_AUTH_TOKEN, still accepted from dialing peers.",
         secret=True,
     )
+    peer_transport: str = setting(
+        env="QUDAG_PEER_TRANSPORT",
+        default_text="tls",
+        parse=_choice("tls", "plain"),
+        help="tls: peer links run inside TLS 1.3 bound to the link handshake; plain: bare"
+        " TCP. Every node of a network must use the same.",
+    )
     api_token: Secret | None = setting(
         env="QUDAG_API_TOKEN",
         default_text="",

@@ -1,14 +1,22 @@
 """Peer links: the authenticated, framed, bounded connections between nodes.
 
 One :class:`PeerNetwork` listens on the peer port (IPv4 and IPv6) and dials the
-candidate addresses discovery hands it. Every connection starts with the handshake
-of :mod:`qudag_node.core.handshake`; after it, both ends exchange frames::
+candidate addresses discovery hands it. A link runs inside TLS 1.3
+(:mod:`qudag_node.linktls`) or, on a network that chose ``plain``, over bare TCP; both
+ends must have made the same choice. The listener peeks at a connection's first byte
+to tell a TLS ClientHello (0x16) from a plain frame (0x00), so a peer of the other
+kind is refused as ``wrong_transport`` (a plain dialer reads that in a REFUSAL frame;
+a TLS dialer sees a plain answer where TLS was due) instead of failing obscurely.
+Every connection then runs the handshake of :mod:`qudag_node.core.handshake` (inside
+TLS, bound to the session); after it, both ends exchange frames::
 
     frame = length:u32  payload       (1 <= length <= max_frame)
 
 A payload is one peer message (its first byte is the type). A frame of another
-length closes that link, and only that link. During the handshake, an end that
-refuses the other sends a REFUSAL frame with a reason code and closes.
+length closes that link, and only that link, as does a TLS record that fails its
+check (``tls_error``: bytes injected into the stream). During the handshake, an end
+that refuses the other sends a REFUSAL frame with a reason code and closes. The whole
+handshake, TLS included, must finish within ``handshake_timeout``.
 
 Sending never blocks the caller: each link has a queue bounded in bytes, written by
 the link's own task. A peer that stops reading lets its queue grow; past the bound
@@ -36,10 +44,12 @@ import contextlib
 import enum
 import random
 import secrets
+import socket
+import ssl
 import struct
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,9 +75,18 @@ from qudag_node.core.handshake import (
 )
 from qudag_node.core.types import NodeId, PeerId
 from qudag_node.core.wire import message_kind
+from qudag_node.linktls import (
+    TLS_HANDSHAKE_RECORD,
+    LinkTls,
+    accepted_streams,
+    first_byte,
+    peer_binding,
+    session_of,
+    speaks_plain,
+)
 from qudag_node.logs import Throttle, get_logger
 from qudag_node.metrics import Metrics
-from qudag_node.ports import PeerView
+from qudag_node.ports import PeerTls, PeerView
 from qudag_node.sockets import dual_stack_socket, set_link_timeouts
 
 log = get_logger("qudag.gossip")
@@ -79,6 +98,9 @@ _READ_BUFFER = 256 << 10
 Address = tuple[str, int]
 #: Failures that say the address cannot be reached (now): retried on the short cap.
 _UNREACHABLE = frozenset({"timeout", "refused", "connection_lost", "handshake_timeout"})
+#: A connection's streams, once its transport (and TLS, if any) is up, and whether the
+#: other end speaks TLS (it may where we do not: refused as ``wrong_transport``).
+_Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]
 #: Why an established link closed (the values of ``qudag_peer_links_closed_total``).
 CLOSE_REASONS = frozenset(
     {
@@ -89,11 +111,14 @@ CLOSE_REASONS = frozenset(
         "idle_timeout",
         "malformed_frame",
         "slow_peer",
+        "tls_error",
         "shutdown",
     }
 )
 #: Longest piece of text from a peer that a log line carries.
 _DETAIL_CHARS = 120
+#: What a listener flooded with handshakes answers before it closes.
+_FLOODED = encode_refusal("too_many_handshakes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +213,7 @@ class _Link:
     side: Side
     writer: asyncio.StreamWriter
     limits: LinkLimits
+    tls: PeerTls | None
     queue: deque[bytes] = field(default_factory=deque)
     queued_bytes: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -237,8 +263,10 @@ class PeerNetwork:
         limits: LinkLimits | None = None,
         rng: random.Random | None = None,
         previous_token: bytes | None = None,
+        tls: LinkTls | None = None,
     ) -> None:
         self._genesis = genesis
+        self._tls = tls  # None: plain links
         self._signer = signer
         self._token = token  # what we prove when we dial
         #: what a dialer may prove: the token, and during a rotation the previous one
@@ -251,7 +279,7 @@ class PeerNetwork:
         self._links: dict[NodeId, _Link] = {}
         self._by_peer: dict[PeerId, _Link] = {}
         self._candidates: dict[Address, _Candidate] = {}
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._candidates_changed = asyncio.Event()
         self._handshaking = 0  # inbound connections in their handshake
@@ -264,26 +292,28 @@ class PeerNetwork:
     async def start(self, port: int) -> int:
         """Bind ``port`` (0 = any) on every IPv4 and IPv6 address and return it; connections
         are taken from the backlog once :meth:`run` runs."""
-        sock = dual_stack_socket(port)
-        self._server = await asyncio.start_server(
-            self._accepted, sock=sock, limit=_READ_BUFFER, start_serving=False
-        )
-        self.port = int(sock.getsockname()[1])
+        self._listener = dual_stack_socket(port)
+        self.port = int(self._listener.getsockname()[1])
         return self.port
+
+    @property
+    def transport(self) -> str:
+        """``tls`` or ``plain``: what this node's links run over."""
+        return "plain" if self._tls is None else "tls"
 
     async def run(self) -> None:
         """Serve and dial until cancelled; every connection lives in this TaskGroup."""
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                if self._server is not None:
-                    await self._server.start_serving()  # connections wait in the backlog till now
+                if self._listener is not None:
+                    tg.create_task(self._accept_loop(self._listener))
                 tg.create_task(self._dial_manager())
                 await asyncio.Future()  # until cancelled
         finally:
             self._tg = None
-            if self._server is not None:
-                self._server.close()
+            if self._listener is not None:
+                self._listener.close()
             for link in list(self._links.values()):
                 link.close("shutdown")
 
@@ -350,6 +380,8 @@ class PeerNetwork:
                 round(link.silent(now), 3),
                 0,
                 None,
+                transport="plain" if link.tls is None else "tls",
+                tls=link.tls,
             )
             for link in sorted(self._by_peer.values(), key=lambda lk: lk.peer)
         ]
@@ -449,8 +481,16 @@ class PeerNetwork:
             candidate.failures += 1
             candidate.last_error = "timeout" if isinstance(e, TimeoutError) else "refused"
             return False
+
+        async def secured() -> _Streams:
+            if self._tls is not None:
+                started = time.perf_counter()
+                await writer.start_tls(self._tls.client)
+                self._metrics.on_tls_handshake(time.perf_counter() - started)
+            return reader, writer, self._tls is not None
+
         try:
-            link = await self._handshake(reader, writer, Side.DIALER, candidate.address)
+            link, _ = await self._handshake(secured(), writer.close, Side.DIALER, candidate.address)
         except PeerRefused as e:
             if e.reason == Reason.SELF_CONNECTION.value:
                 candidate.state = LinkState.SELF
@@ -482,61 +522,85 @@ class PeerNetwork:
 
     # ------------------------------------------------------------- accepting
 
-    async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._tg is None:
-            writer.close()
-            return
-        peer = writer.get_extra_info("peername")
-        address: Address = (
-            (str(peer[0]).removeprefix("::ffff:"), int(peer[1])) if peer else ("?", 0)
-        )
-        if self._handshaking >= self.limits.max_handshakes:
-            # a flood of connections: no task, no buffer for it; one frame says why
-            with contextlib.suppress(OSError, RuntimeError):
-                _write_frame(writer, encode_refusal("too_many_handshakes"))
-            writer.close()
-            self._metrics.on_handshake_failure("too_many_handshakes")
-            self._log_refusal(log.warning, "too_many_handshakes", address=format_address(address))
-            return
-        self._handshaking += 1
-        self._tg.create_task(self._serve_inbound(reader, writer, address))
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._tg is not None
+        while True:
+            sock, peer = await loop.sock_accept(listener)
+            address: Address = (str(peer[0]).removeprefix("::ffff:"), int(peer[1]))
+            if self._handshaking >= self.limits.max_handshakes:
+                # a flood of connections: no task, no buffer for it; one frame says why
+                with contextlib.suppress(OSError):
+                    sock.send(_LENGTH.pack(len(_FLOODED)) + _FLOODED)
+                sock.close()
+                self._metrics.on_handshake_failure("too_many_handshakes")
+                self._log_refusal(
+                    log.warning, "too_many_handshakes", address=format_address(address)
+                )
+                continue
+            self._handshaking += 1
+            self._tg.create_task(self._serve_inbound(sock, address))
 
-    async def _serve_inbound(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: Address
-    ) -> None:
+    async def _serve_inbound(self, sock: socket.socket, address: Address) -> None:
         try:
-            link = await self._handshake(reader, writer, Side.LISTENER, address)
+            link, reader = await self._handshake(
+                self._inbound_streams(sock), sock.close, Side.LISTENER, address
+            )
         except PeerRefused:
             return
         finally:
             self._handshaking -= 1
         await self._serve(link, reader)
 
+    async def _inbound_streams(self, sock: socket.socket) -> _Streams:
+        """The streams of an accepted connection: inside TLS if the dialer opens with a
+        TLS record and we speak TLS, else plain (the handshake refuses a mismatch)."""
+        first = await first_byte(sock)
+        if first is None:
+            raise asyncio.IncompleteReadError(b"", 1)
+        tls = first == TLS_HANDSHAKE_RECORD
+        if not tls or self._tls is None:
+            return *await accepted_streams(sock, None, _READ_BUFFER), tls
+        started = time.perf_counter()
+        streams = await accepted_streams(sock, self._tls.server, _READ_BUFFER)
+        self._metrics.on_tls_handshake(time.perf_counter() - started)
+        return *streams, tls
+
     # ----------------------------------------------------------- handshake
 
     async def _handshake(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        opening: Awaitable[_Streams],
+        abort: Callable[[], None],
         side: Side,
         address: Address,
-    ) -> _Link:
-        """Run the handshake; on failure count it, log it, close, raise PeerRefused."""
+    ) -> tuple[_Link, asyncio.StreamReader]:
+        """Open the connection's streams (TLS included) and run the handshake, all
+        within the handshake timeout; on failure count it, log it, close (``abort``
+        if the streams never opened), raise PeerRefused."""
         where = format_address(address)
+        writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(self.limits.handshake_timeout):
-                return await self._handshake_steps(reader, writer, side, where)
+                reader, writer, peer_tls = await opening
+                link = await self._handshake_steps(reader, writer, side, where, peer_tls)
+                return link, reader
         except PeerRefused as e:
-            self._refused(writer, e, where, side)
-            raise
+            failure = e
         except TimeoutError:
-            timeout = PeerRefused("handshake_timeout", "no handshake within the timeout")
-            self._refused(writer, timeout, where, side)
-            raise timeout from None
+            failure = PeerRefused("handshake_timeout", "no handshake within the timeout")
+        except ssl.SSLError as e:
+            failure = (
+                PeerRefused(Reason.WRONG_TRANSPORT.value, "the peer answered without TLS")
+                if speaks_plain(e)
+                else PeerRefused("tls_failed", f"TLS handshake failed: {e.reason or e}")
+            )
         except (OSError, asyncio.IncompleteReadError):
-            lost = PeerRefused("connection_lost", "closed during the handshake")
-            self._refused(writer, lost, where, side)
-            raise lost from None
+            failure = PeerRefused("connection_lost", "closed during the handshake")
+        if writer is None:
+            abort()
+        self._refused(writer, failure, where, side)
+        raise failure
 
     async def _handshake_steps(
         self,
@@ -544,33 +608,49 @@ class PeerNetwork:
         writer: asyncio.StreamWriter,
         side: Side,
         where: str,
+        peer_tls: bool,
     ) -> _Link:
-        ours = make_hello(self._genesis, self._signer, secrets.token_bytes(32))
+        binding = self._binding(writer, side, peer_tls)
+        ours = make_hello(self._genesis, self._signer, secrets.token_bytes(32), binding)
         our_bytes = ours.encode()
         _write_frame(writer, our_bytes)
         their_bytes = await self._read_handshake_frame(reader)
         try:
             theirs = decode_hello(their_bytes)
-            check_hello(theirs, self._genesis, self._signer.node_id)
+            check_hello(theirs, self._genesis, self._signer.node_id, binding)
             if side is Side.LISTENER:
                 self._replays.check(theirs.nonce)
         except InputRejected as e:
             raise PeerRefused(e.reason.value, e.message) from None
         try:
             if side is Side.DIALER:  # the dialer proves the token first
-                digest = transcript(our_bytes, their_bytes)
+                digest = transcript(our_bytes, their_bytes, binding)
                 _write_frame(writer, make_auth(self._token, self._signer, side, digest))
                 auth = await self._read_handshake_frame(reader)
                 check_auth(auth, self._token, theirs, Side.LISTENER, digest)
             else:  # and the listener answers only a proof that holds
-                digest = transcript(their_bytes, our_bytes)
+                digest = transcript(their_bytes, our_bytes, binding)
                 auth = await self._read_handshake_frame(reader)
                 ours_auth = answer_auth(auth, self._accepted_tokens, self._signer, theirs, digest)
                 _write_frame(writer, ours_auth)
         except InputRejected as e:
             raise PeerRefused(e.reason.value, e.message) from None
         peer = peer_name(self._genesis, theirs.node_id)
-        return _Link(peer, theirs.node_id, theirs.role, where, side, writer, self.limits)
+        return _Link(
+            peer, theirs.node_id, theirs.role, where, side, writer, self.limits, session_of(writer)
+        )
+
+    def _binding(self, writer: asyncio.StreamWriter, side: Side, peer_tls: bool) -> bytes | None:
+        """The TLS channel binding of this connection (None on a plain one); refuses a
+        peer whose transport is not ours before any HELLO is sent."""
+        if peer_tls != (self._tls is not None):
+            theirs, ours = ("tls", "plain") if peer_tls else ("plain", "tls")
+            raise PeerRefused(
+                Reason.WRONG_TRANSPORT.value, f"the peer links over {theirs}, this node over {ours}"
+            )
+        if self._tls is None:
+            return None
+        return self._tls.binding if side is Side.LISTENER else peer_binding(writer)
 
     async def _read_handshake_frame(self, reader: asyncio.StreamReader) -> bytes:
         data = await _read_frame(reader, 4096)
@@ -582,12 +662,13 @@ class PeerNetwork:
         return data
 
     def _refused(
-        self, writer: asyncio.StreamWriter, e: PeerRefused, where: str, side: Side
+        self, writer: asyncio.StreamWriter | None, e: PeerRefused, where: str, side: Side
     ) -> None:
-        if not e.remote:
-            with contextlib.suppress(OSError, RuntimeError, UsageError):
-                _write_frame(writer, encode_refusal(e.reason))
-        writer.close()
+        if writer is not None:
+            if not e.remote:
+                with contextlib.suppress(OSError, RuntimeError, UsageError):
+                    _write_frame(writer, encode_refusal(e.reason))
+            writer.close()
         if e.reason == Reason.SELF_CONNECTION.value:
             log.debug("self_address", address=where)
             return
@@ -724,6 +805,9 @@ class PeerNetwork:
                 finally:
                     link.delivering = False
                     link.last_seen = time.monotonic()
+        except ssl.SSLError as e:
+            link.log.warning("tls_record_failed", detail=_short(str(e.reason or e)))
+            link.close("tls_error")
         except (asyncio.IncompleteReadError, OSError):
             link.close("connection_lost")
 

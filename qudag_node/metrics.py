@@ -69,6 +69,16 @@ def _retention_series(r: CollectorRegistry) -> tuple[Counter, Gauge, Gauge]:
     return pruned, oldest_round, oldest_log_position
 
 
+def _tls_handshake_series(r: CollectorRegistry) -> Histogram:
+    """Seconds of each peer link's TLS handshake (either end)."""
+    return Histogram(
+        "qudag_peer_tls_handshake_seconds",
+        "Seconds a peer link's TLS handshake took (either end), before the link handshake.",
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        registry=r,
+    )
+
+
 class _StorageCollector:
     """Disk space of the data directory's filesystem and the database's size, read at each
     scrape (one ``statvfs`` and two ``stat`` calls). Until :meth:`watch` names the paths
@@ -331,7 +341,8 @@ class Metrics:
             self._pruned,
             self._oldest_round,
             self._oldest_log_position,
-        ) = (*_checkpoint_series(r), *_retention_series(r))
+            self._tls_handshake,
+        ) = (*_checkpoint_series(r), *_retention_series(r), _tls_handshake_series(r))
         build = Gauge(
             "qudag_build_info",
             "Build of this node (always 1).",
@@ -431,6 +442,10 @@ class Metrics:
         peer made up, say) is counted as ``unknown``, so peers cannot add series."""
         label = reason if reason in REFUSAL_REASONS else UNKNOWN_REFUSAL
         self._handshake_failures.labels(reason=label).inc()
+
+    def on_tls_handshake(self, seconds: float) -> None:
+        """A peer link's TLS handshake finished in ``seconds``."""
+        self._tls_handshake.observe(seconds)
 
     def on_link_closed(self, reason: str) -> None:
         """An established peer link closed for ``reason``."""

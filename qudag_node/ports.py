@@ -134,6 +134,8 @@ class NodeInfo:
     public_key: PublicKey
     uptime_seconds: float
     platform: Mapping[str, str]  # where it runs (Fly's region, machine, ...)
+    peer_transport: str  # "tls" or "plain"
+    openssl: str  # the OpenSSL the TLS links use
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +285,16 @@ class PeerPosition:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerTls:
+    """The TLS session of a link: version, cipher suite, and key-exchange group where
+    the Python in use can tell it (else None)."""
+
+    version: str
+    cipher: str
+    group: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class PeerView:
     """One peer or candidate address, as ``/api/v1/peers`` shows it."""
 
@@ -296,6 +308,8 @@ class PeerView:
     failures: int
     last_error: str | None
     position: PeerPosition | None = None  # connected peers that sent their position
+    transport: str | None = None  # "tls" or "plain", for a connected peer
+    tls: PeerTls | None = None  # the session of a TLS link
 
 
 class NodeApi(Protocol):

@@ -23,11 +23,13 @@ import dataclasses
 import os
 import signal
 import sqlite3
+import ssl
 import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,7 @@ from qudag_node.failure import NodeFailure, stop_cause
 from qudag_node.gossip import LinkLimits, PeerNetwork
 from qudag_node.inbox import PeerInbox
 from qudag_node.keyfile import KEY_FILENAME, load_signer, write_key
+from qudag_node.linktls import LinkTls
 from qudag_node.logs import get_logger
 from qudag_node.metrics import Metrics
 from qudag_node.node import Node, engine_time
@@ -420,6 +423,11 @@ def _peer_network(
             if s.peer_auth_token_previous is not None
             else None
         ),
+        tls=(
+            LinkTls.create(f"qudag-link {signer.node_id.hex()[:16]}", datetime.now(UTC))
+            if s.peer_transport == "tls"
+            else None
+        ),
     )
 
 
@@ -429,7 +437,13 @@ async def _listen(s: Settings, network: PeerNetwork) -> int:
         port = await network.start(s.p2p_port)
     except OSError as e:
         raise NodeFailure(f"cannot listen on peer port {s.p2p_port}: {e.strerror}") from None
-    log.info("p2p_listening", port=port, peers=list(s.peers))
+    log.info(
+        "p2p_listening",
+        port=port,
+        peers=list(s.peers),
+        transport=network.transport,
+        openssl=ssl.OPENSSL_VERSION if network.transport == "tls" else None,
+    )
     return port
 
 

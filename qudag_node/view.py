@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ssl
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -184,6 +185,8 @@ class NodeView:
                 public_key=self._public_key,
                 uptime_seconds=time.time() - self._started_at,
                 platform=dict(self._settings.platform),
+                peer_transport=self._settings.peer_transport,
+                openssl=ssl.OPENSSL_VERSION,
             ),
             network=NetworkInfo(
                 id=g.network_id,

@@ -55,6 +55,8 @@ class Reason(enum.Enum):
     BAD_TOKEN = "bad_token"  # noqa: S105 (a reason code, not a secret)
     REPLAYED_HANDSHAKE = "replayed_handshake"
     SELF_CONNECTION = "self_connection"
+    BAD_CHANNEL_BINDING = "bad_channel_binding"  # the TLS session is not the peer's own
+    WRONG_TRANSPORT = "wrong_transport"  # one end speaks TLS, the other plain
     BAD_SYNC = "bad_sync"
 
 

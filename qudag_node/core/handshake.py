@@ -10,15 +10,31 @@ offline::
               genesis_hash:32  public_key:32  nonce:32                   (ed25519)
     HELLO v2  magic "QDAG"  2:u16  role:u8  scheme:u8  network_len:u8  network_id
               genesis_hash:32  public_key:(scheme's size)  nonce:32      (other schemes)
+    HELLO v3  as v1, then binding:32                          (ed25519, inside TLS)
+    HELLO v4  as v2, then binding:32                          (other schemes, inside TLS)
     AUTH      mac:32  signature:(scheme's size)
 
-    transcript = BLAKE2b-256(person "qudag:link", dialer HELLO || listener HELLO)
+    transcript = BLAKE2b-256(person "qudag:link",
+                             len(dialer HELLO):u32 || dialer HELLO || listener HELLO
+                             [|| binding])
     mac        = HMAC-SHA256(token, side || transcript)
     signature  = Sign(node key, purpose "qudag/link", "qudag:link-auth" || side || transcript)
 
 A node of an Ed25519 network sends version 1, as every node did before schemes were
 named, so nodes of either age link; a HELLO in another scheme than ours is refused as
 ``wrong_scheme``.
+
+**Inside TLS** (versions 3 and 4) the handshake binds the TLS session it runs in: the
+*binding* is SHA-256 of the listener's TLS certificate (RFC 5929's tls-server-end-point),
+which the listener knows as its own and the dialer reads from the session. Each HELLO
+carries the binding its sender sees, and each end refuses a HELLO whose binding is not
+its own as ``bad_channel_binding``: a party that terminates TLS in the middle presents a
+certificate of its own to the dialer, so the two ends see different bindings, even when
+it relays every byte. The transcript hashes the binding each end computed itself, so a
+relay that also rewrites the field still fails the AUTH. The certificate's key needs no
+other proof: the AUTH signatures of both node keys cover the binding, so each node
+vouches for the session it speaks in. A HELLO with a binding on a plain link, or
+without one inside TLS, is refused as ``wrong_transport``.
 
 An end that refuses the other sends a REFUSAL frame, ``magic "QDAG"  0xFFFF  reason``
 (a HELLO of a version that never exists, and never of AUTH's length), then closes. A
@@ -66,6 +82,11 @@ MAGIC = b"QDAG"
 #: The HELLO of an Ed25519 network (no scheme byte), and of any other scheme.
 ED25519_VERSION = 1
 SCHEMED_VERSION = 2
+#: The same two, inside TLS: the HELLO ends with the channel binding.
+BOUND_ED25519_VERSION = 3
+BOUND_SCHEMED_VERSION = 4
+_VERSIONS = (ED25519_VERSION, SCHEMED_VERSION, BOUND_ED25519_VERSION, BOUND_SCHEMED_VERSION)
+BINDING_SIZE = 32
 NONCE_SIZE = 32
 MAC_SIZE = 32
 _TRANSCRIPT = b"qudag:link"
@@ -88,7 +109,10 @@ REFUSAL_REASONS = frozenset(
         Reason.REPLAYED_HANDSHAKE.value,
         Reason.BAD_TOKEN.value,
         Reason.BAD_SIGNATURE.value,
+        Reason.BAD_CHANNEL_BINDING.value,
+        Reason.WRONG_TRANSPORT.value,
         "handshake_timeout",
+        "tls_failed",
         "connection_lost",
         "malformed_frame",
         "too_many_handshakes",
@@ -124,6 +148,8 @@ class Hello:
     genesis: GenesisHash
     public_key: PublicKey
     nonce: bytes
+    #: The TLS channel binding the sender sees; None on a plain link.
+    binding: bytes | None = None
 
     @property
     def node_id(self) -> NodeId:
@@ -137,10 +163,15 @@ class Hello:
             raise UsageError("network id or nonce of the wrong size")
         if len(self.public_key) != PUBLIC_KEY_SIZES[self.scheme]:
             raise UsageError("public key of the wrong size for its scheme")
+        if self.binding is not None and len(self.binding) != BINDING_SIZE:
+            raise UsageError("channel binding of the wrong size")
+        bound = self.binding is not None
         if self.scheme is Scheme.ED25519:
-            version = [codec.u16(ED25519_VERSION), codec.u8(self.role)]
+            number = BOUND_ED25519_VERSION if bound else ED25519_VERSION
+            version = [codec.u16(number), codec.u8(self.role)]
         else:
-            version = [codec.u16(SCHEMED_VERSION), codec.u8(self.role), codec.u8(self.scheme)]
+            number = BOUND_SCHEMED_VERSION if bound else SCHEMED_VERSION
+            version = [codec.u16(number), codec.u8(self.role), codec.u8(self.scheme)]
         return b"".join(
             (
                 MAGIC,
@@ -150,15 +181,21 @@ class Hello:
                 self.genesis,
                 self.public_key,
                 self.nonce,
+                self.binding or b"",
             )
         )
 
 
-def make_hello(genesis: Genesis, signer: Signer, nonce: bytes) -> Hello:
-    """Our HELLO for ``genesis``; ``nonce`` must be 32 fresh random bytes."""
+def make_hello(
+    genesis: Genesis, signer: Signer, nonce: bytes, binding: bytes | None = None
+) -> Hello:
+    """Our HELLO for ``genesis``; ``nonce`` must be 32 fresh random bytes, ``binding``
+    the TLS channel binding we see (None on a plain link)."""
     is_validator = genesis.index_of(signer.node_id) is not None
     role = LinkRole.VALIDATOR if is_validator else LinkRole.OBSERVER
-    return Hello(role, signer.scheme, genesis.network_id, genesis.hash, signer.public_key, nonce)
+    return Hello(
+        role, signer.scheme, genesis.network_id, genesis.hash, signer.public_key, nonce, binding
+    )
 
 
 def decode_hello(data: bytes) -> Hello:
@@ -167,16 +204,16 @@ def decode_hello(data: bytes) -> Hello:
     if r.fixed(len(MAGIC), "magic") != MAGIC:
         raise InputRejected(Reason.UNKNOWN_MESSAGE, "not a qudag peer (bad magic)")
     version = r.u16("version")
-    if version not in (ED25519_VERSION, SCHEMED_VERSION):
+    if version not in _VERSIONS:
         raise InputRejected(
             Reason.BAD_VERSION,
-            f"protocol version {version}, we speak {ED25519_VERSION} and {SCHEMED_VERSION}",
+            f"protocol version {version}, we speak {', '.join(map(str, _VERSIONS))}",
         )
     role = r.u8("role")
     if role not in LinkRole._value2member_map_:
         raise InputRejected(Reason.NON_CANONICAL, f"role {role}")
     scheme = Scheme.ED25519
-    if version == SCHEMED_VERSION:
+    if version in (SCHEMED_VERSION, BOUND_SCHEMED_VERSION):
         scheme = named_scheme(r.u8("scheme"))
     try:
         network = r.fixed(r.u8("network id length"), "network id").decode()
@@ -185,13 +222,27 @@ def decode_hello(data: bytes) -> Hello:
     genesis = GenesisHash(r.fixed(HASH_SIZE, "genesis hash"))
     key = PublicKey(r.fixed(PUBLIC_KEY_SIZES[scheme], "public key"))
     nonce = r.fixed(NONCE_SIZE, "nonce")
+    bound = version in (BOUND_ED25519_VERSION, BOUND_SCHEMED_VERSION)
+    binding = r.fixed(BINDING_SIZE, "channel binding") if bound else None
     r.finish("hello")
-    return Hello(LinkRole(role), scheme, network, genesis, key, nonce)
+    return Hello(LinkRole(role), scheme, network, genesis, key, nonce, binding)
 
 
-def check_hello(hello: Hello, genesis: Genesis, own: NodeId) -> None:
-    """Refuse a HELLO from another network or scheme, from ourselves, or claiming a role
-    it lacks."""
+def check_hello(hello: Hello, genesis: Genesis, own: NodeId, binding: bytes | None) -> None:
+    """Refuse a HELLO of the other transport, or bound to another TLS session than
+    ``binding`` (ours; None on a plain link), from another network or scheme, from
+    ourselves, or claiming a role it lacks."""
+    if (hello.binding is None) != (binding is None):
+        ours, theirs = ("tls", "plain") if binding is not None else ("plain", "tls")
+        raise InputRejected(
+            Reason.WRONG_TRANSPORT, f"peer links over {theirs}, this node over {ours}"
+        )
+    if hello.binding is not None and not hmac.compare_digest(hello.binding, binding or b""):
+        raise InputRejected(
+            Reason.BAD_CHANNEL_BINDING,
+            "the peer sees another TLS certificate than the listener's: a relay terminates"
+            " TLS between us",
+        )
     if hello.network_id != genesis.network_id:
         raise InputRejected(
             Reason.WRONG_NETWORK,
@@ -216,12 +267,15 @@ def check_hello(hello: Hello, genesis: Genesis, own: NodeId) -> None:
         )
 
 
-def transcript(dialer_hello: bytes, listener_hello: bytes) -> bytes:
-    """The hash both ends authenticate: the two HELLOs, dialer's first."""
+def transcript(dialer_hello: bytes, listener_hello: bytes, binding: bytes | None) -> bytes:
+    """The hash both ends authenticate: the two HELLOs, dialer's first, then the TLS
+    channel binding as this end computed it (None on a plain link)."""
     h = hashlib.blake2b(digest_size=32, person=_TRANSCRIPT)
     h.update(codec.u32(len(dialer_hello)))
     h.update(dialer_hello)
     h.update(listener_hello)
+    if binding is not None:
+        h.update(binding)
     return h.digest()
 
 

@@ -62,6 +62,8 @@ def sample_status() -> NodeStatus:
             public_key=KEY_A,
             uptime_seconds=12.3456,
             platform={"region": "ams"},
+            peer_transport="tls",
+            openssl="OpenSSL 3.5.4 30 Sep 2025",
         ),
         network=NetworkInfo(
             id="testnet",

@@ -38,6 +38,7 @@ from qudag_node.ports import (
     LogRecord,
     P2pInfo,
     PeerPosition,
+    PeerTls,
     PeerView,
     RetentionInfo,
     StorageFull,
@@ -568,6 +569,8 @@ async def test_the_status_document(serve: ApiFactory) -> None:
             "public_key": KEY_A.hex(),
             "uptime_seconds": 12.346,
             "platform": {"region": "ams"},
+            "peer_transport": "tls",
+            "openssl": "OpenSSL 3.5.4 30 Sep 2025",
         },
         "network": {
             "id": "testnet",
@@ -640,7 +643,12 @@ async def test_peers_show_a_position_only_when_one_was_told(serve: ApiFactory) -
         "v2", ID_B.hex(), "10.0.0.2:7000", "validator", "connected", "outbound", 0.5, 0, None
     )
     api.node.peer_views = [
-        replace(linked, position=PeerPosition(6, 4, 3)),
+        replace(
+            linked,
+            position=PeerPosition(6, 4, 3),
+            transport="tls",
+            tls=PeerTls("TLSv1.3", "TLS_AES_256_GCM_SHA384", "X25519MLKEM768"),
+        ),
         PeerView(None, None, "10.0.0.3:7000", None, "backoff", None, None, 2, "refused"),
     ]
     status, doc = await api.get("/api/v1/peers")
@@ -657,6 +665,12 @@ async def test_peers_show_a_position_only_when_one_was_told(serve: ApiFactory) -
                 "last_seen_seconds": 0.5,
                 "failures": 0,
                 "last_error": None,
+                "transport": "tls",
+                "tls": {
+                    "version": "TLSv1.3",
+                    "cipher": "TLS_AES_256_GCM_SHA384",
+                    "group": "X25519MLKEM768",
+                },
                 "highest_round": 6,
                 "committed_round": 4,
                 "log_length": 3,
@@ -671,6 +685,8 @@ async def test_peers_show_a_position_only_when_one_was_told(serve: ApiFactory) -
                 "last_seen_seconds": None,
                 "failures": 2,
                 "last_error": "refused",
+                "transport": None,
+                "tls": None,
             },
         ]
     }

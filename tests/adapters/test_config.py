@@ -33,6 +33,7 @@ INVALID = {
     "network_mode": "mainnet",
     "state_sync": "sometimes",
     "backfill": "always",
+    "peer_transport": "quic",
     "network_id": "-leading-dash",
     "validators": "node1=not-a-key",
     "dag_sync_interval": "0",

@@ -35,6 +35,7 @@ from qudag_node.core.types import NodeId, PeerId
 from qudag_node.gossip import LinkHandler, LinkLimits, PeerNetwork
 from qudag_node.metrics import Metrics
 from tests.core.support import C
+from tests.relay import Relay
 
 #: The committee's network in the composite scheme: same id and names, other keys.
 PQ_SIGNERS = [Signer(bytes([0x60 + i]) * 64) for i in range(4)]
@@ -206,7 +207,7 @@ async def raw_dial(
         return RawPeer(reader, writer, ours, None)
     theirs = await asyncio.wait_for(read_frame(reader), DEADLINE)
     decode_hello(theirs)
-    auth = make_auth(token, signer, Side.DIALER, transcript(ours, theirs))
+    auth = make_auth(token, signer, Side.DIALER, transcript(ours, theirs, None))
     write_frame(writer, auth)
     listener_auth = await asyncio.wait_for(read_frame(reader), DEADLINE)
     assert len(listener_auth) == auth_size(genesis.scheme), listener_auth[:40]
@@ -348,7 +349,7 @@ async def test_a_raw_peer_of_the_other_scheme_is_told_wrong_scheme(start: Start)
 async def test_another_protocol_version_is_refused(start: Start) -> None:
     b = await start(C.signers[1])
     ours = make_hello(C.genesis, C.signers[2], secrets.token_bytes(32)).encode()
-    hello = ours[:4] + struct.pack(">H", 3) + ours[6:]  # a version after 1 and 2
+    hello = ours[:4] + struct.pack(">H", 5) + ours[6:]  # a version after 1 to 4
     peer = await raw_dial(b.port, C.signers[2], hello=hello, complete=False)
     decode_hello(await asyncio.wait_for(read_frame(peer.reader), DEADLINE))  # b's own hello
     assert await peer.refusal() == "bad_version"
@@ -428,7 +429,8 @@ async def test_a_peer_that_stops_reading_is_dropped_without_slowing_the_others(
 async def test_a_peer_that_never_finishes_its_handshake_is_timed_out(start: Start) -> None:
     b = await start(C.signers[1], limits=LinkLimits(handshake_timeout=0.3))
     reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
-    decode_hello(await asyncio.wait_for(read_frame(reader), DEADLINE))  # b's HELLO; ours never
+    writer.write(b"\x00")  # a frame's first byte, so b answers with its HELLO; then nothing
+    decode_hello(await asyncio.wait_for(read_frame(reader), DEADLINE))
     reason = refusal_reason(await asyncio.wait_for(read_frame(reader), DEADLINE))
     assert reason == "handshake_timeout"
     assert await asyncio.wait_for(reader.read(), DEADLINE) == b""
@@ -440,9 +442,7 @@ async def test_a_flood_of_connections_that_never_shake_hands_is_bounded(start: S
     b = await start(C.signers[1], limits=LinkLimits(max_handshakes=3, handshake_timeout=30))
     silent = [
         await asyncio.open_connection("127.0.0.1", b.port) for _ in range(3)
-    ]  # connected, never a HELLO
-    for reader, _ in silent:
-        decode_hello(await asyncio.wait_for(read_frame(reader), DEADLINE))  # b's own HELLO
+    ]  # connected, never a byte (b accepts in order: these three first)
     reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
     # refused at once, saying why, with no HELLO first
     refusal = refusal_reason(await asyncio.wait_for(read_frame(reader), DEADLINE))
@@ -516,7 +516,7 @@ async def test_a_client_without_the_token_receives_no_mac(start: Start) -> None:
     guess = await raw_dial(b.port, C.signers[2], complete=False)
     theirs = await asyncio.wait_for(read_frame(guess.reader), DEADLINE)
     wrong = make_auth(
-        bytes(reversed(TOKEN)), C.signers[2], Side.DIALER, transcript(guess.hello, theirs)
+        bytes(reversed(TOKEN)), C.signers[2], Side.DIALER, transcript(guess.hello, theirs, None)
     )
     write_frame(guess.writer, wrong)
     rest = await asyncio.wait_for(guess.reader.read(), DEADLINE)
@@ -754,27 +754,31 @@ async def test_a_peer_back_at_a_new_address_is_linked_once_its_old_link_is_stale
     limits = LinkLimits(stale_after=1.0, idle_timeout=60.0)
     a = await start(C.signers[0], limits=limits)
     old = await start(C.signers[1], limits=limits)
-    link(a, old)
-    await until(lambda: bool(a.recorder.up), "the first link")
-    assert old.network._server is not None
-    old.network._server.close()  # its host is gone: the open link falls silent, dials fail
-    moved = await start(C.signers[1], limits=limits)  # the same key at a new address
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-    a.network.set_candidates(frozenset({("127.0.0.1", old.port), ("127.0.0.1", moved.port)}))
+    with Relay() as relay:  # a reaches the old address through a relay it can silence
+        relay.target("old", old.port)
+        via = relay.listen("a", "old")
+        a.network.set_candidates(frozenset({("127.0.0.1", via)}))
+        await until(lambda: bool(a.recorder.up), "the first link")
+        relay.stall("old")  # its host is gone: the open link falls silent, dials hang
+        moved = await start(C.signers[1], limits=limits)  # the same key at a new address
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        a.network.set_candidates(frozenset({("127.0.0.1", via), ("127.0.0.1", moved.port)}))
 
-    def linked_to_moved() -> bool:
-        views = [v for v in a.network.views() if v.state in {"connected", "stale"}]
-        return [(v.address, v.state) for v in views] == [(f"127.0.0.1:{moved.port}", "connected")]
+        def linked_to_moved() -> bool:
+            views = [v for v in a.network.views() if v.state in {"connected", "stale"}]
+            return [(v.address, v.state) for v in views] == [
+                (f"127.0.0.1:{moved.port}", "connected")
+            ]
 
-    await until(linked_to_moved, "the link to the new address")
-    took = loop.time() - began
-    assert took < limits.idle_timeout / 2, took
-    # the stale link leaves the views at once; its close is counted when its task ends
-    await until(lambda: a.closed("replaced") >= 1, "the stale link closed as replaced")
-    assert a.recorder.up[-1] == (PeerId("v1"), C.signers[1].node_id)
-    assert bool(moved.recorder.up)
-    print(f"\nrelinked at the new address {took:.2f} s after it appeared (stale after 1 s)")
+        await until(linked_to_moved, "the link to the new address")
+        took = loop.time() - began
+        assert took < limits.idle_timeout / 2, took
+        # the stale link leaves the views at once; its close is counted when its task ends
+        await until(lambda: a.closed("replaced") >= 1, "the stale link closed as replaced")
+        assert a.recorder.up[-1] == (PeerId("v1"), C.signers[1].node_id)
+        assert bool(moved.recorder.up)
+        print(f"\nrelinked at the new address {took:.2f} s after it appeared (stale after 1 s)")
 
 
 async def test_a_peer_refusing_our_new_link_while_ours_is_stale_is_not_stormed(

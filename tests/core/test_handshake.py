@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qudag_node.core import codec
-from qudag_node.core.crypto import Scheme
+from qudag_node.core.crypto import Scheme, Signer
 from qudag_node.core.errors import Fault, InputRejected, Reason, UsageError
 from qudag_node.core.genesis import Genesis, Validator
 from qudag_node.core.handshake import (
@@ -50,7 +50,7 @@ LISTENER_HELLO = make_hello(C.genesis, LISTENER, LISTENER_NONCE).encode()
 AUTH_SIZE = auth_size(Scheme.ED25519)
 #: The dialer's HELLO as the listener reads it.
 DIALER_AT_LISTENER = decode_hello(DIALER_HELLO)
-TRANSCRIPT = transcript(DIALER_HELLO, LISTENER_HELLO)
+TRANSCRIPT = transcript(DIALER_HELLO, LISTENER_HELLO, None)
 DIALER_AUTH = make_auth(TOKEN, DIALER, Side.DIALER, TRANSCRIPT)
 LISTENER_AUTH = make_auth(TOKEN, LISTENER, Side.LISTENER, TRANSCRIPT)
 #: The transcript and MACs of these fixed HELLOs and token (a vector for other
@@ -84,7 +84,7 @@ def hello_refused(
     hello: Hello, own: NodeId = LISTENER.node_id, genesis: Genesis = C.genesis
 ) -> Reason:
     """The reason ``check_hello`` refuses ``hello`` at the node ``own`` of ``genesis``."""
-    return rejected(lambda: check_hello(hello, genesis, own))
+    return rejected(lambda: check_hello(hello, genesis, own, None))
 
 
 def hello_bytes(
@@ -119,13 +119,13 @@ def test_a_full_handshake_succeeds_at_both_ends() -> None:
     # Each end reads and checks the other's HELLO.
     at_listener = decode_hello(DIALER_HELLO)
     at_dialer = decode_hello(LISTENER_HELLO)
-    check_hello(at_listener, C.genesis, LISTENER.node_id)
-    check_hello(at_dialer, C.genesis, DIALER.node_id)
+    check_hello(at_listener, C.genesis, LISTENER.node_id, None)
+    check_hello(at_dialer, C.genesis, DIALER.node_id, None)
     guard.check(at_listener.nonce)
     assert at_listener.role is at_dialer.role is LinkRole.VALIDATOR
     # Both compute the same transcript: the dialer's HELLO first.
-    dialer_view = transcript(DIALER_HELLO, at_dialer.encode())
-    listener_view = transcript(at_listener.encode(), LISTENER_HELLO)
+    dialer_view = transcript(DIALER_HELLO, at_dialer.encode(), None)
+    listener_view = transcript(at_listener.encode(), LISTENER_HELLO, None)
     assert dialer_view == listener_view == TRANSCRIPT
     # The dialer proves first; the listener answers only a proof that holds.
     dialer_auth = make_auth(TOKEN, DIALER, Side.DIALER, dialer_view)
@@ -174,9 +174,9 @@ def test_the_handshake_vector() -> None:
 
 
 def test_the_transcript_depends_on_which_hello_came_first() -> None:
-    assert transcript(LISTENER_HELLO, DIALER_HELLO) != TRANSCRIPT
+    assert transcript(LISTENER_HELLO, DIALER_HELLO, None) != TRANSCRIPT
     other = make_hello(C.genesis, LISTENER, b"\x00" * NONCE_SIZE).encode()
-    assert transcript(DIALER_HELLO, other) != TRANSCRIPT
+    assert transcript(DIALER_HELLO, other, None) != TRANSCRIPT
 
 
 # ------------------------------------------------------------------- HELLO
@@ -224,7 +224,7 @@ def test_hello_refuses_a_network_id_or_nonce_of_the_wrong_size() -> None:
     [
         (hello_bytes(magic=b"QDAX"), Reason.UNKNOWN_MESSAGE),
         (b"HTTP/1.1 200 OK\r\n" + b"\x00" * 100, Reason.UNKNOWN_MESSAGE),
-        (hello_bytes(version=3), Reason.BAD_VERSION),
+        (hello_bytes(version=5), Reason.BAD_VERSION),
         (hello_bytes(version=0), Reason.BAD_VERSION),
         (hello_bytes(role=0), Reason.NON_CANONICAL),
         (hello_bytes(role=3), Reason.NON_CANONICAL),
@@ -246,6 +246,63 @@ def test_hello_refuses_a_network_id_or_nonce_of_the_wrong_size() -> None:
 )
 def test_decode_hello_refuses(data: bytes, reason: Reason) -> None:
     assert rejected(lambda: decode_hello(data)) is reason
+
+
+BINDING = hashlib.sha256(b"the listener's certificate").digest()
+RELAY_BINDING = hashlib.sha256(b"a relay's certificate").digest()
+
+
+@pytest.mark.parametrize("signers", [(DIALER, C.genesis), (CC.signers[0], CC.genesis)])
+def test_a_bound_hello_round_trips_as_version_3_or_4(signers: tuple[Signer, Genesis]) -> None:
+    signer, genesis = signers
+    hello = make_hello(genesis, signer, DIALER_NONCE, BINDING)
+    data = hello.encode()
+    assert data.endswith(BINDING)
+    expected = 3 if signer.scheme is Scheme.ED25519 else 4
+    assert int.from_bytes(data[4:6], "big") == expected
+    assert decode_hello(data) == hello
+    reason = rejected(functools.partial(decode_hello, data[:-1]))
+    assert reason is Reason.TRUNCATED
+
+
+def test_check_hello_refuses_another_tls_session_as_bad_channel_binding() -> None:
+    at_listener = decode_hello(make_hello(C.genesis, DIALER, DIALER_NONCE, RELAY_BINDING).encode())
+    check_hello(
+        dataclasses.replace(at_listener, binding=BINDING), C.genesis, LISTENER.node_id, BINDING
+    )
+    assert (
+        rejected(lambda: check_hello(at_listener, C.genesis, LISTENER.node_id, BINDING))
+        is Reason.BAD_CHANNEL_BINDING
+    )
+
+
+def test_check_hello_refuses_the_other_transport() -> None:
+    bound = decode_hello(make_hello(C.genesis, DIALER, DIALER_NONCE, BINDING).encode())
+    plain = decode_hello(DIALER_HELLO)
+    assert (
+        rejected(lambda: check_hello(bound, C.genesis, LISTENER.node_id, None))
+        is Reason.WRONG_TRANSPORT
+    )
+    assert (
+        rejected(lambda: check_hello(plain, C.genesis, LISTENER.node_id, BINDING))
+        is Reason.WRONG_TRANSPORT
+    )
+
+
+def test_the_transcript_binds_the_binding_each_end_computed() -> None:
+    """A relay that rewrites the HELLOs' binding field still leaves the two ends with
+    different transcripts: each hashes the binding it computed itself."""
+    dialer = make_hello(C.genesis, DIALER, DIALER_NONCE, BINDING).encode()
+    listener = make_hello(C.genesis, LISTENER, LISTENER_NONCE, BINDING).encode()
+    at_listener = transcript(dialer, listener, BINDING)
+    at_dialer = transcript(dialer, listener, RELAY_BINDING)
+    assert at_listener != at_dialer
+    auth = make_auth(TOKEN, DIALER, Side.DIALER, at_dialer)
+    assert (
+        rejected(lambda: check_auth(auth, TOKEN, decode_hello(dialer), Side.DIALER, at_listener))
+        is Reason.BAD_TOKEN
+    )
+    assert transcript(dialer, listener, None) not in (at_listener, at_dialer)
 
 
 def test_decode_hello_refuses_every_truncation() -> None:
@@ -283,12 +340,12 @@ def test_check_hello_refuses_an_outsider_claiming_to_be_a_validator() -> None:
 def test_check_hello_accepts_an_outsider_as_observer() -> None:
     hello = decode_hello(make_hello(C.genesis, C.outsider, DIALER_NONCE).encode())
     assert hello.role is LinkRole.OBSERVER
-    check_hello(hello, C.genesis, LISTENER.node_id)
+    check_hello(hello, C.genesis, LISTENER.node_id, None)
 
 
 def test_check_hello_accepts_a_validator_that_chooses_to_observe() -> None:
     hello = decode_hello(hello_bytes(role=LinkRole.OBSERVER))
-    check_hello(hello, C.genesis, LISTENER.node_id)
+    check_hello(hello, C.genesis, LISTENER.node_id, None)
 
 
 # -------------------------------------------------------------------- AUTH
@@ -306,13 +363,13 @@ def test_check_auth_refuses_a_signature_by_another_key() -> None:
 
 
 def test_check_auth_refuses_a_signature_over_another_transcript() -> None:
-    other = transcript(DIALER_HELLO, DIALER_HELLO)
+    other = transcript(DIALER_HELLO, DIALER_HELLO, None)
     auth = DIALER_AUTH[:32] + make_auth(TOKEN, DIALER, Side.DIALER, other)[32:]
     assert auth_refused(auth) is Reason.BAD_SIGNATURE
 
 
 def test_check_auth_refuses_an_auth_made_for_another_connection() -> None:
-    other = transcript(DIALER_HELLO, DIALER_HELLO)
+    other = transcript(DIALER_HELLO, DIALER_HELLO, None)
     auth = make_auth(TOKEN, DIALER, Side.DIALER, other)
     assert auth_refused(auth) is Reason.BAD_TOKEN
 
@@ -412,7 +469,7 @@ def test_the_replay_guard_needs_a_positive_capacity(capacity: int) -> None:
 C_DIALER, C_LISTENER = CC.signers[0], CC.signers[1]
 C_DIALER_HELLO = make_hello(CC.genesis, C_DIALER, DIALER_NONCE).encode()
 C_LISTENER_HELLO = make_hello(CC.genesis, C_LISTENER, LISTENER_NONCE).encode()
-C_TRANSCRIPT = transcript(C_DIALER_HELLO, C_LISTENER_HELLO)
+C_TRANSCRIPT = transcript(C_DIALER_HELLO, C_LISTENER_HELLO, None)
 C_DIALER_AUTH = make_auth(TOKEN, C_DIALER, Side.DIALER, C_TRANSCRIPT)
 C_AUTH_SIZE = auth_size(Scheme.MLDSA65_ED25519)
 
@@ -420,12 +477,12 @@ C_AUTH_SIZE = auth_size(Scheme.MLDSA65_ED25519)
 def test_a_composite_handshake_succeeds_at_both_ends() -> None:
     at_listener = decode_hello(C_DIALER_HELLO)
     at_dialer = decode_hello(C_LISTENER_HELLO)
-    check_hello(at_listener, CC.genesis, C_LISTENER.node_id)
-    check_hello(at_dialer, CC.genesis, C_DIALER.node_id)
+    check_hello(at_listener, CC.genesis, C_LISTENER.node_id, None)
+    check_hello(at_dialer, CC.genesis, C_DIALER.node_id, None)
     assert at_listener.scheme is at_dialer.scheme is Scheme.MLDSA65_ED25519
     assert (at_listener.public_key, at_listener.node_id) == (C_DIALER.public_key, C_DIALER.node_id)
     assert at_listener.role is at_dialer.role is LinkRole.VALIDATOR
-    assert transcript(at_listener.encode(), at_dialer.encode()) == C_TRANSCRIPT
+    assert transcript(at_listener.encode(), at_dialer.encode(), None) == C_TRANSCRIPT
     listener_auth = answer_auth(C_DIALER_AUTH, [TOKEN], C_LISTENER, at_listener, C_TRANSCRIPT)
     assert len(C_DIALER_AUTH) == len(listener_auth) == C_AUTH_SIZE == 32 + 3373
     check_auth(listener_auth, TOKEN, at_dialer, Side.LISTENER, C_TRANSCRIPT)

@@ -179,8 +179,8 @@ HELLOS = [
     for i, n in ((0, 1), (1, 2), (1, 3))
 ]
 #: Two connections of the same dialer (to the same listener, with other nonces).
-TRANSCRIPT = transcript(HELLOS[0], HELLOS[1])
-OTHER_TRANSCRIPT = transcript(HELLOS[0], HELLOS[2])
+TRANSCRIPT = transcript(HELLOS[0], HELLOS[1], None)
+OTHER_TRANSCRIPT = transcript(HELLOS[0], HELLOS[2], None)
 AUTH = make_auth(TOKEN, DIALER, Side.DIALER, TRANSCRIPT)
 OTHER_AUTH = make_auth(TOKEN, DIALER, Side.DIALER, OTHER_TRANSCRIPT)
 

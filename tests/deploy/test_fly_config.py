@@ -106,6 +106,7 @@ def test_config_has_the_settings_of_the_design(index: int) -> None:
         "QUDAG_DATA_DIR": "/data",
         "QUDAG_API_PORT": "8080",
         "QUDAG_P2P_PORT": "7000",
+        "QUDAG_PEER_TRANSPORT": "tls",
         "QUDAG_PEERS": config["env"]["QUDAG_PEERS"],
         "QUDAG_API_WRITE_RATE": "20",
         "QUDAG_API_WRITE_BURST": "200",
@@ -113,6 +114,7 @@ def test_config_has_the_settings_of_the_design(index: int) -> None:
         "QUDAG_RETENTION": "8000rounds",
     }
     assert settings.effective_network_id == "qudag-testnet"
+    assert settings.peer_transport == "tls"
 
     assert config["mounts"] == {
         "source": "dag_data",
