@@ -26,8 +26,8 @@ from pathlib import Path
 
 import aiohttp
 
+from qudag_node.config import PEER_TRANSPORTS
 from qudag_node.core.crypto import DEFAULT_SCHEME, Scheme
-from qudag_node.testnet import PEER_TRANSPORTS
 
 #: Seconds a node has to print its API port, and then to answer /ready.
 START_TIMEOUT = 60.0

@@ -547,7 +547,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     net.add_argument(
         "--peer-transport",
-        choices=testnet.PEER_TRANSPORTS,
+        choices=config.PEER_TRANSPORTS,
         default=defaults.peer_transport,
         help="the nodes' QUDAG_PEER_TRANSPORT: peer links in TLS 1.3 or in clear"
         " (default %(default)s)",

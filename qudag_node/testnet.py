@@ -56,8 +56,6 @@ STOP_TIMEOUT = 30.0
 TAIL_LINES = 20
 #: Variables of the caller's environment that the nodes do not inherit.
 CLEARED_PREFIXES = ("QUDAG_", "NODE_", "PEER_", "FLY_")
-#: The peer transports a testnet can run (its nodes' ``QUDAG_PEER_TRANSPORT``).
-PEER_TRANSPORTS = ("tls", "plain")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -87,7 +85,7 @@ class Options:
     sync_interval: float = 5.0
     checkpoint_interval: int = 100
     scheme: Scheme = DEFAULT_SCHEME  # of new keys: existing ones keep theirs
-    peer_transport: str = PEER_TRANSPORTS[0]  # every node's: links need the same at both ends
+    peer_transport: str = config.PEER_TRANSPORTS[0]  # every node the same: links need both ends
 
 
 @dataclass(frozen=True)
