@@ -92,12 +92,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(after_name[11]) + int(after_name[12])) / _CLOCK_TICKS
 
 
-def cpu_busy_seconds(cpu: int) -> float:
-    """Seconds CPU ``cpu`` has spent on anything (processes, interrupts, the hypervisor's
-    steal) rather than idle, from /proc/stat."""
+def cpu_busy_seconds(cpu: int | None = None) -> float:
+    """Seconds CPU ``cpu`` (without it: all CPUs together) has spent on anything
+    (processes, interrupts, the hypervisor's steal) rather than idle, from /proc/stat."""
+    wanted = "cpu" if cpu is None else f"cpu{cpu}"
     for line in Path("/proc/stat").read_text().splitlines():
         name, *fields = line.split()
-        if name == f"cpu{cpu}":
+        if name == wanted:
             user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
             return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
     raise ValueError(f"no cpu{cpu} in /proc/stat")

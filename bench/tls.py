@@ -27,6 +27,7 @@ against 1 s.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,6 +44,9 @@ TRANSPORTS = ("plain", "tls")
 HANDSHAKE_METRIC = "qudag_peer_tls_handshake_seconds"
 GOAL_RATIO = 0.9
 GOAL_P99 = 1.0
+#: Other work on the machine (cores, during a full-load window) past which the row says
+#: the comparison is unsound: a tenth of the machine.
+OTHER_WORK_LIMIT = 0.1 * (os.cpu_count() or 1)
 #: Transactions per second offered on a fixed schedule after the full load: the network
 #: scenario's paced load.
 PACED_RATE = GOAL_RATE / 2
@@ -104,7 +108,8 @@ def _run_text(run: TransportRun) -> str:
     return (
         f"{run.transport} {per_second(run.rate)} (p50 {full.p50 * 1000:.0f} ms,"
         f" p99 {full.p99 * 1000:.0f} ms), {run.cpu_per_tx * 1e6:.0f} µs CPU/tx,"
-        f" paced p50 {paced.p50 * 1000:.0f} ms, p99 {paced.p99 * 1000:.0f} ms"
+        f" paced p50 {paced.p50 * 1000:.0f} ms, p99 {paced.p99 * 1000:.0f} ms,"
+        f" other work {run.run.full.other_cores:.2f} cores"
     )
 
 
@@ -162,12 +167,16 @@ def tls_row(pairs: Sequence[Pair]) -> Row:
     full_p99 = max(r.run.full.load.p99 for r in tls)
     handshakes = Histogram.merged([r.handshakes for r in tls])
     window = tls[0].run.full.window
+    other = max(r.run.full.other_cores for r in [*plain, *tls])
+    unsound = (
+        f" (unsound: other work used up to {other:.2f} cores)" if other > OTHER_WORK_LIMIT else ""
+    )
     return Row(
         "tls",
         f"{per_second(tls_rate)} finalized over TLS links; at {per_second(PACED_RATE)}"
         f" finality p99 {worst_p99 * 1000:.0f} ms; {_cpu_per_tx(tls) * 1e6:.0f} µs node"
         f" CPU/tx; TLS handshake mean {handshakes.mean * 1000:.1f} ms, max <"
-        f" {handshakes.highest_bound * 1000:g} ms",
+        f" {handshakes.highest_bound * 1000:g} ms{unsound}",
         f"{per_second(plain_rate)} plain, {_cpu_per_tx(plain) * 1e6:.0f} µs node CPU/tx",
         ratio,
         f">= {GOAL_RATIO:g} x; at {per_second(PACED_RATE)} p99 <= {GOAL_P99:g} s",
@@ -180,6 +189,9 @@ def tls_row(pairs: Sequence[Pair]) -> Row:
             " every run of a transport (transactions over windows), the p99 is the worst"
             f" TLS run's at the paced load (at full load it was up to {full_p99 * 1000:.0f}"
             " ms, the queue the closed loop keeps)",
+            "other work on the machine: the cores busy during a full-load window (all"
+            " CPUs, /proc/stat) less the nodes' and the load generator's CPU; past"
+            f" {OTHER_WORK_LIMIT:.2f} cores in any run the figure says unsound",
             "per pair (plain; tls; ratio): "
             + "; ".join(f"{p.plain.rate:,.0f}; {p.tls.rate:,.0f}; {p.ratio:.2f} x" for p in pairs),
             f"node CPU per finalized transaction: all four nodes' CPU time over the full"

@@ -239,6 +239,7 @@ async def test_tls_scenario_runs_plain_then_tls_and_reads_the_handshakes(
     assert row.ratio > 0
     out = capsys.readouterr().out
     run = r"[\d,]+ tx/s \(p50 \d+ ms, p99 \d+ ms\), \d+ µs CPU/tx, paced p50 \d+ ms, p99 \d+ ms"
+    run += r", other work [\d.]+ cores"
     assert re.search(rf"pair 1: plain {run}; tls {run}; [\d.]+ x\n", out), out
     notes = " ".join(row.notes)
     timed = re.search(r"TLS handshakes: (\d+) timed", notes)
