@@ -3,11 +3,14 @@
 #
 #   podman build --format docker -t qudag-node .        (or: docker build -t qudag-node .)
 #
-# BASE_IMAGE is the official slim Python image on Debian bookworm, which Fly's builder
-# pulls. Any bookworm image with python3 (3.11 or newer, with venv and pip) works too,
-# e.g. one made by scripts/local-base-image.sh for machines without registry access.
-# Build with --format docker under podman: the OCI format has no HEALTHCHECK.
-ARG BASE_IMAGE=python:3.12-slim-bookworm
+# BASE_IMAGE is the official slim Python image on Debian trixie, which Fly's builder
+# pulls. Trixie's OpenSSL (3.5) offers the hybrid post-quantum key exchange
+# X25519MLKEM768 first in TLS 1.3, so the peer links get it with no setting; bookworm's
+# (3.0) has no ML-KEM. Any trixie image with python3 (3.11 or newer, with venv and pip)
+# works too, e.g. one made by scripts/local-base-image.sh for machines without registry
+# access (its python3 is Debian's 3.13). Build with --format docker under podman: the
+# OCI format has no HEALTHCHECK.
+ARG BASE_IMAGE=python:3.12-slim-trixie
 
 # --- builder: the locked dependencies in /opt/venv, the node itself in /app -----------
 FROM ${BASE_IMAGE} AS builder
@@ -35,6 +38,14 @@ FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="qudag-node" \
       org.opencontainers.image.description="QuDAG testnet node" \
       org.opencontainers.image.licenses="Apache-2.0"
+# The openssl program stays in the image: operators inspect the peer port's TLS with it
+# (`openssl s_client -connect 127.0.0.1:7000 -tls1_3 -brief -no-interactive`, see
+# docs/deploy.md). Debian images have it as a dependency of ca-certificates; a base
+# without it gets it here.
+RUN command -v openssl >/dev/null \
+    || (apt-get update \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openssl \
+        && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb)
 RUN groupadd --gid 10001 qudag \
     && useradd --no-log-init --uid 10001 --gid qudag --home-dir /data --no-create-home \
         --shell /usr/sbin/nologin qudag \

@@ -31,6 +31,7 @@ from bench import (
     retention,
     single,
     statesync,
+    stream,
     tls,
     verify,
 )
@@ -54,6 +55,7 @@ SCENARIOS: dict[str, Scenario] = {
     "ids": ids.scenario,
     "attack": attack.scenario,
     "retention": retention.scenario,
+    "stream": stream.scenario,
 }
 
 

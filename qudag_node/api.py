@@ -41,6 +41,7 @@ from qudag_node.httpserver import (
     guard_middleware,
     install_accept_error_handler,
     limits_from,
+    on_connection_lost,
 )
 from qudag_node.logs import Throttle, get_logger
 from qudag_node.metrics import Metrics
@@ -58,6 +59,7 @@ from qudag_node.ports import (
     VertexRecord,
 )
 from qudag_node.sockets import dual_stack_socket
+from qudag_node.stream import FINAL_GRACE, Broadcaster, End, Feed, TooManySubscribers
 
 log = get_logger("qudag.api")
 
@@ -73,6 +75,11 @@ _MAX_LOG_PAGE = 1000
 _MAX_SEQ = 2**63 - 1  # SQLite's largest integer
 _DEFAULT_LOG_PAGE = 100
 _UNMATCHED = "unmatched"
+_STREAM_HEADERS = {
+    hdrs.CONTENT_TYPE: "text/event-stream",
+    hdrs.CACHE_CONTROL: "no-store",
+    "X-Accel-Buffering": "no",  # proxies pass each event on at once
+}
 #: The header in which Fly's proxy passes the client's address.
 _FLY_CLIENT_IP = "Fly-Client-IP"
 _REALM = "qudag-node"
@@ -226,6 +233,40 @@ def _wait_timeout(request: web.Request, limit: float) -> float | None:
     if not math.isfinite(value) or value <= 0:
         raise _bad_request("timeout must be a positive number of seconds, such as 10 or 2.5")
     return min(value, limit)
+
+
+def _stream_start(request: web.Request) -> int | None:
+    """The first log position a stream sends: after ``Last-Event-ID`` (a reconnecting
+    client's, so it wins), else ``from``; None: from the next live entry."""
+    last = request.headers.get("Last-Event-ID")
+    if last is not None:
+        value = int(last) if _DIGITS.fullmatch(last) else -1
+        if not 0 <= value < _MAX_SEQ:
+            raise _bad_request(f"Last-Event-ID must be a log position from 0 to {_MAX_SEQ - 1}")
+        return value + 1
+    if "from" in request.query:
+        return _query_int(request, "from", 1, 1, _MAX_SEQ)
+    return None
+
+
+def _stream_dag(request: web.Request) -> bool:
+    """Whether a stream also sends the DAG events (``events=log,dag``)."""
+    events = request.query.get("events", "log")
+    if events not in ("log", "log,dag"):
+        raise _bad_request("events must be 'log' or 'log,dag'")
+    return events == "log,dag"
+
+
+async def _end_stream(request: web.Request, response: web.StreamResponse) -> None:
+    """End a stream's answer; a connection that takes nothing more is closed."""
+    try:
+        async with asyncio.timeout(FINAL_GRACE):
+            await response.write_eof()
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.close()
+    except ConnectionError:
+        pass  # the client is gone already
 
 
 class _BatchScan:
@@ -698,10 +739,13 @@ async def _refuse_unread(request: web.Request, error: ApiError) -> web.StreamRes
 class _Routes:
     """The request handlers, bound to one node."""
 
-    def __init__(self, node: NodeApi, metrics: Metrics, settings: Settings) -> None:
+    def __init__(
+        self, node: NodeApi, metrics: Metrics, settings: Settings, stream: Broadcaster
+    ) -> None:
         self._node = node
         self._metrics = metrics
         self._settings = settings
+        self._stream = stream
         self._guard = _WriteGuard(settings)
 
     async def submit(self, request: web.Request) -> web.StreamResponse:
@@ -808,6 +852,33 @@ class _Routes:
             }
         )
 
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        """GET /api/v1/stream?from=SEQ&events=log,dag: the finalized log as Server-Sent
+        Events, from a position (or ``Last-Event-ID``) on, then live."""
+        start = _stream_start(request)
+        dag = _stream_dag(request)
+        try:
+            sub = self._stream.subscribe(dag)
+        except TooManySubscribers as e:
+            raise ApiError(
+                503, "too_many_subscribers", str(e), headers={"Retry-After": "5"}
+            ) from None
+        try:
+            feed = Feed(sub, self._node.log, self._metrics, start)
+            await feed.open()  # a start no longer held is 410 pruned, before answering
+            response = web.StreamResponse(headers=_STREAM_HEADERS)
+            await response.prepare(request)
+            on_connection_lost(request, lambda: sub.stop(End.GONE))
+            try:
+                end = await feed.run(response.write)
+            except ConnectionError:
+                return response  # the client is gone
+            if end is not End.GONE:
+                await _end_stream(request, response)
+            return response
+        finally:
+            self._stream.unsubscribe(sub)
+
     async def evidence(self, request: web.Request) -> web.Response:
         """GET /api/v1/evidence?limit=N: equivocation evidence, latest rounds first."""
         limit = _query_int(request, "limit", _DEFAULT_LOG_PAGE, 1, _MAX_LOG_PAGE)
@@ -877,19 +948,22 @@ def _openapi_handler() -> Handler:
     return openapi
 
 
-def make_app(node: NodeApi, metrics: Metrics, settings: Settings) -> web.Application:
-    """The aiohttp application serving ``node``."""
+def make_app(
+    node: NodeApi, metrics: Metrics, settings: Settings, stream: Broadcaster
+) -> web.Application:
+    """The aiohttp application serving ``node``, and its log ``stream``."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[_middleware(metrics), guard_middleware()],
     )
     app[_SETTINGS] = settings
     app[_METRICS] = metrics
-    routes = _Routes(node, metrics, settings)
+    routes = _Routes(node, metrics, settings, stream)
     app.router.add_post("/api/v1/transactions", routes.submit)
     app.router.add_get("/api/v1/transactions/{id}", routes.transaction)
     app.router.add_get("/api/v1/vertices/{id}", routes.vertex)
     app.router.add_get("/api/v1/log", routes.log)
+    app.router.add_get("/api/v1/stream", routes.stream)
     app.router.add_get("/api/v1/evidence", routes.evidence)
     app.router.add_get("/api/v1/checkpoints/latest", routes.checkpoint)
     app.router.add_get("/api/v1/checkpoints/{number}", routes.checkpoint)

@@ -556,6 +556,12 @@ class Settings:
         parse=_int(0, 1_000_000),
         help="Most open API connections; 0: derived from the descriptor limit (RLIMIT_NOFILE).",
     )
+    stream_max_subscribers: int = setting(
+        env="QUDAG_STREAM_MAX_SUBSCRIBERS",
+        default_text="256",
+        parse=_int(0, 100_000),
+        help="Most clients subscribed to GET /api/v1/stream at once; beyond, 503.",
+    )
     max_submit_txs: int = setting(
         env="QUDAG_MAX_SUBMIT_TXS",
         default_text="10000",

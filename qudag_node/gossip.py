@@ -117,8 +117,6 @@ CLOSE_REASONS = frozenset(
 )
 #: Longest piece of text from a peer that a log line carries.
 _DETAIL_CHARS = 120
-#: What a listener flooded with handshakes answers before it closes.
-_FLOODED = encode_refusal("too_many_handshakes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -529,9 +527,10 @@ class PeerNetwork:
             sock, peer = await loop.sock_accept(listener)
             address: Address = (str(peer[0]).removeprefix("::ffff:"), int(peer[1]))
             if self._handshaking >= self.limits.max_handshakes:
-                # a flood of connections: no task, no buffer for it; one frame says why
-                with contextlib.suppress(OSError):
-                    sock.send(_LENGTH.pack(len(_FLOODED)) + _FLOODED)
+                # a flood of connections: no task, no buffer for it; a plain frame says
+                # why to a plain dialer (a TLS dialer could not read it: it sees the close)
+                if self._tls is None:
+                    _refuse_raw(sock, "too_many_handshakes")
                 sock.close()
                 self._metrics.on_handshake_failure("too_many_handshakes")
                 self._log_refusal(
@@ -554,7 +553,8 @@ class PeerNetwork:
 
     async def _inbound_streams(self, sock: socket.socket) -> _Streams:
         """The streams of an accepted connection: inside TLS if the dialer opens with a
-        TLS record and we speak TLS, else plain (the handshake refuses a mismatch)."""
+        TLS record and we speak TLS, else plain; and whether the dialer speaks TLS (the
+        handshake refuses a dialer of the other transport as ``wrong_transport``)."""
         first = await first_byte(sock)
         if first is None:
             raise asyncio.IncompleteReadError(b"", 1)
@@ -899,6 +899,17 @@ def _close_reason(link: _Link) -> str:
 def _short(text: str, limit: int = _DETAIL_CHARS) -> str:
     """``text`` cut to ``limit`` characters (peer-supplied text in a log line)."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _refuse_raw(sock: socket.socket, reason: str) -> None:
+    """Send a REFUSAL frame for ``reason`` straight on an accepted socket, which the
+    caller then closes. What the peer has sent so far is read and dropped first: bytes
+    left unread would turn the close into a reset, which can discard the refusal."""
+    with contextlib.suppress(OSError):
+        sock.recv(_READ_BUFFER)
+    refusal = encode_refusal(reason)
+    with contextlib.suppress(OSError):
+        sock.send(_LENGTH.pack(len(refusal)) + refusal)
 
 
 def _write_frame(writer: asyncio.StreamWriter, data: bytes) -> None:

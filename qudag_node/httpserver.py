@@ -303,6 +303,7 @@ class LimitedRequestHandler(RequestHandler):
         "_limits",
         "_line_done",
         "_line_length",
+        "_lost",
         "_phase",
         "_server",
         "_timer",
@@ -326,6 +327,7 @@ class LimitedRequestHandler(RequestHandler):
         self._tls = False
         self._early_bytes = False  # bytes of a next request arrived while busy
         self._write_timer: asyncio.TimerHandle | None = None
+        self._lost: list[Callable[[], None]] = []
 
     # --------------------------------------------------------------- timers
 
@@ -472,6 +474,11 @@ class LimitedRequestHandler(RequestHandler):
         transport.abort()  # close() would wait for the unread answer to drain
         self.force_close()
 
+    def when_lost(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the connection is lost (a long answer, such as the
+        log stream, learns it at once rather than at its next write)."""
+        self._lost.append(callback)
+
     def evict(self) -> None:
         """Close this waiting connection to make room for a new one."""
         self._close_for("evicted")
@@ -490,6 +497,9 @@ class LimitedRequestHandler(RequestHandler):
             self._write_timer.cancel()
             self._write_timer = None
         self._server.gone(self)
+        lost, self._lost = self._lost, []
+        for callback in lost:
+            callback()
         super().connection_lost(exc)
 
     def _process_keepalive(self) -> None:
@@ -720,6 +730,16 @@ class LimitedAppRunner(web.AppRunner):
             metrics=self._metrics,
             **self._kwargs,
         )
+
+
+def on_connection_lost(request: web.BaseRequest, callback: Callable[[], None]) -> None:
+    """Call ``callback`` once ``request``'s connection is lost (at once if it is; on a
+    server other than :class:`LimitedAppRunner`'s, never: a write finds it)."""
+    protocol = request.protocol
+    if protocol is None or protocol.transport is None:
+        callback()
+    elif isinstance(protocol, LimitedRequestHandler):
+        protocol.when_lost(callback)
 
 
 def install_accept_error_handler(loop: asyncio.AbstractEventLoop, metrics: Metrics) -> None:

@@ -40,6 +40,8 @@ STORE_COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 #: Buckets for finality latency (submit to final), 10 ms to 60 s.
 FINALITY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: Buckets for the stream's delivery delay (durably final to written to a subscriber).
+STREAM_DELAY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 #: Message kinds that carry a vertex ("waiting": one held for its parents, rejected once
 #: they arrived).
 VERTEX_MESSAGES = frozenset({"proposal", "certified", "waiting"})
@@ -77,6 +79,34 @@ def _tls_handshake_series(r: CollectorRegistry) -> Histogram:
         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         registry=r,
     )
+
+
+def _stream_series(r: CollectorRegistry) -> tuple[Gauge, Counter, Counter, Histogram]:
+    """The stream's series (``GET /api/v1/stream``): subscribers, events sent by kind,
+    subscribers dropped by reason, and the delivery delay."""
+    subscribers = Gauge(
+        "qudag_stream_subscribers", "Clients subscribed to the log stream.", registry=r
+    )
+    events = Counter(
+        "qudag_stream_events",
+        "Events written to stream subscribers, by event (entry, certified, committed).",
+        ["event"],
+        registry=r,
+    )
+    dropped = Counter(
+        "qudag_stream_dropped",
+        "Stream subscribers dropped by the node, by reason (slow_reader, pruned).",
+        ["reason"],
+        registry=r,
+    )
+    delay = Histogram(
+        "qudag_stream_delivery_delay_seconds",
+        "Time from a log entry being durably final to its being written to a subscriber"
+        " (each write, its oldest entry).",
+        buckets=STREAM_DELAY_BUCKETS,
+        registry=r,
+    )
+    return subscribers, events, dropped, delay
 
 
 class _StorageCollector:
@@ -342,7 +372,16 @@ class Metrics:
             self._oldest_round,
             self._oldest_log_position,
             self._tls_handshake,
-        ) = (*_checkpoint_series(r), *_retention_series(r), _tls_handshake_series(r))
+            self._stream_subscribers,
+            self._stream_events,
+            self._stream_dropped,
+            self._stream_delay,
+        ) = (
+            *_checkpoint_series(r),
+            *_retention_series(r),
+            _tls_handshake_series(r),
+            *_stream_series(r),
+        )
         build = Gauge(
             "qudag_build_info",
             "Build of this node (always 1).",
@@ -508,6 +547,22 @@ class Metrics:
     def on_store_commit(self, seconds: float) -> None:
         """One store commit took ``seconds``."""
         self._store_commit.observe(seconds)
+
+    def on_stream_subscribers(self, count: int) -> None:
+        """``count`` clients are subscribed to the log stream now."""
+        self._stream_subscribers.set(count)
+
+    def on_stream_sent(self, counts: Mapping[str, int], delay: float | None) -> None:
+        """One write to a subscriber: ``counts`` events by kind; ``delay``, seconds
+        since its oldest live entry became final (None: no live entry in it)."""
+        for event, count in counts.items():
+            self._stream_events.labels(event=event).inc(count)
+        if delay is not None:
+            self._stream_delay.observe(delay)
+
+    def on_stream_dropped(self, reason: str) -> None:
+        """The node dropped a subscriber (``slow_reader``, ``pruned``)."""
+        self._stream_dropped.labels(reason=reason).inc()
 
     def on_http(self, method: str, route: str, status: int, seconds: float) -> None:
         """An HTTP request on ``route`` (a template) ended with ``status``."""

@@ -36,6 +36,7 @@ from qudag_node.metrics import Metrics
 from qudag_node.ports import SubmitReceipt
 from qudag_node.pump import Pump, feed_peer_inputs
 from qudag_node.store import Store, is_disk_full
+from qudag_node.stream import Broadcaster
 from qudag_node.submissions import Submission, Submissions
 from qudag_node.sync import Syncer
 from qudag_node.verifier import ThreadedVerifier
@@ -80,6 +81,7 @@ class Node:
         peer_inbox: PeerInbox,
         network: PeerNetwork | None,
         submissions: Submissions,
+        stream: Broadcaster,
         wakeup: asyncio.Event,
         vertices: int,
     ) -> None:
@@ -99,7 +101,9 @@ class Node:
         self._closing = asyncio.Event()  # shutting down: no new client work is taken
         self._stopping = False  # the pump finishes what is queued and returns
         self._pumping = False
-        self._writer = StepWriter(engine, store, metrics, submissions, network, vertices=vertices)
+        self._writer = StepWriter(
+            engine, store, metrics, submissions, network, stream, vertices=vertices
+        )
         self._catching_up: bool | None = None  # a change for the pump to apply
         # a checkpoint to install at the next step boundary, and who waits for it
         self._install: tuple[InstallCheckpoint, asyncio.Future[None]] | None = None

@@ -58,6 +58,7 @@ from qudag_node.node import Node, engine_time
 from qudag_node.quorum import QuorumWatch
 from qudag_node.retention import Pruner, RetentionSettings
 from qudag_node.store import Store, StoreError, accept, is_disk_full
+from qudag_node.stream import Broadcaster
 from qudag_node.submissions import Submissions
 from qudag_node.sync import Syncer
 from qudag_node.verifier import ThreadedVerifier, worker_count
@@ -118,6 +119,7 @@ class _Parts:
     p2p_port: int | None
     quorum: QuorumWatch
     pruner: Pruner
+    stream: Broadcaster
 
 
 async def _run(
@@ -134,7 +136,7 @@ async def _run(
     try:
         parts = await _build(s, signer, genesis, store, verifier)
         node = parts.node
-        app = make_app(parts.view, parts.metrics, s)
+        app = make_app(parts.view, parts.metrics, s, parts.stream)
         runner, api_port = await start_api(app, s.api_host, s.api_port)
         log.info("api_listening", host=s.api_host or "*", port=api_port)
         try:
@@ -146,7 +148,7 @@ async def _run(
                     on_started(Started(api_port, parts.p2p_port))
                 await shutdown_trigger()
                 deadline.reschedule(asyncio.get_running_loop().time() + s.shutdown_timeout)
-                await _shut_down(node, runner, others)
+                await _shut_down(node, parts.stream, runner, others)
         finally:
             node.fail_queued()
             await runner.cleanup()
@@ -164,8 +166,10 @@ async def _build(
     disk = DiskGuard(s.data_path, s.min_free_disk_mb)
     pruner = Pruner(store, RetentionSettings.of(s), metrics)
     await pruner.refresh()
+    length, _ = await store.log_head()
+    stream = Broadcaster(metrics, s.stream_max_subscribers, log_length=length)
     node, syncer, submissions, network, p2p_port = await _wire(
-        s, signer, genesis, store, verifier, engine, metrics, disk, vertices, pruner
+        s, signer, genesis, store, verifier, engine, metrics, disk, vertices, pruner, stream
     )
     quorum = QuorumWatch(
         network, metrics, quorum=genesis.quorum, validator=engine.role is Role.VALIDATOR
@@ -185,7 +189,7 @@ async def _build(
         disk=disk,
         pruner=pruner,
     )
-    return _Parts(node, view, metrics, syncer, network, p2p_port, quorum, pruner)
+    return _Parts(node, view, metrics, syncer, network, p2p_port, quorum, pruner, stream)
 
 
 async def _wire(
@@ -199,11 +203,13 @@ async def _wire(
     disk: DiskGuard,
     vertices: int,
     pruner: Pruner,
+    stream: Broadcaster,
 ) -> tuple[Node, Syncer, Submissions, PeerNetwork | None, int | None]:
     """The node that drives ``engine`` and what brings it work: the syncer, the peer
     links (listening; None when the node is the network, with the port bound) and the
-    client submissions. A state sync's install restarts the node from the checkpoint,
-    then has ``pruner`` read what the node holds now."""
+    client submissions; it publishes what became durable to ``stream``. A state sync's
+    install restarts the node from the checkpoint, then has ``pruner`` read what the
+    node holds now."""
     params = s.engine_params()
     wakeup = asyncio.Event()  # the pump's: set by whatever brings it work
     alone = genesis.n == 1 and genesis.index_of(signer.node_id) == 0
@@ -275,6 +281,7 @@ async def _wire(
         peer_inbox=peer_inbox,
         network=network,
         submissions=submissions,
+        stream=stream,
         wakeup=wakeup,
         vertices=vertices,
     )
@@ -298,12 +305,16 @@ def _start_tasks(
     return tasks
 
 
-async def _shut_down(node: Node, runner: web.AppRunner, others: list[asyncio.Task[None]]) -> None:
+async def _shut_down(
+    node: Node, stream: Broadcaster, runner: web.AppRunner, others: list[asyncio.Task[None]]
+) -> None:
     """Stop taking work, in order: refuse new submissions and answer finality waiters,
-    close the API (in-flight requests finish), stop the other tasks (the links close,
-    nothing more comes in), and let the pump commit what is queued and return."""
+    end the log streams, close the API (in-flight requests finish), stop the other
+    tasks (the links close, nothing more comes in), and let the pump commit what is
+    queued and return."""
     log.info("stopping")
     node.close()
+    stream.close()
     await runner.cleanup()
     for task in others:
         task.cancel()

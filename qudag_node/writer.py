@@ -1,7 +1,7 @@
 """What the group commit does with the pump's steps: writes their facts into the open
 database transaction and ends it; then, once a step is durable, answers its clients,
-wakes finality waiters, counts, logs and sends its messages; or, when the write
-fails, answers its clients with an error, never an ack."""
+wakes finality waiters, publishes to the log stream, counts, logs and sends its
+messages; or, when the write fails, answers its clients with an error, never an ack."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from qudag_node.metrics import Metrics
 from qudag_node.ports import StorageFull, SubmitReceipt
 from qudag_node.pump import ForwardRefused, PumpStep, deliver
 from qudag_node.store import Store, is_disk_full
+from qudag_node.stream import Broadcaster
 from qudag_node.submissions import Submission, Submissions
 
 log = get_logger("qudag.node")
@@ -51,6 +52,7 @@ class StepWriter:
         metrics: Metrics,
         submissions: Submissions,
         network: PeerNetwork | None,
+        stream: Broadcaster,
         *,
         vertices: int,
     ) -> None:
@@ -61,6 +63,7 @@ class StepWriter:
         self._metrics = metrics
         self._submissions = submissions
         self._network = network
+        self._stream = stream
 
     async def write(self, steps: Sequence[Step]) -> bool:
         """Add the facts of ``steps`` to the open transaction (the group commit's write)."""
@@ -108,8 +111,9 @@ class StepWriter:
         self._metrics.on_notices(step.notices)
         self._metrics.on_statistics(self.engine.statistics())
         self._answer(step.receipts)
+        now = time.monotonic()
         for fact in step.facts:
-            self._note_fact(fact)
+            self._note_fact(fact, now)
         for notice in step.notices:
             self._log_notice(notice)
         for refused in step.refused:
@@ -128,14 +132,20 @@ class StepWriter:
         if stored or duplicates:
             self._metrics.on_submit(stored, duplicates)
 
-    def _note_fact(self, fact: Fact) -> None:
-        """Keep the counts, wake finality waiters, and log, for a durable fact."""
+    def _note_fact(self, fact: Fact, now: float) -> None:
+        """Keep the counts, wake finality waiters, publish to the stream, and log, for
+        a fact durable since ``now``."""
         match fact:
             case VertexCertified():
                 self.vertices += 1
+                author = self.engine.author_of(fact.vertex)
+                self._stream.certified(fact.round, author, fact.vertex, now)
             case LeaderCommitted():
                 if fact.entries:
-                    self._submissions.finalized({e.tx_id for e in fact.entries}, time.monotonic())
+                    self._submissions.finalized({e.tx_id for e in fact.entries}, now)
+                    self._stream.entries(fact.entries, now)
+                leader = self.engine.author_of(fact.leader)
+                self._stream.committed(fact.round, leader, fact.leader, now)
                 log.debug(
                     "leader_committed",
                     round=fact.round,

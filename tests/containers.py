@@ -24,7 +24,7 @@ from tests.nodeproc import request, wait_until
 from tests.tools import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
-BASE_IMAGE = "localhost/bookworm-python:local"
+BASE_IMAGE = "localhost/trixie-python:local"
 NODE_IMAGE = "localhost/qudag-node:test"
 PROMETHEUS_IMAGE = "localhost/prometheus-debian:test"
 PROMETHEUS_CONTAINERFILE = ROOT / "tests" / "containers" / "prometheus.Containerfile"

@@ -375,6 +375,11 @@ class Engine:
         """The vertex carrying ``tx_id`` while it is included but not final, else None."""
         return self._pool.carrier(tx_id)
 
+    def author_of(self, vid: VertexId) -> NodeId | None:
+        """The author of certified vertex ``vid`` while the DAG window holds it, else None."""
+        vertex = self._dag.get(vid)
+        return None if vertex is None else vertex.author
+
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` should next be called (on the monotonic clock of
         :attr:`Instant.monotonic`), or None for never.

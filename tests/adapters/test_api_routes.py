@@ -46,6 +46,7 @@ from qudag_node.ports import (
     TxState,
     VertexRecord,
 )
+from qudag_node.stream import Broadcaster
 from tests.adapters.fakenode import GENESIS, ID_A, ID_B, KEY_A, KEY_B, SIGNER_A, SIGNER_B, FakeNode
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,8 +104,10 @@ async def serve() -> AsyncIterator[ApiFactory]:
         async def start(**overrides: str) -> Api:
             settings = load_settings({"QUDAG_API_WRITE_RATE": "0", **overrides})
             node = FakeNode()
+            metrics = Metrics(__version__)
+            stream = Broadcaster(metrics, settings.stream_max_subscribers, log_length=0)
             runner, port = await start_api(
-                make_app(node, Metrics(__version__), settings), "127.0.0.1", 0
+                make_app(node, metrics, settings, stream), "127.0.0.1", 0
             )
             runners.append(runner)
             return Api(f"http://127.0.0.1:{port}", node, session)
@@ -509,6 +512,26 @@ async def test_the_log_below_the_base_is_gone_not_missing(serve: ApiFactory) -> 
     status, body = await api.get("/api/v1/log?from=3")
     assert status == 200
     assert [e["seq"] for e in body["entries"]] == [3]
+
+
+async def test_a_stream_from_below_the_base_is_gone_and_bad_starts_are_refused(
+    serve: ApiFactory,
+) -> None:
+    api = await serve()
+    api.node.log_base = 2
+    for query, headers in (("?from=2", {}), ("", {"Last-Event-ID": "1"})):
+        async with api.session.get(f"{api.url}/api/v1/stream{query}", headers=headers) as r:
+            body = await r.json()
+            assert (r.status, body["error"]["code"], body["base"]) == (410, "pruned", 2), query
+    for query, headers in (
+        ("?from=0", {}),
+        ("?events=dag", {}),
+        ("", {"Last-Event-ID": "x1"}),
+        ("", {"Last-Event-ID": "-1"}),
+    ):
+        async with api.session.get(f"{api.url}/api/v1/stream{query}", headers=headers) as r:
+            assert r.status == 400, (query, headers)
+            assert (await r.json())["error"]["code"] == "bad_request"
 
 
 async def test_what_was_pruned_answers_410_and_unknown_ids_say_what_is_held(

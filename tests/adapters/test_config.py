@@ -59,6 +59,7 @@ INVALID = {
     "http_min_body_rate": "-1",
     "http_idle_timeout": "soon",
     "max_api_connections": "1000001",
+    "stream_max_subscribers": "100001",
     "max_submit_txs": "many",
     "max_pending": "0",
     "max_vertex_txs": "1.5",

@@ -161,6 +161,14 @@ def status(url: str) -> dict[str, Any]:
     return body
 
 
+def peers(url: str) -> list[dict[str, Any]]:
+    """The node's ``/api/v1/peers``."""
+    code, body = request("GET", f"{url}/api/v1/peers", timeout=5)
+    assert code == 200, body
+    found: list[dict[str, Any]] = body["peers"]
+    return found
+
+
 def logged_tx_ids(url: str) -> set[str]:
     """The ids in the node's finalized log (the first thousand entries)."""
     code, body = request("GET", f"{url}/api/v1/log?from=1&limit=1000", timeout=5)
@@ -202,6 +210,13 @@ def test_four_validators_agree_and_prometheus_scrapes_them(compose_testnet: Proj
 
     wait_until(agreed, CONVERGE_TIMEOUT, "all four nodes to show one log with the transactions")
     converged = time.monotonic() - started
+    for url in urls:  # every link inside TLS 1.3 (the image's Python cannot name the group)
+        links = [p for p in peers(url) if p["state"] == "connected"]
+        assert links, f"{url} has no connected peer"
+        for link in links:
+            assert link["transport"] == "tls", link
+            assert link["tls"]["version"] == "TLSv1.3", link
+            assert link["tls"]["group"] in {None, "X25519MLKEM768"}, link
 
     targets = [f"{name}:8080" for name in names]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import secrets
 import stat
 import subprocess
 import time
@@ -18,8 +19,8 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from tests import containers
-from tests.containers import Container, Image, podman, running, volume
-from tests.nodeproc import request, submit_json
+from tests.containers import START_TIMEOUT, Container, Image, podman, running, volume
+from tests.nodeproc import metric, request, submit_json, wait_until
 from tests.tools import require_tool
 
 pytestmark = pytest.mark.xdist_group("containers")
@@ -31,6 +32,8 @@ STOP_SECONDS = 5.0
 #: What our layers may add to the base image (the venv is about 100 MB, most of it numpy).
 MAX_ADDED_BYTES = 150_000_000
 SHA256 = re.compile(r"--hash=sha256:[0-9a-f]{64}")
+#: The cipher suites of TLS 1.3 that OpenSSL offers by default (RFC 8446, B.4).
+TLS13_SUITES = {"TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256"}
 
 
 # --- requirements.lock -------------------------------------------------------------
@@ -342,3 +345,45 @@ def test_image_runs_as_uid_10001_from_the_start(image: Image) -> None:
         status, body = submit_json(url, [b"as uid 10001"], wait=True)
         assert status == 200, body
         assert owners(container, "/data/qudag.db") == [f"{QUDAG_UID}:{QUDAG_UID}"]
+
+
+# --- the peer port's TLS -------------------------------------------------------------
+
+
+def s_client_summary(container: Container) -> dict[str, str]:
+    """The ``Name: value`` lines that the image's own ``openssl s_client -brief`` prints
+    of a TLS 1.3 handshake with the node's peer port (it leaves right after)."""
+    command = "openssl s_client -connect 127.0.0.1:7000 -tls1_3 -brief -no-interactive"
+    printed = container.exec("sh", "-c", f"{command} </dev/null 2>&1")
+    return dict(line.split(": ", 1) for line in printed.splitlines() if ": " in line)
+
+
+def test_peer_port_negotiates_tls13_with_the_hybrid_post_quantum_group(image: Image) -> None:
+    """The image's OpenSSL (Debian trixie's 3.5) offers X25519MLKEM768 at both ends: the
+    node's listener and the image's own openssl program, as an operator runs it."""
+    token = secrets.token_hex(32)  # the peer port opens only with a peer token
+    with running(image.tag, "-e", f"PEER_AUTH_TOKEN={token}") as container:
+        url = container.wait_healthy()
+        _, node_status = request("GET", f"{url}/api/v1/status")
+        node = node_status["node"]
+        assert node["peer_transport"] == "tls"
+        assert re.fullmatch(r"OpenSSL 3\.([5-9]|\d\d+)\.\d+ .*", node["openssl"]), node
+
+        summary = s_client_summary(container)
+        print(f"\nopenssl s_client against the peer port: {summary}")
+        assert summary["Protocol version"] == "TLSv1.3", summary
+        assert summary["Negotiated TLS1.3 group"] == "X25519MLKEM768", summary
+        assert summary["Ciphersuite"] in TLS13_SUITES, summary
+        assert summary["Peer certificate"] == f"CN=qudag-link {node['node_id'][:16]}", summary
+        # the node timed the TLS handshake; the probe then left without a HELLO
+        wait_until(
+            lambda: metric(url, "qudag_peer_tls_handshake_seconds_count") == 1,
+            START_TIMEOUT,
+            "the node to count the TLS handshake",
+        )
+        failures = {"reason": "connection_lost"}
+        wait_until(
+            lambda: metric(url, "qudag_peer_handshake_failures_total", failures) == 1,
+            START_TIMEOUT,
+            "the node to count the probe as a handshake that never came",
+        )

@@ -37,6 +37,7 @@ from bench.nodes import (
 )
 from bench.report import Row, markdown
 from bench.single import bare_reference
+from bench.stream import measure as measure_stream
 from bench.verify import engine_run
 from qudag_node.core.crypto import Scheme
 from qudag_node.core.messages import CertifiedMessage, encode_message
@@ -87,7 +88,16 @@ async def test_every_scenario_runs_at_the_smallest_scale(tmp_path: Path) -> None
     names = ["ingest", "single", *verify, "antientropy", *network, "tls", "catchup", "statesync"]
     names += ["statesync", "memory"]
     retention = ["retention-disk", "prune-pause", "idle-growth"]
-    assert [r.name for r in rows] == [*names, "disk", *wire, *fsync, "ids", "attack", *retention]
+    assert [r.name for r in rows] == [
+        *names,
+        "disk",
+        *wire,
+        *fsync,
+        "ids",
+        "attack",
+        *retention,
+        "stream",
+    ]
     for row in rows:
         assert row.verdict in (("-",) if row.name == "ids" else ("PASS", "MISS"))
         assert row.ratio is None or row.ratio > 0
@@ -203,6 +213,19 @@ def test_rows_say_pass_miss_or_no_goal() -> None:
     assert Row("a", "1", "2", None, "none", None).line().endswith("| - | goal none | -")
     assert quantile([3.0, 1.0, 2.0], 0.5) == 2.0
     assert quantile([], 0.99) == 0.0
+
+
+async def test_stream_scenario_delivers_every_entry_to_each_subscriber(tmp_path: Path) -> None:
+    run = await measure_stream(tmp_path, TINY.ingest_seconds, 5)
+    assert run.stored > 0
+    assert run.received == (run.stored,) * 5
+    assert run.rate > 0
+    assert run.writes > 0
+    assert run.delay_p99 is not None
+    assert 0 < run.delay_p99 <= 5.0
+    alone = await measure_stream(tmp_path / "alone", TINY.ingest_seconds, 0)
+    assert alone.received == ()
+    assert alone.delay_p99 is None
 
 
 async def test_attack_scenario_runs_at_a_tiny_size_and_prints_its_figures(
