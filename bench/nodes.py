@@ -101,7 +101,7 @@ def cpu_busy_seconds(cpu: int | None = None) -> float:
         if name == wanted:
             user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
             return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
-    raise ValueError(f"no cpu{cpu} in /proc/stat")
+    raise ValueError(f"no {wanted} in /proc/stat")
 
 
 def thread_cpu_seconds(pid: int, tid: int) -> float:

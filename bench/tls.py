@@ -54,7 +54,8 @@ PACED_RATE = GOAL_RATE / 2
 
 @dataclass(frozen=True)
 class TransportRun:
-    """One testnet's full-load phase with one transport, and what its links showed."""
+    """One testnet of one transport measured (full load, then paced), and what its links
+    showed."""
 
     transport: str
     run: NetworkRun
