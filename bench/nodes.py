@@ -34,7 +34,7 @@ START_TIMEOUT = 60.0
 #: Seconds a node has to exit after SIGTERM before it is killed.
 STOP_TIMEOUT = 120.0
 #: Environment variables of ours that a node must not inherit.
-CLEARED_PREFIXES = ("QUDAG_", "NODE_", "PEER_", "FLY_", "DAG_", "LOG_")
+CLEARED_PREFIXES = ("QUDAG_", "NODE_", "PEER_", "FLY_", "DAG_", "LOG_", "OTEL_")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _SYNC_CALL = re.compile(rb"^\d+\s+(\d+\.\d+)\s+f(?:data)?sync\(")
 _BUCKET_BOUND = re.compile(r'\ble="([^"]+)"')

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,16 +130,23 @@ class SingleRun:
 
 
 @dataclass(frozen=True)
-class _NodeLoad:
+class NodeLoad:
+    """A fresh node's run under the single load."""
+
     served: Served  # the whole process's cores, all threads
     main_cores: float  # its main thread's
     fsyncs: float | None  # fsync + fdatasync calls per second, if traced
 
 
-async def _node_under_load(directory: Path, seconds: float, trace: Path | None) -> _NodeLoad:
-    """A fresh node under the load: its result, its cores (all threads, and the event
-    loop's own), and its fsync calls/s if traced."""
-    node = NodeProcess(directory, trace=trace, cpu=cpus()[0])
+async def node_under_load(
+    directory: Path,
+    seconds: float,
+    trace: Path | None = None,
+    environment: Mapping[str, str] | None = None,
+) -> NodeLoad:
+    """A fresh node (with ``environment`` added to its own) under the load: its result,
+    its cores (all threads, and the event loop's own), and its fsync calls/s if traced."""
+    node = NodeProcess(directory, settings=dict(environment or {}), trace=trace, cpu=cpus()[0])
     window: list[tuple[float, float, float]] = []
     main: list[float] = []
 
@@ -154,7 +162,7 @@ async def _node_under_load(directory: Path, seconds: float, trace: Path | None) 
         await wait_for_log(session, node.url, result.transactions, 120.0)
     (start, _, _), (end, _, _) = window
     fsyncs = None if trace is None else sync_calls(trace, start, end) / (end - start)
-    return _NodeLoad(_served(result, window), (main[1] - main[0]) / (end - start), fsyncs)
+    return NodeLoad(_served(result, window), (main[1] - main[0]) / (end - start), fsyncs)
 
 
 async def measure_single(directory: Path, seconds: float) -> SingleRun:
@@ -162,10 +170,10 @@ async def measure_single(directory: Path, seconds: float) -> SingleRun:
     strace is present, another fresh node under it to count fsyncs (strace stops the
     node at each fsync, which would slow the measured one)."""
     reference = await bare_under_load(seconds)
-    ours = await _node_under_load(directory / "data", seconds, None)
+    ours = await node_under_load(directory / "data", seconds)
     traced = None
     if strace_available():
-        traced = await _node_under_load(directory / "traced", seconds, directory / "fsync.trace")
+        traced = await node_under_load(directory / "traced", seconds, directory / "fsync.trace")
     return SingleRun(
         reference=reference.result,
         ours=ours.served.result,

@@ -33,6 +33,7 @@ from bench import (
     statesync,
     stream,
     tls,
+    tracing,
     verify,
 )
 from bench.lab import FULL, QUICK, Lab
@@ -44,6 +45,7 @@ Scenario = Callable[[Lab], Awaitable[list[Row]]]
 SCENARIOS: dict[str, Scenario] = {
     "ingest": ingest.scenario,
     "single": single.scenario,
+    "tracing": tracing.scenario,
     "verify": verify.scenario,
     "antientropy": antientropy.scenario,
     "network": network.scenario,

@@ -22,15 +22,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from qudag_node import explorer
 from qudag_node.config import Settings
 from qudag_node.core.certificate import Certificate, decode_certificate
-from qudag_node.core.crypto import Purpose, Scheme
+from qudag_node.core.crypto import Purpose, Scheme, tx_ids
 from qudag_node.core.errors import InputRejected, Reason
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.types import TxId, VertexId
@@ -48,6 +49,7 @@ from qudag_node.metrics import Metrics
 from qudag_node.ports import (
     Check,
     CheckpointRecord,
+    DagWindow,
     HeldRange,
     NodeApi,
     NodeStatus,
@@ -60,6 +62,9 @@ from qudag_node.ports import (
 )
 from qudag_node.sockets import dual_stack_socket
 from qudag_node.stream import FINAL_GRACE, Broadcaster, End, Feed, TooManySubscribers
+
+if TYPE_CHECKING:
+    from qudag_node.tracing.spans import Tracing
 
 log = get_logger("qudag.api")
 
@@ -74,6 +79,8 @@ _JSON = "application/json"
 _MAX_LOG_PAGE = 1000
 _MAX_SEQ = 2**63 - 1  # SQLite's largest integer
 _DEFAULT_LOG_PAGE = 100
+_MAX_DAG_ROUNDS = 50
+_DEFAULT_DAG_ROUNDS = 10
 _UNMATCHED = "unmatched"
 _STREAM_HEADERS = {
     hdrs.CONTENT_TYPE: "text/event-stream",
@@ -401,6 +408,25 @@ def _vertex_doc(record: VertexRecord) -> dict[str, Any]:
         "votes": [{"validator": voter, "signature": s.hex()} for voter, s in votes],
         "vote_signing": _signing(scheme, Purpose.VOTE, record.id),
         "ordered": record.ordered,
+    }
+
+
+def _dag_doc(window: DagWindow) -> dict[str, Any]:
+    """The last rounds' vertices, lowest round first, and the committed leaders."""
+    vertices = sorted(window.vertices, key=lambda v: (v.round, v.author))
+    return {
+        "vertices": [
+            {
+                "id": v.id.hex(),
+                "round": v.round,
+                "author": v.author.hex(),
+                "parents": [p.hex() for p in v.parents],
+                "certified": v.certified,
+                "ordered": v.ordered,
+            }
+            for v in vertices
+        ],
+        "committed_leaders": [vid.hex() for vid in window.committed_leaders],
     }
 
 
@@ -740,12 +766,18 @@ class _Routes:
     """The request handlers, bound to one node."""
 
     def __init__(
-        self, node: NodeApi, metrics: Metrics, settings: Settings, stream: Broadcaster
+        self,
+        node: NodeApi,
+        metrics: Metrics,
+        settings: Settings,
+        stream: Broadcaster,
+        tracing: Tracing | None,
     ) -> None:
         self._node = node
         self._metrics = metrics
         self._settings = settings
         self._stream = stream
+        self._tracing = tracing
         self._guard = _WriteGuard(settings)
 
     async def submit(self, request: web.Request) -> web.StreamResponse:
@@ -760,6 +792,13 @@ class _Routes:
             return await _refuse_unread(request, error)
         except ApiError as e:
             return await _refuse_unread(request, e)
+        if self._tracing is None:
+            return await self._store_batch(txs, timeout)
+        with self._tracing.submit(request.headers, tx_ids(txs)):
+            return await self._store_batch(txs, timeout)
+
+    async def _store_batch(self, txs: list[bytes], timeout: float | None) -> web.StreamResponse:
+        """Submit ``txs`` to the node; answer once stored, or once final (``timeout``)."""
         try:
             receipt = await self._node.submit(txs)
         except InputRejected as e:
@@ -851,6 +890,11 @@ class _Routes:
                 "hash": head.hash.hex(),
             }
         )
+
+    async def dag(self, request: web.Request) -> web.Response:
+        """GET /api/v1/dag?rounds=N: the vertices of the last N rounds held."""
+        rounds = _query_int(request, "rounds", _DEFAULT_DAG_ROUNDS, 1, _MAX_DAG_ROUNDS)
+        return web.json_response(_dag_doc(await self._node.dag(rounds)))
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         """GET /api/v1/stream?from=SEQ&events=log,dag: the finalized log as Server-Sent
@@ -949,20 +993,26 @@ def _openapi_handler() -> Handler:
 
 
 def make_app(
-    node: NodeApi, metrics: Metrics, settings: Settings, stream: Broadcaster
+    node: NodeApi,
+    metrics: Metrics,
+    settings: Settings,
+    stream: Broadcaster,
+    tracing: Tracing | None = None,
 ) -> web.Application:
-    """The aiohttp application serving ``node``, and its log ``stream``."""
+    """The aiohttp application serving ``node``, and its log ``stream``; ``tracing``, if
+    the node traces, gets a span for each submit."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[_middleware(metrics), guard_middleware()],
     )
     app[_SETTINGS] = settings
     app[_METRICS] = metrics
-    routes = _Routes(node, metrics, settings, stream)
+    routes = _Routes(node, metrics, settings, stream, tracing)
     app.router.add_post("/api/v1/transactions", routes.submit)
     app.router.add_get("/api/v1/transactions/{id}", routes.transaction)
     app.router.add_get("/api/v1/vertices/{id}", routes.vertex)
     app.router.add_get("/api/v1/log", routes.log)
+    app.router.add_get("/api/v1/dag", routes.dag)
     app.router.add_get("/api/v1/stream", routes.stream)
     app.router.add_get("/api/v1/evidence", routes.evidence)
     app.router.add_get("/api/v1/checkpoints/latest", routes.checkpoint)
@@ -974,6 +1024,7 @@ def make_app(
     app.router.add_get("/ready", routes.ready)
     app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
     app.router.add_get("/api/v1/openapi.json", _openapi_handler())
+    explorer.add_routes(app.router)
     return app
 
 

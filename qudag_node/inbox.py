@@ -3,7 +3,10 @@
 The peer network hands every link event and frame to a :class:`PeerInbox`. Frames
 go where the codec table (:mod:`qudag_node.core.wire`) says: sync messages to the
 syncer's own queue; links coming up or down and every other message wait here until
-the pump feeds them to the engine. The queue is bounded in messages
+the pump feeds them to the engine. A ``TRACED`` wrapper is taken off first: its
+inner message goes on as if it had come alone, and its trace context to the node's
+:class:`~qudag_node.tracing.spans.Tracing` if it traces (a malformed wrapper goes on whole,
+for the engine to refuse). The queue is bounded in messages
 and in bytes: when it is full, the links that bring more stop reading, so a flood
 is pushed back to its senders over TCP and memory stays bounded whatever they send.
 """
@@ -14,11 +17,16 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from qudag_node.core.errors import InputRejected
 from qudag_node.core.types import NodeId, PeerId
-from qudag_node.core.wire import Owner, owner_of
+from qudag_node.core.wire import TRACED, Owner, decode_traced, owner_of
 from qudag_node.gossip import LinkHandler
 from qudag_node.sync import Syncer
+
+if TYPE_CHECKING:
+    from qudag_node.tracing.spans import Tracing
 
 #: Most messages waiting for the engine.
 MAX_MESSAGES = 1024
@@ -61,8 +69,10 @@ class PeerInbox(LinkHandler):
         wake: Callable[[], None],
         max_messages: int = MAX_MESSAGES,
         max_bytes: int = MAX_BYTES,
+        tracing: Tracing | None = None,
     ) -> None:
         self._syncer = syncer
+        self._tracing = tracing
         self._wake = wake
         self._max_messages = max_messages
         self._max_bytes = max_bytes
@@ -95,6 +105,8 @@ class PeerInbox(LinkHandler):
         stops this link from reading. A message larger than the byte bound still gets in once the
         queue is empty, so no valid message is refused.
         """
+        if data[0] == TRACED:
+            data = self._unwrap(data)
         if owner_of(data) is Owner.SYNC or self._syncer.takes(data):
             await self._syncer.deliver(peer, data)
             return
@@ -104,6 +116,17 @@ class PeerInbox(LinkHandler):
         self._queue.append(Received(peer, data))
         self._bytes += len(data)
         self._wake()
+
+    def _unwrap(self, data: bytes) -> bytes:
+        """The inner message of a ``TRACED`` wrapper (its context to the tracing), or
+        the malformed wrapper whole."""
+        try:
+            traced = decode_traced(data)
+        except InputRejected:
+            return data
+        if self._tracing is not None:
+            self._tracing.received(traced)
+        return traced.inner
 
     def take(self, limit: int) -> list[PeerInput]:
         """Up to ``limit`` queued inputs, oldest first; makes room for the links."""

@@ -17,6 +17,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from qudag_node.commits import GroupCommit
 from qudag_node.config import Settings
@@ -39,8 +40,12 @@ from qudag_node.store import Store, is_disk_full
 from qudag_node.stream import Broadcaster
 from qudag_node.submissions import Submission, Submissions
 from qudag_node.sync import Syncer
+from qudag_node.tracing import now_ns
 from qudag_node.verifier import ThreadedVerifier
 from qudag_node.writer import Outcome, Step, StepWriter
+
+if TYPE_CHECKING:
+    from qudag_node.tracing.spans import Tracing
 
 #: Most database transactions a second on average (an fsync each, plus a few for
 #: checkpoints): under load each carries every step since the last, within the volume's
@@ -84,6 +89,7 @@ class Node:
         stream: Broadcaster,
         wakeup: asyncio.Event,
         vertices: int,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self.params = settings.engine_params()
@@ -101,8 +107,16 @@ class Node:
         self._closing = asyncio.Event()  # shutting down: no new client work is taken
         self._stopping = False  # the pump finishes what is queued and returns
         self._pumping = False
+        self._tracing = tracing
         self._writer = StepWriter(
-            engine, store, metrics, submissions, network, stream, vertices=vertices
+            engine,
+            store,
+            metrics,
+            submissions,
+            network,
+            stream,
+            vertices=vertices,
+            tracing=tracing,
         )
         self._catching_up: bool | None = None  # a change for the pump to apply
         # a checkpoint to install at the next step boundary, and who waits for it
@@ -298,6 +312,7 @@ class Node:
     async def _step(self, pump: Pump[Outcome], commits: GroupCommit[Step], now: Instant) -> None:
         """Feed the engine this step's inputs; the pump takes its output on."""
         commits.preparing()
+        started = 0 if self._tracing is None else now_ns()
         batch = self._submissions.take()
         outcomes: list[Outcome] = []
         try:
@@ -316,6 +331,8 @@ class Node:
                 self._wakeup.set()  # more next step
             self._engine.handle_timer(now)
             await pump.step(now, outcomes)
+            if self._tracing is not None and batch:
+                self._tracing.pump_step([sub.ids for sub in batch], started)
         except sqlite3.DatabaseError as e:
             raise NodeFailure(f"cannot read the database: {e}") from None
 

@@ -99,6 +99,27 @@ class LogRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class DagVertexRecord:
+    """A stored vertex as the DAG's picture needs it: place, links and state."""
+
+    id: VertexId
+    round: int
+    author: NodeId
+    parents: tuple[VertexId, ...]
+    certified: bool
+    ordered: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DagWindow:
+    """The stored vertices of the last rounds, and which of them are committed leaders
+    (highest round first)."""
+
+    vertices: tuple[DagVertexRecord, ...]
+    committed_leaders: tuple[VertexId, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class CheckpointRecord:
     """A certified checkpoint held here, and the ids of its window's vertices."""
 
@@ -333,6 +354,10 @@ class NodeApi(Protocol):
 
     async def log(self, start: int, limit: int) -> list[LogRecord]:
         """Finalized entries with ``seq >= start``, in order, at most ``limit``."""
+        ...
+
+    async def dag(self, rounds: int) -> DagWindow:
+        """The stored vertices of the last ``rounds`` rounds, and the committed leaders."""
         ...
 
     async def evidence(self, limit: int) -> list[EvidenceRecord]:

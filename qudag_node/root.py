@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -61,8 +61,12 @@ from qudag_node.store import Store, StoreError, accept, is_disk_full
 from qudag_node.stream import Broadcaster
 from qudag_node.submissions import Submissions
 from qudag_node.sync import Syncer
+from qudag_node.tracing import start_tracing
 from qudag_node.verifier import ThreadedVerifier, worker_count
 from qudag_node.view import NodeView
+
+if TYPE_CHECKING:
+    from qudag_node.tracing.spans import Tracing
 
 log = get_logger("qudag.node")
 
@@ -133,10 +137,11 @@ async def _run(
 ) -> None:
     """Build the parts over the open database, run them, and shut them down in order."""
     verifier = ThreadedVerifier(worker_count())  # threads start on first use
+    tracing = start_tracing(signer.node_id, s.engine_params())
     try:
-        parts = await _build(s, signer, genesis, store, verifier)
+        parts = await _build(s, signer, genesis, store, verifier, tracing)
         node = parts.node
-        app = make_app(parts.view, parts.metrics, s, parts.stream)
+        app = make_app(parts.view, parts.metrics, s, parts.stream, tracing)
         runner, api_port = await start_api(app, s.api_host, s.api_port)
         log.info("api_listening", host=s.api_host or "*", port=api_port)
         try:
@@ -154,10 +159,17 @@ async def _run(
             await runner.cleanup()
     finally:
         verifier.close()
+        if tracing is not None:  # the last spans leave (within the exporter's timeout)
+            await asyncio.to_thread(tracing.shutdown)
 
 
 async def _build(
-    s: Settings, signer: Signer, genesis: Genesis, store: Store, verifier: ThreadedVerifier
+    s: Settings,
+    signer: Signer,
+    genesis: Genesis,
+    store: Store,
+    verifier: ThreadedVerifier,
+    tracing: Tracing | None,
 ) -> _Parts:
     """Every part over the open database, wired: the engine loaded from it, the parts
     around the pump (:func:`_wire`), the quorum watch and the read side."""
@@ -169,7 +181,18 @@ async def _build(
     length, _ = await store.log_head()
     stream = Broadcaster(metrics, s.stream_max_subscribers, log_length=length)
     node, syncer, submissions, network, p2p_port = await _wire(
-        s, signer, genesis, store, verifier, engine, metrics, disk, vertices, pruner, stream
+        s,
+        signer,
+        genesis,
+        store,
+        verifier,
+        engine,
+        metrics,
+        disk,
+        vertices,
+        pruner,
+        stream,
+        tracing,
     )
     quorum = QuorumWatch(
         network, metrics, quorum=genesis.quorum, validator=engine.role is Role.VALIDATOR
@@ -204,12 +227,14 @@ async def _wire(
     vertices: int,
     pruner: Pruner,
     stream: Broadcaster,
+    tracing: Tracing | None,
 ) -> tuple[Node, Syncer, Submissions, PeerNetwork | None, int | None]:
     """The node that drives ``engine`` and what brings it work: the syncer, the peer
     links (listening; None when the node is the network, with the port bound) and the
     client submissions; it publishes what became durable to ``stream``. A state sync's
     install restarts the node from the checkpoint, then has ``pruner`` read what the
-    node holds now."""
+    node holds now. ``tracing``, if the node traces, hears of the peers' trace contexts
+    and follows the pump's steps."""
     params = s.engine_params()
     wakeup = asyncio.Event()  # the pump's: set by whatever brings it work
     alone = genesis.n == 1 and genesis.index_of(signer.node_id) == 0
@@ -256,7 +281,7 @@ async def _wire(
             prefix=prefix,
         ),
     )
-    peer_inbox = PeerInbox(syncer, wakeup.set)
+    peer_inbox = PeerInbox(syncer, wakeup.set, tracing=tracing)
     engine.set_catching_up(syncer.catching_up, engine_time())
     submissions = Submissions(
         params,
@@ -284,6 +309,7 @@ async def _wire(
         stream=stream,
         wakeup=wakeup,
         vertices=vertices,
+        tracing=tracing,
     )
     return node, syncer, submissions, network, p2p_port
 

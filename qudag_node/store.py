@@ -59,6 +59,7 @@ from qudag_node.core.vertex import (
 )
 from qudag_node.ports import (
     CheckpointRecord,
+    DagVertexRecord,
     EvidenceRecord,
     HeldRange,
     LogRecord,
@@ -74,6 +75,12 @@ WAL_CHECKPOINT_PAGES = 4_000
 _CHUNK = 900  # ids per IN (...) query, under SQLite's variable limit
 _VERTICES_PER_READ = 8  # vertices read at once to answer a fetch (each up to 4 MiB)
 _LOG_PAGE = 256  # log entries read at once to answer a LOG_REQUEST
+#: The vertices of the last ``?1`` rounds held, highest round first, at most ``?2``:
+#: both the highest round and the range are read from the index ``vertices_round``.
+DAG_WINDOW_SQL = """
+    SELECT id, header, ordered, certificate IS NOT NULL FROM vertices
+    WHERE round > (SELECT max(round) FROM vertices) - ?1
+    ORDER BY round DESC, author LIMIT ?2"""
 
 #: A schema step: an SQL statement, or a function of the connection and the genesis.
 Migration = str | Callable[[aiosqlite.Connection, Genesis], Awaitable[None]]
@@ -1096,6 +1103,25 @@ class Store:
         return StoredTransaction(
             tx_id, size, seq, VertexId(vertex) if vertex else None, final=bool(final)
         )
+
+    async def dag_window(self, rounds: int, limit: int) -> list[DagVertexRecord]:
+        """The stored vertices of the last ``rounds`` rounds held (up to the highest),
+        highest round first, at most ``limit`` of them."""
+        rows = await _fetch(self._reader, DAG_WINDOW_SQL, (rounds, limit))
+        out = []
+        for vid, header, ordered, certified in rows:
+            h = decode_header_bytes(header)
+            out.append(
+                DagVertexRecord(
+                    VertexId(bytes(vid)),
+                    h.round,
+                    h.author,
+                    h.parents,
+                    bool(certified),
+                    bool(ordered),
+                )
+            )
+        return out
 
     async def final_among(self, ids: Sequence[TxId]) -> set[TxId]:
         """Which of ``ids`` are final."""

@@ -15,6 +15,8 @@ from typing import Protocol
 
 from qudag_node import __version__
 from qudag_node.config import Settings
+from qudag_node.core.consensus import committed_leaders
+from qudag_node.core.dag import Dag, DagVertex
 from qudag_node.core.engine import Engine
 from qudag_node.core.genesis import Genesis
 from qudag_node.core.types import NodeId, PeerId, PublicKey, TxId, VertexId
@@ -27,6 +29,7 @@ from qudag_node.ports import (
     CheckpointInfo,
     CheckpointRecord,
     DagInfo,
+    DagWindow,
     EvidenceRecord,
     LogInfo,
     LogRecord,
@@ -157,6 +160,20 @@ class NodeView:
     async def log(self, start: int, limit: int) -> list[LogRecord]:
         """Finalized log entries from the store."""
         return await self._store.log(start, limit)
+
+    async def dag(self, rounds: int) -> DagWindow:
+        """The last ``rounds`` rounds from the store; the committed leaders among them
+        read back from the certified vertices' ordered flags."""
+        # At most one certified vertex per (round, author); room for a twin proposal too.
+        records = await self._store.dag_window(rounds, rounds * self._genesis.n * 2)
+        dag = Dag()
+        for r in records:
+            if r.certified:
+                vertex = DagVertex(r.id, r.round, r.author, r.parents, 0, 0)
+                dag.add(vertex, (), r.ordered)
+        low = min((r.round for r in records), default=0)
+        leaders = committed_leaders(self._genesis, dag, low)
+        return DagWindow(tuple(records), tuple(v.id for v in leaders))
 
     async def evidence(self, limit: int) -> list[EvidenceRecord]:
         """Equivocation evidence from the store."""

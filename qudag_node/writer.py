@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import assert_never
+from typing import TYPE_CHECKING, assert_never
 
 from qudag_node.core.engine import Engine
 from qudag_node.core.errors import InputRejected
@@ -23,15 +23,20 @@ from qudag_node.core.events import (
     VertexCertified,
     VertexStored,
 )
+from qudag_node.core.types import TxId
 from qudag_node.failure import NodeFailure
 from qudag_node.gossip import PeerNetwork
 from qudag_node.logs import get_logger
 from qudag_node.metrics import Metrics
 from qudag_node.ports import StorageFull, SubmitReceipt
-from qudag_node.pump import ForwardRefused, PumpStep, deliver
+from qudag_node.pump import ForwardRefused, Links, PumpStep, deliver
 from qudag_node.store import Store, is_disk_full
 from qudag_node.stream import Broadcaster
 from qudag_node.submissions import Submission, Submissions
+from qudag_node.tracing import now_ns
+
+if TYPE_CHECKING:
+    from qudag_node.tracing.spans import Tracing
 
 log = get_logger("qudag.node")
 
@@ -55,6 +60,7 @@ class StepWriter:
         stream: Broadcaster,
         *,
         vertices: int,
+        tracing: Tracing | None = None,
     ) -> None:
         self.engine = engine
         self.vertices = vertices
@@ -62,11 +68,21 @@ class StepWriter:
         self._store = store
         self._metrics = metrics
         self._submissions = submissions
-        self._network = network
+        self._links: Links | None = network
+        if network is not None and tracing is not None:
+            self._links = tracing.wrapping(network)
+        self._tracing = tracing
+        # traced: when the open transaction's first write began, its submissions' ids,
+        # and when the last committed one's first write began
+        self._write_started = 0
+        self._committing: list[list[TxId]] = []
+        self._committed_started = 0
         self._stream = stream
 
     async def write(self, steps: Sequence[Step]) -> bool:
         """Add the facts of ``steps`` to the open transaction (the group commit's write)."""
+        if self._tracing is not None:
+            self._traced_write(steps)
         try:
             return await self._store.write([f for step in steps for f in step.facts])
         except Exception as e:
@@ -79,6 +95,16 @@ class StepWriter:
         except Exception as e:
             raise self._write_failure(e) from e
         self._metrics.on_store_commit(time.perf_counter() - started)
+        if self._tracing is not None:
+            self._tracing.group_commit(self._committing, self._write_started)
+            self._committed_started, self._write_started = self._write_started, 0
+            self._committing = []
+
+    def _traced_write(self, steps: Sequence[Step]) -> None:
+        """Note when the open transaction began and whose submissions it carries."""
+        if not self._write_started:
+            self._write_started = now_ns()
+        self._committing += [sub.ids for step in steps for sub, _ in step.receipts]
 
     def _write_failure(self, error: Exception) -> NodeFailure:
         """The node stops: the engine's state is now ahead of the database. A full disk
@@ -103,8 +129,10 @@ class StepWriter:
     async def finish(self, step: Step) -> None:
         """Once ``step`` is durable: answer its clients, then send its messages."""
         self._after_commit(step)
-        if self._network is not None:
-            await deliver(step, self._store, self._network)
+        if self._tracing is not None:
+            self._tracing.durable(step.facts, self._committed_started)
+        if self._links is not None:
+            await deliver(step, self._store, self._links)
 
     def _after_commit(self, step: Step) -> None:
         self._metrics.on_facts(step.facts)

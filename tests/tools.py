@@ -1,5 +1,5 @@
 """External programs that some tests need: podman, podman-compose, promtool, shellcheck,
-ip, nft, dnsmasq.
+ip, nft, dnsmasq, chromium and chromedriver.
 
 On a developer machine without one of them, those tests skip and say which program is
 missing and how to get it. CI sets ``QUDAG_REQUIRE_TOOLS=1``: there a missing program fails
@@ -26,6 +26,8 @@ PACKAGES = {
     "tc": "iproute2",
     "nft": "nftables",
     "dnsmasq": "dnsmasq",
+    "chromium": "chromium",
+    "chromedriver": "chromium-driver",
 }
 
 

@@ -83,3 +83,25 @@ class Consensus:
             previous = lead.round
         self.committed_round = round_
         return commits
+
+
+def committed_leaders(genesis: Genesis, dag: Dag, low: int) -> list[DagVertex]:
+    """The committed leaders among rounds ``low`` and above, highest round first, read
+    back from a DAG whose vertices carry their ordered flag (as stored).
+
+    The highest ordered leader vertex is the last committed leader: every ordered vertex
+    lies in the causal history of a committed leader, so none is above it. Walking down
+    from it, a leader is committed exactly when the nearest committed leader above it
+    reaches it (the chain rule of :meth:`Consensus.on_vertex_added`); a leader that is
+    ordered but not reached was skipped, and was ordered later as an ordinary vertex of
+    some leader's history.
+    """
+    found: list[DagVertex] = []
+    top = dag.highest_round()
+    for round_ in range(top - top % 2, max(low, 2) - 1, -2):
+        leader = dag.at(round_, genesis.leader(round_))
+        if leader is None or not dag.is_ordered(leader.id):
+            continue
+        if not found or dag.reaches(found[-1], leader):
+            found.append(leader)
+    return found

@@ -84,7 +84,9 @@ from qudag_node.core.pool import Pool
 from qudag_node.core.rules import check_batch, check_vertex
 from qudag_node.core.types import Instant, NodeId, PeerId, TxId, VertexId
 from qudag_node.core.vertex import Vertex, VertexHeader, make_vertex
-from qudag_node.core.wire import message_kind
+from qudag_node.core.wire import TRACED, decode_traced, message_kind
+
+_TRACED = bytes((TRACED,))
 
 
 class Role(enum.Enum):
@@ -489,6 +491,8 @@ class Engine:
 
     def _decode(self, data: bytes) -> Message | InputRejected:
         try:
+            if data[:1] == _TRACED:  # the wrapper is transparent: its inner message counts
+                data = decode_traced(data).inner
             return decode_message(data, self._params)
         except InputRejected as e:
             return e

@@ -18,6 +18,7 @@ from qudag_node.ports import (
     CheckpointInfo,
     CheckpointRecord,
     DagInfo,
+    DagWindow,
     EvidenceRecord,
     HeldRange,
     LogInfo,
@@ -121,6 +122,7 @@ class FakeNode:
     log_base: int = 0  # positions up to it are not held
     equivocations: list[EvidenceRecord] = field(default_factory=list)
     checkpoints: dict[int, CheckpointRecord] = field(default_factory=dict)
+    window: DagWindow = field(default_factory=lambda: DagWindow((), ()))
     current: NodeStatus = field(default_factory=sample_status)
     network: Genesis = GENESIS
     peer_views: list[PeerView] = field(default_factory=list)
@@ -128,10 +130,12 @@ class FakeNode:
     ready: list[Check] = field(default_factory=lambda: [Check("started", True, "running")])
     refusal: Exception | None = None
     final: set[TxId] = field(default_factory=set)
-    #: what the API asked: each submitted batch, each wait's timeout, each log page
+    #: what the API asked: each submitted batch, each wait's timeout, each log page,
+    #: each DAG window's rounds
     submitted: list[list[bytes]] = field(default_factory=list)
     waits: list[float] = field(default_factory=list)
     pages: list[tuple[int, int]] = field(default_factory=list)
+    dag_rounds: list[int] = field(default_factory=list)
 
     async def submit(self, transactions: Sequence[bytes]) -> SubmitReceipt:
         """Record the batch as pending; ids seen before count as duplicates."""
@@ -164,6 +168,11 @@ class FakeNode:
         if start <= self.log_base:
             raise Pruned(f"log position {start}", self.log_base)
         return [e for e in self.entries if e.seq >= start][:limit]
+
+    async def dag(self, rounds: int) -> DagWindow:
+        """:attr:`window`, whatever ``rounds`` (which is recorded)."""
+        self.dag_rounds.append(rounds)
+        return self.window
 
     async def evidence(self, limit: int) -> list[EvidenceRecord]:
         """The first ``limit`` evidence records."""

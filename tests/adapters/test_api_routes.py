@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from hashlib import blake2b
@@ -33,6 +34,8 @@ from qudag_node.metrics import Metrics
 from qudag_node.ports import (
     Check,
     CheckpointRecord,
+    DagVertexRecord,
+    DagWindow,
     EvidenceRecord,
     HeldRange,
     LogRecord,
@@ -498,6 +501,84 @@ async def test_the_log_pages_with_the_head_of_the_status(serve: ApiFactory) -> N
     for query in ("from=0", "limit=0", "limit=1001", "from=-1", "limit=1.5", "from=%EF%BC%91"):
         status, body = await api.get(f"/api/v1/log?{query}")
         assert (status, body["error"]["code"]) == (400, "bad_request"), query
+
+
+async def test_the_dag_window_lowest_round_first_with_its_committed_leaders(
+    serve: ApiFactory,
+) -> None:
+    api = await serve()
+    a2, b2, a1 = VertexId(b"\x0a" * 32), VertexId(b"\x0b" * 32), VertexId(b"\x0c" * 32)
+    api.node.window = DagWindow(
+        (
+            DagVertexRecord(b2, 2, ID_B, (a1,), False, False),
+            DagVertexRecord(a2, 2, ID_A, (a1,), True, True),
+            DagVertexRecord(a1, 1, ID_A, (), True, True),
+        ),
+        (a2,),
+    )
+    status, body = await api.get("/api/v1/dag?rounds=2")
+    assert status == 200
+    first, *_ = sorted([ID_A.hex(), ID_B.hex()])
+    vertices = body["vertices"]
+    assert [(v["round"], v["author"]) for v in vertices] == [
+        (1, ID_A.hex()),
+        (2, first),
+        (2, ID_B.hex() if first == ID_A.hex() else ID_A.hex()),
+    ]
+    assert vertices[0] == {
+        "id": a1.hex(),
+        "round": 1,
+        "author": ID_A.hex(),
+        "parents": [],
+        "certified": True,
+        "ordered": True,
+    }
+    by_id = {v["id"]: v for v in vertices}
+    assert by_id[b2.hex()]["parents"] == [a1.hex()]
+    assert (by_id[b2.hex()]["certified"], by_id[b2.hex()]["ordered"]) == (False, False)
+    assert body["committed_leaders"] == [a2.hex()]
+    _keys_match_schema(body, {"$ref": "#/components/schemas/DagWindow"})
+    assert (await api.get("/api/v1/dag"))[0] == 200
+    assert api.node.dag_rounds == [2, 10]
+    for query in ("rounds=0", "rounds=51", "rounds=x", "rounds=-1"):
+        status, body = await api.get(f"/api/v1/dag?{query}")
+        assert (status, body["error"]["code"]) == (400, "bad_request"), query
+
+
+async def test_the_explorer_is_served_from_the_package_with_a_strict_policy(
+    serve: ApiFactory,
+) -> None:
+    api = await serve()
+    async with api.session.get(api.url + "/", allow_redirects=False) as response:
+        assert response.status == 302
+        assert response.headers["Location"] == "/explorer"
+    files = ROOT / "qudag_node" / "explorer"
+    for path, name, content_type in (
+        ("/explorer", "index.html", "text/html"),
+        ("/explorer/explorer.js", "explorer.js", "text/javascript"),
+        ("/explorer/explorer.css", "explorer.css", "text/css"),
+    ):
+        async with api.session.get(api.url + path) as response:
+            assert response.status == 200, path
+            assert response.content_type == content_type
+            assert await response.read() == (files / name).read_bytes()
+            policy = response.headers["Content-Security-Policy"]
+            assert response.headers["X-Content-Type-Options"] == "nosniff"
+        directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+        assert directives["default-src"] == "'none'"
+        assert directives["script-src"] == directives["connect-src"] == "'self'"
+        assert "unsafe" not in policy
+    page = (files / "index.html").read_text()
+    script = (files / "explorer.js").read_text()
+    # Nothing from elsewhere, no inline script: the policy would refuse both.
+    assert "http://" not in page + script.replace("http://www.w3.org/2000/svg", "")
+    assert "https://" not in page + script
+    assert "<script>" not in page
+    assert page.count("<script ") == 1
+    # Relative URLs only: the page works behind any proxy, against any node.
+    urls = re.findall(r'(?:getJson|fetch|EventSource)\(\s*[`"]([^`"]*)|href: `([^`]*)', script)
+    assert {u for pair in urls for u in pair if u} >= {"api/v1/status", "metrics"}
+    assert [u for pair in urls for u in pair if u.startswith(("/", "http"))] == []
 
 
 async def test_the_log_below_the_base_is_gone_not_missing(serve: ApiFactory) -> None:

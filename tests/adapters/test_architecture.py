@@ -35,7 +35,7 @@ ALLOWED = frozenset(
 FORBIDDEN = frozenset(
     {
         "asyncio", "socket", "time", "logging", "sqlite3", "os", "random", "threading",
-        "aiohttp", "aiosqlite", "structlog", "prometheus_client",
+        "aiohttp", "aiosqlite", "structlog", "prometheus_client", "opentelemetry",
     }
 )  # fmt: skip
 
@@ -82,6 +82,31 @@ def violations(source: str, package: str = "qudag_node.core") -> list[str]:
 
 
 CORE_FILES = sorted(CORE.glob("*.py"))
+
+
+def test_only_the_spans_module_imports_opentelemetry() -> None:
+    importers = {
+        path.relative_to(ROOT).as_posix()
+        for path in (ROOT / "qudag_node").rglob("*.py")
+        if any(
+            name.split(".")[0] == "opentelemetry"
+            for name in imported_modules(path.read_text(), "qudag_node")
+        )
+    }
+    assert importers == {"qudag_node/tracing/spans.py"}
+
+
+def test_a_node_that_does_not_trace_never_loads_opentelemetry() -> None:
+    code = (
+        "import sys, qudag_node.root, qudag_node.tracing as t;"
+        " from qudag_node.core.params import Params;"
+        " assert t.start_tracing(b'\\x01' * 32, Params(), {}) is None;"
+        " print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]"
 
 
 def test_the_allow_and_forbid_lists_do_not_overlap() -> None:

@@ -13,6 +13,7 @@ from qudag_node.core.crypto import log_hash_start
 from qudag_node.core.params import Params
 from qudag_node.core.syncwire import Status, decode_sync, encode_sync
 from qudag_node.core.types import PeerId
+from qudag_node.core.wire import TRACED, encode_traced
 from qudag_node.inbox import LinkDown, LinkUp, PeerInbox, Received
 from qudag_node.metrics import Metrics
 from qudag_node.store import Store
@@ -158,3 +159,25 @@ async def test_a_message_over_the_byte_bound_still_gets_into_an_empty_queue(stor
     big = b"\x04" + bytes(5000)
     await asyncio.wait_for(parts.inbox.frame(P, big), 5)
     assert parts.inbox.take(1) == [Received(P, big)]
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+async def test_a_traced_wrapper_is_taken_off_and_its_inner_message_routed(store: Store) -> None:
+    parts = Parts(store)
+    parts.inbox.link_up(P, C.signers[1].node_id)
+    theirs = Status(50, 49, 0, 3, b"\x00" * 32)
+    await parts.inbox.frame(P, encode_traced(TRACEPARENT, b"\x02vote"))
+    await parts.inbox.frame(P, encode_traced(TRACEPARENT, encode_sync(theirs)))
+    malformed = bytes((TRACED, 3)) + b"00-" + b"\x02vote"
+    await parts.inbox.frame(P, malformed)
+    # the inner vote for the engine; the wrapped STATUS to the syncer; the malformed
+    # wrapper whole, for the engine to refuse
+    assert parts.inbox.take(5) == [
+        LinkUp(P, C.signers[1].node_id),
+        Received(P, b"\x02vote"),
+        Received(P, malformed),
+    ]
+    async with running(parts.syncer):
+        await parts.until(lambda: parts.syncer.statuses() == {P: theirs})

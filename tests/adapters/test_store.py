@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bench.history import Committee, certified_rounds
+from bench.history import Committee, certified_rounds, persist_history
 from qudag_node.core.checkpoint import check_certified
 from qudag_node.core.checkpoints import KEEP
 from qudag_node.core.crypto import SequentialVerifier, Signer, tx_ids
@@ -30,6 +30,7 @@ from qudag_node.core.genesis import Genesis
 from qudag_node.core.params import Params
 from qudag_node.core.types import Seq, VertexId
 from qudag_node.store import (
+    DAG_WINDOW_SQL,
     DB_FILENAME,
     SCHEMA_VERSION,
     WAL_CHECKPOINT_PAGES,
@@ -419,3 +420,29 @@ async def test_checkpoints_are_kept_served_once_certified_and_resumed(tmp_path: 
     assert resumed.certified.checkpoint == unsigned
     check_certified(resumed.certified, GENESIS, SequentialVerifier())
     await store.close()
+
+
+async def test_the_dag_window_reads_the_last_rounds_by_the_round_index(tmp_path: Path) -> None:
+    committee = Committee.generate(4)
+    await persist_history(tmp_path, committee, 9, 1_000_000)  # even leaders committed
+    made = {v.id: v for r in certified_rounds(committee, 9, 1_000_000) for v, _ in r}
+    store = await Store.open(tmp_path, committee.genesis)
+    try:
+        window = await store.dag_window(4, 100)
+        capped = await store.dag_window(4, 5)
+        everything = await store.dag_window(50, 1000)
+    finally:
+        await store.close()
+    assert [r.round for r in window] == [9] * 4 + [8] * 4 + [7] * 4 + [6] * 4
+    for record in window:
+        vertex = made[record.id]
+        assert (record.author, record.parents) == (vertex.author, vertex.parents)
+        assert record.certified
+        assert record.ordered == (record.round <= 8)  # round 8's leader ordered them
+    assert capped == window[:5]
+    assert len(everything) == 36
+    with sqlite3.connect(tmp_path / DB_FILENAME) as db:
+        plan = " ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN " + DAG_WINDOW_SQL, (4, 5)))
+    assert "SEARCH vertices USING INDEX vertices_round (round>?)" in plan  # the range
+    assert "SEARCH vertices USING COVERING INDEX vertices_round" in plan  # the highest round
+    assert "SCAN" not in plan

@@ -27,16 +27,16 @@ from qudag_node.core.syncwire import (
     encode_sync,
 )
 from qudag_node.core.types import VertexId
-from qudag_node.core.wire import CODECS, Owner, message_kind, owner_of
+from qudag_node.core.wire import CODECS, TRACED, Owner, message_kind, owner_of
 from tests.core.support import PARAMS, C
 
 ID = VertexId(b"\x07" * 32)
 
 
 def test_every_type_has_one_codec() -> None:
-    assert sorted(CODECS) == sorted({*MessageType, *SyncType})
-    assert set(CODECS) == set(range(1, 18))
-    assert {k for k, c in CODECS.items() if c.owner is Owner.ENGINE} == set(MessageType)
+    assert sorted(CODECS) == sorted({*MessageType, *SyncType, TRACED})
+    assert set(CODECS) == set(range(1, 19))
+    assert {k for k, c in CODECS.items() if c.owner is Owner.ENGINE} == {*MessageType, TRACED}
     assert {k for k, c in CODECS.items() if c.owner is Owner.SYNC} == set(SyncType)
     names = [c.name for c in CODECS.values()]
     assert len(set(names)) == len(names)

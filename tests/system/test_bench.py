@@ -38,6 +38,7 @@ from bench.nodes import (
 from bench.report import Row, markdown
 from bench.single import bare_reference
 from bench.stream import measure as measure_stream
+from bench.tracing import paired_ratio
 from bench.verify import engine_run
 from qudag_node.core.crypto import Scheme
 from qudag_node.core.messages import CertifiedMessage, encode_message
@@ -85,7 +86,17 @@ async def test_every_scenario_runs_at_the_smallest_scale(tmp_path: Path) -> None
     verify = [f"verify ({s.label})" for s in Scheme]
     network = ["network (mldsa65-ed25519)", "network (ed25519)"]
     wire = [f"wire ({s.label})" for s in Scheme]
-    names = ["ingest", "single", *verify, "antientropy", *network, "tls", "catchup", "statesync"]
+    names = [
+        "ingest",
+        "single",
+        "tracing",
+        *verify,
+        "antientropy",
+        *network,
+        "tls",
+        "catchup",
+        "statesync",
+    ]
     names += ["statesync", "memory"]
     retention = ["retention-disk", "prune-pause", "idle-growth"]
     assert [r.name for r in rows] == [
@@ -370,3 +381,11 @@ async def test_attacker_keeps_up_its_mix_against_a_server_that_defends_itself() 
     assert seen.bombs.get("415", 0) >= 1
     assert seen.batches.get("400", 0) >= 1
     assert set(seen.bombs) <= {"415", "closed"}  # a refusal may close before the status
+
+
+def test_paired_ratio_is_a_geometric_mean_with_its_interval() -> None:
+    assert paired_ratio([(2.0, 1.0), (8.0, 4.0)]) == pytest.approx((2.0, 2.0, 2.0))
+    ratio, low, high = paired_ratio([(1.0, 1.0), (4.0, 1.0)])
+    assert ratio == pytest.approx(2.0)
+    assert low < 1.0 < high  # two pairs this far apart: the noise hides a factor 2
+    assert high > 2.0
