@@ -34,6 +34,7 @@ class Scale:
     antientropy_vertices: int
     antientropy_rounds: int
     network_seconds: float
+    tls_pairs: int  # plain and TLS testnets run in turn, each for network_seconds
     catchup_transactions: int
     memory_transactions: int
     memory_window: float
@@ -54,6 +55,7 @@ FULL = Scale(
     antientropy_vertices=100_000,
     antientropy_rounds=20,
     network_seconds=60.0,
+    tls_pairs=2,
     catchup_transactions=1_000_000,
     memory_transactions=5_000_000,
     memory_window=600.0,
@@ -72,6 +74,7 @@ QUICK = Scale(
     antientropy_vertices=100_000,
     antientropy_rounds=6,
     network_seconds=6.0,
+    tls_pairs=1,
     catchup_transactions=100_000,
     memory_transactions=500_000,
     memory_window=10.0,

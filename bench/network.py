@@ -29,7 +29,7 @@ measures an idle network with Fly's sync interval.
 
 Usage: python -m bench.network [--nodes 4] [--duration 30] [--clients 8] [--batch 100]
        [--size 256] [--sync-interval 5] [--paced RATE] [--idle SECONDS [--trickle RATE]]
-       [--late-observer] [--scheme mldsa65-ed25519|ed25519]
+       [--late-observer] [--scheme mldsa65-ed25519|ed25519] [--peer-transport tls|plain]
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from bench.loadgen import LoadResult, LoadSpec, run_load
 from bench.nodes import (
     NodeProcess,
     Testnet,
+    cpu_busy_seconds,
     cpu_seconds,
     dag_round,
     database_bytes,
@@ -62,6 +63,7 @@ from bench.nodes import (
     testnet_running,
 )
 from bench.report import Row, per_second
+from qudag_node.config import PEER_TRANSPORTS
 from qudag_node.core.crypto import DEFAULT_SCHEME, SCHEME_LABELS, SIGNATURE_SIZES, Scheme
 
 GOAL_RATE = 5_000
@@ -93,6 +95,13 @@ class Phase:
     disk: list[int]  # each node's database growth during the window
     cores: float  # CPU time all nodes used during the window, in cores
     rounds: int  # rounds node 1's DAG advanced during the window
+    busy: float  # cores the whole machine was busy during the window (anything, not idle)
+
+    @property
+    def other_cores(self) -> float:
+        """Cores busy with other work than the nodes and the load generator: what else
+        shared the machine during the window."""
+        return max(0.0, self.busy - self.cores - self.load.cpu_seconds / self.load.elapsed)
 
     @property
     def rate(self) -> float:
@@ -121,7 +130,7 @@ async def _wire_bytes(session: aiohttp.ClientSession, urls: list[str]) -> float:
 
 async def load_phase(session: aiohttp.ClientSession, net: Testnet, spec: LoadSpec) -> Phase:
     """Apply ``spec`` to the testnet and read the network around its window."""
-    marks: list[tuple[float, int, float, list[int], float, int]] = []
+    marks: list[tuple[float, int, float, list[int], float, int, float]] = []
 
     async def mark() -> None:
         length = await log_length(session, net.urls[0])
@@ -129,14 +138,17 @@ async def load_phase(session: aiohttp.ClientSession, net: Testnet, spec: LoadSpe
         disks = [database_bytes(net.data_dir(k)) for k in range(net.nodes)]
         cpu = sum(cpu_seconds(pid) for pid in net.pids)
         round_ = await dag_round(session, net.urls[0])
-        marks.append((time.monotonic(), length, wire, disks, cpu, round_))
+        marks.append((time.monotonic(), length, wire, disks, cpu, round_, cpu_busy_seconds()))
 
     load = await run_load(spec, mark, mark)
     if load.failed:
         raise RuntimeError(f"submits failed: {load.first_error}")
-    (t0, l0, w0, d0, c0, r0), (t1, l1, w1, d1, c1, r1) = marks
+    (t0, l0, w0, d0, c0, r0, b0), (t1, l1, w1, d1, c1, r1, b1) = marks
     disk = [b - a for a, b in zip(d0, d1, strict=True)]
-    return Phase(load, t1 - t0, l1 - l0, w1 - w0, disk, (c1 - c0) / (t1 - t0), r1 - r0)
+    window = t1 - t0
+    return Phase(
+        load, window, l1 - l0, w1 - w0, disk, (c1 - c0) / window, r1 - r0, (b1 - b0) / window
+    )
 
 
 async def converged(session: aiohttp.ClientSession, urls: list[str], timeout: float) -> bool:
@@ -369,7 +381,9 @@ def report(run: NetworkRun, clients: int, batch: int, size: int) -> None:
 async def command(args: argparse.Namespace, directory: Path) -> None:
     """The command line's run."""
     scheme = Scheme.from_label(args.scheme)
-    net = Testnet(directory, args.nodes, args.sync_interval, args.log_level, scheme)
+    net = Testnet(
+        directory, args.nodes, args.sync_interval, args.log_level, scheme, args.peer_transport
+    )
     async with testnet_running(net):
         print(f"testnet in {directory}/net (logs: nodeI/node.log)")
         if args.clients > 0:
@@ -399,6 +413,7 @@ def main() -> int:
     )
     parser.add_argument("--log-level", default="warning")
     parser.add_argument("--scheme", choices=SCHEME_LABELS, default=DEFAULT_SCHEME.label)
+    parser.add_argument("--peer-transport", choices=PEER_TRANSPORTS, default=PEER_TRANSPORTS[0])
     parser.add_argument("--keep", type=Path, help="keep the testnet directory here")
     parser.add_argument(
         "--late-observer",

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import aiohttp
 
+from qudag_node.config import PEER_TRANSPORTS
 from qudag_node.core.crypto import DEFAULT_SCHEME, Scheme
 
 #: Seconds a node has to print its API port, and then to answer /ready.
@@ -36,6 +37,7 @@ STOP_TIMEOUT = 120.0
 CLEARED_PREFIXES = ("QUDAG_", "NODE_", "PEER_", "FLY_", "DAG_", "LOG_", "OTEL_")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _SYNC_CALL = re.compile(rb"^\d+\s+(\d+\.\d+)\s+f(?:data)?sync\(")
+_BUCKET_BOUND = re.compile(r'\ble="([^"]+)"')
 
 
 def free_port_block(count: int) -> int:
@@ -90,15 +92,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(after_name[11]) + int(after_name[12])) / _CLOCK_TICKS
 
 
-def cpu_busy_seconds(cpu: int) -> float:
-    """Seconds CPU ``cpu`` has spent on anything (processes, interrupts, the hypervisor's
-    steal) rather than idle, from /proc/stat."""
+def cpu_busy_seconds(cpu: int | None = None) -> float:
+    """Seconds CPU ``cpu`` (without it: all CPUs together) has spent on anything
+    (processes, interrupts, the hypervisor's steal) rather than idle, from /proc/stat."""
+    wanted = "cpu" if cpu is None else f"cpu{cpu}"
     for line in Path("/proc/stat").read_text().splitlines():
         name, *fields = line.split()
-        if name == f"cpu{cpu}":
+        if name == wanted:
             user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
             return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
-    raise ValueError(f"no cpu{cpu} in /proc/stat")
+    raise ValueError(f"no {wanted} in /proc/stat")
 
 
 def thread_cpu_seconds(pid: int, tid: int) -> float:
@@ -206,6 +209,59 @@ async def metric_sum(session: aiohttp.ClientSession, url: str, name: str, match:
         for line in text.splitlines()
         if (line.startswith(name + "{") or line.startswith(name + " ")) and match in line
     )
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A histogram metric summed over its label sets (and over nodes with :meth:`merged`):
+    how many observations, their sum, and the cumulative count at each bucket bound."""
+
+    count: int
+    total: float
+    buckets: tuple[tuple[float, int], ...]  # (upper bound, observations up to it), ascending
+
+    @property
+    def mean(self) -> float:
+        """The mean observation (0.0 for none)."""
+        return self.total / self.count if self.count else 0.0
+
+    @property
+    def highest_bound(self) -> float:
+        """The smallest bucket bound that every observation is under: what the histogram
+        says of the largest one (0.0 for none, ``inf`` past the last finite bound)."""
+        for bound, seen in self.buckets:
+            if self.count and seen >= self.count:
+                return bound
+        return 0.0
+
+    @staticmethod
+    def merged(parts: list[Histogram]) -> Histogram:
+        """The histograms of ``parts`` added bucket by bucket."""
+        buckets: dict[float, int] = {}
+        for part in parts:
+            for bound, seen in part.buckets:
+                buckets[bound] = buckets.get(bound, 0) + seen
+        count = sum(p.count for p in parts)
+        return Histogram(count, sum(p.total for p in parts), tuple(sorted(buckets.items())))
+
+
+async def histogram(session: aiohttp.ClientSession, url: str, name: str) -> Histogram:
+    """A node's histogram metric ``name`` (its samples summed over their label sets)."""
+    async with session.get(url + "/metrics") as resp:
+        text = await resp.text()
+    count, total = 0.0, 0.0
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        metric, _, labels = sample.partition("{")
+        if metric == name + "_count":
+            count += float(value)
+        elif metric == name + "_sum":
+            total += float(value)
+        elif metric == name + "_bucket" and (bound := _BUCKET_BOUND.search(labels)):
+            le = float(bound.group(1))
+            buckets[le] = buckets.get(le, 0.0) + float(value)
+    return Histogram(int(count), total, tuple((b, int(n)) for b, n in sorted(buckets.items())))
 
 
 async def wait_until_ready(session: aiohttp.ClientSession, url: str, timeout: float) -> None:
@@ -361,6 +417,7 @@ class Testnet:
     sync_interval: float = 5.0
     log_level: str = "warning"
     scheme: Scheme = DEFAULT_SCHEME
+    peer_transport: str = PEER_TRANSPORTS[0]
     urls: list[str] = field(default_factory=list)
     p2p_ports: list[int] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)
@@ -384,7 +441,7 @@ class Testnet:
         command = [sys.executable, "-m", "qudag_node", "testnet", "--nodes", str(self.nodes)]
         command += ["--dir", str(self.directory / "net"), "--api-port", str(api)]
         command += ["--p2p-port", str(p2p), "--sync-interval", f"{self.sync_interval:g}"]
-        command += ["--scheme", self.scheme.label]
+        command += ["--scheme", self.scheme.label, "--peer-transport", self.peer_transport]
         env = {k: v for k, v in os.environ.items() if k != "LOG_LEVEL"}
         env["LOG_LEVEL"] = self.log_level
         with self.output.open("wb") as sink:

@@ -32,6 +32,7 @@ from bench import (
     single,
     statesync,
     stream,
+    tls,
     tracing,
     verify,
 )
@@ -48,6 +49,7 @@ SCENARIOS: dict[str, Scenario] = {
     "verify": verify.scenario,
     "antientropy": antientropy.scenario,
     "network": network.scenario,
+    "tls": tls.scenario,
     "catchup": catchup.scenario,
     "statesync": statesync.scenario,
     "memory": memory.scenario,

@@ -399,6 +399,7 @@ def _testnet(args: argparse.Namespace) -> int:
         sync_interval=args.sync_interval,
         checkpoint_interval=args.checkpoint_interval,
         scheme=Scheme.from_label(args.scheme),
+        peer_transport=args.peer_transport,
     )
     try:
         return testnet.run(options)
@@ -543,6 +544,13 @@ def _parser() -> argparse.ArgumentParser:
         default=defaults.checkpoint_interval,
         metavar="ROUNDS",
         help="the nodes' QUDAG_CHECKPOINT_INTERVAL (default %(default)s)",
+    )
+    net.add_argument(
+        "--peer-transport",
+        choices=config.PEER_TRANSPORTS,
+        default=defaults.peer_transport,
+        help="the nodes' QUDAG_PEER_TRANSPORT: peer links in TLS 1.3 or in clear"
+        " (default %(default)s)",
     )
     _scheme_option(net, "the signature scheme of new node keys (existing keys keep theirs)")
     net.set_defaults(command=_testnet)

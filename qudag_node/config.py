@@ -42,6 +42,8 @@ class ConfigError(Exception):
     """A setting has an invalid value; the message names it and never shows a secret."""
 
 
+#: The transports of peer links (``QUDAG_PEER_TRANSPORT``), the default first.
+PEER_TRANSPORTS = ("tls", "plain")
 #: Largest file a setting may name (a TOML file, a genesis file, a node key).
 MAX_SETTINGS_FILE_BYTES = 1 << 20
 #: What :func:`read_small_file` calls a file of each kind that is not a regular file.
@@ -435,7 +437,7 @@ class Settings:
     peer_transport: str = setting(
         env="QUDAG_PEER_TRANSPORT",
         default_text="tls",
-        parse=_choice("tls", "plain"),
+        parse=_choice(*PEER_TRANSPORTS),
         help="tls: peer links run inside TLS 1.3 bound to the link handshake; plain: bare"
         " TCP. Every node of a network must use the same.",
     )

@@ -85,6 +85,7 @@ class Options:
     sync_interval: float = 5.0
     checkpoint_interval: int = 100
     scheme: Scheme = DEFAULT_SCHEME  # of new keys: existing ones keep theirs
+    peer_transport: str = config.PEER_TRANSPORTS[0]  # every node the same: links need both ends
 
 
 @dataclass(frozen=True)
@@ -344,6 +345,7 @@ def node_env(options: Options, specs: list[NodeSpec], token: str) -> dict[str, d
             "PEER_AUTH_TOKEN": token,
             "DAG_SYNC_INTERVAL": f"{options.sync_interval:g}",
             "QUDAG_CHECKPOINT_INTERVAL": str(options.checkpoint_interval),
+            "QUDAG_PEER_TRANSPORT": options.peer_transport,
             "QUDAG_LOG_FORMAT": "json",
             "PYTHONUNBUFFERED": "1",
         }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ from bench.ingest import shared_ingest
 from bench.lab import Lab, Scale
 from bench.loadgen import LoadSpec, quantile, run_load
 from bench.nodes import (
+    Histogram,
     cpu_busy_seconds,
     cpu_seconds,
     strace_available,
@@ -53,6 +55,7 @@ TINY = Scale(
     antientropy_vertices=400,
     antientropy_rounds=2,
     network_seconds=1.5,
+    tls_pairs=1,
     catchup_transactions=20_000,
     memory_transactions=5_000,
     memory_window=2.0,
@@ -90,6 +93,7 @@ async def test_every_scenario_runs_at_the_smallest_scale(tmp_path: Path) -> None
         *verify,
         "antientropy",
         *network,
+        "tls",
         "catchup",
         "statesync",
     ]
@@ -255,6 +259,41 @@ async def test_attack_scenario_runs_at_a_tiny_size_and_prints_its_figures(
     assert f"{mix.idle} idle sockets ({mix.idle} open at the start" in notes
     assert f"{mix.bombs} gzip bombs" in notes
     assert "/health during the attack: " in notes
+
+
+async def test_tls_scenario_runs_plain_then_tls_and_reads_the_handshakes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lab = Lab(TINY, tmp_path)
+    rows = await suite.run_suite(lab, ["tls"])
+    assert [r.name for r in rows] == ["tls"]
+    (row,) = rows
+    assert row.verdict in ("PASS", "MISS")
+    assert row.ratio is not None
+    assert row.ratio > 0
+    out = capsys.readouterr().out
+    run = r"[\d,]+ tx/s \(p50 \d+ ms, p99 \d+ ms\), \d+ µs CPU/tx, paced p50 \d+ ms, p99 \d+ ms"
+    run += r", other work [\d.]+ cores"
+    assert re.search(rf"pair 1: plain {run}; tls {run}; [\d.]+ x\n", out), out
+    notes = " ".join(row.notes)
+    timed = re.search(r"TLS handshakes: (\d+) timed", notes)
+    assert timed, notes
+    assert int(timed.group(1)) >= 12  # six links among four nodes, each timed at both ends
+    assert "links: TLSv1.3 TLS_" in notes
+
+
+def test_histograms_merge_bucket_by_bucket_and_bound_the_slowest() -> None:
+    inf = float("inf")
+    a = Histogram(2, 0.004, ((0.001, 0), (0.005, 2), (0.01, 2), (inf, 2)))
+    b = Histogram(1, 0.008, ((0.001, 0), (0.005, 0), (0.01, 1), (inf, 1)))
+    both = Histogram.merged([a, b])
+    assert both == Histogram(3, 0.012, ((0.001, 0), (0.005, 2), (0.01, 3), (inf, 3)))
+    assert both.mean == pytest.approx(0.004)
+    assert a.highest_bound == 0.005
+    assert both.highest_bound == 0.01
+    assert Histogram(1, 9.0, ((0.01, 0), (inf, 1))).highest_bound == inf
+    assert Histogram(0, 0.0, ((inf, 0),)).highest_bound == 0.0
+    assert Histogram(0, 0.0, ()).mean == 0.0
 
 
 def test_attack_bodies_are_what_they_claim() -> None:

@@ -254,6 +254,7 @@ def test_the_nodes_come_up_as_validators_and_sigint_stops_them(
         assert doc["node"]["public_key"] == keys[node.name]
         assert doc["node"]["node_id"] == ids[node.name]
         assert doc["p2p"]["port"] == node.p2p_port
+        assert doc["node"]["peer_transport"] == "tls"  # the default of new networks
     assert len(set(keys.values())) == NODES
     assert sorted(processes_using(testnet_dir)) == sorted(n.pid for n in nodes)
 
@@ -349,6 +350,14 @@ def test_a_new_ed25519_testnet_on_request(testnet_dir: Path, ports: tuple[int, i
     assert document["scheme"] == "ed25519"
 
 
+def test_a_testnet_linked_in_clear_on_request(testnet_dir: Path, ports: tuple[int, int]) -> None:
+    net, nodes = run_until_up(testnet_dir, ports, "--peer-transport", "plain")
+    try:
+        assert {status(n.url)["node"]["peer_transport"] for n in nodes} == {"plain"}
+    finally:
+        assert net.stop(signal.SIGTERM) == 0
+
+
 def test_a_busy_port_is_named_and_nothing_starts(testnet_dir: Path, ports: tuple[int, int]) -> None:
     api, p2p = ports
     with socket.create_server(("127.0.0.1", p2p + 1)):
@@ -387,6 +396,7 @@ def test_a_node_that_exits_early_stops_the_testnet_with_1(
         (["--api-port", "65535"], "--api-port must be from 1 to 65532 so that 4 ports fit"),
         (["--sync-interval", "0.01"], "--sync-interval must be a number of seconds"),
         (["--checkpoint-interval", "1"], "--checkpoint-interval must be"),
+        (["--peer-transport", "ssl"], "--peer-transport: invalid choice: 'ssl'"),
     ],
 )
 def test_invalid_options_exit_2_before_anything_is_written(
@@ -408,5 +418,6 @@ def test_help_describes_the_options() -> None:
         "--p2p-port",
         "--sync-interval",
         "--checkpoint-interval",
+        "--peer-transport",
     ):
         assert flag in result.stdout
