@@ -35,6 +35,7 @@ class Scale:
     antientropy_rounds: int
     network_seconds: float
     tls_pairs: int  # plain and TLS testnets run in turn, each for network_seconds
+    tracing_pairs: int  # nodes with and without the otel extra, in turn (at most 4)
     catchup_transactions: int
     memory_transactions: int
     memory_window: float
@@ -56,6 +57,7 @@ FULL = Scale(
     antientropy_rounds=20,
     network_seconds=60.0,
     tls_pairs=2,
+    tracing_pairs=4,
     catchup_transactions=1_000_000,
     memory_transactions=5_000_000,
     memory_window=600.0,
@@ -75,6 +77,7 @@ QUICK = Scale(
     antientropy_rounds=6,
     network_seconds=6.0,
     tls_pairs=1,
+    tracing_pairs=4,
     catchup_transactions=100_000,
     memory_transactions=500_000,
     memory_window=10.0,

@@ -78,7 +78,8 @@ async def scenario(lab: Lab) -> list[Row]:
     if not await importable({}) or await importable(absent):
         raise RuntimeError("the otel extra must be installed, and the stub must hide it")
     runs: list[NodeLoad] = []
-    for k, kind in enumerate(ORDER):
+    order = ORDER[: 2 * lab.scale.tracing_pairs]
+    for k, kind in enumerate(order):
         environment = {} if kind == "I" else absent
         run = await node_under_load(
             base / f"{k}-{kind}", lab.scale.single_seconds, None, environment
@@ -87,8 +88,8 @@ async def scenario(lab: Lab) -> list[Row]:
             raise RuntimeError(f"submits failed: {run.served.result.first_error}")
         runs.append(run)
     pairs = [
-        (runs[k], runs[k + 1]) if ORDER[k] == "I" else (runs[k + 1], runs[k])
-        for k in range(0, len(ORDER), 2)
+        (runs[k], runs[k + 1]) if order[k] == "I" else (runs[k + 1], runs[k])
+        for k in range(0, len(order), 2)
     ]
     ratio, low, high = paired_ratio(
         [(i.served.result.rate, a.served.result.rate) for i, a in pairs]
@@ -110,7 +111,7 @@ async def scenario(lab: Lab) -> list[Row]:
             ratio >= GOAL_RATIO or high >= 1.0,
             (
                 f"the single load ({CONNECTIONS} connections, {lab.scale.single_seconds:.0f} s"
-                f" a run) on fresh nodes in the order {' '.join(ORDER)} (I: the extra"
+                f" a run) on fresh nodes in the order {' '.join(order)} (I: the extra"
                 " installed, tracing off; A: opentelemetry not importable); rates of the pairs"
                 " (I/A): "
                 + ", ".join(
