@@ -20,7 +20,15 @@ START_TIMEOUT = 30.0
 #: The xdist groups that take longest, longest first: ``make test`` starts them before
 #: everything else so that none of them is left to run alone at the end (the scheduler
 #: hands work out in collection order when told not to reorder it).
-LONGEST_GROUPS = ("netns", "containers", "simulation", "deploy", "monitoring", "openapi")
+LONGEST_GROUPS = (
+    "simulation-n7",
+    "netns",
+    "containers",
+    "simulation",
+    "deploy",
+    "monitoring",
+    "openapi",
+)
 
 
 def _rank(item: pytest.Item) -> int:

@@ -7,7 +7,8 @@ network runs a share of the seeds (:data:`NETWORKS`), so that ``make test`` stay
 within its time.
 Runs are spread over the machine's cores (the sweep's pool, :mod:`tests.core.sweep`);
 a failing seed is named with the command that replays it. The module is one
-``xdist_group``: its pool already uses every core.
+``xdist_group`` (its pool already uses every core), but for the n = 7 network's tests,
+which form another: the two run side by side.
 """
 
 from __future__ import annotations
@@ -75,7 +76,17 @@ def network_id(network: tuple[int, Scheme, int]) -> str:
     return f"n={n}" if scheme is Scheme.ED25519 else f"n={n}-{scheme.label}"
 
 
-@pytest.fixture(scope="module", params=NETWORKS, ids=network_id)
+#: The costliest network's tests form a group of their own, so that its runs and the
+#: others' go on two workers at once instead of one after the other.
+_PARAMS = [
+    pytest.param(n, marks=pytest.mark.xdist_group("simulation-n7"), id=network_id(n))
+    if n[0] == 7
+    else pytest.param(n, id=network_id(n))
+    for n in NETWORKS
+]
+
+
+@pytest.fixture(scope="module", params=_PARAMS)
 def results(request: pytest.FixtureRequest) -> list[RunResult]:
     """Every run of one network size and scheme, computed once for the module."""
     validators, scheme, _ = request.param
