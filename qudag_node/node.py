@@ -34,7 +34,7 @@ from qudag_node.gossip import PeerNetwork
 from qudag_node.inbox import PeerInbox
 from qudag_node.logs import get_logger
 from qudag_node.metrics import Metrics
-from qudag_node.ports import SubmitReceipt
+from qudag_node.ports import LogInfo, SubmitReceipt
 from qudag_node.pump import Pump, feed_peer_inputs
 from qudag_node.store import Store, is_disk_full
 from qudag_node.stream import Broadcaster
@@ -128,6 +128,11 @@ class Node:
     def engine(self) -> Engine:
         """The live engine (a disk-full recovery replaces it)."""
         return self._engine
+
+    @property
+    def durable_log(self) -> LogInfo:
+        """The head of the log as far as it is durable (what ``/api/v1/log`` serves)."""
+        return self._writer.durable_log
 
     @property
     def vertices(self) -> int:

@@ -251,6 +251,7 @@ async def _wire(
         await node.install_checkpoint(checkpoint)
         await pruner.refresh()
 
+    started = engine.statistics()  # what the node holds as it starts
     base = await store.backfill_base()
     metrics.on_backfill_base(0 if base is None else base.length)
     start = log_hash_start(genesis.hash)
@@ -268,7 +269,14 @@ async def _wire(
         trust=genesis.f + 1,
         joining=None
         if alone
-        else Joining(genesis, params, verifier, genesis.f + 1, enabled=s.state_sync == "on"),
+        else Joining(
+            genesis,
+            params,
+            verifier,
+            genesis.f + 1,
+            enabled=s.state_sync == "on",
+            fresh=started.committed_round == 0 and started.log_length == 0,
+        ),
         install=install,
         backfill=None
         if alone

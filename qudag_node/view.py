@@ -68,6 +68,11 @@ class PumpState(Protocol):
         ...
 
     @property
+    def durable_log(self) -> LogInfo:
+        """The head of the log as far as it is durable."""
+        ...
+
+    @property
     def vertices(self) -> int:
         """Vertices stored over the node's whole life."""
         ...
@@ -227,7 +232,7 @@ class NodeView:
                 buffer_dropped=st.buffer_dropped,
                 fetching=st.fetching,
             ),
-            log=LogInfo(st.log_length, st.log_hash),
+            log=self._pump.durable_log,
             transactions=TransactionsInfo(st.pending, st.in_flight),
             p2p=P2pInfo(st.peers, self._p2p_port, self._quorum_info()),
             sync=self._sync_info(),

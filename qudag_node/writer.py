@@ -28,7 +28,7 @@ from qudag_node.failure import NodeFailure
 from qudag_node.gossip import PeerNetwork
 from qudag_node.logs import get_logger
 from qudag_node.metrics import Metrics
-from qudag_node.ports import StorageFull, SubmitReceipt
+from qudag_node.ports import LogInfo, StorageFull, SubmitReceipt
 from qudag_node.pump import ForwardRefused, Links, PumpStep, deliver
 from qudag_node.store import Store, is_disk_full
 from qudag_node.stream import Broadcaster
@@ -62,7 +62,9 @@ class StepWriter:
         vertices: int,
         tracing: Tracing | None = None,
     ) -> None:
-        self.engine = engine
+        self._engine = engine
+        st = engine.statistics()
+        self._durable_log = LogInfo(st.log_length, st.log_hash)
         self.vertices = vertices
         self.disk_full = False  # a write failed for lack of space; cleared on recovery
         self._store = store
@@ -78,6 +80,24 @@ class StepWriter:
         self._committing: list[list[TxId]] = []
         self._committed_started = 0
         self._stream = stream
+
+    @property
+    def engine(self) -> Engine:
+        """The engine whose steps are written."""
+        return self._engine
+
+    @engine.setter
+    def engine(self, engine: Engine) -> None:
+        """A new engine, built from the store (its log is durable)."""
+        self._engine = engine
+        st = engine.statistics()
+        self._durable_log = LogInfo(st.log_length, st.log_hash)
+
+    @property
+    def durable_log(self) -> LogInfo:
+        """The head of the log as far as it is durable (the engine's may be ahead,
+        while the group commit writes it)."""
+        return self._durable_log
 
     async def write(self, steps: Sequence[Step]) -> bool:
         """Add the facts of ``steps`` to the open transaction (the group commit's write)."""
@@ -170,6 +190,8 @@ class StepWriter:
                 self._stream.certified(fact.round, author, fact.vertex, now)
             case LeaderCommitted():
                 if fact.entries:
+                    last = fact.entries[-1]
+                    self._durable_log = LogInfo(last.seq, last.hash)
                     self._submissions.finalized({e.tx_id for e in fact.entries}, now)
                     self._stream.entries(fact.entries, now)
                 leader = self.engine.author_of(fact.leader)

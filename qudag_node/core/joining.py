@@ -1,8 +1,10 @@
 """When and how a node joins from a peer's certified checkpoint: the decisions of state
 sync, without I/O (the :class:`~qudag_node.core.sync.SyncMachine` owns one).
 
-A node state-syncs when replaying the history would be impossible or slow: its
-store is empty while a peer offers a checkpoint, no linked peer holds the rounds
+A node state-syncs when replaying the history would be impossible or slow: it
+started on an empty store and has not joined yet while a peer offers a checkpoint
+above its committed round (what it replayed meanwhile, from the parents of vertices
+pushed to it, does not make it replay the rest), no linked peer holds the rounds
 right above its own (every HOLDINGS ``oldest_round`` is above its highest round + 1),
 or the ``trust``-th best checkpoint its peers offer lies more than
 :data:`INTERVALS_BEHIND` checkpoint intervals above its committed round. It then:
@@ -140,9 +142,18 @@ class Joining:
     """State sync's decisions; the sync machine feeds it and does what it returns."""
 
     def __init__(
-        self, genesis: Genesis, params: Params, verifier: Verifier, trust: int, enabled: bool
+        self,
+        genesis: Genesis,
+        params: Params,
+        verifier: Verifier,
+        trust: int,
+        enabled: bool,
+        *,
+        fresh: bool,
     ) -> None:
+        """``fresh``: the node started on an empty store (no commit, no log)."""
         self._genesis = genesis
+        self._fresh = fresh
         self._params = params
         self._verifier = verifier
         self._trust = trust
@@ -189,7 +200,7 @@ class Joining:
         older version, is then replayed from)."""
         if self._since is None:
             self._since = now
-        if not self._enabled or self._holdings or not _empty(ours):
+        if not self._enabled or self._holdings or not self._new(ours):
             return False
         return now - self._since < JOIN_TIMEOUT
 
@@ -201,11 +212,16 @@ class Joining:
         trusted = offered[min(self._trust, len(offered)) - 1]
         if offered[0] <= ours.committed:
             return False
-        if _empty(ours):
-            return True  # nothing to replay from
+        if self._new(ours):
+            return True  # nothing to replay from, or a new node that has not joined
         if min(h.oldest_round for h in self._holdings.values()) > ours.highest + 1:
             return True  # nobody holds the rounds we lack any more
         return trusted - ours.committed > INTERVALS_BEHIND * self._params.checkpoint_interval
+
+    def _new(self, ours: Status) -> bool:
+        """Whether the node has nothing of its own to replay from: its store is empty,
+        or it started so and has not joined yet."""
+        return _empty(ours) or (self._fresh and self.syncs == 0)
 
     def tick(self, ours: Status, now: float) -> list[JoinOutput]:
         """Start an attempt when one is needed; give up on one that timed out."""

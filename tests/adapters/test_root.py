@@ -4,6 +4,7 @@ its ports, stops on its trigger, and bounds the shutdown by QUDAG_SHUTDOWN_TIMEO
 from __future__ import annotations
 
 import asyncio
+import base64
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -126,3 +127,39 @@ async def test_a_shutdown_held_up_past_its_timeout_stops_the_node(
                 response.raise_for_status()
     finally:
         lock.close()
+
+
+async def test_the_status_shows_the_log_as_far_as_it_is_durable(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """Under load, the log head in /api/v1/status is always one /api/v1/log serves,
+    with the same running hash: never an entry the group commit is still writing."""
+    served = Served(_settings(tmp_path / "data"))
+    ports = await served.started()
+    base = f"http://127.0.0.1:{ports.api_port}/api/v1"
+    submitted = 0
+
+    async def load() -> None:
+        nonlocal submitted
+        while submitted < 20_000:
+            batch = [f"durable {submitted + k}".encode() for k in range(500)]
+            body = {"transactions": [base64.b64encode(b).decode() for b in batch]}
+            async with session.post(f"{base}/transactions", json=body) as r:
+                assert r.status == 202, await r.text()
+            submitted += len(batch)
+
+    checked = 0
+    async with asyncio.TaskGroup() as tg:
+        loading = tg.create_task(load())
+        while not loading.done() or checked == 0:
+            log = (await _status(session, ports))["log"]
+            if log["length"]:
+                async with session.get(f"{base}/log?from={log['length']}&limit=1") as r:
+                    assert r.status == 200
+                    entries = (await r.json())["entries"]
+                assert [e["hash"] for e in entries] == [log["hash"]], log
+                checked += 1
+            await asyncio.sleep(0)
+    assert checked > 10
+    served.stop.set()
+    await asyncio.wait_for(served.task, DEADLINE)

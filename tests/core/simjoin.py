@@ -129,7 +129,7 @@ def join(
 ) -> Joined | None:
     """State-sync an empty node from ``peer``, which serves ``served`` and answers
     FETCHes from ``peer_store``; None if the join did not complete."""
-    joining = Joining(genesis, params, verifier, trust=1, enabled=True)
+    joining = Joining(genesis, params, verifier, trust=1, enabled=True, fresh=True)
     certified = served[0]
     oldest = min((r.vertex.round for r in peer_store.vertices.values()), default=0)
     holdings = Holdings(oldest, certified.checkpoint.number, certified.checkpoint.round)

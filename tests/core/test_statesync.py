@@ -222,9 +222,9 @@ def test_a_checkpoint_of_another_network_is_refused() -> None:
 # ------------------------------------------------------------ the join
 
 
-def joining(enabled: bool = True, trust: int = 1) -> Joining:
+def joining(enabled: bool = True, trust: int = 1, fresh: bool = True) -> Joining:
     net = network()
-    return Joining(net.genesis, net.sim.params, SequentialVerifier(), trust, enabled)
+    return Joining(net.genesis, net.sim.params, SequentialVerifier(), trust, enabled, fresh=fresh)
 
 
 def holdings(net: Network, oldest: int = 1) -> Holdings:
@@ -339,7 +339,7 @@ def test_when_a_node_state_syncs() -> None:
     net = network()
     cp = net.certified.checkpoint
     interval = net.sim.params.checkpoint_interval
-    j = joining()
+    j = joining(fresh=False)
     assert not j.needed(EMPTY)  # no peer has said what it holds
     j.on_holdings(P, holdings(net))
     assert j.needed(EMPTY)  # an empty store
@@ -350,7 +350,7 @@ def test_when_a_node_state_syncs() -> None:
     assert not j.needed(near)  # a far checkpoint, but the rounds it lacks are held: replay
     j.on_holdings(Q, Holdings(1, cp.number + INTERVALS_BEHIND, near.committed + behind + 1))
     assert j.needed(near)  # more than INTERVALS_BEHIND intervals behind
-    j = joining()
+    j = joining(fresh=False)
     j.on_holdings(P, holdings(net))
     j.on_holdings(P, holdings(net, oldest=cp.round - 1))
     gap = Status(cp.round - 5, cp.round - 5, 0, 10, b"\x00" * 32)
@@ -359,10 +359,25 @@ def test_when_a_node_state_syncs() -> None:
     assert not joining(enabled=False).needed(EMPTY)
 
 
+def test_a_node_that_started_empty_joins_although_pushes_made_it_replay_some() -> None:
+    net = network()
+    cp = net.certified.checkpoint
+    replayed = Status(cp.round - 2, cp.round - 3, 0, 10, b"\x00" * 32)
+    j = joining()
+    assert j.defers_catch_up(replayed, 0.0)  # it waits for HOLDINGS as an empty node does
+    j.on_holdings(P, holdings(net))
+    assert j.needed(replayed)  # the rounds it lacks are held, yet it joins
+    assert not joining(fresh=False).needed(replayed)  # a node that had a store replays
+    started, ask = j.tick(replayed, 0.0)
+    assert isinstance(started, StateSyncStarted)
+    assert isinstance(ask, JoinSend)
+    assert not j.needed(Status(cp.round, cp.round, 0, 10, b"\x00" * 32))  # nothing newer
+
+
 def test_one_peer_claiming_a_far_checkpoint_does_not_make_a_node_in_step_state_sync() -> None:
     net = network()
     cp = net.certified.checkpoint
-    j = joining(trust=2)
+    j = joining(trust=2, fresh=False)
     ours = Status(cp.round, cp.round, 0, cp.log_length, cp.log_hash)
     j.on_holdings(P, Holdings(1, 10**6, 10**9))  # a lie
     j.on_holdings(Q, holdings(net))
@@ -398,7 +413,7 @@ def test_an_empty_node_waits_a_while_for_holdings_before_replaying() -> None:
     held = joining()
     held.on_holdings(P, holdings(net))
     assert not held.defers_catch_up(EMPTY, 0.0)
-    assert not joining().defers_catch_up(Status(3, 2, 0, 5, b"\x00" * 32), 0.0)
+    assert not joining(fresh=False).defers_catch_up(Status(3, 2, 0, 5, b"\x00" * 32), 0.0)
     assert not joining(enabled=False).defers_catch_up(EMPTY, 0.0)
 
 

@@ -69,10 +69,17 @@ def whole_log(url: str, length: int) -> list[object]:
 
 
 def backfilled(url: str) -> bool:
-    """Whether the node at ``url`` holds its log from position 1."""
+    """Whether the node at ``url`` joined by state sync and then backfilled its log
+    from position 1 (before the join its base is 0 too: it holds nothing)."""
     sync = get(f"{url}/api/v1/status")["sync"]
     assert isinstance(sync, dict)
-    return sync["backfill"]["base"] == 0 and not sync["backfill"]["active"]
+    backfill = sync["backfill"]
+    return sync["state_sync"]["done"] >= 1 and backfill["base"] == 0 and not backfill["active"]
+
+
+def logged(node: NodeProcess, *events: str) -> Callable[[], bool]:
+    """Whether ``node`` has logged every one of ``events``."""
+    return lambda: set(events) <= {r.get("event") for r in node.records()}
 
 
 def start_joiner(
@@ -99,10 +106,8 @@ def holds_the_whole_log(archive: NodeProcess, validator: str) -> None:
     """Wait for ``archive`` to join and backfill; its log is then the validator's."""
     target = log_length(validator)
     wait_until(reaches(archive.url, target), DEADLINE, "the archive to join and catch up")
-    wait_until(lambda: backfilled(archive.url), DEADLINE, "the archive's backfill")
-    events = [r.get("event") for r in archive.records()]
-    assert "state_sync_installed" in events
-    assert "backfill_done" in events
+    wait_until(lambda: backfilled(archive.url), DEADLINE, "the archive's join and backfill")
+    wait_until(logged(archive, "state_sync_installed", "backfill_done"), DEADLINE, "their logs")
     assert whole_log(archive.url, target) == whole_log(validator, target)
 
 
@@ -139,11 +144,14 @@ def test_a_fresh_observer_joins_from_the_latest_certified_checkpoint(tmp_path: P
 
         def joined_and_caught_up() -> bool:
             submit_json(urls[0], [f"later {sent}".encode()])
-            return log_length(observer.url) > target
+            status = get(f"{observer.url}/api/v1/status")
+            sync, log = status["sync"], status["log"]
+            assert isinstance(sync, dict)
+            assert isinstance(log, dict)
+            return bool(sync["state_sync"]["done"]) and int(log["length"]) > target
 
-        wait_until(joined_and_caught_up, DEADLINE, "the observer to pass the validators' log")
-        events = [r.get("event") for r in observer.records()]
-        assert "state_sync_installed" in events
+        wait_until(joined_and_caught_up, DEADLINE, "the observer to join and pass the log")
+        wait_until(logged(observer, "state_sync_installed"), DEADLINE, "its log")
         state_sync = get(f"{observer.url}/api/v1/status")["sync"]
         assert isinstance(state_sync, dict)
         assert state_sync["state_sync"]["done"] == 1
