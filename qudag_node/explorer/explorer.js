@@ -194,7 +194,7 @@ function openStream(first) {
   const stream = new EventSource(`api/v1/stream?from=${first}&events=log,dag`);
   state.stream = stream;
   stream.addEventListener("open", () => setStreamState("live"));
-  stream.addEventListener("entry", (event) => addLogEntry(JSON.parse(event.data)));
+  stream.addEventListener("entries", (event) => addEntries(JSON.parse(event.data)));
   stream.addEventListener("certified", dagChanged);
   stream.addEventListener("committed", dagChanged);
   stream.addEventListener("dropped", (event) => {
@@ -217,6 +217,15 @@ function setStreamState(text) {
   const element = $("stream-state");
   element.textContent = text;
   element.className = text === "live" ? "state-live" : "state-connecting";
+}
+
+// An "entries" event: a run of one vertex's entries from position `first` on; only the
+// last LOG_TAIL of them can show.
+function addEntries(run) {
+  const count = run.tx_ids.length;
+  for (let k = Math.max(0, count - LOG_TAIL); k < count; k++) {
+    addLogEntry({ seq: run.first + k, tx_id: run.tx_ids[k], vertex: run.vertex, hash: run.hashes[k] });
+  }
 }
 
 function addLogEntry(entry) {

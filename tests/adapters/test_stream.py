@@ -16,7 +16,9 @@ from typing import Any
 
 import aiohttp
 
-from qudag_node.stream import SUBSCRIBER_BUFFER
+from qudag_node.core.types import TxId, VertexId
+from qudag_node.ports import LogRecord
+from qudag_node.stream import STREAM_RUN, SUBSCRIBER_BUFFER, entries_bytes
 from tests.conftest import NodeFactory
 from tests.nodeproc import metric
 
@@ -54,15 +56,31 @@ async def events(response: aiohttp.ClientResponse) -> AsyncIterator[Event]:
                 data = value
 
 
-async def take(response: aiohttp.ClientResponse, count: int, kind: str = "entry") -> list[Event]:
-    """The next ``count`` events of ``kind`` (others skipped), within the deadline."""
-    got: list[Event] = []
+def expand(event: Event) -> list[dict[str, Any]]:
+    """The log entries an ``entries`` event carries, each as ``/api/v1/log`` gives it;
+    checks that the event's id is its last entry's position."""
+    assert event.kind == "entries"
+    d = event.data
+    assert set(d) == {"first", "vertex", "tx_ids", "hashes"}
+    assert 0 < len(d["tx_ids"]) == len(d["hashes"]) <= STREAM_RUN
+    assert event.id == str(d["first"] + len(d["tx_ids"]) - 1)
+    return [
+        {"seq": d["first"] + k, "tx_id": tx_id, "vertex": d["vertex"], "hash": hash_}
+        for k, (tx_id, hash_) in enumerate(zip(d["tx_ids"], d["hashes"], strict=True))
+    ]
+
+
+async def take(response: aiohttp.ClientResponse, count: int) -> list[dict[str, Any]]:
+    """The next ``count`` log entries (other events skipped), within the deadline; no
+    event may carry entries beyond them."""
+    got: list[dict[str, Any]] = []
     async with asyncio.timeout(DEADLINE):
         async for event in events(response):
-            if event.kind == kind:
-                got.append(event)
-                if len(got) == count:
+            if event.kind == "entries":
+                got += expand(event)
+                if len(got) >= count:
                     break
+    assert len(got) == count
     return got
 
 
@@ -101,18 +119,17 @@ async def test_resume_from_before_the_stream_opened_sends_each_entry_once_then_l
             assert by_from.headers["Content-Type"] == "text/event-stream"
             assert by_from.headers["Cache-Control"] == "no-store"
             stored = await take(by_from, 26)
-            assert [e.data["seq"] for e in stored] == list(range(5, 31))
-            assert [e.id for e in stored] == [str(s) for s in range(5, 31)]
-            assert [e.data["tx_id"] for e in stored] == first[4:]
+            assert [e["seq"] for e in stored] == list(range(5, 31))
+            assert [e["tx_id"] for e in stored] == first[4:]
             later = await submit(session, node.url, 20, b"after")
             live = await take(by_from, 20)
-            assert [e.data["seq"] for e in live] == list(range(31, 51))
-            assert [e.data["tx_id"] for e in live] == later
+            assert [e["seq"] for e in live] == list(range(31, 51))
+            assert [e["tx_id"] for e in live] == later
             resumed = await take(by_id, 41)
-            assert [e.data["seq"] for e in resumed] == list(range(10, 51))
+            assert [e["seq"] for e in resumed] == list(range(10, 51))
         async with session.get(node.url + "/api/v1/log?from=5&limit=46") as page:
             logged = (await page.json())["entries"]
-        assert [e.data for e in stored + live] == logged
+        assert stored + live == logged
 
 
 async def test_streams_opened_while_the_log_grows_miss_nothing_and_repeat_nothing(
@@ -139,7 +156,7 @@ async def test_streams_opened_while_the_log_grows_miss_nothing_and_repeat_nothin
         try:
             for start, response in zip((1, 7, 200, 1), opened, strict=True):
                 got = await take(response, total - start + 1)
-                assert [e.data["seq"] for e in got] == list(range(start, total + 1))
+                assert [e["seq"] for e in got] == list(range(start, total + 1))
         finally:
             for response in opened:
                 response.close()
@@ -162,18 +179,18 @@ async def test_dag_events_come_on_request_and_live_only_by_default(
                 if event.kind == "committed" and event.data["log_length"] >= 3:
                     break
         kinds = {e.kind for e in seen}
-        assert {"certified", "committed", "entry"} <= kinds
+        assert {"certified", "committed", "entries"} <= kinds
         certified = next(e for e in seen if e.kind == "certified")
         assert certified.id is None
         assert set(certified.data) == {"round", "author", "vertex"}
         assert len(certified.data["author"]) == 64
         committed = [e for e in seen if e.kind == "committed"][-1]
         assert set(committed.data) == {"round", "leader", "vertex", "log_length"}
-        entries = [e for e in seen if e.kind == "entry"]
-        assert [e.data["tx_id"] for e in entries] == ids
-        assert committed.data["log_length"] == entries[-1].data["seq"]
+        entries = [entry for e in seen if e.kind == "entries" for entry in expand(e)]
+        assert [e["tx_id"] for e in entries] == ids
+        assert committed.data["log_length"] == entries[-1]["seq"]
         only_log = await take(plain, 3)
-        assert [e.data["tx_id"] for e in only_log] == ids
+        assert [e["tx_id"] for e in only_log] == ids
 
 
 def _slow_socket(port: int) -> socket.socket:
@@ -216,9 +233,9 @@ async def test_a_slow_reader_is_dropped_while_others_and_submits_go_on(
 
             async def keep_reading() -> None:
                 async for event in events(reader):
-                    if event.kind == "entry":
-                        received.append(event.data["seq"])
-                        if len(received) == total:
+                    if event.kind == "entries":
+                        received.extend(e["seq"] for e in expand(event))
+                        if len(received) >= total:
                             return
 
             async with asyncio.TaskGroup() as tg:
@@ -271,3 +288,33 @@ async def test_the_cap_answers_503_and_a_client_that_leaves_is_removed(
             return await value(node.url, "qudag_stream_subscribers") == 0
 
         await until(none_left)
+
+
+def _parse(data: bytes) -> list[Event]:
+    """The events of a stream's bytes."""
+    parsed = []
+    for block in data.decode().split("\n\n")[:-1]:
+        fields = dict(line.split(": ", 1) for line in block.split("\n"))
+        parsed.append(Event(fields["event"], fields.get("id"), json.loads(fields["data"])))
+    return parsed
+
+
+def test_entries_come_as_runs_of_one_vertex_of_at_most_stream_run() -> None:
+    a, b = VertexId(b"\xaa" * 32), VertexId(b"\xbb" * 32)
+    vertices = [a] * (2 * STREAM_RUN + 3) + [b] * 2 + [None]  # a pruned vertex: null
+    records = [
+        LogRecord(seq, TxId(bytes([seq % 256]) * 32), vertex, bytes([255 - seq % 256]) * 32)
+        for seq, vertex in enumerate(vertices, start=7)
+    ]
+    parsed = _parse(entries_bytes(records))
+    assert [len(e.data["tx_ids"]) for e in parsed] == [STREAM_RUN, STREAM_RUN, 3, 2, 1]
+    assert [e.data["vertex"] for e in parsed] == [a.hex()] * 3 + [b.hex(), None]
+    expanded = [entry for e in parsed for entry in expand(e)]
+    assert expanded == [
+        {"seq": r.seq, "tx_id": r.tx_id.hex(), "vertex": _hex(r.vertex), "hash": r.hash.hex()}
+        for r in records
+    ]
+
+
+def _hex(vertex: VertexId | None) -> str | None:
+    return None if vertex is None else vertex.hex()

@@ -9,6 +9,7 @@ container tests build (QUDAG_IMAGE) and a Prometheus built from Debian's package
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -230,7 +231,12 @@ def test_four_validators_agree_and_prometheus_scrapes_them(compose_testnet: Proj
     assert dag["vertices"], dag
     with urllib.request.urlopen(f"{urls[1]}/api/v1/stream?from=1", timeout=5) as events:  # noqa: S310
         assert events.headers["Content-Type"].startswith("text/event-stream")
-        assert events.readline() == b"id: 1\n"
+        head = events.readline()  # the first run's last position
+        assert head.startswith(b"id: "), head
+        assert events.readline() == b"event: entries\n"
+        run = json.loads(events.readline().removeprefix(b"data: "))
+        assert run["first"] == 1
+        assert int(head[4:]) == len(run["tx_ids"])
 
     targets = [f"{name}:8080" for name in names]
 

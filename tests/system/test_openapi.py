@@ -192,7 +192,7 @@ async def test_the_submit_examples_are_what_a_node_answers(node_factory: NodeFac
 
 # --- schemathesis against a real node process ------------------------------------------
 
-#: The stream never ends: it is tested on its own (tests/system/test_stream.py).
+#: The stream never ends: it is tested on its own (tests/adapters/test_stream.py).
 SCHEMA = schemathesis.openapi.from_dict(DOCUMENT).exclude(path="/api/v1/stream")
 
 
