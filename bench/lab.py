@@ -35,7 +35,9 @@ class Scale:
     antientropy_rounds: int
     network_seconds: float
     tls_pairs: int  # plain and TLS testnets run in turn, each for network_seconds
-    tracing_pairs: int  # nodes with and without the otel extra, in turn (at most 4)
+    tracing_pairs: int  # nodes with and without the otel extra, in turn
+    stream_seconds: float  # the ingest load of each run of the stream scenario
+    stream_pairs: int  # nodes with and without stream subscribers, in turn
     catchup_transactions: int
     memory_transactions: int
     memory_window: float
@@ -58,6 +60,8 @@ FULL = Scale(
     network_seconds=60.0,
     tls_pairs=2,
     tracing_pairs=4,
+    stream_seconds=30.0,
+    stream_pairs=3,
     catchup_transactions=1_000_000,
     memory_transactions=5_000_000,
     memory_window=600.0,
@@ -78,6 +82,8 @@ QUICK = Scale(
     network_seconds=6.0,
     tls_pairs=1,
     tracing_pairs=4,
+    stream_seconds=10.0,
+    stream_pairs=2,
     catchup_transactions=100_000,
     memory_transactions=500_000,
     memory_window=10.0,

@@ -14,20 +14,17 @@ is at least 0.95 or the interval reaches 1.0.
 from __future__ import annotations
 
 import asyncio
-import math
-import statistics
 import sys
 from pathlib import Path
 
 from bench.lab import Lab
 from bench.nodes import node_environment
+from bench.pairs import paired_ratio, run_pairs, turns
 from bench.report import Row, per_second
 from bench.single import CONNECTIONS, NodeLoad, node_under_load
 
 #: Least ratio of the rates counted as no measurable cost whatever the noise.
 GOAL_RATIO = 0.95
-#: The order of the runs, in pairs: I, the extra installed; A, opentelemetry absent.
-ORDER = "IAAIIAAI"
 
 
 def without_otel(directory: Path) -> Path:
@@ -46,15 +43,6 @@ async def importable(environment: dict[str, str]) -> bool:
         env=node_environment(environment),
     )
     return await check.wait() == 0
-
-
-def paired_ratio(pairs: list[tuple[float, float]]) -> tuple[float, float, float]:
-    """The geometric mean of ``a / b`` over ``pairs`` and its 95 % interval (two standard
-    errors of the mean log ratio either side)."""
-    logs = [math.log(a / b) for a, b in pairs]
-    mean = statistics.fmean(logs)
-    error = 2 * statistics.stdev(logs) / math.sqrt(len(logs)) if len(logs) > 1 else 0.0
-    return math.exp(mean), math.exp(mean - error), math.exp(mean + error)
 
 
 def _cpu_per_request(run: NodeLoad) -> float:
@@ -77,20 +65,19 @@ async def scenario(lab: Lab) -> list[Row]:
     absent = {"PYTHONPATH": str(without_otel(base / "no-otel"))}
     if not await importable({}) or await importable(absent):
         raise RuntimeError("the otel extra must be installed, and the stub must hide it")
-    runs: list[NodeLoad] = []
-    order = ORDER[: 2 * lab.scale.tracing_pairs]
-    for k, kind in enumerate(order):
-        environment = {} if kind == "I" else absent
-        run = await node_under_load(
-            base / f"{k}-{kind}", lab.scale.single_seconds, None, environment
+    order = "".join("I" if first else "A" for first in turns(lab.scale.tracing_pairs))
+
+    async def run(turn: int, installed: bool) -> NodeLoad:
+        environment = {} if installed else absent
+        kind = "I" if installed else "A"
+        done = await node_under_load(
+            base / f"{turn}-{kind}", lab.scale.single_seconds, None, environment
         )
-        if run.served.result.failed:
-            raise RuntimeError(f"submits failed: {run.served.result.first_error}")
-        runs.append(run)
-    pairs = [
-        (runs[k], runs[k + 1]) if order[k] == "I" else (runs[k + 1], runs[k])
-        for k in range(0, len(order), 2)
-    ]
+        if done.served.result.failed:
+            raise RuntimeError(f"submits failed: {done.served.result.first_error}")
+        return done
+
+    pairs = await run_pairs(lab.scale.tracing_pairs, run)
     ratio, low, high = paired_ratio(
         [(i.served.result.rate, a.served.result.rate) for i, a in pairs]
     )

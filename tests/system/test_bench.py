@@ -35,10 +35,10 @@ from bench.nodes import (
     sync_calls,
     thread_cpu_seconds,
 )
+from bench.pairs import paired_ratio, turns
 from bench.report import Row, markdown
 from bench.single import bare_reference
 from bench.stream import measure as measure_stream
-from bench.tracing import paired_ratio
 from bench.verify import engine_run
 from qudag_node.core.crypto import Scheme
 from qudag_node.core.messages import CertifiedMessage, encode_message
@@ -57,6 +57,8 @@ TINY = Scale(
     network_seconds=1.5,
     tls_pairs=1,
     tracing_pairs=2,
+    stream_seconds=1.5,
+    stream_pairs=1,
     catchup_transactions=20_000,
     memory_transactions=5_000,
     memory_window=2.0,
@@ -231,14 +233,14 @@ def test_rows_say_pass_miss_or_no_goal() -> None:
 
 
 async def test_stream_scenario_delivers_every_entry_to_each_subscriber(tmp_path: Path) -> None:
-    run = await measure_stream(tmp_path, TINY.ingest_seconds, 5)
+    run = await measure_stream(tmp_path, TINY.stream_seconds, 5)
     assert run.stored > 0
     assert run.received == (run.stored,) * 5
     assert run.rate > 0
     assert run.writes > 0
     assert run.delay_p99 is not None
     assert 0 < run.delay_p99 <= 5.0
-    alone = await measure_stream(tmp_path / "alone", TINY.ingest_seconds, 0)
+    alone = await measure_stream(tmp_path / "alone", TINY.stream_seconds, 0)
     assert alone.received == ()
     assert alone.delay_p99 is None
 
@@ -393,3 +395,8 @@ def test_paired_ratio_is_a_geometric_mean_with_its_interval() -> None:
     assert ratio == pytest.approx(2.0)
     assert low < 1.0 < high  # two pairs this far apart: the noise hides a factor 2
     assert high > 2.0
+
+
+def test_pairs_take_turns_so_that_a_drift_weighs_on_both_kinds_alike() -> None:
+    assert turns(4) == [True, False, False, True, True, False, False, True]
+    assert turns(1) == [True, False]
