@@ -211,25 +211,34 @@ def _log_length(node: NodeProcess) -> int:
     return int(body["log"]["length"])
 
 
+def _committed_round(node: NodeProcess) -> int:
+    """The engine's last committed round (in memory, durable or not)."""
+    code, body = request("GET", node.url + "/api/v1/status")
+    assert code == 200, body
+    return int(body["dag"]["committed_round"])
+
+
 def test_a_write_that_fails_after_the_engine_moved_on_reports_the_state_on_disk(
     small_fs: Path,
 ) -> None:
     """The engine does not wait for the disk: here it finalizes a batch while the write
     of the batch waits for the database's write lock (held by the test), and that write
-    then fails for lack of space. While writes are paused the node reports the log on
-    disk (one entry), never the finalized batch it failed to store, and after the pause
-    it goes on from there."""
+    then fails for lack of space. The node reports the log on disk (one entry), never
+    the batch finalized in memory, neither while the write waits nor while writes are
+    paused, and after the pause it goes on from there."""
     node = NodeProcess(small_fs / "data", small_fs.parent / "node.log", QUIET).start()
     try:
         code, body = submit_json(node.url, [b"stored before the disk filled"], wait=True)
         assert code == 200, body
+        before = _committed_round(node)  # no heartbeats: only the batch commits a leader
         batch = [os.urandom(20_000) for _ in range(10)]
         lock = sqlite3.connect(small_fs / "data" / "qudag.db", isolation_level=None)
         try:
             lock.execute("BEGIN IMMEDIATE")  # the node's next write waits for this lock
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
                 submitted = pool.submit(submit_json, node.url, batch)
-                wait_until(lambda: _log_length(node) == 11, 10, "the batch final in memory")
+                wait_until(lambda: _committed_round(node) > before, 10, "the batch's commit")
+                assert _log_length(node) == 1  # final in memory, not on disk: not shown
                 filler = fill(small_fs, 0)
                 lock.execute("ROLLBACK")
                 code, body = submitted.result(timeout=20)
