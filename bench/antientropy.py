@@ -33,7 +33,8 @@ import aiohttp
 
 from bench.history import Committee, persist_history
 from bench.lab import Lab
-from bench.nodes import NodeProcess, free_port_block, metric_sum, running, wait_until_ready
+from bench.nodes import NodeProcess, metric_sum, running, wait_until_ready
+from bench.ports import free_port_block
 from bench.report import Row
 from qudag_node.core.syncwire import (
     MAX_ROUND,

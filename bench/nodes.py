@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench.ports import free_port_block
 from qudag_node.config import PEER_TRANSPORTS
 from qudag_node.core.crypto import DEFAULT_SCHEME, Scheme
 
@@ -38,29 +38,6 @@ CLEARED_PREFIXES = ("QUDAG_", "NODE_", "PEER_", "FLY_", "DAG_", "LOG_", "OTEL_")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _SYNC_CALL = re.compile(rb"^\d+\s+(\d+\.\d+)\s+f(?:data)?sync\(")
 _BUCKET_BOUND = re.compile(r'\ble="([^"]+)"')
-
-
-def free_port_block(count: int) -> int:
-    """A first port of ``count`` consecutive ports that are free now on 127.0.0.1."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
-        if base + count >= 65536:
-            continue
-        socks = []
-        try:
-            for k in range(count):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", base + k))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no block of free ports found")
 
 
 # ------------------------------------------------------------------ /proc
@@ -264,14 +241,22 @@ async def histogram(session: aiohttp.ClientSession, url: str, name: str) -> Hist
     return Histogram(int(count), total, tuple((b, int(n)) for b, n in sorted(buckets.items())))
 
 
-async def wait_until_ready(session: aiohttp.ClientSession, url: str, timeout: float) -> None:
-    """Poll ``/ready`` every 10 ms until it answers 200."""
+async def wait_until_ready(
+    session: aiohttp.ClientSession,
+    url: str,
+    timeout: float,
+    process: asyncio.subprocess.Process | None = None,
+) -> None:
+    """Poll ``/ready`` every 10 ms until it answers 200; fails at once if ``process``
+    (the one that serves ``url``) has exited."""
     deadline = time.monotonic() + timeout
     while True:
         with contextlib.suppress(aiohttp.ClientError):
             async with session.get(url + "/ready") as resp:
                 if resp.status == 200:
                     return
+        if process is not None and process.returncode is not None:
+            raise RuntimeError(f"{url}: its process exited with {process.returncode}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"{url} was not ready within {timeout} s")
         await asyncio.sleep(0.01)
@@ -352,7 +337,7 @@ class NodeProcess:
         await self._read_ports(offset)
         if ready:
             async with aiohttp.ClientSession() as session:
-                await wait_until_ready(session, self.url, START_TIMEOUT)
+                await wait_until_ready(session, self.url, START_TIMEOUT, self._proc)
         return self
 
     async def _read_ports(self, offset: int) -> None:
@@ -434,7 +419,8 @@ class Testnet:
 
     async def start(self) -> Testnet:
         """Start the testnet; return once every node answers /ready."""
-        api, p2p = free_port_block(self.nodes), free_port_block(self.nodes)
+        api = free_port_block(self.nodes)
+        p2p = free_port_block(self.nodes, avoid=range(api, api + self.nodes))
         self.urls = [f"http://127.0.0.1:{api + k}" for k in range(self.nodes)]
         self.p2p_ports = [p2p + k for k in range(self.nodes)]
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -450,7 +436,7 @@ class Testnet:
             )
         async with aiohttp.ClientSession() as session:
             for url in self.urls:
-                await wait_until_ready(session, url, START_TIMEOUT)
+                await wait_until_ready(session, url, START_TIMEOUT, self._proc)
         deadline = time.monotonic() + START_TIMEOUT
         while len(self.pids) < self.nodes:  # each node's line comes once all are healthy
             if time.monotonic() > deadline:

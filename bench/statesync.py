@@ -28,7 +28,8 @@ import aiohttp
 
 from bench.history import Committee, persist_loaded_history
 from bench.lab import Lab
-from bench.nodes import NodeProcess, free_port_block, log_head, wait_for_log, wait_until_ready
+from bench.nodes import NodeProcess, log_head, wait_for_log, wait_until_ready
+from bench.ports import free_port_block
 from bench.report import Row
 from qudag_node.core.params import Params
 from qudag_node.store import DB_FILENAME

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import functools
 import json
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -213,14 +212,3 @@ def volume() -> Iterator[str]:
         yield name
     finally:
         podman("volume", "rm", "--force", name)
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` different TCP ports that nothing listens on at 127.0.0.1 now."""
-    with ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            s = stack.enter_context(socket.socket())
-            s.bind(("127.0.0.1", 0))
-            ports.append(int(s.getsockname()[1]))
-    return ports

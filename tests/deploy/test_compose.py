@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from bench.ports import free_ports
 from tests import containers
 from tests.containers import RUNTIME, podman
 from tests.nodeproc import request, submit_json, wait_until
@@ -133,7 +134,7 @@ def new_project(directory: Path, with_env: bool) -> Project:
             name, _, value = line.partition("=")
             if name.endswith(("_PRIVATE_KEY", "_TOKEN")):
                 secrets.append(value)
-    *node_ports, prometheus_port = containers.free_ports(NODES + 1)
+    *node_ports, prometheus_port = free_ports(NODES + 1)
     name = f"qudagtest{os.getpid()}{'env' if with_env else 'noenv'}"
     return Project(name, directory, node_ports, prometheus_port, secrets)
 

@@ -7,9 +7,11 @@ process, the bare aiohttp reference server, strace counting fsync calls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -36,6 +38,7 @@ from bench.nodes import (
     thread_cpu_seconds,
 )
 from bench.pairs import paired_ratio, turns
+from bench.ports import ephemeral_range, free_port_block, free_ports
 from bench.report import Row, markdown
 from bench.single import bare_reference
 from bench.stream import measure as measure_stream
@@ -400,3 +403,18 @@ def test_paired_ratio_is_a_geometric_mean_with_its_interval() -> None:
 def test_pairs_take_turns_so_that_a_drift_weighs_on_both_kinds_alike() -> None:
     assert turns(4) == [True, False, False, True, True, False, False, True]
     assert turns(1) == [True, False]
+
+
+def test_free_ports_lie_outside_the_ephemeral_range_and_can_be_bound() -> None:
+    ephemeral = ephemeral_range()
+    base = free_port_block(4)
+    block = range(base, base + 4)
+    assert not any(p in ephemeral for p in block)
+    with contextlib.ExitStack() as stack:
+        for port in block:  # a node can bind each of them
+            stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
+        other = free_port_block(4, avoid=block)  # held: another block
+        assert not set(block) & set(range(other, other + 4))
+    ports = free_ports(6)
+    assert len(set(ports)) == 6
+    assert not any(p in ephemeral for p in ports)

@@ -7,7 +7,6 @@ import json
 import os
 import pty
 import re
-import socket
 import stat
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import nacl.signing
 import pytest
 
+from bench.ports import free_ports
 from qudag_node.config import PLATFORM_ENV, SETTINGS, flag_name, load_settings
 from qudag_node.core.crypto import PUBLIC_KEY_SIZES, Scheme, Signer, tx_id
 from qudag_node.core.genesis import NAME_RULE
@@ -121,14 +121,6 @@ def read_terminal(leader: int) -> str:
             break
         chunks.append(chunk)
     return b"".join(chunks).decode()
-
-
-def free_port() -> int:
-    """A local TCP port with nothing listening on it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def one_line(text: str) -> str:
@@ -531,7 +523,7 @@ def test_network_env_usage_errors(tmp_path: Path, args: tuple[str, ...]) -> None
 
 
 def test_status_of_an_unreachable_node() -> None:
-    port = free_port()
+    port = free_ports(1)[0]
     result = cli("status", "--url", f"http://127.0.0.1:{port}")
     assert result.code == 1
     line = one_line(result.stderr)
@@ -541,7 +533,7 @@ def test_status_of_an_unreachable_node() -> None:
 
 
 def test_status_default_url_follows_the_api_port() -> None:
-    port = free_port()
+    port = free_ports(1)[0]
     result = cli("status", env={"QUDAG_API_PORT": str(port)})
     assert result.code == 1
     assert f"http://127.0.0.1:{port}/api/v1/status" in one_line(result.stderr)
@@ -554,7 +546,7 @@ def test_url_must_be_http() -> None:
 
 
 def test_submit_to_an_unreachable_node() -> None:
-    result = cli("submit", "hello", "--url", f"http://127.0.0.1:{free_port()}")
+    result = cli("submit", "hello", "--url", f"http://127.0.0.1:{free_ports(1)[0]}")
     assert result.code == 1
     assert "cannot reach the node" in one_line(result.stderr)
 

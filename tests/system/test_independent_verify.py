@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 
+from bench.ports import free_port_block
 from tests.independent import verifier
 from tests.independent.verifier import Refused
 from tests.nodeproc import request, submit_json, wait_until
-from tests.system.test_testnet_cli import LocalNet, NodeLine, free_range, processes_using
+from tests.system.test_testnet_cli import LocalNet, NodeLine, processes_using
 
 pytestmark = pytest.mark.xdist_group("independent_verify")
 
@@ -53,8 +54,8 @@ def get(url: str) -> Any:
 def testnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningTestnet]:
     """A four-node testnet of ``qudag-node testnet``, stopped (or killed) at the end."""
     directory = tmp_path_factory.mktemp("independent") / "testnet"
-    api = free_range(NODES)
-    p2p = free_range(NODES, avoid=range(api, api + NODES))
+    api = free_port_block(NODES)
+    p2p = free_port_block(NODES, avoid=range(api, api + NODES))
     options = ["--checkpoint-interval", str(CHECKPOINT_INTERVAL)]
     net = LocalNet(directory, api, p2p, NODES, options)
     try:

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.ports import free_port_block
 from tests.nodeproc import NodeProcess, request, submit_json, wait_until
-from tests.system.test_testnet_cli import LocalNet, NodeLine, free_range, processes_using
+from tests.system.test_testnet_cli import LocalNet, NodeLine, processes_using
 
 pytestmark = pytest.mark.xdist_group("statesync_join")
 
@@ -113,8 +114,8 @@ def holds_the_whole_log(archive: NodeProcess, validator: str) -> None:
 
 def test_a_fresh_observer_joins_from_the_latest_certified_checkpoint(tmp_path: Path) -> None:
     directory = tmp_path / "testnet"
-    api = free_range(NODES)
-    p2p = free_range(NODES, avoid=range(api, api + NODES))
+    api = free_port_block(NODES)
+    p2p = free_port_block(NODES, avoid=range(api, api + NODES))
     net = LocalNet(
         directory,
         api,

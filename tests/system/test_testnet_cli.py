@@ -13,13 +13,13 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench.ports import free_port_block
 from qudag_node.core.crypto import Scheme, Signer
 from qudag_node.genesis_file import genesis_from_json
 from tests.nodeproc import request, submit_json, wait_until
@@ -42,24 +42,6 @@ class NodeLine:
     p2p_port: int
     pid: int
     log: Path
-
-
-def free_range(count: int, avoid: range = range(0)) -> int:
-    """The first of ``count`` consecutive free ports on 127.0.0.1, none of them in ``avoid``."""
-    while True:
-        with ExitStack() as stack:
-            first = stack.enter_context(socket.socket())
-            first.bind(("127.0.0.1", 0))
-            base: int = first.getsockname()[1]
-            ports = range(base, base + count)
-            if ports.stop > 65536 or set(ports) & set(avoid):
-                continue
-            try:
-                for port in ports[1:]:
-                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return base
 
 
 def net_args(
@@ -179,8 +161,8 @@ class LocalNet:
 @pytest.fixture
 def ports() -> tuple[int, int]:
     """Free bases for the API ports and the peer ports."""
-    api = free_range(NODES)
-    return api, free_range(NODES, avoid=range(api, api + NODES))
+    api = free_port_block(NODES)
+    return api, free_port_block(NODES, avoid=range(api, api + NODES))
 
 
 @pytest.fixture
