@@ -597,6 +597,12 @@ class PeerNetwork:
             )
         except (OSError, asyncio.IncompleteReadError):
             failure = PeerRefused("connection_lost", "closed during the handshake")
+        except asyncio.CancelledError:  # the network stops: close it now, not at collection
+            if writer is None:
+                abort()
+            else:
+                writer.close()
+            raise
         if writer is None:
             abort()
         self._refused(writer, failure, where, side)

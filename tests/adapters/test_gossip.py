@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import secrets
 import socket
 import struct
+import warnings
 from collections.abc import AsyncIterator
 
 import pytest
@@ -770,3 +772,19 @@ async def test_a_stale_link_is_replaced_by_a_fresh_dial_when_the_peer_answers(
     # each end told its engine that the peer relinked
     assert a.recorder.down.count(PeerId("v1")) >= 1
     assert len(a.recorder.up) == len(a.recorder.down) + 1
+
+
+async def test_connections_mid_handshake_are_closed_when_the_network_stops(start: Start) -> None:
+    """A stop cancels the handshakes under way: their sockets are closed then, not left
+    to the garbage collector (which would warn of each)."""
+    b = await start(C.signers[1], limits=LinkLimits(handshake_timeout=30))
+    silent = [await asyncio.open_connection("127.0.0.1", b.port) for _ in range(2)]
+    await until(lambda: b.network._handshaking == 2, "two handshakes under way")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        await b.stop()
+        gc.collect()
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
+    for reader, writer in silent:  # and each dialer sees its connection end
+        assert await asyncio.wait_for(reader.read(), DEADLINE) == b""
+        writer.close()
