@@ -2,9 +2,10 @@
 sync, without I/O (the :class:`~qudag_node.core.sync.SyncMachine` owns one).
 
 A node state-syncs when replaying the history would be impossible or slow: it
-started on an empty store and has not joined yet while a peer offers a checkpoint
-above its committed round (what it replayed meanwhile, from the parents of vertices
-pushed to it, does not make it replay the rest), no linked peer holds the rounds
+started on an empty store and the first HOLDINGS it gets offer a checkpoint above its
+committed round (what it replayed meanwhile, from the parents of vertices pushed to it,
+does not make it replay the rest; once it has joined, or found no checkpoint above it,
+the other rules alone apply), no linked peer holds the rounds
 right above its own (every HOLDINGS ``oldest_round`` is above its highest round + 1),
 or the ``trust``-th best checkpoint its peers offer lies more than
 :data:`INTERVALS_BEHIND` checkpoint intervals above its committed round. It then:
@@ -220,8 +221,9 @@ class Joining:
 
     def _new(self, ours: Status) -> bool:
         """Whether the node has nothing of its own to replay from: its store is empty,
-        or it started so and has not joined yet."""
-        return _empty(ours) or (self._fresh and self.syncs == 0)
+        or it started so and its peers have offered a checkpoint above it every time it
+        asked (it has not joined yet, nor found itself level with their checkpoints)."""
+        return _empty(ours) or self._fresh
 
     def tick(self, ours: Status, now: float) -> list[JoinOutput]:
         """Start an attempt when one is needed; give up on one that timed out."""
@@ -231,6 +233,8 @@ class Joining:
                 return []
             return [self._fail(attempt.peer, "timeout")]
         if not self.needed(ours):
+            if self._holdings:
+                self._fresh = False  # level with the peers' checkpoints: the usual rules
             return []
         candidates = [
             (h.latest_checkpoint, peer)
@@ -323,6 +327,7 @@ class Joining:
             return None
         self._attempt = None
         self._failed.clear()
+        self._fresh = False
         self.syncs += 1
         self.last_seconds = round(now - attempt.started, 3)
         cp = attempt.fetch.certified.checkpoint

@@ -374,6 +374,20 @@ def test_a_node_that_started_empty_joins_although_pushes_made_it_replay_some() -
     assert not j.needed(Status(cp.round, cp.round, 0, 10, b"\x00" * 32))  # nothing newer
 
 
+def test_a_node_that_started_empty_follows_the_usual_rules_once_level_with_its_peers() -> None:
+    """A new network's validators all start empty: once HOLDINGS show no checkpoint
+    above a node, a checkpoint certified later while it lags a few rounds is replayed."""
+    net = network()
+    cp = net.certified.checkpoint
+    j = joining()
+    j.on_holdings(P, Holdings(1, 0, 0))  # no checkpoint yet
+    assert j.tick(Status(3, 2, 0, 5, b"\x00" * 32), 0.0) == []
+    j.on_holdings(P, holdings(net))  # one is certified while this node lags
+    lagging = Status(cp.round - 1, cp.round - 2, 0, 10, b"\x00" * 32)
+    assert not j.needed(lagging)
+    assert j.tick(lagging, 1.0) == []
+
+
 def test_one_peer_claiming_a_far_checkpoint_does_not_make_a_node_in_step_state_sync() -> None:
     net = network()
     cp = net.certified.checkpoint
