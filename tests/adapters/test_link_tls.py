@@ -102,6 +102,17 @@ async def forwarder(
                 task.cancel()
 
 
+async def refused_at_both_ends(a: Running, b: Running, reason: str) -> None:
+    """Wait until ``a``'s dial to ``b`` is refused at both ends for ``reason``; ``a``
+    shows it on its view of the link and backs off, and neither end has a link."""
+    await until(lambda: a.failures(reason) >= 1 and b.failures(reason) >= 1, "refused at both ends")
+    [view] = a.network.views()
+    assert view.last_error == reason
+    assert view.state in {"backoff", "connecting"}
+    assert not a.recorder.up
+    assert not b.recorder.up
+
+
 # ---------------------------------------------------------- a relay in the middle
 
 
@@ -109,18 +120,8 @@ async def test_a_relay_terminating_tls_is_refused_as_bad_channel_binding(start: 
     a, b = await start(C.signers[0]), await start(C.signers[1])
     async with forwarder(b.port, tls=True) as (port, upstream):
         via(a, port)
-        await until(
-            lambda: (
-                a.failures("bad_channel_binding") >= 1 and b.failures("bad_channel_binding") >= 1
-            ),
-            "refused at both ends",
-        )
+        await refused_at_both_ends(a, b, "bad_channel_binding")
         assert upstream, "the relay did reach the listener, inside TLS"
-        [view] = a.network.views()
-        assert view.last_error == "bad_channel_binding"
-        assert view.state in {"backoff", "connecting"}
-    assert not a.recorder.up
-    assert not b.recorder.up
     # nothing else went wrong on the way: the two ends only disagree on the session
     for node in (a, b):
         assert node.failures("bad_token") == node.failures("bad_signature") == 0
@@ -257,15 +258,7 @@ async def test_a_node_of_the_other_transport_is_refused_at_both_ends(
     a = await start(C.signers[0], transport=dialer)
     b = await start(C.signers[1], transport=listener)
     link(a, b)
-    await until(
-        lambda: a.failures("wrong_transport") >= 1 and b.failures("wrong_transport") >= 1,
-        "refused at both ends",
-    )
-    [view] = a.network.views()
-    assert view.last_error == "wrong_transport"
-    assert view.state in {"backoff", "connecting"}
-    assert not a.recorder.up
-    assert not b.recorder.up
+    await refused_at_both_ends(a, b, "wrong_transport")
     for node in (a, b):
         assert node.failures("malformed_frame") == node.failures("tls_failed") == 0
 
